@@ -1,0 +1,176 @@
+"""The ``fusioncube`` command line.
+
+    fusioncube demo [--out DIR] [--size small|demo|bench]
+    fusioncube ingest PATH_OR_GLOB... --out cube.zarr [--crs CRS] [--resolution R]
+    fusioncube stage patch --cube IN.zarr --out OUT.zarr [--size 32] [--stride S]
+    fusioncube catalog check [data_catalog.yaml]
+    fusioncube bench realism|ingest --out FILE.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+log = logging.getLogger("fusioncube")
+
+
+def _quiet_prefect() -> None:
+    """Offline-friendly Prefect defaults for a command-line run (the user's settings win)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import demo_flow
+
+    t0 = time.perf_counter()
+    out = Path(args.out).resolve()
+    print(f"fusioncube demo: sample area '{args.size}' (seed {args.seed}) -> {out}", flush=True)
+    products = demo_flow(str(out), args.size, args.seed, args.catalog, progress_bar=True)
+    seconds = time.perf_counter() - t0
+    print(f"\nDone in {seconds:.1f} s. Products:")
+    print(f"  sample area scenes   {products['sample']['path']}"
+          f"{'  (reused)' if products['sample'].get('reused') else ''}")
+    for cube, path in products["cubes"].items():
+        print(f"  cube {cube:<15} {path}")
+        if products["quicklooks"].get(cube):
+            print(f"    quick-look         {products['quicklooks'][cube]}")
+    for cube, info in products["patches"].items():
+        print(f"  patches {cube:<12} {info['path']}  {info.get('splits', '')}")
+    print("Open a cube with: python -c \"import xarray as xr; print(xr.open_zarr('"
+          f"{next(iter(products['cubes'].values()))}'))\"")
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from tasks.adhoc import adhoc_catalog
+    from flows.ingest import ingest_flow
+
+    catalog_path = adhoc_catalog(
+        args.paths, Path(args.out), crs=args.crs, resolution=args.resolution,
+        chunks=args.chunks, time_chunk=args.time_chunk,
+    )
+    report = ingest_flow(str(catalog_path), "cube", progress_bar=True)
+    _print_report(report)
+    print(f"catalog written beside the cube (run again to add new files): {catalog_path}")
+    return 0 if report["time_steps"] else 1
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    print(f"cube {report['path']}: {report['time_steps']} time steps "
+          f"({len(report['dates_added'])} new), {len(report['ingested'])} scenes ingested, "
+          f"{len(report['skipped'])} skipped, {len(report['quarantined'])} quarantined")
+    for q in report["quarantined"]:
+        print(f"  quarantined {q['scene']}: {q['reason']}")
+    for s in report["skipped"]:
+        print(f"  skipped {s['scene']}: {s['reason']}")
+    if report.get("quicklook"):
+        print(f"quick-look: {report['quicklook']}")
+
+
+def _cmd_stage_patch(args: argparse.Namespace) -> int:
+    from tasks.patch import make_patches
+
+    manifest = make_patches(
+        args.cube, args.out, size=args.size, stride=args.stride, block=args.block,
+        seed=args.seed, overwrite=args.overwrite, progress=True,
+    )
+    print(f"{args.out}: {json.dumps(manifest.outputs)}")
+    return 0
+
+
+def _cmd_catalog_check(args: argparse.Namespace) -> int:
+    from tasks.catalog import load_catalog
+
+    cat = load_catalog(args.path)
+    print(f"{args.path}: valid. sources: {', '.join(cat.sources)}; cubes: "
+          + ", ".join(f"{n} -> {cat.cube_path(n)}" for n in cat.cubes))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{args.which}")
+    result = module.run(Path(args.out), quick=args.quick)
+    print(json.dumps(result.get("summary", result), indent=2))
+    print(f"written: {args.out} and {Path(args.out).with_suffix('.md')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fusioncube", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO (Prefect logs included)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the main job on the built-in sample area")
+    d.add_argument("--out", default="fusioncube-demo", help="folder for everything (default: ./fusioncube-demo)")
+    d.add_argument("--size", default="demo", choices=["small", "demo", "bench"])
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--catalog", default=None, help="catalog to use (default: the repository's data_catalog.yaml)")
+    d.set_defaults(func=_cmd_demo)
+
+    i = sub.add_parser("ingest", help="build a cube from your own GDAL-readable rasters")
+    i.add_argument("paths", nargs="+", help="files or globs (GeoTIFF, COG, JPEG 2000, NetCDF, ...)")
+    i.add_argument("--out", required=True, help="the cube to create or append to (.zarr)")
+    i.add_argument("--crs", default=None, help="target CRS (default: the first scene's)")
+    i.add_argument("--resolution", type=float, default=None, help="target pixel size in CRS units")
+    i.add_argument("--chunks", type=int, default=256, help="spatial chunk size (default 256)")
+    i.add_argument("--time-chunk", type=int, default=1, help="time steps per chunk (default 1)")
+    i.set_defaults(func=_cmd_ingest)
+
+    s = sub.add_parser("stage", help="run one stage on any schema-following cube")
+    ss = s.add_subparsers(dest="stage", required=True)
+    sp = ss.add_parser("patch", help="cube -> patches.zarr with a spatial-block train/val/test split")
+    sp.add_argument("--cube", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--size", type=int, default=32)
+    sp.add_argument("--stride", type=int, default=None)
+    sp.add_argument("--block", type=int, default=4)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=_cmd_stage_patch)
+
+    c = sub.add_parser("catalog", help="catalog tools")
+    cs = c.add_subparsers(dest="catalog_command", required=True)
+    cc = cs.add_parser("check", help="validate a catalog and say what it defines")
+    cc.add_argument("path", nargs="?", default="data_catalog.yaml")
+    cc.set_defaults(func=_cmd_catalog_check)
+
+    b = sub.add_parser("bench", help="benchmarks (JSON + markdown)")
+    b.add_argument("which", choices=["realism", "ingest"])
+    b.add_argument("--out", required=True, help="JSON file to write")
+    b.add_argument("--quick", action="store_true", help="CI-sized run (seconds)")
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_prefect()
+    if args.verbose:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tasks.errors import CatalogError, CubeSchemaError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CatalogError, CubeSchemaError, FileNotFoundError, FileExistsError) as exc:
+        print(f"fusioncube: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,456 @@
+"""``data_catalog.yaml``: what the data is, where it is, and the stage parameters.
+
+The catalog is validated whole when it is loaded (pydantic models, unknown keys refused with a
+close-match suggestion), before any work starts. Relative paths resolve against the catalog file's
+folder; ``${VAR}`` and ``${VAR:-default}`` in strings are replaced from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import CatalogError, did_you_mean
+
+__all__ = [
+    "BandSpec",
+    "Catalog",
+    "ChunkSpec",
+    "CubeSpec",
+    "DateRule",
+    "GridSpec",
+    "MaskRule",
+    "PatchParams",
+    "SourceSpec",
+    "load_catalog",
+    "catalog_from_dict",
+    "NLCD_CLASSES",
+]
+
+# The 15 NLCD classes of the source deck (code -> name).
+NLCD_CLASSES: dict[int, str] = {
+    11: "Open Water",
+    21: "Developed, Open Space",
+    22: "Developed, Low Intensity",
+    23: "Developed, Medium Intensity",
+    24: "Developed, High Intensity",
+    31: "Barren Land (Rock/Sand/Clay)",
+    41: "Deciduous Forest",
+    42: "Evergreen Forest",
+    43: "Mixed Forest",
+    52: "Shrub/Scrub",
+    71: "Grassland/Herbaceous",
+    81: "Pasture/Hay",
+    82: "Cultivated Crops",
+    90: "Woody Wetlands",
+    95: "Emergent Herbaceous Wetlands",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class BandSpec(_Strict):
+    """One band of a source: its name in the cube, where it is in the file, how to scale it."""
+
+    name: str
+    index: int = Field(ge=1, description="1-based band index in the file")
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = Field(default=None, description="raw nodata value; default: the file's")
+
+
+class DateRule(_Strict):
+    """How a scene's acquisition date is found."""
+
+    from_: Literal["auto", "filename", "metadata"] = Field(default="auto", alias="from")
+    pattern: str | None = Field(
+        default=None, description="regex on the file name with a named group 'date'"
+    )
+    format: str | None = Field(default=None, description="strptime format for the 'date' group")
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                compiled = re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+            if "date" not in compiled.groupindex:
+                raise ValueError(f"pattern {v!r} needs a named group (?P<date>...)")
+        return v
+
+
+class SidecarRule(_Strict):
+    """A mask stored in a second file: its name is the scene's with ``pattern`` -> ``replacement``."""
+
+    pattern: str
+    replacement: str
+
+
+class MaskRule(_Strict):
+    """How a QA / UDM / cloud band becomes the boolean ``valid`` mask."""
+
+    sidecar: SidecarRule | None = None
+    band: int = Field(default=1, ge=1)
+    clear_values: list[int] | None = Field(default=None, description="values meaning clear")
+    invalid_bits: list[int] | None = Field(
+        default=None, description="bit positions that, when set, mean not clear"
+    )
+    invalid_values: list[int] | None = Field(
+        default=None, description="values of (value & bit_mask) meaning not clear"
+    )
+    bit_mask: int | None = Field(default=None, ge=0, description="mask applied before invalid_values")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> MaskRule:
+        if self.clear_values is None and self.invalid_bits is None and self.invalid_values is None:
+            raise ValueError("a mask needs clear_values, invalid_bits or invalid_values")
+        return self
+
+
+class SourceSpec(_Strict):
+    """One product: where its scenes are and how to read them."""
+
+    kind: Literal["continuous", "categorical"] = "continuous"
+    glob: list[str]
+    date: DateRule = DateRule()
+    static: bool = Field(default=False, description="no time axis (e.g. a land-cover map)")
+    bands: list[BandSpec]
+    band_count: int | None = Field(default=None, ge=1, description="raw bands expected in a file")
+    dtypes: list[str] | None = None
+    mask: MaskRule | None = None
+    valid_range: tuple[float, float] | None = None
+    max_nodata_share: float = Field(default=0.98, ge=0.0, le=1.0)
+    classes: dict[int, str] | None = None
+    resampling: (
+        Literal["nearest", "bilinear", "cubic", "average", "mode", "max", "min", "med"] | None
+    ) = None
+
+    @field_validator("glob", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SourceSpec:
+        names = [b.name for b in self.bands]
+        if len(set(names)) != len(names):
+            raise ValueError(f"band names must be unique; got {names}")
+        if not self.bands:
+            raise ValueError("a source needs at least one band")
+        if self.band_count is not None and max(b.index for b in self.bands) > self.band_count:
+            raise ValueError(
+                f"band index {max(b.index for b in self.bands)} exceeds band_count {self.band_count}"
+            )
+        if self.valid_range is not None and self.valid_range[0] > self.valid_range[1]:
+            raise ValueError(f"valid_range must be [low, high]; got {list(self.valid_range)}")
+        if self.kind == "categorical" and self.resampling in ("bilinear", "cubic", "average"):
+            raise ValueError(
+                f"categorical sources need nearest or mode resampling; got {self.resampling!r}"
+            )
+        return self
+
+    @property
+    def resampling_name(self) -> str:
+        if self.resampling:
+            return self.resampling
+        return "mode" if self.kind == "categorical" else "bilinear"
+
+
+class GridSpec(_Strict):
+    """The cube's target grid. Without ``bounds`` the union of the first ingested scenes is used."""
+
+    crs: str
+    resolution: float | tuple[float, float]
+    bounds: tuple[float, float, float, float] | None = None
+
+    @field_validator("resolution")
+    @classmethod
+    def _positive(cls, v: float | tuple[float, float]) -> float | tuple[float, float]:
+        values = v if isinstance(v, tuple) else (v,)
+        if any(r <= 0 for r in values):
+            raise ValueError(f"resolution must be positive; got {v}")
+        return v
+
+    @field_validator("crs")
+    @classmethod
+    def _known_crs(cls, v: str) -> str:
+        from rasterio.crs import CRS
+        from rasterio.errors import CRSError
+
+        try:
+            CRS.from_user_input(v)
+        except CRSError as exc:
+            raise ValueError(f"unknown CRS {v!r} ({exc})") from exc
+        return v
+
+    @field_validator("bounds")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float, float, float] | None) -> Any:
+        if v is not None and (v[0] >= v[2] or v[1] >= v[3]):
+            raise ValueError(f"bounds must be [xmin, ymin, xmax, ymax] with min < max; got {list(v)}")
+        return v
+
+    @property
+    def xy_resolution(self) -> tuple[float, float]:
+        r = self.resolution
+        return (r, r) if isinstance(r, float | int) else (float(r[0]), float(r[1]))
+
+
+class ChunkSpec(_Strict):
+    """Dask/Zarr chunk sizes of a cube (all bands are always in one chunk)."""
+
+    time: int = Field(default=1, ge=1, le=366)
+    y: int = Field(default=256, ge=16, le=8192)
+    x: int = Field(default=256, ge=16, le=8192)
+
+
+class CubeSpec(_Strict):
+    """Which sources feed a cube, on what grid, chunked how."""
+
+    sources: list[str] = Field(min_length=1)
+    static: dict[str, str] = Field(default_factory=dict, description="variable -> static source")
+    grid: GridSpec | None = None
+    chunks: ChunkSpec = ChunkSpec()
+    time_range: tuple[date | None, date | None] | None = None
+    path: str | None = Field(default=None, description="default: <storage.cubes>/<name>.zarr")
+
+
+class PatchParams(_Strict):
+    """Patching: fixed spatial windows x all times x all bands, spatial-block split."""
+
+    size: int = Field(default=32, ge=4, le=1024)
+    stride: int | None = Field(default=None, ge=1)
+    block: int = Field(default=4, ge=1)
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"fractions (train, val, test) must be >= 0 and sum to 1; got {list(v)}")
+        return v
+
+
+class Stages(_Strict):
+    """Per-stage parameters; a stage issue adds its own section here."""
+
+    patch: PatchParams = PatchParams()
+
+
+class Storage(_Strict):
+    """Roots for cubes and artifacts (local paths; relative to the catalog file)."""
+
+    root: str = "./fusioncube-data"
+    cubes: str | None = None
+    artifacts: str | None = None
+
+
+class Catalog(_Strict):
+    """The whole catalog, validated. ``path`` is the file it was read from."""
+
+    sources: dict[str, SourceSpec]
+    cubes: dict[str, CubeSpec]
+    stages: Stages = Stages()
+    storage: Storage = Storage()
+    path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _references(self) -> Catalog:
+        for cube_name, cube in self.cubes.items():
+            for src in [*cube.sources, *cube.static.values()]:
+                if src not in self.sources:
+                    raise ValueError(
+                        f"cubes.{cube_name}: unknown source '{src}'"
+                        f"{did_you_mean(src, self.sources)}; sources are {sorted(self.sources)}"
+                    )
+            bands = {tuple(b.name for b in self.sources[s].bands) for s in cube.sources}
+            if len(bands) > 1:
+                raise ValueError(
+                    f"cubes.{cube_name}: the sources of one cube must have the same band names; "
+                    f"got {sorted(bands)}"
+                )
+            for s in cube.sources:
+                if self.sources[s].static:
+                    raise ValueError(f"cubes.{cube_name}: source '{s}' is static; list it under static")
+            for var, s in cube.static.items():
+                if not self.sources[s].static:
+                    raise ValueError(
+                        f"cubes.{cube_name}.static.{var}: source '{s}' is not marked static: true"
+                    )
+        return self
+
+    # -- lookups ---------------------------------------------------------------------------
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path is not None else Path.cwd()
+
+    def resolve(self, p: str) -> Path:
+        """A catalog path, relative to the catalog's folder."""
+        path = Path(os.path.expanduser(p))
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    def source(self, name: str) -> SourceSpec:
+        if name not in self.sources:
+            raise CatalogError(
+                f"{self.path}: no source '{name}'{did_you_mean(name, self.sources)}; "
+                f"sources are {sorted(self.sources)}"
+            )
+        return self.sources[name]
+
+    def cube(self, name: str) -> CubeSpec:
+        if name not in self.cubes:
+            raise CatalogError(
+                f"{self.path}: no cube '{name}'{did_you_mean(name, self.cubes)}; "
+                f"cubes are {sorted(self.cubes)}"
+            )
+        return self.cubes[name]
+
+    @property
+    def root(self) -> Path:
+        return self.resolve(self.storage.root)
+
+    @property
+    def cubes_dir(self) -> Path:
+        return self.resolve(self.storage.cubes) if self.storage.cubes else self.root / "cubes"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return (
+            self.resolve(self.storage.artifacts) if self.storage.artifacts else self.root / "artifacts"
+        )
+
+    def cube_path(self, name: str) -> Path:
+        spec = self.cube(name)
+        return self.resolve(spec.path) if spec.path else self.cubes_dir / f"{name}.zarr"
+
+    def stage_dir(self, cube: str) -> Path:
+        """Where the artifacts of the stages run over ``cube`` go."""
+        self.cube(cube)
+        return self.artifacts_dir / cube
+
+
+# -- loading -----------------------------------------------------------------------------------
+_ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def _expand_env(value: Any, where: str, file: str, env: Mapping[str, str] | None = None) -> Any:
+    env = os.environ if env is None else {**os.environ, **env}
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group("name"), m.group("default")
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise CatalogError(
+                f"{file}: {where}: environment variable {name} is not set "
+                f"(set it, or write ${{{name}:-default}})"
+            )
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k), file, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]", file, env) for i, v in enumerate(value)]
+    return value
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that the location ``loc`` (minus its last key) points into."""
+    model: Any = Catalog
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(part)
+            if field is None:
+                # a dict key (source name, cube name): stay on the dict's value type
+                continue
+            ann = field.annotation
+            model = _unwrap(ann)
+        else:
+            model = None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap(ann: Any) -> Any:
+    import typing
+
+    args = typing.get_args(ann)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for a in reversed(args):
+        found = _unwrap(a)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_errors(exc: ValidationError, file: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(p for p in loc if p not in ("list[str]", "str", "float", "tuple[float, float]"))
+        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            hint = did_you_mean(str(loc[-1]), model.model_fields if model else [])
+            allowed = (
+                f"; allowed keys: {sorted(f.alias or n for n, f in model.model_fields.items() if n != 'path')}"
+                if model
+                else ""
+            )
+            msg = f"unknown key{hint}{allowed}"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif err["type"] != "value_error" and "input" in err and not isinstance(err["input"], dict | list):
+            msg = f"{msg}; got {err['input']!r}"
+        lines.append(f"  {key}: {msg}" if key else f"  {msg}")
+    return f"{file}: invalid catalog\n" + "\n".join(lines)
+
+
+def catalog_from_dict(
+    raw: dict[str, Any], *, path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> Catalog:
+    """Validate a catalog given as a mapping (``path`` anchors relative paths and names errors;
+    ``env`` overrides environment variables for ``${VAR}`` expansion)."""
+    file = str(path) if path is not None else "<catalog>"
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{file}: the catalog must be a mapping with sources and cubes; got {type(raw).__name__}")
+    raw = _expand_env(raw, "", file, env)
+    try:
+        cat = Catalog.model_validate(raw)
+    except ValidationError as exc:
+        raise CatalogError(_format_errors(exc, file)) from None
+    return cat.model_copy(update={"path": Path(path).resolve() if path is not None else None})
+
+
+def load_catalog(path: str | Path, *, env: Mapping[str, str] | None = None) -> Catalog:
+    """Read and validate ``data_catalog.yaml``. Raises ``CatalogError`` naming the file and key.
+
+    ``env`` overrides environment variables for ``${VAR}`` expansion (e.g. the demo's folders).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CatalogError(f"{path}: catalog file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML ({exc})") from exc
+    if raw is None:
+        raise CatalogError(f"{path}: the catalog is empty; it needs 'sources' and 'cubes'")
+    return catalog_from_dict(raw, path=path, env=env)

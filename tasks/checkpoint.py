@@ -1,0 +1,212 @@
+"""The stage/checkpoint contract shared by every stage (DESIGN.md, "Stages").
+
+An artifact is a file or a directory (usually a Zarr store) with a manifest beside it,
+``<artifact>.manifest.json``. The manifest records the stage, its key, its parameters, the keys
+of its inputs and the code version. The key is a hash of all of those, so a finished artifact
+whose manifest carries the key a run would compute is reused instead of recomputed.
+
+Writes are atomic: the artifact is built under a temporary sibling name and renamed into place
+only when complete, and the manifest is written last (itself atomically). A killed run leaves at
+most a temporary folder (cleaned on the next run) or an artifact without a manifest, which is never
+taken for finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import CheckpointError
+
+__all__ = [
+    "Manifest",
+    "atomic_artifact",
+    "code_version",
+    "fingerprint",
+    "manifest_path",
+    "read_manifest",
+    "reusable",
+    "stage_key",
+    "write_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIX = ".manifest.json"
+_TMP_MARK = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a finished artifact is and how it was made."""
+
+    stage: str
+    key: str
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    code_version: str
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    outputs: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    """``cube.zarr`` -> ``cube.zarr.manifest.json`` (beside the artifact, not inside it)."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@cache
+def code_version(*modules: str) -> str:
+    """Version string of the code behind a stage: package version + hash of the modules' source.
+
+    Editing a stage's pure function or its task changes its code version and so its key.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("fusioncube")
+    except PackageNotFoundError:  # running from a source tree without install
+        pkg = "0+unknown"
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+    return f"{pkg}+{digest.hexdigest()[:12]}"
+
+
+def stage_key(
+    stage: str, *, inputs: Mapping[str, str], params: Mapping[str, Any], code: str
+) -> str:
+    """Hash of a stage's name, its inputs' keys, its parameters and its code version."""
+    payload = _canonical({"stage": stage, "inputs": dict(inputs), "params": dict(params), "code": code})
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def read_manifest(artifact: str | Path) -> Manifest | None:
+    """The artifact's manifest, or None when there is none (not finished, or not ours)."""
+    path = manifest_path(artifact)
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        return Manifest(**raw)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path}: manifest is unreadable ({exc}); delete it to recompute the artifact"
+        ) from exc
+
+
+def write_manifest(artifact: str | Path, manifest: Manifest) -> Path:
+    """Write the manifest atomically (temporary file + ``os.replace``)."""
+    path = manifest_path(artifact)
+    tmp = path.with_name(f"{path.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
+    tmp.write_text(manifest.to_json())
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def reusable(artifact: str | Path, key: str) -> Manifest | None:
+    """The manifest when ``artifact`` is finished with exactly this key, else None."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    if manifest is None or manifest.key != key or not artifact.exists():
+        return None
+    return manifest
+
+
+def fingerprint(artifact: str | Path) -> str:
+    """Key of an input artifact: its manifest key, or for a foreign store a content fingerprint.
+
+    Stores that fusioncube did not write (a user's own cube) have no manifest; their fingerprint
+    hashes every file's relative path, size and modification time, so any change is seen.
+    """
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    if manifest is not None:
+        return manifest.key
+    if not artifact.exists():
+        raise FileNotFoundError(f"{artifact}: input artifact does not exist")
+    digest = hashlib.sha256()
+    files = [artifact] if artifact.is_file() else sorted(p for p in artifact.rglob("*") if p.is_file())
+    for p in files:
+        st = p.stat()
+        digest.update(f"{p.relative_to(artifact.parent)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return "fp-" + digest.hexdigest()[:20]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def clean_stale_temporaries(final: Path) -> None:
+    """Remove temporaries a killed run left beside ``final``."""
+    if not final.parent.exists():
+        return
+    for leftover in final.parent.glob(f"{final.name}{_TMP_MARK}*"):
+        log.info("removing leftover of an interrupted run: %s", leftover)
+        _remove(leftover)
+
+
+@contextlib.contextmanager
+def atomic_artifact(final: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Build an artifact under a temporary name; rename it into place when the block succeeds.
+
+    The manifest of any artifact already at ``final`` is removed before the swap, so at no point
+    does a manifest describe content it does not match. On error the temporary is deleted and the
+    artifact already at ``final`` (if any) is untouched.
+
+    Parameters
+    ----------
+    final
+        Where the artifact ends up.
+    overwrite
+        When False and ``final`` already exists, raise ``FileExistsError`` before any work.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True (or --overwrite) to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(final)
+    tmp = final.with_name(f"{final.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise CheckpointError(f"{final}: the stage wrote nothing to {tmp}")
+        old_manifest = manifest_path(final)
+        if old_manifest.exists():
+            old_manifest.unlink()
+        if final.exists():
+            graveyard = final.with_name(f"{final.name}{_TMP_MARK}old-{uuid.uuid4().hex[:8]}")
+            os.replace(final, graveyard)
+            os.replace(tmp, final)
+            _remove(graveyard)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise

@@ -1,0 +1,146 @@
+"""The cube schema: the contract between stages (DESIGN.md, "Cube schema").
+
+A cube is an xarray Dataset stored as Zarr v3 with
+
+- ``data(time, band, y, x)`` float32 in physical units, NaN where not observed;
+- ``valid(time, y, x)`` bool, true where observed and clear;
+- optional static layers ``name(y, x)`` (e.g. ``landcover`` uint8 with ``flag_values``);
+- coordinates ``time``, ``band``, ``y``, ``x`` (pixel centres) and a ``spatial_ref`` grid mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from affine import Affine
+from rasterio.crs import CRS
+
+from tasks.errors import CubeSchemaError
+
+__all__ = [
+    "DATA_DIMS",
+    "VALID_DIMS",
+    "check_cube",
+    "cube_crs",
+    "cube_transform",
+    "grid_coords",
+    "open_cube",
+    "spatial_ref",
+]
+
+log = logging.getLogger(__name__)
+
+DATA_DIMS = ("time", "band", "y", "x")
+VALID_DIMS = ("time", "y", "x")
+
+# zarr warns on every open of a v3 store with consolidated metadata; it is our choice, not news.
+warnings.filterwarnings("ignore", message=".*Consolidated metadata.*", category=UserWarning)
+
+
+def grid_coords(transform: Affine, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre ``y`` and ``x`` coordinates of a north-up grid."""
+    if transform.b != 0 or transform.d != 0:
+        raise ValueError(f"only north-up grids are supported; got a rotated transform {transform}")
+    x = transform.c + (np.arange(width) + 0.5) * transform.a
+    y = transform.f + (np.arange(height) + 0.5) * transform.e
+    return y, x
+
+
+def spatial_ref(crs: CRS, transform: Affine) -> xr.DataArray:
+    """The CF grid-mapping variable (``crs_wkt`` and ``spatial_ref``), as rioxarray writes it."""
+    wkt = crs.to_wkt()
+    attrs = {
+        "crs_wkt": wkt,
+        "spatial_ref": wkt,
+        "GeoTransform": " ".join(str(v) for v in transform.to_gdal()),
+    }
+    try:
+        from pyproj import CRS as ProjCRS
+
+        attrs.update(ProjCRS.from_wkt(wkt).to_cf())
+        attrs["crs_wkt"] = wkt
+    except Exception as exc:  # pyproj cannot express some CRSs in CF terms; WKT is enough
+        log.debug("no CF grid-mapping attributes for %s: %s", crs, exc)
+    return xr.DataArray(np.int32(0), attrs=attrs)
+
+
+def check_cube(ds: xr.Dataset, *, source: str = "cube") -> xr.Dataset:
+    """Raise ``CubeSchemaError`` naming what is missing or wrong; return ``ds`` unchanged."""
+    if "data" not in ds:
+        raise CubeSchemaError(
+            f"{source}: no variable 'data'; a cube needs data(time, band, y, x) float "
+            f"(variables present: {sorted(ds.data_vars)})"
+        )
+    if tuple(ds["data"].dims) != DATA_DIMS:
+        raise CubeSchemaError(
+            f"{source}: 'data' must have dims {DATA_DIMS}; got {tuple(ds['data'].dims)} "
+            "(transpose it, e.g. ds['data'].transpose('time', 'band', 'y', 'x'))"
+        )
+    if not np.issubdtype(ds["data"].dtype, np.floating):
+        raise CubeSchemaError(
+            f"{source}: 'data' must be floating point with NaN where missing; got {ds['data'].dtype}"
+        )
+    if "valid" in ds:
+        if tuple(ds["valid"].dims) != VALID_DIMS:
+            raise CubeSchemaError(
+                f"{source}: 'valid' must have dims {VALID_DIMS}; got {tuple(ds['valid'].dims)}"
+            )
+        if ds["valid"].dtype != bool:
+            raise CubeSchemaError(f"{source}: 'valid' must be bool; got {ds['valid'].dtype}")
+    for dim in DATA_DIMS:
+        if dim not in ds.coords:
+            raise CubeSchemaError(f"{source}: coordinate '{dim}' is missing")
+    if not np.issubdtype(ds["time"].dtype, np.datetime64):
+        raise CubeSchemaError(f"{source}: coordinate 'time' must be datetime64; got {ds['time'].dtype}")
+    return ds
+
+
+def open_cube(path: str | Path, *, chunks: dict | str | None = "auto") -> xr.Dataset:
+    """Open a cube lazily and check its schema. A cube without ``valid`` gets one from ``data``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    CubeSchemaError
+        When it is not a schema-following cube.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such cube")
+    try:
+        ds = xr.open_zarr(path, chunks={} if chunks == "auto" else chunks, consolidated=None)
+    except Exception as exc:
+        raise CubeSchemaError(f"{path}: cannot be opened as a Zarr store ({exc})") from exc
+    check_cube(ds, source=str(path))
+    if "valid" not in ds:
+        ds["valid"] = ds["data"].notnull().all("band")
+    return ds
+
+
+def cube_crs(ds: xr.Dataset) -> CRS | None:
+    """The CRS of a cube from its grid mapping (``spatial_ref`` or the variables' ``grid_mapping``)."""
+    name = ds["data"].attrs.get("grid_mapping", ds["data"].encoding.get("grid_mapping", "spatial_ref"))
+    if name not in ds.variables:
+        return None
+    attrs = ds[name].attrs
+    wkt = attrs.get("crs_wkt") or attrs.get("spatial_ref")
+    return CRS.from_wkt(wkt) if wkt else None
+
+
+def cube_transform(ds: xr.Dataset) -> Affine:
+    """The affine transform of the cube's grid, from its pixel-centre coordinates."""
+    x = ds["x"].values
+    y = ds["y"].values
+    if x.size < 2 or y.size < 2:
+        gt = ds[ds["data"].attrs.get("grid_mapping", "spatial_ref")].attrs.get("GeoTransform")
+        if gt:
+            return Affine.from_gdal(*map(float, gt.split()))
+        raise CubeSchemaError("a cube needs at least 2 pixels along x and y to derive its grid")
+    dx = float(x[1] - x[0])
+    dy = float(y[1] - y[0])
+    return Affine(dx, 0.0, float(x[0]) - dx / 2, 0.0, dy, float(y[0]) - dy / 2)

@@ -1,0 +1,223 @@
+"""Finding scenes: catalog globs, acquisition dates from file names or metadata.
+
+A ``SceneRef`` is one date of one file: most rasters hold one date, a NetCDF with a time
+dimension holds several (one ref per time step).
+"""
+
+from __future__ import annotations
+
+import glob as globmod
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import rasterio
+from rasterio.errors import RasterioIOError
+
+from tasks.catalog import Catalog, DateRule, SourceSpec
+from tasks.errors import SceneError
+
+__all__ = ["SceneRef", "discover", "parse_date_from_name", "scene_refs_for_file"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SceneRef:
+    """One date of one file.
+
+    ``datasets`` lists the GDAL dataset names holding the source's bands: the file itself, or for a
+    NetCDF with one variable per band, its subdatasets. ``time_index`` selects the GDAL band of a
+    multi-date NetCDF variable (0-based), None for single-date files.
+    """
+
+    path: str
+    date: datetime | None
+    source: str
+    datasets: tuple[str, ...] = ()
+    time_index: int | None = None
+    mask_path: str | None = None
+
+    @property
+    def id(self) -> str:
+        name = Path(self.path).name
+        return name if self.time_index is None else f"{name}#t{self.time_index}"
+
+    def file_stamp(self) -> dict[str, int]:
+        """Size and modification time: a changed file is a new scene."""
+        st = Path(self.path).stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+# Most specific first: extended and basic date-times, extended and basic dates, year + day-of-year.
+_NAME_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?<!\d)(\d{4}-\d{2}-\d{2})[T_ ](\d{2}):?(\d{2}):?(\d{2})(?!\d)"), "ext-dt"),
+    (re.compile(r"(?<!\d)(\d{8})[T_](\d{6})(?!\d)"), "basic-dt"),
+    (re.compile(r"(?<!\d)(\d{4}-\d{2}-\d{2})(?!\d)"), "ext-d"),
+    (re.compile(r"(?<!\d)(\d{8})(?!\d)"), "basic-d"),
+    (re.compile(r"(?<![0-9])A?(\d{4})(\d{3})(?!\d)"), "doy"),
+)
+
+
+def _plausible(d: datetime) -> datetime | None:
+    return d if 1950 <= d.year <= 2100 else None
+
+
+def parse_date_from_name(name: str) -> datetime | None:
+    """Acquisition date from a file name: ISO 8601 basic/extended dates and date-times, YYYYDDD.
+
+    >>> parse_date_from_name("PSScene_20190612_163402_1012_3B_AnalyticMS_SR.tif")
+    datetime.datetime(2019, 6, 12, 16, 34, 2)
+    >>> parse_date_from_name("MOD11A1.A2019182.h10v05.061.LST_Day_1km.tif")
+    datetime.datetime(2019, 7, 1, 0, 0)
+    """
+    stem = Path(name).name
+    for pattern, kind in _NAME_PATTERNS:
+        for m in pattern.finditer(stem):
+            try:
+                if kind == "ext-dt":
+                    d = datetime.strptime(f"{m[1]} {m[2]}{m[3]}{m[4]}", "%Y-%m-%d %H%M%S")
+                elif kind == "basic-dt":
+                    d = datetime.strptime(f"{m[1]}{m[2]}", "%Y%m%d%H%M%S")
+                elif kind == "ext-d":
+                    d = datetime.strptime(m[1], "%Y-%m-%d")
+                elif kind == "basic-d":
+                    d = datetime.strptime(m[1], "%Y%m%d")
+                else:
+                    doy = int(m[2])
+                    if not 1 <= doy <= 366:
+                        continue
+                    d = datetime(int(m[1]), 1, 1) + timedelta(days=doy - 1)
+            except ValueError:
+                continue
+            if _plausible(d):
+                return d
+    return None
+
+
+_META_KEYS = ("ACQUISITIONDATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "TIFFTAG_DATETIME", "time")
+
+
+def _parse_meta_value(value: str) -> datetime | None:
+    value = value.strip().rstrip("Z")
+    for fmt in ("%Y:%m:%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+    return None
+
+
+def _date_from_tags(tags: dict[str, str]) -> datetime | None:
+    for key in _META_KEYS:
+        for k, v in tags.items():
+            if k.upper().endswith(key.upper()):
+                d = _parse_meta_value(v)
+                if d is not None:
+                    return d
+    return None
+
+
+def _netcdf_times(tags: dict[str, str]) -> list[datetime] | None:
+    """Dates of a NetCDF time dimension from GDAL's ``NETCDF_DIM_time_VALUES`` and units."""
+    values = tags.get("NETCDF_DIM_time_VALUES")
+    units = tags.get("time#units")
+    if not values or not units:
+        return None
+    m = re.match(r"\s*(\w+)\s+since\s+(.+)", units)
+    if not m:
+        return None
+    unit = {"seconds": "s", "minutes": "m", "hours": "h", "days": "D"}.get(m[1].lower())
+    base = _parse_meta_value(m[2].split("+")[0].strip())
+    if unit is None or base is None:
+        return None
+    import pandas as pd
+
+    nums = [float(v) for v in values.strip("{}").split(",") if v.strip()]
+    return [(pd.Timestamp(base) + pd.to_timedelta(n, unit=unit)).to_pydatetime() for n in nums]
+
+
+def _mask_path(path: str, spec: SourceSpec) -> str | None:
+    if spec.mask is None or spec.mask.sidecar is None:
+        return None
+    name = Path(path).name
+    new = re.sub(spec.mask.sidecar.pattern, spec.mask.sidecar.replacement, name)
+    if new == name:
+        raise SceneError(
+            path, f"mask sidecar pattern {spec.mask.sidecar.pattern!r} does not match the file name"
+        )
+    return str(Path(path).with_name(new))
+
+
+def scene_refs_for_file(path: str, source: str, spec: SourceSpec) -> list[SceneRef]:
+    """The scene refs of one file; raises ``SceneError`` when it cannot be read or dated."""
+    try:
+        with rasterio.open(path) as ds:
+            subdatasets = list(ds.subdatasets)
+            tags = ds.tags()
+            if subdatasets:
+                with rasterio.open(subdatasets[0]) as sub:
+                    tags = {**tags, **sub.tags()}
+    except RasterioIOError as exc:
+        raise SceneError(path, f"cannot be read by GDAL ({exc})") from exc
+    datasets = tuple(subdatasets) if subdatasets else (path,)
+    mask = _mask_path(path, spec)
+    if spec.static:
+        return [SceneRef(path, None, source, datasets, None, mask)]
+    rule: DateRule = spec.date
+    times = _netcdf_times(tags) if subdatasets else None
+    if times and rule.from_ != "filename" and len(times) > 1:
+        return [SceneRef(path, t, source, datasets, i, mask) for i, t in enumerate(times)]
+    date: datetime | None = None
+    if rule.pattern:
+        m = re.search(rule.pattern, Path(path).name)
+        if m:
+            try:
+                date = (
+                    datetime.strptime(m["date"], rule.format)
+                    if rule.format
+                    else parse_date_from_name(m["date"])
+                )
+            except ValueError as exc:
+                raise SceneError(path, f"date {m['date']!r} does not match format {rule.format!r}") from exc
+    elif rule.from_ in ("auto", "filename"):
+        date = parse_date_from_name(path)
+    if date is None and rule.from_ in ("auto", "metadata"):
+        date = times[0] if times else _date_from_tags(tags)
+    if date is None:
+        raise SceneError(
+            path,
+            "no acquisition date in the file name (ISO 8601 date or YYYYDDD) or metadata; "
+            "set date.pattern in the catalog",
+        )
+    return [SceneRef(path, date, source, datasets, 0 if times else None, mask)]
+
+
+def expand_globs(patterns: list[str], catalog: Catalog | None = None) -> list[str]:
+    """Files matched by the patterns (resolved against the catalog's folder), sorted, unique."""
+    files: set[str] = set()
+    for pattern in patterns:
+        p = str(catalog.resolve(pattern)) if catalog is not None else pattern
+        files.update(f for f in globmod.glob(p, recursive=True) if Path(f).is_file())
+    return sorted(files)
+
+
+def discover(
+    catalog: Catalog, source: str
+) -> tuple[list[SceneRef], list[tuple[str, str]]]:
+    """All scenes of a source: (refs sorted by date, [(path, reason)] for files that failed)."""
+    spec = catalog.source(source)
+    refs: list[SceneRef] = []
+    failed: list[tuple[str, str]] = []
+    files = expand_globs(spec.glob, catalog)
+    if not files:
+        log.warning("source %s: no file matches %s", source, spec.glob)
+    for f in files:
+        try:
+            refs.extend(scene_refs_for_file(f, source, spec))
+        except SceneError as exc:
+            failed.append((exc.path, exc.reason))
+    refs.sort(key=lambda r: (r.date or datetime.min, r.path, r.time_index or 0))
+    return refs, failed

@@ -1,0 +1,41 @@
+"""Project exceptions. Each subclasses a built-in so callers can catch either."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "CatalogError",
+    "CubeSchemaError",
+    "SceneError",
+    "CheckpointError",
+    "did_you_mean",
+]
+
+
+class CatalogError(ValueError):
+    """The data catalog is malformed: names the file, the key and the reason."""
+
+
+class CubeSchemaError(ValueError):
+    """A store does not follow the cube schema (``data(time, band, y, x)``, ``valid(time, y, x)``)."""
+
+
+class SceneError(ValueError):
+    """A scene cannot be read or fails validation; the scene is quarantined, the run goes on."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class CheckpointError(RuntimeError):
+    """A stage artifact or manifest is inconsistent with its recorded contents."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,630 @@
+"""Ingest: new scenes of a catalog source -> validated, warped, appended time steps of a cube.
+
+The work goes in groups of dates (aligned with the cube's time chunks). In each group the scenes
+are read in parallel on a Dask thread pool, profiled and validated together with Great
+Expectations, warped onto the cube's grid, mosaicked per date and appended to the Zarr store.
+Memory is bounded by one group, whatever the length of the archive.
+
+The cube's manifest (``<cube>.manifest.json``) is the source of truth: it lists the scenes in the
+cube with their size and mtime, the scenes quarantined and why, and the number of time steps.
+It is rewritten atomically after every group. A run killed between an append and the manifest
+update leaves time steps the manifest does not list; the next run cuts them off before it starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time as timer
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from rasterio.crs import CRS
+from rasterio.warp import transform_bounds
+
+import rasterio
+from tasks.catalog import Catalog, CubeSpec, SourceSpec
+from tasks.checkpoint import (
+    Manifest,
+    atomic_artifact,
+    code_version,
+    read_manifest,
+    stage_key,
+    write_manifest,
+)
+from tasks.cube import DATA_DIMS, VALID_DIMS, cube_crs, cube_transform, grid_coords, spatial_ref
+from tasks.discover import SceneRef, discover
+from tasks.errors import CubeSchemaError, SceneError
+from tasks.validate import ValidationRules, validate_profiles
+from tasks.warp import Grid, RawScene, read_scene, warp_scene
+
+__all__ = ["IngestReport", "ingest_cube", "cube_grid", "plan_ingest", "ScenePlan"]
+
+log = logging.getLogger(__name__)
+
+INGEST_MODULES = ("tasks.ingest", "tasks.warp", "tasks.discover", "tasks.validate")
+
+
+@dataclass
+class IngestReport:
+    """What an ingest run did, for logs, artifacts and the CLI."""
+
+    cube: str
+    path: str
+    created: bool = False
+    dates_added: list[str] = field(default_factory=list)
+    ingested: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    time_steps: int = 0
+    seconds: float = 0.0
+    bytes_decoded: int = 0
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per scene: status, date, reason: the operator's table."""
+        out = [{"scene": r["scene"], "status": "ingested", "date": r["date"], "reason": ""} for r in self.ingested]
+        out += [{"scene": r["scene"], "status": "skipped", "date": r.get("date", ""), "reason": r["reason"]} for r in self.skipped]
+        out += [{"scene": r["scene"], "status": "quarantined", "date": r.get("date", ""), "reason": r["reason"]} for r in self.quarantined]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ScenePlan:
+    """New scenes to ingest, grouped by date, and what was skipped or failed at discovery."""
+
+    new: list[list[SceneRef]]
+    skipped: list[dict[str, Any]]
+    quarantined: list[dict[str, Any]]
+
+
+# -- rules -------------------------------------------------------------------------------------
+def validation_rules(spec: SourceSpec) -> ValidationRules:
+    """The Great Expectations rules a source's scenes must meet, from its catalog entry."""
+    return ValidationRules(
+        band_count=spec.band_count,
+        dtypes=tuple(spec.dtypes) if spec.dtypes else None,
+        max_nodata_share=spec.max_nodata_share,
+        value_range=spec.valid_range,
+        class_codes=tuple(spec.classes) if spec.classes else None,
+        require_crs=True,
+    )
+
+
+def _as_date(d: datetime | None) -> str:
+    return d.isoformat() if d is not None else ""
+
+
+# -- the grid ----------------------------------------------------------------------------------
+def _scene_bounds(ref: SceneRef, crs: CRS) -> tuple[float, float, float, float] | None:
+    try:
+        with rasterio.open(ref.datasets[0] if ref.datasets else ref.path) as ds:
+            if ds.crs is None:
+                return None
+            return transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
+    except rasterio.errors.RasterioIOError:
+        return None
+
+
+def _first_scene_grid(ref: SceneRef) -> tuple[CRS, tuple[float, float]]:
+    with rasterio.open(ref.datasets[0] if ref.datasets else ref.path) as ds:
+        if ds.crs is None:
+            raise SceneError(ref.path, "has no CRS; give the cube a grid (crs, resolution)")
+        return ds.crs, (abs(ds.transform.a), abs(ds.transform.e))
+
+
+def cube_grid(spec: CubeSpec, refs: Sequence[SceneRef], *, name: str) -> Grid:
+    """The grid a new cube is created on: the catalog's, completed from the scenes."""
+    if not refs:
+        raise CubeSchemaError(f"cube {name}: no scenes to create it from and no existing cube")
+    if spec.grid is not None:
+        crs = CRS.from_user_input(spec.grid.crs)
+        res = spec.grid.xy_resolution
+        bounds = spec.grid.bounds
+    else:
+        crs, res = _first_scene_grid(refs[0])
+        bounds = None
+    if bounds is None:
+        boxes = [b for b in (_scene_bounds(r, crs) for r in refs) if b is not None]
+        if not boxes:
+            raise CubeSchemaError(f"cube {name}: no readable, georeferenced scene to take bounds from")
+        arr = np.array(boxes)
+        bounds = (arr[:, 0].min(), arr[:, 1].min(), arr[:, 2].max(), arr[:, 3].max())
+    return Grid.from_bounds(crs, bounds, res)
+
+
+def grid_of_cube(path: Path) -> Grid:
+    """The grid of an existing cube store."""
+    ds = xr.open_zarr(path, consolidated=False)
+    crs = cube_crs(ds)
+    if crs is None:
+        raise CubeSchemaError(f"{path}: the cube has no CRS (spatial_ref)")
+    return Grid(crs, cube_transform(ds), ds.sizes["x"], ds.sizes["y"])
+
+
+# -- planning ----------------------------------------------------------------------------------
+def _in_range(d: datetime | None, start: date | None, end: date | None) -> bool:
+    if d is None:
+        return True
+    return (start is None or d.date() >= start) and (end is None or d.date() <= end)
+
+
+def plan_ingest(
+    catalog: Catalog,
+    cube: str,
+    *,
+    start: date | None = None,
+    end: date | None = None,
+) -> ScenePlan:
+    """Which scenes are new for ``cube`` (by id, size and mtime), grouped by date."""
+    spec = catalog.cube(cube)
+    manifest = read_manifest(catalog.cube_path(cube))
+    done: dict[str, Any] = manifest.outputs.get("scenes", {}) if manifest else {}
+    bad: dict[str, Any] = manifest.outputs.get("quarantine", {}) if manifest else {}
+    dates_in_cube = set(manifest.outputs.get("dates", [])) if manifest else set()
+    if spec.time_range is not None:
+        start = max(filter(None, [start, spec.time_range[0]]), default=None)
+        end = min(filter(None, [end, spec.time_range[1]]), default=None)
+    refs: list[SceneRef] = []
+    skipped: list[dict[str, Any]] = []
+    quarantined: list[dict[str, Any]] = []
+    for source in spec.sources:
+        found, failed = discover(catalog, source)
+        quarantined += [{"scene": Path(p).name, "path": p, "reason": r} for p, r in failed]
+        refs += found
+    new: list[SceneRef] = []
+    for ref in refs:
+        stamp = ref.file_stamp()
+        row = {"scene": ref.id, "date": _as_date(ref.date)}
+        if ref.id in done and done[ref.id].get("stamp") == stamp:
+            continue  # already in the cube: a no-op, not news
+        if ref.id in bad and bad[ref.id].get("stamp") == stamp:
+            skipped.append({**row, "reason": f"quarantined before: {bad[ref.id]['reason']}"})
+        elif not _in_range(ref.date, start, end):
+            continue
+        elif ref.id in done:
+            skipped.append({**row, "reason": "changed on disk after ingest; rebuild the cube to take it"})
+        elif ref.date is not None and ref.date.date().isoformat() in dates_in_cube:
+            skipped.append({**row, "reason": "its date is already in the cube"})
+        else:
+            new.append(ref)
+    new.sort(key=lambda r: (r.date or datetime.min, r.path, r.time_index or 0))
+    grouped = [list(g) for _, g in groupby(new, key=lambda r: r.date.date() if r.date else None)]
+    return ScenePlan(grouped, skipped, quarantined)
+
+
+# -- reading, validating and warping one group of dates ------------------------------------------
+@dataclass
+class DateResult:
+    """One date of the cube: the mosaic of its scenes on the grid."""
+
+    date: datetime
+    data: np.ndarray  # (band, y, x) float32
+    valid: np.ndarray  # (y, x) bool
+    scenes: list[SceneRef]
+
+
+def _safe(fn: Callable[..., Any], ref: SceneRef, *args: Any) -> Any:
+    """Run ``fn`` and turn any failure into a ``SceneError`` naming the scene: one bad file never
+    stops the batch."""
+    try:
+        return fn(*args)
+    except SceneError as exc:
+        return exc
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # GDAL and numpy failures on corrupt data come in many types
+        return SceneError(ref.path, f"{type(exc).__name__}: {exc}")
+
+
+def _parallel(fn: Callable[..., Any], items: Sequence[Any], workers: int) -> list[Any]:
+    if not items:
+        return []
+    delayed = [dask.delayed(fn, pure=False)(*it) for it in items]
+    return list(dask.compute(*delayed, scheduler="threads", num_workers=workers))
+
+
+def read_and_validate(
+    refs: Sequence[SceneRef], specs: dict[str, SourceSpec], grid: Grid, *, workers: int = 2
+) -> tuple[list[RawScene], list[dict[str, Any]]]:
+    """Read scenes in parallel and validate their profiles with Great Expectations in one call.
+
+    Returns the scenes that passed and quarantine rows ``{scene, path, date, reason}``.
+    """
+    read = _parallel(lambda r: _safe(read_scene, r, r, specs[r.source], grid), [(r,) for r in refs], workers)
+    quarantined: list[dict[str, Any]] = []
+    ok: list[RawScene] = []
+    for ref, res in zip(refs, read, strict=True):
+        if isinstance(res, SceneError):
+            quarantined.append({"scene": ref.id, "path": ref.path, "date": _as_date(ref.date), "reason": res.reason})
+        else:
+            ok.append(res)
+    passed: list[RawScene] = []
+    for source in sorted({r.ref.source for r in ok}):
+        batch = [r for r in ok if r.ref.source == source]
+        failures = validate_profiles([r.profile for r in batch], validation_rules(specs[source]))
+        for raw in batch:
+            reasons = failures.get(raw.profile.scene, [])
+            if reasons:
+                quarantined.append({
+                    "scene": raw.ref.id, "path": raw.ref.path, "date": _as_date(raw.ref.date),
+                    "reason": "failed validation: " + "; ".join(reasons),
+                })
+            else:
+                passed.append(raw)
+    return passed, quarantined
+
+
+def _mosaic(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mosaic scenes of one date: clear pixels win, then any observed pixel, first scene first."""
+    data, valid = parts[0][0].copy(), parts[0][1].copy()
+    for d, v in parts[1:]:
+        fill = np.isnan(data[0]) & ~np.isnan(d[0])
+        take = (~valid & v) | fill
+        data[:, take] = d[:, take]
+        valid |= v
+    return data, valid
+
+
+def process_dates(
+    groups: Sequence[Sequence[SceneRef]], specs: dict[str, SourceSpec], grid: Grid, *, workers: int = 2
+) -> tuple[list[DateResult], list[dict[str, Any]], int]:
+    """Read, validate, warp and mosaic several dates. Returns (dates, quarantined, bytes decoded)."""
+    refs = [r for g in groups for r in g]
+    passed, quarantined = read_and_validate(refs, specs, grid, workers=workers)
+    nbytes = sum(r.data.nbytes for r in passed)
+    warped = _parallel(
+        lambda raw: _safe(warp_scene, raw.ref, raw, specs[raw.ref.source], grid), [(r,) for r in passed], workers
+    )
+    by_date: dict[date, list[tuple[RawScene, Any]]] = {}
+    for raw, res in zip(passed, warped, strict=True):
+        if isinstance(res, SceneError):
+            quarantined.append({"scene": raw.ref.id, "path": raw.ref.path, "date": _as_date(raw.ref.date), "reason": res.reason})
+            continue
+        assert raw.ref.date is not None
+        by_date.setdefault(raw.ref.date.date(), []).append((raw, res))
+    results = []
+    for day in sorted(by_date):
+        items = by_date[day]
+        data, valid = _mosaic([res for _, res in items])
+        results.append(DateResult(min(r.ref.date for r, _ in items), data, valid, [r.ref for r, _ in items]))
+    return results, quarantined, nbytes
+
+
+# -- static layers -----------------------------------------------------------------------------
+def static_layers(
+    catalog: Catalog, spec: CubeSpec, grid: Grid
+) -> tuple[dict[str, xr.DataArray], list[dict[str, Any]]]:
+    """Categorical / static layers (e.g. NLCD land cover) on the cube's grid."""
+    layers: dict[str, xr.DataArray] = {}
+    quarantined: list[dict[str, Any]] = []
+    y, x = grid_coords(grid.transform, grid.height, grid.width)
+    for var, source in spec.static.items():
+        src = catalog.source(source)
+        refs, failed = discover(catalog, source)
+        quarantined += [{"scene": Path(p).name, "path": p, "reason": r} for p, r in failed]
+        passed, bad = read_and_validate(refs, {source: src}, grid)
+        quarantined += bad
+        if not passed:
+            log.warning("static layer %s: no usable file from source %s; the cube has no %s", var, source, var)
+            continue
+        nodata = passed[0].nodata if passed[0].nodata is not None else 0
+        codes = None
+        for raw in passed:
+            c, v = warp_scene(raw, src, grid)
+            codes = c if codes is None else np.where(codes == nodata, c, codes)
+        attrs: dict[str, Any] = {"long_name": var, "source": source, "nodata": nodata, "grid_mapping": "spatial_ref"}
+        if src.classes:
+            attrs["flag_values"] = list(src.classes)
+            attrs["flag_meanings"] = " ".join(m.replace(",", "").replace(" ", "_").replace("/", "_") for m in src.classes.values())
+            colors = _colormap(passed[0].ref)
+            if colors:
+                attrs["flag_colors"] = [colors.get(k, "#000000") for k in src.classes]
+        layers[var] = xr.DataArray(codes, dims=("y", "x"), coords={"y": y, "x": x}, attrs=attrs)
+    return layers, quarantined
+
+
+def _colormap(ref: SceneRef) -> dict[int, str]:
+    try:
+        with rasterio.open(ref.path) as ds:
+            cmap = ds.colormap(1)
+    except ValueError:  # no colour table
+        return {}
+    return {k: "#{:02x}{:02x}{:02x}".format(*v[:3]) for k, v in cmap.items()}
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _dates_dataset(results: Sequence[DateResult], grid: Grid, bands: Sequence[str]) -> xr.Dataset:
+    y, x = grid_coords(grid.transform, grid.height, grid.width)
+    times = pd.DatetimeIndex([r.date for r in results]).as_unit("ns")
+    return xr.Dataset(
+        {
+            "data": (DATA_DIMS, np.stack([r.data for r in results])),
+            "valid": (VALID_DIMS, np.stack([r.valid for r in results])),
+        },
+        coords={"time": times, "band": list(bands), "y": y, "x": x},
+    )
+
+
+def _create_cube(
+    path: Path, ds: xr.Dataset, grid: Grid, layers: dict[str, xr.DataArray], spec: CubeSpec, attrs: dict[str, Any]
+) -> None:
+    ds = ds.assign_coords(spatial_ref=spatial_ref(grid.crs, grid.transform))
+    for v in layers:
+        ds[v] = layers[v]
+    ds["data"].attrs.update(long_name="observed values in physical units", grid_mapping="spatial_ref")
+    ds["valid"].attrs.update(long_name="observed and clear", grid_mapping="spatial_ref")
+    ds["x"].attrs.update(standard_name="projection_x_coordinate", units="m", axis="X")
+    ds["y"].attrs.update(standard_name="projection_y_coordinate", units="m", axis="Y")
+    ds.attrs.update(attrs)
+    ch = spec.chunks
+    cy, cx = min(ch.y, grid.height), min(ch.x, grid.width)
+    encoding: dict[str, dict[str, Any]] = {
+        "data": {"chunks": (ch.time, ds.sizes["band"], cy, cx)},
+        "valid": {"chunks": (ch.time, cy, cx)},
+        "time": {"units": "seconds since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian", "dtype": "int64"},
+    }
+    for v in layers:
+        encoding[v] = {"chunks": (cy, cx)}
+    with atomic_artifact(path, overwrite=False) as tmp:
+        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
+
+
+def _append(path: Path, ds: xr.Dataset) -> None:
+    ds.to_zarr(path, append_dim="time", consolidated=False)
+
+
+def truncate_to_manifest(path: Path, manifest: Manifest) -> int:
+    """Cut time steps a killed run appended after the manifest was last written. Returns how many."""
+    n = int(manifest.outputs.get("time_steps", 0))
+    group = zarr.open_group(str(path), mode="r+")
+    extra = 0
+    for name in ("data", "valid", "time"):
+        arr = group[name]
+        if arr.shape[0] > n:
+            extra = max(extra, arr.shape[0] - n)
+            arr.resize((n, *arr.shape[1:]))
+    if extra:
+        log.warning("%s: removed %d time step(s) left by an interrupted run", path, extra)
+    return extra
+
+
+def _cube_manifest(
+    name: str, spec: CubeSpec, scenes: dict[str, Any], quarantine: dict[str, Any], dates: list[str], steps: int, grid: Grid
+) -> Manifest:
+    scene_digest = hashlib.sha256(json.dumps(scenes, sort_keys=True).encode()).hexdigest()[:20]
+    params = json.loads(spec.model_dump_json())
+    code = code_version(*INGEST_MODULES)
+    return Manifest(
+        stage="ingest",
+        key=stage_key("ingest", inputs={"scenes": scene_digest}, params=params, code=code),
+        params=params,
+        inputs={"scenes": scene_digest},
+        code_version=code,
+        outputs={
+            "cube": name, "scenes": scenes, "quarantine": quarantine, "dates": dates, "time_steps": steps,
+            "grid": {"crs": grid.crs.to_string(), "transform": list(grid.transform)[:6], "width": grid.width, "height": grid.height},
+        },
+    )
+
+
+def ingest_cube(
+    catalog: Catalog,
+    cube: str,
+    *,
+    start: date | None = None,
+    end: date | None = None,
+    workers: int = 2,
+    dates_per_group: int | None = None,
+    on_group: Callable[[int, int], None] | None = None,
+) -> IngestReport:
+    """Ingest the new scenes of ``cube``'s sources: create the cube or append to it.
+
+    Parameters
+    ----------
+    catalog, cube
+        The validated catalog and the cube's name in it.
+    start, end
+        Only scenes dated within [start, end] (inclusive), e.g. for a backfill.
+    workers
+        Threads reading and warping scenes in parallel.
+    dates_per_group
+        Dates held in memory at once (default: the cube's time chunk, at least ``workers``).
+    on_group
+        Called as ``on_group(scenes_done, scenes_total)`` after each group (progress bars).
+    """
+    t0 = timer.perf_counter()
+    spec = catalog.cube(cube)
+    path = catalog.cube_path(cube)
+    report = IngestReport(cube=cube, path=str(path))
+    manifest = read_manifest(path)
+    if path.exists() and manifest is None:
+        raise CubeSchemaError(
+            f"{path}: a store is there but no {path.name}.manifest.json: it was not made by "
+            "fusioncube ingest, or a run was killed while creating it; move it away or set cubes."
+            f"{cube}.path to another location"
+        )
+    if manifest is not None:
+        truncate_to_manifest(path, manifest)
+    plan = plan_ingest(catalog, cube, start=start, end=end)
+    report.skipped += plan.skipped
+    report.quarantined += plan.quarantined
+    specs = {s: catalog.source(s) for s in spec.sources}
+    bands = [b.name for b in specs[spec.sources[0]].bands]
+    scenes: dict[str, Any] = dict(manifest.outputs.get("scenes", {})) if manifest else {}
+    quarantine: dict[str, Any] = dict(manifest.outputs.get("quarantine", {})) if manifest else {}
+    dates: list[str] = list(manifest.outputs.get("dates", [])) if manifest else []
+    steps = int(manifest.outputs.get("time_steps", 0)) if manifest else 0
+    grid = grid_of_cube(path) if manifest else None
+    if grid is None and plan.new:
+        grid = cube_grid(spec, [r for g in plan.new for r in g], name=cube)
+    per_group = dates_per_group or max(spec.chunks.time, workers)
+    total = sum(len(g) for g in plan.new)
+    done = 0
+    last_date = pd.Timestamp(dates[-1]) if dates else None
+    for i in range(0, len(plan.new), per_group):
+        groups = plan.new[i : i + per_group]
+        assert grid is not None
+        results, bad, nbytes = process_dates(groups, specs, grid, workers=workers)
+        report.bytes_decoded += nbytes
+        for q in bad:
+            stamp_src = Path(q["path"])
+            stamp = {"size": stamp_src.stat().st_size, "mtime_ns": stamp_src.stat().st_mtime_ns} if stamp_src.exists() else {}
+            quarantine[q["scene"]] = {"reason": q["reason"], "stamp": stamp}
+        report.quarantined += bad
+        if results:
+            ds = _dates_dataset(results, grid, bands)
+            if not path.exists():
+                layers, bad_static = static_layers(catalog, spec, grid)
+                report.quarantined += bad_static
+                attrs = {
+                    "title": f"fusioncube cube {cube}",
+                    "Conventions": "CF-1.8",
+                    "sources": ", ".join(spec.sources),
+                    "static_sources": ", ".join(f"{k}: {v}" for k, v in spec.static.items()),
+                    "software": f"fusioncube {code_version(*INGEST_MODULES)}",
+                    "catalog_entry": spec.model_dump_json(),
+                    "catalog": str(catalog.path) if catalog.path else "",
+                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
+                _create_cube(path, ds, grid, layers, spec, attrs)
+                report.created = True
+            else:
+                if last_date is not None and results[0].date < last_date.to_pydatetime():
+                    log.warning("cube %s: %s is older than the newest date in the cube; appended after it "
+                                "(sort by time when reading: ds.sortby('time'))", cube, results[0].date.date())
+                _append(path, ds)
+            for r in results:
+                day = r.date.date().isoformat()
+                dates.append(day)
+                report.dates_added.append(day)
+                for ref in r.scenes:
+                    scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": steps}
+                    quarantine.pop(ref.id, None)
+                    report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
+                steps += 1
+            last_date = pd.Timestamp(dates[-1])
+            write_manifest(path, _cube_manifest(cube, spec, scenes, quarantine, dates, steps, grid))
+        elif bad and manifest is not None:
+            write_manifest(path, _cube_manifest(cube, spec, scenes, quarantine, dates, steps, grid))
+        done += sum(len(g) for g in groups)
+        if on_group is not None:
+            on_group(done, total)
+    report.time_steps = steps
+    report.seconds = timer.perf_counter() - t0
+    for q in report.quarantined:
+        log.warning("quarantined %s: %s", q["scene"], q["reason"])
+    log.info(
+        "cube %s: %d scene(s) ingested into %d new date(s), %d skipped, %d quarantined; %d time steps",
+        cube, len(report.ingested), len(report.dates_added), len(report.skipped), len(report.quarantined), steps,
+    )
+    return report
+
+
+# -- Prefect tasks (thin wrappers: paths and small dicts in, small dicts out) -------------------
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.artifacts import (  # noqa: E402
+    create_image_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NONE as NO_CACHE  # noqa: E402
+
+from tasks.catalog import load_catalog  # noqa: E402
+
+
+def _artifact_key(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "cube"
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=[5, 30], tags=["io", "ingest"], cache_policy=NO_CACHE)
+def ingest_task(
+    catalog_path: str,
+    cube: str,
+    start: date | None = None,
+    end: date | None = None,
+    env: dict[str, str] | None = None,
+    workers: int = 2,
+    progress_bar: bool = False,
+) -> dict[str, Any]:
+    """Ingest the new scenes of one cube; returns the report as a dict."""
+    logger = get_run_logger()
+    catalog = load_catalog(catalog_path, env=env)
+    progress_id = create_progress_artifact(0.0, key=_artifact_key(f"ingest-progress-{cube}"),
+                                           description=f"ingest of cube {cube}")
+    bar = None
+    if progress_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="scene", desc=f"ingest {cube}")
+
+    def on_group(done: int, total: int) -> None:
+        logger.info("cube %s: %d/%d new scenes processed", cube, done, total)
+        update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    report = ingest_cube(catalog, cube, start=start, end=end, workers=workers, on_group=on_group)
+    if bar is not None:
+        bar.close()
+    update_progress_artifact(progress_id, 100.0)
+    if not report.ingested:
+        logger.info("cube %s: nothing new to ingest (%d time steps)", cube, report.time_steps)
+    for q in report.quarantined:
+        logger.warning("quarantined %s: %s", q["scene"], q["reason"])
+    return report.to_dict()
+
+
+@task(name="quick-look", tags=["artifact"], cache_policy=NO_CACHE)
+def quicklook_task(cube_path: str, out_png: str) -> str:
+    """PNG of the cube's newest date."""
+    from tasks.quicklook import composite_png
+
+    return str(composite_png(cube_path, out_png))
+
+
+@task(name="publish-ingest-report", tags=["artifact"], cache_policy=NO_CACHE)
+def publish_ingest_task(report: dict[str, Any], quicklook: str | None = None) -> None:
+    """Prefect artifacts for operators: the scene table and the quick-look."""
+    cube = report["cube"]
+    rows = IngestReport(**report).rows() or [{"scene": "-", "status": "nothing new", "date": "", "reason": ""}]
+    create_table_artifact(
+        table=rows, key=_artifact_key(f"ingest-{cube}"),
+        description=f"Scenes of cube {cube}: ingested / skipped / quarantined with reasons",
+    )
+    quarantine_lines = "\n".join(f"| {q['scene']} | {q['reason']} |" for q in report["quarantined"]) or "| - | none |"
+    md = (
+        f"# Ingest of cube `{cube}`\n\n"
+        f"- store: `{report['path']}`\n- time steps: {report['time_steps']}"
+        f" ({len(report['dates_added'])} added this run)\n"
+        f"- scenes: {len(report['ingested'])} ingested, {len(report['skipped'])} skipped, "
+        f"{len(report['quarantined'])} quarantined\n- {report['seconds']:.1f} s, "
+        f"{report['bytes_decoded'] / 1e6:.1f} MB decoded\n\n## Quarantine\n\n| scene | reason |\n|---|---|\n"
+        f"{quarantine_lines}\n"
+    )
+    if quicklook:
+        md += f"\nQuick-look of the newest date: `{quicklook}`\n"
+    create_markdown_artifact(md, key=_artifact_key(f"ingest-summary-{cube}"), description=f"ingest summary of {cube}")
+    if quicklook:
+        from tasks.quicklook import thumbnail_data_uri
+
+        create_image_artifact(
+            image_url=thumbnail_data_uri(quicklook), key=_artifact_key(f"quicklook-{cube}"),
+            description=f"newest composite of cube {cube} ({quicklook})",
+        )

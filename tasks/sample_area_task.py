@@ -1,0 +1,48 @@
+"""The sample area as a checkpointed artifact: generated once per (size, seed, code version)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE as NO_CACHE
+
+from tasks.checkpoint import Manifest, atomic_artifact, code_version, reusable, stage_key, write_manifest
+
+__all__ = ["ensure_sample_area", "sample_area_task"]
+
+log = logging.getLogger(__name__)
+
+_MODULES = ("tasks.sample_area",)
+
+
+def ensure_sample_area(out: str | Path, *, size: str = "demo", seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Generate the sample area into ``out`` unless the same one is already there."""
+    from tasks.sample_area import generate_sample_area
+
+    out = Path(out)
+    params = {"size": size, "seed": seed}
+    code = code_version(*_MODULES)
+    key = stage_key("sample-area", inputs={}, params=params, code=code)
+    done = reusable(out, key)
+    if done is not None:
+        log.info("sample area %s reused (%s)", out, key)
+        return {"path": str(out), "reused": True, **done.outputs}
+    with atomic_artifact(out) as tmp:
+        area = generate_sample_area(tmp, size=size, seed=seed, progress=progress)
+        outputs = {
+            "planet_dates": [d.isoformat() for d in area.planet_dates],
+            "modis_dates": [d.isoformat() for d in area.modis_dates],
+        }
+    write_manifest(out, Manifest(stage="sample-area", key=key, params=params, inputs={}, code_version=code, outputs=outputs))
+    return {"path": str(out), "reused": False, **outputs}
+
+
+@task(name="sample-area", tags=["sample"], cache_policy=NO_CACHE)
+def sample_area_task(out: str, size: str = "demo", seed: int = 0) -> dict[str, Any]:
+    """Generate (or reuse) the built-in sample area."""
+    result = ensure_sample_area(out, size=size, seed=seed)
+    get_run_logger().info("sample area %s: %s", "reused" if result["reused"] else "generated", out)
+    return result

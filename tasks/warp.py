@@ -1,0 +1,274 @@
+"""Reading a scene onto a cube's grid: window read, scale to physical units, warp, mask.
+
+Two steps so a batch of scenes is validated in one Great Expectations call between them:
+``read_scene`` reads the window of a scene that covers the grid and profiles it;
+``warp_scene`` puts the read window onto the grid (GDAL warp, or a plain copy when the scene is
+already on the grid's lattice) and turns the mask rule into a boolean ``valid``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window, from_bounds
+
+import rasterio
+from tasks.catalog import MaskRule, SourceSpec
+from tasks.discover import SceneRef
+from tasks.errors import SceneError
+from tasks.validate import SceneProfile, profile_array
+
+__all__ = ["Grid", "RawScene", "read_scene", "warp_scene", "mask_to_clear", "WARP_THREADS"]
+
+log = logging.getLogger(__name__)
+
+WARP_THREADS = 2
+# GDAL is told to keep its block cache small: memory must not grow with the archive.
+GDAL_ENV = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up raster grid: CRS, affine transform (top-left corner) and size."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def from_bounds(
+        cls, crs: CRS | str, bounds: tuple[float, float, float, float], resolution: tuple[float, float]
+    ) -> Grid:
+        """Grid covering ``bounds``, snapped outward to multiples of the resolution."""
+        rx, ry = resolution
+        xmin = math.floor(bounds[0] / rx + 1e-9) * rx
+        ymin = math.floor(bounds[1] / ry + 1e-9) * ry
+        xmax = math.ceil(bounds[2] / rx - 1e-9) * rx
+        ymax = math.ceil(bounds[3] / ry - 1e-9) * ry
+        width, height = round((xmax - xmin) / rx), round((ymax - ymin) / ry)
+        if width < 1 or height < 1:
+            raise ValueError(f"grid bounds {bounds} hold no pixel at resolution {resolution}")
+        crs = CRS.from_user_input(crs)
+        return cls(crs, Affine(rx, 0.0, xmin, 0.0, -ry, ymax), width, height)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        t = self.transform
+        return (t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f)
+
+    @property
+    def resolution(self) -> tuple[float, float]:
+        return (self.transform.a, -self.transform.e)
+
+
+@dataclass
+class RawScene:
+    """A scene's window over the grid, in physical units, before warping."""
+
+    ref: SceneRef
+    data: np.ndarray  # (bands, rows, cols) float32 physical (categorical: raw integer codes)
+    clear: np.ndarray | None  # (rows, cols) bool from the mask rule, None without one
+    transform: Affine
+    crs: CRS
+    profile: SceneProfile
+    nodata: float | None = None
+
+
+def mask_to_clear(mask: np.ndarray, rule: MaskRule) -> np.ndarray:
+    """Boolean "clear" from a QA / UDM band according to the catalog's mask rule."""
+    clear = np.ones(mask.shape, dtype=bool)
+    if rule.clear_values is not None:
+        clear &= np.isin(mask, rule.clear_values)
+    if rule.invalid_bits is not None:
+        bits = np.uint64(sum(1 << b for b in rule.invalid_bits))
+        clear &= (mask.astype(np.uint64) & bits) == 0
+    if rule.invalid_values is not None:
+        masked = mask.astype(np.int64) & rule.bit_mask if rule.bit_mask is not None else mask
+        clear &= ~np.isin(masked, rule.invalid_values)
+    return clear
+
+
+def _window_over(ds: rasterio.io.DatasetReader, grid: Grid) -> Window:
+    """The window of ``ds`` that covers the grid (rounded outward, clipped to the file)."""
+    left, bottom, right, top = transform_bounds(grid.crs, ds.crs, *grid.bounds, densify_pts=21)
+    win = from_bounds(left, bottom, right, top, transform=ds.transform)
+    col0, row0 = math.floor(win.col_off) - 1, math.floor(win.row_off) - 1
+    col1 = math.ceil(win.col_off + win.width) + 1
+    row1 = math.ceil(win.row_off + win.height) + 1
+    col0, row0 = max(col0, 0), max(row0, 0)
+    col1, row1 = min(col1, ds.width), min(row1, ds.height)
+    if col1 <= col0 or row1 <= row0:
+        raise SceneError(ds.name, "lies outside the cube's bounds (no overlap with its grid)")
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
+    """Read the part of a scene over ``grid`` and profile it. Raises ``SceneError`` on bad input."""
+    first = ref.datasets[0] if ref.datasets else ref.path
+    try:
+        with rasterio.Env(**GDAL_ENV), rasterio.open(first) as ds:
+            if ds.crs is None:
+                raise SceneError(ref.path, "has no CRS (no georeferencing); cannot place it on the grid")
+            file_count, file_dtype = ds.count, ds.dtypes[0]
+            win = _window_over(ds, grid)
+            transform = ds.window_transform(win)
+            crs = ds.crs
+            if len(ref.datasets) > 1:  # NetCDF: one subdataset per band, GDAL bands are times
+                arrays, nodatas = [], []
+                for b in spec.bands:
+                    if b.index > len(ref.datasets):
+                        raise SceneError(
+                            ref.path,
+                            f"band {b.name} wants variable {b.index}; the file has {len(ref.datasets)}",
+                        )
+                    with rasterio.open(ref.datasets[b.index - 1]) as sub:
+                        arrays.append(sub.read((ref.time_index or 0) + 1, window=win))
+                        nodatas.append(sub.nodata)
+                raw = np.stack(arrays)
+                file_count, nodata = len(ref.datasets), nodatas[0]
+            else:
+                indexes = [b.index for b in spec.bands if b.index <= ds.count]
+                if ref.time_index is not None:
+                    indexes = [ref.time_index + 1]
+                raw = ds.read(indexes, window=win) if indexes else np.zeros((0, 1, 1), ds.dtypes[0])
+                nodata = ds.nodata
+    except RasterioIOError as exc:
+        raise SceneError(ref.path, f"cannot be read ({exc})") from exc
+    band = spec.bands[0]
+    nodata = band.nodata if band.nodata is not None else nodata
+    profile = profile_array(
+        ref.id,
+        raw,
+        nodata=nodata,
+        scale=band.scale,
+        offset=band.offset,
+        crs=crs.to_string(),
+        categorical=spec.kind == "categorical",
+    )
+    profile = replace(profile, band_count=file_count, dtype=str(file_dtype))
+    if raw.shape[0] < len(spec.bands):
+        return RawScene(ref, raw.astype(np.float32), None, transform, crs, profile, nodata)
+    clear = _read_mask(ref, spec, grid, win, transform) if spec.mask is not None else None
+    data = _to_physical(raw, spec, nodata)
+    return RawScene(ref, data, clear, transform, crs, profile, nodata)
+
+
+def _to_physical(raw: np.ndarray, spec: SourceSpec, nodata: float | None) -> np.ndarray:
+    if spec.kind == "categorical":
+        return raw
+    out = np.empty(raw.shape, dtype=np.float32)
+    for i, b in enumerate(spec.bands):
+        band = raw[i]
+        nd = b.nodata if b.nodata is not None else nodata
+        out[i] = band.astype(np.float32) * np.float32(b.scale) + np.float32(b.offset)
+        if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
+            out[i][band == nd] = np.nan
+    return out
+
+
+def _read_mask(ref: SceneRef, spec: SourceSpec, grid: Grid, win: Window, transform: Affine) -> np.ndarray:
+    assert spec.mask is not None
+    path = ref.mask_path or ref.path
+    if ref.mask_path is not None and not Path(ref.mask_path).exists():
+        raise SceneError(ref.path, f"its mask file {Path(ref.mask_path).name} is missing")
+    try:
+        with rasterio.open(path) as ds:
+            if spec.mask.band > ds.count:
+                raise SceneError(path, f"mask band {spec.mask.band} requested; the file has {ds.count}")
+            if ds.transform == transform * Affine.translation(-win.col_off, -win.row_off):
+                mask = ds.read(spec.mask.band, window=win)
+            else:  # mask on its own grid: bring it onto the scene window
+                mask = np.zeros((int(win.height), int(win.width)), dtype=ds.dtypes[0])
+                reproject(
+                    rasterio.band(ds, spec.mask.band), mask, dst_transform=transform,
+                    dst_crs=ds.crs, resampling=Resampling.nearest,
+                )
+    except RasterioIOError as exc:
+        raise SceneError(path, f"mask cannot be read ({exc})") from exc
+    return mask_to_clear(mask, spec.mask)
+
+
+def _lattice_offset(raw: RawScene, grid: Grid) -> tuple[int, int] | None:
+    """(row, col) offset of the scene window in the grid when both share a pixel lattice."""
+    if raw.crs != grid.crs:
+        return None
+    t, g = raw.transform, grid.transform
+    if not (math.isclose(t.a, g.a, rel_tol=1e-9) and math.isclose(t.e, g.e, rel_tol=1e-9)):
+        return None
+    if t.b != 0 or t.d != 0:
+        return None
+    col = (t.c - g.c) / g.a
+    row = (t.f - g.f) / g.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return round(row), round(col)
+
+
+def _paste(src: np.ndarray, dst: np.ndarray, row: int, col: int) -> None:
+    """Copy ``src`` (..., h, w) into ``dst`` (..., H, W) at (row, col), clipping at the edges."""
+    h, w = src.shape[-2:]
+    H, W = dst.shape[-2:]
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + h, H), min(col + w, W)
+    if r1 <= r0 or c1 <= c0:
+        return
+    dst[..., r0:r1, c0:c1] = src[..., r0 - row : r1 - row, c0 - col : c1 - col]
+
+
+def warp_scene(raw: RawScene, spec: SourceSpec, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Put a read scene onto the grid.
+
+    Returns
+    -------
+    data : (bands, H, W) float32 physical values, NaN outside the footprint
+        (categorical sources: (H, W) of the raw codes, the band's nodata outside).
+    valid : (H, W) bool, observed, finite and clear.
+    """
+    resampling = Resampling[spec.resampling_name]
+    shape = (grid.height, grid.width)
+    offset = _lattice_offset(raw, grid)
+    if spec.kind == "categorical":
+        nodata = raw.nodata if raw.nodata is not None else 0
+        codes = np.full(shape, nodata, dtype=raw.data.dtype)
+        if offset is not None:
+            _paste(raw.data[0], codes, *offset)
+        else:
+            reproject(
+                raw.data[0], codes, src_transform=raw.transform, src_crs=raw.crs, src_nodata=nodata,
+                dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=nodata,
+                resampling=resampling, num_threads=WARP_THREADS,
+            )
+        return codes, codes != nodata
+    data = np.full((raw.data.shape[0], *shape), np.nan, dtype=np.float32)
+    clear = np.zeros(shape, dtype=bool)
+    if offset is not None:
+        _paste(raw.data, data, *offset)
+        if raw.clear is not None:
+            _paste(raw.clear, clear, *offset)
+    else:
+        reproject(
+            raw.data, data, src_transform=raw.transform, src_crs=raw.crs, src_nodata=np.nan,
+            dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,
+            resampling=resampling, num_threads=WARP_THREADS,
+        )
+        if raw.clear is not None:
+            c = np.zeros(shape, dtype=np.uint8)
+            reproject(
+                raw.clear.astype(np.uint8), c, src_transform=raw.transform, src_crs=raw.crs,
+                dst_transform=grid.transform, dst_crs=grid.crs, resampling=Resampling.nearest,
+                num_threads=WARP_THREADS,
+            )
+            clear = c.astype(bool)
+    observed = np.isfinite(data).all(axis=0)
+    valid = observed & clear if raw.clear is not None else observed
+    return data, valid

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.catalog import NLCD_CLASSES, catalog_from_dict, load_catalog
+from tasks.errors import CatalogError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def raw() -> dict:
+    return yaml.safe_load((REPO / "data_catalog.yaml").read_text())
+
+
+def test_repository_catalog_loads_and_resolves_paths(tmp_path: Path) -> None:
+    cat = load_catalog(REPO / "data_catalog.yaml", env={"FUSIONCUBE_DATA": str(tmp_path)})
+    assert set(cat.cubes) == {"planet", "modis_lst"}
+    assert cat.cube_path("planet") == tmp_path / "cubes" / "planet.zarr"
+    assert cat.sources["planet"].bands[3].name == "nir"
+    assert cat.sources["planet"].bands[3].scale == pytest.approx(1e-4)  # YAML merge keys work
+    assert cat.sources["nlcd"].classes == NLCD_CLASSES
+    assert cat.sources["nlcd"].resampling_name == "nearest"
+    assert cat.sources["planet"].resampling_name == "bilinear"
+
+
+def test_relative_paths_resolve_against_the_catalog_file(tmp_path: Path, raw: dict) -> None:
+    raw["storage"] = {"root": "data"}
+    cat = catalog_from_dict(raw, path=tmp_path / "sub" / "cat.yaml")
+    assert cat.root == tmp_path / "sub" / "data"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda r: r["sources"]["planet"].update(globb="x"), r"sources\.planet\.globb: unknown key \(did you mean 'glob'\?\)"),
+        (lambda r: r["cubes"]["planet"].update(sources=["plnet"]), r"unknown source 'plnet' \(did you mean 'planet'\?\)"),
+        (lambda r: r["cubes"]["planet"]["grid"].update(resolution=0), r"cubes\.planet\.grid\.resolution: resolution must be positive"),
+        (lambda r: r["cubes"]["planet"]["grid"].update(resolution=-3), r"cubes\.planet\.grid\.resolution"),
+        (lambda r: r["cubes"]["planet"]["chunks"].update(y=0), r"cubes\.planet\.chunks\.y"),
+        (lambda r: r["cubes"]["planet"]["grid"].update(crs="EPSG:999999"), r"cubes\.planet\.grid\.crs: unknown CRS"),
+        (lambda r: r["sources"]["planet"].pop("bands"), r"sources\.planet\.bands: required key is missing"),
+        (lambda r: r.update(stagez={}), r"stagez: unknown key \(did you mean 'stages'\?\)"),
+        (lambda r: r["stages"]["patch"].update(sise=3), r"stages\.patch\.sise: unknown key \(did you mean 'size'\?\)"),
+        (lambda r: r["stages"]["patch"].update(fractions=[0.5, 0.5, 0.5]), r"fractions"),
+        (lambda r: r["sources"]["planet"]["bands"][0].update(scale="abc"), r"bands\[0\]\.scale"),
+        (lambda r: r["sources"]["nlcd"].update(resampling="bilinear"), r"categorical sources need nearest or mode"),
+        (lambda r: r["cubes"]["planet"]["grid"].update(bounds=[10, 0, 0, 10]), r"bounds must be"),
+    ],
+)
+def test_malformed_catalog_names_file_and_key(raw: dict, mutate, match: str) -> None:
+    bad = copy.deepcopy(raw)
+    mutate(bad)
+    with pytest.raises(CatalogError, match=match) as info:
+        catalog_from_dict(bad, path="my_catalog.yaml")
+    assert "my_catalog.yaml" in str(info.value)
+
+
+def test_unreadable_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("sources: [unclosed\n")
+    with pytest.raises(CatalogError, match="c.yaml: not valid YAML"):
+        load_catalog(bad)
+    with pytest.raises(CatalogError, match="catalog file not found"):
+        load_catalog(tmp_path / "nope.yaml")
+    empty = tmp_path / "e.yaml"
+    empty.write_text("")
+    with pytest.raises(CatalogError, match="empty"):
+        load_catalog(empty)
+
+
+def test_environment_variables(tmp_path: Path, raw: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw["storage"] = {"root": "${MY_ROOT}"}
+    monkeypatch.delenv("MY_ROOT", raising=False)
+    with pytest.raises(CatalogError, match="storage.root: environment variable MY_ROOT is not set"):
+        catalog_from_dict(raw, path=tmp_path / "c.yaml")
+    monkeypatch.setenv("MY_ROOT", str(tmp_path / "x"))
+    assert catalog_from_dict(raw, path=tmp_path / "c.yaml").root == tmp_path / "x"
+
+
+def test_lookup_errors_suggest(raw: dict) -> None:
+    cat = catalog_from_dict(raw, path="c.yaml")
+    with pytest.raises(CatalogError, match="did you mean 'planet'"):
+        cat.cube("plant")
+    with pytest.raises(CatalogError, match="did you mean 'nlcd'"):
+        cat.source("nlc")

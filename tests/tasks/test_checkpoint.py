@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.checkpoint import (
+    Manifest,
+    atomic_artifact,
+    fingerprint,
+    manifest_path,
+    read_manifest,
+    reusable,
+    stage_key,
+    write_manifest,
+)
+from tasks.errors import CheckpointError
+
+
+def _manifest(key: str) -> Manifest:
+    return Manifest(stage="s", key=key, params={"a": 1}, inputs={}, code_version="1")
+
+
+def test_key_depends_on_inputs_params_and_code() -> None:
+    base = stage_key("s", inputs={"cube": "k1"}, params={"a": 1}, code="v1")
+    assert base == stage_key("s", inputs={"cube": "k1"}, params={"a": 1}, code="v1")
+    assert base != stage_key("s", inputs={"cube": "k2"}, params={"a": 1}, code="v1")
+    assert base != stage_key("s", inputs={"cube": "k1"}, params={"a": 2}, code="v1")
+    assert base != stage_key("s", inputs={"cube": "k1"}, params={"a": 1}, code="v2")
+
+
+def test_atomic_artifact_renames_into_place_and_reuse(tmp_path: Path) -> None:
+    final = tmp_path / "out.zarr"
+    with atomic_artifact(final) as tmp:
+        tmp.mkdir()
+        (tmp / "x").write_text("1")
+        assert not final.exists()
+    write_manifest(final, _manifest("k"))
+    assert (final / "x").read_text() == "1"
+    assert reusable(final, "k") is not None
+    assert reusable(final, "other") is None
+    assert read_manifest(final).params == {"a": 1}
+    assert fingerprint(final) == "k"
+
+
+def test_failure_leaves_previous_artifact_and_no_temporaries(tmp_path: Path) -> None:
+    final = tmp_path / "out.zarr"
+    final.mkdir()
+    (final / "x").write_text("old")
+    write_manifest(final, _manifest("old"))
+    with pytest.raises(RuntimeError, match="boom"), atomic_artifact(final) as tmp:
+        tmp.mkdir()
+        (tmp / "x").write_text("half")
+        raise RuntimeError("boom")
+    assert (final / "x").read_text() == "old"
+    assert reusable(final, "old") is not None
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_replacing_drops_the_old_manifest_first(tmp_path: Path) -> None:
+    final = tmp_path / "a.txt"
+    final.write_text("old")
+    write_manifest(final, _manifest("old"))
+    with atomic_artifact(final) as tmp:
+        tmp.write_text("new")
+    assert final.read_text() == "new"
+    assert read_manifest(final) is None  # the new manifest is the caller's to write
+
+
+def test_overwrite_false_refuses(tmp_path: Path) -> None:
+    final = tmp_path / "a.txt"
+    final.write_text("x")
+    with pytest.raises(FileExistsError, match="overwrite"), atomic_artifact(final, overwrite=False):
+        pass
+
+
+def test_corrupt_manifest_is_reported(tmp_path: Path) -> None:
+    final = tmp_path / "a.txt"
+    final.write_text("x")
+    manifest_path(final).write_text("{not json")
+    with pytest.raises(CheckpointError, match="manifest is unreadable"):
+        read_manifest(final)
+
+
+def test_fingerprint_of_foreign_store_changes_with_content(tmp_path: Path) -> None:
+    store = tmp_path / "user.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text("{}")
+    first = fingerprint(store)
+    (store / "c0").write_text("chunk")
+    assert fingerprint(store) != first
+    with pytest.raises(FileNotFoundError):
+        fingerprint(tmp_path / "missing.zarr")
