@@ -1,0 +1,215 @@
+"""Ingest benchmark: throughput against the raw bound, and peak memory against archive length.
+
+One run, on the ``bench`` sample area (``--quick``: ``small``):
+
+- ingest throughput: MB/s of decoded input (the scenes' and their masks' pixels at their stored
+  dtype) through the whole ingest (discover, read, Great Expectations validation, warp, mosaic,
+  Zarr append, manifests);
+- the raw bound on the same scenes: plain rasterio read of the same bands and masks + Zarr write
+  of the same bytes with the same chunking and the same number of threads, no warp, no validation;
+- peak resident memory of ingest for a short archive and one 4x longer, each in a fresh process.
+
+    python -m benchmarks.ingest --out ingest.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+WORKERS = 2
+
+
+def _catalog(sample: Path, data: Path):
+    from tasks.catalog import load_catalog
+
+    return load_catalog(REPO / "data_catalog.yaml", env={"FUSIONCUBE_SAMPLE": str(sample), "FUSIONCUBE_DATA": str(data)})
+
+
+def _scene_files(sample: Path) -> list[tuple[Path, Path]]:
+    scenes = sorted((sample / "planet").glob("*_AnalyticMS_SR.tif"))
+    return [(s, s.with_name(s.name.replace("_AnalyticMS_SR.tif", "_udm2.tif"))) for s in scenes]
+
+
+def decoded_mb(sample: Path) -> float:
+    """Decoded size of the inputs ingest reads: all scene bands + the mask band used."""
+    import rasterio
+
+    total = 0
+    for scene, mask in _scene_files(sample):
+        with rasterio.open(scene) as ds:
+            total += ds.width * ds.height * ds.count * _itemsize(ds.dtypes[0])
+        with rasterio.open(mask) as ds:
+            total += ds.width * ds.height * _itemsize(ds.dtypes[0])
+    return total / 1e6
+
+
+def _itemsize(dtype: str) -> int:
+    import numpy as np
+
+    return np.dtype(dtype).itemsize
+
+
+def run_ingest(sample: Path, data: Path) -> dict[str, Any]:
+    """Ingest the sample's Planet cube; returns seconds and the report's size figures."""
+    from tasks.ingest import ingest_cube
+
+    catalog = _catalog(sample, data)
+    t0 = time.perf_counter()
+    report = ingest_cube(catalog, "planet", workers=WORKERS)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "scenes": len(report.ingested), "time_steps": report.time_steps,
+            "quarantined": len(report.quarantined)}
+
+
+def run_raw_bound(sample: Path, out: Path) -> dict[str, Any]:
+    """Plain rasterio read + Zarr write of the same bytes, same chunks and threads, no warp."""
+    import rasterio
+    import zarr
+
+    files = _scene_files(sample)
+    with rasterio.open(files[0][0]) as ds:
+        height, width, count = ds.height, ds.width, ds.count
+    group = zarr.open_group(str(out), mode="w", zarr_format=3)
+    data = group.create_array("data", shape=(len(files), count, height, width), chunks=(1, count, 256, 256),
+                              dtype="uint16", fill_value=0)
+    mask = group.create_array("mask", shape=(len(files), height, width), chunks=(1, 256, 256), dtype="uint8",
+                              fill_value=0)
+
+    def one(i: int) -> None:
+        scene, udm = files[i]
+        with rasterio.open(scene) as ds:
+            data[i] = ds.read()
+        with rasterio.open(udm) as ds:
+            mask[i] = ds.read(1)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(one, range(len(files))))
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "files": len(files)}
+
+
+def _worker(sample: Path, data: Path) -> None:
+    """Child process: ingest and print the result with this process's peak RSS."""
+    result = run_ingest(sample, data)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _in_child(sample: Path, data: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ingest", "--worker", str(sample), str(data)],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"ingest worker failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def run(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Run the benchmark and write ``out`` (JSON) and ``out.with_suffix('.md')``."""
+    from tasks.sample_area import generate_sample_area
+
+    size = "small" if quick else "bench"
+    long_dates = 8 if quick else 16
+    short_dates = long_dates // 4
+    work = Path(tempfile.mkdtemp(prefix="fusioncube-bench-ingest-"))
+    try:
+        t0 = time.perf_counter()
+        long_sample = generate_sample_area(work / "long", size=size, seed=seed, n_dates=long_dates)
+        short_sample = generate_sample_area(work / "short", size=size, seed=seed, n_dates=short_dates)
+        gen_seconds = time.perf_counter() - t0
+        mb_long = decoded_mb(long_sample.root)
+        mb_short = decoded_mb(short_sample.root)
+        raw = run_raw_bound(long_sample.root, work / "raw.zarr")
+        shutil.rmtree(work / "raw.zarr")
+        long_run = _in_child(long_sample.root, work / "data-long")
+        short_run = _in_child(short_sample.root, work / "data-short")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    throughput = mb_long / long_run["seconds"]
+    raw_bound = mb_long / raw["seconds"]
+    summary = {
+        "throughput_mb_s": round(throughput, 2),
+        "raw_bound_mb_s": round(raw_bound, 2),
+        "ratio_vs_raw": round(throughput / raw_bound, 3),
+        "peak_rss_mb_short": round(short_run["peak_rss_mb"], 1),
+        "peak_rss_mb_long": round(long_run["peak_rss_mb"], 1),
+        "rss_ratio_long_vs_short": round(long_run["peak_rss_mb"] / short_run["peak_rss_mb"], 3),
+    }
+    result = {
+        "benchmark": "ingest",
+        "summary": summary,
+        "targets": {"ratio_vs_raw": ">= 0.6", "rss_ratio_long_vs_short": "<= 1.3"},
+        "data": {
+            "sample_size": size, "seed": seed,
+            "long": {"dates": long_dates, "scenes": long_run["scenes"], "decoded_mb": round(mb_long, 1),
+                     "time_steps": long_run["time_steps"], "quarantined": long_run["quarantined"]},
+            "short": {"dates": short_dates, "scenes": short_run["scenes"], "decoded_mb": round(mb_short, 1)},
+            "generation_seconds": round(gen_seconds, 1),
+        },
+        "seconds": {"ingest_long": round(long_run["seconds"], 2), "raw_bound": round(raw["seconds"], 2),
+                    "ingest_short": round(short_run["seconds"], 2)},
+        "threads": WORKERS,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "versions": _versions(),
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(_markdown(result))
+    return result
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("fusioncube", "rasterio", "zarr", "xarray", "dask", "great_expectations", "numpy")}
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    s = r["summary"]
+    d = r["data"]
+    return (
+        f"# Ingest benchmark ({d['sample_size']} sample, {d['long']['scenes']} scenes, "
+        f"{d['long']['decoded_mb']} MB decoded)\n\n"
+        "| figure | value | target |\n|---|---|---|\n"
+        f"| ingest throughput | {s['throughput_mb_s']} MB/s | |\n"
+        f"| raw bound (read + Zarr write, no warp) | {s['raw_bound_mb_s']} MB/s | |\n"
+        f"| ratio vs raw | {s['ratio_vs_raw']} | >= 0.6 |\n"
+        f"| peak RSS, {d['short']['dates']} dates | {s['peak_rss_mb_short']} MB | |\n"
+        f"| peak RSS, {d['long']['dates']} dates | {s['peak_rss_mb_long']} MB | |\n"
+        f"| long / short | {s['rss_ratio_long_vs_short']} | <= 1.3 |\n\n"
+        f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs; {r['threads']} threads.\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("bench-out/ingest.json"))
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        _worker(*args.worker)
+        return 0
+    print(json.dumps(run(args.out, quick=args.quick)["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
