@@ -32,12 +32,17 @@ def _quiet_prefect() -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from flows.demo import demo_flow
+    from flows.demo import demo_flow, demo_up_to_date
 
     t0 = time.perf_counter()
     out = Path(args.out).resolve()
     print(f"fusioncube demo: sample area '{args.size}' (seed {args.seed}) -> {out}", flush=True)
-    products = demo_flow(str(out), args.size, args.seed, args.catalog, progress_bar=True)
+    products = None if args.rerun else demo_up_to_date(str(out), args.size, args.seed, args.catalog)
+    if products is not None:
+        print("Up to date: no new scene, every stage's manifest matches; nothing to run "
+              "(--rerun runs the Prefect flow anyway).")
+    else:
+        products = demo_flow(str(out), args.size, args.seed, args.catalog, progress_bar=True)
     seconds = time.perf_counter() - t0
     print(f"\nDone in {seconds:.1f} s. Products:")
     print(f"  sample area scenes   {products['sample']['path']}"
@@ -47,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if products["quicklooks"].get(cube):
             print(f"    quick-look         {products['quicklooks'][cube]}")
     for cube, info in products["patches"].items():
-        print(f"  patches {cube:<12} {info['path']}  {info.get('splits', '')}")
+        print(f"  patches {cube:<12} {info['path']}  {info.get('patches', '')}")
     print("Open a cube with: python -c \"import xarray as xr; print(xr.open_zarr('"
           f"{next(iter(products['cubes'].values()))}'))\"")
     return 0
@@ -119,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", default="demo", choices=["small", "demo", "bench"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--catalog", default=None, help="catalog to use (default: the repository's data_catalog.yaml)")
+    d.add_argument("--rerun", action="store_true", help="run the flow even when everything is up to date")
     d.set_defaults(func=_cmd_demo)
 
     i = sub.add_parser("ingest", help="build a cube from your own GDAL-readable rasters")

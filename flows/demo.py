@@ -9,10 +9,12 @@ from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_flow
 from tasks.catalog import load_catalog
-from tasks.patch import patch_task
-from tasks.sample_area_task import sample_area_task
+from tasks.checkpoint import read_manifest, reusable
+from tasks.ingest import plan_ingest
+from tasks.patch import fit_patch_size, patch_key, patch_task
+from tasks.sample_area_task import discard_cube_task, sample_area_current, sample_area_task
 
-__all__ = ["demo_flow", "DEFAULT_CATALOG", "DEMO_CUBES"]
+__all__ = ["demo_flow", "demo_up_to_date", "DEFAULT_CATALOG", "DEMO_CUBES"]
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "data_catalog.yaml"
 DEMO_CUBES = ("planet", "modis_lst")
@@ -38,14 +40,51 @@ def demo_flow(
     env = demo_env(out)
     sample = sample_area_task(str(out / "sample"), size, seed)
     catalog = load_catalog(catalog_file, env=env)
-    params = catalog.stages.patch.model_dump()
+    if not sample["reused"]:
+        for cube in DEMO_CUBES:  # built from a sample area that is gone: start them afresh
+            discard_cube_task(str(catalog.cube_path(cube)), str(catalog.stage_dir(cube)))
     products: dict[str, Any] = {"sample": sample, "cubes": {}, "patches": {}, "quicklooks": {}}
     for cube in DEMO_CUBES:
         report = ingest_flow(catalog_file, cube, env=env, progress_bar=progress_bar)
         products["cubes"][cube] = report["path"]
         products["quicklooks"][cube] = report.get("quicklook")
         patches = catalog.stage_dir(cube) / "patches.zarr"
-        manifest = patch_task(report["path"], str(patches), **params)
+        params = catalog.patch_params(cube).model_dump()
+        manifest = patch_task(report["path"], str(patches), **params, overwrite=True)
         products["patches"][cube] = {"path": str(patches), **manifest.get("outputs", {})}
     logger.info("demo products under %s", out)
+    return products
+
+
+def demo_up_to_date(
+    out_dir: str, size: str = "demo", seed: int = 0, catalog_path: str | None = None
+) -> dict[str, Any] | None:
+    """The demo's products when every manifest is current and no scene is new, else None.
+
+    Lets the command line answer a no-op re-run in about a second, without starting Prefect.
+    """
+    out = Path(out_dir).resolve()
+    if not sample_area_current(out / "sample", size=size, seed=seed):
+        return None
+    catalog = load_catalog(str(catalog_path or DEFAULT_CATALOG), env=demo_env(out))
+    products: dict[str, Any] = {"sample": {"path": str(out / "sample"), "reused": True},
+                                "cubes": {}, "patches": {}, "quicklooks": {}}
+    for cube in DEMO_CUBES:
+        path = catalog.cube_path(cube)
+        quicklook = path.with_name(path.stem + "_newest.png")
+        if read_manifest(path) is None or not quicklook.exists():
+            return None
+        plan = plan_ingest(catalog, cube)
+        if plan.new or plan.quarantined:
+            return None
+        patches = catalog.stage_dir(cube) / "patches.zarr"
+        p = catalog.patch_params(cube)
+        size_, stride = fit_patch_size(path, p.size, p.stride)
+        key, _, _ = patch_key(path, size=size_, stride=stride, block=p.block, fractions=p.fractions, seed=p.seed)
+        manifest = reusable(patches, key)
+        if manifest is None:
+            return None
+        products["cubes"][cube] = str(path)
+        products["quicklooks"][cube] = str(quicklook)
+        products["patches"][cube] = {"path": str(patches), **manifest.outputs}
     return products

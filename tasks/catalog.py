@@ -224,6 +224,7 @@ class CubeSpec(_Strict):
     chunks: ChunkSpec = ChunkSpec()
     time_range: tuple[date | None, date | None] | None = None
     path: str | None = Field(default=None, description="default: <storage.cubes>/<name>.zarr")
+    patch: PatchParams | None = Field(default=None, description="overrides stages.patch for this cube")
 
 
 class PatchParams(_Strict):
@@ -241,6 +242,9 @@ class PatchParams(_Strict):
         if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"fractions (train, val, test) must be >= 0 and sum to 1; got {list(v)}")
         return v
+
+
+CubeSpec.model_rebuild()
 
 
 class Stages(_Strict):
@@ -334,6 +338,10 @@ class Catalog(_Strict):
     def cube_path(self, name: str) -> Path:
         spec = self.cube(name)
         return self.resolve(spec.path) if spec.path else self.cubes_dir / f"{name}.zarr"
+
+    def patch_params(self, cube: str) -> PatchParams:
+        """The cube's patching parameters: its own override or ``stages.patch``."""
+        return self.cube(cube).patch or self.stages.patch
 
     def stage_dir(self, cube: str) -> Path:
         """Where the artifacts of the stages run over ``cube`` go."""

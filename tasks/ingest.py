@@ -13,11 +13,13 @@ update leaves time steps the manifest does not list; the next run cuts them off 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time as timer
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from itertools import groupby
@@ -118,23 +120,35 @@ def _scene_bounds(ref: SceneRef, crs: CRS) -> tuple[float, float, float, float] 
         return None
 
 
-def _first_scene_grid(ref: SceneRef) -> tuple[CRS, tuple[float, float]]:
-    with rasterio.open(ref.datasets[0] if ref.datasets else ref.path) as ds:
-        if ds.crs is None:
-            raise SceneError(ref.path, "has no CRS; give the cube a grid (crs, resolution)")
-        return ds.crs, (abs(ds.transform.a), abs(ds.transform.e))
+def _first_scene_grid(refs: Sequence[SceneRef]) -> tuple[CRS, tuple[float, float], tuple[float, float]]:
+    """CRS, resolution and pixel-corner anchor of the first readable, georeferenced scene."""
+    for ref in refs:
+        try:
+            with rasterio.open(ref.datasets[0] if ref.datasets else ref.path) as ds:
+                if ds.crs is None:
+                    continue
+                return ds.crs, (abs(ds.transform.a), abs(ds.transform.e)), (ds.transform.c, ds.transform.f)
+        except rasterio.errors.RasterioIOError:
+            continue
+    raise CubeSchemaError(
+        f"none of the {len(refs)} scene(s) is a readable, georeferenced raster to take the grid from; "
+        "give the cube a grid (crs, resolution) in the catalog"
+    )
 
 
 def cube_grid(spec: CubeSpec, refs: Sequence[SceneRef], *, name: str) -> Grid:
     """The grid a new cube is created on: the catalog's, completed from the scenes."""
     if not refs:
         raise CubeSchemaError(f"cube {name}: no scenes to create it from and no existing cube")
+    first_crs, first_res, first_anchor = _first_scene_grid(refs)
     if spec.grid is not None:
         crs = CRS.from_user_input(spec.grid.crs)
         res = spec.grid.xy_resolution
         bounds = spec.grid.bounds
+        same_lattice = crs == first_crs and np.allclose(res, first_res, rtol=1e-9)
+        anchor = first_anchor if same_lattice else (0.0, 0.0)
     else:
-        crs, res = _first_scene_grid(refs[0])
+        crs, res, anchor = first_crs, first_res, first_anchor
         bounds = None
     if bounds is None:
         boxes = [b for b in (_scene_bounds(r, crs) for r in refs) if b is not None]
@@ -142,12 +156,12 @@ def cube_grid(spec: CubeSpec, refs: Sequence[SceneRef], *, name: str) -> Grid:
             raise CubeSchemaError(f"cube {name}: no readable, georeferenced scene to take bounds from")
         arr = np.array(boxes)
         bounds = (arr[:, 0].min(), arr[:, 1].min(), arr[:, 2].max(), arr[:, 3].max())
-    return Grid.from_bounds(crs, bounds, res)
+    return Grid.from_bounds(crs, bounds, res, anchor=anchor)
 
 
 def grid_of_cube(path: Path) -> Grid:
     """The grid of an existing cube store."""
-    ds = xr.open_zarr(path, consolidated=False)
+    ds = xr.open_zarr(path)
     crs = cube_crs(ds)
     if crs is None:
         raise CubeSchemaError(f"{path}: the cube has no CRS (spatial_ref)")
@@ -354,7 +368,7 @@ def _dates_dataset(results: Sequence[DateResult], grid: Grid, bands: Sequence[st
             "data": (DATA_DIMS, np.stack([r.data for r in results])),
             "valid": (VALID_DIMS, np.stack([r.valid for r in results])),
         },
-        coords={"time": times, "band": list(bands), "y": y, "x": x},
+        coords={"time": times, "band": np.array(list(bands), dtype=object), "y": y, "x": x},
     )
 
 
@@ -379,11 +393,23 @@ def _create_cube(
     for v in layers:
         encoding[v] = {"chunks": (cy, cx)}
     with atomic_artifact(path, overwrite=False) as tmp:
-        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
+        with _no_consolidation_warning():
+            ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
 
 
 def _append(path: Path, ds: xr.Dataset) -> None:
-    ds.to_zarr(path, append_dim="time", consolidated=False)
+    with _no_consolidation_warning():
+        ds.to_zarr(path, append_dim="time", consolidated=True)
+
+
+@contextlib.contextmanager
+def _no_consolidation_warning() -> Iterator[None]:
+    """Consolidated metadata lets ``xr.open_zarr(path)`` open the cube without a warning or a
+    listing of the store; zarr notes that v3 does not standardise it yet. We know."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        yield
+
 
 
 def truncate_to_manifest(path: Path, manifest: Manifest) -> int:
@@ -397,6 +423,8 @@ def truncate_to_manifest(path: Path, manifest: Manifest) -> int:
             extra = max(extra, arr.shape[0] - n)
             arr.resize((n, *arr.shape[1:]))
     if extra:
+        with _no_consolidation_warning():
+            zarr.consolidate_metadata(str(path))
         log.warning("%s: removed %d time step(s) left by an interrupted run", path, extra)
     return extra
 

@@ -194,6 +194,32 @@ def _check_int(name: str, value: int, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}; got {name}={value!r}")
 
 
+def patch_key(
+    cube: str | Path,
+    *,
+    size: int,
+    stride: int | None,
+    block: int,
+    fractions: Sequence[float],
+    seed: int,
+) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """The checkpoint key of patching ``cube`` with these parameters: (key, params, inputs)."""
+    stride = size if stride is None else stride
+    params = {"size": size, "stride": stride, "block": block, "fractions": [float(f) for f in fractions], "seed": seed}
+    inputs = {"cube": fingerprint(cube)}
+    return stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES)), params, inputs
+
+
+def fit_patch_size(cube: str | Path, size: int, stride: int | None) -> tuple[int, int | None]:
+    """Shrink ``size`` (and ``stride``) to the cube's smaller side when the cube is smaller."""
+    ds = open_cube(cube)
+    side = min(ds.sizes["y"], ds.sizes["x"])
+    if side >= size:
+        return size, stride
+    log.warning("cube %s is %d px on its smaller side; patches of %d px instead of %d", cube, side, side, size)
+    return side, None if stride is None else min(stride, side)
+
+
 def make_patches(
     cube: str | Path,
     out: str | Path,
@@ -252,11 +278,9 @@ def make_patches(
     _check_int("stride", stride, 1)
     _check_int("block", block, 1)
     _check_int("batch", batch, 1)
-    fracs = [float(f) for f in fractions]
     cube, out = Path(cube), Path(out)
-    params = {"size": size, "stride": stride, "block": block, "fractions": fracs, "seed": seed}
-    inputs = {"cube": fingerprint(cube)}
-    key = stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES))
+    key, params, inputs = patch_key(cube, size=size, stride=stride, block=block, fractions=fractions, seed=seed)
+    fracs = params["fractions"]
     found = reusable(out, key)
     if found is not None:
         log.info("patch: reused %s (key %s)", out, key)
@@ -527,13 +551,17 @@ def patch_task(
     seed: int = 0,
     batch: int = 64,
     overwrite: bool = False,
+    shrink_to_fit: bool = True,
 ) -> dict[str, Any]:
     """Prefect task: ``make_patches`` on paths; returns the manifest as a dict plus ``artifact``.
 
     No Prefect result caching: the manifest beside ``out`` is the cache (a finished artifact with
-    the same key is reused even against a fresh Prefect database).
+    the same key is reused even against a fresh Prefect database). With ``shrink_to_fit`` a cube
+    smaller than ``size`` along y or x is cut into patches of its smaller side instead of failing.
     """
     logger = get_run_logger()
+    if shrink_to_fit:
+        size, stride = fit_patch_size(cube, size, stride)
     manifest = make_patches(
         cube,
         out,

@@ -16,7 +16,7 @@ import xarray as xr  # noqa: E402
 
 from tasks.cube import open_cube  # noqa: E402
 
-__all__ = ["composite_png", "stretch", "thumbnail_data_uri"]
+__all__ = ["composite_png", "newest_composite", "stretch", "thumbnail_data_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -38,44 +38,62 @@ def _rgb_bands(bands: list[str]) -> list[str] | None:
     return None
 
 
-def composite_png(
-    cube: str | Path, out: str | Path, *, time_index: int = -1, max_pixels: int = 1024
-) -> Path:
-    """Write a PNG of one date of a cube (default: the newest): true colour when the cube has
-    red/green/blue bands, else the first band with a colour bar; pixels not ``valid`` are greyed.
+def newest_composite(data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, the newest valid observation of a (time, band, y, x) stack sorted by time.
 
-    Only that date is read, subsampled to at most ``max_pixels`` along each side.
+    Returns (band, y, x) values (NaN where no date is valid) and the (y, x) "any valid" mask.
+    """
+    t = valid.shape[0]
+    newest = np.where(valid, np.arange(t)[:, None, None], -1).max(axis=0)  # (y, x)
+    has = newest >= 0
+    idx = np.clip(newest, 0, None)
+    out = np.take_along_axis(data, idx[None, None, :, :].repeat(data.shape[1], axis=1), axis=0)[0]
+    out[:, ~has] = np.nan
+    return out, has
+
+
+def composite_png(
+    cube: str | Path, out: str | Path, *, dates: int = 8, max_pixels: int = 1024
+) -> Path:
+    """Write a PNG of the cube's newest composite: per pixel the newest clear observation among
+    the last ``dates`` dates. True colour when the cube has red/green/blue bands, else the first
+    band with a colour bar; pixels with no clear observation are grey.
+
+    Only those dates are read, subsampled to at most ``max_pixels`` along each side.
     """
     ds = open_cube(cube)
     if ds.sizes["time"] == 0:
         raise ValueError(f"{cube}: the cube has no time step to show")
-    order = np.argsort(ds["time"].values)
-    t = int(order[time_index])
+    order = np.argsort(ds["time"].values)[-dates:]
     step = max(1, int(np.ceil(max(ds.sizes["y"], ds.sizes["x"]) / max_pixels)))
-    one: xr.Dataset = ds.isel(time=t, y=slice(None, None, step), x=slice(None, None, step)).load()
-    valid = one["valid"].values
-    bands = [str(b) for b in one["band"].values]
+    sub: xr.Dataset = ds[["data", "valid"]].isel(
+        time=order, y=slice(None, None, step), x=slice(None, None, step)
+    ).load()
+    values, has = newest_composite(sub["data"].values, sub["valid"].values)
+    bands = [str(b) for b in sub["band"].values]
     rgb = _rgb_bands(bands)
-    fig, ax = plt.subplots(figsize=(7, 7 * one.sizes["y"] / max(one.sizes["x"], 1) + 0.6), dpi=110)
-    date = np.datetime_as_string(one["time"].values, unit="m")
+    ny, nx = has.shape
+    fig, ax = plt.subplots(figsize=(7, 7 * ny / max(nx, 1) + 0.6), dpi=110)
+    first = np.datetime_as_string(sub["time"].values[0], unit="D")
+    last = np.datetime_as_string(sub["time"].values[-1], unit="D")
     if rgb is not None:
-        img = np.dstack([stretch(one["data"].sel(band=b).values, valid) for b in rgb])
-        img = np.nan_to_num(img, nan=0.0)
-        img[~valid] = 0.55 * img[~valid] + 0.45 * np.array([0.8, 0.8, 0.8])
+        img = np.dstack([stretch(values[bands.index(b)], has) for b in rgb])
+        img[~has] = 0.8
         ax.imshow(img, interpolation="nearest")
         what = "true colour (" + ", ".join(rgb) + ")"
     else:
-        band = bands[0]
-        values = one["data"].sel(band=band).values
-        shown = np.where(valid, values, np.nan)
+        shown = values[0]
         finite = shown[np.isfinite(shown)]
-        vmin, vmax = (np.percentile(finite, [2, 98]) if finite.size else (0, 1))
+        vmin, vmax = np.percentile(finite, [2, 98]) if finite.size else (0, 1)
         im = ax.imshow(shown, cmap="inferno", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_facecolor("#cccccc")
-        fig.colorbar(im, ax=ax, shrink=0.7, label=band)
-        what = band
-    share = float(valid.mean()) if valid.size else 0.0
-    ax.set_title(f"{Path(cube).name}  {date}  {what}\nvalid (clear) share {share:.0%}; grey = not valid", fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.7, label=bands[0])
+        what = bands[0]
+    ax.set_title(
+        f"{Path(cube).name}: newest clear value per pixel, {first} .. {last} ({len(order)} dates)\n"
+        f"{what}; {has.mean():.0%} of pixels have a clear value (grey: none)",
+        fontsize=9,
+    )
     ax.set_axis_off()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

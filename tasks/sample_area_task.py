@@ -11,11 +11,22 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from tasks.checkpoint import Manifest, atomic_artifact, code_version, reusable, stage_key, write_manifest
 
-__all__ = ["ensure_sample_area", "sample_area_task"]
+__all__ = ["discard_cube_task", "ensure_sample_area", "sample_area_current", "sample_area_task"]
 
 log = logging.getLogger(__name__)
 
 _MODULES = ("tasks.sample_area",)
+
+
+def _key(size: str, seed: int) -> tuple[str, dict[str, Any], str]:
+    params = {"size": size, "seed": seed}
+    code = code_version(*_MODULES)
+    return stage_key("sample-area", inputs={}, params=params, code=code), params, code
+
+
+def sample_area_current(out: str | Path, *, size: str = "demo", seed: int = 0) -> bool:
+    """True when ``out`` holds the sample area of this size, seed and generator version."""
+    return reusable(Path(out), _key(size, seed)[0]) is not None
 
 
 def ensure_sample_area(out: str | Path, *, size: str = "demo", seed: int = 0, progress: bool = False) -> dict[str, Any]:
@@ -23,9 +34,7 @@ def ensure_sample_area(out: str | Path, *, size: str = "demo", seed: int = 0, pr
     from tasks.sample_area import generate_sample_area
 
     out = Path(out)
-    params = {"size": size, "seed": seed}
-    code = code_version(*_MODULES)
-    key = stage_key("sample-area", inputs={}, params=params, code=code)
+    key, params, code = _key(size, seed)
     done = reusable(out, key)
     if done is not None:
         log.info("sample area %s reused (%s)", out, key)
@@ -46,3 +55,18 @@ def sample_area_task(out: str, size: str = "demo", seed: int = 0) -> dict[str, A
     result = ensure_sample_area(out, size=size, seed=seed)
     get_run_logger().info("sample area %s: %s", "reused" if result["reused"] else "generated", out)
     return result
+
+
+@task(name="discard-derived", tags=["sample"], cache_policy=NO_CACHE)
+def discard_cube_task(cube: str, artifacts: str) -> None:
+    """Remove a cube and its stage artifacts made from a sample area that was regenerated."""
+    import shutil
+
+    from tasks.checkpoint import manifest_path
+
+    for path in (Path(cube), Path(artifacts)):
+        if path.exists():
+            get_run_logger().info("removing %s: made from a previous sample area", path)
+            shutil.rmtree(path)
+    manifest_path(cube).unlink(missing_ok=True)
+    Path(cube).with_name(Path(cube).stem + "_newest.png").unlink(missing_ok=True)

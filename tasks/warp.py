@@ -47,14 +47,22 @@ class Grid:
 
     @classmethod
     def from_bounds(
-        cls, crs: CRS | str, bounds: tuple[float, float, float, float], resolution: tuple[float, float]
+        cls,
+        crs: CRS | str,
+        bounds: tuple[float, float, float, float],
+        resolution: tuple[float, float],
+        *,
+        anchor: tuple[float, float] = (0.0, 0.0),
     ) -> Grid:
-        """Grid covering ``bounds``, snapped outward to multiples of the resolution."""
+        """Grid covering ``bounds``, snapped outward to the pixel lattice through ``anchor``
+        (a pixel corner; default the CRS origin, so pixel edges fall on multiples of the
+        resolution)."""
         rx, ry = resolution
-        xmin = math.floor(bounds[0] / rx + 1e-9) * rx
-        ymin = math.floor(bounds[1] / ry + 1e-9) * ry
-        xmax = math.ceil(bounds[2] / rx - 1e-9) * rx
-        ymax = math.ceil(bounds[3] / ry - 1e-9) * ry
+        ax, ay = anchor
+        xmin = ax + math.floor((bounds[0] - ax) / rx + 1e-6) * rx
+        ymin = ay + math.floor((bounds[1] - ay) / ry + 1e-6) * ry
+        xmax = ax + math.ceil((bounds[2] - ax) / rx - 1e-6) * rx
+        ymax = ay + math.ceil((bounds[3] - ay) / ry - 1e-6) * ry
         width, height = round((xmax - xmin) / rx), round((ymax - ymin) / ry)
         if width < 1 or height < 1:
             raise ValueError(f"grid bounds {bounds} hold no pixel at resolution {resolution}")
@@ -185,7 +193,7 @@ def _read_mask(ref: SceneRef, spec: SourceSpec, grid: Grid, win: Window, transfo
         with rasterio.open(path) as ds:
             if spec.mask.band > ds.count:
                 raise SceneError(path, f"mask band {spec.mask.band} requested; the file has {ds.count}")
-            if ds.transform == transform * Affine.translation(-win.col_off, -win.row_off):
+            if ds.transform == transform @ Affine.translation(-win.col_off, -win.row_off):
                 mask = ds.read(spec.mask.band, window=win)
             else:  # mask on its own grid: bring it onto the scene window
                 mask = np.zeros((int(win.height), int(win.width)), dtype=ds.dtypes[0])

@@ -1,0 +1,265 @@
+"""Ingest: sample-area cubes, incremental appends, bad scenes, real product files."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
+import yaml
+from rasterio.transform import from_origin
+
+from tasks.adhoc import adhoc_catalog
+from tasks.catalog import catalog_from_dict, load_catalog
+from tasks.checkpoint import read_manifest
+from tasks.errors import CatalogError, CubeSchemaError
+from tasks.ingest import _append, _dates_dataset, DateResult, grid_of_cube, ingest_cube
+from tasks.sample_area import generate_sample_area
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sample")
+    generate_sample_area(root / "sample", size="small", seed=3)
+    return root / "sample"
+
+
+def _catalog(sample: Path, data: Path, **edits):
+    raw = yaml.safe_load((REPO / "data_catalog.yaml").read_text())
+    for dotted, value in edits.items():
+        node = raw
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return catalog_from_dict(raw, path=REPO / "data_catalog.yaml",
+                             env={"FUSIONCUBE_SAMPLE": str(sample), "FUSIONCUBE_DATA": str(data)})
+
+
+def _store_digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_planet_cube_follows_the_schema(sample: Path, tmp_path: Path) -> None:
+    cat = _catalog(sample, tmp_path)
+    report = ingest_cube(cat, "planet")
+    assert report.created and not report.quarantined
+    ds = xr.open_zarr(cat.cube_path("planet"))
+    assert ds["data"].dims == ("time", "band", "y", "x") and ds["data"].dtype == np.float32
+    assert ds["valid"].dims == ("time", "y", "x") and ds["valid"].dtype == bool
+    assert list(ds["band"].values) == ["blue", "green", "red", "nir"]
+    assert np.issubdtype(ds["time"].dtype, np.datetime64)
+    assert (np.diff(ds["time"].values) > np.timedelta64(0)).all()
+    assert ds.rio.crs.to_epsg() == 32615
+    assert ds.rio.resolution() == (3.0, -3.0)
+    chunks = cat.cubes["planet"].chunks
+    assert ds["data"].data.chunksize == (chunks.time, 4, min(chunks.y, ds.sizes["y"]), min(chunks.x, ds.sizes["x"]))
+    assert ds["valid"].data.chunksize[0] == chunks.time
+    # reflectance in physical units, NaN only where not observed, clouds mostly marked invalid
+    data = ds["data"].values
+    valid = ds["valid"].values
+    assert np.nanmax(data) <= 1.2 and np.nanmin(data) >= 0
+    assert np.isfinite(data).all(axis=1)[valid].all()
+    assert 0.2 < valid.mean() < 0.98
+    truth = xr.open_zarr(sample / "truth" / "planet_truth.zarr")
+    cloud = truth["cloud"].values.astype(bool)
+    assert cloud.shape == valid.shape
+    assert (valid & cloud).mean() < 0.05 * max(valid.mean(), 1e-9) + 0.02  # few clouds pass as clear
+    # NLCD on the Planet grid, with its class domain
+    lc = ds["landcover"]
+    assert lc.dims == ("y", "x") and lc.dtype == np.uint8
+    codes = set(np.unique(lc.values)) - {lc.attrs["nodata"]}
+    assert codes <= set(lc.attrs["flag_values"])
+    assert len(lc.attrs["flag_meanings"].split()) == 15
+    agree = (lc.values == truth["landcover"].values).mean()
+    assert agree > 0.5, f"30 m NLCD on the 3 m grid agrees with the 3 m truth on only {agree:.0%}"
+
+
+def test_rerun_is_a_noop_and_new_scenes_append_only_new_chunks(sample: Path, tmp_path: Path) -> None:
+    scenes = tmp_path / "scenes"
+    shutil.copytree(sample, scenes)
+    planet = sorted((scenes / "planet").glob("*_AnalyticMS_SR.tif"))
+    held = tmp_path / "held"
+    held.mkdir()
+    dates = sorted({p.name.split("_")[1] for p in planet})
+    late = [p for p in planet if p.name.split("_")[1] in dates[-2:]]
+    for p in late:
+        for f in (p, p.with_name(p.name.replace("_AnalyticMS_SR.tif", "_udm2.tif"))):
+            shutil.move(f, held / f.name)
+    cat = _catalog(scenes, tmp_path / "data")
+    first = ingest_cube(cat, "planet")
+    path = cat.cube_path("planet")
+    n_first = first.time_steps
+    assert n_first == len(dates) - 2
+    before = _store_digest(path)
+    key = read_manifest(path).key
+
+    again = ingest_cube(cat, "planet")
+    assert again.ingested == [] and again.time_steps == n_first
+    assert _store_digest(path) == before
+    assert read_manifest(path).key == key
+
+    for f in held.iterdir():
+        shutil.move(f, scenes / "planet" / f.name)
+    more = ingest_cube(cat, "planet")
+    assert more.time_steps == n_first + 2 and len(more.dates_added) == 2
+    after = _store_digest(path)
+    old_chunks = {k: v for k, v in before.items() if k.startswith(("data/c/", "valid/c/", "landcover/"))}
+    assert old_chunks and all(after[k] == v for k, v in old_chunks.items()), "old time steps were rewritten"
+    assert read_manifest(path).key != key
+    ds = xr.open_zarr(path)
+    assert ds.sizes["time"] == n_first + 2
+
+
+def _write_tif(path: Path, array: np.ndarray, *, crs: str | None = "EPSG:32615", transform=None, nodata=0) -> None:
+    profile = {"driver": "GTiff", "height": array.shape[1], "width": array.shape[2], "count": array.shape[0],
+               "dtype": array.dtype.name, "nodata": nodata}
+    if crs:
+        profile.update(crs=crs, transform=transform)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array)
+
+
+def test_bad_scenes_are_quarantined_and_the_cube_is_untouched(sample: Path, tmp_path: Path) -> None:
+    scenes = tmp_path / "scenes"
+    shutil.copytree(sample, scenes)
+    cat = _catalog(scenes, tmp_path / "data")
+    ingest_cube(cat, "planet")
+    path = cat.cube_path("planet")
+    before = _store_digest(path)
+    manifest_before = read_manifest(path).outputs["time_steps"]
+
+    good = sorted((scenes / "planet").glob("*_AnalyticMS_SR.tif"))[0]
+    with rasterio.open(good) as src:
+        arr, transform = src.read(), src.transform
+    d = scenes / "planet"
+    blob = good.read_bytes()
+    (d / "PSScene_20191101_100000_1_3B_AnalyticMS_SR.tif").write_bytes(blob[: len(blob) // 3])  # truncated
+    (d / "PSScene_20191102_100000_1_3B_AnalyticMS_SR.tif").write_bytes(b"")  # zero bytes
+    _write_tif(d / "PSScene_20191103_100000_1_3B_AnalyticMS_SR.tif", arr, crs=None)  # no CRS
+    _write_tif(d / "PSScene_20191104_100000_1_3B_AnalyticMS_SR.tif", arr[:3], transform=transform)  # 3 bands
+    _write_tif(d / "PSScene_20191105_100000_1_3B_AnalyticMS_SR.tif", (arr.astype(np.uint16) * 0 + 30000).astype(np.uint16),
+               transform=transform)  # reflectance 3.0: out of range
+    for name in ("20191101", "20191102", "20191103", "20191104", "20191105"):
+        shutil.copy(good.with_name(good.name.replace("_AnalyticMS_SR.tif", "_udm2.tif")),
+                    d / f"PSScene_{name}_100000_1_3B_udm2.tif")
+    report = ingest_cube(cat, "planet")
+    reasons = {q["scene"]: q["reason"] for q in report.quarantined}
+    assert set(reasons) == {f"PSScene_201911{i:02d}_100000_1_3B_AnalyticMS_SR.tif" for i in range(1, 6)}
+    assert "no CRS" in reasons["PSScene_20191103_100000_1_3B_AnalyticMS_SR.tif"]
+    assert "band count 3, expected 4" in reasons["PSScene_20191104_100000_1_3B_AnalyticMS_SR.tif"]
+    assert "outside the allowed range" in reasons["PSScene_20191105_100000_1_3B_AnalyticMS_SR.tif"]
+    assert "read" in reasons["PSScene_20191102_100000_1_3B_AnalyticMS_SR.tif"].lower()
+    assert report.ingested == []
+    assert _store_digest(path) == before
+    manifest = read_manifest(path)
+    assert manifest.outputs["time_steps"] == manifest_before
+    assert set(manifest.outputs["quarantine"]) == set(reasons)
+    # the next run does not re-read unchanged quarantined files
+    again = ingest_cube(cat, "planet")
+    assert not again.quarantined and all("quarantined before" in s["reason"] for s in again.skipped)
+
+
+def test_time_steps_beyond_the_manifest_are_cut_on_the_next_run(sample: Path, tmp_path: Path) -> None:
+    cat = _catalog(sample, tmp_path)
+    ingest_cube(cat, "planet")
+    path = cat.cube_path("planet")
+    reference = xr.open_zarr(path).load()
+    grid = grid_of_cube(path)
+    junk = DateResult(datetime(2030, 1, 1), np.ones((4, grid.height, grid.width), np.float32),
+                      np.ones((grid.height, grid.width), bool), [])
+    _append(path, _dates_dataset([junk], grid, ["blue", "green", "red", "nir"]))  # a run killed here
+    assert xr.open_zarr(path).sizes["time"] == reference.sizes["time"] + 1
+    report = ingest_cube(cat, "planet")
+    assert report.time_steps == reference.sizes["time"]
+    xr.testing.assert_identical(xr.open_zarr(path).load(), reference)
+
+
+def test_existing_store_without_manifest_is_refused(sample: Path, tmp_path: Path) -> None:
+    cat = _catalog(sample, tmp_path)
+    cat.cube_path("planet").mkdir(parents=True)
+    with pytest.raises(CubeSchemaError, match="no planet.zarr.manifest.json"):
+        ingest_cube(cat, "planet")
+
+
+def test_malformed_catalog_stops_before_any_work(tmp_path: Path) -> None:
+    bad = tmp_path / "cat.yaml"
+    raw = yaml.safe_load((REPO / "data_catalog.yaml").read_text())
+    raw["cubes"]["planet"]["chunks"]["time"] = 0
+    raw["storage"] = {"root": str(tmp_path / "data")}
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(CatalogError, match=r"cat.yaml.*cubes\.planet\.chunks\.time"):
+        load_catalog(bad)
+    assert not (tmp_path / "data").exists()
+
+
+def test_modis_lst_cube_in_kelvin_with_qc_mask(sample: Path, tmp_path: Path) -> None:
+    cat = _catalog(sample, tmp_path)
+    report = ingest_cube(cat, "modis_lst")
+    ds = xr.open_zarr(cat.cube_path("modis_lst"))
+    assert report.time_steps == ds.sizes["time"] == 16
+    lst = ds["data"].sel(band="lst").values
+    valid = ds["valid"].values
+    assert 230 < np.nanmedian(lst[valid]) < 330  # kelvin, scale 0.02 applied
+    assert 0.3 < valid.mean() < 0.99  # cloud gaps from the QC bits
+    assert "Sinusoidal" in ds.rio.crs.to_wkt() or "sinu" in ds.rio.crs.to_proj4()
+    assert ds["data"].data.chunksize[0] == 8
+
+
+# -- real product files -------------------------------------------------------------------------
+def test_real_modis_ndvi_jp2_series(real_fixtures: Path, tmp_path: Path) -> None:
+    files = sorted((real_fixtures / "modis_ndvi_sinop").glob("*.jp2"))
+    catalog_path = adhoc_catalog([str(real_fixtures / "modis_ndvi_sinop" / "*.jp2")], tmp_path / "ndvi.zarr")
+    report = ingest_cube(load_catalog(catalog_path), "cube")
+    assert report.time_steps == 12 and not report.quarantined
+    ds = xr.open_zarr(tmp_path / "ndvi.zarr")
+    expected = [np.datetime64(f.stem.rsplit("_", 1)[-1]) for f in files]
+    assert list(ds["time"].values.astype("datetime64[D]")) == expected
+    with rasterio.open(files[0]) as src:
+        assert ds.rio.crs == src.crs
+        assert ds.rio.transform().almost_equals(src.transform)
+        assert (ds.sizes["y"], ds.sizes["x"]) == src.shape
+        raw = src.read(1)
+    np.testing.assert_array_equal(ds["data"].isel(time=0, band=0).values, raw.astype(np.float32))
+
+
+def test_real_planetscope_netcdf(real_fixtures: Path, tmp_path: Path) -> None:
+    nc = real_fixtures / "planetscope_rioxarray" / "PLANET_SCOPE_3D.nc"
+    report = ingest_cube(load_catalog(adhoc_catalog([str(nc)], tmp_path / "ps.zarr")), "cube")
+    ds = xr.open_zarr(tmp_path / "ps.zarr")
+    assert report.time_steps == 2 and list(ds["band"].values) == ["blue", "green"]
+    assert ds.rio.crs.to_epsg() == 32722
+    assert ds.rio.resolution() == (3.0, -3.0)
+    assert ds["time"].values[0].astype("datetime64[D]") == np.datetime64("2016-12-19")
+    assert ds["time"].values[1] > ds["time"].values[0]
+    assert np.isfinite(ds["data"].values).any()
+
+
+def test_real_albers_cog(real_fixtures: Path, tmp_path: Path) -> None:
+    cog = tmp_path / "cog_2019-07-01.tif"  # the COG has no date: give it one in the name
+    shutil.copy(real_fixtures / "albers_cog_rioxarray" / "cog.tif", cog)
+    report = ingest_cube(load_catalog(adhoc_catalog([str(cog)], tmp_path / "albers.zarr")), "cube")
+    ds = xr.open_zarr(tmp_path / "albers.zarr")
+    assert report.time_steps == 1
+    assert "Albers" in ds.rio.crs.to_wkt()
+    with rasterio.open(cog) as src:
+        raw = src.read(1)
+    np.testing.assert_array_equal(ds["valid"].values[0], raw != -9999)
+    assert np.isnan(ds["data"].values[0, 0][raw == -9999]).all()
+
+
+def test_adhoc_ingest_onto_another_grid(real_fixtures: Path, tmp_path: Path) -> None:
+    path = adhoc_catalog([str(real_fixtures / "modis_ndvi_sinop" / "*2013-09-14.jp2")], tmp_path / "utm.zarr",
+                         crs="EPSG:32721", resolution=500.0)
+    ingest_cube(load_catalog(path), "cube")
+    ds = xr.open_zarr(tmp_path / "utm.zarr")
+    assert ds.rio.crs.to_epsg() == 32721 and ds.rio.resolution() == (500.0, -500.0)
+    assert ds["valid"].values.mean() > 0.3
