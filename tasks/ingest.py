@@ -196,7 +196,12 @@ def plan_ingest(
     quarantined: list[dict[str, Any]] = []
     for source in spec.sources:
         found, failed = discover(catalog, source)
-        quarantined += [{"scene": Path(p).name, "path": p, "reason": r} for p, r in failed]
+        for p, reason in failed:
+            name, st = Path(p).name, Path(p).stat()
+            if name in bad and bad[name].get("stamp") == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}:
+                skipped.append({"scene": name, "date": "", "reason": f"quarantined before: {bad[name]['reason']}"})
+            else:
+                quarantined.append({"scene": name, "path": p, "reason": reason})
         refs += found
     new: list[SceneRef] = []
     for ref in refs:
@@ -448,6 +453,14 @@ def _cube_manifest(
     )
 
 
+def _record_quarantine(quarantine: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
+    """Remember quarantined files with their size and mtime: unchanged, they are not re-read."""
+    for q in rows:
+        src = Path(q["path"])
+        stamp = {"size": src.stat().st_size, "mtime_ns": src.stat().st_mtime_ns} if src.exists() else {}
+        quarantine[q["scene"]] = {"reason": q["reason"], "stamp": stamp}
+
+
 def ingest_cube(
     catalog: Catalog,
     cube: str,
@@ -493,6 +506,7 @@ def ingest_cube(
     bands = [b.name for b in specs[spec.sources[0]].bands]
     scenes: dict[str, Any] = dict(manifest.outputs.get("scenes", {})) if manifest else {}
     quarantine: dict[str, Any] = dict(manifest.outputs.get("quarantine", {})) if manifest else {}
+    _record_quarantine(quarantine, plan.quarantined)
     dates: list[str] = list(manifest.outputs.get("dates", [])) if manifest else []
     steps = int(manifest.outputs.get("time_steps", 0)) if manifest else 0
     grid = grid_of_cube(path) if manifest else None
@@ -507,10 +521,7 @@ def ingest_cube(
         assert grid is not None
         results, bad, nbytes = process_dates(groups, specs, grid, workers=workers)
         report.bytes_decoded += nbytes
-        for q in bad:
-            stamp_src = Path(q["path"])
-            stamp = {"size": stamp_src.stat().st_size, "mtime_ns": stamp_src.stat().st_mtime_ns} if stamp_src.exists() else {}
-            quarantine[q["scene"]] = {"reason": q["reason"], "stamp": stamp}
+        _record_quarantine(quarantine, bad)
         report.quarantined += bad
         if results:
             ds = _dates_dataset(results, grid, bands)
@@ -545,11 +556,13 @@ def ingest_cube(
                 steps += 1
             last_date = pd.Timestamp(dates[-1])
             write_manifest(path, _cube_manifest(cube, spec, scenes, quarantine, dates, steps, grid))
-        elif bad and manifest is not None:
+        elif bad and path.exists():
             write_manifest(path, _cube_manifest(cube, spec, scenes, quarantine, dates, steps, grid))
         done += sum(len(g) for g in groups)
         if on_group is not None:
             on_group(done, total)
+    if plan.quarantined and manifest is not None and not report.ingested:
+        write_manifest(path, _cube_manifest(cube, spec, scenes, quarantine, dates, steps, grid))
     report.time_steps = steps
     report.seconds = timer.perf_counter() - t0
     for q in report.quarantined:

@@ -196,7 +196,7 @@ def test_malformed_catalog_stops_before_any_work(tmp_path: Path) -> None:
     raw["cubes"]["planet"]["chunks"]["time"] = 0
     raw["storage"] = {"root": str(tmp_path / "data")}
     bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(CatalogError, match=r"cat.yaml.*cubes\.planet\.chunks\.time"):
+    with pytest.raises(CatalogError, match=r"(?s)cat.yaml.*cubes\.planet\.chunks\.time"):
         load_catalog(bad)
     assert not (tmp_path / "data").exists()
 
