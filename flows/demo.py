@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.ingest import ingest_flow
+from flows.ingest import ingest_steps
 from tasks.catalog import load_catalog
 from tasks.checkpoint import read_manifest, reusable
 from tasks.ingest import plan_ingest
@@ -45,7 +45,7 @@ def demo_flow(
             discard_cube_task(str(catalog.cube_path(cube)), str(catalog.stage_dir(cube)))
     products: dict[str, Any] = {"sample": sample, "cubes": {}, "patches": {}, "quicklooks": {}}
     for cube in DEMO_CUBES:
-        report = ingest_flow(catalog_file, cube, env=env, progress_bar=progress_bar)
+        report = ingest_steps(catalog_file, cube, env=env, progress_bar=progress_bar)
         products["cubes"][cube] = report["path"]
         products["quicklooks"][cube] = report.get("quicklook")
         patches = catalog.stage_dir(cube) / "patches.zarr"

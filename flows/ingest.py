@@ -10,7 +10,7 @@ from prefect import flow
 
 from tasks.ingest import ingest_task, publish_ingest_task, quicklook_task
 
-__all__ = ["ingest_flow"]
+__all__ = ["ingest_flow", "ingest_steps"]
 
 
 @flow(name="ingest-cube", log_prints=False)
@@ -23,7 +23,20 @@ def ingest_flow(
     progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Discover new scenes -> validate (Great Expectations) -> warp -> append; then publish the
-    scene table and a quick-look of the newest date as Prefect artifacts."""
+    scene table and a quick-look of the newest composite as Prefect artifacts."""
+    return ingest_steps(catalog_path, cube, start, end, env, progress_bar=progress_bar)
+
+
+def ingest_steps(
+    catalog_path: str,
+    cube: str,
+    start: date | None = None,
+    end: date | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    progress_bar: bool = False,
+) -> dict[str, Any]:
+    """The ingest tasks in order, for use inside any flow (one flow run, not a subflow each)."""
     report = ingest_task(catalog_path, cube, start, end, env, progress_bar=progress_bar)
     quicklook = None
     if report["time_steps"] and (report["dates_added"] or not _quicklook_path(report).exists()):

@@ -575,6 +575,8 @@ def ingest_cube(
 
 
 # -- Prefect tasks (thin wrappers: paths and small dicts in, small dicts out) -------------------
+# No task tags: a tagged task run asks the API for tag concurrency slots each time (about a
+# second per task on a test server); tag a task when it gets a concurrency limit.
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.artifacts import (  # noqa: E402
     create_image_artifact,
@@ -592,7 +594,7 @@ def _artifact_key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "cube"
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=[5, 30], tags=["io", "ingest"], cache_policy=NO_CACHE)
+@task(name="ingest", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
 def ingest_task(
     catalog_path: str,
     cube: str,
@@ -632,7 +634,7 @@ def ingest_task(
     return report.to_dict()
 
 
-@task(name="quick-look", tags=["artifact"], cache_policy=NO_CACHE)
+@task(name="quick-look", cache_policy=NO_CACHE)
 def quicklook_task(cube_path: str, out_png: str) -> str:
     """PNG of the cube's newest date."""
     from tasks.quicklook import composite_png
@@ -640,7 +642,7 @@ def quicklook_task(cube_path: str, out_png: str) -> str:
     return str(composite_png(cube_path, out_png))
 
 
-@task(name="publish-ingest-report", tags=["artifact"], cache_policy=NO_CACHE)
+@task(name="publish-ingest-report", cache_policy=NO_CACHE)
 def publish_ingest_task(report: dict[str, Any], quicklook: str | None = None) -> None:
     """Prefect artifacts for operators: the scene table and the quick-look."""
     cube = report["cube"]

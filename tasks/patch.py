@@ -539,7 +539,7 @@ def unpatch(
 # --- Prefect task -------------------------------------------------------------------------------
 
 
-@task(name="patch", retries=1, retry_delay_seconds=10, tags=["stage"], cache_policy=NONE)
+@task(name="patch", retries=1, retry_delay_seconds=10, cache_policy=NONE)
 def patch_task(
     cube: str,
     out: str,

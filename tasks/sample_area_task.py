@@ -49,7 +49,7 @@ def ensure_sample_area(out: str | Path, *, size: str = "demo", seed: int = 0, pr
     return {"path": str(out), "reused": False, **outputs}
 
 
-@task(name="sample-area", tags=["sample"], cache_policy=NO_CACHE)
+@task(name="sample-area", cache_policy=NO_CACHE)
 def sample_area_task(out: str, size: str = "demo", seed: int = 0) -> dict[str, Any]:
     """Generate (or reuse) the built-in sample area."""
     result = ensure_sample_area(out, size=size, seed=seed)
@@ -57,7 +57,7 @@ def sample_area_task(out: str, size: str = "demo", seed: int = 0) -> dict[str, A
     return result
 
 
-@task(name="discard-derived", tags=["sample"], cache_policy=NO_CACHE)
+@task(name="discard-derived", cache_policy=NO_CACHE)
 def discard_cube_task(cube: str, artifacts: str) -> None:
     """Remove a cube and its stage artifacts made from a sample area that was regenerated."""
     import shutil

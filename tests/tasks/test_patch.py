@@ -216,5 +216,5 @@ def test_prefect_task_fn(cube: Path, tmp_path: Path) -> None:
     assert result["stage"] == "patch"
     assert sum(result["outputs"]["patches"].values()) == 16
     json.dumps(result)  # plain data, safe for Prefect to persist
-    assert patch_task.name == "patch" and "stage" in patch_task.tags
+    assert patch_task.name == "patch"
     assert patch_task.retries == 1
