@@ -288,7 +288,7 @@ def read_and_validate(
 
 def _mosaic(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Mosaic scenes of one date: clear pixels win, then any observed pixel, first scene first."""
-    data, valid = parts[0][0].copy(), parts[0][1].copy()
+    data, valid = parts[0]  # freshly made by warp_scene: ours to update in place
     for d, v in parts[1:]:
         fill = np.isnan(data[0]) & ~np.isnan(d[0])
         take = (~valid & v) | fill
@@ -303,7 +303,7 @@ def process_dates(
     """Read, validate, warp and mosaic several dates. Returns (dates, quarantined, bytes decoded)."""
     refs = [r for g in groups for r in g]
     passed, quarantined = read_and_validate(refs, specs, grid, workers=workers)
-    nbytes = sum(r.data.nbytes for r in passed)
+    nbytes = sum(r.raw_nbytes for r in passed)
     warped = _parallel(
         lambda raw: _safe(warp_scene, raw.ref, raw, specs[raw.ref.source], grid), [(r,) for r in passed], workers
     )

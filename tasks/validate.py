@@ -257,18 +257,25 @@ def profile_array(
     if n_invalid < n_pixels:
         valid = ~invalid
         for b in range(bands):
-            values = raw[b][valid]  # (n_valid,)
+            band = raw[b]
             if is_float:
-                is_finite = np.isfinite(values)
-                if not is_finite.all():
+                usable = valid & np.isfinite(band)
+                if (usable != valid).any():
                     finite = False
-                    values = values[is_finite]
-            if values.size == 0:
+            else:
+                usable = valid
+            if not usable.any():
                 continue
-            lows.append(float(values.min()))
-            highs.append(float(values.max()))
+            # reductions with ``where`` scan the band once, without copying the valid pixels
+            if is_float:
+                lows.append(float(np.min(band, where=usable, initial=np.inf)))
+                highs.append(float(np.max(band, where=usable, initial=-np.inf)))
+            else:
+                info = np.iinfo(band.dtype) if np.issubdtype(band.dtype, np.integer) else None
+                lows.append(float(np.min(band, where=usable, initial=info.max if info else True)))
+                highs.append(float(np.max(band, where=usable, initial=info.min if info else False)))
             if categorical:
-                distinct = np.unique(values)
+                distinct = np.unique(band[usable])
                 fractional = distinct[distinct != np.round(distinct)]
                 if fractional.size:
                     raise ValueError(

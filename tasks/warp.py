@@ -90,6 +90,7 @@ class RawScene:
     crs: CRS
     profile: SceneProfile
     nodata: float | None = None
+    raw_nbytes: int = 0  # decoded size of what was read, at the file's dtype (masks included)
 
 
 def mask_to_clear(mask: np.ndarray, rule: MaskRule) -> np.ndarray:
@@ -165,10 +166,10 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     )
     profile = replace(profile, band_count=file_count, dtype=str(file_dtype))
     if raw.shape[0] < len(spec.bands):
-        return RawScene(ref, raw.astype(np.float32), None, transform, crs, profile, nodata)
-    clear = _read_mask(ref, spec, grid, win, transform) if spec.mask is not None else None
+        return RawScene(ref, raw.astype(np.float32), None, transform, crs, profile, nodata, raw.nbytes)
+    clear, mask_nbytes = _read_mask(ref, spec, grid, win, transform) if spec.mask is not None else (None, 0)
     data = _to_physical(raw, spec, nodata)
-    return RawScene(ref, data, clear, transform, crs, profile, nodata)
+    return RawScene(ref, data, clear, transform, crs, profile, nodata, raw.nbytes + mask_nbytes)
 
 
 def _to_physical(raw: np.ndarray, spec: SourceSpec, nodata: float | None) -> np.ndarray:
@@ -184,8 +185,12 @@ def _to_physical(raw: np.ndarray, spec: SourceSpec, nodata: float | None) -> np.
     return out
 
 
-def _read_mask(ref: SceneRef, spec: SourceSpec, grid: Grid, win: Window, transform: Affine) -> np.ndarray:
-    assert spec.mask is not None
+def _read_mask(
+    ref: SceneRef, spec: SourceSpec, grid: Grid, win: Window, transform: Affine
+) -> tuple[np.ndarray, int]:
+    """The "clear" mask over the scene window, and the bytes decoded to get it."""
+    if spec.mask is None:
+        raise ValueError(f"source of {ref.path} has no mask rule")
     path = ref.mask_path or ref.path
     if ref.mask_path is not None and not Path(ref.mask_path).exists():
         raise SceneError(ref.path, f"its mask file {Path(ref.mask_path).name} is missing")
@@ -203,7 +208,7 @@ def _read_mask(ref: SceneRef, spec: SourceSpec, grid: Grid, win: Window, transfo
                 )
     except RasterioIOError as exc:
         raise SceneError(path, f"mask cannot be read ({exc})") from exc
-    return mask_to_clear(mask, spec.mask)
+    return mask_to_clear(mask, spec.mask), mask.nbytes
 
 
 def _lattice_offset(raw: RawScene, grid: Grid) -> tuple[int, int] | None:
@@ -257,6 +262,9 @@ def warp_scene(raw: RawScene, spec: SourceSpec, grid: Grid) -> tuple[np.ndarray,
                 resampling=resampling, num_threads=WARP_THREADS,
             )
         return codes, codes != nodata
+    if offset == (0, 0) and raw.data.shape[1:] == shape:  # already on the grid: no copy at all
+        observed = np.isfinite(raw.data).all(axis=0)
+        return raw.data, observed & raw.clear if raw.clear is not None else observed
     data = np.full((raw.data.shape[0], *shape), np.nan, dtype=np.float32)
     clear = np.zeros(shape, dtype=bool)
     if offset is not None:
