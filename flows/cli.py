@@ -59,8 +59,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from tasks.adhoc import adhoc_catalog
     from flows.ingest import ingest_flow
+    from tasks.adhoc import adhoc_catalog
 
     catalog_path = adhoc_catalog(
         args.paths, Path(args.out), crs=args.crs, resolution=args.resolution,

@@ -29,12 +29,12 @@ from typing import Any
 import dask
 import numpy as np
 import pandas as pd
+import rasterio
 import xarray as xr
 import zarr
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
-import rasterio
 from tasks.catalog import Catalog, CubeSpec, SourceSpec
 from tasks.checkpoint import (
     Manifest,
@@ -397,9 +397,8 @@ def _create_cube(
     }
     for v in layers:
         encoding[v] = {"chunks": (cy, cx)}
-    with atomic_artifact(path, overwrite=False) as tmp:
-        with _no_consolidation_warning():
-            ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
+    with atomic_artifact(path, overwrite=False) as tmp, _no_consolidation_warning():
+        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
 
 
 def _append(path: Path, ds: xr.Dataset) -> None:

@@ -9,7 +9,14 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE as NO_CACHE
 
-from tasks.checkpoint import Manifest, atomic_artifact, code_version, reusable, stage_key, write_manifest
+from tasks.checkpoint import (
+    Manifest,
+    atomic_artifact,
+    code_version,
+    reusable,
+    stage_key,
+    write_manifest,
+)
 
 __all__ = ["discard_cube_task", "ensure_sample_area", "sample_area_current", "sample_area_task"]
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
@@ -21,7 +22,6 @@ from rasterio.errors import RasterioIOError
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-import rasterio
 from tasks.catalog import MaskRule, SourceSpec
 from tasks.discover import SceneRef
 from tasks.errors import SceneError

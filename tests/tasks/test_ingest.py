@@ -13,13 +13,12 @@ import rasterio
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 import yaml
-from rasterio.transform import from_origin
 
 from tasks.adhoc import adhoc_catalog
 from tasks.catalog import catalog_from_dict, load_catalog
 from tasks.checkpoint import read_manifest
 from tasks.errors import CatalogError, CubeSchemaError
-from tasks.ingest import _append, _dates_dataset, DateResult, grid_of_cube, ingest_cube
+from tasks.ingest import DateResult, _append, _dates_dataset, grid_of_cube, ingest_cube
 from tasks.sample_area import generate_sample_area
 
 REPO = Path(__file__).resolve().parents[2]
