@@ -44,6 +44,7 @@ import json
 import logging
 import math
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -785,7 +786,9 @@ def _modis(modis_dir: Path, truth_path: Path, land: _Landscape, n_planet: int, n
                 "spatial_ref": spatial_ref(CRS.from_string(MODIS_CRS), grid.transform)},
         attrs={"title": "fusioncube sample area: MODIS LST truth", "seed": seed},
     )
-    ds.to_zarr(truth_path, zarr_format=3, consolidated=False, mode="w")
+    with warnings.catch_warnings():  # consolidated v3 metadata: xr.open_zarr opens it quietly
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        ds.to_zarr(truth_path, zarr_format=3, consolidated=True, mode="w")
     return grid, dates
 
 
@@ -925,7 +928,9 @@ class _PlanetTruthWriter:
                     "x": x, "spatial_ref": spatial_ref(CRS.from_string(grid.crs), grid.transform)},
             attrs={"title": "fusioncube sample area: Planet truth", "seed": seed},
         )
-        template.to_zarr(path, compute=False, zarr_format=3, consolidated=False, mode="w")
+        with warnings.catch_warnings():  # region writes below leave this metadata valid
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            template.to_zarr(path, compute=False, zarr_format=3, consolidated=True, mode="w")
 
     def write(self, t: int, data: np.ndarray, cloud: np.ndarray) -> None:
         import xarray as xr
