@@ -32,6 +32,7 @@ import pandas as pd
 import rasterio
 import xarray as xr
 import zarr
+from zarr.codecs import BloscCodec
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
@@ -55,6 +56,7 @@ __all__ = ["IngestReport", "ingest_cube", "cube_grid", "plan_ingest", "ScenePlan
 log = logging.getLogger(__name__)
 
 INGEST_MODULES = ("tasks.ingest", "tasks.warp", "tasks.discover", "tasks.validate")
+DATA_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
 @dataclass
@@ -366,6 +368,7 @@ def _colormap(ref: SceneRef) -> dict[int, str]:
 
 # -- writing -----------------------------------------------------------------------------------
 def _dates_dataset(results: Sequence[DateResult], grid: Grid, bands: Sequence[str]) -> xr.Dataset:
+    """The first time steps of a new cube as a Dataset."""
     y, x = grid_coords(grid.transform, grid.height, grid.width)
     times = pd.DatetimeIndex([r.date for r in results]).as_unit("ns")
     return xr.Dataset(
@@ -391,9 +394,11 @@ def _create_cube(
     ch = spec.chunks
     cy, cx = min(ch.y, grid.height), min(ch.x, grid.width)
     encoding: dict[str, dict[str, Any]] = {
-        "data": {"chunks": (ch.time, ds.sizes["band"], cy, cx)},
+        # blosc lz4 + bitshuffle: 3x faster than zarr's default zstd on float32 reflectance for
+        # about 20% more bytes (measured on the bench sample area)
+        "data": {"chunks": (ch.time, ds.sizes["band"], cy, cx), "compressors": DATA_CODEC},
         "valid": {"chunks": (ch.time, cy, cx)},
-        "time": {"units": "seconds since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian", "dtype": "int64"},
+        "time": {"units": TIME_UNITS, "calendar": "proleptic_gregorian", "dtype": "int64"},
     }
     for v in layers:
         encoding[v] = {"chunks": (cy, cx)}
@@ -401,9 +406,42 @@ def _create_cube(
         ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
 
 
-def _append(path: Path, ds: xr.Dataset) -> None:
+TIME_UNITS = "seconds since 1970-01-01T00:00:00"
+
+
+def _time_encoding(path: Path, units: Any) -> tuple[pd.Timedelta, pd.Timestamp]:
+    """(step, reference) of CF time units such as ``seconds since 1970-01-01``."""
+    steps = {"seconds": "1s", "second": "1s", "minutes": "1min", "hours": "1h", "days": "1D", "day": "1D"}
+    try:
+        unit, _, since = str(units).partition(" since ")
+        return pd.Timedelta(steps[unit.strip().lower()]), pd.Timestamp(since.strip())
+    except (KeyError, ValueError) as exc:
+        raise CubeSchemaError(f"{path}: time units {units!r} are not '<unit> since <date>'") from exc
+
+
+def _append(path: Path, results: Sequence[DateResult]) -> None:
+    """Append time steps with zarr directly: grow the arrays, write each date into its own
+    chunks (zarr encodes them concurrently), then refresh the consolidated metadata.
+
+    Only the new chunks are written (and the last partial time chunk when chunks hold several
+    dates). A crash part-way leaves time steps beyond the manifest, cut by the next run.
+    """
+    group = zarr.open_group(str(path), mode="r+")
+    data, valid, time = group["data"], group["valid"], group["time"]
+    step, ref = _time_encoding(path, time.attrs.get("units"))
+    n = data.shape[0]
+    k = len(results)
+    for arr in (data, valid, time):
+        arr.resize((n + k, *arr.shape[1:]))
+    for i, r in enumerate(results):
+        data[n + i] = r.data
+        valid[n + i] = r.valid
+    offsets = [(pd.Timestamp(r.date) - ref) / step for r in results]
+    if np.issubdtype(time.dtype, np.integer) and any(o != int(o) for o in offsets):
+        raise CubeSchemaError(f"{path}: dates {[r.date for r in results]} do not fit the time units {time.attrs.get('units')!r}")
+    time[n:] = np.array(offsets).astype(time.dtype)
     with _no_consolidation_warning():
-        ds.to_zarr(path, append_dim="time", consolidated=True)
+        zarr.consolidate_metadata(str(path))
 
 
 @contextlib.contextmanager
@@ -523,8 +561,8 @@ def ingest_cube(
         _record_quarantine(quarantine, bad)
         report.quarantined += bad
         if results:
-            ds = _dates_dataset(results, grid, bands)
             if not path.exists():
+                ds = _dates_dataset(results, grid, bands)
                 layers, bad_static = static_layers(catalog, spec, grid)
                 report.quarantined += bad_static
                 attrs = {
@@ -543,7 +581,7 @@ def ingest_cube(
                 if last_date is not None and results[0].date < last_date.to_pydatetime():
                     log.warning("cube %s: %s is older than the newest date in the cube; appended after it "
                                 "(sort by time when reading: ds.sortby('time'))", cube, results[0].date.date())
-                _append(path, ds)
+                _append(path, results)
             for r in results:
                 day = r.date.date().isoformat()
                 dates.append(day)

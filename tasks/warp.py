@@ -93,17 +93,27 @@ class RawScene:
     raw_nbytes: int = 0  # decoded size of what was read, at the file's dtype (masks included)
 
 
+def _lookup(mask: np.ndarray, values: list[int], *, masked_by: int | None = None) -> np.ndarray:
+    """``isin(mask [& masked_by], values)`` through a lookup table for 8/16-bit masks (one pass)."""
+    if mask.dtype in (np.uint8, np.uint16):
+        lut = np.zeros(np.iinfo(mask.dtype).max + 1, dtype=bool)
+        codes = np.arange(lut.size)
+        lut[np.isin(codes & masked_by if masked_by is not None else codes, values)] = True
+        return lut[mask]
+    m = mask.astype(np.int64) & masked_by if masked_by is not None else mask
+    return np.isin(m, values)
+
+
 def mask_to_clear(mask: np.ndarray, rule: MaskRule) -> np.ndarray:
     """Boolean "clear" from a QA / UDM band according to the catalog's mask rule."""
     clear = np.ones(mask.shape, dtype=bool)
     if rule.clear_values is not None:
-        clear &= np.isin(mask, rule.clear_values)
+        clear &= _lookup(mask, rule.clear_values)
     if rule.invalid_bits is not None:
-        bits = np.uint64(sum(1 << b for b in rule.invalid_bits))
-        clear &= (mask.astype(np.uint64) & bits) == 0
+        bits = sum(1 << b for b in rule.invalid_bits)
+        clear &= (mask.astype(np.int64, copy=False) & bits) == 0
     if rule.invalid_values is not None:
-        masked = mask.astype(np.int64) & rule.bit_mask if rule.bit_mask is not None else mask
-        clear &= ~np.isin(masked, rule.invalid_values)
+        clear &= ~_lookup(mask, rule.invalid_values, masked_by=rule.bit_mask)
     return clear
 
 
@@ -151,6 +161,10 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
                     indexes = [ref.time_index + 1]
                 raw = ds.read(indexes, window=win) if indexes else np.zeros((0, 1, 1), ds.dtypes[0])
                 nodata = ds.nodata
+            if spec.mask is not None and raw.shape[0] >= len(spec.bands):
+                clear, mask_nbytes = _read_mask(ref, spec, grid, win, transform)
+            else:
+                clear, mask_nbytes = None, 0
     except RasterioIOError as exc:
         raise SceneError(ref.path, f"cannot be read ({exc})") from exc
     band = spec.bands[0]
@@ -167,21 +181,23 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     profile = replace(profile, band_count=file_count, dtype=str(file_dtype))
     if raw.shape[0] < len(spec.bands):
         return RawScene(ref, raw.astype(np.float32), None, transform, crs, profile, nodata, raw.nbytes)
-    clear, mask_nbytes = _read_mask(ref, spec, grid, win, transform) if spec.mask is not None else (None, 0)
     data = _to_physical(raw, spec, nodata)
     return RawScene(ref, data, clear, transform, crs, profile, nodata, raw.nbytes + mask_nbytes)
 
 
 def _to_physical(raw: np.ndarray, spec: SourceSpec, nodata: float | None) -> np.ndarray:
+    """Raw values -> float32 physical units (``raw * scale + offset``), NaN where nodata."""
     if spec.kind == "categorical":
         return raw
     out = np.empty(raw.shape, dtype=np.float32)
     for i, b in enumerate(spec.bands):
         band = raw[i]
         nd = b.nodata if b.nodata is not None else nodata
-        out[i] = band.astype(np.float32) * np.float32(b.scale) + np.float32(b.offset)
+        np.multiply(band, np.float32(b.scale), out=out[i], dtype=np.float32, casting="unsafe")
+        if b.offset:
+            out[i] += np.float32(b.offset)
         if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
-            out[i][band == nd] = np.nan
+            np.copyto(out[i], np.float32(np.nan), where=band == nd)
     return out
 
 
