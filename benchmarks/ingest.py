@@ -132,8 +132,12 @@ def _in_child(sample: Path, data: Path) -> dict[str, Any]:
     raise RuntimeError(f"ingest worker failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def run(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Run the benchmark and write ``out`` (JSON) and ``out.with_suffix('.md')``."""
+def run(out: Path, *, quick: bool = False, seed: int = 0, sample: Path | None = None) -> dict[str, Any]:
+    """Run the benchmark and write ``out`` (JSON) and ``out.with_suffix('.md')``.
+
+    ``sample``: keep the generated sample area there and reuse it on the next run (generating the
+    ``bench`` size takes minutes); default: a temporary folder, removed afterwards.
+    """
     from tasks.sample_area import generate_sample_area
 
     size = "small" if quick else "bench"
@@ -142,7 +146,9 @@ def run(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="fusioncube-bench-ingest-"))
     try:
         t0 = time.perf_counter()
-        long_root = generate_sample_area(work / "long", size=size, seed=seed, n_dates=long_dates, progress=True).root
+        long_root = generate_sample_area(
+            sample or work / "long", size=size, seed=seed, n_dates=long_dates, progress=True
+        ).root
         gen_seconds = time.perf_counter() - t0
         short_root = _first_dates(long_root, work / "short", short_dates)
         mb_long = decoded_mb(long_root)
@@ -214,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("bench-out/ingest.json"))
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--sample", type=Path, default=None, help="keep / reuse the sample area here")
     p.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         _worker(*args.worker)
         return 0
-    print(json.dumps(run(args.out, quick=args.quick)["summary"], indent=2))
+    print(json.dumps(run(args.out, quick=args.quick, sample=args.sample)["summary"], indent=2))
     return 0
 
 

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from affine import Affine
+from rasterio.crs import CRS
+
+from tasks.catalog import MaskRule
+from tasks.warp import Grid, _lattice_offset, _paste, mask_to_clear
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_mask_rules(dtype) -> None:
+    m = np.arange(8, dtype=dtype)[None, :]
+    assert mask_to_clear(m, MaskRule(clear_values=[1])).astype(int).tolist() == [[0, 1, 0, 0, 0, 0, 0, 0]]
+    # MODIS QC: bits 0-1 == 2 or 3 -> not produced
+    qc = mask_to_clear(m, MaskRule(invalid_values=[2, 3], bit_mask=3))
+    assert qc.astype(int).tolist() == [[1, 1, 0, 0, 1, 1, 0, 0]]
+    assert mask_to_clear(m, MaskRule(invalid_bits=[2])).astype(int).tolist() == [[1, 1, 1, 1, 0, 0, 0, 0]]
+
+
+def test_mask_rule_needs_a_rule() -> None:
+    with pytest.raises(ValueError, match="clear_values, invalid_bits or invalid_values"):
+        MaskRule()
+
+
+def test_grid_snaps_outward_to_the_lattice() -> None:
+    g = Grid.from_bounds("EPSG:32615", (10.5, 20.2, 40.1, 50.0), (3.0, 3.0))
+    assert g.bounds == (9.0, 18.0, 42.0, 51.0) and (g.width, g.height) == (11, 11)
+    anchored = Grid.from_bounds("EPSG:32615", (10.5, 20.2, 40.1, 50.0), (3.0, 3.0), anchor=(10.5, 50.0))
+    assert anchored.transform.c == 10.5 and anchored.transform.f == 50.0
+    with pytest.raises(ValueError, match="no pixel"):
+        Grid.from_bounds("EPSG:32615", (0, 0, 0, 0), (3.0, 3.0))
+
+
+def test_lattice_offset_and_paste_clip_at_the_edges() -> None:
+    grid = Grid(CRS.from_epsg(32615), Affine(3, 0, 100, 0, -3, 200), 4, 4)
+
+    class Raw:  # the two attributes _lattice_offset reads
+        crs = CRS.from_epsg(32615)
+        transform = Affine(3, 0, 97, 0, -3, 203)
+
+    assert _lattice_offset(Raw(), grid) == (-1, -1)
+    Raw.transform = Affine(3, 0, 98.5, 0, -3, 203)
+    assert _lattice_offset(Raw(), grid) is None  # half a pixel off: needs a real warp
+    dst = np.zeros((1, 4, 4))
+    _paste(np.ones((1, 3, 3)), dst, -1, -1)
+    assert dst[0].tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
