@@ -81,10 +81,10 @@ class Grid:
 
 @dataclass
 class RawScene:
-    """A scene's window over the grid, in physical units, before warping."""
+    """A scene's window over the grid, raw values, before scaling and warping."""
 
     ref: SceneRef
-    data: np.ndarray  # (bands, rows, cols) float32 physical (categorical: raw integer codes)
+    data: np.ndarray  # (bands, rows, cols) raw values as stored in the file
     clear: np.ndarray | None  # (rows, cols) bool from the mask rule, None without one
     transform: Affine
     crs: CRS
@@ -179,17 +179,17 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
         categorical=spec.kind == "categorical",
     )
     profile = replace(profile, band_count=file_count, dtype=str(file_dtype))
-    if raw.shape[0] < len(spec.bands):
-        return RawScene(ref, raw.astype(np.float32), None, transform, crs, profile, nodata, raw.nbytes)
-    data = _to_physical(raw, spec, nodata)
-    return RawScene(ref, data, clear, transform, crs, profile, nodata, raw.nbytes + mask_nbytes)
+    if raw.shape[0] < len(spec.bands):  # fails validation (band count); never warped
+        return RawScene(ref, raw, None, transform, crs, profile, nodata, raw.nbytes)
+    return RawScene(ref, raw, clear, transform, crs, profile, nodata, raw.nbytes + mask_nbytes)
 
 
-def _to_physical(raw: np.ndarray, spec: SourceSpec, nodata: float | None) -> np.ndarray:
-    """Raw values -> float32 physical units (``raw * scale + offset``), NaN where nodata."""
-    if spec.kind == "categorical":
-        return raw
-    out = np.empty(raw.shape, dtype=np.float32)
+def _to_physical(
+    raw: np.ndarray, spec: SourceSpec, nodata: float | None, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Raw values -> float32 physical units (``raw * scale + offset``), NaN where nodata;
+    written into ``out`` (e.g. a window of the grid-sized result) when given."""
+    out = np.empty(raw.shape, dtype=np.float32) if out is None else out
     for i, b in enumerate(spec.bands):
         band = raw[i]
         nd = b.nodata if b.nodata is not None else nodata
@@ -243,15 +243,25 @@ def _lattice_offset(raw: RawScene, grid: Grid) -> tuple[int, int] | None:
     return round(row), round(col)
 
 
-def _paste(src: np.ndarray, dst: np.ndarray, row: int, col: int) -> None:
-    """Copy ``src`` (..., h, w) into ``dst`` (..., H, W) at (row, col), clipping at the edges."""
-    h, w = src.shape[-2:]
-    H, W = dst.shape[-2:]
+def _overlap(
+    src_shape: tuple[int, int], dst_shape: tuple[int, int], row: int, col: int
+) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """(source, destination) slices where a source placed at (row, col) overlaps the destination."""
+    h, w = src_shape
+    H, W = dst_shape
     r0, c0 = max(row, 0), max(col, 0)
     r1, c1 = min(row + h, H), min(col + w, W)
     if r1 <= r0 or c1 <= c0:
-        return
-    dst[..., r0:r1, c0:c1] = src[..., r0 - row : r1 - row, c0 - col : c1 - col]
+        return None
+    return (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)), (slice(r0, r1), slice(c0, c1))
+
+
+def _paste(src: np.ndarray, dst: np.ndarray, row: int, col: int) -> None:
+    """Copy ``src`` (..., h, w) into ``dst`` (..., H, W) at (row, col), clipping at the edges."""
+    ov = _overlap(src.shape[-2:], dst.shape[-2:], row, col)
+    if ov is not None:
+        (sr, sc), (dr, dc) = ov
+        dst[..., dr, dc] = src[..., sr, sc]
 
 
 def warp_scene(raw: RawScene, spec: SourceSpec, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -278,19 +288,22 @@ def warp_scene(raw: RawScene, spec: SourceSpec, grid: Grid) -> tuple[np.ndarray,
                 resampling=resampling, num_threads=WARP_THREADS,
             )
         return codes, codes != nodata
-    if offset == (0, 0) and raw.data.shape[1:] == shape:  # already on the grid: no copy at all
-        observed = np.isfinite(raw.data).all(axis=0)
-        return raw.data, observed & raw.clear if raw.clear is not None else observed
-    data = np.full((raw.data.shape[0], *shape), np.nan, dtype=np.float32)
+    nbands = raw.data.shape[0]
     clear = np.zeros(shape, dtype=bool)
-    if offset is not None:
-        _paste(raw.data, data, *offset)
-        if raw.clear is not None:
-            _paste(raw.clear, clear, *offset)
+    if offset is not None:  # on the grid's lattice: scale straight into place, no warp
+        full = offset == (0, 0) and raw.data.shape[1:] == shape
+        data = np.empty((nbands, *shape), np.float32) if full else np.full((nbands, *shape), np.nan, np.float32)
+        ov = _overlap(raw.data.shape[1:], shape, *offset)
+        if ov is not None:
+            (sr, sc), (dr, dc) = ov
+            _to_physical(raw.data[:, sr, sc], spec, raw.nodata, out=data[:, dr, dc])
+            if raw.clear is not None:
+                clear[dr, dc] = raw.clear[sr, sc]
     else:
+        data = np.full((nbands, *shape), np.nan, dtype=np.float32)
         reproject(
-            raw.data, data, src_transform=raw.transform, src_crs=raw.crs, src_nodata=np.nan,
-            dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,
+            _to_physical(raw.data, spec, raw.nodata), data, src_transform=raw.transform, src_crs=raw.crs,
+            src_nodata=np.nan, dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,
             resampling=resampling, num_threads=WARP_THREADS,
         )
         if raw.clear is not None:
