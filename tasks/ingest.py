@@ -20,6 +20,7 @@ import logging
 import time as timer
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from itertools import groupby
@@ -498,6 +499,81 @@ def _record_quarantine(quarantine: dict[str, Any], rows: Sequence[dict[str, Any]
         quarantine[q["scene"]] = {"reason": q["reason"], "stamp": stamp}
 
 
+class _CubeWriter:
+    """Writes groups of dates into the cube and keeps its manifest in step, in order.
+
+    ``commit`` runs on a background thread while the next group is read and warped; the store
+    and manifest are only ever touched from there, one group at a time.
+    """
+
+    def __init__(self, catalog: Catalog, cube: str, manifest: Manifest | None, report: IngestReport) -> None:
+        self.catalog, self.cube, self.report = catalog, cube, report
+        self.spec = catalog.cube(cube)
+        self.path = catalog.cube_path(cube)
+        outputs = manifest.outputs if manifest else {}
+        self.scenes: dict[str, Any] = dict(outputs.get("scenes", {}))
+        self.quarantine: dict[str, Any] = dict(outputs.get("quarantine", {}))
+        self.dates: list[str] = list(outputs.get("dates", []))
+        self.steps = int(outputs.get("time_steps", 0))
+        self.grid: Grid | None = grid_of_cube(self.path) if manifest else None
+        self.bands = [b.name for b in catalog.source(self.spec.sources[0]).bands]
+
+    def _write_manifest(self) -> None:
+        assert self.grid is not None
+        write_manifest(self.path, _cube_manifest(
+            self.cube, self.spec, self.scenes, self.quarantine, self.dates, self.steps, self.grid))
+
+    def record_quarantine(self, rows: Sequence[dict[str, Any]], *, save: bool = False) -> None:
+        _record_quarantine(self.quarantine, rows)
+        self.report.quarantined += rows
+        if save and rows and self.path.exists() and self.grid is not None:
+            self._write_manifest()
+
+    def commit(self, results: Sequence[DateResult], bad: Sequence[dict[str, Any]]) -> None:
+        """Append (or create the cube with) ``results``; then the manifest, atomically."""
+        self.record_quarantine(bad)
+        if not results:
+            if bad and self.path.exists():
+                self._write_manifest()
+            return
+        assert self.grid is not None
+        if not self.path.exists():
+            self._create(results)
+        else:
+            newest = pd.Timestamp(self.dates[-1]).to_pydatetime() if self.dates else None
+            if newest is not None and results[0].date < newest:
+                log.warning("cube %s: %s is older than the newest date in the cube; appended after it "
+                            "(sort by time when reading: ds.sortby('time'))", self.cube, results[0].date.date())
+            _append(self.path, results)
+        for r in results:
+            day = r.date.date().isoformat()
+            self.dates.append(day)
+            self.report.dates_added.append(day)
+            for ref in r.scenes:
+                self.scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": self.steps}
+                self.quarantine.pop(ref.id, None)
+                self.report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
+            self.steps += 1
+        self._write_manifest()
+
+    def _create(self, results: Sequence[DateResult]) -> None:
+        assert self.grid is not None
+        layers, bad_static = static_layers(self.catalog, self.spec, self.grid)
+        self.report.quarantined += bad_static
+        attrs = {
+            "title": f"fusioncube cube {self.cube}",
+            "Conventions": "CF-1.8",
+            "sources": ", ".join(self.spec.sources),
+            "static_sources": ", ".join(f"{k}: {v}" for k, v in self.spec.static.items()),
+            "software": f"fusioncube {code_version(*INGEST_MODULES)}",
+            "catalog_entry": self.spec.model_dump_json(),
+            "catalog": str(self.catalog.path) if self.catalog.path else "",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        _create_cube(self.path, _dates_dataset(results, self.grid, self.bands), self.grid, layers, self.spec, attrs)
+        self.report.created = True
+
+
 def ingest_cube(
     catalog: Catalog,
     cube: str,
@@ -510,6 +586,9 @@ def ingest_cube(
 ) -> IngestReport:
     """Ingest the new scenes of ``cube``'s sources: create the cube or append to it.
 
+    Groups of dates are read, validated and warped on ``workers`` threads while the previous group
+    is written, so at most two groups are in memory.
+
     Parameters
     ----------
     catalog, cube
@@ -519,9 +598,9 @@ def ingest_cube(
     workers
         Threads reading and warping scenes in parallel.
     dates_per_group
-        Dates held in memory at once (default: the cube's time chunk, at least ``workers``).
+        Dates per group (default: the cube's time chunk, at least ``workers``).
     on_group
-        Called as ``on_group(scenes_done, scenes_total)`` after each group (progress bars).
+        Called as ``on_group(scenes_done, scenes_total)`` after each group is written (progress).
     """
     t0 = timer.perf_counter()
     spec = catalog.cube(cube)
@@ -538,75 +617,39 @@ def ingest_cube(
         truncate_to_manifest(path, manifest)
     plan = plan_ingest(catalog, cube, start=start, end=end)
     report.skipped += plan.skipped
-    report.quarantined += plan.quarantined
+    writer = _CubeWriter(catalog, cube, manifest, report)
+    writer.record_quarantine(plan.quarantined, save=not plan.new)
+    if writer.grid is None and plan.new:
+        writer.grid = cube_grid(spec, [r for g in plan.new for r in g], name=cube)
     specs = {s: catalog.source(s) for s in spec.sources}
-    bands = [b.name for b in specs[spec.sources[0]].bands]
-    scenes: dict[str, Any] = dict(manifest.outputs.get("scenes", {})) if manifest else {}
-    quarantine: dict[str, Any] = dict(manifest.outputs.get("quarantine", {})) if manifest else {}
-    _record_quarantine(quarantine, plan.quarantined)
-    dates: list[str] = list(manifest.outputs.get("dates", [])) if manifest else []
-    steps = int(manifest.outputs.get("time_steps", 0)) if manifest else 0
-    grid = grid_of_cube(path) if manifest else None
-    if grid is None and plan.new:
-        grid = cube_grid(spec, [r for g in plan.new for r in g], name=cube)
     per_group = dates_per_group or max(spec.chunks.time, workers)
     total = sum(len(g) for g in plan.new)
     done = 0
-    last_date = pd.Timestamp(dates[-1]) if dates else None
-    for i in range(0, len(plan.new), per_group):
-        groups = plan.new[i : i + per_group]
-        assert grid is not None
-        results, bad, nbytes = process_dates(groups, specs, grid, workers=workers)
-        report.bytes_decoded += nbytes
-        _record_quarantine(quarantine, bad)
-        report.quarantined += bad
-        if results:
-            if not path.exists():
-                ds = _dates_dataset(results, grid, bands)
-                layers, bad_static = static_layers(catalog, spec, grid)
-                report.quarantined += bad_static
-                attrs = {
-                    "title": f"fusioncube cube {cube}",
-                    "Conventions": "CF-1.8",
-                    "sources": ", ".join(spec.sources),
-                    "static_sources": ", ".join(f"{k}: {v}" for k, v in spec.static.items()),
-                    "software": f"fusioncube {code_version(*INGEST_MODULES)}",
-                    "catalog_entry": spec.model_dump_json(),
-                    "catalog": str(catalog.path) if catalog.path else "",
-                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                }
-                _create_cube(path, ds, grid, layers, spec, attrs)
-                report.created = True
-            else:
-                if last_date is not None and results[0].date < last_date.to_pydatetime():
-                    log.warning("cube %s: %s is older than the newest date in the cube; appended after it "
-                                "(sort by time when reading: ds.sortby('time'))", cube, results[0].date.date())
-                _append(path, results)
-            for r in results:
-                day = r.date.date().isoformat()
-                dates.append(day)
-                report.dates_added.append(day)
-                for ref in r.scenes:
-                    scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": steps}
-                    quarantine.pop(ref.id, None)
-                    report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
-                steps += 1
-            last_date = pd.Timestamp(dates[-1])
-            write_manifest(path, _cube_manifest(cube, spec, scenes, quarantine, dates, steps, grid))
-        elif bad and path.exists():
-            write_manifest(path, _cube_manifest(cube, spec, scenes, quarantine, dates, steps, grid))
-        done += sum(len(g) for g in groups)
-        if on_group is not None:
-            on_group(done, total)
-    if plan.quarantined and manifest is not None and not report.ingested:
-        write_manifest(path, _cube_manifest(cube, spec, scenes, quarantine, dates, steps, grid))
-    report.time_steps = steps
+    with ThreadPoolExecutor(1, thread_name_prefix="cube-writer") as pool:
+        pending: Future[None] | None = None
+        for i in range(0, len(plan.new), per_group):
+            groups = plan.new[i : i + per_group]
+            assert writer.grid is not None
+            results, bad, nbytes = process_dates(groups, specs, writer.grid, workers=workers)
+            report.bytes_decoded += nbytes
+            if pending is not None:
+                pending.result()  # the previous group is on disk (or its error is raised here)
+                if on_group is not None:
+                    on_group(done, total)
+            pending = pool.submit(writer.commit, results, bad)
+            done += sum(len(g) for g in groups)
+        if pending is not None:
+            pending.result()
+            if on_group is not None:
+                on_group(done, total)
+    report.time_steps = writer.steps
     report.seconds = timer.perf_counter() - t0
     for q in report.quarantined:
         log.warning("quarantined %s: %s", q["scene"], q["reason"])
     log.info(
         "cube %s: %d scene(s) ingested into %d new date(s), %d skipped, %d quarantined; %d time steps",
-        cube, len(report.ingested), len(report.dates_added), len(report.skipped), len(report.quarantined), steps,
+        cube, len(report.ingested), len(report.dates_added), len(report.skipped), len(report.quarantined),
+        writer.steps,
     )
     return report
 
