@@ -38,7 +38,7 @@ def demo_flow(
     out = Path(out_dir).resolve()
     catalog_file = str(catalog_path or DEFAULT_CATALOG)
     env = demo_env(out)
-    sample = sample_area_task(str(out / "sample"), size, seed)
+    sample = sample_area_task(str(out / "sample"), size, seed, progress_bar=progress_bar)
     catalog = load_catalog(catalog_file, env=env)
     if not sample["reused"]:
         for cube in DEMO_CUBES:  # built from a sample area that is gone: start them afresh

@@ -57,9 +57,9 @@ def ensure_sample_area(out: str | Path, *, size: str = "demo", seed: int = 0, pr
 
 
 @task(name="sample-area", cache_policy=NO_CACHE)
-def sample_area_task(out: str, size: str = "demo", seed: int = 0) -> dict[str, Any]:
+def sample_area_task(out: str, size: str = "demo", seed: int = 0, progress_bar: bool = False) -> dict[str, Any]:
     """Generate (or reuse) the built-in sample area."""
-    result = ensure_sample_area(out, size=size, seed=seed)
+    result = ensure_sample_area(out, size=size, seed=seed, progress=progress_bar)
     get_run_logger().info("sample area %s: %s", "reused" if result["reused"] else "generated", out)
     return result
 

@@ -65,3 +65,27 @@ def test_cli_errors_name_the_problem(tmp_path: Path, capsys) -> None:
     assert "stagez: unknown key (did you mean 'stages'?)" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path / "nothing*.tif"), "--out", str(tmp_path / "x.zarr")]) == 2
     assert "no file matches" in capsys.readouterr().err
+
+
+def test_ingest_flow_publishes_operator_artifacts(tmp_path: Path, real_fixtures: Path) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.ingest import ingest_flow
+    from tasks.adhoc import adhoc_catalog
+
+    src = tmp_path / "scenes"
+    src.mkdir()
+    for f in sorted((real_fixtures / "modis_ndvi_sinop").glob("*.jp2"))[:3]:
+        (src / f.name).write_bytes(f.read_bytes())
+    (src / "TERRA_MODIS_012010_NDVI_2014-09-30.jp2").write_bytes(b"not a raster")
+    catalog = adhoc_catalog([str(src / "*.jp2")], tmp_path / "ndvi.zarr")
+    report = ingest_flow(str(catalog), "cube")
+    assert report["time_steps"] == 3 and len(report["quarantined"]) == 1
+    table = Artifact.get("ingest-cube")
+    assert table is not None and table.type == "table"
+    assert "TERRA_MODIS_012010_NDVI_2014-09-30.jp2" in str(table.data) and "quarantined" in str(table.data)
+    summary = Artifact.get("ingest-summary-cube")
+    assert summary is not None and "cannot be read" in str(summary.data)
+    image = Artifact.get("quicklook-cube")
+    assert image is not None and str(image.data).startswith("data:image/png;base64,")
+    assert Path(report["quicklook"]).exists()

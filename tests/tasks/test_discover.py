@@ -24,3 +24,26 @@ from tasks.discover import parse_date_from_name
 )
 def test_parse_date_from_name(name: str, expected: datetime | None) -> None:
     assert parse_date_from_name(name) == expected
+
+
+def test_date_from_tiff_metadata_when_the_name_has_none(tmp_path) -> None:
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from tasks.catalog import SourceSpec
+    from tasks.discover import scene_refs_for_file
+
+    path = tmp_path / "scene.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=4, width=4, count=1, dtype="uint8",
+                       crs="EPSG:32615", transform=from_origin(0, 4, 1, 1)) as dst:
+        dst.write(np.ones((1, 4, 4), np.uint8))
+        dst.update_tags(TIFFTAG_DATETIME="2021:03:04 05:06:07")
+    spec = SourceSpec(glob=["*.tif"], bands=[{"name": "b", "index": 1}])
+    (ref,) = scene_refs_for_file(str(path), "s", spec)
+    assert ref.date == datetime(2021, 3, 4, 5, 6, 7)
+    nodate = tmp_path / "other.tif"
+    with rasterio.open(nodate, "w", driver="GTiff", height=4, width=4, count=1, dtype="uint8") as dst:
+        dst.write(np.ones((1, 4, 4), np.uint8))
+    with pytest.raises(Exception, match="no acquisition date"):
+        scene_refs_for_file(str(nodate), "s", spec)
