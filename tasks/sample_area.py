@@ -64,6 +64,7 @@ from tasks._sample_textures import (
     smooth_noise,
     warped_voronoi,
 )
+from tasks.catalog import NLCD_CLASSES
 
 __all__ = [
     "CLASSES",
@@ -98,24 +99,8 @@ NLCD_NODATA = 250
 YEAR = 2019
 
 # --- classes --------------------------------------------------------------------------------------
-CLASSES: tuple[int, ...] = (11, 21, 22, 23, 24, 31, 41, 42, 43, 52, 71, 81, 82, 90, 95)
-CLASS_NAMES: dict[int, str] = {
-    11: "Open Water",
-    21: "Developed, Open Space",
-    22: "Developed, Low Intensity",
-    23: "Developed, Medium Intensity",
-    24: "Developed, High Intensity",
-    31: "Barren Land (Rock/Sand/Clay)",
-    41: "Deciduous Forest",
-    42: "Evergreen Forest",
-    43: "Mixed Forest",
-    52: "Shrub/Scrub",
-    71: "Grassland/Herbaceous",
-    81: "Pasture/Hay",
-    82: "Cultivated Crops",
-    90: "Woody Wetlands",
-    95: "Emergent Herbaceous Wetlands",
-}
+CLASS_NAMES: dict[int, str] = NLCD_CLASSES  # the 15 NLCD classes of the source deck
+CLASSES: tuple[int, ...] = tuple(NLCD_CLASSES)
 NLCD_COLORMAP: dict[int, tuple[int, int, int, int]] = {  # the official NLCD legend
     11: (70, 107, 159, 255), 21: (222, 197, 197, 255), 22: (217, 146, 130, 255),
     23: (235, 0, 0, 255), 24: (171, 0, 0, 255), 31: (179, 172, 159, 255),
