@@ -33,9 +33,9 @@ import pandas as pd
 import rasterio
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
+from zarr.codecs import BloscCodec
 
 from tasks.catalog import Catalog, CubeSpec, SourceSpec
 from tasks.checkpoint import (
