@@ -1,4 +1,4 @@
-"""The ``fusioncube`` command line.
+"""fusioncube: satellite scenes -> analysis-ready Zarr cubes -> tensor and deep-learning stages.
 
     fusioncube demo [--out DIR] [--size small|demo|bench]
     fusioncube ingest PATH_OR_GLOB... --out cube.zarr [--crs CRS] [--resolution R]
@@ -114,8 +114,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmarks() -> list[str]:
+    """The modules of ``benchmarks/`` (each has ``run(out, *, quick)``)."""
+    import pkgutil
+
+    import benchmarks
+
+    return sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_"))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fusioncube", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="fusioncube",
+        description=__doc__.split("\n\n")[0],
+        epilog="examples:\n" + __doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO (Prefect logs included)")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -155,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     cc.set_defaults(func=_cmd_catalog_check)
 
     b = sub.add_parser("bench", help="benchmarks (JSON + markdown)")
-    b.add_argument("which", choices=["realism", "ingest"])
+    b.add_argument("which", choices=_benchmarks())
     b.add_argument("--out", required=True, help="JSON file to write")
     b.add_argument("--quick", action="store_true", help="CI-sized run (seconds)")
     b.set_defaults(func=_cmd_bench)
