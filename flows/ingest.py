@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import flow
 
+from tasks.catalog import load_catalog
 from tasks.ingest import ingest_task, publish_ingest_task, quicklook_task
 
 __all__ = ["ingest_flow", "ingest_steps"]
@@ -24,6 +25,7 @@ def ingest_flow(
 ) -> dict[str, Any]:
     """Discover new scenes -> validate (Great Expectations) -> warp -> append; then publish the
     scene table and a quick-look of the newest composite as Prefect artifacts."""
+    load_catalog(catalog_path, env=env).cube(cube)  # a malformed catalog stops here, before any task
     return ingest_steps(catalog_path, cube, start, end, env, progress_bar=progress_bar)
 
 

@@ -670,11 +670,23 @@ from prefect.cache_policies import NONE as NO_CACHE  # noqa: E402
 from tasks.catalog import load_catalog  # noqa: E402
 
 
+def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only I/O failures (a flaky disk or network store); bad input fails at once."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
 def _artifact_key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "cube"
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
+@task(name="ingest", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io_error,
+      cache_policy=NO_CACHE)
 def ingest_task(
     catalog_path: str,
     cube: str,

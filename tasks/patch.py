@@ -61,6 +61,7 @@ from tasks.cube import (
     open_cube,
     spatial_ref,
 )
+from tasks.ingest import retry_on_io_error
 
 __all__ = ["PATCH_ATTRS", "cut_layers", "make_patches", "patch_task", "unpatch"]
 
@@ -539,7 +540,7 @@ def unpatch(
 # --- Prefect task -------------------------------------------------------------------------------
 
 
-@task(name="patch", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+@task(name="patch", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error, cache_policy=NONE)
 def patch_task(
     cube: str,
     out: str,

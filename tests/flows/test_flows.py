@@ -89,3 +89,15 @@ def test_ingest_flow_publishes_operator_artifacts(tmp_path: Path, real_fixtures:
     image = Artifact.get("quicklook-cube")
     assert image is not None and str(image.data).startswith("data:image/png;base64,")
     assert Path(report["quicklook"]).exists()
+
+
+def test_bad_input_fails_at_once_without_retries(tmp_path: Path) -> None:
+    from flows.ingest import ingest_flow
+    from tasks.errors import CatalogError
+
+    bad = tmp_path / "c.yaml"
+    bad.write_text("sources: {}\ncubes: {}\n")
+    t0 = time.perf_counter()
+    with pytest.raises(CatalogError, match="no cube 'planet'"):
+        ingest_flow(str(bad), "planet")
+    assert time.perf_counter() - t0 < 5  # no retry delays (5 s, 30 s) for a ValueError
