@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_steps
+from tasks.anomalies import anomalies_key, anomalies_task
 from tasks.catalog import load_catalog
 from tasks.checkpoint import read_manifest, reusable
 from tasks.ingest import plan_ingest
@@ -43,7 +44,7 @@ def demo_flow(
     if not sample["reused"]:
         for cube in DEMO_CUBES:  # built from a sample area that is gone: start them afresh
             discard_cube_task(str(catalog.cube_path(cube)), str(catalog.stage_dir(cube)))
-    products: dict[str, Any] = {"sample": sample, "cubes": {}, "patches": {}, "quicklooks": {}}
+    products: dict[str, Any] = {"sample": sample, "cubes": {}, "patches": {}, "quicklooks": {}, "anomalies": {}}
     for cube in DEMO_CUBES:
         report = ingest_steps(catalog_file, cube, env=env, progress_bar=progress_bar)
         products["cubes"][cube] = report["path"]
@@ -52,6 +53,11 @@ def demo_flow(
         params = catalog.patch_params(cube).model_dump()
         manifest = patch_task(report["path"], str(patches), **params, overwrite=True)
         products["patches"][cube] = {"path": str(patches), **manifest.get("outputs", {})}
+        if "anomalies" in catalog.cube(cube).stages:
+            out_anom = catalog.stage_dir(cube) / "anomalies.zarr"
+            found = anomalies_task(report["path"], str(out_anom), **catalog.stages.anomalies.model_dump(),
+                                   overwrite=True)
+            products["anomalies"][cube] = {"path": str(out_anom), **found.get("stats", {})}
     logger.info("demo products under %s", out)
     return products
 
@@ -68,7 +74,7 @@ def demo_up_to_date(
         return None
     catalog = load_catalog(str(catalog_path or DEFAULT_CATALOG), env=demo_env(out))
     products: dict[str, Any] = {"sample": {"path": str(out / "sample"), "reused": True},
-                                "cubes": {}, "patches": {}, "quicklooks": {}}
+                                "cubes": {}, "patches": {}, "quicklooks": {}, "anomalies": {}}
     for cube in DEMO_CUBES:
         path = catalog.cube_path(cube)
         quicklook = path.with_name(path.stem + "_newest.png")
@@ -84,6 +90,14 @@ def demo_up_to_date(
         manifest = reusable(patches, key)
         if manifest is None:
             return None
+        if "anomalies" in catalog.cube(cube).stages:
+            out_anom = catalog.stage_dir(cube) / "anomalies.zarr"
+            a = catalog.stages.anomalies
+            key, _ = anomalies_key(path, bits=a.bits, band=a.band, lam=a.lam, tile=a.tile, k=a.k)
+            found = reusable(out_anom, key)
+            if found is None:
+                return None
+            products["anomalies"][cube] = {"path": str(out_anom), **found.stats}
         products["cubes"][cube] = str(path)
         products["quicklooks"][cube] = str(quicklook)
         products["patches"][cube] = {"path": str(patches), **manifest.outputs}

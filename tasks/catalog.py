@@ -27,6 +27,7 @@ __all__ = [
     "DateRule",
     "GridSpec",
     "MaskRule",
+    "AnomalyParams",
     "PatchParams",
     "SourceSpec",
     "load_catalog",
@@ -225,6 +226,9 @@ class CubeSpec(_Strict):
     time_range: tuple[date | None, date | None] | None = None
     path: str | None = Field(default=None, description="default: <storage.cubes>/<name>.zarr")
     patch: PatchParams | None = Field(default=None, description="overrides stages.patch for this cube")
+    stages: list[Literal["anomalies"]] = Field(
+        default_factory=list, description="stages run on this cube after patching"
+    )
 
 
 class PatchParams(_Strict):
@@ -247,10 +251,21 @@ class PatchParams(_Strict):
 CubeSpec.model_rebuild()
 
 
+class AnomalyParams(_Strict):
+    """Quantized tensor robust PCA anomaly detection (``tasks/anomalies.py``)."""
+
+    bits: int = Field(default=8, ge=1, le=16)
+    band: str | None = None
+    lam: float | None = Field(default=None, gt=0)
+    tile: int = Field(default=64, ge=2)
+    k: float = Field(default=6.0, gt=0)
+
+
 class Stages(_Strict):
     """Per-stage parameters; a stage issue adds its own section here."""
 
     patch: PatchParams = PatchParams()
+    anomalies: AnomalyParams = AnomalyParams()
 
 
 class Storage(_Strict):

@@ -32,7 +32,7 @@ def test_demo_runs_then_reruns_without_recomputing(tmp_path: Path) -> None:
         assert patches["data"].dims == ("patch", "time", "band", "py", "px")
     assert "landcover" in xr.open_zarr(products["cubes"]["planet"])
     before = _manifests(out)
-    assert len(before) == 5  # sample area, two cubes, two patch stores
+    assert len(before) == 6  # sample area, two cubes, two patch stores, MODIS anomalies
 
     t0 = time.perf_counter()
     again = demo_flow(str(out), "small", 1)

@@ -1,0 +1,320 @@
+"""Anomaly benchmark: Q-TRPCA against TRPCA, matrix RPCA and a per-pixel robust z-score.
+
+One run, on the MODIS LST cube of the sample area (``demo`` size; ``--quick``: ``small``) with its
+injected thermal anomalies as ground truth (``truth/modis_truth.zarr``: ``anomaly`` is
+``|anomaly_k| >= 1 K``). The cube is built by the real ingest (``tasks.ingest.ingest_cube``).
+
+The observations of a run at missing share ``p`` and ``b`` bits:
+
+- values: the cube's LST where the cube's QC marks it valid (so cloud-edge contamination that QC
+  missed stays in), the truth's clear-sky LST under the cube's own clouds (the generator knows it);
+- ``Omega``: the complement of a cloud-like mask (per day, thresholded smooth noise; the day's cover
+  varies around ``p``, the mean share hidden is ``p``), seeded, the same for every method;
+- quantized by a uniform ``b``-bit quantizer over the observed range (Q-TRPCA gets the codes and the
+  bins; the baselines get the bin centres as exact values).
+
+Scores are ranked over the observed entries only (an anomaly under a cloud cannot be seen):
+AUPRC (average precision), ROC-AUC (Mann-Whitney, ties averaged; own NumPy implementation), F1 of
+each method's flags (every method: ``score > max(median + k 1.4826 MAD of its non-zero scores, floor)``,
+``fusion_models.qtrpca.robust_threshold`` with ``k = tasks.anomalies.FLAG_K``, floor = the bin
+width for the robust PCAs, 0 for the z-score), the background RMSE in kelvin on every entry
+against the clean truth (``lst - anomaly_k``), and the runtime.
+
+    python -m benchmarks.anomalies --out anomalies.json [--quick | --size quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("qtrpca", "trpca", "matrix_rpca", "zscore")
+BASELINES = ("trpca", "matrix_rpca", "zscore")
+MAIN_MISSING = 0.3
+TARGETS = {
+    "auprc_qtrpca": ">= 0.9 and >= auprc_best_baseline",
+    "auprc_qtrpca_4bit": ">= auprc_best_baseline_4bit + 0.05",
+    "rmse_k_qtrpca_4bit": "< rmse_k_trpca_4bit",
+}
+
+log = logging.getLogger(__name__)
+
+
+# --- metrics (NumPy; scikit-learn is not a dependency) ------------------------------------------
+
+
+def average_precision(score: np.ndarray, label: np.ndarray) -> float:
+    r"""AUPRC as average precision, :math:`\sum_n (R_n - R_{n-1}) P_n` over distinct thresholds.
+
+    Tied scores form one threshold (as scikit-learn's ``average_precision_score``).
+    """
+    score = np.asarray(score, dtype=np.float64).ravel()
+    label = np.asarray(label, dtype=bool).ravel()
+    positives = int(label.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-score, kind="mergesort")
+    s, lab = score[order], label[order]
+    tp = np.cumsum(lab)
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # last index of each tie group
+    tp_at = tp[last]
+    precision = tp_at / (last + 1)
+    recall = tp_at / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
+    """ROC-AUC by the Mann-Whitney U statistic with average ranks for ties."""
+    from scipy.stats import rankdata
+
+    score = np.asarray(score, dtype=np.float64).ravel()
+    label = np.asarray(label, dtype=bool).ravel()
+    n_pos, n_neg = int(label.sum()), int((~label).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def f1(flag: np.ndarray, label: np.ndarray) -> float:
+    tp = int((flag & label).sum())
+    fp = int((flag & ~label).sum())
+    fn = int((~flag & label).sum())
+    return 2 * tp / max(2 * tp + fp + fn, 1)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def cloud_mask(shape: tuple[int, int, int], share: float, seed: int) -> np.ndarray:
+    """``(time, y, x)`` bool, true = hidden: per day a thresholded smooth field, mean share ``share``."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng([seed, int(round(share * 1000))])
+    nt, ny, nx = shape
+    hidden = np.zeros(shape, dtype=bool)
+    covers = np.clip(share + rng.normal(0, 0.15, nt), 0.0, 0.95)
+    covers = np.clip(covers + (share - covers.mean()), 0.0, 0.95)  # mean cover = share
+    for t in range(nt):
+        field = ndimage.gaussian_filter(rng.standard_normal((ny, nx)), sigma=max(ny, nx) / 20)
+        hidden[t] = field > np.quantile(field, 1 - covers[t])
+    return hidden
+
+
+def build_data(root: Path, size: str, seed: int) -> dict[str, Any]:
+    """Generate the sample area and ingest its MODIS LST cube; return arrays ``(time, y, x)``."""
+    import xarray as xr
+
+    from tasks.catalog import load_catalog
+    from tasks.cube import open_cube
+    from tasks.ingest import ingest_cube
+    from tasks.sample_area import generate_sample_area
+
+    area = generate_sample_area(root / "sample", size=size, seed=seed)
+    catalog = load_catalog(REPO / "data_catalog.yaml",
+                           env={"FUSIONCUBE_SAMPLE": str(root / "sample"),
+                                "FUSIONCUBE_DATA": str(root / "data")})
+    ingest_cube(catalog, "modis_lst")
+    cube = open_cube(catalog.cube_path("modis_lst")).load()
+    truth = xr.open_zarr(area.truth_dir / "modis_truth.zarr", consolidated=None).load()
+    data = cube["data"].isel(band=0).values.astype(np.float64)
+    valid = cube["valid"].values & np.isfinite(data)
+    lst = truth["lst"].values.astype(np.float64)
+    if lst.shape != data.shape:
+        raise RuntimeError(f"cube {data.shape} and truth {lst.shape} differ in shape")
+    return {
+        "values": np.where(valid, data, lst),
+        "cube_valid_share": float(valid.mean()),
+        "label": truth["anomaly"].values.astype(bool),
+        "clean": lst - truth["anomaly_k"].values,
+        "contamination_k": float(np.abs(data - lst)[valid].mean()),
+        "dates": [str(d)[:10] for d in truth["time"].values],
+    }
+
+
+# --- one run ------------------------------------------------------------------------------------
+
+
+def run_methods(data: dict[str, Any], *, missing: float, bits: int, seed: int,
+                methods: tuple[str, ...] = METHODS) -> dict[str, dict[str, float]]:
+    """All methods on the same observations; metrics per method."""
+    from fusion_models.qtrpca import (
+        dequantize,
+        matrix_rpca,
+        qtrpca,
+        quantize,
+        robust_threshold,
+        robust_zscore,
+        trpca,
+    )
+    from tasks.anomalies import FLAG_K
+
+    values, label, clean = data["values"], data["label"], data["clean"]
+    omega_t = ~cloud_mask(values.shape, missing, seed)  # (time, y, x)
+    omega = np.moveaxis(omega_t, 0, -1)  # (y, x, time)
+    y = np.moveaxis(values, 0, -1)
+    lo, hi = float(y[omega].min()), float(y[omega].max())
+    codes, edges = quantize(y, bits, lo, hi)
+    step = float(edges[1] - edges[0])
+    deq = dequantize(codes, edges)
+    out: dict[str, dict[str, float]] = {}
+    for name in methods:
+        t0 = time.perf_counter()
+        extra: dict[str, float] = {}
+        if name == "zscore":
+            score, background = robust_zscore(deq, omega)
+            flag = (score > robust_threshold(score, omega, k=FLAG_K)) & omega
+        else:
+            if name == "qtrpca":
+                res = qtrpca(codes, edges, omega)
+            elif name == "trpca":
+                res = trpca(deq, omega)
+            else:
+                res = matrix_rpca(deq, omega)
+            score, background = np.abs(res.S), res.L
+            flag = (score > robust_threshold(score, omega, k=FLAG_K, floor=step)) & omega
+            extra = {"iterations": res.iterations, "rank": res.rank}
+        seconds = time.perf_counter() - t0
+        score_t = np.moveaxis(score, -1, 0)
+        flag_t = np.moveaxis(flag, -1, 0)
+        bg_t = np.moveaxis(background, -1, 0)
+        out[name] = {
+            "auprc": round(average_precision(score_t[omega_t], label[omega_t]), 4),
+            "roc_auc": round(roc_auc(score_t[omega_t], label[omega_t]), 4),
+            "f1": round(f1(flag_t[omega_t], label[omega_t]), 4),
+            "rmse_k": round(float(np.sqrt(np.nanmean((bg_t - clean) ** 2))), 4),
+            "seconds": round(seconds, 3),
+            **extra,
+        }
+    observed = {"missing_share": round(float(1 - omega_t.mean()), 4),
+                "positives_observed": int(label[omega_t].sum()), "bin_width_k": round(step, 4)}
+    return {"data": observed, **out}  # type: ignore[dict-item]
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import scipy
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__}
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Anomaly benchmark ({result['size']}: {result['shape']} time x y x, "
+        f"{result['positives']} anomalous entries)\n",
+        "| run | method | AUPRC | ROC-AUC | F1 | background RMSE (K) | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in result["runs"]:
+        for m in METHODS:
+            if m in run:
+                r = run[m]
+                lines.append(f"| {run['bits']} bits, {run['missing']:.0%} missing | {m} | "
+                             f"{r['auprc']:.3f} | {r['roc_auc']:.3f} | {r['f1']:.3f} | "
+                             f"{r['rmse_k']:.3f} | {r['seconds']:.2f} |")
+    lines += ["", "## Summary", "", "| key | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in result["summary"].items()]
+    lines += ["", "## Targets", "", "| target | met |", "|---|---|"]
+    lines += [f"| {k} {TARGETS[k]} | {v} |" for k, v in result["targets_met"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def run(out: Path, *, quick: bool = False, seed: int = 0, sample: Path | None = None) -> dict[str, Any]:
+    """Run the benchmark; write ``out`` (JSON) and ``out.with_suffix('.md')``; return the result.
+
+    ``sample``: keep the generated sample area and cube there (reused on the next run); default a
+    temporary folder, removed afterwards.
+    """
+    size = "small" if quick else "demo"
+    started = time.perf_counter()
+    root = Path(sample) if sample is not None else Path(tempfile.mkdtemp(prefix="fc-anom-"))
+    try:
+        data = build_data(root, size, seed)
+    finally:
+        if sample is None:
+            shutil.rmtree(root, ignore_errors=True)
+    prepared = time.perf_counter() - started
+    plan = [(MAIN_MISSING, b) for b in (8, 4, 6)]
+    plan += [(p, 8) for p in (0.1, 0.2, 0.4, 0.5)]
+    runs = []
+    for missing, bits in plan:
+        res = run_methods(data, missing=missing, bits=bits, seed=seed)
+        runs.append({"missing": missing, "bits": bits, **res})
+        log.info("%d bits, %.0f%% missing: %s", bits, 100 * missing,
+                 {m: res[m]["auprc"] for m in METHODS})
+
+    def at(bits: int) -> dict[str, Any]:
+        return next(r for r in runs if r["bits"] == bits and r["missing"] == MAIN_MISSING)
+
+    r8, r4 = at(8), at(4)
+    best8 = max(r8[m]["auprc"] for m in BASELINES)
+    best4 = max(r4[m]["auprc"] for m in BASELINES)
+    summary = {
+        "auprc_qtrpca": r8["qtrpca"]["auprc"],
+        "auprc_best_baseline": best8,
+        "auprc_qtrpca_4bit": r4["qtrpca"]["auprc"],
+        "auprc_best_baseline_4bit": best4,
+        "rmse_k_qtrpca_4bit": r4["qtrpca"]["rmse_k"],
+        "rmse_k_trpca_4bit": r4["trpca"]["rmse_k"],
+    }
+    targets_met = {
+        "auprc_qtrpca": bool(summary["auprc_qtrpca"] >= 0.9 and summary["auprc_qtrpca"] >= best8),
+        "auprc_qtrpca_4bit": bool(summary["auprc_qtrpca_4bit"] >= best4 + 0.05),
+        "rmse_k_qtrpca_4bit": bool(summary["rmse_k_qtrpca_4bit"] < summary["rmse_k_trpca_4bit"]),
+    }
+    label = data["label"]
+    result = {
+        "benchmark": "anomalies",
+        "size": size,
+        "seed": seed,
+        "shape": list(label.shape),
+        "positives": int(label.sum()),
+        "positive_share": round(float(label.mean()), 5),
+        "cube_valid_share": round(data["cube_valid_share"], 4),
+        "cube_mean_abs_error_k": round(data["contamination_k"], 4),
+        "runs": runs,
+        "summary": summary,
+        "targets": TARGETS,
+        "targets_met": targets_met,
+        "seconds": {"prepare": round(prepared, 2), "total": round(time.perf_counter() - started, 2)},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "versions": _versions(),
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(_markdown(result))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="JSON file to write (markdown beside it)")
+    p.add_argument("--quick", action="store_true", help="small sample area (CI, under a minute)")
+    p.add_argument("--size", choices=["quick", "default"], default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", default=None, help="keep/reuse the sample area and cube here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    result = run(Path(args.out), quick=args.quick or args.size == "quick", seed=args.seed,
+                 sample=Path(args.sample) if args.sample else None)
+    print(json.dumps(result["summary"], indent=1))  # noqa: T201
+    print(json.dumps(result["targets_met"], indent=1))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Q-TRPCA, its baselines and the t-SVD operators: planted low-rank + sparse structure is recovered."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusion_models.qtrpca import (
+    bin_bounds,
+    default_lambda,
+    dequantize,
+    matrix_rpca,
+    qtrpca,
+    quantize,
+    robust_threshold,
+    robust_zscore,
+    trpca,
+)
+from fusion_models.tensor_ops import soft_threshold, svt, tnn, tnn_prox, tprod, tsvd, ttranspose
+
+
+def _planted(seed: int = 0, shape: tuple[int, int, int] = (20, 20, 10), rank: int = 2, share: float = 0.05):
+    rng = np.random.default_rng(seed)
+    n1, n2, n3 = shape
+    low = tprod(rng.standard_normal((n1, rank, n3)), rng.standard_normal((rank, n2, n3)))
+    sparse = np.zeros(shape)
+    hit = rng.random(shape) < share
+    sparse[hit] = rng.choice([-1.0, 1.0], hit.sum()) * rng.uniform(3, 6, hit.sum())
+    return low, sparse
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_exact_recovery_without_quantization_full_observation():
+    low, sparse = _planted()
+    res = trpca(low + sparse, tol=1e-8)
+    assert res.converged
+    assert _rel(res.L, low) < 1e-5
+    assert _rel(res.S, sparse) < 1e-5
+    assert res.history[-1] < res.history[0]
+
+
+def test_qtrpca_at_16_bits_recovers_like_trpca():
+    low, sparse = _planted(seed=1)
+    y = low + sparse
+    codes, edges = quantize(y, 16, y.min(), y.max())
+    res = qtrpca(codes, edges)
+    assert _rel(res.L, low) < 1e-3
+
+
+def test_error_falls_as_bits_increase():
+    low, sparse = _planted(seed=2)
+    y = low + sparse
+    omega = np.random.default_rng(3).random(y.shape) > 0.2
+    errors = []
+    for bits in (3, 5, 8):
+        codes, edges = quantize(y, bits, y.min(), y.max())
+        errors.append(_rel(qtrpca(codes, edges, omega).L, low))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.05
+
+
+def test_recovered_entries_on_omega_stay_in_their_bins():
+    low, sparse = _planted(seed=4)
+    y = low + sparse
+    omega = np.random.default_rng(5).random(y.shape) > 0.3
+    codes, edges = quantize(y, 4, y.min(), y.max())
+    res = qtrpca(codes, edges, omega)
+    lower, upper = bin_bounds(codes, edges)
+    est = (res.L + res.S)[omega]
+    slack = 1e-4 * (edges[-1] - edges[0])
+    assert np.all(est >= lower[omega] - slack)
+    assert np.all(est <= upper[omega] + slack)
+    assert np.all(res.S[~omega] == 0)
+
+
+def test_tnn_prox_matches_direct_per_frequency_svd():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 5, 7))
+    tau = 1.3
+    fx = np.fft.fft(x, axis=2)
+    direct = np.empty_like(fx)
+    for k in range(x.shape[2]):
+        u, s, vh = np.linalg.svd(fx[:, :, k], full_matrices=False)
+        direct[:, :, k] = (u * np.maximum(s - tau, 0)) @ vh
+    expected = np.fft.ifft(direct, axis=2).real
+    got, rank = tnn_prox(x, tau)
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+    assert 0 < rank <= 5
+    # it is the prox: no perturbation lowers tau * TNN(z) + 0.5 ||z - x||^2
+    obj = lambda z: tau * tnn(z) + 0.5 * np.sum((z - x) ** 2)  # noqa: E731
+    for _ in range(5):
+        assert obj(got) <= obj(got + 1e-3 * rng.standard_normal(x.shape)) + 1e-12
+
+
+def test_tsvd_reconstructs_and_matrix_operators():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 3, 5))
+    u, s, v = tsvd(x)
+    np.testing.assert_allclose(tprod(tprod(u, s), ttranspose(v)), x, atol=1e-10)
+    m = rng.standard_normal((5, 4))
+    np.testing.assert_allclose(svt(m, 0.0), m, atol=1e-12)
+    assert np.linalg.matrix_rank(svt(m, np.linalg.svd(m, compute_uv=False)[1])) == 1
+    np.testing.assert_allclose(soft_threshold(np.array([-2.0, 0.5, 3.0]), 1.0), [-1.0, 0.0, 2.0])
+
+
+def test_baselines_find_spikes():
+    low, sparse = _planted(seed=9, rank=1)
+    y = low + sparse
+    omega = np.random.default_rng(10).random(y.shape) > 0.1
+    res = matrix_rpca(y, omega)
+    assert res.L.shape == y.shape and np.all(res.S[~omega] == 0)
+    score, background = robust_zscore(y, omega)
+    assert score.shape == background.shape == y.shape
+    hit = (sparse != 0) & omega
+    assert score[hit].mean() > score[omega & ~hit].mean()
+
+
+def test_default_lambda_and_quantizer():
+    assert default_lambda((20, 30, 10)) == pytest.approx(1 / np.sqrt(300))
+    codes, edges = quantize(np.array([0.0, 0.49, 0.51, 1.0, 7.0]), 1, 0.0, 1.0)
+    assert codes.tolist() == [0, 0, 1, 1, 1] and edges.tolist() == [0.0, 0.5, 1.0]
+    assert dequantize(codes, edges).tolist() == [0.25, 0.25, 0.75, 0.75, 0.75]
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="third-order tensor"):
+        trpca(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="omega must have the shape"):
+        trpca(np.zeros((4, 4, 3)), np.ones((4, 4, 2), bool))
+    with pytest.raises(ValueError, match="omega must be bool"):
+        trpca(np.zeros((4, 4, 3)), np.ones((4, 4, 3)))
+    with pytest.raises(ValueError, match="bits must be an integer"):
+        quantize(np.zeros(3), 0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="lo < hi"):
+        quantize(np.zeros(3), 4, 1.0, 1.0)
+    with pytest.raises(ValueError, match="codes must be integer"):
+        qtrpca(np.zeros((3, 3, 3)), np.linspace(0, 1, 3))
+    with pytest.raises(ValueError, match="third-order tensor"):
+        tnn_prox(np.zeros((3, 3)), 1.0)
+    with pytest.raises(ValueError, match="matching n2 and n3"):
+        tprod(np.zeros((2, 3, 4)), np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match="tau"):
+        tnn_prox(np.zeros((3, 3, 3)), -1.0)
+
+
+def test_robust_threshold_ignores_zeros_and_respects_floor():
+    score = np.zeros(100)
+    score[:10] = [1.0, 1.1, 0.9, 1.0, 1.2, 0.8, 1.0, 1.05, 0.95, 9.0]
+    tau = robust_threshold(score, k=6.0)
+    assert 1.2 < tau < 9.0
+    assert robust_threshold(score, k=6.0, floor=20.0) == 20.0
+    assert robust_threshold(np.zeros(5), floor=0.5) == 0.5
+    with pytest.raises(ValueError, match="k must be finite"):
+        robust_threshold(score, k=0.0)

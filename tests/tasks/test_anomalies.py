@@ -1,0 +1,135 @@
+"""The anomaly stage on a tiny generated LST cube with planted hot spots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from affine import Affine
+from rasterio.crs import CRS
+
+from tasks.anomalies import anomalies_png, detect_anomalies, detect_tile, strongest_anomalies
+from tasks.checkpoint import read_manifest
+from tasks.cube import grid_coords, spatial_ref
+from tasks.errors import CubeSchemaError
+
+NT, NY, NX = 12, 32, 32
+SPOTS = [(3, 5, 6), (7, 15, 18), (10, 26, 4)]  # (time, row, col) of 2 x 2 hot spots
+
+
+def _cube(path, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Low-rank LST (season x pattern + weather) + noise + planted +8 K spots; 15% cloud gaps."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(NT)
+    pattern = 3 * np.sin(np.linspace(0, 3, NY))[:, None] + 2 * np.cos(np.linspace(0, 2, NX))[None, :]
+    lst = (290 + 0.4 * t + 2 * rng.standard_normal(NT))[:, None, None] + pattern[None] * (
+        1 + 0.05 * t
+    )[:, None, None]
+    lst = lst + 0.1 * rng.standard_normal(lst.shape)
+    truth = np.zeros(lst.shape, bool)
+    for ti, r, c in SPOTS:
+        lst[ti, r : r + 2, c : c + 2] += 8.0
+        truth[ti, r : r + 2, c : c + 2] = True
+    valid = rng.random(lst.shape) > 0.15
+    valid[truth] = True
+    data = np.where(valid, lst, np.nan).astype(np.float32)[:, None]
+    transform = Affine(1000.0, 0, 500000.0, 0, -1000.0, 4000000.0)
+    y, x = grid_coords(transform, NY, NX)
+    ds = xr.Dataset(
+        {
+            "data": (("time", "band", "y", "x"), data, {"units": "K"}),
+            "valid": (("time", "y", "x"), valid),
+        },
+        coords={
+            "time": np.datetime64("2019-07-01", "ns") + np.arange(NT) * np.timedelta64(1, "D"),
+            "band": ["lst"],
+            "y": y,
+            "x": x,
+            "spatial_ref": spatial_ref(CRS.from_epsg(32615), transform),
+        },
+    )
+    ds.to_zarr(path, zarr_format=3, consolidated=True, mode="w")
+    return truth, valid
+
+
+def test_stage_writes_schema_finds_spots_and_reuses(tmp_path):
+    cube, out = tmp_path / "cube.zarr", tmp_path / "anomalies.zarr"
+    truth, valid = _cube(cube)
+    manifest = detect_anomalies(cube, out, bits=8, tile=16)
+    ds = xr.open_zarr(out, consolidated=None).load()
+    for name, dtype in (("score", np.float32), ("flag", bool), ("background", np.float32)):
+        assert ds[name].dims == ("time", "y", "x")
+        assert ds[name].dtype == dtype
+    assert ds.sizes == {"time": NT, "y": NY, "x": NX}
+    assert "spatial_ref" in ds.coords and ds["score"].attrs["units"] == "K"
+    flag = ds["flag"].values
+    assert flag[truth].mean() >= 0.9
+    assert (flag & ~truth).sum() <= 0.01 * (~truth).sum()
+    assert np.all(ds["score"].values[~valid] == 0)
+    assert manifest.stats["tiles"] == 4 and manifest.outputs["band"] == "lst"
+    rows = strongest_anomalies(ds, 5)
+    assert rows and rows[0]["magnitude_k"] > 5 and set(rows[0]) == {"date", "x", "y", "magnitude_k"}
+    png = anomalies_png(out, tmp_path / "anomalies.png")
+    assert png.stat().st_size > 0
+    # second call: reused, not recomputed
+    mtime = (out / "zarr.json").stat().st_mtime_ns
+    again = detect_anomalies(cube, out, bits=8, tile=16)
+    assert again.key == manifest.key and (out / "zarr.json").stat().st_mtime_ns == mtime
+    assert read_manifest(out).key == manifest.key
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        detect_anomalies(cube, out, bits=6, tile=16)
+
+
+def test_bad_cube_and_parameters_raise(tmp_path):
+    bad = tmp_path / "bad.zarr"
+    xr.Dataset({"lst": (("time", "y", "x"), np.zeros((2, 3, 3), np.float32))}).to_zarr(
+        bad, zarr_format=3, mode="w"
+    )
+    with pytest.raises(CubeSchemaError, match="no variable 'data'"):
+        detect_anomalies(bad, tmp_path / "a.zarr")
+    cube = tmp_path / "cube.zarr"
+    _cube(cube)
+    with pytest.raises(ValueError, match="bits must be an integer"):
+        detect_anomalies(cube, tmp_path / "a.zarr", bits=0)
+    with pytest.raises(ValueError, match="band 'lts' is not in"):
+        detect_anomalies(cube, tmp_path / "a.zarr", band="lts")
+    with pytest.raises(ValueError, match=r"\(time, y, x\)"):
+        da = xr.DataArray(np.zeros((2, 2, 2)), dims=("y", "x", "time"))
+        detect_tile(da, da.astype(bool), bits=8, lo=0.0, hi=1.0)
+
+
+def test_add_cli_registers_stage_anomalies():
+    import argparse
+
+    from tasks.anomalies import add_cli
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="stage")
+    add_cli(sub)
+    args = parser.parse_args(["anomalies", "--cube", "in.zarr", "--out", "out.zarr", "--bits", "4"])
+    assert (args.cube, args.out, args.bits) == ("in.zarr", "out.zarr", 4) and callable(args.func)
+
+
+@pytest.mark.slow
+def test_task_publishes_table_and_quicklook(tmp_path, prefect_harness):
+    from prefect import flow
+    from prefect.artifacts import Artifact
+
+    from tasks.anomalies import anomalies_task
+
+    cube, out = tmp_path / "cube.zarr", tmp_path / "lst-anomalies.zarr"
+    _cube(cube)
+
+    @flow
+    def one() -> dict:
+        return anomalies_task(str(cube), str(out), tile=32)
+
+    result = one()
+    assert result["key"] and result["stats"]["flagged"] > 0
+    table = Artifact.get("anomalies-lst-anomalies-zarr")
+    assert table is not None and table.type == "table" and "magnitude_k" in str(table.data)
+    image = Artifact.get("anomalies-png-lst-anomalies-zarr")
+    assert image is not None and str(image.data).startswith("data:image/png;base64,")
+    assert Path(result["quicklook"]).exists()
