@@ -53,6 +53,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"    quick-look         {products['quicklooks'][cube]}")
     for cube, info in products["patches"].items():
         print(f"  patches {cube:<12} {info['path']}  {info.get('patches', '')}")
+    for cube, info in products.get("filled", {}).items():
+        print(f"  gap-filled {cube:<9} {info['path']}")
     for cube, info in products.get("anomalies", {}).items():
         print(f"  anomalies {cube:<10} {info['path']}  ({info.get('flagged', '?')} flagged)")
     print("Open a cube with: python -c \"import xarray as xr; print(xr.open_zarr('"
@@ -164,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=_cmd_stage_patch)
     from tasks.anomalies import add_cli as add_anomalies
+    from tasks.gapfill import add_cli as add_gapfill
 
     add_anomalies(ss)
+    add_gapfill(ss)
 
     c = sub.add_parser("catalog", help="catalog tools")
     cs = c.add_subparsers(dest="catalog_command", required=True)

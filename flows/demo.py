@@ -11,6 +11,7 @@ from flows.ingest import ingest_steps
 from tasks.anomalies import anomalies_key, anomalies_task
 from tasks.catalog import load_catalog
 from tasks.checkpoint import read_manifest, reusable
+from tasks.gapfill import gapfill_key, gapfill_task
 from tasks.ingest import plan_ingest
 from tasks.patch import fit_patch_size, patch_key, patch_task
 from tasks.sample_area_task import discard_cube_task, sample_area_current, sample_area_task
@@ -44,7 +45,7 @@ def demo_flow(
     if not sample["reused"]:
         for cube in DEMO_CUBES:  # built from a sample area that is gone: start them afresh
             discard_cube_task(str(catalog.cube_path(cube)), str(catalog.stage_dir(cube)))
-    products: dict[str, Any] = {"sample": sample, "cubes": {}, "patches": {}, "quicklooks": {}, "anomalies": {}}
+    products: dict[str, Any] = {"sample": sample, "cubes": {}, "patches": {}, "quicklooks": {}, "anomalies": {}, "filled": {}}
     for cube in DEMO_CUBES:
         report = ingest_steps(catalog_file, cube, env=env, progress_bar=progress_bar)
         products["cubes"][cube] = report["path"]
@@ -58,6 +59,10 @@ def demo_flow(
             found = anomalies_task(report["path"], str(out_anom), **catalog.stages.anomalies.model_dump(),
                                    overwrite=True)
             products["anomalies"][cube] = {"path": str(out_anom), **found.get("stats", {})}
+        if "gapfill" in catalog.cube(cube).stages:
+            out_fill = catalog.stage_dir(cube) / "filled.zarr"
+            done = gapfill_task(report["path"], str(out_fill), **catalog.stages.gapfill.model_dump(), overwrite=True)
+            products["filled"][cube] = {"path": str(out_fill), "quicklook": done.get("quicklook")}
     logger.info("demo products under %s", out)
     return products
 
@@ -74,7 +79,7 @@ def demo_up_to_date(
         return None
     catalog = load_catalog(str(catalog_path or DEFAULT_CATALOG), env=demo_env(out))
     products: dict[str, Any] = {"sample": {"path": str(out / "sample"), "reused": True},
-                                "cubes": {}, "patches": {}, "quicklooks": {}, "anomalies": {}}
+                                "cubes": {}, "patches": {}, "quicklooks": {}, "anomalies": {}, "filled": {}}
     for cube in DEMO_CUBES:
         path = catalog.cube_path(cube)
         quicklook = path.with_name(path.stem + "_newest.png")
@@ -98,6 +103,13 @@ def demo_up_to_date(
             if found is None:
                 return None
             products["anomalies"][cube] = {"path": str(out_anom), **found.stats}
+        if "gapfill" in catalog.cube(cube).stages:
+            out_fill = catalog.stage_dir(cube) / "filled.zarr"
+            m = read_manifest(out_fill)
+            wanted = catalog.stages.gapfill.model_dump()
+            if m is None or m.key != gapfill_key(path, m.params)[0] or any(m.params.get(k) != v for k, v in wanted.items()):
+                return None
+            products["filled"][cube] = {"path": str(out_fill)}
         products["cubes"][cube] = str(path)
         products["quicklooks"][cube] = str(quicklook)
         products["patches"][cube] = {"path": str(patches), **manifest.outputs}

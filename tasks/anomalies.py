@@ -388,7 +388,7 @@ def anomalies_task(
     """
     from prefect.artifacts import create_image_artifact, create_table_artifact
 
-    from tasks.quicklook import thumbnail_data_uri
+    from tasks.quicklook import is_current, thumbnail_data_uri
 
     logger = get_run_logger()
     manifest = detect_anomalies(cube, out, bits=bits, band=band, lam=lam, tile=tile, k=k,
@@ -400,7 +400,9 @@ def anomalies_task(
         table=rows, key=_artifact_key(f"anomalies-{name}"),
         description=f"strongest anomalies in {out} (magnitude |S| in the band's units)",
     )
-    png = anomalies_png(out, Path(out).with_suffix(".png"))
+    png = Path(out).with_suffix(".png")
+    if not is_current(png, out):
+        anomalies_png(out, png)
     create_image_artifact(image_url=thumbnail_data_uri(png), key=_artifact_key(f"anomalies-png-{name}"),
                           description=f"largest anomaly score per pixel ({png})")
     logger.info("anomalies %s: key %s, %s flagged", out, manifest.key, manifest.stats.get("flagged"))

@@ -28,6 +28,7 @@ __all__ = [
     "GridSpec",
     "MaskRule",
     "AnomalyParams",
+    "GapfillParams",
     "PatchParams",
     "SourceSpec",
     "load_catalog",
@@ -226,7 +227,7 @@ class CubeSpec(_Strict):
     time_range: tuple[date | None, date | None] | None = None
     path: str | None = Field(default=None, description="default: <storage.cubes>/<name>.zarr")
     patch: PatchParams | None = Field(default=None, description="overrides stages.patch for this cube")
-    stages: list[Literal["anomalies"]] = Field(
+    stages: list[Literal["anomalies", "gapfill"]] = Field(
         default_factory=list, description="stages run on this cube after patching"
     )
 
@@ -261,11 +262,21 @@ class AnomalyParams(_Strict):
     k: float = Field(default=6.0, gt=0)
 
 
+class GapfillParams(_Strict):
+    """LRTC-Net gap filling, fitted self-supervised on the cube (``tasks/gapfill.py``)."""
+
+    epochs: int = Field(default=15, ge=1)
+    layers: int = Field(default=20, ge=1)
+    patch: int = Field(default=32, ge=4)
+    seed: int = 0
+
+
 class Stages(_Strict):
     """Per-stage parameters; a stage issue adds its own section here."""
 
     patch: PatchParams = PatchParams()
     anomalies: AnomalyParams = AnomalyParams()
+    gapfill: GapfillParams = GapfillParams()
 
 
 class Storage(_Strict):

@@ -16,7 +16,7 @@ import xarray as xr  # noqa: E402
 
 from tasks.cube import open_cube  # noqa: E402
 
-__all__ = ["composite_png", "newest_composite", "stretch", "thumbnail_data_uri"]
+__all__ = ["composite_png", "is_current", "newest_composite", "stretch", "thumbnail_data_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,15 @@ def composite_png(
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def is_current(png: str | Path, artifact: str | Path) -> bool:
+    """True when ``png`` exists and is newer than ``artifact``'s manifest: a reused artifact keeps
+    its picture instead of drawing it again."""
+    from tasks.checkpoint import manifest_path
+
+    png, manifest = Path(png), manifest_path(artifact)
+    return png.exists() and manifest.exists() and png.stat().st_mtime_ns >= manifest.stat().st_mtime_ns
 
 
 def thumbnail_data_uri(png: str | Path, *, max_pixels: int = 360) -> str:

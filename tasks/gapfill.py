@@ -1,0 +1,391 @@
+"""The gap-filling stage: cube.zarr -> filled.zarr with LRTC-Net, fitted on the cube itself.
+
+Any schema-following cube works (``data(time, band, y, x)`` float with NaN where missing,
+``valid(time, y, x)``): the stage has no ground truth, so it trains self-supervised. It cuts the
+cube into patches (all dates and bands x ``patch x patch`` pixels), hides a share of the observed
+pixels under cloud-shaped masks, trains LRTC-Net (``fusion_models.lrtcnet``) to restore them, then
+fills the real gaps, i.e. every ``(time, y, x)`` that is not valid or has a NaN band.
+
+``filled.zarr`` has the cube's schema: ``data`` filled, ``valid`` unchanged, every other variable
+copied, plus ``filled(time, y, x)`` bool marking what was filled. The trained weights are a
+``torch.save`` state dict beside it (``filled.zarr.lrtcnet.pt``; :func:`load_model` reads it with
+``weights_only=True``), and its manifest carries the key (input fingerprint + parameters + code).
+
+Memory: the cube is loaded whole (the stage is meant for cubes of about 100 x 100 pixels x 70
+dates; a 1000 x 1000 x 70 x 4 cube is about 1 GB in float32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time as _time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from fusion_models.lrtcnet import LRTCNet, default_device
+from fusion_models.lrtcnet_training import complete, fit_lrtcnet
+from fusion_models.patching import extract_patches, fold_patches, patch_origins
+from tasks.checkpoint import (
+    Manifest,
+    atomic_artifact,
+    code_version,
+    fingerprint,
+    read_manifest,
+    reusable,
+    stage_key,
+    write_manifest,
+)
+from tasks.cube import open_cube
+
+__all__ = [
+    "add_cli",
+    "default_ranks",
+    "gapfill_cube",
+    "gapfill_key",
+    "gapfill_task",
+    "load_model",
+    "quicklook_png",
+    "weights_path",
+]
+
+log = logging.getLogger(__name__)
+
+STAGE = "gapfill"
+CODE_MODULES = (
+    "tasks.gapfill",
+    "fusion_models.lrtcnet",
+    "fusion_models.lrtcnet_training",
+    "fusion_models.completion",
+    "fusion_models.patching",
+)
+
+
+# --- pure helpers -------------------------------------------------------------------------------
+
+
+def default_ranks(shape: tuple[int, int, int, int], *, time_share: float = 0.1) -> tuple[int, ...]:
+    """Ranks for ``(T, C, P, P)`` patches: ``time_share`` of the dates (at least 2), all bands,
+    full spatial rank (the temporal and spectral subspaces carry what is shared across patches)."""
+    t, c, h, w = shape
+    return (max(2, int(np.ceil(time_share * t))), c, h, w)
+
+
+def _observed(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(time, y, x)``: valid and every band finite."""
+    return valid & np.isfinite(data).all(axis=1)
+
+
+def _standardise(data: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation of the observed values, ``(1, C, 1, 1)`` each."""
+    mask = np.broadcast_to(observed[:, None], data.shape)
+    vals = np.where(mask, data, np.nan)
+    mean = np.nanmean(vals, axis=(0, 2, 3), keepdims=True)
+    std = np.nanstd(vals, axis=(0, 2, 3), keepdims=True)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def weights_path(out: str | Path) -> Path:
+    """``filled.zarr`` -> ``filled.zarr.lrtcnet.pt`` (the state dict beside the artifact)."""
+    out = Path(out)
+    return out.with_name(out.name + ".lrtcnet.pt")
+
+
+def load_model(out: str | Path, *, device: torch.device | str | None = None) -> LRTCNet:
+    """The LRTC-Net a finished ``filled.zarr`` was made with (state dict, ``weights_only=True``)."""
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise FileNotFoundError(f"{out}: no manifest; run gapfill_cube first")
+    shape = tuple(manifest.outputs["sample_shape"])
+    net = LRTCNet(shape, ranks=tuple(manifest.outputs["ranks"]), layers=int(manifest.params["layers"]))
+    state = torch.load(weights_path(out), map_location=device or "cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+# --- I/O ----------------------------------------------------------------------------------------
+
+
+def gapfill_key(cube: str | Path, params: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The checkpoint key of gap-filling ``cube`` with ``params``: (key, inputs)."""
+    inputs = {"cube": fingerprint(cube)}
+    return stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES)), inputs
+
+
+def gapfill_cube(
+    cube: str | Path,
+    out: str | Path,
+    *,
+    epochs: int = 15,
+    layers: int = 20,
+    patch: int = 32,
+    time_share: float = 0.1,
+    hide_share: float = 0.3,
+    lr: float = 3e-3,
+    batch: int = 8,
+    seed: int = 0,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Fill a cube's gaps with LRTC-Net trained self-supervised on the cube itself.
+
+    Parameters
+    ----------
+    cube
+        A schema-following cube store (``tasks.cube``).
+    out
+        Where ``filled.zarr`` goes; manifest and weights beside it.
+    epochs, layers, lr, batch
+        Training passes over the patches, LRTC-Net layers, Adam's learning rate, patches per step.
+    patch
+        Patch side in pixels (shrunk to the cube's smaller side when larger).
+    time_share
+        Temporal rank as a share of the dates (see :func:`default_ranks`).
+    hide_share
+        Mean share of observed pixels hidden per date while training.
+    seed
+        Seeds the masks, batches and initial factors.
+    device
+        ``"cuda"``/``"cpu"``; default: a GPU when present. Not part of the key.
+    overwrite
+        Replace an ``out`` made with another key. A finished ``out`` with this key is reused.
+
+    Returns
+    -------
+    Manifest
+        ``outputs``: path, weights, ranks, filled share; ``stats``: the self-supervised loss
+        history (hidden-entry MSE, standardised units) and seconds.
+
+    Raises
+    ------
+    ValueError
+        For bad parameters (``CubeSchemaError`` when ``cube`` is not a cube).
+    FileExistsError
+        When ``out`` exists with another key and ``overwrite`` is False.
+    """
+    for name, value in (("epochs", epochs), ("layers", layers), ("patch", patch), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {name}={value!r} (pass e.g. 10)")
+    if not 0 < hide_share < 1 or not 0 < time_share <= 1:
+        raise ValueError(
+            f"hide_share must be in (0, 1) and time_share in (0, 1]; got hide_share={hide_share}, "
+            f"time_share={time_share} (defaults 0.3 and 0.1)"
+        )
+    cube, out = Path(cube), Path(out)
+    params = {"epochs": epochs, "layers": layers, "patch": patch, "time_share": time_share,
+              "hide_share": hide_share, "lr": lr, "batch": batch, "seed": seed}
+    key, inputs = gapfill_key(cube, params)
+    found = reusable(out, key)
+    if found is not None and weights_path(out).exists():
+        log.info("gapfill: reused %s (key %s)", out, key)
+        return found
+    if out.exists() and not overwrite:
+        old = read_manifest(out)
+        raise FileExistsError(
+            f"{out} exists but was not made from this cube with these parameters and code "
+            f"(its key {old.key if old else 'unknown: no manifest'}, this run's key {key}); "
+            "pass overwrite=True to replace it, or choose another output path"
+        )
+
+    started = _time.perf_counter()
+    ds = open_cube(cube)
+    data = ds["data"].values.astype(np.float32)  # (T, C, H, W)
+    valid = ds["valid"].values.astype(bool)  # (T, H, W)
+    n_time, n_band, height, width = data.shape
+    observed = _observed(data, valid)
+    if not observed.any():
+        raise ValueError(f"{cube}: no observed pixel (valid and finite); nothing to learn from")
+    mean, std = _standardise(data, observed)
+    scaled = np.where(observed[:, None], (data - mean) / std, 0.0).astype(np.float32)
+
+    size = min(patch, height, width)
+    if size < patch:
+        log.warning("gapfill: cube is %d x %d px; patches of %d px instead of %d", height, width, size, patch)
+    origins = patch_origins(height, width, size=size, stride=size)
+    xp = extract_patches(scaled, origins, size)  # (P, T, C, size, size)
+    op = extract_patches(observed, origins, size)  # (P, T, size, size)
+    ranks = default_ranks((n_time, n_band, size, size), time_share=time_share)
+    dev = torch.device(device) if device else default_device()
+    fit = fit_lrtcnet(xp, op, ranks=ranks, layers=layers, epochs=epochs, batch=batch, lr=lr,
+                      hide_share=hide_share, hide_kind="cloud", seed=seed, device=dev)
+    filled_p = complete(fit.net, xp, op, batch=batch)  # (P, T, C, size, size)
+    folded = fold_patches(filled_p, origins, scaled.shape) * std + mean  # (T, C, H, W)
+    result = np.where(observed[:, None], data, folded).astype(np.float32)
+    filled = ~observed
+
+    attrs = {**ds.attrs, "gapfill_method": "LRTC-Net (self-supervised)", "gapfill_key": key}
+    out_ds = xr.Dataset(
+        {
+            "data": (ds["data"].dims, result, dict(ds["data"].attrs)),
+            "valid": (ds["valid"].dims, valid, dict(ds["valid"].attrs)),
+            "filled": (("time", "y", "x"), filled, {
+                "long_name": "gap filled by LRTC-Net", "grid_mapping": "spatial_ref"}),
+        },
+        coords={name: coord.load() for name, coord in ds.coords.items()},
+        attrs=attrs,
+    )
+    for name in ds.data_vars:
+        if name not in out_ds:
+            out_ds[name] = ds[name].load()
+    chunks = {"time": min(n_time, 16), "band": n_band, "y": min(height, 256), "x": min(width, 256)}
+    encoding = {
+        "data": {"chunks": tuple(chunks[d] for d in ds["data"].dims)},
+        "valid": {"chunks": (chunks["time"], chunks["y"], chunks["x"])},
+        "filled": {"chunks": (chunks["time"], chunks["y"], chunks["x"])},
+    }
+    with atomic_artifact(out) as tmp:
+        out_ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
+    wpath = weights_path(out)
+    wtmp = wpath.with_name(f"{wpath.name}.tmp-{uuid.uuid4().hex[:8]}")
+    torch.save(fit.net.cpu().state_dict(), wtmp)
+    os.replace(wtmp, wpath)
+
+    manifest = Manifest(
+        stage=STAGE,
+        key=key,
+        params=params,
+        inputs=inputs,
+        code_version=code_version(*CODE_MODULES),
+        outputs={
+            "path": str(out),
+            "cube": str(cube),
+            "weights": str(wpath),
+            "ranks": list(ranks),
+            "sample_shape": [n_time, n_band, size, size],
+            "patches": len(origins),
+            "filled_share": float(filled.mean()),
+        },
+        stats={
+            "loss_history": [round(v, 6) for v in fit.history],
+            "fit_seconds": round(fit.seconds, 3),
+            "seconds": round(_time.perf_counter() - started, 3),
+            "device": str(dev),
+        },
+    )
+    write_manifest(out, manifest)
+    log.info("gapfill: wrote %s (%.1f %% of pixels filled, %.1f s)", out, 100 * filled.mean(),
+             manifest.stats["seconds"])
+    return manifest
+
+
+def _display(values: np.ndarray, bands: list[str]) -> np.ndarray:
+    """``(C, H, W)`` -> an RGB (or grey) image in 0..1, NaN grey."""
+    names = [b.lower() for b in bands]
+    idx = [names.index(c) for c in ("red", "green", "blue")] if all(
+        c in names for c in ("red", "green", "blue")) else [0, 0, 0]
+    rgb = np.moveaxis(values[idx], 0, -1).astype(np.float64)
+    return rgb
+
+
+def quicklook_png(cube: str | Path, filled: str | Path, out_png: str | Path, *, dates: int = 4) -> Path:
+    """Before / after PNG for the ``dates`` dates with the most gaps (true colour when possible)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    before = open_cube(cube)
+    after = xr.open_zarr(filled, consolidated=None)
+    gaps = after["filled"].mean(("y", "x")).values
+    picks = np.sort(np.argsort(-gaps)[: min(dates, gaps.size)])
+    bands = [str(b) for b in before["band"].values]
+    fig, axes = plt.subplots(2, len(picks), figsize=(2.6 * len(picks), 5.4), squeeze=False)
+    after_all = after["data"].values
+    finite = after_all[np.isfinite(after_all)]
+    lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+    for j, t in enumerate(picks):
+        for i, (name, arr) in enumerate((("before", before["data"].isel(time=t).values),
+                                         ("after", after_all[t]))):
+            img = _display(arr, bands)
+            img = np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)
+            img[~np.isfinite(img).all(-1)] = 0.5
+            if i == 0:
+                img[~before["valid"].isel(time=t).values] = 0.5
+            axes[i, j].imshow(img)
+            axes[i, j].set_title(f"{name} {str(before['time'].values[t])[:10]}\n"
+                                 f"{100 * gaps[t]:.0f} % gaps", fontsize=8)
+            axes[i, j].axis("off")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def _cmd_gapfill(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    manifest = gapfill_cube(args.cube, args.out, epochs=args.epochs, layers=args.layers,
+                            patch=args.patch, seed=args.seed, overwrite=args.overwrite)
+    sys.stdout.write(f"{args.out}: {json.dumps(manifest.outputs)}\n")
+    return 0
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``stage gapfill --cube IN.zarr --out OUT.zarr [--epochs N] [--layers L]``."""
+    p = subparsers.add_parser("gapfill", help="fill cloud gaps with LRTC-Net fitted on the cube itself")
+    p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
+    p.add_argument("--out", required=True, help="filled.zarr to write")
+    p.add_argument("--epochs", type=int, default=15, help="training passes (default 15)")
+    p.add_argument("--layers", type=int, default=20, help="LRTC-Net layers (default 20)")
+    p.add_argument("--patch", type=int, default=32, help="patch side in pixels (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_gapfill)
+    return p
+
+
+# --- Prefect task -------------------------------------------------------------------------------
+
+
+@task(name="gapfill", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+def gapfill_task(
+    cube: str,
+    out: str,
+    *,
+    epochs: int = 15,
+    layers: int = 20,
+    patch: int = 32,
+    seed: int = 0,
+    overwrite: bool = False,
+    quicklook: bool = True,
+) -> dict[str, Any]:
+    """Prefect task: ``gapfill_cube`` on paths, plus a before/after quick-look image artifact.
+
+    No Prefect result caching: the manifest beside ``out`` is the cache.
+    """
+    from prefect.artifacts import create_image_artifact
+
+    from tasks.quicklook import is_current, thumbnail_data_uri
+
+    logger = get_run_logger()
+    manifest = gapfill_cube(cube, out, epochs=epochs, layers=layers, patch=patch, seed=seed,
+                            overwrite=overwrite)
+    result = {"artifact": str(out), **asdict(manifest)}
+    if quicklook:
+        png = Path(str(out) + ".quicklook.png")
+        if not is_current(png, out):
+            quicklook_png(cube, out, png)
+        key = "".join(c if c.isalnum() else "-" for c in f"gapfill-{Path(out).name}".lower())[:60]
+        create_image_artifact(image_url=thumbnail_data_uri(png, max_pixels=720), key=key.strip("-"),
+                              description=f"gap filling of {cube}: before (top) / after (bottom)")
+        result["quicklook"] = str(png)
+    logger.info("gapfill %s: key %s, %.1f %% filled", out, manifest.key,
+                100 * manifest.outputs["filled_share"])
+    return result

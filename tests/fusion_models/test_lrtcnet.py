@@ -1,0 +1,196 @@
+"""LRTC-Net and the classical completion baselines: layer algebra, exactness, recovery, gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fusion_models.completion import (
+    default_ranks,
+    halrtc,
+    hosvd,
+    linear_interpolation,
+    mode_dot,
+    tucker_completion,
+)
+from fusion_models.lrtcnet import LRTCNet, tucker_project
+
+torch.set_num_threads(1)
+
+SHAPE = (12, 3, 10, 10)
+RANKS = (3, 2, 3, 3)
+
+
+def low_rank(shape=SHAPE, ranks=RANKS, seed=0) -> np.ndarray:
+    """An exactly low-multilinear-rank tensor: a random core times orthonormal factors."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=ranks)
+    for n, (size, rank) in enumerate(zip(shape, ranks, strict=True)):
+        q, _ = np.linalg.qr(rng.normal(size=(size, rank)))
+        x = mode_dot(x, q, n)
+    return x / np.abs(x).max()
+
+
+def nrmse(est, truth, missing) -> float:
+    return float(np.linalg.norm((est - truth)[missing]) / np.linalg.norm(truth[missing]))
+
+
+def test_full_observation_layer_is_the_projection():
+    torch.manual_seed(0)
+    net = LRTCNet(SHAPE, ranks=RANKS, layers=1)
+    z = torch.randn(2, *SHAPE)
+    # with W = 1 a layer returns X itself; the projection part is T = Z x_n D_n D_n^T
+    t = tucker_project(z, net.factors())
+    expected = z
+    for n, d in enumerate(net.factors()):
+        expected = torch.movedim(torch.tensordot(d @ d.T, expected, dims=([1], [n + 1])), 0, n + 1)
+    torch.testing.assert_close(t, expected, rtol=1e-5, atol=1e-5)
+    full = torch.ones(2, *SHAPE, dtype=torch.bool)
+    torch.testing.assert_close(net(z, full), z, rtol=0, atol=0)
+    # with nothing observed the layer is exactly the projection
+    none = torch.zeros(2, *SHAPE, dtype=torch.bool)
+    torch.testing.assert_close(net.layer(z, torch.zeros_like(z), none.float()), t)
+
+
+def test_observed_entries_reproduced_after_every_layer():
+    torch.manual_seed(1)
+    net = LRTCNet(SHAPE, ranks=RANKS, layers=5)
+    x = torch.randn(3, *SHAPE)
+    mask = torch.rand(3, SHAPE[0], 1, *SHAPE[2:]) > 0.3  # broadcast over bands
+    w = mask.float().expand_as(x)
+    z = torch.zeros_like(x)
+    for _ in range(net.layers):
+        z = net.layer(z, x * w, w)
+        assert torch.equal(z[w > 0], x[w > 0])
+    assert torch.equal(net(x, mask)[w > 0], x[w > 0])
+
+
+def test_bad_shapes_raise():
+    net = LRTCNet(SHAPE, ranks=RANKS)
+    with pytest.raises(ValueError, match=r"x must be \(B, 12, 3, 10, 10\)"):
+        net(torch.zeros(SHAPE), torch.ones(SHAPE, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must have the shape of x"):
+        net(torch.zeros(1, *SHAPE), torch.ones(1, 12, 2, 10, 10, dtype=torch.bool))
+    with pytest.raises(ValueError, match="ranks needs one entry per mode"):
+        LRTCNet(SHAPE, ranks=(3, 2))
+    with pytest.raises(ValueError, match="layers must be an integer"):
+        LRTCNet(SHAPE, layers=0)
+
+
+def test_orthonormal_and_default_ranks():
+    net = LRTCNet((100, 3, 32, 32))
+    assert net.ranks == (10, 1, 4, 4) == default_ranks((100, 3, 32, 32))
+    for d in net.factors():
+        torch.testing.assert_close(d.T @ d, torch.eye(d.shape[1]), atol=1e-5, rtol=0)
+
+
+def test_gradients_reach_every_factor():
+    torch.manual_seed(2)
+    net = LRTCNet(SHAPE, ranks=RANKS, layers=3)
+    x = torch.randn(2, *SHAPE)
+    mask = torch.rand(2, *SHAPE) > 0.2
+    loss = ((net(x, mask) - x)[~mask] ** 2).mean()
+    loss.backward()
+    params = [p for p in net.parameters() if p.requires_grad]
+    assert len(params) >= len(SHAPE)
+    for n, lin in enumerate(net.bases):
+        grads = [p.grad for p in lin.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), f"no gradient to D_{n}"
+
+
+def test_tucker_baseline_recovers_low_rank_tensor():
+    x = low_rank()
+    rng = np.random.default_rng(3)
+    mask = rng.random(x.shape) > 0.2
+    res = tucker_completion(np.where(mask, x, np.nan), mask, ranks=RANKS, iters=300, tol=1e-10)
+    assert np.array_equal(res.filled[mask], x[mask])
+    assert nrmse(res.filled, x, ~mask) < 1e-4
+    assert res.iterations == len(res.history)
+
+
+def test_trained_net_recovers_low_rank_tensor():
+    torch.manual_seed(4)
+    rng = np.random.default_rng(4)
+    mask = rng.random((4, *SHAPE)) > 0.2  # 4 samples, 20 % missing each
+    # the samples share the subspaces of one low-rank tensor (different cores)
+    samples = []
+    base = [np.linalg.qr(rng.normal(size=(s, r)))[0] for s, r in zip(SHAPE, RANKS, strict=True)]
+    for _ in range(4):
+        y = rng.normal(size=RANKS)
+        for n, d in enumerate(base):
+            y = mode_dot(y, d, n)
+        samples.append(y / np.abs(y).max())
+    x = np.stack(samples)
+    xt = torch.tensor(x, dtype=torch.float32)
+    mt = torch.tensor(mask)
+    filled0 = np.where(mask, x, 0.0)
+    init = hosvd(filled0.mean(0) + filled0[0], RANKS)  # observed-filled starting subspaces
+    net = LRTCNet(SHAPE, ranks=RANKS, layers=20, factors=[torch.tensor(d.copy()) for d in init])
+    opt = torch.optim.Adam(net.parameters(), lr=2e-2)
+    before = nrmse(net(xt, mt).detach().numpy(), x, ~mask)
+    for _ in range(150):
+        opt.zero_grad()
+        loss = ((net(xt, mt) - xt)[~mt] ** 2).mean()
+        loss.backward()
+        opt.step()
+    after = nrmse(net(xt, mt).detach().numpy(), x, ~mask)
+    assert after < 1e-2 and after < before / 5, (before, after)
+
+
+def test_halrtc_completes_low_rank_tensor():
+    x = low_rank(shape=(10, 10, 10), ranks=(2, 2, 2), seed=6)
+    rng = np.random.default_rng(6)
+    mask = rng.random(x.shape) > 0.2
+    res = halrtc(x, mask, iters=300, tol=1e-9)
+    assert np.array_equal(res.filled[mask], x[mask])
+    assert nrmse(res.filled, x, ~mask) < 1e-3
+    with pytest.raises(ValueError, match="alpha needs one weight per mode"):
+        halrtc(x, mask, alpha=(0.5, 0.5))
+
+
+def test_linear_interpolation_known_case():
+    x = np.array([[1.0, 2.0], [np.nan, 4.0], [3.0, np.nan], [np.nan, np.nan], [7.0, np.nan]])
+    mask = np.isfinite(x)
+    out = linear_interpolation(x, mask)
+    expected = np.array([[1, 2], [2, 4], [3, 4], [5, 4], [7, 4]], dtype=float)
+    np.testing.assert_allclose(out, expected)
+    # a series with no observation takes that date's observed mean
+    x2 = np.array([[1.0, np.nan], [3.0, np.nan]])
+    np.testing.assert_allclose(linear_interpolation(x2, np.isfinite(x2)), [[1, 1], [3, 3]])
+    # linear signals along time are recovered exactly
+    t = np.arange(9, dtype=float)[:, None, None] * np.ones((1, 2, 3))
+    m = np.ones(t.shape, bool)
+    m[[2, 3, 6]] = False
+    np.testing.assert_allclose(linear_interpolation(np.where(m, t, np.nan), m), t)
+
+
+def test_cloud_masks_are_blobs_with_the_asked_share():
+    from scipy import ndimage
+
+    from fusion_models.lrtcnet_training import cloud_masks
+
+    rng = np.random.default_rng(0)
+    masks = cloud_masks((200, 32, 32), share=0.3, rng=rng)
+    assert masks.dtype == bool and abs(masks.mean() - 0.3) < 0.05
+    # cloud-shaped: few connected components per image, unlike independent pixels
+    n_blobs = np.mean([ndimage.label(m)[1] for m in masks[:20] if m.any()])
+    n_random = np.mean([ndimage.label(m)[1] for m in cloud_masks((20, 32, 32), share=0.3, rng=rng, kind="random")])
+    assert n_blobs < n_random / 10
+    with pytest.raises(ValueError, match="share must be in"):
+        cloud_masks((2, 8, 8), share=1.5, rng=rng)
+
+
+def test_fit_and_complete_keep_observed_entries():
+    from fusion_models.lrtcnet_training import complete, fit_lrtcnet
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 6, 2, 8, 8)).astype(np.float32)
+    observed = rng.random((2, 6, 8, 8)) > 0.3
+    fit = fit_lrtcnet(x, observed, ranks=(2, 2, 8, 8), layers=2, epochs=2, batch=2, device="cpu")
+    assert len(fit.history) == 2
+    out = complete(fit.net, x, observed)
+    obs = np.broadcast_to(observed[:, :, None], x.shape)
+    np.testing.assert_array_equal(out[obs], x[obs])
+    with pytest.raises(ValueError, match="observed"):
+        fit_lrtcnet(x, observed[:, :3], device="cpu")
