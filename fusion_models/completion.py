@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fusion_models.tensor_ops import fold, mode_dot, svt, unfold
+
 __all__ = [
     "CompletionResult",
     "default_ranks",
@@ -60,22 +62,6 @@ class CompletionResult:
 
 
 # --- multilinear algebra ------------------------------------------------------------------------
-
-
-def unfold(x: np.ndarray, mode: int) -> np.ndarray:
-    """Mode-``n`` unfolding ``X_(n)``: ``(I_1, ..., I_N) -> (I_n, prod_{k != n} I_k)``."""
-    return np.moveaxis(x, mode, 0).reshape(x.shape[mode], -1)
-
-
-def fold(m: np.ndarray, mode: int, shape: Sequence[int]) -> np.ndarray:
-    """Inverse of :func:`unfold` for a tensor of ``shape``."""
-    lead = [shape[mode], *(s for k, s in enumerate(shape) if k != mode)]
-    return np.moveaxis(m.reshape(lead), 0, mode)
-
-
-def mode_dot(x: np.ndarray, matrix: np.ndarray, mode: int) -> np.ndarray:
-    """Mode-``n`` product ``X x_n M``: ``(..., I_n, ...) x (J, I_n) -> (..., J, ...)``."""
-    return np.moveaxis(np.tensordot(matrix, x, axes=(1, mode)), 0, mode)
 
 
 def default_ranks(shape: Sequence[int], *, share: float = 0.1) -> tuple[int, ...]:
@@ -195,14 +181,6 @@ def tucker_completion(
     return CompletionResult(z, len(history), tuple(history), converged)
 
 
-def _svt(m: np.ndarray, tau: float) -> np.ndarray:
-    """Singular value thresholding :math:`U \\max(\\Sigma - \\tau, 0) V^T` (Cai et al. 2010)."""
-    u, s, vt = np.linalg.svd(m, full_matrices=False)
-    s = np.maximum(s - tau, 0.0)
-    keep = s > 0
-    return (u[:, keep] * s[keep]) @ vt[keep]
-
-
 def halrtc(
     x: np.ndarray,
     mask: np.ndarray,
@@ -264,7 +242,7 @@ def halrtc(
         acc = np.zeros_like(z)
         ms = []
         for n in range(n_modes):
-            m = fold(_svt(unfold(z + ys[n] / rho, n), alpha[n] / rho), n, z.shape)
+            m = fold(svt(unfold(z + ys[n] / rho, n), alpha[n] / rho), n, z.shape)
             ms.append(m)
             acc += m - ys[n] / rho
         new = np.where(mask, obs, acc / n_modes)

@@ -13,9 +13,13 @@ the mode that should carry the "tube" structure (time, for image time series) go
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 __all__ = [
+    "fold",
+    "mode_dot",
     "soft_threshold",
     "svt",
     "tnn",
@@ -23,6 +27,7 @@ __all__ = [
     "tprod",
     "tsvd",
     "ttranspose",
+    "unfold",
 ]
 
 
@@ -39,6 +44,22 @@ def _check_tau(tau: float) -> float:
     if not np.isfinite(tau) or tau < 0:
         raise ValueError(f"the threshold tau must be finite and >= 0; got tau={tau!r}")
     return tau
+
+
+def unfold(x: np.ndarray, mode: int) -> np.ndarray:
+    """Mode-``n`` unfolding ``X_(n)``: ``(I_1, ..., I_N) -> (I_n, prod_{k != n} I_k)``."""
+    return np.moveaxis(x, mode, 0).reshape(x.shape[mode], -1)
+
+
+def fold(m: np.ndarray, mode: int, shape: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`unfold` for a tensor of ``shape``."""
+    lead = [shape[mode], *(s for k, s in enumerate(shape) if k != mode)]
+    return np.moveaxis(m.reshape(lead), 0, mode)
+
+
+def mode_dot(x: np.ndarray, matrix: np.ndarray, mode: int) -> np.ndarray:
+    """Mode-``n`` product ``X x_n M``: ``(..., I_n, ...) x (J, I_n) -> (..., J, ...)``."""
+    return np.moveaxis(np.tensordot(matrix, x, axes=(1, mode)), 0, mode)
 
 
 def soft_threshold(x: np.ndarray, tau: float | np.ndarray) -> np.ndarray:

@@ -37,8 +37,7 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
-    read_manifest,
-    reusable,
+    reuse_or_refuse,
     stage_key,
     write_manifest,
 )
@@ -257,17 +256,9 @@ def detect_anomalies(
     cube, out = Path(cube), Path(out)
     ds = open_cube(cube)
     key, band = anomalies_key(cube, bits=bits, band=band, lam=lam, tile=tile, k=k, ds=ds)
-    found = reusable(out, key)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
     if found is not None:
-        log.info("anomalies: reused %s (key %s)", out, key)
         return found
-    if out.exists() and not overwrite:
-        old = read_manifest(out)
-        raise FileExistsError(
-            f"{out} exists but was not made from this cube with these parameters and code "
-            f"(its key {old.key if old else 'unknown: no manifest'}, this run's key {key}); "
-            "pass overwrite=True to replace it, or choose another output path"
-        )
 
     started = _time.perf_counter()
     values = ds["data"].sel(band=band)  # (time, y, x)

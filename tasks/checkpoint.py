@@ -39,6 +39,7 @@ __all__ = [
     "manifest_path",
     "read_manifest",
     "reusable",
+    "reuse_or_refuse",
     "stage_key",
     "write_manifest",
 ]
@@ -134,6 +135,30 @@ def reusable(artifact: str | Path, key: str) -> Manifest | None:
     if manifest is None or manifest.key != key or not artifact.exists():
         return None
     return manifest
+
+
+def reuse_or_refuse(artifact: str | Path, key: str, *, stage: str, overwrite: bool) -> Manifest | None:
+    """The stages' rule for an output path: the finished artifact with this ``key`` is reused
+    (returned); another artifact there is refused unless ``overwrite``; else None (build it).
+
+    Raises
+    ------
+    FileExistsError
+        When ``artifact`` exists with another key and ``overwrite`` is False.
+    """
+    artifact = Path(artifact)
+    found = reusable(artifact, key)
+    if found is not None:
+        log.info("%s: reused %s (key %s)", stage, artifact, key)
+        return found
+    if artifact.exists() and not overwrite:
+        old = read_manifest(artifact)
+        raise FileExistsError(
+            f"{artifact} exists but was not made from this input with these parameters and code "
+            f"(its key {old.key if old else 'unknown: no manifest'}, this run's key {key}); "
+            "pass overwrite=True (--overwrite) to replace it, or choose another output path"
+        )
+    return None
 
 
 def fingerprint(artifact: str | Path) -> str:

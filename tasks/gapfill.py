@@ -41,7 +41,7 @@ from tasks.checkpoint import (
     code_version,
     fingerprint,
     read_manifest,
-    reusable,
+    reuse_or_refuse,
     stage_key,
     write_manifest,
 )
@@ -186,17 +186,9 @@ def gapfill_cube(
     params = {"epochs": epochs, "layers": layers, "patch": patch, "time_share": time_share,
               "hide_share": hide_share, "lr": lr, "batch": batch, "seed": seed}
     key, inputs = gapfill_key(cube, params)
-    found = reusable(out, key)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
     if found is not None and weights_path(out).exists():
-        log.info("gapfill: reused %s (key %s)", out, key)
         return found
-    if out.exists() and not overwrite:
-        old = read_manifest(out)
-        raise FileExistsError(
-            f"{out} exists but was not made from this cube with these parameters and code "
-            f"(its key {old.key if old else 'unknown: no manifest'}, this run's key {key}); "
-            "pass overwrite=True to replace it, or choose another output path"
-        )
 
     started = _time.perf_counter()
     ds = open_cube(cube)

@@ -47,8 +47,7 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
-    read_manifest,
-    reusable,
+    reuse_or_refuse,
     stage_key,
     write_manifest,
 )
@@ -282,17 +281,9 @@ def make_patches(
     cube, out = Path(cube), Path(out)
     key, params, inputs = patch_key(cube, size=size, stride=stride, block=block, fractions=fractions, seed=seed)
     fracs = params["fractions"]
-    found = reusable(out, key)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
     if found is not None:
-        log.info("patch: reused %s (key %s)", out, key)
         return found
-    if out.exists() and not overwrite:
-        old = read_manifest(out)
-        raise FileExistsError(
-            f"{out} exists but was not made from this cube with these parameters and code "
-            f"(its key {old.key if old else 'unknown: no manifest'}, this run's key {key}); "
-            "pass overwrite=True to replace it, or choose another output path"
-        )
 
     started = _time.perf_counter()
     ds = open_cube(cube)

@@ -11,10 +11,10 @@ from fusion_models.completion import (
     halrtc,
     hosvd,
     linear_interpolation,
-    mode_dot,
     tucker_completion,
 )
 from fusion_models.lrtcnet import LRTCNet, tucker_project
+from fusion_models.tensor_ops import mode_dot
 
 torch.set_num_threads(1)
 

@@ -135,7 +135,7 @@ def test_second_call_reuses(cube: Path, tmp_path: Path, caplog: pytest.LogCaptur
     first = make_patches(cube, out, size=16)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     text = manifest_path(out).read_text()
-    with caplog.at_level("INFO", logger="tasks.patch"):
+    with caplog.at_level("INFO"):
         second = make_patches(cube, out, size=16, batch=3)  # batch is not content: still reused
     assert second == first
     assert manifest_path(out).read_text() == text
