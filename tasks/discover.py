@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob as globmod
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -205,9 +206,12 @@ def expand_globs(patterns: list[str], catalog: Catalog | None = None) -> list[st
 
 
 def discover(
-    catalog: Catalog, source: str
+    catalog: Catalog, source: str, *, skip: Callable[[str], bool] | None = None
 ) -> tuple[list[SceneRef], list[tuple[str, str]]]:
-    """All scenes of a source: (refs sorted by date, [(path, reason)] for files that failed)."""
+    """All scenes of a source: (refs sorted by date, [(path, reason)] for files that failed).
+
+    ``skip(path)`` true leaves a file unopened (e.g. already in the cube, unchanged).
+    """
     spec = catalog.source(source)
     refs: list[SceneRef] = []
     failed: list[tuple[str, str]] = []
@@ -215,6 +219,8 @@ def discover(
     if not files:
         log.warning("source %s: no file matches %s", source, spec.glob)
     for f in files:
+        if skip is not None and skip(f):
+            continue
         try:
             refs.extend(scene_refs_for_file(f, source, spec))
         except SceneError as exc:

@@ -197,8 +197,15 @@ def plan_ingest(
     refs: list[SceneRef] = []
     skipped: list[dict[str, Any]] = []
     quarantined: list[dict[str, Any]] = []
+    def unchanged(path: str) -> bool:  # a single-date file already in the cube: not reopened
+        name = Path(path).name
+        if name not in done:
+            return False
+        st = Path(path).stat()
+        return done[name].get("stamp") == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
     for source in spec.sources:
-        found, failed = discover(catalog, source)
+        found, failed = discover(catalog, source, skip=unchanged)
         for p, reason in failed:
             name, st = Path(p).name, Path(p).stat()
             if name in bad and bad[name].get("stamp") == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}:
