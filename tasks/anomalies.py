@@ -355,10 +355,6 @@ def anomalies_png(anomalies: str | Path, out_png: str | Path) -> Path:
 # --- Prefect task -------------------------------------------------------------------------------
 
 
-def _artifact_key(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "anomalies"
-
-
 @task(name="anomalies", retries=1, retry_delay_seconds=10, cache_policy=NONE)
 def anomalies_task(
     cube: str,
@@ -379,7 +375,7 @@ def anomalies_task(
     """
     from prefect.artifacts import create_image_artifact, create_table_artifact
 
-    from tasks.quicklook import is_current, thumbnail_data_uri
+    from tasks.quicklook import artifact_key, is_current, thumbnail_data_uri
 
     logger = get_run_logger()
     manifest = detect_anomalies(cube, out, bits=bits, band=band, lam=lam, tile=tile, k=k,
@@ -388,13 +384,13 @@ def anomalies_task(
     rows = strongest_anomalies(ds, top) or [{"date": "-", "x": "", "y": "", "magnitude_k": 0.0}]
     name = Path(out).name
     create_table_artifact(
-        table=rows, key=_artifact_key(f"anomalies-{name}"),
+        table=rows, key=artifact_key(f"anomalies-{name}"),
         description=f"strongest anomalies in {out} (magnitude |S| in the band's units)",
     )
     png = Path(out).with_suffix(".png")
     if not is_current(png, out):
         anomalies_png(out, png)
-    create_image_artifact(image_url=thumbnail_data_uri(png), key=_artifact_key(f"anomalies-png-{name}"),
+    create_image_artifact(image_url=thumbnail_data_uri(png), key=artifact_key(f"anomalies-png-{name}"),
                           description=f"largest anomaly score per pixel ({png})")
     logger.info("anomalies %s: key %s, %s flagged", out, manifest.key, manifest.stats.get("flagged"))
     return {"artifact": str(out), "quicklook": str(png), **asdict(manifest)}

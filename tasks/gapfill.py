@@ -364,7 +364,7 @@ def gapfill_task(
     """
     from prefect.artifacts import create_image_artifact
 
-    from tasks.quicklook import is_current, thumbnail_data_uri
+    from tasks.quicklook import artifact_key, is_current, thumbnail_data_uri
 
     logger = get_run_logger()
     manifest = gapfill_cube(cube, out, epochs=epochs, layers=layers, patch=patch, seed=seed,
@@ -374,8 +374,8 @@ def gapfill_task(
         png = Path(str(out) + ".quicklook.png")
         if not is_current(png, out):
             quicklook_png(cube, out, png)
-        key = "".join(c if c.isalnum() else "-" for c in f"gapfill-{Path(out).name}".lower())[:60]
-        create_image_artifact(image_url=thumbnail_data_uri(png, max_pixels=720), key=key.strip("-"),
+        key = artifact_key(f"gapfill-{Path(out).name}")
+        create_image_artifact(image_url=thumbnail_data_uri(png, max_pixels=720), key=key,
                               description=f"gap filling of {cube}: before (top) / after (bottom)")
         result["quicklook"] = str(png)
     logger.info("gapfill %s: key %s, %.1f %% filled", out, manifest.key,

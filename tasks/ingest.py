@@ -675,6 +675,7 @@ from prefect.artifacts import (  # noqa: E402
 from prefect.cache_policies import NONE as NO_CACHE  # noqa: E402
 
 from tasks.catalog import load_catalog  # noqa: E402
+from tasks.quicklook import artifact_key  # noqa: E402
 
 
 def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -686,10 +687,6 @@ def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return False
     return False
-
-
-def _artifact_key(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "cube"
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io_error,
@@ -706,7 +703,7 @@ def ingest_task(
     """Ingest the new scenes of one cube; returns the report as a dict."""
     logger = get_run_logger()
     catalog = load_catalog(catalog_path, env=env)
-    progress_id = create_progress_artifact(0.0, key=_artifact_key(f"ingest-progress-{cube}"),
+    progress_id = create_progress_artifact(0.0, key=artifact_key(f"ingest-progress-{cube}"),
                                            description=f"ingest of cube {cube}")
     bar = None
     if progress_bar:
@@ -747,7 +744,7 @@ def publish_ingest_task(report: dict[str, Any], quicklook: str | None = None) ->
     cube = report["cube"]
     rows = IngestReport(**report).rows() or [{"scene": "-", "status": "nothing new", "date": "", "reason": ""}]
     create_table_artifact(
-        table=rows, key=_artifact_key(f"ingest-{cube}"),
+        table=rows, key=artifact_key(f"ingest-{cube}"),
         description=f"Scenes of cube {cube}: ingested / skipped / quarantined with reasons",
     )
     quarantine_lines = "\n".join(f"| {q['scene']} | {q['reason']} |" for q in report["quarantined"]) or "| - | none |"
@@ -762,11 +759,11 @@ def publish_ingest_task(report: dict[str, Any], quicklook: str | None = None) ->
     )
     if quicklook:
         md += f"\nQuick-look of the newest date: `{quicklook}`\n"
-    create_markdown_artifact(md, key=_artifact_key(f"ingest-summary-{cube}"), description=f"ingest summary of {cube}")
+    create_markdown_artifact(md, key=artifact_key(f"ingest-summary-{cube}"), description=f"ingest summary of {cube}")
     if quicklook:
         from tasks.quicklook import thumbnail_data_uri
 
         create_image_artifact(
-            image_url=thumbnail_data_uri(quicklook), key=_artifact_key(f"quicklook-{cube}"),
+            image_url=thumbnail_data_uri(quicklook), key=artifact_key(f"quicklook-{cube}"),
             description=f"newest composite of cube {cube} ({quicklook})",
         )

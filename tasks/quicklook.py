@@ -16,7 +16,7 @@ import xarray as xr  # noqa: E402
 
 from tasks.cube import open_cube  # noqa: E402
 
-__all__ = ["composite_png", "is_current", "newest_composite", "stretch", "thumbnail_data_uri"]
+__all__ = ["artifact_key", "composite_png", "is_current", "newest_composite", "stretch", "thumbnail_data_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,11 @@ def is_current(png: str | Path, artifact: str | Path) -> bool:
 
     png, manifest = Path(png), manifest_path(artifact)
     return png.exists() and manifest.exists() and png.stat().st_mtime_ns >= manifest.stat().st_mtime_ns
+
+
+def artifact_key(text: str) -> str:
+    """A Prefect artifact key from free text: lowercase letters, digits and dashes, at most 60."""
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "artifact"
 
 
 def thumbnail_data_uri(png: str | Path, *, max_pixels: int = 360) -> str:
