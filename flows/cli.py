@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -18,7 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["STAGE_MODULES", "main"]
+
+#: Modules of ``tasks/`` that add a ``fusioncube stage NAME`` sub-command (each has ``add_cli``).
+STAGE_MODULES = ("tasks.anomalies", "tasks.gapfill")
 
 log = logging.getLogger("fusioncube")
 
@@ -109,10 +113,8 @@ def _cmd_catalog_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import importlib
-
     module = importlib.import_module(f"benchmarks.{args.which}")
-    result = module.run(Path(args.out), quick=args.quick)
+    result = module.run(Path(args.out), quick=args.quick or args.size == "quick")
     print(json.dumps(result.get("summary", result), indent=2))
     print(f"written: {args.out} and {Path(args.out).with_suffix('.md')}")
     return 0
@@ -165,11 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=_cmd_stage_patch)
-    from tasks.anomalies import add_cli as add_anomalies
-    from tasks.gapfill import add_cli as add_gapfill
-
-    add_anomalies(ss)
-    add_gapfill(ss)
+    for module in STAGE_MODULES:
+        importlib.import_module(module).add_cli(ss)
 
     c = sub.add_parser("catalog", help="catalog tools")
     cs = c.add_subparsers(dest="catalog_command", required=True)
@@ -180,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks (JSON + markdown)")
     b.add_argument("which", choices=_benchmarks())
     b.add_argument("--out", required=True, help="JSON file to write")
-    b.add_argument("--quick", action="store_true", help="CI-sized run (seconds)")
+    b.add_argument("--quick", action="store_true", help="CI-sized run (seconds); same as --size quick")
+    b.add_argument("--size", choices=["quick", "default"], default="default",
+                   help="benchmark size: 'default' (minutes) or 'quick' (CI-sized)")
     b.set_defaults(func=_cmd_bench)
     return p
 
