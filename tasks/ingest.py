@@ -17,10 +17,12 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time as timer
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from itertools import groupby
@@ -42,6 +44,7 @@ from tasks.checkpoint import (
     Manifest,
     atomic_artifact,
     code_version,
+    manifest_path,
     read_manifest,
     stage_key,
     write_manifest,
@@ -52,7 +55,10 @@ from tasks.errors import CubeSchemaError, SceneError
 from tasks.validate import ValidationRules, validate_profiles
 from tasks.warp import Grid, RawScene, read_scene, warp_scene
 
-__all__ = ["IngestReport", "ingest_cube", "cube_grid", "plan_ingest", "ScenePlan"]
+__all__ = [
+    "IngestPlan", "IngestReport", "ScenePlan", "attach_part", "cube_grid", "finish_ingest", "ingest_cube",
+    "plan_ingest", "plan_parts", "write_part",
+]
 
 log = logging.getLogger(__name__)
 
@@ -399,17 +405,7 @@ def _create_cube(
     ds["x"].attrs.update(standard_name="projection_x_coordinate", units="m", axis="X")
     ds["y"].attrs.update(standard_name="projection_y_coordinate", units="m", axis="Y")
     ds.attrs.update(attrs)
-    ch = spec.chunks
-    cy, cx = min(ch.y, grid.height), min(ch.x, grid.width)
-    encoding: dict[str, dict[str, Any]] = {
-        # blosc lz4 + bitshuffle: 3x faster than zarr's default zstd on float32 reflectance for
-        # about 20% more bytes (measured on the bench sample area)
-        "data": {"chunks": (ch.time, ds.sizes["band"], cy, cx), "compressors": DATA_CODEC},
-        "valid": {"chunks": (ch.time, cy, cx)},
-        "time": {"units": TIME_UNITS, "calendar": "proleptic_gregorian", "dtype": "int64"},
-    }
-    for v in layers:
-        encoding[v] = {"chunks": (cy, cx)}
+    encoding = _encoding(spec, grid, ds.sizes["band"], list(layers))
     with atomic_artifact(path, overwrite=False) as tmp, _no_consolidation_warning():
         ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
 
@@ -419,37 +415,12 @@ TIME_UNITS = "seconds since 1970-01-01T00:00:00"
 
 def _time_encoding(path: Path, units: Any) -> tuple[pd.Timedelta, pd.Timestamp]:
     """(step, reference) of CF time units such as ``seconds since 1970-01-01``."""
-    steps = {"seconds": "1s", "second": "1s", "minutes": "1min", "hours": "1h", "days": "1D", "day": "1D"}
+    steps = {"microseconds": "1us", "milliseconds": "1ms", "seconds": "1s", "second": "1s", "minutes": "1min", "hours": "1h", "days": "1D", "day": "1D"}
     try:
         unit, _, since = str(units).partition(" since ")
         return pd.Timedelta(steps[unit.strip().lower()]), pd.Timestamp(since.strip())
     except (KeyError, ValueError) as exc:
         raise CubeSchemaError(f"{path}: time units {units!r} are not '<unit> since <date>'") from exc
-
-
-def _append(path: Path, results: Sequence[DateResult]) -> None:
-    """Append time steps with zarr directly: grow the arrays, write each date into its own
-    chunks (zarr encodes them concurrently), then refresh the consolidated metadata.
-
-    Only the new chunks are written (and the last partial time chunk when chunks hold several
-    dates). A crash part-way leaves time steps beyond the manifest, cut by the next run.
-    """
-    group = zarr.open_group(str(path), mode="r+")
-    data, valid, time = group["data"], group["valid"], group["time"]
-    step, ref = _time_encoding(path, time.attrs.get("units"))
-    n = data.shape[0]
-    k = len(results)
-    for arr in (data, valid, time):
-        arr.resize((n + k, *arr.shape[1:]))
-    for i, r in enumerate(results):
-        data[n + i] = r.data
-        valid[n + i] = r.valid
-    offsets = [(pd.Timestamp(r.date) - ref) / step for r in results]
-    if np.issubdtype(time.dtype, np.integer) and any(o != int(o) for o in offsets):
-        raise CubeSchemaError(f"{path}: dates {[r.date for r in results]} do not fit the time units {time.attrs.get('units')!r}")
-    time[n:] = np.array(offsets).astype(time.dtype)
-    with _no_consolidation_warning():
-        zarr.consolidate_metadata(str(path))
 
 
 @contextlib.contextmanager
@@ -465,7 +436,7 @@ def _no_consolidation_warning() -> Iterator[None]:
 def truncate_to_manifest(path: Path, manifest: Manifest) -> int:
     """Cut time steps a killed run appended after the manifest was last written. Returns how many."""
     n = int(manifest.outputs.get("time_steps", 0))
-    group = zarr.open_group(str(path), mode="r+")
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     extra = 0
     for name in ("data", "valid", "time"):
         arr = group[name]
@@ -506,67 +477,256 @@ def _record_quarantine(quarantine: dict[str, Any], rows: Sequence[dict[str, Any]
         quarantine[q["scene"]] = {"reason": q["reason"], "stamp": stamp}
 
 
-class _CubeWriter:
-    """Writes groups of dates into the cube and keeps its manifest in step, in order.
+# -- parts: groups of dates processed independently, attached to the cube in date order ---------
+# A part is a small Zarr store with the cube's exact array layout holding a few consecutive new
+# dates. Parts are independent, so any number are read, validated, warped and written at once
+# (threads here, Dask workers in the pipeline flow). Attaching a part renames its chunk folders
+# into the cube (no data copied) when it starts on a time-chunk boundary, else writes its values.
+# A finished part has a manifest; a killed run's finished parts are reused when it starts again.
+PART_STAGE = "ingest-part"
 
-    ``commit`` runs on a background thread while the next group is read and warped; the store
-    and manifest are only ever touched from there, one group at a time.
+
+def parts_dir(path: str | Path) -> Path:
+    """Where the parts of a cube wait to be attached: ``<cube>.zarr.parts/`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".parts")
+
+
+def grid_to_dict(grid: Grid) -> dict[str, Any]:
+    return {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6], "width": grid.width, "height": grid.height}
+
+
+def grid_from_dict(d: dict[str, Any]) -> Grid:
+    from affine import Affine
+
+    return Grid(CRS.from_user_input(d["crs"]), Affine(*d["transform"]), int(d["width"]), int(d["height"]))
+
+
+def _ref_to_dict(ref: SceneRef) -> dict[str, Any]:
+    return {**asdict(ref), "date": ref.date.isoformat() if ref.date else None, "datasets": list(ref.datasets)}
+
+
+def _ref_from_dict(d: dict[str, Any]) -> SceneRef:
+    return SceneRef(**{**d, "date": datetime.fromisoformat(d["date"]) if d["date"] else None,
+                       "datasets": tuple(d["datasets"])})
+
+
+@dataclass
+class IngestPlan:
+    """What an ingest run will do: the new dates cut into parts, on the cube's grid.
+
+    Plain data (``to_dict`` / ``from_dict``), so it travels to Dask workers and into Prefect.
     """
 
-    def __init__(self, catalog: Catalog, cube: str, manifest: Manifest | None, report: IngestReport) -> None:
-        self.catalog, self.cube, self.report = catalog, cube, report
+    cube: str
+    path: str
+    grid: Grid | None
+    parts: list[dict[str, Any]]  # {"id": str, "scenes": [[SceneRef dict, ...] per date]}
+    skipped: list[dict[str, Any]]
+    quarantined: list[dict[str, Any]]
+    time_steps: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "grid": grid_to_dict(self.grid) if self.grid else None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IngestPlan:
+        return cls(**{**d, "grid": grid_from_dict(d["grid"]) if d["grid"] else None})
+
+    @property
+    def scenes(self) -> int:
+        return sum(len(g) for p in self.parts for g in p["scenes"])
+
+
+def _check_store(path: Path, manifest: Manifest | None, cube: str) -> None:
+    if path.exists() and manifest is None:
+        raise CubeSchemaError(
+            f"{path}: a store is there but no {path.name}.manifest.json: it was not made by "
+            "fusioncube ingest, or a run was killed while creating it; move it away or set cubes."
+            f"{cube}.path to another location"
+        )
+
+
+def plan_parts(
+    catalog: Catalog,
+    cube: str,
+    *,
+    start: date | None = None,
+    end: date | None = None,
+    dates_per_part: int | None = None,
+) -> IngestPlan:
+    """Plan an ingest: the new scenes grouped by date, cut into parts of ``dates_per_part`` dates
+    (default: the cube's time chunk), the first one cut short so the rest start on chunk boundaries.
+
+    Cuts time steps a killed run left beyond the manifest, so the plan starts from a consistent cube.
+    Part ids hash their scenes (name, size, mtime), the grid and the ingest code: the same new
+    scenes give the same parts, which is what lets a killed run resume.
+    """
+    spec = catalog.cube(cube)
+    path = catalog.cube_path(cube)
+    manifest = read_manifest(path)
+    _check_store(path, manifest, cube)
+    steps = truncate_to_manifest(path, manifest) if manifest is not None else 0
+    scene_plan = plan_ingest(catalog, cube, start=start, end=end)
+    grid = grid_of_cube(path) if manifest is not None else None
+    if grid is None and scene_plan.new:
+        grid = cube_grid(spec, [r for g in scene_plan.new for r in g], name=cube)
+    size = dates_per_part or spec.chunks.time
+    tc = spec.chunks.time
+    parts: list[dict[str, Any]] = []
+    i, first = 0, (tc - steps % tc) % tc or size
+    code = code_version(*INGEST_MODULES)
+    while i < len(scene_plan.new):
+        n = first if not parts else size
+        groups = scene_plan.new[i : i + n]
+        scenes = [[_ref_to_dict(r) for r in g] for g in groups]
+        stamps = [[(r.id, r.file_stamp()) for r in g] for g in groups]
+        digest = hashlib.sha256(json.dumps(
+            [stamps, grid_to_dict(grid) if grid else None, code, spec.model_dump_json()], sort_keys=True, default=str,
+        ).encode()).hexdigest()[:16]
+        day = groups[0][0].date.date().isoformat() if groups[0][0].date else "undated"
+        parts.append({"id": f"{day}-{digest}", "scenes": scenes})
+        i += n
+    return IngestPlan(cube, str(path), grid, parts, scene_plan.skipped, scene_plan.quarantined, steps)
+
+
+def _encoding(spec: CubeSpec, grid: Grid, bands: int, layers: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Zarr encoding of a cube (and of its parts, which must match it chunk for chunk)."""
+    ch = spec.chunks
+    cy, cx = min(ch.y, grid.height), min(ch.x, grid.width)
+    encoding: dict[str, dict[str, Any]] = {
+        # blosc lz4 + bitshuffle: 3x faster than zarr's default zstd on float32 reflectance for
+        # about 20% more bytes (measured on the bench sample area)
+        "data": {"chunks": (ch.time, bands, cy, cx), "compressors": DATA_CODEC},
+        "valid": {"chunks": (ch.time, cy, cx)},
+        "time": {"units": TIME_UNITS, "calendar": "proleptic_gregorian", "dtype": "int64"},
+    }
+    for v in layers:
+        encoding[v] = {"chunks": (cy, cx)}
+    return encoding
+
+
+def write_part(catalog: Catalog, cube: str, part: dict[str, Any], grid: Grid, *, workers: int = 1) -> dict[str, Any]:
+    """Read, validate, warp and mosaic one part's dates and write them as a part store.
+
+    Returns ``{path, dates, scenes, quarantined, bytes_decoded, reused}``. A part already
+    finished (its manifest is there) is not redone.
+    """
+    spec = catalog.cube(cube)
+    out = parts_dir(catalog.cube_path(cube)) / f"{part['id']}.zarr"
+    done = read_manifest(out)
+    if done is not None and done.key == part["id"] and (out.exists() or not done.outputs["dates"]):
+        return {**done.outputs, "path": str(out), "reused": True}
+    specs = {s: catalog.source(s) for s in spec.sources}
+    groups = [[_ref_from_dict(r) for r in g] for g in part["scenes"]]
+    results, bad, nbytes = process_dates(groups, specs, grid, workers=workers)
+    if results:
+        bands = [b.name for b in catalog.source(spec.sources[0]).bands]
+        ds = _dates_dataset(results, grid, bands)
+        with atomic_artifact(out) as tmp, _no_consolidation_warning():
+            ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False,
+                       encoding=_encoding(spec, grid, len(bands)))
+    outputs = {
+        "dates": [r.date.isoformat() for r in results],
+        "scenes": [[ref.id for ref in r.scenes] for r in results],
+        "quarantined": bad,
+        "bytes_decoded": nbytes,
+    }
+    code = code_version(*INGEST_MODULES)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, Manifest(stage=PART_STAGE, key=part["id"], params={}, inputs={}, code_version=code,
+                                 outputs=outputs))
+    return {**outputs, "path": str(out), "reused": False}
+
+
+def _layout(arr: zarr.Array) -> str:
+    meta = arr.metadata.to_dict()
+    for k in ("shape", "attributes"):
+        meta.pop(k, None)
+    return json.dumps(meta, sort_keys=True, default=str)
+
+
+def _write_times(path: Path, time: zarr.Array, n: int, dates: Sequence[datetime]) -> None:
+    step, ref = _time_encoding(path, time.attrs.get("units"))
+    offsets = [(pd.Timestamp(d) - ref) / step for d in dates]
+    if np.issubdtype(time.dtype, np.integer) and any(o != int(o) for o in offsets):
+        raise CubeSchemaError(f"{path}: dates {list(dates)} do not fit the time units {time.attrs.get('units')!r}")
+    time[n:] = np.array(offsets).astype(time.dtype)
+
+
+def _attach_store(path: Path, part: Path, dates: Sequence[datetime]) -> bool:
+    """Append the part store's time steps to the cube. Returns True when its chunk folders were
+    moved in (the part starts on a time-chunk boundary and has the cube's layout), False when
+    its values had to be written (and re-encoded) instead."""
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    src = zarr.open_group(str(part), mode="r")
+    n, k = group["data"].shape[0], len(dates)
+    moved = (
+        n % group["data"].chunks[0] == 0
+        and all(_layout(group[v]) == _layout(src[v]) for v in ("data", "valid"))
+        and (path / "data" / "zarr.json").exists()
+    )
+    for name in ("data", "valid", "time"):
+        group[name].resize((n + k, *group[name].shape[1:]))
+    if moved:
+        for name in ("data", "valid"):
+            tc = group[name].chunks[0]
+            source, target = part / name / "c", path / name / "c"
+            if not source.exists():
+                continue  # every chunk of the part is empty (all missing): nothing stored
+            target.mkdir(parents=True, exist_ok=True)
+            for chunk_dir in sorted(source.iterdir(), key=lambda p: int(p.name)):
+                dest = target / str(int(chunk_dir.name) + n // tc)
+                if dest.exists():  # left by a killed run beyond the manifest
+                    shutil.rmtree(dest)
+                os.replace(chunk_dir, dest)
+    else:
+        group["data"][n:] = src["data"][:]
+        group["valid"][n:] = src["valid"][:]
+    _write_times(path, group["time"], n, dates)
+    with _no_consolidation_warning():
+        zarr.consolidate_metadata(str(path))
+    return moved
+
+
+def _append(path: Path, results: Sequence[DateResult]) -> None:
+    """Append in-memory time steps with zarr directly (tests use it to mimic a killed run)."""
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    n, k = group["data"].shape[0], len(results)
+    for name in ("data", "valid", "time"):
+        group[name].resize((n + k, *group[name].shape[1:]))
+    for i, r in enumerate(results):
+        group["data"][n + i] = r.data
+        group["valid"][n + i] = r.valid
+    _write_times(path, group["time"], n, [r.date for r in results])
+    with _no_consolidation_warning():
+        zarr.consolidate_metadata(str(path))
+
+
+class _CubeState:
+    """The cube's manifest as mutable bookkeeping: read, updated by one part, written back."""
+
+    def __init__(self, catalog: Catalog, cube: str, grid: Grid | None) -> None:
+        self.catalog, self.cube = catalog, cube
         self.spec = catalog.cube(cube)
         self.path = catalog.cube_path(cube)
+        manifest = read_manifest(self.path)
         outputs = manifest.outputs if manifest else {}
         self.scenes: dict[str, Any] = dict(outputs.get("scenes", {}))
         self.quarantine: dict[str, Any] = dict(outputs.get("quarantine", {}))
         self.dates: list[str] = list(outputs.get("dates", []))
         self.steps = int(outputs.get("time_steps", 0))
-        self.grid: Grid | None = grid_of_cube(self.path) if manifest else None
-        self.bands = [b.name for b in catalog.source(self.spec.sources[0]).bands]
+        self.grid = grid
 
-    def _write_manifest(self) -> None:
+    def save(self) -> None:
         assert self.grid is not None
         write_manifest(self.path, _cube_manifest(
             self.cube, self.spec, self.scenes, self.quarantine, self.dates, self.steps, self.grid))
 
-    def record_quarantine(self, rows: Sequence[dict[str, Any]], *, save: bool = False) -> None:
-        _record_quarantine(self.quarantine, rows)
-        self.report.quarantined += rows
-        if save and rows and self.path.exists() and self.grid is not None:
-            self._write_manifest()
-
-    def commit(self, results: Sequence[DateResult], bad: Sequence[dict[str, Any]]) -> None:
-        """Append (or create the cube with) ``results``; then the manifest, atomically."""
-        self.record_quarantine(bad)
-        if not results:
-            if bad and self.path.exists():
-                self._write_manifest()
-            return
-        assert self.grid is not None
-        if not self.path.exists():
-            self._create(results)
-        else:
-            newest = pd.Timestamp(self.dates[-1]).to_pydatetime() if self.dates else None
-            if newest is not None and results[0].date < newest:
-                log.warning("cube %s: %s is older than the newest date in the cube; appended after it "
-                            "(sort by time when reading: ds.sortby('time'))", self.cube, results[0].date.date())
-            _append(self.path, results)
-        for r in results:
-            day = r.date.date().isoformat()
-            self.dates.append(day)
-            self.report.dates_added.append(day)
-            for ref in r.scenes:
-                self.scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": self.steps}
-                self.quarantine.pop(ref.id, None)
-                self.report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
-            self.steps += 1
-        self._write_manifest()
-
-    def _create(self, results: Sequence[DateResult]) -> None:
+    def create(self, results: Sequence[DateResult], report: IngestReport) -> None:
         assert self.grid is not None
         layers, bad_static = static_layers(self.catalog, self.spec, self.grid)
-        self.report.quarantined += bad_static
+        report.quarantined += bad_static
         attrs = {
             "title": f"fusioncube cube {self.cube}",
             "Conventions": "CF-1.8",
@@ -577,8 +737,103 @@ class _CubeWriter:
             "catalog": str(self.catalog.path) if self.catalog.path else "",
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        _create_cube(self.path, _dates_dataset(results, self.grid, self.bands), self.grid, layers, self.spec, attrs)
-        self.report.created = True
+        bands = [b.name for b in self.catalog.source(self.spec.sources[0]).bands]
+        _create_cube(self.path, _dates_dataset(results, self.grid, bands), self.grid, layers, self.spec, attrs)
+        report.created = True
+
+
+def _part_results(part: Path, dates: Sequence[datetime], scenes: Sequence[list[SceneRef]]) -> list[DateResult]:
+    src = zarr.open_group(str(part), mode="r")
+    data, valid = src["data"][:], src["valid"][:]
+    return [DateResult(d, data[i], valid[i], list(s)) for i, (d, s) in enumerate(zip(dates, scenes, strict=True))]
+
+
+def attach_part(catalog: Catalog, cube: str, plan: IngestPlan, part: dict[str, Any], done: dict[str, Any]) -> IngestReport:
+    """Attach one written part to the cube (creating the cube from the first one), record its
+    scenes and quarantined files in the manifest, then delete the part.
+
+    Parts must be attached in plan order. Crash-safe: the time steps are written first, the
+    manifest after (a kill in between leaves steps that the next plan cuts), the part last.
+    """
+    report = IngestReport(cube=cube, path=plan.path)
+    state = _CubeState(catalog, cube, plan.grid)
+    refs = {r["path"] + f"#{r['time_index']}": _ref_from_dict(r) for g in part["scenes"] for r in g}
+    by_id = {ref.id: ref for ref in refs.values()}
+    _record_quarantine(state.quarantine, done["quarantined"])
+    report.quarantined += done["quarantined"]
+    report.bytes_decoded += int(done.get("bytes_decoded", 0))
+    dates = [datetime.fromisoformat(d) for d in done["dates"]]
+    scenes = [[by_id[i] for i in ids] for ids in done["scenes"]]
+    store = Path(done["path"])
+    if dates:
+        if not state.path.exists():
+            state.create(_part_results(store, dates, scenes), report)
+        else:
+            newest = pd.Timestamp(state.dates[-1]).to_pydatetime() if state.dates else None
+            if newest is not None and dates[0] < newest:
+                log.warning("cube %s: %s is older than the newest date in the cube; appended after it "
+                            "(sort by time when reading: ds.sortby('time'))", cube, dates[0].date())
+            _attach_store(state.path, store, dates)
+        for d, refs_of_day in zip(dates, scenes, strict=True):
+            day = d.date().isoformat()
+            state.dates.append(day)
+            report.dates_added.append(day)
+            for ref in refs_of_day:
+                state.scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": state.steps}
+                state.quarantine.pop(ref.id, None)
+                report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
+            state.steps += 1
+    if state.path.exists():
+        state.save()
+    report.time_steps = state.steps
+    _remove_part(store)
+    return report
+
+
+def _remove_part(store: Path) -> None:
+    shutil.rmtree(store, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        manifest_path(store).unlink()
+
+
+def finish_ingest(catalog: Catalog, cube: str, plan: IngestPlan, reports: Sequence[IngestReport],
+                  seconds: float = 0.0) -> IngestReport:
+    """Merge the parts' reports; record what discovery quarantined; drop parts a killed run left
+    whose scenes are all in the cube now."""
+    state = _CubeState(catalog, cube, plan.grid)
+    report = IngestReport(cube=cube, path=plan.path, skipped=list(plan.skipped))
+    _record_quarantine(state.quarantine, plan.quarantined)
+    report.quarantined += plan.quarantined
+    if plan.quarantined and state.path.exists() and state.grid is not None:
+        state.save()
+    for r in reports:
+        report.created |= r.created
+        report.dates_added += r.dates_added
+        report.ingested += r.ingested
+        report.quarantined += r.quarantined
+        report.bytes_decoded += r.bytes_decoded
+    report.time_steps = state.steps
+    report.seconds = seconds
+    live = {p["id"] for p in plan.parts}
+    folder = parts_dir(plan.path)
+    if folder.exists():
+        for leftover in folder.glob("*.zarr.manifest.json"):
+            part_id = leftover.name.removesuffix(".zarr.manifest.json")
+            if part_id in live:
+                continue
+            m = read_manifest(folder / f"{part_id}.zarr")
+            if m is not None and all(s in state.scenes for ids in m.outputs.get("scenes", []) for s in ids):
+                _remove_part(folder / f"{part_id}.zarr")
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+    for q in report.quarantined:
+        log.warning("quarantined %s: %s", q["scene"], q["reason"])
+    log.info(
+        "cube %s: %d scene(s) ingested into %d new date(s), %d skipped, %d quarantined; %d time steps",
+        cube, len(report.ingested), len(report.dates_added), len(report.skipped), len(report.quarantined),
+        report.time_steps,
+    )
+    return report
 
 
 def ingest_cube(
@@ -588,13 +843,14 @@ def ingest_cube(
     start: date | None = None,
     end: date | None = None,
     workers: int = 2,
-    dates_per_group: int | None = None,
+    dates_per_part: int | None = None,
     on_group: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
-    """Ingest the new scenes of ``cube``'s sources: create the cube or append to it.
+    """Ingest the new scenes of ``cube``'s sources in this process: create the cube or append.
 
-    Groups of dates are read, validated and warped on ``workers`` threads while the previous group
-    is written, so at most two groups are in memory.
+    ``workers`` parts are read, validated, warped and written at once on threads and attached in
+    date order as they finish, so at most ``workers`` parts are in memory. (The pipeline flow
+    runs the same steps as tasks on Dask workers.)
 
     Parameters
     ----------
@@ -603,62 +859,30 @@ def ingest_cube(
     start, end
         Only scenes dated within [start, end] (inclusive), e.g. for a backfill.
     workers
-        Threads reading and warping scenes in parallel.
-    dates_per_group
-        Dates per group (default: the cube's time chunk, at least ``workers``).
+        Parts processed at once.
+    dates_per_part
+        Dates per part (default: the cube's time chunk).
     on_group
-        Called as ``on_group(scenes_done, scenes_total)`` after each group is written (progress).
+        Called as ``on_group(scenes_done, scenes_total)`` after each part is attached (progress).
     """
     t0 = timer.perf_counter()
-    spec = catalog.cube(cube)
-    path = catalog.cube_path(cube)
-    report = IngestReport(cube=cube, path=str(path))
-    manifest = read_manifest(path)
-    if path.exists() and manifest is None:
-        raise CubeSchemaError(
-            f"{path}: a store is there but no {path.name}.manifest.json: it was not made by "
-            "fusioncube ingest, or a run was killed while creating it; move it away or set cubes."
-            f"{cube}.path to another location"
-        )
-    if manifest is not None:
-        truncate_to_manifest(path, manifest)
-    plan = plan_ingest(catalog, cube, start=start, end=end)
-    report.skipped += plan.skipped
-    writer = _CubeWriter(catalog, cube, manifest, report)
-    writer.record_quarantine(plan.quarantined, save=not plan.new)
-    if writer.grid is None and plan.new:
-        writer.grid = cube_grid(spec, [r for g in plan.new for r in g], name=cube)
-    specs = {s: catalog.source(s) for s in spec.sources}
-    per_group = dates_per_group or max(spec.chunks.time, workers)
-    total = sum(len(g) for g in plan.new)
-    done = 0
-    with ThreadPoolExecutor(1, thread_name_prefix="cube-writer") as pool:
-        pending: Future[None] | None = None
-        for i in range(0, len(plan.new), per_group):
-            groups = plan.new[i : i + per_group]
-            assert writer.grid is not None
-            results, bad, nbytes = process_dates(groups, specs, writer.grid, workers=workers)
-            report.bytes_decoded += nbytes
-            if pending is not None:
-                pending.result()  # the previous group is on disk (or its error is raised here)
+    plan = plan_parts(catalog, cube, start=start, end=end, dates_per_part=dates_per_part)
+    reports: list[IngestReport] = []
+    total, done = plan.scenes, 0
+    assert plan.grid is not None or not plan.parts
+    with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="ingest-part") as pool:
+        futures = [pool.submit(write_part, catalog, cube, p, plan.grid, workers=1) for p in plan.parts]
+        try:
+            for part, fut in zip(plan.parts, futures, strict=True):
+                reports.append(attach_part(catalog, cube, plan, part, fut.result()))
+                done += sum(len(g) for g in part["scenes"])
                 if on_group is not None:
                     on_group(done, total)
-            pending = pool.submit(writer.commit, results, bad)
-            done += sum(len(g) for g in groups)
-        if pending is not None:
-            pending.result()
-            if on_group is not None:
-                on_group(done, total)
-    report.time_steps = writer.steps
-    report.seconds = timer.perf_counter() - t0
-    for q in report.quarantined:
-        log.warning("quarantined %s: %s", q["scene"], q["reason"])
-    log.info(
-        "cube %s: %d scene(s) ingested into %d new date(s), %d skipped, %d quarantined; %d time steps",
-        cube, len(report.ingested), len(report.dates_added), len(report.skipped), len(report.quarantined),
-        writer.steps,
-    )
-    return report
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return finish_ingest(catalog, cube, plan, reports, timer.perf_counter() - t0)
 
 
 # -- Prefect tasks (thin wrappers: paths and small dicts in, small dicts out) -------------------
