@@ -2,6 +2,8 @@
 
     fusioncube demo [--out DIR] [--size small|demo|bench]
     fusioncube ingest PATH_OR_GLOB... --out cube.zarr [--crs CRS] [--resolution R]
+    fusioncube run planet [--catalog data_catalog.yaml] [--dask-address tcp://host:8786]
+    fusioncube backfill planet --start 2019-01-01 --end 2019-12-31 [--concurrency 4]
     fusioncube stage patch --cube IN.zarr --out OUT.zarr [--size 32] [--stride S]
     fusioncube catalog check [data_catalog.yaml]
     fusioncube bench realism|ingest --out FILE.json [--quick]
@@ -16,8 +18,11 @@ import logging
 import os
 import sys
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
+
+from tasks.errors import CatalogError, CubeSchemaError
 
 __all__ = ["STAGE_MODULES", "main"]
 
@@ -57,10 +62,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"    quick-look         {products['quicklooks'][cube]}")
     for cube, info in products["patches"].items():
         print(f"  patches {cube:<12} {info['path']}  {info.get('patches', '')}")
-    for cube, info in products.get("filled", {}).items():
-        print(f"  gap-filled {cube:<9} {info['path']}")
-    for cube, info in products.get("anomalies", {}).items():
-        print(f"  anomalies {cube:<10} {info['path']}  ({info.get('flagged', '?')} flagged)")
+    for cube, stages in products.get("stages", {}).items():
+        for name, info in stages.items():
+            extra = f"  ({info['flagged']} flagged)" if "flagged" in info else ""
+            print(f"  {name} {cube:<{19 - len(name)}} {info['path']}{extra}")
     print("Open a cube with: python -c \"import xarray as xr; print(xr.open_zarr('"
           f"{next(iter(products['cubes'].values()))}'))\"")
     return 0
@@ -90,6 +95,30 @@ def _print_report(report: dict[str, Any]) -> None:
         print(f"  skipped {s['scene']}: {s['reason']}")
     if report.get("quicklook"):
         print(f"quick-look: {report['quicklook']}")
+
+
+def _dates(args: argparse.Namespace) -> tuple[date | None, date | None]:
+    try:
+        return (date.fromisoformat(args.start) if args.start else None,
+                date.fromisoformat(args.end) if args.end else None)
+    except ValueError as exc:
+        raise CatalogError(f"--start/--end must be dates like 2019-07-01: {exc}") from exc
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import run_pipeline
+
+    start, end = _dates(args)
+    stages = None if args.stages is None else [s for s in args.stages.split(",") if s]
+    products = run_pipeline(args.catalog, args.cube, start=start, end=end, stages=stages,
+                            dask_address=args.dask_address, workers=args.workers,
+                            backfill=args.command == "backfill", concurrency=args.concurrency)
+    print(products["summary"]["headline"])
+    for w in products["summary"]["warnings"]:
+        print(f"  warning: {w}")
+    for name, r in products["stages"].items():
+        print(f"  {name:<10} {products['summary']['stages'][name]:<7} {r.get('artifact', '')}")
+    return 0
 
 
 def _cmd_stage_patch(args: argparse.Namespace) -> int:
@@ -170,6 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     for module in STAGE_MODULES:
         importlib.import_module(module).add_cli(ss)
 
+    for name, help_ in (("run", "the pipeline for one cube: new scenes -> cube -> patches -> its stages (Dask)"),
+                        ("backfill", "ingest an archive's date range in parallel (resumable), then the stages")):
+        r = sub.add_parser(name, help=help_)
+        r.add_argument("cube", help="cube name in the catalog")
+        r.add_argument("--catalog", default="data_catalog.yaml")
+        r.add_argument("--start", default=None, help="first date (YYYY-MM-DD) of scenes to take")
+        r.add_argument("--end", default=None, help="last date (YYYY-MM-DD) of scenes to take")
+        r.add_argument("--stages", default=None, help="comma-separated stages (default: the catalog's for the cube)")
+        r.add_argument("--dask-address", default=None, help="existing Dask scheduler (default: a local cluster)")
+        r.add_argument("--workers", type=int, default=None, help="local Dask workers (default: cores)")
+        r.add_argument("--concurrency", type=int, default=4, help="ingest parts in flight at once (default 4)")
+        r.set_defaults(func=_cmd_run)
+
     c = sub.add_parser("catalog", help="catalog tools")
     cs = c.add_subparsers(dest="catalog_command", required=True)
     cc = cs.add_parser("check", help="validate a catalog and say what it defines")
@@ -183,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", choices=["quick", "default"], default="default",
                    help="benchmark size: 'default' (minutes) or 'quick' (CI-sized)")
     b.set_defaults(func=_cmd_bench)
+
     return p
 
 
@@ -193,8 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tasks.errors import CatalogError, CubeSchemaError
-
     try:
         return int(args.func(args) or 0)
     except (CatalogError, CubeSchemaError, FileNotFoundError, FileExistsError) as exc:

@@ -1,4 +1,4 @@
-"""The main job: generate the built-in sample area, ingest it, patch it, run every stage so far."""
+"""The main job: generate the built-in sample area, then run the pipeline on each of its cubes."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.ingest import ingest_steps
-from tasks.anomalies import anomalies_key, anomalies_task
+from flows.pipeline import pipeline_steps
 from tasks.catalog import load_catalog
 from tasks.checkpoint import read_manifest, reusable
-from tasks.gapfill import gapfill_key, gapfill_task
 from tasks.ingest import plan_ingest
-from tasks.patch import fit_patch_size, patch_key, patch_task
+from tasks.patch import fit_patch_size, patch_key
 from tasks.sample_area_task import discard_cube_task, sample_area_current, sample_area_task
+from tasks.stages import STAGES, stage_current
 
 __all__ = ["demo_flow", "demo_up_to_date", "DEFAULT_CATALOG", "DEMO_CUBES"]
 
@@ -27,6 +26,10 @@ def demo_env(out_dir: Path) -> dict[str, str]:
     return {"FUSIONCUBE_SAMPLE": str(out_dir / "sample"), "FUSIONCUBE_DATA": str(out_dir)}
 
 
+def _products(sample: dict[str, Any]) -> dict[str, Any]:
+    return {"sample": sample, "cubes": {}, "patches": {}, "quicklooks": {}, "stages": {}, "summaries": {}}
+
+
 @flow(name="fusioncube-demo", log_prints=False)
 def demo_flow(
     out_dir: str = "fusioncube-demo",
@@ -35,7 +38,8 @@ def demo_flow(
     catalog_path: str | None = None,
     progress_bar: bool = False,
 ) -> dict[str, Any]:
-    """Sample area -> Planet cube (with NLCD land cover) and MODIS LST cube -> patches."""
+    """Sample area -> for each cube (Planet with NLCD land cover, MODIS LST): the pipeline steps
+    (ingest, patch, the stages its catalog entry enables) in this one flow run."""
     logger = get_run_logger()
     out = Path(out_dir).resolve()
     catalog_file = str(catalog_path or DEFAULT_CATALOG)
@@ -45,24 +49,18 @@ def demo_flow(
     if not sample["reused"]:
         for cube in DEMO_CUBES:  # built from a sample area that is gone: start them afresh
             discard_cube_task(str(catalog.cube_path(cube)), str(catalog.stage_dir(cube)))
-    products: dict[str, Any] = {"sample": sample, "cubes": {}, "patches": {}, "quicklooks": {}, "anomalies": {}, "filled": {}}
+    products = _products(sample)
     for cube in DEMO_CUBES:
-        report = ingest_steps(catalog_file, cube, env=env, progress_bar=progress_bar)
-        products["cubes"][cube] = report["path"]
-        products["quicklooks"][cube] = report.get("quicklook")
-        patches = catalog.stage_dir(cube) / "patches.zarr"
-        params = catalog.patch_params(cube).model_dump()
-        manifest = patch_task(report["path"], str(patches), **params, overwrite=True)
-        products["patches"][cube] = {"path": str(patches), **manifest.get("outputs", {})}
-        if "anomalies" in catalog.cube(cube).stages:
-            out_anom = catalog.stage_dir(cube) / "anomalies.zarr"
-            found = anomalies_task(report["path"], str(out_anom), **catalog.stages.anomalies.model_dump(),
-                                   overwrite=True)
-            products["anomalies"][cube] = {"path": str(out_anom), **found.get("stats", {})}
-        if "gapfill" in catalog.cube(cube).stages:
-            out_fill = catalog.stage_dir(cube) / "filled.zarr"
-            done = gapfill_task(report["path"], str(out_fill), **catalog.stages.gapfill.model_dump(), overwrite=True)
-            products["filled"][cube] = {"path": str(out_fill), "quicklook": done.get("quicklook")}
+        run = pipeline_steps(catalog_file, cube, env=env, progress_bar=progress_bar)
+        products["cubes"][cube] = run["path"]
+        products["quicklooks"][cube] = run["ingest"].get("quicklook")
+        stages = dict(run["stages"])
+        patch = stages.pop("patch", {})
+        products["patches"][cube] = {"path": patch.get("artifact"), **patch.get("outputs", {})}
+        products["stages"][cube] = {name: {"path": r.get("artifact"), "quicklook": r.get("quicklook"),
+                                           **r.get("stats", {})} for name, r in stages.items()}
+        products["summaries"][cube] = run["summary"]["headline"]
+        logger.info("%s", run["summary"]["headline"])
     logger.info("demo products under %s", out)
     return products
 
@@ -78,8 +76,7 @@ def demo_up_to_date(
     if not sample_area_current(out / "sample", size=size, seed=seed):
         return None
     catalog = load_catalog(str(catalog_path or DEFAULT_CATALOG), env=demo_env(out))
-    products: dict[str, Any] = {"sample": {"path": str(out / "sample"), "reused": True},
-                                "cubes": {}, "patches": {}, "quicklooks": {}, "anomalies": {}, "filled": {}}
+    products = _products({"path": str(out / "sample"), "reused": True})
     for cube in DEMO_CUBES:
         path = catalog.cube_path(cube)
         quicklook = path.with_name(path.stem + "_newest.png")
@@ -95,21 +92,13 @@ def demo_up_to_date(
         manifest = reusable(patches, key)
         if manifest is None:
             return None
-        if "anomalies" in catalog.cube(cube).stages:
-            out_anom = catalog.stage_dir(cube) / "anomalies.zarr"
-            a = catalog.stages.anomalies
-            key, _ = anomalies_key(path, bits=a.bits, band=a.band, lam=a.lam, tile=a.tile, k=a.k)
-            found = reusable(out_anom, key)
+        products["stages"][cube] = {}
+        for name in catalog.cube(cube).stages:
+            found = stage_current(catalog, cube, name)
             if found is None:
                 return None
-            products["anomalies"][cube] = {"path": str(out_anom), **found.stats}
-        if "gapfill" in catalog.cube(cube).stages:
-            out_fill = catalog.stage_dir(cube) / "filled.zarr"
-            m = read_manifest(out_fill)
-            wanted = catalog.stages.gapfill.model_dump()
-            if m is None or m.key != gapfill_key(path, m.params)[0] or any(m.params.get(k) != v for k, v in wanted.items()):
-                return None
-            products["filled"][cube] = {"path": str(out_fill)}
+            out_path = catalog.stage_dir(cube) / STAGES[name].output
+            products["stages"][cube][name] = {"path": str(out_path), **found.stats}
         products["cubes"][cube] = str(path)
         products["quicklooks"][cube] = str(quicklook)
         products["patches"][cube] = {"path": str(patches), **manifest.outputs}

@@ -287,6 +287,17 @@ class Storage(_Strict):
     artifacts: str | None = None
 
 
+class Orchestration(_Strict):
+    """Where the pipeline's tasks run: a local Dask cluster (default) or an existing one."""
+
+    dask_address: str | None = Field(
+        default=None, description="scheduler address, e.g. tcp://10.0.0.5:8786 (env FUSIONCUBE_DASK_ADDRESS wins)"
+    )
+    workers: int | None = Field(default=None, ge=1, le=512, description="local cluster workers (default: cores)")
+    concurrency: int = Field(default=4, ge=1, le=1024, description="ingest parts in flight at once")
+    schedule: str = Field(default="0 * * * *", description="cron of the scheduled new-scene run")
+
+
 class Catalog(_Strict):
     """The whole catalog, validated. ``path`` is the file it was read from."""
 
@@ -294,6 +305,7 @@ class Catalog(_Strict):
     cubes: dict[str, CubeSpec]
     stages: Stages = Stages()
     storage: Storage = Storage()
+    orchestration: Orchestration = Orchestration()
     path: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")

@@ -80,6 +80,8 @@ class IngestReport:
     time_steps: int = 0
     seconds: float = 0.0
     bytes_decoded: int = 0
+    parts: int = 0
+    parts_reused: int = 0  # finished by an earlier, interrupted run and not redone
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per scene: status, date, reason: the operator's table."""
@@ -547,6 +549,9 @@ def _check_store(path: Path, manifest: Manifest | None, cube: str) -> None:
         )
 
 
+PART_BYTES = 256 * 2**20  # a part in memory: at most this many bytes of float32 (or one date)
+
+
 def plan_parts(
     catalog: Catalog,
     cube: str,
@@ -554,9 +559,13 @@ def plan_parts(
     start: date | None = None,
     end: date | None = None,
     dates_per_part: int | None = None,
+    concurrency: int = 2,
 ) -> IngestPlan:
-    """Plan an ingest: the new scenes grouped by date, cut into parts of ``dates_per_part`` dates
-    (default: the cube's time chunk), the first one cut short so the rest start on chunk boundaries.
+    """Plan an ingest: the new scenes grouped by date, cut into parts of ``dates_per_part`` dates,
+    the first one cut short so the rest start on time-chunk boundaries.
+
+    By default a part holds about a ``2 * concurrency``-th of the new dates (few parts: each is a
+    task run), at most :data:`PART_BYTES` of data, rounded to whole time chunks.
 
     Cuts time steps a killed run left beyond the manifest, so the plan starts from a consistent cube.
     Part ids hash their scenes (name, size, mtime), the grid and the ingest code: the same new
@@ -571,8 +580,8 @@ def plan_parts(
     grid = grid_of_cube(path) if manifest is not None else None
     if grid is None and scene_plan.new:
         grid = cube_grid(spec, [r for g in scene_plan.new for r in g], name=cube)
-    size = dates_per_part or spec.chunks.time
     tc = spec.chunks.time
+    size = dates_per_part or _part_size(len(scene_plan.new), grid, catalog, spec, concurrency)
     parts: list[dict[str, Any]] = []
     i, first = 0, (tc - steps % tc) % tc or size
     code = code_version(*INGEST_MODULES)
@@ -588,6 +597,16 @@ def plan_parts(
         parts.append({"id": f"{day}-{digest}", "scenes": scenes})
         i += n
     return IngestPlan(cube, str(path), grid, parts, scene_plan.skipped, scene_plan.quarantined, steps)
+
+
+def _part_size(dates: int, grid: Grid | None, catalog: Catalog, spec: CubeSpec, concurrency: int) -> int:
+    tc = spec.chunks.time
+    if grid is None or dates == 0:
+        return tc
+    bands = len(catalog.source(spec.sources[0]).bands)
+    cap = max(1, PART_BYTES // (bands * grid.width * grid.height * 4))
+    size = max(1, min(-(-dates // (2 * max(concurrency, 1))), cap))
+    return max(tc, -(-size // tc) * tc)
 
 
 def _encoding(spec: CubeSpec, grid: Grid, bands: int, layers: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
@@ -748,20 +767,20 @@ def _part_results(part: Path, dates: Sequence[datetime], scenes: Sequence[list[S
     return [DateResult(d, data[i], valid[i], list(s)) for i, (d, s) in enumerate(zip(dates, scenes, strict=True))]
 
 
-def attach_part(catalog: Catalog, cube: str, plan: IngestPlan, part: dict[str, Any], done: dict[str, Any]) -> IngestReport:
+def attach_part(catalog: Catalog, cube: str, part: dict[str, Any], done: dict[str, Any], *, grid: Grid | None) -> IngestReport:
     """Attach one written part to the cube (creating the cube from the first one), record its
     scenes and quarantined files in the manifest, then delete the part.
 
     Parts must be attached in plan order. Crash-safe: the time steps are written first, the
     manifest after (a kill in between leaves steps that the next plan cuts), the part last.
     """
-    report = IngestReport(cube=cube, path=plan.path)
-    state = _CubeState(catalog, cube, plan.grid)
-    refs = {r["path"] + f"#{r['time_index']}": _ref_from_dict(r) for g in part["scenes"] for r in g}
-    by_id = {ref.id: ref for ref in refs.values()}
+    state = _CubeState(catalog, cube, grid)
+    report = IngestReport(cube=cube, path=str(state.path))
+    by_id = {ref.id: ref for ref in (_ref_from_dict(r) for g in part["scenes"] for r in g)}
     _record_quarantine(state.quarantine, done["quarantined"])
     report.quarantined += done["quarantined"]
     report.bytes_decoded += int(done.get("bytes_decoded", 0))
+    report.parts, report.parts_reused = 1, int(bool(done.get("reused")))
     dates = [datetime.fromisoformat(d) for d in done["dates"]]
     scenes = [[by_id[i] for i in ids] for ids in done["scenes"]]
     store = Path(done["path"])
@@ -812,6 +831,8 @@ def finish_ingest(catalog: Catalog, cube: str, plan: IngestPlan, reports: Sequen
         report.ingested += r.ingested
         report.quarantined += r.quarantined
         report.bytes_decoded += r.bytes_decoded
+        report.parts += r.parts
+        report.parts_reused += r.parts_reused
     report.time_steps = state.steps
     report.seconds = seconds
     live = {p["id"] for p in plan.parts}
@@ -866,7 +887,7 @@ def ingest_cube(
         Called as ``on_group(scenes_done, scenes_total)`` after each part is attached (progress).
     """
     t0 = timer.perf_counter()
-    plan = plan_parts(catalog, cube, start=start, end=end, dates_per_part=dates_per_part)
+    plan = plan_parts(catalog, cube, start=start, end=end, dates_per_part=dates_per_part, concurrency=workers)
     reports: list[IngestReport] = []
     total, done = plan.scenes, 0
     assert plan.grid is not None or not plan.parts
@@ -874,7 +895,7 @@ def ingest_cube(
         futures = [pool.submit(write_part, catalog, cube, p, plan.grid, workers=1) for p in plan.parts]
         try:
             for part, fut in zip(plan.parts, futures, strict=True):
-                reports.append(attach_part(catalog, cube, plan, part, fut.result()))
+                reports.append(attach_part(catalog, cube, part, fut.result(), grid=plan.grid))
                 done += sum(len(g) for g in part["scenes"])
                 if on_group is not None:
                     on_group(done, total)
@@ -892,9 +913,7 @@ from prefect import get_run_logger, task  # noqa: E402
 from prefect.artifacts import (  # noqa: E402
     create_image_artifact,
     create_markdown_artifact,
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NONE as NO_CACHE  # noqa: E402
 
@@ -913,42 +932,52 @@ def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io_error,
-      cache_policy=NO_CACHE)
-def ingest_task(
+@task(name="plan-ingest", cache_policy=NO_CACHE)
+def plan_ingest_task(
     catalog_path: str,
     cube: str,
     start: date | None = None,
     end: date | None = None,
     env: dict[str, str] | None = None,
-    workers: int = 2,
-    progress_bar: bool = False,
+    dates_per_part: int | None = None,
+    concurrency: int = 2,
 ) -> dict[str, Any]:
-    """Ingest the new scenes of one cube; returns the report as a dict."""
-    logger = get_run_logger()
+    """The new scenes of one cube cut into parts (``IngestPlan.to_dict()``)."""
+    plan = plan_parts(load_catalog(catalog_path, env=env), cube, start=start, end=end,
+                      dates_per_part=dates_per_part, concurrency=concurrency)
+    get_run_logger().info("cube %s: %d new scene(s) in %d part(s), %d skipped, %d quarantined at discovery",
+                          cube, plan.scenes, len(plan.parts), len(plan.skipped), len(plan.quarantined))
+    return plan.to_dict()
+
+
+@task(name="ingest-part", task_run_name="ingest-part-{part[id]}", retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=retry_on_io_error, cache_policy=NO_CACHE)
+def write_part_task(
+    catalog_path: str, cube: str, part: dict[str, Any], grid: dict[str, Any], env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Read, validate, warp and write one part (runs on any Dask worker)."""
+    return write_part(load_catalog(catalog_path, env=env), cube, part, grid_from_dict(grid))
+
+
+@task(name="attach-part", task_run_name="attach-part-{part[id]}", cache_policy=NO_CACHE)
+def attach_part_task(
+    catalog_path: str, cube: str, part: dict[str, Any], done: dict[str, Any], grid: dict[str, Any] | None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Attach one written part to the cube, in date order."""
     catalog = load_catalog(catalog_path, env=env)
-    progress_id = create_progress_artifact(0.0, key=artifact_key(f"ingest-progress-{cube}"),
-                                           description=f"ingest of cube {cube}")
-    bar = None
-    if progress_bar:
-        from tqdm import tqdm
+    return attach_part(catalog, cube, part, done, grid=grid_from_dict(grid) if grid else None).to_dict()
 
-        bar = tqdm(total=0, unit="scene", desc=f"ingest {cube}")
 
-    def on_group(done: int, total: int) -> None:
-        logger.info("cube %s: %d/%d new scenes processed", cube, done, total)
-        update_progress_artifact(progress_id, 100.0 * done / max(total, 1))
-        if bar is not None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-    report = ingest_cube(catalog, cube, start=start, end=end, workers=workers, on_group=on_group)
-    if bar is not None:
-        bar.close()
-    update_progress_artifact(progress_id, 100.0)
-    if not report.ingested:
-        logger.info("cube %s: nothing new to ingest (%d time steps)", cube, report.time_steps)
+@task(name="finish-ingest", cache_policy=NO_CACHE)
+def finish_ingest_task(
+    catalog_path: str, cube: str, plan: dict[str, Any], reports: list[dict[str, Any]], seconds: float,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Merge the parts' reports into the run's ingest report."""
+    report = finish_ingest(load_catalog(catalog_path, env=env), cube, IngestPlan.from_dict(plan),
+                           [IngestReport(**r) for r in reports], seconds)
+    logger = get_run_logger()
     for q in report.quarantined:
         logger.warning("quarantined %s: %s", q["scene"], q["reason"])
     return report.to_dict()

@@ -1,0 +1,137 @@
+"""The pipeline: one flow run per cube, on Dask.
+
+    ingest new scenes (plan -> parts on Dask workers -> validate with Great Expectations -> warp
+    -> attach in date order) -> patch -> the stages the catalog enables -> operator summary
+
+Patching and the stages read the cube, not each other, so they run concurrently. Every step is a
+checkpointed task: a finished artifact whose manifest matches its inputs, parameters and code is
+reused, so a run with nothing new finishes in seconds and says so.
+
+The task runner is a local Dask cluster by default; a scheduler address in the environment
+(``FUSIONCUBE_DASK_ADDRESS``) or the catalog (``orchestration.dask_address``) sends the tasks to an
+existing cluster instead. Nothing assumes the tasks run in this process: they get paths and small
+dicts, and write to the storage root that every worker sees.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
+from prefect_dask import DaskTaskRunner
+
+from flows.ingest import ingest_steps
+from tasks.catalog import Catalog, load_catalog
+from tasks.patch import patch_task
+from tasks.pipeline_report import publish_pipeline_task
+from tasks.stages import STAGES, stage_params
+
+__all__ = ["dask_task_runner", "pipeline_flow", "pipeline_steps", "run_pipeline"]
+
+DASK_ADDRESS_ENV = "FUSIONCUBE_DASK_ADDRESS"
+
+
+def dask_task_runner(
+    catalog: Catalog | None = None, *, address: str | None = None, workers: int | None = None
+) -> DaskTaskRunner:
+    """Prefect's Dask task runner: an existing cluster when an address is given (argument, then
+    ``FUSIONCUBE_DASK_ADDRESS``, then the catalog's ``orchestration.dask_address``), else a local
+    cluster of ``workers`` single-threaded processes (default: the catalog's, else the cores)."""
+    orch = catalog.orchestration if catalog is not None else None
+    address = address or os.environ.get(DASK_ADDRESS_ENV) or (orch.dask_address if orch else None)
+    if address:
+        return DaskTaskRunner(address=address)
+    n = workers or (orch.workers if orch else None) or os.cpu_count() or 1
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+def pipeline_steps(
+    catalog_path: str,
+    cube: str,
+    start: date | None = None,
+    end: date | None = None,
+    stages: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    concurrency: int | None = None,
+    progress_bar: bool = False,
+) -> dict[str, Any]:
+    """The pipeline's tasks for one cube, for use inside any flow. Returns the products."""
+    started = datetime.now(UTC)
+    catalog = load_catalog(catalog_path, env=env)
+    spec = catalog.cube(cube)
+    chosen = list(spec.stages) if stages is None else list(stages)
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown:
+        raise ValueError(f"stages {unknown} are not pipeline stages; choose from {sorted(STAGES)}")
+    inflight = concurrency or catalog.orchestration.concurrency
+    report = ingest_steps(catalog_path, cube, start, end, env, concurrency=inflight, progress_bar=progress_bar)
+    products: dict[str, Any] = {"cube": cube, "path": report["path"], "ingest": report, "stages": {}}
+    if report["time_steps"]:
+        folder = catalog.stage_dir(cube)
+        futures: dict[str, PrefectFuture[dict[str, Any]]] = {
+            "patch": patch_task.submit(report["path"], str(folder / "patches.zarr"),
+                                       **catalog.patch_params(cube).model_dump(), overwrite=True),
+        }
+        for name in chosen:
+            stage = STAGES[name]
+            futures[name] = stage.task.submit(report["path"], str(folder / stage.output),
+                                              **stage_params(catalog, name), overwrite=True)
+        for name, fut in futures.items():
+            state = fut.wait() or fut.state
+            if state.is_completed():
+                products["stages"][name] = fut.result()
+            else:
+                products["stages"][name] = {"error": str(state.message or state.name)}
+    products["summary"] = publish_pipeline_task(products, started.isoformat())
+    failed = [n for n, r in products["stages"].items() if "error" in r]
+    if failed:
+        raise RuntimeError(f"cube {cube}: stage(s) {failed} failed; the others finished (see the summary)")
+    return products
+
+
+@flow(name="fusioncube-pipeline", task_runner=dask_task_runner(), log_prints=False)
+def pipeline_flow(
+    catalog_path: str = "data_catalog.yaml",
+    cube: str = "planet",
+    start: date | None = None,
+    end: date | None = None,
+    stages: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """New scenes of ``cube`` -> cube -> patches -> the enabled stages (default: the catalog's
+    ``cubes.<cube>.stages``), each a checkpointed task, stages running concurrently on Dask."""
+    load_catalog(catalog_path, env=env).cube(cube)  # a malformed catalog stops here, before any task
+    products = pipeline_steps(catalog_path, cube, start, end, stages, env)
+    get_run_logger().info("%s", products["summary"]["headline"])
+    return products
+
+
+def run_pipeline(
+    catalog_path: str | Path,
+    cube: str,
+    *,
+    start: date | None = None,
+    end: date | None = None,
+    stages: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    dask_address: str | None = None,
+    workers: int | None = None,
+    backfill: bool = False,
+    concurrency: int = 4,
+) -> dict[str, Any]:
+    """Run the pipeline (or backfill) flow for one cube on the Dask cluster the arguments, the
+    environment or the catalog name (see :func:`dask_task_runner`)."""
+    catalog = load_catalog(catalog_path, env=env)
+    runner = dask_task_runner(catalog, address=dask_address, workers=workers)
+    if backfill:
+        from flows.backfill import backfill_flow
+
+        return backfill_flow.with_options(task_runner=runner)(
+            str(catalog_path), cube, start, end, concurrency, stages, env)
+    return pipeline_flow.with_options(task_runner=runner)(str(catalog_path), cube, start, end, stages, env)

@@ -1,0 +1,84 @@
+"""The operator's summary of one pipeline run: scenes, stages run or reused, figures, warnings,
+links to the products (a markdown artifact in the Prefect UI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE as NO_CACHE
+
+from tasks.quicklook import artifact_key
+
+__all__ = ["pipeline_summary", "publish_pipeline_task"]
+
+
+def _status(result: dict[str, Any], started: datetime) -> str:
+    if "error" in result:
+        return "FAILED"
+    created = result.get("created")
+    if not created:
+        return "ran"
+    return "ran" if datetime.fromisoformat(created) >= started.replace(microsecond=0) else "reused"
+
+
+def _figures(result: dict[str, Any], limit: int = 6) -> str:
+    figures = {**result.get("stats", {}), **{k: v for k, v in result.get("outputs", {}).items()
+                                             if isinstance(v, int | float) and not isinstance(v, bool)}}
+    shown = []
+    for k, v in figures.items():
+        if isinstance(v, float):
+            shown.append(f"{k} {v:.4g}")
+        elif isinstance(v, int | str) and len(str(v)) < 40:
+            shown.append(f"{k} {v}")
+        if len(shown) == limit:
+            break
+    return ", ".join(shown) or "-"
+
+
+def _link(path: str | None) -> str:
+    return f"[`{Path(path).name}`]({Path(path).resolve().as_uri()})" if path else "-"
+
+
+def pipeline_summary(products: dict[str, Any], started: datetime) -> dict[str, Any]:
+    """Headline, markdown and per-stage status of a pipeline run's products."""
+    ingest = products["ingest"]
+    cube = products["cube"]
+    stages = {name: _status(r, started) for name, r in products["stages"].items()}
+    new = len(ingest["ingested"])
+    if not new and all(s == "reused" for s in stages.values()):
+        headline = (f"cube {cube}: nothing new; {ingest['time_steps']} time steps, "
+                    f"all {len(stages)} stage artifact(s) reused")
+    else:
+        done = ", ".join(f"{n} {s}" for n, s in stages.items()) or "no stage"
+        headline = (f"cube {cube}: {new} new scene(s) in {len(ingest['dates_added'])} new date(s), "
+                    f"{ingest['time_steps']} time steps; {done}")
+    warnings = [f"quarantined `{q['scene']}`: {q['reason']}" for q in ingest["quarantined"]]
+    warnings += [f"stage {n} failed: {r['error']}" for n, r in products["stages"].items() if "error" in r]
+    lines = [
+        f"# Pipeline run: cube `{cube}`", "", f"**{headline}**", "",
+        "## Scenes", "",
+        f"- ingested: {new} scene(s), {len(ingest['dates_added'])} new date(s)"
+        + (f" ({ingest['dates_added'][0]} .. {ingest['dates_added'][-1]})" if ingest["dates_added"] else ""),
+        f"- skipped: {len(ingest['skipped'])}; quarantined: {len(ingest['quarantined'])}",
+        f"- cube: {_link(products['path'])} ({ingest['time_steps']} time steps)",
+        f"- quick-look of the newest date: {_link(ingest.get('quicklook'))}",
+        "", "## Stages", "", "| stage | status | figures | product | quick-look |", "|---|---|---|---|---|",
+    ]
+    for name, r in products["stages"].items():
+        lines.append(f"| {name} | {stages[name]} | {_figures(r)} | {_link(r.get('artifact'))} | "
+                     f"{_link(r.get('quicklook'))} |")
+    lines += ["", "## Warnings", ""] + ([f"- {w}" for w in warnings] or ["- none"])
+    return {"headline": headline, "markdown": "\n".join(lines) + "\n", "stages": stages, "warnings": warnings}
+
+
+@task(name="publish-pipeline-summary", cache_policy=NO_CACHE)
+def publish_pipeline_task(products: dict[str, Any], started: str) -> dict[str, Any]:
+    """Publish the run's summary as a markdown artifact; return it (headline, markdown, statuses)."""
+    summary = pipeline_summary(products, datetime.fromisoformat(started))
+    create_markdown_artifact(summary["markdown"], key=artifact_key(f"pipeline-{products['cube']}"),
+                             description=summary["headline"])
+    return summary

@@ -1,0 +1,64 @@
+"""The stages a catalog can enable on a cube, in one table (``cubes.<name>.stages``).
+
+Each entry names the stage's Prefect task, the artifact it writes in the cube's stage folder and
+how to tell whether that artifact is current for the cube and the catalog's parameters. Adding a
+stage to the pipeline is one line here (plus its parameters in ``tasks/catalog.py``).
+
+Every stage task is called as ``task(cube_path, out_path, **params, overwrite=True)`` and returns a
+dict holding its manifest fields (``key``, ``created``, ``stats``, ``outputs``) and ``artifact``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.anomalies import anomalies_key, anomalies_task
+from tasks.catalog import Catalog
+from tasks.checkpoint import Manifest, read_manifest, reusable
+from tasks.gapfill import gapfill_key, gapfill_task
+
+__all__ = ["STAGES", "Stage", "stage_current", "stage_params"]
+
+
+def _anomalies_current(cube: str, out: str, params: dict[str, Any]) -> Manifest | None:
+    key, _ = anomalies_key(cube, **params)
+    return reusable(out, key)
+
+
+def _gapfill_current(cube: str, out: str, params: dict[str, Any]) -> Manifest | None:
+    # the manifest also holds parameters the stage derives (ranks): compare the catalog's subset
+    m = read_manifest(out)
+    if m is None or not Path(out).exists() or m.key != gapfill_key(cube, m.params)[0]:
+        return None
+    return m if all(m.params.get(k) == v for k, v in params.items()) else None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline: its task, its artifact's file name, its up-to-date check."""
+
+    name: str
+    output: str
+    task: Any  # a prefect Task: task(cube_path, out_path, **params, overwrite=True) -> dict
+    current: Callable[[str, str, dict[str, Any]], Manifest | None]
+
+
+STAGES: dict[str, Stage] = {
+    "anomalies": Stage("anomalies", "anomalies.zarr", anomalies_task, _anomalies_current),
+    "gapfill": Stage("gapfill", "filled.zarr", gapfill_task, _gapfill_current),
+}
+
+
+def stage_params(catalog: Catalog, name: str) -> dict[str, Any]:
+    """The catalog's parameters of stage ``name`` (``stages.<name>``) as keyword arguments."""
+    return getattr(catalog.stages, name).model_dump()
+
+
+def stage_current(catalog: Catalog, cube: str, name: str) -> Manifest | None:
+    """The manifest of stage ``name``'s artifact on ``cube`` when it is current, else None."""
+    stage = STAGES[name]
+    out = catalog.stage_dir(cube) / stage.output
+    return stage.current(str(catalog.cube_path(cube)), str(out), stage_params(catalog, name))
