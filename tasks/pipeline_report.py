@@ -56,6 +56,8 @@ def pipeline_summary(products: dict[str, Any], started: datetime) -> dict[str, A
         done = ", ".join(f"{n} {s}" for n, s in stages.items()) or "no stage"
         headline = (f"cube {cube}: {new} new scene(s) in {len(ingest['dates_added'])} new date(s), "
                     f"{ingest['time_steps']} time steps; {done}")
+    if ingest.get("parts_reused"):
+        headline += f" ({ingest['parts_reused']} ingest part(s) reused from an interrupted run)"
     warnings = [f"quarantined `{q['scene']}`: {q['reason']}" for q in ingest["quarantined"]]
     warnings += [f"stage {n} failed: {r['error']}" for n, r in products["stages"].items() if "error" in r]
     lines = [

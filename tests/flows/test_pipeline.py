@@ -1,0 +1,164 @@
+"""The pipeline flow on Dask: full chain, no-op re-run, incremental new scenes, a backfill killed
+with SIGKILL and resumed, and an external Dask cluster passed by address."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from flows.pipeline import run_pipeline
+from tasks.catalog import load_catalog
+from tasks.checkpoint import read_manifest
+from tasks.ingest import ingest_cube, parts_dir
+from tasks.sample_area import generate_sample_area
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+REPO = Path(__file__).resolve().parents[2]
+CATALOG = REPO / "data_catalog.yaml"
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline-sample") / "sample"
+    generate_sample_area(root, size="small", seed=5)
+    return root
+
+
+def _scenes(sample: Path, dest: Path, planet_dates: slice = slice(None)) -> list[Path]:
+    """Copy the sample area to ``dest`` with only some Planet dates; returns the Planet scenes left out."""
+    for sub in ("modis", "nlcd"):
+        shutil.copytree(sample / sub, dest / sub, dirs_exist_ok=True)
+    scenes = sorted((sample / "planet").glob("*_AnalyticMS_SR.tif"))
+    (dest / "planet").mkdir(parents=True, exist_ok=True)
+    for tif in scenes[planet_dates]:
+        for f in (tif, tif.with_name(tif.name.replace("_AnalyticMS_SR.tif", "_udm2.tif"))):
+            shutil.copy2(f, dest / "planet" / f.name)
+    return [s for s in scenes if not (dest / "planet" / s.name).exists()]
+
+
+def _env(scenes: Path, data: Path) -> dict[str, str]:
+    return {"FUSIONCUBE_SAMPLE": str(scenes), "FUSIONCUBE_DATA": str(data)}
+
+
+def _manifests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*.manifest.json"))}
+
+
+def _chunks(cube: Path, steps: int) -> dict[str, str]:
+    """Digest of every data/valid chunk file of the first ``steps`` time steps (time chunk 1)."""
+    out = {}
+    for var in ("data", "valid"):
+        for t in range(steps):
+            for f in sorted((cube / var / "c" / str(t)).rglob("*")):
+                if f.is_file():
+                    out[str(f.relative_to(cube))] = hashlib.md5(f.read_bytes()).hexdigest()
+    return out
+
+
+def test_pipeline_reuses_everything_then_recomputes_only_what_new_scenes_change(sample: Path, tmp_path: Path) -> None:
+    scenes, data = tmp_path / "scenes", tmp_path / "data"
+    later = _scenes(sample, scenes, slice(0, 4))
+    env = _env(scenes, data)
+    catalog = load_catalog(CATALOG, env=env)
+    cube = catalog.cube_path("planet")
+
+    first = run_pipeline(CATALOG, "planet", stages=["anomalies"], env=env, workers=2)
+    assert first["summary"]["stages"] == {"patch": "ran", "anomalies": "ran"}
+    steps = read_manifest(cube).outputs["time_steps"]
+    assert steps == len(first["ingest"]["dates_added"]) > 0
+    assert xr.open_zarr(first["stages"]["anomalies"]["artifact"])["score"].sizes["time"] == steps
+    before, old_chunks = _manifests(data), _chunks(cube, steps)
+
+    again = run_pipeline(CATALOG, "planet", stages=["anomalies"], env=env, workers=2)
+    assert "nothing new" in again["summary"]["headline"]
+    assert again["summary"]["stages"] == {"patch": "reused", "anomalies": "reused"}
+    assert _manifests(data) == before, "a run with nothing new rewrote a manifest"
+
+    _scenes(sample, scenes)  # the rest of the Planet scenes arrive
+    more = run_pipeline(CATALOG, "planet", stages=["anomalies"], env=env, workers=2)
+    assert sorted(r["scene"] for r in more["ingest"]["ingested"]) == sorted(s.name for s in later)
+    after = _manifests(data)
+    grown = read_manifest(cube).outputs["time_steps"]
+    assert grown > steps
+    assert _chunks(cube, steps) == old_chunks, "appending new dates rewrote chunks of old dates"
+    for artifact in ("planet.zarr.manifest.json", "planet/patches.zarr.manifest.json",
+                     "planet/anomalies.zarr.manifest.json"):
+        key = next(k for k in after if k.endswith(artifact))
+        assert after[key] != before[key], f"{artifact} was not recomputed after new scenes"
+    assert more["summary"]["stages"] == {"patch": "ran", "anomalies": "ran"}
+    assert not parts_dir(cube).exists(), "attached parts were left behind"
+
+
+def _backfill(env: dict[str, str], home: Path) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "flows.cli", "backfill", "planet", "--catalog", str(CATALOG), "--stages", "",
+           "--concurrency", "1", "--workers", "1"]
+    from prefect.settings import get_current_settings
+
+    # the session's test server: a SIGKILL of the run's process group leaves it serving
+    full_env = {**os.environ, **env, "PREFECT_HOME": str(home),
+                "PREFECT_API_URL": str(get_current_settings().api.url)}
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def test_backfill_killed_part_way_resumes_and_equals_an_uninterrupted_run(sample: Path, tmp_path: Path) -> None:
+    scenes = tmp_path / "scenes"
+    _scenes(sample, scenes)
+    env = _env(scenes, tmp_path / "data")
+    catalog = load_catalog(CATALOG, env=env)
+    cube = catalog.cube_path("planet")
+    proc = _backfill(env, tmp_path / "prefect")
+    deadline = time.monotonic() + 240
+    while not list(parts_dir(cube).glob("*.zarr.manifest.json")):  # the first part is finished
+        assert proc.poll() is None, f"backfill ended before any part was finished:\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, "no part finished in 240 s"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the flow, its Dask workers and its Prefect server
+    proc.wait()
+    manifest = read_manifest(cube)
+    steps_at_kill = manifest.outputs["time_steps"] if manifest else 0
+    total = len(list((scenes / "planet").glob("*_AnalyticMS_SR.tif")))
+    assert steps_at_kill < total, "the kill came after the backfill had finished"
+
+    proc = _backfill(env, tmp_path / "prefect")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "reused from an interrupted run" in out, out
+
+    reference = load_catalog(CATALOG, env=_env(scenes, tmp_path / "reference"))
+    ingest_cube(reference, "planet")
+    got, want = xr.open_zarr(cube).load(), xr.open_zarr(reference.cube_path("planet")).load()
+    for var in ("data", "valid", "landcover"):
+        np.testing.assert_array_equal(got[var].values, want[var].values, err_msg=var)
+    np.testing.assert_array_equal(got["time"].values, want["time"].values)
+    assert read_manifest(cube).outputs["scenes"].keys() == read_manifest(reference.cube_path("planet")).outputs["scenes"].keys()
+
+
+def test_pipeline_runs_on_a_separately_started_dask_cluster(sample: Path, tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    scenes = tmp_path / "scenes"
+    _scenes(sample, scenes)
+    env = _env(scenes, tmp_path / "data")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        workers = set(client.scheduler_info()["workers"])
+        products = run_pipeline(CATALOG, "modis_lst", stages=[], env=env, dask_address=cluster.scheduler_address)
+        prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+        worker_pids = set(client.run(os.getpid).values())
+    assert len(workers) == 2 and os.getpid() not in worker_pids
+    assert "write_part_task" in prefixes, prefixes
+    assert "patch_task" in prefixes, prefixes
+    ds = xr.open_zarr(products["path"])
+    assert ds.sizes["time"] == products["ingest"]["time_steps"] > 0
