@@ -22,6 +22,7 @@ from tasks.errors import CatalogError, did_you_mean
 __all__ = [
     "BandSpec",
     "Catalog",
+    "CompressParams",
     "ChunkSpec",
     "CubeSpec",
     "DateRule",
@@ -227,7 +228,7 @@ class CubeSpec(_Strict):
     time_range: tuple[date | None, date | None] | None = None
     path: str | None = Field(default=None, description="default: <storage.cubes>/<name>.zarr")
     patch: PatchParams | None = Field(default=None, description="overrides stages.patch for this cube")
-    stages: list[Literal["anomalies", "gapfill"]] = Field(
+    stages: list[Literal["anomalies", "gapfill", "compress"]] = Field(
         default_factory=list, description="stages run on this cube after patching"
     )
 
@@ -271,12 +272,23 @@ class GapfillParams(_Strict):
     seed: int = 0
 
 
+class CompressParams(_Strict):
+    """Learned-basis (TDL) tensor compression (``tasks/compress.py``)."""
+
+    ranks: list[int] | None = Field(default=None, description="(R_time, R_band, R_py, R_px)")
+    step: float | None = Field(default=None, gt=0, description="quantizer step in data std units")
+    bits: int | None = Field(default=None, ge=1, le=24)
+    iters: int = Field(default=10, ge=1)
+    patch: int = Field(default=32, ge=4)
+
+
 class Stages(_Strict):
     """Per-stage parameters; a stage issue adds its own section here."""
 
     patch: PatchParams = PatchParams()
     anomalies: AnomalyParams = AnomalyParams()
     gapfill: GapfillParams = GapfillParams()
+    compress: CompressParams = CompressParams()
 
 
 class Storage(_Strict):

@@ -1,0 +1,312 @@
+"""The compression stage: patches.zarr -> compressed/ (TDL bases + coded cores) -> decoded cube.
+
+Bases are learned by Tensor Decomposition Learning (``fusion_models.tdl``; Aidini, Tsagkatakis and
+Tsakalides, IEEE JSTSP 15(3), 2021) on the ``train`` split of a patches store; then EVERY patch is
+compressed: ``G = X x_n D_n^T``, quantized uniformly (``step`` in units of the training data's
+standard deviation, or ``bits``: a ``bits``-bit quantizer over the training cores' range) and
+rANS-coded (``fusion_models.entropy``). ``compressed/`` holds everything a decoder needs:
+
+- ``codec.npz``: bases (float16), Laplace scale profiles (float16), offset and scale;
+- ``cores.bin``: the coded cores (the step is in its header);
+- ``finite.bin`` / ``valid.bin``: the NaN mask of ``data`` (per patch, date and band) and the
+  ``valid`` layer, coded losslessly by the context-adaptive binary coder;
+- ``index.zarr``: the patches' coordinates (origins, time, band, grid): metadata, not counted in
+  the rate, like a file header's geo-referencing.
+
+Missing values: an entry that is NaN in ``data`` is filled before coding
+(``fusion_models.tdl.fill_missing``: the patch's mean at that date and band, or coarser means) and
+put back as NaN at decoding from ``finite.bin``; distortion is measured on the finite entries only.
+
+Rate (bits per entry = per pixel per band per date) counts ``cores.bin``, both masks and the codec
+(bases and profiles); PSNR uses the data range (max - min of the finite values) as peak.
+``decoded.zarr`` is the decoded cube (``tasks.patch.unpatch``), with its manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time as _time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from fusion_models import tdl
+from fusion_models.entropy import decode_mask, encode_mask
+from tasks.checkpoint import (
+    Manifest,
+    atomic_artifact,
+    code_version,
+    fingerprint,
+    reuse_or_refuse,
+    stage_key,
+    write_manifest,
+)
+
+__all__ = ["add_cli", "compress_cube", "compress_patches", "compress_task", "decompress", "default_ranks"]
+
+log = logging.getLogger(__name__)
+
+STAGE = "compress"
+CODE_MODULES = ("tasks.compress", "fusion_models.tdl", "fusion_models.entropy")
+
+
+def default_ranks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Ranks for ``(T, C, p, p)`` patches: half the dates, all bands, 3/4 of each spatial side."""
+    t, c, h, w = shape
+    return (max(1, t // 2), c, max(1, 3 * h // 4), max(1, 3 * w // 4))
+
+
+def _save_codec(path: Path, codec: tdl.TDLCodec) -> None:
+    arrays = {f"basis{n}": b.astype(np.float16) for n, b in enumerate(codec.bases)}
+    arrays.update({f"profile{n}": p.astype(np.float16) for n, p in enumerate(codec.profiles)})
+    np.savez(path, offset=np.float64(codec.offset), scale=np.float64(codec.scale), **arrays)
+
+
+def _load_codec(path: Path) -> tdl.TDLCodec:
+    with np.load(path) as z:
+        n = sum(1 for k in z.files if k.startswith("basis"))
+        return tdl.TDLCodec(
+            bases=tuple(z[f"basis{i}"].astype(np.float32) for i in range(n)),
+            offset=float(z["offset"]), scale=float(z["scale"]),
+            profiles=tuple(z[f"profile{i}"] for i in range(n)),
+        )
+
+
+def _frames(mask: np.ndarray) -> np.ndarray:
+    """``(P, ..., p, p)`` -> ``(frames, p, p)``."""
+    return mask.reshape(-1, *mask.shape[-2:])
+
+
+def compress_patches(
+    patches: str | Path,
+    out: str | Path,
+    *,
+    ranks: tuple[int, ...] | None = None,
+    step: float | None = None,
+    bits: int | None = None,
+    iters: int = 10,
+    deadzone: float = 0.2,
+    overwrite: bool = False,
+) -> Manifest:
+    """Fit TDL bases on the train split of ``patches`` and compress every patch into ``out``.
+
+    Parameters
+    ----------
+    patches
+        A store written by ``tasks.patch.make_patches``.
+    out
+        The ``compressed/`` folder to write (its manifest beside it).
+    ranks
+        ``(R_time, R_band, R_py, R_px)`` (default :func:`default_ranks`).
+    step, bits
+        The quantizer: ``step`` in units of the training data's standard deviation, or ``bits`` for
+        a symmetric ``bits``-bit quantizer over the training cores' largest magnitude. Exactly one
+        may be given; default ``step = 0.5``.
+    iters
+        ADMM iterations of :func:`fusion_models.tdl.tdl_fit`.
+    deadzone
+        Dead zone of the quantizer (share of the step, ``[0, 0.5)``).
+    overwrite
+        Replace an ``out`` made with another key.
+
+    Returns
+    -------
+    Manifest
+        ``stats`` holds ``bits_per_entry`` (everything but the coordinates), its parts, ``psnr_db``
+        and ``nrmse`` over all finite entries, and the same on the test split.
+    """
+    if step is not None and bits is not None:
+        raise ValueError(f"give step or bits, not both; got step={step!r}, bits={bits!r}")
+    if step is not None and not (np.isfinite(step) and step > 0):
+        raise ValueError(f"step must be finite and > 0; got step={step!r}")
+    patches, out = Path(patches), Path(out)
+    pds = xr.open_zarr(patches, consolidated=None)
+    if "data" not in pds or "split" not in pds.coords:
+        raise ValueError(f"{patches}: not a patches store (needs data and split); run make_patches first")
+    shape = tuple(int(n) for n in pds["data"].shape[1:])
+    ranks = default_ranks(shape) if ranks is None else tuple(int(r) for r in ranks)
+    params = {"ranks": list(ranks), "step": step, "bits": bits, "iters": iters, "deadzone": deadzone}
+    inputs = {"patches": fingerprint(patches)}
+    key = stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES))
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
+    if found is not None:
+        return found
+
+    started = _time.perf_counter()
+    data = pds["data"].values.astype(np.float32)  # (P, T, C, p, p)
+    valid = pds["valid"].values.astype(bool)  # (P, T, p, p)
+    split = np.array([str(s) for s in pds["split"].values])
+    finite = np.isfinite(data)
+    filled = tdl.fill_missing(data, finite)
+    train = filled[split == "train"]
+    if len(train) == 0:
+        log.warning("compress: %s has no train patch; fitting the bases on all patches", patches)
+        train = filled
+    codec, res = tdl.fit_codec(train, ranks, iters=iters)
+    if bits is not None:
+        import torch
+
+        cores = tdl.project(torch.from_numpy((train - np.float32(codec.offset)) / np.float32(codec.scale)),
+                            [torch.from_numpy(b) for b in codec.bases])
+        step = tdl.step_for_bits(cores, bits)
+    step = 0.5 if step is None else float(step)
+    t0 = _time.perf_counter()
+    stream = tdl.encode(codec, filled, step, deadzone=deadzone)
+    finite_bits = encode_mask(_frames(finite))
+    valid_bits = encode_mask(_frames(valid))
+    encode_s = _time.perf_counter() - t0
+    with atomic_artifact(out, overwrite=True) as tmp:
+        tmp.mkdir(parents=True)
+        _save_codec(tmp / "codec.npz", codec)
+        (tmp / "cores.bin").write_bytes(stream)
+        (tmp / "finite.bin").write_bytes(finite_bits)
+        (tmp / "valid.bin").write_bytes(valid_bits)
+        index = pds.drop_vars([str(n) for n in pds.data_vars if "patch" in pds[n].dims])
+        index.attrs.update(compress_shape=list(data.shape), compress_valid_shape=list(valid.shape))
+        index.to_zarr(tmp / "index.zarr", mode="w", zarr_format=3, consolidated=True)
+    decoded = _decode_patches(out)
+    entries = data.size
+    parts = {"cores": 8 * len(stream), "codec": codec.side_bits(), "finite_mask": 8 * len(finite_bits),
+             "valid_mask": 8 * len(valid_bits)}
+    vals = data[finite]
+    peak = float(vals.max() - vals.min()) if vals.size else 1.0
+
+    def scores(sel: np.ndarray) -> dict[str, float]:
+        m = finite & sel.reshape(-1, *([1] * (data.ndim - 1)))
+        err = decoded[m].astype(np.float64) - data[m]
+        mse = float(np.mean(err**2)) if err.size else float("nan")
+        return {"psnr_db": float(10 * np.log10(peak**2 / mse)) if mse > 0 else float("inf"),
+                "nrmse": float(np.linalg.norm(err) / max(np.linalg.norm(data[m].astype(np.float64)), 1e-30))}
+
+    manifest = Manifest(
+        stage=STAGE, key=key, params=params, inputs=inputs, code_version=code_version(*CODE_MODULES),
+        outputs={"path": str(out), "patches": str(patches), "ranks": list(ranks), "step": step,
+                 "shape": list(data.shape)},
+        stats={
+            "bits_per_entry": sum(parts.values()) / entries,
+            "bits_per_entry_parts": {k: v / entries for k, v in parts.items()},
+            "peak_range": peak, **scores(np.ones(len(data), bool)),
+            "test": scores(split == "test"),
+            "tdl_iterations": res.iterations,
+            "encode_mb_s": data.nbytes / 1e6 / encode_s,
+            "seconds": round(_time.perf_counter() - started, 3),
+        },
+    )
+    write_manifest(out, manifest)
+    log.info("compress: %s at %.3f bits per entry, PSNR %.2f dB", out,
+             manifest.stats["bits_per_entry"], manifest.stats["psnr_db"])
+    return manifest
+
+
+def _decode_patches(compressed: Path) -> np.ndarray:
+    """``(P, T, C, p, p)`` float32, NaN where the data was NaN."""
+    codec = _load_codec(compressed / "codec.npz")
+    index = xr.open_zarr(compressed / "index.zarr", consolidated=None)
+    shape = tuple(int(n) for n in index.attrs["compress_shape"])
+    x = tdl.decode(codec, (compressed / "cores.bin").read_bytes(), shape[0]).reshape(shape)
+    finite = decode_mask((compressed / "finite.bin").read_bytes(), (int(np.prod(shape[:-2])), *shape[-2:]))
+    return np.where(finite.reshape(shape), x, np.nan).astype(np.float32)
+
+
+def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = False) -> xr.Dataset:
+    """Decode ``compressed/`` back into a cube (``data`` and ``valid``) at ``out`` (Zarr v3)."""
+    from tasks.patch import unpatch
+
+    compressed, out = Path(compressed), Path(out)
+    if not (compressed / "cores.bin").exists():
+        raise FileNotFoundError(f"{compressed}: no cores.bin; not a compressed store of this stage")
+    index = xr.open_zarr(compressed / "index.zarr", consolidated=None)
+    data = _decode_patches(compressed)
+    vshape = tuple(int(n) for n in index.attrs["compress_valid_shape"])
+    valid = decode_mask((compressed / "valid.bin").read_bytes(),
+                        (int(np.prod(vshape[:-2])), *vshape[-2:])).reshape(vshape)
+    ds = index.assign(
+        data=(("patch", "time", "band", "py", "px"), data),
+        valid=(("patch", "time", "py", "px"), valid),
+    )
+    for k in ("compress_shape", "compress_valid_shape"):
+        ds.attrs.pop(k, None)
+    tmp = out.with_name(out.name + ".patches-tmp.zarr")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
+    try:
+        cube = unpatch(tmp, out, overwrite=overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cube
+
+
+def compress_cube(
+    cube: str | Path,
+    out_dir: str | Path,
+    *,
+    patch: int = 32,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> Manifest:
+    """Any schema-following cube -> ``out_dir/patches.zarr`` -> ``out_dir/compressed`` ->
+    ``out_dir/decoded.zarr``. ``kwargs`` go to :func:`compress_patches`."""
+    from tasks.patch import fit_patch_size, make_patches
+
+    out_dir = Path(out_dir)
+    size, _ = fit_patch_size(cube, patch, None)
+    make_patches(cube, out_dir / "patches.zarr", size=size, overwrite=overwrite)
+    manifest = compress_patches(out_dir / "patches.zarr", out_dir / "compressed", overwrite=overwrite, **kwargs)
+    decoded = out_dir / "decoded.zarr"
+    decompress(out_dir / "compressed", decoded, overwrite=True)
+    return manifest
+
+
+@task(name="compress", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] | None = None,
+                  step: float | None = None, bits: int | None = None, iters: int = 10,
+                  overwrite: bool = False) -> dict[str, Any]:
+    """Prefect task: :func:`compress_cube`, then a table artifact of rate and distortion."""
+    from prefect.artifacts import create_table_artifact
+
+    from tasks.quicklook import artifact_key
+
+    logger = get_run_logger()
+    manifest = compress_cube(cube, out_dir, patch=patch, overwrite=overwrite,
+                             ranks=tuple(ranks) if ranks else None, step=step, bits=bits, iters=iters)
+    s = manifest.stats
+    create_table_artifact(
+        table=[{"bits_per_entry": round(s["bits_per_entry"], 4), "psnr_db": round(s["psnr_db"], 2),
+                "nrmse": round(s["nrmse"], 4), "test_psnr_db": round(s["test"]["psnr_db"], 2)}],
+        key=artifact_key(f"compress-{Path(out_dir).name}"),
+        description=f"TDL compression of {cube} (ranks {manifest.outputs['ranks']})",
+    )
+    logger.info("compress %s: %.3f bpe, PSNR %.2f dB", out_dir, s["bits_per_entry"], s["psnr_db"])
+    return {"artifact": str(Path(out_dir) / "compressed"), **asdict(manifest)}
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    manifest = compress_cube(args.cube, args.out, patch=args.patch, overwrite=args.overwrite,
+                             ranks=tuple(args.ranks) if args.ranks else None, step=args.step,
+                             bits=args.bits, iters=args.iters)
+    print(f"{args.out}: {json.dumps(manifest.stats)}")  # noqa: T201 - CLI output
+    print(f"decoded cube: {Path(args.out) / 'decoded.zarr'}")  # noqa: T201
+    return 0
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``stage compress --cube IN.zarr --out DIR [--bits B | --step S] [--ranks R R R R]``."""
+    p = subparsers.add_parser("compress", help="learned-basis (TDL) tensor compression of a cube")
+    p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
+    p.add_argument("--out", required=True, help="folder for patches.zarr, compressed/ and decoded.zarr")
+    p.add_argument("--bits", type=int, default=None, help="quantizer bits over the cores' range")
+    p.add_argument("--step", type=float, default=None, help="quantizer step in data std units (default 0.5)")
+    p.add_argument("--ranks", type=int, nargs="+", default=None, help="R_time R_band R_py R_px")
+    p.add_argument("--patch", type=int, default=32, help="patch side in pixels (default 32)")
+    p.add_argument("--iters", type=int, default=10, help="ADMM iterations (default 10)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd)
+    return p

@@ -1,0 +1,51 @@
+"""The compression benchmark end to end on tiny stand-ins for its two data sets (seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import benchmarks.compress as bench
+
+
+def _scene(seed: int, bands: int, size: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:2 * size] / size
+    t = np.arange(4)[:, None, None, None]
+    b = np.arange(1, bands + 1)[None, :, None, None]
+    data = 0.3 + 0.1 * np.sin(4 * yy + t) * np.cos(3 * xx) * b + 0.01 * rng.standard_normal((4, bands, size, 2 * size))
+    data = data.astype(np.float32)
+    data[1, :, :5, :7] = np.nan
+    return data
+
+
+def test_quick_benchmark_writes_summary_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = dict(bench.QUICK, ranks=[(2, 2, 4, 4), (4, 3, 8, 8)], real_ranks=[(2, 1, 4, 4)],
+               steps=[0.2, 1.0], factor_steps=[1 / 64], patch=8, real_patch=8, iters=1)
+    monkeypatch.setattr(bench, "QUICK", cfg)
+    monkeypatch.setattr(bench, "_sample_cube", lambda work, size: _scene(0, 3, 16))
+    monkeypatch.setattr(bench, "_modis", lambda: _scene(1, 1, 16))
+    monkeypatch.setattr(bench, "JP2_RATES", (0.5, 2.0))
+    out = tmp_path / "c.json"
+    result = bench.run(out, quick=True, sample=tmp_path / "s")
+    keys = {"psnr_gain_vs_jpeg2000_db_min", "psnr_gain_vs_hosvd_db_min", "real_gain_vs_jpeg2000_db_0p25",
+            "real_gain_vs_jpeg2000_db_0p5", "encode_mb_s", "decode_mb_s", "jpeg2000_encode_mb_s"}
+    assert keys <= set(result["summary"])
+    assert json.loads(out.read_text())["summary"] == json.loads(json.dumps(result["summary"]))
+    assert out.with_suffix(".png").stat().st_size > 0 and out.with_suffix(".md").exists()
+    s = result["datasets"]["sample"]
+    for method in ("tdl", "hosvd", "jpeg2000"):
+        pts = [p for p in s["points"] if p["method"] == method]
+        assert pts and all(p["bpe"] > s["mask_bpe"] and np.isfinite(p["psnr"]) for p in pts)
+    assert result["summary"]["encode_mb_s"] > 0 and result["summary"]["jpeg2000_encode_mb_s"] > 0
+
+
+def test_pareto_and_interpolation() -> None:
+    pts = [{"bpe": 0.1, "psnr": 20.0}, {"bpe": 0.2, "psnr": 19.0}, {"bpe": 0.4, "psnr": 24.0}]
+    front = bench.pareto(pts)
+    assert [p["bpe"] for p in front] == [0.1, 0.4]
+    curve = bench.at_rates(front, (0.05, 0.25, 0.4))
+    assert curve["0.05"] is None and curve["0.25"] == pytest.approx(22.0) and curve["0.4"] == 24.0

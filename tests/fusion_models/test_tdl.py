@@ -1,0 +1,123 @@
+"""Tensor Decomposition Learning, the quantizer and the entropy coders on tiny planted tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fusion_models import entropy, tdl
+
+SHAPE, RANKS = (6, 3, 8, 8), (2, 2, 3, 3)
+
+
+def _low_rank(s: int = 24, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    bases = [torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))[0]
+             for n, r in zip(SHAPE, RANKS, strict=True)]
+    core = torch.randn(s, *RANKS, generator=g, dtype=torch.float64)
+    return tdl.reconstruct(core, bases), bases
+
+
+def test_exact_low_multilinear_rank_is_recovered() -> None:
+    x, _ = _low_rank()
+    res = tdl.tdl_fit(x, RANKS, iters=5)
+    rec = tdl.reconstruct(tdl.project(x, res.bases), res.bases)
+    assert float(torch.linalg.norm(rec - x) / torch.linalg.norm(x)) < 1e-10
+    # and on samples it never saw (same subspaces)
+    x2, _ = _low_rank(seed=0)
+    assert torch.allclose(tdl.reconstruct(tdl.project(x2, res.bases), res.bases), x2, atol=1e-9)
+
+
+def test_bases_are_orthonormal_and_objective_decreases() -> None:
+    x, _ = _low_rank()
+    noisy = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    res = tdl.tdl_fit(noisy, (3, 2, 4, 4), iters=8, lam=1.0)
+    for b in res.bases:
+        assert torch.allclose(b.T @ b, torch.eye(b.shape[1], dtype=b.dtype), atol=1e-10)
+    obj = np.array(res.objective)
+    assert len(obj) == res.iterations + 1
+    assert obj[-1] < obj[0]
+    assert np.all(np.diff(obj[1:]) <= 1e-9 * obj[0])  # monotone after the first step
+
+
+def test_hosvd_batch_is_exact_at_the_true_ranks() -> None:
+    x, _ = _low_rank(s=5)
+    core, factors = tdl.hosvd_batch(x, RANKS)
+    assert core.shape == (5, *RANKS) and factors[2].shape == (5, 8, 3)
+    assert torch.allclose(tdl.hosvd_reconstruct(core, factors), x, atol=1e-9)
+
+
+@pytest.mark.parametrize("deadzone", [0.0, 0.2])
+def test_quantization_error_is_bounded_by_the_step(deadzone: float) -> None:
+    v = torch.randn(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 5
+    step = 0.37
+    q = tdl.quantize(v, step, deadzone=deadzone)
+    assert q.dtype == np.int32
+    err = (tdl.dequantize(q, step) - v).abs().max()
+    assert float(err) <= step * (0.5 + deadzone) + 1e-12
+    assert tdl.step_for_bits(v, 8) == pytest.approx(2 * float(v.abs().max()) / 254)
+
+
+def test_codec_round_trip_shapes_dtypes_and_rate_3d_and_4d() -> None:
+    x, _ = _low_rank(s=16)
+    x32 = x.numpy().astype(np.float32)
+    codec, _ = tdl.fit_codec(x32, RANKS, iters=2)
+    stream = tdl.encode(codec, x32, 0.01)
+    out = tdl.decode(codec, stream, len(x32))
+    assert out.shape == x32.shape and out.dtype == np.float32
+    assert np.abs(out - x32).max() < 0.05 * np.abs(x32).max()
+    coarse = tdl.encode(codec, x32, 1.0)
+    assert len(coarse) < len(stream)  # a coarser step costs fewer bits
+    three = x32[:, :, 0]  # (S, T, H, W): 3D patches
+    c3, _ = tdl.fit_codec(three, (2, 3, 3), iters=2)
+    assert tdl.decode(c3, tdl.encode(c3, three, 0.05), len(three)).shape == three.shape
+
+
+def test_fill_missing_keeps_observed_and_uses_patch_date_means() -> None:
+    x = np.arange(2 * 2 * 1 * 2 * 2, dtype=np.float32).reshape(2, 2, 1, 2, 2)
+    obs = np.ones_like(x, dtype=bool)
+    obs[0, 0, 0, 0, 0] = False
+    obs[1, 1] = False  # a whole date missing in patch 1
+    filled = tdl.fill_missing(np.where(obs, x, np.nan), obs)
+    assert np.array_equal(filled[obs], x[obs])
+    assert filled[0, 0, 0, 0, 0] == pytest.approx(np.mean([1, 2, 3]))
+    assert np.allclose(filled[1, 1], x[1, 0].mean())
+
+
+def test_entropy_coders_round_trip_and_beat_zstd() -> None:
+    rng = np.random.default_rng(0)
+    scale = np.array([8.0, 2.0, 0.5, 0.05])
+    q = np.rint(rng.laplace(0, scale, size=(2000, 4))).astype(np.int32)
+    data = entropy.encode_laplace(q, 0.0, scale)
+    assert np.array_equal(entropy.decode_laplace(data, 0.0, scale, q.shape), q)
+    assert len(data) < len(entropy.zstd_encode(q))
+    assert np.array_equal(entropy.zstd_decode(entropy.zstd_encode(q), q.shape), q)
+    mask = np.zeros((3, 60, 90), bool)
+    mask[:, 4:45, 7:62] = True
+    mask[1, 0, 0] = True
+    coded = entropy.encode_mask(mask)
+    assert np.array_equal(entropy.decode_mask(coded, mask.shape), mask)
+    assert len(coded) * 8 < mask.size / 8
+
+
+def test_separable_profiles_fit_a_separable_scale() -> None:
+    a, b = np.array([4.0, 1.0, 0.25]), np.array([2.0, 0.5])
+    prof = entropy.separable_profiles(np.outer(a, b))
+    assert np.allclose(entropy.separable_scale(prof), np.outer(a, b), rtol=1e-2)
+
+
+def test_bad_arguments_raise_with_the_rule() -> None:
+    x, _ = _low_rank(s=4)
+    with pytest.raises(ValueError, match="ranks needs one entry per sample mode"):
+        tdl.tdl_fit(x, (2, 2, 3))
+    with pytest.raises(ValueError, match="each in 1..I_n"):
+        tdl.tdl_fit(x, (7, 2, 3, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        tdl.tdl_fit(torch.full((3, 4, 4, 4), float("nan")), (2, 2, 2))
+    with pytest.raises(ValueError, match="step must be finite and > 0"):
+        tdl.quantize(x, 0.0)
+    with pytest.raises(ValueError, match="deadzone must be in"):
+        tdl.quantize(x, 1.0, deadzone=0.5)
+    with pytest.raises(TypeError, match="floating-point"):
+        tdl.tdl_fit(torch.ones((3, 4, 4), dtype=torch.int64), (2, 2))
