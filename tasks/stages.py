@@ -17,7 +17,8 @@ from typing import Any
 
 from tasks.anomalies import anomalies_key, anomalies_task
 from tasks.catalog import Catalog
-from tasks.checkpoint import Manifest, read_manifest, reusable
+from tasks.checkpoint import Manifest, fingerprint, read_manifest, reusable
+from tasks.compress import compress_task
 from tasks.gapfill import gapfill_key, gapfill_task
 
 __all__ = ["STAGES", "Stage", "stage_current", "stage_params"]
@@ -36,6 +37,17 @@ def _gapfill_current(cube: str, out: str, params: dict[str, Any]) -> Manifest | 
     return m if all(m.params.get(k) == v for k, v in params.items()) else None
 
 
+def _compress_current(cube: str, out: str, params: dict[str, Any]) -> Manifest | None:
+    # the stage patches the cube itself (out/patches.zarr), then codes the patches (out/compressed)
+    patches, coded = read_manifest(Path(out) / "patches.zarr"), read_manifest(Path(out) / "compressed")
+    if patches is None or coded is None or not (Path(out) / "decoded.zarr").exists():
+        return None
+    if patches.inputs.get("cube") != fingerprint(cube) or coded.inputs.get("patches") != patches.key:
+        return None
+    wanted = {k: v for k, v in params.items() if k in ("step", "bits", "iters") or (k == "ranks" and v)}
+    return coded if all(coded.params.get(k) == v for k, v in wanted.items()) else None
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of the pipeline: its task, its artifact's file name, its up-to-date check."""
@@ -49,6 +61,7 @@ class Stage:
 STAGES: dict[str, Stage] = {
     "anomalies": Stage("anomalies", "anomalies.zarr", anomalies_task, _anomalies_current),
     "gapfill": Stage("gapfill", "filled.zarr", gapfill_task, _gapfill_current),
+    "compress": Stage("compress", "compress", compress_task, _compress_current),
 }
 
 

@@ -1,0 +1,52 @@
+"""The stage table: every stage takes its catalog parameters, the summary says what ran."""
+
+from __future__ import annotations
+
+import inspect
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tasks.catalog import load_catalog
+from tasks.pipeline_report import pipeline_summary
+from tasks.stages import STAGES, stage_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_each_stage_task_accepts_its_catalog_parameters(name: str) -> None:
+    catalog = load_catalog(REPO / "data_catalog.yaml")
+    signature = inspect.signature(STAGES[name].task.fn)
+    signature.bind("cube.zarr", "out", **stage_params(catalog, name), overwrite=True)
+
+
+def test_every_stage_a_cube_enables_is_in_the_table() -> None:
+    catalog = load_catalog(REPO / "data_catalog.yaml")
+    for cube, spec in catalog.cubes.items():
+        assert set(spec.stages) <= set(STAGES), cube
+
+
+def _products(created: datetime, *, new: int) -> dict:
+    ingest = {"ingested": [{"scene": f"s{i}"} for i in range(new)], "dates_added": ["2019-07-01"] * bool(new),
+              "skipped": [], "quarantined": [{"scene": "bad.tif", "reason": "no CRS"}], "time_steps": 5,
+              "quicklook": None}
+    stage = {"created": created.isoformat(timespec="seconds"), "stats": {"flagged": 3, "rmse": 0.25},
+             "artifact": "/tmp/x/anomalies.zarr"}
+    return {"cube": "planet", "path": "/tmp/x/planet.zarr", "ingest": ingest,
+            "stages": {"patch": dict(stage), "anomalies": dict(stage)}}
+
+
+def test_summary_tells_reused_from_ran_and_lists_warnings() -> None:
+    started = datetime.now(UTC)
+    old = pipeline_summary(_products(started - timedelta(hours=1), new=0), started)
+    assert old["stages"] == {"patch": "reused", "anomalies": "reused"}
+    assert "nothing new" in old["headline"]
+    assert "quarantined `bad.tif`: no CRS" in old["markdown"]
+    fresh = pipeline_summary(_products(started + timedelta(seconds=3), new=2), started)
+    assert fresh["stages"] == {"patch": "ran", "anomalies": "ran"}
+    assert "2 new scene(s)" in fresh["headline"] and "flagged 3" in fresh["markdown"]
+    failed = _products(started, new=0)
+    failed["stages"]["anomalies"] = {"error": "boom"}
+    assert pipeline_summary(failed, started)["stages"]["anomalies"] == "FAILED"
