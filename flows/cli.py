@@ -7,6 +7,7 @@
     fusioncube stage patch --cube IN.zarr --out OUT.zarr [--size 32] [--stride S]
     fusioncube catalog check [data_catalog.yaml]
     fusioncube bench realism|ingest --out FILE.json [--quick]
+    fusioncube serve [--catalog data_catalog.yaml] [--port 4200]
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # the temporary server of a run without PREFECT_API_URL: its first start migrates a database,
+    # which takes longer than Prefect's 20 s on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -226,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmark size: 'default' (minutes) or 'quick' (CI-sized)")
     b.set_defaults(func=_cmd_bench)
 
+    importlib.import_module("flows.serve").add_cli(sub)  # fusioncube serve
     return p
 
 

@@ -231,6 +231,25 @@ class CubeSpec(_Strict):
     stages: list[Literal["anomalies", "gapfill", "compress"]] = Field(
         default_factory=list, description="stages run on this cube after patching"
     )
+    schedule: str | None = Field(
+        default=None, description="cron of this cube's scheduled new-scene run (default: orchestration.schedule)"
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=v)
+        except ValueError as exc:
+            raise ValueError(
+                f"schedule must be a 5-field cron string such as '0 * * * *' (hourly) or "
+                f"'30 6 * * *' (daily at 06:30); got {v!r}"
+            ) from exc
+        return v
 
 
 class PatchParams(_Strict):

@@ -1,0 +1,106 @@
+"""Pipeline benchmark: the demo chain's first run and no-op re-run, and the speed-up of two Dask
+workers over one on ingest.
+
+One run (default; ``--quick`` uses the ``small`` sample area for everything):
+
+- the demo chain (sample area -> both cubes -> patches -> every enabled stage, one Prefect flow
+  run) on the ``demo`` sample area: wall time of the first run and of a re-run with nothing new;
+- ingest of the Planet cube of the ``bench`` sample area through the pipeline's ingest steps
+  (parts on Dask workers, attached in date order) on a local Dask cluster of one single-threaded
+  worker process, then of two, into fresh stores; the time from plan to finished manifest, so
+  the cluster's start-up is not counted. Both runs cut the archive into the same parts.
+
+    fusioncube bench pipeline --out pipeline.json [--size quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CATALOG = REPO / "data_catalog.yaml"
+
+
+def _demo_chain(root: Path, size: str) -> dict[str, float]:
+    from flows.demo import demo_flow
+
+    t0 = time.perf_counter()
+    demo_flow(str(root), size, 0)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = demo_flow(str(root), size, 0)
+    rerun = time.perf_counter() - t0
+    if not again["sample"]["reused"]:
+        raise RuntimeError("the re-run regenerated the sample area; the benchmark is not measuring a no-op run")
+    return {"first_run_s": first, "rerun_s": rerun}
+
+
+def _ingest_on_dask(sample: Path, data: Path, workers: int, concurrency: int) -> dict[str, Any]:
+    from flows.ingest import ingest_flow
+    from flows.pipeline import dask_task_runner
+
+    env = {"FUSIONCUBE_SAMPLE": str(sample), "FUSIONCUBE_DATA": str(data)}
+    runner = dask_task_runner(workers=workers)
+    report = ingest_flow.with_options(task_runner=runner)(str(CATALOG), "planet", env=env, concurrency=concurrency)
+    return {"seconds": report["seconds"], "time_steps": report["time_steps"], "parts": report["parts"],
+            "mb_decoded": report["bytes_decoded"] / 1e6}
+
+
+def run(out: Path, *, quick: bool = False) -> dict[str, Any]:
+    from tasks.sample_area import generate_sample_area
+
+    demo_size, ingest_size = ("small", "small") if quick else ("demo", "bench")
+    work = Path(tempfile.mkdtemp(prefix="fusioncube-bench-pipeline-"))
+    try:
+        chain = _demo_chain(work / "demo", demo_size)
+        sample = work / "ingest-sample"
+        generate_sample_area(sample, size=ingest_size, seed=0)
+        concurrency = 4
+        runs = {}
+        for n in (1, 2):
+            runs[n] = _ingest_on_dask(sample, work / f"ingest-{n}", n, concurrency)
+            shutil.rmtree(work / f"ingest-{n}", ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if runs[1]["parts"] != runs[2]["parts"] or runs[1]["time_steps"] != runs[2]["time_steps"]:
+        raise RuntimeError(f"the two ingest runs differ: {runs}")
+    summary = {
+        "first_run_s": round(chain["first_run_s"], 2),
+        "rerun_s": round(chain["rerun_s"], 2),
+        "rerun_ratio": round(chain["rerun_s"] / chain["first_run_s"], 4),
+        "dask_speedup_2_workers": round(runs[1]["seconds"] / runs[2]["seconds"], 3),
+        "ingest_mb_s_1_worker": round(runs[1]["mb_decoded"] / runs[1]["seconds"], 1),
+        "ingest_mb_s_2_workers": round(runs[2]["mb_decoded"] / runs[2]["seconds"], 1),
+    }
+    result = {
+        "benchmark": "pipeline",
+        "summary": summary,
+        "targets": {"rerun_ratio": "<= 0.2", "dask_speedup_2_workers": ">= 1.5"},
+        "data": {"demo_chain_sample": demo_size, "ingest_sample": ingest_size, "ingest": runs,
+                 "parts_in_flight": concurrency},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    md = [
+        "# Pipeline benchmark", "",
+        f"Demo chain on the `{demo_size}` sample area; ingest speed-up on the `{ingest_size}` sample area's "
+        f"Planet cube ({runs[1]['time_steps']} dates, {runs[1]['mb_decoded']:.0f} MB decoded, "
+        f"{runs[1]['parts']} parts, {concurrency} in flight). Machine: {os.cpu_count()} cores.", "",
+        "| figure | value | target |", "|---|---|---|",
+        f"| demo chain, first run | {summary['first_run_s']} s | |",
+        f"| demo chain, re-run with nothing new | {summary['rerun_s']} s | |",
+        f"| re-run / first run | {summary['rerun_ratio']} | <= 0.2 |",
+        f"| ingest, 1 Dask worker | {runs[1]['seconds']:.1f} s ({summary['ingest_mb_s_1_worker']} MB/s) | |",
+        f"| ingest, 2 Dask workers | {runs[2]['seconds']:.1f} s ({summary['ingest_mb_s_2_workers']} MB/s) | |",
+        f"| speed-up of 2 workers over 1 | {summary['dask_speedup_2_workers']} | >= 1.5 |",
+    ]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    return result
