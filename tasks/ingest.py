@@ -1,14 +1,17 @@
 """Ingest: new scenes of a catalog source -> validated, warped, appended time steps of a cube.
 
-The work goes in groups of dates (aligned with the cube's time chunks). In each group the scenes
-are read in parallel on a Dask thread pool, profiled and validated together with Great
-Expectations, warped onto the cube's grid, mosaicked per date and appended to the Zarr store.
-Memory is bounded by one group, whatever the length of the archive.
+The new dates are cut into parts (``plan_parts``). Each part is read, profiled and validated with
+Great Expectations, warped onto the cube's grid, mosaicked per date and written as a small Zarr
+store with the cube's layout (``write_part``); parts are independent, so threads or Dask workers
+write several at once. They are attached to the cube in date order (``attach_part``): chunk
+folders are moved in when the part starts on a time-chunk boundary, values written otherwise.
+Memory is bounded by the parts in flight, whatever the length of the archive.
 
 The cube's manifest (``<cube>.manifest.json``) is the source of truth: it lists the scenes in the
 cube with their size and mtime, the scenes quarantined and why, and the number of time steps.
-It is rewritten atomically after every group. A run killed between an append and the manifest
-update leaves time steps the manifest does not list; the next run cuts them off before it starts.
+It is rewritten atomically after every attached part. A run killed between an attach and the
+manifest update leaves time steps the manifest does not list; the next plan cuts them off. A
+killed run's finished parts stay in ``<cube>.zarr.parts/`` and are reused by the next run.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ from tasks.checkpoint import (
 from tasks.cube import DATA_DIMS, VALID_DIMS, cube_crs, cube_transform, grid_coords, spatial_ref
 from tasks.discover import SceneRef, discover
 from tasks.errors import CubeSchemaError, SceneError
+from tasks.locks import DEFAULT_TIMEOUT as DEFAULT_LOCK_TIMEOUT
+from tasks.locks import cube_lock
 from tasks.validate import ValidationRules, validate_profiles
 from tasks.warp import Grid, RawScene, read_scene, warp_scene
 
@@ -127,7 +132,8 @@ def _scene_bounds(ref: SceneRef, crs: CRS) -> tuple[float, float, float, float] 
             if ds.crs is None:
                 return None
             return transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
-    except rasterio.errors.RasterioIOError:
+    except Exception as exc:  # unreadable, or a CRS with no transformation to the grid's
+        log.warning("%s: left out of the new cube's bounds (%s: %s)", ref.path, type(exc).__name__, exc)
         return None
 
 
@@ -540,7 +546,28 @@ class IngestPlan:
         return sum(len(g) for p in self.parts for g in p["scenes"])
 
 
+def _interrupted_creation(path: Path, cube: str) -> bool:
+    """Whether ``path`` is a cube this ingest created but a kill stopped before its first manifest
+    (renamed into place, manifest not yet written): its title is ours, nothing records it, and the
+    finished part it was made from is still waiting (a part is deleted only after the manifest)."""
+    if not any(parts_dir(path).glob("*.zarr.manifest.json")):
+        return False
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("attributes", {}).get("title") == f"fusioncube cube {cube}"
+
+
 def _check_store(path: Path, manifest: Manifest | None, cube: str) -> None:
+    if path.exists() and manifest is None and _interrupted_creation(path, cube):
+        # its scenes are in no manifest and the part it was made from is still there: rebuilt
+        log.warning("%s: removing a cube whose creation was interrupted before its manifest was "
+                    "written; it is rebuilt from its scenes", path)
+        aside = path.with_name(f"{path.name}.tmp-interrupted-{os.getpid()}")
+        os.replace(path, aside)
+        shutil.rmtree(aside)
+        return
     if path.exists() and manifest is None:
         raise CubeSchemaError(
             f"{path}: a store is there but no {path.name}.manifest.json: it was not made by "
@@ -792,6 +819,9 @@ def attach_part(catalog: Catalog, cube: str, part: dict[str, Any], done: dict[st
             if newest is not None and dates[0] < newest:
                 log.warning("cube %s: %s is older than the newest date in the cube; appended after it "
                             "(sort by time when reading: ds.sortby('time'))", cube, dates[0].date())
+            # from the first chunk folder moved out, the part is no longer complete: its manifest
+            # goes first, so a run killed mid-move rewrites the part instead of reusing a husk
+            manifest_path(store).unlink(missing_ok=True)
             _attach_store(state.path, store, dates)
         for d, refs_of_day in zip(dates, scenes, strict=True):
             day = d.date().isoformat()
@@ -810,9 +840,9 @@ def attach_part(catalog: Catalog, cube: str, part: dict[str, Any], done: dict[st
 
 
 def _remove_part(store: Path) -> None:
-    shutil.rmtree(store, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
-        manifest_path(store).unlink()
+        manifest_path(store).unlink()  # manifest first: never a manifest without its store
+    shutil.rmtree(store, ignore_errors=True)
 
 
 def finish_ingest(catalog: Catalog, cube: str, plan: IngestPlan, reports: Sequence[IngestReport],
@@ -845,6 +875,10 @@ def finish_ingest(catalog: Catalog, cube: str, plan: IngestPlan, reports: Sequen
             m = read_manifest(folder / f"{part_id}.zarr")
             if m is not None and all(s in state.scenes for ids in m.outputs.get("scenes", []) for s in ids):
                 _remove_part(folder / f"{part_id}.zarr")
+        for orphan in folder.glob("*.zarr*"):  # no manifest: a part attached or written by a killed run
+            part_id = orphan.name.split(".zarr")[0]
+            if part_id not in live and not manifest_path(folder / f"{part_id}.zarr").exists():
+                shutil.rmtree(orphan, ignore_errors=True) if orphan.is_dir() else orphan.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when empty
     for q in report.quarantined:
@@ -866,6 +900,7 @@ def ingest_cube(
     workers: int = 2,
     dates_per_part: int | None = None,
     on_group: Callable[[int, int], None] | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> IngestReport:
     """Ingest the new scenes of ``cube``'s sources in this process: create the cube or append.
 
@@ -885,7 +920,19 @@ def ingest_cube(
         Dates per part (default: the cube's time chunk).
     on_group
         Called as ``on_group(scenes_done, scenes_total)`` after each part is attached (progress).
+    lock_timeout
+        Seconds to wait while another run holds the cube's lock (``tasks.locks.cube_lock``);
+        then ``CubeLockedError`` with nothing changed.
     """
+    with cube_lock(catalog.cube_path(cube), timeout=lock_timeout):
+        return _ingest_cube_locked(catalog, cube, start=start, end=end, workers=workers,
+                                   dates_per_part=dates_per_part, on_group=on_group)
+
+
+def _ingest_cube_locked(
+    catalog: Catalog, cube: str, *, start: date | None, end: date | None, workers: int,
+    dates_per_part: int | None, on_group: Callable[[int, int], None] | None,
+) -> IngestReport:
     t0 = timer.perf_counter()
     plan = plan_parts(catalog, cube, start=start, end=end, dates_per_part=dates_per_part, concurrency=workers)
     reports: list[IngestReport] = []
