@@ -22,6 +22,7 @@ from tasks.errors import CatalogError, did_you_mean
 __all__ = [
     "BandSpec",
     "Catalog",
+    "ClassifyParams",
     "CompressParams",
     "ChunkSpec",
     "CubeSpec",
@@ -228,7 +229,7 @@ class CubeSpec(_Strict):
     time_range: tuple[date | None, date | None] | None = None
     path: str | None = Field(default=None, description="default: <storage.cubes>/<name>.zarr")
     patch: PatchParams | None = Field(default=None, description="overrides stages.patch for this cube")
-    stages: list[Literal["anomalies", "gapfill", "compress"]] = Field(
+    stages: list[Literal["anomalies", "gapfill", "compress", "classify"]] = Field(
         default_factory=list, description="stages run on this cube after patching"
     )
     schedule: str | None = Field(
@@ -291,6 +292,16 @@ class GapfillParams(_Strict):
     seed: int = 0
 
 
+class ClassifyParams(_Strict):
+    """4D-CNN land-cover classification, trained on the cube's label layer (``tasks/classify.py``)."""
+
+    label: str = "landcover"
+    epochs: int = Field(default=15, ge=1)
+    patch: int = Field(default=32, ge=4)
+    block: int = Field(default=2, ge=1)
+    seed: int = 0
+
+
 class CompressParams(_Strict):
     """Learned-basis (TDL) tensor compression (``tasks/compress.py``)."""
 
@@ -308,6 +319,7 @@ class Stages(_Strict):
     anomalies: AnomalyParams = AnomalyParams()
     gapfill: GapfillParams = GapfillParams()
     compress: CompressParams = CompressParams()
+    classify: ClassifyParams = ClassifyParams()
 
 
 class Storage(_Strict):

@@ -16,7 +16,10 @@ import xarray as xr  # noqa: E402
 
 from tasks.cube import open_cube  # noqa: E402
 
-__all__ = ["artifact_key", "composite_png", "is_current", "newest_composite", "stretch", "thumbnail_data_uri"]
+__all__ = [
+    "artifact_key", "composite_png", "is_current", "newest_composite", "stretch", "thumbnail_data_uri",
+    "write_class_cog",
+]
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +126,51 @@ def thumbnail_data_uri(png: str | Path, *, max_pixels: int = 360) -> str:
     buf = io.BytesIO()
     plt.imsave(buf, img[::step, ::step], format="png")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def write_class_cog(
+    path: str | Path,
+    codes: np.ndarray,
+    *,
+    transform: object,
+    crs: object,
+    colormap: dict[int, tuple[int, int, int, int]] | None = None,
+    nodata: int = 0,
+    names: dict[int, str] | None = None,
+) -> Path:
+    """Write a class map as a Cloud-Optimized GeoTIFF with a colour table (default: NLCD's).
+
+    ``codes`` is ``(y, x)`` uint8 class codes (``nodata`` where unclassified); ``transform`` an
+    ``affine.Affine``, ``crs`` anything rasterio takes. The file is written under a temporary name
+    and renamed into place. ``names`` (code -> class name) go into the ``CLASSES`` tag.
+    """
+    import os
+    import uuid
+
+    import rasterio
+
+    from tasks.sample_area import NLCD_COLORMAP
+
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.dtype != np.uint8:
+        raise ValueError(
+            f"codes must be a (y, x) uint8 class map; got shape {codes.shape} dtype {codes.dtype} "
+            "(cast with .astype(np.uint8))"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    profile = dict(driver="COG", height=codes.shape[0], width=codes.shape[1], count=1, dtype="uint8",
+                   crs=crs, transform=transform, nodata=nodata, compress="deflate",
+                   blocksize=256, overview_resampling="mode")
+    try:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(codes, 1)
+            dst.write_colormap(1, dict(colormap or NLCD_COLORMAP))
+            if names:
+                dst.update_tags(CLASSES="; ".join(f"{k}={v}" for k, v in sorted(names.items())))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,258 @@
+"""Training, inference and scores for the per-pixel classifiers of ``fusion_models.classifiers``.
+
+Class imbalance is handled with class-weighted cross entropy (King, G., Zeng, L. (2001),
+"Logistic regression in rare events data", Political Analysis 9(2):137-163: weights inversely
+proportional to class frequency, here capped) and reported with the macro-averaged F1 score
+(the deck's "Results on 4D classification" table).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fusion_models.classifiers import PixelClassifier
+
+__all__ = [
+    "Batch",
+    "FitResult",
+    "autocast_dtype",
+    "class_weights",
+    "fit_classifier",
+    "predict_proba",
+    "scores",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``(x (n, T, C, P, P) float NaN where missing, valid (n, T, P, P) bool, labels (n, P, P) int,
+#: -1 = no label)``, numpy arrays or tensors.
+Batch = tuple[Any, Any, Any]
+
+
+def class_weights(counts: np.ndarray, *, cap: float = 20.0) -> np.ndarray:
+    """Balanced class weights :math:`w_k = N / (K_+ n_k)`, capped at ``cap``, for present classes.
+
+    ``counts``: ``(K,)`` training pixels per class. Classes with no pixel get weight 0 (they never
+    appear in the loss); the weights of the present classes are rescaled to average 1.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or (counts < 0).any() or counts.sum() <= 0:
+        raise ValueError(
+            f"counts must be a 1-D array of non-negative class counts with a positive sum; got "
+            f"shape {counts.shape}, sum {counts.sum() if counts.size else 0}"
+        )
+    present = counts > 0
+    w = np.zeros_like(counts)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    w = np.minimum(w, cap)
+    w[present] /= w[present].mean()
+    return w.astype(np.float32)
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision / recall / F1 and the confusion matrix.
+
+    Pixels with ``y_true < 0`` are ignored. Macro-F1 averages the F1 of the classes present in
+    ``y_true`` (a class absent from the truth has no recall to score), i.e.
+    :math:`F_1^{macro} = \\frac{1}{|K_+|} \\sum_{k \\in K_+} \\frac{2 P_k R_k}{P_k + R_k}`.
+    ``confusion[i, j]`` counts truth class ``i`` predicted as ``j``.
+    """
+    y_true = np.asarray(y_true).ravel()
+    y_pred = np.asarray(y_pred).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred need the same size; got {y_true.size} and {y_pred.size}")
+    keep = y_true >= 0
+    t, p = y_true[keep].astype(np.int64), y_pred[keep].astype(np.int64)
+    if t.size and (t.max() >= n_classes or p.min() < 0 or p.max() >= n_classes):
+        raise ValueError(f"class indices must be in [0, {n_classes}); got truth max {t.max()}, "
+                         f"predictions in [{p.min()}, {p.max()}]")
+    conf = np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    tp = np.diag(conf).astype(np.float64)
+    support = conf.sum(axis=1)
+    predicted = conf.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = support > 0
+    return {
+        "accuracy": float(tp.sum() / max(t.size, 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "confusion": conf.tolist(),
+        "pixels": int(t.size),
+    }
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA (bfloat16 where supported, else float16); ``None`` on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device) -> Any:
+    dtype = autocast_dtype(device)
+    return torch.autocast(device_type="cuda", dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _to(batch: Batch, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    x, valid, y = (torch.as_tensor(a) for a in batch)
+    nb = device.type == "cuda"
+    return (x.to(device, torch.float32, non_blocking=nb), valid.to(device, torch.bool, non_blocking=nb),
+            y.to(device, torch.int64, non_blocking=nb))
+
+
+def _augment(x: Tensor, valid: Tensor, y: Tensor, crop: int | None,
+             gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """A random ``crop x crop`` window, flips and quarter turns (one draw per batch)."""
+    size = x.shape[-1]
+    if crop is not None and crop < size:
+        r, c = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=gen))
+        x, valid, y = x[..., r:r + crop, c:c + crop], valid[..., r:r + crop, c:c + crop], y[..., r:r + crop, c:c + crop]
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    flip = bool(torch.randint(0, 2, (1,), generator=gen))
+    out = []
+    for a in (x, valid, y):
+        a = torch.rot90(a, k, dims=(-2, -1))
+        out.append(a.flip(-1) if flip else a)
+    return out[0], out[1], out[2]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit_classifier` did: per-epoch loss and validation macro-F1, the epoch kept."""
+
+    history: list[float]
+    val_f1: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    seconds: float = 0.0
+
+
+def fit_classifier(
+    model: PixelClassifier,
+    train: Callable[[], Iterable[Batch]],
+    *,
+    val: Callable[[], Iterable[Batch]] | None = None,
+    weights: np.ndarray | None = None,
+    epochs: int = 20,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    crop: int | None = 16,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+) -> FitResult:
+    """Train ``model`` with class-weighted cross entropy and AdamW (cosine learning-rate decay).
+
+    Parameters
+    ----------
+    model
+        A :class:`~fusion_models.classifiers.PixelClassifier` (trained in place; on return it
+        holds the weights of the epoch with the best validation macro-F1, or of the last epoch).
+    train, val
+        Called once per epoch, each returns an iterable of :data:`Batch` (e.g. a DataLoader over
+        a patch store). Labels ``-1`` are ignored.
+    weights
+        ``(K,)`` class weights of the loss (see :func:`class_weights`); ``None``: unweighted.
+    epochs, lr, weight_decay
+        Passes over ``train``, peak learning rate and AdamW weight decay.
+    crop
+        Train on a random ``crop x crop`` window of each batch (with random flips and quarter
+        turns): the models are fully convolutional, so this cuts the cost per step.
+    device
+        ``cpu`` or ``cuda`` (mixed precision there, see :func:`autocast_dtype`).
+    seed
+        Seeds the initialisation-independent randomness (augmentation draws).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1; got epochs={epochs!r}")
+    dev = torch.device(device)
+    model.to(dev)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=lr / 50)
+    w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=dev)
+    loss_fn = nn.CrossEntropyLoss(weight=w, ignore_index=-1)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(dev) == torch.float16)
+    history: list[float] = []
+    val_f1: list[float] = []
+    best: tuple[float, int, dict[str, Tensor]] | None = None
+    started = time.perf_counter()
+    epochs_iter: Iterable[int] = range(epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epochs_iter = tqdm(epochs_iter, desc=f"train {model.kind}", unit="epoch")
+    for epoch in epochs_iter:
+        model.train()
+        total, steps = 0.0, 0
+        for batch in train():
+            x, valid, y = _augment(*_to(batch, dev), crop, gen)
+            if not bool((y >= 0).any()):
+                continue
+            opt.zero_grad(set_to_none=True)
+            with _autocast(dev):
+                loss = loss_fn(model(x, valid).float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            total += float(loss.detach())
+            steps += 1
+        sched.step()
+        history.append(total / max(steps, 1))
+        if val is not None:
+            truth, pred = [], []
+            model.eval()
+            for batch in val():
+                truth.append(np.asarray(batch[2]).ravel())
+                pred.append(_proba(model, batch, dev).argmax(axis=1).ravel())
+            f1 = scores(np.concatenate(truth), np.concatenate(pred), model.n_classes)["macro_f1"]
+            val_f1.append(f1)
+            if best is None or f1 > best[0]:
+                best = (f1, epoch, copy.deepcopy(model.state_dict()))
+        log.debug("%s epoch %d: loss %.4f%s", model.kind, epoch, history[-1],
+                  f", val macro-F1 {val_f1[-1]:.3f}" if val_f1 else "")
+    best_epoch = epochs - 1
+    if best is not None:
+        model.load_state_dict(best[2])
+        best_epoch = best[1]
+    seconds = time.perf_counter() - started
+    log.info("%s: %d epochs in %.1f s, kept epoch %d%s", model.kind, epochs, seconds, best_epoch,
+             f" (val macro-F1 {best[0]:.3f})" if best is not None else "")
+    return FitResult(history=history, val_f1=val_f1, best_epoch=best_epoch, seconds=seconds)
+
+
+@torch.no_grad()
+def _proba(model: PixelClassifier, batch: Batch, dev: torch.device) -> np.ndarray:
+    x, valid, _ = _to(batch, dev)
+    with _autocast(dev):
+        logits = model(x, valid)
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+def predict_proba(
+    model: PixelClassifier,
+    batches: Callable[[], Iterable[Batch]] | Iterable[Batch],
+    *,
+    device: torch.device | str = "cpu",
+) -> Iterator[np.ndarray]:
+    """Class probabilities ``(n, K, P, P)`` float32 per batch, in the batches' order (eval mode,
+    mixed precision on CUDA)."""
+    dev = torch.device(device)
+    model.to(dev).eval()
+    for batch in batches() if callable(batches) else batches:
+        yield _proba(model, batch, dev)

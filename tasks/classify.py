@@ -1,0 +1,567 @@
+"""The classification stage: cube.zarr -> classes.zarr + a colour-mapped COG, with a 4D-CNN.
+
+Per-pixel classification into the 15 NLCD classes of the deck. Each pixel is a sample; the
+4D-CNN (``fusion_models.classifiers.CNN4D``) is fully convolutional, so a pixel's class is
+decided from its 5 x 5 pixel neighbourhood over all dates and bands, and a whole patch of the
+patch store is classified in one pass.
+
+Training (no ``model``): labels are the cube's static label layer (``landcover(y, x)`` NLCD codes,
+other names with ``label=``), cut into ``<out>.patches.zarr`` by the patch stage with its
+spatial-block split: the model trains on ``train`` patches, keeps the epoch with the best
+validation macro-F1 on ``val`` patches and is scored on ``test`` patches (buffer patches are
+never used). Class imbalance: class-weighted cross entropy (inverse class frequency, capped).
+Applying (``model=M.pt``): the saved model classifies the cube; it is scored on the test patches
+when the cube has the label layer.
+
+Inputs: NaN or not-``valid`` pixel-dates are set to 0 after per-band standardisation and the
+observed mask is an extra input feature (see ``PixelClassifier``).
+
+Outputs: ``classes.zarr`` (``classes(y, x)`` uint8 NLCD codes with ``flag_values`` /
+``flag_meanings``, ``confidence(y, x)`` the winning class probability, the cube's grid), its
+manifest (key, test scores, training history), ``classes.tif`` (Cloud-Optimized GeoTIFF with the
+NLCD colour table), the weights ``classes.zarr.cnn4d.pt`` (a ``torch.save`` dict with the state
+dict, loaded with ``weights_only=True``), and a confusion-matrix PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time as _time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+from torch.utils.data import DataLoader, Dataset
+
+from fusion_models.classifier_training import class_weights, fit_classifier, predict_proba, scores
+from fusion_models.classifiers import PixelClassifier, build_classifier
+from tasks.catalog import NLCD_CLASSES
+from tasks.checkpoint import (
+    Manifest,
+    atomic_artifact,
+    code_version,
+    fingerprint,
+    reuse_or_refuse,
+    stage_key,
+    write_manifest,
+)
+from tasks.cube import cube_crs, cube_transform, open_cube
+from tasks.patch import make_patches
+
+__all__ = [
+    "CLASSES",
+    "PatchBatches",
+    "add_cli",
+    "band_statistics",
+    "classify_cube",
+    "classify_task",
+    "cog_path",
+    "confusion_png",
+    "default_device",
+    "load_model",
+    "patch_loader",
+    "save_model",
+    "weights_path",
+]
+
+log = logging.getLogger(__name__)
+
+STAGE = "classify"
+CODE_MODULES = (
+    "tasks.classify",
+    "fusion_models.classifiers",
+    "fusion_models.classifier_training",
+    "fusion_models.conv4d",
+    "fusion_models.patching",
+)
+#: The 15 NLCD classes of the deck, in class-index order.
+CLASSES: tuple[int, ...] = tuple(NLCD_CLASSES)
+_LOOKUP = np.full(256, -1, dtype=np.int64)
+_LOOKUP[list(CLASSES)] = np.arange(len(CLASSES))
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``cpu`` (the same code path runs on both)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --- reading patches.zarr -----------------------------------------------------------------------
+
+
+class PatchBatches(Dataset):
+    """Batches of patches read from a ``patches.zarr`` store: item ``i`` is one batch.
+
+    Each batch is a run of patch indices within one Zarr chunk where possible (one read per
+    array), returned as ``(x (n, T, C, P, P) float32, valid (n, T, P, P) bool, labels (n, P, P)
+    int64)`` with labels the class indices of :data:`CLASSES` (``-1``: no label or not an NLCD
+    code; all ``-1`` when the store has no ``label`` layer). The store is opened lazily in each
+    DataLoader worker.
+    """
+
+    def __init__(self, store: str | Path, indices: np.ndarray, *, batch: int = 16,
+                 label: str | None = "landcover") -> None:
+        self.store = str(store)
+        self.label = label
+        indices = np.sort(np.asarray(indices, dtype=np.int64))
+        self._group: Any = None
+        chunk = int(self._open()["data"].chunks[0])
+        self.runs: list[np.ndarray] = []
+        for c in np.unique(indices // chunk):
+            members = indices[indices // chunk == c]
+            self.runs.extend(np.array_split(members, int(np.ceil(len(members) / batch))))
+
+    def _open(self) -> Any:
+        if self._group is None:
+            import zarr
+
+            self._group = zarr.open_group(self.store, mode="r")
+        return self._group
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_group": None}  # each worker opens its own handle
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        g = self._open()
+        idx = self.runs[i]
+        sel = slice(int(idx[0]), int(idx[-1]) + 1)
+        rel = idx - idx[0]
+        x = np.asarray(g["data"][sel])[rel].astype(np.float32, copy=False)
+        valid = np.asarray(g["valid"][sel])[rel].astype(bool, copy=False)
+        if self.label is not None and self.label in g:
+            codes = np.asarray(g[self.label][sel])[rel]
+            labels = _LOOKUP[np.clip(codes.astype(np.int64), 0, 255)]
+        else:
+            labels = np.full((len(idx), *x.shape[-2:]), -1, dtype=np.int64)
+        return x, valid, labels
+
+
+def patch_loader(batches: PatchBatches, *, shuffle: bool = False, workers: int = 0,
+                 device: torch.device | None = None, seed: int = 0) -> DataLoader:
+    """A DataLoader over :class:`PatchBatches` (batch_size None: one item is one batch), with
+    ``workers`` reader processes and pinned memory on CUDA."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(batches, batch_size=None, shuffle=shuffle, num_workers=workers,
+                      pin_memory=device is not None and device.type == "cuda",
+                      persistent_workers=workers > 0, generator=gen)
+
+
+def band_statistics(loader: DataLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-band mean and std of the observed values and the class pixel counts of a loader."""
+    total = count = square = None
+    classes = np.zeros(len(CLASSES), dtype=np.int64)
+    for x, valid, labels in loader:
+        x, valid, labels = np.asarray(x), np.asarray(valid), np.asarray(labels)
+        obs = (valid & np.isfinite(x).all(axis=2))[:, :, None]  # (n, T, 1, P, P)
+        vals = np.where(obs, x, 0.0).astype(np.float64)
+        n = np.broadcast_to(obs, x.shape).sum(axis=(0, 1, 3, 4))
+        s = vals.sum(axis=(0, 1, 3, 4))
+        q = (vals**2).sum(axis=(0, 1, 3, 4))
+        total, count, square = (s, n, q) if total is None else (total + s, count + n, square + q)
+        classes += np.bincount(labels[labels >= 0].ravel(), minlength=len(CLASSES))
+    if total is None or count is None or square is None or not count.all():
+        raise ValueError("no observed (valid and finite) value in the training patches; "
+                         "the cube has nothing to learn from")
+    mean = total / count
+    std = np.sqrt(np.maximum(square / count - mean**2, 1e-12))
+    return mean.astype(np.float32), std.astype(np.float32), classes
+
+
+# --- model files --------------------------------------------------------------------------------
+
+
+def weights_path(out: str | Path) -> Path:
+    """``classes.zarr`` -> ``classes.zarr.cnn4d.pt`` (the model beside the artifact)."""
+    out = Path(out)
+    return out.with_name(out.name + ".cnn4d.pt")
+
+
+def cog_path(out: str | Path) -> Path:
+    """``classes.zarr`` -> ``classes.tif`` (the colour-mapped Cloud-Optimized GeoTIFF)."""
+    out = Path(out)
+    return out.with_suffix(".tif") if out.suffix == ".zarr" else out.with_name(out.name + ".tif")
+
+
+def save_model(model: PixelClassifier, path: str | Path, *, bands: list[str]) -> Path:
+    """``torch.save`` a dict of plain types and the state dict (loadable with weights_only)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    torch.save({"kind": model.kind, "config": model.config(), "classes": list(CLASSES),
+                "bands": list(bands), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
+               tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[PixelClassifier, dict[str, Any]]:
+    """A model saved by :func:`save_model` (``torch.load(weights_only=True)``) and its metadata."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no model file; train one with `fusioncube stage classify` first")
+    saved = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(saved, dict) or "state_dict" not in saved or "kind" not in saved:
+        raise ValueError(f"{path}: not a fusioncube classifier (expected a dict with kind, config, "
+                         "state_dict as written by tasks.classify.save_model)")
+    model = build_classifier(saved["kind"], **saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
+
+
+# --- pictures -----------------------------------------------------------------------------------
+
+
+def confusion_png(confusion: np.ndarray, path: str | Path, *, title: str = "") -> Path:
+    """Row-normalised confusion matrix (truth rows, predicted columns) of the classes present."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conf = np.asarray(confusion, dtype=np.float64)
+    keep = (conf.sum(axis=1) > 0) | (conf.sum(axis=0) > 0)
+    sub = conf[np.ix_(keep, keep)]
+    norm = sub / np.maximum(sub.sum(axis=1, keepdims=True), 1)
+    codes = [str(c) for c, k in zip(CLASSES, keep, strict=True) if k]
+    fig, ax = plt.subplots(figsize=(0.45 * len(codes) + 2.5, 0.45 * len(codes) + 2))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(codes)), codes, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(codes)), codes, fontsize=8)
+    ax.set_xlabel("predicted NLCD class")
+    ax.set_ylabel("true NLCD class")
+    for i in range(len(codes)):
+        for j in range(len(codes)):
+            if sub[i, j]:
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, shrink=0.7, label="share of the true class")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def class_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-class precision / recall / F1 / support rows of a :func:`scores` result."""
+    return [
+        {"code": c, "class": NLCD_CLASSES[c], "precision": round(result["precision"][k], 4),
+         "recall": round(result["recall"][k], 4), "f1": round(result["f1"][k], 4),
+         "support": int(result["support"][k])}
+        for k, c in enumerate(CLASSES)
+        if result["support"][k] or sum(row[k] for row in result["confusion"])
+    ]
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def classify_key(cube: str | Path, params: dict[str, Any], model: str | Path | None) -> tuple[str, dict[str, str]]:
+    """The checkpoint key of classifying ``cube`` with ``params`` (and a saved ``model``)."""
+    inputs = {"cube": fingerprint(cube)}
+    if model is not None:
+        inputs["model"] = fingerprint(model)
+    return stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES)), inputs
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {name}={value!r}")
+
+
+def classify_cube(
+    cube: str | Path,
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    label: str = "landcover",
+    epochs: int = 15,
+    patch: int = 32,
+    block: int = 2,
+    batch: int = 4,
+    crop: int = 16,
+    lr: float = 3e-3,
+    width: int = 4,
+    seed: int = 0,
+    device: str | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Manifest:
+    """Classify every pixel of a cube into the NLCD classes with a 4D-CNN (trained or loaded).
+
+    Parameters
+    ----------
+    cube
+        A schema-following cube store (``tasks.cube``); for training it needs the ``label``
+        layer (``(y, x)`` NLCD codes).
+    out
+        Where ``classes.zarr`` goes; manifest, COG, model and patch store beside it.
+    model
+        A model file written by an earlier run (``<out>.cnn4d.pt``): apply it instead of training.
+    label
+        The cube's label layer (training and scoring).
+    epochs, lr, crop, width
+        Training passes, AdamW peak learning rate, training crop side, 4D-CNN width.
+    patch, block
+        Patch side (pixels) and split block side (patches) of the patch store.
+    batch
+        Patches per training step (inference reads at least 16 patches per batch).
+    seed
+        Seeds the split, the initial weights and the augmentation.
+    device
+        ``"cuda"``/``"cpu"``; default: a GPU when present. Not part of the key.
+    workers
+        DataLoader reader processes; default 4 on CUDA, 0 on CPU (the reads are cheap beside
+        the CPU convolutions). Not part of the key.
+    overwrite
+        Replace an ``out`` made with another key. A finished ``out`` with this key is reused.
+
+    Returns
+    -------
+    Manifest
+        ``outputs``: paths (classes, COG, model, patches, confusion PNG), classes found;
+        ``stats``: test scores (accuracy, macro-F1, per class, confusion), training history,
+        seconds, device.
+    """
+    _check_positive(epochs=epochs, patch=patch, block=block, batch=batch, crop=crop, width=width)
+    cube, out = Path(cube), Path(out)
+    params: dict[str, Any] = {"label": label, "patch": patch, "block": block, "seed": seed}
+    if model is None:
+        params.update({"epochs": epochs, "batch": batch, "crop": crop, "lr": lr, "width": width})
+    key, inputs = classify_key(cube, params, model)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
+    if found is not None and Path(found.outputs.get("cog", "")).exists():
+        return found
+
+    started = _time.perf_counter()
+    dev = torch.device(device) if device else default_device()
+    n_workers = (4 if dev.type == "cuda" else 0) if workers is None else workers
+    ds = open_cube(cube)
+    height, width_px = ds.sizes["y"], ds.sizes["x"]
+    size = min(patch, height, width_px)
+    patches = out.with_name(out.name + ".patches.zarr")
+    make_patches(cube, patches, size=size, block=block, seed=seed, batch=16, overwrite=True)
+    pds = xr.open_zarr(patches, consolidated=None)
+    split = np.array([str(s) for s in pds["split"].values])
+    origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1)
+    has_label = label in pds
+    bands = [str(b) for b in pds["band"].values]
+    torch.manual_seed(seed)
+
+    def loader(where: str | None, *, shuffle: bool = False) -> tuple[PatchBatches, DataLoader]:
+        idx = np.arange(len(split)) if where is None else np.flatnonzero(split == where)
+        per = batch if shuffle else max(batch, 16)  # small steps to train, larger reads to infer
+        pb = PatchBatches(patches, idx, batch=per, label=label if has_label else None)
+        return pb, patch_loader(pb, shuffle=shuffle, workers=n_workers, device=dev, seed=seed)
+
+    fit_stats: dict[str, Any] = {}
+    if model is None:
+        if not has_label:
+            raise ValueError(
+                f"{cube}: no label layer {label!r} to train with (variables: {sorted(map(str, ds.data_vars))}); "
+                "pass label=NAME of a (y, x) layer of NLCD codes, or model=M.pt to apply a saved model"
+            )
+        train_pb, train_dl = loader("train", shuffle=True)
+        if not len(train_pb):
+            raise ValueError(f"{cube}: the split left no training patch (block={block}, patch={size}); "
+                             "use a smaller block")
+        mean, std, counts = band_statistics(loader("train")[1])
+        if counts.sum() == 0:
+            raise ValueError(f"{cube}: the {label!r} layer holds no NLCD class code in the training patches")
+        net = build_classifier("cnn4d", n_times=int(pds.sizes["time"]), n_bands=len(bands),
+                               n_classes=len(CLASSES), width=width, mean=mean.tolist(), std=std.tolist())
+        val_pb, val_dl = loader("val")
+        fit = fit_classifier(net, lambda: train_dl, val=(lambda: val_dl) if len(val_pb) else None,
+                             weights=class_weights(counts), epochs=epochs, lr=lr, crop=min(crop, size),
+                             device=dev, seed=seed, progress=progress)
+        wpath = save_model(net, weights_path(out), bands=bands)
+        fit_stats = {"loss_history": [round(v, 5) for v in fit.history],
+                     "val_macro_f1": [round(v, 4) for v in fit.val_f1], "best_epoch": fit.best_epoch,
+                     "fit_seconds": round(fit.seconds, 3),
+                     "train_pixels_per_class": {str(c): int(n) for c, n in zip(CLASSES, counts, strict=True)}}
+    else:
+        net, meta = load_model(model, device=dev)
+        wpath = Path(model)
+        if net.n_times != pds.sizes["time"] or net.n_bands != len(bands):
+            raise ValueError(
+                f"{model}: the model was trained on {net.n_times} dates x {net.n_bands} bands "
+                f"({meta.get('bands')}); the cube {cube} has {pds.sizes['time']} x {len(bands)} {bands}. "
+                "Train a model on this cube (leave out --model)"
+            )
+
+    # every patch, in store order; probabilities averaged where patches overlap
+    all_pb, all_dl = loader(None)
+    k = len(CLASSES)
+    canvas = np.zeros((k, height, width_px), dtype=np.float32)
+    cover = np.zeros((height, width_px), dtype=np.float32)
+    truth, pred = [], []
+    t0 = _time.perf_counter()
+    for idx, batch in zip(all_pb.runs, all_dl, strict=True):
+        proba = next(predict_proba(net, [batch], device=dev))  # (n, K, P, P)
+        labels = np.asarray(batch[2])
+        for j, p in enumerate(idx):
+            r, c = origins[p]
+            canvas[:, r:r + size, c:c + size] += proba[j]
+            cover[r:r + size, c:c + size] += 1
+            if split[p] == "test":
+                truth.append(labels[j].ravel())
+                pred.append(proba[j].argmax(axis=0).ravel())
+    infer_seconds = _time.perf_counter() - t0
+    canvas /= np.maximum(cover, 1)
+    best = canvas.argmax(axis=0)
+    codes = np.asarray(CLASSES, dtype=np.uint8)[best]
+    codes[cover == 0] = 0
+    confidence = np.where(cover > 0, canvas.max(axis=0), np.nan).astype(np.float32)
+
+    result = scores(np.concatenate(truth), np.concatenate(pred), k) if truth and has_label else None
+    coords = {name: ds.coords[name].load() for name in ("y", "x", "spatial_ref") if name in ds.coords}
+    gm = {"grid_mapping": "spatial_ref"} if "spatial_ref" in coords else {}
+    out_ds = xr.Dataset(
+        {
+            "classes": (("y", "x"), codes, {
+                "long_name": "land cover class (4D-CNN)", "flag_values": list(CLASSES),
+                "flag_meanings": " ".join(NLCD_CLASSES[c].replace(" ", "_") for c in CLASSES),
+                "comment": "0 where no patch covers the pixel", **gm}),
+            "confidence": (("y", "x"), confidence, {"long_name": "probability of the class", **gm}),
+        },
+        coords=coords,
+        attrs={"title": f"classes of {cube.name}", "classify_key": key, "model": str(wpath)},
+    )
+    chunks = (min(height, 256), min(width_px, 256))
+    with atomic_artifact(out) as tmp:
+        out_ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True,
+                       encoding={"classes": {"chunks": chunks}, "confidence": {"chunks": chunks}})
+    from tasks.quicklook import write_class_cog
+
+    cog = write_class_cog(cog_path(out), codes, transform=cube_transform(ds), crs=cube_crs(ds),
+                          names={c: NLCD_CLASSES[c] for c in CLASSES})
+    png = None
+    if result is not None:
+        png = confusion_png(np.asarray(result["confusion"]), out.with_name(out.name + ".confusion.png"),
+                            title=f"{cube.name}, test patches: accuracy {result['accuracy']:.3f}, "
+                                  f"macro-F1 {result['macro_f1']:.3f}")
+    found_classes = {str(c): int(n) for c, n in zip(CLASSES, np.bincount(best[cover > 0].ravel(), minlength=k),
+                                                   strict=True) if n}
+    manifest = Manifest(
+        stage=STAGE, key=key, params=params, inputs=inputs, code_version=code_version(*CODE_MODULES),
+        outputs={"path": str(out), "cube": str(cube), "cog": str(cog), "model": str(wpath),
+                 "patches": str(patches), "confusion_png": str(png) if png else None,
+                 "classes_found": found_classes, "trained": model is None},
+        stats={
+            "test": None if result is None else {
+                "accuracy": round(result["accuracy"], 4), "macro_f1": round(result["macro_f1"], 4),
+                "pixels": result["pixels"], "per_class": class_rows(result),
+                "confusion": result["confusion"]},
+            **fit_stats,
+            "inference_seconds": round(infer_seconds, 3),
+            "patches_per_s": round(len(split) / max(infer_seconds, 1e-9), 2),
+            "seconds": round(_time.perf_counter() - started, 3),
+            "device": str(dev),
+        },
+    )
+    write_manifest(out, manifest)
+    log.info("classify: wrote %s (%s)", out, "" if result is None else
+             f"test accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
+    return manifest
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    manifest = classify_cube(args.cube, args.out, model=args.model, label=args.label, epochs=args.epochs,
+                             seed=args.seed, device=args.device, overwrite=args.overwrite, progress=True)
+    test = manifest.stats.get("test") or {}
+    sys.stdout.write(f"{args.out}: {json.dumps({k: v for k, v in manifest.outputs.items() if k != 'classes_found'})}\n")
+    if test:
+        sys.stdout.write(f"test patches: accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} "
+                         f"({test['pixels']} pixels)\n")
+    return 0
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``stage classify --cube IN.zarr --out OUT.zarr [--model M.pt] [--device cpu|cuda]``."""
+    p = subparsers.add_parser(
+        "classify", help="per-pixel NLCD land-cover classes with a 4D-CNN (trained on the cube's labels)")
+    p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
+    p.add_argument("--out", required=True, help="classes.zarr to write (COG and model beside it)")
+    p.add_argument("--model", default=None, help="a saved model (.pt) to apply instead of training")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
+    p.add_argument("--label", default="landcover", help="the cube's label layer (default landcover)")
+    p.add_argument("--epochs", type=int, default=15, help="training passes (default 15)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_classify)
+    return p
+
+
+# --- Prefect task -------------------------------------------------------------------------------
+
+
+@task(name="classify", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+def classify_task(
+    cube: str,
+    out: str,
+    *,
+    model: str | None = None,
+    label: str = "landcover",
+    epochs: int = 15,
+    patch: int = 32,
+    block: int = 2,
+    seed: int = 0,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Prefect task: ``classify_cube`` on paths, plus artifacts: the per-class precision / recall /
+    F1 table, the confusion-matrix image and a markdown summary.
+
+    No Prefect result caching: the manifest beside ``out`` is the cache.
+    """
+    from prefect.artifacts import (
+        create_image_artifact,
+        create_markdown_artifact,
+        create_table_artifact,
+    )
+
+    from tasks.quicklook import artifact_key, thumbnail_data_uri
+
+    logger = get_run_logger()
+    manifest = classify_cube(cube, out, model=model, label=label, epochs=epochs, patch=patch, block=block,
+                             seed=seed, device=device, overwrite=overwrite)
+    test = manifest.stats.get("test")
+    name = Path(out).name
+    if test:
+        create_table_artifact(table=test["per_class"], key=artifact_key(f"classify-{name}-classes"),
+                              description=f"per-class precision / recall / F1 on the test patches of {cube}")
+        png = manifest.outputs.get("confusion_png")
+        if png and Path(png).exists():
+            create_image_artifact(image_url=thumbnail_data_uri(png, max_pixels=720),
+                                  key=artifact_key(f"classify-{name}-confusion"),
+                                  description="confusion matrix (rows: truth, normalised)")
+    create_markdown_artifact(
+        key=artifact_key(f"classify-{name}"),
+        markdown=(f"### Land-cover classes of `{cube}`\n\n4D-CNN, device `{manifest.stats['device']}`; "
+                  f"map `{manifest.outputs['cog']}`\n\n"
+                  + (f"test accuracy **{test['accuracy']:.3f}**, macro-F1 **{test['macro_f1']:.3f}** "
+                     f"({test['pixels']} pixels)\n" if test else "no label layer: not scored\n")),
+        description="classification summary",
+    )
+    logger.info("classify %s: key %s%s", out, manifest.key,
+                f", test macro-F1 {test['macro_f1']:.3f}" if test else "")
+    return {"artifact": str(out), **asdict(manifest)}

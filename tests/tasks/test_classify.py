@@ -1,0 +1,149 @@
+"""The classification stage on a tiny generated cube: outputs, scores, reuse, apply a saved model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import xarray as xr
+from affine import Affine
+from rasterio.crs import CRS
+
+from tasks.checkpoint import read_manifest
+from tasks.classify import CLASSES, add_cli, classify_cube, cog_path, load_model, weights_path
+from tasks.cube import grid_coords, open_cube, spatial_ref
+from tasks.sample_area import NLCD_COLORMAP
+
+torch.set_num_threads(1)
+
+T, C, H, W = 4, 2, 64, 64
+CODES = (11, 41, 82)  # water, deciduous forest, crops: three temporal profiles
+
+
+def make_cube(path: Path, *, seed: int = 0, label: bool = True, n_times: int = T) -> np.ndarray:
+    """Classes in 8 x 8 pixel blocks, told apart by their (noisy) temporal profile; some clouds."""
+    rng = np.random.default_rng(seed)
+    cls = rng.integers(0, 3, (H // 8, W // 8))
+    cls = np.kron(cls, np.ones((8, 8), dtype=np.int64))
+    profile = np.array([[0.05, 0.05, 0.05, 0.05], [0.2, 0.5, 0.5, 0.3], [0.1, 0.1, 0.6, 0.2]])[:, :n_times]
+    base = profile[cls].transpose(2, 0, 1)  # (T, H, W)
+    data = np.stack([base * 0.5, base], axis=1) + 0.03 * rng.standard_normal((n_times, C, H, W))
+    valid = rng.random((n_times, H, W)) > 0.15
+    data = np.where(valid[:, None], data, np.nan).astype(np.float32)
+    transform = Affine(3.0, 0, 450000.0, 0, -3.0, 4650000.0)
+    y, x = grid_coords(transform, H, W)
+    codes = np.asarray(CODES, np.uint8)[cls]
+    variables = {"data": (("time", "band", "y", "x"), data, {"grid_mapping": "spatial_ref"}),
+                 "valid": (("time", "y", "x"), valid, {"grid_mapping": "spatial_ref"})}
+    if label:
+        variables["landcover"] = (("y", "x"), codes, {"flag_values": list(CODES)})
+    ds = xr.Dataset(
+        variables,
+        coords={"time": np.array([f"2019-0{m}-01" for m in range(4, 4 + n_times)], dtype="datetime64[ns]"),
+                "band": np.array(["red", "nir"], dtype=object), "y": y, "x": x,
+                "spatial_ref": spatial_ref(CRS.from_epsg(32615), transform)},
+    )
+    ds.to_zarr(path, zarr_format=3, consolidated=True, mode="w")
+    return codes
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("classify")
+    cube = root / "cube.zarr"
+    codes = make_cube(cube)
+    out = root / "classes.zarr"
+    manifest = classify_cube(cube, out, epochs=12, patch=16, block=1, batch=4, crop=16, width=2,
+                             lr=1e-2, device="cpu")
+    return cube, out, codes, manifest
+
+
+def test_outputs_schema_cog_and_scores(trained) -> None:
+    cube, out, codes, manifest = trained
+    ds = xr.open_zarr(out, consolidated=None)
+    assert ds["classes"].dims == ("y", "x") and ds["classes"].dtype == np.uint8
+    assert list(ds["classes"].attrs["flag_values"]) == list(CLASSES)
+    assert "spatial_ref" in ds.coords
+    np.testing.assert_array_equal(ds["x"].values, open_cube(cube)["x"].values)
+    pred = ds["classes"].values
+    assert set(np.unique(pred)) <= set(CLASSES)
+    assert (pred == codes).mean() > 0.85  # an easy problem: the stage must learn it
+    test = manifest.stats["test"]
+    assert test["accuracy"] > 0.8 and test["pixels"] > 0
+    assert {row["code"] for row in test["per_class"]} <= set(CODES)
+    assert manifest.stats["device"] == "cpu" and len(manifest.stats["loss_history"]) == 12
+    with rasterio.open(cog_path(out)) as src:
+        assert src.crs == CRS.from_epsg(32615) and src.transform.a == 3.0
+        np.testing.assert_array_equal(src.read(1), pred)
+        assert src.colormap(1)[82] == NLCD_COLORMAP[82]
+    assert Path(manifest.outputs["confusion_png"]).stat().st_size > 0
+
+
+def test_reuse_and_apply_saved_model(trained, tmp_path) -> None:
+    cube, out, codes, manifest = trained
+    stamp = weights_path(out).stat().st_mtime_ns
+    again = classify_cube(cube, out, epochs=12, patch=16, block=1, batch=4, crop=16, width=2, lr=1e-2,
+                          device="cpu")
+    assert again.key == manifest.key and weights_path(out).stat().st_mtime_ns == stamp  # reused
+    model, meta = load_model(weights_path(out))  # weights_only=True inside
+    assert meta["kind"] == "cnn4d" and model.n_times == T
+    # apply it to an unlabelled cube with the same dates and bands
+    bare = tmp_path / "bare.zarr"
+    make_cube(bare, label=False)
+    applied = classify_cube(bare, tmp_path / "applied.zarr", model=weights_path(out), patch=16, block=1,
+                            device="cpu")
+    assert applied.stats["test"] is None and not applied.outputs["trained"]
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "applied.zarr")["classes"].values,
+                                  xr.open_zarr(out)["classes"].values)
+    assert read_manifest(tmp_path / "applied.zarr").inputs["model"]
+
+
+def test_bad_inputs_raise(trained, tmp_path) -> None:
+    cube, out, _, _ = trained
+    bare = tmp_path / "bare.zarr"
+    make_cube(bare, label=False)
+    with pytest.raises(ValueError, match="no label layer 'landcover'"):
+        classify_cube(bare, tmp_path / "x.zarr", patch=16, block=1)
+    other = tmp_path / "three_dates.zarr"
+    make_cube(other, n_times=3)
+    with pytest.raises(ValueError, match="trained on 4 dates x 2 bands"):
+        classify_cube(other, tmp_path / "y.zarr", model=weights_path(out), patch=16, block=1)
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
+        classify_cube(cube, tmp_path / "z.zarr", epochs=0)
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_cli_registered() -> None:
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="stage"))
+    args = parser.parse_args(["classify", "--cube", "in.zarr", "--out", "out.zarr", "--model", "m.pt",
+                              "--device", "cpu"])
+    assert (args.cube, args.out, args.model, args.device) == ("in.zarr", "out.zarr", "m.pt", "cpu")
+    assert callable(args.func)
+
+
+@pytest.mark.slow
+def test_task_publishes_table_and_confusion(trained, prefect_harness, tmp_path) -> None:
+    from prefect import flow
+    from prefect.artifacts import Artifact
+
+    from tasks.classify import classify_task
+
+    cube = trained[0]
+    out = tmp_path / "classes.zarr"
+
+    @flow
+    def one() -> dict:
+        return classify_task(str(cube), str(out), epochs=2, patch=16, block=1, device="cpu")
+
+    result = one()
+    assert result["stats"]["test"]["pixels"] > 0 and Path(result["outputs"]["cog"]).exists()
+    table = Artifact.get("classify-classes-zarr-classes")
+    assert table is not None and table.type == "table" and "precision" in str(table.data)
+    image = Artifact.get("classify-classes-zarr-confusion")
+    assert image is not None and str(image.data).startswith("data:image/png;base64,")
