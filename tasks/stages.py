@@ -18,6 +18,7 @@ from typing import Any
 from tasks.anomalies import anomalies_key, anomalies_task
 from tasks.catalog import Catalog
 from tasks.checkpoint import Manifest, fingerprint, read_manifest, reusable
+from tasks.classify import classify_key, classify_task
 from tasks.compress import compress_task
 from tasks.gapfill import gapfill_key, gapfill_task
 
@@ -29,12 +30,18 @@ def _anomalies_current(cube: str, out: str, params: dict[str, Any]) -> Manifest 
     return reusable(out, key)
 
 
-def _gapfill_current(cube: str, out: str, params: dict[str, Any]) -> Manifest | None:
-    # the manifest also holds parameters the stage derives (ranks): compare the catalog's subset
-    m = read_manifest(out)
-    if m is None or not Path(out).exists() or m.key != gapfill_key(cube, m.params)[0]:
-        return None
-    return m if all(m.params.get(k) == v for k, v in params.items()) else None
+def _subset_current(key_of: Callable[[str, dict[str, Any]], str]) -> Callable[[str, str, dict[str, Any]], Manifest | None]:
+    """Up-to-date check of a stage whose manifest also holds parameters it derives or defaults
+    (ranks, batch size): the key is recomputed from the manifest's parameters, and the catalog's
+    parameters must be a subset of them."""
+
+    def current(cube: str, out: str, params: dict[str, Any]) -> Manifest | None:
+        m = read_manifest(out)
+        if m is None or not Path(out).exists() or m.key != key_of(cube, m.params):
+            return None
+        return m if all(m.params.get(k) == v for k, v in params.items() if k in m.params) else None
+
+    return current
 
 
 def _compress_current(cube: str, out: str, params: dict[str, Any]) -> Manifest | None:
@@ -60,8 +67,11 @@ class Stage:
 
 STAGES: dict[str, Stage] = {
     "anomalies": Stage("anomalies", "anomalies.zarr", anomalies_task, _anomalies_current),
-    "gapfill": Stage("gapfill", "filled.zarr", gapfill_task, _gapfill_current),
+    "gapfill": Stage("gapfill", "filled.zarr", gapfill_task,
+                     _subset_current(lambda cube, p: gapfill_key(cube, p)[0])),
     "compress": Stage("compress", "compress", compress_task, _compress_current),
+    "classify": Stage("classify", "classes.zarr", classify_task,
+                      _subset_current(lambda cube, p: classify_key(cube, p, None)[0])),
 }
 
 
