@@ -22,14 +22,14 @@ from tasks.errors import CatalogError, did_you_mean
 __all__ = [
     "BandSpec",
     "Catalog",
-    "ClassifyParams",
-    "CompressParams",
     "ChunkSpec",
     "CubeSpec",
     "DateRule",
     "GridSpec",
     "MaskRule",
     "AnomalyParams",
+    "CompressParams",
+    "ClassifyParams",
     "GapfillParams",
     "PatchParams",
     "SourceSpec",
@@ -416,9 +416,28 @@ class Catalog(_Strict):
             self.resolve(self.storage.artifacts) if self.storage.artifacts else self.root / "artifacts"
         )
 
+    @property
+    def storage_roots(self) -> list[Path]:
+        """The folders outputs may be written under: ``storage.root``, ``storage.cubes`` and
+        ``storage.artifacts`` (symbolic links and ``..`` resolved)."""
+        return [p.resolve() for p in dict.fromkeys([self.root, self.cubes_dir, self.artifacts_dir])]
+
+    def inside_storage(self, path: Path, *, key: str) -> Path:
+        """``path`` when it resolves (links, ``..``) inside a storage root, else ``CatalogError``."""
+        real = path.resolve()
+        if not any(real == r or r in real.parents for r in self.storage_roots):
+            raise CatalogError(
+                f"{self.path}: {key}: {path} resolves to {real}, outside the storage roots "
+                f"{[str(r) for r in self.storage_roots]}; write outputs under storage.root "
+                "(or set storage.cubes / storage.artifacts to the folder you want)"
+            )
+        return path
+
     def cube_path(self, name: str) -> Path:
         spec = self.cube(name)
-        return self.resolve(spec.path) if spec.path else self.cubes_dir / f"{name}.zarr"
+        if spec.path:
+            return self.inside_storage(self.resolve(spec.path), key=f"cubes.{name}.path")
+        return self.inside_storage(self.cubes_dir / f"{name}.zarr", key=f"cubes.{name}")
 
     def patch_params(self, cube: str) -> PatchParams:
         """The cube's patching parameters: its own override or ``stages.patch``."""
@@ -427,7 +446,7 @@ class Catalog(_Strict):
     def stage_dir(self, cube: str) -> Path:
         """Where the artifacts of the stages run over ``cube`` go."""
         self.cube(cube)
-        return self.artifacts_dir / cube
+        return self.inside_storage(self.artifacts_dir / cube, key=f"cubes.{cube}")
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -525,7 +544,10 @@ def catalog_from_dict(
         cat = Catalog.model_validate(raw)
     except ValidationError as exc:
         raise CatalogError(_format_errors(exc, file)) from None
-    return cat.model_copy(update={"path": Path(path).resolve() if path is not None else None})
+    cat = cat.model_copy(update={"path": Path(path).resolve() if path is not None else None})
+    for name in cat.cubes:  # output paths inside the storage roots, checked before any work
+        cat.cube_path(name)
+    return cat
 
 
 def load_catalog(path: str | Path, *, env: Mapping[str, str] | None = None) -> Catalog:

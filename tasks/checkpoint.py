@@ -36,6 +36,7 @@ __all__ = [
     "atomic_artifact",
     "code_version",
     "fingerprint",
+    "load_state_dict",
     "manifest_path",
     "read_manifest",
     "reusable",
@@ -120,6 +121,8 @@ def read_manifest(artifact: str | Path) -> Manifest | None:
 def write_manifest(artifact: str | Path, manifest: Manifest) -> Path:
     """Write the manifest atomically (temporary file + ``os.replace``)."""
     path = manifest_path(artifact)
+    for leftover in path.parent.glob(f"{path.name}{_TMP_MARK}*"):  # a killed write's temporary
+        leftover.unlink(missing_ok=True)
     tmp = path.with_name(f"{path.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
     tmp.write_text(manifest.to_json())
     with open(tmp, "rb") as fh:
@@ -161,6 +164,39 @@ def reuse_or_refuse(artifact: str | Path, key: str, *, stage: str, overwrite: bo
     return None
 
 
+def load_state_dict(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """A model checkpoint's state dict, loaded with ``torch.load(weights_only=True)``.
+
+    ``weights_only`` never unpickles arbitrary objects (no code runs from the file); the result
+    must then be a mapping of parameter names to tensors. Anything else is refused.
+
+    Raises
+    ------
+    CheckpointError
+        When the file is not a state dict (a pickled object, a bare tensor, a list...).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a plain state dict that loads with weights_only=True; refused, not unpickled "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(
+            f"{path}: a model checkpoint must be a state dict (parameter name -> tensor); "
+            f"got {type(state).__name__}; refused"
+        )
+    return dict(state)
+
+
 def fingerprint(artifact: str | Path) -> str:
     """Key of an input artifact: its manifest key, or for a foreign store a content fingerprint.
 
@@ -192,7 +228,8 @@ def clean_stale_temporaries(final: Path) -> None:
     """Remove temporaries a killed run left beside ``final``."""
     if not final.parent.exists():
         return
-    for leftover in final.parent.glob(f"{final.name}{_TMP_MARK}*"):
+    manifest_tmp = f"{manifest_path(final).name}{_TMP_MARK}*"
+    for leftover in [*final.parent.glob(f"{final.name}{_TMP_MARK}*"), *final.parent.glob(manifest_tmp)]:
         log.info("removing leftover of an interrupted run: %s", leftover)
         _remove(leftover)
 

@@ -205,6 +205,29 @@ def expand_globs(patterns: list[str], catalog: Catalog | None = None) -> list[st
     return sorted(files)
 
 
+def glob_roots(patterns: list[str], catalog: Catalog | None = None) -> list[Path]:
+    """The folders a source's globs search (each pattern's part before its first wildcard),
+    links and ``..`` resolved: a scene must really be inside one of them."""
+    roots = []
+    for pattern in patterns:
+        p = str(catalog.resolve(pattern)) if catalog is not None else pattern
+        cut = min((i for i, c in enumerate(p) if c in "*?["), default=len(p))
+        head = p[:cut]
+        base = Path(head) if head.endswith("/") else Path(head).parent
+        roots.append(base.resolve())
+    return roots
+
+
+def outside_roots(path: str, roots: list[Path]) -> str | None:
+    """Why ``path`` is refused when it resolves outside ``roots`` (a link or ``..``), else None."""
+    real = Path(path).resolve()
+    if any(r == real or r in real.parents for r in roots):
+        return None
+    how = "a symbolic link" if Path(path).is_symlink() else "a path"
+    return (f"is {how} to {real}, outside the source's folders {[str(r) for r in roots]}; "
+            "copy the file into the source folder or widen the source's glob")
+
+
 def discover(
     catalog: Catalog, source: str, *, skip: Callable[[str], bool] | None = None
 ) -> tuple[list[SceneRef], list[tuple[str, str]]]:
@@ -218,7 +241,12 @@ def discover(
     files = expand_globs(spec.glob, catalog)
     if not files:
         log.warning("source %s: no file matches %s", source, spec.glob)
+    roots = glob_roots(spec.glob, catalog)
     for f in files:
+        escape = outside_roots(f, roots)
+        if escape is not None:
+            failed.append((f, escape))
+            continue
         if skip is not None and skip(f):
             continue
         try:

@@ -32,6 +32,8 @@ __all__ = ["Grid", "RawScene", "read_scene", "warp_scene", "mask_to_clear", "WAR
 log = logging.getLogger(__name__)
 
 WARP_THREADS = 2
+# A scene is read only over the cube's grid; a window larger than this is refused unread.
+MAX_READ_BYTES = 4 * 2**30
 # GDAL is told to keep its block cache small: memory must not grow with the archive.
 GDAL_ENV = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS"}
 
@@ -131,6 +133,20 @@ def _window_over(ds: rasterio.io.DatasetReader, grid: Grid) -> Window:
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
+def _refuse_oversized(ref: SceneRef, ds: rasterio.io.DatasetReader, win: Window, bands: int) -> None:
+    """Refuse, before any read, a scene whose window over the grid would take more than
+    :data:`MAX_READ_BYTES` in memory (a corrupt or hostile header declaring an enormous size)."""
+    itemsize = max(np.dtype(dt).itemsize for dt in ds.dtypes)
+    declared = int(win.width) * int(win.height) * max(bands, 1) * itemsize
+    if declared > MAX_READ_BYTES:
+        raise SceneError(
+            ref.path,
+            f"declares {ds.width} x {ds.height} px x {ds.count} band(s) of {ds.dtypes[0]}; its window over "
+            f"the cube's grid alone is {int(win.width)} x {int(win.height)} px = {declared / 2**30:.1f} GiB, "
+            f"over the read limit of {MAX_READ_BYTES / 2**30:.1f} GiB (tasks.warp.MAX_READ_BYTES); not read",
+        )
+
+
 def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     """Read the part of a scene over ``grid`` and profile it. Raises ``SceneError`` on bad input."""
     first = ref.datasets[0] if ref.datasets else ref.path
@@ -140,6 +156,7 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
                 raise SceneError(ref.path, "has no CRS (no georeferencing); cannot place it on the grid")
             file_count, file_dtype = ds.count, ds.dtypes[0]
             win = _window_over(ds, grid)
+            _refuse_oversized(ref, ds, win, len(spec.bands))
             transform = ds.window_transform(win)
             crs = ds.crs
             if len(ref.datasets) > 1:  # NetCDF: one subdataset per band, GDAL bands are times
