@@ -21,6 +21,7 @@ from tasks.ingest import (
     quicklook_task,
     write_part_task,
 )
+from tasks.locks import cube_lock
 from tasks.quicklook import artifact_key
 
 __all__ = ["ingest_flow", "ingest_steps"]
@@ -57,6 +58,30 @@ def ingest_steps(
 
     A killed run leaves finished parts on disk; the next run's plan has the same parts and reuses them.
     """
+    # one writer per cube: a second run waits here (another process, a scheduled run overlapping a
+    # backfill); the kernel releases the lock if this process dies
+    with cube_lock(load_catalog(catalog_path, env=env).cube_path(cube)):
+        report = _ingest_parts(catalog_path, cube, start, end, env, concurrency=concurrency, progress_bar=progress_bar)
+    quicklook = None
+    if report["time_steps"] and (report["dates_added"] or not _quicklook_path(report).exists()):
+        quicklook = quicklook_task(report["path"], str(_quicklook_path(report)))
+    elif report["time_steps"]:
+        quicklook = str(_quicklook_path(report))
+    publish_ingest_task(report, quicklook)
+    report["quicklook"] = quicklook
+    return report
+
+
+def _ingest_parts(
+    catalog_path: str,
+    cube: str,
+    start: date | None,
+    end: date | None,
+    env: dict[str, str] | None,
+    *,
+    concurrency: int,
+    progress_bar: bool,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     plan = plan_ingest_task(catalog_path, cube, start, end, env, concurrency=concurrency)
     parts, grid = plan["parts"], plan["grid"]
@@ -82,15 +107,7 @@ def ingest_steps(
     if bar is not None:
         bar.close()
     update_progress_artifact(progress, 100.0)
-    report = finish_ingest_task(catalog_path, cube, plan, reports, time.perf_counter() - t0, env)
-    quicklook = None
-    if report["time_steps"] and (report["dates_added"] or not _quicklook_path(report).exists()):
-        quicklook = quicklook_task(report["path"], str(_quicklook_path(report)))
-    elif report["time_steps"]:
-        quicklook = str(_quicklook_path(report))
-    publish_ingest_task(report, quicklook)
-    report["quicklook"] = quicklook
-    return report
+    return finish_ingest_task(catalog_path, cube, plan, reports, time.perf_counter() - t0, env)
 
 
 def _quicklook_path(report: dict[str, Any]) -> Path:
