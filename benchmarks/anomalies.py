@@ -7,7 +7,8 @@ injected thermal anomalies as ground truth (``truth/modis_truth.zarr``: ``anomal
 The observations of a run at missing share ``p`` and ``b`` bits:
 
 - values: the cube's LST where the cube's QC marks it valid (so cloud-edge contamination that QC
-  missed stays in), the truth's clear-sky LST under the cube's own clouds (the generator knows it);
+  missed stays in), under the cube's own clouds the truth's clear-sky LST plus the generator's
+  retrieval noise (``tasks.sample_area.LST_NOISE_K``), so every entry has the sensor noise;
 - ``Omega``: the complement of a cloud-like mask (per day, thresholded smooth noise; the day's cover
   varies around ``p``, the mean share hidden is ``p``), seeded, the same for every method;
 - quantized by a uniform ``b``-bit quantizer over the observed range (Q-TRPCA gets the codes and the
@@ -15,10 +16,10 @@ The observations of a run at missing share ``p`` and ``b`` bits:
 
 Scores are ranked over the observed entries only (an anomaly under a cloud cannot be seen):
 AUPRC (average precision), ROC-AUC (Mann-Whitney, ties averaged; own NumPy implementation), F1 of
-each method's flags (every method: ``score > max(median + k 1.4826 MAD of its non-zero scores, floor)``,
-``fusion_models.qtrpca.robust_threshold`` with ``k = tasks.anomalies.FLAG_K``, floor = the bin
-width for the robust PCAs, 0 for the z-score), the background RMSE in kelvin on every entry
-against the clean truth (``lst - anomaly_k``), and the runtime.
+each method's flags (``fusion_models.qtrpca.robust_threshold`` with ``k = tasks.anomalies.FLAG_K``:
+the robust PCAs flag ``score > max(k * noise, bin width)`` with ``noise`` the robust standard
+deviation their refit leaves in ``S``; the z-score flags ``z > k * 1.4826 median(z)``), the background RMSE in kelvin on every entry
+against the clean, noise-free truth (``lst - anomaly_k``), and the runtime.
 
     python -m benchmarks.anomalies --out anomalies.json [--quick | --size quick]
 """
@@ -119,7 +120,7 @@ def build_data(root: Path, size: str, seed: int) -> dict[str, Any]:
     from tasks.catalog import load_catalog
     from tasks.cube import open_cube
     from tasks.ingest import ingest_cube
-    from tasks.sample_area import generate_sample_area
+    from tasks.sample_area import LST_NOISE_K, generate_sample_area
 
     area = generate_sample_area(root / "sample", size=size, seed=seed)
     catalog = load_catalog(REPO / "data_catalog.yaml",
@@ -133,8 +134,10 @@ def build_data(root: Path, size: str, seed: int) -> dict[str, Any]:
     lst = truth["lst"].values.astype(np.float64)
     if lst.shape != data.shape:
         raise RuntimeError(f"cube {data.shape} and truth {lst.shape} differ in shape")
+    # under the cube's clouds: the truth plus the generator's retrieval noise (the cube has both)
+    noise = LST_NOISE_K * np.random.default_rng([seed, 7]).standard_normal(lst.shape)
     return {
-        "values": np.where(valid, data, lst),
+        "values": np.where(valid, data, lst + noise),
         "cube_valid_share": float(valid.mean()),
         "label": truth["anomaly"].values.astype(bool),
         "clean": lst - truth["anomaly_k"].values,
@@ -183,7 +186,7 @@ def run_methods(data: dict[str, Any], *, missing: float, bits: int, seed: int,
             else:
                 res = matrix_rpca(deq, omega)
             score, background = np.abs(res.S), res.L
-            flag = (score > robust_threshold(score, omega, k=FLAG_K, floor=step)) & omega
+            flag = (score > robust_threshold(score, omega, k=FLAG_K, floor=step, sigma=res.noise)) & omega
             extra = {"iterations": res.iterations, "rank": res.rank}
         seconds = time.perf_counter() - t0
         score_t = np.moveaxis(score, -1, 0)

@@ -7,9 +7,9 @@ Z. Lin and S. Yan, "Tensor Robust Principal Component Analysis with a New Tensor
 IEEE TPAMI 42(4), 925-938, 2020; matrix RPCA with missing entries from E. J. Candes, X. Li,
 Y. Ma and J. Wright, "Robust Principal Component Analysis?", J. ACM 58(3), 2011.
 
-Shapes: tensors are ``(n1, n2, n3) = (y, x, time)``: time goes last because the t-SVD takes its
-Fourier transform along the third mode (see :func:`qtrpca`). ``omega`` is a bool tensor of the same
-shape, true where an entry is observed.
+Shapes: tensors are ``(n1, n2, n3) = (y, x, time)`` at the interface; internally the TNN solvers
+work on ``(y, time, x)`` so that the t-SVD's Fourier transform runs along ``x`` (see
+:func:`qtrpca`). ``omega`` is a bool tensor of the same shape, true where an entry is observed.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Prox = Callable[[np.ndarray, float], tuple[np.ndarray, int]]
+REFIT_ITER = 60  # iteration cap of each refit loop (see _refit)
+REFIT_TOL = 1e-3  # refit stop: largest change of L below this many standard deviations of the data
+REFIT_K = 3.0  # refit outliers: |residual| > REFIT_K robust standard deviations
+REFIT_GAMMA = 1.3  # refit rank: singular values > REFIT_GAMMA x the noise's spectral norm
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ class RobustPCAResult:
         The sparsity weight used.
     seconds : float
         Wall time of the solve.
+    noise : float
+        Robust standard deviation of the dense noise left in ``S`` (set by the refit: 1.4826 MAD of
+        the residual on Omega, less the quantization share :math:`w^2/12` when ``S`` is measured
+        to the bins); NaN without a refit.
     """
 
     low_rank: np.ndarray
@@ -76,6 +84,7 @@ class RobustPCAResult:
     rank: int
     lam: float
     seconds: float
+    noise: float = float("nan")
 
     def __post_init__(self) -> None:
         if self.low_rank.shape != self.sparse.shape:
@@ -279,6 +288,162 @@ def _admm(
     )
 
 
+# --- orientation, tubal rank and the debiasing refit -----------------------------------------------
+
+
+def _to_tube_x(a: np.ndarray) -> np.ndarray:
+    """``(y, x, time) <-> (y, time, x)``: the t-SVD runs its FFT along ``x`` (self-inverse)."""
+    return np.ascontiguousarray(np.swapaxes(a, 1, 2))
+
+
+def fourier_spectrum(x: np.ndarray) -> np.ndarray:
+    """Singular values of each Fourier slice ``k = 0..n3//2`` of ``x``: ``(n3//2 + 1, min(n1, n2))``."""
+    return np.linalg.svd(np.fft.rfft(x, axis=2).transpose(2, 0, 1), compute_uv=False)
+
+
+def tubal_truncate(x: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    r"""Best approximation of ``x`` with Fourier-slice ranks ``ranks`` (truncated t-SVD).
+
+    Slice ``k`` of :math:`\bar{\mathcal{X}} = \operatorname{fft}(\mathcal{X}, [\,], 3)` keeps its
+    ``ranks[k]`` largest singular triplets; by Parseval (the Frobenius norm splits over slices) this
+    is the Frobenius-nearest tensor with those slice ranks (Eckart-Young per slice; Kilmer and
+    Martin 2011, Thm. 4.3 for a common rank).
+    """
+    n3 = x.shape[2]
+    fx = np.fft.rfft(x, axis=2).transpose(2, 0, 1)
+    u, s, vh = np.linalg.svd(fx, full_matrices=False)
+    ranks = np.asarray(ranks)
+    if ranks.shape != (fx.shape[0],):
+        raise ValueError(f"ranks needs one rank per Fourier slice ({fx.shape[0]}); got shape {ranks.shape}")
+    s = np.where(np.arange(s.shape[1])[None, :] < ranks[:, None], s, 0.0)
+    keep = max(int(ranks.max()), 1)
+    fz = (u[..., :keep] * s[:, None, :keep]) @ vh[:, :keep, :]
+    return np.fft.irfft(fz.transpose(1, 2, 0), n=n3, axis=2)
+
+
+def _refit(
+    lower: np.ndarray,
+    upper: np.ndarray,
+    omega: np.ndarray,
+    first: RobustPCAResult,
+    *,
+    spectrum: Callable[[np.ndarray], np.ndarray],
+    truncate: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    noise_norm: float,
+    quantized: bool,
+    gamma: float = REFIT_GAMMA,
+    max_iter: int = REFIT_ITER,
+    tol: float = REFIT_TOL,
+    k_out: float = REFIT_K,
+    rounds: int = 2,
+) -> RobustPCAResult:
+    r"""Debias the convex solution: refit ``L`` at the rank it found, off the outliers.
+
+    The nuclear-norm penalty shrinks every kept singular value, and inside wide quantization bins
+    nothing resists the shrinkage (any point of the bin is free), so the convex ``L`` is biased
+    towards lower contrast; with dense noise (sensor noise, quantization) the exact-constraint
+    ``L`` also keeps many small noise components. With :math:`c` the bin centres (the values,
+    when not quantized):
+
+    0. the rank: the data with outliers and gaps filled by the convex ``L``,
+       :math:`Z = P_F(c) + P_{F^c}(\mathcal{L})`, keeps on each slice (``spectrum``: the
+       singular values of each Fourier slice, or of the matrix) the singular values above
+       ``gamma`` times the spectral norm of its noise, :math:`\hat\sigma` x ``noise_norm``
+       (``noise_norm`` = :math:`\sqrt{n_3}(\sqrt{n_1} + \sqrt{n_2})` for a t-SVD slice: the
+       largest singular value of Gaussian noise; a hard threshold at the noise edge as in Gavish
+       and Donoho 2014). :math:`\hat\sigma` is the noise in ``c``: 1.4826 MAD of ``c - L``
+       for values taken as exact; for bins, the robust size of the convex ``L``'s distance to its
+       bins combined with the quantization noise :math:`w/\sqrt{12}` (``w`` the bin width) --
+       the box-constrained ``L`` sits inside its bins, so ``c - L`` measures its bias, not noise;
+
+    then, with that rank fixed (``truncate``), each of ``rounds`` rounds:
+
+    1. marks the outliers :math:`O = \{i \in \Omega : |c_i - L_i| > k\,\hat\sigma\}`,
+       :math:`\hat\sigma = 1.4826\,\operatorname{MAD}_\Omega(c - L)` (Hampel), and fits the
+       inliers :math:`F = \Omega \setminus O` by least squares (hard impute, Mazumder, Hastie and
+       Tibshirani 2010): :math:`\mathcal{L} \leftarrow T_r(P_F(c) + P_{F^c}(\mathcal{L}))`;
+    2. in the last round and only when ``quantized``: alternating projections between the rank-r
+       set and the quantization bins, :math:`\mathcal{L} \leftarrow
+       T_r(P_F(\Pi_{[\ell,u]}(\mathcal{L})) + P_{F^c}(\mathcal{L}))`: an inlier whose
+       background already lies in its bin stays where it is (the bin says nothing more; the centre
+       is not taken as exact), one outside is pulled to the nearest bin edge.
+
+    ``S`` is then the signed distance on ``Omega`` from ``L`` to the observation: to the bin when
+    ``quantized`` (:math:`\Pi_{[\ell,u]}(L) - L`, so every ``L + S`` lies in its bin), else to
+    the value taken as exact (:math:`c - L`). Each loop stops when the largest change of ``L`` is
+    below ``tol`` times the data's standard deviation, or after ``max_iter`` iterations.
+    """
+    started = time.perf_counter()
+    centre = 0.5 * (lower + upper)
+    low = first.low_rank
+    history = list(first.history)
+    scale = float(np.std(centre[omega])) or 1.0
+    iterations, converged = 0, True
+    resid = (centre - low)[omega]
+    sigma = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    if quantized:
+        excess = (low - np.clip(low, lower, upper))[omega]
+        width = float(np.median((upper - lower)[omega]))
+        sigma = math.hypot(1.4826 * float(np.median(np.abs(excess))), width / math.sqrt(12.0))
+    if sigma <= 1e-9 * scale:  # noise-free: the convex solution is exact, nothing to debias
+        log.info("refit skipped: the residual has no noise (%.3g)", sigma)
+        return first
+    inlier = omega & (np.abs(centre - low) <= k_out * sigma)
+    ranks = (spectrum(np.where(inlier, centre, low)) > gamma * sigma * noise_norm).sum(axis=-1)
+    for round_ in range(rounds):
+        resid = (centre - low)[omega]
+        sigma = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+        resid = (centre - low)[omega]
+        spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+        fit = omega & (np.abs(centre - low) <= k_out * spread)
+        if not fit.any():
+            fit = omega
+        stages = (False, True) if quantized and round_ == rounds - 1 else (False,)
+        for project in stages:
+            done = False
+            for _ in range(max_iter):
+                target = np.clip(low, lower, upper) if project else centre
+                new = truncate(np.where(fit, target, low), ranks)
+                change = float(np.abs(new - low).max())
+                low = new
+                iterations += 1
+                history.append(change)
+                if change < tol * scale:
+                    done = True
+                    break
+            converged &= done
+    sparse = np.where(omega, (np.clip(low, lower, upper) if quantized else centre) - low, 0.0)
+    resid = (centre - low)[omega]
+    noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    if quantized:  # S is measured beyond the bin edges: what is left is the unquantized noise
+        width = float(np.median((upper - lower)[omega]))
+        noise = math.sqrt(max(noise**2 - width**2 / 12.0, 0.0))
+    seconds = time.perf_counter() - started
+    log.info("refit (%s): noise %.3g, rank %d, %d iterations, %.2f s",
+             "bins" if quantized else "values", sigma, int(np.max(ranks)), iterations, seconds)
+    return RobustPCAResult(low_rank=low, sparse=sparse, iterations=first.iterations + iterations,
+                           converged=first.converged and converged, history=tuple(history),
+                           rank=int(np.max(ranks)), lam=first.lam, seconds=first.seconds + seconds,
+                           noise=noise)
+
+
+def _oriented(
+    lower: np.ndarray, upper: np.ndarray, omega: np.ndarray, *, lam: float | None, rho: float,
+    tol: float, max_iter: int, refit: bool, quantized: bool, label: str,
+) -> RobustPCAResult:
+    """TNN solve (and refit) with the FFT along ``x``; inputs and outputs are ``(y, x, time)``."""
+    lo, hi, om = _to_tube_x(lower), _to_tube_x(upper), _to_tube_x(omega)
+    lam = default_lambda(lo.shape) if lam is None else float(lam)
+    res = _admm(lo, hi, om, prox=tnn_prox, lam=lam, rho=rho, tol=tol, max_iter=max_iter, label=label)
+    if refit:
+        n1, n2, n3 = lo.shape
+        res = _refit(lo, hi, om, res, spectrum=fourier_spectrum, truncate=tubal_truncate,
+                     noise_norm=math.sqrt(n3) * (math.sqrt(n1) + math.sqrt(n2)), quantized=quantized)
+    return RobustPCAResult(low_rank=_to_tube_x(res.low_rank), sparse=_to_tube_x(res.sparse),
+                           iterations=res.iterations, converged=res.converged, history=res.history,
+                           rank=res.rank, lam=res.lam, seconds=res.seconds, noise=res.noise)
+
+
 def qtrpca(
     codes: np.ndarray,
     edges: np.ndarray,
@@ -288,6 +453,7 @@ def qtrpca(
     rho: float = 1.2,
     tol: float = 1e-6,
     max_iter: int = 500,
+    refit: bool = True,
 ) -> RobustPCAResult:
     r"""Quantized tensor robust PCA: low-rank + sparse from partial, quantized observations.
 
@@ -321,15 +487,27 @@ def qtrpca(
     (``l = u``) it reduces to TRPCA with missing entries (:func:`trpca`). Stops when
     ``max(|L+S-X|, |dL|, |dS|) < tol`` (max norms on the centred, unit-variance data).
 
-    **Why the t-SVD along time.** The TNN is orientation dependent: the FFT runs along the third
-    mode and each Fourier slice is penalised as a matrix. With time last, each slice is a spatial
-    ``y x x`` map of one temporal frequency. A land-surface background is a few spatial patterns
-    (land cover, terrain, view geometry) modulated by shared temporal signals (seasonal trend,
-    regional weather common to all pixels), so every frequency's map is close to low rank; a
-    short, compact anomaly (a few pixels, one to three days) spreads over all frequencies but
-    stays sparse in the original domain. The TNN has exact-recovery guarantees for this model
-    (Lu et al. 2020, Thm. 4.1), its prox is exact and cheap (``n3 // 2 + 1`` SVDs of ``n1 x n2``),
-    and unlike a sum of unfolding nuclear norms it needs no per-mode weights and no splitting.
+    **Which tensor nuclear norm, and why the FFT runs along x.** The TNN of the t-SVD (Lu et al.
+    2020) rather than a sum of unfolding nuclear norms: its prox is exact and cheap (one SVD per
+    Fourier slice), it needs no per-mode weights or splitting, and it has an exact-recovery
+    guarantee with the default ``lam``. The TNN is orientation dependent: the FFT runs along the
+    third mode and each Fourier slice is penalised as a matrix. A land-surface background is a few
+    spatial patterns :math:`P_k(y, x)` (land cover, terrain, view geometry, synoptic weather
+    patterns) times daily coefficients :math:`w_k(t)` (seasonal trend, weather swings, overpass
+    time). With the FFT along time each slice would be a ``y x x`` *image*, which is not a
+    low-rank matrix (land-cover maps, pixel texture). The solvers therefore work on
+    ``(y, time, x)`` (the transpose is internal; inputs and outputs stay ``(y, x, time)``): slice
+    :math:`f` of the FFT along ``x`` is :math:`\sum_k \hat P_k(y, f)\,w_k(t)`, of rank at most
+    the number of patterns whatever the images look like. On the demo sample this orientation
+    takes the 8-bit AUPRC of the convex solution from about 0.50 to about 0.87. A compact anomaly
+    (a few pixels, one to three days) stays sparse in the original domain.
+
+    **Refit.** The convex solution is then debiased (``refit=True``, :func:`_refit`): its rank
+    is cut at the noise edge of the data's spectrum, and ``L`` is refitted at that rank off the
+    outliers, first by least squares to the bin centres, then by alternating projections between
+    that rank and the bins (the quantization model: a centre is not taken as exact; only leaving
+    the bin costs). ``S`` is returned as the distance from ``L`` to each observed bin, so
+    ``L + S`` stays in its bin on Omega, and ``noise`` as the robust size of the unquantized noise.
 
     Parameters
     ----------
@@ -340,7 +518,10 @@ def qtrpca(
     omega : np.ndarray, optional
         ``(n1, n2, n3)`` bool, true where observed (default: all).
     lam : float, optional
-        Sparsity weight; default :func:`default_lambda` ``= 1/sqrt(max(n1, n2) n3)``.
+        Sparsity weight; default :func:`default_lambda` of the solved ``(y, time, x)`` tensor,
+        ``1/sqrt(max(n_y, n_time) n_x)`` (Lu et al. 2020, Thm. 4.1).
+    refit : bool
+        Debias the convex solution (see above); ``False`` returns the convex ADMM solution.
     rho : float
         Growth factor of the penalty ``mu`` (> 1); ``mu`` starts at ``1.25 / ||X||_2``
         (Lin, Chen and Ma, inexact ALM) and is capped at ``1e7`` times that.
@@ -369,9 +550,8 @@ def qtrpca(
         )
     codes = np.where(omega, codes, 0)
     lower, upper = bin_bounds(codes, edges)
-    lam = default_lambda(codes.shape) if lam is None else float(lam)
-    return _admm(lower, upper, omega, prox=tnn_prox, lam=lam, rho=rho, tol=tol,
-                 max_iter=max_iter, label="Q-TRPCA")
+    return _oriented(lower, upper, omega, lam=lam, rho=rho, tol=tol, max_iter=max_iter,
+                     refit=refit, quantized=True, label="Q-TRPCA")
 
 
 def trpca(
@@ -382,14 +562,17 @@ def trpca(
     rho: float = 1.2,
     tol: float = 1e-6,
     max_iter: int = 500,
+    refit: bool = True,
 ) -> RobustPCAResult:
     r"""TRPCA with missing entries (Lu et al. 2020): values on ``omega`` are taken as exact.
 
     .. math:: \min \|\mathcal{L}\|_* + \lambda\|P_\Omega\mathcal{S}\|_1
               \ \text{s.t.}\ P_\Omega(\mathcal{L} + \mathcal{S}) = P_\Omega(\mathcal{Y})
 
-    Solved by the ADMM of :func:`qtrpca` with a zero-width box. As a baseline for quantized data,
-    pass the dequantized values (bin centres, :func:`dequantize`).
+    Solved by the ADMM of :func:`qtrpca` with a zero-width box, on the same ``(y, time, x)``
+    orientation, and with the same refit (``refit=True``) except its last, bin-projection stage:
+    the values are taken as exact and ``S = y - L`` on ``omega``. As a baseline for quantized
+    data, pass the dequantized values (bin centres, :func:`dequantize`).
 
     Shapes
     ------
@@ -400,9 +583,8 @@ def trpca(
     if not np.all(np.isfinite(y[omega])):
         raise ValueError("y must be finite on omega; mark NaN entries unobserved in omega")
     values = np.where(omega, y, 0.0)
-    lam = default_lambda(y.shape) if lam is None else float(lam)
-    return _admm(values, values, omega, prox=tnn_prox, lam=lam, rho=rho, tol=tol,
-                 max_iter=max_iter, label="TRPCA")
+    return _oriented(values, values, omega, lam=lam, rho=rho, tol=tol, max_iter=max_iter,
+                     refit=refit, quantized=False, label="TRPCA")
 
 
 def matrix_rpca(
@@ -413,6 +595,7 @@ def matrix_rpca(
     rho: float = 1.2,
     tol: float = 1e-6,
     max_iter: int = 500,
+    refit: bool = True,
 ) -> RobustPCAResult:
     r"""Matrix RPCA with missing entries on the ``time x pixels`` unfolding (Candes et al. 2011).
 
@@ -421,7 +604,9 @@ def matrix_rpca(
 
     with :math:`M` the ``(n3, n1 n2)`` unfolding (one row per date) and
     :math:`\lambda = 1/\sqrt{\max(n_3, n_1 n_2)}` by default; same ADMM as :func:`qtrpca` with a
-    matrix SVT for the ``L``-step and values taken as exact.
+    matrix SVT for the ``L``-step and values taken as exact; the same refit as :func:`trpca`
+    (``refit=True``) at the matrix rank cut at the noise edge
+    :math:`\hat\sigma(\sqrt{n_1 n_2} + \sqrt{n_3})`.
 
     Shapes
     ------
@@ -434,15 +619,34 @@ def matrix_rpca(
     n1, n2, n3 = y.shape
 
     def prox(t: np.ndarray, tau: float) -> tuple[np.ndarray, int]:
-        m = t.reshape(n1 * n2, n3)  # (pixels, time): same singular values as (time, pixels)
-        u, s, vh = np.linalg.svd(m, full_matrices=False)
-        s = np.maximum(s - tau, 0)
-        return ((u * s) @ vh).reshape(n1, n2, n3), int((s > 0).sum())
+        # SVT of the (pixels, time) matrix through its small (time, time) Gram matrix:
+        # M = U S V^T, M^T M = V S^2 V^T, so D_tau(M) = M V diag((s - tau)_+ / s) V^T
+        m = t.reshape(n1 * n2, n3)
+        evals, v = np.linalg.eigh(m.T @ m)
+        s = np.sqrt(np.clip(evals, 0, None))
+        keep = s > tau
+        gain = np.where(keep, 1.0 - tau / np.where(keep, s, 1.0), 0.0)
+        vk = v[:, keep]
+        return (((m @ vk) * gain[keep]) @ vk.T).reshape(n1, n2, n3), int(keep.sum())
 
     values = np.where(omega, y, 0.0)
     lam = default_lambda((n3, n1 * n2)) if lam is None else float(lam)
-    return _admm(values, values, omega, prox=prox, lam=lam, rho=rho, tol=tol,
-                 max_iter=max_iter, label="matrix RPCA")
+    res = _admm(values, values, omega, prox=prox, lam=lam, rho=rho, tol=tol,
+                max_iter=max_iter, label="matrix RPCA")
+    if not refit:
+        return res
+    def spectrum(t: np.ndarray) -> np.ndarray:
+        m = t.reshape(n1 * n2, n3)  # the (time, time) Gram matrix: 44 x 44, not 4096 x 44
+        return np.sqrt(np.clip(np.linalg.eigvalsh(m.T @ m)[::-1], 0, None))
+
+    def truncate(t: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        m = t.reshape(n1 * n2, n3)
+        _, vecs = np.linalg.eigh(m.T @ m)
+        v = vecs[:, ::-1][:, : int(rank)]  # top right singular vectors
+        return ((m @ v) @ v.T).reshape(n1, n2, n3)
+
+    return _refit(values, values, omega, res, spectrum=spectrum, truncate=truncate,
+                  noise_norm=math.sqrt(n1 * n2) + math.sqrt(n3), quantized=False)
 
 
 def robust_zscore(
@@ -479,21 +683,35 @@ def robust_zscore(
 
 
 def robust_threshold(score: np.ndarray, omega: np.ndarray | None = None, *, k: float = 6.0,
-                     floor: float = 0.0) -> float:
-    r"""Flag threshold on anomaly scores: median + ``k`` robust deviations of the non-zero scores.
+                     floor: float = 0.0, sigma: float | None = None) -> float:
+    r"""Flag threshold on anomaly scores ``|S|``: ``k`` robust standard deviations of ``S`` on Omega.
 
-    .. math:: \tau = \max\big(\operatorname{med}(z) + k \cdot 1.4826\,\operatorname{MAD}(z),\
-              \text{floor}\big), \qquad z = \{|s_i| : i \in \Omega,\ s_i \neq 0\}
+    .. math:: \tau = \max\big(k \cdot 1.4826\,\operatorname{med}_{i \in \Omega} |s_i|,\
+              \text{floor}\big)
 
-    (Hampel's identifier on the scores; the zeros of a sparse ``S`` are left out, or the MAD of a
-    mostly-zero ``|S|`` would be 0). ``floor`` is typically the quantizer's bin width: a deviation
-    below one bin cannot be told from quantization. An entry is flagged when ``score > tau``.
+    ``S`` of the refitted solvers is the residual of the data about the background, centred on
+    zero, so :math:`1.4826\,\operatorname{med}|s|` is its MAD-based standard deviation (Hampel's
+    identifier about zero; anomalies are far fewer than half the entries and do not move it).
+    When more than half the scores are zero (a sparse ``S``: the convex solution without refit,
+    or residuals that stay inside wide quantization bins) that estimate is 0 and the rule falls back
+    to Hampel's identifier on the non-zero scores, :math:`\operatorname{med}(z) + k \cdot
+    1.4826\,\operatorname{MAD}(z)`. ``floor`` is typically the quantizer's bin width: a deviation
+    below one bin cannot be told from quantization. ``sigma``: a noise estimate to use instead
+    (``RobustPCAResult.noise``), :math:`\tau = \max(k\sigma, \text{floor})`. An entry is flagged
+    when ``score > tau``.
     """
     score = np.abs(np.asarray(score, dtype=np.float64))
     if not (math.isfinite(k) and k > 0):
         raise ValueError(f"k must be finite and > 0; got k={k!r}")
-    keep = score > 0 if omega is None else (score > 0) & omega
-    z = score[keep]
+    if sigma is not None and math.isfinite(sigma) and sigma > 0:
+        return max(k * float(sigma), float(floor))
+    on = score if omega is None else score[np.asarray(omega, dtype=bool)]
+    if on.size == 0:
+        return max(float(floor), 0.0)
+    sigma = 1.4826 * float(np.median(on))
+    if sigma > 0:
+        return max(k * sigma, float(floor))
+    z = on[on > 0]
     if z.size == 0:
         return max(float(floor), 0.0)
     med = float(np.median(z))

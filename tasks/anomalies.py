@@ -7,10 +7,10 @@ times) into a low-rank background ``L`` and a sparse part ``S`` by ``fusion_mode
 Analysis", ICASSP 2020). ``anomalies.zarr`` holds
 
 - ``score(time, y, x)`` float32, ``|S|`` in the band's units (kelvin for LST), 0 where unobserved;
-- ``flag(time, y, x)`` bool, ``score > max(median + k * 1.4826 * MAD, step)`` over the tile's
-  non-zero scores on observed entries (Hampel's rule, ``fusion_models.qtrpca.robust_threshold``;
-  ``k = FLAG_K`` by default) and ``step`` the quantizer's bin width (nothing smaller than one bin
-  can be told from quantization);
+- ``flag(time, y, x)`` bool, ``score > max(k * sigma, step)`` with ``sigma`` the tile's robust
+  (1.4826 MAD) standard deviation of the unquantized noise left in ``S`` (``RobustPCAResult.noise``,
+  ``fusion_models.qtrpca.robust_threshold``; ``k = FLAG_K`` by default) and ``step`` the
+  quantizer's bin width (nothing smaller than one bin can be told from quantization);
 - ``background(time, y, x)`` float32, ``L`` (defined under clouds too);
 - the cube's ``time``, ``y``, ``x`` coordinates and ``spatial_ref``.
 """
@@ -104,7 +104,7 @@ def detect_tile(
     else:
         codes, edges = quantize(y, bits, lo, hi)
         res = qtrpca(codes, edges, omega, lam=lam)
-        threshold = robust_threshold(res.S, omega, k=k, floor=float(edges[1] - edges[0]))
+        threshold = robust_threshold(res.S, omega, k=k, floor=float(edges[1] - edges[0]), sigma=res.noise)
         score = np.moveaxis(np.abs(res.S), -1, 0).astype(np.float32)
         background = np.moveaxis(res.L, -1, 0).astype(np.float32)
         flag = score > threshold
@@ -223,13 +223,13 @@ def detect_anomalies(
     band
         Band name (default: the cube's first band).
     lam
-        Sparsity weight (default per tile: ``1/sqrt(max(tile_y, tile_x) * n_time)``).
+        Sparsity weight (default per tile: ``1/sqrt(max(tile_y, n_time) * tile_x)``, the TRPCA
+        default for the ``(y, time, x)`` tensor the solver works on).
     tile
-        Tile side in pixels; each tile is one Q-TRPCA problem of ``tile x tile x n_time``. Keep it
-        at least the number of dates: with the default ``lam`` a whole-date offset costs less as
-        ``S`` than as ``L`` when ``tile < n_time`` (a warning says so).
+        Tile side in pixels; each tile is one Q-TRPCA problem of ``tile x tile x n_time``.
     k
-        Flag threshold in robust deviations of the non-zero scores (see the module docstring).
+        Flag threshold in robust standard deviations of the noise left in ``S`` (see the module
+        docstring).
     overwrite
         Replace an ``out`` made with another key. A finished ``out`` with this key is reused.
     progress
@@ -270,16 +270,9 @@ def detect_anomalies(
     if hi <= lo:
         hi = lo + 1.0
     template = _template(ds, tile)
-    ny, nx, nt = ds.sizes["y"], ds.sizes["x"], ds.sizes["time"]
-    side = min(tile, ny, nx)
-    if lam is None and side < nt:
-        # a whole-date offset d (regional weather) costs sqrt(n1 n2) |d| as L (TNN) but
-        # lam n1 n2 |d| = sqrt(n1 n2 side / nt) |d| as S: with side < nt, S takes whole dates
-        log.warning(
-            "anomalies: tiles of %d px are narrower than the %d dates; with the default lambda "
-            "whole-date offsets may be scored as anomalies. Use tile >= %d, fewer dates per run, "
-            "or a larger lam", side, nt, nt,
-        )
+    ny, nx = ds.sizes["y"], ds.sizes["x"]
+    # a whole-date offset d over a tile (regional weather) costs sqrt(n_y) |d| as L (rank one in
+    # the (y, time, x) t-SVD the solver uses) but lam n_y n_x |d| as S: it stays in L for any tile
     windows = [(r, c) for r in range(0, ny, tile) for c in range(0, nx, tile)]
     flagged, iterations, unconverged = 0, 0, 0
     with atomic_artifact(out, overwrite=True) as tmp:

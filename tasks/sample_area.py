@@ -14,13 +14,17 @@ farm ponds). From it:
   two frames, and sub-pixel to ~1 pixel misregistration. The UDM2 is imperfect on purpose (thin
   cloud edges missed, bright roofs flagged as cloud, water flagged as shadow).
 - ``modis/``: MOD11A1-like daily land surface temperature and QC in the MODIS sinusoidal projection
-  (~1 km), with a shared seasonal and weather signal, land-cover-dependent baselines, soil moisture
-  after rain, view-angle effects, cloud gaps, cloud-contaminated edges (some not flagged) and
-  injected compact thermal anomalies.
+  (~1 km): a seasonal trend, regional weather (a common AR(1) swing and a few large-scale patterns
+  with their own AR(1) daily coefficients, felt by land cover), land-cover baselines and
+  phenology, an overpass-time (diurnal heating) and view-angle effect, soil moisture after rain, a
+  small mesoscale residual, retrieval noise (``LST_NOISE_K``), cloud gaps, cold cloud-edge
+  contamination (large biases mostly masked, small ones mostly passed) and injected compact
+  thermal anomalies (a few pixels, 1-3 days, 3-8 K).
 - ``nlcd/``: an NLCD-like land-cover raster, EPSG:5070 at 30 m on NLCD's own lattice, the 3 m map
   aggregated by majority with some class confusion, the official colour map and class names.
 - ``truth/``: ``planet_truth.zarr`` (clear surface reflectance, full-resolution land cover, true
-  cloud and shadow mask) and ``modis_truth.zarr`` (clear LST, anomaly mask and magnitude).
+  cloud and shadow mask) and ``modis_truth.zarr`` (clear LST without retrieval noise, anomaly mask
+  and magnitude).
 
 Geometry. Every Planet scene is written on the same 3 m lattice as :data:`PLANET_ORIGIN` (its
 origin is a whole number of pixels from it); a scene that covers only part of the area is written
@@ -79,7 +83,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: LST background of a few weather modes, sensor noise, stronger anomalies
 MANIFEST = "sample_area.json"
 
 # --- geometry -------------------------------------------------------------------------------------
@@ -97,6 +101,8 @@ NLCD_RES = 30.0
 _NLCD_LATTICE = 15.0  # NLCD pixel edges sit at 15 m modulo 30 m in CONUS Albers
 NLCD_NODATA = 250
 YEAR = 2019
+LST_NOISE_K = 0.35  # MODIS-like LST retrieval noise (std, K), added to the stored values only
+_LST_WEATHER_MODES = np.array([1.6, 1.1, 0.8, 0.6])  # std (K) of the regional weather patterns
 
 # --- classes --------------------------------------------------------------------------------------
 CLASS_NAMES: dict[int, str] = NLCD_CLASSES  # the 15 NLCD classes of the source deck
@@ -694,6 +700,19 @@ def _modis(modis_dir: Path, truth_path: Path, land: _Landscape, n_planet: int, n
     frac["crop"] = 1 - sum(frac.values())
     green_up = 165 + 8 * smooth_noise(shape, 2.0, rng, factor=1)
     static = 0.6 * smooth_noise(shape, 2.5, rng, factor=1) + 0.3 * rng.standard_normal(shape)
+    # Regional weather: a common swing plus a few large-scale synoptic patterns (fronts, sea-breeze
+    # like gradients), each with its own AR(1) daily coefficient, felt more by crops and towns than
+    # by forest and water. Low rank by construction (a few spatial modes times daily coefficients),
+    # with a small day-specific mesoscale residual that is not.
+    damping = (frac["crop"] + frac["pasture"] + frac["urban"]) - 0.5 * (frac["forest"] + frac["wetland"]) \
+        - 0.8 * frac["water"]
+    response = 1.0 + 0.25 * (damping - float(damping.mean()))
+    modes = np.stack([smooth_noise(shape, 3.5, rng, factor=4) for _ in range(_LST_WEATHER_MODES.size)])
+    coef = np.zeros(_LST_WEATHER_MODES.size)
+    # Diurnal pattern: the overpass time moves by up to ~40 min with the orbit; land covers heat at
+    # different rates in the late morning (K per hour).
+    heating = (frac["crop"] * 2.4 + frac["pasture"] * 2.0 + frac["urban"] * 3.0 + frac["forest"] * 1.2
+               + frac["wetland"] * 0.8 + frac["water"] * 0.3)
 
     start = datetime(YEAR, 7, 1) if days <= 120 else datetime(YEAR, 4, 1)
     dates = [start + timedelta(days=d) for d in range(days)]
@@ -705,44 +724,57 @@ def _modis(modis_dir: Path, truth_path: Path, land: _Landscape, n_planet: int, n
         doy = when.timetuple().tm_yday
         season = 285.0 + 18.0 * math.sin(2 * math.pi * (doy - 105) / 365.0)
         weather = 0.7 * weather + rng.normal(0, 2.2)
-        front = 1.5 * smooth_noise(shape, 3.5, rng, factor=4)
+        coef = 0.6 * coef + rng.normal(0, 0.8, coef.size) * _LST_WEATHER_MODES
+        regional = response * (weather + np.tensordot(coef, modes, axes=1))
+        mesoscale = 0.25 * smooth_noise(shape, 3.0, rng, factor=4)
         field = smooth_noise(shape, 3.0, rng, factor=2)
         cf = rng.beta(1.2, 1.8)
         thr = np.quantile(field, 1 - cf)
         obs_cloud[t] = field - thr
-        moist = 0.75 * moist + np.clip(field - thr - 0.6, 0, 1.5)  # rain under thick cloud
+        moist = 0.6 * moist + np.clip(field - thr - 0.6, 0, 1.0)  # rain under thick cloud
         canopy = double_logistic(doy, green_up, 262.0, 0.09, 0.08)
         lc_term = (frac["crop"] * (4.0 - 7.0 * canopy) + frac["pasture"] * -1.0
                    + frac["forest"] * -4.0 + frac["water"] * -8.0 + frac["wetland"] * -5.0
                    + frac["urban"] * 5.0)
         scan = rng.uniform(-1, 1)
         view = -2.5 * scan**2 - 0.8 * scan * (jj - n / 2) / n
-        lst[t] = season + weather + front + lc_term + static + view - 2.5 * moist \
-            + 0.35 * rng.standard_normal(shape)
-    # compact thermal anomalies (fires, hot spots, irrigation or flood cold spots), 1-3 days
-    for _ in range(max(2, rng.poisson(days * n * n / 12000))):
+        overpass_h = 0.6 * scan + rng.normal(0, 0.1)
+        lst[t] = season + regional + mesoscale + lc_term + static + view + overpass_h * heating \
+            - 0.8 * np.minimum(moist, 1.5)
+    # Compact thermal anomalies (fires, hot spots; irrigation or flood cold spots): a few 1 km pixels
+    # (a thresholded blob, each pixel 60-100% of the event's magnitude), one to three days with the
+    # magnitude decaying by 20% a day; magnitudes of a few kelvin, like the weather swings.
+    for _ in range(max(2, rng.poisson(days * n * n / 4000))):
         cy, cx = rng.uniform(0, n, 2)
-        s = rng.uniform(0.6, 1.6)
-        mag = rng.uniform(3, 15) * (1 if rng.random() < 0.7 else -1)
+        s = rng.uniform(0.6, 1.4)
+        mag = rng.uniform(3.0, 8.0) * (1 if rng.random() < 0.7 else -1)
         t0 = int(rng.integers(0, days))
         blob = np.exp(-((ii - cy) ** 2 + (jj - cx) ** 2) / (2 * s * s))
+        blob[int(min(cy, n - 1)), int(min(cx, n - 1))] = 1.0  # at least the centre pixel
+        footprint = np.where(blob >= 0.35, 0.6 + 0.4 * blob, 0.0)
         for d in range(int(rng.integers(1, 4))):
             if t0 + d < days:
-                anomaly_k[t0 + d] += mag * (0.75**d) * blob
+                anomaly_k[t0 + d] += mag * (0.8**d) * footprint
     lst += anomaly_k
-    anomaly = np.abs(anomaly_k) >= 1.0
+    anomaly = np.abs(anomaly_k) >= 1.0  # every injected entry is >= 3 * 0.6 * 0.8^2 = 1.15 K
 
     for t, when in enumerate(dates):
         cloud = obs_cloud[t] > 0
         ring = ndimage.binary_dilation(cloud, iterations=1) & ~cloud
         qc = np.zeros(shape, np.uint8)
-        value = lst[t].copy()
-        contaminated = ring & (rng.random(shape) < 0.9)
-        value[contaminated] -= rng.uniform(1, 5, shape)[contaminated]
-        qc[contaminated & (rng.random(shape) < 0.65)] = 1  # the rest is flagged good: not caught
+        value = lst[t] + LST_NOISE_K * rng.standard_normal(shape).astype(np.float32)
+        # Cloud-edge contamination: half the edge pixels read 0.5-4.5 K cold. The cloud mask
+        # catches one (QC 2, LST not produced) with probability 1 - exp(-(bias / 1 K)^2): most
+        # small biases pass, a bias over 2 K passes rarely; what passes is "other quality" (QC 1)
+        # half the time, with the LST error bits set, and "good" otherwise.
+        bias = rng.uniform(0.5, 4.5, shape)
+        contaminated = ring & (rng.random(shape) < 0.5)
+        value[contaminated] -= bias[contaminated]
+        caught = contaminated & (rng.random(shape) < 1.0 - np.exp(-(bias**2)))
+        qc[contaminated & ~caught & (rng.random(shape) < 0.5)] = 1
         qc[(qc == 0) & (rng.random(shape) < 0.05)] = 1
         qc = np.where(qc == 1, qc | (1 << 4) | (rng.integers(1, 3, shape) << 6).astype(np.uint8), qc)
-        qc[cloud] = 2
+        qc[cloud | caught] = 2
         if rng.random() < 0.05:  # a swath gap
             gap = np.abs(jj - ii * rng.uniform(-0.3, 0.3) - rng.uniform(0, n)) < rng.uniform(1, 4)
             qc[gap] = 3
