@@ -42,6 +42,7 @@ def _quiet_prefect() -> None:
     # the temporary server of a run without PREFECT_API_URL: its first start migrates a database,
     # which takes longer than Prefect's 20 s on a busy 2-core machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # Dask's cluster chatter (-v shows it)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -235,10 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _quiet_prefect()  # before any import reads the settings (Prefect's, Dask's config)
     args = build_parser().parse_args(argv)
-    _quiet_prefect()
     if args.verbose:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = "info"
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
