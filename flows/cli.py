@@ -28,7 +28,7 @@ from tasks.errors import CatalogError, CubeSchemaError
 __all__ = ["STAGE_MODULES", "main"]
 
 #: Modules of ``tasks/`` that add a ``fusioncube stage NAME`` sub-command (each has ``add_cli``).
-STAGE_MODULES = ("tasks.anomalies", "tasks.gapfill", "tasks.compress", "tasks.classify")
+STAGE_MODULES = ("tasks.anomalies", "tasks.gapfill", "tasks.classify", "tasks.compress", "tasks.labels")
 
 log = logging.getLogger("fusioncube")
 

@@ -31,6 +31,7 @@ __all__ = [
     "CompressParams",
     "ClassifyParams",
     "GapfillParams",
+    "LabelParams",
     "PatchParams",
     "SourceSpec",
     "load_catalog",
@@ -229,7 +230,7 @@ class CubeSpec(_Strict):
     time_range: tuple[date | None, date | None] | None = None
     path: str | None = Field(default=None, description="default: <storage.cubes>/<name>.zarr")
     patch: PatchParams | None = Field(default=None, description="overrides stages.patch for this cube")
-    stages: list[Literal["anomalies", "gapfill", "compress", "classify"]] = Field(
+    stages: list[Literal["anomalies", "gapfill", "classify", "compress", "labels"]] = Field(
         default_factory=list, description="stages run on this cube after patching"
     )
     schedule: str | None = Field(
@@ -302,6 +303,17 @@ class ClassifyParams(_Strict):
     seed: int = 0
 
 
+class LabelParams(_Strict):
+    """Label recovery: UNet + low-rank Tucker (LRTD) layer from sparse or coarse labels (``tasks/labels.py``)."""
+
+    labels: str = Field(default="landcover", description="the cube's (y, x) label layer or a points file")
+    lam: float = Field(default=10.0, ge=0, description="weight of the low-rank term (0: CE only)")
+    variant: Literal["hooi", "factors"] = "hooi"
+    epochs: int = Field(default=20, ge=1)
+    patch: int = Field(default=32, ge=4)
+    seed: int = 0
+
+
 class CompressParams(_Strict):
     """Learned-basis (TDL) tensor compression (``tasks/compress.py``)."""
 
@@ -320,6 +332,7 @@ class Stages(_Strict):
     gapfill: GapfillParams = GapfillParams()
     compress: CompressParams = CompressParams()
     classify: ClassifyParams = ClassifyParams()
+    labels: LabelParams = LabelParams()
 
 
 class Storage(_Strict):

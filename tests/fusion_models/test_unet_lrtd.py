@@ -1,0 +1,165 @@
+"""UNet + LRTD layer: exact Tucker reconstruction at the chosen rank, the loss, shapes, overfitting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorly as tl
+import torch
+from tensorly.decomposition import tucker
+
+from fusion_models.unet_lrtd import (
+    LRTDLayer,
+    UNet,
+    UNetLRTD,
+    class_weights,
+    fit_unet_lrtd,
+    hooi,
+    lrtd_loss,
+    predict_proba,
+    stack_time,
+    tucker_reconstruct,
+)
+
+torch.set_num_threads(1)
+
+
+def low_rank(batch: int, shape: tuple[int, ...], ranks: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    core = torch.randn(batch, *ranks, generator=gen, dtype=torch.float64)
+    factors = [torch.randn(batch, n, r, generator=gen, dtype=torch.float64) for n, r in zip(shape, ranks, strict=True)]
+    return tucker_reconstruct(core, factors)
+
+
+def test_hooi_exact_at_the_multilinear_rank() -> None:
+    s = low_rank(3, (5, 8, 8), (3, 2, 4))
+    fit = hooi(s, (3, 2, 4), iters=3)
+    assert fit.core.shape == (3, 3, 2, 4)
+    torch.testing.assert_close(tucker_reconstruct(fit.core, fit.factors), s, rtol=1e-8, atol=1e-8)
+    for d in fit.factors:
+        eye = torch.eye(d.shape[-1], dtype=d.dtype).expand(3, -1, -1)
+        torch.testing.assert_close(d.transpose(1, 2) @ d, eye, rtol=1e-8, atol=1e-8)
+
+
+def test_hooi_matches_tensorly_error_on_a_noisy_tensor() -> None:
+    s = low_rank(1, (6, 10, 9), (3, 3, 3), seed=1)
+    s = s + 0.05 * torch.randn(s.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fit = hooi(s, (3, 3, 3), iters=20, tol=1e-10)
+    ours = float((tucker_reconstruct(fit.core, fit.factors) - s).norm())
+    with tl.backend_context("numpy"):
+        core, factors = tucker(s[0].numpy(), rank=[3, 3, 3], n_iter_max=50, tol=1e-12, init="svd")
+        theirs = float(np.linalg.norm(tl.tucker_to_tensor((core, factors)) - s[0].numpy()))
+    assert ours == pytest.approx(theirs, rel=1e-4)
+    assert fit.history[-1] < fit.history[0]
+
+
+def test_lrtd_layer_exact_for_low_rank_probabilities() -> None:
+    s = low_rank(2, (4, 8, 8), (2, 3, 3)).float()
+    layer = LRTDLayer((4, 8, 8), (2, 3, 3), variant="hooi")
+    torch.testing.assert_close(layer(s), s, rtol=1e-4, atol=1e-4)
+    # the trainable variant is exact when its factors span the data's subspaces (shared factors)
+    core = torch.randn(2, 2, 3, 3)
+    factors = [torch.randn(n, r) for n, r in ((4, 2), (8, 3), (8, 3))]
+    shared = tucker_reconstruct(core, [f.expand(2, -1, -1) for f in factors])
+    trained = LRTDLayer((4, 8, 8), (2, 3, 3), variant="factors")
+    trained.set_factors([2.0 * f for f in factors])  # any basis of the span: the core is refitted
+    torch.testing.assert_close(trained(shared), shared, rtol=1e-4, atol=1e-4)
+    assert len(list(trained.parameters())) == 3 and not list(layer.parameters())
+    # and not exact (a real reduction) when the data has a higher rank
+    full = torch.rand(2, 4, 8, 8)
+    assert float((layer(full) - full).norm()) > 0.1
+
+
+def test_lrtd_layer_gradient_reaches_s_only_through_the_projection() -> None:
+    s = torch.rand(2, 3, 8, 8, requires_grad=True)
+    shat = LRTDLayer((3, 8, 8), (2, 2, 2), variant="hooi")(s)
+    (s - shat).pow(2).sum().backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_bad_shapes_raise() -> None:
+    with pytest.raises(ValueError, match="ranks needs one entry per mode"):
+        LRTDLayer((3, 8, 8), (4, 2, 2))
+    with pytest.raises(ValueError, match=r"s must be \(B, 3, 8, 8\)"):
+        LRTDLayer((3, 8, 8), (2, 2, 2))(torch.rand(1, 3, 8, 9))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        UNet(6, 3, depth=2)(torch.rand(1, 6, 10, 12))
+    with pytest.raises(ValueError, match="variant"):
+        LRTDLayer((3, 8, 8), (2, 2, 2), variant="svd")  # type: ignore[arg-type]
+
+
+def test_loss_ignores_unlabelled_pixels() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4, generator=gen)
+    s = logits.softmax(1)
+    labels = torch.full((2, 4, 4), -1, dtype=torch.int64)
+    labels[0, 1, 2] = 2
+    labels[1, 3, 0] = 0
+    parts = lrtd_loss(logits, labels, s, s, lam=5.0)
+    want = -(torch.log(s[0, 2, 1, 2]) + torch.log(s[1, 0, 3, 0])) / 2
+    torch.testing.assert_close(parts.ce, want)
+    assert float(parts.lowrank) == 0.0
+    # changing the scores at unlabelled pixels does not change the CE
+    other = logits.clone()
+    other[0, :, 0, 0] += 10
+    torch.testing.assert_close(lrtd_loss(other, labels, s, s, lam=0.0).ce, want)
+    # the low-rank term is lambda/2 * ||S - Shat||_F^2 per pixel
+    shat = s + 0.1
+    parts = lrtd_loss(logits, labels, s, shat, lam=4.0)
+    torch.testing.assert_close(parts.total - parts.ce, torch.tensor(2.0 * 0.01 * 3))
+    # no labelled pixel: CE is 0, not NaN
+    none = lrtd_loss(logits, torch.full((2, 4, 4), -1), s, s, lam=1.0)
+    assert float(none.ce) == 0.0
+
+
+def test_stack_time_zeroes_gaps_and_adds_the_mask() -> None:
+    x = torch.ones(1, 2, 3, 4, 4)
+    x[0, 1, 0, 0, 0] = float("nan")
+    valid = torch.ones(1, 2, 4, 4, dtype=torch.bool)
+    valid[0, 0, 1, 1] = False
+    out = stack_time(x, valid)
+    assert out.shape == (1, 8, 4, 4)
+    assert torch.isfinite(out).all()
+    assert out[0, 3, 1, 1] == 0 and out[0, 0, 1, 1] == 0  # date 0: mask channel 3
+    assert out[0, 7, 0, 0] == 0 and out[0, 4, 0, 0] == 0  # date 1: NaN band -> not valid
+
+
+def test_tiny_model_overfits_a_tiny_labelled_patch() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.zeros((2, 16, 16), np.int64)
+    labels[:, :, 8:] = 1
+    labels[:, 10:, :] = 2
+    x = rng.normal(0, 0.3, (2, 3, 2, 16, 16)).astype(np.float32)
+    x[:, :, 0] += labels[:, None] * 1.0  # band 0 carries the class
+    valid = np.ones((2, 3, 16, 16), bool)
+    sparse = np.full_like(labels, -1)
+    pick = rng.random(labels.shape) < 0.3
+    sparse[pick] = labels[pick]
+    fit = fit_unet_lrtd(x, valid, sparse, classes=3, lam=1.0, ranks=(3, 4, 4), epochs=40, batch=2,
+                        lr=1e-2, width=8, depth=1, seed=0, device="cpu")
+    prob = predict_proba(fit.net, x, valid)
+    assert prob.shape == (2, 3, 16, 16)
+    np.testing.assert_allclose(prob.sum(1), 1.0, atol=1e-5)
+    assert (prob.argmax(1) == labels).mean() > 0.95
+    assert fit.history[-1][1] < 0.5 * fit.history[0][1]
+
+
+def test_unet_lrtd_shapes_and_determinism() -> None:
+    torch.manual_seed(0)
+    net = UNetLRTD((3, 2, 16, 16), 4, variant="factors", width=8, depth=2).eval()
+    x = torch.randn(2, 3, 2, 16, 16)
+    valid = torch.ones(2, 3, 16, 16, dtype=torch.bool)
+    logits, s, shat = net(x, valid)
+    assert logits.shape == s.shape == shat.shape == (2, 4, 16, 16)
+    torch.testing.assert_close(net(x, valid)[0], logits)
+    with pytest.raises(ValueError, match=r"x must be \(B, 3, 2, 16, 16\)"):
+        net(torch.randn(2, 4, 2, 16, 16), torch.ones(2, 4, 16, 16, dtype=torch.bool))
+
+
+def test_class_weights_inverse_square_root() -> None:
+    labels = np.array([[0, 0, 0, 0], [1, -1, -1, -1]])  # class 0: 4 px, class 1: 1 px, class 2: none
+    w = class_weights(labels, 3)
+    np.testing.assert_allclose(w, np.array([0.5, 1.0, 0.0]) / 0.75, rtol=1e-6)
+    np.testing.assert_allclose(class_weights(labels, 3, power=0.0), [1.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        class_weights(np.full((2, 2), -1), 3)

@@ -1,0 +1,206 @@
+"""The label-recovery stage on a tiny generated cube: schema, class codes, COG, points, reuse."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+import xarray as xr
+from affine import Affine
+from rasterio.crs import CRS
+
+from tasks.cube import grid_coords, spatial_ref
+from tasks.labels import (
+    NO_CLASS,
+    add_cli,
+    class_table,
+    codes_to_index,
+    cog_path,
+    load_model,
+    points_to_raster,
+    read_points,
+    recover_labels,
+    weights_path,
+)
+
+torch.set_num_threads(1)
+
+T, C, H, W = 4, 2, 32, 32
+TRANSFORM = Affine(3.0, 0, 500000.0, 0, -3.0, 4650000.0)
+CODES = (41, 81, 82)
+
+
+def make_cube(path: Path, seed: int = 0) -> np.ndarray:
+    """Three classes in vertical stripes with distinct spectra, clouds; a sparse label layer.
+
+    Returns the true (H, W) class codes.
+    """
+    rng = np.random.default_rng(seed)
+    truth = np.full((H, W), 82, np.uint8)
+    truth[:, 11:21] = 81
+    truth[:, 21:] = 41
+    truth[5:12, 3:9] = 41  # a wood lot inside the crop field
+    level = {82: (0.1, 0.3), 81: (0.2, 0.5), 41: (0.05, 0.6)}
+    data = np.empty((T, C, H, W), np.float32)
+    for c in range(C):
+        base = np.vectorize(lambda k, c=c: level[int(k)][c])(truth)
+        data[:, c] = base[None] + rng.normal(0, 0.03, (T, H, W))
+    cloud = np.zeros((T, H, W), bool)
+    cloud[1, :10, :10] = True
+    data = np.where(cloud[:, None], np.nan, data).astype(np.float32)
+    coarse = np.where(rng.random((H, W)) < 0.15, truth, 250).astype(np.uint8)  # sparse, 250 = no label
+    coarse[0, 0] = 250
+    y, x = grid_coords(TRANSFORM, H, W)
+    ds = xr.Dataset(
+        {"data": (("time", "band", "y", "x"), data, {"grid_mapping": "spatial_ref"}),
+         "valid": (("time", "y", "x"), ~cloud, {"grid_mapping": "spatial_ref"}),
+         "landcover": (("y", "x"), coarse, {"flag_values": list(CODES), "nodata": 250,
+                                            "flag_meanings": "Deciduous_Forest Pasture_Hay Cultivated_Crops"})},
+        coords={"time": np.array(["2019-05-01", "2019-06-01", "2019-07-01", "2019-08-01"], dtype="datetime64[ns]"),
+                "band": np.array(["red", "nir"], dtype=object), "y": y, "x": x,
+                "spatial_ref": spatial_ref(CRS.from_epsg(32615), TRANSFORM)},
+    )
+    ds.to_zarr(path, zarr_format=3, consolidated=True, mode="w")
+    return truth
+
+
+FAST = {"epochs": 40, "patch": 16, "lr": 1e-2, "batch": 4, "width": 8, "depth": 2, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def recovered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("labels")
+    cube = root / "cube.zarr"
+    truth = make_cube(cube)
+    out = root / "labels.zarr"
+    manifest = recover_labels(cube, "landcover", out, **FAST)
+    return cube, out, truth, manifest
+
+
+def test_schema_codes_and_quality(recovered) -> None:
+    cube, out, truth, manifest = recovered
+    ds = xr.open_zarr(out, consolidated=None)
+    cls = ds["class"]
+    assert cls.dims == ("y", "x") and cls.dtype == np.uint8 and cls.shape == (H, W)
+    assert list(cls.attrs["flag_values"]) == list(CODES)
+    assert cls.attrs["flag_meanings"].split() == ["Deciduous_Forest", "Pasture_Hay", "Cultivated_Crops"]
+    assert set(np.unique(cls.values)) <= set(CODES)  # NLCD codes round-trip, 250 is not a class
+    conf = ds["confidence"].values
+    assert conf.dtype == np.float32 and conf.min() >= 1 / len(CODES) - 1e-6 and conf.max() <= 1 + 1e-6
+    assert "spatial_ref" in ds.coords
+    np.testing.assert_allclose(ds["x"].values, xr.open_zarr(cube)["x"].values)
+    assert (cls.values == truth).mean() > 0.9  # dense from 15 % labels
+    assert manifest.outputs["classes"] == list(CODES)
+    layer = xr.open_zarr(cube)["landcover"].values
+    assert manifest.outputs["labelled_pixels"] == int((layer != 250).sum())
+
+
+def test_cog_has_colours_and_grid(recovered) -> None:
+    _, out, _, _ = recovered
+    with rasterio.open(cog_path(out)) as src:
+        assert src.crs.to_epsg() == 32615 and src.transform == TRANSFORM
+        assert src.nodata == NO_CLASS
+        cmap = src.colormap(1)
+        assert cmap[82][:3] == (171, 108, 40) and cmap[41][:3] == (104, 171, 95)  # NLCD legend
+        np.testing.assert_array_equal(src.read(1), xr.open_zarr(out)["class"].values)
+
+
+def test_reuse_refuse_and_weights(recovered) -> None:
+    cube, out, _, manifest = recovered
+    stamp = (out / "zarr.json").stat().st_mtime_ns
+    again = recover_labels(cube, "landcover", out, **FAST)
+    assert again.key == manifest.key and (out / "zarr.json").stat().st_mtime_ns == stamp
+    with pytest.raises(FileExistsError, match="overwrite"):
+        recover_labels(cube, "landcover", out, **{**FAST, "epochs": 2})
+    net = load_model(out)
+    assert weights_path(out).exists() and net.classes == 3
+
+
+def test_points_csv_and_geojson(tmp_path) -> None:
+    cube = tmp_path / "cube.zarr"
+    truth = make_cube(cube, seed=1)
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, H, 120), rng.integers(0, W, 120)
+    xs, ys = TRANSFORM * (cols + 0.5, rows + 0.5)
+    df = pd.DataFrame({"X": xs, "Y": ys, "Class": truth[rows, cols]})
+    df.loc[len(df)] = (0.0, 0.0, 82)  # outside the grid
+    df.to_csv(tmp_path / "pts.csv", index=False)
+    pts = read_points(tmp_path / "pts.csv")
+    raster, dropped = points_to_raster(pts, TRANSFORM, (H, W))
+    assert dropped == 1
+    np.testing.assert_array_equal(raster[rows, cols], truth[rows, cols])
+    assert (raster != NO_CLASS).sum() == len(set(zip(rows, cols, strict=True)))
+    feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [float(x), float(y)]},
+              "properties": {"class": int(c)}} for x, y, c in zip(xs, ys, truth[rows, cols], strict=True)]
+    (tmp_path / "pts.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    gj = read_points(tmp_path / "pts.geojson")
+    np.testing.assert_array_equal(gj[["x", "y", "class"]].to_numpy(), pts.iloc[:-1].to_numpy())
+    out = tmp_path / "from-points.zarr"
+    manifest = recover_labels(cube, tmp_path / "pts.csv", out, **{**FAST, "epochs": 8})
+    assert manifest.outputs["labels"]["dropped"] == 1 and manifest.outputs["classes"] == list(CODES)
+    assert set(np.unique(xr.open_zarr(out)["class"].values)) <= set(CODES)
+
+
+def test_helpers() -> None:
+    idx = codes_to_index(np.array([[82, 250], [41, 11]], np.uint8), CODES)
+    np.testing.assert_array_equal(idx, [[2, -1], [0, -1]])
+    pred = np.array([82, 82, 41, 81], np.uint8)
+    rows = class_table(pred, np.array([0.9, 0.7, 0.8, 0.5], np.float32), np.array([82, 41, 41, NO_CLASS], np.uint8),
+                       {82: "crops", 41: "forest", 81: "hay"})
+    by = {r["code"]: r for r in rows}
+    assert by[82]["pixels"] == 2 and by[82]["mean_confidence"] == pytest.approx(0.8)
+    assert by[41]["labelled_pixels"] == 2 and by[41]["labels_kept"] == pytest.approx(0.5)
+
+
+def test_bad_arguments_raise(tmp_path) -> None:
+    cube = tmp_path / "cube.zarr"
+    make_cube(cube)
+    with pytest.raises(ValueError, match="layer of the cube"):
+        recover_labels(cube, "no-such-layer", tmp_path / "o.zarr", **FAST)
+    with pytest.raises(ValueError, match="variant"):
+        recover_labels(cube, "landcover", tmp_path / "o.zarr", **{**FAST, "variant": "svd"})
+    with pytest.raises(ValueError, match="epochs must be an integer"):
+        recover_labels(cube, "landcover", tmp_path / "o.zarr", **{**FAST, "epochs": 0})
+    (tmp_path / "pts.txt").write_text("x y class\n")
+    with pytest.raises(ValueError, match=r"\.csv"):
+        read_points(tmp_path / "pts.txt")
+    pd.DataFrame({"x": [1.0], "y": [2.0]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="missing"):
+        read_points(tmp_path / "bad.csv")
+
+
+def test_add_cli_registers_stage_labels() -> None:
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="stage"))
+    args = parser.parse_args(["labels", "--cube", "in.zarr", "--labels", "landcover", "--out", "o.zarr",
+                              "--lam", "0.5", "--variant", "factors"])
+    assert (args.cube, args.labels, args.out, args.lam, args.variant) == ("in.zarr", "landcover", "o.zarr", 0.5, "factors")
+    assert callable(args.func)
+
+
+@pytest.mark.slow
+def test_task_publishes_table_and_map(tmp_path, prefect_harness) -> None:
+    from prefect import flow
+    from prefect.artifacts import Artifact
+
+    from tasks.labels import labels_task
+
+    cube, out = tmp_path / "cube.zarr", tmp_path / "lc-labels.zarr"
+    make_cube(cube)
+
+    @flow
+    def one() -> dict:
+        return labels_task(str(cube), str(out), labels="landcover", epochs=3, patch=16)
+
+    result = one()
+    assert {r["code"] for r in result["classes_table"]} == set(CODES)
+    table = Artifact.get("labels-classes-lc-labels-zarr")
+    assert table is not None and table.type == "table" and "mean_confidence" in str(table.data)
+    image = Artifact.get("labels-map-lc-labels-zarr")
+    assert image is not None and str(image.data).startswith("data:image/png;base64,")
