@@ -18,9 +18,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 
-__all__ = ["LRTCNet", "default_device", "mode_product", "tucker_project"]
+__all__ = [
+    "LRTCNet",
+    "ResidualRefiner",
+    "default_device",
+    "mode_product",
+    "normalized_convolution",
+    "tucker_project",
+]
 
 log = logging.getLogger(__name__)
+
+SUPPORT_MIN = 1e-3  # least widest-scale support of observed pixels for the refiner to correct
+CLIP = 3.0  # bound on the refiner's input misfit and its correction (units of the input, e.g. std)
 
 
 def default_device() -> torch.device:
@@ -29,9 +39,17 @@ def default_device() -> torch.device:
 
 
 def mode_product(x: Tensor, matrix: Tensor, dim: int) -> Tensor:
-    """Mode product along tensor dimension ``dim``: ``(..., I, ...) x (J, I) -> (..., J, ...)``."""
-    moved = x.movedim(dim, -1)  # (..., I)
-    return (moved @ matrix.T).movedim(-1, dim)  # (..., J) -> back in place
+    """Mode product along tensor dimension ``dim``: ``(..., I, ...) x (J, I) -> (..., J, ...)``.
+
+    Evaluated as ``matrix @ x.reshape(before, I, after)`` (a batched matrix product on a
+    contiguous view, no transposed copies).
+    """
+    dim = dim % x.ndim
+    shape = x.shape
+    before = math.prod(shape[:dim])
+    flat = x.reshape(before, shape[dim], -1)  # (before, I, after)
+    out = torch.matmul(matrix, flat)  # (before, J, after)
+    return out.reshape(*shape[:dim], matrix.shape[0], *shape[dim + 1 :])
 
 
 def tucker_project(
@@ -91,6 +109,15 @@ class LRTCNet(nn.Module):
     factors
         Optional initial factors ``(I_n, R_n)``, e.g. a truncated HOSVD of training data;
         orthonormalised. Default: random orthonormal (seeded by ``torch.manual_seed``).
+    step_sizes
+        *Ours, not the deck's*: a learned step :math:`a_l` per layer on the missing entries,
+        :math:`\\mathcal Z^l = \\mathcal W * \\mathcal X + (1 - \\mathcal W) *
+        (\\mathcal Z^{l-1} + a_l (\\mathcal T - \\mathcal Z^{l-1}))`, initialised to 1 (the deck's
+        layer exactly); :math:`a_l > 1` over-relaxes, which speeds up filling large gaps.
+    refine
+        *Ours, not the deck's*: width of a small residual refinement CNN
+        (:class:`ResidualRefiner`) applied once after the L layers; 0 (default) = none, the
+        deck's net. Needs a ``(T, C, H, W)`` sample shape.
     """
 
     def __init__(
@@ -100,6 +127,8 @@ class LRTCNet(nn.Module):
         ranks: Sequence[int] | None = None,
         layers: int = 20,
         factors: Sequence[Tensor] | None = None,
+        step_sizes: bool = False,
+        refine: int = 0,
     ) -> None:
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
@@ -119,8 +148,20 @@ class LRTCNet(nn.Module):
             )
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
             raise ValueError(f"layers must be an integer >= 1; got layers={layers!r}")
+        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+            raise ValueError(f"refine must be an integer >= 0 (0 = no refinement); got refine={refine!r}")
+        if refine and len(self.shape) != 4:
+            raise ValueError(
+                f"refine needs (T, C, H, W) samples (4 modes); got shape {self.shape} (use refine=0)"
+            )
         self.ranks = ranks
         self.layers = layers
+        self.steps: nn.Parameter | None = (
+            nn.Parameter(torch.ones(layers)) if step_sizes else None
+        )
+        self.refiner: ResidualRefiner | None = (
+            ResidualRefiner(self.shape[1], hidden=refine) if refine else None
+        )
         self.bases = nn.ModuleList()
         for n, (size, rank) in enumerate(zip(self.shape, ranks, strict=True)):
             lin = nn.Linear(rank, size, bias=False)  # weight (I_n, R_n)
@@ -146,14 +187,22 @@ class LRTCNet(nn.Module):
         return [None if r == s else d for d, r, s in zip(self.factors(), self.ranks, self.shape, strict=True)]
 
     def layer(
-        self, z: Tensor, x: Tensor, w: Tensor, factors: Sequence[Tensor | None] | None = None
+        self,
+        z: Tensor,
+        x: Tensor,
+        w: Tensor,
+        factors: Sequence[Tensor | None] | None = None,
+        step: Tensor | None = None,
     ) -> Tensor:
         """One layer: ``T = Z x_n D_n D_n^T``; ``Z <- T + W*X - W*T`` (``x`` zero at missing).
 
         For a binary ``W`` the update is evaluated as ``where(W, X, T)``: the same value, and
-        observed entries come back bit for bit (no ``T - T`` rounding).
+        observed entries come back bit for bit (no ``T - T`` rounding). With a ``step`` ``a``
+        (ours) the missing entries move ``Z + a (T - Z)`` instead of to ``T``.
         """
         t = tucker_project(z, self.factors() if factors is None else factors)
+        if step is not None:
+            t = z + step * (t - z)
         return torch.where(w > 0, x, t)
 
     def _check(self, x: Tensor, mask: Tensor) -> None:
@@ -199,6 +248,105 @@ class LRTCNet(nn.Module):
                 raise ValueError(f"z0 must have the shape of x {tuple(x.shape)}; got {tuple(z0.shape)}")
             z = torch.where(w > 0, xo, z0)
         factors = self._active()  # evaluate the parametrisation once per forward
-        for _ in range(self.layers):
-            z = self.layer(z, xo, w, factors)
+        for i in range(self.layers):
+            z = self.layer(z, xo, w, factors, None if self.steps is None else self.steps[i])
+        if self.refiner is not None:
+            resid = w * (xo - tucker_project(z, factors))  # low-rank misfit where observed
+            # bounded both ways (standardised units): one bright undetected cloud edge must not
+            # be spread into a whole gap, and the refiner corrects, it does not replace
+            corr = self.refiner(z, resid.clamp(-CLIP, CLIP), w)
+            z = torch.where(w > 0, xo, z + CLIP * torch.tanh(corr / CLIP))
         return z
+
+
+def normalized_convolution(values: Tensor, weight: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+    """Gaussian normalized convolution over the last two dims (Knutsson & Westin 1993).
+
+    :math:`(G_\\sigma * (W V)) / (G_\\sigma * W)` and the support :math:`G_\\sigma * W`: a
+    smooth interpolation of ``values`` from where ``weight`` is 1 (zero padding: nothing is
+    known outside the image). ``values`` ``(N, C, H, W)``, ``weight`` ``(N, 1, H, W)``; returns
+    the interpolated ``(N, C, H, W)`` (0 where there is no support) and the support
+    ``(N, 1, H, W)``.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0 pixels; got sigma={sigma}")
+    height, width = values.shape[-2:]
+    radius = max(1, min(int(math.ceil(3 * sigma)), max(height, width) - 1))
+    taps = torch.arange(-radius, radius + 1, dtype=values.dtype, device=values.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    stacked = torch.cat([values * weight, weight], dim=1)  # (N, C+1, H, W)
+    n_ch = stacked.shape[1]
+    ky = kernel.view(1, 1, -1, 1).expand(n_ch, 1, -1, 1)
+    kx = kernel.view(1, 1, 1, -1).expand(n_ch, 1, 1, -1)
+    pad_y, pad_x = min(radius, height - 1), min(radius, width - 1)
+    out = nn.functional.conv2d(stacked, ky[:, :, radius - pad_y : radius + pad_y + 1], padding=(pad_y, 0),
+                               groups=n_ch)
+    out = nn.functional.conv2d(out, kx[:, :, :, radius - pad_x : radius + pad_x + 1], padding=(0, pad_x),
+                               groups=n_ch)
+    num, support = out[:, :-1], out[:, -1:]
+    return num / support.clamp_min(1e-6) * (support > 1e-6), support
+
+
+class ResidualRefiner(nn.Module):
+    """*Ours*: a small per-date network correcting the unrolled net's output at missing entries.
+
+    The Tucker layers keep what the learned subspaces share across dates and pixels; what is left
+    (per-date, spatially smooth departures: a date's own weather, moisture, texture) shows in the
+    low-rank misfit at the observed pixels of that same date,
+    :math:`\\mathcal R = \\mathcal W * (\\mathcal X - \\mathcal Z^L \\times_n D_n D_n^T)`. The
+    refiner spreads that misfit into the gaps by Gaussian normalized convolution at a few scales
+    (:func:`normalized_convolution`, ``sigmas`` in pixels) and lets a small per-pixel network
+    weigh the scales by their support and the estimate:
+    features ``[Z, NC_s(R), support_s for each s]`` (``C + len(sigmas) (C + 1)`` channels) ->
+    ``Conv2d kernel x kernel -> GELU -> Conv2d 1x1 -> GELU -> Conv2d 1x1 -> C``, applied to every
+    date image (``kernel=1`` by default, for cost: the normalized convolutions already carry the
+    spatial context, and a 3 x 3 first layer was the largest cost of a training step). The
+    misfit is clipped to ``+-CLIP`` and the correction bounded by ``CLIP tanh(. / CLIP)`` (in
+    :meth:`LRTCNet.forward`); where a date has no observed pixel within reach of the widest
+    scale (support below ``SUPPORT_MIN``) there is no correction. The last layer starts at zero, so an untrained refiner is the
+    identity and the net
+    starts as the deck's.
+
+    Shapes::
+
+        z, resid, w: (B, T, C, H, W)  ->  (B, T, C, H, W)
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        hidden: int = 16,
+        sigmas: Sequence[float] = (1.0, 3.0, 9.0),
+        kernel: int = 1,
+    ) -> None:
+        super().__init__()
+        self.sigmas = tuple(float(s) for s in sigmas)
+        k = int(kernel)
+        n_in = channels + len(self.sigmas) * (channels + 1)
+        self.body = nn.Sequential(
+            nn.Conv2d(n_in, hidden, k, padding=k // 2, padding_mode="replicate"),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.GELU(),
+            nn.Conv2d(hidden, channels, 1),
+        )
+        last = cast(nn.Conv2d, self.body[-1])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(cast(Tensor, last.bias))
+
+    def forward(self, z: Tensor, resid: Tensor, w: Tensor) -> Tensor:
+        """Correction ``(B, T, C, H, W)`` from estimate, observed-entry misfit and mask."""
+        b, t, c, h, wd = z.shape
+        weight = w[:, :, :1].reshape(b * t, 1, h, wd)
+        feats = [z.reshape(b * t, c, h, wd)]
+        support = weight
+        for sigma in self.sigmas:
+            spread, support = normalized_convolution(resid.reshape(b * t, c, h, wd), weight, sigma)
+            feats += [spread, support]
+        out = self.body(torch.cat(feats, dim=1))  # (B*T, C, H, W)
+        # no observed pixel of the date within reach of the widest scale: nothing to spread, and
+        # the network never learned that regime (it left bright patch-sized squares): no correction
+        out = out * (support > SUPPORT_MIN)
+        return cast(Tensor, out.reshape(b, t, c, h, wd))

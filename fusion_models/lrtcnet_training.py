@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,9 +21,23 @@ from scipy import ndimage
 from fusion_models.completion import linear_interpolation
 from fusion_models.lrtcnet import LRTCNet, default_device
 
-__all__ = ["FitResult", "cloud_masks", "complete", "fit_lrtcnet", "initial_factors", "interpolate"]
+__all__ = [
+    "DECK",
+    "OURS",
+    "FitResult",
+    "cloud_masks",
+    "complete",
+    "fit_lrtcnet",
+    "initial_factors",
+    "interpolate",
+]
 
 log = logging.getLogger(__name__)
+
+# The deck's plain LRTC-Net and ours (what the gap-filling stage runs): keyword sets for
+# fit_lrtcnet (and, for "init", complete).
+DECK: dict[str, Any] = {"init": "zeros", "factor_init": "random", "step_sizes": False, "refine": 0}
+OURS: dict[str, Any] = {"init": "linear", "factor_init": "hosvd", "step_sizes": True, "refine": 16}
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,11 @@ def fit_lrtcnet(
     truth: np.ndarray | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
+    init: str = "linear",
+    factor_init: str = "hosvd",
+    step_sizes: bool = False,
+    refine: int = 0,
+    steps_per_epoch: int = 1,
 ) -> FitResult:
     """Train LRTC-Net on patches, self-supervised (default) or against ``truth``.
 
@@ -133,7 +153,12 @@ def fit_lrtcnet(
     minimises :math:`\\mathrm{MSE}(\\mathcal Z^L, \\mathcal X)` on the hidden entries.
     Supervised (``truth`` given): the net sees ``x`` under ``observed`` and the loss is the MSE
     against ``truth`` on the unobserved entries. Factors start from :func:`initial_factors` of the
-    interpolated training patches; Adam (Kingma & Ba 2015) with learning rate ``lr``.
+    interpolated training patches (``factor_init="hosvd"``) or random orthonormal (``"random"``);
+    Adam (Kingma & Ba 2015) with learning rate ``lr``.
+
+    The deck's plain LRTC-Net is ``init="zeros", factor_init="random", step_sizes=False,
+    refine=0``; ours (the stage's) adds the interpolation start, HOSVD factors, learned steps and
+    the residual refiner (see :class:`~fusion_models.lrtcnet.LRTCNet`).
 
     Parameters
     ----------
@@ -147,9 +172,23 @@ def fit_lrtcnet(
     epochs, batch, lr
         Passes over the patches, patches per step and Adam's learning rate.
     hide_share, hide_kind
-        Mean share of observed pixels hidden per image and the mask kind.
+        Mean share of observed pixels hidden per image and the mask kind: ``"cloud"`` or
+        ``"random"`` (:func:`cloud_masks`), or ``"gaps"``: the data's own gap masks, each image
+        hidden under the gaps of a randomly drawn image of ``observed`` (``hide_share`` unused).
+        On the benchmark's sample patches ``"gaps"`` scored NRMSE 0.168 under clouds against
+        0.161 with ``"cloud"`` masks (both lr 1e-2), so the stage keeps ``"cloud"``.
     truth
         Optional ``(P, T, C, H, W)`` complete truth for supervised training.
+    init
+        Start of the missing entries: ``"linear"`` (per-pixel temporal interpolation, ours) or
+        ``"zeros"`` (the deck's :math:`P_\\Omega(\\mathcal X)`); :func:`complete` must get the same.
+    factor_init
+        ``"hosvd"`` or ``"random"``.
+    step_sizes, refine
+        Passed to :class:`LRTCNet` (ours: learned per-layer steps, residual refiner width).
+    steps_per_epoch
+        Optimiser steps per batch of patches, each with freshly drawn hidden masks (with few
+        patches an epoch is one step; this buys more steps without more data).
     seed
         Seeds the masks, the batch order and the initial factors.
     device
@@ -164,9 +203,12 @@ def fit_lrtcnet(
             f"x must be (P, T, C, H, W) and observed (P, T, H, W); got x {x.shape}, "
             f"observed {observed.shape}"
         )
-    for name, value in (("epochs", epochs), ("batch", batch), ("layers", layers)):
+    for name, value in (("epochs", epochs), ("batch", batch), ("layers", layers),
+                        ("steps_per_epoch", steps_per_epoch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {name}={value!r}")
+    _check_choice("init", init, INITS)
+    _check_choice("factor_init", factor_init, ("hosvd", "random"))
     device = torch.device(device) if device is not None else default_device()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -174,33 +216,50 @@ def fit_lrtcnet(
     x = np.where(np.broadcast_to(observed[:, :, None], x.shape), x, 0.0).astype(np.float32)
     shape = x.shape[1:]
     ranks = tuple(ranks) if ranks is not None else tuple(max(1, int(np.ceil(0.1 * s))) for s in shape)
-    z0 = interpolate(x, observed)
-    init = initial_factors(z0 if truth is None else truth.astype(np.float32), ranks)
-    net = LRTCNet(shape, ranks=ranks, layers=layers, factors=[torch.tensor(f.tolist()) for f in init])
+    if factor_init == "hosvd":
+        z0 = interpolate(x, observed)
+        start = initial_factors(z0 if truth is None else truth.astype(np.float32), ranks)
+        factors: list[torch.Tensor] | None = [torch.tensor(f.tolist()) for f in start]
+    else:
+        factors = None
+    net = LRTCNet(shape, ranks=ranks, layers=layers, factors=factors, step_sizes=step_sizes,
+                  refine=refine)
     net.to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    # the per-layer steps are O(1) scalars: they get 10x the learning rate to move in few steps
+    step_params: list[torch.Tensor] = [net.steps] if net.steps is not None else []
+    other = [p for p in net.parameters() if all(p is not q for q in step_params)]
+    groups: list[dict[str, Any]] = [{"params": other}, {"params": step_params, "lr": 10 * lr}]
+    opt = torch.optim.Adam(groups, lr=lr)
     history: list[float] = []
     n = x.shape[0]
+    gap_pool = ~observed.reshape(-1, *observed.shape[2:])  # (P*T, H, W) real gap masks
+    if hide_kind == "gaps":
+        gap_pool = gap_pool[gap_pool.any(axis=(1, 2))]
+        if not gap_pool.shape[0]:
+            raise ValueError("hide_kind='gaps' needs gaps in the data; use 'cloud' for gap-free data")
     for epoch in range(epochs):
         order = rng.permutation(n)
         losses = []
-        for start in range(0, n, batch):
-            idx = order[start : start + batch]
+        for first in [f for _ in range(steps_per_epoch) for f in range(0, n, batch)]:
+            idx = order[first : first + batch]
             xb, ob = x[idx], observed[idx]
             if truth is None:
-                hidden = cloud_masks(ob.shape, share=hide_share, rng=rng, kind=hide_kind) & ob
+                if hide_kind == "gaps":  # the data's own gap masks, from randomly drawn images
+                    pick = rng.integers(0, gap_pool.shape[0], size=ob.shape[0] * ob.shape[1])
+                    hidden = gap_pool[pick].reshape(ob.shape) & ob
+                else:
+                    hidden = cloud_masks(ob.shape, share=hide_share, rng=rng, kind=hide_kind) & ob
                 seen = ob & ~hidden
                 target_np, scored = xb, hidden
             else:
                 seen, target_np, scored = ob, truth[idx].astype(np.float32), ~ob
             if not scored.any():
                 continue
-            zb = interpolate(xb, seen)
             xt = torch.from_numpy(xb).to(device)
             mt = torch.from_numpy(seen[:, :, None]).to(device)
             st = torch.from_numpy(np.broadcast_to(scored[:, :, None], xb.shape).copy()).to(device)
             target = torch.from_numpy(target_np).to(device)
-            out = net(xt, mt, z0=torch.from_numpy(zb).to(device))
+            out = net(xt, mt, z0=_start(xb, seen, init, device))
             loss = ((out - target)[st] ** 2).mean()
             opt.zero_grad()
             loss.backward()
@@ -215,19 +274,36 @@ def fit_lrtcnet(
 
 @torch.no_grad()
 def complete(
-    net: LRTCNet, x: np.ndarray, observed: np.ndarray, *, batch: int = 16
+    net: LRTCNet, x: np.ndarray, observed: np.ndarray, *, batch: int = 16, init: str = "linear"
 ) -> np.ndarray:
     """Fill ``(P, T, C, H, W)`` patches where ``observed`` ``(P, T, H, W)`` is False.
 
-    The net starts from the per-pixel linear interpolation; observed entries are returned as given.
+    The net starts from ``init`` (as in :func:`fit_lrtcnet`: per-pixel linear interpolation or
+    zeros); observed entries are returned as given.
     """
+    _check_choice("init", init, INITS)
     device = next(net.parameters()).device
     out = np.empty(x.shape, dtype=np.float32)
     xs = np.where(np.broadcast_to(observed[:, :, None], x.shape), x, 0.0).astype(np.float32)
-    for start in range(0, x.shape[0], batch):
-        sl = slice(start, start + batch)
-        z0 = torch.from_numpy(interpolate(xs[sl], observed[sl])).to(device)
+    for first in range(0, x.shape[0], batch):
+        sl = slice(first, first + batch)
+        z0 = _start(xs[sl], observed[sl], init, device)
         xt = torch.from_numpy(xs[sl]).to(device)
         mt = torch.from_numpy(observed[sl][:, :, None]).to(device)
         out[sl] = net(xt, mt, z0=z0).cpu().numpy()
     return out
+
+
+INITS = ("linear", "zeros")
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}; got {name}={value!r}")
+
+
+def _start(x: np.ndarray, seen: np.ndarray, init: str, device: torch.device) -> torch.Tensor | None:
+    """The net's starting values at missing entries: interpolation (ours) or None (zeros, deck)."""
+    if init == "zeros":
+        return None
+    return torch.from_numpy(interpolate(x, seen)).to(device)

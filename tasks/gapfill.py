@@ -1,10 +1,18 @@
-"""The gap-filling stage: cube.zarr -> filled.zarr with LRTC-Net, fitted on the cube itself.
+"""The gap-filling stage: cube.zarr (or patches.zarr) -> filled.zarr with LRTC-Net, fitted on the input.
 
 Any schema-following cube works (``data(time, band, y, x)`` float with NaN where missing,
 ``valid(time, y, x)``): the stage has no ground truth, so it trains self-supervised. It cuts the
 cube into patches (all dates and bands x ``patch x patch`` pixels), hides a share of the observed
 pixels under cloud-shaped masks, trains LRTC-Net (``fusion_models.lrtcnet``) to restore them, then
-fills the real gaps, i.e. every ``(time, y, x)`` that is not valid or has a NaN band.
+fills the real gaps, i.e. every ``(time, y, x)`` that is not valid or has a NaN band. A
+``patches.zarr`` written by ``tasks.patch.make_patches`` is accepted too: the stage trains on and
+fills the store's own patches and folds them back into the cube grid (``tasks.patch.unpatch``),
+averaging overlaps.
+
+The net is the deck's LRTC-Net plus our additions (``OURS``): the start from per-pixel linear
+temporal interpolation, factors from the HOSVD of that start, learned per-layer steps and a
+residual refiner that spreads each date's low-rank misfit into its gaps (this is what fills the
+end of a series, where interpolation can only hold the last value).
 
 ``filled.zarr`` has the cube's schema: ``data`` filled, ``valid`` unchanged, every other variable
 copied, plus ``filled(time, y, x)`` bool marking what was filled. The trained weights are a
@@ -33,7 +41,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from fusion_models.lrtcnet import LRTCNet, default_device
-from fusion_models.lrtcnet_training import complete, fit_lrtcnet
+from fusion_models.lrtcnet_training import OURS, complete, fit_lrtcnet
 from fusion_models.patching import extract_patches, fold_patches, patch_origins
 from tasks.checkpoint import (
     Manifest,
@@ -46,6 +54,7 @@ from tasks.checkpoint import (
     write_manifest,
 )
 from tasks.cube import open_cube
+from tasks.patch import unpatch
 
 __all__ = [
     "add_cli",
@@ -80,6 +89,15 @@ def default_ranks(shape: tuple[int, int, int, int], *, time_share: float = 0.1) 
     return (max(2, int(np.ceil(time_share * t))), c, h, w)
 
 
+def is_patches_store(path: str | Path) -> bool:
+    """Whether ``path`` is a ``patches.zarr`` written by ``tasks.patch.make_patches``."""
+    try:
+        attrs = xr.open_zarr(path, consolidated=None).attrs
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(a in attrs for a in ("patch_size", "cube_shape", "GeoTransform"))
+
+
 def _observed(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """``(time, y, x)``: valid and every band finite."""
     return valid & np.isfinite(data).all(axis=1)
@@ -108,7 +126,9 @@ def load_model(out: str | Path, *, device: torch.device | str | None = None) -> 
     if manifest is None:
         raise FileNotFoundError(f"{out}: no manifest; run gapfill_cube first")
     shape = tuple(manifest.outputs["sample_shape"])
-    net = LRTCNet(shape, ranks=tuple(manifest.outputs["ranks"]), layers=int(manifest.params["layers"]))
+    arch = dict(manifest.outputs.get("architecture", {}))
+    net = LRTCNet(shape, ranks=tuple(manifest.outputs["ranks"]), layers=int(manifest.params["layers"]),
+                  **arch)
     state = torch.load(weights_path(out), map_location=device or "cpu", weights_only=True)
     net.load_state_dict(state)
     return net.eval()
@@ -143,7 +163,7 @@ def gapfill_cube(
     Parameters
     ----------
     cube
-        A schema-following cube store (``tasks.cube``).
+        A schema-following cube store (``tasks.cube``) or a ``patches.zarr`` (``tasks.patch``).
     out
         Where ``filled.zarr`` goes; manifest and weights beside it.
     epochs, layers, lr, batch
@@ -191,7 +211,8 @@ def gapfill_cube(
         return found
 
     started = _time.perf_counter()
-    ds = open_cube(cube)
+    from_patches = is_patches_store(cube)
+    ds = unpatch(cube) if from_patches else open_cube(cube)
     data = ds["data"].values.astype(np.float32)  # (T, C, H, W)
     valid = ds["valid"].values.astype(bool)  # (T, H, W)
     n_time, n_band, height, width = data.shape
@@ -199,20 +220,30 @@ def gapfill_cube(
     if not observed.any():
         raise ValueError(f"{cube}: no observed pixel (valid and finite); nothing to learn from")
     mean, std = _standardise(data, observed)
-    scaled = np.where(observed[:, None], (data - mean) / std, 0.0).astype(np.float32)
 
-    size = min(patch, height, width)
-    if size < patch:
-        log.warning("gapfill: cube is %d x %d px; patches of %d px instead of %d", height, width, size, patch)
-    origins = patch_origins(height, width, size=size, stride=size)
-    xp = extract_patches(scaled, origins, size)  # (P, T, C, size, size)
-    op = extract_patches(observed, origins, size)  # (P, T, size, size)
+    if from_patches:  # train on and fill the store's own patches, fold them back (overlaps averaged)
+        pds = xr.open_zarr(cube, consolidated=None)
+        size = int(pds.attrs["patch_size"])
+        origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1).astype(np.int64)
+        raw = pds["data"].values.astype(np.float32)  # (P, T, C, size, size)
+        op = _observed(raw.reshape(-1, *raw.shape[2:]), pds["valid"].values.reshape(-1, size, size))
+        op = op.reshape(raw.shape[0], raw.shape[1], size, size)
+        xp = np.where(op[:, :, None], (raw - mean) / std, 0.0).astype(np.float32)
+    else:
+        scaled = np.where(observed[:, None], (data - mean) / std, 0.0).astype(np.float32)
+        size = min(patch, height, width)
+        if size < patch:
+            log.warning("gapfill: cube is %d x %d px; patches of %d px instead of %d", height, width,
+                        size, patch)
+        origins = patch_origins(height, width, size=size, stride=size)
+        xp = extract_patches(scaled, origins, size)  # (P, T, C, size, size)
+        op = extract_patches(observed, origins, size)  # (P, T, size, size)
     ranks = default_ranks((n_time, n_band, size, size), time_share=time_share)
     dev = torch.device(device) if device else default_device()
     fit = fit_lrtcnet(xp, op, ranks=ranks, layers=layers, epochs=epochs, batch=batch, lr=lr,
-                      hide_share=hide_share, hide_kind="cloud", seed=seed, device=dev)
-    filled_p = complete(fit.net, xp, op, batch=batch)  # (P, T, C, size, size)
-    folded = fold_patches(filled_p, origins, scaled.shape) * std + mean  # (T, C, H, W)
+                      hide_share=hide_share, hide_kind="cloud", seed=seed, device=dev, **OURS)
+    filled_p = complete(fit.net, xp, op, batch=batch, init=OURS["init"])  # (P, T, C, size, size)
+    folded = fold_patches(filled_p, origins, data.shape) * std + mean  # (T, C, H, W)
     result = np.where(observed[:, None], data, folded).astype(np.float32)
     filled = ~observed
 
@@ -254,6 +285,8 @@ def gapfill_cube(
             "cube": str(cube),
             "weights": str(wpath),
             "ranks": list(ranks),
+            "architecture": {k: OURS[k] for k in ("step_sizes", "refine")},
+            "input_kind": "patches" if from_patches else "cube",
             "sample_shape": [n_time, n_band, size, size],
             "patches": len(origins),
             "filled_share": float(filled.mean()),
@@ -332,7 +365,7 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``stage gapfill --cube IN.zarr --out OUT.zarr [--epochs N] [--layers L]``."""
     p = subparsers.add_parser("gapfill", help="fill cloud gaps with LRTC-Net fitted on the cube itself")
-    p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
+    p.add_argument("--cube", required=True, help="a schema-following cube or a patches.zarr")
     p.add_argument("--out", required=True, help="filled.zarr to write")
     p.add_argument("--epochs", type=int, default=15, help="training passes (default 15)")
     p.add_argument("--layers", type=int, default=20, help="LRTC-Net layers (default 20)")

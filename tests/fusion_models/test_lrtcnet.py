@@ -182,15 +182,88 @@ def test_cloud_masks_are_blobs_with_the_asked_share():
 
 
 def test_fit_and_complete_keep_observed_entries():
-    from fusion_models.lrtcnet_training import complete, fit_lrtcnet
+    from fusion_models.lrtcnet_training import DECK, OURS, complete, fit_lrtcnet
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 6, 2, 8, 8)).astype(np.float32)
     observed = rng.random((2, 6, 8, 8)) > 0.3
-    fit = fit_lrtcnet(x, observed, ranks=(2, 2, 8, 8), layers=2, epochs=2, batch=2, device="cpu")
-    assert len(fit.history) == 2
-    out = complete(fit.net, x, observed)
     obs = np.broadcast_to(observed[:, :, None], x.shape)
-    np.testing.assert_array_equal(out[obs], x[obs])
+    for variant in (DECK, OURS):
+        fit = fit_lrtcnet(x, observed, ranks=(2, 2, 8, 8), layers=2, epochs=2, batch=2,
+                          steps_per_epoch=2, device="cpu", **variant)
+        assert len(fit.history) == 2 and np.isfinite(fit.history).all()
+        out = complete(fit.net, x, observed, init=variant["init"])
+        np.testing.assert_array_equal(out[obs], x[obs])
+        assert np.isfinite(out).all()
     with pytest.raises(ValueError, match="observed"):
         fit_lrtcnet(x, observed[:, :3], device="cpu")
+    with pytest.raises(ValueError, match="init must be one of"):
+        fit_lrtcnet(x, observed, init="mean", device="cpu")
+
+
+def test_normalized_convolution_known_cases():
+    from fusion_models.lrtcnet import normalized_convolution
+
+    torch.manual_seed(5)
+    w = (torch.rand(2, 1, 12, 12) > 0.5).float()
+    const = torch.full((2, 3, 12, 12), 2.5)
+    out, support = normalized_convolution(const, w, 2.0)
+    torch.testing.assert_close(out, const)  # a constant is interpolated exactly from any support
+    assert support.shape == (2, 1, 12, 12) and (support > 0).all() and (support <= 1 + 1e-6).all()
+    # one known pixel: everything within reach takes its value, weights sum to 1 in the interior
+    w1 = torch.zeros(1, 1, 9, 9)
+    w1[..., 4, 4] = 1
+    v = torch.zeros(1, 1, 9, 9)
+    v[..., 4, 4] = 7.0
+    out1, sup1 = normalized_convolution(v, w1, 1.0)
+    torch.testing.assert_close(out1[..., 3:6, 3:6], torch.full((1, 1, 3, 3), 7.0))
+    assert float(sup1.sum()) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        normalized_convolution(v, w1, 0.0)
+
+
+def test_our_additions_start_as_the_deck_net():
+    torch.manual_seed(7)
+    plain = LRTCNet(SHAPE, ranks=RANKS, layers=4)
+    ours = LRTCNet(SHAPE, ranks=RANKS, layers=4, step_sizes=True, refine=8,
+                   factors=[d.detach() for d in plain.factors()])
+    x = torch.randn(2, *SHAPE)
+    mask = torch.rand(2, SHAPE[0], 1, *SHAPE[2:]) > 0.3
+    # steps at 1 and a zero-initialised refiner: exactly the deck's layers
+    torch.testing.assert_close(ours(x, mask), plain(x, mask), rtol=1e-5, atol=1e-5)
+    # a step a moves the missing entries a of the way to the projection
+    z = torch.randn(2, *SHAPE)
+    w = mask.float().expand_as(x)
+    t = tucker_project(z, plain.factors())
+    half = ours.layer(z, x * w, w, step=torch.tensor(0.5))
+    torch.testing.assert_close(half[w == 0], (z + 0.5 * (t - z))[w == 0])
+    assert torch.equal(half[w > 0], x[w > 0])
+    # gradients reach the steps and the refiner; observed entries stay exact with refinement
+    with torch.no_grad():
+        ours.refiner.body[-1].weight.normal_()
+    out = ours(x, mask)
+    assert torch.equal(out[w > 0], x[w > 0])
+    ((out - x)[w == 0] ** 2).mean().backward()
+    assert ours.steps.grad is not None and ours.steps.grad.abs().sum() > 0
+    assert ours.refiner.body[0].weight.grad.abs().sum() > 0
+    # a date with no observed pixel gets no refinement (nothing to spread): the plain layers' value
+    blind = mask.clone()
+    blind[0, 3] = False
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, blind)[0, 3], plain(x, blind)[0, 3], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(ours(x, blind)[0, 4], plain(x, blind)[0, 4])
+    with pytest.raises(ValueError, match="refine needs"):
+        LRTCNet((4, 5, 6), refine=4)
+
+
+def test_fit_with_the_datas_own_gap_masks():
+    from fusion_models.lrtcnet_training import fit_lrtcnet
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 5, 1, 8, 8)).astype(np.float32)
+    observed = rng.random((2, 5, 8, 8)) > 0.25
+    fit = fit_lrtcnet(x, observed, ranks=(2, 1, 8, 8), layers=2, epochs=2, batch=2,
+                      hide_kind="gaps", device="cpu")
+    assert np.isfinite(fit.history).all()
+    with pytest.raises(ValueError, match="needs gaps in the data"):
+        fit_lrtcnet(x, np.ones_like(observed), hide_kind="gaps", device="cpu")

@@ -109,3 +109,26 @@ def test_bad_parameters_and_cli(tmp_path):
     add_cli(parser.add_subparsers(dest="stage"))
     args = parser.parse_args(["gapfill", "--cube", "a.zarr", "--out", "b.zarr", "--epochs", "3"])
     assert args.epochs == 3 and args.layers == 20 and callable(args.func)
+
+
+def test_patches_store_input(filled, tmp_path):
+    from tasks.gapfill import is_patches_store
+    from tasks.patch import make_patches
+
+    cube, _, truth, cloud, _ = filled
+    patches = tmp_path / "patches.zarr"
+    make_patches(cube, patches, size=16, stride=8, block=1)
+    assert is_patches_store(patches) and not is_patches_store(cube)
+    out = tmp_path / "filled_from_patches.zarr"
+    manifest = gapfill_cube(patches, out, epochs=3, layers=4, batch=4, device="cpu")
+    assert manifest.outputs["input_kind"] == "patches" and manifest.outputs["sample_shape"][-1] == 16
+    ds = open_cube(out)
+    src = open_cube(cube)
+    np.testing.assert_array_equal(ds["filled"].values, cloud)
+    np.testing.assert_array_equal(ds["x"].values, src["x"].values)
+    values = ds["data"].values
+    assert np.isfinite(values).all()
+    obs = np.broadcast_to(~cloud[:, None], values.shape)
+    np.testing.assert_array_equal(values[obs], src["data"].values[obs])
+    gaps = ~obs
+    assert np.abs(values[gaps] - truth[gaps]).mean() < np.abs(truth[gaps] - truth[gaps].mean()).mean()
