@@ -42,6 +42,8 @@ __all__ = [
     "UNetLRTD",
     "class_weights",
     "fit_unet_lrtd",
+    "fuse_prior",
+    "local_class_share",
     "hooi",
     "lrtd_loss",
     "predict_proba",
@@ -495,6 +497,7 @@ def fit_unet_lrtd(
     width: int = 32,
     depth: int = 2,
     class_weight: np.ndarray | None = None,
+    lam_warmup: float = 0.0,
     seed: int = 0,
     device: torch.device | str | None = None,
 ) -> FitResult:
@@ -518,6 +521,9 @@ def fit_unet_lrtd(
         Passes over the patches, patches per step, Adam's learning rate.
     class_weight
         Optional ``(K,)`` CE weights.
+    lam_warmup
+        Fraction of the epochs over which the low-rank weight ramps linearly from 0 to ``lam``
+        (0: ``lam`` from the start), so the Tucker term acts once ``S`` carries class structure.
     seed
         Seeds initialisation, shuffling and augmentation.
     device
@@ -537,6 +543,8 @@ def fit_unet_lrtd(
     for name, val in (("epochs", epochs), ("batch", batch)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {name}={val!r}")
+    if not 0.0 <= lam_warmup < 1.0:
+        raise ValueError(f"lam_warmup must be in [0, 1); got lam_warmup={lam_warmup}")
     dev = torch.device(device) if device else default_device()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -554,6 +562,7 @@ def fit_unet_lrtd(
     for epoch in range(epochs):
         order = torch.randperm(len(xs), generator=gen)
         sums = np.zeros(3)
+        lam_now = lam * min(1.0, (epoch + 1) / (lam_warmup * epochs)) if lam_warmup > 0 else lam
         for i in range(0, len(xs), batch):
             idx = order[i:i + batch]
             xb, vb, yb = _augment(xs[idx], vs[idx], ys[idx], gen)
@@ -563,7 +572,7 @@ def fit_unet_lrtd(
             else:  # the low-rank term is off: skip the decomposition
                 logits = net.g(stack_time(xb, vb))
                 s = shat = logits.softmax(dim=1)
-            parts = lrtd_loss(logits, yb, s, shat, lam=lam, weight=weight)
+            parts = lrtd_loss(logits, yb, s, shat, lam=lam_now, weight=weight)
             opt.zero_grad(set_to_none=True)
             parts.total.backward()
             opt.step()
@@ -598,3 +607,79 @@ def predict_proba(net: UNetLRTD, x: np.ndarray, valid: np.ndarray, *, batch: int
             s = s / s.sum(dim=1, keepdim=True).clamp(min=1e-8)
         out.append(s.cpu().numpy())
     return np.concatenate(out).astype(np.float32)
+
+
+# --- coarse labels as a local prior -------------------------------------------------------------
+
+
+def local_class_share(index: np.ndarray, classes: int, *, window: int) -> np.ndarray:
+    r"""Share of each class among the coarse labels in a ``window x window`` box around each pixel.
+
+    For the coarse-label setting (a 30 m product nearest-resampled to a 3 m grid): a fine pixel
+    within ``window // 2`` pixels of a coarse-label edge may belong to either side's class (a
+    mixed coarse cell), one deep inside a coarse cell most likely has its class. The box mean of
+    the one-hot coarse map,
+
+    .. math:: q_k(p) = \frac{1}{|W(p)|} \sum_{p' \in W(p)} [c(p') = k],
+
+    (edges replicated, unlabelled pixels counted as no class) is that local prior.
+
+    Parameters
+    ----------
+    index
+        ``(H, W)`` int, class index ``0..classes-1`` or -1 where unknown.
+    classes
+        ``K``.
+    window
+        Odd box side in pixels (1: the one-hot map itself).
+
+    Returns
+    -------
+    np.ndarray
+        ``(K, H, W)`` float32, summing to at most 1 per pixel.
+    """
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd integer >= 1; got window={window!r} (use e.g. 5)")
+    index = np.asarray(index)
+    if index.ndim != 2:
+        raise ValueError(f"index must be (H, W); got shape {index.shape}")
+    if index.size and (index.max() >= classes or index.min() < IGNORE):
+        raise ValueError(f"index must be in -1..{classes - 1}; got {index.min()}..{index.max()}")
+    idx = torch.as_tensor(index, dtype=torch.int64)
+    onehot = (idx[None] == torch.arange(classes)[:, None, None]).to(torch.float32)[None]  # (1, K, H, W)
+    half = window // 2
+    if half:
+        onehot = F.avg_pool2d(F.pad(onehot, (half, half, half, half), mode="replicate"), window, stride=1)
+    return onehot[0].numpy()
+
+
+def fuse_prior(prob: np.ndarray, prior: np.ndarray, *, power: float = 0.5, axis: int = 1) -> np.ndarray:
+    r"""Combine the network's class probabilities with a per-pixel prior (:func:`local_class_share`).
+
+    .. math:: p_k \propto S_k^{\,a}\, q_k
+
+    a product of experts: the prior restricts each pixel to the classes of its neighbourhood in
+    the coarse map, the network's (tempered, exponent ``a = power``) probabilities pick among
+    them. Where the prior is 0 for every class the network's probabilities are kept.
+
+    Parameters
+    ----------
+    prob, prior
+        Same shape, class axis ``axis``; ``prob`` >= 0, ``prior`` >= 0.
+    power
+        Exponent ``a > 0`` on ``prob`` (below 1 flattens the network's confidence).
+
+    Returns
+    -------
+    np.ndarray
+        The fused probabilities, float32, summing to 1 along ``axis``.
+    """
+    if prob.shape != prior.shape:
+        raise ValueError(f"prob and prior must have the same shape; got {prob.shape} and {prior.shape}")
+    if not power > 0:
+        raise ValueError(f"power must be > 0; got power={power}")
+    joint = np.power(np.clip(prob, 0, None), power) * np.clip(prior, 0, None)
+    total = joint.sum(axis=axis, keepdims=True)
+    fallback = np.clip(prob, 0, None) / np.clip(prob, 0, None).sum(axis=axis, keepdims=True).clip(min=1e-12)
+    out = np.where(total > 0, joint / np.where(total > 0, total, 1.0), fallback)
+    return out.astype(np.float32)

@@ -44,7 +44,15 @@ from prefect.cache_policies import NONE
 
 from fusion_models.lrtcnet import default_device
 from fusion_models.patching import extract_patches, fold_patches, patch_origins
-from fusion_models.unet_lrtd import IGNORE, UNetLRTD, class_weights, fit_unet_lrtd, predict_proba
+from fusion_models.unet_lrtd import (
+    IGNORE,
+    UNetLRTD,
+    class_weights,
+    fit_unet_lrtd,
+    fuse_prior,
+    local_class_share,
+    predict_proba,
+)
 from tasks.catalog import NLCD_CLASSES
 from tasks.checkpoint import (
     Manifest,
@@ -317,6 +325,8 @@ def recover_labels(
     rank_k: int | None = None,
     rank_share: float = 0.25,
     class_power: float = 0.0,
+    prior_window: int = 0,
+    prior_power: float = 0.5,
     width: int = 16,
     depth: int = 2,
     lr: float = 1e-2,
@@ -348,6 +358,14 @@ def recover_labels(
     rank_k, rank_share
         LRTD ranks: ``min(rank_k, K)`` in the class mode (default ``K``: a lower class rank
         suppresses the small classes of a patch), ``ceil(rank_share * patch)`` in space.
+    prior_window, prior_power
+        Coarse labels (a label layer of the cube, e.g. the 30 m NLCD on the 3 m grid): with
+        ``prior_window`` > 0 (odd, e.g. 5), the network's probabilities are fused with the local
+        class shares of the label layer in a ``prior_window`` px box,
+        ``p_k ~ S_k^prior_power * q_k`` (``fusion_models.unet_lrtd.fuse_prior``), so each pixel
+        keeps a class of its coarse neighbourhood and the network places the edges of the coarse
+        cells (``benchmarks/labels.py`` chooses the pair on validation blocks). 0: off. Ignored
+        for point labels.
     class_power
         Cross-entropy class weights ``n_k^-class_power`` from the labelled pixels
         (``fusion_models.unet_lrtd.class_weights``); 0: unweighted.
@@ -377,7 +395,13 @@ def recover_labels(
     cube, out = Path(cube), Path(out)
     params = {"lam": lam, "variant": variant, "epochs": epochs, "patch": patch, "rank_k": rank_k,
               "rank_share": rank_share, "class_power": class_power, "width": width, "depth": depth, "lr": lr, "batch": batch,
-              "seed": seed}
+              "seed": seed, "prior_window": prior_window, "prior_power": prior_power}
+    if isinstance(prior_window, bool) or not isinstance(prior_window, int) or prior_window < 0 or (
+            prior_window and prior_window % 2 == 0) or not prior_power > 0:
+        raise ValueError(
+            f"prior_window must be 0 (off) or an odd integer >= 1 and prior_power > 0; got "
+            f"prior_window={prior_window!r}, prior_power={prior_power!r} (e.g. 5 and 0.5)"
+        )
     key, inputs = labels_key(cube, labels, params)
     found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
     if found is not None and weights_path(out).exists() and cog_path(out).exists():
@@ -408,6 +432,8 @@ def recover_labels(
     origins = patch_origins(height, width_px, size=size, stride=max(size // 2, 1))
     prob_p = predict_proba(fit.net, extract_patches(x, origins, size), extract_patches(observed, origins, size))
     prob = fold_patches(prob_p, origins, (k, height, width_px))  # (K, H, W)
+    if prior_window and str(labels) in ds.data_vars:  # coarse labels: keep a class of the neighbourhood
+        prob = fuse_prior(prob, local_class_share(idx, k, window=prior_window), power=prior_power, axis=0)
     pred = np.asarray(classes, dtype=np.uint8)[prob.argmax(0)]
     confidence = prob.max(0).astype(np.float32)
 
@@ -507,7 +533,7 @@ def _cmd_labels(args: argparse.Namespace) -> int:
 
     manifest = recover_labels(args.cube, args.labels, args.out, lam=args.lam, variant=args.variant,
                               epochs=args.epochs, patch=args.patch, seed=args.seed,
-                              overwrite=args.overwrite)
+                              prior_window=args.prior_window, overwrite=args.overwrite)
     sys.stdout.write(f"{args.out}: {json.dumps(manifest.outputs)}\n")
     return 0
 
@@ -527,6 +553,9 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20, help="training passes (default 20)")
     p.add_argument("--patch", type=int, default=32, help="patch side in pixels (default 32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prior-window", type=int, default=0,
+                   help="coarse label layer: fuse the prediction with the layer's class shares in "
+                        "this odd box (px), e.g. 5; 0 = off (default)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_labels)
     return p

@@ -12,6 +12,7 @@ from benchmarks.labels import run, scores
 
 KEYS = ("miou_lrtd_1pct", "miou_ce_only_1pct", "miou_rf_1pct", "miou_lrtd_coarse",
         "miou_nearest_coarse", "acc_ratio_1pct_vs_full")
+EXTRA = ("miou_lrtd_1pct_per_seed", "miou_ce_only_1pct_per_seed", "miou_lrtd_coarse_unfused")
 
 
 def test_scores_on_a_known_case() -> None:
@@ -31,13 +32,20 @@ def test_quick_labels_benchmark_writes_its_summary(tmp_path: Path) -> None:
     result = run(out, quick=True)
     saved = json.loads(out.read_text())
     assert saved["summary"] == result["summary"]
-    assert set(result["summary"]) == set(KEYS)
+    assert set(result["summary"]) == set(KEYS) | set(EXTRA)
     for key in KEYS[:-1]:
         assert 0.0 <= result["summary"][key] <= 1.0, key
     assert result["summary"]["acc_ratio_1pct_vs_full"] > 0
     settings = result["settings"]
     assert set(settings["1pct"]) == {"unet_lrtd", "unet_ce_only", "random_forest"}
-    assert set(settings["coarse"]) >= {"unet_lrtd", "nearest"}
+    assert set(settings["coarse"]) >= {"unet_lrtd", "unet_lrtd_fused", "nearest"}
+    # the coarse-prior fusion is chosen on validation blocks from a grid that includes the coarse
+    # map itself (window 1)
+    fusion = result["coarse_fusion"]
+    assert fusion["val_patches"] > 0 and any(g["window"] == 1 for g in fusion["grid"])
+    assert (fusion["window"], fusion["power"]) in {(g["window"], g["power"]) for g in fusion["grid"]}
+    assert result["summary"]["miou_lrtd_1pct"] == pytest.approx(
+        float(np.mean(result["summary"]["miou_lrtd_1pct_per_seed"])))
     # the nearest-upsampled 30 m layer agrees with the 3 m truth on most pixels
     assert settings["coarse"]["nearest"]["oa"] > 0.6
     assert settings["1pct"]["random_forest"]["oa"] > 0.3

@@ -14,7 +14,9 @@ from fusion_models.unet_lrtd import (
     UNetLRTD,
     class_weights,
     fit_unet_lrtd,
+    fuse_prior,
     hooi,
+    local_class_share,
     lrtd_loss,
     predict_proba,
     stack_time,
@@ -142,6 +144,14 @@ def test_tiny_model_overfits_a_tiny_labelled_patch() -> None:
     np.testing.assert_allclose(prob.sum(1), 1.0, atol=1e-5)
     assert (prob.argmax(1) == labels).mean() > 0.95
     assert fit.history[-1][1] < 0.5 * fit.history[0][1]
+    # warm-up: lambda ramps linearly, lam * (epoch + 1) / (lam_warmup * epochs), capped at lam
+    warm = fit_unet_lrtd(x, valid, sparse, classes=3, lam=4.0, ranks=(3, 4, 4), epochs=4, batch=2,
+                         lr=1e-2, width=8, depth=1, seed=0, device="cpu", lam_warmup=0.5)
+    for epoch, (total, ce, low) in enumerate(warm.history):
+        lam_now = 4.0 * min(1.0, (epoch + 1) / 2)
+        assert total == pytest.approx(ce + 0.5 * lam_now * low, rel=1e-5)
+    with pytest.raises(ValueError, match=r"lam_warmup must be in \[0, 1\)"):
+        fit_unet_lrtd(x, valid, sparse, classes=3, lam=1.0, epochs=1, lam_warmup=1.0, device="cpu")
 
 
 def test_unet_lrtd_shapes_and_determinism() -> None:
@@ -163,3 +173,35 @@ def test_class_weights_inverse_square_root() -> None:
     np.testing.assert_allclose(class_weights(labels, 3, power=0.0), [1.0, 1.0, 0.0])
     with pytest.raises(ValueError, match="no labelled pixel"):
         class_weights(np.full((2, 2), -1), 3)
+
+
+def test_local_class_share_box_means_of_the_one_hot_map() -> None:
+    index = np.zeros((5, 6), dtype=np.int64)
+    index[:, 3:] = 1
+    index[0, 0] = -1  # unknown: counts as no class
+    np.testing.assert_array_equal(local_class_share(index, 3, window=1)[1], (index == 1).astype(np.float32))
+    q = local_class_share(index, 3, window=3)
+    assert q.shape == (3, 5, 6)
+    np.testing.assert_allclose(q[1, 2], [0, 0, 1 / 3, 2 / 3, 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(q[2], 0.0)
+    # the corner window (edges replicated) holds the unknown pixel 4 times out of 9
+    assert q[0, 0, 0] == pytest.approx(5 / 9)
+    np.testing.assert_allclose(q.sum(0)[2:, 2:], 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="window must be an odd integer"):
+        local_class_share(index, 3, window=4)
+    with pytest.raises(ValueError, match=r"index must be in -1..2"):
+        local_class_share(index + 2, 3, window=3)
+
+
+def test_fuse_prior_picks_among_the_prior_classes() -> None:
+    prob = np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2]], dtype=np.float32)  # (pixels, K)
+    prior = np.array([[0.0, 0.5, 0.5], [0.0, 0.0, 0.0]], dtype=np.float32)
+    out = fuse_prior(prob, prior, power=1.0, axis=1)
+    np.testing.assert_allclose(out[0], [0.0, 2 / 3, 1 / 3], rtol=1e-6)  # class 0 excluded by the prior
+    np.testing.assert_allclose(out[1], prob[1], rtol=1e-6)  # no prior: the network's probabilities
+    flat = fuse_prior(prob[:1], prior[:1], power=0.5, axis=1)[0]
+    np.testing.assert_allclose(flat[1] / flat[2], np.sqrt(2.0), rtol=1e-5)
+    with pytest.raises(ValueError, match="power must be > 0"):
+        fuse_prior(prob, prior, power=0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        fuse_prior(prob, prior[:1])

@@ -167,12 +167,26 @@ def test_bad_arguments_raise(tmp_path) -> None:
         recover_labels(cube, "landcover", tmp_path / "o.zarr", **{**FAST, "variant": "svd"})
     with pytest.raises(ValueError, match="epochs must be an integer"):
         recover_labels(cube, "landcover", tmp_path / "o.zarr", **{**FAST, "epochs": 0})
+    with pytest.raises(ValueError, match="prior_window must be 0"):
+        recover_labels(cube, "landcover", tmp_path / "o.zarr", **{**FAST, "prior_window": 4})
     (tmp_path / "pts.txt").write_text("x y class\n")
     with pytest.raises(ValueError, match=r"\.csv"):
         read_points(tmp_path / "pts.txt")
     pd.DataFrame({"x": [1.0], "y": [2.0]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match="missing"):
         read_points(tmp_path / "bad.csv")
+
+
+def test_coarse_prior_keeps_a_class_of_the_neighbourhood(recovered, tmp_path) -> None:
+    cube, _, _, manifest = recovered
+    out = tmp_path / "fused.zarr"
+    fused = recover_labels(cube, "landcover", out, **{**FAST, "epochs": 3, "prior_window": 3})
+    assert fused.key != manifest.key
+    cls = xr.open_zarr(out)["class"].values
+    layer = np.pad(xr.open_zarr(cube)["landcover"].values, 1, mode="edge")
+    near = np.stack([layer[dy:dy + H, dx:dx + W] for dy in range(3) for dx in range(3)])  # (9, H, W)
+    known = (near != 250).any(0)
+    assert ((cls[None] == near).any(0) | ~known).all()  # every class comes from its 3 x 3 box
 
 
 def test_add_cli_registers_stage_labels() -> None:
