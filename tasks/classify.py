@@ -1,9 +1,9 @@
 """The classification stage: cube.zarr -> classes.zarr + a colour-mapped COG, with a 4D-CNN.
 
 Per-pixel classification into the 15 NLCD classes of the deck. Each pixel is a sample; the
-4D-CNN (``fusion_models.classifiers.CNN4D``) is fully convolutional, so a pixel's class is
-decided from its 5 x 5 pixel neighbourhood over all dates and bands, and a whole patch of the
-patch store is classified in one pass.
+4D-CNN (``fusion_models.classifiers.CNN4D``, Kronecker-factorised 4D convolutions by default)
+is fully convolutional, so a pixel's class is decided from its 5 x 5 pixel neighbourhood over all
+dates and bands, and a whole patch of the patch store is classified in one pass.
 
 Training (no ``model``): labels are the cube's static label layer (``landcover(y, x)`` NLCD codes,
 other names with ``label=``), cut into ``<out>.patches.zarr`` by the patch stage with its
@@ -293,7 +293,7 @@ def classify_cube(
     batch: int = 4,
     crop: int = 16,
     lr: float = 3e-3,
-    width: int = 4,
+    width: int = 8,
     seed: int = 0,
     device: str | None = None,
     workers: int | None = None,

@@ -11,7 +11,7 @@ from scipy import signal
 
 from fusion_models.classifier_training import class_weights, fit_classifier, predict_proba, scores
 from fusion_models.classifiers import CNN2D, CNN3D, CNN4D, build_classifier
-from fusion_models.conv4d import Conv4d, conv4d
+from fusion_models.conv4d import Conv4d, SeparableConv4d, conv4d, separable_conv4d
 
 
 def naive_conv4d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride, padding) -> np.ndarray:
@@ -88,6 +88,44 @@ def test_conv4d_layer_checks_shapes() -> None:
         conv4d(torch.zeros(1, 1, 2, 2, 2, 2), torch.zeros(1, 1, 3, 3, 3, 3))
 
 
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding"),
+    [((3, 3, 3, 3), (1, 1, 1, 1), (1, 1, 1, 1)), ((3, 2, 3, 1), (2, 1, 2, 1), (1, 0, 1, 0)),
+     ((2, 3, 3, 2), (1, 2, 1, 1), (0, 1, 2, 0))],
+)
+def test_separable_conv4d_equals_dense_conv_with_the_kronecker_kernel(kernel, stride, padding) -> None:
+    """W[o, c, a1..a4] = sum_r B[o, r, a3, a4] A[r, c, a1, a2]: same output as the naive 4D loop."""
+    rng = np.random.default_rng(sum(kernel) + 5 * sum(stride))
+    x = rng.standard_normal((2, 3, 5, 4, 6, 5))
+    a = rng.standard_normal((2, 3, *kernel[:2]))
+    bk = rng.standard_normal((4, 2, *kernel[2:]))
+    bias = rng.standard_normal(4)
+    dense = np.einsum("orpq,rcab->ocabpq", bk, a)
+    got = separable_conv4d(torch.from_numpy(x), torch.from_numpy(a), torch.from_numpy(bk),
+                           torch.from_numpy(bias), stride=stride, padding=padding).numpy()
+    np.testing.assert_allclose(got, naive_conv4d(x, dense, bias, stride, padding), rtol=1e-10, atol=1e-10)
+    layer = SeparableConv4d(3, 4, kernel, rank=2, stride=stride, padding=padding).double()
+    xt = torch.from_numpy(x)
+    torch.testing.assert_close(layer(xt), conv4d(xt, layer.full_weight(), layer.bias, stride=stride,
+                                                 padding=padding))
+
+
+def test_separable_conv4d_gradients_and_checks() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 3, 2, 3, 2, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(2, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    bk = torch.randn(3, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, a, bk: separable_conv4d(x, a, bk, stride=(2, 1, 1, 2), padding=(1, 1, 0, 1)), (x, a, bk)
+    )
+    with pytest.raises(ValueError, match=r"weight_b must have shape \(C_out, R=2"):
+        separable_conv4d(x, a, torch.zeros(3, 5, 2, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rank must be an integer >= 1"):
+        SeparableConv4d(2, 3, 3, rank=0)
+    with pytest.raises(ValueError, match=r"expects x of shape \(B, 2"):
+        SeparableConv4d(2, 3, 3)(torch.zeros(1, 3, 3, 4, 5, 6))
+
+
 def _toy(n: int = 6, t: int = 4, c: int = 3, size: int = 8, seed: int = 0):
     """Patches whose class (0, 1, 2) is the sign pattern of a per-pixel temporal profile."""
     rng = np.random.default_rng(seed)
@@ -101,11 +139,12 @@ def _toy(n: int = 6, t: int = 4, c: int = 3, size: int = 8, seed: int = 0):
     return x, valid, y
 
 
-@pytest.mark.parametrize("kind", ["cnn4d", "cnn3d", "cnn2d"])
-def test_classifiers_shapes_and_nan_input(kind) -> None:
+@pytest.mark.parametrize(("kind", "extra"), [("cnn4d", {}), ("cnn4d", {"separable": False}), ("cnn3d", {}),
+                                           ("cnn2d", {})])
+def test_classifiers_shapes_and_nan_input(kind, extra) -> None:
     x, valid, _ = _toy()
     torch.manual_seed(0)
-    model = build_classifier(kind, n_times=4, n_bands=3, n_classes=5, hidden=8).eval()
+    model = build_classifier(kind, n_times=4, n_bands=3, n_classes=5, hidden=8, **extra).eval()
     out = model(torch.from_numpy(x), torch.from_numpy(valid))
     assert out.shape == (6, 5, 8, 8)
     assert torch.isfinite(out).all()
