@@ -27,7 +27,6 @@ and a before / after / truth PNG.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import platform
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks._cli import bench_parser, report
 
 REPO = Path(__file__).resolve().parents[1]
 MODIS = REPO.parent / "shared" / "fixtures" / "real" / "modis_ndvi_sinop"
@@ -341,16 +342,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="JSON file to write")
-    parser.add_argument("--quick", action="store_true", help="CI size (under a minute)")
-    parser.add_argument("--sample", type=Path, default=None, help="keep/reuse sample areas here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    result = run(args.out, quick=args.quick, sample=args.sample)
-    print(json.dumps(result["summary"], indent=2))  # noqa: T201 - script output
-    print(json.dumps(result["targets"], indent=2))  # noqa: T201
-    return 0
+    return report(run, bench_parser(__doc__).parse_args(argv))
 
 
 if __name__ == "__main__":

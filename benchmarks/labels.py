@@ -69,7 +69,6 @@ Coarse fusion grid on validation (default run): window 1 (nearest) 0.4235; windo
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import platform
@@ -80,6 +79,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks._cli import bench_parser, report
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
@@ -453,19 +454,11 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="JSON file to write")
-    parser.add_argument("--quick", action="store_true", help="CI size (under a minute)")
-    parser.add_argument("--sample", type=Path, default=None, help="keep/reuse the sample area here")
+    parser = bench_parser(__doc__)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a configuration entry, e.g. --set lam=2.0")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    result = run(args.out, quick=args.quick, sample=args.sample, overrides=overrides)
-    print(json.dumps(result["summary"], indent=2))  # noqa: T201 - script output
-    print(json.dumps(result["targets"], indent=2))  # noqa: T201
-    return 0
+    return report(run, args, overrides={k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)})
 
 
 if __name__ == "__main__":
