@@ -30,6 +30,7 @@ __all__ = [
     "fold",
     "halrtc",
     "hosvd",
+    "leading_vectors",
     "linear_interpolation",
     "mode_dot",
     "tucker_completion",
@@ -94,7 +95,7 @@ def _check_ranks(ranks: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
     return ranks
 
 
-def _leading(m: np.ndarray, rank: int) -> np.ndarray:
+def leading_vectors(m: np.ndarray, rank: int) -> np.ndarray:
     """The ``rank`` leading left singular vectors of ``m`` (via the smaller Gram matrix)."""
     if m.shape[0] <= m.shape[1]:
         _, v = np.linalg.eigh(m @ m.T)
@@ -106,7 +107,7 @@ def _leading(m: np.ndarray, rank: int) -> np.ndarray:
 def hosvd(x: np.ndarray, ranks: Sequence[int]) -> list[np.ndarray]:
     """Truncated HOSVD factors ``D_n`` ``(I_n, R_n)`` with orthonormal columns (De Lathauwer 2000)."""
     ranks = _check_ranks(ranks, x.shape)
-    return [_leading(unfold(x, n), r) for n, r in enumerate(ranks)]
+    return [leading_vectors(unfold(x, n), r) for n, r in enumerate(ranks)]
 
 
 def _project(x: np.ndarray, factors: Sequence[np.ndarray]) -> np.ndarray:
@@ -167,7 +168,7 @@ def tucker_completion(
             for k, d in enumerate(factors):
                 if k != n:
                     y = mode_dot(y, d.T, k)
-            factors[n] = _leading(unfold(y, n), ranks[n])
+            factors[n] = leading_vectors(unfold(y, n), ranks[n])
         t = _project(z, factors)
         new = np.where(mask, xo, t)
         change = float(np.linalg.norm(new - z)) / max(float(np.linalg.norm(z)), 1e-12)

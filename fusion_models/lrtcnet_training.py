@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from fusion_models.completion import linear_interpolation
+from fusion_models.completion import leading_vectors, linear_interpolation
 from fusion_models.lrtcnet import LRTCNet, default_device
+from fusion_models.tensor_ops import unfold
 
 __all__ = [
     "DECK",
@@ -117,13 +118,7 @@ def initial_factors(z: np.ndarray, ranks: Sequence[int]) -> list[np.ndarray]:
 
     ``z`` is ``(P, *sample_shape)`` (e.g. interpolation-filled patches); returns ``(I_n, R_n)``.
     """
-    factors = []
-    for n, rank in enumerate(ranks):
-        moved = np.moveaxis(z, n + 1, 1).reshape(z.shape[0], z.shape[n + 1], -1)  # (P, I_n, rest)
-        gram = np.einsum("pik,pjk->ij", moved, moved, optimize=True)
-        _, vecs = np.linalg.eigh(gram)
-        factors.append(np.ascontiguousarray(vecs[:, ::-1][:, :rank]))
-    return factors
+    return [np.ascontiguousarray(leading_vectors(unfold(z, n + 1), rank)) for n, rank in enumerate(ranks)]
 
 
 def fit_lrtcnet(
