@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bench_parser", "report"]
+__all__ = ["bench_parser", "report", "torch_machine"]
 
 
 def bench_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -28,3 +28,15 @@ def report(run: Callable[..., dict[str, Any]], args: argparse.Namespace, **extra
     print(json.dumps(result["summary"], indent=2))  # noqa: T201 - script output
     print(json.dumps(result.get("targets", {}), indent=2))  # noqa: T201
     return 0
+
+
+def torch_machine() -> dict[str, Any]:
+    """Where a torch benchmark ran: platform, CPU, Python, torch, numpy and torch's threads."""
+    import platform
+
+    import numpy as np
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "threads": torch.get_num_threads()}

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import shutil
 import tempfile
 import time
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._cli import bench_parser, report
+from benchmarks._cli import bench_parser, report, torch_machine
 
 REPO = Path(__file__).resolve().parents[1]
 MODIS = REPO.parent / "shared" / "fixtures" / "real" / "modis_ndvi_sinop"
@@ -332,9 +331,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None) -> dict[s
         "seconds": round(time.perf_counter() - started, 1),
         "sample_generation_seconds": round(gen_seconds, 1),
         "png": str(png),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "numpy": np.__version__, "threads": torch.get_num_threads()},
+        "machine": torch_machine(),
     }
     out.write_text(json.dumps(result, indent=2, default=float))
     out.with_suffix(".md").write_text(_markdown(result))

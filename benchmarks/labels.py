@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import shutil
 import tempfile
 import time
@@ -80,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._cli import bench_parser, report
+from benchmarks._cli import bench_parser, report, torch_machine
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
@@ -444,9 +443,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None,
         "quick": quick,
         "seconds": round(time.perf_counter() - started, 1),
         "data_seconds": round(data_seconds, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "numpy": np.__version__, "threads": torch.get_num_threads()},
+        "machine": torch_machine(),
     }
     out.write_text(json.dumps(result, indent=2, default=float))
     out.with_suffix(".md").write_text(_markdown(result))
