@@ -14,12 +14,15 @@ The observations of a run at missing share ``p`` and ``b`` bits:
 - quantized by a uniform ``b``-bit quantizer over the observed range (Q-TRPCA gets the codes and the
   bins; the baselines get the bin centres as exact values).
 
-Scores are ranked over the observed entries only (an anomaly under a cloud cannot be seen):
-AUPRC (average precision), ROC-AUC (Mann-Whitney, ties averaged; own NumPy implementation), F1 of
-each method's flags (``fusion_models.qtrpca.robust_threshold`` with ``k = tasks.anomalies.FLAG_K``:
-the robust PCAs flag ``score > max(k * noise, bin width)`` with ``noise`` the robust standard
-deviation their refit leaves in ``S``; the z-score flags ``z > k * 1.4826 median(z)``), the background RMSE in kelvin on every entry
-against the clean, noise-free truth (``lst - anomaly_k``), and the runtime.
+Scores are ranked over the observed entries only (an anomaly under a cloud cannot be seen). Every
+robust PCA is scored the same way: the residual of its input (the bin centres) about its background
+``L``, pooled with its 3 x 3 x 3 neighbourhood (``fusion_models.qtrpca.cluster_score``: the ML shift
+common to the entry and its neighbours); the z-score keeps its per-pixel ``|z|``. Reported: AUPRC
+(average precision), ROC-AUC (Mann-Whitney, ties averaged; own NumPy implementation), F1 of each
+method's flags (``fusion_models.qtrpca.robust_threshold`` with ``k = tasks.anomalies.FLAG_K``:
+``score > max(k * 1.4826 median(score), bin width)`` for the robust PCAs, ``z > k * 1.4826
+median(z)`` for the z-score), the background RMSE in kelvin on every entry against the clean,
+noise-free truth (``lst - anomaly_k``), and the runtime.
 
     python -m benchmarks.anomalies --out anomalies.json [--quick | --size quick]
 """
@@ -153,6 +156,7 @@ def run_methods(data: dict[str, Any], *, missing: float, bits: int, seed: int,
                 methods: tuple[str, ...] = METHODS) -> dict[str, dict[str, float]]:
     """All methods on the same observations; metrics per method."""
     from fusion_models.qtrpca import (
+        cluster_score,
         dequantize,
         matrix_rpca,
         qtrpca,
@@ -185,8 +189,10 @@ def run_methods(data: dict[str, Any], *, missing: float, bits: int, seed: int,
                 res = trpca(deq, omega)
             else:
                 res = matrix_rpca(deq, omega)
-            score, background = np.abs(res.S), res.L
-            flag = (score > robust_threshold(score, omega, k=FLAG_K, floor=step, sigma=res.noise)) & omega
+            # the same score for every robust PCA: the residual of the observation (the bin
+            # centre) about the background, pooled with its neighbourhood (cluster_score)
+            score, background = cluster_score(deq - res.L, omega), res.L
+            flag = (score > robust_threshold(score, omega, k=FLAG_K, floor=step)) & omega
             extra = {"iterations": res.iterations, "rank": res.rank}
         seconds = time.perf_counter() - t0
         score_t = np.moveaxis(score, -1, 0)

@@ -22,12 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from fusion_models.tensor_ops import soft_threshold, tnn_prox
 
 __all__ = [
     "RobustPCAResult",
     "bin_bounds",
+    "cluster_score",
     "default_lambda",
     "dequantize",
     "matrix_rpca",
@@ -321,6 +323,23 @@ def tubal_truncate(x: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     return np.fft.irfft(fz.transpose(1, 2, 0), n=n3, axis=2)
 
 
+def _trimmed_set(resid: np.ndarray, omega: np.ndarray, *, k_out: float, time_axis: int) -> np.ndarray:
+    r"""Inliers of a residual: :math:`|r_i - \operatorname{med}_t r_{p(i)}| \le k\,\hat\sigma` on Omega.
+
+    ``resid`` is ``c - L``; :math:`\hat\sigma = 1.4826\,\operatorname{MAD}_\Omega(r)`; the
+    median runs along ``time_axis`` over each pixel's observed dates (0 for a pixel never
+    observed). Falls back to all of Omega when the rule would keep nothing.
+    """
+    on = resid[omega]
+    sigma = 1.4826 * float(np.median(np.abs(on - np.median(on))))
+    masked = np.where(omega, resid, np.nan)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="All-NaN slice", category=RuntimeWarning)
+        pixel = np.nan_to_num(np.nanmedian(masked, axis=time_axis, keepdims=True))
+    fit = omega & (np.abs(resid - pixel) <= k_out * sigma)
+    return fit if fit.any() else omega
+
+
 def _refit(
     lower: np.ndarray,
     upper: np.ndarray,
@@ -335,7 +354,7 @@ def _refit(
     max_iter: int = REFIT_ITER,
     tol: float = REFIT_TOL,
     k_out: float = REFIT_K,
-    rounds: int = 2,
+    time_axis: int = 2,
 ) -> RobustPCAResult:
     r"""Debias the convex solution: refit ``L`` at the rank it found, off the outliers.
 
@@ -356,17 +375,27 @@ def _refit(
        bins combined with the quantization noise :math:`w/\sqrt{12}` (``w`` the bin width) --
        the box-constrained ``L`` sits inside its bins, so ``c - L`` measures its bias, not noise;
 
-    then, with that rank fixed (``truncate``), each of ``rounds`` rounds:
+    then, with that rank fixed (``truncate``):
 
-    1. marks the outliers :math:`O = \{i \in \Omega : |c_i - L_i| > k\,\hat\sigma\}`,
-       :math:`\hat\sigma = 1.4826\,\operatorname{MAD}_\Omega(c - L)` (Hampel), and fits the
-       inliers :math:`F = \Omega \setminus O` by least squares (hard impute, Mazumder, Hastie and
-       Tibshirani 2010): :math:`\mathcal{L} \leftarrow T_r(P_F(c) + P_{F^c}(\mathcal{L}))`;
-    2. in the last round and only when ``quantized``: alternating projections between the rank-r
-       set and the quantization bins, :math:`\mathcal{L} \leftarrow
-       T_r(P_F(\Pi_{[\ell,u]}(\mathcal{L})) + P_{F^c}(\mathcal{L}))`: an inlier whose
-       background already lies in its bin stays where it is (the bin says nothing more; the centre
-       is not taken as exact), one outside is pulled to the nearest bin edge.
+    1. trimmed least squares with the outlier set re-estimated at every iteration (hard impute,
+       Mazumder, Hastie and Tibshirani 2010, on the inliers): with :math:`r = c - \mathcal{L}`
+       and :math:`\tilde r_i = r_i - \operatorname{med}_{t}\, r_{p(i)}` (the residual less the
+       median residual of its pixel's time series, over the observed dates),
+       :math:`F = \{i \in \Omega : |\tilde r_i| \le k\,\hat\sigma\}`,
+       :math:`\hat\sigma = 1.4826\,\operatorname{MAD}_\Omega(r)` (Hampel), and
+       :math:`\mathcal{L} \leftarrow T_r(P_F(c) + P_{F^c}(\mathcal{L}))`. Anomalies last one to
+       three days, so an offset that persists over a pixel's whole series is background the
+       convex step left in ``S`` (a lake or town pixel): measured from the pixel's median it is
+       no outlier, it is fitted. Re-estimating ``F`` every iteration lets ``L`` leave the convex
+       solution's outlier set (a fixed set is self-fulfilling: ``L`` never moves towards it);
+
+    The quantization model enters the refit through the convex start (the bins, not the centres),
+    and through the noise level of the rank rule (:math:`w/\sqrt{12}` is known to be noise). An
+    earlier last stage of alternating projections between the rank-r set and the bins (pulling
+    ``L`` into each inlier's bin) was dropped: with the re-estimated outlier set it raised the
+    4-bit background RMSE on the demo sample (0.470 -> 0.499 K) and lowered the 4-bit AUPRC
+    (0.864 -> 0.838): the bin edges are 2 K apart there and the edge a background is pulled to
+    is mostly set by the 0.35 K sensor noise, not by the background.
 
     ``S`` is then the signed distance on ``Omega`` from ``L`` to the observation: to the bin when
     ``quantized`` (:math:`\Pi_{[\ell,u]}(L) - L`, so every ``L + S`` lies in its bin), else to
@@ -390,28 +419,19 @@ def _refit(
         return first
     inlier = omega & (np.abs(centre - low) <= k_out * sigma)
     ranks = (spectrum(np.where(inlier, centre, low)) > gamma * sigma * noise_norm).sum(axis=-1)
-    for round_ in range(rounds):
-        resid = (centre - low)[omega]
-        sigma = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
-        resid = (centre - low)[omega]
-        spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
-        fit = omega & (np.abs(centre - low) <= k_out * spread)
-        if not fit.any():
-            fit = omega
-        stages = (False, True) if quantized and round_ == rounds - 1 else (False,)
-        for project in stages:
-            done = False
-            for _ in range(max_iter):
-                target = np.clip(low, lower, upper) if project else centre
-                new = truncate(np.where(fit, target, low), ranks)
-                change = float(np.abs(new - low).max())
-                low = new
-                iterations += 1
-                history.append(change)
-                if change < tol * scale:
-                    done = True
-                    break
-            converged &= done
+    fit = inlier
+    done = False
+    for _ in range(max_iter):
+        fit = _trimmed_set(centre - low, omega, k_out=k_out, time_axis=time_axis)
+        new = truncate(np.where(fit, centre, low), ranks)
+        change = float(np.abs(new - low).max())
+        low = new
+        iterations += 1
+        history.append(change)
+        if change < tol * scale:
+            done = True
+            break
+    converged &= done
     sparse = np.where(omega, (np.clip(low, lower, upper) if quantized else centre) - low, 0.0)
     resid = (centre - low)[omega]
     noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
@@ -438,7 +458,8 @@ def _oriented(
     if refit:
         n1, n2, n3 = lo.shape
         res = _refit(lo, hi, om, res, spectrum=fourier_spectrum, truncate=tubal_truncate,
-                     noise_norm=math.sqrt(n3) * (math.sqrt(n1) + math.sqrt(n2)), quantized=quantized)
+                     noise_norm=math.sqrt(n3) * (math.sqrt(n1) + math.sqrt(n2)), quantized=quantized,
+                     time_axis=1)
     return RobustPCAResult(low_rank=_to_tube_x(res.low_rank), sparse=_to_tube_x(res.sparse),
                            iterations=res.iterations, converged=res.converged, history=res.history,
                            rank=res.rank, lam=res.lam, seconds=res.seconds, noise=res.noise)
@@ -503,10 +524,10 @@ def qtrpca(
     (a few pixels, one to three days) stays sparse in the original domain.
 
     **Refit.** The convex solution is then debiased (``refit=True``, :func:`_refit`): its rank
-    is cut at the noise edge of the data's spectrum, and ``L`` is refitted at that rank off the
-    outliers, first by least squares to the bin centres, then by alternating projections between
-    that rank and the bins (the quantization model: a centre is not taken as exact; only leaving
-    the bin costs). ``S`` is returned as the distance from ``L`` to each observed bin, so
+    is cut at the noise edge of the data's spectrum (the noise includes the known quantization
+    noise :math:`w/\sqrt{12}`), and ``L`` is refitted at that rank by least squares to the bin
+    centres off the outliers, the outlier set re-estimated at every iteration about each pixel's
+    median residual. ``S`` is returned as the distance from ``L`` to each observed bin, so
     ``L + S`` stays in its bin on Omega, and ``noise`` as the robust size of the unquantized noise.
 
     Parameters
@@ -646,7 +667,7 @@ def matrix_rpca(
         return ((m @ v) @ v.T).reshape(n1, n2, n3)
 
     return _refit(values, values, omega, res, spectrum=spectrum, truncate=truncate,
-                  noise_norm=math.sqrt(n1 * n2) + math.sqrt(n3), quantized=False)
+                  noise_norm=math.sqrt(n1 * n2) + math.sqrt(n3), quantized=False, time_axis=2)
 
 
 def robust_zscore(
@@ -680,6 +701,58 @@ def robust_zscore(
     background = np.broadcast_to(med, y.shape).copy()
     return np.nan_to_num(score), background
 
+
+
+def cluster_score(
+    residual: np.ndarray, omega: np.ndarray | None = None, *, window: tuple[int, int, int] = (3, 3, 3)
+) -> np.ndarray:
+    r"""Anomaly score of each entry: the common shift of the entry and its neighbourhood, in kelvin.
+
+    The injected anomalies (and real ones: fires, hot spots, flooded fields) cover a few pixels
+    over one to three days, so an entry's neighbours carry evidence about it. With the residual
+    :math:`r = y - \mathcal{L}` about the background and :math:`N_i` the observed entries of the
+    ``window`` (``y x x x time``, centred on ``i``, ``i`` excluded), the score is the maximum
+    likelihood shift :math:`a` common to the entry (weight 1) and its neighbourhood (total weight
+    1, equal weights), under Gaussian noise:
+
+    .. math:: \hat a_i = \arg\max_a \Big[-\tfrac{(r_i - a)^2}{2\sigma^2}
+              - \tfrac{1}{|N_i|}\sum_{j \in N_i} \tfrac{(r_j - a)^2}{2\sigma^2}\Big]
+              = \frac{r_i + \bar r_{N_i}}{2}, \qquad \text{score}_i = |\hat a_i| ,
+
+    and :math:`\hat a_i = r_i` when no neighbour is observed. The generalized likelihood ratio of
+    "shift" against "no shift" is :math:`\hat a_i^2 / \sigma^2`, so the score ranks entries like
+    the GLR; an isolated noise spike is halved, a compact cluster of same-sign residuals keeps its
+    size. Neighbours outside the tensor or off ``omega`` are not counted; the score is 0 off
+    ``omega``.
+
+    Parameters
+    ----------
+    residual : np.ndarray
+        ``(n1, n2, n3) = (y, x, time)``, the data less the background (e.g. the bin centres less
+        ``L``), any value off ``omega``.
+    omega : np.ndarray, optional
+        ``(n1, n2, n3)`` bool, true where observed (default: all).
+    window : tuple of int
+        Odd sizes of the neighbourhood along ``(y, x, time)``.
+
+    Shapes
+    ------
+    residual: (n1, n2, n3) float, omega: (n1, n2, n3) bool -> score: (n1, n2, n3) float64 >= 0
+    """
+    residual = np.asarray(residual, dtype=np.float64)
+    omega = _check_inputs("residual", residual, omega)
+    if len(window) != 3 or any(int(w) < 1 or int(w) % 2 == 0 for w in window):
+        raise ValueError(f"window must be three odd sizes >= 1 along (y, x, time); got {window!r}")
+    if not np.all(np.isfinite(residual[omega])):
+        raise ValueError("residual must be finite on omega; mark NaN entries unobserved in omega")
+    kernel = np.ones(tuple(int(w) for w in window))
+    kernel[tuple(int(w) // 2 for w in window)] = 0.0
+    r = np.where(omega, residual, 0.0)
+    total = ndimage.correlate(r, kernel, mode="constant")
+    count = ndimage.correlate(omega.astype(np.float64), kernel, mode="constant")
+    has = count > 0.5
+    shift = np.where(has, 0.5 * (r + total / np.maximum(count, 1.0)), r)
+    return np.where(omega, np.abs(shift), 0.0)
 
 
 def robust_threshold(score: np.ndarray, omega: np.ndarray | None = None, *, k: float = 6.0,

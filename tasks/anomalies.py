@@ -6,11 +6,14 @@ times) into a low-rank background ``L`` and a sparse part ``S`` by ``fusion_mode
 (A. Aidini, G. Tsagkatakis and P. Tsakalides, "Quantized Tensor Robust Principal Component
 Analysis", ICASSP 2020). ``anomalies.zarr`` holds
 
-- ``score(time, y, x)`` float32, ``|S|`` in the band's units (kelvin for LST), 0 where unobserved;
+- ``score(time, y, x)`` float32, in the band's units (kelvin for LST), 0 where unobserved: the
+  residual of the observation (the bin centre) about ``L``, pooled with its 3 x 3 x 3
+  neighbourhood (``fusion_models.qtrpca.cluster_score``: the maximum-likelihood shift common to the
+  entry and its neighbours; anomalies cover a few pixels over one to three days);
 - ``flag(time, y, x)`` bool, ``score > max(k * sigma, step)`` with ``sigma`` the tile's robust
-  (1.4826 MAD) standard deviation of the unquantized noise left in ``S`` (``RobustPCAResult.noise``,
-  ``fusion_models.qtrpca.robust_threshold``; ``k = FLAG_K`` by default) and ``step`` the
-  quantizer's bin width (nothing smaller than one bin can be told from quantization);
+  (1.4826 median) size of the score (``fusion_models.qtrpca.robust_threshold``; ``k = FLAG_K`` by
+  default) and ``step`` the quantizer's bin width (nothing smaller than one bin can be told from
+  quantization);
 - ``background(time, y, x)`` float32, ``L`` (defined under clouds too);
 - the cube's ``time``, ``y``, ``x`` coordinates and ``spatial_ref``.
 """
@@ -31,7 +34,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from tqdm.auto import tqdm
 
-from fusion_models.qtrpca import qtrpca, quantize, robust_threshold
+from fusion_models.qtrpca import cluster_score, dequantize, qtrpca, quantize, robust_threshold
 from tasks.checkpoint import (
     Manifest,
     atomic_artifact,
@@ -86,7 +89,7 @@ def detect_tile(
     lam
         Sparsity weight (default: ``1/sqrt(max(ny, nx) * nt)`` of the window).
     k
-        Flag threshold in robust deviations of the non-zero scores (``robust_threshold``).
+        Flag threshold in robust deviations of the scores (``robust_threshold``).
     """
     dims = ("time", "y", "x")
     if tuple(values.dims) != dims or tuple(valid.dims) != dims:
@@ -104,8 +107,9 @@ def detect_tile(
     else:
         codes, edges = quantize(y, bits, lo, hi)
         res = qtrpca(codes, edges, omega, lam=lam)
-        threshold = robust_threshold(res.S, omega, k=k, floor=float(edges[1] - edges[0]), sigma=res.noise)
-        score = np.moveaxis(np.abs(res.S), -1, 0).astype(np.float32)
+        pooled = cluster_score(np.where(omega, dequantize(codes, edges) - res.L, 0.0), omega)
+        threshold = robust_threshold(pooled, omega, k=k, floor=float(edges[1] - edges[0]))
+        score = np.moveaxis(pooled, -1, 0).astype(np.float32)
         background = np.moveaxis(res.L, -1, 0).astype(np.float32)
         flag = score > threshold
         stats.update(iterations=res.iterations, converged=res.converged, threshold=threshold,
@@ -123,7 +127,12 @@ def detect_tile(
 
 
 def strongest_anomalies(ds: xr.Dataset, n: int = 20) -> list[dict[str, Any]]:
-    """The ``n`` flagged entries with the largest score: date, x, y and magnitude (score units)."""
+    """The ``n`` flagged entries with the largest score: date, x, y and magnitude (score units).
+
+    The magnitude is the score, the shift common to the entry and its 3 x 3 x 3 neighbourhood
+    (``cluster_score``): about half the entry's own residual for a 2 x 2 pixel one-day spot, the
+    full residual for an event that fills the neighbourhood.
+    """
     score = np.where(ds["flag"].values, ds["score"].values, 0.0)
     flat = np.argsort(score, axis=None)[::-1][:n]
     rows = []
@@ -159,7 +168,8 @@ def _template(ds: xr.Dataset, tile: int) -> xr.Dataset:
     units = ds["data"].attrs.get("units", "")
     data_vars = {
         "score": xr.DataArray(da.zeros((nt, ny, nx), dtype=np.float32, chunks=chunks), dims=dims,
-                              attrs={"units": units, "long_name": "anomaly score |S|"}),
+                              attrs={"units": units,
+                                     "long_name": "anomaly score: residual shift pooled with its neighbourhood"}),
         "flag": xr.DataArray(da.zeros((nt, ny, nx), dtype=bool, chunks=chunks), dims=dims,
                              attrs={"long_name": "anomaly flag"}),
         "background": xr.DataArray(da.zeros((nt, ny, nx), dtype=np.float32, chunks=chunks), dims=dims,
@@ -228,8 +238,7 @@ def detect_anomalies(
     tile
         Tile side in pixels; each tile is one Q-TRPCA problem of ``tile x tile x n_time``.
     k
-        Flag threshold in robust standard deviations of the noise left in ``S`` (see the module
-        docstring).
+        Flag threshold in robust standard deviations of the score (see the module docstring).
     overwrite
         Replace an ``out`` made with another key. A finished ``out`` with this key is reused.
     progress

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from fusion_models.qtrpca import (
+    _trimmed_set,
     bin_bounds,
+    cluster_score,
     default_lambda,
     dequantize,
     matrix_rpca,
@@ -178,3 +180,55 @@ def test_refit_removes_the_box_bias_at_coarse_bits():
     assert _rel(refit.L, low) < 0.8 * _rel(convex.L, low)
     inside = refit.L + refit.S
     assert np.all((inside >= lower - 1e-9) & (inside <= upper + 1e-9))
+
+
+def test_cluster_score_known_answers():
+    """The score is the ML shift common to an entry (weight 1) and its neighbourhood (weight 1)."""
+    r = np.zeros((7, 7, 5))
+    r[3, 3, 2] = 4.0  # isolated spike: neighbours observed and zero -> (4 + 0) / 2
+    score = cluster_score(r)
+    assert score[3, 3, 2] == pytest.approx(2.0)
+    assert score[2, 3, 2] == pytest.approx(4.0 / 26 / 2)  # a neighbour sees the spike once
+    # a 3 x 3 x 3 block of +3 K: its centre and its neighbours all shifted -> 3
+    block = np.zeros((7, 7, 5))
+    block[2:5, 2:5, 1:4] = 3.0
+    assert cluster_score(block)[3, 3, 2] == pytest.approx(3.0)
+    # a corner entry has 7 neighbours inside the tensor; only the observed ones count
+    corner = np.zeros((4, 4, 4))
+    corner[0, 0, 0], corner[1, 0, 0] = 1.0, 5.0
+    omega = np.zeros(corner.shape, bool)
+    omega[0, 0, 0] = omega[1, 0, 0] = True
+    got = cluster_score(corner, omega)
+    assert got[0, 0, 0] == pytest.approx((1.0 + 5.0) / 2)
+    assert got[1, 0, 0] == pytest.approx((5.0 + 1.0) / 2)
+    assert np.all(got[~omega] == 0)
+    lonely = np.zeros((3, 3, 3), bool)
+    lonely[1, 1, 1] = True  # no observed neighbour: the entry's own residual
+    assert cluster_score(np.full((3, 3, 3), -2.5), lonely)[1, 1, 1] == pytest.approx(2.5)
+    # opposite-sign neighbours cancel: window (1, 3, 1) along x only
+    line = np.array([1.0, 2.0, -4.0]).reshape(1, 3, 1)
+    assert cluster_score(line, window=(1, 3, 1))[0, 1, 0] == pytest.approx(abs(2.0 + (1.0 - 4.0) / 2) / 2)
+    with pytest.raises(ValueError, match="odd"):
+        cluster_score(r, window=(2, 3, 3))
+    bad = r.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        cluster_score(bad)
+
+
+def test_trimmed_set_keeps_persistent_offsets_and_drops_short_spikes():
+    """Outliers are measured from the pixel's median residual: a whole-series offset is background."""
+    rng = np.random.default_rng(0)
+    resid = 0.1 * rng.standard_normal((6, 6, 40))
+    resid[2, 3, :] += 3.0  # a pixel the background misses on every date (a lake, a town)
+    resid[4, 1, 7:9] += 3.0  # a two-day anomaly
+    omega = np.ones(resid.shape, bool)
+    omega[0, 0, ::2] = False
+    fit = _trimmed_set(resid, omega, k_out=3.0, time_axis=2)
+    assert fit[2, 3].all()
+    assert not fit[4, 1, 7:9].any() and fit[4, 1, 10:].all()
+    assert not fit[~omega].any()
+    # the same along axis 1 (the solvers' (y, time, x) layout)
+    moved = _trimmed_set(np.swapaxes(resid, 1, 2), np.swapaxes(omega, 1, 2), k_out=3.0, time_axis=1)
+    assert np.array_equal(np.swapaxes(moved, 1, 2), fit)
+
