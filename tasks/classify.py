@@ -10,6 +10,8 @@ other names with ``label=``), cut into ``<out>.patches.zarr`` by the patch stage
 spatial-block split: the model trains on ``train`` patches, keeps the epoch with the best
 validation macro-F1 on ``val`` patches and is scored on ``test`` patches (buffer patches are
 never used). Class imbalance: class-weighted cross entropy (inverse class frequency, capped).
+Batches: training patches that fit in memory (``IN_MEMORY_BYTES``) are batched anew at random
+every epoch (``shuffled_batches``), each patch with its own random flip / quarter turn.
 Applying (``model=M.pt``): the saved model classifies the cube; it is scored on the test patches
 when the cube has the label layer.
 
@@ -41,7 +43,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from torch.utils.data import DataLoader, Dataset
 
-from fusion_models.classifier_training import class_weights, fit_classifier, predict_proba, scores
+from fusion_models.classifier_training import (
+    class_weights,
+    fit_classifier,
+    predict_proba,
+    scores,
+    shuffled_batches,
+)
 from fusion_models.classifiers import PixelClassifier, build_classifier
 from tasks.catalog import NLCD_CLASSES
 from tasks.checkpoint import (
@@ -75,6 +83,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "classify"
+#: training patches up to this size are held in memory and batched at random every epoch;
+#: larger training sets are read as runs of a store chunk (batches in random order)
+IN_MEMORY_BYTES = 2 * 1024**3
 CODE_MODULES = (
     "tasks.classify",
     "fusion_models.classifiers",
@@ -384,7 +395,19 @@ def classify_cube(
         net = build_classifier("cnn4d", n_times=int(pds.sizes["time"]), n_bands=len(bands),
                                n_classes=len(CLASSES), width=width, mean=mean.tolist(), std=std.tolist())
         val_pb, val_dl = loader("val")
-        fit = fit_classifier(net, lambda: train_dl, val=(lambda: val_dl) if len(val_pb) else None,
+        n_train = int((split == "train").sum())
+        if n_train * pds["data"].dtype.itemsize * np.prod(pds["data"].shape[1:]) <= IN_MEMORY_BYTES:
+            # in memory: the batches' members drawn anew every epoch (see shuffled_batches)
+            tr = [np.concatenate(a) for a in zip(*loader("train")[1], strict=True)]
+            order = np.random.default_rng(seed)
+
+            def train_batches() -> Any:
+                return shuffled_batches(tr[0], tr[1], tr[2], batch=batch, rng=order)
+        else:
+            def train_batches() -> Any:
+                return train_dl  # runs of a store chunk, in random order
+
+        fit = fit_classifier(net, train_batches, val=(lambda: val_dl) if len(val_pb) else None,
                              weights=class_weights(counts), epochs=epochs, lr=lr, crop=min(crop, size),
                              device=dev, seed=seed, progress=progress)
         wpath = save_model(net, weights_path(out), bands=bands)
