@@ -126,12 +126,14 @@ def detect_tile(
     return out, stats
 
 
-def strongest_anomalies(ds: xr.Dataset, n: int = 20) -> list[dict[str, Any]]:
-    """The ``n`` flagged entries with the largest score: date, x, y and magnitude (score units).
+def strongest_anomalies(ds: xr.Dataset, n: int = 20, observed: xr.DataArray | None = None) -> list[dict[str, Any]]:
+    """The ``n`` flagged entries with the largest score: date, x, y, magnitude and score.
 
-    The magnitude is the score, the shift common to the entry and its 3 x 3 x 3 neighbourhood
-    (``cluster_score``): about half the entry's own residual for a 2 x 2 pixel one-day spot, the
-    full residual for an event that fills the neighbourhood.
+    The magnitude is the entry's departure from the background, ``observed - background`` in the
+    band's units (signed: a hot spot is positive), when ``observed`` (the cube's band, dims
+    ``(time, y, x)``) is given; otherwise the score. The score is the shift common to the entry
+    and its 3 x 3 x 3 neighbourhood (``cluster_score``): about half the entry's own departure for
+    a 2 x 2 pixel one-day spot, all of it for an event that fills the neighbourhood.
     """
     score = np.where(ds["flag"].values, ds["score"].values, 0.0)
     flat = np.argsort(score, axis=None)[::-1][:n]
@@ -140,11 +142,15 @@ def strongest_anomalies(ds: xr.Dataset, n: int = 20) -> list[dict[str, Any]]:
         t, i, j = np.unravel_index(idx, score.shape)
         if score[t, i, j] <= 0:
             break
+        magnitude = float(score[t, i, j])
+        if observed is not None:
+            magnitude = float(observed[t, i, j].values) - float(ds["background"][t, i, j].values)
         rows.append({
             "date": str(np.datetime_as_string(ds["time"].values[t], unit="D")),
             "x": float(ds["x"].values[j]),
             "y": float(ds["y"].values[i]),
-            "magnitude_k": round(float(score[t, i, j]), 2),
+            "magnitude_k": round(magnitude, 2),
+            "score": round(float(score[t, i, j]), 2),
         })
     return rows
 
@@ -383,11 +389,13 @@ def anomalies_task(
     manifest = detect_anomalies(cube, out, bits=bits, band=band, lam=lam, tile=tile, k=k,
                                 overwrite=overwrite)
     ds = xr.open_zarr(out, consolidated=None)
-    rows = strongest_anomalies(ds, top) or [{"date": "-", "x": "", "y": "", "magnitude_k": 0.0}]
+    rows = strongest_anomalies(ds, top, _observed(cube, manifest.outputs["band"])) or [
+        {"date": "-", "x": "", "y": "", "magnitude_k": 0.0, "score": 0.0}]
     name = Path(out).name
     create_table_artifact(
         table=rows, key=artifact_key(f"anomalies-{name}"),
-        description=f"strongest anomalies in {out} (magnitude |S| in the band's units)",
+        description=f"strongest anomalies in {out}: magnitude = observed - background, in the band's "
+                    "units; score = the shift pooled with the 3 x 3 x 3 neighbourhood",
     )
     png = Path(out).with_suffix(".png")
     if not is_current(png, out):
@@ -396,6 +404,11 @@ def anomalies_task(
                           description=f"largest anomaly score per pixel ({png})")
     logger.info("anomalies %s: key %s, %s flagged", out, manifest.key, manifest.stats.get("flagged"))
     return {"artifact": str(out), "quicklook": str(png), **asdict(manifest)}
+
+
+def _observed(cube: str | Path, band: str) -> xr.DataArray:
+    """The cube's ``band`` as ``(time, y, x)`` (lazy: the table reads a few entries)."""
+    return open_cube(cube)["data"].sel(band=band)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -407,10 +420,12 @@ def _cmd(args: argparse.Namespace) -> int:
     manifest = detect_anomalies(args.cube, args.out, bits=args.bits, band=args.band, lam=args.lam,
                                 tile=args.tile, overwrite=args.overwrite, progress=True)
     png = anomalies_png(args.out, Path(args.out).with_suffix(".png"))
-    rows = strongest_anomalies(xr.open_zarr(args.out, consolidated=None), 10)
+    rows = strongest_anomalies(xr.open_zarr(args.out, consolidated=None), 10,
+                               _observed(args.cube, manifest.outputs["band"]))
     print(f"{args.out}: {json.dumps(manifest.stats)}")  # noqa: T201 - CLI output
     for row in rows:
-        print(f"  {row['date']}  x={row['x']:.0f} y={row['y']:.0f}  {row['magnitude_k']:.2f}")  # noqa: T201
+        print(f"  {row['date']}  x={row['x']:.0f} y={row['y']:.0f}  {row['magnitude_k']:+.2f} "  # noqa: T201
+              f"(score {row['score']:.2f})")
     print(f"quick-look: {png}")  # noqa: T201
     return 0
 

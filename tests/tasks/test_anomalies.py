@@ -69,8 +69,12 @@ def test_stage_writes_schema_finds_spots_and_reuses(tmp_path):
     assert (flag & ~truth).sum() <= 0.01 * (~truth).sum()
     assert np.all(ds["score"].values[~valid] == 0)
     assert manifest.stats["tiles"] == 4 and manifest.outputs["band"] == "lst"
-    rows = strongest_anomalies(ds, 5)
-    assert rows and rows[0]["magnitude_k"] > 4 and set(rows[0]) == {"date", "x", "y", "magnitude_k"}
+    rows = strongest_anomalies(ds, 5)  # no observed values: the magnitude is the pooled score
+    assert rows and rows[0]["magnitude_k"] == rows[0]["score"] > 4
+    assert set(rows[0]) == {"date", "x", "y", "magnitude_k", "score"}
+    # with them: the entry's own departure from the background, near the planted +8 K
+    rows = strongest_anomalies(ds, 5, xr.open_zarr(cube)["data"].sel(band="lst"))
+    assert all(6.0 < r["magnitude_k"] < 10.0 and r["score"] < r["magnitude_k"] for r in rows), rows
     png = anomalies_png(out, tmp_path / "anomalies.png")
     assert png.stat().st_size > 0
     # second call: reused, not recomputed
