@@ -44,11 +44,13 @@ def _demo_chain(root: Path, size: str) -> dict[str, float]:
 
 def _ingest_on_dask(sample: Path, data: Path, workers: int, concurrency: int) -> dict[str, Any]:
     from flows.ingest import ingest_flow
-    from flows.pipeline import dask_task_runner
+    from flows.pipeline import dask_task_runner, one_prefect_api
 
     env = {"FUSIONCUBE_SAMPLE": str(sample), "FUSIONCUBE_DATA": str(data)}
     runner = dask_task_runner(workers=workers)
-    report = ingest_flow.with_options(task_runner=runner)(str(CATALOG), "planet", env=env, concurrency=concurrency)
+    with one_prefect_api():
+        report = ingest_flow.with_options(task_runner=runner)(str(CATALOG), "planet", env=env,
+                                                              concurrency=concurrency)
     return {"seconds": report["seconds"], "time_steps": report["time_steps"], "parts": report["parts"],
             "mb_decoded": report["bytes_decoded"] / 1e6}
 

@@ -8,7 +8,8 @@ The functions here are what ``tests/reliability/`` runs (the tests import them),
   events (zarr object writes, renames, manifest fsyncs, torch checkpoint saves). A clean run gives
   the event list; the harness draws the kill points from it with a fixed seed, stratified over
   (stage, event kind) so that chunk writes, manifest writes, artifact renames, chunk-folder moves
-  and checkpoint saves of every stage are all hit. Each point: SIGKILL there, check every manifest
+  and checkpoint saves of every stage are all hit, plus one point in the middle of the cube's
+  creation (from its template and first part, which must then be reused). Each point: SIGKILL there, check every manifest
   left on disk describes a complete artifact (its arrays equal the reference run's), re-run to
   completion with the event log on, check the final cube and products equal the uninterrupted
   reference run's, and that the re-run wrote nothing into an artifact finished before the kill
@@ -464,6 +465,17 @@ def kill_harness(sample: Path, root: Path, *, points: int = 20, seed: int = 0,
     with (zygote() if z is None else _same(z)) as zz:
         ref = reference(zz, sample, root)
         chosen = choose_kill_points(ref["events"], ref["data"], count=points, seed=seed)
+        # plus one in the middle of the cube's creation (events up to its first manifest): the
+        # part it is made from is finished and nothing records the cube yet, so the re-run must
+        # rebuild it and reuse that part (the middle: threads shift event numbers between runs)
+        creation = []
+        for n, kind, path in ref["events"]:
+            if _phase(path, ref["data"]) == "ingest-cube":
+                creation.append(n)
+                if kind == "rename" and path.endswith(".zarr.manifest.json"):
+                    break
+        if creation and creation[len(creation) // 2] not in chosen:
+            chosen = sorted([*chosen, creation[len(creation) // 2]])
         results = [kill_once(zz, sample, root, ref, n) for n in chosen]
     covered = sorted({f"{r['stage']}:{r['kind']}" for r in results})
     return {"events": len(ref["events"]), "kill_points": len(results),

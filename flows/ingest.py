@@ -20,6 +20,7 @@ from tasks.ingest import (
     publish_ingest_task,
     quicklook_task,
     write_part_task,
+    write_template_task,
 )
 from tasks.locks import cube_lock
 from tasks.quicklook import artifact_key
@@ -92,6 +93,8 @@ def _ingest_parts(
         from tqdm import tqdm
 
         bar = tqdm(total=len(parts), unit="part", desc=f"ingest {cube}")
+    # a new cube's template (static layers read and warped) is made on a worker beside the parts
+    template = write_template_task.submit(catalog_path, cube, grid, env) if plan["creates"] else None
     in_flight: deque[PrefectFuture[dict[str, Any]]] = deque()
     for part in parts[:concurrency]:
         in_flight.append(write_part_task.submit(catalog_path, cube, part, grid, env))
@@ -100,7 +103,8 @@ def _ingest_parts(
         done = in_flight.popleft().result()
         if i + concurrency < len(parts):
             in_flight.append(write_part_task.submit(catalog_path, cube, parts[i + concurrency], grid, env))
-        reports.append(attach_part_task(catalog_path, cube, part, done, grid, env))
+        reports.append(attach_part_task(catalog_path, cube, part, done, grid, env,
+                                        template.result() if template is not None else None))
         update_progress_artifact(progress, 100.0 * (i + 1) / len(parts))
         if bar is not None:
             bar.update(1)

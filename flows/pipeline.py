@@ -15,7 +15,9 @@ dicts, and write to the storage root that every worker sees.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,12 @@ from tasks.patch import patch_task
 from tasks.pipeline_report import publish_pipeline_task
 from tasks.stages import STAGES, stage_params
 
-__all__ = ["dask_task_runner", "pipeline_flow", "pipeline_steps", "run_pipeline"]
+__all__ = ["dask_task_runner", "one_prefect_api", "pipeline_flow", "pipeline_steps", "run_pipeline"]
 
 DASK_ADDRESS_ENV = "FUSIONCUBE_DASK_ADDRESS"
+
+
+PRELOAD = "flows.worker_preload"  # imports paid at worker start-up, not in the first task
 
 
 def dask_task_runner(
@@ -40,14 +45,39 @@ def dask_task_runner(
 ) -> DaskTaskRunner:
     """Prefect's Dask task runner: an existing cluster when an address is given (argument, then
     ``FUSIONCUBE_DASK_ADDRESS``, then the catalog's ``orchestration.dask_address``), else a local
-    cluster of ``workers`` single-threaded processes (default: the catalog's, else the cores)."""
+    cluster of ``workers`` single-threaded processes (default: the catalog's, else the cores) that
+    import the pipeline's libraries when they start (:mod:`flows.worker_preload`)."""
     orch = catalog.orchestration if catalog is not None else None
     address = address or os.environ.get(DASK_ADDRESS_ENV) or (orch.dask_address if orch else None)
     if address:
         return DaskTaskRunner(address=address)
     n = workers or (orch.workers if orch else None) or os.cpu_count() or 1
     return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "dashboard_address": None, "preload": [PRELOAD]})
+
+
+@contextlib.contextmanager
+def one_prefect_api() -> Iterator[str | None]:
+    """Run flows on Dask workers against one Prefect API. Yields its URL.
+
+    With no ``PREFECT_API_URL`` configured, Prefect starts a temporary server in each process that
+    needs one: every Dask worker process would start its own (seconds of start-up in its first
+    task and a busy server process per worker). Here the temporary server starts once, in this
+    process, and this process and the ones it starts (the workers) are pointed at it. With an API
+    configured, nothing changes.
+    """
+    from flows.serve import configured_api_url, use_api
+
+    url = configured_api_url()
+    if url:
+        yield url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the process-wide one Prefect's own client would start
+    server.start()
+    with use_api(server.api_url):
+        yield server.api_url
 
 
 def pipeline_steps(
@@ -129,9 +159,10 @@ def run_pipeline(
     environment or the catalog name (see :func:`dask_task_runner`)."""
     catalog = load_catalog(catalog_path, env=env)
     runner = dask_task_runner(catalog, address=dask_address, workers=workers)
-    if backfill:
-        from flows.backfill import backfill_flow
+    with one_prefect_api():
+        if backfill:
+            from flows.backfill import backfill_flow
 
-        return backfill_flow.with_options(task_runner=runner)(
-            str(catalog_path), cube, start, end, concurrency, stages, env)
-    return pipeline_flow.with_options(task_runner=runner)(str(catalog_path), cube, start, end, stages, env)
+            return backfill_flow.with_options(task_runner=runner)(
+                str(catalog_path), cube, start, end, concurrency, stages, env)
+        return pipeline_flow.with_options(task_runner=runner)(str(catalog_path), cube, start, end, stages, env)

@@ -316,7 +316,7 @@ def _mosaic(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
     for d, v in parts[1:]:
         fill = np.isnan(data[0]) & ~np.isnan(d[0])
         take = (~valid & v) | fill
-        data[:, take] = d[:, take]
+        np.copyto(data, d, where=take)  # broadcast over bands: no boolean gather/scatter copies
         valid |= v
     return data, valid
 
@@ -390,13 +390,16 @@ def _colormap(ref: SceneRef) -> dict[int, str]:
 
 # -- writing -----------------------------------------------------------------------------------
 def _dates_dataset(results: Sequence[DateResult], grid: Grid, bands: Sequence[str]) -> xr.Dataset:
-    """The first time steps of a new cube as a Dataset."""
+    """Time steps (none for a template) of a cube as a Dataset."""
     y, x = grid_coords(grid.transform, grid.height, grid.width)
     times = pd.DatetimeIndex([r.date for r in results]).as_unit("ns")
+    shape = (len(results), grid.height, grid.width)
+    data = np.stack([r.data for r in results]) if results else np.zeros((0, len(bands), *shape[1:]), np.float32)
+    valid = np.stack([r.valid for r in results]) if results else np.zeros(shape, bool)
     return xr.Dataset(
         {
-            "data": (DATA_DIMS, np.stack([r.data for r in results])),
-            "valid": (VALID_DIMS, np.stack([r.valid for r in results])),
+            "data": (DATA_DIMS, data),
+            "valid": (VALID_DIMS, valid),
         },
         coords={"time": times, "band": np.array(list(bands), dtype=object), "y": y, "x": x},
     )
@@ -418,7 +421,7 @@ def _create_cube(
         ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
 
 
-TIME_UNITS = "seconds since 1970-01-01T00:00:00"
+TIME_UNITS = "microseconds since 1970-01-01T00:00:00"  # scene times keep their sub-second part
 
 
 def _time_encoding(path: Path, units: Any) -> tuple[pd.Timedelta, pd.Timestamp]:
@@ -492,6 +495,7 @@ def _record_quarantine(quarantine: dict[str, Any], rows: Sequence[dict[str, Any]
 # into the cube (no data copied) when it starts on a time-chunk boundary, else writes its values.
 # A finished part has a manifest; a killed run's finished parts are reused when it starts again.
 PART_STAGE = "ingest-part"
+TEMPLATE_STAGE = "ingest-template"
 
 
 def parts_dir(path: str | Path) -> Path:
@@ -533,6 +537,7 @@ class IngestPlan:
     skipped: list[dict[str, Any]]
     quarantined: list[dict[str, Any]]
     time_steps: int
+    creates: bool = False  # the cube is not there yet: its template is written beside the parts
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "grid": grid_to_dict(self.grid) if self.grid else None}
@@ -576,7 +581,7 @@ def _check_store(path: Path, manifest: Manifest | None, cube: str) -> None:
         )
 
 
-PART_BYTES = 256 * 2**20  # a part in memory: at most this many bytes of float32 (or one date)
+PART_BYTES = 512 * 2**20  # a part in memory: at most this many bytes of float32 (or one date)
 
 
 def plan_parts(
@@ -623,7 +628,8 @@ def plan_parts(
         day = groups[0][0].date.date().isoformat() if groups[0][0].date else "undated"
         parts.append({"id": f"{day}-{digest}", "scenes": scenes})
         i += n
-    return IngestPlan(cube, str(path), grid, parts, scene_plan.skipped, scene_plan.quarantined, steps)
+    return IngestPlan(cube, str(path), grid, parts, scene_plan.skipped, scene_plan.quarantined, steps,
+                      creates=bool(parts) and not path.exists())
 
 
 def _part_size(dates: int, grid: Grid | None, catalog: Catalog, spec: CubeSpec, concurrency: int) -> int:
@@ -700,10 +706,10 @@ def _write_times(path: Path, time: zarr.Array, n: int, dates: Sequence[datetime]
     time[n:] = np.array(offsets).astype(time.dtype)
 
 
-def _attach_store(path: Path, part: Path, dates: Sequence[datetime]) -> bool:
+def _attach_store(path: Path, part: Path, dates: Sequence[datetime], *, copy: bool = False) -> bool:
     """Append the part store's time steps to the cube. Returns True when its chunk folders were
-    moved in (the part starts on a time-chunk boundary and has the cube's layout), False when
-    its values had to be written (and re-encoded) instead."""
+    moved in (copied with ``copy``; the part starts on a time-chunk boundary and has the cube's
+    layout), False when its values had to be written (and re-encoded) instead."""
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     src = zarr.open_group(str(part), mode="r")
     n, k = group["data"].shape[0], len(dates)
@@ -725,7 +731,10 @@ def _attach_store(path: Path, part: Path, dates: Sequence[datetime]) -> bool:
                 dest = target / str(int(chunk_dir.name) + n // tc)
                 if dest.exists():  # left by a killed run beyond the manifest
                     shutil.rmtree(dest)
-                os.replace(chunk_dir, dest)
+                if copy:
+                    shutil.copytree(chunk_dir, dest)
+                else:
+                    os.replace(chunk_dir, dest)
     else:
         group["data"][n:] = src["data"][:]
         group["valid"][n:] = src["valid"][:]
@@ -769,34 +778,69 @@ class _CubeState:
         write_manifest(self.path, _cube_manifest(
             self.cube, self.spec, self.scenes, self.quarantine, self.dates, self.steps, self.grid))
 
-    def create(self, results: Sequence[DateResult], report: IngestReport) -> None:
-        assert self.grid is not None
-        layers, bad_static = static_layers(self.catalog, self.spec, self.grid)
-        report.quarantined += bad_static
-        attrs = {
-            "title": f"fusioncube cube {self.cube}",
-            "Conventions": "CF-1.8",
-            "sources": ", ".join(self.spec.sources),
-            "static_sources": ", ".join(f"{k}: {v}" for k, v in self.spec.static.items()),
-            "software": f"fusioncube {code_version(*INGEST_MODULES)}",
-            "catalog_entry": self.spec.model_dump_json(),
-            "catalog": str(self.catalog.path) if self.catalog.path else "",
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        bands = [b.name for b in self.catalog.source(self.spec.sources[0]).bands]
-        _create_cube(self.path, _dates_dataset(results, self.grid, bands), self.grid, layers, self.spec, attrs)
-        report.created = True
+    def create(self, template: Path, part: Path, dates: Sequence[datetime]) -> None:
+        """The cube from its template (schema, coordinates, static layers; no time steps) and its
+        first part, built under a temporary name and renamed into place. The part's chunk files
+        are copied, not re-encoded, and the part stays whole until the cube's manifest is written."""
+        with atomic_artifact(self.path, overwrite=False) as tmp:
+            shutil.copytree(template, tmp)
+            _attach_store(tmp, part, dates, copy=True)
 
 
-def _part_results(part: Path, dates: Sequence[datetime], scenes: Sequence[list[SceneRef]]) -> list[DateResult]:
-    src = zarr.open_group(str(part), mode="r")
-    data, valid = src["data"][:], src["valid"][:]
-    return [DateResult(d, data[i], valid[i], list(s)) for i, (d, s) in enumerate(zip(dates, scenes, strict=True))]
+def template_path(catalog: Catalog, cube: str, grid: Grid) -> Path:
+    """Where a new cube's template store is written: beside its parts, keyed by everything that
+    shapes it (grid, catalog entry, static files, ingest code), so a killed run reuses it."""
+    spec = catalog.cube(cube)
+    static = []
+    for source in spec.static.values():
+        refs, _ = discover(catalog, source)
+        static += [(r.id, r.file_stamp()) for r in refs]
+    digest = hashlib.sha256(json.dumps(
+        [grid_to_dict(grid), spec.model_dump_json(), static, code_version(*INGEST_MODULES)], sort_keys=True, default=str,
+    ).encode()).hexdigest()[:16]
+    return parts_dir(catalog.cube_path(cube)) / f"template-{digest}.zarr"
 
 
-def attach_part(catalog: Catalog, cube: str, part: dict[str, Any], done: dict[str, Any], *, grid: Grid | None) -> IngestReport:
-    """Attach one written part to the cube (creating the cube from the first one), record its
-    scenes and quarantined files in the manifest, then delete the part.
+def write_template(catalog: Catalog, cube: str, grid: Grid) -> dict[str, Any]:
+    """Write a new cube's template: every variable, coordinate, static layer (read, validated and
+    warped here) and attribute of the cube, with no time steps yet; ``attach_part`` turns it and
+    the first part into the cube. Runs on any worker, beside the parts.
+
+    Returns ``{path, quarantined, reused}``; a finished template (manifest there) is reused.
+    """
+    out = template_path(catalog, cube, grid)
+    done = read_manifest(out)
+    if done is not None and out.exists():
+        return {**done.outputs, "path": str(out), "reused": True}
+    if out.exists():  # renamed into place by a killed run before its manifest: redone
+        shutil.rmtree(out)
+    spec = catalog.cube(cube)
+    layers, bad_static = static_layers(catalog, spec, grid)
+    attrs = {
+        "title": f"fusioncube cube {cube}",
+        "Conventions": "CF-1.8",
+        "sources": ", ".join(spec.sources),
+        "static_sources": ", ".join(f"{k}: {v}" for k, v in spec.static.items()),
+        "software": f"fusioncube {code_version(*INGEST_MODULES)}",
+        "catalog_entry": spec.model_dump_json(),
+        "catalog": str(catalog.path) if catalog.path else "",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    bands = [b.name for b in catalog.source(spec.sources[0]).bands]
+    _create_cube(out, _dates_dataset([], grid, bands), grid, layers, spec, attrs)
+    outputs = {"quarantined": bad_static}
+    write_manifest(out, Manifest(stage=TEMPLATE_STAGE, key=out.stem, params={}, inputs={},
+                                 code_version=code_version(*INGEST_MODULES), outputs=outputs))
+    return {**outputs, "path": str(out), "reused": False}
+
+
+def attach_part(
+    catalog: Catalog, cube: str, part: dict[str, Any], done: dict[str, Any], *, grid: Grid | None,
+    template: dict[str, Any] | None = None,
+) -> IngestReport:
+    """Attach one written part to the cube (creating the cube from ``template``, the output of
+    :func:`write_template`, and the first part; the template is written here when not given),
+    record its scenes and quarantined files in the manifest, then delete the part.
 
     Parts must be attached in plan order. Crash-safe: the time steps are written first, the
     manifest after (a kill in between leaves steps that the next plan cuts), the part last.
@@ -813,7 +857,11 @@ def attach_part(catalog: Catalog, cube: str, part: dict[str, Any], done: dict[st
     store = Path(done["path"])
     if dates:
         if not state.path.exists():
-            state.create(_part_results(store, dates, scenes), report)
+            assert grid is not None
+            template = template or write_template(catalog, cube, grid)
+            report.quarantined += template["quarantined"]
+            state.create(Path(template["path"]), store, dates)
+            report.created = True
         else:
             newest = pd.Timestamp(state.dates[-1]).to_pydatetime() if state.dates else None
             if newest is not None and dates[0] < newest:
@@ -836,6 +884,8 @@ def attach_part(catalog: Catalog, cube: str, part: dict[str, Any], done: dict[st
         state.save()
     report.time_steps = state.steps
     _remove_part(store)
+    if report.created and template is not None:
+        _remove_part(Path(template["path"]))
     return report
 
 
@@ -939,15 +989,18 @@ def _ingest_cube_locked(
     total, done = plan.scenes, 0
     assert plan.grid is not None or not plan.parts
     with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="ingest-part") as pool:
+        template = pool.submit(write_template, catalog, cube, plan.grid) if plan.creates else None
         futures = [pool.submit(write_part, catalog, cube, p, plan.grid, workers=1) for p in plan.parts]
         try:
             for part, fut in zip(plan.parts, futures, strict=True):
-                reports.append(attach_part(catalog, cube, part, fut.result(), grid=plan.grid))
+                done_part = fut.result()
+                reports.append(attach_part(catalog, cube, part, done_part, grid=plan.grid,
+                                           template=template.result() if template is not None else None))
                 done += sum(len(g) for g in part["scenes"])
                 if on_group is not None:
                     on_group(done, total)
         except BaseException:
-            for f in futures:
+            for f in [*futures, *([template] if template is not None else [])]:
                 f.cancel()
             raise
     return finish_ingest(catalog, cube, plan, reports, timer.perf_counter() - t0)
@@ -1006,14 +1059,24 @@ def write_part_task(
     return write_part(load_catalog(catalog_path, env=env), cube, part, grid_from_dict(grid))
 
 
+@task(name="ingest-template", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io_error,
+      cache_policy=NO_CACHE)
+def write_template_task(
+    catalog_path: str, cube: str, grid: dict[str, Any], env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Write a new cube's template with its static layers (runs on any Dask worker)."""
+    return write_template(load_catalog(catalog_path, env=env), cube, grid_from_dict(grid))
+
+
 @task(name="attach-part", task_run_name="attach-part-{part[id]}", cache_policy=NO_CACHE)
 def attach_part_task(
     catalog_path: str, cube: str, part: dict[str, Any], done: dict[str, Any], grid: dict[str, Any] | None,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None, template: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Attach one written part to the cube, in date order."""
+    """Attach one written part to the cube, in date order (the first creates it from ``template``)."""
     catalog = load_catalog(catalog_path, env=env)
-    return attach_part(catalog, cube, part, done, grid=grid_from_dict(grid) if grid else None).to_dict()
+    return attach_part(catalog, cube, part, done, grid=grid_from_dict(grid) if grid else None,
+                       template=template).to_dict()
 
 
 @task(name="finish-ingest", cache_policy=NO_CACHE)

@@ -19,7 +19,7 @@ def test_reliability_benchmark_reports_the_issue_keys(tmp_path: Path, monkeypatc
     for key in ("kill_points", "kill_points_recovered", "bad_inputs", "bad_inputs_clear_error",
                 "bytes_changed_in_existing_stores", "concurrent_runs_ok"):
         assert key in summary, key
-    assert summary["kill_points"] == summary["kill_points_recovered"] == 2
+    assert summary["kill_points"] == summary["kill_points_recovered"] >= 2  # + the cube-creation point
     assert summary["bad_inputs"] == summary["bad_inputs_clear_error"] >= 25
     assert summary["bytes_changed_in_existing_stores"] == 0
     assert summary["concurrent_runs_ok"] is True
