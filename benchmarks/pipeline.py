@@ -11,6 +11,7 @@ One run (default; ``--quick`` uses the ``small`` sample area for everything):
   the cluster's start-up is not counted. Both runs cut the archive into the same parts.
 
     fusioncube bench pipeline --out pipeline.json [--size quick]
+    python -m benchmarks.pipeline --out pipeline.json --sample DIR   # keeps the bench sample area
 """
 
 from __future__ import annotations
@@ -55,15 +56,17 @@ def _ingest_on_dask(sample: Path, data: Path, workers: int, concurrency: int) ->
             "mb_decoded": report["bytes_decoded"] / 1e6}
 
 
-def run(out: Path, *, quick: bool = False) -> dict[str, Any]:
+def run(out: Path, *, quick: bool = False, sample: Path | None = None) -> dict[str, Any]:
+    """The benchmark; ``sample``: keep the ingest runs' sample area there and reuse it next time
+    (generating the ``bench`` one takes minutes)."""
     from tasks.sample_area import generate_sample_area
 
     demo_size, ingest_size = ("small", "small") if quick else ("demo", "bench")
     work = Path(tempfile.mkdtemp(prefix="fusioncube-bench-pipeline-"))
     try:
         chain = _demo_chain(work / "demo", demo_size)
-        sample = work / "ingest-sample"
-        generate_sample_area(sample, size=ingest_size, seed=0)
+        sample = sample or work / "ingest-sample"
+        generate_sample_area(sample, size=ingest_size, seed=0, progress=True)
         concurrency = 4
         runs = {}
         for n in (1, 2):
@@ -106,3 +109,13 @@ def run(out: Path, *, quick: bool = False) -> dict[str, Any]:
     ]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks._cli import bench_parser, report
+
+    return report(run, bench_parser(__doc__).parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
