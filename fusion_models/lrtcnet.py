@@ -22,6 +22,7 @@ __all__ = [
     "LRTCNet",
     "ResidualRefiner",
     "default_device",
+    "gaussian_band",
     "mode_product",
     "normalized_convolution",
     "tucker_project",
@@ -259,6 +260,28 @@ class LRTCNet(nn.Module):
         return z
 
 
+def gaussian_band(size: int, sigma: float, *, radius: int | None = None,
+                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    """The ``(size, size)`` matrix of a 1-D Gaussian filter with zero padding.
+
+    ``K[i, j] = g(j - i)`` for ``|j - i| <= r`` and 0 beyond, with ``g`` the normalised Gaussian
+    taps of radius ``r`` (default :math:`\\lceil 3\\sigma \\rceil`, at least 1), normalised
+    over ``-r..r``: ``K @ v`` equals the zero-padded convolution of ``v`` with the taps (entries
+    beyond the border count as 0).
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0 pixels; got sigma={sigma}")
+    radius = max(1, int(math.ceil(3 * sigma)) if radius is None else int(radius))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    idx = torch.arange(size)
+    offset = idx[None, :] - idx[:, None]  # j - i
+    band = torch.where(offset.abs() <= radius, kernel[(offset + radius).clamp(0, 2 * radius)],
+                       torch.zeros((), dtype=torch.float64))
+    return band.to(dtype=dtype, device=device)
+
+
 def normalized_convolution(values: Tensor, weight: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
     """Gaussian normalized convolution over the last two dims (Knutsson & Westin 1993).
 
@@ -266,24 +289,18 @@ def normalized_convolution(values: Tensor, weight: Tensor, sigma: float) -> tupl
     smooth interpolation of ``values`` from where ``weight`` is 1 (zero padding: nothing is
     known outside the image). ``values`` ``(N, C, H, W)``, ``weight`` ``(N, 1, H, W)``; returns
     the interpolated ``(N, C, H, W)`` (0 where there is no support) and the support
-    ``(N, 1, H, W)``.
+    ``(N, 1, H, W)``. The separable filter is applied as two matrix products with the banded
+    :func:`gaussian_band` matrices, :math:`K_H\\,(W V)\\,K_W^T` (the same values as a zero-padded
+    depthwise convolution; on 32 x 32 images several times faster, forward and backward).
     """
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0 pixels; got sigma={sigma}")
     height, width = values.shape[-2:]
-    radius = max(1, min(int(math.ceil(3 * sigma)), max(height, width) - 1))
-    taps = torch.arange(-radius, radius + 1, dtype=values.dtype, device=values.device)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = kernel / kernel.sum()
+    radius = max(1, min(int(math.ceil(3 * sigma)), max(height, width) - 1))  # taps within reach
+    ky = gaussian_band(height, sigma, radius=radius, dtype=values.dtype, device=values.device)
+    kx = gaussian_band(width, sigma, radius=radius, dtype=values.dtype, device=values.device)
     stacked = torch.cat([values * weight, weight], dim=1)  # (N, C+1, H, W)
-    n_ch = stacked.shape[1]
-    ky = kernel.view(1, 1, -1, 1).expand(n_ch, 1, -1, 1)
-    kx = kernel.view(1, 1, 1, -1).expand(n_ch, 1, 1, -1)
-    pad_y, pad_x = min(radius, height - 1), min(radius, width - 1)
-    out = nn.functional.conv2d(stacked, ky[:, :, radius - pad_y : radius + pad_y + 1], padding=(pad_y, 0),
-                               groups=n_ch)
-    out = nn.functional.conv2d(out, kx[:, :, :, radius - pad_x : radius + pad_x + 1], padding=(0, pad_x),
-                               groups=n_ch)
+    out = torch.matmul(torch.matmul(ky, stacked), kx.T)
     num, support = out[:, :-1], out[:, -1:]
     return num / support.clamp_min(1e-6) * (support > 1e-6), support
 

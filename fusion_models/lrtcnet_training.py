@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "fit_lrtcnet",
     "initial_factors",
     "interpolate",
+    "lr_factor",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,9 @@ def fit_lrtcnet(
     step_sizes: bool = False,
     refine: int = 0,
     steps_per_epoch: int = 1,
+    schedule: str = "constant",
+    warmup: float = 0.05,
+    callback: Callable[[int, LRTCNet], None] | None = None,
 ) -> FitResult:
     """Train LRTC-Net on patches, self-supervised (default) or against ``truth``.
 
@@ -184,6 +188,16 @@ def fit_lrtcnet(
     steps_per_epoch
         Optimiser steps per batch of patches, each with freshly drawn hidden masks (with few
         patches an epoch is one step; this buys more steps without more data).
+    schedule, warmup
+        Learning-rate schedule over all optimiser steps: ``"constant"`` (``lr`` throughout) or
+        ``"cosine"``: a linear warm-up over the first ``warmup`` share of the steps, then
+        :math:`\\eta_t = \\tfrac{\\eta}{2}(1 + \\cos(\\pi t / T))` towards 0 (Loshchilov & Hutter
+        2017, "SGDR"), see :func:`lr_factor`. On the benchmark's validation area (seed 1) 120
+        cosine steps at lr 1e-2 lowered the self-supervised loss but not the error under real
+        clouds, so the benchmark and stage keep ``"constant"``.
+    callback
+        Called as ``callback(epoch, net)`` after every epoch (1-based; the net in train mode),
+        e.g. to record a learning curve.
     seed
         Seeds the masks, the batch order and the initial factors.
     device
@@ -204,6 +218,9 @@ def fit_lrtcnet(
             raise ValueError(f"{name} must be an integer >= 1; got {name}={value!r}")
     _check_choice("init", init, INITS)
     _check_choice("factor_init", factor_init, ("hosvd", "random"))
+    _check_choice("schedule", schedule, SCHEDULES)
+    if not 0 <= warmup < 1:
+        raise ValueError(f"warmup must be a share of the steps in [0, 1); got warmup={warmup}")
     device = torch.device(device) if device is not None else default_device()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -225,6 +242,10 @@ def fit_lrtcnet(
     other = [p for p in net.parameters() if all(p is not q for q in step_params)]
     groups: list[dict[str, Any]] = [{"params": other}, {"params": step_params, "lr": 10 * lr}]
     opt = torch.optim.Adam(groups, lr=lr)
+    n_batches = -(-x.shape[0] // batch) * steps_per_epoch
+    total = epochs * n_batches
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, total, schedule=schedule, warmup=warmup))
     history: list[float] = []
     n = x.shape[0]
     gap_pool = ~observed.reshape(-1, *observed.shape[2:])  # (P*T, H, W) real gap masks
@@ -259,9 +280,12 @@ def fit_lrtcnet(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             losses.append(float(loss.detach()))
         history.append(float(np.mean(losses)) if losses else float("nan"))
         log.debug("fit_lrtcnet: epoch %d, loss %.5f", epoch + 1, history[-1])
+        if callback is not None:
+            callback(epoch + 1, net)
     seconds = time.perf_counter() - started
     log.info("fit_lrtcnet: %d epochs in %.1f s, last loss %.5f", epochs, seconds, history[-1])
     return FitResult(net.eval(), tuple(history), seconds)
@@ -290,6 +314,24 @@ def complete(
 
 
 INITS = ("linear", "zeros")
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, total: int, *, schedule: str = "cosine", warmup: float = 0.05) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` (0-based) of ``total``.
+
+    ``"constant"``: 1. ``"cosine"``: ``(step + 1) / w`` for the first ``w = ceil(warmup total)``
+    steps, then :math:`\\tfrac12 (1 + \\cos(\\pi (s - w) / (T - w)))`, from 1 towards 0 (Loshchilov & Hutter
+    2017).
+    """
+    _check_choice("schedule", schedule, SCHEDULES)
+    if schedule == "constant":
+        return 1.0
+    w = int(np.ceil(warmup * total))
+    if step < w:
+        return (step + 1) / w
+    span = max(total - w, 1)
+    return float(0.5 * (1 + np.cos(np.pi * min(step - w, span) / span)))
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:

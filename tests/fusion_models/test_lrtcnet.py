@@ -267,3 +267,60 @@ def test_fit_with_the_datas_own_gap_masks():
     assert np.isfinite(fit.history).all()
     with pytest.raises(ValueError, match="needs gaps in the data"):
         fit_lrtcnet(x, np.ones_like(observed), hide_kind="gaps", device="cpu")
+
+
+def test_svt_gram_equals_the_svd_threshold():
+    from fusion_models.completion import svt_gram
+    from fusion_models.tensor_ops import svt
+
+    rng = np.random.default_rng(11)
+    for shape in ((6, 40), (40, 6), (5, 5)):
+        m = rng.normal(size=shape)
+        s = np.linalg.svd(m, compute_uv=False)
+        for tau in (0.0, float(s[2]) - 1e-3, float(s[0]) * 0.5, float(s[0]) + 1.0):
+            np.testing.assert_allclose(svt_gram(m, tau), svt(m, tau), atol=1e-9)
+    # known case: diag(3, 1) thresholded at 2 keeps diag(1, 0)
+    np.testing.assert_allclose(svt_gram(np.diag([3.0, 1.0]), 2.0), np.diag([1.0, 0.0]), atol=1e-12)
+    with pytest.raises(ValueError, match="tau must be >= 0"):
+        svt_gram(np.eye(2), -1.0)
+    with pytest.raises(ValueError, match="matrix"):
+        svt_gram(np.ones((2, 2, 2)), 1.0)
+
+
+def test_gaussian_band_is_the_zero_padded_convolution():
+    from fusion_models.lrtcnet import gaussian_band
+
+    band = gaussian_band(9, 1.0)  # radius 3
+    taps = torch.exp(-0.5 * torch.arange(-3, 4, dtype=torch.float64) ** 2)
+    taps = (taps / taps.sum()).float()
+    torch.testing.assert_close(band[4, 1:8], taps)  # an interior row holds all the taps
+    assert float(band[0, 4]) == 0.0 and float(band[0, 3]) > 0  # nothing beyond the radius
+    torch.testing.assert_close(band, band.T)
+    v = torch.randn(9)
+    conv = torch.nn.functional.conv1d(v.view(1, 1, -1), taps.view(1, 1, -1), padding=3).view(-1)
+    torch.testing.assert_close(band @ v, conv)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        gaussian_band(5, -1.0)
+
+
+def test_lr_factor_schedule_and_callback():
+    from fusion_models.lrtcnet_training import fit_lrtcnet, lr_factor
+
+    assert lr_factor(7, 10, schedule="constant") == 1.0
+    # 20 steps, warm-up 1 step: 1 at the first step, 1/2 half way through the rest, -> 0
+    assert lr_factor(0, 20, warmup=0.05) == pytest.approx(1.0)
+    assert lr_factor(1, 20, warmup=0.05) == pytest.approx(1.0)
+    assert lr_factor(1 + 19 // 2, 20, warmup=0.05) == pytest.approx(0.5 * (1 + np.cos(np.pi * 9 / 19)))
+    assert lr_factor(20, 20, warmup=0.05) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(0, 20, warmup=0.2) == pytest.approx(0.25)  # linear warm-up over 4 steps
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        lr_factor(0, 10, schedule="step")
+    rng = np.random.default_rng(0)
+    x = low_rank((8, 1, 6, 6), (2, 1, 6, 6))[None].repeat(2, 0).astype(np.float32)
+    observed = rng.random((2, 8, 6, 6)) > 0.2
+    seen: list[int] = []
+    fit = fit_lrtcnet(x, observed, ranks=(2, 1, 6, 6), layers=2, epochs=3, batch=2, lr=1e-2,
+                      schedule="cosine", device="cpu", callback=lambda e, net: seen.append(e))
+    assert seen == [1, 2, 3] and len(fit.history) == 3
+    with pytest.raises(ValueError, match="warmup"):
+        fit_lrtcnet(x, observed, epochs=1, warmup=1.5, device="cpu")
