@@ -18,9 +18,16 @@ static ``landcover`` layer = the 30 m NLCD-like product nearest-resampled to the
   upsampling of the coarse labels (the layer itself), and the same UNet + LRTD trained on every
   train pixel's true class (``full``, for ``acc_ratio_1pct_vs_full``).
 
-Sparse labels: the two UNets are trained with each model seed of ``seeds`` (0, 1, 2 by default;
+Sparse labels: the two UNets are trained with each model seed of ``seeds`` (0-3 by default;
 same labels, same split) and the summary gives the mean mIoU (``miou_lrtd_1pct``,
-``miou_ce_only_1pct``) with the per-seed values beside it; single runs differ by about 0.01-0.02.
+``miou_ce_only_1pct``) with the per-seed values and the paired per-seed differences
+(``miou_gain_1pct_per_seed``) beside it; single runs differ by about 0.01-0.03. Both UNets (and
+the ``full`` one) get the same training: batches drawn anew every epoch from a fresh permutation
+of the in-memory training patches (no chunk-run batching here), a flip / quarter turn drawn per
+patch (``per_patch_augment``), and model selection (``select``): they are fitted on the train
+blocks minus the ``val_blocks`` validation blocks, and the weights of the epoch with the best
+validation mIoU (against the 3 m truth of those blocks, from epoch ``select_from * epochs`` on)
+are kept. The only difference between the two is lambda.
 
 Coarse labels (``miou_lrtd_coarse``): the UNet trained on the 30 m labels alone cannot beat them
 (even trained on every true 3 m label it scores below nearest upsampling on the rare classes,
@@ -40,10 +47,28 @@ Metrics on the test pixels: overall accuracy, macro-F1 and mIoU, both macro mean
 present in the test truth (a class present but never predicted scores 0; a predicted class absent
 from the truth only lowers the others' precision/IoU).
 
-Settings of the UNets (chosen with a small sweep on this same split, 1 % labels, seed 0, so they
+Choices made on the validation blocks for this revision (1 % labels; fit on the 12 train blocks
+minus the 2 validation blocks, scored on these; model seeds 0 / 1; one flip per
+batch, no selection; each fit 20 epochs): val mIoU CE only 0.2583 / 0.2630 (mean 0.2607);
+LRTD lambda 10, ranks (15, 8, 8): 0.2626 / 0.2577 (0.2602); ranks (15, 16, 16): 0.2646 / 0.2588
+(0.2617) -> spatial rank share 0.5 kept. The low-rank term over the whole unlabelled scene
+(``pool``: the validation and test patches join the batches without labels, transductive as the
+stage): CE only 0.2529 / 0.2639, LRTD lambda 10 (ranks 8) 0.2385, lambda 50 0.2165 (seed 0): the
+term on unlabelled pixels raises OA (0.699 -> 0.722) but removes small classes, so mIoU falls ->
+off. Predicting with the blend ``(1 - b) S + b Shat`` (``blend``): b = 0.5 / 1 lowered val mIoU
+by 0.000-0.004 in every run -> 0.
+Test blocks, default run with these choices (model seeds 0-3): LRTD 0.2674 (0.280 / 0.257 / 0.249 /
+0.284) vs CE only 0.2828 (0.290 / 0.275 / 0.278 / 0.289), paired differences -0.010 / -0.018 /
+-0.029 / -0.005; OA 0.781 vs 0.791; 5 % labels: LRTD 0.320 vs CE only 0.315 (seed 0). With this
+protocol the low-rank term does not raise mIoU at 1 % labels: it smooths the class maps, which
+erodes the small developed and grassland areas (classes 22, 71) the mIoU counts as much as the
+large ones. The target ``miou_lrtd_1pct >= miou_ce_only_1pct + 0.02`` is missed.
+
+Earlier settings of the UNets (chosen with a small sweep on this same split, 1 % labels, seed 0, so they
 are not tuned on independent data): stacked dates as channels, width 16, depth 2, 32 px patches,
 20 epochs, Adam with a one-cycle schedule peaking at 1e-2, batch 8, flips/turns; LRTD ``hooi``
-variant, ranks ``(K, 8, 8)`` (full class rank, a quarter of the patch side in space), lambda 10.
+variant, ranks ``(K, 8, 8)`` (full class rank, a quarter of the patch side in space; now ``(K, 16, 16)``,
+see above), lambda 10.
 Sweep (mIoU, 1 %): CE only 0.287; class rank 4 with lambda 1 / 10 / 50: 0.289 / 0.281 / 0.275
 (a lower class rank suppresses a patch's small classes: OA rises, mIoU falls); full class rank
 with lambda 10 / 30 / 100: 0.289 / 0.275 / 0.295, spatial rank 16: 0.291; trainable factors
@@ -89,13 +114,15 @@ QUICK: dict[str, Any] = {
     "depth": 2, "lr": 1e-2, "batch": 8, "lam": 10.0, "variant": "hooi", "rank_k": 15,
     "rank_share": 0.25, "rf_trees": 60, "settings": ("1pct", "coarse"), "ce_coarse": False,
     "threads": 1, "full": True, "class_power": 0.0, "seeds": (0,), "val_blocks": 1, "lam_warmup": 0.5,
+    "pool": False, "select": True, "select_from": 0.5, "per_patch_augment": True, "blend": 0.0,
     "fusion_windows": (1, 3, 5, 11), "fusion_powers": (0.5, 1.0),
 }
 DEFAULT: dict[str, Any] = {
     "area": "demo", "seed": 0, "crop": None, "size": 32, "block": 4, "epochs": 20, "width": 16,
     "depth": 2, "lr": 1e-2, "batch": 8, "lam": 10.0, "variant": "hooi", "rank_k": 15,
-    "rank_share": 0.25, "rf_trees": 200, "settings": ("1pct", "5pct", "coarse"), "ce_coarse": True,
-    "threads": 1, "full": True, "class_power": 0.0, "seeds": (0, 1, 2), "val_blocks": 2, "lam_warmup": 0.5,
+    "rank_share": 0.5, "rf_trees": 200, "settings": ("1pct", "5pct", "coarse"), "ce_coarse": True,
+    "threads": 2, "full": True, "class_power": 0.0, "seeds": (0, 1, 2, 3), "val_blocks": 2, "lam_warmup": 0.5,
+    "pool": False, "select": True, "select_from": 0.5, "per_patch_augment": True, "blend": 0.0,
     "fusion_windows": (1, 3, 5, 11), "fusion_powers": (0.5, 1.0),
 }
 
@@ -194,7 +221,7 @@ def pixel_features(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def run_unet(data: dict[str, Any], labels: np.ndarray, cfg: dict[str, Any], *, lam: float,
              classes: tuple[int, ...], seed: int | None = None, fit_on: np.ndarray | None = None,
-             predict_on: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+             predict_on: np.ndarray | None = None, select: bool = False) -> tuple[np.ndarray, float]:
     """Train on the ``fit_on`` patches (default: train) with ``labels`` (codes, NO_CLASS =
     unlabelled); return the class probabilities ``(P, K, s, s)`` of the ``predict_on`` patches
     (default: test) and the seconds taken."""
@@ -205,6 +232,14 @@ def run_unet(data: dict[str, Any], labels: np.ndarray, cfg: dict[str, Any], *, l
 
     train = data["split"] == "train" if fit_on is None else fit_on
     test = data["split"] == "test" if predict_on is None else predict_on
+    val = None
+    if select:  # fit on the train blocks minus the validation blocks, keep the best epoch on those
+        held = validation_patches(data, cfg) & train
+        train = train & ~held
+        val = (data["x"][held], data["valid"][held], codes_to_index(data["truth"][held], classes))
+    # the rest of the scene (every patch not fitted with labels: held-out and test blocks) joins
+    # the batches without labels, so the low-rank term acts on it (transductive, as the stage)
+    unlabelled = (data["x"][~train], data["valid"][~train]) if cfg.get("pool") and (~train).any() else None
     size = cfg["size"]
     k = len(classes)
     ranks = (min(cfg["rank_k"], k), math.ceil(cfg["rank_share"] * size), math.ceil(cfg["rank_share"] * size))
@@ -215,8 +250,9 @@ def run_unet(data: dict[str, Any], labels: np.ndarray, cfg: dict[str, Any], *, l
                         variant=cfg["variant"], ranks=ranks, epochs=cfg["epochs"], batch=cfg["batch"],
                         lr=cfg["lr"], width=cfg["width"], depth=cfg["depth"],
                         lam_warmup=cfg["lam_warmup"], seed=cfg["seed"] if seed is None else seed,
-                        device="cpu")
-    prob = predict_proba(fit.net, data["x"][test], data["valid"][test])
+                        unlabelled=unlabelled, val=val, select_from=cfg["select_from"],
+                        per_patch_augment=cfg["per_patch_augment"], device="cpu")
+    prob = predict_proba(fit.net, data["x"][test], data["valid"][test], blend=cfg["blend"] if lam > 0 else 0.0)
     return prob, time.perf_counter() - t0
 
 
@@ -382,7 +418,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None,
         for method, lam in (("unet_lrtd", cfg["lam"]), ("unet_ce_only", 0.0)):
             runs = []
             for seed in (seeds if setting == "1pct" else seeds[:1]):
-                prob, sec = run_unet(data, labels, cfg, lam=lam, classes=classes, seed=seed)
+                prob, sec = run_unet(data, labels, cfg, lam=lam, classes=classes, seed=seed, select=cfg["select"])
                 runs.append({**scores(to_codes(prob, classes), truth_test, classes), "seconds": round(sec, 2),
                              "seed": seed})
                 log.info("%s %s seed %d: OA %.4f, mIoU %.4f", setting, method, seed, runs[-1]["oa"],
@@ -398,7 +434,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None,
         pred, sec = run_rf(data, labels, cfg)
         record(setting, "random_forest", pred, sec, labelled_pixels=n_lab)
     if cfg["full"]:
-        prob, sec = run_unet(data, data["truth"], cfg, lam=cfg["lam"], classes=classes)
+        prob, sec = run_unet(data, data["truth"], cfg, lam=cfg["lam"], classes=classes, select=cfg["select"])
         record("full", "unet_lrtd", to_codes(prob, classes), sec,
                labelled_pixels=int(data["truth"][data["split"] == "train"].size))
     if not {"1pct", "coarse", "full"} <= set(settings):  # an experiment with a subset of settings
@@ -416,6 +452,8 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None,
         "acc_ratio_1pct_vs_full": s1["unet_lrtd"]["oa"] / settings["full"]["unet_lrtd"]["oa"],
         "miou_lrtd_1pct_per_seed": [r["miou"] for r in s1["unet_lrtd"]["per_seed"]],
         "miou_ce_only_1pct_per_seed": [r["miou"] for r in s1["unet_ce_only"]["per_seed"]],
+        "miou_gain_1pct_per_seed": [round(a["miou"] - b["miou"], 4) for a, b in
+                                    zip(s1["unet_lrtd"]["per_seed"], s1["unet_ce_only"]["per_seed"], strict=True)],
         "miou_lrtd_coarse_unfused": sc["unet_lrtd"]["miou"],
     }
     targets = {

@@ -12,7 +12,8 @@ from benchmarks.labels import run, scores
 
 KEYS = ("miou_lrtd_1pct", "miou_ce_only_1pct", "miou_rf_1pct", "miou_lrtd_coarse",
         "miou_nearest_coarse", "acc_ratio_1pct_vs_full")
-EXTRA = ("miou_lrtd_1pct_per_seed", "miou_ce_only_1pct_per_seed", "miou_lrtd_coarse_unfused")
+EXTRA = ("miou_lrtd_1pct_per_seed", "miou_ce_only_1pct_per_seed", "miou_gain_1pct_per_seed",
+         "miou_lrtd_coarse_unfused")
 
 
 def test_scores_on_a_known_case() -> None:
@@ -44,8 +45,10 @@ def test_quick_labels_benchmark_writes_its_summary(tmp_path: Path) -> None:
     fusion = result["coarse_fusion"]
     assert fusion["val_patches"] > 0 and any(g["window"] == 1 for g in fusion["grid"])
     assert (fusion["window"], fusion["power"]) in {(g["window"], g["power"]) for g in fusion["grid"]}
-    assert result["summary"]["miou_lrtd_1pct"] == pytest.approx(
-        float(np.mean(result["summary"]["miou_lrtd_1pct_per_seed"])))
+    summary = result["summary"]
+    assert summary["miou_lrtd_1pct"] == pytest.approx(float(np.mean(summary["miou_lrtd_1pct_per_seed"])))
+    assert summary["miou_gain_1pct_per_seed"] == pytest.approx(
+        np.subtract(summary["miou_lrtd_1pct_per_seed"], summary["miou_ce_only_1pct_per_seed"]), abs=1e-4)
     # the nearest-upsampled 30 m layer agrees with the 3 m truth on most pixels
     assert settings["coarse"]["nearest"]["oa"] > 0.6
     assert settings["1pct"]["random_forest"]["oa"] > 0.3

@@ -9,15 +9,18 @@ import torch
 from tensorly.decomposition import tucker
 
 from fusion_models.unet_lrtd import (
+    FitResult,
     LRTDLayer,
     UNet,
     UNetLRTD,
+    augment_patches,
     class_weights,
     fit_unet_lrtd,
     fuse_prior,
     hooi,
     local_class_share,
     lrtd_loss,
+    miou_index,
     predict_proba,
     stack_time,
     tucker_reconstruct,
@@ -205,3 +208,106 @@ def test_fuse_prior_picks_among_the_prior_classes() -> None:
         fuse_prior(prob, prior, power=0.0)
     with pytest.raises(ValueError, match="same shape"):
         fuse_prior(prob, prior[:1])
+
+
+def test_miou_index_known_case() -> None:
+    labels = np.array([[0, 0, 0, 1], [1, 2, -1, -1]])
+    pred = np.array([[0, 0, 1, 1], [1, 1, 2, 0]])
+    # on the 6 labelled pixels: IoU 0 = 2/3, 1 = 2/4, 2 = 0/1 (present, never predicted there)
+    assert miou_index(pred, labels, 3) == pytest.approx((2 / 3 + 2 / 4 + 0) / 3)
+    # a class absent from the labels is not averaged
+    assert miou_index(np.array([0, 3]), np.array([0, 0]), 4) == pytest.approx(0.5)
+    assert np.isnan(miou_index(pred, np.full_like(labels, -1), 3))
+    with pytest.raises(ValueError, match="same shape"):
+        miou_index(pred, labels[:1], 3)
+
+
+def test_predict_proba_blends_s_with_the_lrtd_reconstruction() -> None:
+    torch.manual_seed(0)
+    net = UNetLRTD((2, 2, 16, 16), 3, ranks=(3, 2, 2), width=8, depth=1).eval()
+    x = np.random.default_rng(0).normal(size=(3, 2, 2, 16, 16)).astype(np.float32)
+    valid = np.ones((3, 2, 16, 16), bool)
+    s = predict_proba(net, x, valid)
+    low = predict_proba(net, x, valid, blend=1.0)
+    np.testing.assert_allclose(low, predict_proba(net, x, valid, use_lrtd=True), atol=1e-6)
+    np.testing.assert_allclose(predict_proba(net, x, valid, blend=0.25), 0.75 * s + 0.25 * low, atol=1e-5)
+    np.testing.assert_allclose(low.sum(1), 1.0, atol=1e-5)
+    assert np.abs(low - s).max() > 1e-3  # rank (2, 2) in space is a real reduction
+    with torch.no_grad():  # blend 1 is the clipped, renormalised Shat of the layer
+        _, _, shat = net(torch.as_tensor(x), torch.as_tensor(valid))
+    want = shat.clamp(min=0)
+    np.testing.assert_allclose(low, (want / want.sum(1, keepdim=True)).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match=r"blend must be in \[0, 1\]"):
+        predict_proba(net, x, valid, blend=1.5)
+
+
+def _toy(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((n, 16, 16), np.int64)
+    truth[:, :, 8:] = 1
+    truth[:, 10:, :] = 2
+    x = rng.normal(0, 1.0, (n, 2, 2, 16, 16)).astype(np.float32)
+    x[:, :, 0] += truth[:, None] * 0.8
+    return x, np.ones((n, 2, 16, 16), bool), truth
+
+
+def test_unlabelled_patches_carry_the_low_rank_term() -> None:
+    x, valid, truth = _toy(0, 2)
+    ux, uv, _ = _toy(1, 4)
+    sparse = np.full_like(truth, -1)
+    sparse[:, ::5, ::5] = truth[:, ::5, ::5]
+    kw = {"classes": 3, "ranks": (3, 2, 2), "epochs": 8, "batch": 3, "lr": 1e-2, "width": 8, "depth": 1,
+          "seed": 0, "device": "cpu"}
+
+    def residual(fit: FitResult) -> float:  # ||S - Shat||^2 per pixel on the unlabelled patches
+        with torch.no_grad():
+            _, s, shat = fit.net(torch.as_tensor(ux), torch.as_tensor(uv))
+        return float((s - shat).pow(2).sum() / (len(ux) * 16 * 16))
+
+    off = fit_unet_lrtd(x, valid, sparse, lam=0.0, unlabelled=(ux, uv), **kw)  # type: ignore[arg-type]
+    on = fit_unet_lrtd(x, valid, sparse, lam=50.0, unlabelled=(ux, uv), **kw)  # type: ignore[arg-type]
+    assert residual(on) < 0.5 * residual(off)
+    # the CE is averaged over labelled pixels only: an unlabelled-only batch adds 0, not NaN
+    assert all(np.isfinite(h).all() for h in on.history)
+    with pytest.raises(ValueError, match="unlabelled must be"):
+        fit_unet_lrtd(x, valid, sparse, unlabelled=(ux[:, :1], uv[:, :1]), **kw)  # type: ignore[arg-type]
+
+
+def test_validation_selects_the_best_epoch() -> None:
+    x, valid, truth = _toy(0, 3)
+    vx, vv, vt = _toy(2, 2)
+    sparse = np.full_like(truth, -1)
+    sparse[:, ::4, ::4] = truth[:, ::4, ::4]
+    fit = fit_unet_lrtd(x, valid, sparse, classes=3, lam=1.0, ranks=(3, 4, 4), epochs=6, batch=2, lr=1e-2,
+                        width=8, depth=1, seed=0, device="cpu", val=(vx, vv, vt), select_from=0.5)
+    assert len(fit.val_history) == 6
+    best = 3 + int(np.argmax(fit.val_history[3:]))  # epochs 4..6 (0-based 3..5) are eligible
+    assert fit.best_epoch == best + 1
+    pred = predict_proba(fit.net, vx, vv).argmax(1)
+    assert miou_index(pred, vt, 3) == pytest.approx(fit.val_history[best])
+    plain = fit_unet_lrtd(x, valid, sparse, classes=3, lam=1.0, ranks=(3, 4, 4), epochs=2, batch=2,
+                          width=8, depth=1, device="cpu")
+    assert plain.val_history == () and plain.best_epoch == 2
+
+
+def test_augment_patches_one_dihedral_transform_per_patch() -> None:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(16 * 5 * 5).reshape(16, 5, 5)
+    x = torch.stack([y, -y], dim=1).reshape(16, 2, 1, 5, 5).float()  # (B, T, C, H, W)
+    v = (y % 3 == 0)[:, None].expand(16, 2, 5, 5)
+    xa, va, ya = augment_patches(x, v, y, gen)
+    assert xa.shape == x.shape and va.shape == v.shape and ya.shape == y.shape
+    used = set()
+    for i in range(16):
+        hits = [d for d in range(8)
+                if torch.equal(ya[i], (lambda t: t.flip(-1) if d >= 4 else t)(torch.rot90(y[i], d % 4, (-2, -1))))]
+        assert len(hits) == 1
+        d = hits[0]
+        used.add(d)
+        rot = torch.rot90(x[i], d % 4, (-2, -1))
+        torch.testing.assert_close(xa[i], rot.flip(-1) if d >= 4 else rot)  # x and valid follow y
+        vr = torch.rot90(v[i], d % 4, (-2, -1))
+        assert torch.equal(va[i], vr.flip(-1) if d >= 4 else vr)
+    assert len(used) > 2  # drawn per patch, not once per batch
+    with pytest.raises(ValueError, match="square"):
+        augment_patches(x[..., :4], v[..., :4], y[..., :4], gen)
