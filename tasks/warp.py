@@ -27,7 +27,7 @@ from tasks.discover import SceneRef
 from tasks.errors import SceneError
 from tasks.validate import SceneProfile, profile_array
 
-__all__ = ["Grid", "RawScene", "read_scene", "warp_scene", "mask_to_clear", "WARP_THREADS"]
+__all__ = ["Grid", "RawScene", "read_scene", "warp_scene", "mask_to_clear", "set_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,28 @@ WARP_THREADS = 2
 # A scene is read only over the cube's grid; a window larger than this is refused unread.
 MAX_READ_BYTES = 4 * 2**30
 # GDAL is told to keep its block cache small: memory must not grow with the archive.
-GDAL_ENV = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS"}
+GDAL_CACHEMAX_MB = 256
+# Threads of one read (GDAL's block decoding) and one warp: None = every core (GDAL) and
+# WARP_THREADS, for an in-process ingest; a Dask worker sets its own thread count.
+_threads: int | None = None
+
+
+def set_threads(n: int | None) -> None:
+    """Cap the threads GDAL decodes and warps with in this process (None: every core). A Dask
+    worker with ``--nthreads N`` sets N (``flows.worker_preload``): Dask starts one worker per
+    core, so a worker whose reads spread over every core would oversubscribe them."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"threads must be a positive integer or None; got {n!r}")
+    global _threads
+    _threads = n
+
+
+def _gdal_env() -> dict[str, int | str]:
+    return {"GDAL_CACHEMAX": GDAL_CACHEMAX_MB, "GDAL_NUM_THREADS": str(_threads) if _threads else "ALL_CPUS"}
+
+
+def _warp_threads() -> int:
+    return _threads or WARP_THREADS
 
 
 @dataclass(frozen=True)
@@ -151,7 +172,7 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     """Read the part of a scene over ``grid`` and profile it. Raises ``SceneError`` on bad input."""
     first = ref.datasets[0] if ref.datasets else ref.path
     try:
-        with rasterio.Env(**GDAL_ENV), rasterio.open(first) as ds:
+        with rasterio.Env(**_gdal_env()), rasterio.open(first) as ds:
             if ds.crs is None:
                 raise SceneError(ref.path, "has no CRS (no georeferencing); cannot place it on the grid")
             file_count, file_dtype = ds.count, ds.dtypes[0]
@@ -302,7 +323,7 @@ def warp_scene(raw: RawScene, spec: SourceSpec, grid: Grid) -> tuple[np.ndarray,
             reproject(
                 raw.data[0], codes, src_transform=raw.transform, src_crs=raw.crs, src_nodata=nodata,
                 dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=nodata,
-                resampling=resampling, num_threads=WARP_THREADS,
+                resampling=resampling, num_threads=_warp_threads(),
             )
         return codes, codes != nodata
     nbands = raw.data.shape[0]
@@ -321,14 +342,14 @@ def warp_scene(raw: RawScene, spec: SourceSpec, grid: Grid) -> tuple[np.ndarray,
         reproject(
             _to_physical(raw.data, spec, raw.nodata), data, src_transform=raw.transform, src_crs=raw.crs,
             src_nodata=np.nan, dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,
-            resampling=resampling, num_threads=WARP_THREADS,
+            resampling=resampling, num_threads=_warp_threads(),
         )
         if raw.clear is not None:
             c = np.zeros(shape, dtype=np.uint8)
             reproject(
                 raw.clear.astype(np.uint8), c, src_transform=raw.transform, src_crs=raw.crs,
                 dst_transform=grid.transform, dst_crs=grid.crs, resampling=Resampling.nearest,
-                num_threads=WARP_THREADS,
+                num_threads=_warp_threads(),
             )
             clear = c.astype(bool)
     observed = np.isfinite(data).all(axis=0)

@@ -46,3 +46,37 @@ def test_lattice_offset_and_paste_clip_at_the_edges() -> None:
     dst = np.zeros((1, 4, 4))
     _paste(np.ones((1, 3, 3)), dst, -1, -1)
     assert dst[0].tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_set_threads_caps_gdal_and_the_warper_and_rejects_nonsense() -> None:
+    from tasks import warp
+
+    try:
+        warp.set_threads(1)
+        assert warp._gdal_env()["GDAL_NUM_THREADS"] == "1" and warp._warp_threads() == 1
+        warp.set_threads(None)
+        assert warp._gdal_env()["GDAL_NUM_THREADS"] == "ALL_CPUS" and warp._warp_threads() == warp.WARP_THREADS
+        for bad in (0, -2, 1.5, True):
+            with pytest.raises(ValueError, match="positive integer"):
+                warp.set_threads(bad)  # type: ignore[arg-type]
+    finally:
+        warp.set_threads(None)
+
+
+def test_worker_preload_gives_zarr_and_gdal_the_workers_thread_count() -> None:
+    from types import SimpleNamespace
+
+    import zarr
+
+    from flows.worker_preload import dask_setup
+    from tasks import warp
+
+    worker = SimpleNamespace(state=SimpleNamespace(nthreads=3), address="tcp://127.0.0.1:0")
+    before = zarr.config.get("threading.max_workers")
+    try:
+        dask_setup(worker)
+        assert zarr.config.get("threading.max_workers") == 3
+        assert warp._gdal_env()["GDAL_NUM_THREADS"] == "3"
+    finally:
+        zarr.config.set({"threading.max_workers": before})
+        warp.set_threads(None)
