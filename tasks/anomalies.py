@@ -137,19 +137,19 @@ def strongest_anomalies(ds: xr.Dataset, n: int = 20, observed: xr.DataArray | No
     """
     score = np.where(ds["flag"].values, ds["score"].values, 0.0)
     flat = np.argsort(score, axis=None)[::-1][:n]
+    ts, ys, xs = np.unravel_index(flat[score.ravel()[flat] > 0], score.shape)
+    magnitudes = score[ts, ys, xs].astype(float)
+    if observed is not None and len(ts):
+        # one vectorised read of the entries (each chunk decoded once), not a read per entry
+        at = {"time": xr.DataArray(ts), "y": xr.DataArray(ys), "x": xr.DataArray(xs)}
+        magnitudes = observed.isel(at).values.astype(float) - ds["background"].isel(at).values.astype(float)
     rows = []
-    for idx in flat:
-        t, i, j = np.unravel_index(idx, score.shape)
-        if score[t, i, j] <= 0:
-            break
-        magnitude = float(score[t, i, j])
-        if observed is not None:
-            magnitude = float(observed[t, i, j].values) - float(ds["background"][t, i, j].values)
+    for t, i, j, magnitude in zip(ts, ys, xs, magnitudes, strict=True):
         rows.append({
             "date": str(np.datetime_as_string(ds["time"].values[t], unit="D")),
             "x": float(ds["x"].values[j]),
             "y": float(ds["y"].values[i]),
-            "magnitude_k": round(magnitude, 2),
+            "magnitude_k": round(float(magnitude), 2),
             "score": round(float(score[t, i, j]), 2),
         })
     return rows
