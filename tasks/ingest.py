@@ -347,16 +347,24 @@ def process_dates(
 
 
 # -- static layers -----------------------------------------------------------------------------
+def _discover_static(catalog: Catalog, spec: CubeSpec) -> dict[str, tuple[list[SceneRef], list[tuple[str, str]]]]:
+    """``discover`` of each static layer's source, by layer name."""
+    return {var: discover(catalog, source) for var, source in spec.static.items()}
+
+
 def static_layers(
-    catalog: Catalog, spec: CubeSpec, grid: Grid
+    catalog: Catalog, spec: CubeSpec, grid: Grid,
+    found: dict[str, tuple[list[SceneRef], list[tuple[str, str]]]] | None = None,
 ) -> tuple[dict[str, xr.DataArray], list[dict[str, Any]]]:
-    """Categorical / static layers (e.g. NLCD land cover) on the cube's grid."""
+    """Categorical / static layers (e.g. NLCD land cover) on the cube's grid (``found``: their
+    sources already discovered, ``_discover_static``)."""
     layers: dict[str, xr.DataArray] = {}
     quarantined: list[dict[str, Any]] = []
     y, x = grid_coords(grid.transform, grid.height, grid.width)
+    found = found if found is not None else _discover_static(catalog, spec)
     for var, source in spec.static.items():
         src = catalog.source(source)
-        refs, failed = discover(catalog, source)
+        refs, failed = found[var]
         quarantined += [{"scene": Path(p).name, "path": p, "reason": r} for p, r in failed]
         passed, bad = read_and_validate(refs, {source: src}, grid)
         quarantined += bad
@@ -787,14 +795,15 @@ class _CubeState:
             _attach_store(tmp, part, dates, copy=True)
 
 
-def template_path(catalog: Catalog, cube: str, grid: Grid) -> Path:
+def template_path(
+    catalog: Catalog, cube: str, grid: Grid,
+    found: dict[str, tuple[list[SceneRef], list[tuple[str, str]]]] | None = None,
+) -> Path:
     """Where a new cube's template store is written: beside its parts, keyed by everything that
     shapes it (grid, catalog entry, static files, ingest code), so a killed run reuses it."""
     spec = catalog.cube(cube)
-    static = []
-    for source in spec.static.values():
-        refs, _ = discover(catalog, source)
-        static += [(r.id, r.file_stamp()) for r in refs]
+    found = found if found is not None else _discover_static(catalog, spec)
+    static = [(r.id, r.file_stamp()) for refs, _ in found.values() for r in refs]
     digest = hashlib.sha256(json.dumps(
         [grid_to_dict(grid), spec.model_dump_json(), static, code_version(*INGEST_MODULES)], sort_keys=True, default=str,
     ).encode()).hexdigest()[:16]
@@ -808,14 +817,15 @@ def write_template(catalog: Catalog, cube: str, grid: Grid) -> dict[str, Any]:
 
     Returns ``{path, quarantined, reused}``; a finished template (manifest there) is reused.
     """
-    out = template_path(catalog, cube, grid)
+    spec = catalog.cube(cube)
+    found = _discover_static(catalog, spec)  # once: for the template's key and its layers
+    out = template_path(catalog, cube, grid, found)
     done = read_manifest(out)
     if done is not None and out.exists():
         return {**done.outputs, "path": str(out), "reused": True}
     if out.exists():  # renamed into place by a killed run before its manifest: redone
         shutil.rmtree(out)
-    spec = catalog.cube(cube)
-    layers, bad_static = static_layers(catalog, spec, grid)
+    layers, bad_static = static_layers(catalog, spec, grid, found)
     attrs = {
         "title": f"fusioncube cube {cube}",
         "Conventions": "CF-1.8",
