@@ -8,7 +8,10 @@ One run (default; ``--quick`` uses the ``small`` sample area for everything):
 - ingest of the Planet cube of the ``bench`` sample area through the pipeline's ingest steps
   (parts on Dask workers, attached in date order) on a local Dask cluster of one single-threaded
   worker process, then of two, into fresh stores; the time from plan to finished manifest, so
-  the cluster's start-up is not counted. Both runs cut the archive into the same parts.
+  the cluster's start-up is not counted (the cluster is started and its workers are up before
+  the flow starts). Both cut the archive into the same parts. The machine is shared and noisy,
+  so the default size runs each cluster size twice, in the order 1, 2, 2, 1, and keeps the faster
+  run of each (all times are in the JSON).
 
     fusioncube bench pipeline --out pipeline.json [--size quick]
     python -m benchmarks.pipeline --out pipeline.json --sample DIR   # keeps the bench sample area
@@ -44,12 +47,16 @@ def _demo_chain(root: Path, size: str) -> dict[str, float]:
 
 
 def _ingest_on_dask(sample: Path, data: Path, workers: int, concurrency: int) -> dict[str, Any]:
+    from distributed import LocalCluster
+
     from flows.ingest import ingest_flow
-    from flows.pipeline import dask_task_runner, one_prefect_api
+    from flows.pipeline import dask_task_runner, local_cluster_kwargs, one_prefect_api
 
     env = {"FUSIONCUBE_SAMPLE": str(sample), "FUSIONCUBE_DATA": str(data)}
-    runner = dask_task_runner(workers=workers)
-    with one_prefect_api():
+    # the pipeline's own local cluster, started and its workers up before the flow's clock starts
+    with LocalCluster(**local_cluster_kwargs(workers)) as cluster, one_prefect_api():
+        cluster.wait_for_workers(workers, timeout=300)
+        runner = dask_task_runner(address=cluster.scheduler_address)
         report = ingest_flow.with_options(task_runner=runner)(str(CATALOG), "planet", env=env,
                                                               concurrency=concurrency)
     return {"seconds": report["seconds"], "time_steps": report["time_steps"], "parts": report["parts"],
@@ -68,10 +75,17 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None) -> dict[s
         sample = sample or work / "ingest-sample"
         generate_sample_area(sample, size=ingest_size, seed=0, progress=True)
         concurrency = 4
-        runs = {}
-        for n in (1, 2):
-            runs[n] = _ingest_on_dask(sample, work / f"ingest-{n}", n, concurrency)
-            shutil.rmtree(work / f"ingest-{n}", ignore_errors=True)
+        runs: dict[int, dict[str, Any]] = {}
+        # the machine is shared and noisy: in the default size each cluster size runs twice, in
+        # the order 1, 2, 2, 1 (neither size always goes first), and its faster run is kept
+        order = (1, 2) if quick else (1, 2, 2, 1)
+        for i, n in enumerate(order):
+            r = _ingest_on_dask(sample, work / f"ingest-{i}", n, concurrency)
+            shutil.rmtree(work / f"ingest-{i}", ignore_errors=True)
+            seconds = [*runs.get(n, {}).get("all_seconds", []), round(r["seconds"], 2)]
+            if n not in runs or r["seconds"] < runs[n]["seconds"]:
+                runs[n] = r
+            runs[n]["all_seconds"] = seconds
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if runs[1]["parts"] != runs[2]["parts"] or runs[1]["time_steps"] != runs[2]["time_steps"]:
@@ -103,8 +117,10 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None) -> dict[s
         f"| demo chain, first run | {summary['first_run_s']} s | |",
         f"| demo chain, re-run with nothing new | {summary['rerun_s']} s | |",
         f"| re-run / first run | {summary['rerun_ratio']} | <= 0.2 |",
-        f"| ingest, 1 Dask worker | {runs[1]['seconds']:.1f} s ({summary['ingest_mb_s_1_worker']} MB/s) | |",
-        f"| ingest, 2 Dask workers | {runs[2]['seconds']:.1f} s ({summary['ingest_mb_s_2_workers']} MB/s) | |",
+        f"| ingest, 1 Dask worker (runs: {runs[1]['all_seconds']} s) | {runs[1]['seconds']:.1f} s "
+        f"({summary['ingest_mb_s_1_worker']} MB/s) | |",
+        f"| ingest, 2 Dask workers (runs: {runs[2]['all_seconds']} s) | {runs[2]['seconds']:.1f} s "
+        f"({summary['ingest_mb_s_2_workers']} MB/s) | |",
         f"| speed-up of 2 workers over 1 | {summary['dask_speedup_2_workers']} | >= 1.5 |",
     ]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")

@@ -32,7 +32,7 @@ from tasks.patch import patch_task
 from tasks.pipeline_report import publish_pipeline_task
 from tasks.stages import STAGES, stage_params
 
-__all__ = ["dask_task_runner", "one_prefect_api", "pipeline_flow", "pipeline_steps", "run_pipeline"]
+__all__ = ["dask_task_runner", "local_cluster_kwargs", "one_prefect_api", "pipeline_flow", "pipeline_steps", "run_pipeline"]
 
 DASK_ADDRESS_ENV = "FUSIONCUBE_DASK_ADDRESS"
 
@@ -52,8 +52,14 @@ def dask_task_runner(
     if address:
         return DaskTaskRunner(address=address)
     n = workers or (orch.workers if orch else None) or os.cpu_count() or 1
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None, "preload": [PRELOAD]})
+    return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(n))
+
+
+def local_cluster_kwargs(workers: int) -> dict[str, Any]:
+    """``distributed.LocalCluster`` arguments of the pipeline's local clusters: ``workers``
+    single-threaded worker processes that load :mod:`flows.worker_preload`."""
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
+            "preload": [PRELOAD]}
 
 
 @contextlib.contextmanager

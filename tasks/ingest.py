@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -324,12 +325,32 @@ def _mosaic(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
 def process_dates(
     groups: Sequence[Sequence[SceneRef]], specs: dict[str, SourceSpec], grid: Grid, *, workers: int = 2
 ) -> tuple[list[DateResult], list[dict[str, Any]], int]:
-    """Read, validate, warp and mosaic several dates. Returns (dates, quarantined, bytes decoded)."""
+    """Read, validate, warp and mosaic several dates. Returns (dates, quarantined, bytes decoded).
+
+    The dates' data are consecutive slices of one ``(dates, bands, H, W)`` array, and each
+    date's first scene is warped straight into its slice: no per-scene array to stack and copy
+    afterwards (:func:`_stacked`), which saves a pass over, and a fresh allocation of, the
+    part's whole size.
+    """
     refs = [r for g in groups for r in g]
     passed, quarantined = read_and_validate(refs, specs, grid, workers=workers)
     nbytes = sum(r.raw_nbytes for r in passed)
+    days = sorted({raw.ref.date.date() for raw in passed if raw.ref.date is not None})
+    nbands = {raw.data.shape[0] for raw in passed}
+    block = None
+    if days and len(nbands) == 1 and all(specs[raw.ref.source].kind != "categorical" for raw in passed):
+        block = np.empty((len(days), nbands.pop(), grid.height, grid.width), np.float32)
+    slot: dict[int, np.ndarray] = {}  # scene (its index in passed) -> the slice it is warped into
+    led: set[int] = set()  # dates whose slice has its scene
+    for i, raw in enumerate(passed):
+        assert raw.ref.date is not None
+        t = days.index(raw.ref.date.date())
+        if block is not None and t not in led:
+            led.add(t)
+            slot[i] = block[t]
     warped = _parallel(
-        lambda raw: _safe(warp_scene, raw.ref, raw, specs[raw.ref.source], grid), [(r,) for r in passed], workers
+        lambda i, raw: _safe(partial(warp_scene, out=slot.get(i)), raw.ref, raw, specs[raw.ref.source], grid),
+        list(enumerate(passed)), workers,
     )
     by_date: dict[date, list[tuple[RawScene, Any]]] = {}
     for raw, res in zip(passed, warped, strict=True):
@@ -341,9 +362,28 @@ def process_dates(
     results = []
     for day in sorted(by_date):
         items = by_date[day]
+        if block is not None:
+            target = block[days.index(day)]
+            first = items[0][1]
+            if first[0] is not target and not np.shares_memory(first[0], target):
+                np.copyto(target, first[0])  # the date's first scene failed to warp; another one leads
+                items[0] = (items[0][0], (target, first[1]))
         data, valid = _mosaic([res for _, res in items])
         results.append(DateResult(min(r.ref.date for r, _ in items), data, valid, [r.ref for r, _ in items]))
     return results, quarantined, nbytes
+
+
+def _stacked(views: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.stack(views)``, without a copy when the views are already the consecutive slices of
+    one array (as :func:`process_dates` makes them)."""
+    base = views[0].base if views else None
+    if (
+        isinstance(base, np.ndarray) and base.ndim == views[0].ndim + 1 and base.shape[0] == len(views)
+        and all(v.base is base and v.shape == base.shape[1:] and v.ctypes.data == base[i].ctypes.data
+                for i, v in enumerate(views))
+    ):
+        return base
+    return np.stack(views)
 
 
 # -- static layers -----------------------------------------------------------------------------
@@ -402,7 +442,7 @@ def _dates_dataset(results: Sequence[DateResult], grid: Grid, bands: Sequence[st
     y, x = grid_coords(grid.transform, grid.height, grid.width)
     times = pd.DatetimeIndex([r.date for r in results]).as_unit("ns")
     shape = (len(results), grid.height, grid.width)
-    data = np.stack([r.data for r in results]) if results else np.zeros((0, len(bands), *shape[1:]), np.float32)
+    data = _stacked([r.data for r in results]) if results else np.zeros((0, len(bands), *shape[1:]), np.float32)
     valid = np.stack([r.valid for r in results]) if results else np.zeros(shape, bool)
     return xr.Dataset(
         {

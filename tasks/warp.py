@@ -302,8 +302,11 @@ def _paste(src: np.ndarray, dst: np.ndarray, row: int, col: int) -> None:
         dst[..., dr, dc] = src[..., sr, sc]
 
 
-def warp_scene(raw: RawScene, spec: SourceSpec, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Put a read scene onto the grid.
+def warp_scene(
+    raw: RawScene, spec: SourceSpec, grid: Grid, *, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Put a read scene onto the grid, into ``out`` (a C-contiguous ``(bands, H, W)`` float32
+    array, e.g. one date of a part's array) when given.
 
     Returns
     -------
@@ -327,10 +330,14 @@ def warp_scene(raw: RawScene, spec: SourceSpec, grid: Grid) -> tuple[np.ndarray,
             )
         return codes, codes != nodata
     nbands = raw.data.shape[0]
+    if out is not None and (out.shape != (nbands, *shape) or out.dtype != np.float32 or not out.flags.c_contiguous):
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {(nbands, *shape)}; "
+                         f"got {out.dtype} {out.shape}")
+    data = np.empty((nbands, *shape), np.float32) if out is None else out
     clear = np.zeros(shape, dtype=bool)
     if offset is not None:  # on the grid's lattice: scale straight into place, no warp
-        full = offset == (0, 0) and raw.data.shape[1:] == shape
-        data = np.empty((nbands, *shape), np.float32) if full else np.full((nbands, *shape), np.nan, np.float32)
+        if not (offset == (0, 0) and raw.data.shape[1:] == shape):
+            data.fill(np.nan)
         ov = _overlap(raw.data.shape[1:], shape, *offset)
         if ov is not None:
             (sr, sc), (dr, dc) = ov
@@ -338,7 +345,7 @@ def warp_scene(raw: RawScene, spec: SourceSpec, grid: Grid) -> tuple[np.ndarray,
             if raw.clear is not None:
                 clear[dr, dc] = raw.clear[sr, sc]
     else:
-        data = np.full((nbands, *shape), np.nan, dtype=np.float32)
+        data.fill(np.nan)
         reproject(
             _to_physical(raw.data, spec, raw.nodata), data, src_transform=raw.transform, src_crs=raw.crs,
             src_nodata=np.nan, dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,
@@ -352,6 +359,8 @@ def warp_scene(raw: RawScene, spec: SourceSpec, grid: Grid) -> tuple[np.ndarray,
                 num_threads=_warp_threads(),
             )
             clear = c.astype(bool)
-    observed = np.isfinite(data).all(axis=0)
+    observed = np.isfinite(data[0])  # band by band: no (bands, H, W) temporary
+    for band in data[1:]:
+        observed &= np.isfinite(band)
     valid = observed & clear if raw.clear is not None else observed
     return data, valid

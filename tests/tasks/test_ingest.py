@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from datetime import datetime
@@ -14,12 +15,23 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 import yaml
 
+import tasks.ingest
 from tasks.adhoc import adhoc_catalog
 from tasks.catalog import catalog_from_dict, load_catalog
 from tasks.checkpoint import read_manifest
-from tasks.errors import CatalogError, CubeSchemaError
-from tasks.ingest import DateResult, _append, grid_of_cube, ingest_cube
+from tasks.errors import CatalogError, CubeSchemaError, SceneError
+from tasks.ingest import (
+    DateResult,
+    _append,
+    _ref_from_dict,
+    _stacked,
+    grid_of_cube,
+    ingest_cube,
+    plan_parts,
+    process_dates,
+)
 from tasks.sample_area import generate_sample_area
+from tasks.warp import read_scene, warp_scene
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -165,6 +177,50 @@ def test_bad_scenes_are_quarantined_and_the_cube_is_untouched(sample: Path, tmp_
     # the next run does not re-read unchanged quarantined files
     again = ingest_cube(cat, "planet")
     assert not again.quarantined and all("quarantined before" in s["reason"] for s in again.skipped)
+
+
+def test_dates_are_warped_into_one_array_and_a_failed_lead_scene_is_replaced(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cat = _catalog(sample, tmp_path)
+    plan = plan_parts(cat, "planet", concurrency=1)
+    specs = {s: cat.source(s) for s in cat.cube("planet").sources}
+    groups = [[_ref_from_dict(r) for r in g] for p in plan.parts for g in p["scenes"]][:3]
+
+    def alone(ref):  # the date's scene read and warped on its own, the plain way
+        return warp_scene(read_scene(ref, specs[ref.source], plan.grid), specs[ref.source], plan.grid)
+
+    results, bad, _ = process_dates(groups, specs, plan.grid, workers=2)
+    assert not bad and len(results) == 3
+    block = _stacked([r.data for r in results])
+    assert block.shape[0] == 3 and all(np.shares_memory(block, r.data) for r in results)  # not copied
+    for group, res in zip(groups, results, strict=True):
+        data, valid = alone(group[0])
+        np.testing.assert_array_equal(res.data, data)
+        np.testing.assert_array_equal(res.valid, valid)
+
+    # a second copy of the first date's scene; the original fails to warp, the copy leads the date
+    lead = groups[0][0]
+    copy = tmp_path / ("copy_" + Path(lead.path).name)
+    shutil.copy(lead.path, copy)
+    twin = dataclasses.replace(lead, path=str(copy), datasets=(str(copy),) if lead.datasets else ())
+    real_warp = tasks.ingest.warp_scene
+
+    def failing(raw, spec, grid, *, out=None):
+        if raw.ref.path == lead.path:
+            if out is not None:
+                out.fill(7.0)  # a half-written slice must not survive
+            raise SceneError(raw.ref.path, "warp failed (test)")
+        return real_warp(raw, spec, grid, out=out)
+
+    monkeypatch.setattr(tasks.ingest, "warp_scene", failing)
+    results, bad, _ = process_dates([[lead, twin], groups[1]], specs, plan.grid, workers=2)
+    assert [b["path"] for b in bad] == [lead.path] and len(results) == 2
+    data, valid = alone(lead)
+    np.testing.assert_array_equal(results[0].data, data)
+    np.testing.assert_array_equal(results[0].valid, valid)
+    assert results[0].scenes == [twin]
+    assert np.shares_memory(_stacked([r.data for r in results]), results[0].data)
 
 
 def test_time_steps_beyond_the_manifest_are_cut_on_the_next_run(sample: Path, tmp_path: Path) -> None:
