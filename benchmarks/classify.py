@@ -117,8 +117,9 @@ def _load(loader: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(vs), np.concatenate(ys)
 
 
-def run(out: Path, *, quick: bool = False) -> dict[str, Any]:
-    """Run the benchmark and write ``out`` (JSON) and ``out.with_suffix('.md')``."""
+def run(out: Path, *, quick: bool = False, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the benchmark and write ``out`` (JSON) and ``out.with_suffix('.md')``; ``overrides``
+    replace entries of the configuration (``seed`` draws another sample area and training order)."""
     import torch
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.svm import SVC
@@ -133,7 +134,11 @@ def run(out: Path, *, quick: bool = False) -> dict[str, Any]:
     from fusion_models.classifiers import build_classifier
     from tasks.classify import CLASSES, PatchBatches, band_statistics, patch_loader
 
-    cfg = QUICK if quick else DEFAULT
+    cfg = dict(QUICK if quick else DEFAULT)
+    unknown = set(overrides or {}) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown benchmark setting(s) {sorted(unknown)}; known: {sorted(cfg)}")
+    cfg.update(overrides or {})
     torch.set_num_threads(min(cfg["threads"], torch.get_num_threads()))
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="fusioncube-bench-classify-"))
@@ -310,9 +315,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, VALUE as JSON (e.g. --set seed=1 --set epochs=90)")
     args = p.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set wants KEY=VALUE; got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(run(args.out, quick=args.quick)["summary"], indent=2))
+    print(json.dumps(run(args.out, quick=args.quick, overrides=overrides)["summary"], indent=2))
 
 
 if __name__ == "__main__":
