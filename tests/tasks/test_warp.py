@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from affine import Affine
@@ -7,6 +11,8 @@ from rasterio.crs import CRS
 
 from tasks.catalog import MaskRule
 from tasks.warp import Grid, _lattice_offset, _paste, mask_to_clear
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
@@ -80,3 +86,32 @@ def test_worker_preload_gives_zarr_and_gdal_the_workers_thread_count() -> None:
     finally:
         zarr.config.set({"threading.max_workers": before})
         warp.set_threads(None)
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "tuned":
+    from flows.worker_preload import tune_malloc
+    assert tune_malloc()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    a = np.empty(2**20, np.uint8)  # 1 MiB, touched, freed
+    a.fill(1)
+    del a
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_worker_preload_undoes_dasks_malloc_trim_setting() -> None:
+    """Under Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` every 1 MiB buffer is a fresh mmap (its pages
+    faulted in again each time); after the preload's :func:`tune_malloc` freed buffers are reused."""
+    import subprocess
+
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    faults = {mode: int(subprocess.run([sys.executable, "-c", _FAULTS, mode], env=env, check=True,
+                                       capture_output=True, text=True, cwd=REPO).stdout)
+              for mode in ("dask", "tuned")}
+    assert faults["dask"] > 50 * 100  # ~256 page faults per buffer
+    assert faults["tuned"] < 1000, faults
