@@ -135,22 +135,28 @@ def strongest_anomalies(ds: xr.Dataset, n: int = 20, observed: xr.DataArray | No
     and its 3 x 3 x 3 neighbourhood (``cluster_score``): about half the entry's own departure for
     a 2 x 2 pixel one-day spot, all of it for an event that fills the neighbourhood.
     """
-    score = np.where(ds["flag"].values, ds["score"].values, 0.0)
-    flat = np.argsort(score, axis=None)[::-1][:n]
-    ts, ys, xs = np.unravel_index(flat[score.ravel()[flat] > 0], score.shape)
-    magnitudes = score[ts, ys, xs].astype(float)
+    # ranked slab by slab (dask keeps the top n of each block of whole rows), never loaded whole
+    flagged = da.asarray(xr.where(ds["flag"], ds["score"], 0.0).data)
+    shape = flagged.shape
+    top = da.argtopk(flagged.reshape(-1), min(n, flagged.size)).compute() if flagged.size and n > 0 else []
+    ts, ys, xs = np.unravel_index(np.asarray(top, dtype=np.int64), shape)
+    # one vectorised read of the entries (each chunk decoded once), not a read per entry
+    at = {"time": xr.DataArray(ts), "y": xr.DataArray(ys), "x": xr.DataArray(xs)}
+    score = np.where(ds["flag"].isel(at).values, ds["score"].isel(at).values, 0.0).astype(float)
+    keep = score > 0
+    ts, ys, xs, score = ts[keep], ys[keep], xs[keep], score[keep]
+    at = {"time": xr.DataArray(ts), "y": xr.DataArray(ys), "x": xr.DataArray(xs)}
+    magnitudes = score
     if observed is not None and len(ts):
-        # one vectorised read of the entries (each chunk decoded once), not a read per entry
-        at = {"time": xr.DataArray(ts), "y": xr.DataArray(ys), "x": xr.DataArray(xs)}
         magnitudes = observed.isel(at).values.astype(float) - ds["background"].isel(at).values.astype(float)
     rows = []
-    for t, i, j, magnitude in zip(ts, ys, xs, magnitudes, strict=True):
+    for t, i, j, magnitude, value in zip(ts, ys, xs, magnitudes, score, strict=True):
         rows.append({
             "date": str(np.datetime_as_string(ds["time"].values[t], unit="D")),
             "x": float(ds["x"].values[j]),
             "y": float(ds["y"].values[i]),
             "magnitude_k": round(float(magnitude), 2),
-            "score": round(float(score[t, i, j]), 2),
+            "score": round(float(value), 2),
         })
     return rows
 

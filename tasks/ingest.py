@@ -340,14 +340,12 @@ def process_dates(
     block = None
     if days and len(nbands) == 1 and all(specs[raw.ref.source].kind != "categorical" for raw in passed):
         block = np.empty((len(days), nbands.pop(), grid.height, grid.width), np.float32)
-    slot: dict[int, np.ndarray] = {}  # scene (its index in passed) -> the slice it is warped into
-    led: set[int] = set()  # dates whose slice has its scene
+    index = {day: t for t, day in enumerate(days)}
+    lead: dict[int, int] = {}  # date -> its first scene (index in passed), warped into its slice
     for i, raw in enumerate(passed):
         assert raw.ref.date is not None
-        t = days.index(raw.ref.date.date())
-        if block is not None and t not in led:
-            led.add(t)
-            slot[i] = block[t]
+        lead.setdefault(index[raw.ref.date.date()], i)
+    slot = {i: block[t] for t, i in lead.items()} if block is not None else {}
     warped = _parallel(
         lambda i, raw: _safe(partial(warp_scene, out=slot.get(i)), raw.ref, raw, specs[raw.ref.source], grid),
         list(enumerate(passed)), workers,
@@ -363,11 +361,10 @@ def process_dates(
     for day in sorted(by_date):
         items = by_date[day]
         if block is not None:
-            target = block[days.index(day)]
-            first = items[0][1]
-            if first[0] is not target and not np.shares_memory(first[0], target):
-                np.copyto(target, first[0])  # the date's first scene failed to warp; another one leads
-                items[0] = (items[0][0], (target, first[1]))
+            target, (data, valid) = block[index[day]], items[0][1]
+            if not np.shares_memory(data, target):  # the date's first scene failed to warp; the next leads
+                np.copyto(target, data)
+                items[0] = (items[0][0], (target, valid))
         data, valid = _mosaic([res for _, res in items])
         results.append(DateResult(min(r.ref.date for r, _ in items), data, valid, [r.ref for r, _ in items]))
     return results, quarantined, nbytes

@@ -317,6 +317,9 @@ def warp_scene(
     resampling = Resampling[spec.resampling_name]
     shape = (grid.height, grid.width)
     offset = _lattice_offset(raw, grid)
+    if spec.kind == "categorical" and out is not None:
+        raise ValueError(f"{raw.ref.path}: a categorical source is warped into its own code array; out is "
+                         "for float data")
     if spec.kind == "categorical":
         nodata = raw.nodata if raw.nodata is not None else 0
         codes = np.full(shape, nodata, dtype=raw.data.dtype)
