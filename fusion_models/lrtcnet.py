@@ -21,10 +21,12 @@ from torch.nn.utils import parametrizations
 __all__ = [
     "LRTCNet",
     "ResidualRefiner",
+    "StackingHead",
     "default_device",
     "gaussian_band",
     "mode_product",
     "normalized_convolution",
+    "temporal_interpolation",
     "tucker_project",
 ]
 
@@ -119,6 +121,12 @@ class LRTCNet(nn.Module):
         *Ours, not the deck's*: width of a small residual refinement CNN
         (:class:`ResidualRefiner`) applied once after the L layers; 0 (default) = none, the
         deck's net. Needs a ``(T, C, H, W)`` sample shape.
+    stack
+        *Ours, not the deck's*: a :class:`StackingHead` after the refiner, a linear combination
+        of temporal and spatial spreads of the low-rank misfit whose weights are fitted in
+        closed form on self-supervised hidden entries
+        (:func:`fusion_models.lrtcnet_training.fit_stacking`); False (default) = none. Its
+        weights start at zero (the identity). Needs a ``(T, C, H, W)`` sample shape.
     """
 
     def __init__(
@@ -130,6 +138,7 @@ class LRTCNet(nn.Module):
         factors: Sequence[Tensor] | None = None,
         step_sizes: bool = False,
         refine: int = 0,
+        stack: bool = False,
     ) -> None:
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
@@ -155,6 +164,10 @@ class LRTCNet(nn.Module):
             raise ValueError(
                 f"refine needs (T, C, H, W) samples (4 modes); got shape {self.shape} (use refine=0)"
             )
+        if stack and len(self.shape) != 4:
+            raise ValueError(
+                f"stack needs (T, C, H, W) samples (4 modes); got shape {self.shape} (use stack=False)"
+            )
         self.ranks = ranks
         self.layers = layers
         self.steps: nn.Parameter | None = (
@@ -163,6 +176,7 @@ class LRTCNet(nn.Module):
         self.refiner: ResidualRefiner | None = (
             ResidualRefiner(self.shape[1], hidden=refine) if refine else None
         )
+        self.stacker: StackingHead | None = StackingHead() if stack else None
         self.bases = nn.ModuleList()
         for n, (size, rank) in enumerate(zip(self.shape, ranks, strict=True)):
             lin = nn.Linear(rank, size, bias=False)  # weight (I_n, R_n)
@@ -186,6 +200,10 @@ class LRTCNet(nn.Module):
     def _active(self) -> list[Tensor | None]:
         """The factors the layers apply: ``None`` for full-rank modes (``D_n D_n^T = I``)."""
         return [None if r == s else d for d, r, s in zip(self.factors(), self.ranks, self.shape, strict=True)]
+
+    def lowrank(self, z: Tensor) -> Tensor:
+        """The low-rank part ``Z x_n D_n D_n^T`` of ``(B, T, C, H, W)`` ``z`` (full-rank modes skipped)."""
+        return tucker_project(z, self._active())
 
     def layer(
         self,
@@ -239,6 +257,19 @@ class LRTCNet(nn.Module):
         Tensor
             ``(B, T, C, H, W)`` completed: equal to ``x`` where observed.
         """
+        z, xo, w = self.trunk(x, mask, z0)
+        if self.stacker is not None:
+            corr = self.stacker(z, self.lowrank(z), xo, w)
+            z = torch.where(w > 0, xo, z + corr)
+        return z
+
+    def trunk(self, x: Tensor, mask: Tensor, z0: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The layers and the refiner, without the stacking head: ``(z, x_observed, w)``.
+
+        ``z`` is the completion before :class:`StackingHead`, ``x_observed`` is ``x`` with 0 at
+        missing entries and ``w`` the float mask expanded to ``x``'s shape (all
+        ``(B, T, C, H, W)``). Arguments as in :meth:`forward`.
+        """
         self._check(x, mask)
         w = mask.to(x.dtype).expand_as(x)
         xo = torch.where(w > 0, x, torch.zeros_like(x))  # (B, T, C, H, W), 0 at missing
@@ -257,7 +288,7 @@ class LRTCNet(nn.Module):
             # be spread into a whole gap, and the refiner corrects, it does not replace
             corr = self.refiner(z, resid.clamp(-CLIP, CLIP), w)
             z = torch.where(w > 0, xo, z + CLIP * torch.tanh(corr / CLIP))
-        return z
+        return z, xo, w
 
 
 def gaussian_band(size: int, sigma: float, *, radius: int | None = None,
@@ -367,3 +398,108 @@ class ResidualRefiner(nn.Module):
         # the network never learned that regime (it left bright patch-sized squares): no correction
         out = out * (support > SUPPORT_MIN)
         return cast(Tensor, out.reshape(b, t, c, h, wd))
+
+
+def temporal_interpolation(values: Tensor, weight: Tensor) -> Tensor:
+    """Per-series linear interpolation along dim 1 (time) from the entries where ``weight > 0``.
+
+    Each series (one batch item, band and pixel) is filled between its nearest observed
+    neighbours :math:`t_0 < t < t_1` by :math:`v(t_0) + \\tfrac{t - t_0}{t_1 - t_0}(v(t_1) - v(t_0))`
+    on the date index, held constant before the first and after the last observation, and 0
+    where the series has none (what :func:`fusion_models.completion.linear_interpolation`
+    does, except for its date-mean fallback). Observed entries keep their value.
+    ``values`` ``(B, T, C, H, W)``, ``weight`` ``(B, T, 1, H, W)`` or ``(B, T, C, H, W)``;
+    returns ``(B, T, C, H, W)``.
+    """
+    if values.ndim < 2 or weight.ndim != values.ndim:
+        raise ValueError(
+            f"values and weight need the same number of dims, time at dim 1; got {tuple(values.shape)} "
+            f"and {tuple(weight.shape)}"
+        )
+    seen = (weight > 0).expand_as(values)
+    t = values.shape[1]
+    idx = torch.arange(t, device=values.device).view(1, t, *([1] * (values.ndim - 2))).expand_as(values)
+    prev = torch.where(seen, idx, torch.full_like(idx, -1)).cummax(dim=1).values
+    nxt = torch.where(seen, idx, torch.full_like(idx, t)).flip(1).cummin(dim=1).values.flip(1)
+    has_prev, has_next = prev >= 0, nxt < t
+    v_prev = values.gather(1, prev.clamp(0, t - 1))
+    v_next = values.gather(1, nxt.clamp(0, t - 1))
+    frac = ((idx - prev).to(values.dtype) / (nxt - prev).clamp_min(1).to(values.dtype))
+    both = v_prev + frac * (v_next - v_prev)
+    zero = torch.zeros_like(values)
+    return torch.where(has_prev & has_next, both,
+                       torch.where(has_prev, v_prev, torch.where(has_next, v_next, zero)))
+
+
+class StackingHead(nn.Module):
+    """*Ours*: a linear stack of residual spreads, weighted per cloud-cover class of a date image.
+
+    After the layers and the refiner, the completion :math:`\\mathcal Z` and its low-rank part
+    :math:`\\mathcal L = \\mathcal Z \\times_n D_n D_n^T` leave the misfit
+    :math:`\\mathcal R = \\mathcal W * (\\mathcal X - \\mathcal L)` at the observed entries.
+    The head adds, at the missing entries,
+
+    .. math::
+        \\Delta = \\sum_j \\beta_{k(b, t), j} \\, F_j, \\qquad
+        F = \\big(I_t(\\mathcal R),\\; I_t(\\mathcal L) - \\mathcal Z,\\;
+        \\mathcal L - \\mathcal Z,\\; \\tfrac{s_\\sigma}{s_\\sigma + \\kappa} N_\\sigma(\\mathcal R)
+        \\text{ for } \\sigma \\in \\{1, 3, 9\\}\\big),
+
+    with :math:`I_t` the per-pixel linear interpolation in time from the observed dates
+    (:func:`temporal_interpolation`: a date's own misfit is unknown under a cloud, but its
+    neighbours' is not), :math:`N_\\sigma` the Gaussian normalized convolution of the misfit
+    within the date image and :math:`s_\\sigma` its support (:func:`normalized_convolution`,
+    shrunk towards 0 where support is thin, :math:`\\kappa = 0.1`), and :math:`k(b, t)` the class
+    of the image's missing share (edges ``EDGES``: under 50 %, 50-80 %, 80-95 %, 95 % and more).
+    The weights :math:`\\beta` (``weights``, a buffer, ``(len(EDGES) + 1, 6)``) are not trained
+    by back-propagation: they are the least-squares solution on entries hidden from observed data
+    (:func:`fusion_models.lrtcnet_training.fit_stacking`), i.e. stacked generalisation (Wolpert,
+    D. H. (1992), "Stacked generalization", Neural Networks 5(2):241-259; Breiman, L. (1996),
+    "Stacked regressions", Machine Learning 24:49-64) of the net with temporal interpolation and
+    spatial kriging-like spreads of its misfit. Zero weights (the start) are the identity.
+
+    Shapes::
+
+        z, lowrank, xo, w: (B, T, C, H, W)  ->  (B, T, C, H, W)
+    """
+
+    EDGES = (0.5, 0.8, 0.95)
+    SIGMAS = (1.0, 3.0, 9.0)
+    KAPPA = 0.1
+    N_FEATURES = 3 + len(SIGMAS)
+
+    weights: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.zeros(len(self.EDGES) + 1, self.N_FEATURES))
+
+    def classes(self, w: Tensor) -> Tensor:
+        """``(B, T)`` class index of each date image's missing share (``w`` ``(B, T, C, H, W)``)."""
+        missing = 1 - w[:, :, 0].mean(dim=(-2, -1))
+        edges = torch.tensor(self.EDGES, dtype=missing.dtype, device=missing.device)
+        return torch.bucketize(missing, edges, right=True)
+
+    def features(self, z: Tensor, lowrank: Tensor, xo: Tensor, w: Tensor) -> Tensor:
+        """The ``N_FEATURES`` spreads ``(B, T, F, C, H, W)`` of the misfit (see the class doc)."""
+        if not z.shape == lowrank.shape == xo.shape == w.shape or z.ndim != 5:
+            raise ValueError(
+                f"z, lowrank, xo and w must all be (B, T, C, H, W); got {tuple(z.shape)}, "
+                f"{tuple(lowrank.shape)}, {tuple(xo.shape)}, {tuple(w.shape)}"
+            )
+        b, t, c, h, wd = z.shape
+        mask = w[:, :, :1]  # (B, T, 1, H, W)
+        resid = (w * (xo - lowrank)).clamp(-CLIP, CLIP)
+        feats = [temporal_interpolation(resid, mask), temporal_interpolation(lowrank, mask) - z,
+                 lowrank - z]
+        weight = mask.reshape(b * t, 1, h, wd)
+        for sigma in self.SIGMAS:
+            spread, support = normalized_convolution(resid.reshape(b * t, c, h, wd), weight, sigma)
+            feats.append((spread * support / (support + self.KAPPA)).reshape(b, t, c, h, wd))
+        return torch.stack(feats, dim=2)
+
+    def forward(self, z: Tensor, lowrank: Tensor, xo: Tensor, w: Tensor) -> Tensor:
+        """The correction ``(B, T, C, H, W)`` (meaningful at missing entries only)."""
+        feats = self.features(z, lowrank, xo, w)  # (B, T, F, C, H, W)
+        beta = self.weights[self.classes(w)]  # (B, T, F)
+        return torch.einsum("btf,btfchw->btchw", beta.to(feats.dtype), feats)

@@ -29,6 +29,7 @@ __all__ = [
     "cloud_masks",
     "complete",
     "fit_lrtcnet",
+    "fit_stacking",
     "initial_factors",
     "interpolate",
     "lr_factor",
@@ -38,8 +39,10 @@ log = logging.getLogger(__name__)
 
 # The deck's plain LRTC-Net and ours (what the gap-filling stage runs): keyword sets for
 # fit_lrtcnet (and, for "init", complete).
-DECK: dict[str, Any] = {"init": "zeros", "factor_init": "random", "step_sizes": False, "refine": 0}
-OURS: dict[str, Any] = {"init": "linear", "factor_init": "hosvd", "step_sizes": True, "refine": 16}
+DECK: dict[str, Any] = {"init": "zeros", "factor_init": "random", "step_sizes": False, "refine": 0,
+                        "stack": False}
+OURS: dict[str, Any] = {"init": "linear", "factor_init": "hosvd", "step_sizes": True, "refine": 16,
+                        "stack": True}
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ def fit_lrtcnet(
     factor_init: str = "hosvd",
     step_sizes: bool = False,
     refine: int = 0,
+    stack: bool = False,
+    stack_draws: int = 3,
     steps_per_epoch: int = 1,
     schedule: str = "constant",
     warmup: float = 0.05,
@@ -156,8 +161,10 @@ def fit_lrtcnet(
     Adam (Kingma & Ba 2015) with learning rate ``lr``.
 
     The deck's plain LRTC-Net is ``init="zeros", factor_init="random", step_sizes=False,
-    refine=0``; ours (the stage's) adds the interpolation start, HOSVD factors, learned steps and
-    the residual refiner (see :class:`~fusion_models.lrtcnet.LRTCNet`).
+    refine=0, stack=False``; ours (the stage's) adds the interpolation start, HOSVD factors,
+    learned steps, the residual refiner and the stacking head (see
+    :class:`~fusion_models.lrtcnet.LRTCNet`), whose weights :func:`fit_stacking` solves for after
+    the Adam epochs, on ``stack_draws`` fresh draws of hidden masks.
 
     Parameters
     ----------
@@ -183,8 +190,11 @@ def fit_lrtcnet(
         ``"zeros"`` (the deck's :math:`P_\\Omega(\\mathcal X)`); :func:`complete` must get the same.
     factor_init
         ``"hosvd"`` or ``"random"``.
-    step_sizes, refine
-        Passed to :class:`LRTCNet` (ours: learned per-layer steps, residual refiner width).
+    step_sizes, refine, stack
+        Passed to :class:`LRTCNet` (ours: learned per-layer steps, residual refiner width,
+        stacking head).
+    stack_draws
+        Draws of hidden masks :func:`fit_stacking` fits the stacking head on (with ``stack``).
     steps_per_epoch
         Optimiser steps per batch of patches, each with freshly drawn hidden masks (with few
         patches an epoch is one step; this buys more steps without more data).
@@ -213,7 +223,7 @@ def fit_lrtcnet(
             f"observed {observed.shape}"
         )
     for name, value in (("epochs", epochs), ("batch", batch), ("layers", layers),
-                        ("steps_per_epoch", steps_per_epoch)):
+                        ("steps_per_epoch", steps_per_epoch), ("stack_draws", stack_draws)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {name}={value!r}")
     _check_choice("init", init, INITS)
@@ -235,7 +245,7 @@ def fit_lrtcnet(
     else:
         factors = None
     net = LRTCNet(shape, ranks=ranks, layers=layers, factors=factors, step_sizes=step_sizes,
-                  refine=refine)
+                  refine=refine, stack=stack)
     net.to(device)
     # the per-layer steps are O(1) scalars: they get 10x the learning rate to move in few steps
     step_params: list[torch.Tensor] = [net.steps] if net.steps is not None else []
@@ -286,9 +296,131 @@ def fit_lrtcnet(
         log.debug("fit_lrtcnet: epoch %d, loss %.5f", epoch + 1, history[-1])
         if callback is not None:
             callback(epoch + 1, net)
+    net.eval()
+    if stack:
+        fit_stacking(net, x, observed, truth=truth, draws=stack_draws, hide_share=hide_share,
+                     hide_kind=hide_kind, batch=batch, init=init, rng=rng)
     seconds = time.perf_counter() - started
     log.info("fit_lrtcnet: %d epochs in %.1f s, last loss %.5f", epochs, seconds, history[-1])
-    return FitResult(net.eval(), tuple(history), seconds)
+    return FitResult(net, tuple(history), seconds)
+
+
+@torch.no_grad()
+def fit_stacking(
+    net: LRTCNet,
+    x: np.ndarray,
+    observed: np.ndarray,
+    *,
+    truth: np.ndarray | None = None,
+    draws: int = 3,
+    hide_share: float = 0.3,
+    hide_kind: str = "cloud",
+    batch: int = 16,
+    init: str = "linear",
+    ridge: float = 1e-6,
+    min_count: int = 200,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Solve the weights of ``net``'s :class:`~fusion_models.lrtcnet.StackingHead` in closed form.
+
+    Self-supervised (default): each of ``draws`` passes hides a further share of the observed
+    entries (``hide_kind`` masks as in :func:`fit_lrtcnet`), runs the trained layers and refiner
+    (:meth:`LRTCNet.trunk`) on what is left, and collects the head's features :math:`F` and the
+    target :math:`y = \\mathcal X - \\mathcal Z` at the hidden entries. With ``truth`` the net
+    sees ``observed`` once and the target is ``truth - Z`` at the unobserved entries. Per
+    cloud-cover class :math:`k` of the date images the weights are the ridge least-squares
+    solution
+
+    .. math::
+        \\beta_k = (F_k^T F_k + \\lambda\\,\\tfrac{\\mathrm{tr}(F_k^T F_k)}{J} I)^{-1} F_k^T y_k,
+
+    with :math:`\\lambda` = ``ridge`` and :math:`J` features. A class with fewer than
+    ``min_count`` entries borrows the weights of the nearest class that has enough (zeros when
+    none has). The net's other parameters are left as they are.
+
+    Parameters
+    ----------
+    net
+        A trained LRTC-Net built with ``stack=True``.
+    x, observed
+        ``(P, T, C, H, W)`` standardised patches and ``(P, T, H, W)`` bool, as in :func:`fit_lrtcnet`.
+    truth
+        Optional ``(P, T, C, H, W)`` truth (supervised mode).
+    draws, hide_share, hide_kind
+        Passes of hidden masks and their kind (self-supervised mode).
+    batch, init
+        Patches per forward; the start of the missing entries (as the net was trained).
+    ridge, min_count
+        Relative ridge :math:`\\lambda` and the least entries a class needs for its own weights.
+    rng
+        Source of the hidden masks (default: seeded with 0).
+
+    Returns
+    -------
+    np.ndarray
+        The weights ``(classes, features)``, also written into ``net.stacker.weights``.
+    """
+    head = net.stacker
+    if head is None:
+        raise ValueError("fit_stacking needs a net with a stacking head; build LRTCNet(..., stack=True)")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be an integer >= 1; got draws={draws!r}")
+    if min_count <= 0 or not ridge >= 0:
+        raise ValueError(f"min_count must be > 0 and ridge >= 0; got min_count={min_count}, ridge={ridge}")
+    _check_choice("init", init, INITS)
+    rng = np.random.default_rng(0) if rng is None else rng
+    device = next(net.parameters()).device
+    n_cls, n_feat = head.weights.shape
+    gram = np.zeros((n_cls, n_feat, n_feat))
+    rhs = np.zeros((n_cls, n_feat))
+    count = np.zeros(n_cls, dtype=np.int64)
+    x = np.where(np.broadcast_to(observed[:, :, None], x.shape), x, 0.0).astype(np.float32)
+    gap_pool = ~observed.reshape(-1, *observed.shape[2:])
+    gap_pool = gap_pool[gap_pool.any(axis=(1, 2))]
+    for _ in range(1 if truth is not None else draws):
+        for first in range(0, x.shape[0], batch):
+            sl = slice(first, first + batch)
+            xb, ob = x[sl], observed[sl]
+            if truth is not None:
+                seen, scored, target_np = ob, ~ob, truth[sl].astype(np.float32)
+            else:
+                if hide_kind == "gaps" and gap_pool.shape[0]:
+                    pick = rng.integers(0, gap_pool.shape[0], size=ob.shape[0] * ob.shape[1])
+                    hidden = gap_pool[pick].reshape(ob.shape) & ob
+                else:
+                    kind = "cloud" if hide_kind == "gaps" else hide_kind
+                    hidden = cloud_masks(ob.shape, share=hide_share, rng=rng, kind=kind) & ob
+                seen, scored, target_np = ob & ~hidden, hidden, xb
+            if not scored.any():
+                continue
+            xt = torch.from_numpy(xb).to(device)
+            mt = torch.from_numpy(seen[:, :, None]).to(device)
+            z, xo, w = net.trunk(xt, mt, z0=_start(xb, seen, init, device))
+            lowrank = net.lowrank(z)
+            feats = head.features(z, lowrank, xo, w)  # (B, T, F, C, H, W)
+            cls = head.classes(w)  # (B, T)
+            resid = torch.from_numpy(target_np).to(device) - z  # (B, T, C, H, W)
+            sel = torch.from_numpy(np.broadcast_to(scored[:, :, None], xb.shape).copy()).to(device)
+            for k in range(n_cls):
+                m = sel & (cls == k)[:, :, None, None, None]
+                n = int(m.sum())
+                if not n:
+                    continue
+                f = torch.movedim(feats, 2, -1)[m].double()  # (n, F)
+                gram[k] += (f.T @ f).cpu().numpy()
+                rhs[k] += (f.T @ resid[m].double()).cpu().numpy()
+                count[k] += n
+    weights = np.zeros((n_cls, n_feat))
+    solved = [k for k in range(n_cls) if count[k] >= min_count]
+    for k in solved:
+        reg = ridge * max(np.trace(gram[k]) / n_feat, 1e-12) * np.eye(n_feat)
+        weights[k] = np.linalg.solve(gram[k] + reg, rhs[k])
+    for k in range(n_cls):
+        if k not in solved and solved:
+            weights[k] = weights[min(solved, key=lambda j: abs(j - k))]
+    head.weights.copy_(torch.from_numpy(weights).to(head.weights))
+    log.info("fit_stacking: entries per class %s, weights %s", count.tolist(), np.round(weights, 3).tolist())
+    return weights
 
 
 @torch.no_grad()

@@ -10,9 +10,11 @@ fills the store's own patches and folds them back into the cube grid (``tasks.pa
 averaging overlaps.
 
 The net is the deck's LRTC-Net plus our additions (``OURS``): the start from per-pixel linear
-temporal interpolation, factors from the HOSVD of that start, learned per-layer steps and a
+temporal interpolation, factors from the HOSVD of that start, learned per-layer steps, a
 residual refiner that spreads each date's low-rank misfit into its gaps (this is what fills the
-end of a series, where interpolation can only hold the last value).
+end of a series, where interpolation can only hold the last value) and a stacking head that adds
+temporal and spatial spreads of that misfit with weights solved by least squares on hidden
+observed entries, per cloud-cover class of a date image.
 
 ``filled.zarr`` has the cube's schema: ``data`` filled, ``valid`` unchanged, every other variable
 copied, plus ``filled(time, y, x)`` bool marking what was filled. The trained weights are a
@@ -285,7 +287,7 @@ def gapfill_cube(
             "cube": str(cube),
             "weights": str(wpath),
             "ranks": list(ranks),
-            "architecture": {k: OURS[k] for k in ("step_sizes", "refine")},
+            "architecture": {k: OURS[k] for k in ("step_sizes", "refine", "stack")},
             "input_kind": "patches" if from_patches else "cube",
             "sample_shape": [n_time, n_band, size, size],
             "patches": len(origins),

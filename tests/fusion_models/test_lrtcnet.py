@@ -324,3 +324,83 @@ def test_lr_factor_schedule_and_callback():
     assert seen == [1, 2, 3] and len(fit.history) == 3
     with pytest.raises(ValueError, match="warmup"):
         fit_lrtcnet(x, observed, epochs=1, warmup=1.5, device="cpu")
+
+
+def test_temporal_interpolation_known_case():
+    from fusion_models.completion import linear_interpolation
+    from fusion_models.lrtcnet import temporal_interpolation
+
+    # one series: observed at dates 1 and 4 -> held before 1, linear between, held after 4
+    v = torch.zeros(1, 6, 1, 1, 1)
+    v[0, 1], v[0, 4] = 2.0, 8.0
+    w = torch.zeros(1, 6, 1, 1, 1)
+    w[0, 1] = w[0, 4] = 1
+    out = temporal_interpolation(v, w).view(-1)
+    torch.testing.assert_close(out, torch.tensor([2.0, 2.0, 4.0, 6.0, 8.0, 8.0]))
+    # matches the numpy baseline on random series that all have an observation
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 9, 3, 5, 5))
+    m = rng.random((2, 9, 1, 5, 5)) > 0.5
+    m[:, 0] = True
+    ref = np.stack([linear_interpolation(x[b], np.broadcast_to(m[b], x[b].shape)) for b in range(2)])
+    got = temporal_interpolation(torch.from_numpy(x), torch.from_numpy(m).double())
+    np.testing.assert_allclose(got.numpy(), ref, atol=1e-12)
+    # a series with no observation is 0
+    assert float(temporal_interpolation(v, torch.zeros_like(w)).abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="same number of dims"):
+        temporal_interpolation(v, w[0])
+
+
+def test_stacking_head_starts_as_identity_and_is_fitted_in_closed_form():
+    from fusion_models.lrtcnet import StackingHead
+    from fusion_models.lrtcnet_training import DECK, OURS, complete, fit_lrtcnet, fit_stacking
+
+    torch.manual_seed(3)
+    plain = LRTCNet(SHAPE, ranks=RANKS, layers=3, step_sizes=True, refine=4)
+    stacked = LRTCNet(SHAPE, ranks=RANKS, layers=3, step_sizes=True, refine=4, stack=True)
+    stacked.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(2, *SHAPE)
+    mask = torch.rand(2, SHAPE[0], 1, *SHAPE[2:]) > 0.3
+    with torch.no_grad():  # zero weights: the head adds nothing
+        torch.testing.assert_close(stacked(x, mask), plain(x, mask))
+    head = StackingHead()
+    w = mask.float().expand_as(x)
+    feats = head.features(x, x, x * w, w)
+    assert feats.shape == (2, SHAPE[0], head.N_FEATURES, *SHAPE[1:])
+    # class of each date image by its missing share: all seen -> 0, nothing seen -> last
+    w2 = w.clone()
+    w2[0, 0], w2[0, 1] = 1, 0
+    cls = head.classes(w2)
+    assert int(cls[0, 0]) == 0 and int(cls[0, 1]) == len(head.EDGES)
+    with pytest.raises(ValueError, match="must all be"):
+        head.features(x, x[:1], x, w)
+    with pytest.raises(ValueError, match="stack needs"):
+        LRTCNet((4, 5, 6), stack=True)
+    # a known relation: the hidden truth is the temporal interpolation of its neighbours, which
+    # the net's low-rank part misses; the fitted head finds it and beats the net without it
+    rng = np.random.default_rng(6)
+    t = np.linspace(0, 1, 16)
+    base = np.stack([np.ones(16), t])[:, :, None, None, None] * rng.normal(size=(2, 1, 1, 8, 8))
+    wiggle = np.cumsum(rng.normal(scale=0.3, size=(3, 16, 1, 8, 8)), axis=1)  # smooth in time
+    xs = (base.sum(0)[None] + wiggle).astype(np.float32)  # (3, 16, 1, 8, 8)
+    observed = rng.random((3, 16, 8, 8)) > 0.3
+    kw = dict(ranks=(2, 1, 8, 8), layers=4, epochs=3, batch=4, lr=1e-2, device="cpu", seed=0)
+    fit = fit_lrtcnet(xs, observed, **{**OURS, "stack": False}, **kw)
+    fit_s = fit_lrtcnet(xs, observed, **OURS, **kw)
+    assert fit_s.net.stacker is not None and float(fit_s.net.stacker.weights.abs().sum()) > 0
+    gaps = np.broadcast_to(~observed[:, :, None], xs.shape)
+    hide = rng.random(observed.shape) < 0.3
+    seen = observed & ~hide
+    scored = np.broadcast_to((hide & observed)[:, :, None], xs.shape)
+    err = [nrmse(complete(f.net, xs, seen), xs, scored) for f in (fit, fit_s)]
+    assert err[1] < err[0]
+    out = complete(fit_s.net, xs, observed)
+    np.testing.assert_array_equal(out[~gaps], xs[~gaps])
+    # supervised mode and bad calls
+    weights = fit_stacking(fit_s.net, xs, seen, truth=xs, rng=rng)
+    assert weights.shape == (len(StackingHead.EDGES) + 1, StackingHead.N_FEATURES)
+    with pytest.raises(ValueError, match="needs a net with a stacking head"):
+        fit_stacking(fit.net, xs, observed)
+    with pytest.raises(ValueError, match="draws must be"):
+        fit_stacking(fit_s.net, xs, observed, draws=0)
+    assert DECK["stack"] is False and OURS["stack"] is True
