@@ -248,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CatalogError, CubeSchemaError, FileNotFoundError, FileExistsError) as exc:
         print(f"fusioncube: error: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:  # a bad argument or input file: its message names it
+        if args.verbose:
+            raise
+        print(f"fusioncube: error: {exc}\n(fusioncube -v ... shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

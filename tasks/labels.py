@@ -6,9 +6,10 @@ pixel, and then predicts every pixel. Labels come from
 
 - a label layer of the cube (e.g. ``landcover``, the 30 m NLCD nearest-resampled to the 3 m grid:
   the "coarse labels" setting; every pixel with a known class is a label), or
-- a file of labelled points: CSV with columns ``x, y, class`` in the cube's CRS, or a GeoJSON
-  FeatureCollection of Point features with a ``class`` property (coordinates in the cube's CRS).
-  Each point labels the pixel it falls in; points outside the grid are dropped and counted.
+- a file of labelled points (:func:`read_points`): CSV with columns ``x, y`` in the cube's CRS
+  or ``longitude, latitude`` in WGS 84, and ``class`` (or ``label``) holding codes or class
+  names; or a GeoJSON FeatureCollection of Point features with a ``class`` property. Each point
+  labels the pixel it falls in; points outside the grid are dropped and counted.
 
 Input treatment: each band is standardised with the mean and standard deviation of its observed
 values (valid and finite); pixels not observed become 0 and the per-date valid mask is an extra
@@ -80,6 +81,7 @@ __all__ = [
     "load_model",
     "model_inputs",
     "patch_size_for",
+    "points_in_crs",
     "points_to_raster",
     "quicklook_png",
     "read_points",
@@ -131,41 +133,117 @@ def patch_size_for(height: int, width: int, patch: int, *, multiple: int = 4) ->
     return size
 
 
-def read_points(path: str | Path) -> pd.DataFrame:
-    """Labelled points as a DataFrame ``x, y, class`` (coordinates in the cube's CRS).
+X_COLUMNS = ("x", "lon", "longitude")  # first column found of each kind is used
+Y_COLUMNS = ("y", "lat", "latitude")
+CLASS_COLUMNS = ("class", "label", "class_name")
+WGS84 = "EPSG:4326"
 
-    CSV: columns ``x``, ``y``, ``class`` (case-insensitive). GeoJSON: a FeatureCollection of Point
-    features with a ``class`` property.
+
+def _pick(columns: list[str], names: tuple[str, ...], what: str, path: Path) -> str:
+    for name in names:
+        if name in columns:
+            return name
+    raise ValueError(f"{path}: missing the {what} column, one of {list(names)} "
+                     f"(columns present: {columns})")
+
+
+def _class_codes(values: pd.Series, path: Path) -> tuple[np.ndarray, dict[int, str]]:
+    """Integer class codes as they are; class names (text) -> codes 1..K in sorted order."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        if not np.allclose(numeric, np.round(numeric)):
+            raise ValueError(f"{path}: numeric class values must be integer codes; got "
+                             f"{sorted(set(numeric[numeric != np.round(numeric)].tolist()))[:5]}")
+        return numeric.to_numpy(np.int64), {}
+    names = values.astype(str).str.strip()
+    if (names == "").any() or values.isna().any():
+        raise ValueError(f"{path}: {int((names == '').sum() + values.isna().sum())} point(s) have no class")
+    unique = sorted(set(names))
+    if len(unique) >= NO_CLASS:
+        raise ValueError(f"{path}: at most {NO_CLASS - 1} class names are supported; got {len(unique)}")
+    lut = {name: i + 1 for i, name in enumerate(unique)}
+    return names.map(lut).to_numpy(np.int64), {code: name for name, code in lut.items()}
+
+
+def read_points(path: str | Path) -> pd.DataFrame:
+    """Labelled points as a DataFrame ``x, y, class`` (int codes).
+
+    CSV, case-insensitive columns:
+
+    - coordinates ``x, y`` in the cube's CRS, or ``lon``/``longitude`` and ``lat``/``latitude``
+      in WGS 84 (as field-sample tables such as sits' ``samples_*.csv`` have them);
+    - the class in ``class`` (or ``label``, ``class_name``): integer codes (NLCD codes, say) or
+      class names (text; numbered 1..K in sorted order, the names kept for the legend).
+
+    GeoJSON: a FeatureCollection of Point features with a ``class`` (or ``label``) property;
+    coordinates in the cube's CRS, or in the CRS its legacy ``crs`` member names.
+
+    ``df.attrs`` records ``crs`` (the coordinates' CRS when it is not the cube's: ``EPSG:4326``
+    for lon/lat) and ``class_names`` (``{code: name}`` for text classes).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such labels file")
     suffix = path.suffix.lower()
+    crs: str | None = None
     if suffix in (".geojson", ".json"):
         doc = json.loads(path.read_text())
+        crs = ((doc.get("crs") or {}).get("properties") or {}).get("name")
         rows = []
         for i, feat in enumerate(doc.get("features", [])):
             geom = feat.get("geometry") or {}
-            if geom.get("type") != "Point" or "class" not in (feat.get("properties") or {}):
+            props = feat.get("properties") or {}
+            key = next((k for k in ("class", "label") if k in props), None)
+            if geom.get("type") != "Point" or key is None:
                 raise ValueError(
                     f"{path}: feature {i} must be a Point with a 'class' property; got geometry "
-                    f"{geom.get('type')!r} and properties {sorted(feat.get('properties') or {})}"
+                    f"{geom.get('type')!r} and properties {sorted(props)}"
                 )
             x, y = geom["coordinates"][:2]
-            rows.append((float(x), float(y), int(feat["properties"]["class"])))
-        return pd.DataFrame(rows, columns=["x", "y", "class"])
-    if suffix != ".csv":
+            rows.append((float(x), float(y), props[key]))
+        df = pd.DataFrame(rows, columns=["x", "y", "class"])
+    elif suffix == ".csv":
+        df = pd.read_csv(path)
+        df.columns = [str(c).strip().lower() for c in df.columns]
+        columns = list(df.columns)
+        xcol = _pick(columns, X_COLUMNS, "x / longitude", path)
+        ycol = _pick(columns, Y_COLUMNS, "y / latitude", path)
+        ccol = _pick(columns, CLASS_COLUMNS, "class", path)
+        if (xcol == "x") != (ycol == "y"):
+            raise ValueError(f"{path}: coordinates must be x, y (the cube's CRS) or longitude, "
+                             f"latitude (WGS 84); got columns {xcol!r} and {ycol!r}")
+        crs = None if xcol == "x" else WGS84
+        df = df[[xcol, ycol, ccol]].set_axis(["x", "y", "class"], axis=1)
+    else:
         raise ValueError(
             f"{path}: labels files must be .csv (x, y, class) or .geojson (Point features with a "
             f"'class' property); got {suffix!r}. For a GeoPackage, export it to GeoJSON first"
         )
-    df = pd.read_csv(path)
-    df.columns = [str(c).strip().lower() for c in df.columns]
-    missing = {"x", "y", "class"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: CSV needs columns x, y, class; missing {sorted(missing)} "
-                         f"(columns present: {list(df.columns)})")
-    return df[["x", "y", "class"]].astype({"x": float, "y": float, "class": int})
+    coords = df[["x", "y"]].apply(pd.to_numeric, errors="coerce")
+    if coords.isna().any().any():
+        bad = int(coords.isna().any(axis=1).sum())
+        raise ValueError(f"{path}: {bad} point(s) have a missing or non-numeric coordinate")
+    codes, names = _class_codes(df["class"], path)
+    out = pd.DataFrame({"x": coords["x"].astype(float), "y": coords["y"].astype(float), "class": codes})
+    out.attrs = {"crs": crs, "class_names": names}
+    return out
+
+
+def points_in_crs(points: pd.DataFrame, crs: Any) -> pd.DataFrame:
+    """``points`` with ``x, y`` moved from ``points.attrs['crs']`` (when set) into ``crs``."""
+    src = points.attrs.get("crs")
+    if not src:
+        return points
+    from rasterio.crs import CRS
+    from rasterio.warp import transform
+
+    if CRS.from_user_input(src) == CRS.from_user_input(crs):
+        return points
+    xs, ys = transform(CRS.from_user_input(src), CRS.from_user_input(crs),
+                       points["x"].tolist(), points["y"].tolist())
+    moved = points.assign(x=np.asarray(xs, dtype=float), y=np.asarray(ys, dtype=float))
+    moved.attrs = {**points.attrs, "crs": None}
+    return moved
 
 
 def points_to_raster(points: pd.DataFrame, transform: Any, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
@@ -289,10 +367,22 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
             f"points (.csv x, y, class or .geojson); got {name!r}, which is neither"
         )
     points = read_points(path)
+    names = points.attrs.get("class_names") or {}
+    points = points_in_crs(points, cube_crs(ds))
     codes, dropped = points_to_raster(points, cube_transform(ds), (ds.sizes["y"], ds.sizes["x"]))
     if dropped:
         log.warning("labels: %d of %d points fall outside the cube's grid and were dropped", dropped, len(points))
-    return codes, {}, {"kind": "points", "file": str(path), "points": len(points), "dropped": dropped}
+    attrs: dict[str, Any] = {}
+    if names:  # text classes: their names are the legend, colours from a qualitative palette
+        from matplotlib import colormaps
+
+        palette = colormaps["tab20"]
+        order = sorted(names)
+        attrs = {"flag_values": order,
+                 "flag_meanings": " ".join(names[c].replace(" ", "_") for c in order),
+                 "flag_colors": ["#{:02x}{:02x}{:02x}".format(*(int(255 * v) for v in palette(i % 20)[:3]))
+                                 for i in range(len(order))]}
+    return codes, attrs, {"kind": "points", "file": str(path), "points": len(points), "dropped": dropped}
 
 
 def labels_key(cube: str | Path, labels: str | Path, params: dict[str, Any]) -> tuple[str, dict[str, str]]:
@@ -545,7 +635,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
     p.add_argument("--labels", required=True,
                    help="a (y, x) label layer of the cube (e.g. landcover) or a points file "
-                        "(.csv with x, y, class in the cube's CRS, or .geojson Point features)")
+                        "(.csv with x, y in the cube's CRS or longitude, latitude in WGS 84, and "
+                        "class or label as codes or names; or .geojson Point features)")
     p.add_argument("--out", required=True, help="labels.zarr to write (COG and weights beside it)")
     p.add_argument("--lam", type=float, default=10.0, help="weight of the low-rank term (default 10)")
     p.add_argument("--variant", choices=("hooi", "factors"), default="hooi",

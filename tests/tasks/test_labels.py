@@ -23,6 +23,7 @@ from tasks.labels import (
     codes_to_index,
     cog_path,
     load_model,
+    points_in_crs,
     points_to_raster,
     read_points,
     recover_labels,
@@ -145,6 +146,56 @@ def test_points_csv_and_geojson(tmp_path) -> None:
     manifest = recover_labels(cube, tmp_path / "pts.csv", out, **{**FAST, "epochs": 8})
     assert manifest.outputs["labels"]["dropped"] == 1 and manifest.outputs["classes"] == list(CODES)
     assert set(np.unique(xr.open_zarr(out)["class"].values)) <= set(CODES)
+
+
+def test_points_in_lon_lat_with_class_names(tmp_path) -> None:
+    """A field-sample table as real projects keep them (sits' samples_*.csv): WGS 84 longitude /
+    latitude and text labels; the stage reprojects the points and keeps the names as the legend."""
+    from rasterio.warp import transform as reproject_points
+
+    cube = tmp_path / "cube.zarr"
+    truth = make_cube(cube, seed=2)
+    rng = np.random.default_rng(1)
+    rows, cols = rng.integers(0, H, 150), rng.integers(0, W, 150)
+    xs, ys = TRANSFORM * (cols + 0.5, rows + 0.5)
+    lon, lat = reproject_points(CRS.from_epsg(32615), CRS.from_epsg(4326), list(xs), list(ys))
+    names = {41: "Forest", 81: "Pasture", 82: "Soy Corn"}
+    pd.DataFrame({"id": range(len(lon)), "longitude": lon, "latitude": lat,
+                  "start_date": "2019-05-01", "label": [names[int(c)] for c in truth[rows, cols]]}
+                 ).to_csv(tmp_path / "samples.csv", index=False)
+    pts = read_points(tmp_path / "samples.csv")
+    assert pts.attrs["crs"] == "EPSG:4326"
+    assert pts.attrs["class_names"] == {1: "Forest", 2: "Pasture", 3: "Soy Corn"}  # sorted names
+    raster, dropped = points_to_raster(points_in_crs(pts, CRS.from_epsg(32615)), TRANSFORM, (H, W))
+    assert dropped == 0
+    code_of = {41: 1, 81: 2, 82: 3}
+    np.testing.assert_array_equal(raster[rows, cols], [code_of[int(c)] for c in truth[rows, cols]])
+    out = tmp_path / "named.zarr"
+    manifest = recover_labels(cube, tmp_path / "samples.csv", out, **{**FAST, "epochs": 8})
+    assert manifest.outputs["classes"] == [1, 2, 3]
+    attrs = xr.open_zarr(out)["class"].attrs
+    assert attrs["flag_values"] == [1, 2, 3] and attrs["flag_meanings"] == "Forest Pasture Soy_Corn"
+    with rasterio.open(cog_path(out)) as src:
+        assert src.colormap(1)[1][:3] != (128, 128, 128)  # a palette colour, not the unknown grey
+    pd.DataFrame({"longitude": [1.0], "y": [2.0], "class": [1]}).to_csv(tmp_path / "mixed.csv", index=False)
+    with pytest.raises(ValueError, match="longitude, latitude"):
+        read_points(tmp_path / "mixed.csv")
+    pd.DataFrame({"x": [1.0, 2.0], "y": [2.0, None], "class": [1, 2]}).to_csv(tmp_path / "gap.csv", index=False)
+    with pytest.raises(ValueError, match="non-numeric coordinate"):
+        read_points(tmp_path / "gap.csv")
+
+
+def test_cli_bad_points_file_is_one_clear_line(tmp_path, capsys) -> None:
+    from flows.cli import main
+
+    cube = tmp_path / "cube.zarr"
+    make_cube(cube)
+    (tmp_path / "pts.csv").write_text("id,lon,class\n1,2.0,3\n")
+    assert main(["stage", "labels", "--cube", str(cube), "--labels", str(tmp_path / "pts.csv"),
+                 "--out", str(tmp_path / "l.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "pts.csv: missing the y / latitude column" in err
+    assert not (tmp_path / "l.zarr").exists()
 
 
 def test_helpers() -> None:
