@@ -361,6 +361,11 @@ def classify_cube(
     dev = torch.device(device) if device else default_device()
     n_workers = (4 if dev.type == "cuda" else 0) if workers is None else workers
     ds = open_cube(cube)
+    if model is None and label not in ds.data_vars:  # before any work is written
+        raise ValueError(
+            f"{cube}: no label layer {label!r} to train with (variables: {sorted(map(str, ds.data_vars))}); "
+            "pass label=NAME of a (y, x) layer of NLCD codes, or model=M.pt to apply a saved model"
+        )
     height, width_px = ds.sizes["y"], ds.sizes["x"]
     size = min(patch, height, width_px)
     patches = out.with_name(out.name + ".patches.zarr")

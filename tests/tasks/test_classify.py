@@ -108,6 +108,7 @@ def test_bad_inputs_raise(trained, tmp_path) -> None:
     make_cube(bare, label=False)
     with pytest.raises(ValueError, match="no label layer 'landcover'"):
         classify_cube(bare, tmp_path / "x.zarr", patch=16, block=1)
+    assert not list(tmp_path.glob("x.zarr*"))  # refused before any work was written
     other = tmp_path / "three_dates.zarr"
     make_cube(other, n_times=3)
     with pytest.raises(ValueError, match="trained on 4 dates x 2 bands"):
