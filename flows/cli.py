@@ -83,6 +83,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     catalog_path = adhoc_catalog(
         args.paths, Path(args.out), crs=args.crs, resolution=args.resolution,
         chunks=args.chunks, time_chunk=args.time_chunk,
+        date={k: v for k, v in (("pattern", args.date_pattern), ("format", args.date_format),
+                                ("default", args.date)) if v is not None},
     )
     report = ingest_flow(str(catalog_path), "cube", progress_bar=True)
     _print_report(report)
@@ -188,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--resolution", type=float, default=None, help="target pixel size in CRS units")
     i.add_argument("--chunks", type=int, default=256, help="spatial chunk size (default 256)")
     i.add_argument("--time-chunk", type=int, default=1, help="time steps per chunk (default 1)")
+    i.add_argument("--date-pattern", default=None,
+                   help="regex on the file name with a named group (?P<date>...) when dates are "
+                        "written another way (default: ISO 8601 dates, YYYYDDD, metadata)")
+    i.add_argument("--date-format", default=None, help="strptime format of the --date-pattern group")
+    i.add_argument("--date", default=None, metavar="YYYY-MM-DD",
+                   help="date of the files whose name and metadata carry none (e.g. one undated scene)")
     i.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser("stage", help="run one stage on any schema-following cube")

@@ -43,8 +43,13 @@ def adhoc_catalog(
     resolution: float | None = None,
     chunks: int = 256,
     time_chunk: int = 1,
+    date: dict[str, str] | None = None,
 ) -> Path:
-    """Write (and validate) a one-source, one-cube catalog for ``paths``; return its path."""
+    """Write (and validate) a one-source, one-cube catalog for ``paths``; return its path.
+
+    ``date``: the source's date rule beside ``from: auto`` (``pattern``, ``format``, ``default``;
+    see ``tasks.catalog.DateRule``).
+    """
     patterns = [str(Path(p).resolve()) if not any(c in p for c in "*?[") else p for p in paths]
     files = sorted({f for p in patterns for f in globmod.glob(p, recursive=True) if Path(f).is_file()})
     if not files:
@@ -71,7 +76,7 @@ def adhoc_catalog(
             "scenes": {
                 "kind": "continuous",
                 "glob": [str(Path(p).resolve()) if not Path(p).is_absolute() else p for p in patterns],
-                "date": {"from": "auto"},
+                "date": {"from": "auto", **(date or {})},
                 "bands": bands,
                 "max_nodata_share": 1.0,
             }

@@ -81,6 +81,10 @@ class DateRule(_Strict):
         default=None, description="regex on the file name with a named group 'date'"
     )
     format: str | None = Field(default=None, description="strptime format for the 'date' group")
+    default: date | None = Field(
+        default=None,
+        description="date of scenes whose name and metadata carry none (e.g. a single undated scene)",
+    )
 
     @field_validator("pattern")
     @classmethod

@@ -187,11 +187,14 @@ def scene_refs_for_file(path: str, source: str, spec: SourceSpec) -> list[SceneR
         date = parse_date_from_name(path)
     if date is None and rule.from_ in ("auto", "metadata"):
         date = times[0] if times else _date_from_tags(tags)
+    if date is None and rule.default is not None:
+        date = datetime(rule.default.year, rule.default.month, rule.default.day)
     if date is None:
         raise SceneError(
             path,
             "no acquisition date in the file name (ISO 8601 date or YYYYDDD) or metadata; "
-            "set date.pattern in the catalog",
+            "give one: date.pattern or date.default in the catalog (fusioncube ingest "
+            "--date-pattern REGEX or --date YYYY-MM-DD)",
         )
     return [SceneRef(path, date, source, datasets, 0 if times else None, mask)]
 

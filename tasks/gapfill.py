@@ -17,7 +17,8 @@ temporal and spatial spreads of that misfit with weights solved by least squares
 observed entries, per cloud-cover class of a date image.
 
 ``filled.zarr`` has the cube's schema: ``data`` filled, ``valid`` unchanged, every other variable
-copied, plus ``filled(time, y, x)`` bool marking what was filled. The trained weights are a
+copied, plus ``filled(time, y, x)`` bool marking what was filled. Pixels observed on no date at
+all (outside every scene's footprint) stay NaN unless ``fill_unseen``. The trained weights are a
 ``torch.save`` state dict beside it (``filled.zarr.lrtcnet.pt``; :func:`load_model` reads it with
 ``weights_only=True``), and its manifest carries the key (input fingerprint + parameters + code).
 
@@ -85,10 +86,11 @@ CODE_MODULES = (
 
 
 def default_ranks(shape: tuple[int, int, int, int], *, time_share: float = 0.1) -> tuple[int, ...]:
-    """Ranks for ``(T, C, P, P)`` patches: ``time_share`` of the dates (at least 2), all bands,
-    full spatial rank (the temporal and spectral subspaces carry what is shared across patches)."""
+    """Ranks for ``(T, C, P, P)`` patches: ``time_share`` of the dates (at least 2, at most
+    ``T``), all bands, full spatial rank (the temporal and spectral subspaces carry what is shared
+    across patches)."""
     t, c, h, w = shape
-    return (max(2, int(np.ceil(time_share * t))), c, h, w)
+    return (min(t, max(2, int(np.ceil(time_share * t)))), c, h, w)
 
 
 def is_patches_store(path: str | Path) -> bool:
@@ -158,6 +160,7 @@ def gapfill_cube(
     batch: int = 8,
     seed: int = 0,
     device: str | None = None,
+    fill_unseen: bool = False,
     overwrite: bool = False,
 ) -> Manifest:
     """Fill a cube's gaps with LRTC-Net trained self-supervised on the cube itself.
@@ -180,13 +183,17 @@ def gapfill_cube(
         Seeds the masks, batches and initial factors.
     device
         ``"cuda"``/``"cpu"``; default: a GPU when present. Not part of the key.
+    fill_unseen
+        Also fill the pixels observed on no date at all (outside every scene's footprint: the
+        network can only guess them from their neighbours); default False: they stay NaN, not
+        ``filled``, and are counted in the manifest (``unseen_pixels``).
     overwrite
         Replace an ``out`` made with another key. A finished ``out`` with this key is reused.
 
     Returns
     -------
     Manifest
-        ``outputs``: path, weights, ranks, filled share; ``stats``: the self-supervised loss
+        ``outputs``: path, weights, ranks, filled share, unseen pixels; ``stats``: the self-supervised loss
         history (hidden-entry MSE, standardised units) and seconds.
 
     Raises
@@ -207,6 +214,8 @@ def gapfill_cube(
     cube, out = Path(cube), Path(out)
     params = {"epochs": epochs, "layers": layers, "patch": patch, "time_share": time_share,
               "hide_share": hide_share, "lr": lr, "batch": batch, "seed": seed}
+    if fill_unseen:  # only then, so that existing artifacts keep their keys
+        params["fill_unseen"] = True
     key, inputs = gapfill_key(cube, params)
     found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
     if found is not None and weights_path(out).exists():
@@ -246,8 +255,11 @@ def gapfill_cube(
                       hide_share=hide_share, hide_kind="cloud", seed=seed, device=dev, **OURS)
     filled_p = complete(fit.net, xp, op, batch=batch, init=OURS["init"])  # (P, T, C, size, size)
     folded = fold_patches(filled_p, origins, data.shape) * std + mean  # (T, C, H, W)
-    result = np.where(observed[:, None], data, folded).astype(np.float32)
-    filled = ~observed
+    # a pixel seen on no date (outside every scene's footprint) has nothing of its own to fill from:
+    # it stays NaN and not filled unless fill_unseen
+    unseen = ~observed.any(axis=0)  # (H, W)
+    filled = ~observed if fill_unseen else ~observed & ~unseen[None]
+    result = np.where(observed[:, None], data, np.where(filled[:, None], folded, np.nan)).astype(np.float32)
 
     attrs = {**ds.attrs, "gapfill_method": "LRTC-Net (self-supervised)", "gapfill_key": key}
     out_ds = xr.Dataset(
@@ -292,6 +304,7 @@ def gapfill_cube(
             "sample_shape": [n_time, n_band, size, size],
             "patches": len(origins),
             "filled_share": float(filled.mean()),
+            "unseen_pixels": int(unseen.sum()),
         },
         stats={
             "loss_history": [round(v, 6) for v in fit.history],
@@ -359,7 +372,8 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
     import sys
 
     manifest = gapfill_cube(args.cube, args.out, epochs=args.epochs, layers=args.layers,
-                            patch=args.patch, seed=args.seed, overwrite=args.overwrite)
+                            patch=args.patch, seed=args.seed, fill_unseen=args.fill_unseen,
+                            overwrite=args.overwrite)
     sys.stdout.write(f"{args.out}: {json.dumps(manifest.outputs)}\n")
     return 0
 
@@ -373,6 +387,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=20, help="LRTC-Net layers (default 20)")
     p.add_argument("--patch", type=int, default=32, help="patch side in pixels (default 32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fill-unseen", action="store_true",
+                   help="also fill pixels observed on no date (outside every footprint; default: NaN)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_gapfill)
     return p

@@ -47,3 +47,36 @@ def test_date_from_tiff_metadata_when_the_name_has_none(tmp_path) -> None:
         dst.write(np.ones((1, 4, 4), np.uint8))
     with pytest.raises(Exception, match="no acquisition date"):
         scene_refs_for_file(str(nodate), "s", spec)
+
+
+def test_date_default_and_pattern_for_undated_names(tmp_path, real_fixtures) -> None:
+    """A scene with no date anywhere takes ``date.default``; ``date.pattern``/``format`` read
+    another naming convention; ``fusioncube ingest --date`` builds a one-date cube of the real
+    Albers COG (its name and tags carry no date)."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from flows.cli import main
+    from tasks.catalog import SourceSpec
+    from tasks.cube import open_cube
+    from tasks.discover import scene_refs_for_file
+
+    path = tmp_path / "dem_v3.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=4, width=4, count=1, dtype="uint8",
+                       crs="EPSG:32615", transform=from_origin(0, 4, 1, 1)) as dst:
+        dst.write(np.ones((1, 4, 4), np.uint8))
+    spec = SourceSpec(glob=["*.tif"], bands=[{"name": "b", "index": 1}], date={"default": "2020-06-01"})
+    (ref,) = scene_refs_for_file(str(path), "s", spec)
+    assert ref.date == datetime(2020, 6, 1)
+    named = tmp_path / "tile_07.03.2021.tif"
+    path.rename(named)
+    spec = SourceSpec(glob=["*.tif"], bands=[{"name": "b", "index": 1}],
+                      date={"pattern": r"_(?P<date>\d\d\.\d\d\.\d{4})", "format": "%d.%m.%Y"})
+    (ref,) = scene_refs_for_file(str(named), "s", spec)
+    assert ref.date == datetime(2021, 3, 7)
+    cog = real_fixtures / "albers_cog_rioxarray" / "cog.tif"
+    assert main(["ingest", str(cog), "--out", str(tmp_path / "nodate.zarr")]) == 1  # quarantined
+    assert main(["ingest", str(cog), "--out", str(tmp_path / "cog.zarr"), "--date", "2020-06-01"]) == 0
+    ds = open_cube(tmp_path / "cog.zarr")
+    assert ds.sizes["time"] == 1 and str(ds["time"].values[0])[:10] == "2020-06-01"

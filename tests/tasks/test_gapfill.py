@@ -132,3 +132,27 @@ def test_patches_store_input(filled, tmp_path):
     np.testing.assert_array_equal(values[obs], src["data"].values[obs])
     gaps = ~obs
     assert np.abs(values[gaps] - truth[gaps]).mean() < np.abs(truth[gaps] - truth[gaps].mean()).mean()
+
+
+def test_unseen_pixels_and_a_single_date(tmp_path):
+    """A strip no scene covered stays NaN (not filled) unless fill_unseen; a one-date cube (an
+    undated scene ingested with --date) runs too: the temporal rank is clamped to the dates."""
+    cube = tmp_path / "cube.zarr"
+    make_cube(cube, seed=3)
+    ds = xr.open_zarr(cube).load()
+    ds["valid"][:, :, :5] = False  # the western strip: outside every footprint
+    ds["data"][:, :, :, :5] = np.nan
+    strip = tmp_path / "strip.zarr"
+    ds.to_zarr(strip, zarr_format=3, consolidated=True, mode="w")
+    fast = {"epochs": 2, "layers": 4, "batch": 4, "device": "cpu"}
+    manifest = gapfill_cube(strip, tmp_path / "f.zarr", **fast)
+    out = open_cube(tmp_path / "f.zarr")
+    assert manifest.outputs["unseen_pixels"] == 5 * H
+    assert np.isnan(out["data"].values[..., :5]).all() and not out["filled"].values[..., :5].any()
+    assert np.isfinite(out["data"].values[..., 5:]).all()
+    gapfill_cube(strip, tmp_path / "all.zarr", fill_unseen=True, **fast)
+    assert np.isfinite(open_cube(tmp_path / "all.zarr")["data"].values).all()
+    one = tmp_path / "one.zarr"
+    ds.isel(time=[0]).to_zarr(one, zarr_format=3, consolidated=True, mode="w")
+    manifest = gapfill_cube(one, tmp_path / "one_filled.zarr", **fast)
+    assert manifest.outputs["ranks"][0] == 1
