@@ -22,8 +22,11 @@ all (outside every scene's footprint) stay NaN unless ``fill_unseen``. The train
 ``torch.save`` state dict beside it (``filled.zarr.lrtcnet.pt``; :func:`load_model` reads it with
 ``weights_only=True``), and its manifest carries the key (input fingerprint + parameters + code).
 
-Memory: the cube is loaded whole (the stage is meant for cubes of about 100 x 100 pixels x 70
-dates; a 1000 x 1000 x 70 x 4 cube is about 1 GB in float32).
+Memory is bounded, not the cube's size: the band statistics are streamed (dask), the net is
+trained on at most ``TRAIN_BYTES`` of patches drawn evenly over the cube (every patch when they
+fit), and the cube is filled and written block by block, a block being as many rows of patches
+(all dates, bands and columns) as fit in ``BLOCK_BYTES``. A ``patches.zarr`` input is held in
+memory whole.
 """
 
 from __future__ import annotations
@@ -73,6 +76,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "gapfill"
+TRAIN_BYTES = 512 * 2**20  # training patches held in memory (float32 values)
+BLOCK_BYTES = 256 * 2**20  # input rows read, filled and written at once
 CODE_MODULES = (
     "tasks.gapfill",
     "fusion_models.lrtcnet",
@@ -145,6 +150,198 @@ def gapfill_key(cube: str | Path, params: dict[str, Any]) -> tuple[str, dict[str
     """The checkpoint key of gap-filling ``cube`` with ``params``: (key, inputs)."""
     inputs = {"cube": fingerprint(cube)}
     return stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES)), inputs
+
+
+def _fit(xp: np.ndarray, op: np.ndarray, shape: tuple[int, int, int, int], kw: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
+    """Fit LRTC-Net (ours) self-supervised on patches ``xp (P, T, C, s, s)``, ``op (P, T, s, s)``."""
+    kw = dict(kw)
+    ranks = default_ranks(shape, time_share=kw.pop("time_share"))
+    fit = fit_lrtcnet(xp, op, ranks=ranks, hide_kind="cloud", **kw, **OURS)
+    return fit, ranks
+
+
+def _write_filled(ds: xr.Dataset, result: np.ndarray, filled: np.ndarray, tmp: Path, key: str) -> None:
+    """``filled.zarr`` from an in-memory result: the cube's variables, ``data`` replaced."""
+    n_time, n_band, height, width = result.shape
+    out_ds = xr.Dataset(
+        {
+            "data": (ds["data"].dims, result, dict(ds["data"].attrs)),
+            "valid": (ds["valid"].dims, ds["valid"].values.astype(bool), dict(ds["valid"].attrs)),
+            "filled": (("time", "y", "x"), filled, FILLED_ATTRS),
+        },
+        coords={name: coord.load() for name, coord in ds.coords.items()},
+        attrs={**ds.attrs, "gapfill_method": "LRTC-Net (self-supervised)", "gapfill_key": key},
+    )
+    for name in ds.data_vars:
+        if name not in out_ds:
+            out_ds[name] = ds[name].load()
+    out_ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True,
+                   encoding=_encoding(ds, n_time, n_band, min(height, 256), min(width, 256)))
+
+
+FILLED_ATTRS = {"long_name": "gap filled by LRTC-Net", "grid_mapping": "spatial_ref"}
+
+
+def _encoding(ds: xr.Dataset, n_time: int, n_band: int, chunk_y: int, chunk_x: int) -> dict[str, Any]:
+    chunks = {"time": min(n_time, 16), "band": n_band, "y": chunk_y, "x": chunk_x}
+    return {
+        "data": {"chunks": tuple(chunks[d] for d in ds["data"].dims)},
+        "valid": {"chunks": (chunks["time"], chunks["y"], chunks["x"])},
+        "filled": {"chunks": (chunks["time"], chunks["y"], chunks["x"])},
+    }
+
+
+def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen: bool
+                        ) -> tuple[Any, tuple[int, ...], tuple[int, ...], int, dict[str, int]]:
+    """Train on and fill a ``patches.zarr``'s own patches, fold them back (in memory)."""
+    ds = unpatch(cube)
+    data = ds["data"].values.astype(np.float32)  # (T, C, H, W)
+    observed = _observed(data, ds["valid"].values.astype(bool))
+    if not observed.any():
+        raise ValueError(f"{cube}: no observed pixel (valid and finite); nothing to learn from")
+    mean, std = _standardise(data, observed)
+    pds = xr.open_zarr(cube, consolidated=None)
+    size = int(pds.attrs["patch_size"])
+    origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1).astype(np.int64)
+    raw = pds["data"].values.astype(np.float32)  # (P, T, C, size, size)
+    op = _observed(raw.reshape(-1, *raw.shape[2:]), pds["valid"].values.reshape(-1, size, size))
+    op = op.reshape(raw.shape[0], raw.shape[1], size, size)
+    xp = np.where(op[:, :, None], (raw - mean) / std, 0.0).astype(np.float32)
+    shape = (data.shape[0], data.shape[1], size, size)
+    fit, ranks = _fit(xp, op, shape, kw)
+    filled_p = complete(fit.net, xp, op, batch=kw["batch"], init=OURS["init"])
+    folded = fold_patches(filled_p, origins, data.shape) * std + mean  # (T, C, H, W)
+    unseen = ~observed.any(axis=0)
+    filled = ~observed if fill_unseen else ~observed & ~unseen[None]
+    result = np.where(observed[:, None], data, np.where(filled[:, None], folded, np.nan)).astype(np.float32)
+    with atomic_artifact(out) as tmp:
+        _write_filled(ds, result, filled, tmp, key)
+    counts = {"filled": int(filled.sum()), "entries": int(filled.size), "unseen": int(unseen.sum()),
+              "training_patches": len(origins)}
+    return fit, ranks, shape, len(origins), counts
+
+
+def _lazy_stats(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Streamed per-band mean and std of the observed values ``(1, C, 1, 1)``, and the ``(H, W)``
+    map of pixels observed on at least one date (one pass of dask reductions over the chunks)."""
+    import dask
+
+    data = ds["data"]
+    observed = ds["valid"].astype(bool) & data.notnull().all("band")
+    vals = data.where(observed)
+    mean, std, seen = dask.compute(vals.mean(("time", "y", "x")), vals.std(("time", "y", "x")),
+                                   observed.any("time"))
+    mean = np.where(np.isfinite(mean.values), mean.values, 0.0).reshape(1, -1, 1, 1)
+    std = np.where(np.isfinite(std.values) & (std.values > 0), std.values, 1.0).reshape(1, -1, 1, 1)
+    return mean.astype(np.float32), std.astype(np.float32), np.asarray(seen.values, dtype=bool)
+
+
+def _read_rows(ds: xr.Dataset, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``y0:y1`` of the cube, all dates, bands and columns: ``data (T, C, h, W)``, ``observed (T, h, W)``."""
+    block = ds[["data", "valid"]].isel(y=slice(y0, y1)).load()
+    data = block["data"].values.astype(np.float32)
+    return data, _observed(data, block["valid"].values.astype(bool))
+
+
+def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen: bool, patch: int
+               ) -> tuple[Any, tuple[int, ...], tuple[int, ...], int, dict[str, int]]:
+    """Fill a cube with bounded memory: streamed statistics, a training sample of patches, and
+    filling and writing block by block (rows of patches, all columns; see the module doc)."""
+    import dask.array as dsa
+    from tqdm.auto import tqdm
+
+    ds = open_cube(cube)
+    n_time, n_band, height, width = (ds.sizes["time"], ds.sizes["band"], ds.sizes["y"], ds.sizes["x"])
+    mean, std, seen = _lazy_stats(ds)
+    if not seen.any():
+        raise ValueError(f"{cube}: no observed pixel (valid and finite); nothing to learn from")
+    size = min(patch, height, width)
+    if size < patch:
+        log.warning("gapfill: cube is %d x %d px; patches of %d px instead of %d", height, width, size, patch)
+    origins = patch_origins(height, width, size=size, stride=size)
+    shape = (n_time, n_band, size, size)
+
+    def standardised(data: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        return np.where(observed[:, None], (data - mean) / std, 0.0).astype(np.float32)
+
+    # training sample: every patch when they fit in TRAIN_BYTES, else an even random draw
+    per_patch = 4 * n_time * n_band * size * size
+    n_train = min(len(origins), max(1, TRAIN_BYTES // per_patch))
+    rng = np.random.default_rng(kw["seed"])
+    pick = np.sort(rng.choice(len(origins), n_train, replace=False)) if n_train < len(origins) else np.arange(len(origins))
+    xs, os_ = [], []
+    for row in np.unique(origins[pick, 0]):  # one read per row of patches
+        mine = pick[origins[pick, 0] == row]
+        data, observed = _read_rows(ds, int(row), int(row) + size)
+        local = origins[mine] - [int(row), 0]
+        xs.append(extract_patches(standardised(data, observed), local, size))
+        os_.append(extract_patches(observed, local, size))
+    xp, op = np.concatenate(xs), np.concatenate(os_)
+    if n_train < len(origins):
+        log.info("gapfill: training on %d of %d patches (%d MB)", n_train, len(origins), n_train * per_patch >> 20)
+    fit, ranks = _fit(xp, op, shape, kw)
+    del xs, os_, xp, op
+
+    # fill and write block by block: a block is whole rows of patches, its height a multiple of size
+    rows = np.unique(origins[:, 0])  # patch row starts; the last may be flush with the bottom edge
+    per_row = 4 * n_time * n_band * size * width
+    rows_per_block = max(1, BLOCK_BYTES // per_row)
+    chunk_y = min(height, rows_per_block * size)
+    template = xr.Dataset(
+        {
+            "data": (ds["data"].dims, dsa.zeros(ds["data"].shape, dtype=np.float32, chunks=-1),
+                     dict(ds["data"].attrs)),
+            "valid": (ds["valid"].dims, dsa.zeros(ds["valid"].shape, dtype=bool, chunks=-1),
+                      dict(ds["valid"].attrs)),
+            "filled": (("time", "y", "x"), dsa.zeros((n_time, height, width), dtype=bool, chunks=-1),
+                       FILLED_ATTRS),
+        },
+        coords={name: coord.load() for name, coord in ds.coords.items()},
+        attrs={**ds.attrs, "gapfill_method": "LRTC-Net (self-supervised)", "gapfill_key": key},
+    )
+    static = [n for n in ds.data_vars if n not in template]
+    for name in static:  # other layers: copied block by block too when they have y, else at once
+        var = ds[name]
+        template[name] = var.copy(data=dsa.zeros(var.shape, dtype=var.dtype, chunks=-1)) if "y" in var.dims else var.load()
+    counts = {"filled": 0, "entries": n_time * height * width, "unseen": int((~seen).sum()),
+              "training_patches": int(n_train)}
+    with atomic_artifact(out) as tmp:
+        template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False,
+                         encoding=_encoding(ds, n_time, n_band, chunk_y, min(width, 256)))
+        written = 0
+        groups = [rows[i:i + rows_per_block] for i in range(0, len(rows), rows_per_block)]
+        for group in tqdm(groups, desc=f"gapfill {Path(cube).name}", unit="block", disable=len(groups) < 2):
+            y0, y1 = int(group[0]), int(group[-1]) + size
+            data, observed = _read_rows(ds, y0, y1)
+            mine = np.isin(origins[:, 0], group)
+            local = origins[mine] - [y0, 0]
+            xb = extract_patches(standardised(data, observed), local, size)
+            ob = extract_patches(observed, local, size)
+            filled_p = complete(fit.net, xb, ob, batch=kw["batch"], init=OURS["init"])
+            folded = fold_patches(filled_p, local, data.shape) * std + mean  # (T, C, h, W)
+            unseen = ~seen[y0:y1]
+            filled = ~observed if fill_unseen else ~observed & ~unseen[None]
+            result = np.where(observed[:, None], data, np.where(filled[:, None], folded, np.nan))
+            # rows before `written` are done: the last row of patches may overlap the one before it
+            a = written - y0
+            block = xr.Dataset(
+                {"data": (ds["data"].dims, result[:, :, a:].astype(np.float32)),
+                 "valid": (ds["valid"].dims, ds["valid"].isel(y=slice(written, y1)).values.astype(bool)),
+                 "filled": (("time", "y", "x"), filled[:, a:])},
+            )
+            for name in static:
+                if "y" in ds[name].dims:
+                    block[name] = ds[name].isel(y=slice(written, y1)).load().variable
+            _write_region(block, tmp, written, y1)
+            counts["filled"] += int(filled[:, a:].sum())
+            written = y1
+    return fit, ranks, shape, len(origins), counts
+
+
+def _write_region(block: xr.Dataset, store: Path, y0: int, y1: int) -> None:
+    """Write ``block`` (variables over rows ``y0:y1``) into the rows ``y0:y1`` of ``store``."""
+    region = {d: (slice(y0, y1) if d == "y" else slice(None)) for d in block.dims}
+    block.to_zarr(store, region=region, zarr_format=3, consolidated=False)
 
 
 def gapfill_cube(
@@ -223,66 +420,13 @@ def gapfill_cube(
 
     started = _time.perf_counter()
     from_patches = is_patches_store(cube)
-    ds = unpatch(cube) if from_patches else open_cube(cube)
-    data = ds["data"].values.astype(np.float32)  # (T, C, H, W)
-    valid = ds["valid"].values.astype(bool)  # (T, H, W)
-    n_time, n_band, height, width = data.shape
-    observed = _observed(data, valid)
-    if not observed.any():
-        raise ValueError(f"{cube}: no observed pixel (valid and finite); nothing to learn from")
-    mean, std = _standardise(data, observed)
-
-    if from_patches:  # train on and fill the store's own patches, fold them back (overlaps averaged)
-        pds = xr.open_zarr(cube, consolidated=None)
-        size = int(pds.attrs["patch_size"])
-        origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1).astype(np.int64)
-        raw = pds["data"].values.astype(np.float32)  # (P, T, C, size, size)
-        op = _observed(raw.reshape(-1, *raw.shape[2:]), pds["valid"].values.reshape(-1, size, size))
-        op = op.reshape(raw.shape[0], raw.shape[1], size, size)
-        xp = np.where(op[:, :, None], (raw - mean) / std, 0.0).astype(np.float32)
-    else:
-        scaled = np.where(observed[:, None], (data - mean) / std, 0.0).astype(np.float32)
-        size = min(patch, height, width)
-        if size < patch:
-            log.warning("gapfill: cube is %d x %d px; patches of %d px instead of %d", height, width,
-                        size, patch)
-        origins = patch_origins(height, width, size=size, stride=size)
-        xp = extract_patches(scaled, origins, size)  # (P, T, C, size, size)
-        op = extract_patches(observed, origins, size)  # (P, T, size, size)
-    ranks = default_ranks((n_time, n_band, size, size), time_share=time_share)
     dev = torch.device(device) if device else default_device()
-    fit = fit_lrtcnet(xp, op, ranks=ranks, layers=layers, epochs=epochs, batch=batch, lr=lr,
-                      hide_share=hide_share, hide_kind="cloud", seed=seed, device=dev, **OURS)
-    filled_p = complete(fit.net, xp, op, batch=batch, init=OURS["init"])  # (P, T, C, size, size)
-    folded = fold_patches(filled_p, origins, data.shape) * std + mean  # (T, C, H, W)
-    # a pixel seen on no date (outside every scene's footprint) has nothing of its own to fill from:
-    # it stays NaN and not filled unless fill_unseen
-    unseen = ~observed.any(axis=0)  # (H, W)
-    filled = ~observed if fill_unseen else ~observed & ~unseen[None]
-    result = np.where(observed[:, None], data, np.where(filled[:, None], folded, np.nan)).astype(np.float32)
-
-    attrs = {**ds.attrs, "gapfill_method": "LRTC-Net (self-supervised)", "gapfill_key": key}
-    out_ds = xr.Dataset(
-        {
-            "data": (ds["data"].dims, result, dict(ds["data"].attrs)),
-            "valid": (ds["valid"].dims, valid, dict(ds["valid"].attrs)),
-            "filled": (("time", "y", "x"), filled, {
-                "long_name": "gap filled by LRTC-Net", "grid_mapping": "spatial_ref"}),
-        },
-        coords={name: coord.load() for name, coord in ds.coords.items()},
-        attrs=attrs,
-    )
-    for name in ds.data_vars:
-        if name not in out_ds:
-            out_ds[name] = ds[name].load()
-    chunks = {"time": min(n_time, 16), "band": n_band, "y": min(height, 256), "x": min(width, 256)}
-    encoding = {
-        "data": {"chunks": tuple(chunks[d] for d in ds["data"].dims)},
-        "valid": {"chunks": (chunks["time"], chunks["y"], chunks["x"])},
-        "filled": {"chunks": (chunks["time"], chunks["y"], chunks["x"])},
-    }
-    with atomic_artifact(out) as tmp:
-        out_ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
+    fit_kw = {"layers": layers, "epochs": epochs, "batch": batch, "lr": lr, "hide_share": hide_share,
+              "seed": seed, "device": dev, "time_share": time_share}
+    if from_patches:
+        fit, ranks, shape, n_patches, counts = _fill_patches_store(cube, out, key, fit_kw, fill_unseen)
+    else:
+        fit, ranks, shape, n_patches, counts = _fill_cube(cube, out, key, fit_kw, fill_unseen, patch)
     wpath = weights_path(out)
     wtmp = wpath.with_name(f"{wpath.name}.tmp-{uuid.uuid4().hex[:8]}")
     torch.save(fit.net.cpu().state_dict(), wtmp)
@@ -301,10 +445,11 @@ def gapfill_cube(
             "ranks": list(ranks),
             "architecture": {k: OURS[k] for k in ("step_sizes", "refine", "stack")},
             "input_kind": "patches" if from_patches else "cube",
-            "sample_shape": [n_time, n_band, size, size],
-            "patches": len(origins),
-            "filled_share": float(filled.mean()),
-            "unseen_pixels": int(unseen.sum()),
+            "sample_shape": list(shape),
+            "patches": n_patches,
+            "filled_share": counts["filled"] / counts["entries"],
+            "unseen_pixels": counts["unseen"],
+            "training_patches": counts["training_patches"],
         },
         stats={
             "loss_history": [round(v, 6) for v in fit.history],
@@ -314,8 +459,8 @@ def gapfill_cube(
         },
     )
     write_manifest(out, manifest)
-    log.info("gapfill: wrote %s (%.1f %% of pixels filled, %.1f s)", out, 100 * filled.mean(),
-             manifest.stats["seconds"])
+    log.info("gapfill: wrote %s (%.1f %% of pixels filled, %.1f s)", out,
+             100 * manifest.outputs["filled_share"], manifest.stats["seconds"])
     return manifest
 
 

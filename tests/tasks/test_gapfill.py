@@ -156,3 +156,32 @@ def test_unseen_pixels_and_a_single_date(tmp_path):
     ds.isel(time=[0]).to_zarr(one, zarr_format=3, consolidated=True, mode="w")
     manifest = gapfill_cube(one, tmp_path / "one_filled.zarr", **fast)
     assert manifest.outputs["ranks"][0] == 1
+
+
+def test_bounded_memory_blocks_and_training_sample(tmp_path, monkeypatch):
+    """Filled block by block (one row of patches per block, the last row flush with the bottom
+    edge overlapping the one before) it equals one whole-cube block away from that overlap; a
+    small training budget trains on an even sample of the patches."""
+    import tasks.gapfill as gf
+
+    cube = tmp_path / "cube.zarr"
+    truth, cloud = make_cube(cube, seed=4)
+    tall = tmp_path / "tall.zarr"  # 40 rows (8 more, the grid continued): patch rows 0, 16, 24 (flush)
+    ds = xr.open_zarr(cube).load()
+    more = ds.isel(y=slice(0, 8)).assign_coords(y=ds.y[-8:].values - 8 * 3.0)
+    xr.concat([ds, more], "y", data_vars="minimal", coords="minimal", compat="override").to_zarr(
+        tall, zarr_format=3, consolidated=True, mode="w")
+    fast = {"epochs": 2, "layers": 4, "batch": 4, "patch": 16, "device": "cpu"}
+    one = gapfill_cube(tall, tmp_path / "one.zarr", **fast)
+    monkeypatch.setattr(gf, "BLOCK_BYTES", 1)  # one row of patches per block
+    rows = gapfill_cube(tall, tmp_path / "rows.zarr", **fast)
+    a, b = open_cube(tmp_path / "one.zarr"), open_cube(tmp_path / "rows.zarr")
+    assert a.sizes["y"] == 40 and b["data"].encoding["chunks"][2] == 16
+    away = np.r_[0:24, 32:40]  # rows outside the overlap of the flush last row of patches
+    np.testing.assert_allclose(a["data"].values[:, :, away], b["data"].values[:, :, away], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a["filled"].values, b["filled"].values)
+    assert np.isfinite(b["data"].values).all()
+    assert one.outputs["filled_share"] == pytest.approx(rows.outputs["filled_share"])
+    monkeypatch.setattr(gf, "TRAIN_BYTES", 1)  # a single training patch
+    sampled = gapfill_cube(tall, tmp_path / "sampled.zarr", **fast)
+    assert sampled.outputs["training_patches"] == 1 < sampled.outputs["patches"] == 6
