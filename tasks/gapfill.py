@@ -23,8 +23,8 @@ all (outside every scene's footprint) stay NaN unless ``fill_unseen``. The train
 ``weights_only=True``), and its manifest carries the key (input fingerprint + parameters + code).
 
 Memory is bounded, not the cube's size: the band statistics are streamed (dask), the net is
-trained on at most ``TRAIN_BYTES`` of patches drawn evenly over the cube (every patch when they
-fit), and the cube is filled and written block by block, a block being as many rows of patches
+trained on at most ``TRAIN_PATCHES`` patches (and ``TRAIN_BYTES``) drawn evenly over the cube
+(every patch when they fit), and the cube is filled and written block by block, a block being as many rows of patches
 (all dates, bands and columns) as fit in ``BLOCK_BYTES``. A ``patches.zarr`` input is held in
 memory whole.
 """
@@ -76,7 +76,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "gapfill"
-TRAIN_BYTES = 512 * 2**20  # training patches held in memory (float32 values)
+TRAIN_BYTES = 256 * 2**20  # training patches held in memory (float32 values) ...
+TRAIN_PATCHES = 256  # ... and at most this many: the factors are shared, a sample teaches them
 BLOCK_BYTES = 256 * 2**20  # input rows read, filled and written at once
 CODE_MODULES = (
     "tasks.gapfill",
@@ -153,10 +154,14 @@ def gapfill_key(cube: str | Path, params: dict[str, Any]) -> tuple[str, dict[str
 
 
 def _fit(xp: np.ndarray, op: np.ndarray, shape: tuple[int, int, int, int], kw: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
-    """Fit LRTC-Net (ours) self-supervised on patches ``xp (P, T, C, s, s)``, ``op (P, T, s, s)``."""
+    """Fit LRTC-Net (ours) self-supervised on patches ``xp (P, T, C, s, s)``, ``op (P, T, s, s)``,
+    with a progress bar over the epochs."""
+    from tqdm.auto import tqdm
+
     kw = dict(kw)
     ranks = default_ranks(shape, time_share=kw.pop("time_share"))
-    fit = fit_lrtcnet(xp, op, ranks=ranks, hide_kind="cloud", **kw, **OURS)
+    with tqdm(total=kw["epochs"], desc=f"gapfill: train on {len(xp)} patches", unit="epoch") as bar:
+        fit = fit_lrtcnet(xp, op, ranks=ranks, hide_kind="cloud", callback=lambda *_: bar.update(), **kw, **OURS)
     return fit, ranks
 
 
@@ -266,7 +271,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
 
     # training sample: every patch when they fit in TRAIN_BYTES, else an even random draw
     per_patch = 4 * n_time * n_band * size * size
-    n_train = min(len(origins), max(1, TRAIN_BYTES // per_patch))
+    n_train = min(len(origins), TRAIN_PATCHES, max(1, TRAIN_BYTES // per_patch))
     rng = np.random.default_rng(kw["seed"])
     pick = np.sort(rng.choice(len(origins), n_train, replace=False)) if n_train < len(origins) else np.arange(len(origins))
     xs, os_ = [], []

@@ -182,6 +182,6 @@ def test_bounded_memory_blocks_and_training_sample(tmp_path, monkeypatch):
     np.testing.assert_array_equal(a["filled"].values, b["filled"].values)
     assert np.isfinite(b["data"].values).all()
     assert one.outputs["filled_share"] == pytest.approx(rows.outputs["filled_share"])
-    monkeypatch.setattr(gf, "TRAIN_BYTES", 1)  # a single training patch
+    monkeypatch.setattr(gf, "TRAIN_PATCHES", 1)  # a single training patch
     sampled = gapfill_cube(tall, tmp_path / "sampled.zarr", **fast)
     assert sampled.outputs["training_patches"] == 1 < sampled.outputs["patches"] == 6
