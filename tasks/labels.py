@@ -21,7 +21,10 @@ coordinates and ``spatial_ref``. Beside it: ``labels.zarr.tif`` (a Cloud-Optimiz
 the NLCD colour table), ``labels.zarr.unet.pt`` (the state dict; :func:`load_model` reads it with
 ``weights_only=True``) and the manifest.
 
-Memory: the cube is loaded whole (about 100 MB per 512 x 512 x 12 dates x 4 bands in float32).
+Memory is bounded, not the cube's size: the band statistics are streamed (dask), the UNet trains
+on at most ``TRAIN_PATCHES`` patches (those with labels first), and the prediction runs block by
+block of rows (``BLOCK_BYTES`` of input); the label raster and the output maps ``(y, x)`` are held
+whole.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ from tasks.checkpoint import (
     write_manifest,
 )
 from tasks.cube import cube_crs, cube_transform, open_cube
-from tasks.gapfill import _observed, _standardise
+from tasks.gapfill import _lazy_stats, _observed, _read_rows, _standardise
 
 __all__ = [
     "NO_CLASS",
@@ -95,6 +98,24 @@ STAGE = "labels"
 CODE_MODULES = ("tasks.labels", "fusion_models.unet_lrtd", "fusion_models.patching", "tasks.gapfill")
 NO_CLASS = 255  # class(y, x) where there is no prediction / label raster nodata
 CODES: tuple[int, ...] = tuple(NLCD_CLASSES)
+TRAIN_PATCHES = 512  # patches held in memory for training (labelled ones first)
+BLOCK_BYTES = 256 * 2**20  # input rows read at once to predict
+
+
+def _training_patches(idx: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Origins ``(n, 2)`` of the non-overlapping patches to train on, in row-major order: every
+    patch when there are at most ``TRAIN_PATCHES``, else the patches holding labels (a random
+    draw of them when they are more) topped up with unlabelled ones (the low-rank term's pixels)."""
+    origins = patch_origins(idx.shape[0], idx.shape[1], size=size, stride=size)
+    if len(origins) <= TRAIN_PATCHES:
+        return origins
+    labelled = np.array([(idx[r:r + size, c:c + size] >= 0).any() for r, c in origins])
+    rng = np.random.default_rng(seed)
+    with_labels = rng.permutation(np.flatnonzero(labelled))[:TRAIN_PATCHES]
+    rest = rng.permutation(np.flatnonzero(~labelled))[:TRAIN_PATCHES - len(with_labels)]
+    log.info("labels: training on %d of %d patches (%d with labels)", len(with_labels) + len(rest),
+             len(origins), int(labelled.sum()))
+    return origins[np.sort(np.concatenate([with_labels, rest]))]
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -503,29 +524,57 @@ def recover_labels(
     classes = tuple(int(c) for c in np.unique(codes) if c != NO_CLASS)
     if len(classes) < 2:
         raise ValueError(f"{labels}: the labels hold {len(classes)} class(es) {classes}; at least 2 are needed")
-    data = ds["data"].values.astype(np.float32)  # (T, C, H, W)
-    x, observed = model_inputs(data, ds["valid"].values.astype(bool))
-    n_time, n_band, height, width_px = data.shape
+    n_time, n_band, height, width_px = (ds.sizes["time"], ds.sizes["band"], ds.sizes["y"], ds.sizes["x"])
+    mean, std, seen = _lazy_stats(ds)  # streamed over the cube's chunks
+    if not seen.any():
+        raise ValueError("the cube has no observed pixel (valid and finite); nothing to learn from")
     size = patch_size_for(height, width_px, patch, multiple=2**depth)
-    train_origins = patch_origins(height, width_px, size=size, stride=size)
-    idx = codes_to_index(codes, classes)
+    idx = codes_to_index(codes, classes).astype(np.int16)  # (H, W), -1 unlabelled
     k = len(classes)
+
+    def model_rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``y0:y1``: standardised values (NaN where not observed) and the observed mask."""
+        data, observed = _read_rows(ds, y0, y1)
+        return np.where(observed[:, None], (data - mean) / std, np.nan).astype(np.float32), observed
+
+    train_origins = _training_patches(idx, size, seed)
+    xs, vs, ys = [], [], []
+    for row in np.unique(train_origins[:, 0]):  # one read per row of patches
+        local = train_origins[train_origins[:, 0] == row] - [int(row), 0]
+        x, observed = model_rows(int(row), int(row) + size)
+        xs.append(extract_patches(x, local, size))
+        vs.append(extract_patches(observed, local, size))
+        ys.append(extract_patches(idx[int(row):int(row) + size], local, size).astype(np.int64))
     ranks = (k if rank_k is None else min(rank_k, k), int(np.ceil(rank_share * size)), int(np.ceil(rank_share * size)))
     dev = torch.device(device) if device else default_device()
     weight = class_weights(idx, k, power=class_power) if class_power > 0 else None
     fit = fit_unet_lrtd(
-        extract_patches(x, train_origins, size), extract_patches(observed, train_origins, size),
-        extract_patches(idx, train_origins, size), classes=k, lam=lam, variant=variant,  # type: ignore[arg-type]
+        np.concatenate(xs), np.concatenate(vs), np.concatenate(ys), classes=k, lam=lam, variant=variant,
         ranks=ranks, epochs=epochs, batch=batch, lr=lr, width=width, depth=depth, seed=seed, device=dev,
         class_weight=weight)
-    # predict on half-overlapping patches and average the probabilities where they overlap
+    del xs, vs, ys
+    # predict on half-overlapping patches, averaging the probabilities where they overlap; block by
+    # block of output rows, each with every patch that touches it (the same average as one fold)
     origins = patch_origins(height, width_px, size=size, stride=max(size // 2, 1))
-    prob_p = predict_proba(fit.net, extract_patches(x, origins, size), extract_patches(observed, origins, size))
-    prob = fold_patches(prob_p, origins, (k, height, width_px))  # (K, H, W)
-    if prior_window and str(labels) in ds.data_vars:  # coarse labels: keep a class of the neighbourhood
-        prob = fuse_prior(prob, local_class_share(idx, k, window=prior_window), power=prior_power, axis=0)
-    pred = np.asarray(classes, dtype=np.uint8)[prob.argmax(0)]
-    confidence = prob.max(0).astype(np.float32)
+    coarse = bool(prior_window) and str(labels) in ds.data_vars
+    pred = np.empty((height, width_px), dtype=np.uint8)
+    confidence = np.empty((height, width_px), dtype=np.float32)
+    step = max(size, BLOCK_BYTES // max(1, 4 * n_time * n_band * width_px) // size * size)
+    for a in range(0, height, step):
+        b = min(height, a + step)
+        mine = origins[(origins[:, 0] < b) & (origins[:, 0] + size > a)]
+        r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
+        x, observed = model_rows(r0, r1)
+        local = mine - [r0, 0]
+        prob_p = predict_proba(fit.net, extract_patches(x, local, size), extract_patches(observed, local, size))
+        prob = fold_patches(prob_p, local, (k, r1 - r0, width_px))[:, a - r0:b - r0]  # (K, b - a, W)
+        if coarse:  # coarse labels: keep a class of the neighbourhood
+            m = prior_window // 2
+            c0, c1 = max(0, a - m), min(height, b + m)
+            share = local_class_share(idx[c0:c1].astype(np.int64), k, window=prior_window)[:, a - c0:b - c0]
+            prob = fuse_prior(prob, share, power=prior_power, axis=0)
+        pred[a:b] = np.asarray(classes, dtype=np.uint8)[prob.argmax(0)]
+        confidence[a:b] = prob.max(0)
 
     names = class_names(classes, layer_attrs)
     colours = colour_table(classes, layer_attrs)
@@ -563,6 +612,7 @@ def recover_labels(
             "path": str(out), "cube": str(cube), "cog": str(cog_path(out)), "weights": str(wpath),
             "labels": source, "classes": list(classes), "ranks": list(ranks),
             "sample_shape": [n_time, n_band, size, size], "labelled_pixels": int(labelled.sum()),
+            "training_patches": len(train_origins),
             "labels_kept": float((pred[labelled] == codes[labelled]).mean()),
         },
         stats={

@@ -269,3 +269,25 @@ def test_task_publishes_table_and_map(tmp_path, prefect_harness) -> None:
     assert table is not None and table.type == "table" and "mean_confidence" in str(table.data)
     image = Artifact.get("labels-map-lc-labels-zarr")
     assert image is not None and str(image.data).startswith("data:image/png;base64,")
+
+
+def test_prediction_block_by_block_equals_one_block(tmp_path, monkeypatch) -> None:
+    """Prediction over blocks of rows (each with every patch touching it) gives the map of one
+    whole-cube block, the coarse-label fusion included; a small training budget keeps the
+    labelled patches first."""
+    import tasks.labels as lb
+
+    cube = tmp_path / "cube.zarr"
+    make_cube(cube, seed=5)
+    fast = {**FAST, "epochs": 3, "prior_window": 3}
+    lb.recover_labels(cube, "landcover", tmp_path / "one.zarr", **fast)
+    monkeypatch.setattr(lb, "BLOCK_BYTES", 1)  # one patch height of rows per block
+    lb.recover_labels(cube, "landcover", tmp_path / "rows.zarr", **fast)
+    one, rows = xr.open_zarr(tmp_path / "one.zarr"), xr.open_zarr(tmp_path / "rows.zarr")
+    np.testing.assert_array_equal(one["class"].values, rows["class"].values)
+    np.testing.assert_allclose(one["confidence"].values, rows["confidence"].values, rtol=1e-5)
+    monkeypatch.setattr(lb, "TRAIN_PATCHES", 2)
+    idx = np.full((H, W), -1, np.int16)
+    idx[20, 3] = 1  # one label, in the patch at (16, 0)
+    picked = lb._training_patches(idx, 16, seed=0)
+    assert len(picked) == 2 and [16, 0] in picked.tolist()
