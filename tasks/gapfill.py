@@ -78,7 +78,7 @@ log = logging.getLogger(__name__)
 STAGE = "gapfill"
 TRAIN_BYTES = 256 * 2**20  # training patches held in memory (float32 values) ...
 TRAIN_PATCHES = 256  # ... and at most this many: the factors are shared, a sample teaches them
-BLOCK_BYTES = 256 * 2**20  # input rows read, filled and written at once
+BLOCK_BYTES = 64 * 2**20  # input rows read, filled and written at once (peak memory is a few times this)
 CODE_MODULES = (
     "tasks.gapfill",
     "fusion_models.lrtcnet",

@@ -99,7 +99,7 @@ CODE_MODULES = ("tasks.labels", "fusion_models.unet_lrtd", "fusion_models.patchi
 NO_CLASS = 255  # class(y, x) where there is no prediction / label raster nodata
 CODES: tuple[int, ...] = tuple(NLCD_CLASSES)
 TRAIN_PATCHES = 512  # patches held in memory for training (labelled ones first)
-BLOCK_BYTES = 256 * 2**20  # input rows read at once to predict
+BLOCK_BYTES = 64 * 2**20  # input rows read at once to predict
 
 
 def _training_patches(idx: np.ndarray, size: int, seed: int) -> np.ndarray:
