@@ -1,12 +1,18 @@
 """Entropy coding of quantized transform coefficients and binary masks (rANS via ``constriction``).
 
-Coefficients: each quantized core entry ``q`` at core position ``k`` is coded with a discretised
-Laplace model ``P(q) = F(q + 1/2) - F(q - 1/2)``, ``F`` the Laplace CDF with location ``mu_k`` and
-scale ``b_k`` learned per position (:func:`laplace_params`) and shipped with the bases, by the
-asymmetric numeral systems coder of ``constriction`` (R. Bamler, "Understanding Entropy Coding With
-Asymmetric Numeral Systems (ANS): a Statistician's Perspective", arXiv:2201.01741, 2022; J. Duda,
-"Asymmetric numeral systems", arXiv:0902.0271, 2009). The cost of an entry is close to
-``-log2 P(q)`` bits, so low-energy core positions cost a fraction of a bit.
+Coefficients: a quantized core entry ``q`` is coded with a discretised zero-mean Laplace model
+``P(q) = F(q + 1/2) - F(q - 1/2)``, ``F`` the Laplace CDF, by the asymmetric numeral systems coder
+of ``constriction`` (R. Bamler, "Understanding Entropy Coding With Asymmetric Numeral Systems (ANS):
+a Statistician's Perspective", arXiv:2201.01741, 2022; J. Duda, "Asymmetric numeral systems",
+arXiv:0902.0271, 2009). The cost of an entry is close to ``-log2 P(q)`` bits, so low-energy core
+positions cost a fraction of a bit. Two models:
+
+- static (:func:`encode_laplace`): one scale per core position (e.g. the separable profile of the
+  training cores, :func:`separable_profiles`);
+- context-adaptive (:func:`encode_context_laplace`, what the TDL codec uses): that prior scale
+  times a multiplier chosen by the context of the coefficient, the magnitudes of its already coded
+  neighbours ``r - e_n`` in the same core relative to their prior scales (a textured patch has
+  large coefficients at every index, a smooth one small), fitted per bitstream and sent as int8.
 
 Masks (the valid / observed layers) are coded losslessly with a context-adaptive binary model: the
 context of a pixel is its three neighbours in the row above and the same pixel in the previous
@@ -19,16 +25,25 @@ Pure NumPy in, ``bytes`` out; no files.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 import constriction
 import numpy as np
 import zstandard
 
 __all__ = [
+    "ContextPlan",
+    "context_model",
+    "context_plan",
+    "context_scales",
+    "decode_context_laplace",
     "decode_laplace",
     "decode_mask",
+    "encode_context_laplace",
     "encode_laplace",
     "encode_mask",
+    "fit_context_model",
+    "laplace_code_length",
     "laplace_params",
     "separable_profiles",
     "separable_scale",
@@ -125,7 +140,7 @@ def encode_laplace(symbols: np.ndarray, loc: np.ndarray | float, scale: np.ndarr
         raise TypeError(f"symbols must be integers (quantizer indices); got dtype {sym.dtype}")
     if sym.size == 0:
         return _HEADER.pack(0)
-    k = int(np.abs(sym).max())
+    k = max(1, int(np.abs(sym).max()))  # a model needs two symbols at least
     mu, b = _model_args(sym, loc, scale)
     model = constriction.stream.model.QuantizedLaplace(-k, k)
     coder = constriction.stream.stack.AnsCoder()
@@ -236,3 +251,301 @@ def zstd_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[data[0]]
     z = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[1:]), dtype=dtype).astype(np.int64)
     return np.where(z % 2 == 0, z // 2, -(z + 1) // 2).reshape(shape)
+
+
+# --- context-adaptive coding of quantized cores --------------------------------------------------
+
+_CTX_EDGES = 2.0 ** np.arange(-5.0, 3.01, 0.5)  # edges of the neighbourhood ratio (17 -> 18 bins)
+_CTX_CLASSES = np.array([-3.0, -1.0, 1.0])  # edges of log2 of the position's scale (4 classes)
+_CTX_EPS = 0.05  # regularises the ratio where the neighbours' expected magnitude is tiny
+_CTX_WEIGHTS = (1.0, 0.5)  # weights of the neighbours r - e_n and r - 2 e_n in the context
+_CTX_HEADER = struct.Struct("<iH")  # K = max |q|, the number of contexts
+_CODE_UNIT = 8  # a context's log2 scale multiplier is stored as int8 in 1/8 units
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    """The coding order of a core's positions and each position's causal neighbours.
+
+    Positions ``r = (r_1, ..., r_N)`` of an ``(R_1, ..., R_N)`` core are coded by levels
+    ``l = r_1 + ... + r_N`` (every patch's level ``l`` after every patch's level ``l - 1``), so the
+    neighbours ``r - e_n`` and ``r - 2 e_n`` of a position are always known to the decoder before it.
+
+    Attributes
+    ----------
+    shape
+        ``(R_1, ..., R_N)``.
+    order
+        ``(M,)`` flat (C-order) positions, sorted by level; ``M = prod R_n``.
+    starts
+        ``(L + 1,)`` offsets of each level in ``order``.
+    neighbours
+        ``(2, N, M)``: flat index of ``r - d e_n`` (``d = 1, 2``) for every flat position, ``-1``
+        where ``r_n < d``.
+    """
+
+    shape: tuple[int, ...]
+    order: np.ndarray
+    starts: np.ndarray
+    neighbours: np.ndarray
+
+
+def context_plan(shape: tuple[int, ...]) -> ContextPlan:
+    """The level order and causal neighbours of an ``(R_1, ..., R_N)`` core (:class:`ContextPlan`)."""
+    shape = tuple(int(n) for n in shape)
+    if not shape or any(n < 1 for n in shape):
+        raise ValueError(f"shape must be (R_1, ..., R_N) with every R_n >= 1; got {shape}")
+    idx = np.indices(shape).reshape(len(shape), -1)  # (N, M)
+    level = idx.sum(axis=0)
+    order = np.argsort(level, kind="stable")
+    starts = np.searchsorted(level[order], np.arange(int(level.max()) + 2))
+    flat = np.arange(idx.shape[1]).reshape(shape)
+    neighbours = np.full((2, len(shape), idx.shape[1]), -1, dtype=np.int64)
+    for d in (1, 2):
+        for n in range(len(shape)):
+            if shape[n] <= d:
+                continue
+            nb = np.full(shape, -1, dtype=np.int64)
+            src = [slice(None)] * len(shape)
+            dst = [slice(None)] * len(shape)
+            src[n], dst[n] = slice(None, -d), slice(d, None)
+            nb[tuple(dst)] = flat[tuple(src)]
+            neighbours[d - 1, n] = nb.ravel()
+    return ContextPlan(shape=shape, order=order, starts=starts, neighbours=neighbours)
+
+
+def laplace_code_length(symbols: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
+    r"""Ideal code length in bits of integers under the zero-mean discretised Laplace model.
+
+    :math:`P(0) = 1 - e^{-1/(2b)}` and, for :math:`q \ne 0`,
+    :math:`P(q) = \tfrac12 e^{-(|q| - 1/2)/b}\,(1 - e^{-1/b})`, the mass of the Laplace density of
+    scale ``b`` on ``[q - 1/2, q + 1/2]``; the coder spends ``-log2 P(q)`` up to its precision.
+    """
+    a = np.abs(np.asarray(symbols, dtype=np.float64))
+    b = np.maximum(np.asarray(scale, dtype=np.float64), _MIN_SCALE)
+    with np.errstate(divide="ignore"):
+        zero = np.log(-np.expm1(-0.5 / b))
+        other = np.log(0.5) - (a - 0.5) / b + np.log(-np.expm1(-1.0 / b))
+    return -np.where(a < 0.5, zero, other) / np.log(2.0)
+
+
+def _context_index(mags: np.ndarray, pos: np.ndarray, plan: ContextPlan, scale: np.ndarray,
+                   classes: np.ndarray) -> np.ndarray:
+    """Context of the coefficients at flat positions ``pos`` of every patch: ``(P, len(pos))``.
+
+    ``mags`` holds ``|q|`` of the decoded (or all) coefficients, ``(P, M)``; the context is the bin
+    of the ratio ``(sum_d w_d sum_n |q[r - d e_n]| + eps) / (sum_d w_d sum_n b[r - d e_n] + eps)``
+    (observed neighbour magnitude over its expected value; ``w_1 = 1, w_2 = 1/2``) times the class
+    of the position's own scale ``b[r]``; the position with no neighbour (``r = 0``) has a context of
+    its own. The sums run in the same order as in :func:`_all_context_index`, so encoder and
+    decoder agree bit for bit.
+    """
+    num = np.zeros((mags.shape[0], len(pos)))
+    den = np.zeros(len(pos))
+    for d, weight in enumerate(_CTX_WEIGHTS):
+        for n in range(plan.neighbours.shape[1]):
+            nb = plan.neighbours[d, n, pos]
+            ok = nb >= 0
+            if not ok.any():
+                continue
+            safe = np.where(ok, nb, 0)
+            num += weight * mags[:, safe] * ok
+            den += weight * scale[safe] * ok
+    ratio = (num + _CTX_EPS) / (den + _CTX_EPS)
+    nbins = len(_CTX_EDGES) + 1
+    ctx = np.searchsorted(_CTX_EDGES, ratio) + nbins * classes[pos]
+    has = (plan.neighbours[0][:, pos] >= 0).any(axis=0)
+    return np.where(has, ctx, nbins * (len(_CTX_CLASSES) + 1))
+
+
+def _n_contexts() -> int:
+    return (len(_CTX_EDGES) + 1) * (len(_CTX_CLASSES) + 1) + 1
+
+
+def _fit_codes(sym: np.ndarray, b: np.ndarray, ctx: np.ndarray, n_ctx: int) -> np.ndarray:
+    """Per context, the int8 ``c`` minimising the code length with scales ``b * 2^(c/8)``.
+
+    ``sym`` and ``ctx`` are ``(P, M)``, ``b`` the ``(M,)`` prior scales of the positions. The code
+    length of a symbol under the discretised Laplace model depends on it only through ``q == 0``
+    and ``|q| - 1/2`` (:func:`laplace_code_length`), so the symbols of a context are summarised per
+    prior scale (``log2 b`` rounded to 1/8) by three sufficient statistics, and every int8
+    multiplier is tried on the summaries (an exhaustive search, exact up to that rounding).
+    """
+    sbin = np.rint(_CODE_UNIT * np.log2(np.maximum(b, _MIN_SCALE))).astype(np.int64)  # (M,)
+    lo = int(sbin.min()) if sbin.size else 0
+    width = int(sbin.max()) - lo + 1 if sbin.size else 1
+    key = ctx.astype(np.int64) * width + (sbin - lo)  # (P, M)
+    size = n_ctx * width
+    nonzero = sym != 0
+    ones = np.bincount(key[nonzero], minlength=size).astype(np.float64)
+    zeros = np.bincount(key.ravel(), minlength=size) - ones
+    excess = np.bincount(key[nonzero], weights=np.abs(sym[nonzero]) - 0.5, minlength=size)
+    groups = np.flatnonzero(zeros + ones)
+    zeros, ones, excess = zeros[groups], ones[groups], excess[groups]
+    g_ctx, g_sbin = groups // width, groups % width + lo
+    codes = np.arange(-128, 128)
+    scale = np.maximum(2.0 ** ((g_sbin[None, :] + codes[:, None]) / _CODE_UNIT), _MIN_SCALE)  # (256, G)
+    with np.errstate(divide="ignore"):
+        cost = (zeros * -np.log2(-np.expm1(-0.5 / scale))
+                + ones * (1.0 - np.log2(-np.expm1(-1.0 / scale)))
+                + excess / (scale * np.log(2.0)))
+    total = np.zeros((len(codes), n_ctx))
+    np.add.at(total.T, g_ctx, cost.T)
+    best = codes[np.argmin(total, axis=0)].astype(np.int8)
+    best[np.bincount(g_ctx, minlength=n_ctx) == 0] = 0
+    return best
+
+
+def _scale_classes(scale: np.ndarray) -> np.ndarray:
+    return np.searchsorted(_CTX_CLASSES, np.log2(np.maximum(scale, _MIN_SCALE)))
+
+
+def _check_core(symbols: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sym = np.asarray(symbols)
+    if not np.issubdtype(sym.dtype, np.integer):
+        raise TypeError(f"symbols must be integers (quantizer indices); got dtype {sym.dtype}")
+    b = np.asarray(scale, dtype=np.float64)
+    if sym.ndim < 2 or sym.shape[1:] != b.shape:
+        raise ValueError(
+            f"symbols must be (P, R_1, ..., R_N) and scale (R_1, ..., R_N); got {sym.shape} and {b.shape}"
+        )
+    return sym.reshape(sym.shape[0], b.size), np.maximum(b.ravel(), _MIN_SCALE)
+
+
+def _all_context_index(flat: np.ndarray, plan: ContextPlan, b: np.ndarray) -> np.ndarray:
+    """Contexts of every coefficient of ``flat (P, M)`` (flat C-order positions); the same as
+    :func:`_context_index` over all positions, by shifted slices instead of gathers."""
+    shape = plan.shape
+    mags = np.abs(flat).astype(np.float64).reshape(-1, *shape)
+    scale = b.reshape(shape)
+    num = np.zeros_like(mags)
+    den = np.zeros(shape)
+    for d, weight in enumerate(_CTX_WEIGHTS, start=1):
+        for n in range(len(shape)):
+            if shape[n] <= d:
+                continue
+            dst = (slice(None),) * n + (slice(d, None),)
+            src = (slice(None),) * n + (slice(None, -d),)
+            num[(slice(None), *dst)] += weight * mags[(slice(None), *src)]
+            den[dst] += weight * scale[src]
+    has = np.indices(shape).sum(axis=0) > 0
+    ratio = (num + _CTX_EPS) / (den + _CTX_EPS)
+    nbins = len(_CTX_EDGES) + 1
+    ctx = np.searchsorted(_CTX_EDGES, ratio) + nbins * _scale_classes(scale)
+    ctx = np.where(has, ctx, nbins * (len(_CTX_CLASSES) + 1))
+    return ctx.reshape(flat.shape)
+
+
+def context_model(symbols: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_context_model` and :func:`context_scales` in one pass: ``(codes, scales)``."""
+    flat, b = _check_core(symbols, scale)
+    ctx = _all_context_index(flat, context_plan(np.shape(scale)), b)
+    codes = _fit_codes(flat, b, ctx, _n_contexts())
+    scales = np.maximum(b * 2.0 ** (codes[ctx].astype(np.float64) / _CODE_UNIT), _MIN_SCALE)
+    return codes, scales.reshape(np.shape(symbols))
+
+
+def fit_context_model(symbols: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The int8 log2 scale multipliers (in 1/8 units) of every context of
+    :func:`encode_context_laplace`, fitted to ``symbols`` by minimising their code length."""
+    return context_model(symbols, scale)[0]
+
+
+def context_scales(symbols: np.ndarray, scale: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Laplace scale of every coefficient under the context model ``codes``, its context taken
+    from ``symbols``' own neighbours: what the coder uses, ``symbols.shape`` float64."""
+    flat, b = _check_core(symbols, scale)
+    ctx = _all_context_index(flat, context_plan(np.shape(scale)), b)
+    out = np.maximum(b * 2.0 ** (np.asarray(codes)[ctx].astype(np.float64) / _CODE_UNIT), _MIN_SCALE)
+    return out.reshape(np.shape(symbols))
+
+
+def encode_context_laplace(symbols: np.ndarray, scale: np.ndarray, *,
+                           codes: np.ndarray | None = None) -> bytes:
+    r"""rANS-code quantized cores with context-adaptive Laplace models.
+
+    A coefficient ``q[p, r]`` of patch ``p`` at core position ``r`` is coded with the discretised
+    zero-mean Laplace model of scale ``b[r] * m[c]``: ``b`` the position's prior scale (in
+    quantizer steps; e.g. the separable profile learned on the training cores) and ``m[c]`` the
+    multiplier of its context ``c``. The context combines the bin of the ratio of the already coded
+    neighbour magnitudes ``sum_n |q[p, r - e_n]|`` to their expected value ``sum_n b[r - e_n]``
+    (a patch whose low-index coefficients are larger than usual has larger high-index ones too)
+    with the class of ``b[r]``; one multiplier per context is fitted to the data by minimising the
+    code length (:func:`fit_context_model`) and stored as int8, the forward-adaptive choice of
+    context models in image coders (e.g. EBCOT: D. Taubman, "High performance scalable image
+    compression with EBCOT", IEEE Trans. Image Process. 9(7), 2000). Coding runs by the levels
+    of :func:`context_plan`, so the decoder knows every context before it needs it.
+
+    Parameters
+    ----------
+    symbols
+        ``(P, R_1, ..., R_N)`` integers (quantizer indices of ``P`` cores).
+    scale
+        ``(R_1, ..., R_N)`` positive prior scales in quantizer steps.
+    codes
+        The context model (:func:`fit_context_model`); fitted to ``symbols`` when not given.
+
+    Returns
+    -------
+    bytes
+        Header (``K = max |q|``, the number of contexts and their int8 multipliers), then the rANS
+        words.
+    """
+    flat, b = _check_core(symbols, scale)
+    n_ctx = _n_contexts()
+    if codes is None:
+        codes, scales = context_model(symbols, scale)
+    else:
+        codes = np.asarray(codes, dtype=np.int8)
+        if codes.shape != (n_ctx,):
+            raise ValueError(f"codes must hold one int8 per context ({n_ctx}); got shape {codes.shape}")
+        scales = context_scales(symbols, scale, codes)
+    scales = scales.reshape(flat.shape)
+    k = max(1, int(np.abs(flat).max())) if flat.size else 1
+    head = _CTX_HEADER.pack(k, n_ctx) + codes.tobytes()
+    if flat.size == 0:
+        return head
+    plan = context_plan(np.shape(scale))
+    # level-major stream: level 0 of every patch, then level 1, ...
+    parts_sym, parts_b = [], []
+    for lo, hi in zip(plan.starts[:-1], plan.starts[1:], strict=True):
+        pos = plan.order[lo:hi]
+        parts_sym.append(flat[:, pos].ravel())
+        parts_b.append(scales[:, pos].ravel())
+    model = constriction.stream.model.QuantizedLaplace(-k, k)
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(np.ascontiguousarray(np.concatenate(parts_sym), dtype=np.int32), model,
+                         np.zeros(flat.size), np.concatenate(parts_b))
+    return head + coder.get_compressed().tobytes()
+
+
+def decode_context_laplace(data: bytes, scale: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of :func:`encode_context_laplace`: ``(n, R_1, ..., R_N)`` int32."""
+    b = np.asarray(scale, dtype=np.float64)
+    k, n_ctx = _CTX_HEADER.unpack_from(data)
+    if n_ctx != _n_contexts():
+        raise ValueError(f"bitstream has {n_ctx} contexts; this coder uses {_n_contexts()}")
+    codes = np.frombuffer(data, dtype=np.int8, count=n_ctx, offset=_CTX_HEADER.size)
+    plan = context_plan(b.shape)
+    m = int(np.prod(b.shape))
+    out = np.zeros((n, m), dtype=np.int32)
+    if n * m == 0:
+        return out.reshape(n, *b.shape)
+    bflat = np.maximum(b.ravel(), _MIN_SCALE)
+    classes = _scale_classes(bflat)
+    mags = np.zeros((n, m), dtype=np.float64)
+    start = _CTX_HEADER.size + n_ctx
+    if (len(data) - start) % 4:
+        raise ValueError(f"corrupt bitstream: its rANS payload ({len(data) - start} bytes) is not a "
+                         "whole number of 32-bit words")
+    words = np.frombuffer(data, dtype=np.uint32, offset=start).copy()
+    coder = constriction.stream.stack.AnsCoder(words)
+    model = constriction.stream.model.QuantizedLaplace(-k, k)
+    for lo, hi in zip(plan.starts[:-1], plan.starts[1:], strict=True):
+        pos = plan.order[lo:hi]
+        ctx = _context_index(mags, pos, plan, bflat, classes)  # (n, len(pos))
+        sc = np.maximum(bflat[pos] * 2.0 ** (codes[ctx].astype(np.float64) / _CODE_UNIT), _MIN_SCALE)
+        vals = coder.decode(model, np.zeros(sc.size), np.ascontiguousarray(sc.ravel()))
+        out[:, pos] = vals.reshape(n, -1)
+        mags[:, pos] = np.abs(out[:, pos])
+    return out.reshape(n, *b.shape)

@@ -2,12 +2,16 @@
 
 Bases are learned by Tensor Decomposition Learning (``fusion_models.tdl``; Aidini, Tsagkatakis and
 Tsakalides, IEEE JSTSP 15(3), 2021) on the ``train`` split of a patches store; then EVERY patch is
-compressed: ``G = X x_n D_n^T``, quantized uniformly (``step`` in units of the training data's
-standard deviation, or ``bits``: a ``bits``-bit quantizer over the training cores' range) and
-rANS-coded (``fusion_models.entropy``). ``compressed/`` holds everything a decoder needs:
+compressed with the same codec as the benchmark's ``tdl``: ``G = X x_n D_n^T``, quantized with a
+uniform step (``step`` in units of the training data's standard deviation, or ``bits``: a
+``bits``-bit quantizer over the training cores' range), the indices chosen by rate-distortion
+optimisation (``rdo_lambda``; :func:`fusion_models.tdl.rdo_quantize`) and rANS-coded with
+context-adaptive Laplace models (``fusion_models.entropy``). ``compressed/`` holds everything a
+decoder needs:
 
-- ``codec.npz``: bases (float16), Laplace scale profiles (float16), offset and scale;
-- ``cores.bin``: the coded cores (the step is in its header);
+- ``codec.bin``: the bases as quantized Givens angles, the Laplace scale profiles, offset and scale
+  (:meth:`fusion_models.tdl.TDLCodec.to_bytes`);
+- ``cores.bin``: the coded cores (the step and the context model are in its header);
 - ``finite.bin`` / ``valid.bin``: the NaN mask of ``data`` (per patch, date and band) and the
   ``valid`` layer, coded losslessly by the context-adaptive binary coder;
 - ``index.zarr``: the patches' coordinates (origins, time, band, grid): metadata, not counted in
@@ -17,8 +21,8 @@ Missing values: an entry that is NaN in ``data`` is filled before coding
 (``fusion_models.tdl.fill_missing``: the patch's mean at that date and band, or coarser means) and
 put back as NaN at decoding from ``finite.bin``; distortion is measured on the finite entries only.
 
-Rate (bits per entry = per pixel per band per date) counts ``cores.bin``, both masks and the codec
-(bases and profiles); PSNR uses the data range (max - min of the finite values) as peak.
+Rate (bits per entry = per pixel per band per date) counts ``cores.bin``, both masks and
+``codec.bin``; PSNR uses the data range (max - min of the finite values) as peak.
 ``decoded.zarr`` is the decoded cube (``tasks.patch.unpatch``), with its manifest.
 """
 
@@ -59,25 +63,21 @@ CODE_MODULES = ("tasks.compress", "fusion_models.tdl", "fusion_models.entropy")
 
 
 def default_ranks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Ranks for ``(T, C, p, p)`` patches: half the dates, all bands, 3/4 of each spatial side."""
-    t, c, h, w = shape
-    return (max(1, t // 2), c, max(1, 3 * h // 4), max(1, 3 * w // 4))
+    """Ranks for ``(T, C, p, p)`` patches: full (``(T, C, p, p)``).
+
+    With rate-distortion optimised quantization the coder itself drops what is not worth its bits,
+    coefficient by coefficient, so truncating a mode only pays where the bases' side information
+    dominates the rate (a small region at a very low rate); the compression benchmark sweeps both.
+    """
+    return tuple(int(n) for n in shape)
 
 
 def _save_codec(path: Path, codec: tdl.TDLCodec) -> None:
-    arrays = {f"basis{n}": b.astype(np.float16) for n, b in enumerate(codec.bases)}
-    arrays.update({f"profile{n}": p.astype(np.float16) for n, p in enumerate(codec.profiles)})
-    np.savez(path, offset=np.float64(codec.offset), scale=np.float64(codec.scale), **arrays)
+    path.write_bytes(codec.to_bytes())
 
 
 def _load_codec(path: Path) -> tdl.TDLCodec:
-    with np.load(path) as z:
-        n = sum(1 for k in z.files if k.startswith("basis"))
-        return tdl.TDLCodec(
-            bases=tuple(z[f"basis{i}"].astype(np.float32) for i in range(n)),
-            offset=float(z["offset"]), scale=float(z["scale"]),
-            profiles=tuple(z[f"profile{i}"] for i in range(n)),
-        )
+    return tdl.TDLCodec.from_bytes(path.read_bytes())
 
 
 def _frames(mask: np.ndarray) -> np.ndarray:
@@ -93,6 +93,7 @@ def compress_patches(
     step: float | None = None,
     bits: int | None = None,
     iters: int = 10,
+    rdo_lambda: float = tdl.RDO_LAMBDA,
     deadzone: float = 0.2,
     overwrite: bool = False,
 ) -> Manifest:
@@ -112,8 +113,11 @@ def compress_patches(
         may be given; default ``step = 0.5``.
     iters
         ADMM iterations of :func:`fusion_models.tdl.tdl_fit`.
+    rdo_lambda
+        Lagrange multiplier of the rate-distortion optimised quantization, in squared steps per bit
+        (default ``ln 2 / 6``, the high-rate slope); 0 for the plain dead-zone quantizer.
     deadzone
-        Dead zone of the quantizer (share of the step, ``[0, 0.5)``).
+        Dead zone of the quantizer when ``rdo_lambda = 0`` (share of the step, ``[0, 0.5)``).
     overwrite
         Replace an ``out`` made with another key.
 
@@ -127,13 +131,16 @@ def compress_patches(
         raise ValueError(f"give step or bits, not both; got step={step!r}, bits={bits!r}")
     if step is not None and not (np.isfinite(step) and step > 0):
         raise ValueError(f"step must be finite and > 0; got step={step!r}")
+    if not (np.isfinite(rdo_lambda) and rdo_lambda >= 0):
+        raise ValueError(f"rdo_lambda must be finite and >= 0 (squared steps per bit); got {rdo_lambda!r}")
     patches, out = Path(patches), Path(out)
     pds = xr.open_zarr(patches, consolidated=None)
     if "data" not in pds or "split" not in pds.coords:
         raise ValueError(f"{patches}: not a patches store (needs data and split); run make_patches first")
     shape = tuple(int(n) for n in pds["data"].shape[1:])
     ranks = default_ranks(shape) if ranks is None else tuple(int(r) for r in ranks)
-    params = {"ranks": list(ranks), "step": step, "bits": bits, "iters": iters, "deadzone": deadzone}
+    params = {"ranks": list(ranks), "step": step, "bits": bits, "iters": iters,
+              "rdo_lambda": rdo_lambda, "deadzone": deadzone}
     inputs = {"patches": fingerprint(patches)}
     key = stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES))
     found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
@@ -159,13 +166,13 @@ def compress_patches(
         step = tdl.step_for_bits(cores, bits)
     step = 0.5 if step is None else float(step)
     t0 = _time.perf_counter()
-    stream = tdl.encode(codec, filled, step, deadzone=deadzone)
+    stream = tdl.encode(codec, filled, step, lam=rdo_lambda, deadzone=deadzone)
     finite_bits = encode_mask(_frames(finite))
     valid_bits = encode_mask(_frames(valid))
     encode_s = _time.perf_counter() - t0
     with atomic_artifact(out, overwrite=True) as tmp:
         tmp.mkdir(parents=True)
-        _save_codec(tmp / "codec.npz", codec)
+        _save_codec(tmp / "codec.bin", codec)
         (tmp / "cores.bin").write_bytes(stream)
         (tmp / "finite.bin").write_bytes(finite_bits)
         (tmp / "valid.bin").write_bytes(valid_bits)
@@ -208,7 +215,7 @@ def compress_patches(
 
 def _decode_patches(compressed: Path) -> np.ndarray:
     """``(P, T, C, p, p)`` float32, NaN where the data was NaN."""
-    codec = _load_codec(compressed / "codec.npz")
+    codec = _load_codec(compressed / "codec.bin")
     index = xr.open_zarr(compressed / "index.zarr", consolidated=None)
     shape = tuple(int(n) for n in index.attrs["compress_shape"])
     x = tdl.decode(codec, (compressed / "cores.bin").read_bytes(), shape[0]).reshape(shape)
@@ -268,7 +275,7 @@ def compress_cube(
 @task(name="compress", retries=1, retry_delay_seconds=10, cache_policy=NONE)
 def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] | None = None,
                   step: float | None = None, bits: int | None = None, iters: int = 10,
-                  overwrite: bool = False) -> dict[str, Any]:
+                  rdo_lambda: float = tdl.RDO_LAMBDA, overwrite: bool = False) -> dict[str, Any]:
     """Prefect task: :func:`compress_cube`, then a table artifact of rate and distortion."""
     from prefect.artifacts import create_table_artifact
 
@@ -276,7 +283,8 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
 
     logger = get_run_logger()
     manifest = compress_cube(cube, out_dir, patch=patch, overwrite=overwrite,
-                             ranks=tuple(ranks) if ranks else None, step=step, bits=bits, iters=iters)
+                             ranks=tuple(ranks) if ranks else None, step=step, bits=bits, iters=iters,
+                             rdo_lambda=rdo_lambda)
     s = manifest.stats
     create_table_artifact(
         table=[{"bits_per_entry": round(s["bits_per_entry"], 4), "psnr_db": round(s["psnr_db"], 2),
@@ -291,7 +299,7 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
 def _cmd(args: argparse.Namespace) -> int:
     manifest = compress_cube(args.cube, args.out, patch=args.patch, overwrite=args.overwrite,
                              ranks=tuple(args.ranks) if args.ranks else None, step=args.step,
-                             bits=args.bits, iters=args.iters)
+                             bits=args.bits, iters=args.iters, rdo_lambda=args.rdo_lambda)
     print(f"{args.out}: {json.dumps(manifest.stats)}")  # noqa: T201 - CLI output
     print(f"decoded cube: {Path(args.out) / 'decoded.zarr'}")  # noqa: T201
     return 0
@@ -307,6 +315,9 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, nargs="+", default=None, help="R_time R_band R_py R_px")
     p.add_argument("--patch", type=int, default=32, help="patch side in pixels (default 32)")
     p.add_argument("--iters", type=int, default=10, help="ADMM iterations (default 10)")
+    p.add_argument("--rdo-lambda", type=float, default=tdl.RDO_LAMBDA,
+                   help="rate-distortion optimised quantization multiplier, squared steps per bit "
+                        "(default ln 2 / 6; 0: dead-zone rounding)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd)
     return p

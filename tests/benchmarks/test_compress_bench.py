@@ -23,8 +23,10 @@ def _scene(seed: int, bands: int, size: int) -> np.ndarray:
 
 
 def test_quick_benchmark_writes_summary_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = dict(bench.QUICK, ranks=[(2, 2, 4, 4), (4, 3, 8, 8)], real_ranks=[(2, 1, 4, 4)],
-               steps=[0.2, 1.0], factor_steps=[1 / 64], patch=8, real_patch=8, iters=1)
+    cfg = dict(bench.QUICK, factor_steps=[1 / 64], iters=1,
+               sample={"patch": 8, "ranks": [(2, 2, 4, 4), (4, 3, 8, 8)], "hosvd_ranks": [(2, 2, 4, 4)],
+                       "steps": [0.2, 1.0]},
+               real={"patch": 8, "ranks": [(2, 1, 4, 4)], "hosvd_ranks": [(2, 1, 4, 4)], "steps": [0.2, 1.0]})
     monkeypatch.setattr(bench, "QUICK", cfg)
     monkeypatch.setattr(bench, "_sample_cube", lambda work, size: _scene(0, 3, 16))
     monkeypatch.setattr(bench, "_modis", lambda: _scene(1, 1, 16))
@@ -37,10 +39,15 @@ def test_quick_benchmark_writes_summary_plot_and_table(tmp_path: Path, monkeypat
     assert json.loads(out.read_text())["summary"] == json.loads(json.dumps(result["summary"]))
     assert out.with_suffix(".png").stat().st_size > 0 and out.with_suffix(".md").exists()
     s = result["datasets"]["sample"]
-    for method in ("tdl", "hosvd", "jpeg2000"):
+    for method in ("tdl", "tdl_static", "tdl_zstd", "hosvd", "jpeg2000"):
         pts = [p for p in s["points"] if p["method"] == method]
         assert pts and all(p["bpe"] > s["mask_bpe"] and np.isfinite(p["psnr"]) for p in pts)
     assert result["summary"]["encode_mb_s"] > 0 and result["summary"]["jpeg2000_encode_mb_s"] > 0
+    # the context coder never loses to the static per-position model by more than its header
+    for res in result["datasets"].values():
+        pairs = {(tuple(p["ranks"]), p["step"]): p["bpe"] for p in res["points"] if p["method"] == "tdl_static"}
+        for p in (p for p in res["points"] if p["method"] == "tdl"):
+            assert p["bpe"] <= pairs[(tuple(p["ranks"]), p["step"])] + 8 * 100 / res["entries"]
 
 
 def test_pareto_and_interpolation() -> None:

@@ -121,3 +121,66 @@ def test_bad_arguments_raise_with_the_rule() -> None:
         tdl.quantize(x, 1.0, deadzone=0.5)
     with pytest.raises(TypeError, match="floating-point"):
         tdl.tdl_fit(torch.ones((3, 4, 4), dtype=torch.int64), (2, 2))
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (5, 5), (6, 1)])
+def test_givens_angles_rebuild_the_basis_up_to_column_signs(shape: tuple[int, int]) -> None:
+    rows, cols = shape
+    q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=torch.Generator().manual_seed(4),
+                                       dtype=torch.float64))
+    angles = tdl.givens_angles(q.numpy())
+    assert len(angles) == rows * cols - cols * (cols + 1) // 2
+    assert np.all(np.abs(angles) <= np.pi / 2 + 1e-12)
+    rebuilt = tdl.givens_basis(angles, rows, cols)
+    signs = np.sign(np.sum(rebuilt * q.numpy(), axis=0))
+    assert np.allclose(rebuilt * signs, q.numpy(), atol=1e-12)
+    # quantized angles still give an exactly orthonormal basis, close to the original
+    coarse = tdl.givens_basis(np.round(angles * 64) / 64, rows, cols)
+    assert np.allclose(coarse.T @ coarse, np.eye(cols), atol=1e-12)
+    assert np.abs(coarse * signs - q.numpy()).max() < 0.1
+
+
+def test_codec_bytes_round_trip_and_all_orthogonal_core() -> None:
+    x, _ = _low_rank(s=20)
+    noisy = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5),
+                                    dtype=x.dtype)).numpy().astype(np.float32)
+    codec, _ = tdl.fit_codec(noisy, (3, 3, 5, 5), iters=2)
+    back = tdl.TDLCodec.from_bytes(codec.to_bytes())
+    assert all(np.array_equal(a, b) for a, b in zip(codec.bases, back.bases, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(codec.profiles, back.profiles, strict=True))
+    assert (back.offset, back.scale, back.ranks) == (codec.offset, codec.scale, codec.ranks)
+    assert codec.side_bits() == 8 * len(codec.to_bytes())
+    for b in codec.bases:
+        assert np.allclose(b.T @ b, np.eye(b.shape[1]), atol=1e-6)
+    # the training core is all-orthogonal with the energy in decreasing order along every mode
+    core = tdl.project(torch.from_numpy((noisy - np.float32(codec.offset)) / np.float32(codec.scale)),
+                       [torch.from_numpy(b) for b in codec.bases]).double()
+    for n in range(4):
+        mat = torch.movedim(core, n + 1, 0).reshape(core.shape[n + 1], -1)
+        gram = (mat @ mat.T).numpy()
+        off = gram - np.diag(np.diag(gram))
+        assert np.abs(off).max() < 0.05 * np.diag(gram).max()
+        assert np.all(np.diff(np.diag(gram)) <= 0.05 * np.diag(gram).max())
+
+
+def test_rdo_quantization_trades_rate_for_distortion() -> None:
+    rng = np.random.default_rng(6)
+    prior = np.exp(-0.4 * np.indices((4, 6, 6)).sum(axis=0)) * 3.0
+    core = torch.from_numpy(rng.laplace(0.0, prior, size=(300, *prior.shape)))
+    step = 1.0
+    plain = tdl.rdo_quantize(core, step, prior, lam=0.0)
+    assert np.array_equal(plain, tdl.quantize(core, step))  # lam = 0: rounding
+    rates, dists = [], []
+    for lam in (0.0, tdl.RDO_LAMBDA, 0.5):
+        q = tdl.rdo_quantize(core, step, prior, lam=lam)
+        a = core.numpy() / step
+        assert np.all((q == 0) | (np.abs(q - a) < 1.0))  # zero, or a neighbouring level
+        rates.append(len(entropy.encode_context_laplace(q, prior)))
+        dists.append(float(((core.numpy() / step - q) ** 2).sum()))
+    assert rates[0] > rates[1] > rates[2] and dists[0] < dists[1] < dists[2]
+    strided = core.transpose(1, 3).contiguous().transpose(1, 3)  # same values, not C-contiguous
+    assert np.array_equal(tdl.rdo_quantize(strided, step, prior), tdl.rdo_quantize(core, step, prior))
+    # at the default multiplier the Lagrangian cost beats the dead-zone quantizer's
+    dz = tdl.quantize(core, step, deadzone=0.2)
+    j_dz = float(((core.numpy() - dz) ** 2).sum()) + tdl.RDO_LAMBDA * 8 * len(entropy.encode_context_laplace(dz, prior))
+    assert dists[1] + tdl.RDO_LAMBDA * 8 * rates[1] < j_dz

@@ -45,7 +45,7 @@ def test_compress_round_trip_rate_and_reuse(cube: Path, tmp_path: Path) -> None:
     out = tmp_path / "comp"
     m = compress_cube(cube, out, patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=2)
     stats = m.stats
-    files = ("cores.bin", "finite.bin", "valid.bin", "codec.npz")
+    files = ("cores.bin", "finite.bin", "valid.bin", "codec.bin")
     assert all((out / "compressed" / f).exists() for f in files)
     entries = T * B * H * W
     stored = 8 * sum((out / "compressed" / f).stat().st_size for f in files[:3])
