@@ -61,6 +61,7 @@ STAGE = "anomalies"
 CODE_MODULES = ("tasks.anomalies", "fusion_models.qtrpca", "fusion_models.tensor_ops")
 FLAG_K = 6.0  # chosen on the demo sample area with seed 1 (the benchmark scores seed 0)
 VARS = ("score", "flag", "background")
+MIN_DATES = 3  # fewer dates leave no time series to separate a background from
 
 
 # --- pure xarray-level helpers ------------------------------------------------------------------
@@ -276,6 +277,12 @@ def detect_anomalies(
         raise ValueError(f"k must be finite and > 0; got k={k!r}")
     cube, out = Path(cube), Path(out)
     ds = open_cube(cube)
+    if ds.sizes["time"] < MIN_DATES:
+        raise ValueError(
+            f"{cube}: anomaly detection separates each pixel's time series into a low-rank "
+            f"background and sparse departures, so it needs at least {MIN_DATES} dates; the cube "
+            f"has {ds.sizes['time']}. Ingest more dates into it first"
+        )
     key, band = anomalies_key(cube, bits=bits, band=band, lam=lam, tile=tile, k=k, ds=ds)
     found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
     if found is not None:

@@ -99,6 +99,11 @@ def test_bad_cube_and_parameters_raise(tmp_path):
         detect_anomalies(cube, tmp_path / "a.zarr", bits=0)
     with pytest.raises(ValueError, match="band 'lts' is not in"):
         detect_anomalies(cube, tmp_path / "a.zarr", band="lts")
+    one = tmp_path / "one_date.zarr"
+    xr.open_zarr(cube).isel(time=slice(0, 2)).load().to_zarr(one, zarr_format=3, mode="w")
+    with pytest.raises(ValueError, match="at least 3 dates; the cube has 2"):
+        detect_anomalies(one, tmp_path / "a.zarr")
+    assert not (tmp_path / "a.zarr").exists()
     with pytest.raises(ValueError, match=r"\(time, y, x\)"):
         da = xr.DataArray(np.zeros((2, 2, 2)), dims=("y", "x", "time"))
         detect_tile(da, da.astype(bool), bits=8, lo=0.0, hi=1.0)
