@@ -45,6 +45,7 @@ from tasks.checkpoint import (
     write_manifest,
 )
 from tasks.cube import open_cube
+from tasks.errors import NotEnoughData
 
 __all__ = [
     "add_cli",
@@ -278,7 +279,7 @@ def detect_anomalies(
     cube, out = Path(cube), Path(out)
     ds = open_cube(cube)
     if ds.sizes["time"] < MIN_DATES:
-        raise ValueError(
+        raise NotEnoughData(
             f"{cube}: anomaly detection separates each pixel's time series into a low-rank "
             f"background and sparse departures, so it needs at least {MIN_DATES} dates; the cube "
             f"has {ds.sizes['time']}. Ingest more dates into it first"
@@ -399,8 +400,12 @@ def anomalies_task(
     from tasks.quicklook import artifact_key, is_current, thumbnail_data_uri
 
     logger = get_run_logger()
-    manifest = detect_anomalies(cube, out, bits=bits, band=band, lam=lam, tile=tile, k=k,
-                                overwrite=overwrite)
+    try:
+        manifest = detect_anomalies(cube, out, bits=bits, band=band, lam=lam, tile=tile, k=k,
+                                    overwrite=overwrite)
+    except NotEnoughData as exc:  # a young cube: the pipeline goes on and the stage runs later
+        logger.warning("anomalies %s: waiting for data: %s", out, exc)
+        return {"artifact": None, "waiting": str(exc)}
     ds = xr.open_zarr(out, consolidated=None)
     rows = strongest_anomalies(ds, top, _observed(cube, manifest.outputs["band"])) or [
         {"date": "-", "x": "", "y": "", "magnitude_k": 0.0, "score": 0.0}]

@@ -10,6 +10,7 @@ __all__ = [
     "CubeSchemaError",
     "SceneError",
     "CheckpointError",
+    "NotEnoughData",
     "did_you_mean",
 ]
 
@@ -29,6 +30,11 @@ class SceneError(ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+class NotEnoughData(ValueError):
+    """A stage's input follows the schema but holds too little for the stage yet (e.g. too few
+    dates for a time-series method); a pipeline run reports the stage as waiting, not failed."""
 
 
 class CheckpointError(RuntimeError):

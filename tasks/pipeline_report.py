@@ -19,6 +19,8 @@ __all__ = ["pipeline_summary", "publish_pipeline_task"]
 def _status(result: dict[str, Any], started: datetime) -> str:
     if "error" in result:
         return "FAILED"
+    if "waiting" in result:
+        return "waiting for data"
     created = result.get("created")
     if not created:
         return "ran"
@@ -60,6 +62,8 @@ def pipeline_summary(products: dict[str, Any], started: datetime) -> dict[str, A
         headline += f" ({ingest['parts_reused']} ingest part(s) reused from an interrupted run)"
     warnings = [f"quarantined `{q['scene']}`: {q['reason']}" for q in ingest["quarantined"]]
     warnings += [f"stage {n} failed: {r['error']}" for n, r in products["stages"].items() if "error" in r]
+    warnings += [f"stage {n} waits for data: {r['waiting']}" for n, r in products["stages"].items()
+                 if "waiting" in r]
     lines = [
         f"# Pipeline run: cube `{cube}`", "", f"**{headline}**", "",
         "## Scenes", "",

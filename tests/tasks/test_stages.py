@@ -50,3 +50,26 @@ def test_summary_tells_reused_from_ran_and_lists_warnings() -> None:
     failed = _products(started, new=0)
     failed["stages"]["anomalies"] = {"error": "boom"}
     assert pipeline_summary(failed, started)["stages"]["anomalies"] == "FAILED"
+    waiting = _products(started, new=1)
+    waiting["stages"]["anomalies"] = {"artifact": None, "waiting": "needs at least 3 dates; the cube has 2"}
+    summary = pipeline_summary(waiting, started)
+    assert summary["stages"]["anomalies"] == "waiting for data"
+    assert "stage anomalies waits for data: needs at least 3 dates" in summary["markdown"]
+
+
+def test_anomalies_task_waits_on_a_young_cube(tmp_path) -> None:
+    """A two-date cube: the anomaly task reports that it waits for data instead of failing the run."""
+    import numpy as np
+    import xarray as xr
+    from prefect.logging import disable_run_logger
+
+    from tasks.anomalies import anomalies_task
+
+    cube = tmp_path / "young.zarr"
+    xr.Dataset({"data": (("time", "band", "y", "x"), np.ones((2, 1, 4, 4), np.float32)),
+                "valid": (("time", "y", "x"), np.ones((2, 4, 4), bool))},
+               coords={"time": np.array(["2019-07-01", "2019-07-02"], dtype="datetime64[ns]"),
+                       "band": ["lst"], "y": np.arange(4.0), "x": np.arange(4.0)}).to_zarr(cube, zarr_format=3)
+    with disable_run_logger():
+        result = anomalies_task.fn(str(cube), str(tmp_path / "a.zarr"))
+    assert result["artifact"] is None and "at least 3 dates" in result["waiting"]
