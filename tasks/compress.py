@@ -186,10 +186,12 @@ def compress_patches(
     vals = data[finite]
     peak = float(vals.max() - vals.min()) if vals.size else 1.0
 
-    def scores(sel: np.ndarray) -> dict[str, float]:
+    def scores(sel: np.ndarray) -> dict[str, float | None]:
         m = finite & sel.reshape(-1, *([1] * (data.ndim - 1)))
         err = decoded[m].astype(np.float64) - data[m]
-        mse = float(np.mean(err**2)) if err.size else float("nan")
+        if not err.size:  # e.g. a cube too small for a test split
+            return {"psnr_db": None, "nrmse": None}
+        mse = float(np.mean(err**2))
         return {"psnr_db": float(10 * np.log10(peak**2 / mse)) if mse > 0 else float("inf"),
                 "nrmse": float(np.linalg.norm(err) / max(np.linalg.norm(data[m].astype(np.float64)), 1e-30))}
 
@@ -288,7 +290,7 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
     s = manifest.stats
     create_table_artifact(
         table=[{"bits_per_entry": round(s["bits_per_entry"], 4), "psnr_db": round(s["psnr_db"], 2),
-                "nrmse": round(s["nrmse"], 4), "test_psnr_db": round(s["test"]["psnr_db"], 2)}],
+                "nrmse": round(s["nrmse"], 4), "test_psnr_db": None if s["test"]["psnr_db"] is None else round(s["test"]["psnr_db"], 2)}],
         key=artifact_key(f"compress-{Path(out_dir).name}"),
         description=f"TDL compression of {cube} (ranks {manifest.outputs['ranks']})",
     )

@@ -79,3 +79,10 @@ def test_bits_option_and_cli(cube: Path, tmp_path: Path) -> None:
     assert (tmp_path / "c" / "decoded.zarr").exists()
     with pytest.raises(ValueError, match="step or bits, not both"):
         compress_cube(cube, tmp_path / "d", patch=8, step=0.1, bits=4)
+
+
+def test_a_cube_too_small_for_a_test_split_reports_no_test_score(cube: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small.zarr"
+    xr.open_zarr(cube).isel(y=slice(0, 10), x=slice(0, 10)).load().to_zarr(small, zarr_format=3, mode="w")
+    stats = compress_cube(small, tmp_path / "c", patch=8, step=0.05, iters=2).stats
+    assert stats["test"] == {"psnr_db": None, "nrmse": None} and stats["psnr_db"] > 20
