@@ -243,6 +243,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: What a user gets as one line ("fusioncube: error: ..."): bad arguments, catalogs, files, cubes.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+class _InputErrorConsoleFilter(logging.Filter):
+    """Without ``-v``, keep Prefect's report of a flow or task that failed on bad input (its
+    traceback, then its "Finished in state Failed(...)" lines) off the terminal: the command prints
+    the error as one line that names the file or key. The run's logs in the Prefect UI keep it all
+    (the filter sits on the console handler only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not record.name.startswith(("prefect.task_runs", "prefect.flow_runs")):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, USER_ERRORS):
+            self.messages.add(str(exc))
+            return False
+        text = record.getMessage()
+        return not any(m and m in text for m in self.messages)
+
+
+def _quiet_input_errors() -> None:
+    """Put :class:`_InputErrorConsoleFilter` on the console handlers Prefect installs on the root."""
+    import prefect  # noqa: F401  (configures Prefect's logging: its console handler sits on the root)
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _InputErrorConsoleFilter) for f in handler.filters):
+            handler.addFilter(_InputErrorConsoleFilter())
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_prefect()  # before any import reads the settings (Prefect's, Dask's config)
     args = build_parser().parse_args(argv)
@@ -251,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["DASK_LOGGING__DISTRIBUTED"] = "info"
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        _quiet_input_errors()
+        # a scene without georeferencing is refused with its name and reason (quarantine, or the
+        # grid error); rasterio's warning at each open of it says the same, less clearly
+        import warnings
+
+        from rasterio.errors import NotGeoreferencedWarning
+
+        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     try:
         return int(args.func(args) or 0)
     except (CatalogError, CubeSchemaError, FileNotFoundError, FileExistsError) as exc:

@@ -140,17 +140,24 @@ def _scene_bounds(ref: SceneRef, crs: CRS) -> tuple[float, float, float, float] 
 
 def _first_scene_grid(refs: Sequence[SceneRef]) -> tuple[CRS, tuple[float, float], tuple[float, float]]:
     """CRS, resolution and pixel-corner anchor of the first readable, georeferenced scene."""
+    why: list[str] = []
     for ref in refs:
         try:
-            with rasterio.open(ref.datasets[0] if ref.datasets else ref.path) as ds:
-                if ds.crs is None:
-                    continue
-                return ds.crs, (abs(ds.transform.a), abs(ds.transform.e)), (ds.transform.c, ds.transform.f)
-        except rasterio.errors.RasterioIOError:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with rasterio.open(ref.datasets[0] if ref.datasets else ref.path) as ds:
+                    if ds.crs is None:
+                        why.append(f"{ref.path}: no CRS (not georeferenced)")
+                        continue
+                    return ds.crs, (abs(ds.transform.a), abs(ds.transform.e)), (ds.transform.c, ds.transform.f)
+        except rasterio.errors.RasterioIOError as exc:
+            why.append(f"{ref.path}: unreadable ({exc})")
             continue
+    shown = "; ".join(why[:5]) + (f"; and {len(why) - 5} more" if len(why) > 5 else "")
     raise CubeSchemaError(
-        f"none of the {len(refs)} scene(s) is a readable, georeferenced raster to take the grid from; "
-        "give the cube a grid (crs, resolution) in the catalog"
+        f"none of the {len(refs)} scene(s) is a readable, georeferenced raster to take the grid from "
+        f"({shown}); scenes are placed on the grid by their own georeferencing (GeoTIFF / COG tags, "
+        "GeoJP2 / GMLJP2, a NetCDF grid mapping, ...)"
     )
 
 

@@ -80,3 +80,20 @@ def test_date_default_and_pattern_for_undated_names(tmp_path, real_fixtures) -> 
     assert main(["ingest", str(cog), "--out", str(tmp_path / "cog.zarr"), "--date", "2020-06-01"]) == 0
     ds = open_cube(tmp_path / "cog.zarr")
     assert ds.sizes["time"] == 1 and str(ds["time"].values[0])[:10] == "2020-06-01"
+
+
+def test_cli_ingest_of_an_ungeoreferenced_image_is_one_line_naming_it(tmp_path, capfd) -> None:
+    """A PNG with no georeferencing: exit 2 and one line that names the file and the reason; no
+    traceback from the failed Prefect task on the terminal, no rasterio warning, no cube written."""
+    import numpy as np
+    from PIL import Image
+
+    from flows.cli import main
+
+    photo = tmp_path / "photo_2020-01-01.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    assert main(["ingest", str(photo), "--out", str(tmp_path / "p.zarr")]) == 2
+    err = capfd.readouterr().err
+    assert f"{photo}: no CRS (not georeferenced)" in err and err.count("fusioncube: error:") == 1
+    assert "Traceback" not in err and "NotGeoreferencedWarning" not in err
+    assert not (tmp_path / "p.zarr").exists()
