@@ -157,8 +157,8 @@ def strongest_anomalies(ds: xr.Dataset, n: int = 20, observed: xr.DataArray | No
             "date": str(np.datetime_as_string(ds["time"].values[t], unit="D")),
             "x": float(ds["x"].values[j]),
             "y": float(ds["y"].values[i]),
-            "magnitude_k": round(float(magnitude), 2),
-            "score": round(float(value), 2),
+            "magnitude_k": float(f"{float(magnitude):.4g}"),  # 4 significant digits: kelvin or NDVI
+            "score": float(f"{float(value):.4g}"),
         })
     return rows
 
@@ -441,9 +441,12 @@ def _cmd(args: argparse.Namespace) -> int:
     rows = strongest_anomalies(xr.open_zarr(args.out, consolidated=None), 10,
                                _observed(args.cube, manifest.outputs["band"]))
     print(f"{args.out}: {json.dumps(manifest.stats)}")  # noqa: T201 - CLI output
+    xs = xr.open_zarr(args.out, consolidated=None)["x"].values
+    step = float(np.abs(np.diff(xs[:2]))[0]) if len(xs) > 1 else 1.0
+    digits = max(0, 1 - int(np.floor(np.log10(step)))) if step > 0 else 0  # metres: 0, degrees: ~5
     for row in rows:
-        print(f"  {row['date']}  x={row['x']:.0f} y={row['y']:.0f}  {row['magnitude_k']:+.2f} "  # noqa: T201
-              f"(score {row['score']:.2f})")
+        print(f"  {row['date']}  x={row['x']:.{digits}f} y={row['y']:.{digits}f}  "  # noqa: T201
+              f"{row['magnitude_k']:+.6g} (score {row['score']:.6g})")
     print(f"quick-look: {png}")  # noqa: T201
     return 0
 

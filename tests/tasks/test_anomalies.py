@@ -19,7 +19,8 @@ NT, NY, NX = 12, 32, 32
 SPOTS = [(3, 5, 6), (7, 15, 18), (10, 26, 4)]  # (time, row, col) of 2 x 2 hot spots
 
 
-def _cube(path, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _cube(path, *, seed: int = 0, transform: Affine | None = None,
+          crs: CRS | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Low-rank LST (season x pattern + weather) + noise + planted +8 K spots; 15% cloud gaps."""
     rng = np.random.default_rng(seed)
     t = np.arange(NT)
@@ -35,7 +36,7 @@ def _cube(path, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     valid = rng.random(lst.shape) > 0.15
     valid[truth] = True
     data = np.where(valid, lst, np.nan).astype(np.float32)[:, None]
-    transform = Affine(1000.0, 0, 500000.0, 0, -1000.0, 4000000.0)
+    transform = transform or Affine(1000.0, 0, 500000.0, 0, -1000.0, 4000000.0)
     y, x = grid_coords(transform, NY, NX)
     ds = xr.Dataset(
         {
@@ -47,7 +48,7 @@ def _cube(path, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
             "band": ["lst"],
             "y": y,
             "x": x,
-            "spatial_ref": spatial_ref(CRS.from_epsg(32615), transform),
+            "spatial_ref": spatial_ref(crs or CRS.from_epsg(32615), transform),
         },
     )
     ds.to_zarr(path, zarr_format=3, consolidated=True, mode="w")
@@ -142,3 +143,20 @@ def test_task_publishes_table_and_quicklook(tmp_path, prefect_harness):
     image = Artifact.get("anomalies-png-lst-anomalies-zarr")
     assert image is not None and str(image.data).startswith("data:image/png;base64,")
     assert Path(result["quicklook"]).exists()
+
+
+def test_cli_lists_spots_with_coordinates_at_the_grid_precision(tmp_path, capsys):
+    """On a lon/lat grid the printed coordinates keep the decimals a pixel needs (the spots are
+    told apart), not whole degrees."""
+    from flows.cli import main
+
+    cube, out = tmp_path / "geo.zarr", tmp_path / "a.zarr"
+    _cube(cube, transform=Affine(0.0005, 0, 10.0, 0, -0.0005, 50.0), crs=CRS.from_epsg(4326))
+    assert main(["stage", "anomalies", "--cube", str(cube), "--out", str(out), "--bits", "8"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " x=" in ln]
+    coords = {tuple(part.split("=")[1] for part in ln.split()[1:3]) for ln in lines}
+    assert lines and all(len(x.split(".")[1]) >= 4 for x, _ in coords), lines
+    spots = {(round(10.0 + 0.0005 * (c + 0.5), 5), round(50.0 - 0.0005 * (r + 0.5), 5)) for _, r, c in SPOTS}
+    printed = {(float(x), float(y)) for x, y in coords}
+    assert all(any(abs(px - sx) < 0.0011 and abs(py - sy) < 0.0011 for sx, sy in spots) for px, py in printed)
+    assert len(printed) >= 3
