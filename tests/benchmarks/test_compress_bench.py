@@ -39,7 +39,7 @@ def test_quick_benchmark_writes_summary_plot_and_table(tmp_path: Path, monkeypat
     assert json.loads(out.read_text())["summary"] == json.loads(json.dumps(result["summary"]))
     assert out.with_suffix(".png").stat().st_size > 0 and out.with_suffix(".md").exists()
     s = result["datasets"]["sample"]
-    for method in ("tdl", "tdl_static", "tdl_zstd", "hosvd", "jpeg2000"):
+    for method in bench.METHODS:
         pts = [p for p in s["points"] if p["method"] == method]
         assert pts and all(p["bpe"] > s["mask_bpe"] and np.isfinite(p["psnr"]) for p in pts)
     assert result["summary"]["encode_mb_s"] > 0 and result["summary"]["jpeg2000_encode_mb_s"] > 0
@@ -56,3 +56,20 @@ def test_pareto_and_interpolation() -> None:
     assert [p["bpe"] for p in front] == [0.1, 0.4]
     curve = bench.at_rates(front, (0.05, 0.25, 0.4))
     assert curve["0.05"] is None and curve["0.25"] == pytest.approx(22.0) and curve["0.4"] == 24.0
+
+
+def test_component_klt_is_orthonormal_and_ordered() -> None:
+    from benchmarks import compress as bench
+
+    rng = np.random.default_rng(3)
+    mix = rng.normal(size=(6, 2))  # 3 dates x 2 bands driven by 2 sources + a little noise
+    src = rng.normal(size=(40, 2, 8, 8))
+    patches = (np.einsum("kj,pjyx->pkyx", mix, src) + 0.01 * rng.normal(size=(40, 6, 8, 8)) + 5.0)
+    mean, vecs = bench.component_klt(patches.reshape(40, 3, 2, 8, 8))
+    assert vecs.shape == (6, 6) and mean.shape == (6,)
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(6), atol=1e-5)
+    flat = np.moveaxis(patches, 1, 0).reshape(6, -1)
+    np.testing.assert_allclose(mean, flat.mean(axis=1), rtol=1e-5)
+    comps = vecs.T @ (flat - mean[:, None])
+    var = comps.var(axis=1)
+    assert np.all(np.diff(var) <= 1e-9) and var[2:].sum() < 1e-3 * var.sum()  # two sources: rank 2
