@@ -219,7 +219,11 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no model file; train one with `fusioncube stage classify` first")
-    saved = torch.load(path, map_location=device, weights_only=True)
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # not a torch file at all (a COG, a zip of something else, ...)
+        raise ValueError(f"{path}: not a fusioncube classifier checkpoint (torch.load with "
+                         f"weights_only=True refused it: {type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     if not isinstance(saved, dict) or "state_dict" not in saved or "kind" not in saved:
         raise ValueError(f"{path}: not a fusioncube classifier (expected a dict with kind, config, "
                          "state_dict as written by tasks.classify.save_model)")
@@ -366,6 +370,15 @@ def classify_cube(
             f"{cube}: no label layer {label!r} to train with (variables: {sorted(map(str, ds.data_vars))}); "
             "pass label=NAME of a (y, x) layer of NLCD codes, or model=M.pt to apply a saved model"
         )
+    if model is not None:  # a model that cannot read this cube is refused before any work is written
+        net, meta = load_model(model, device=dev)
+        cube_bands = [str(b) for b in ds["band"].values]
+        if net.n_times != ds.sizes["time"] or net.n_bands != len(cube_bands):
+            raise ValueError(
+                f"{model}: the model was trained on {net.n_times} dates x {net.n_bands} bands "
+                f"({meta.get('bands')}); the cube {cube} has {ds.sizes['time']} x {len(cube_bands)} {cube_bands}. "
+                "Train a model on this cube (leave out --model)"
+            )
     height, width_px = ds.sizes["y"], ds.sizes["x"]
     size = min(patch, height, width_px)
     patches = out.with_name(out.name + ".patches.zarr")
@@ -421,14 +434,7 @@ def classify_cube(
                      "fit_seconds": round(fit.seconds, 3),
                      "train_pixels_per_class": {str(c): int(n) for c, n in zip(CLASSES, counts, strict=True)}}
     else:
-        net, meta = load_model(model, device=dev)
         wpath = Path(model)
-        if net.n_times != pds.sizes["time"] or net.n_bands != len(bands):
-            raise ValueError(
-                f"{model}: the model was trained on {net.n_times} dates x {net.n_bands} bands "
-                f"({meta.get('bands')}); the cube {cube} has {pds.sizes['time']} x {len(bands)} {bands}. "
-                "Train a model on this cube (leave out --model)"
-            )
 
     # every patch, in store order; probabilities averaged where patches overlap
     all_pb, all_dl = loader(None)

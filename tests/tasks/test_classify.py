@@ -113,6 +113,11 @@ def test_bad_inputs_raise(trained, tmp_path) -> None:
     make_cube(other, n_times=3)
     with pytest.raises(ValueError, match="trained on 4 dates x 2 bands"):
         classify_cube(other, tmp_path / "y.zarr", model=weights_path(out), patch=16, block=1)
+    assert not list(tmp_path.glob("y.zarr*"))  # the model is checked before the patches are cut
+    not_a_model = tmp_path / "map.tif"
+    not_a_model.write_bytes(b"II*\x00" + bytes(64))
+    with pytest.raises(ValueError, match="map.tif: not a fusioncube classifier checkpoint"):
+        classify_cube(cube, tmp_path / "w.zarr", model=not_a_model, patch=16, block=1)
     with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
         classify_cube(cube, tmp_path / "z.zarr", epochs=0)
     with pytest.raises(FileNotFoundError, match="no model file"):
