@@ -33,6 +33,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import time as _time
 import uuid
 from dataclasses import asdict
@@ -168,8 +169,19 @@ def _pick(columns: list[str], names: tuple[str, ...], what: str, path: Path) -> 
                      f"(columns present: {columns})")
 
 
+def _name_key(name: str) -> str:
+    """``"Barren Land (Rock/Sand/Clay)"``, ``"barren_land"`` -> ``"barren land"``: names compared
+    case-, separator- and parenthesis-insensitively."""
+    return " ".join(re.sub(r"\(.*?\)|[_\-/,]", " ", name).lower().split())
+
+
+#: NLCD class names (and their short forms) -> codes, for labels files that name NLCD classes
+NLCD_BY_NAME: dict[str, int] = {_name_key(n): c for c, n in NLCD_CLASSES.items()}
+
+
 def _class_codes(values: pd.Series, path: Path) -> tuple[np.ndarray, dict[int, str]]:
-    """Integer class codes as they are; class names (text) -> codes 1..K in sorted order."""
+    """Integer class codes as they are; class names (text) that are all NLCD class names -> their
+    NLCD codes (the NLCD legend and colours follow); other names -> codes 1..K in sorted order."""
     numeric = pd.to_numeric(values, errors="coerce")
     if numeric.notna().all():
         if not np.allclose(numeric, np.round(numeric)):
@@ -180,6 +192,9 @@ def _class_codes(values: pd.Series, path: Path) -> tuple[np.ndarray, dict[int, s
     if (names == "").any() or values.isna().any():
         raise ValueError(f"{path}: {int((names == '').sum() + values.isna().sum())} point(s) have no class")
     unique = sorted(set(names))
+    nlcd = {name: NLCD_BY_NAME.get(_name_key(name)) for name in unique}
+    if all(code is not None for code in nlcd.values()):
+        return names.map(nlcd).to_numpy(np.int64), {}
     if len(unique) >= NO_CLASS:
         raise ValueError(f"{path}: at most {NO_CLASS - 1} class names are supported; got {len(unique)}")
     lut = {name: i + 1 for i, name in enumerate(unique)}
@@ -194,7 +209,9 @@ def read_points(path: str | Path) -> pd.DataFrame:
     - coordinates ``x, y`` in the cube's CRS, or ``lon``/``longitude`` and ``lat``/``latitude``
       in WGS 84 (as field-sample tables such as sits' ``samples_*.csv`` have them);
     - the class in ``class`` (or ``label``, ``class_name``): integer codes (NLCD codes, say) or
-      class names (text; numbered 1..K in sorted order, the names kept for the legend).
+      class names (text): NLCD class names ("Deciduous Forest", "cultivated_crops", ...) become
+      their NLCD codes; any other names are numbered 1..K in sorted order, the names kept for the
+      legend.
 
     GeoJSON: a FeatureCollection of Point features with a ``class`` (or ``label``) property;
     coordinates in the cube's CRS, or in the CRS its legacy ``crs`` member names.

@@ -177,6 +177,11 @@ def test_points_in_lon_lat_with_class_names(tmp_path) -> None:
     assert attrs["flag_values"] == [1, 2, 3] and attrs["flag_meanings"] == "Forest Pasture Soy_Corn"
     with rasterio.open(cog_path(out)) as src:
         assert src.colormap(1)[1][:3] != (128, 128, 128)  # a palette colour, not the unknown grey
+    # names that are all NLCD class names become NLCD codes (the NLCD legend and colours follow)
+    pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [1.0, 2.0, 3.0],
+                  "class": ["Deciduous Forest", "cultivated_crops", "Barren Land"]}).to_csv(tmp_path / "nlcd.csv")
+    nlcd = read_points(tmp_path / "nlcd.csv")
+    assert nlcd["class"].tolist() == [41, 82, 31] and not nlcd.attrs["class_names"]
     pd.DataFrame({"longitude": [1.0], "y": [2.0], "class": [1]}).to_csv(tmp_path / "mixed.csv", index=False)
     with pytest.raises(ValueError, match="longitude, latitude"):
         read_points(tmp_path / "mixed.csv")
