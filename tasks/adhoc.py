@@ -56,12 +56,15 @@ def adhoc_catalog(
         raise FileNotFoundError(f"no file matches {paths}")
     out = Path(out).resolve()
     bands: list[dict[str, Any]] = []
+    band_count: int | None = None
     for f in files:  # the first readable file describes the bands
         try:
             bands = describe_bands(f)
-            break
         except SceneError:
             continue
+        with rasterio.open(f) as ds:  # files with another band count are quarantined, not misread
+            band_count = None if ds.subdatasets else ds.count
+        break
     if not bands:
         raise FileNotFoundError(f"none of the {len(files)} file(s) matching {paths} can be read by GDAL")
     grid: dict[str, Any] | None = None
@@ -77,6 +80,7 @@ def adhoc_catalog(
                 "kind": "continuous",
                 "glob": [str(Path(p).resolve()) if not Path(p).is_absolute() else p for p in patterns],
                 "date": {"from": "auto", **(date or {})},
+                **({"band_count": band_count} if band_count else {}),
                 "bands": bands,
                 "max_nodata_share": 1.0,
             }

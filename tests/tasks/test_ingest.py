@@ -318,3 +318,19 @@ def test_adhoc_ingest_onto_another_grid(real_fixtures: Path, tmp_path: Path) -> 
     ds = xr.open_zarr(tmp_path / "utm.zarr")
     assert ds.rio.crs.to_epsg() == 32721 and ds.rio.resolution() == (500.0, -500.0)
     assert ds["valid"].values.mean() > 0.3
+
+
+def test_adhoc_quarantines_a_file_with_another_band_count(tmp_path: Path) -> None:
+    """The files of one ad-hoc cube share the first file's bands: a 3-band file among 2-band ones
+    is quarantined with the reason, not read as its first two bands (Planet 4- and 8-band
+    products differ in what band 2 is)."""
+    from rasterio.transform import from_origin
+
+    for day, count in (("2020-01-01", 2), ("2020-02-01", 3), ("2020-03-01", 2)):
+        with rasterio.open(tmp_path / f"s_{day}.tif", "w", driver="GTiff", width=8, height=8, count=count,
+                           dtype="float32", crs="EPSG:32633", transform=from_origin(0, 80, 10, 10)) as dst:
+            dst.write(np.ones((count, 8, 8), np.float32))
+    report = ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "s_*.tif")], tmp_path / "c.zarr")), "cube")
+    assert report.time_steps == 2
+    (bad,) = report.quarantined
+    assert "s_2020-02-01.tif" in str(bad) and "band count 3, expected 2" in str(bad)
