@@ -54,7 +54,7 @@ from tasks.checkpoint import (
     write_manifest,
 )
 
-__all__ = ["add_cli", "compress_cube", "compress_patches", "compress_task", "decompress", "default_ranks"]
+__all__ = ["add_cli", "check_quantizer", "compress_cube", "compress_patches", "compress_task", "decompress", "default_ranks"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,19 @@ def _load_codec(path: Path) -> tdl.TDLCodec:
 def _frames(mask: np.ndarray) -> np.ndarray:
     """``(P, ..., p, p)`` -> ``(frames, p, p)``."""
     return mask.reshape(-1, *mask.shape[-2:])
+
+
+def check_quantizer(*, step: float | None = None, bits: int | None = None,
+                    rdo_lambda: float = tdl.RDO_LAMBDA, **_: Any) -> None:
+    """Refuse quantizer settings that cannot work (before any store is written)."""
+    if step is not None and bits is not None:
+        raise ValueError(f"give step or bits, not both; got step={step!r}, bits={bits!r}")
+    if step is not None and not (np.isfinite(step) and step > 0):
+        raise ValueError(f"step must be finite and > 0; got step={step!r}")
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 24):
+        raise ValueError(f"bits must be an integer in 1..24; got bits={bits!r}")
+    if not (np.isfinite(rdo_lambda) and rdo_lambda >= 0):
+        raise ValueError(f"rdo_lambda must be finite and >= 0 (squared steps per bit); got {rdo_lambda!r}")
 
 
 def compress_patches(
@@ -127,12 +140,7 @@ def compress_patches(
         ``stats`` holds ``bits_per_entry`` (everything but the coordinates), its parts, ``psnr_db``
         and ``nrmse`` over all finite entries, and the same on the test split.
     """
-    if step is not None and bits is not None:
-        raise ValueError(f"give step or bits, not both; got step={step!r}, bits={bits!r}")
-    if step is not None and not (np.isfinite(step) and step > 0):
-        raise ValueError(f"step must be finite and > 0; got step={step!r}")
-    if not (np.isfinite(rdo_lambda) and rdo_lambda >= 0):
-        raise ValueError(f"rdo_lambda must be finite and >= 0 (squared steps per bit); got {rdo_lambda!r}")
+    check_quantizer(step=step, bits=bits, rdo_lambda=rdo_lambda)
     patches, out = Path(patches), Path(out)
     pds = xr.open_zarr(patches, consolidated=None)
     if "data" not in pds or "split" not in pds.coords:
@@ -265,6 +273,7 @@ def compress_cube(
     ``out_dir/decoded.zarr``. ``kwargs`` go to :func:`compress_patches`."""
     from tasks.patch import fit_patch_size, make_patches
 
+    check_quantizer(**kwargs)  # before the patch store is written
     out_dir = Path(out_dir)
     size, _ = fit_patch_size(cube, patch, None)
     make_patches(cube, out_dir / "patches.zarr", size=size, overwrite=overwrite)

@@ -79,6 +79,8 @@ def test_bits_option_and_cli(cube: Path, tmp_path: Path) -> None:
     assert (tmp_path / "c" / "decoded.zarr").exists()
     with pytest.raises(ValueError, match="step or bits, not both"):
         compress_cube(cube, tmp_path / "d", patch=8, step=0.1, bits=4)
+    assert main(["stage", "compress", "--cube", str(cube), "--out", str(tmp_path / "e"), "--bits", "0"]) == 2
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()  # refused before writing
 
 
 def test_a_cube_too_small_for_a_test_split_reports_no_test_score(cube: Path, tmp_path: Path) -> None:
