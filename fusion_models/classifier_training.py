@@ -28,11 +28,13 @@ __all__ = [
     "autocast_dtype",
     "average_weights",
     "class_weights",
+    "confusion_matrix",
     "dihedral",
     "fit_classifier",
     "predict_proba",
     "refresh_batchnorm",
     "scores",
+    "scores_from_confusion",
     "shuffled_batches",
     "undo_dihedral",
 ]
@@ -64,14 +66,9 @@ def class_weights(counts: np.ndarray, *, cap: float = 20.0) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision / recall / F1 and the confusion matrix.
-
-    Pixels with ``y_true < 0`` are ignored. Macro-F1 averages the F1 of the classes present in
-    ``y_true`` (a class absent from the truth has no recall to score), i.e.
-    :math:`F_1^{macro} = \\frac{1}{|K_+|} \\sum_{k \\in K_+} \\frac{2 P_k R_k}{P_k + R_k}`.
-    ``confusion[i, j]`` counts truth class ``i`` predicted as ``j``.
-    """
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(K, K)`` int64 counts, ``[i, j]`` = truth class ``i`` predicted as ``j``; pixels with
+    ``y_true < 0`` are ignored. Confusions of parts of a data set add up to the whole's."""
     y_true = np.asarray(y_true).ravel()
     y_pred = np.asarray(y_pred).ravel()
     if y_true.shape != y_pred.shape:
@@ -81,7 +78,12 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, 
     if t.size and (t.max() >= n_classes or p.min() < 0 or p.max() >= n_classes):
         raise ValueError(f"class indices must be in [0, {n_classes}); got truth max {t.max()}, "
                          f"predictions in [{p.min()}, {p.max()}]")
-    conf = np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def scores_from_confusion(conf: np.ndarray) -> dict[str, Any]:
+    """:func:`scores` of a (summed) :func:`confusion_matrix`."""
+    conf = np.asarray(conf, dtype=np.int64)
     tp = np.diag(conf).astype(np.float64)
     support = conf.sum(axis=1)
     predicted = conf.sum(axis=0)
@@ -90,16 +92,28 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, 
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     present = support > 0
+    total = int(conf.sum())
     return {
-        "accuracy": float(tp.sum() / max(t.size, 1)),
+        "accuracy": float(tp.sum() / max(total, 1)),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "precision": precision.tolist(),
         "recall": recall.tolist(),
         "f1": f1.tolist(),
         "support": support.tolist(),
         "confusion": conf.tolist(),
-        "pixels": int(t.size),
+        "pixels": total,
     }
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision / recall / F1 and the confusion matrix.
+
+    Pixels with ``y_true < 0`` are ignored. Macro-F1 averages the F1 of the classes present in
+    ``y_true`` (a class absent from the truth has no recall to score), i.e.
+    :math:`F_1^{macro} = \\frac{1}{|K_+|} \\sum_{k \\in K_+} \\frac{2 P_k R_k}{P_k + R_k}`.
+    ``confusion[i, j]`` counts truth class ``i`` predicted as ``j``.
+    """
+    return scores_from_confusion(confusion_matrix(y_true, y_pred, n_classes))
 
 
 def shuffled_batches(x: np.ndarray, valid: np.ndarray, labels: np.ndarray, *, batch: int,

@@ -36,18 +36,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import dask.array as dask_array
 import numpy as np
 import torch
 import xarray as xr
+import zarr
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from torch.utils.data import DataLoader, Dataset
 
 from fusion_models.classifier_training import (
     class_weights,
+    confusion_matrix,
     fit_classifier,
     predict_proba,
-    scores,
+    scores_from_confusion,
     shuffled_batches,
 )
 from fusion_models.classifiers import PixelClassifier, build_classifier
@@ -67,6 +70,7 @@ from tasks.patch import make_patches
 __all__ = [
     "CLASSES",
     "PatchBatches",
+    "RowStrip",
     "add_cli",
     "band_statistics",
     "classify_cube",
@@ -230,6 +234,54 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     model = build_classifier(saved["kind"], **saved["config"])
     model.load_state_dict(saved["state_dict"])
     return model.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
+
+
+class RowStrip:
+    """Per-pixel class probabilities of patches given in row-major order, averaged where patches
+    overlap, held for a strip of ``rows + size`` rows only.
+
+    :meth:`add` hands back the rows no later patch can touch (a later patch starts on the same
+    row or below) in runs of ``rows`` (the output's chunk height), :meth:`finish` the rest, each
+    as ``(first row, mean probabilities (K, n, W), covered (n, W))``: memory is set by the cube's
+    width, not its height.
+    """
+
+    def __init__(self, classes: int, width: int, *, rows: int, size: int) -> None:
+        if rows < 1 or size < 1:
+            raise ValueError(f"rows and size must be >= 1; got rows={rows}, size={size}")
+        self.rows, self.size, self.top = rows, size, 0
+        self.sum = np.zeros((classes, rows + size, width), dtype=np.float32)
+        self.cover = np.zeros((rows + size, width), dtype=np.float32)
+
+    def add(self, row: int, col: int, proba: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Add one patch's ``(K, P, P)`` probabilities at ``(row, col)``; rows finished before it."""
+        if row < self.top or proba.shape[-1] > self.size:
+            raise ValueError(f"patches must come in row-major order and be at most {self.size} px; "
+                             f"got row {row} after row {self.top} was written, patch {proba.shape[-1]} px")
+        done = []
+        while row >= self.top + self.rows:
+            done.append(self._emit(self.rows))
+        r, p = row - self.top, proba.shape[-1]
+        self.sum[:, r:r + p, col:col + p] += proba
+        self.cover[r:r + p, col:col + p] += 1
+        return done
+
+    def finish(self, height: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """The remaining rows up to ``height``."""
+        done = []
+        while self.top < height:
+            done.append(self._emit(min(self.rows, height - self.top)))
+        return done
+
+    def _emit(self, n: int) -> tuple[int, np.ndarray, np.ndarray]:
+        out = (self.top, self.sum[:, :n] / np.maximum(self.cover[:n], 1), self.cover[:n] > 0)
+        keep = self.cover.shape[0] - n
+        self.sum[:, :keep] = self.sum[:, n:].copy()
+        self.sum[:, keep:] = 0
+        self.cover[:keep] = self.cover[n:].copy()
+        self.cover[keep:] = 0
+        self.top += n
+        return out
 
 
 # --- pictures -----------------------------------------------------------------------------------
@@ -436,48 +488,60 @@ def classify_cube(
     else:
         wpath = Path(model)
 
-    # every patch, in store order; probabilities averaged where patches overlap
+    # every patch, in store order (row-major); probabilities averaged where patches overlap, rows
+    # written as soon as no later patch can touch them (RowStrip): memory set by the cube's width
     all_pb, all_dl = loader(None)
     k = len(CLASSES)
-    canvas = np.zeros((k, height, width_px), dtype=np.float32)
-    cover = np.zeros((height, width_px), dtype=np.float32)
-    truth, pred = [], []
-    t0 = _time.perf_counter()
-    for idx, batch in zip(all_pb.runs, all_dl, strict=True):
-        proba = next(predict_proba(net, [batch], device=dev))  # (n, K, P, P)
-        labels = np.asarray(batch[2])
-        for j, p in enumerate(idx):
-            r, c = origins[p]
-            canvas[:, r:r + size, c:c + size] += proba[j]
-            cover[r:r + size, c:c + size] += 1
-            if split[p] == "test":
-                truth.append(labels[j].ravel())
-                pred.append(proba[j].argmax(axis=0).ravel())
-    infer_seconds = _time.perf_counter() - t0
-    canvas /= np.maximum(cover, 1)
-    best = canvas.argmax(axis=0)
-    codes = np.asarray(CLASSES, dtype=np.uint8)[best]
-    codes[cover == 0] = 0
-    confidence = np.where(cover > 0, canvas.max(axis=0), np.nan).astype(np.float32)
-
-    result = scores(np.concatenate(truth), np.concatenate(pred), k) if truth and has_label else None
+    lut = np.asarray(CLASSES, dtype=np.uint8)
     coords = {name: ds.coords[name].load() for name in ("y", "x", "spatial_ref") if name in ds.coords}
     gm = {"grid_mapping": "spatial_ref"} if "spatial_ref" in coords else {}
-    out_ds = xr.Dataset(
+    chunks = (min(height, 256), min(width_px, 256))
+    template = xr.Dataset(
         {
-            "classes": (("y", "x"), codes, {
+            "classes": (("y", "x"), dask_array.zeros((height, width_px), dtype=np.uint8, chunks=chunks), {
                 "long_name": "land cover class (4D-CNN)", "flag_values": list(CLASSES),
                 "flag_meanings": " ".join(NLCD_CLASSES[c].replace(" ", "_") for c in CLASSES),
                 "comment": "0 where no patch covers the pixel", **gm}),
-            "confidence": (("y", "x"), confidence, {"long_name": "probability of the class", **gm}),
+            "confidence": (("y", "x"), dask_array.zeros((height, width_px), dtype=np.float32, chunks=chunks),
+                           {"long_name": "probability of the class", **gm}),
         },
         coords=coords,
         attrs={"title": f"classes of {cube.name}", "classify_key": key, "model": str(wpath)},
     )
-    chunks = (min(height, 256), min(width_px, 256))
+    codes = np.zeros((height, width_px), dtype=np.uint8)  # for the COG: one byte a pixel
+    found = np.zeros(k, dtype=np.int64)
+    confusion = np.zeros((k, k), dtype=np.int64)
     with atomic_artifact(out) as tmp:
-        out_ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True,
-                       encoding={"classes": {"chunks": chunks}, "confidence": {"chunks": chunks}})
+        template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False,
+                         encoding={"classes": {"chunks": chunks}, "confidence": {"chunks": chunks}})
+        group = zarr.open_group(str(tmp), mode="r+")
+
+        def write(rows: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+            for top, mean, covered in rows:
+                best = mean.argmax(axis=0)
+                part = np.where(covered, lut[best], 0).astype(np.uint8)
+                group["classes"][top:top + len(part)] = part
+                group["confidence"][top:top + len(part)] = np.where(covered, mean.max(axis=0), np.nan)
+                codes[top:top + len(part)] = part
+                found[:] += np.bincount(best[covered], minlength=k)
+
+        strip = RowStrip(k, width_px, rows=chunks[0], size=size)
+        t0 = _time.perf_counter()
+        runs: Any = zip(all_pb.runs, all_dl, strict=True)
+        if progress:
+            from tqdm.auto import tqdm
+
+            runs = tqdm(runs, total=len(all_pb), desc="classify patches", unit="batch")
+        for idx, batch in runs:
+            proba = next(predict_proba(net, [batch], device=dev))  # (n, K, P, P)
+            labels = np.asarray(batch[2])
+            for j, p in enumerate(idx):
+                write(strip.add(int(origins[p][0]), int(origins[p][1]), proba[j]))
+                if split[p] == "test":
+                    confusion += confusion_matrix(labels[j], proba[j].argmax(axis=0), k)
+        write(strip.finish(height))
+        infer_seconds = _time.perf_counter() - t0
+    result = scores_from_confusion(confusion) if has_label and confusion.sum() else None
     from tasks.quicklook import write_class_cog
 
     cog = write_class_cog(cog_path(out), codes, transform=cube_transform(ds), crs=cube_crs(ds),
@@ -487,8 +551,7 @@ def classify_cube(
         png = confusion_png(np.asarray(result["confusion"]), out.with_name(out.name + ".confusion.png"),
                             title=f"{cube.name}, test patches: accuracy {result['accuracy']:.3f}, "
                                   f"macro-F1 {result['macro_f1']:.3f}")
-    found_classes = {str(c): int(n) for c, n in zip(CLASSES, np.bincount(best[cover > 0].ravel(), minlength=k),
-                                                   strict=True) if n}
+    found_classes = {str(c): int(n) for c, n in zip(CLASSES, found, strict=True) if n}
     manifest = Manifest(
         stage=STAGE, key=key, params=params, inputs=inputs, code_version=code_version(*CODE_MODULES),
         outputs={"path": str(out), "cube": str(cube), "cog": str(cog), "model": str(wpath),

@@ -153,3 +153,29 @@ def test_task_publishes_table_and_confusion(trained, prefect_harness, tmp_path) 
     assert table is not None and table.type == "table" and "precision" in str(table.data)
     image = Artifact.get("classify-classes-zarr-confusion")
     assert image is not None and str(image.data).startswith("data:image/png;base64,")
+
+
+def test_row_strip_matches_a_whole_canvas() -> None:
+    """Overlapping row-major patches over several strips: the rows handed out equal the average
+    over a whole-image canvas, and each row is handed out once, in order."""
+    from fusion_models.patching import patch_origins
+    from tasks.classify import RowStrip
+
+    rng = np.random.default_rng(0)
+    k, h, w, size = 3, 70, 23, 8
+    origins = patch_origins(h, w, size=size, stride=5)
+    probas = rng.random((len(origins), k, size, size)).astype(np.float32)
+    canvas, cover = np.zeros((k, h, w), np.float32), np.zeros((h, w), np.float32)
+    for (r, c), p in zip(origins, probas, strict=True):
+        canvas[:, r:r + size, c:c + size] += p
+        cover[r:r + size, c:c + size] += 1
+    strip, parts = RowStrip(k, w, rows=16, size=size), []
+    for (r, c), p in zip(origins, probas, strict=True):
+        parts += strip.add(int(r), int(c), p)
+    parts += strip.finish(h)
+    assert [top for top, _, _ in parts] == list(range(0, h, 16))
+    np.testing.assert_allclose(np.concatenate([m for _, m, _ in parts], axis=1), canvas / np.maximum(cover, 1),
+                               rtol=1e-6)
+    assert np.concatenate([c for _, _, c in parts]).all()
+    with pytest.raises(ValueError, match="row-major"):
+        strip.add(0, 0, probas[0])
