@@ -220,6 +220,29 @@ def fit_patch_size(cube: str | Path, size: int, stride: int | None) -> tuple[int
     return side, None if stride is None else min(stride, side)
 
 
+def _usable_split(origins: np.ndarray, *, size: int, block: int, fractions: Sequence[float], seed: int,
+                  name: str) -> tuple[int, np.ndarray]:
+    """The block split with ``block``, or, when that leaves a split with a positive fraction
+    without patches (a cube of a few blocks), with the largest smaller block that fills every
+    split: a small cube still gets held-out val/test patches (the stages' scores and model
+    selection need them). Deterministic in the inputs, so the artifact key stays the request's."""
+    split = block_split(origins, size=size, block=block, fractions=fractions, seed=seed)
+
+    def empty(labels: np.ndarray) -> list[str]:
+        return [n for n, f in zip(SPLITS, fractions, strict=True) if f > 0 and not (labels == n).any()]
+
+    missing = empty(split)
+    for smaller in range(block - 1, 0, -1):
+        if not missing:
+            break
+        candidate = block_split(origins, size=size, block=smaller, fractions=fractions, seed=seed)
+        if not empty(candidate):
+            log.warning("patch %s: blocks of %d x %d px left %s without patches; using blocks of %d x %d px",
+                        name, block * size, block * size, missing, smaller * size, smaller * size)
+            return smaller, candidate
+    return block, split
+
+
 def make_patches(
     cube: str | Path,
     out: str | Path,
@@ -289,7 +312,7 @@ def make_patches(
     ds = open_cube(cube)
     n_time, n_band, height, width = (ds.sizes[d] for d in DATA_DIMS)
     origins = patch_origins(height, width, size=size, stride=stride)
-    split = block_split(origins, size=size, block=block, fractions=fracs, seed=seed)
+    block, split = _usable_split(origins, size=size, block=block, fractions=fracs, seed=seed, name=cube.name)
     layers = cut_layers(ds)
     crs = cube_crs(ds)
     attrs = {
@@ -330,7 +353,7 @@ def make_patches(
     if empty:
         log.warning(
             "patch: split(s) %s got no patches (%d patches, blocks of %d x %d pixels); "
-            "use a smaller block or patch size for a usable split",
+            "the cube is too small for this split (use a smaller patch size)",
             empty,
             len(origins),
             block * size,

@@ -113,6 +113,19 @@ def test_layout(cube: Path, tmp_path: Path) -> None:
     assert json.loads(manifest_path(out).read_text())["key"] == manifest.key
 
 
+def test_a_cube_of_few_blocks_falls_back_to_smaller_blocks(cube: Path, tmp_path: Path, caplog) -> None:
+    """40 x 40 px with 8 px patches: blocks of 5 patches (40 px) make one block, all train; the
+    split falls back to the largest block that fills every split and says so; the attrs record
+    the block used."""
+    manifest = make_patches(cube, tmp_path / "p.zarr", size=8, block=5)
+    per = manifest.outputs["patches"]
+    assert per["train"] > 0 and per["val"] > 0 and per["test"] > 0
+    pds = xr.open_zarr(tmp_path / "p.zarr", consolidated=None)
+    assert pds.attrs["patch_block"] < 5 and "using blocks of" in caplog.text
+    again = make_patches(cube, tmp_path / "q.zarr", size=8, block=pds.attrs["patch_block"])
+    assert again.outputs["patches"] == per  # the same split as asking for that block
+
+
 @pytest.mark.parametrize(("size", "stride"), [(16, 8), (16, 16), (12, 5)])
 def test_unpatch_restores_the_cube(cube: Path, tmp_path: Path, size: int, stride: int) -> None:
     out = tmp_path / "patches.zarr"
