@@ -11,9 +11,13 @@ decoder needs:
 
 - ``codec.bin``: the bases as quantized Givens angles, the Laplace scale profiles, offset and scale
   (:meth:`fusion_models.tdl.TDLCodec.to_bytes`);
-- ``cores.bin``: the coded cores (the step and the context model are in its header);
+- ``cores.bin``: the coded cores (the step and the context model are in each stream's header);
 - ``finite.bin`` / ``valid.bin``: the NaN mask of ``data`` (per patch, date and band) and the
   ``valid`` layer, coded losslessly by the context-adaptive binary coder;
+- ``segments.json``: the patches are coded in segments of about ``SEGMENT_BYTES`` (one stream per
+  segment in each ``.bin``; the table gives each segment's patch count and byte ranges), so encoder
+  and decoder hold one segment at a time; the bases are fitted on at most ``TRAIN_BYTES`` of train
+  patches;
 - ``index.zarr``: the patches' coordinates (origins, time, band, grid): metadata, not counted in
   the rate, like a file header's geo-referencing.
 
@@ -21,8 +25,8 @@ Missing values: an entry that is NaN in ``data`` is filled before coding
 (``fusion_models.tdl.fill_missing``: the patch's mean at that date and band, or coarser means) and
 put back as NaN at decoding from ``finite.bin``; distortion is measured on the finite entries only.
 
-Rate (bits per entry = per pixel per band per date) counts ``cores.bin``, both masks and
-``codec.bin``; PSNR uses the data range (max - min of the finite values) as peak.
+Rate (bits per entry = per pixel per band per date) counts ``cores.bin``, both masks,
+``codec.bin`` and the segment table; PSNR uses the data range (max - min of the finite values) as peak.
 ``decoded.zarr`` is the decoded cube (``tasks.patch.unpatch``), with its manifest.
 """
 
@@ -41,6 +45,7 @@ import numpy as np
 import xarray as xr
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+from tqdm.auto import tqdm
 
 from fusion_models import tdl
 from fusion_models.entropy import decode_mask, encode_mask
@@ -59,6 +64,11 @@ __all__ = ["add_cli", "check_quantizer", "compress_cube", "compress_patches", "c
 log = logging.getLogger(__name__)
 
 STAGE = "compress"
+#: float32 bytes of patches coded as one segment (one rANS stream, one pair of mask streams): the
+#: encoder's and decoder's working set
+SEGMENT_BYTES = 64 * 1024**2
+#: the bases are fitted on at most this many float32 bytes of train patches (a seeded sample)
+TRAIN_BYTES = 128 * 1024**2
 CODE_MODULES = ("tasks.compress", "fusion_models.tdl", "fusion_models.entropy")
 
 
@@ -109,6 +119,7 @@ def compress_patches(
     rdo_lambda: float = tdl.RDO_LAMBDA,
     deadzone: float = 0.2,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Manifest:
     """Fit TDL bases on the train split of ``patches`` and compress every patch into ``out``.
 
@@ -133,6 +144,8 @@ def compress_patches(
         Dead zone of the quantizer when ``rdo_lambda = 0`` (share of the step, ``[0, 0.5)``).
     overwrite
         Replace an ``out`` made with another key.
+    progress
+        Show progress bars over the segments (coding, then decoding).
 
     Returns
     -------
@@ -156,15 +169,22 @@ def compress_patches(
         return found
 
     started = _time.perf_counter()
-    data = pds["data"].values.astype(np.float32)  # (P, T, C, p, p)
-    valid = pds["valid"].values.astype(bool)  # (P, T, p, p)
+    n = int(pds.sizes["patch"])
     split = np.array([str(s) for s in pds["split"].values])
-    finite = np.isfinite(data)
-    filled = tdl.fill_missing(data, finite)
-    train = filled[split == "train"]
-    if len(train) == 0:
+    per_patch = 4 * int(np.prod(shape))  # float32 bytes of one patch
+    # the bases are fitted on a bounded sample of the train split (all of it on cubes up to
+    # TRAIN_BYTES), then the patches are coded segment by segment: memory does not grow with the cube
+    train_idx = np.flatnonzero(split == "train")
+    if len(train_idx) == 0:
         log.warning("compress: %s has no train patch; fitting the bases on all patches", patches)
-        train = filled
+        train_idx = np.arange(n)
+    cap = max(1, TRAIN_BYTES // per_patch)
+    if len(train_idx) > cap:
+        log.info("compress: fitting the bases on %d of %d train patches", cap, len(train_idx))
+        train_idx = np.sort(np.random.default_rng(0).choice(train_idx, cap, replace=False))
+    sample = pds["data"].isel(patch=train_idx).values.astype(np.float32)
+    train = tdl.fill_missing(sample, np.isfinite(sample))
+    del sample
     codec, res = tdl.fit_codec(train, ranks, iters=iters)
     if bits is not None:
         import torch
@@ -172,48 +192,81 @@ def compress_patches(
         cores = tdl.project(torch.from_numpy((train - np.float32(codec.offset)) / np.float32(codec.scale)),
                             [torch.from_numpy(b) for b in codec.bases])
         step = tdl.step_for_bits(cores, bits)
+        del cores
+    del train
     step = 0.5 if step is None else float(step)
-    t0 = _time.perf_counter()
-    stream = tdl.encode(codec, filled, step, lam=rdo_lambda, deadzone=deadzone)
-    finite_bits = encode_mask(_frames(finite))
-    valid_bits = encode_mask(_frames(valid))
-    encode_s = _time.perf_counter() - t0
+
+    group = max(1, SEGMENT_BYTES // per_patch)
+    test = split == "test"
+    acc = {"lo": np.inf, "hi": -np.inf, "entries": 0}
+    sums = {name: {"sse": 0.0, "energy": 0.0, "count": 0} for name in ("all", "test")}
+    table: list[dict[str, Any]] = []
+    nbytes = {"cores": 0, "finite_mask": 0, "valid_mask": 0}
+    encode_s = 0.0
     with atomic_artifact(out, overwrite=True) as tmp:
         tmp.mkdir(parents=True)
         _save_codec(tmp / "codec.bin", codec)
-        (tmp / "cores.bin").write_bytes(stream)
-        (tmp / "finite.bin").write_bytes(finite_bits)
-        (tmp / "valid.bin").write_bytes(valid_bits)
-        index = pds.drop_vars([str(n) for n in pds.data_vars if "patch" in pds[n].dims])
-        index.attrs.update(compress_shape=list(data.shape), compress_valid_shape=list(valid.shape))
+        with (open(tmp / "cores.bin", "wb") as cores_f, open(tmp / "finite.bin", "wb") as finite_f,
+              open(tmp / "valid.bin", "wb") as valid_f):
+            for first in tqdm(range(0, n, group), desc=f"compress {patches.name}", unit="segment",
+                              disable=not progress):
+                sel = slice(first, min(n, first + group))
+                data = pds["data"][sel].values.astype(np.float32)  # (g, T, C, p, p)
+                valid = pds["valid"][sel].values.astype(bool)  # (g, T, p, p)
+                finite = np.isfinite(data)
+                t0 = _time.perf_counter()
+                stream = tdl.encode(codec, tdl.fill_missing(data, finite), step, lam=rdo_lambda,
+                                    deadzone=deadzone)
+                finite_bits, valid_bits = encode_mask(_frames(finite)), encode_mask(_frames(valid))
+                encode_s += _time.perf_counter() - t0
+                row = {"patches": len(data)}
+                for name, blob, f in (("cores", stream, cores_f), ("finite_mask", finite_bits, finite_f),
+                                      ("valid_mask", valid_bits, valid_f)):
+                    row[name] = [nbytes[name], len(blob)]
+                    f.write(blob)
+                    nbytes[name] += len(blob)
+                table.append(row)
+                decoded = tdl.decode(codec, stream, len(data)).reshape(data.shape)
+                acc["entries"] += data.size
+                if finite.any():
+                    vals = data[finite]
+                    acc["lo"], acc["hi"] = min(acc["lo"], float(vals.min())), max(acc["hi"], float(vals.max()))
+                for name, keep in (("all", np.ones(len(data), bool)), ("test", test[sel])):
+                    m = finite & keep.reshape(-1, *([1] * (data.ndim - 1)))
+                    err = decoded[m].astype(np.float64) - data[m]
+                    sums[name]["sse"] += float(np.sum(err**2))
+                    sums[name]["energy"] += float(np.sum(data[m].astype(np.float64) ** 2))
+                    sums[name]["count"] += int(err.size)
+        (tmp / "segments.json").write_text(json.dumps(table))
+        index = pds.drop_vars([str(v) for v in pds.data_vars if "patch" in pds[v].dims])
+        index.attrs.update(compress_shape=[n, *shape], compress_valid_shape=[n, *pds["valid"].shape[1:]])
         index.to_zarr(tmp / "index.zarr", mode="w", zarr_format=3, consolidated=True)
-    decoded = _decode_patches(out)
-    entries = data.size
-    parts = {"cores": 8 * len(stream), "codec": codec.side_bits(), "finite_mask": 8 * len(finite_bits),
-             "valid_mask": 8 * len(valid_bits)}
-    vals = data[finite]
-    peak = float(vals.max() - vals.min()) if vals.size else 1.0
+    entries = acc["entries"]
+    parts = {"cores": 8 * nbytes["cores"], "codec": codec.side_bits(),
+             "finite_mask": 8 * nbytes["finite_mask"], "valid_mask": 8 * nbytes["valid_mask"],
+             "segments": 8 * len(json.dumps(table))}
+    peak = acc["hi"] - acc["lo"] if np.isfinite(acc["lo"]) else 1.0
 
-    def scores(sel: np.ndarray) -> dict[str, float | None]:
-        m = finite & sel.reshape(-1, *([1] * (data.ndim - 1)))
-        err = decoded[m].astype(np.float64) - data[m]
-        if not err.size:  # e.g. a cube too small for a test split
+    def scores(name: str) -> dict[str, float | None]:
+        t = sums[name]
+        if not t["count"]:  # e.g. a cube too small for a test split
             return {"psnr_db": None, "nrmse": None}
-        mse = float(np.mean(err**2))
+        mse = t["sse"] / t["count"]
         return {"psnr_db": float(10 * np.log10(peak**2 / mse)) if mse > 0 else float("inf"),
-                "nrmse": float(np.linalg.norm(err) / max(np.linalg.norm(data[m].astype(np.float64)), 1e-30))}
+                "nrmse": float(np.sqrt(t["sse"]) / max(np.sqrt(t["energy"]), 1e-30))}
 
     manifest = Manifest(
         stage=STAGE, key=key, params=params, inputs=inputs, code_version=code_version(*CODE_MODULES),
         outputs={"path": str(out), "patches": str(patches), "ranks": list(ranks), "step": step,
-                 "shape": list(data.shape)},
+                 "shape": [n, *shape], "segments": len(table)},
         stats={
             "bits_per_entry": sum(parts.values()) / entries,
             "bits_per_entry_parts": {k: v / entries for k, v in parts.items()},
-            "peak_range": peak, **scores(np.ones(len(data), bool)),
-            "test": scores(split == "test"),
+            "peak_range": peak, **scores("all"),
+            "test": scores("test"),
             "tdl_iterations": res.iterations,
-            "encode_mb_s": data.nbytes / 1e6 / encode_s,
+            "training_patches": len(train_idx),
+            "encode_mb_s": entries * 4 / 1e6 / max(encode_s, 1e-9),
             "seconds": round(_time.perf_counter() - started, 3),
         },
     )
@@ -223,38 +276,77 @@ def compress_patches(
     return manifest
 
 
-def _decode_patches(compressed: Path) -> np.ndarray:
-    """``(P, T, C, p, p)`` float32, NaN where the data was NaN."""
+def _segments(compressed: Path, n: int) -> list[dict[str, Any]]:
+    """The segment table (``segments.json``); a store of one stream per file is one segment."""
+    path = compressed / "segments.json"
+    if path.exists():
+        return list(json.loads(path.read_text()))
+    sizes = {name: (compressed / f).stat().st_size
+             for name, f in (("cores", "cores.bin"), ("finite_mask", "finite.bin"), ("valid_mask", "valid.bin"))}
+    return [{"patches": n, **{name: [0, size] for name, size in sizes.items()}}]
+
+
+def _decoded_segments(compressed: Path) -> Any:
+    """``(first patch, data (g, T, C, p, p) float32 NaN where the data was NaN, valid (g, T, p, p))``
+    per segment, decoded one at a time."""
     codec = _load_codec(compressed / "codec.bin")
     index = xr.open_zarr(compressed / "index.zarr", consolidated=None)
-    shape = tuple(int(n) for n in index.attrs["compress_shape"])
-    x = tdl.decode(codec, (compressed / "cores.bin").read_bytes(), shape[0]).reshape(shape)
-    finite = decode_mask((compressed / "finite.bin").read_bytes(), (int(np.prod(shape[:-2])), *shape[-2:]))
-    return np.where(finite.reshape(shape), x, np.nan).astype(np.float32)
+    shape = tuple(int(v) for v in index.attrs["compress_shape"])
+    vshape = tuple(int(v) for v in index.attrs["compress_valid_shape"])
+    blobs = {name: compressed / f
+             for name, f in (("cores", "cores.bin"), ("finite_mask", "finite.bin"), ("valid_mask", "valid.bin"))}
+    first = 0
+    for seg in _segments(compressed, shape[0]):
+        g = int(seg["patches"])
+
+        def part(name: str, seg: dict[str, Any] = seg) -> bytes:
+            offset, size = seg[name]
+            with open(blobs[name], "rb") as f:
+                f.seek(offset)
+                return f.read(size)
+
+        x = tdl.decode(codec, part("cores"), g).reshape(g, *shape[1:])
+        finite = decode_mask(part("finite_mask"), (g * int(np.prod(shape[1:-2])), *shape[-2:]))
+        valid = decode_mask(part("valid_mask"), (g * int(np.prod(vshape[1:-2])), *vshape[-2:]))
+        yield (first, np.where(finite.reshape(x.shape), x, np.nan).astype(np.float32),
+               valid.reshape(g, *vshape[1:]))
+        first += g
 
 
-def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = False) -> xr.Dataset:
+def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = False,
+               progress: bool = False) -> xr.Dataset:
     """Decode ``compressed/`` back into a cube (``data`` and ``valid``) at ``out`` (Zarr v3)."""
     from tasks.patch import unpatch
 
     compressed, out = Path(compressed), Path(out)
     if not (compressed / "cores.bin").exists():
         raise FileNotFoundError(f"{compressed}: no cores.bin; not a compressed store of this stage")
-    index = xr.open_zarr(compressed / "index.zarr", consolidated=None)
-    data = _decode_patches(compressed)
-    vshape = tuple(int(n) for n in index.attrs["compress_valid_shape"])
-    valid = decode_mask((compressed / "valid.bin").read_bytes(),
-                        (int(np.prod(vshape[:-2])), *vshape[-2:])).reshape(vshape)
+    import dask.array as dask_array
+    import zarr
+
+    # the index's coordinates (origins, split, ...) loaded: with compute=False below, lazy ones
+    # would be left unwritten
+    index = xr.open_zarr(compressed / "index.zarr", consolidated=None).load()
+    shape = tuple(int(v) for v in index.attrs["compress_shape"])
+    vshape = tuple(int(v) for v in index.attrs["compress_valid_shape"])
+    chunk = max(1, int(_segments(compressed, shape[0])[0]["patches"]))  # segments: equal but the last
     ds = index.assign(
-        data=(("patch", "time", "band", "py", "px"), data),
-        valid=(("patch", "time", "py", "px"), valid),
+        data=(("patch", "time", "band", "py", "px"),
+              dask_array.zeros(shape, dtype=np.float32, chunks=(chunk, *shape[1:]))),
+        valid=(("patch", "time", "py", "px"), dask_array.zeros(vshape, dtype=bool, chunks=(chunk, *vshape[1:]))),
     )
     for k in ("compress_shape", "compress_valid_shape"):
         ds.attrs.pop(k, None)
     tmp = out.with_name(out.name + ".patches-tmp.zarr")
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
-    try:
+    try:  # segment by segment into a patches store, then folded window by window: bounded memory
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False)
+        group = zarr.open_group(str(tmp), mode="r+")
+        n_segments = len(_segments(compressed, shape[0]))
+        for first, data, valid in tqdm(_decoded_segments(compressed), total=n_segments,
+                                       desc=f"decode {compressed.name}", unit="segment", disable=not progress):
+            group["data"][first:first + len(data)] = data
+            group["valid"][first:first + len(valid)] = valid
         cube = unpatch(tmp, out, overwrite=overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -267,6 +359,7 @@ def compress_cube(
     *,
     patch: int = 32,
     overwrite: bool = False,
+    progress: bool = False,
     **kwargs: Any,
 ) -> Manifest:
     """Any schema-following cube -> ``out_dir/patches.zarr`` -> ``out_dir/compressed`` ->
@@ -276,10 +369,11 @@ def compress_cube(
     check_quantizer(**kwargs)  # before the patch store is written
     out_dir = Path(out_dir)
     size, _ = fit_patch_size(cube, patch, None)
-    make_patches(cube, out_dir / "patches.zarr", size=size, overwrite=overwrite)
-    manifest = compress_patches(out_dir / "patches.zarr", out_dir / "compressed", overwrite=overwrite, **kwargs)
+    make_patches(cube, out_dir / "patches.zarr", size=size, overwrite=overwrite, progress=progress)
+    manifest = compress_patches(out_dir / "patches.zarr", out_dir / "compressed", overwrite=overwrite,
+                                progress=progress, **kwargs)
     decoded = out_dir / "decoded.zarr"
-    decompress(out_dir / "compressed", decoded, overwrite=True)
+    decompress(out_dir / "compressed", decoded, overwrite=True, progress=progress)
     return manifest
 
 
@@ -310,7 +404,7 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
 def _cmd(args: argparse.Namespace) -> int:
     manifest = compress_cube(args.cube, args.out, patch=args.patch, overwrite=args.overwrite,
                              ranks=tuple(args.ranks) if args.ranks else None, step=args.step,
-                             bits=args.bits, iters=args.iters, rdo_lambda=args.rdo_lambda)
+                             bits=args.bits, iters=args.iters, rdo_lambda=args.rdo_lambda, progress=True)
     print(f"{args.out}: {json.dumps(manifest.stats)}")  # noqa: T201 - CLI output
     print(f"decoded cube: {Path(args.out) / 'decoded.zarr'}")  # noqa: T201
     return 0

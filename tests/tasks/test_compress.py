@@ -88,3 +88,33 @@ def test_a_cube_too_small_for_a_test_split_reports_no_test_score(cube: Path, tmp
     xr.open_zarr(cube).isel(y=slice(0, 10), x=slice(0, 10)).load().to_zarr(small, zarr_format=3, mode="w")
     stats = compress_cube(small, tmp_path / "c", patch=8, step=0.05, iters=2).stats
     assert stats["test"] == {"psnr_db": None, "nrmse": None} and stats["psnr_db"] > 20
+
+
+def test_segments_and_training_sample_keep_memory_bounded(cube: Path, tmp_path: Path, monkeypatch) -> None:
+    """With segments of 3 patches and a training sample of 4 patches the store holds several
+    streams, decodes to the same NaN pattern and valid layer, counts every stored bit, and
+    costs little against one segment."""
+    import json
+
+    import tasks.compress as compress
+
+    whole = compress_cube(cube, tmp_path / "one", patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=2)
+    per_patch = 4 * T * B * 8 * 8
+    monkeypatch.setattr(compress, "SEGMENT_BYTES", 3 * per_patch)
+    monkeypatch.setattr(compress, "TRAIN_BYTES", 4 * per_patch)
+    m = compress_cube(cube, tmp_path / "seg", patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=2)
+    table = json.loads((tmp_path / "seg" / "compressed" / "segments.json").read_text())
+    assert len(table) == m.outputs["segments"] == 6 and sum(s["patches"] for s in table) == 16
+    assert m.stats["training_patches"] == 4
+    stored = sum((tmp_path / "seg" / "compressed" / f).stat().st_size
+                 for f in ("cores.bin", "finite.bin", "valid.bin", "segments.json"))
+    assert m.stats["bits_per_entry"] >= 8 * stored / (T * B * H * W)
+    assert m.stats["psnr_db"] > whole.stats["psnr_db"] - 1.0
+    dec = open_cube(tmp_path / "seg" / "decoded.zarr").load()
+    src = open_cube(cube).load()
+    assert np.array_equal(np.isnan(dec["data"].values), np.isnan(src["data"].values))
+    assert np.array_equal(dec["valid"].values, src["valid"].values)
+    finite = np.isfinite(src["data"].values)
+    mse = np.mean((dec["data"].values[finite] - src["data"].values[finite]) ** 2)
+    peak = np.nanmax(src["data"].values) - np.nanmin(src["data"].values)
+    assert 10 * np.log10(peak**2 / mse) == pytest.approx(m.stats["psnr_db"], abs=0.01)
