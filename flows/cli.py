@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The project's packages: their loggers log at INFO under -v.
+PROJECT_LOGGERS = ("fusioncube", "flows", "tasks", "fusion_models", "benchmarks")
+
 #: What a user gets as one line ("fusioncube: error: ..."): bad arguments, catalogs, files, cubes.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
@@ -285,7 +288,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["DASK_LOGGING__DISTRIBUTED"] = "info"
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
+    # Prefect's logging setup leaves the root at WARNING (basicConfig is then a no-op): with -v the
+    # project's own loggers get INFO themselves, for this command only (main() is also a library
+    # call: tests, notebooks)
+    before = {name: logging.getLogger(name).level for name in PROJECT_LOGGERS}
+    if args.verbose:
+        for name in PROJECT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
+    else:
         _quiet_input_errors()
         # a scene without georeferencing is refused with its name and reason (quarantine, or the
         # grid error); rasterio's warning at each open of it says the same, less clearly
@@ -304,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fusioncube: error: {exc}\n(fusioncube -v ... shows the traceback)", file=sys.stderr)
         return 2
+    finally:
+        for name, old_level in before.items():
+            logging.getLogger(name).setLevel(old_level)
 
 
 if __name__ == "__main__":

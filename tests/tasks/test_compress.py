@@ -118,3 +118,21 @@ def test_segments_and_training_sample_keep_memory_bounded(cube: Path, tmp_path: 
     mse = np.mean((dec["data"].values[finite] - src["data"].values[finite]) ** 2)
     peak = np.nanmax(src["data"].values) - np.nanmin(src["data"].values)
     assert 10 * np.log10(peak**2 / mse) == pytest.approx(m.stats["psnr_db"], abs=0.01)
+
+
+def test_verbose_cli_shows_the_stage_s_info_lines(cube: Path, tmp_path: Path) -> None:
+    """``fusioncube -v`` logs the project's INFO lines (Prefect's logging setup had left them
+    below the root's WARNING level); without -v they stay hidden. A real process: pytest's own
+    logging handlers would hide what the terminal shows."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "flows.cli", "stage", "compress", "--cube", str(cube), "--patch", "8",
+            "--ranks", "2", "2", "4", "4", "--iters", "1", "--bits", "6"]
+    repo = Path(__file__).resolve().parents[2]
+    quiet = subprocess.run([*args, "--out", str(tmp_path / "quiet")], cwd=repo, capture_output=True, text=True)
+    loud = subprocess.run([args[0], "-m", "flows.cli", "-v", *args[3:], "--out", str(tmp_path / "loud")],
+                          cwd=repo, capture_output=True, text=True)
+    assert quiet.returncode == 0 and loud.returncode == 0, loud.stderr[-2000:]
+    assert "INFO" in loud.stderr and "tasks.compress - compress:" in loud.stderr
+    assert "bits per entry, PSNR" in loud.stderr and "bits per entry, PSNR" not in quiet.stderr
