@@ -136,3 +136,13 @@ def test_verbose_cli_shows_the_stage_s_info_lines(cube: Path, tmp_path: Path) ->
     assert quiet.returncode == 0 and loud.returncode == 0, loud.stderr[-2000:]
     assert "INFO" in loud.stderr and "tasks.compress - compress:" in loud.stderr
     assert "bits per entry, PSNR" in loud.stderr and "bits per entry, PSNR" not in quiet.stderr
+
+
+def test_a_store_without_segment_table_decodes_as_one_segment(cube: Path, tmp_path: Path) -> None:
+    """Stores written before segments (one stream per file, no segments.json) still decode."""
+    compress_cube(cube, tmp_path / "c", patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=1)
+    (tmp_path / "c" / "compressed" / "segments.json").unlink()
+    old = decompress(tmp_path / "c" / "compressed", tmp_path / "old.zarr")
+    new = open_cube(tmp_path / "c" / "decoded.zarr")
+    np.testing.assert_array_equal(old["data"].values, new["data"].values)
+    np.testing.assert_array_equal(old["valid"].values, new["valid"].values)
