@@ -6,7 +6,7 @@
     fusioncube backfill planet --start 2019-01-01 --end 2019-12-31 [--concurrency 4]
     fusioncube stage patch --cube IN.zarr --out OUT.zarr [--size 32] [--stride S]
     fusioncube catalog check [data_catalog.yaml]
-    fusioncube bench realism|ingest --out FILE.json [--quick]
+    fusioncube bench realism|ingest|compress|... --out FILE.json [--quick] [--flow]
     fusioncube serve [--catalog data_catalog.yaml] [--port 4200]
 """
 
@@ -149,9 +149,17 @@ def _cmd_catalog_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"benchmarks.{args.which}")
-    result = module.run(Path(args.out), quick=args.quick or args.size == "quick")
-    print(json.dumps(result.get("summary", result), indent=2))
+    quick = args.quick or args.size == "quick"
+    if args.flow:  # a Prefect flow run: report and figure published as artifacts (flows.bench)
+        from flows.bench import benchmark_flow
+
+        result = benchmark_flow(args.which, str(args.out), quick=quick)
+        print(json.dumps(result["summary"], indent=2))
+        print(f"artifacts: {', '.join(result['artifacts'].values())}")
+    else:
+        module = importlib.import_module(f"benchmarks.{args.which}")
+        result = module.run(Path(args.out), quick=quick)
+        print(json.dumps(result.get("summary", result), indent=2))
     print(f"written: {args.out} and {Path(args.out).with_suffix('.md')}")
     return 0
 
@@ -237,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="CI-sized run (seconds); same as --size quick")
     b.add_argument("--size", choices=["quick", "default"], default="default",
                    help="benchmark size: 'default' (minutes) or 'quick' (CI-sized)")
+    b.add_argument("--flow", action="store_true",
+                   help="run as a Prefect flow: the report and figure (e.g. the rate-distortion "
+                        "plot) become artifacts in the UI")
     b.set_defaults(func=_cmd_bench)
 
     importlib.import_module("flows.serve").add_cli(sub)  # fusioncube serve

@@ -22,7 +22,7 @@ def _scene(seed: int, bands: int, size: int) -> np.ndarray:
     return data
 
 
-def test_quick_benchmark_writes_summary_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _tiny(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = dict(bench.QUICK, factor_steps=[1 / 64], iters=1,
                sample={"patch": 8, "ranks": [(2, 2, 4, 4), (4, 3, 8, 8)], "hosvd_ranks": [(2, 2, 4, 4)],
                        "steps": [0.2, 1.0]},
@@ -31,6 +31,10 @@ def test_quick_benchmark_writes_summary_plot_and_table(tmp_path: Path, monkeypat
     monkeypatch.setattr(bench, "_sample_cube", lambda work, size: _scene(0, 3, 16))
     monkeypatch.setattr(bench, "_modis", lambda: _scene(1, 1, 16))
     monkeypatch.setattr(bench, "JP2_RATES", (0.5, 2.0))
+
+
+def test_quick_benchmark_writes_summary_plot_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tiny(monkeypatch)
     out = tmp_path / "c.json"
     result = bench.run(out, quick=True, sample=tmp_path / "s")
     keys = {"psnr_gain_vs_jpeg2000_db_min", "psnr_gain_vs_hosvd_db_min", "real_gain_vs_jpeg2000_db_0p25",
@@ -73,3 +77,21 @@ def test_component_klt_is_orthonormal_and_ordered() -> None:
     comps = vecs.T @ (flat - mean[:, None])
     var = comps.var(axis=1)
     assert np.all(np.diff(var) <= 1e-9) and var[2:].sum() < 1e-3 * var.sum()  # two sources: rank 2
+
+
+@pytest.mark.slow
+def test_run_as_a_flow_publishes_the_report_and_the_rate_distortion_plot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness) -> None:
+    """``fusioncube bench compress --flow``: the markdown report and the RD plot are artifacts."""
+    from prefect.artifacts import Artifact
+
+    from flows.bench import benchmark_flow
+
+    _tiny(monkeypatch)
+    result = benchmark_flow("compress", str(tmp_path / "c.json"), quick=True)
+    assert result["artifacts"] == {"report": "bench-compress", "figure": "bench-compress-png"}
+    assert "psnr_gain_vs_jpeg2000_db_min" in result["summary"]
+    report = Artifact.get("bench-compress")
+    assert report is not None and report.type == "markdown" and "jpeg2000_klt" in str(report.data)
+    figure = Artifact.get("bench-compress-png")
+    assert figure is not None and str(figure.data).startswith("data:image/png;base64,")
