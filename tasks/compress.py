@@ -353,6 +353,54 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
     return cube
 
 
+def compress_png(cube: str | Path, decoded: str | Path, out: str | Path, *, title: str = "",
+                 max_pixels: int = 768) -> Path:
+    """Quick-look of a compression: the date with the most valid pixels, original | decoded | the
+    absolute error, each subsampled to at most ``max_pixels`` a side. True colour when the cube
+    has red/green/blue bands (the same stretch for original and decoded), else the first band."""
+    from tasks.cube import open_cube
+    from tasks.quicklook import _rgb_bands, plt
+
+    src, dec = open_cube(cube), open_cube(decoded)
+    t = int(src["valid"].sum(dim=("y", "x")).argmax())
+    step = max(1, int(np.ceil(max(src.sizes["y"], src.sizes["x"]) / max_pixels)))
+    window = {"time": t, "y": slice(None, None, step), "x": slice(None, None, step)}
+    a = src["data"].isel(window).values.astype(np.float32)  # (band, y, x)
+    b = dec["data"].isel(window).values.astype(np.float32)
+    bands = [str(v) for v in src["band"].values]
+    rgb = _rgb_bands(bands)
+    show = [bands.index(c) for c in rgb] if rgb else [0]
+    finite = np.isfinite(a[show]).all(axis=0)
+    sample = a[show][:, finite]
+    lo, hi = (np.percentile(sample, [2, 98]) if sample.size else (0.0, 1.0))
+    scale = hi - lo if hi > lo else 1.0
+
+    def image(x: np.ndarray) -> np.ndarray:
+        img = np.clip((x[show] - lo) / scale, 0, 1)
+        img = np.moveaxis(img, 0, -1) if rgb else img[0]
+        img = np.where(np.isfinite(img), img, 0.8)
+        return img
+
+    err = np.abs(b - a)[show].mean(axis=0)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), dpi=100)
+    date = np.datetime_as_string(src["time"].values[t], unit="D")
+    for ax, img, name in zip(axes[:2], (image(a), image(b)), ("original", "decoded"), strict=True):
+        ax.imshow(img, cmap=None if rgb else "gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{name}, {date}", fontsize=9)
+    vmax = float(np.nanpercentile(err, 99)) if np.isfinite(err).any() else 1.0
+    im = axes[2].imshow(err, cmap="magma", vmin=0, vmax=vmax or 1.0, interpolation="nearest")
+    axes[2].set_title("|decoded - original|" + (" (mean of R, G, B)" if rgb else f" ({bands[0]})"), fontsize=9)
+    fig.colorbar(im, ax=axes[2], shrink=0.8)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle(title or f"{Path(cube).name}: TDL compression", fontsize=10)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
 def compress_cube(
     cube: str | Path,
     out_dir: str | Path,
@@ -374,6 +422,10 @@ def compress_cube(
                                 progress=progress, **kwargs)
     decoded = out_dir / "decoded.zarr"
     decompress(out_dir / "compressed", decoded, overwrite=True, progress=progress)
+    s = manifest.stats
+    compress_png(cube, decoded, out_dir / "compress.png",
+                 title=f"{Path(cube).name}: TDL at {s['bits_per_entry']:.3f} bits per entry, "
+                       f"PSNR {s['psnr_db']:.2f} dB (peak = data range)")
     return manifest
 
 
@@ -382,9 +434,9 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
                   step: float | None = None, bits: int | None = None, iters: int = 10,
                   rdo_lambda: float = tdl.RDO_LAMBDA, overwrite: bool = False) -> dict[str, Any]:
     """Prefect task: :func:`compress_cube`, then a table artifact of rate and distortion."""
-    from prefect.artifacts import create_table_artifact
+    from prefect.artifacts import create_image_artifact, create_table_artifact
 
-    from tasks.quicklook import artifact_key
+    from tasks.quicklook import artifact_key, thumbnail_data_uri
 
     logger = get_run_logger()
     manifest = compress_cube(cube, out_dir, patch=patch, overwrite=overwrite,
@@ -397,6 +449,11 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
         key=artifact_key(f"compress-{Path(out_dir).name}"),
         description=f"TDL compression of {cube} (ranks {manifest.outputs['ranks']})",
     )
+    png = Path(out_dir) / "compress.png"
+    if png.exists():
+        create_image_artifact(image_url=thumbnail_data_uri(png, max_pixels=900),
+                              key=artifact_key(f"compress-png-{Path(out_dir).name}"),
+                              description=f"original | decoded | error, {cube}")
     logger.info("compress %s: %.3f bpe, PSNR %.2f dB", out_dir, s["bits_per_entry"], s["psnr_db"])
     return {"artifact": str(Path(out_dir) / "compressed"), **asdict(manifest)}
 
@@ -407,6 +464,7 @@ def _cmd(args: argparse.Namespace) -> int:
                              bits=args.bits, iters=args.iters, rdo_lambda=args.rdo_lambda, progress=True)
     print(f"{args.out}: {json.dumps(manifest.stats)}")  # noqa: T201 - CLI output
     print(f"decoded cube: {Path(args.out) / 'decoded.zarr'}")  # noqa: T201
+    print(f"quick-look: {Path(args.out) / 'compress.png'}")  # noqa: T201
     return 0
 
 

@@ -146,3 +146,24 @@ def test_a_store_without_segment_table_decodes_as_one_segment(cube: Path, tmp_pa
     new = open_cube(tmp_path / "c" / "decoded.zarr")
     np.testing.assert_array_equal(old["data"].values, new["data"].values)
     np.testing.assert_array_equal(old["valid"].values, new["valid"].values)
+
+
+@pytest.mark.slow
+def test_task_publishes_rate_table_and_quicklook(cube: Path, tmp_path: Path, prefect_harness) -> None:
+    """The pipeline's compress task: a rate/distortion table and the original | decoded | error
+    quick-look as artifacts; the PNG is written beside the compressed store."""
+    from prefect import flow
+    from prefect.artifacts import Artifact
+
+    from tasks.compress import compress_task
+
+    @flow
+    def one() -> dict:
+        return compress_task(str(cube), str(tmp_path / "cz"), patch=8, ranks=[3, 2, 6, 6], step=0.05, iters=1)
+
+    result = one()
+    assert result["stats"]["bits_per_entry"] > 0 and (tmp_path / "cz" / "compress.png").stat().st_size > 0
+    table = Artifact.get("compress-cz")
+    assert table is not None and table.type == "table" and "bits_per_entry" in str(table.data)
+    image = Artifact.get("compress-png-cz")
+    assert image is not None and str(image.data).startswith("data:image/png;base64,")
