@@ -43,6 +43,7 @@ __all__ = [
     "TDLCodec",
     "TDLResult",
     "decode",
+    "dequantize_core",
     "encode",
     "encode_indices",
     "fit_codec",
@@ -735,7 +736,12 @@ def decode(codec: TDLCodec, data: bytes, n: int) -> np.ndarray:
     from fusion_models.entropy import decode_context_laplace
 
     (step,) = _STEP.unpack_from(data)
-    q = decode_context_laplace(data[_STEP.size:], codec.spread / step, n)
-    core = torch.from_numpy(q.astype(np.float32) * np.float32(step))
+    return dequantize_core(codec, decode_context_laplace(data[_STEP.size:], codec.spread / step, n), step)
+
+
+def dequantize_core(codec: TDLCodec, q: np.ndarray, step: float) -> np.ndarray:
+    """The patches ``(P, I_1..I_N)`` float32 that quantized cores ``q`` (:func:`quantize_core` with
+    ``step``) decode to: what :func:`decode` returns, without coding and decoding the indices."""
+    core = torch.from_numpy(np.asarray(q).astype(np.float32) * np.float32(step))
     x = reconstruct(core, [torch.from_numpy(b) for b in codec.bases]).numpy()
     return (x * np.float32(codec.scale) + np.float32(codec.offset)).astype(np.float32)

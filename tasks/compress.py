@@ -215,8 +215,9 @@ def compress_patches(
                 valid = pds["valid"][sel].values.astype(bool)  # (g, T, p, p)
                 finite = np.isfinite(data)
                 t0 = _time.perf_counter()
-                stream = tdl.encode(codec, tdl.fill_missing(data, finite), step, lam=rdo_lambda,
-                                    deadzone=deadzone)
+                q = tdl.quantize_core(codec, tdl.fill_missing(data, finite), step, lam=rdo_lambda,
+                                      deadzone=deadzone)
+                stream = tdl.encode_indices(codec, q, step)
                 finite_bits, valid_bits = encode_mask(_frames(finite)), encode_mask(_frames(valid))
                 encode_s += _time.perf_counter() - t0
                 row = {"patches": len(data)}
@@ -226,7 +227,7 @@ def compress_patches(
                     f.write(blob)
                     nbytes[name] += len(blob)
                 table.append(row)
-                decoded = tdl.decode(codec, stream, len(data)).reshape(data.shape)
+                decoded = tdl.dequantize_core(codec, q, step).reshape(data.shape)  # = decoding the stream
                 acc["entries"] += data.size
                 if finite.any():
                     vals = data[finite]
@@ -329,7 +330,8 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
     index = xr.open_zarr(compressed / "index.zarr", consolidated=None).load()
     shape = tuple(int(v) for v in index.attrs["compress_shape"])
     vshape = tuple(int(v) for v in index.attrs["compress_valid_shape"])
-    chunk = max(1, int(_segments(compressed, shape[0])[0]["patches"]))  # segments: equal but the last
+    segments = _segments(compressed, shape[0])
+    chunk = max(1, int(segments[0]["patches"]))  # segments: equal but the last
     ds = index.assign(
         data=(("patch", "time", "band", "py", "px"),
               dask_array.zeros(shape, dtype=np.float32, chunks=(chunk, *shape[1:]))),
@@ -342,8 +344,7 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
     try:  # segment by segment into a patches store, then folded window by window: bounded memory
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False)
         group = zarr.open_group(str(tmp), mode="r+")
-        n_segments = len(_segments(compressed, shape[0]))
-        for first, data, valid in tqdm(_decoded_segments(compressed), total=n_segments,
+        for first, data, valid in tqdm(_decoded_segments(compressed), total=len(segments),
                                        desc=f"decode {compressed.name}", unit="segment", disable=not progress):
             group["data"][first:first + len(data)] = data
             group["valid"][first:first + len(valid)] = valid

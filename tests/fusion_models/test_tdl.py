@@ -69,6 +69,8 @@ def test_codec_round_trip_shapes_dtypes_and_rate_3d_and_4d() -> None:
     assert np.abs(out - x32).max() < 0.05 * np.abs(x32).max()
     coarse = tdl.encode(codec, x32, 1.0)
     assert len(coarse) < len(stream)  # a coarser step costs fewer bits
+    q = tdl.quantize_core(codec, x32, 0.01)  # the encoder's own reconstruction is the decoder's
+    np.testing.assert_array_equal(tdl.dequantize_core(codec, q, 0.01), out)
     three = x32[:, :, 0]  # (S, T, H, W): 3D patches
     c3, _ = tdl.fit_codec(three, (2, 3, 3), iters=2)
     assert tdl.decode(c3, tdl.encode(c3, three, 0.05), len(three)).shape == three.shape
