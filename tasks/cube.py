@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,17 @@ from tasks.errors import CubeSchemaError
 __all__ = [
     "DATA_DIMS",
     "VALID_DIMS",
+    "band_stats",
     "check_cube",
     "cube_crs",
     "cube_transform",
     "grid_coords",
+    "observed_mask",
     "open_cube",
+    "patches_by_rows",
+    "read_rows",
     "spatial_ref",
+    "streamed_band_stats",
 ]
 
 log = logging.getLogger(__name__)
@@ -144,3 +150,66 @@ def cube_transform(ds: xr.Dataset) -> Affine:
     dx = float(x[1] - x[0])
     dy = float(y[1] - y[0])
     return Affine(dx, 0.0, float(x[0]) - dx / 2, 0.0, dy, float(y[0]) - dy / 2)
+
+
+# --- reading a cube in bounded pieces (the stages that train on patches and predict by rows) ---
+
+
+def observed_mask(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(time, y, x)``: valid and every band finite, for ``data (time, band, y, x)``."""
+    return valid & np.isfinite(data).all(axis=1)
+
+
+def band_stats(data: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation of the observed values of an in-memory
+    ``(time, band, y, x)`` array, ``(1, C, 1, 1)`` each (0 and 1 where a band has none)."""
+    mask = np.broadcast_to(observed[:, None], data.shape)
+    vals = np.where(mask, data, np.nan)
+    mean = np.nanmean(vals, axis=(0, 2, 3), keepdims=True)
+    std = np.nanstd(vals, axis=(0, 2, 3), keepdims=True)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def streamed_band_stats(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`band_stats` of a (lazy) cube in one pass of dask reductions over its chunks, and the
+    ``(y, x)`` map of pixels observed on at least one date."""
+    import dask
+
+    data = ds["data"]
+    observed = ds["valid"].astype(bool) & data.notnull().all("band")
+    vals = data.where(observed)
+    mean, std, seen = dask.compute(vals.mean(("time", "y", "x")), vals.std(("time", "y", "x")),
+                                   observed.any("time"))
+    mean = np.where(np.isfinite(mean.values), mean.values, 0.0).reshape(1, -1, 1, 1)
+    std = np.where(np.isfinite(std.values) & (std.values > 0), std.values, 1.0).reshape(1, -1, 1, 1)
+    return mean.astype(np.float32), std.astype(np.float32), np.asarray(seen.values, dtype=bool)
+
+
+def read_rows(ds: xr.Dataset, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows ``y0:y1`` of a cube, all dates, bands and columns, in one read: ``data (T, C, h, W)``
+    float32, ``valid (T, h, W)`` and the observed mask (:func:`observed_mask`)."""
+    block = ds[["data", "valid"]].isel(y=slice(y0, y1)).load()
+    data = block["data"].values.astype(np.float32)
+    valid = block["valid"].values.astype(bool)
+    return data, valid, observed_mask(data, valid)
+
+
+def patches_by_rows(origins: np.ndarray, size: int,
+                    read: Callable[[int, int], tuple[np.ndarray, ...]]) -> list[np.ndarray]:
+    """Patches at row-major ``origins (P, 2)`` cut from arrays ``(..., h, W)`` that
+    ``read(y0, y1)`` returns for a band of rows: one read per row of patches, whatever the cube's
+    height. Returns one ``(P, ..., size, size)`` array per array ``read`` returns, in ``origins``
+    order."""
+    from fusion_models.patching import extract_patches
+
+    parts: list[list[np.ndarray]] = []
+    for row in np.unique(origins[:, 0]):
+        local = origins[origins[:, 0] == row] - [int(row), 0]
+        arrays = read(int(row), int(row) + size)
+        if not parts:
+            parts = [[] for _ in arrays]
+        for store, arr in zip(parts, arrays, strict=True):
+            store.append(extract_patches(arr, local, size))
+    return [np.concatenate(p) for p in parts]

@@ -59,7 +59,14 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
-from tasks.cube import open_cube
+from tasks.cube import (
+    band_stats,
+    observed_mask,
+    open_cube,
+    patches_by_rows,
+    read_rows,
+    streamed_band_stats,
+)
 from tasks.patch import unpatch
 
 __all__ = [
@@ -81,6 +88,7 @@ TRAIN_PATCHES = 256  # ... and at most this many: the factors are shared, a samp
 BLOCK_BYTES = 64 * 2**20  # input rows read, filled and written at once (peak memory is a few times this)
 CODE_MODULES = (
     "tasks.gapfill",
+    "tasks.cube",
     "fusion_models.lrtcnet",
     "fusion_models.lrtcnet_training",
     "fusion_models.completion",
@@ -106,22 +114,6 @@ def is_patches_store(path: str | Path) -> bool:
     except (OSError, ValueError, KeyError):
         return False
     return all(a in attrs for a in ("patch_size", "cube_shape", "GeoTransform"))
-
-
-def _observed(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``(time, y, x)``: valid and every band finite."""
-    return valid & np.isfinite(data).all(axis=1)
-
-
-def _standardise(data: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and standard deviation of the observed values, ``(1, C, 1, 1)`` each."""
-    mask = np.broadcast_to(observed[:, None], data.shape)
-    vals = np.where(mask, data, np.nan)
-    mean = np.nanmean(vals, axis=(0, 2, 3), keepdims=True)
-    std = np.nanstd(vals, axis=(0, 2, 3), keepdims=True)
-    mean = np.where(np.isfinite(mean), mean, 0.0)
-    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
-    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def weights_path(out: str | Path) -> Path:
@@ -201,15 +193,15 @@ def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fil
     """Train on and fill a ``patches.zarr``'s own patches, fold them back (in memory)."""
     ds = unpatch(cube)
     data = ds["data"].values.astype(np.float32)  # (T, C, H, W)
-    observed = _observed(data, ds["valid"].values.astype(bool))
+    observed = observed_mask(data, ds["valid"].values.astype(bool))
     if not observed.any():
         raise ValueError(f"{cube}: no observed pixel (valid and finite); nothing to learn from")
-    mean, std = _standardise(data, observed)
+    mean, std = band_stats(data, observed)
     pds = xr.open_zarr(cube, consolidated=None)
     size = int(pds.attrs["patch_size"])
     origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1).astype(np.int64)
     raw = pds["data"].values.astype(np.float32)  # (P, T, C, size, size)
-    op = _observed(raw.reshape(-1, *raw.shape[2:]), pds["valid"].values.reshape(-1, size, size))
+    op = observed_mask(raw.reshape(-1, *raw.shape[2:]), pds["valid"].values.reshape(-1, size, size))
     op = op.reshape(raw.shape[0], raw.shape[1], size, size)
     xp = np.where(op[:, :, None], (raw - mean) / std, 0.0).astype(np.float32)
     shape = (data.shape[0], data.shape[1], size, size)
@@ -226,28 +218,6 @@ def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fil
     return fit, ranks, shape, len(origins), counts
 
 
-def _lazy_stats(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Streamed per-band mean and std of the observed values ``(1, C, 1, 1)``, and the ``(H, W)``
-    map of pixels observed on at least one date (one pass of dask reductions over the chunks)."""
-    import dask
-
-    data = ds["data"]
-    observed = ds["valid"].astype(bool) & data.notnull().all("band")
-    vals = data.where(observed)
-    mean, std, seen = dask.compute(vals.mean(("time", "y", "x")), vals.std(("time", "y", "x")),
-                                   observed.any("time"))
-    mean = np.where(np.isfinite(mean.values), mean.values, 0.0).reshape(1, -1, 1, 1)
-    std = np.where(np.isfinite(std.values) & (std.values > 0), std.values, 1.0).reshape(1, -1, 1, 1)
-    return mean.astype(np.float32), std.astype(np.float32), np.asarray(seen.values, dtype=bool)
-
-
-def _read_rows(ds: xr.Dataset, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``y0:y1`` of the cube, all dates, bands and columns: ``data (T, C, h, W)``, ``observed (T, h, W)``."""
-    block = ds[["data", "valid"]].isel(y=slice(y0, y1)).load()
-    data = block["data"].values.astype(np.float32)
-    return data, _observed(data, block["valid"].values.astype(bool))
-
-
 def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen: bool, patch: int
                ) -> tuple[Any, tuple[int, ...], tuple[int, ...], int, dict[str, int]]:
     """Fill a cube with bounded memory: streamed statistics, a training sample of patches, and
@@ -257,7 +227,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
 
     ds = open_cube(cube)
     n_time, n_band, height, width = (ds.sizes["time"], ds.sizes["band"], ds.sizes["y"], ds.sizes["x"])
-    mean, std, seen = _lazy_stats(ds)
+    mean, std, seen = streamed_band_stats(ds)
     if not seen.any():
         raise ValueError(f"{cube}: no observed pixel (valid and finite); nothing to learn from")
     size = min(patch, height, width)
@@ -274,18 +244,15 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
     n_train = min(len(origins), TRAIN_PATCHES, max(1, TRAIN_BYTES // per_patch))
     rng = np.random.default_rng(kw["seed"])
     pick = np.sort(rng.choice(len(origins), n_train, replace=False)) if n_train < len(origins) else np.arange(len(origins))
-    xs, os_ = [], []
-    for row in np.unique(origins[pick, 0]):  # one read per row of patches
-        mine = pick[origins[pick, 0] == row]
-        data, observed = _read_rows(ds, int(row), int(row) + size)
-        local = origins[mine] - [int(row), 0]
-        xs.append(extract_patches(standardised(data, observed), local, size))
-        os_.append(extract_patches(observed, local, size))
-    xp, op = np.concatenate(xs), np.concatenate(os_)
+    def rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+        data, _, observed = read_rows(ds, y0, y1)
+        return standardised(data, observed), observed
+
+    xp, op = patches_by_rows(origins[pick], size, rows)
     if n_train < len(origins):
         log.info("gapfill: training on %d of %d patches (%d MB)", n_train, len(origins), n_train * per_patch >> 20)
     fit, ranks = _fit(xp, op, shape, kw)
-    del xs, os_, xp, op
+    del xp, op
 
     # fill and write block by block: a block is whole rows of patches, its height a multiple of size
     rows = np.unique(origins[:, 0])  # patch row starts; the last may be flush with the bottom edge
@@ -317,7 +284,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
         groups = [rows[i:i + rows_per_block] for i in range(0, len(rows), rows_per_block)]
         for group in tqdm(groups, desc=f"gapfill {Path(cube).name}", unit="block", disable=len(groups) < 2):
             y0, y1 = int(group[0]), int(group[-1]) + size
-            data, observed = _read_rows(ds, y0, y1)
+            data, valid, observed = read_rows(ds, y0, y1)
             mine = np.isin(origins[:, 0], group)
             local = origins[mine] - [y0, 0]
             xb = extract_patches(standardised(data, observed), local, size)
@@ -331,7 +298,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
             a = written - y0
             block = xr.Dataset(
                 {"data": (ds["data"].dims, result[:, :, a:].astype(np.float32)),
-                 "valid": (ds["valid"].dims, ds["valid"].isel(y=slice(written, y1)).values.astype(bool)),
+                 "valid": (ds["valid"].dims, valid[:, a:]),
                  "filled": (("time", "y", "x"), filled[:, a:])},
             )
             for name in static:

@@ -69,8 +69,16 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
-from tasks.cube import cube_crs, cube_transform, open_cube
-from tasks.gapfill import _lazy_stats, _observed, _read_rows, _standardise
+from tasks.cube import (
+    band_stats,
+    cube_crs,
+    cube_transform,
+    observed_mask,
+    open_cube,
+    patches_by_rows,
+    read_rows,
+    streamed_band_stats,
+)
 
 __all__ = [
     "NO_CLASS",
@@ -96,7 +104,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "labels"
-CODE_MODULES = ("tasks.labels", "fusion_models.unet_lrtd", "fusion_models.patching", "tasks.gapfill")
+CODE_MODULES = ("tasks.labels", "fusion_models.unet_lrtd", "fusion_models.patching", "tasks.cube")
 NO_CLASS = 255  # class(y, x) where there is no prediction / label raster nodata
 CODES: tuple[int, ...] = tuple(NLCD_CLASSES)
 TRAIN_PATCHES = 512  # patches held in memory for training (labelled ones first)
@@ -125,10 +133,10 @@ def _training_patches(idx: np.ndarray, size: int, seed: int) -> np.ndarray:
 def model_inputs(data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(T, C, H, W)`` cube values -> standardised values (NaN where not observed) and the
     ``(T, H, W)`` observed mask (valid and every band finite)."""
-    observed = _observed(data, valid)
+    observed = observed_mask(data, valid)
     if not observed.any():
         raise ValueError("the cube has no observed pixel (valid and finite); nothing to learn from")
-    mean, std = _standardise(data, observed)
+    mean, std = band_stats(data, observed)
     x = np.where(observed[:, None], (data - mean) / std, np.nan).astype(np.float32)
     return x, observed
 
@@ -542,7 +550,7 @@ def recover_labels(
     if len(classes) < 2:
         raise ValueError(f"{labels}: the labels hold {len(classes)} class(es) {classes}; at least 2 are needed")
     n_time, n_band, height, width_px = (ds.sizes["time"], ds.sizes["band"], ds.sizes["y"], ds.sizes["x"])
-    mean, std, seen = _lazy_stats(ds)  # streamed over the cube's chunks
+    mean, std, seen = streamed_band_stats(ds)  # streamed over the cube's chunks
     if not seen.any():
         raise ValueError("the cube has no observed pixel (valid and finite); nothing to learn from")
     size = patch_size_for(height, width_px, patch, multiple=2**depth)
@@ -551,22 +559,16 @@ def recover_labels(
 
     def model_rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``y0:y1``: standardised values (NaN where not observed) and the observed mask."""
-        data, observed = _read_rows(ds, y0, y1)
+        data, _, observed = read_rows(ds, y0, y1)
         return np.where(observed[:, None], (data - mean) / std, np.nan).astype(np.float32), observed
 
     train_origins = _training_patches(idx, size, seed)
-    xs, vs, ys = [], [], []
-    for row in np.unique(train_origins[:, 0]):  # one read per row of patches
-        local = train_origins[train_origins[:, 0] == row] - [int(row), 0]
-        x, observed = model_rows(int(row), int(row) + size)
-        xs.append(extract_patches(x, local, size))
-        vs.append(extract_patches(observed, local, size))
-        ys.append(extract_patches(idx[int(row):int(row) + size], local, size).astype(np.int64))
+    xs, vs, ys = patches_by_rows(train_origins, size, lambda y0, y1: (*model_rows(y0, y1), idx[y0:y1]))
     ranks = (k if rank_k is None else min(rank_k, k), int(np.ceil(rank_share * size)), int(np.ceil(rank_share * size)))
     dev = torch.device(device) if device else default_device()
     weight = class_weights(idx, k, power=class_power) if class_power > 0 else None
     fit = fit_unet_lrtd(
-        np.concatenate(xs), np.concatenate(vs), np.concatenate(ys), classes=k, lam=lam, variant=variant,
+        xs, vs, ys.astype(np.int64), classes=k, lam=lam, variant=variant,
         ranks=ranks, epochs=epochs, batch=batch, lr=lr, width=width, depth=depth, seed=seed, device=dev,
         class_weight=weight)
     del xs, vs, ys
