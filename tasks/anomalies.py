@@ -438,10 +438,10 @@ def _cmd(args: argparse.Namespace) -> int:
     manifest = detect_anomalies(args.cube, args.out, bits=args.bits, band=args.band, lam=args.lam,
                                 tile=args.tile, overwrite=args.overwrite, progress=True)
     png = anomalies_png(args.out, Path(args.out).with_suffix(".png"))
-    rows = strongest_anomalies(xr.open_zarr(args.out, consolidated=None), 10,
-                               _observed(args.cube, manifest.outputs["band"]))
+    result = xr.open_zarr(args.out, consolidated=None)
+    rows = strongest_anomalies(result, 10, _observed(args.cube, manifest.outputs["band"]))
     print(f"{args.out}: {json.dumps(manifest.stats)}")  # noqa: T201 - CLI output
-    xs = xr.open_zarr(args.out, consolidated=None)["x"].values
+    xs = result["x"].values
     step = float(np.abs(np.diff(xs[:2]))[0]) if len(xs) > 1 else 1.0
     digits = max(0, 1 - int(np.floor(np.log10(step)))) if step > 0 else 0  # metres: 0, degrees: ~5
     for row in rows:

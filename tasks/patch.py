@@ -220,6 +220,11 @@ def fit_patch_size(cube: str | Path, size: int, stride: int | None) -> tuple[int
     return side, None if stride is None else min(stride, side)
 
 
+def _empty_splits(split: np.ndarray, fractions: Sequence[float]) -> list[str]:
+    """The splits with a positive fraction that got no patch."""
+    return [n for n, f in zip(SPLITS, fractions, strict=True) if f > 0 and not (split == n).any()]
+
+
 def _usable_split(origins: np.ndarray, *, size: int, block: int, fractions: Sequence[float], seed: int,
                   name: str) -> tuple[int, np.ndarray]:
     """The block split with ``block``, or, when that leaves a split with a positive fraction
@@ -227,16 +232,12 @@ def _usable_split(origins: np.ndarray, *, size: int, block: int, fractions: Sequ
     split: a small cube still gets held-out val/test patches (the stages' scores and model
     selection need them). Deterministic in the inputs, so the artifact key stays the request's."""
     split = block_split(origins, size=size, block=block, fractions=fractions, seed=seed)
-
-    def empty(labels: np.ndarray) -> list[str]:
-        return [n for n, f in zip(SPLITS, fractions, strict=True) if f > 0 and not (labels == n).any()]
-
-    missing = empty(split)
+    missing = _empty_splits(split, fractions)
     for smaller in range(block - 1, 0, -1):
         if not missing:
             break
         candidate = block_split(origins, size=size, block=smaller, fractions=fractions, seed=seed)
-        if not empty(candidate):
+        if not _empty_splits(candidate, fractions):
             log.warning("patch %s: blocks of %d x %d px left %s without patches; using blocks of %d x %d px",
                         name, block * size, block * size, missing, smaller * size, smaller * size)
             return smaller, candidate
@@ -349,7 +350,7 @@ def make_patches(
                 pending.result()
 
     per_split = {name: int((split == name).sum()) for name in (*SPLITS, "buffer")}
-    empty = [name for name, f in zip(SPLITS, fracs, strict=True) if f > 0 and not per_split[name]]
+    empty = _empty_splits(split, fracs)
     if empty:
         log.warning(
             "patch: split(s) %s got no patches (%d patches, blocks of %d x %d pixels); "
