@@ -85,6 +85,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         chunks=args.chunks, time_chunk=args.time_chunk,
         date={k: v for k, v in (("pattern", args.date_pattern), ("format", args.date_format),
                                 ("default", args.date)) if v is not None},
+        band_files=args.band_files,
     )
     report = ingest_flow(str(catalog_path), "cube", progress_bar=True)
     _print_report(report)
@@ -204,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--date-format", default=None, help="strptime format of the --date-pattern group")
     i.add_argument("--date", default=None, metavar="YYYY-MM-DD",
                    help="date of the files whose name and metadata carry none (e.g. one undated scene)")
+    i.add_argument("--band-files", default=None, metavar="REGEX",
+                   help="products stored one file per band: regex on the file name with a group "
+                        "(?P<band>...); files differing only there are one scene (default: band names "
+                        "such as Landsat _SR_B4, Sentinel-2 _B8A, HLS .B04 are recognised)")
     i.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser("stage", help="run one stage on any schema-following cube")

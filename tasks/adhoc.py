@@ -7,32 +7,102 @@ The bands, nodata and grid are read from the first file; the catalog is written 
 from __future__ import annotations
 
 import glob as globmod
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import rasterio
 import yaml
+from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from tasks.catalog import catalog_from_dict
+from tasks.discover import unreadable
 from tasks.errors import SceneError
 
-__all__ = ["adhoc_catalog", "describe_bands"]
+__all__ = ["BAND_TOKEN", "adhoc_catalog", "describe_bands", "detect_band_files"]
+
+
+def _band_entry(name: str, index: int, ds: rasterio.io.DatasetReader) -> dict[str, Any]:
+    """A band entry with the file's own scale, offset and nodata when it declares them (e.g. a
+    NetCDF's ``scale_factor``, a MODIS GeoTIFF's 0.02), so the cube holds physical units."""
+    entry: dict[str, Any] = {"name": name, "index": index}
+    scale, offset = ds.scales[index - 1], ds.offsets[index - 1]
+    if scale not in (None, 1.0) and math.isfinite(scale) and scale != 0:
+        entry["scale"] = float(scale)
+    if offset not in (None, 0.0) and math.isfinite(offset):
+        entry["offset"] = float(offset)
+    if ds.nodata is not None and math.isfinite(ds.nodata):
+        entry["nodata"] = float(ds.nodata)
+    return entry
+
+
+_COLOUR_NAMES = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
 
 
 def describe_bands(path: str) -> list[dict[str, Any]]:
-    """Band entries for a file: one per band, or one per variable of a multi-variable NetCDF."""
+    """Band entries for a file: one per band (an alpha band is the mask, not a band), or one per
+    variable of a multi-variable NetCDF."""
     try:
         with rasterio.open(path) as ds:
             if ds.subdatasets:
-                names = [s.rsplit(":", 1)[-1] for s in ds.subdatasets]
-                return [{"name": n, "index": i + 1} for i, n in enumerate(names)]
-            names = [d or f"band{i + 1}" for i, d in enumerate(ds.descriptions)]
+                entries = []
+                for i, sd in enumerate(ds.subdatasets):
+                    with rasterio.open(sd) as sub:
+                        entries.append(_band_entry(sd.rsplit(":", 1)[-1], 1, sub) | {"index": i + 1})
+                return entries
+            keep = [i for i in range(ds.count) if ds.colorinterp[i] != ColorInterp.alpha] or list(range(ds.count))
+            names = [ds.descriptions[i] or _COLOUR_NAMES.get(ds.colorinterp[i], f"band{i + 1}") for i in keep]
             if len(set(names)) != len(names):
-                names = [f"band{i + 1}" for i in range(ds.count)]
-            return [{"name": n, "index": i + 1} for i, n in enumerate(names)]
+                names = [f"band{i + 1}" for i in keep]
+            return [_band_entry(n, i + 1, ds) for n, i in zip(names, keep, strict=True)]
     except RasterioIOError as exc:
-        raise SceneError(path, f"cannot be read by GDAL ({exc})") from exc
+        raise SceneError(path, unreadable(path, exc)) from exc
+
+
+# A band named in a file name, for products stored one file per band: Landsat "_SR_B4.TIF",
+# Sentinel-2 "_B8A_20m.jp2" (its resolution is part of the match, so 10 m and 20 m bands of one
+# scene group together), HLS ".B04.tif", "_band3.tif".
+BAND_TOKEN = r"(?<=[_.\-])(?P<band>(?:S[RT]_)?B\d{1,2}A?|[Bb]and_?\d{1,2})(?:_\d{2}m)?(?=[_.\-])"
+
+
+def _natural(token: str) -> tuple[Any, ...]:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", token))
+
+
+def detect_band_files(files: list[str], pattern: str = BAND_TOKEN) -> list[str] | None:
+    """The band tokens, in natural order, when ``files`` are one file per band (two or more
+    tokens among files whose names otherwise agree); None for one file per scene."""
+    compiled = re.compile(pattern)
+    scenes: dict[str, set[str]] = {}
+    for f in files:
+        name = Path(f).name
+        m = compiled.search(name)
+        if m is not None and m["band"] is not None:
+            scenes.setdefault(name[: m.start()] + "{band}" + name[m.end():], set()).add(m["band"])
+    if not scenes or max(len(t) for t in scenes.values()) < 2:
+        return None
+    first = scenes[min(scenes)]  # the bands of the first scene; a scene missing one is reported
+    return sorted(first, key=_natural)
+
+
+def _band_file_bands(
+    files: list[str], pattern: str, *, explicit: bool, single_band: bool
+) -> list[dict[str, Any]] | None:
+    """Band entries (``file`` = the band's name token) for one-file-per-band products, else None."""
+    tokens = detect_band_files(files, pattern) if explicit or single_band else None
+    if tokens is None:
+        if explicit:
+            raise ValueError(f"--band-files {pattern!r} finds no scene with two or more band files among {len(files)} file(s)")
+        return None
+    compiled = re.compile(pattern)
+    entries = []
+    for token in tokens:
+        first = next(f for f in files if (m := compiled.search(Path(f).name)) and m["band"] == token)
+        with rasterio.open(first) as ds:
+            entries.append(_band_entry(token, 1, ds) | {"file": token})
+    return entries
 
 
 def adhoc_catalog(
@@ -44,11 +114,14 @@ def adhoc_catalog(
     chunks: int = 256,
     time_chunk: int = 1,
     date: dict[str, str] | None = None,
+    band_files: str | None = None,
 ) -> Path:
     """Write (and validate) a one-source, one-cube catalog for ``paths``; return its path.
 
     ``date``: the source's date rule beside ``from: auto`` (``pattern``, ``format``, ``default``;
-    see ``tasks.catalog.DateRule``).
+    see ``tasks.catalog.DateRule``). ``band_files``: a regex with a group ``(?P<band>...)`` for
+    products stored one file per band; by default such products are recognised by band names
+    in the file names (:data:`BAND_TOKEN`: Landsat ``_SR_B4``, Sentinel-2 ``_B8A``, HLS ``.B04``).
     """
     patterns = [str(Path(p).resolve()) if not any(c in p for c in "*?[") else p for p in paths]
     files = sorted({f for p in patterns for f in globmod.glob(p, recursive=True) if Path(f).is_file()})
@@ -57,16 +130,23 @@ def adhoc_catalog(
     out = Path(out).resolve()
     bands: list[dict[str, Any]] = []
     band_count: int | None = None
+    why: list[str] = []
     for f in files:  # the first readable file describes the bands
         try:
             bands = describe_bands(f)
-        except SceneError:
+        except SceneError as exc:
+            why.append(f"{Path(f).name} {exc.reason}")
             continue
         with rasterio.open(f) as ds:  # files with another band count are quarantined, not misread
             band_count = None if ds.subdatasets else ds.count
         break
     if not bands:
-        raise FileNotFoundError(f"none of the {len(files)} file(s) matching {paths} can be read by GDAL")
+        shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
+        raise FileNotFoundError(f"none of the {len(files)} file(s) matching {paths} can be read by GDAL: {shown}")
+    per_band = _band_file_bands(files, band_files if band_files else BAND_TOKEN, explicit=bool(band_files),
+                                single_band=band_count == 1)
+    if per_band is not None:
+        band_files, bands, band_count = band_files or BAND_TOKEN, per_band, None
     grid: dict[str, Any] | None = None
     if crs or resolution:
         if not (crs and resolution):
@@ -80,6 +160,7 @@ def adhoc_catalog(
                 "kind": "continuous",
                 "glob": [str(Path(p).resolve()) if not Path(p).is_absolute() else p for p in patterns],
                 "date": {"from": "auto", **(date or {})},
+                **({"band_files": band_files} if per_band is not None else {}),
                 **({"band_count": band_count} if band_count else {}),
                 "bands": bands,
                 "max_nodata_share": 1.0,

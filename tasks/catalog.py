@@ -59,6 +59,18 @@ NLCD_CLASSES: dict[int, str] = {
 }
 
 
+def _regex_with_group(v: str | None, group: str) -> str | None:
+    """``v`` when it is a valid regular expression with the named group ``group`` (or None)."""
+    if v is not None:
+        try:
+            compiled = re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        if group not in compiled.groupindex:
+            raise ValueError(f"pattern {v!r} needs a named group (?P<{group}>...)")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -71,6 +83,10 @@ class BandSpec(_Strict):
     scale: float = 1.0
     offset: float = 0.0
     nodata: float | None = Field(default=None, description="raw nodata value; default: the file's")
+    file: str | None = Field(
+        default=None,
+        description="with the source's band_files: the value of its 'band' group naming this band's file",
+    )
 
 
 class DateRule(_Strict):
@@ -89,14 +105,7 @@ class DateRule(_Strict):
     @field_validator("pattern")
     @classmethod
     def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                compiled = re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from exc
-            if "date" not in compiled.groupindex:
-                raise ValueError(f"pattern {v!r} needs a named group (?P<date>...)")
-        return v
+        return _regex_with_group(v, "date")
 
 
 class SidecarRule(_Strict):
@@ -135,6 +144,14 @@ class SourceSpec(_Strict):
     date: DateRule = DateRule()
     static: bool = Field(default=False, description="no time axis (e.g. a land-cover map)")
     bands: list[BandSpec]
+    band_files: str | None = Field(
+        default=None,
+        description=(
+            "scenes stored one file per band (Landsat, Sentinel-2, HLS): a regex on the file name "
+            "with a named group 'band'; files whose names differ only where it matches are one scene, and each "
+            "band's `file` gives its group value (e.g. '_(?P<band>SR_B\\d+)\\.TIF$')"
+        ),
+    )
     band_count: int | None = Field(default=None, ge=1, description="raw bands expected in a file")
     dtypes: list[str] | None = None
     mask: MaskRule | None = None
@@ -150,6 +167,11 @@ class SourceSpec(_Strict):
     def _listify(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("band_files")
+    @classmethod
+    def _band_regex(cls, v: str | None) -> str | None:
+        return _regex_with_group(v, "band")
+
     @model_validator(mode="after")
     def _consistent(self) -> SourceSpec:
         names = [b.name for b in self.bands]
@@ -161,6 +183,16 @@ class SourceSpec(_Strict):
             raise ValueError(
                 f"band index {max(b.index for b in self.bands)} exceeds band_count {self.band_count}"
             )
+        with_file = [b.name for b in self.bands if b.file is not None]
+        if self.band_files is None and with_file:
+            raise ValueError(f"bands {with_file} name a `file` but the source has no band_files pattern")
+        if self.band_files is not None:
+            if len(with_file) != len(self.bands):
+                missing = [b.name for b in self.bands if b.file is None]
+                raise ValueError(f"with band_files every band needs a `file`; {missing} have none")
+            files = [b.file for b in self.bands]
+            if len(set(files)) != len(files):
+                raise ValueError(f"band files must be unique; got {files}")
         if self.valid_range is not None and self.valid_range[0] > self.valid_range[1]:
             raise ValueError(f"valid_range must be [low, high]; got {list(self.valid_range)}")
         if self.kind == "categorical" and self.resampling in ("bilinear", "cubic", "average"):

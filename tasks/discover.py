@@ -1,7 +1,8 @@
 """Finding scenes: catalog globs, acquisition dates from file names or metadata.
 
 A ``SceneRef`` is one date of one file: most rasters hold one date, a NetCDF with a time
-dimension holds several (one ref per time step).
+dimension holds several (one ref per time step). A product stored one file per band (Landsat,
+Sentinel-2, HLS; the source's ``band_files``) gives one ref per group of band files.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rasterio.errors import RasterioIOError
 from tasks.catalog import Catalog, DateRule, SourceSpec
 from tasks.errors import SceneError
 
-__all__ = ["SceneRef", "discover", "parse_date_from_name", "scene_refs_for_file"]
+__all__ = ["SceneRef", "band_file_groups", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class SceneRef:
     """One date of one file.
 
     ``datasets`` lists the GDAL dataset names holding the source's bands: the file itself, or for a
-    NetCDF with one variable per band, its subdatasets. ``time_index`` selects the GDAL band of a
+    NetCDF with one variable per band, its subdatasets, or for a product stored one file per band,
+    the band files in the source's band order (``path`` is then the first band's file). ``time_index`` selects the GDAL band of a
     multi-date NetCDF variable (0-based), None for single-date files.
     """
 
@@ -46,10 +48,28 @@ class SceneRef:
         name = Path(self.path).name
         return name if self.time_index is None else f"{name}#t{self.time_index}"
 
+    def grid_dataset(self) -> str:
+        """The dataset whose pixel grid the scene is read on: the file, its first variable, or for
+        band files the finest band (Sentinel-2's 10 m bands, not its 20 m or 60 m ones)."""
+        if len(self.datasets) <= 1 or self.datasets[0].lower().startswith(("netcdf:", "hdf5:", "hdf4")):
+            return self.datasets[0] if self.datasets else self.path
+        sizes = []
+        for d in self.datasets:
+            try:
+                with rasterio.open(d) as ds:
+                    sizes.append(abs(ds.transform.a * ds.transform.e))
+            except RasterioIOError:
+                sizes.append(float("inf"))  # its read reports it
+        return self.datasets[sizes.index(min(sizes))]
+
     def file_stamp(self) -> dict[str, int]:
-        """Size and modification time: a changed file is a new scene."""
-        st = Path(self.path).stat()
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        """Size and modification time: a changed file is a new scene. For band files, their total
+        size and latest time, so a scene once refused for a missing band is taken when it arrives."""
+        files = [self.path]
+        if len(self.datasets) > 1 and all(Path(d).is_file() for d in self.datasets):
+            files = list(self.datasets)
+        stats = [Path(f).stat() for f in files]
+        return {"size": sum(s.st_size for s in stats), "mtime_ns": max(s.st_mtime_ns for s in stats)}
 
 
 # Most specific first: extended and basic date-times, extended and basic dates, year + day-of-year.
@@ -152,8 +172,70 @@ def _mask_path(path: str, spec: SourceSpec) -> str | None:
     return str(Path(path).with_name(new))
 
 
-def scene_refs_for_file(path: str, source: str, spec: SourceSpec) -> list[SceneRef]:
-    """The scene refs of one file; raises ``SceneError`` when it cannot be read or dated."""
+_HDF4_MAGIC = b"\x0e\x03\x13\x01"
+
+
+def unreadable(path: str, exc: Exception) -> str:
+    """Why GDAL cannot read ``path``, with the way out where one is known (HDF4)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if head == _HDF4_MAGIC:
+        return ("is HDF4 (MODIS / VIIRS .hdf), which this GDAL build (rasterio's wheels) cannot read; "
+                "convert the layers you need with `gdal_translate HDF4_EOS:EOS_GRID:\"FILE\":GRID:SDS out.tif` "
+                "where GDAL has HDF4, or use the product's GeoTIFF / NetCDF / HDF5 edition")
+    return f"cannot be read by GDAL ({exc})"
+
+
+def band_file_groups(
+    files: list[str], spec: SourceSpec
+) -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
+    """Group one-file-per-band products into scenes: ([band files in band order], [(path, reason)]).
+
+    Files whose names differ only where ``spec.band_files`` matches are one scene. A file
+    the pattern does not match, or whose band is not one of the source's, is reported, not read; a
+    scene missing a band, or with two files for one band, is reported under its first file.
+    """
+    if spec.band_files is None:
+        raise ValueError("source has no band_files pattern")
+    pattern = re.compile(spec.band_files)
+    wanted = [b.file for b in spec.bands]
+    groups: dict[str, dict[str, list[str]]] = {}
+    failed: list[tuple[str, str]] = []
+    for f in files:
+        name = Path(f).name
+        m = pattern.search(name)
+        if m is None or m["band"] is None:
+            failed.append((f, "not a band file: no band name where the source's band_files pattern looks; "
+                              "narrow the glob to the band files"))
+            continue
+        if m["band"] not in wanted:
+            failed.append((f, f"band file {m['band']!r} is not one of the source's bands {wanted}"))
+            continue
+        key = name[: m.start()] + "{band}" + name[m.end():]
+        groups.setdefault(key, {}).setdefault(m["band"], []).append(f)
+    scenes: list[tuple[str, ...]] = []
+    for by_band in groups.values():
+        first = min(p for ps in by_band.values() for p in ps)
+        missing = [b for b in wanted if b not in by_band]
+        twice = {b: ps for b, ps in by_band.items() if len(ps) > 1}
+        if missing:
+            failed.append((first, f"scene lacks the file(s) of band(s) {missing} (found {sorted(by_band)})"))
+        elif twice:
+            b, ps = next(iter(twice.items()))
+            failed.append((first, f"two files for band {b!r}: {[Path(p).name for p in ps]}; narrow the glob"))
+        else:
+            scenes.append(tuple(by_band[b][0] for b in wanted))
+    return scenes, failed
+
+
+def scene_refs_for_file(
+    path: str, source: str, spec: SourceSpec, band_files: tuple[str, ...] | None = None
+) -> list[SceneRef]:
+    """The scene refs of one file (or of one group of band files, ``path`` the first);
+    raises ``SceneError`` when it cannot be read or dated."""
     try:
         with rasterio.open(path) as ds:
             subdatasets = list(ds.subdatasets)
@@ -162,8 +244,10 @@ def scene_refs_for_file(path: str, source: str, spec: SourceSpec) -> list[SceneR
                 with rasterio.open(subdatasets[0]) as sub:
                     tags = {**tags, **sub.tags()}
     except RasterioIOError as exc:
-        raise SceneError(path, f"cannot be read by GDAL ({exc})") from exc
-    datasets = tuple(subdatasets) if subdatasets else (path,)
+        raise SceneError(path, unreadable(path, exc)) from exc
+    datasets = band_files or (tuple(subdatasets) if subdatasets else (path,))
+    if band_files and subdatasets:
+        raise SceneError(path, "a band file holds subdatasets (NetCDF / HDF variables); band_files takes plain rasters")
     mask = _mask_path(path, spec)
     if spec.static:
         return [SceneRef(path, None, source, datasets, None, mask)]
@@ -245,15 +329,22 @@ def discover(
     if not files:
         log.warning("source %s: no file matches %s", source, spec.glob)
     roots = glob_roots(spec.glob, catalog)
+    inside: list[str] = []
     for f in files:
         escape = outside_roots(f, roots)
         if escape is not None:
             failed.append((f, escape))
-            continue
-        if skip is not None and skip(f):
+        else:
+            inside.append(f)
+    scenes: list[tuple[str, ...]] = [(f,) for f in inside]
+    if spec.band_files is not None:
+        scenes, bad = band_file_groups(inside, spec)
+        failed += bad
+    for group in scenes:
+        if skip is not None and skip(group[0]):
             continue
         try:
-            refs.extend(scene_refs_for_file(f, source, spec))
+            refs.extend(scene_refs_for_file(group[0], source, spec, group if spec.band_files else None))
         except SceneError as exc:
             failed.append((exc.path, exc.reason))
     refs.sort(key=lambda r: (r.date or datetime.min, r.path, r.time_index or 0))

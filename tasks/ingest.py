@@ -129,7 +129,7 @@ def _as_date(d: datetime | None) -> str:
 # -- the grid ----------------------------------------------------------------------------------
 def _scene_bounds(ref: SceneRef, crs: CRS) -> tuple[float, float, float, float] | None:
     try:
-        with rasterio.open(ref.datasets[0] if ref.datasets else ref.path) as ds:
+        with rasterio.open(ref.grid_dataset()) as ds:
             if ds.crs is None:
                 return None
             return transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
@@ -145,7 +145,7 @@ def _first_scene_grid(refs: Sequence[SceneRef]) -> tuple[CRS, tuple[float, float
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                with rasterio.open(ref.datasets[0] if ref.datasets else ref.path) as ds:
+                with rasterio.open(ref.grid_dataset()) as ds:
                     if ds.crs is None:
                         why.append(f"{ref.path}: no CRS (not georeferenced)")
                         continue

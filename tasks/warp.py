@@ -17,7 +17,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
@@ -170,7 +170,7 @@ def _refuse_oversized(ref: SceneRef, ds: rasterio.io.DatasetReader, win: Window,
 
 def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     """Read the part of a scene over ``grid`` and profile it. Raises ``SceneError`` on bad input."""
-    first = ref.datasets[0] if ref.datasets else ref.path
+    first = ref.grid_dataset()
     try:
         with rasterio.Env(**_gdal_env()), rasterio.open(first) as ds:
             if ds.crs is None:
@@ -180,7 +180,9 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
             _refuse_oversized(ref, ds, win, len(spec.bands))
             transform = ds.window_transform(win)
             crs = ds.crs
-            if len(ref.datasets) > 1:  # NetCDF: one subdataset per band, GDAL bands are times
+            if spec.band_files is not None:  # one file per band, maybe at other resolutions
+                raw, nodata = _read_band_files(ref, spec, ds, win)
+            elif len(ref.datasets) > 1:  # NetCDF: one subdataset per band, GDAL bands are times
                 arrays, nodatas = [], []
                 for b in spec.bands:
                     if b.index > len(ref.datasets):
@@ -201,6 +203,10 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
                 nodata = ds.nodata
             if spec.mask is not None and raw.shape[0] >= len(spec.bands):
                 clear, mask_nbytes = _read_mask(ref, spec, grid, win, transform)
+            elif spec.mask is None and len(ref.datasets) <= 1 and spec.bands[0].index <= ds.count and _internal_mask(ds):
+                # an alpha band or a GDAL mask band (e.g. a JPEG-compressed COG): 0 = not observed
+                clear = ds.read_masks(spec.bands[0].index, window=win) > 0
+                mask_nbytes = clear.nbytes
             else:
                 clear, mask_nbytes = None, 0
     except RasterioIOError as exc:
@@ -220,6 +226,51 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     if raw.shape[0] < len(spec.bands):  # fails validation (band count); never warped
         return RawScene(ref, raw, None, transform, crs, profile, nodata, raw.nbytes)
     return RawScene(ref, raw, clear, transform, crs, profile, nodata, raw.nbytes + mask_nbytes)
+
+
+def _internal_mask(ds: rasterio.io.DatasetReader) -> bool:
+    """The file carries its own validity mask: an alpha band or a per-dataset mask band."""
+    flags = ds.mask_flag_enums[0] if ds.count else []
+    return MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
+
+
+def _read_band_files(
+    ref: SceneRef, spec: SourceSpec, first: rasterio.io.DatasetReader, win: Window
+) -> tuple[np.ndarray, float | None]:
+    """The bands of a one-file-per-band scene over the first band's window: (bands, nodata).
+
+    A band file on another pixel grid (Sentinel-2's 20 m bands beside its 10 m ones) is resampled
+    onto the first band's window with the source's resampling; its nodata stays nodata.
+    """
+    transform = first.window_transform(win)
+    shape = (int(win.height), int(win.width))
+    arrays, nodatas = [], []
+    for b, path in zip(spec.bands, ref.datasets, strict=True):
+        try:
+            with rasterio.open(path) as ds:
+                if b.index > ds.count:
+                    raise SceneError(path, f"band {b.name} wants band {b.index}; the file has {ds.count}")
+                if ds.crs is None:
+                    raise SceneError(path, "has no CRS (no georeferencing); cannot place it beside the scene's other bands")
+                nodata = b.nodata if b.nodata is not None else ds.nodata
+                if ds.crs == first.crs and ds.transform == first.transform and ds.shape == first.shape:
+                    arrays.append(ds.read(b.index, window=win))
+                else:
+                    fill = nodata if nodata is not None else 0
+                    out = np.full(shape, fill, dtype=ds.dtypes[b.index - 1])
+                    reproject(
+                        rasterio.band(ds, b.index), out, src_nodata=nodata, dst_nodata=fill,
+                        dst_transform=transform, dst_crs=first.crs,
+                        resampling=Resampling[spec.resampling_name], num_threads=_warp_threads(),
+                    )
+                    arrays.append(out)
+                nodatas.append(nodata)
+        except RasterioIOError as exc:
+            raise SceneError(path, f"cannot be read ({exc})") from exc
+    if len({str(n) for n in nodatas}) > 1 and any(b.nodata is None for b in spec.bands):
+        raise SceneError(ref.path, f"its band files declare different nodata values {nodatas}; "
+                         "give each band's nodata in the catalog")
+    return np.stack(arrays), nodatas[0]
 
 
 def _to_physical(

@@ -97,3 +97,15 @@ def test_cli_ingest_of_an_ungeoreferenced_image_is_one_line_naming_it(tmp_path, 
     assert f"{photo}: no CRS (not georeferenced)" in err and err.count("fusioncube: error:") == 1
     assert "Traceback" not in err and "NotGeoreferencedWarning" not in err
     assert not (tmp_path / "p.zarr").exists()
+
+
+def test_cli_ingest_of_hdf4_says_why_and_how_out(tmp_path, capfd) -> None:
+    """rasterio's wheels have no HDF4 driver: a MODIS .hdf gets a reason and a way out, not
+    only GDAL's 'not recognized as being in a supported file format'."""
+    from flows.cli import main
+
+    hdf = tmp_path / "MOD11A1.A2019182.h10v05.061.hdf"
+    hdf.write_bytes(b"\x0e\x03\x13\x01" + bytes(range(256)) * 8)
+    assert main(["ingest", str(hdf), "--out", str(tmp_path / "h.zarr")]) == 2
+    err = capfd.readouterr().err
+    assert f"{hdf.name} is HDF4 (MODIS / VIIRS .hdf)" in err and "gdal_translate" in err

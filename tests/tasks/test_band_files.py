@@ -1,0 +1,174 @@
+"""Products stored one file per band (Landsat, Sentinel-2, HLS), file-declared scale / offset,
+and alpha / mask bands: what `fusioncube ingest` makes of real-world layouts beyond one
+multi-band file per scene."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from rasterio.enums import ColorInterp
+from rasterio.transform import from_origin
+
+from tasks.adhoc import BAND_TOKEN, detect_band_files
+from tasks.catalog import SourceSpec
+from tasks.discover import band_file_groups
+
+
+def _band(path: Path, value: int, *, size: int, res: float, scale: float | None = None,
+          offset: float | None = None, hole: int = 0) -> None:
+    a = np.full((size, size), value, np.uint16)
+    a[:hole, :hole] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(600000, 5000000, res, res), nodata=0) as ds:
+        ds.write(a, 1)
+        if scale is not None:
+            ds.scales, ds.offsets = (scale,), (offset,)
+
+
+def _spec(pattern: str = BAND_TOKEN, files: tuple[str, ...] = ("B02", "B03")) -> SourceSpec:
+    return SourceSpec(glob=["*"], band_files=pattern,
+                      bands=[{"name": f, "index": 1, "file": f} for f in files])
+
+
+def test_band_file_groups_make_scenes_and_name_what_is_wrong() -> None:
+    names = [
+        "T33UUP_20190801T101031_B02_10m.tif", "T33UUP_20190801T101031_B03_20m.tif",  # one scene
+        "T33UUP_20190811T101031_B02_10m.tif",                                        # lacks B03
+        "T33UUP_20190821T101031_B02_10m.tif", "T33UUP_20190821T101031_B03_20m.tif",
+        "T33UUP_20190821T101031_B03_60m.tif",                                        # B03 twice
+        "T33UUP_20190801T101031_SCL_20m.tif",                                        # not a band file
+        "T33UUP_20190801T101031_B04_10m.tif",                                        # not wanted
+    ]
+    scenes, failed = band_file_groups([f"/d/{n}" for n in names], _spec())
+    assert scenes == [("/d/T33UUP_20190801T101031_B02_10m.tif", "/d/T33UUP_20190801T101031_B03_20m.tif")]
+    reasons = {Path(p).name: r for p, r in failed}
+    assert "lacks the file(s) of band(s) ['B03']" in reasons["T33UUP_20190811T101031_B02_10m.tif"]
+    assert "two files for band 'B03'" in reasons["T33UUP_20190821T101031_B02_10m.tif"]
+    assert "not a band file" in reasons["T33UUP_20190801T101031_SCL_20m.tif"]
+    assert "'B04' is not one of the source's bands" in reasons["T33UUP_20190801T101031_B04_10m.tif"]
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["LC08_L2SP_044034_20190801_20200827_02_T1_SR_B2.TIF", "LC08_L2SP_044034_20190801_20200827_02_T1_SR_B10.TIF",
+          "LC08_L2SP_044034_20190801_20200827_02_T1_SR_B4.TIF"], ["SR_B2", "SR_B4", "SR_B10"]),
+        (["HLS.S30.T33UUP.2019213T101031.v2.0.B8A.tif", "HLS.S30.T33UUP.2019213T101031.v2.0.B04.tif"], ["B04", "B8A"]),
+        (["scene_2020-01-01_band1.tif", "scene_2020-01-01_band2.tif"], ["band1", "band2"]),
+        (["PSScene_20190612_163402_1012_3B_AnalyticMS_SR.tif", "PSScene_20190613_163402_1012_3B_AnalyticMS_SR.tif"], None),
+        (["S2_20190612T163402_B04.tif", "S2_20190622T163402_B04.tif"], None),  # one band a date: not band files
+    ],
+)
+def test_detect_band_files(names: list[str], expected: list[str] | None) -> None:
+    assert detect_band_files(names) == expected
+
+
+def test_catalog_band_files_rules() -> None:
+    with pytest.raises(ValueError, match=r"needs a named group \(\?P<band>"):
+        _spec(pattern=r"_B\d+")
+    with pytest.raises(ValueError, match="no band_files pattern"):
+        SourceSpec(glob=["*"], bands=[{"name": "b", "index": 1, "file": "B02"}])
+    with pytest.raises(ValueError, match=r"every band needs a `file`; \['b'\]"):
+        SourceSpec(glob=["*"], band_files=BAND_TOKEN, bands=[{"name": "b", "index": 1}])
+
+
+def test_cli_ingests_sentinel2_and_landsat_style_band_files(tmp_path: Path, capsys) -> None:
+    """Sentinel-2-like 10 m bands with a 20 m band (resampled onto the 10 m grid) and Landsat-like
+    bands whose files declare scale and offset (applied): one cube band per band file. A scene
+    missing a band is quarantined and taken on the next run once its file arrives."""
+    from flows.cli import main
+
+    for d in ("20190801T101031", "20190811T101031"):
+        for b, v in (("B02", 1000), ("B03", 2000), ("B04", 3000)):
+            _band(tmp_path / "s2" / f"T33UUP_{d}_{b}_10m.tif", v, size=16, res=10, hole=4)
+        _band(tmp_path / "s2" / f"T33UUP_{d}_B8A_20m.tif", 4000, size=8, res=20)
+    assert main(["ingest", str(tmp_path / "s2" / "*.tif"), "--out", str(tmp_path / "s2.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "s2.zarr")
+    assert list(ds.band.values) == ["B02", "B03", "B04", "B8A"] and ds.sizes["y"] == ds.sizes["x"] == 16
+    np.testing.assert_allclose(ds.data.isel(time=1).sel(band="B8A").values, 4000)
+    np.testing.assert_allclose(ds.data.isel(time=0).sel(band="B03").values[4:, 4:], 2000)
+    assert not ds.valid.isel(time=0).values[:4, :4].any() and ds.valid.isel(time=0).values[4:, 4:].all()
+
+    ls = tmp_path / "ls"
+    stem = "LC08_L2SP_044034_{}_20200827_02_T1_{}.TIF"
+    for d in ("20190801", "20190817"):
+        for b, v in (("SR_B2", 10000), ("SR_B3", 20000)):
+            if (d, b) != ("20190817", "SR_B3"):
+                _band(ls / stem.format(d, b), v, size=8, res=30, scale=2.75e-5, offset=-0.2)
+    _band(ls / stem.format("20190801", "QA_PIXEL"), 21824, size=8, res=30)
+    assert main(["ingest", str(ls / "*.TIF"), "--out", str(tmp_path / "ls.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert f"quarantined {stem.format('20190817', 'SR_B2')}: scene lacks the file(s) of band(s) ['SR_B3']" in out
+    assert f"quarantined {stem.format('20190801', 'QA_PIXEL')}: not a band file" in out
+    ds = xr.open_zarr(tmp_path / "ls.zarr")
+    assert list(ds.band.values) == ["SR_B2", "SR_B3"] and ds.sizes["time"] == 1
+    np.testing.assert_allclose(ds.data.isel(time=0).mean(["y", "x"]).values, [0.075, 0.35], rtol=1e-5)
+    _band(ls / stem.format("20190817", "SR_B3"), 20000, size=8, res=30, scale=2.75e-5, offset=-0.2)
+    assert main(["ingest", str(ls / "*.TIF"), "--out", str(tmp_path / "ls.zarr")]) == 0
+    assert xr.open_zarr(tmp_path / "ls.zarr").sizes["time"] == 2
+
+
+def test_cli_ingest_takes_alpha_and_mask_bands_as_the_valid_mask(tmp_path: Path) -> None:
+    """An RGBA GeoTIFF's alpha band and a GDAL mask band (as JPEG-compressed COGs carry) mark the
+    pixels they hide not valid; the alpha band is no cube band, and RGB bands get colour names."""
+    from flows.cli import main
+
+    t = from_origin(600000, 5000000, 10, 10)
+    rgb = np.full((3, 16, 16), 100, np.uint8)
+    alpha = np.full((16, 16), 255, np.uint8)
+    alpha[:4, :4] = 0
+    for d in ("2020-01-01", "2020-02-01"):
+        with rasterio.open(tmp_path / f"rgba_{d}.tif", "w", driver="GTiff", width=16, height=16, count=4,
+                           dtype="uint8", crs="EPSG:32633", transform=t, photometric="RGB", alpha="YES") as ds:
+            ds.write(rgb, [1, 2, 3])
+            ds.write(alpha, 4)
+            ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+        with rasterio.open(tmp_path / f"masked_{d}.tif", "w", driver="GTiff", width=16, height=16, count=3,
+                           dtype="uint8", crs="EPSG:32633", transform=t) as ds:
+            ds.write(rgb)
+            ds.write_mask(alpha)
+    for kind in ("rgba", "masked"):  # GDAL writes 3-band uint8 as RGB: colour names both times
+        assert main(["ingest", str(tmp_path / f"{kind}_*.tif"), "--out", str(tmp_path / f"{kind}.zarr")]) == 0
+        ds = xr.open_zarr(tmp_path / f"{kind}.zarr")
+        assert list(ds.band.values) == ["red", "green", "blue"]
+        valid = ds.valid.values
+        assert not valid[:, :4, :4].any() and valid.sum() == 2 * (256 - 16), kind
+
+
+def test_catalog_landsat_band_files_with_qa_pixel_mask(tmp_path: Path) -> None:
+    """The commented Landsat example of data_catalog.yaml: band files, scale / offset from the
+    catalog, QA_PIXEL bits as the mask sidecar of the scene's first band file."""
+    import yaml
+
+    from tasks.catalog import catalog_from_dict
+    from tasks.ingest import ingest_cube
+
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "data_catalog.yaml").read_text()
+    block = text[text.index("  # landsat:"):text.index("\ncubes:")]
+    source = yaml.safe_load("\n".join(line.replace("  # ", "  ", 1) for line in block.splitlines()))["landsat"]
+    source["glob"] = str(tmp_path / "LC0[89]_L2SP_*_SR_B[2-5].TIF")
+    stem = "LC08_L2SP_044034_20190801_20200827_02_T1_{}.TIF"
+    for b, v in (("SR_B2", 10000), ("SR_B3", 12000), ("SR_B4", 14000), ("SR_B5", 20000)):
+        _band(tmp_path / stem.format(b), v, size=8, res=30)
+    qa = np.full((8, 8), 21824, np.uint16)  # clear
+    qa[:2, :] = 22280  # cloud (bit 3) + dilated cloud (bit 1)
+    with rasterio.open(tmp_path / stem.format("QA_PIXEL"), "w", driver="GTiff", width=8, height=8, count=1,
+                       dtype="uint16", crs="EPSG:32633", transform=from_origin(600000, 5000000, 30, 30)) as ds:
+        ds.write(qa, 1)
+    cat = catalog_from_dict({
+        "sources": {"landsat": source},
+        "cubes": {"landsat": {"sources": ["landsat"], "path": str(tmp_path / "l.zarr")}},
+        "storage": {"root": str(tmp_path)},
+    }, path=tmp_path / "c.yaml")
+    report = ingest_cube(cat, "landsat")
+    assert not report.quarantined
+    ds = xr.open_zarr(tmp_path / "l.zarr")
+    assert list(ds.band.values) == ["blue", "green", "red", "nir"]
+    np.testing.assert_allclose(ds.data.isel(time=0).mean(["y", "x"]).values, [0.075, 0.13, 0.185, 0.35], rtol=1e-4)
+    assert not ds.valid.values[0, :2].any() and ds.valid.values[0, 2:].all()
