@@ -59,7 +59,7 @@ from tasks.errors import CubeSchemaError, SceneError
 from tasks.locks import DEFAULT_TIMEOUT as DEFAULT_LOCK_TIMEOUT
 from tasks.locks import cube_lock
 from tasks.validate import ValidationRules, validate_profiles
-from tasks.warp import Grid, RawScene, read_scene, warp_scene
+from tasks.warp import Grid, RawScene, no_crs_reason, read_scene, warp_scene
 
 __all__ = [
     "IngestPlan", "IngestReport", "ScenePlan", "attach_part", "cube_grid", "finish_ingest", "ingest_cube",
@@ -132,7 +132,9 @@ def _scene_bounds(ref: SceneRef, crs: CRS) -> tuple[float, float, float, float] 
         with rasterio.open(ref.grid_dataset()) as ds:
             if ds.crs is None:
                 return None
-            return transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
+            left, bottom, right, top = ds.bounds  # bottom > top for a south-up (bottom-up) file
+            return transform_bounds(ds.crs, crs, min(left, right), min(bottom, top), max(left, right),
+                                    max(bottom, top), densify_pts=21)
     except Exception as exc:  # unreadable, or a CRS with no transformation to the grid's
         log.warning("%s: left out of the new cube's bounds (%s: %s)", ref.path, type(exc).__name__, exc)
         return None
@@ -147,7 +149,7 @@ def _first_scene_grid(refs: Sequence[SceneRef]) -> tuple[CRS, tuple[float, float
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                 with rasterio.open(ref.grid_dataset()) as ds:
                     if ds.crs is None:
-                        why.append(f"{ref.path}: no CRS (not georeferenced)")
+                        why.append(f"{ref.path}: {no_crs_reason(ds)}")
                         continue
                     return ds.crs, (abs(ds.transform.a), abs(ds.transform.e)), (ds.transform.c, ds.transform.f)
         except rasterio.errors.RasterioIOError as exc:

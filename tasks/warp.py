@@ -20,14 +20,14 @@ from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.warp import reproject, transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from tasks.catalog import MaskRule, SourceSpec
 from tasks.discover import SceneRef
 from tasks.errors import SceneError
 from tasks.validate import SceneProfile, profile_array
 
-__all__ = ["Grid", "RawScene", "read_scene", "warp_scene", "mask_to_clear", "set_threads"]
+__all__ = ["Grid", "RawScene", "read_scene", "warp_scene", "mask_to_clear", "no_crs_reason", "set_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +143,12 @@ def mask_to_clear(mask: np.ndarray, rule: MaskRule) -> np.ndarray:
 def _window_over(ds: rasterio.io.DatasetReader, grid: Grid) -> Window:
     """The window of ``ds`` that covers the grid (rounded outward, clipped to the file)."""
     left, bottom, right, top = transform_bounds(grid.crs, ds.crs, *grid.bounds, densify_pts=21)
-    win = from_bounds(left, bottom, right, top, transform=ds.transform)
-    col0, row0 = math.floor(win.col_off) - 1, math.floor(win.row_off) - 1
-    col1 = math.ceil(win.col_off + win.width) + 1
-    row1 = math.ceil(win.row_off + win.height) + 1
+    # pixel coordinates of the four corners: right for north-up, south-up (bottom-up rows, as
+    # NetCDF-derived GeoTIFFs often are) and rotated files alike
+    inv = ~ds.transform
+    cols, rows = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
+    col0, row0 = math.floor(min(cols)) - 1, math.floor(min(rows)) - 1
+    col1, row1 = math.ceil(max(cols)) + 1, math.ceil(max(rows)) + 1
     col0, row0 = max(col0, 0), max(row0, 0)
     col1, row1 = min(col1, ds.width), min(row1, ds.height)
     if col1 <= col0 or row1 <= row0:
@@ -174,7 +176,7 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     try:
         with rasterio.Env(**_gdal_env()), rasterio.open(first) as ds:
             if ds.crs is None:
-                raise SceneError(ref.path, "has no CRS (no georeferencing); cannot place it on the grid")
+                raise SceneError(ref.path, f"{no_crs_reason(ds)}; cannot place it on the grid")
             file_count, file_dtype = ds.count, ds.dtypes[0]
             win = _window_over(ds, grid)
             _refuse_oversized(ref, ds, win, len(spec.bands))
@@ -228,6 +230,19 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     return RawScene(ref, raw, clear, transform, crs, profile, nodata, raw.nbytes + mask_nbytes)
 
 
+def no_crs_reason(ds: rasterio.io.DatasetReader) -> str:
+    """Why a raster without a CRS cannot be placed, with the way out when it is georeferenced
+    another way (ground control points or RPCs, as raw Sentinel-1 GRD and L1 products are)."""
+    gcps, gcp_crs = ds.gcps
+    if gcps:
+        return (f"is georeferenced by {len(gcps)} ground control points only (no geotransform); warp it onto "
+                f"a map grid first, e.g. `gdalwarp -t_srs {gcp_crs or 'EPSG:4326'} -r bilinear IN OUT.tif`")
+    if ds.rpcs:
+        return ("is georeferenced by RPCs only (no geotransform); orthorectify it first, e.g. "
+                "`gdalwarp -rpc -to RPC_DEM=dem.tif -t_srs EPSG:XXXX IN OUT.tif`")
+    return "no CRS (not georeferenced)"
+
+
 def _internal_mask(ds: rasterio.io.DatasetReader) -> bool:
     """The file carries its own validity mask: an alpha band or a per-dataset mask band."""
     flags = ds.mask_flag_enums[0] if ds.count else []
@@ -251,7 +266,7 @@ def _read_band_files(
                 if b.index > ds.count:
                     raise SceneError(path, f"band {b.name} wants band {b.index}; the file has {ds.count}")
                 if ds.crs is None:
-                    raise SceneError(path, "has no CRS (no georeferencing); cannot place it beside the scene's other bands")
+                    raise SceneError(path, f"{no_crs_reason(ds)}; cannot place it beside the scene's other bands")
                 nodata = b.nodata if b.nodata is not None else ds.nodata
                 if ds.crs == first.crs and ds.transform == first.transform and ds.shape == first.shape:
                     arrays.append(ds.read(b.index, window=win))

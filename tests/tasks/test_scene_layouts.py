@@ -1,6 +1,6 @@
-"""Products stored one file per band (Landsat, Sentinel-2, HLS), file-declared scale / offset,
-and alpha / mask bands: what `fusioncube ingest` makes of real-world layouts beyond one
-multi-band file per scene."""
+"""Real-world scene layouts beyond one north-up multi-band file per scene: products stored one
+file per band (Landsat, Sentinel-2, HLS), file-declared scale / offset, alpha and mask bands,
+south-up (bottom-up) rasters, and files georeferenced by ground control points only."""
 
 from __future__ import annotations
 
@@ -172,3 +172,38 @@ def test_catalog_landsat_band_files_with_qa_pixel_mask(tmp_path: Path) -> None:
     assert list(ds.band.values) == ["blue", "green", "red", "nir"]
     np.testing.assert_allclose(ds.data.isel(time=0).mean(["y", "x"]).values, [0.075, 0.13, 0.185, 0.35], rtol=1e-4)
     assert not ds.valid.values[0, :2].any() and ds.valid.values[0, 2:].all()
+
+
+def test_cli_ingests_a_south_up_raster_the_right_way_up(tmp_path: Path) -> None:
+    """A GeoTIFF with a positive y pixel size (rows bottom-up, as NetCDF-derived files often are):
+    the cube is north-up and its first row is the file's last."""
+    from rasterio.transform import Affine
+
+    from flows.cli import main
+
+    a = np.arange(16 * 16, dtype=np.float32).reshape(1, 16, 16)
+    with rasterio.open(tmp_path / "up_2020-01-01.tif", "w", driver="GTiff", width=16, height=16, count=1,
+                       dtype="float32", crs="EPSG:32633", transform=Affine(10, 0, 600000, 0, 10, 5000000)) as ds:
+        ds.write(a)
+    assert main(["ingest", str(tmp_path / "up_2020-01-01.tif"), "--out", str(tmp_path / "up.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "up.zarr")
+    assert float(ds.y[0]) == 5000155.0 and float(ds.y[-1]) == 5000005.0
+    np.testing.assert_array_equal(ds.data.values[0, 0], a[0, ::-1])
+    assert ds.valid.values.all()
+
+
+def test_cli_ingest_of_a_gcp_only_raster_says_how_to_warp_it(tmp_path: Path, capfd) -> None:
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    from flows.cli import main
+
+    path = tmp_path / "s1_2020-01-01.tif"
+    gcps = [GroundControlPoint(r, c, 600000 + 10 * c, 5000000 - 10 * r) for r in (0, 16) for c in (0, 16)]
+    with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=1, dtype="float32") as ds:
+        ds.write(np.ones((1, 16, 16), np.float32))
+        ds.gcps = (gcps, CRS.from_epsg(32633))
+    assert main(["ingest", str(path), "--out", str(tmp_path / "g.zarr")]) == 2
+    err = capfd.readouterr().err
+    assert f"{path}: is georeferenced by 4 ground control points only" in err
+    assert "gdalwarp -t_srs EPSG:32633" in err
