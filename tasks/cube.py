@@ -106,7 +106,8 @@ def check_cube(ds: xr.Dataset, *, source: str = "cube") -> xr.Dataset:
 
 
 def open_cube(path: str | Path, *, chunks: dict | str | None = "auto") -> xr.Dataset:
-    """Open a cube lazily and check its schema. A cube without ``valid`` gets one from ``data``.
+    """Open a cube lazily and check its schema. A cube without ``valid`` gets one from ``data``;
+    a south-up cube (``y`` ascending) is read north-up.
 
     Raises
     ------
@@ -125,6 +126,22 @@ def open_cube(path: str | Path, *, chunks: dict | str | None = "auto") -> xr.Dat
     check_cube(ds, source=str(path))
     if "valid" not in ds:
         ds["valid"] = ds["data"].notnull().all("band")
+    return _north_up(ds, source=str(path))
+
+
+def _north_up(ds: xr.Dataset, *, source: str) -> xr.Dataset:
+    """A south-up cube (``y`` ascending, as latitude-ordered tools often write it) as a lazy
+    north-up view, so every stage's patches, maps and quick-looks are north-up; the grid mapping's
+    GeoTransform is rewritten to match."""
+    y = ds["y"].values
+    if y.size < 2 or y[1] < y[0]:
+        return ds
+    log.info("%s: y ascends (south-up); the stages read it north-up", source)
+    ds = ds.isel(y=slice(None, None, -1))
+    name = ds["data"].attrs.get("grid_mapping", "spatial_ref")
+    if name in ds.variables and "GeoTransform" in ds[name].attrs:
+        ds[name] = ds[name].copy()
+        ds[name].attrs = {**ds[name].attrs, "GeoTransform": " ".join(str(v) for v in cube_transform(ds).to_gdal())}
     return ds
 
 

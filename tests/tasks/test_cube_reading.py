@@ -36,3 +36,40 @@ def test_observed_mask_and_band_stats_ignore_what_is_not_observed() -> None:
     mean, std = band_stats(data, observed)
     np.testing.assert_array_equal(mean.ravel(), [1.0, 1.0])
     np.testing.assert_array_equal(std.ravel(), [1.0, 1.0])  # zero spread -> 1
+
+
+def test_a_south_up_cube_is_read_north_up_and_its_patches_match(tmp_path) -> None:
+    """A cube written with ``y`` ascending (latitude-ordered tools): ``open_cube`` gives the
+    north-up view with a matching GeoTransform, and the patch stage cuts the same patches as from
+    the north-up cube."""
+    import xarray as xr
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from tasks.cube import cube_transform, grid_coords, open_cube, spatial_ref
+    from tasks.patch import make_patches
+
+    rng = np.random.default_rng(1)
+    data = rng.random((3, 2, 48, 40)).astype(np.float32)
+    transform = Affine(10.0, 0, 500000.0, 0, -10.0, 4650000.0)
+    y, x = grid_coords(transform, 48, 40)
+    north = xr.Dataset(
+        {"data": (("time", "band", "y", "x"), data, {"grid_mapping": "spatial_ref"}),
+         "valid": (("time", "y", "x"), np.ones((3, 48, 40), bool))},
+        coords={"time": np.array(["2020-01-01", "2020-01-11", "2020-01-21"], dtype="datetime64[ns]"),
+                "band": np.array(["a", "b"], dtype=object), "y": y, "x": x, "spatial_ref": spatial_ref(CRS.from_epsg(32617), transform)},
+    )
+    north.to_zarr(tmp_path / "north.zarr", zarr_format=3, consolidated=True)
+    south = north.isel(y=slice(None, None, -1))
+    south["spatial_ref"].attrs["GeoTransform"] = " ".join(
+        str(v) for v in Affine(10.0, 0, 500000.0, 0, 10.0, 4650000.0 - 480).to_gdal())
+    south.to_zarr(tmp_path / "south.zarr", zarr_format=3, consolidated=True)
+
+    ds = open_cube(tmp_path / "south.zarr")
+    assert cube_transform(ds) == transform
+    assert ds["spatial_ref"].attrs["GeoTransform"] == " ".join(str(v) for v in transform.to_gdal())
+    np.testing.assert_array_equal(ds["data"].values, data)
+    for name in ("north", "south"):
+        make_patches(tmp_path / f"{name}.zarr", tmp_path / f"p_{name}.zarr", size=16, block=1)
+    a, b = (xr.open_zarr(tmp_path / f"p_{n}.zarr") for n in ("north", "south"))
+    np.testing.assert_array_equal(a["data"].values, b["data"].values)
