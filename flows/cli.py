@@ -1,7 +1,7 @@
 """fusioncube: satellite scenes -> analysis-ready Zarr cubes -> tensor and deep-learning stages.
 
     fusioncube demo [--out DIR] [--size small|demo|bench]
-    fusioncube ingest PATH_OR_GLOB... --out cube.zarr [--crs CRS] [--resolution R]
+    fusioncube ingest PATH_OR_GLOB_OR_FOLDER... --out cube.zarr [--crs CRS] [--resolution R]
     fusioncube run planet [--catalog data_catalog.yaml] [--dask-address tcp://host:8786]
     fusioncube backfill planet --start 2019-01-01 --end 2019-12-31 [--concurrency 4]
     fusioncube stage patch --cube IN.zarr --out OUT.zarr [--size 32] [--stride S]
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     i = sub.add_parser("ingest", help="build a cube from your own GDAL-readable rasters")
-    i.add_argument("paths", nargs="+", help="files or globs (GeoTIFF, COG, JPEG 2000, NetCDF, ...)")
+    i.add_argument("paths", nargs="+", help="files, globs or folders (GeoTIFF, COG, JPEG 2000, NetCDF, ...)")
     i.add_argument("--out", required=True, help="the cube to create or append to (.zarr)")
     i.add_argument("--crs", default=None, help="target CRS (default: the first scene's)")
     i.add_argument("--resolution", type=float, default=None, help="target pixel size in CRS units")

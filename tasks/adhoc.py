@@ -105,6 +105,21 @@ def _band_file_bands(
     return entries
 
 
+# Raster files a folder given to `fusioncube ingest` is searched for (its sub-folders too).
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k", ".nc", ".nc4", ".vrt", ".img", ".h5", ".hdf5", ".he5", ".hdf")
+
+
+def _folder_globs(path: str) -> list[str]:
+    """A folder -> one recursive glob per raster suffix found below it; anything else as given."""
+    folder = Path(path)
+    if any(c in path for c in "*?[") or not folder.is_dir():
+        return [path]
+    found = sorted({f.suffix for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES})
+    if not found:
+        raise FileNotFoundError(f"{path}: a folder with no raster file ({', '.join(RASTER_SUFFIXES)}) in it or below")
+    return [str(folder.resolve() / "**" / f"*{suffix}") for suffix in found]
+
+
 def adhoc_catalog(
     paths: list[str],
     out: Path,
@@ -123,7 +138,8 @@ def adhoc_catalog(
     products stored one file per band; by default such products are recognised by band names
     in the file names (:data:`BAND_TOKEN`: Landsat ``_SR_B4``, Sentinel-2 ``_B8A``, HLS ``.B04``).
     """
-    patterns = [str(Path(p).resolve()) if not any(c in p for c in "*?[") else p for p in paths]
+    patterns = [q for p in paths for q in _folder_globs(p)]
+    patterns = [str(Path(p).resolve()) if not any(c in p for c in "*?[") else p for p in patterns]
     files = sorted({f for p in patterns for f in globmod.glob(p, recursive=True) if Path(f).is_file()})
     if not files:
         raise FileNotFoundError(f"no file matches {paths}")

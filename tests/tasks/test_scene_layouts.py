@@ -13,7 +13,7 @@ import xarray as xr
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
-from tasks.adhoc import BAND_TOKEN, detect_band_files
+from tasks.adhoc import BAND_TOKEN, adhoc_catalog, detect_band_files
 from tasks.catalog import SourceSpec
 from tasks.discover import band_file_groups
 
@@ -93,6 +93,13 @@ def test_cli_ingests_sentinel2_and_landsat_style_band_files(tmp_path: Path, caps
     np.testing.assert_allclose(ds.data.isel(time=1).sel(band="B8A").values, 4000)
     np.testing.assert_allclose(ds.data.isel(time=0).sel(band="B03").values[4:, 4:], 2000)
     assert not ds.valid.isel(time=0).values[:4, :4].any() and ds.valid.isel(time=0).values[4:, 4:].all()
+    # the folder itself is an input too: its raster files, sub-folders included
+    assert main(["ingest", str(tmp_path / "s2"), "--out", str(tmp_path / "s2dir.zarr")]) == 0
+    xr.testing.assert_equal(xr.open_zarr(tmp_path / "s2dir.zarr")["data"], ds["data"])
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no rasters here")
+    with pytest.raises(FileNotFoundError, match="notes: a folder with no raster file"):
+        adhoc_catalog([str(tmp_path / "notes")], tmp_path / "x.zarr")
 
     ls = tmp_path / "ls"
     stem = "LC08_L2SP_044034_{}_20200827_02_T1_{}.TIF"
