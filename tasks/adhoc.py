@@ -6,7 +6,6 @@ The bands, nodata and grid are read from the first file; the catalog is written 
 
 from __future__ import annotations
 
-import glob as globmod
 import math
 import re
 from pathlib import Path
@@ -18,7 +17,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from tasks.catalog import catalog_from_dict
-from tasks.discover import unreadable
+from tasks.discover import expand_globs, file_name, is_remote, unreadable
 from tasks.errors import SceneError
 
 __all__ = ["BAND_TOKEN", "adhoc_catalog", "describe_bands", "detect_band_files"]
@@ -77,7 +76,7 @@ def detect_band_files(files: list[str], pattern: str = BAND_TOKEN) -> list[str] 
     compiled = re.compile(pattern)
     scenes: dict[str, set[str]] = {}
     for f in files:
-        name = Path(f).name
+        name = file_name(f)
         m = compiled.search(name)
         if m is not None and m["band"] is not None:
             scenes.setdefault(name[: m.start()] + "{band}" + name[m.end():], set()).add(m["band"])
@@ -99,7 +98,7 @@ def _band_file_bands(
     compiled = re.compile(pattern)
     entries = []
     for token in tokens:
-        first = next(f for f in files if (m := compiled.search(Path(f).name)) and m["band"] == token)
+        first = next(f for f in files if (m := compiled.search(file_name(f))) and m["band"] == token)
         with rasterio.open(first) as ds:
             entries.append(_band_entry(token, 1, ds) | {"file": token})
     return entries
@@ -112,7 +111,7 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k", ".nc", ".nc4", ".vrt", ".img
 def _folder_globs(path: str) -> list[str]:
     """A folder -> one recursive glob per raster suffix found below it; anything else as given."""
     folder = Path(path)
-    if any(c in path for c in "*?[") or not folder.is_dir():
+    if is_remote(path) or any(c in path for c in "*?[") or not folder.is_dir():
         return [path]
     found = sorted({f.suffix for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES})
     if not found:
@@ -139,8 +138,8 @@ def adhoc_catalog(
     in the file names (:data:`BAND_TOKEN`: Landsat ``_SR_B4``, Sentinel-2 ``_B8A``, HLS ``.B04``).
     """
     patterns = [q for p in paths for q in _folder_globs(p)]
-    patterns = [str(Path(p).resolve()) if not any(c in p for c in "*?[") else p for p in patterns]
-    files = sorted({f for p in patterns for f in globmod.glob(p, recursive=True) if Path(f).is_file()})
+    patterns = [p if is_remote(p) or any(c in p for c in "*?[") else str(Path(p).resolve()) for p in patterns]
+    files = sorted({f for p in patterns for f in expand_globs([p])})
     if not files:
         raise FileNotFoundError(f"no file matches {paths}")
     out = Path(out).resolve()
@@ -151,7 +150,7 @@ def adhoc_catalog(
         try:
             bands = describe_bands(f)
         except SceneError as exc:
-            why.append(f"{Path(f).name} {exc.reason}")
+            why.append(f"{file_name(f)} {exc.reason}")
             continue
         with rasterio.open(f) as ds:  # files with another band count are quarantined, not misread
             band_count = None if ds.subdatasets else ds.count
@@ -174,7 +173,7 @@ def adhoc_catalog(
         "sources": {
             "scenes": {
                 "kind": "continuous",
-                "glob": [str(Path(p).resolve()) if not Path(p).is_absolute() else p for p in patterns],
+                "glob": [p if is_remote(p) or Path(p).is_absolute() else str(Path(p).resolve()) for p in patterns],
                 "date": {"from": "auto", **(date or {})},
                 **({"band_files": band_files} if per_band is not None else {}),
                 **({"band_count": band_count} if band_count else {}),

@@ -140,7 +140,7 @@ class SourceSpec(_Strict):
     """One product: where its scenes are and how to read them."""
 
     kind: Literal["continuous", "categorical"] = "continuous"
-    glob: list[str]
+    glob: list[str] = Field(description="file globs, or URLs each naming one scene (https://, s3://, /vsi...)")
     date: DateRule = DateRule()
     static: bool = Field(default=False, description="no time axis (e.g. a land-cover map)")
     bands: list[BandSpec]

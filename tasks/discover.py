@@ -21,9 +21,52 @@ from rasterio.errors import RasterioIOError
 from tasks.catalog import Catalog, DateRule, SourceSpec
 from tasks.errors import SceneError
 
-__all__ = ["SceneRef", "band_file_groups", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
+__all__ = ["SceneRef", "band_file_groups", "file_name", "file_stamp", "is_remote", "sibling", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
 
 log = logging.getLogger(__name__)
+
+# A scene GDAL reads over the network: a URL (https://, s3://, gs://, az://) or a /vsi... path.
+_REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.\-]*://|/vsi[a-z0-9_]+/)", re.IGNORECASE)
+HTTP_TIMEOUT_S = 20
+
+
+def is_remote(path: str) -> bool:
+    """True for a URL or a GDAL virtual file system path (read by GDAL, not from the disk)."""
+    return bool(_REMOTE.match(path))
+
+
+def file_name(path: str) -> str:
+    """The last part of a local path or a URL (query string dropped)."""
+    return path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] if is_remote(path) else Path(path).name
+
+
+def sibling(path: str, name: str) -> str:
+    """``name`` in the folder of ``path``, local or remote."""
+    if is_remote(path):
+        return path.split("?", 1)[0].rsplit("/", 1)[0] + "/" + name
+    return str(Path(path).with_name(name))
+
+
+def file_stamp(path: str) -> dict[str, int]:
+    """Size and modification time of a scene file: a changed file is a new scene. A remote one
+    gets them from an HTTP HEAD (an object store's objects are immutable: without HTTP, a fixed
+    stamp, so an ingested URL is not read again)."""
+    if not is_remote(path):
+        st = Path(path).stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if path.lower().startswith(("http://", "https://")):
+        import urllib.request
+        from email.utils import parsedate_to_datetime
+
+        try:
+            with urllib.request.urlopen(urllib.request.Request(path, method="HEAD"), timeout=HTTP_TIMEOUT_S) as r:
+                size = int(r.headers.get("Content-Length") or -1)
+                modified = r.headers.get("Last-Modified")
+                mtime = int(parsedate_to_datetime(modified).timestamp() * 1e9) if modified else 0
+                return {"size": size, "mtime_ns": mtime}
+        except (OSError, ValueError) as exc:
+            log.debug("%s: no HEAD stamp (%s)", path, exc)
+    return {"size": -1, "mtime_ns": 0}
 
 
 @dataclass(frozen=True)
@@ -45,7 +88,7 @@ class SceneRef:
 
     @property
     def id(self) -> str:
-        name = Path(self.path).name
+        name = file_name(self.path)
         return name if self.time_index is None else f"{name}#t{self.time_index}"
 
     def grid_dataset(self) -> str:
@@ -66,10 +109,10 @@ class SceneRef:
         """Size and modification time: a changed file is a new scene. For band files, their total
         size and latest time, so a scene once refused for a missing band is taken when it arrives."""
         files = [self.path]
-        if len(self.datasets) > 1 and all(Path(d).is_file() for d in self.datasets):
-            files = list(self.datasets)
-        stats = [Path(f).stat() for f in files]
-        return {"size": sum(s.st_size for s in stats), "mtime_ns": max(s.st_mtime_ns for s in stats)}
+        if len(self.datasets) > 1 and not self.datasets[0].lower().startswith(("netcdf:", "hdf5:", "hdf4")):
+            files = list(self.datasets)  # band files
+        stamps = [file_stamp(f) for f in files]
+        return {"size": sum(s["size"] for s in stamps), "mtime_ns": max(s["mtime_ns"] for s in stamps)}
 
 
 # Most specific first: extended and basic date-times, extended and basic dates, year + day-of-year.
@@ -94,7 +137,7 @@ def parse_date_from_name(name: str) -> datetime | None:
     >>> parse_date_from_name("MOD11A1.A2019182.h10v05.061.LST_Day_1km.tif")
     datetime.datetime(2019, 7, 1, 0, 0)
     """
-    stem = Path(name).name
+    stem = file_name(name)
     for pattern, kind in _NAME_PATTERNS:
         for m in pattern.finditer(stem):
             try:
@@ -163,13 +206,13 @@ def _netcdf_times(tags: dict[str, str]) -> list[datetime] | None:
 def _mask_path(path: str, spec: SourceSpec) -> str | None:
     if spec.mask is None or spec.mask.sidecar is None:
         return None
-    name = Path(path).name
+    name = file_name(path)
     new = re.sub(spec.mask.sidecar.pattern, spec.mask.sidecar.replacement, name)
     if new == name:
         raise SceneError(
             path, f"mask sidecar pattern {spec.mask.sidecar.pattern!r} does not match the file name"
         )
-    return str(Path(path).with_name(new))
+    return sibling(path, new)
 
 
 _HDF4_MAGIC = b"\x0e\x03\x13\x01"
@@ -205,7 +248,7 @@ def band_file_groups(
     groups: dict[str, dict[str, list[str]]] = {}
     failed: list[tuple[str, str]] = []
     for f in files:
-        name = Path(f).name
+        name = file_name(f)
         m = pattern.search(name)
         if m is None or m["band"] is None:
             failed.append((f, "not a band file: no band name where the source's band_files pattern looks; "
@@ -225,7 +268,7 @@ def band_file_groups(
             failed.append((first, f"scene lacks the file(s) of band(s) {missing} (found {sorted(by_band)})"))
         elif twice:
             b, ps = next(iter(twice.items()))
-            failed.append((first, f"two files for band {b!r}: {[Path(p).name for p in ps]}; narrow the glob"))
+            failed.append((first, f"two files for band {b!r}: {[file_name(p) for p in ps]}; narrow the glob"))
         else:
             scenes.append(tuple(by_band[b][0] for b in wanted))
     return scenes, failed
@@ -257,7 +300,7 @@ def scene_refs_for_file(
         return [SceneRef(path, t, source, datasets, i, mask) for i, t in enumerate(times)]
     date: datetime | None = None
     if rule.pattern:
-        m = re.search(rule.pattern, Path(path).name)
+        m = re.search(rule.pattern, file_name(path))
         if m:
             try:
                 date = (
@@ -287,6 +330,9 @@ def expand_globs(patterns: list[str], catalog: Catalog | None = None) -> list[st
     """Files matched by the patterns (resolved against the catalog's folder), sorted, unique."""
     files: set[str] = set()
     for pattern in patterns:
+        if is_remote(pattern):  # a URL names one scene; object stores are not globbed
+            files.add(pattern)
+            continue
         p = str(catalog.resolve(pattern)) if catalog is not None else pattern
         files.update(f for f in globmod.glob(p, recursive=True) if Path(f).is_file())
     return sorted(files)
@@ -297,6 +343,8 @@ def glob_roots(patterns: list[str], catalog: Catalog | None = None) -> list[Path
     links and ``..`` resolved: a scene must really be inside one of them."""
     roots = []
     for pattern in patterns:
+        if is_remote(pattern):
+            continue
         p = str(catalog.resolve(pattern)) if catalog is not None else pattern
         cut = min((i for i, c in enumerate(p) if c in "*?["), default=len(p))
         head = p[:cut]
@@ -307,6 +355,8 @@ def glob_roots(patterns: list[str], catalog: Catalog | None = None) -> list[Path
 
 def outside_roots(path: str, roots: list[Path]) -> str | None:
     """Why ``path`` is refused when it resolves outside ``roots`` (a link or ``..``), else None."""
+    if is_remote(path):
+        return None
     real = Path(path).resolve()
     if any(r == real or r in real.parents for r in roots):
         return None

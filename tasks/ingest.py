@@ -54,12 +54,12 @@ from tasks.checkpoint import (
     write_manifest,
 )
 from tasks.cube import DATA_DIMS, VALID_DIMS, cube_crs, cube_transform, grid_coords, spatial_ref
-from tasks.discover import SceneRef, discover
+from tasks.discover import SceneRef, discover, file_name, file_stamp
 from tasks.errors import CubeSchemaError, SceneError
 from tasks.locks import DEFAULT_TIMEOUT as DEFAULT_LOCK_TIMEOUT
 from tasks.locks import cube_lock
 from tasks.validate import ValidationRules, validate_profiles
-from tasks.warp import Grid, RawScene, no_crs_reason, read_scene, warp_scene
+from tasks.warp import Grid, RawScene, no_crs_reason, read_scene, scene_crs, warp_scene
 
 __all__ = [
     "IngestPlan", "IngestReport", "ScenePlan", "attach_part", "cube_grid", "finish_ingest", "ingest_cube",
@@ -130,10 +130,11 @@ def _as_date(d: datetime | None) -> str:
 def _scene_bounds(ref: SceneRef, crs: CRS) -> tuple[float, float, float, float] | None:
     try:
         with rasterio.open(ref.grid_dataset()) as ds:
-            if ds.crs is None:
+            src_crs = scene_crs(ds)
+            if src_crs is None:
                 return None
             left, bottom, right, top = ds.bounds  # bottom > top for a south-up (bottom-up) file
-            return transform_bounds(ds.crs, crs, min(left, right), min(bottom, top), max(left, right),
+            return transform_bounds(src_crs, crs, min(left, right), min(bottom, top), max(left, right),
                                     max(bottom, top), densify_pts=21)
     except Exception as exc:  # unreadable, or a CRS with no transformation to the grid's
         log.warning("%s: left out of the new cube's bounds (%s: %s)", ref.path, type(exc).__name__, exc)
@@ -148,10 +149,11 @@ def _first_scene_grid(refs: Sequence[SceneRef]) -> tuple[CRS, tuple[float, float
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                 with rasterio.open(ref.grid_dataset()) as ds:
-                    if ds.crs is None:
+                    crs = scene_crs(ds)
+                    if crs is None:
                         why.append(f"{ref.path}: {no_crs_reason(ds)}")
                         continue
-                    return ds.crs, (abs(ds.transform.a), abs(ds.transform.e)), (ds.transform.c, ds.transform.f)
+                    return crs, (abs(ds.transform.a), abs(ds.transform.e)), (ds.transform.c, ds.transform.f)
         except rasterio.errors.RasterioIOError as exc:
             why.append(f"{ref.path}: unreadable ({exc})")
             continue
@@ -222,17 +224,14 @@ def plan_ingest(
     skipped: list[dict[str, Any]] = []
     quarantined: list[dict[str, Any]] = []
     def unchanged(path: str) -> bool:  # a single-date file already in the cube: not reopened
-        name = Path(path).name
-        if name not in done:
-            return False
-        st = Path(path).stat()
-        return done[name].get("stamp") == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        name = file_name(path)
+        return name in done and done[name].get("stamp") == file_stamp(path)
 
     for source in spec.sources:
         found, failed = discover(catalog, source, skip=unchanged)
         for p, reason in failed:
-            name, st = Path(p).name, Path(p).stat()
-            if name in bad and bad[name].get("stamp") == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}:
+            name = file_name(p)
+            if name in bad and bad[name].get("stamp") == file_stamp(p):
                 skipped.append({"scene": name, "date": "", "reason": f"quarantined before: {bad[name]['reason']}"})
             else:
                 quarantined.append({"scene": name, "path": p, "reason": reason})
@@ -411,7 +410,7 @@ def static_layers(
     for var, source in spec.static.items():
         src = catalog.source(source)
         refs, failed = found[var]
-        quarantined += [{"scene": Path(p).name, "path": p, "reason": r} for p, r in failed]
+        quarantined += [{"scene": file_name(p), "path": p, "reason": r} for p, r in failed]
         passed, bad = read_and_validate(refs, {source: src}, grid)
         quarantined += bad
         if not passed:
@@ -537,8 +536,10 @@ def _cube_manifest(
 def _record_quarantine(quarantine: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
     """Remember quarantined files with their size and mtime: unchanged, they are not re-read."""
     for q in rows:
-        src = Path(q["path"])
-        stamp = {"size": src.stat().st_size, "mtime_ns": src.stat().st_mtime_ns} if src.exists() else {}
+        try:
+            stamp = file_stamp(q["path"])
+        except OSError:  # gone since
+            stamp = {}
         quarantine[q["scene"]] = {"reason": q["reason"], "stamp": stamp}
 
 

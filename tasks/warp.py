@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,11 +24,11 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 
 from tasks.catalog import MaskRule, SourceSpec
-from tasks.discover import SceneRef
+from tasks.discover import SceneRef, is_remote
 from tasks.errors import SceneError
 from tasks.validate import SceneProfile, profile_array
 
-__all__ = ["Grid", "RawScene", "read_scene", "warp_scene", "mask_to_clear", "no_crs_reason", "set_threads"]
+__all__ = ["Grid", "RawScene", "read_scene", "warp_scene", "mask_to_clear", "no_crs_reason", "scene_crs", "set_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,10 @@ def mask_to_clear(mask: np.ndarray, rule: MaskRule) -> np.ndarray:
     return clear
 
 
-def _window_over(ds: rasterio.io.DatasetReader, grid: Grid) -> Window:
-    """The window of ``ds`` that covers the grid (rounded outward, clipped to the file)."""
-    left, bottom, right, top = transform_bounds(grid.crs, ds.crs, *grid.bounds, densify_pts=21)
+def _window_over(ds: rasterio.io.DatasetReader, grid: Grid, crs: CRS) -> Window:
+    """The window of ``ds`` (whose CRS is ``crs``) that covers the grid (rounded outward, clipped
+    to the file)."""
+    left, bottom, right, top = transform_bounds(grid.crs, crs, *grid.bounds, densify_pts=21)
     # pixel coordinates of the four corners: right for north-up, south-up (bottom-up rows, as
     # NetCDF-derived GeoTIFFs often are) and rotated files alike
     inv = ~ds.transform
@@ -175,13 +177,13 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     first = ref.grid_dataset()
     try:
         with rasterio.Env(**_gdal_env()), rasterio.open(first) as ds:
-            if ds.crs is None:
+            crs = scene_crs(ds)
+            if crs is None:
                 raise SceneError(ref.path, f"{no_crs_reason(ds)}; cannot place it on the grid")
             file_count, file_dtype = ds.count, ds.dtypes[0]
-            win = _window_over(ds, grid)
+            win = _window_over(ds, grid, crs)
             _refuse_oversized(ref, ds, win, len(spec.bands))
             transform = ds.window_transform(win)
-            crs = ds.crs
             if spec.band_files is not None:  # one file per band, maybe at other resolutions
                 raw, nodata = _read_band_files(ref, spec, ds, win)
             elif len(ref.datasets) > 1:  # NetCDF: one subdataset per band, GDAL bands are times
@@ -228,6 +230,25 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     if raw.shape[0] < len(spec.bands):  # fails validation (band count); never warped
         return RawScene(ref, raw, None, transform, crs, profile, nodata, raw.nbytes)
     return RawScene(ref, raw, clear, transform, crs, profile, nodata, raw.nbytes + mask_nbytes)
+
+
+_DEGREES_EAST = re.compile(r"^degrees?_?e(ast)?$")
+_DEGREES_NORTH = re.compile(r"^degrees?_?n(orth)?$")
+
+
+def scene_crs(ds: rasterio.io.DatasetReader) -> CRS | None:
+    """The scene's CRS. A NetCDF / HDF5 variable on longitude / latitude axes in degrees (CF
+    ``units`` ``degrees_east`` / ``degrees_north``) without a grid mapping, as xarray and many
+    climate and EO tools write them, is WGS 84 longitude / latitude (EPSG:4326)."""
+    if ds.crs is not None:
+        return ds.crs
+    if ds.transform.is_identity:
+        return None
+    units = {str(v).strip().lower() for k, v in ds.tags().items() if k.endswith("#units")}
+    if any(_DEGREES_EAST.match(u) for u in units) and any(_DEGREES_NORTH.match(u) for u in units):
+        log.debug("%s: lon/lat axes in degrees and no grid mapping: EPSG:4326", ds.name)
+        return CRS.from_epsg(4326)
+    return None
 
 
 def no_crs_reason(ds: rasterio.io.DatasetReader) -> str:
@@ -312,7 +333,7 @@ def _read_mask(
     if spec.mask is None:
         raise ValueError(f"source of {ref.path} has no mask rule")
     path = ref.mask_path or ref.path
-    if ref.mask_path is not None and not Path(ref.mask_path).exists():
+    if ref.mask_path is not None and not is_remote(ref.mask_path) and not Path(ref.mask_path).exists():
         raise SceneError(ref.path, f"its mask file {Path(ref.mask_path).name} is missing")
     try:
         with rasterio.open(path) as ds:

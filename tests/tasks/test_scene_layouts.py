@@ -214,3 +214,29 @@ def test_cli_ingest_of_a_gcp_only_raster_says_how_to_warp_it(tmp_path: Path, cap
     err = capfd.readouterr().err
     assert f"{path}: is georeferenced by 4 ground control points only" in err
     assert "gdalwarp -t_srs EPSG:32633" in err
+
+
+def test_cli_ingests_a_cf_netcdf_on_lon_lat_axes_without_a_grid_mapping(tmp_path: Path) -> None:
+    """A NetCDF as xarray writes it by default: latitude ascending, lon / lat axes in degrees,
+    no grid mapping. It is WGS 84 lon / lat; the cube is north-up, one band per variable, one date
+    per time step, NaN not valid."""
+    import pandas as pd
+
+    from flows.cli import main
+
+    lat = np.arange(-12.0, -11.0, 0.1) + 0.05
+    lon = np.arange(-56.0, -55.2, 0.1) + 0.05
+    a = np.random.default_rng(0).random((3, lat.size, lon.size)).astype("float32")
+    a[0, 0, 0] = np.nan  # the south-west corner of the first date
+    nc = xr.Dataset({"ndvi": (("time", "lat", "lon"), a), "evi": (("time", "lat", "lon"), a / 2)},
+                    coords={"time": pd.date_range("2020-01-01", periods=3, freq="8D"), "lat": lat, "lon": lon})
+    nc.lat.attrs.update(units="degrees_north", standard_name="latitude")
+    nc.lon.attrs.update(units="degrees_east", standard_name="longitude")
+    nc.to_netcdf(tmp_path / "vi.nc")
+    assert main(["ingest", str(tmp_path / "vi.nc"), "--out", str(tmp_path / "vi.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "vi.zarr")
+    assert list(ds.band.values) == ["ndvi", "evi"] and ds.sizes["time"] == 3
+    assert "WGS 84" in ds.spatial_ref.attrs["crs_wkt"]
+    np.testing.assert_allclose(ds.y.values, lat[::-1]) and np.testing.assert_allclose(ds.x.values, lon)
+    np.testing.assert_array_equal(ds.data.values[:, 0], a[:, ::-1])
+    assert not ds.valid.values[0, -1, 0] and ds.valid.values.sum() == 3 * a[0].size - 1
