@@ -6,8 +6,10 @@ The bands, nodata and grid are read from the first file; the catalog is written 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,12 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from tasks.catalog import catalog_from_dict
-from tasks.discover import expand_globs, file_name, is_remote, unreadable
+from tasks.discover import expand_globs, file_name, is_remote, sibling, unreadable
 from tasks.errors import SceneError
 
-__all__ = ["BAND_TOKEN", "adhoc_catalog", "describe_bands", "detect_band_files"]
+__all__ = ["BAND_TOKEN", "PRESETS", "Preset", "adhoc_catalog", "describe_bands", "detect_band_files"]
+
+log = logging.getLogger(__name__)
 
 
 def _band_entry(name: str, index: int, ds: rasterio.io.DatasetReader) -> dict[str, Any]:
@@ -119,6 +123,59 @@ def _folder_globs(path: str) -> list[str]:
     return [str(folder.resolve() / "**" / f"*{suffix}") for suffix in found]
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A product `fusioncube ingest` recognises by its file names: its QA / UDM file becomes the
+    mask sidecar, and its digital numbers are scaled to physical units where the files do not
+    declare a scale themselves (``scales``: band-name prefix -> (scale, offset))."""
+
+    name: str
+    scene: str  # regex on a scene (or first band) file name
+    mask: str  # its replacement: the mask file's name
+    rule: dict[str, Any]
+    scales: dict[str, tuple[float, float]]
+
+
+PRESETS = (
+    # UDM2 band 1 = clear; surface reflectance scaled by 10 000
+    Preset("PlanetScope surface reflectance", r"_AnalyticMS_SR(?:_8b)?(?:_harmonized)?(_clip)?\.tif$",
+           r"_udm2\1.tif", {"band": 1, "clear_values": [1]}, {"": (1e-4, 0.0)}),
+    # QA_PIXEL bits 1-4: dilated cloud, cirrus, cloud, cloud shadow; Collection 2 Level-2 scaling
+    Preset("Landsat Collection 2 Level-2", r"_S[RT]_B\d+\.TIF$", "_QA_PIXEL.TIF",
+           {"band": 1, "invalid_bits": [1, 2, 3, 4]}, {"SR_": (2.75e-5, -0.2), "ST_": (0.00341802, 149.0)}),
+    # Scene classification: 0 no data, 1 saturated, 3 cloud shadow, 8-9 cloud, 10 cirrus (digital
+    # numbers kept: the L2A offset depends on the processing baseline, in the product's metadata)
+    Preset("Sentinel-2 Level-2A", r"_B[0-9][0-9A]_\d{2}m\.jp2$", "_SCL_20m.jp2",
+           {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}),
+)
+
+
+def _preset(files: list[str]) -> tuple[Preset, set[str]] | None:
+    """The product the files are, with its mask files, when a scene's mask file is there too."""
+    present = set(files)
+    for preset in PRESETS:
+        masks = set()
+        for f in files:
+            name = file_name(f)
+            if re.search(preset.scene, name):
+                mask = sibling(f, re.sub(preset.scene, preset.mask, name))
+                if mask in present or (not is_remote(mask) and Path(mask).is_file()):
+                    masks.add(mask)
+        if masks:
+            return preset, masks
+    return None
+
+
+def _scaled(band: dict[str, Any], preset: Preset) -> dict[str, Any]:
+    """``band`` with the preset's scale when its file declared none."""
+    if "scale" in band or "offset" in band:
+        return band
+    for prefix, (scale, offset) in preset.scales.items():
+        if str(band.get("file", band["name"])).startswith(prefix):
+            return {**band, "scale": scale, **({"offset": offset} if offset else {})}
+    return band
+
+
 def adhoc_catalog(
     paths: list[str],
     out: Path,
@@ -143,6 +200,9 @@ def adhoc_catalog(
     if not files:
         raise FileNotFoundError(f"no file matches {paths}")
     out = Path(out).resolve()
+    preset = _preset(files)
+    if preset is not None:  # its mask files are masks, not scenes
+        files = [f for f in files if f not in preset[1]]
     bands: list[dict[str, Any]] = []
     band_count: int | None = None
     why: list[str] = []
@@ -162,6 +222,12 @@ def adhoc_catalog(
                                 single_band=band_count == 1)
     if per_band is not None:
         band_files, bands, band_count = band_files or BAND_TOKEN, per_band, None
+    mask: dict[str, Any] | None = None
+    if preset is not None:
+        product = preset[0]
+        log.info("%s: %s files; masks from %s", paths, product.name, product.mask)
+        bands = [_scaled(b, product) for b in bands]
+        mask = {"sidecar": {"pattern": product.scene, "replacement": product.mask}, **product.rule}
     grid: dict[str, Any] | None = None
     if crs or resolution:
         if not (crs and resolution):
@@ -178,6 +244,7 @@ def adhoc_catalog(
                 **({"band_files": band_files} if per_band is not None else {}),
                 **({"band_count": band_count} if band_count else {}),
                 "bands": bands,
+                **({"mask": mask} if mask else {}),
                 "max_nodata_share": 1.0,
             }
         },

@@ -365,6 +365,21 @@ def outside_roots(path: str, roots: list[Path]) -> str | None:
             "copy the file into the source folder or widen the source's glob")
 
 
+def _without_mask_sidecars(files: list[str], spec: SourceSpec) -> list[str]:
+    """``files`` less those that are another file's mask sidecar (a glob such as ``*.tif`` over a
+    Planet order matches its ``_udm2`` files too): they are read as masks, not as scenes."""
+    if spec.mask is None or spec.mask.sidecar is None:
+        return files
+    rule = spec.mask.sidecar
+    masks = set()
+    for f in files:
+        name = file_name(f)
+        new = re.sub(rule.pattern, rule.replacement, name)
+        if new != name:
+            masks.add(sibling(f, new))
+    return [f for f in files if f not in masks]
+
+
 def discover(
     catalog: Catalog, source: str, *, skip: Callable[[str], bool] | None = None
 ) -> tuple[list[SceneRef], list[tuple[str, str]]]:
@@ -386,6 +401,7 @@ def discover(
             failed.append((f, escape))
         else:
             inside.append(f)
+    inside = _without_mask_sidecars(inside, spec)
     scenes: list[tuple[str, ...]] = [(f,) for f in inside]
     if spec.band_files is not None:
         scenes, bad = band_file_groups(inside, spec)

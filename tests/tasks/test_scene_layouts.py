@@ -101,23 +101,57 @@ def test_cli_ingests_sentinel2_and_landsat_style_band_files(tmp_path: Path, caps
     with pytest.raises(FileNotFoundError, match="notes: a folder with no raster file"):
         adhoc_catalog([str(tmp_path / "notes")], tmp_path / "x.zarr")
 
+    # Landsat Collection 2 Level-2: recognised by name, QA_PIXEL is the mask and the C2 scaling
+    # applies to bands whose files declare no scale of their own (SR_B3's 1e-4 wins here)
     ls = tmp_path / "ls"
     stem = "LC08_L2SP_044034_{}_20200827_02_T1_{}.TIF"
     for d in ("20190801", "20190817"):
-        for b, v in (("SR_B2", 10000), ("SR_B3", 20000)):
-            if (d, b) != ("20190817", "SR_B3"):
-                _band(ls / stem.format(d, b), v, size=8, res=30, scale=2.75e-5, offset=-0.2)
-    _band(ls / stem.format("20190801", "QA_PIXEL"), 21824, size=8, res=30)
+        _band(ls / stem.format(d, "SR_B2"), 10000, size=8, res=30)
+        if d == "20190801":
+            _band(ls / stem.format(d, "SR_B3"), 20000, size=8, res=30, scale=1e-4, offset=0.0)
+        _qa_pixel(ls / stem.format(d, "QA_PIXEL"), cloudy_rows=1)
     assert main(["ingest", str(ls / "*.TIF"), "--out", str(tmp_path / "ls.zarr")]) == 0
     out = capsys.readouterr().out
     assert f"quarantined {stem.format('20190817', 'SR_B2')}: scene lacks the file(s) of band(s) ['SR_B3']" in out
-    assert f"quarantined {stem.format('20190801', 'QA_PIXEL')}: not a band file" in out
+    assert "QA_PIXEL" not in out  # a mask, not a scene
     ds = xr.open_zarr(tmp_path / "ls.zarr")
     assert list(ds.band.values) == ["SR_B2", "SR_B3"] and ds.sizes["time"] == 1
-    np.testing.assert_allclose(ds.data.isel(time=0).mean(["y", "x"]).values, [0.075, 0.35], rtol=1e-5)
-    _band(ls / stem.format("20190817", "SR_B3"), 20000, size=8, res=30, scale=2.75e-5, offset=-0.2)
+    np.testing.assert_allclose(ds.data.isel(time=0, y=-1).mean("x").values, [0.075, 2.0], rtol=1e-5)
+    assert not ds.valid.values[0, 0].any() and ds.valid.values[0, 1:].all()
+    _band(ls / stem.format("20190817", "SR_B3"), 20000, size=8, res=30)
     assert main(["ingest", str(ls / "*.TIF"), "--out", str(tmp_path / "ls.zarr")]) == 0
     assert xr.open_zarr(tmp_path / "ls.zarr").sizes["time"] == 2
+
+
+def _qa_pixel(path: Path, *, cloudy_rows: int) -> None:
+    qa = np.full((8, 8), 21824, np.uint16)  # clear
+    qa[:cloudy_rows] = 22280  # cloud (bit 3) + dilated cloud (bit 1)
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(600000, 5000000, 30, 30)) as ds:
+        ds.write(qa, 1)
+
+
+def test_cli_ingest_recognises_a_planet_order(tmp_path: Path) -> None:
+    """A PlanetScope order folder (surface reflectance + UDM2 beside it): the UDM2 files are the
+    mask, not scenes, and the SR digital numbers are scaled by 1e-4."""
+    from flows.cli import main
+
+    t = from_origin(600000, 5000000, 3, 3)
+    for d in ("20190612_163402_1012", "20190614_163502_1013"):
+        with rasterio.open(tmp_path / f"{d}_3B_AnalyticMS_SR_8b_clip.tif", "w", driver="GTiff", width=8, height=8,
+                           count=2, dtype="uint16", crs="EPSG:32615", transform=t, nodata=0) as ds:
+            ds.write(np.full((2, 8, 8), [[[500]], [[3000]]], np.uint16))
+        udm = np.zeros((8, 8, 8), np.uint8)
+        udm[0] = 1
+        udm[0, :, :2] = 0  # not clear
+        with rasterio.open(tmp_path / f"{d}_3B_udm2_clip.tif", "w", driver="GTiff", width=8, height=8, count=8,
+                           dtype="uint8", crs="EPSG:32615", transform=t) as ds:
+            ds.write(udm)
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "order.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "order.zarr")
+    assert ds.sizes["time"] == 2 and ds.sizes["band"] == 2
+    np.testing.assert_allclose(ds.data.isel(time=0, x=-1, y=0).values, [0.05, 0.3], rtol=1e-6)
+    assert not ds.valid.values[:, :, :2].any() and ds.valid.values[:, :, 2:].all()
 
 
 def test_cli_ingest_takes_alpha_and_mask_bands_as_the_valid_mask(tmp_path: Path) -> None:
