@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,10 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from tasks.catalog import catalog_from_dict
-from tasks.discover import expand_globs, file_name, is_remote, sibling, unreadable
+from tasks.discover import date_in_name, expand_globs, file_name, is_remote, sibling, unreadable
 from tasks.errors import SceneError
 
-__all__ = ["BAND_TOKEN", "PRESETS", "Preset", "adhoc_catalog", "describe_bands", "detect_band_files"]
+__all__ = ["BAND_TOKEN", "PRESETS", "Preset", "adhoc_catalog", "describe_bands", "detect_band_files", "detect_layer_files"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,50 @@ def detect_band_files(files: list[str], pattern: str = BAND_TOKEN) -> list[str] 
         return None
     first = scenes[min(scenes)]  # the bands of the first scene; a scene missing one is reported
     return sorted(first, key=_natural)
+
+
+def detect_layer_files(files: list[str]) -> str | None:
+    """A ``band_files`` regex for layers stored one file each under names without a band token,
+    as NASA AppEEARS writes them (``MOD11A1.061_LST_Day_1km_doy2019182_aid0001.tif`` beside
+    ``MOD11A1.061_QC_Day_doy2019182_aid0001.tif``): files of one date, on one footprint, whose
+    names differ in one part. None otherwise (tiles or strips of one date cover other footprints)."""
+    dateless: dict[str, str] = {}
+    by_date: dict[Any, list[str]] = {}
+    for f in files:
+        name = file_name(f)
+        found = date_in_name(name)
+        if found is None:
+            return None
+        (a, b) = found[1]
+        dateless[f] = name[:a] + "\0" + name[b:]
+        by_date.setdefault(found[0], []).append(f)
+    shared = [g for g in by_date.values() if len(g) > 1]
+    names = list(dateless.values())
+    if not shared or len(names) < 2:
+        return None
+    prefix = os.path.commonprefix(names)
+    suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    if len(prefix) + len(suffix) > min(len(n) for n in names):
+        return None
+    layer_of = {f: n[len(prefix): len(n) - len(suffix)] for f, n in dateless.items()}
+    tokens = set(layer_of.values())
+    if len(tokens) < 2 or any(not t or "\0" in t for t in tokens):
+        return None
+    if max(len({layer_of[f] for f in g}) for g in shared) < len(tokens):
+        return None  # one date holds every layer; a name part that varies by scene is no layer
+    for group in shared[:3]:  # same layers, same footprint: layers, not tiles
+        layers = [layer_of[f] for f in group]
+        footprints = set()
+        for f in group:
+            with rasterio.open(f) as ds:
+                footprints.add((str(ds.crs), tuple(ds.transform), ds.shape))
+        if len(set(layers)) != len(layers) or len(footprints) > 1:
+            return None
+    before, after = prefix.rsplit("\0", 1)[-1], suffix.split("\0", 1)[0]
+    alternation = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+    left = f"(?<={re.escape(before)})" if before else "^"
+    right = f"(?={re.escape(after)})" if after else "$"
+    return f"{left}(?P<band>{alternation}){right}"
 
 
 def _band_file_bands(
@@ -218,10 +263,12 @@ def adhoc_catalog(
     if not bands:
         shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
         raise FileNotFoundError(f"none of the {len(files)} file(s) matching {paths} can be read by GDAL: {shown}")
-    per_band = _band_file_bands(files, band_files if band_files else BAND_TOKEN, explicit=bool(band_files),
-                                single_band=band_count == 1)
+    pattern = band_files or BAND_TOKEN
+    per_band = _band_file_bands(files, pattern, explicit=bool(band_files), single_band=band_count == 1)
+    if per_band is None and not band_files and (layers := detect_layer_files(files)) is not None:
+        pattern, per_band = layers, _band_file_bands(files, layers, explicit=True, single_band=True)
     if per_band is not None:
-        band_files, bands, band_count = band_files or BAND_TOKEN, per_band, None
+        band_files, bands, band_count = pattern, per_band, None
     mask: dict[str, Any] | None = None
     if preset is not None:
         product = preset[0]

@@ -21,7 +21,7 @@ from rasterio.errors import RasterioIOError
 from tasks.catalog import Catalog, DateRule, SourceSpec
 from tasks.errors import SceneError
 
-__all__ = ["SceneRef", "band_file_groups", "file_name", "file_stamp", "is_remote", "sibling", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
+__all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,12 @@ def parse_date_from_name(name: str) -> datetime | None:
     >>> parse_date_from_name("MOD11A1.A2019182.h10v05.061.LST_Day_1km.tif")
     datetime.datetime(2019, 7, 1, 0, 0)
     """
+    found = date_in_name(name)
+    return found[0] if found else None
+
+
+def date_in_name(name: str) -> tuple[datetime, tuple[int, int]] | None:
+    """The acquisition date in a file name (as :func:`parse_date_from_name`) and where it is."""
     stem = file_name(name)
     for pattern, kind in _NAME_PATTERNS:
         for m in pattern.finditer(stem):
@@ -157,7 +163,7 @@ def parse_date_from_name(name: str) -> datetime | None:
             except ValueError:
                 continue
             if _plausible(d):
-                return d
+                return d, m.span()
     return None
 
 

@@ -274,3 +274,39 @@ def test_cli_ingests_a_cf_netcdf_on_lon_lat_axes_without_a_grid_mapping(tmp_path
     np.testing.assert_allclose(ds.y.values, lat[::-1]) and np.testing.assert_allclose(ds.x.values, lon)
     np.testing.assert_array_equal(ds.data.values[:, 0], a[:, ::-1])
     assert not ds.valid.values[0, -1, 0] and ds.valid.values.sum() == 3 * a[0].size - 1
+
+
+def test_cli_ingest_takes_appeears_style_layer_files_as_bands(tmp_path: Path) -> None:
+    """Layers stored one file each, named without a band token (NASA AppEEARS): one band per layer,
+    not a mosaic of LST with its QC layer. Tiles of one date on other footprints stay tiles."""
+    from rasterio.transform import from_origin
+
+    from flows.cli import main
+    from tasks.adhoc import detect_layer_files
+
+    sinu = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"
+    for doy in (182, 183):
+        for layer, v in (("LST_Day_1km", 15000), ("QC_Day", 2)):
+            with rasterio.open(tmp_path / f"MOD11A1.061_{layer}_doy2019{doy}_aid0001.tif", "w", driver="GTiff",
+                               width=6, height=6, count=1, dtype="uint16", crs=sinu,
+                               transform=from_origin(-6000000, 4000000, 926.6, 926.6)) as ds:
+                ds.write(np.full((1, 6, 6), v, np.uint16))
+    pattern = detect_layer_files(sorted(str(p) for p in tmp_path.glob("*.tif")))
+    assert pattern == r"(?<=MOD11A1\.061_)(?P<band>LST_Day_1km|QC_Day)(?=_doy)"
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "lst.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "lst.zarr")
+    assert list(ds.band.values) == ["LST_Day_1km", "QC_Day"] and ds.sizes["time"] == 2
+    np.testing.assert_array_equal(ds.data.isel(time=1).mean(["y", "x"]).values, [15000, 2])
+
+    tiles = tmp_path / "tiles"
+    for col, tile in ((0, "h10v05"), (6, "h11v05")):  # one date, two footprints
+        _band(tiles / f"MOD11A1.A2019182.{tile}.tif", 1, size=6, res=10)
+        with rasterio.open(tiles / f"MOD11A1.A2019182.{tile}.tif", "r+") as ds:
+            ds.transform = from_origin(600000 + 60 * col, 5000000, 10, 10)
+    assert detect_layer_files(sorted(str(p) for p in tiles.glob("*.tif"))) is None
+    # one scene processed twice (same footprint, baseline and processing date in the name): no layers
+    for d, pb in (("20190801T101031", "N0213_R022_T33UUP_20190801T121931"),
+                  ("20190801T101031", "N0500_R022_T33UUP_20230101T000000"),
+                  ("20190811T101031", "N0213_R022_T33UUP_20190811T121931")):
+        _band(tmp_path / "twice" / f"S2A_MSIL2A_{d}_{pb}.tif", 1, size=6, res=10)
+    assert detect_layer_files(sorted(str(p) for p in (tmp_path / "twice").glob("*.tif"))) is None
