@@ -307,6 +307,10 @@ def adhoc_catalog(
     }
     path = out.with_name(out.name + ".catalog.yaml")
     catalog_from_dict(raw, path=path)  # validate before writing anything
+    if out.with_name(out.name + ".manifest.json").exists():  # appending: the same bands, or nothing
+        from tasks.ingest import check_cube_bands
+
+        check_cube_bands(out, [b["name"] for b in bands])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# written by `fusioncube ingest`; edit freely\n" + yaml.safe_dump(raw, sort_keys=False))
     return path

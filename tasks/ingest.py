@@ -62,7 +62,7 @@ from tasks.validate import ValidationRules, validate_profiles
 from tasks.warp import Grid, RawScene, no_crs_reason, read_scene, scene_crs, warp_scene
 
 __all__ = [
-    "IngestPlan", "IngestReport", "ScenePlan", "attach_part", "cube_grid", "finish_ingest", "ingest_cube",
+    "IngestPlan", "IngestReport", "ScenePlan", "attach_part", "check_cube_bands", "cube_grid", "finish_ingest", "ingest_cube",
     "plan_ingest", "plan_parts", "write_part",
 ]
 
@@ -195,6 +195,17 @@ def grid_of_cube(path: Path) -> Grid:
     if crs is None:
         raise CubeSchemaError(f"{path}: the cube has no CRS (spatial_ref)")
     return Grid(crs, cube_transform(ds), ds.sizes["x"], ds.sizes["y"])
+
+
+def check_cube_bands(path: Path, bands: Sequence[str]) -> None:
+    """Refuse to append ``bands`` to an existing cube holding other bands (another product, or a
+    catalog edited since): the dates would mix them under one set of names."""
+    have = [str(b) for b in xr.open_zarr(path)["band"].values]
+    if have != list(bands):
+        raise CubeSchemaError(
+            f"{path}: the cube holds bands {have}; these scenes give {list(bands)}. Appending would mix "
+            "them under one set of names: ingest into another cube (--out), or move this one away to rebuild it"
+        )
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -665,6 +676,8 @@ def plan_parts(
     steps = truncate_to_manifest(path, manifest) if manifest is not None else 0
     scene_plan = plan_ingest(catalog, cube, start=start, end=end)
     grid = grid_of_cube(path) if manifest is not None else None
+    if manifest is not None:
+        check_cube_bands(path, [b.name for b in catalog.source(spec.sources[0]).bands])
     if grid is None and scene_plan.new:
         grid = cube_grid(spec, [r for g in scene_plan.new for r in g], name=cube)
     tc = spec.chunks.time

@@ -245,6 +245,19 @@ def test_existing_store_without_manifest_is_refused(sample: Path, tmp_path: Path
         ingest_cube(cat, "planet")
 
 
+def test_a_catalog_whose_bands_changed_is_refused_before_appending(sample: Path, tmp_path: Path) -> None:
+    """A catalog edited to give other bands than the cube holds must not append dates under the
+    cube's old band names."""
+    first = _catalog(sample, tmp_path, cubes__planet__time_range=["2019-01-01", "2019-06-30"])
+    ingest_cube(first, "planet")
+    digest = _store_digest(first.cube_path("planet"))
+    bands = yaml.safe_load((REPO / "data_catalog.yaml").read_text())["sources"]["planet"]["bands"][:3]
+    edited = _catalog(sample, tmp_path, sources__planet__bands=bands)
+    with pytest.raises(CubeSchemaError, match=r"holds bands \['blue', 'green', 'red', 'nir'\]; these scenes give"):
+        ingest_cube(edited, "planet")
+    assert _store_digest(first.cube_path("planet")) == digest
+
+
 def test_malformed_catalog_stops_before_any_work(tmp_path: Path) -> None:
     bad = tmp_path / "cat.yaml"
     raw = yaml.safe_load((REPO / "data_catalog.yaml").read_text())

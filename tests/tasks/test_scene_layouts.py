@@ -122,6 +122,13 @@ def test_cli_ingests_sentinel2_and_landsat_style_band_files(tmp_path: Path, caps
     assert main(["ingest", str(ls / "*.TIF"), "--out", str(tmp_path / "ls.zarr")]) == 0
     assert xr.open_zarr(tmp_path / "ls.zarr").sizes["time"] == 2
 
+    # Landsat into the Sentinel-2 cube: refused before anything is written, its catalog kept
+    catalog = (tmp_path / "s2.zarr.catalog.yaml").read_text()
+    assert main(["ingest", str(ls / "*.TIF"), "--out", str(tmp_path / "s2.zarr")]) == 2
+    assert "the cube holds bands ['B02', 'B03', 'B04', 'B8A']; these scenes give ['SR_B2', 'SR_B3']" in capsys.readouterr().err
+    assert (tmp_path / "s2.zarr.catalog.yaml").read_text() == catalog
+    assert xr.open_zarr(tmp_path / "s2.zarr").sizes["time"] == 2
+
 
 def _qa_pixel(path: Path, *, cloudy_rows: int) -> None:
     qa = np.full((8, 8), 21824, np.uint16)  # clear
