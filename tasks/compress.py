@@ -360,7 +360,7 @@ def compress_png(cube: str | Path, decoded: str | Path, out: str | Path, *, titl
     absolute error, each subsampled to at most ``max_pixels`` a side. True colour when the cube
     has red/green/blue bands (the same stretch for original and decoded), else the first band."""
     from tasks.cube import open_cube
-    from tasks.quicklook import _rgb_bands, plt
+    from tasks.quicklook import plt, rgb_bands
 
     src, dec = open_cube(cube), open_cube(decoded)
     t = int(src["valid"].sum(dim=("y", "x")).argmax())
@@ -369,7 +369,7 @@ def compress_png(cube: str | Path, decoded: str | Path, out: str | Path, *, titl
     a = src["data"].isel(window).values.astype(np.float32)  # (band, y, x)
     b = dec["data"].isel(window).values.astype(np.float32)
     bands = [str(v) for v in src["band"].values]
-    rgb = _rgb_bands(bands)
+    rgb = rgb_bands(bands)
     show = [bands.index(c) for c in rgb] if rgb else [0]
     finite = np.isfinite(a[show]).all(axis=0)
     sample = a[show][:, finite]

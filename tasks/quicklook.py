@@ -17,8 +17,8 @@ import xarray as xr  # noqa: E402
 from tasks.cube import open_cube  # noqa: E402
 
 __all__ = [
-    "artifact_key", "composite_png", "is_current", "newest_composite", "stretch", "thumbnail_data_uri",
-    "write_class_cog",
+    "RGB_NAMES", "artifact_key", "composite_png", "is_current", "newest_composite", "rgb_bands", "stretch",
+    "thumbnail_data_uri", "write_class_cog",
 ]
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,23 @@ def stretch(values: np.ndarray, mask: np.ndarray, *, low: float = 2, high: float
     return np.clip((values - lo) / scale, 0, 1).astype(np.float32)
 
 
-def _rgb_bands(bands: list[str]) -> list[str] | None:
-    names = [b.lower() for b in bands]
-    if all(c in names for c in ("red", "green", "blue")):
-        return [bands[names.index(c)] for c in ("red", "green", "blue")]
+# (red, green, blue) band names by product, lower case: named bands, Sentinel-2 / HLS, Landsat 8-9
+# Collection 2, MODIS surface reflectance.
+RGB_NAMES = (
+    ("red", "green", "blue"),
+    ("b04", "b03", "b02"),
+    ("b4", "b3", "b2"),
+    ("sr_b4", "sr_b3", "sr_b2"),
+    ("sur_refl_b01", "sur_refl_b04", "sur_refl_b03"),
+)
+
+
+def rgb_bands(bands: list[str]) -> list[str] | None:
+    """The cube's (red, green, blue) bands by name, when it has them (see :data:`RGB_NAMES`)."""
+    names = [str(b).lower() for b in bands]
+    for rgb in RGB_NAMES:
+        if all(c in names for c in rgb):
+            return [bands[names.index(c)] for c in rgb]
     return None
 
 
@@ -74,7 +87,7 @@ def composite_png(
     ).load()
     values, has = newest_composite(sub["data"].values, sub["valid"].values)
     bands = [str(b) for b in sub["band"].values]
-    rgb = _rgb_bands(bands)
+    rgb = rgb_bands(bands)
     ny, nx = has.shape
     fig, ax = plt.subplots(figsize=(7, 7 * ny / max(nx, 1) + 0.6), dpi=110)
     first = np.datetime_as_string(sub["time"].values[0], unit="D")

@@ -317,3 +317,19 @@ def test_cli_ingest_takes_appeears_style_layer_files_as_bands(tmp_path: Path) ->
                   ("20190811T101031", "N0213_R022_T33UUP_20190811T121931")):
         _band(tmp_path / "twice" / f"S2A_MSIL2A_{d}_{pb}.tif", 1, size=6, res=10)
     assert detect_layer_files(sorted(str(p) for p in (tmp_path / "twice").glob("*.tif"))) is None
+
+
+@pytest.mark.parametrize(
+    ("bands", "rgb"),
+    [
+        (["blue", "green", "red", "nir"], ["red", "green", "blue"]),
+        (["B02", "B03", "B04", "B8A"], ["B04", "B03", "B02"]),
+        (["SR_B2", "SR_B3", "SR_B4", "SR_B5"], ["SR_B4", "SR_B3", "SR_B2"]),
+        (["sur_refl_b01", "sur_refl_b02", "sur_refl_b03", "sur_refl_b04"], ["sur_refl_b01", "sur_refl_b04", "sur_refl_b03"]),
+        (["ndvi", "evi"], None),
+    ],
+)
+def test_quick_looks_find_true_colour_bands_by_product_names(bands: list[str], rgb: list[str] | None) -> None:
+    from tasks.quicklook import rgb_bands
+
+    assert rgb_bands(bands) == rgb
