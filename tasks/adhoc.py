@@ -124,13 +124,16 @@ def detect_layer_files(files: list[str]) -> str | None:
         layers = [layer_of[f] for f in group]
         footprints = set()
         for f in group:
-            with rasterio.open(f) as ds:
-                footprints.add((str(ds.crs), tuple(ds.transform), ds.shape))
+            try:
+                with rasterio.open(f) as ds:
+                    footprints.add((str(ds.crs), tuple(ds.transform), ds.shape))
+            except RasterioIOError:  # unreadable: quarantined when the scenes are read
+                continue
         if len(set(layers)) != len(layers) or len(footprints) > 1:
             return None
     before, after = prefix.rsplit("\0", 1)[-1], suffix.split("\0", 1)[0]
     alternation = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
-    left = f"(?<={re.escape(before)})" if before else "^"
+    left = f"(?<={re.escape(before)})" if before else ("" if prefix else "^")
     right = f"(?={re.escape(after)})" if after else "$"
     return f"{left}(?P<band>{alternation}){right}"
 

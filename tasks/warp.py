@@ -273,10 +273,11 @@ def _internal_mask(ds: rasterio.io.DatasetReader) -> bool:
 def _read_band_files(
     ref: SceneRef, spec: SourceSpec, first: rasterio.io.DatasetReader, win: Window
 ) -> tuple[np.ndarray, float | None]:
-    """The bands of a one-file-per-band scene over the first band's window: (bands, nodata).
+    """The bands of a one-file-per-band scene over the window ``win`` of ``first``, the scene's
+    finest band file (``SceneRef.grid_dataset``): (bands, nodata).
 
     A band file on another pixel grid (Sentinel-2's 20 m bands beside its 10 m ones) is resampled
-    onto the first band's window with the source's resampling; its nodata stays nodata.
+    onto that window with the source's resampling; its nodata stays nodata.
     """
     transform = first.window_transform(win)
     shape = (int(win.height), int(win.width))
