@@ -78,19 +78,59 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from flows.ingest import ingest_flow
-    from tasks.adhoc import adhoc_catalog
+    from tasks.adhoc import adhoc_catalog, build_adhoc_catalog
 
-    catalog_path = adhoc_catalog(
-        args.paths, Path(args.out), crs=args.crs, resolution=args.resolution,
-        chunks=args.chunks, time_chunk=args.time_chunk,
+    options = dict(
+        crs=args.crs, resolution=args.resolution, chunks=args.chunks, time_chunk=args.time_chunk,
         date={k: v for k, v in (("pattern", args.date_pattern), ("format", args.date_format),
                                 ("default", args.date)) if v is not None},
         band_files=args.band_files,
     )
+    if args.dry_run:
+        return _ingest_dry_run(*build_adhoc_catalog(args.paths, Path(args.out), **options))
+    catalog_path = adhoc_catalog(args.paths, Path(args.out), **options)
     report = ingest_flow(str(catalog_path), "cube", progress_bar=True)
     _print_report(report)
     print(f"catalog written beside the cube (run again to add new files): {catalog_path}")
     return 0 if report["time_steps"] else 1
+
+
+def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
+    """What `fusioncube ingest` would do with these files: bands, mask, scenes, grid; nothing written."""
+    from tasks.catalog import catalog_from_dict
+    from tasks.ingest import cube_grid, grid_of_cube, plan_ingest
+
+    catalog = catalog_from_dict(raw, path=path)
+    source = catalog.source("scenes")
+    plan = plan_ingest(catalog, "cube")
+    refs = [r for group in plan.new for r in group]
+    print("dry run: nothing is written")
+    for b in source.bands:
+        extra = "".join(f", {k} {v:g}" for k, v in (("scale", b.scale), ("offset", b.offset)) if v != (k == "scale"))
+        nodata = f", nodata {b.nodata:g}" if b.nodata is not None else ""
+        print(f"  band {b.name}: {f'file {b.file!r}' if b.file else f'band {b.index}'}{extra}{nodata}")
+    if source.band_files:
+        print(f"  one file per band, grouped by {source.band_files!r}")
+    if source.mask is not None:
+        rule = source.mask.model_dump(exclude_none=True, exclude={"sidecar"})
+        side = source.mask.sidecar
+        print(f"  mask: {f'{side.pattern!r} -> {side.replacement!r}, ' if side else ''}{rule}")
+    if refs:
+        dates = sorted({r.date.date() for r in refs if r.date})
+        span = f" on {len(dates)} date(s), {dates[0]} .. {dates[-1]}" if dates else ""
+        existing = catalog.cube_path("cube").exists()
+        g = grid_of_cube(catalog.cube_path("cube")) if existing else cube_grid(catalog.cube("cube"), refs, name="cube")
+        where = "the cube's" if existing else "given" if catalog.cube("cube").grid else "the first scene's"
+        print(f"  {len(refs)} new scene(s){span}; grid ({where}): {g.crs.to_string()}, "
+              f"{abs(g.transform.a):g} x {abs(g.transform.e):g}, {g.width} x {g.height} px")
+    if not refs:
+        print("  no new scene" + (" (the cube has every matching scene)" if catalog.cube_path("cube").exists() else ""))
+    for row in plan.skipped:
+        print(f"  would skip {row['scene']}: {row['reason']}")
+    for row in plan.quarantined:
+        print(f"  would quarantine {row['scene']}: {row['reason']}")
+    print(f"the catalog would be written to {path}")
+    return 0 if refs else 1
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -209,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="products stored one file per band: regex on the file name with a group "
                         "(?P<band>...); files differing only there are one scene (default: band names "
                         "such as Landsat _SR_B4, Sentinel-2 _B8A, HLS .B04 are recognised)")
+    i.add_argument("--dry-run", action="store_true",
+                   help="show the bands, mask, scenes and grid it would use; write nothing")
     i.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser("stage", help="run one stage on any schema-following cube")

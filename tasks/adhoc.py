@@ -23,7 +23,7 @@ from tasks.catalog import catalog_from_dict
 from tasks.discover import date_in_name, expand_globs, file_name, is_remote, sibling, unreadable
 from tasks.errors import SceneError
 
-__all__ = ["BAND_TOKEN", "PRESETS", "Preset", "adhoc_catalog", "describe_bands", "detect_band_files", "detect_layer_files"]
+__all__ = ["BAND_TOKEN", "PRESETS", "Preset", "adhoc_catalog", "build_adhoc_catalog", "describe_bands", "detect_band_files", "detect_layer_files"]
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,16 @@ def _scaled(band: dict[str, Any], preset: Preset) -> dict[str, Any]:
     return band
 
 
-def adhoc_catalog(
+def adhoc_catalog(paths: list[str], out: Path, **options: Any) -> Path:
+    """Write (and validate) a one-source, one-cube catalog for ``paths`` beside the cube ``out``;
+    return its path. ``options``: those of :func:`build_adhoc_catalog`."""
+    raw, path = build_adhoc_catalog(paths, out, **options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# written by `fusioncube ingest`; edit freely\n" + yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def build_adhoc_catalog(
     paths: list[str],
     out: Path,
     *,
@@ -234,8 +243,9 @@ def adhoc_catalog(
     time_chunk: int = 1,
     date: dict[str, str] | None = None,
     band_files: str | None = None,
-) -> Path:
-    """Write (and validate) a one-source, one-cube catalog for ``paths``; return its path.
+) -> tuple[dict[str, Any], Path]:
+    """A validated one-source, one-cube catalog for ``paths`` (as a dict) and the path it is
+    written to beside the cube; nothing is written.
 
     ``date``: the source's date rule beside ``from: auto`` (``pattern``, ``format``, ``default``;
     see ``tasks.catalog.DateRule``). ``band_files``: a regex with a group ``(?P<band>...)`` for
@@ -314,6 +324,4 @@ def adhoc_catalog(
         from tasks.ingest import check_cube_bands
 
         check_cube_bands(out, [b["name"] for b in bands])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# written by `fusioncube ingest`; edit freely\n" + yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return raw, path

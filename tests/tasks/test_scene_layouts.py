@@ -93,6 +93,12 @@ def test_cli_ingests_sentinel2_and_landsat_style_band_files(tmp_path: Path, caps
     np.testing.assert_allclose(ds.data.isel(time=1).sel(band="B8A").values, 4000)
     np.testing.assert_allclose(ds.data.isel(time=0).sel(band="B03").values[4:, 4:], 2000)
     assert not ds.valid.isel(time=0).values[:4, :4].any() and ds.valid.isel(time=0).values[4:, 4:].all()
+    # --dry-run shows what it finds and writes nothing
+    assert main(["ingest", str(tmp_path / "s2" / "*.tif"), "--out", str(tmp_path / "dry.zarr"), "--dry-run"]) == 0
+    shown = capsys.readouterr().out
+    assert "band B8A: file 'B8A', nodata 0" in shown and "2 new scene(s) on 2 date(s)" in shown
+    assert "grid (the first scene's): EPSG:32633, 10 x 10, 16 x 16 px" in shown
+    assert not list(tmp_path.glob("dry*"))
     # the folder itself is an input too: its raster files, sub-folders included
     assert main(["ingest", str(tmp_path / "s2"), "--out", str(tmp_path / "s2dir.zarr")]) == 0
     xr.testing.assert_equal(xr.open_zarr(tmp_path / "s2dir.zarr")["data"], ds["data"])
