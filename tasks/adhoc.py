@@ -20,7 +20,15 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from tasks.catalog import catalog_from_dict
-from tasks.discover import date_in_name, expand_globs, file_name, is_remote, sibling, unreadable
+from tasks.discover import (
+    band_of,
+    date_in_name,
+    expand_globs,
+    file_name,
+    is_remote,
+    sidecar_of,
+    unreadable,
+)
 from tasks.errors import SceneError
 
 __all__ = ["BAND_TOKEN", "PRESETS", "Preset", "adhoc_catalog", "build_adhoc_catalog", "describe_bands", "detect_band_files", "detect_layer_files"]
@@ -81,10 +89,9 @@ def detect_band_files(files: list[str], pattern: str = BAND_TOKEN) -> list[str] 
     compiled = re.compile(pattern)
     scenes: dict[str, set[str]] = {}
     for f in files:
-        name = file_name(f)
-        m = compiled.search(name)
-        if m is not None and m["band"] is not None:
-            scenes.setdefault(name[: m.start()] + "{band}" + name[m.end():], set()).add(m["band"])
+        found = band_of(file_name(f), compiled)
+        if found is not None:
+            scenes.setdefault(found[0], set()).add(found[1])
     if not scenes or max(len(t) for t in scenes.values()) < 2:
         return None
     first = scenes[min(scenes)]  # the bands of the first scene; a scene missing one is reported
@@ -204,11 +211,9 @@ def _preset(files: list[str]) -> tuple[Preset, set[str]] | None:
     for preset in PRESETS:
         masks = set()
         for f in files:
-            name = file_name(f)
-            if re.search(preset.scene, name):
-                mask = sibling(f, re.sub(preset.scene, preset.mask, name))
-                if mask in present or (not is_remote(mask) and Path(mask).is_file()):
-                    masks.add(mask)
+            mask = sidecar_of(f, preset.scene, preset.mask)
+            if mask is not None and (mask in present or (not is_remote(mask) and Path(mask).is_file())):
+                masks.add(mask)
         if masks:
             return preset, masks
     return None

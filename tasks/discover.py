@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 import rasterio
@@ -21,7 +22,7 @@ from rasterio.errors import RasterioIOError
 from tasks.catalog import Catalog, DateRule, SourceSpec
 from tasks.errors import SceneError
 
-__all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
+__all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "sidecar_of", "band_of", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,23 @@ def sibling(path: str, name: str) -> str:
     if is_remote(path):
         return path.split("?", 1)[0].rsplit("/", 1)[0] + "/" + name
     return str(Path(path).with_name(name))
+
+
+def sidecar_of(path: str, pattern: str, replacement: str) -> str | None:
+    """The file beside ``path`` whose name is ``path``'s with ``pattern`` -> ``replacement``
+    (a mask / UDM / QA sidecar), or None when the pattern does not match the name."""
+    name = file_name(path)
+    new = re.sub(pattern, replacement, name)
+    return sibling(path, new) if new != name else None
+
+
+def band_of(name: str, pattern: re.Pattern[str]) -> tuple[str, str] | None:
+    """(scene key, band) of a band file's name: the band is the pattern's ``band`` group, the key
+    the name with the pattern's match cut out (one key per scene); None when it does not match."""
+    m = pattern.search(name)
+    if m is None or m["band"] is None:
+        return None
+    return name[: m.start()] + "{band}" + name[m.end():], m["band"]
 
 
 def file_stamp(path: str) -> dict[str, int]:
@@ -91,10 +109,17 @@ class SceneRef:
         name = file_name(self.path)
         return name if self.time_index is None else f"{name}#t{self.time_index}"
 
+    @property
+    def band_files(self) -> bool:
+        """One file per band (not one file, nor a NetCDF / HDF file's variables)."""
+        return len(self.datasets) > 1 and not self.datasets[0].lower().startswith(("netcdf:", "hdf5:", "hdf4"))
+
+    @cached_property
     def grid_dataset(self) -> str:
         """The dataset whose pixel grid the scene is read on: the file, its first variable, or for
-        band files the finest band (Sentinel-2's 10 m bands, not its 20 m or 60 m ones)."""
-        if len(self.datasets) <= 1 or self.datasets[0].lower().startswith(("netcdf:", "hdf5:", "hdf4")):
+        band files the finest band (Sentinel-2's 10 m bands, not its 20 m or 60 m ones); looked
+        up once per ref."""
+        if not self.band_files:
             return self.datasets[0] if self.datasets else self.path
         sizes = []
         for d in self.datasets:
@@ -108,9 +133,7 @@ class SceneRef:
     def file_stamp(self) -> dict[str, int]:
         """Size and modification time: a changed file is a new scene. For band files, their total
         size and latest time, so a scene once refused for a missing band is taken when it arrives."""
-        files = [self.path]
-        if len(self.datasets) > 1 and not self.datasets[0].lower().startswith(("netcdf:", "hdf5:", "hdf4")):
-            files = list(self.datasets)  # band files
+        files = list(self.datasets) if self.band_files else [self.path]
         stamps = [file_stamp(f) for f in files]
         return {"size": sum(s["size"] for s in stamps), "mtime_ns": max(s["mtime_ns"] for s in stamps)}
 
@@ -212,13 +235,12 @@ def _netcdf_times(tags: dict[str, str]) -> list[datetime] | None:
 def _mask_path(path: str, spec: SourceSpec) -> str | None:
     if spec.mask is None or spec.mask.sidecar is None:
         return None
-    name = file_name(path)
-    new = re.sub(spec.mask.sidecar.pattern, spec.mask.sidecar.replacement, name)
-    if new == name:
+    mask = sidecar_of(path, spec.mask.sidecar.pattern, spec.mask.sidecar.replacement)
+    if mask is None:
         raise SceneError(
             path, f"mask sidecar pattern {spec.mask.sidecar.pattern!r} does not match the file name"
         )
-    return sibling(path, new)
+    return mask
 
 
 _HDF4_MAGIC = b"\x0e\x03\x13\x01"
@@ -254,17 +276,16 @@ def band_file_groups(
     groups: dict[str, dict[str, list[str]]] = {}
     failed: list[tuple[str, str]] = []
     for f in files:
-        name = file_name(f)
-        m = pattern.search(name)
-        if m is None or m["band"] is None:
+        found = band_of(file_name(f), pattern)
+        if found is None:
             failed.append((f, "not a band file: no band name where the source's band_files pattern looks; "
                               "narrow the glob to the band files"))
             continue
-        if m["band"] not in wanted:
-            failed.append((f, f"band file {m['band']!r} is not one of the source's bands {wanted}"))
+        key, band = found
+        if band not in wanted:
+            failed.append((f, f"band file {band!r} is not one of the source's bands {wanted}"))
             continue
-        key = name[: m.start()] + "{band}" + name[m.end():]
-        groups.setdefault(key, {}).setdefault(m["band"], []).append(f)
+        groups.setdefault(key, {}).setdefault(band, []).append(f)
     scenes: list[tuple[str, ...]] = []
     for by_band in groups.values():
         first = min(p for ps in by_band.values() for p in ps)
@@ -377,12 +398,7 @@ def _without_mask_sidecars(files: list[str], spec: SourceSpec) -> list[str]:
     if spec.mask is None or spec.mask.sidecar is None:
         return files
     rule = spec.mask.sidecar
-    masks = set()
-    for f in files:
-        name = file_name(f)
-        new = re.sub(rule.pattern, rule.replacement, name)
-        if new != name:
-            masks.add(sibling(f, new))
+    masks = {sidecar_of(f, rule.pattern, rule.replacement) for f in files}
     return [f for f in files if f not in masks]
 
 

@@ -129,7 +129,7 @@ def _as_date(d: datetime | None) -> str:
 # -- the grid ----------------------------------------------------------------------------------
 def _scene_bounds(ref: SceneRef, crs: CRS) -> tuple[float, float, float, float] | None:
     try:
-        with rasterio.open(ref.grid_dataset()) as ds:
+        with rasterio.open(ref.grid_dataset) as ds:
             src_crs = scene_crs(ds)
             if src_crs is None:
                 return None
@@ -148,7 +148,7 @@ def _first_scene_grid(refs: Sequence[SceneRef]) -> tuple[CRS, tuple[float, float
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                with rasterio.open(ref.grid_dataset()) as ds:
+                with rasterio.open(ref.grid_dataset) as ds:
                     crs = scene_crs(ds)
                     if crs is None:
                         why.append(f"{ref.path}: {no_crs_reason(ds)}")

@@ -174,7 +174,7 @@ def _refuse_oversized(ref: SceneRef, ds: rasterio.io.DatasetReader, win: Window,
 
 def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     """Read the part of a scene over ``grid`` and profile it. Raises ``SceneError`` on bad input."""
-    first = ref.grid_dataset()
+    first = ref.grid_dataset
     try:
         with rasterio.Env(**_gdal_env()), rasterio.open(first) as ds:
             crs = scene_crs(ds)
