@@ -74,6 +74,12 @@ def spatial_ref(crs: CRS, transform: Affine) -> xr.DataArray:
     return xr.DataArray(np.int32(0), attrs=attrs)
 
 
+#: dimension names other tools use for the schema's (stackstac, odc-stac, NetCDF conventions)
+_DIM_ALIASES = {"lat": "y", "latitude": "y", "northing": "y", "lon": "x", "long": "x", "longitude": "x",
+                "easting": "x", "bands": "band", "variable": "band", "t": "time", "date": "time",
+                "dates": "time"}
+
+
 def check_cube(ds: xr.Dataset, *, source: str = "cube") -> xr.Dataset:
     """Raise ``CubeSchemaError`` naming what is missing or wrong; return ``ds`` unchanged."""
     if "data" not in ds:
@@ -82,10 +88,11 @@ def check_cube(ds: xr.Dataset, *, source: str = "cube") -> xr.Dataset:
             f"(variables present: {sorted(ds.data_vars)})"
         )
     if tuple(ds["data"].dims) != DATA_DIMS:
-        raise CubeSchemaError(
-            f"{source}: 'data' must have dims {DATA_DIMS}; got {tuple(ds['data'].dims)} "
-            "(transpose it, e.g. ds['data'].transpose('time', 'band', 'y', 'x'))"
-        )
+        dims = tuple(str(d) for d in ds["data"].dims)
+        renames = {d: _DIM_ALIASES[d.lower()] for d in dims if d.lower() in _DIM_ALIASES}
+        hint = (f"rename its dimensions, e.g. ds.rename({renames}), and transpose to {DATA_DIMS}"
+                if renames else "transpose it, e.g. ds['data'].transpose('time', 'band', 'y', 'x')")
+        raise CubeSchemaError(f"{source}: 'data' must have dims {DATA_DIMS}; got {dims} ({hint})")
     if not np.issubdtype(ds["data"].dtype, np.floating):
         raise CubeSchemaError(
             f"{source}: 'data' must be floating point with NaN where missing; got {ds['data'].dtype}"
@@ -95,8 +102,8 @@ def check_cube(ds: xr.Dataset, *, source: str = "cube") -> xr.Dataset:
             raise CubeSchemaError(
                 f"{source}: 'valid' must have dims {VALID_DIMS}; got {tuple(ds['valid'].dims)}"
             )
-        if ds["valid"].dtype != bool:
-            raise CubeSchemaError(f"{source}: 'valid' must be bool; got {ds['valid'].dtype}")
+        if ds["valid"].dtype != bool and not np.issubdtype(ds["valid"].dtype, np.integer):
+            raise CubeSchemaError(f"{source}: 'valid' must be bool (or 0/1 integers); got {ds['valid'].dtype}")
     for dim in DATA_DIMS:
         if dim not in ds.coords:
             raise CubeSchemaError(f"{source}: coordinate '{dim}' is missing")
@@ -124,9 +131,48 @@ def open_cube(path: str | Path, *, chunks: dict | str | None = "auto") -> xr.Dat
     except Exception as exc:
         raise CubeSchemaError(f"{path}: cannot be opened as a Zarr store ({exc})") from exc
     check_cube(ds, source=str(path))
+    ds = _normalised(ds, path)
     if "valid" not in ds:
         ds["valid"] = ds["data"].notnull().all("band")
     return _north_up(ds, source=str(path))
+
+
+#: encodings of a Zarr v2 store that a Zarr v3 output cannot take (numcodecs compressors, filters)
+_V2_CODEC_KEYS = ("compressor", "compressors", "filters", "serializer", "object_codec")
+
+
+def _normalised(ds: xr.Dataset, path: Path) -> xr.Dataset:
+    """What cubes written by other tools differ in, made the schema's way (lazily):
+
+    - the grid mapping as a coordinate: ``rioxarray``'s ``write_crs`` + ``to_zarr`` stores
+      ``spatial_ref`` as a data variable, which patching and decoding would treat as a layer;
+    - band names as strings (``band = [1, 2, 3]`` from GDAL-minded tools), so ``--band 2`` and
+      every stage's band lists mean the same;
+    - ``valid`` as bool when stored as 0/1 integers;
+    - the codecs of a Zarr v2 store dropped from the variables' encodings: the stages write Zarr
+      v3, which cannot take numcodecs' v2 compressors (``Expected a BytesBytesCodec``).
+    """
+    gm = ds["data"].attrs.get("grid_mapping", ds["data"].encoding.get("grid_mapping", "spatial_ref"))
+    if gm in ds.data_vars and ds[gm].ndim == 0:
+        ds = ds.set_coords(gm)
+    if ds["band"].dtype.kind not in "UO" or any(not isinstance(b, str) for b in ds["band"].values.tolist()):
+        ds = ds.assign_coords(band=("band", [str(b) for b in ds["band"].values.tolist()], ds["band"].attrs))
+    if "valid" in ds and ds["valid"].dtype != bool:
+        ds["valid"] = (ds["valid"] != 0).assign_attrs(ds["valid"].attrs)
+    if _zarr_format(path) == 2:
+        for var in ds.variables.values():
+            for key in _V2_CODEC_KEYS:
+                var.encoding.pop(key, None)
+    return ds
+
+
+def _zarr_format(path: Path) -> int | None:
+    """2 or 3 for a Zarr group at ``path``, None when it cannot be told."""
+    if (path / "zarr.json").exists():
+        return 3
+    if (path / ".zgroup").exists() or (path / ".zattrs").exists():
+        return 2
+    return None
 
 
 def _north_up(ds: xr.Dataset, *, source: str) -> xr.Dataset:

@@ -446,7 +446,7 @@ def unpatch(
     layers = [
         str(n)
         for n in pds.data_vars
-        if pds[n].dims[0] == "patch" and tuple(pds[n].dims[-2:]) == PATCH_SPACE
+        if pds[n].ndim >= 3 and pds[n].dims[0] == "patch" and tuple(pds[n].dims[-2:]) == PATCH_SPACE
     ]
     lead = {n: tuple(pds[n].shape[1:-2]) for n in layers}
     cube_dims = {n: (*pds[n].dims[1:-2], *SPACE) for n in layers}

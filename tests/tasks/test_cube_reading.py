@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fusion_models.patching import extract_patches, patch_origins
 from tasks.cube import band_stats, observed_mask, patches_by_rows
@@ -73,3 +74,71 @@ def test_a_south_up_cube_is_read_north_up_and_its_patches_match(tmp_path) -> Non
         make_patches(tmp_path / f"{name}.zarr", tmp_path / f"p_{name}.zarr", size=16, block=1)
     a, b = (xr.open_zarr(tmp_path / f"p_{n}.zarr") for n in ("north", "south"))
     np.testing.assert_array_equal(a["data"].values, b["data"].values)
+
+
+def _foreign_cube(path, *, zarr_format: int) -> np.ndarray:
+    """A cube as rioxarray users write it: ``write_crs`` (so ``spatial_ref`` is stored as a data
+    variable), band numbers instead of names, ``valid`` as 0/1 bytes, float64 data."""
+    import pandas as pd
+    import rioxarray  # noqa: F401 - registers .rio
+    import xarray as xr
+
+    rng = np.random.default_rng(3)
+    data = rng.random((4, 3, 40, 40))
+    valid = (rng.random((4, 40, 40)) > 0.2).astype(np.uint8)
+    ds = xr.Dataset(
+        {"data": (("time", "band", "y", "x"), np.where(valid[:, None] > 0, data, np.nan)),
+         "valid": (("time", "y", "x"), valid)},
+        coords={"time": pd.date_range("2022-05-01", periods=4, freq="8D"), "band": [1, 2, 3],
+                "y": 8600000.0 - 10 * (np.arange(40) + 0.5), "x": 500000.0 + 10 * (np.arange(40) + 0.5)},
+    ).rio.write_crs("EPSG:32722")
+    ds.to_zarr(path, zarr_format=zarr_format, mode="w")
+    return data
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_cube_written_by_rioxarray_is_read_the_schema_way_and_stages_write_from_it(tmp_path, zarr_format) -> None:
+    """Before: the patch store's decoding stopped on the scalar ``spatial_ref`` data variable
+    (IndexError), ``--band 2`` was a KeyError on integer band labels, and every stage failed to
+    write from a Zarr v2 cube ("Expected a BytesBytesCodec", the v2 compressor carried over)."""
+    import xarray as xr
+
+    from tasks.anomalies import detect_anomalies
+    from tasks.cube import cube_crs, open_cube
+    from tasks.patch import make_patches, unpatch
+
+    cube = tmp_path / "cube.zarr"
+    data = _foreign_cube(cube, zarr_format=zarr_format)
+    raw = xr.open_zarr(cube)
+    assert "spatial_ref" in raw.data_vars and raw["band"].dtype.kind == "i"  # what the fix is about
+
+    ds = open_cube(cube)
+    assert "spatial_ref" in ds.coords and "spatial_ref" not in ds.data_vars
+    assert list(ds["band"].values) == ["1", "2", "3"]
+    assert ds["valid"].dtype == bool and cube_crs(ds).to_epsg() == 32722
+    if zarr_format == 2:
+        assert not any("compressor" in v.encoding or "compressors" in v.encoding for v in ds.variables.values())
+
+    make_patches(cube, tmp_path / "p.zarr", size=20, block=1)
+    back = unpatch(tmp_path / "p.zarr", tmp_path / "back.zarr")
+    np.testing.assert_allclose(back["data"].values, np.where(ds["valid"].values[:, None], data, np.nan), rtol=1e-6)
+    assert set(back.data_vars) == {"data", "valid"}
+
+    manifest = detect_anomalies(cube, tmp_path / "an.zarr", bits=8, band="2", tile=40)
+    assert manifest.params["band"] == "2"
+    from rasterio.crs import CRS
+
+    assert CRS.from_wkt(xr.open_zarr(tmp_path / "an.zarr")["spatial_ref"].attrs["crs_wkt"]).to_epsg() == 32722
+
+
+def test_dimension_names_of_other_tools_get_a_rename_hint(tmp_path) -> None:
+    import pandas as pd
+    import xarray as xr
+
+    from tasks.cube import open_cube
+    from tasks.errors import CubeSchemaError
+
+    xr.Dataset({"data": (("time", "band", "lat", "lon"), np.zeros((2, 1, 3, 3), np.float32))},
+               coords={"time": pd.date_range("2022-01-01", periods=2), "band": ["ndvi"]}).to_zarr(tmp_path / "c.zarr")
+    with pytest.raises(CubeSchemaError, match=r"ds.rename\(\{'lat': 'y', 'lon': 'x'\}\)"):
+        open_cube(tmp_path / "c.zarr")
