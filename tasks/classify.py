@@ -1,6 +1,8 @@
 """The classification stage: cube.zarr -> classes.zarr + a colour-mapped COG, with a 4D-CNN.
 
-Per-pixel classification into the 15 NLCD classes of the deck. Each pixel is a sample; the
+Per-pixel classification into the 15 NLCD classes of the deck, or into the classes of the label
+layer when it follows another legend (:func:`label_scheme`: ESA WorldCover, a user's own codes
+1..K with ``flag_values`` / ``flag_meanings``). Each pixel is a sample; the
 4D-CNN (``fusion_models.classifiers.CNN4D``, Kronecker-factorised 4D convolutions by default)
 is fully convolutional, so a pixel's class is decided from its 5 x 5 pixel neighbourhood over all
 dates and bands, and a whole patch of the patch store is classified in one pass.
@@ -18,10 +20,10 @@ when the cube has the label layer.
 Inputs: NaN or not-``valid`` pixel-dates are set to 0 after per-band standardisation and the
 observed mask is an extra input feature (see ``PixelClassifier``).
 
-Outputs: ``classes.zarr`` (``classes(y, x)`` uint8 NLCD codes with ``flag_values`` /
+Outputs: ``classes.zarr`` (``classes(y, x)`` uint8 class codes with ``flag_values`` /
 ``flag_meanings``, ``confidence(y, x)`` the winning class probability, the cube's grid), its
 manifest (key, test scores, training history), ``classes.tif`` (Cloud-Optimized GeoTIFF with the
-NLCD colour table), the weights ``classes.zarr.cnn4d.pt`` (a ``torch.save`` dict with the state
+NLCD colour table or the layer's colours), the weights ``classes.zarr.cnn4d.pt`` (a ``torch.save`` dict with the state
 dict, loaded with ``weights_only=True``), and a confusion-matrix PNG.
 """
 
@@ -32,7 +34,7 @@ import logging
 import os
 import time as _time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +68,11 @@ from tasks.checkpoint import (
 )
 from tasks.cube import cube_crs, cube_transform, open_cube
 from tasks.patch import make_patches
+from tasks.quicklook import class_names, colour_table
 
 __all__ = [
     "CLASSES",
+    "LabelScheme",
     "PatchBatches",
     "RowStrip",
     "add_cli",
@@ -78,6 +82,7 @@ __all__ = [
     "cog_path",
     "confusion_png",
     "default_device",
+    "label_scheme",
     "load_model",
     "patch_loader",
     "save_model",
@@ -99,8 +104,66 @@ CODE_MODULES = (
 )
 #: The 15 NLCD classes of the deck, in class-index order.
 CLASSES: tuple[int, ...] = tuple(NLCD_CLASSES)
-_LOOKUP = np.full(256, -1, dtype=np.int64)
-_LOOKUP[list(CLASSES)] = np.arange(len(CLASSES))
+#: label codes read as "no label" in an NLCD layer without a legend (NLCD's nodata: 0 before 2019, 250 since)
+_NLCD_NODATA = frozenset({0, 250})
+
+
+def class_lookup(classes: tuple[int, ...]) -> np.ndarray:
+    """``(256,)`` int64: class index of each uint8 code, -1 for codes outside ``classes``."""
+    lut = np.full(256, -1, dtype=np.int64)
+    lut[list(classes)] = np.arange(len(classes))
+    return lut
+
+
+@dataclass(frozen=True)
+class LabelScheme:
+    """The classes a classifier predicts: codes in class-index order, their names and colours."""
+
+    classes: tuple[int, ...]
+    names: dict[int, str]
+    colours: dict[int, tuple[int, int, int, int]]
+
+    @property
+    def nlcd(self) -> bool:
+        return self.classes == CLASSES
+
+    @property
+    def fill(self) -> int:
+        """The code of pixels no patch covers: 0, or 255 when 0 is a class."""
+        return 255 if 0 in self.classes else 0
+
+
+def label_scheme(layer: xr.DataArray, *, source: str = "cube") -> LabelScheme:
+    """The classes of a ``(y, x)`` label layer.
+
+    - NLCD (the deck's 15 classes) when the layer's ``flag_values`` are NLCD codes, or, without a
+      legend, when every code present other than NLCD's no-data (0, 250) is an NLCD code;
+    - else the layer's own legend: its ``flag_values`` (less ``nodata``) with ``flag_meanings``
+      and ``flag_colors``, or the codes present (less ``nodata`` and NaN) named ``class <code>``.
+      Codes must fit the uint8 map (0..254).
+    """
+    attrs = dict(layer.attrs)
+    nodata = attrs.get("nodata")
+    if "flag_values" in attrs:
+        codes = sorted({int(c) for c in np.atleast_1d(attrs["flag_values"])} - {nodata})
+        is_nlcd = set(codes) <= set(CLASSES)
+    else:
+        values = np.asarray(layer.values)
+        if np.issubdtype(values.dtype, np.floating):
+            values = values[np.isfinite(values)]
+        codes = sorted({int(c) for c in np.unique(values)} - {nodata})
+        is_nlcd = bool(set(codes) - _NLCD_NODATA) and set(codes) - _NLCD_NODATA <= set(CLASSES)
+    if is_nlcd:
+        return LabelScheme(CLASSES, {c: NLCD_CLASSES[c] for c in CLASSES}, colour_table(CLASSES))
+    if len(codes) < 2:
+        raise ValueError(f"{source}: the label layer {layer.name!r} holds {len(codes)} class code(s) {codes}; "
+                         "a classifier needs at least 2 classes")
+    if codes[0] < 0 or codes[-1] > 254:
+        raise ValueError(f"{source}: the label layer {layer.name!r} has class codes outside 0..254 "
+                         f"({codes[0]}..{codes[-1]}); the class map is one byte a pixel: recode the "
+                         "layer to 1..K (keep the legend in flag_values / flag_meanings)")
+    classes = tuple(codes)
+    return LabelScheme(classes, class_names(classes, attrs, nlcd=False), colour_table(classes, attrs))
 
 
 def default_device() -> torch.device:
@@ -116,15 +179,17 @@ class PatchBatches(Dataset):
 
     Each batch is a run of patch indices within one Zarr chunk where possible (one read per
     array), returned as ``(x (n, T, C, P, P) float32, valid (n, T, P, P) bool, labels (n, P, P)
-    int64)`` with labels the class indices of :data:`CLASSES` (``-1``: no label or not an NLCD
-    code; all ``-1`` when the store has no ``label`` layer). The store is opened lazily in each
-    DataLoader worker.
+    int64)`` with labels the class indices of ``classes`` (default the NLCD :data:`CLASSES`;
+    ``-1``: no label or a code outside ``classes``; all ``-1`` when the store has no ``label``
+    layer). The store is opened lazily in each DataLoader worker.
     """
 
     def __init__(self, store: str | Path, indices: np.ndarray, *, batch: int = 16,
-                 label: str | None = "landcover") -> None:
+                 label: str | None = "landcover", classes: tuple[int, ...] = CLASSES) -> None:
         self.store = str(store)
         self.label = label
+        self.classes = tuple(classes)
+        self._lookup = class_lookup(self.classes)
         indices = np.sort(np.asarray(indices, dtype=np.int64))
         self._group: Any = None
         chunk = int(self._open()["data"].chunks[0])
@@ -155,7 +220,8 @@ class PatchBatches(Dataset):
         valid = np.asarray(g["valid"][sel])[rel].astype(bool, copy=False)
         if self.label is not None and self.label in g:
             codes = np.asarray(g[self.label][sel])[rel]
-            labels = _LOOKUP[np.clip(codes.astype(np.int64), 0, 255)]
+            codes = np.nan_to_num(codes, nan=255) if np.issubdtype(codes.dtype, np.floating) else codes
+            labels = self._lookup[np.clip(codes.astype(np.int64), 0, 255)]
         else:
             labels = np.full((len(idx), *x.shape[-2:]), -1, dtype=np.int64)
         return x, valid, labels
@@ -172,9 +238,11 @@ def patch_loader(batches: PatchBatches, *, shuffle: bool = False, workers: int =
 
 
 def band_statistics(loader: DataLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-band mean and std of the observed values and the class pixel counts of a loader."""
+    """Per-band mean and std of the observed values and the class pixel counts of a loader (over
+    the classes of its :class:`PatchBatches`)."""
     total = count = square = None
-    classes = np.zeros(len(CLASSES), dtype=np.int64)
+    k = len(getattr(loader.dataset, "classes", CLASSES))
+    classes = np.zeros(k, dtype=np.int64)
     for x, valid, labels in loader:
         x, valid, labels = np.asarray(x), np.asarray(valid), np.asarray(labels)
         obs = (valid & np.isfinite(x).all(axis=2))[:, :, None]  # (n, T, 1, P, P)
@@ -183,7 +251,7 @@ def band_statistics(loader: DataLoader) -> tuple[np.ndarray, np.ndarray, np.ndar
         s = vals.sum(axis=(0, 1, 3, 4))
         q = (vals**2).sum(axis=(0, 1, 3, 4))
         total, count, square = (s, n, q) if total is None else (total + s, count + n, square + q)
-        classes += np.bincount(labels[labels >= 0].ravel(), minlength=len(CLASSES))
+        classes += np.bincount(labels[labels >= 0].ravel(), minlength=k)
     if total is None or count is None or square is None or not count.all():
         raise ValueError("no observed (valid and finite) value in the training patches; "
                          "the cube has nothing to learn from")
@@ -207,11 +275,18 @@ def cog_path(out: str | Path) -> Path:
     return out.with_suffix(".tif") if out.suffix == ".zarr" else out.with_name(out.name + ".tif")
 
 
-def save_model(model: PixelClassifier, path: str | Path, *, bands: list[str]) -> Path:
-    """``torch.save`` a dict of plain types and the state dict (loadable with weights_only)."""
+def save_model(model: PixelClassifier, path: str | Path, *, bands: list[str],
+               scheme: LabelScheme | None = None) -> Path:
+    """``torch.save`` a dict of plain types and the state dict (loadable with weights_only):
+    the class codes, names and colours (``scheme``, default NLCD) travel with the weights."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    torch.save({"kind": model.kind, "config": model.config(), "classes": list(CLASSES),
+    classes = scheme.classes if scheme else CLASSES
+    if model.n_classes != len(classes):
+        raise ValueError(f"the model predicts {model.n_classes} classes; the legend has {len(classes)}")
+    legend = {"class_names": [scheme.names[c] for c in classes],
+              "class_colours": [list(scheme.colours[c]) for c in classes]} if scheme else {}
+    torch.save({"kind": model.kind, "config": model.config(), "classes": list(classes), **legend,
                 "bands": list(bands), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
                tmp)
     os.replace(tmp, path)
@@ -234,6 +309,15 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     model = build_classifier(saved["kind"], **saved["config"])
     model.load_state_dict(saved["state_dict"])
     return model.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
+
+
+def model_scheme(meta: dict[str, Any]) -> LabelScheme:
+    """The legend a saved model predicts (checkpoints without one: the NLCD classes)."""
+    classes = tuple(int(c) for c in meta.get("classes", CLASSES))
+    if "class_names" not in meta:
+        return LabelScheme(classes, class_names(classes), colour_table(classes))
+    return LabelScheme(classes, dict(zip(classes, meta["class_names"], strict=True)),
+                       {c: tuple(int(v) for v in rgba) for c, rgba in zip(classes, meta["class_colours"], strict=True)})
 
 
 class RowStrip:
@@ -287,7 +371,8 @@ class RowStrip:
 # --- pictures -----------------------------------------------------------------------------------
 
 
-def confusion_png(confusion: np.ndarray, path: str | Path, *, title: str = "") -> Path:
+def confusion_png(confusion: np.ndarray, path: str | Path, *, title: str = "",
+                  classes: tuple[int, ...] = CLASSES, legend: str = "NLCD class") -> Path:
     """Row-normalised confusion matrix (truth rows, predicted columns) of the classes present."""
     import matplotlib
 
@@ -298,13 +383,13 @@ def confusion_png(confusion: np.ndarray, path: str | Path, *, title: str = "") -
     keep = (conf.sum(axis=1) > 0) | (conf.sum(axis=0) > 0)
     sub = conf[np.ix_(keep, keep)]
     norm = sub / np.maximum(sub.sum(axis=1, keepdims=True), 1)
-    codes = [str(c) for c, k in zip(CLASSES, keep, strict=True) if k]
+    codes = [str(c) for c, k in zip(classes, keep, strict=True) if k]
     fig, ax = plt.subplots(figsize=(0.45 * len(codes) + 2.5, 0.45 * len(codes) + 2))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(codes)), codes, rotation=90, fontsize=8)
     ax.set_yticks(range(len(codes)), codes, fontsize=8)
-    ax.set_xlabel("predicted NLCD class")
-    ax.set_ylabel("true NLCD class")
+    ax.set_xlabel(f"predicted {legend}")
+    ax.set_ylabel(f"true {legend}")
     for i in range(len(codes)):
         for j in range(len(codes)):
             if sub[i, j]:
@@ -320,13 +405,15 @@ def confusion_png(confusion: np.ndarray, path: str | Path, *, title: str = "") -
     return path
 
 
-def class_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-class precision / recall / F1 / support rows of a :func:`scores` result."""
+def class_rows(result: dict[str, Any], names: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """Per-class precision / recall / F1 / support rows of a :func:`scores` result (classes in
+    the order of ``names``, default NLCD)."""
+    names = names or {c: NLCD_CLASSES[c] for c in CLASSES}
     return [
-        {"code": c, "class": NLCD_CLASSES[c], "precision": round(result["precision"][k], 4),
+        {"code": c, "class": name, "precision": round(result["precision"][k], 4),
          "recall": round(result["recall"][k], 4), "f1": round(result["f1"][k], 4),
          "support": int(result["support"][k])}
-        for k, c in enumerate(CLASSES)
+        for k, (c, name) in enumerate(names.items())
         if result["support"][k] or sum(row[k] for row in result["confusion"])
     ]
 
@@ -367,13 +454,14 @@ def classify_cube(
     overwrite: bool = False,
     progress: bool = False,
 ) -> Manifest:
-    """Classify every pixel of a cube into the NLCD classes with a 4D-CNN (trained or loaded).
+    """Classify every pixel of a cube into the NLCD classes (or the label layer's own legend, see
+    :func:`label_scheme`) with a 4D-CNN (trained or loaded).
 
     Parameters
     ----------
     cube
         A schema-following cube store (``tasks.cube``); for training it needs the ``label``
-        layer (``(y, x)`` NLCD codes).
+        layer (``(y, x)`` class codes).
     out
         Where ``classes.zarr`` goes; manifest, COG, model and patch store beside it.
     model
@@ -420,10 +508,11 @@ def classify_cube(
     if model is None and label not in ds.data_vars:  # before any work is written
         raise ValueError(
             f"{cube}: no label layer {label!r} to train with (variables: {sorted(map(str, ds.data_vars))}); "
-            "pass label=NAME of a (y, x) layer of NLCD codes, or model=M.pt to apply a saved model"
+            "pass label=NAME of a (y, x) layer of class codes, or model=M.pt to apply a saved model"
         )
     if model is not None:  # a model that cannot read this cube is refused before any work is written
         net, meta = load_model(model, device=dev)
+        scheme = model_scheme(meta)
         cube_bands = [str(b) for b in ds["band"].values]
         if net.n_times != ds.sizes["time"] or net.n_bands != len(cube_bands):
             raise ValueError(
@@ -431,6 +520,8 @@ def classify_cube(
                 f"({meta.get('bands')}); the cube {cube} has {ds.sizes['time']} x {len(cube_bands)} {cube_bands}. "
                 "Train a model on this cube (leave out --model)"
             )
+    else:
+        scheme = label_scheme(ds[label], source=str(cube))
     height, width_px = ds.sizes["y"], ds.sizes["x"]
     size = min(patch, height, width_px)
     patches = out.with_name(out.name + ".patches.zarr")
@@ -445,7 +536,7 @@ def classify_cube(
     def loader(where: str | None, *, shuffle: bool = False) -> tuple[PatchBatches, DataLoader]:
         idx = np.arange(len(split)) if where is None else np.flatnonzero(split == where)
         per = batch if shuffle else max(batch, 16)  # small steps to train, larger reads to infer
-        pb = PatchBatches(patches, idx, batch=per, label=label if has_label else None)
+        pb = PatchBatches(patches, idx, batch=per, label=label if has_label else None, classes=scheme.classes)
         return pb, patch_loader(pb, shuffle=shuffle, workers=n_workers, device=dev, seed=seed)
 
     fit_stats: dict[str, Any] = {}
@@ -453,7 +544,7 @@ def classify_cube(
         if not has_label:
             raise ValueError(
                 f"{cube}: no label layer {label!r} to train with (variables: {sorted(map(str, ds.data_vars))}); "
-                "pass label=NAME of a (y, x) layer of NLCD codes, or model=M.pt to apply a saved model"
+                "pass label=NAME of a (y, x) layer of class codes, or model=M.pt to apply a saved model"
             )
         train_pb, train_dl = loader("train", shuffle=True)
         if not len(train_pb):
@@ -461,9 +552,10 @@ def classify_cube(
                              "use a smaller block")
         mean, std, counts = band_statistics(loader("train")[1])
         if counts.sum() == 0:
-            raise ValueError(f"{cube}: the {label!r} layer holds no NLCD class code in the training patches")
+            raise ValueError(f"{cube}: the {label!r} layer holds no class code of its legend "
+                             f"({', '.join(map(str, scheme.classes))}) in the training patches")
         net = build_classifier("cnn4d", n_times=int(pds.sizes["time"]), n_bands=len(bands),
-                               n_classes=len(CLASSES), width=width, mean=mean.tolist(), std=std.tolist())
+                               n_classes=len(scheme.classes), width=width, mean=mean.tolist(), std=std.tolist())
         val_pb, val_dl = loader("val")
         n_train = int((split == "train").sum())
         if n_train * pds["data"].dtype.itemsize * np.prod(pds["data"].shape[1:]) <= IN_MEMORY_BYTES:
@@ -480,35 +572,37 @@ def classify_cube(
         fit = fit_classifier(net, train_batches, val=(lambda: val_dl) if len(val_pb) else None,
                              weights=class_weights(counts), epochs=epochs, lr=lr, crop=min(crop, size),
                              device=dev, seed=seed, progress=progress)
-        wpath = save_model(net, weights_path(out), bands=bands)
+        wpath = save_model(net, weights_path(out), bands=bands, scheme=scheme)
         fit_stats = {"loss_history": [round(v, 5) for v in fit.history],
                      "val_macro_f1": [round(v, 4) for v in fit.val_f1], "best_epoch": fit.best_epoch,
                      "fit_seconds": round(fit.seconds, 3),
-                     "train_pixels_per_class": {str(c): int(n) for c, n in zip(CLASSES, counts, strict=True)}}
+                     "train_pixels_per_class": {str(c): int(n) for c, n in zip(scheme.classes, counts, strict=True)}}
     else:
         wpath = Path(model)
 
     # every patch, in store order (row-major); probabilities averaged where patches overlap, rows
     # written as soon as no later patch can touch them (RowStrip): memory set by the cube's width
     all_pb, all_dl = loader(None)
-    k = len(CLASSES)
-    lut = np.asarray(CLASSES, dtype=np.uint8)
+    k = len(scheme.classes)
+    lut = np.asarray(scheme.classes, dtype=np.uint8)
+    fill = scheme.fill
     coords = {name: ds.coords[name].load() for name in ("y", "x", "spatial_ref") if name in ds.coords}
     gm = {"grid_mapping": "spatial_ref"} if "spatial_ref" in coords else {}
     chunks = (min(height, 256), min(width_px, 256))
     template = xr.Dataset(
         {
-            "classes": (("y", "x"), dask_array.zeros((height, width_px), dtype=np.uint8, chunks=chunks), {
-                "long_name": "land cover class (4D-CNN)", "flag_values": list(CLASSES),
-                "flag_meanings": " ".join(NLCD_CLASSES[c].replace(" ", "_") for c in CLASSES),
-                "comment": "0 where no patch covers the pixel", **gm}),
+            "classes": (("y", "x"), dask_array.full((height, width_px), fill, dtype=np.uint8, chunks=chunks), {
+                "long_name": "land cover class (4D-CNN)", "flag_values": list(scheme.classes),
+                "flag_meanings": " ".join(scheme.names[c].replace(" ", "_") for c in scheme.classes),
+                "flag_colors": ["#{:02x}{:02x}{:02x}".format(*scheme.colours[c][:3]) for c in scheme.classes],
+                "nodata": fill, "comment": f"{fill} where no patch covers the pixel", **gm}),
             "confidence": (("y", "x"), dask_array.zeros((height, width_px), dtype=np.float32, chunks=chunks),
                            {"long_name": "probability of the class", **gm}),
         },
         coords=coords,
         attrs={"title": f"classes of {cube.name}", "classify_key": key, "model": str(wpath)},
     )
-    codes = np.zeros((height, width_px), dtype=np.uint8)  # for the COG: one byte a pixel
+    codes = np.full((height, width_px), fill, dtype=np.uint8)  # for the COG: one byte a pixel
     found = np.zeros(k, dtype=np.int64)
     confusion = np.zeros((k, k), dtype=np.int64)
     with atomic_artifact(out) as tmp:
@@ -519,7 +613,7 @@ def classify_cube(
         def write(rows: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
             for top, mean, covered in rows:
                 best = mean.argmax(axis=0)
-                part = np.where(covered, lut[best], 0).astype(np.uint8)
+                part = np.where(covered, lut[best], fill).astype(np.uint8)
                 group["classes"][top:top + len(part)] = part
                 group["confidence"][top:top + len(part)] = np.where(covered, mean.max(axis=0), np.nan)
                 codes[top:top + len(part)] = part
@@ -545,13 +639,14 @@ def classify_cube(
     from tasks.quicklook import write_class_cog
 
     cog = write_class_cog(cog_path(out), codes, transform=cube_transform(ds), crs=cube_crs(ds),
-                          names={c: NLCD_CLASSES[c] for c in CLASSES})
+                          colormap=scheme.colours, nodata=fill, names=scheme.names)
     png = None
     if result is not None:
         png = confusion_png(np.asarray(result["confusion"]), out.with_name(out.name + ".confusion.png"),
                             title=f"{cube.name}, test patches: accuracy {result['accuracy']:.3f}, "
-                                  f"macro-F1 {result['macro_f1']:.3f}")
-    found_classes = {str(c): int(n) for c, n in zip(CLASSES, found, strict=True) if n}
+                                  f"macro-F1 {result['macro_f1']:.3f}",
+                            classes=scheme.classes, legend="NLCD class" if scheme.nlcd else "class")
+    found_classes = {str(c): int(n) for c, n in zip(scheme.classes, found, strict=True) if n}
     manifest = Manifest(
         stage=STAGE, key=key, params=params, inputs=inputs, code_version=code_version(*CODE_MODULES),
         outputs={"path": str(out), "cube": str(cube), "cog": str(cog), "model": str(wpath),
@@ -560,7 +655,7 @@ def classify_cube(
         stats={
             "test": None if result is None else {
                 "accuracy": round(result["accuracy"], 4), "macro_f1": round(result["macro_f1"], 4),
-                "pixels": result["pixels"], "per_class": class_rows(result),
+                "pixels": result["pixels"], "per_class": class_rows(result, scheme.names),
                 "confusion": result["confusion"]},
             **fit_stats,
             "inference_seconds": round(infer_seconds, 3),
@@ -595,7 +690,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``stage classify --cube IN.zarr --out OUT.zarr [--model M.pt] [--device cpu|cuda]``."""
     p = subparsers.add_parser(
-        "classify", help="per-pixel NLCD land-cover classes with a 4D-CNN (trained on the cube's labels)")
+        "classify", help="per-pixel land-cover classes with a 4D-CNN (trained on the cube's label layer: "
+                         "NLCD or the layer's own legend)")
     p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
     p.add_argument("--out", required=True, help="classes.zarr to write (COG and model beside it)")
     p.add_argument("--model", default=None, help="a saved model (.pt) to apply instead of training")

@@ -79,6 +79,7 @@ from tasks.cube import (
     read_rows,
     streamed_band_stats,
 )
+from tasks.quicklook import class_names, colour_table
 
 __all__ = [
     "NO_CLASS",
@@ -330,35 +331,6 @@ def class_table(pred: np.ndarray, confidence: np.ndarray, labels: np.ndarray,
             "labels_kept": round(float((pred[lab] == code).mean()), 3) if lab.any() else None,
         })
     return rows
-
-
-def _hex_rgba(color: str) -> tuple[int, int, int, int]:
-    c = color.lstrip("#")
-    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255
-
-
-def colour_table(classes: tuple[int, ...], attrs: dict[str, Any] | None = None) -> dict[int, tuple[int, int, int, int]]:
-    """RGBA per class code: the label layer's ``flag_colors`` when it has them, else the official
-    NLCD legend (``tasks.sample_area.NLCD_COLORMAP``), else grey."""
-    from tasks.sample_area import NLCD_COLORMAP
-
-    table = dict(NLCD_COLORMAP)
-    attrs = attrs or {}
-    if "flag_colors" in attrs and "flag_values" in attrs:
-        for code, col in zip(attrs["flag_values"], attrs["flag_colors"], strict=False):
-            table[int(code)] = _hex_rgba(str(col))
-    return {c: table.get(c, (128, 128, 128, 255)) for c in classes}
-
-
-def class_names(classes: tuple[int, ...], attrs: dict[str, Any] | None = None) -> dict[int, str]:
-    """Name per class code: the layer's ``flag_meanings`` when it has them, else NLCD names."""
-    names = dict(NLCD_CLASSES)
-    attrs = attrs or {}
-    if "flag_values" in attrs and "flag_meanings" in attrs:
-        meanings = str(attrs["flag_meanings"]).split()
-        for code, m in zip(attrs["flag_values"], meanings, strict=False):
-            names[int(code)] = m.replace("_", " ")
-    return {c: names.get(c, f"class {c}") for c in classes}
 
 
 # --- I/O ----------------------------------------------------------------------------------------

@@ -141,6 +141,45 @@ def thumbnail_data_uri(png: str | Path, *, max_pixels: int = 360) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _hex_rgba(color: str) -> tuple[int, int, int, int]:
+    c = color.lstrip("#")
+    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255
+
+
+def colour_table(classes: tuple[int, ...], attrs: dict | None = None) -> dict[int, tuple[int, int, int, int]]:
+    """RGBA per class code: the label layer's ``flag_colors`` when it has them, else the official
+    NLCD legend (``tasks.sample_area.NLCD_COLORMAP``), else a colour of the tab20 palette."""
+    from matplotlib import colormaps
+
+    from tasks.sample_area import NLCD_COLORMAP
+
+    table = dict(NLCD_COLORMAP)
+    attrs = attrs or {}
+    if "flag_colors" in attrs and "flag_values" in attrs:
+        for code, col in zip(attrs["flag_values"], attrs["flag_colors"], strict=False):
+            table[int(code)] = _hex_rgba(str(col))
+    palette = colormaps["tab20"]
+    unknown = [c for c in classes if c not in table]
+    for i, c in enumerate(unknown):
+        table[c] = (*(int(255 * v) for v in palette(i % 20)[:3]), 255)
+    return {c: table[c] for c in classes}
+
+
+def class_names(classes: tuple[int, ...], attrs: dict | None = None, *, nlcd: bool = True) -> dict[int, str]:
+    """Name per class code: the layer's ``flag_meanings`` when it has them, else the NLCD names
+    (``nlcd``; off for a legend of another scheme, whose codes may collide with NLCD's), else
+    ``"class <code>"``."""
+    from tasks.catalog import NLCD_CLASSES
+
+    names = dict(NLCD_CLASSES) if nlcd else {}
+    attrs = attrs or {}
+    if "flag_values" in attrs and "flag_meanings" in attrs:
+        meanings = str(attrs["flag_meanings"]).split()
+        for code, m in zip(attrs["flag_values"], meanings, strict=False):
+            names[int(code)] = m.replace("_", " ")
+    return {c: names.get(c, f"class {c}") for c in classes}
+
+
 def write_class_cog(
     path: str | Path,
     codes: np.ndarray,

@@ -24,7 +24,8 @@ T, C, H, W = 4, 2, 64, 64
 CODES = (11, 41, 82)  # water, deciduous forest, crops: three temporal profiles
 
 
-def make_cube(path: Path, *, seed: int = 0, label: bool = True, n_times: int = T) -> np.ndarray:
+def make_cube(path: Path, *, seed: int = 0, label: bool = True, n_times: int = T,
+              codes_of: tuple[int, ...] = CODES, label_attrs: dict | None = None) -> np.ndarray:
     """Classes in 8 x 8 pixel blocks, told apart by their (noisy) temporal profile; some clouds."""
     rng = np.random.default_rng(seed)
     cls = rng.integers(0, 3, (H // 8, W // 8))
@@ -36,11 +37,11 @@ def make_cube(path: Path, *, seed: int = 0, label: bool = True, n_times: int = T
     data = np.where(valid[:, None], data, np.nan).astype(np.float32)
     transform = Affine(3.0, 0, 450000.0, 0, -3.0, 4650000.0)
     y, x = grid_coords(transform, H, W)
-    codes = np.asarray(CODES, np.uint8)[cls]
+    codes = np.asarray(codes_of, np.uint8)[cls]
     variables = {"data": (("time", "band", "y", "x"), data, {"grid_mapping": "spatial_ref"}),
                  "valid": (("time", "y", "x"), valid, {"grid_mapping": "spatial_ref"})}
     if label:
-        variables["landcover"] = (("y", "x"), codes, {"flag_values": list(CODES)})
+        variables["landcover"] = (("y", "x"), codes, {"flag_values": list(CODES)} if label_attrs is None else label_attrs)
     ds = xr.Dataset(
         variables,
         coords={"time": np.array([f"2019-0{m}-01" for m in range(4, 4 + n_times)], dtype="datetime64[ns]"),
@@ -122,6 +123,57 @@ def test_bad_inputs_raise(trained, tmp_path) -> None:
         classify_cube(cube, tmp_path / "z.zarr", epochs=0)
     with pytest.raises(FileNotFoundError, match="no model file"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_label_scheme_nlcd_or_the_layer_s_own_legend() -> None:
+    from tasks.classify import label_scheme
+
+    def layer(values, **attrs):
+        return xr.DataArray(np.asarray(values), dims=("y", "x"), name="lc", attrs=attrs)
+
+    assert label_scheme(layer([[0, 41], [82, 250]])).classes == CLASSES  # NLCD with its no-data codes
+    assert label_scheme(layer([[1, 1]], flag_values=[41, 82])).classes == CLASSES
+    own = label_scheme(layer([[1, 2]], flag_values=[1, 2, 3, 9], flag_meanings="forest pasture soy_corn",
+                             flag_colors=["#00ff00", "#ffff00", "#aa5500"], nodata=9))
+    assert own.classes == (1, 2, 3) and own.names == {1: "forest", 2: "pasture", 3: "soy corn"}
+    assert own.colours[3] == (0xAA, 0x55, 0x00, 255) and own.fill == 0
+    # ESA WorldCover-like codes without a legend: 90 is a WorldCover code, not "Woody Wetlands"
+    wc = label_scheme(layer([[10.0, 80.0], [90.0, np.nan]]))
+    assert wc.classes == (10, 80, 90) and wc.names[90] == "class 90" and len(set(wc.colours.values())) == 3
+    assert label_scheme(layer([[0, 1], [2, 2]])).fill == 255  # 0 is a class (Dynamic World's water)
+    with pytest.raises(ValueError, match=r"'lc' has class codes outside 0..254 \(111..523\)"):
+        label_scheme(layer([[111, 311], [523, 523]]))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        label_scheme(layer([[5, 5]]))
+
+
+def test_a_label_layer_of_another_legend_is_learnt_in_its_own_classes(tmp_path) -> None:
+    """Before: a layer of non-NLCD codes was refused ("holds no NLCD class code"), and ESA
+    WorldCover codes were read as the two NLCD codes they share (90, 95), the rest unlabelled."""
+    cube = tmp_path / "cube.zarr"
+    own = (10, 40, 90)
+    codes = make_cube(cube, codes_of=own, label_attrs={"flag_values": list(own),
+                                                      "flag_meanings": "tree_cover cropland herbaceous_wetland"})
+    out = tmp_path / "classes.zarr"
+    manifest = classify_cube(cube, out, epochs=12, patch=16, block=1, batch=4, crop=16, width=2, lr=1e-2,
+                             device="cpu")
+    ds = xr.open_zarr(out, consolidated=None)
+    assert list(ds["classes"].attrs["flag_values"]) == list(own)
+    assert ds["classes"].attrs["flag_meanings"] == "tree_cover cropland herbaceous_wetland"
+    pred = ds["classes"].values
+    assert set(np.unique(pred)) <= set(own) and (pred == codes).mean() > 0.85
+    assert {row["class"] for row in manifest.stats["test"]["per_class"]} <= {"tree cover", "cropland", "herbaceous wetland"}
+    with rasterio.open(cog_path(out)) as src:
+        assert "90=herbaceous wetland" in src.tags()["CLASSES"]
+    model, meta = load_model(weights_path(out))
+    assert meta["classes"] == list(own) and model.n_classes == 3
+    # the legend travels with the model: applied to an unlabelled cube it writes the same classes
+    bare = tmp_path / "bare.zarr"
+    make_cube(bare, label=False)
+    classify_cube(bare, tmp_path / "applied.zarr", model=weights_path(out), patch=16, block=1, device="cpu")
+    applied = xr.open_zarr(tmp_path / "applied.zarr")["classes"]
+    np.testing.assert_array_equal(applied.values, pred)
+    assert applied.attrs["flag_meanings"] == "tree_cover cropland herbaceous_wetland"
 
 
 def test_cli_registered() -> None:
