@@ -66,7 +66,7 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
-from tasks.cube import cube_crs, cube_transform, open_cube
+from tasks.cube import cube_crs, cube_transform, open_cube, unobserved_reason
 from tasks.patch import make_patches
 from tasks.quicklook import class_names, colour_table
 
@@ -550,7 +550,13 @@ def classify_cube(
         if not len(train_pb):
             raise ValueError(f"{cube}: the split left no training patch (block={block}, patch={size}); "
                              "use a smaller block")
-        mean, std, counts = band_statistics(loader("train")[1])
+        try:
+            mean, std, counts = band_statistics(loader("train")[1])
+        except ValueError as exc:  # name the band or mask that emptied the cube, when that is why
+            if bool((ds["valid"] & ds["data"].notnull().all("band")).any()):
+                raise
+            raise ValueError(f"{cube}: no observed pixel, nothing to learn from: "
+                             f"{unobserved_reason(ds['data'], ds['valid'])}") from exc
         if counts.sum() == 0:
             raise ValueError(f"{cube}: the {label!r} layer holds no class code of its legend "
                              f"({', '.join(map(str, scheme.classes))}) in the training patches")

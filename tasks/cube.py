@@ -36,6 +36,7 @@ __all__ = [
     "read_rows",
     "spatial_ref",
     "streamed_band_stats",
+    "unobserved_reason",
 ]
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,29 @@ def cube_transform(ds: xr.Dataset) -> Affine:
 def observed_mask(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """``(time, y, x)``: valid and every band finite, for ``data (time, band, y, x)``."""
     return valid & np.isfinite(data).all(axis=1)
+
+
+def unobserved_reason(data: np.ndarray | xr.DataArray, valid: np.ndarray | xr.DataArray,
+                      bands: list[str] | None = None) -> str:
+    """Why no pixel-date is observed (:func:`observed_mask` false everywhere), for an error message:
+    ``valid`` false everywhere, bands with no finite value where valid (a pixel-date counts only
+    when every band is finite, so one empty band empties the cube), or bands observed apart."""
+    if isinstance(data, xr.DataArray):
+        valid_any = bool(valid.any())
+        per_band = np.asarray((data.notnull() & valid.astype(bool)).any(("time", "y", "x")).values)
+        bands = bands or [str(b) for b in data["band"].values]
+    else:
+        valid = np.asarray(valid, dtype=bool)
+        valid_any = bool(valid.any())
+        per_band = (np.isfinite(data) & valid[:, None]).any(axis=(0, 2, 3))
+    bands = bands or [str(i) for i in range(len(per_band))]
+    if not valid_any:
+        return "'valid' is false on every pixel and date"
+    empty = [b for b, seen in zip(bands, per_band, strict=True) if not seen]
+    if empty:
+        return (f"band(s) {empty} hold no finite value where 'valid' is true, and a pixel-date counts "
+                f"as observed only when every band is finite: drop them, e.g. ds.drop_sel(band={empty})")
+    return "no pixel-date has every band finite where 'valid' is true (the bands are observed apart)"
 
 
 def band_stats(data: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -66,6 +66,7 @@ from tasks.cube import (
     patches_by_rows,
     read_rows,
     streamed_band_stats,
+    unobserved_reason,
 )
 from tasks.patch import unpatch
 
@@ -195,7 +196,7 @@ def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fil
     data = ds["data"].values.astype(np.float32)  # (T, C, H, W)
     observed = observed_mask(data, ds["valid"].values.astype(bool))
     if not observed.any():
-        raise ValueError(f"{cube}: no observed pixel (valid and finite); nothing to learn from")
+        raise ValueError(f"{cube}: no observed pixel, nothing to learn from: {unobserved_reason(ds['data'], ds['valid'])}")
     mean, std = band_stats(data, observed)
     pds = xr.open_zarr(cube, consolidated=None)
     size = int(pds.attrs["patch_size"])
@@ -229,7 +230,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
     n_time, n_band, height, width = (ds.sizes["time"], ds.sizes["band"], ds.sizes["y"], ds.sizes["x"])
     mean, std, seen = streamed_band_stats(ds)
     if not seen.any():
-        raise ValueError(f"{cube}: no observed pixel (valid and finite); nothing to learn from")
+        raise ValueError(f"{cube}: no observed pixel, nothing to learn from: {unobserved_reason(ds['data'], ds['valid'])}")
     size = min(patch, height, width)
     if size < patch:
         log.warning("gapfill: cube is %d x %d px; patches of %d px instead of %d", height, width, size, patch)

@@ -78,6 +78,7 @@ from tasks.cube import (
     patches_by_rows,
     read_rows,
     streamed_band_stats,
+    unobserved_reason,
 )
 from tasks.quicklook import class_names, colour_table
 
@@ -136,7 +137,7 @@ def model_inputs(data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.nd
     ``(T, H, W)`` observed mask (valid and every band finite)."""
     observed = observed_mask(data, valid)
     if not observed.any():
-        raise ValueError("the cube has no observed pixel (valid and finite); nothing to learn from")
+        raise ValueError(f"the cube has no observed pixel, nothing to learn from: {unobserved_reason(data, valid)}")
     mean, std = band_stats(data, observed)
     x = np.where(observed[:, None], (data - mean) / std, np.nan).astype(np.float32)
     return x, observed
@@ -375,7 +376,13 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
             codes = np.where(np.isin(codes, list(attrs["flag_values"])), codes, NO_CLASS)
         if "nodata" in attrs:
             codes = np.where(codes == attrs["nodata"], NO_CLASS, codes)
-        codes = np.clip(codes, 0, NO_CLASS).astype(np.uint8)
+        labelled = codes[codes != NO_CLASS]
+        if labelled.size and (labelled.min() < 0 or labelled.max() > NO_CLASS):
+            raise ValueError(
+                f"label layer '{name}' has class codes outside 0..{NO_CLASS - 1} ({labelled.min():g}..{labelled.max():g}); "
+                "the class map is one byte a pixel: recode the layer to 1..K (keep the legend in "
+                "flag_values / flag_meanings)")
+        codes = codes.astype(np.uint8)
         return codes, attrs, {"kind": "layer", "layer": name}
     path = Path(labels)
     if not path.exists():
@@ -524,7 +531,7 @@ def recover_labels(
     n_time, n_band, height, width_px = (ds.sizes["time"], ds.sizes["band"], ds.sizes["y"], ds.sizes["x"])
     mean, std, seen = streamed_band_stats(ds)  # streamed over the cube's chunks
     if not seen.any():
-        raise ValueError("the cube has no observed pixel (valid and finite); nothing to learn from")
+        raise ValueError(f"{cube}: no observed pixel, nothing to learn from: {unobserved_reason(ds['data'], ds['valid'])}")
     size = patch_size_for(height, width_px, patch, multiple=2**depth)
     idx = codes_to_index(codes, classes).astype(np.int16)  # (H, W), -1 unlabelled
     k = len(classes)

@@ -142,3 +142,21 @@ def test_dimension_names_of_other_tools_get_a_rename_hint(tmp_path) -> None:
                coords={"time": pd.date_range("2022-01-01", periods=2), "band": ["ndvi"]}).to_zarr(tmp_path / "c.zarr")
     with pytest.raises(CubeSchemaError, match=r"ds.rename\(\{'lat': 'y', 'lon': 'x'\}\)"):
         open_cube(tmp_path / "c.zarr")
+
+
+def test_unobserved_reason_names_what_emptied_the_cube() -> None:
+    import xarray as xr
+
+    from tasks.cube import unobserved_reason
+
+    data = np.ones((2, 3, 4, 4))
+    data[:, 1] = np.nan
+    valid = np.ones((2, 4, 4), bool)
+    assert "band(s) ['1']" in unobserved_reason(data, valid)
+    assert "['green']" in unobserved_reason(data, valid, ["blue", "green", "red"])
+    lazy = xr.DataArray(data, dims=("time", "band", "y", "x"), coords={"band": ["b", "g", "r"]})
+    assert "['g']" in unobserved_reason(lazy, xr.DataArray(valid, dims=("time", "y", "x")))
+    assert "false on every pixel" in unobserved_reason(np.ones((2, 3, 4, 4)), ~valid)
+    apart = np.full((2, 2, 4, 4), np.nan)
+    apart[0, 0], apart[1, 1] = 1.0, 1.0
+    assert "observed apart" in unobserved_reason(apart, valid[:, :, :])

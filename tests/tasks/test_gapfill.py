@@ -111,6 +111,18 @@ def test_bad_parameters_and_cli(tmp_path):
     assert args.epochs == 3 and args.layers == 20 and callable(args.func)
 
 
+def test_a_band_never_observed_is_named(tmp_path):
+    """One all-NaN band leaves no pixel-date with every band finite: before, the error only said
+    "no observed pixel"; now it names the band and how to drop it."""
+    make_cube(tmp_path / "cube.zarr")
+    ds = xr.open_zarr(tmp_path / "cube.zarr").load()
+    ds["data"][:, 0] = np.nan
+    ds.to_zarr(tmp_path / "nan_band.zarr", zarr_format=3, mode="w")
+    with pytest.raises(ValueError, match=r"band\(s\) \['red'\] hold no finite value.*drop_sel"):
+        gapfill_cube(tmp_path / "nan_band.zarr", tmp_path / "o.zarr", epochs=1)
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_patches_store_input(filled, tmp_path):
     from tasks.gapfill import is_patches_store
     from tasks.patch import make_patches

@@ -225,6 +225,18 @@ def test_bad_arguments_raise(tmp_path) -> None:
         recover_labels(cube, "landcover", tmp_path / "o.zarr", **{**FAST, "epochs": 0})
     with pytest.raises(ValueError, match="prior_window must be 0"):
         recover_labels(cube, "landcover", tmp_path / "o.zarr", **{**FAST, "prior_window": 4})
+    # CORINE-style three-digit codes: refused by name, not clipped to "no label" (it used to say
+    # "the labels hold 1 class(es) (111,)")
+    ds = xr.open_zarr(cube).load()
+    ds["corine"] = (("y", "x"), np.where(np.arange(W) < 16, 111, 523).astype(np.uint16)[None].repeat(H, 0))
+    ds[["corine"]].to_zarr(cube, mode="a")
+    with pytest.raises(ValueError, match=r"'corine' has class codes outside 0..254 \(111..523\)"):
+        recover_labels(cube, "corine", tmp_path / "o.zarr", **FAST)
+    # a band never observed empties every pixel-date: the error names it
+    ds["data"][:, 1] = np.nan
+    ds.drop_vars("corine").to_zarr(tmp_path / "nan_band.zarr", zarr_format=3, mode="w")
+    with pytest.raises(ValueError, match=r"band\(s\) \['nir'\] hold no finite value"):
+        recover_labels(tmp_path / "nan_band.zarr", "landcover", tmp_path / "o.zarr", **FAST)
     (tmp_path / "pts.txt").write_text("x y class\n")
     with pytest.raises(ValueError, match=r"\.csv"):
         read_points(tmp_path / "pts.txt")
