@@ -135,7 +135,41 @@ def open_cube(path: str | Path, *, chunks: dict | str | None = "auto") -> xr.Dat
     ds = _normalised(ds, path)
     if "valid" not in ds:
         ds["valid"] = ds["data"].notnull().all("band")
+    ds = _time_ordered(ds, source=str(path))
+    _check_regular(ds, source=str(path))
     return _north_up(ds, source=str(path))
+
+
+def _time_ordered(ds: xr.Dataset, *, source: str) -> xr.Dataset:
+    """Dates in increasing order (a lazy reordering when a tool appended them out of order);
+    a date twice is refused, naming it."""
+    t = ds["time"].values
+    if t.size < 2 or bool((np.diff(t) > np.timedelta64(0)).all()):
+        return ds
+    values, counts = np.unique(t, return_counts=True)
+    if (counts > 1).any():
+        twice = [str(v)[:19] for v in values[counts > 1]][:5]
+        raise CubeSchemaError(f"{source}: time has duplicate dates {twice}; a cube holds one slice per "
+                              "date (merge them first, e.g. ds.groupby('time').first())")
+    log.info("%s: dates are not in increasing order; the stages read them sorted", source)
+    return ds.isel(time=np.argsort(t, kind="stable"))
+
+
+def _check_regular(ds: xr.Dataset, *, source: str) -> None:
+    """``x`` and ``y`` evenly spaced (an affine grid), ``x`` increasing."""
+    for dim in ("x", "y"):
+        v = np.asarray(ds[dim].values, dtype=np.float64)
+        if v.size < 3:
+            continue
+        steps = np.diff(v)
+        if not np.allclose(steps, steps[0], rtol=1e-3, atol=0.0):
+            raise CubeSchemaError(
+                f"{source}: coordinate '{dim}' is not evenly spaced (steps {steps.min():.6g} .. "
+                f"{steps.max():.6g}); the stages need a regular grid: regrid the cube first (e.g. "
+                "rioxarray's ds.rio.reproject to a fixed resolution)")
+    if ds["x"].size >= 2 and float(ds["x"][1] - ds["x"][0]) < 0:
+        raise CubeSchemaError(f"{source}: coordinate 'x' decreases (east to west); write it west to east, "
+                              "e.g. ds.isel(x=slice(None, None, -1))")
 
 
 #: encodings of a Zarr v2 store that a Zarr v3 output cannot take (numcodecs compressors, filters)

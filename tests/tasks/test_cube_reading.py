@@ -160,3 +160,38 @@ def test_unobserved_reason_names_what_emptied_the_cube() -> None:
     apart = np.full((2, 2, 4, 4), np.nan)
     apart[0, 0], apart[1, 1] = 1.0, 1.0
     assert "observed apart" in unobserved_reason(apart, valid[:, :, :])
+
+
+def test_dates_out_of_order_are_read_sorted_and_bad_grids_refused(tmp_path) -> None:
+    import pandas as pd
+    import pytest
+    import xarray as xr
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from tasks.cube import grid_coords, open_cube, spatial_ref
+    from tasks.errors import CubeSchemaError
+    from tasks.patch import make_patches
+
+    transform = Affine(10.0, 0, 500000.0, 0, -10.0, 4650000.0)
+    y, x = grid_coords(transform, 32, 32)
+    times = pd.to_datetime(["2020-03-01", "2020-01-01", "2020-02-01"])
+    data = np.stack([np.full((1, 32, 32), float(t.month), np.float32) for t in times])
+    ds = xr.Dataset({"data": (("time", "band", "y", "x"), data)},
+                    coords={"time": times, "band": ["ndvi"], "y": y, "x": x,
+                            "spatial_ref": spatial_ref(CRS.from_epsg(32617), transform)})
+    ds.to_zarr(tmp_path / "shuffled.zarr", zarr_format=3)
+    cube = open_cube(tmp_path / "shuffled.zarr")
+    assert list(cube["data"].values[:, 0, 0, 0]) == [1.0, 2.0, 3.0]  # each date keeps its slice
+    make_patches(tmp_path / "shuffled.zarr", tmp_path / "p.zarr", size=16, block=1)
+    assert list(xr.open_zarr(tmp_path / "p.zarr")["data"].values[0, :, 0, 0, 0]) == [1.0, 2.0, 3.0]
+
+    ds.assign_coords(time=pd.to_datetime(["2020-01-01", "2020-01-01", "2020-02-01"])).to_zarr(tmp_path / "twice.zarr")
+    with pytest.raises(CubeSchemaError, match=r"duplicate dates \['2020-01-01"):
+        open_cube(tmp_path / "twice.zarr")
+    ds.assign_coords(x=np.r_[x[:16], x[16:] + 5.0]).to_zarr(tmp_path / "gap.zarr")
+    with pytest.raises(CubeSchemaError, match="'x' is not evenly spaced"):
+        open_cube(tmp_path / "gap.zarr")
+    ds.isel(x=slice(None, None, -1)).to_zarr(tmp_path / "east_west.zarr")
+    with pytest.raises(CubeSchemaError, match="'x' decreases"):
+        open_cube(tmp_path / "east_west.zarr")
