@@ -189,19 +189,24 @@ class Preset:
     mask: str  # its replacement: the mask file's name
     rule: dict[str, Any]
     scales: dict[str, tuple[float, float]]
+    #: the scene files' names as a glob: a folder given to `fusioncube ingest` is searched for these
+    #: only, so the product's other files (Sentinel-2's AOT / WVP / TCI, Landsat's QA_RADSAT and
+    #: ST_QA, PlanetScope's metadata) are not taken for scenes
+    glob: str = "*"
 
 
 PRESETS = (
     # UDM2 band 1 = clear; surface reflectance scaled by 10 000
     Preset("PlanetScope surface reflectance", r"_AnalyticMS_SR(?:_8b)?(?:_harmonized)?(_clip)?\.tif$",
-           r"_udm2\1.tif", {"band": 1, "clear_values": [1]}, {"": (1e-4, 0.0)}),
+           r"_udm2\1.tif", {"band": 1, "clear_values": [1]}, {"": (1e-4, 0.0)}, "*_AnalyticMS_SR*.tif"),
     # QA_PIXEL bits 1-4: dilated cloud, cirrus, cloud, cloud shadow; Collection 2 Level-2 scaling
     Preset("Landsat Collection 2 Level-2", r"_S[RT]_B\d+\.TIF$", "_QA_PIXEL.TIF",
-           {"band": 1, "invalid_bits": [1, 2, 3, 4]}, {"SR_": (2.75e-5, -0.2), "ST_": (0.00341802, 149.0)}),
+           {"band": 1, "invalid_bits": [1, 2, 3, 4]}, {"SR_": (2.75e-5, -0.2), "ST_": (0.00341802, 149.0)},
+           "*_S[RT]_B*.TIF"),
     # Scene classification: 0 no data, 1 saturated, 3 cloud shadow, 8-9 cloud, 10 cirrus (digital
     # numbers kept: the L2A offset depends on the processing baseline, in the product's metadata)
     Preset("Sentinel-2 Level-2A", r"_B[0-9][0-9A]_\d{2}m\.jp2$", "_SCL_20m.jp2",
-           {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}),
+           {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "*_B[0-9][0-9A]_[0-9][0-9]m.jp2"),
 )
 
 
@@ -217,6 +222,16 @@ def _preset(files: list[str]) -> tuple[Preset, set[str]] | None:
         if masks:
             return preset, masks
     return None
+
+
+def _narrowed(pattern: str, preset: Preset) -> str:
+    """A folder's recursive glob (``DIR/**/*.jp2``, from :func:`_folder_globs`) narrowed to the
+    preset's scene files; any other pattern as given."""
+    path = Path(pattern)
+    suffix = path.name[1:]
+    if is_remote(pattern) or path.parent.name != "**" or not path.name.startswith("*") or not preset.glob.endswith(suffix):
+        return pattern
+    return str(path.parent / preset.glob)
 
 
 def _scaled(band: dict[str, Any], preset: Preset) -> dict[str, Any]:
@@ -264,8 +279,12 @@ def build_adhoc_catalog(
         raise FileNotFoundError(f"no file matches {paths}")
     out = Path(out).resolve()
     preset = _preset(files)
-    if preset is not None:  # its mask files are masks, not scenes
-        files = [f for f in files if f not in preset[1]]
+    if preset is not None:
+        narrowed = [_narrowed(p, preset[0]) for p in patterns]
+        if narrowed != patterns:  # a folder: its product's scene files only
+            patterns = narrowed
+            files = sorted({f for p in patterns for f in expand_globs([p])})
+        files = [f for f in files if f not in preset[1]]  # its mask files are masks, not scenes
     bands: list[dict[str, Any]] = []
     band_count: int | None = None
     why: list[str] = []

@@ -50,10 +50,20 @@ def sibling(path: str, name: str) -> str:
 
 def sidecar_of(path: str, pattern: str, replacement: str) -> str | None:
     """The file beside ``path`` whose name is ``path``'s with ``pattern`` -> ``replacement``
-    (a mask / UDM / QA sidecar), or None when the pattern does not match the name."""
+    (a mask / UDM / QA sidecar), or None when the pattern does not match the name.
+
+    A local sidecar that is not in ``path``'s folder but in exactly one folder beside it is taken
+    from there: a Sentinel-2 SAFE keeps ``..._SCL_20m.jp2`` in ``R20m/``, beside the 10 m bands'
+    ``R10m/``."""
     name = file_name(path)
     new = re.sub(pattern, replacement, name)
-    return sibling(path, new) if new != name else None
+    if new == name:
+        return None
+    beside = sibling(path, new)
+    if is_remote(path) or Path(beside).exists():
+        return beside
+    found = [str(f) for f in Path(path).parent.parent.glob(f"*/{globmod.escape(new)}")]
+    return found[0] if len(found) == 1 else beside
 
 
 def band_of(name: str, pattern: re.Pattern[str]) -> tuple[str, str] | None:
@@ -290,15 +300,33 @@ def band_file_groups(
     for by_band in groups.values():
         first = min(p for ps in by_band.values() for p in ps)
         missing = [b for b in wanted if b not in by_band]
-        twice = {b: ps for b, ps in by_band.items() if len(ps) > 1}
         if missing:
             failed.append((first, f"scene lacks the file(s) of band(s) {missing} (found {sorted(by_band)})"))
-        elif twice:
-            b, ps = next(iter(twice.items()))
-            failed.append((first, f"two files for band {b!r}: {[file_name(p) for p in ps]}; narrow the glob"))
+            continue
+        chosen = {b: ps[0] if len(ps) == 1 else _finest(ps) for b, ps in by_band.items()}
+        tied = [b for b in wanted if chosen[b] is None]
+        if tied:
+            ps = by_band[tied[0]]
+            failed.append((first, f"two files for band {tied[0]!r} and no one finest among them: "
+                                  f"{[file_name(p) for p in ps]}; narrow the glob"))
         else:
-            scenes.append(tuple(by_band[b][0] for b in wanted))
+            scenes.append(tuple(str(chosen[b]) for b in wanted))
     return scenes, failed
+
+
+def _finest(paths: list[str]) -> str | None:
+    """Of one band's files at several resolutions (a Sentinel-2 SAFE has B02 in ``R10m/``,
+    ``R20m/`` and ``R60m/``), the one with the finest pixels; None when two tie for it or one
+    cannot be read."""
+    sizes = []
+    for p in paths:
+        try:
+            with rasterio.open(p) as ds:
+                sizes.append(abs(ds.transform.a * ds.transform.e))
+        except RasterioIOError:
+            return None
+    best = min(sizes)
+    return paths[sizes.index(best)] if sizes.count(best) == 1 else None
 
 
 def scene_refs_for_file(

@@ -136,6 +136,36 @@ def test_cli_ingests_sentinel2_and_landsat_style_band_files(tmp_path: Path, caps
     assert xr.open_zarr(tmp_path / "s2.zarr").sizes["time"] == 2
 
 
+def test_cli_ingests_a_sentinel2_safe_folder(tmp_path: Path, capsys) -> None:
+    """A Sentinel-2 L2A SAFE as downloaded: bands in R10m / R20m / R60m, most of them in two or
+    three of those, the SCL mask in R20m only, and AOT / WVP / TCI products beside them. Before,
+    every scene was quarantined ("two files for band 'B02'") and the ancillary files were reported
+    as bad scenes; now each band comes from its finest file and the mask from R20m."""
+    from flows.cli import main
+
+    layout = {"R10m": ("B02", "B03", "AOT", "TCI"), "R20m": ("B02", "B03", "B05", "SCL", "AOT", "WVP"),
+              "R60m": ("B02", "B03", "B05", "SCL", "AOT")}
+    for d in ("20230612T100559", "20230622T100559"):
+        img = tmp_path / f"S2A_MSIL2A_{d}_N0509_R022_T33UUP_{d}.SAFE" / "GRANULE" / f"L2A_T33UUP_{d}" / "IMG_DATA"
+        for folder, names in layout.items():
+            res = int(folder[1:3])
+            for b in names:
+                value = {"B02": 1000, "B03": 2000, "B05": 3000}.get(b, 7) + res  # which file was read
+                _band(img / folder / f"T33UUP_{d}_{b}_{res}m.jp2", value, size=120 // res, res=res)
+        if d == "20230622T100559":  # clouds (SCL 9) over the western half
+            scl = np.full((6, 6), 4, np.uint16)
+            scl[:, :3] = 9
+            with rasterio.open(img / "R20m" / f"T33UUP_{d}_SCL_20m.jp2", "r+") as ds:
+                ds.write(scl, 1)
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "s2.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in out
+    ds = xr.open_zarr(tmp_path / "s2.zarr")
+    assert list(ds.band.values) == ["B02", "B03", "B05"] and ds.sizes["y"] == ds.sizes["x"] == 12  # 10 m grid
+    np.testing.assert_allclose(ds.data.isel(time=0).mean(("y", "x")).values, [1010, 2010, 3020])
+    assert ds.valid.values[0].all() and not ds.valid.values[1, :, :6].any() and ds.valid.values[1, :, 6:].all()
+
+
 def _qa_pixel(path: Path, *, cloudy_rows: int) -> None:
     qa = np.full((8, 8), 21824, np.uint16)  # clear
     qa[:cloudy_rows] = 22280  # cloud (bit 3) + dilated cloud (bit 1)
@@ -144,9 +174,10 @@ def _qa_pixel(path: Path, *, cloudy_rows: int) -> None:
         ds.write(qa, 1)
 
 
-def test_cli_ingest_recognises_a_planet_order(tmp_path: Path) -> None:
+def test_cli_ingest_recognises_a_planet_order(tmp_path: Path, capsys) -> None:
     """A PlanetScope order folder (surface reflectance + UDM2 beside it): the UDM2 files are the
-    mask, not scenes, and the SR digital numbers are scaled by 1e-4."""
+    mask, not scenes, and the SR digital numbers are scaled by 1e-4. The order's radiance files
+    are not surface reflectance: skipped, not reported as bad scenes."""
     from flows.cli import main
 
     t = from_origin(600000, 5000000, 3, 3)
@@ -160,7 +191,12 @@ def test_cli_ingest_recognises_a_planet_order(tmp_path: Path) -> None:
         with rasterio.open(tmp_path / f"{d}_3B_udm2_clip.tif", "w", driver="GTiff", width=8, height=8, count=8,
                            dtype="uint8", crs="EPSG:32615", transform=t) as ds:
             ds.write(udm)
+        # the order's radiance product beside it: not surface reflectance, not to be mixed in
+        with rasterio.open(tmp_path / f"{d}_3B_AnalyticMS_8b_clip.tif", "w", driver="GTiff", width=8, height=8,
+                           count=2, dtype="uint16", crs="EPSG:32615", transform=t, nodata=0) as ds:
+            ds.write(np.full((2, 8, 8), 9999, np.uint16))
     assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "order.zarr")]) == 0
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
     ds = xr.open_zarr(tmp_path / "order.zarr")
     assert ds.sizes["time"] == 2 and ds.sizes["band"] == 2
     np.testing.assert_allclose(ds.data.isel(time=0, x=-1, y=0).values, [0.05, 0.3], rtol=1e-6)
