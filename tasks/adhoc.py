@@ -76,7 +76,7 @@ def describe_bands(path: str) -> list[dict[str, Any]]:
 # A band named in a file name, for products stored one file per band: Landsat "_SR_B4.TIF",
 # Sentinel-2 "_B8A_20m.jp2" (its resolution is part of the match, so 10 m and 20 m bands of one
 # scene group together), HLS ".B04.tif", "_band3.tif".
-BAND_TOKEN = r"(?<=[_.\-])(?P<band>(?:S[RT]_)?B\d{1,2}A?|[Bb]and_?\d{1,2})(?:_\d{2}m)?(?=[_.\-])"
+BAND_TOKEN = r"(?:(?<=[_.\-])|^)(?P<band>(?:S[RT]_)?B\d{1,2}A?|[Bb]and_?\d{1,2})(?:_\d{2}m)?(?=[_.\-])"
 
 
 def _natural(token: str) -> tuple[Any, ...]:
@@ -89,7 +89,7 @@ def detect_band_files(files: list[str], pattern: str = BAND_TOKEN) -> list[str] 
     compiled = re.compile(pattern)
     scenes: dict[str, set[str]] = {}
     for f in files:
-        found = band_of(file_name(f), compiled)
+        found = band_of(f, compiled)
         if found is not None:
             scenes.setdefault(found[0], set()).add(found[1])
     if not scenes or max(len(t) for t in scenes.values()) < 2:
@@ -207,6 +207,9 @@ PRESETS = (
     # numbers kept: the L2A offset depends on the processing baseline, in the product's metadata)
     Preset("Sentinel-2 Level-2A", r"_B[0-9][0-9A]_\d{2}m\.jp2$", "_SCL_20m.jp2",
            {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "*_B[0-9][0-9A]_[0-9][0-9]m.jp2"),
+    # the same as STAC item folders of COGs named by band (Earth Search: S2B_33UUP_20230612_0_L2A/B02.tif)
+    Preset("Sentinel-2 Level-2A item COGs", r"^B[0-9][0-9A]\.tif$", "SCL.tif",
+           {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "B[0-9][0-9A].tif"),
 )
 
 

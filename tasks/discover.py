@@ -22,7 +22,7 @@ from rasterio.errors import RasterioIOError
 from tasks.catalog import Catalog, DateRule, SourceSpec
 from tasks.errors import SceneError
 
-__all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "sidecar_of", "band_of", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
+__all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "sidecar_of", "band_of", "date_in_folders", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,35 @@ def sidecar_of(path: str, pattern: str, replacement: str) -> str | None:
     return found[0] if len(found) == 1 else beside
 
 
-def band_of(name: str, pattern: re.Pattern[str]) -> tuple[str, str] | None:
-    """(scene key, band) of a band file's name: the band is the pattern's ``band`` group, the key
-    the name with the pattern's match cut out (one key per scene); None when it does not match."""
+def band_of(path: str, pattern: re.Pattern[str]) -> tuple[str, str] | None:
+    """(scene key, band) of a band file: the band is the pattern's ``band`` group in the file's
+    name, the key that name with the match cut out, qualified by the file's folder when the name
+    carries no date (the item folders of a STAC download each hold ``B02.tif``, ``B03.tif``, ...):
+    one key per scene. None when the pattern does not match."""
+    name = file_name(path)
     m = pattern.search(name)
     if m is None or m["band"] is None:
         return None
-    return name[: m.start()] + "{band}" + name[m.end():], m["band"]
+    key = name[: m.start()] + "{band}" + name[m.end():]
+    if date_in_name(key) is None:
+        key = _folder(path) + "/" + key
+    return key, m["band"]
+
+
+def _folder(path: str) -> str:
+    return path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[0] if is_remote(path) else str(Path(path).parent)
+
+
+def date_in_folders(path: str, *, levels: int = 3) -> datetime | None:
+    """The acquisition date in the names of the folders holding ``path``, nearest first (a STAC
+    item folder ``S2B_33UUP_20230612_0_L2A/B02.tif``, a ``2023-06-12/`` folder)."""
+    folder = _folder(path)
+    parts = folder.split("/")[3:] if is_remote(path) else list(Path(folder).parts)
+    for part in reversed(parts[-levels:]):
+        found = date_in_name(part)
+        if found is not None:
+            return found[0]
+    return None
 
 
 def file_stamp(path: str) -> dict[str, int]:
@@ -286,7 +308,7 @@ def band_file_groups(
     groups: dict[str, dict[str, list[str]]] = {}
     failed: list[tuple[str, str]] = []
     for f in files:
-        found = band_of(file_name(f), pattern)
+        found = band_of(f, pattern)
         if found is None:
             failed.append((f, "not a band file: no band name where the source's band_files pattern looks; "
                               "narrow the glob to the band files"))
@@ -369,12 +391,14 @@ def scene_refs_for_file(
         date = parse_date_from_name(path)
     if date is None and rule.from_ in ("auto", "metadata"):
         date = times[0] if times else _date_from_tags(tags)
+    if date is None and rule.from_ in ("auto", "filename") and not rule.pattern:
+        date = date_in_folders(path)
     if date is None and rule.default is not None:
         date = datetime(rule.default.year, rule.default.month, rule.default.day)
     if date is None:
         raise SceneError(
             path,
-            "no acquisition date in the file name (ISO 8601 date or YYYYDDD) or metadata; "
+            "no acquisition date in the file name (ISO 8601 date or YYYYDDD), its folders' names or metadata; "
             "give one: date.pattern or date.default in the catalog (fusioncube ingest "
             "--date-pattern REGEX or --date YYYY-MM-DD)",
         )

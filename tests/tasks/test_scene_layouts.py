@@ -166,6 +166,35 @@ def test_cli_ingests_a_sentinel2_safe_folder(tmp_path: Path, capsys) -> None:
     assert ds.valid.values[0].all() and not ds.valid.values[1, :, :6].any() and ds.valid.values[1, :, 6:].all()
 
 
+def test_cli_ingests_stac_item_folders_of_band_cogs(tmp_path: Path, capsys) -> None:
+    """A STAC download (Earth Search Sentinel-2 L2A): one folder per item, COGs named by band
+    alone (``B02.tif``), the date in the folder's name only, SCL beside the bands. Before, every
+    file was quarantined for want of a date, and with a date the bands of all items would have
+    been one scene ("two files for band 'B02'")."""
+    from flows.cli import main
+
+    for d in ("20230612", "20230622"):
+        item = tmp_path / f"S2B_33UUP_{d}_0_L2A"
+        for b, res in (("B02", 10), ("B03", 10), ("B8A", 20), ("SCL", 20), ("AOT", 20), ("TCI", 10)):
+            _band(item / f"{b}.tif", {"B02": 1100, "B03": 1200, "B8A": 1500}.get(b, 4) + int(d[-2:]), size=120 // res, res=res)
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "s2.zarr")]) == 0
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
+    ds = xr.open_zarr(tmp_path / "s2.zarr")
+    assert [str(t)[:10] for t in ds.time.values] == ["2023-06-12", "2023-06-22"]
+    assert list(ds.band.values) == ["B02", "B03", "B8A"] and ds.sizes["x"] == 12
+    np.testing.assert_allclose(ds.data.mean(("y", "x")).values, [[1112, 1212, 1512], [1122, 1222, 1522]])
+    assert "SCL.tif" in (tmp_path / "s2.zarr.catalog.yaml").read_text()  # the mask
+
+
+def test_date_in_folders() -> None:
+    from tasks.discover import date_in_folders
+
+    assert str(date_in_folders("/data/S2B_33UUP_20230612_0_L2A/B02.tif"))[:10] == "2023-06-12"
+    assert str(date_in_folders("/data/2021-07-04/tile_3/scene.tif"))[:10] == "2021-07-04"
+    assert date_in_folders("/data/tiles/scene.tif") is None
+    assert str(date_in_folders("https://host/cogs/S2A_T33UUP_20230612T100559_L2A/B04.tif?sig=1"))[:10] == "2023-06-12"
+
+
 def _qa_pixel(path: Path, *, cloudy_rows: int) -> None:
     qa = np.full((8, 8), 21824, np.uint16)  # clear
     qa[:cloudy_rows] = 22280  # cloud (bit 3) + dilated cloud (bit 1)
