@@ -21,10 +21,13 @@ from rasterio.errors import RasterioIOError
 
 from tasks.catalog import catalog_from_dict
 from tasks.discover import (
+    ARCHIVE_SUFFIXES,
+    RASTER_SUFFIXES,
     band_of,
     date_in_name,
     expand_globs,
     file_name,
+    is_archive,
     is_remote,
     sidecar_of,
     unreadable,
@@ -163,8 +166,8 @@ def _band_file_bands(
     return entries
 
 
-# Raster files a folder given to `fusioncube ingest` is searched for (its sub-folders too).
-RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k", ".nc", ".nc4", ".vrt", ".img", ".h5", ".hdf5", ".he5", ".hdf")
+def _suffix(name: str) -> str:
+    return name[-7:] if name.lower().endswith(".tar.gz") else Path(name).suffix
 
 
 def _folder_globs(path: str) -> list[str]:
@@ -172,9 +175,11 @@ def _folder_globs(path: str) -> list[str]:
     folder = Path(path)
     if is_remote(path) or any(c in path for c in "*?[") or not folder.is_dir():
         return [path]
-    found = sorted({f.suffix for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES})
+    found = sorted({_suffix(f.name) for f in folder.rglob("*")
+                    if f.is_file() and _suffix(f.name).lower() in RASTER_SUFFIXES + ARCHIVE_SUFFIXES})
     if not found:
-        raise FileNotFoundError(f"{path}: a folder with no raster file ({', '.join(RASTER_SUFFIXES)}) in it or below")
+        raise FileNotFoundError(f"{path}: a folder with no raster file ({', '.join(RASTER_SUFFIXES)}) or archive "
+                                f"of them ({', '.join(ARCHIVE_SUFFIXES)}) in it or below")
     return [str(folder.resolve() / "**" / f"*{suffix}") for suffix in found]
 
 
@@ -228,11 +233,15 @@ def _preset(files: list[str]) -> tuple[Preset, set[str]] | None:
 
 
 def _narrowed(pattern: str, preset: Preset) -> str:
-    """A folder's recursive glob (``DIR/**/*.jp2``, from :func:`_folder_globs`) narrowed to the
-    preset's scene files; any other pattern as given."""
+    """A folder's recursive glob (``DIR/**/*.jp2``, from :func:`_folder_globs`) or an archive glob
+    (``DIR/**/*.zip``) narrowed to the preset's scene files; any other pattern as given."""
+    if is_remote(pattern):
+        return pattern
+    if is_archive(pattern):  # archives (a folder's, or named): their members that are scene files
+        return f"{pattern}/{preset.glob}"
     path = Path(pattern)
     suffix = path.name[1:]
-    if is_remote(pattern) or path.parent.name != "**" or not path.name.startswith("*") or not preset.glob.endswith(suffix):
+    if path.parent.name != "**" or not path.name.startswith("*") or not preset.glob.endswith(suffix):
         return pattern
     return str(path.parent / preset.glob)
 

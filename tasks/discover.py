@@ -7,6 +7,8 @@ Sentinel-2, HLS; the source's ``band_files``) gives one ref per group of band fi
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import glob as globmod
 import logging
 import re
@@ -36,6 +38,50 @@ def is_remote(path: str) -> bool:
     return bool(_REMOTE.match(path))
 
 
+# Raster files GDAL reads, by suffix: a folder given to `fusioncube ingest` and the inside of an
+# archive are searched for these.
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k", ".nc", ".nc4", ".vrt", ".img", ".h5", ".hdf5", ".he5", ".hdf")
+# Archives products are delivered in (Copernicus .SAFE.zip, USGS Landsat .tar), read through GDAL's
+# /vsizip/ and /vsitar/ without unpacking.
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+_ARCHIVE_MEMBER = re.compile(r"^/vsi(?:zip|tar)/(.+?\.(?:zip|tar|tar\.gz|tgz))(?:/|$)", re.IGNORECASE)
+_ARCHIVE_SPLIT = re.compile(r"(?<=\.zip)/|(?<=\.tar)/|(?<=\.tar\.gz)/|(?<=\.tgz)/", re.IGNORECASE)
+
+
+def is_archive(path: str) -> bool:
+    return path.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def archive_of(path: str) -> str | None:
+    """The local archive a ``/vsizip/`` or ``/vsitar/`` member path is in, else None."""
+    m = _ARCHIVE_MEMBER.match(path)
+    return m[1] if m else None
+
+
+def archive_members(archive: str) -> list[str]:
+    """GDAL paths (``/vsizip/ARCHIVE/member``) of the raster files inside a local archive."""
+    path = Path(archive).resolve()
+    st = path.stat()
+    return list(_members(str(path), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _members(archive: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    import tarfile
+    import zipfile
+
+    try:
+        if archive.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as z:
+                names, vsi = [i.filename for i in z.infolist() if not i.is_dir()], "vsizip"
+        else:
+            with tarfile.open(archive) as t:
+                names, vsi = [m.name for m in t.getmembers() if m.isfile()], "vsitar"
+    except (OSError, zipfile.BadZipFile, tarfile.TarError) as exc:
+        raise SceneError(archive, f"cannot be read as an archive ({exc})") from exc
+    return tuple(f"/{vsi}/{archive}/{n}" for n in sorted(names) if n.lower().endswith(RASTER_SUFFIXES))
+
+
 def file_name(path: str) -> str:
     """The last part of a local path or a URL (query string dropped)."""
     return path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] if is_remote(path) else Path(path).name
@@ -60,6 +106,14 @@ def sidecar_of(path: str, pattern: str, replacement: str) -> str | None:
     if new == name:
         return None
     beside = sibling(path, new)
+    archive = archive_of(path)
+    if archive is not None:
+        members = archive_members(archive)
+        if beside in members:
+            return beside
+        up = _folder(_folder(path))
+        found = [m for m in members if file_name(m) == new and _folder(_folder(m)) == up]
+        return found[0] if len(found) == 1 else beside
     if is_remote(path) or Path(beside).exists():
         return beside
     found = [str(f) for f in Path(path).parent.parent.glob(f"*/{globmod.escape(new)}")]
@@ -101,8 +155,9 @@ def file_stamp(path: str) -> dict[str, int]:
     """Size and modification time of a scene file: a changed file is a new scene. A remote one
     gets them from an HTTP HEAD (an object store's objects are immutable: without HTTP, a fixed
     stamp, so an ingested URL is not read again)."""
-    if not is_remote(path):
-        st = Path(path).stat()
+    local = archive_of(path) or (None if is_remote(path) else path)
+    if local is not None:  # a file, or a member of a local archive (stamped by the archive)
+        st = Path(local).stat()
         return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if path.lower().startswith(("http://", "https://")):
         import urllib.request
@@ -413,7 +468,22 @@ def expand_globs(patterns: list[str], catalog: Catalog | None = None) -> list[st
             files.add(pattern)
             continue
         p = str(catalog.resolve(pattern)) if catalog is not None else pattern
-        files.update(f for f in globmod.glob(p, recursive=True) if Path(f).is_file())
+        outer, *inner = _ARCHIVE_SPLIT.split(p, maxsplit=1)  # "DIR/*.zip/*_B02_10m.jp2": members
+        for f in globmod.glob(outer, recursive=True):
+            if not Path(f).is_file():
+                continue
+            if not is_archive(f):
+                files.add(f)
+                continue
+            try:
+                members = archive_members(f)
+            except SceneError:  # kept as a file: its read fails and quarantines it, naming it
+                files.add(f)
+                continue
+            for member in members:
+                inside = member.split(f"{Path(f).resolve()}/", 1)[1]
+                if not inner or fnmatch.fnmatch(inside, inner[0]) or fnmatch.fnmatch(file_name(inside), inner[0]):
+                    files.add(member)
     return sorted(files)
 
 
@@ -473,6 +543,11 @@ def discover(
         escape = outside_roots(f, roots)
         if escape is not None:
             failed.append((f, escape))
+        elif is_archive(f):  # expand_globs keeps an archive it cannot open as a file
+            try:
+                archive_members(f)
+            except SceneError as exc:
+                failed.append((f, exc.reason))
         else:
             inside.append(f)
     inside = _without_mask_sidecars(inside, spec)

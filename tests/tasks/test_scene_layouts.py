@@ -165,6 +165,48 @@ def test_cli_ingests_a_sentinel2_safe_folder(tmp_path: Path, capsys) -> None:
     np.testing.assert_allclose(ds.data.isel(time=0).mean(("y", "x")).values, [1010, 2010, 3020])
     assert ds.valid.values[0].all() and not ds.valid.values[1, :, :6].any() and ds.valid.values[1, :, 6:].all()
 
+    # as Copernicus delivers it: each SAFE zipped, read in place through /vsizip/ (the same cube)
+    import shutil
+
+    zips = tmp_path / "zips"
+    for safe in sorted(tmp_path.glob("*.SAFE")):
+        shutil.make_archive(str(zips / safe.name), "zip", root_dir=tmp_path, base_dir=safe.name)
+    assert main(["ingest", str(zips), "--out", str(tmp_path / "zipped.zarr")]) == 0
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
+    xr.testing.assert_equal(xr.open_zarr(tmp_path / "zipped.zarr")[["data", "valid"]], ds[["data", "valid"]])
+    assert main(["ingest", str(zips), "--out", str(tmp_path / "zipped.zarr")]) == 0  # nothing new: stamps
+    assert "0 scenes ingested" in capsys.readouterr().out
+    (zips / "S2B_MSIL2A_20230701T100559_N0509_R022_T33UUP_20230701T100559.SAFE.zip").write_text("cut short")
+    assert main(["ingest", str(zips), "--out", str(tmp_path / "zipped.zarr")]) == 0
+    assert "20230701T100559.SAFE.zip: cannot be read as an archive (File is not a zip file)" in capsys.readouterr().out
+
+
+def test_cli_ingests_landsat_tar_bundles_in_place(tmp_path: Path, capsys) -> None:
+    """USGS delivers Landsat Collection 2 scenes as .tar bundles (bands, QA_PIXEL, QA_RADSAT,
+    ST_QA, MTL): read through /vsitar/ without unpacking, QA_PIXEL as the mask, the other QA
+    layers not taken for scenes."""
+    import tarfile
+
+    from flows.cli import main
+
+    work = tmp_path / "unpacked"
+    for d in ("20190801", "20190817"):
+        stem = f"LC08_L2SP_044034_{d}_20200827_02_T1"
+        for b, v in (("SR_B2", 10000), ("SR_B3", 20000), ("QA_RADSAT", 0), ("ST_QA", 300)):
+            _band(work / f"{stem}_{b}.TIF", v, size=8, res=30)
+        _qa_pixel(work / f"{stem}_QA_PIXEL.TIF", cloudy_rows=2)
+        (work / f"{stem}_MTL.txt").write_text("GROUP = LANDSAT_METADATA_FILE\n")
+        (tmp_path / "bundles").mkdir(exist_ok=True)
+        with tarfile.open(tmp_path / "bundles" / f"{stem}.tar", "w") as tar:
+            for f in sorted(work.glob(f"{stem}_*")):
+                tar.add(f, arcname=f.name)
+    assert main(["ingest", str(tmp_path / "bundles"), "--out", str(tmp_path / "ls.zarr")]) == 0
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
+    ds = xr.open_zarr(tmp_path / "ls.zarr")
+    assert list(ds.band.values) == ["SR_B2", "SR_B3"] and ds.sizes["time"] == 2
+    np.testing.assert_allclose(ds.data.isel(time=0, y=-1).mean("x").values, [0.075, 0.35], rtol=1e-5)
+    assert not ds.valid.values[:, :2].any() and ds.valid.values[:, 2:].all()
+
 
 def test_cli_ingests_stac_item_folders_of_band_cogs(tmp_path: Path, capsys) -> None:
     """A STAC download (Earth Search Sentinel-2 L2A): one folder per item, COGs named by band
