@@ -25,11 +25,13 @@ from tasks.discover import (
     RASTER_SUFFIXES,
     band_of,
     date_in_name,
+    date_stack,
     expand_globs,
     file_name,
     is_archive,
     is_remote,
     sidecar_of,
+    stack_variables,
     unreadable,
 )
 from tasks.errors import SceneError
@@ -57,8 +59,9 @@ _COLOUR_NAMES = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp
 
 
 def describe_bands(path: str) -> list[dict[str, Any]]:
-    """Band entries for a file: one per band (an alpha band is the mask, not a band), or one per
-    variable of a multi-variable NetCDF."""
+    """Band entries for a file: one per band (an alpha band is the mask, not a band), one per
+    variable of a multi-variable NetCDF, or one per variable of a file whose bands are dates
+    (:func:`tasks.discover.date_stack`; ``index`` is then the variable's place within a date)."""
     try:
         with rasterio.open(path) as ds:
             if ds.subdatasets:
@@ -67,6 +70,11 @@ def describe_bands(path: str) -> list[dict[str, Any]]:
                     with rasterio.open(sd) as sub:
                         entries.append(_band_entry(sd.rsplit(":", 1)[-1], 1, sub) | {"index": i + 1})
                 return entries
+            stack = date_stack(ds.descriptions)
+            if stack is not None:  # bands are dates: one band per variable, its GDAL band per date
+                names = stack_variables(ds.descriptions)
+                return [_band_entry(n, gdal, ds) | {"index": k + 1}
+                        for k, (n, gdal) in enumerate(zip(names, stack[0][1], strict=True))]
             keep = [i for i in range(ds.count) if ds.colorinterp[i] != ColorInterp.alpha] or list(range(ds.count))
             names = [ds.descriptions[i] or _COLOUR_NAMES.get(ds.colorinterp[i], f"band{i + 1}") for i in keep]
             if len(set(names)) != len(names):
@@ -307,7 +315,7 @@ def build_adhoc_catalog(
             why.append(f"{file_name(f)} {exc.reason}")
             continue
         with rasterio.open(f) as ds:  # files with another band count are quarantined, not misread
-            band_count = None if ds.subdatasets else ds.count
+            band_count = None if ds.subdatasets or date_stack(ds.descriptions) else ds.count
         break
     if not bands:
         shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")

@@ -24,7 +24,7 @@ from rasterio.errors import RasterioIOError
 from tasks.catalog import Catalog, DateRule, SourceSpec
 from tasks.errors import SceneError
 
-__all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "sidecar_of", "band_of", "date_in_folders", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
+__all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "sidecar_of", "band_of", "date_in_folders", "date_stack", "stack_variables", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,47 @@ _NAME_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+def date_stack(descriptions: tuple[str | None, ...]) -> list[tuple[datetime, list[int]]] | None:
+    """The layout of a file whose bands are dates (a time series stacked into one file, as Earth
+    Engine's ``toBands()`` exports it: descriptions ``20190101_NDVI``, ``20190101_EVI``,
+    ``20190117_NDVI``, ...): ``[(date, [GDAL band of each variable])]`` in date order, the variables
+    in the order they first appear (:func:`stack_variables`). None unless every band's description
+    holds a date, there are two dates or more and each holds every variable once."""
+    if len(descriptions) < 2:
+        return None
+    cells: dict[datetime, dict[str, int]] = {}
+    order: list[str] = []
+    for i, desc in enumerate(descriptions):
+        found = date_in_name(desc or "")
+        if found is None:
+            return None
+        variable = _variable(desc or "", found[1])
+        if variable in cells.setdefault(found[0], {}):
+            return None
+        cells[found[0]][variable] = i + 1
+        if variable not in order:
+            order.append(variable)
+    if len(cells) < 2 or any(len(v) != len(order) for v in cells.values()):
+        return None
+    return [(d, [cells[d][v] for v in order]) for d in sorted(cells)]
+
+
+def stack_variables(descriptions: tuple[str | None, ...]) -> list[str]:
+    """The variable names of a :func:`date_stack` file (a description with its date cut out, e.g.
+    ``NDVI``; ``value`` when nothing is left), in the order they first appear."""
+    names: list[str] = []
+    for desc in descriptions:
+        found = date_in_name(desc or "")
+        name = _variable(desc or "", found[1]) if found else str(desc)
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _variable(description: str, span: tuple[int, int]) -> str:
+    return (description[: span[0]] + description[span[1]:]).strip("_-. ") or "value"
+
+
 def _plausible(d: datetime) -> datetime | None:
     return d if 1950 <= d.year <= 2100 else None
 
@@ -415,6 +456,7 @@ def scene_refs_for_file(
         with rasterio.open(path) as ds:
             subdatasets = list(ds.subdatasets)
             tags = ds.tags()
+            stack = None if subdatasets or band_files else date_stack(ds.descriptions)
             if subdatasets:
                 with rasterio.open(subdatasets[0]) as sub:
                     tags = {**tags, **sub.tags()}
@@ -430,6 +472,8 @@ def scene_refs_for_file(
     times = _netcdf_times(tags) if subdatasets else None
     if times and rule.from_ != "filename" and len(times) > 1:
         return [SceneRef(path, t, source, datasets, i, mask) for i, t in enumerate(times)]
+    if stack is not None and rule.from_ != "filename" and not rule.pattern:  # bands are dates
+        return [SceneRef(path, t, source, datasets, i, mask) for i, (t, _) in enumerate(stack)]
     date: datetime | None = None
     if rule.pattern:
         m = re.search(rule.pattern, file_name(path))

@@ -24,7 +24,7 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 
 from tasks.catalog import MaskRule, SourceSpec
-from tasks.discover import SceneRef, is_remote
+from tasks.discover import SceneRef, date_stack, is_remote
 from tasks.errors import SceneError
 from tasks.validate import SceneProfile, profile_array
 
@@ -201,8 +201,13 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
                 file_count, nodata = len(ref.datasets), nodatas[0]
             else:
                 indexes = [b.index for b in spec.bands if b.index <= ds.count]
-                if ref.time_index is not None:
-                    indexes = [ref.time_index + 1]
+                if ref.time_index is not None:  # bands are dates: this date's band of each variable
+                    stack = date_stack(ds.descriptions)
+                    if stack is None:
+                        indexes = [ref.time_index + 1]
+                    else:
+                        per_date = stack[ref.time_index][1]
+                        indexes = [per_date[b.index - 1] for b in spec.bands if b.index <= len(per_date)]
                 raw = ds.read(indexes, window=win) if indexes else np.zeros((0, 1, 1), ds.dtypes[0])
                 nodata = ds.nodata
             if spec.mask is not None and raw.shape[0] >= len(spec.bands):

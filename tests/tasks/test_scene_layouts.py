@@ -446,3 +446,39 @@ def test_quick_looks_find_true_colour_bands_by_product_names(bands: list[str], r
     from tasks.quicklook import rgb_bands
 
     assert rgb_bands(bands) == rgb
+
+
+def test_cli_ingests_a_file_whose_bands_are_dates(tmp_path: Path) -> None:
+    """A time series stacked into one GeoTIFF (Earth Engine's toBands() export: band descriptions
+    20190117_NDVI, 20190117_EVI, ...): one cube date per date, one band per variable. Before, the
+    file was one scene without a date (quarantined), or with --date one date of six 'bands'."""
+    from flows.cli import main
+
+    dates = ["20190117", "20190101", "20190202"]  # not in order in the file
+    descriptions = [f"{d}_{v}" for d in dates for v in ("NDVI", "EVI")]
+    with rasterio.open(tmp_path / "stack.tif", "w", driver="GTiff", width=6, height=6, count=6, dtype="float32",
+                       crs="EPSG:4326", transform=from_origin(-55.5, -11.8, 0.01, 0.01), nodata=-9999) as ds:
+        for i, desc in enumerate(descriptions):
+            value = int(desc[6:8]) + (0.5 if desc.endswith("EVI") else 0.0)  # day of month (+0.5 for EVI)
+            a = np.full((6, 6), value, np.float32)
+            a[0, 0] = -9999
+            ds.write(a, i + 1)
+            ds.set_band_description(i + 1, desc)
+    assert main(["ingest", str(tmp_path / "stack.tif"), "--out", str(tmp_path / "ts.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "ts.zarr")
+    assert list(ds.band.values) == ["NDVI", "EVI"]
+    assert [str(t)[:10] for t in ds.time.values] == ["2019-01-01", "2019-01-17", "2019-02-02"]
+    np.testing.assert_allclose(ds.data.isel(y=-1, x=-1).values, [[1, 1.5], [17, 17.5], [2, 2.5]])
+    assert not ds.valid.values[:, 0, 0].any() and ds.valid.values[:, 1:, :].all()
+
+
+def test_date_stack_layouts() -> None:
+    from tasks.discover import date_stack, stack_variables
+
+    stack = date_stack(("NDVI_2019-02-01", "NDVI_2019-01-01"))
+    assert [(str(d)[:10], b) for d, b in stack] == [("2019-01-01", [2]), ("2019-02-01", [1])]
+    assert stack_variables(("NDVI_2019-02-01", "NDVI_2019-01-01")) == ["NDVI"]
+    assert date_stack(("red", "green", "blue")) is None  # ordinary bands
+    assert date_stack(("20190101_NDVI", "20190101_EVI", "20190117_NDVI")) is None  # a date lacks EVI
+    assert date_stack(("20190101_NDVI", "20190101_NDVI")) is None  # one date only, twice
+    assert date_stack((None, "20190101")) is None
