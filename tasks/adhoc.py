@@ -137,23 +137,74 @@ def detect_layer_files(files: list[str]) -> str | None:
     if len(tokens) < 2 or any(not t or "\0" in t for t in tokens):
         return None
     if max(len({layer_of[f] for f in g}) for g in shared) < len(tokens):
-        return None  # one date holds every layer; a name part that varies by scene is no layer
+        # a name part that varies by scene besides the date (ASF's Sentinel-1 RTC granule code,
+        # S1A_IW_20230612T100559_DVP_RTC30_G_gpuned_1A2B_VV.tif): the layers are what differs
+        # within each date, the same set on every date
+        return _layers_within_dates(shared)
     for group in shared[:3]:  # same layers, same footprint: layers, not tiles
         layers = [layer_of[f] for f in group]
-        footprints = set()
-        for f in group:
-            try:
-                with rasterio.open(f) as ds:
-                    footprints.add((str(ds.crs), tuple(ds.transform), ds.shape))
-            except RasterioIOError:  # unreadable: quarantined when the scenes are read
-                continue
-        if len(set(layers)) != len(layers) or len(footprints) > 1:
+        if len(set(layers)) != len(layers) or not _one_footprint(group):
             return None
     before, after = prefix.rsplit("\0", 1)[-1], suffix.split("\0", 1)[0]
     alternation = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
     left = f"(?<={re.escape(before)})" if before else ("" if prefix else "^")
     right = f"(?={re.escape(after)})" if after else "$"
     return f"{left}(?P<band>{alternation}){right}"
+
+
+_SEPARATORS = "_.-"
+
+
+def _cut_to_separators(names: list[str]) -> tuple[str, str]:
+    """The common prefix and suffix of ``names``, each cut back to a separator (``_ . -``), so
+    that ``..._VV.tif`` and ``..._VH.tif`` differ in ``VV`` / ``VH``, not ``V`` / ``H``."""
+    prefix = os.path.commonprefix(names)
+    suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    cut = max(prefix.rfind(c) for c in _SEPARATORS)
+    prefix = prefix[: cut + 1] if cut >= 0 else ""
+    starts = [i for i in (suffix.find(c) for c in _SEPARATORS) if i >= 0]
+    suffix = suffix[min(starts):] if starts else ""
+    return prefix, suffix
+
+
+def _layers_within_dates(shared: list[list[str]]) -> str | None:
+    """The ``band_files`` regex of layers that differ within each date's files (each date's own
+    prefix and suffix cut off), the same layers on every date with more than one file, each
+    date's layers on one footprint; None otherwise."""
+    layer_of: dict[str, str] = {}
+    befores, afters = [], []
+    for group in shared:
+        names = [file_name(f) for f in group]
+        prefix, suffix = _cut_to_separators(names)
+        if len(prefix) + len(suffix) >= min(len(n) for n in names):
+            return None
+        layer_of.update({f: n[len(prefix): len(n) - len(suffix)] for f, n in zip(group, names, strict=True)})
+        befores.append(prefix)
+        afters.append(suffix)
+    sets = [{layer_of[f] for f in g} for g in shared]
+    tokens = sets[0]
+    if (len(tokens) < 2 or any(s != tokens for s in sets) or any(len(g) != len(tokens) for g in shared)
+            or any(not t or date_in_name(t) is not None for t in tokens)):
+        return None
+    if not all(_one_footprint(g) for g in shared[:3]):
+        return None  # tiles of one date, not layers
+    before = os.path.commonprefix([b[::-1] for b in befores])[::-1]
+    after = os.path.commonprefix(afters)
+    alternation = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+    left = f"(?<={re.escape(before)})" if before else "^"
+    right = f"(?={re.escape(after)})" if after else "$"
+    return f"{left}(?P<band>{alternation}){right}"
+
+
+def _one_footprint(files: list[str]) -> bool:
+    footprints = set()
+    for f in files:
+        try:
+            with rasterio.open(f) as ds:
+                footprints.add((str(ds.crs), tuple(ds.transform), ds.shape))
+        except RasterioIOError:  # unreadable: quarantined when the scenes are read
+            continue
+    return len(footprints) <= 1
 
 
 def _band_file_bands(
@@ -171,6 +222,9 @@ def _band_file_bands(
         first = next(f for f in files if (m := compiled.search(file_name(f))) and m["band"] == token)
         with rasterio.open(first) as ds:
             entries.append(_band_entry(token, 1, ds) | {"file": token})
+    if len({str(e.get("nodata")) for e in entries}) > 1:  # each band its own file's nodata
+        for e in entries:  # NaN: "none" for a file that declares none (a uint8 mask layer)
+            e.setdefault("nodata", float("nan"))
     return entries
 
 

@@ -482,3 +482,24 @@ def test_date_stack_layouts() -> None:
     assert date_stack(("20190101_NDVI", "20190101_EVI", "20190117_NDVI")) is None  # a date lacks EVI
     assert date_stack(("20190101_NDVI", "20190101_NDVI")) is None  # one date only, twice
     assert date_stack((None, "20190101")) is None
+
+
+def test_cli_ingests_sentinel1_rtc_layers_with_a_granule_code(tmp_path: Path) -> None:
+    """ASF's Sentinel-1 RTC products: one file per layer (VV, VH, a uint8 layover/shadow map
+    without nodata), and a granule code besides the date that differs between dates. Before, the
+    layers of a date were mosaicked into one band as if they were tiles, silently."""
+    from flows.cli import main
+
+    for d, granule in (("20230612T100559", "1A2B"), ("20230624T100600", "3C4D")):
+        folder = tmp_path / f"S1A_IW_{d}_DVP_RTC30_G_gpuned_{granule}"
+        for layer, value, dtype, nodata in (("VV", 0.2, "float32", 0.0), ("VH", 0.05, "float32", 0.0),
+                                            ("ls_map", 1, "uint8", None)):
+            folder.mkdir(exist_ok=True)
+            with rasterio.open(folder / f"{folder.name}_{layer}.tif", "w", driver="GTiff", width=6, height=6, count=1,
+                               dtype=dtype, crs="EPSG:32633", transform=from_origin(399960, 5800020, 30, 30),
+                               nodata=nodata) as ds:
+                ds.write(np.full((1, 6, 6), value, dtype))
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "s1.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "s1.zarr")
+    assert list(ds.band.values) == ["VH", "VV", "ls_map"] and ds.sizes["time"] == 2
+    np.testing.assert_allclose(ds.data.mean(("y", "x")).values, [[0.05, 0.2, 1.0]] * 2, rtol=1e-6)
