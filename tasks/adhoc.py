@@ -46,6 +46,8 @@ def _band_entry(name: str, index: int, ds: rasterio.io.DatasetReader) -> dict[st
     NetCDF's ``scale_factor``, a MODIS GeoTIFF's 0.02), so the cube holds physical units."""
     entry: dict[str, Any] = {"name": name, "index": index}
     scale, offset = ds.scales[index - 1], ds.offsets[index - 1]
+    if scale in (None, 1.0) and offset in (None, 0.0):  # declared as metadata items instead
+        scale, offset = _tag_scale(ds, index)
     if scale not in (None, 1.0) and math.isfinite(scale) and scale != 0:
         entry["scale"] = float(scale)
     if offset not in (None, 0.0) and math.isfinite(offset):
@@ -53,6 +55,19 @@ def _band_entry(name: str, index: int, ds: rasterio.io.DatasetReader) -> dict[st
     if ds.nodata is not None and math.isfinite(ds.nodata):
         entry["nodata"] = float(ds.nodata)
     return entry
+
+
+def _tag_scale(ds: rasterio.io.DatasetReader, index: int) -> tuple[float | None, float | None]:
+    """A scale and offset declared as band or dataset metadata items (``scale_factor`` /
+    ``add_offset``, as NASA's HLS COGs declare them) rather than as GDAL band scale / offset."""
+    tags = {**{k.lower(): v for k, v in ds.tags().items()}, **{k.lower(): v for k, v in ds.tags(index).items()}}
+    values = []
+    for key in ("scale_factor", "add_offset"):
+        try:
+            values.append(float(tags[key]) if key in tags else None)
+        except ValueError:
+            values.append(None)
+    return values[0], values[1]
 
 
 _COLOUR_NAMES = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
@@ -274,6 +289,10 @@ PRESETS = (
     # numbers kept: the L2A offset depends on the processing baseline, in the product's metadata)
     Preset("Sentinel-2 Level-2A", r"_B[0-9][0-9A]_\d{2}m\.jp2$", "_SCL_20m.jp2",
            {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "*_B[0-9][0-9A]_[0-9][0-9]m.jp2"),
+    # NASA HLS v2 (S30 / L30): Fmask bits 1 cloud, 2 adjacent to cloud or shadow, 3 cloud shadow;
+    # the COGs declare their scale (1e-4, thermal 0.01) as scale_factor metadata
+    Preset("Harmonized Landsat Sentinel-2 (HLS)", r"\.(?:B\d{2}|B8A)\.tif$", ".Fmask.tif",
+           {"band": 1, "invalid_bits": [1, 2, 3]}, {}, "HLS.*.B[0-9][0-9A].tif"),
     # the same as STAC item folders of COGs named by band (Earth Search: S2B_33UUP_20230612_0_L2A/B02.tif)
     Preset("Sentinel-2 Level-2A item COGs", r"^B[0-9][0-9A]\.tif$", "SCL.tif",
            {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "B[0-9][0-9A].tif"),
