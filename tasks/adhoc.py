@@ -275,6 +275,9 @@ class Preset:
     #: only, so the product's other files (Sentinel-2's AOT / WVP / TCI, Landsat's QA_RADSAT and
     #: ST_QA, PlanetScope's metadata) are not taken for scenes
     glob: str = "*"
+    #: per-scene radiometry from the product's metadata (``SourceSpec.radiometry``) for files inside
+    #: a product folder whose name ends with ``inside`` (Sentinel-2's ``.SAFE``)
+    radiometry: tuple[str, str] | None = None
 
 
 PRESETS = (
@@ -285,10 +288,12 @@ PRESETS = (
     Preset("Landsat Collection 2 Level-2", r"_S[RT]_B\d+\.TIF$", "_QA_PIXEL.TIF",
            {"band": 1, "invalid_bits": [1, 2, 3, 4]}, {"SR_": (2.75e-5, -0.2), "ST_": (0.00341802, 149.0)},
            "*_S[RT]_B*.TIF"),
-    # Scene classification: 0 no data, 1 saturated, 3 cloud shadow, 8-9 cloud, 10 cirrus (digital
-    # numbers kept: the L2A offset depends on the processing baseline, in the product's metadata)
+    # Scene classification: 0 no data, 1 saturated, 3 cloud shadow, 8-9 cloud, 10 cirrus; inside a
+    # .SAFE reflectance per scene from its MTD_MSIL2A.xml (the offset changed with baseline 04.00),
+    # digital numbers otherwise
     Preset("Sentinel-2 Level-2A", r"_B[0-9][0-9A]_\d{2}m\.jp2$", "_SCL_20m.jp2",
-           {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "*_B[0-9][0-9A]_[0-9][0-9]m.jp2"),
+           {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "*_B[0-9][0-9A]_[0-9][0-9]m.jp2",
+           ("sentinel2_l2a", ".SAFE")),
     # NASA HLS v2 (S30 / L30): Fmask bits 1 cloud, 2 adjacent to cloud or shadow, 3 cloud shadow;
     # the COGs declare their scale (1e-4, thermal 0.01) as scale_factor metadata
     Preset("Harmonized Landsat Sentinel-2 (HLS)", r"\.(?:B\d{2}|B8A)\.tif$", ".Fmask.tif",
@@ -400,11 +405,15 @@ def build_adhoc_catalog(
     if per_band is not None:
         band_files, bands, band_count = pattern, per_band, None
     mask: dict[str, Any] | None = None
+    radiometry: str | None = None
     if preset is not None:
         product = preset[0]
         log.info("%s: %s files; masks from %s", paths, product.name, product.mask)
         bands = [_scaled(b, product) for b in bands]
         mask = {"sidecar": {"pattern": product.scene, "replacement": product.mask}, **product.rule}
+        if product.radiometry and all(f"{product.radiometry[1]}/" in f for f in files):
+            radiometry = product.radiometry[0]
+            bands = [{k: v for k, v in b.items() if k not in ("scale", "offset")} for b in bands]
     grid: dict[str, Any] | None = None
     if crs or resolution:
         if not (crs and resolution):
@@ -422,6 +431,7 @@ def build_adhoc_catalog(
                 **({"band_count": band_count} if band_count else {}),
                 "bands": bands,
                 **({"mask": mask} if mask else {}),
+                **({"radiometry": radiometry} if radiometry else {}),
                 "max_nodata_share": 1.0,
             }
         },

@@ -161,6 +161,14 @@ class SourceSpec(_Strict):
     resampling: (
         Literal["nearest", "bilinear", "cubic", "average", "mode", "max", "min", "med"] | None
     ) = None
+    radiometry: Literal["sentinel2_l2a"] | None = Field(
+        default=None,
+        description=(
+            "per-scene scale and offset from the product's metadata instead of the bands' "
+            "(sentinel2_l2a: (DN + BOA_ADD_OFFSET) / BOA_QUANTIFICATION_VALUE from the SAFE's "
+            "MTD_MSIL2A.xml, which changed with processing baseline 04.00)"
+        ),
+    )
 
     @field_validator("glob", mode="before")
     @classmethod

@@ -172,8 +172,28 @@ def _refuse_oversized(ref: SceneRef, ds: rasterio.io.DatasetReader, win: Window,
         )
 
 
+def scene_spec(spec: SourceSpec, ref: SceneRef) -> SourceSpec:
+    """``spec`` with this scene's own scale and offset per band where the source's ``radiometry``
+    reads them from the product's metadata (``tasks.radiometry``); ``spec`` itself otherwise."""
+    if spec.radiometry is None:
+        return spec
+    from tasks.radiometry import sentinel2_band, sentinel2_l2a_radiometry
+
+    radiometry = sentinel2_l2a_radiometry(ref.path)
+    bands = []
+    for b in spec.bands:
+        name = sentinel2_band(b.file or b.name)
+        if name is None:
+            raise SceneError(ref.path, f"band {b.name!r} names no Sentinel-2 band (B01..B12, B8A); "
+                                       "radiometry sentinel2_l2a needs one")
+        scale, offset = radiometry.scale_offset(name)
+        bands.append(b.model_copy(update={"scale": scale, "offset": offset}))
+    return spec.model_copy(update={"bands": bands})
+
+
 def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     """Read the part of a scene over ``grid`` and profile it. Raises ``SceneError`` on bad input."""
+    spec = scene_spec(spec, ref)
     first = ref.grid_dataset
     try:
         with rasterio.Env(**_gdal_env()), rasterio.open(first) as ds:
@@ -407,6 +427,7 @@ def warp_scene(
         (categorical sources: (H, W) of the raw codes, the band's nodata outside).
     valid : (H, W) bool, observed, finite and clear.
     """
+    spec = scene_spec(spec, raw.ref)
     resampling = Resampling[spec.resampling_name]
     shape = (grid.height, grid.width)
     offset = _lattice_offset(raw, grid)

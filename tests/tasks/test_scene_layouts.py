@@ -145,14 +145,25 @@ def test_cli_ingests_a_sentinel2_safe_folder(tmp_path: Path, capsys) -> None:
 
     layout = {"R10m": ("B02", "B03", "AOT", "TCI"), "R20m": ("B02", "B03", "B05", "SCL", "AOT", "WVP"),
               "R60m": ("B02", "B03", "B05", "SCL", "AOT")}
-    for d in ("20230612T100559", "20230622T100559"):
-        img = tmp_path / f"S2A_MSIL2A_{d}_N0509_R022_T33UUP_{d}.SAFE" / "GRANULE" / f"L2A_T33UUP_{d}" / "IMG_DATA"
+    # the same surface seen before processing baseline 04.00 (offset 0; its baseline only in the
+    # SAFE's name) and after it (BOA_ADD_OFFSET -1000, from MTD_MSIL2A.xml: B05's -999 shows that
+    # the file's value is the one used)
+    mtd = ("<n1:Level-2A_User_Product xmlns:n1='x'><General_Info><Product_Image_Characteristics>"
+           "<QUANTIFICATION_VALUES_LIST><BOA_QUANTIFICATION_VALUE unit='none'>10000</BOA_QUANTIFICATION_VALUE>"
+           "</QUANTIFICATION_VALUES_LIST><BOA_ADD_OFFSET_VALUES_LIST>"
+           + "".join(f"<BOA_ADD_OFFSET band_id='{i}'>{-999 if i == 4 else -1000}</BOA_ADD_OFFSET>" for i in range(13))
+           + "</BOA_ADD_OFFSET_VALUES_LIST></Product_Image_Characteristics></General_Info></n1:Level-2A_User_Product>")
+    for d, baseline, add in (("20210612T100559", "N0300", 0), ("20230622T100559", "N0509", 1000)):
+        safe = tmp_path / f"S2A_MSIL2A_{d}_{baseline}_R022_T33UUP_{d}.SAFE"
+        img = safe / "GRANULE" / f"L2A_T33UUP_{d}" / "IMG_DATA"
         for folder, names in layout.items():
             res = int(folder[1:3])
             for b in names:
                 value = {"B02": 1000, "B03": 2000, "B05": 3000}.get(b, 7) + res  # which file was read
-                _band(img / folder / f"T33UUP_{d}_{b}_{res}m.jp2", value, size=120 // res, res=res)
-        if d == "20230622T100559":  # clouds (SCL 9) over the western half
+                _band(img / folder / f"T33UUP_{d}_{b}_{res}m.jp2", value + add - (add > 0 and b == "B05"), size=120 // res, res=res)
+        if add:
+            (safe / "MTD_MSIL2A.xml").write_text(mtd)
+        if add:  # clouds (SCL 9) over the western half
             scl = np.full((6, 6), 4, np.uint16)
             scl[:, :3] = 9
             with rasterio.open(img / "R20m" / f"T33UUP_{d}_SCL_20m.jp2", "r+") as ds:
@@ -162,7 +173,8 @@ def test_cli_ingests_a_sentinel2_safe_folder(tmp_path: Path, capsys) -> None:
     assert "2 scenes ingested, 0 skipped, 0 quarantined" in out
     ds = xr.open_zarr(tmp_path / "s2.zarr")
     assert list(ds.band.values) == ["B02", "B03", "B05"] and ds.sizes["y"] == ds.sizes["x"] == 12  # 10 m grid
-    np.testing.assert_allclose(ds.data.isel(time=0).mean(("y", "x")).values, [1010, 2010, 3020])
+    # reflectance, the same on both dates: (DN + offset) / 10000 with each scene's own offset
+    np.testing.assert_allclose(ds.data.mean(("y", "x")).values, [[0.101, 0.201, 0.302]] * 2, rtol=1e-5)
     assert ds.valid.values[0].all() and not ds.valid.values[1, :, :6].any() and ds.valid.values[1, :, 6:].all()
 
     # as Copernicus delivers it: each SAFE zipped, read in place through /vsizip/ (the same cube)
@@ -528,3 +540,19 @@ def test_cli_ingests_hls_with_fmask_and_scale_factor_metadata(tmp_path: Path, ca
     assert list(ds.band.values) == ["B02", "B8A"] and [str(t)[:10] for t in ds.time.values] == ["2023-06-12", "2023-06-17"]
     np.testing.assert_allclose(ds.data.isel(time=0, y=-1).mean("x").values, [0.11, 0.25], rtol=1e-6)
     assert not ds.valid.values[:, :2].any() and ds.valid.values[:, 2:].all()
+
+
+def test_sentinel2_radiometry_sources_and_refusals(tmp_path: Path) -> None:
+    from tasks.errors import SceneError
+    from tasks.radiometry import sentinel2_band, sentinel2_l2a_radiometry
+
+    assert [sentinel2_band(n) for n in ("B2", "B02_10m", "T33UUP_20230612T100559_B8A_20m", "SR_B5", "SCL")] == [
+        "B02", "B02", "B8A", "B05", None]
+    old = sentinel2_l2a_radiometry("/d/S2B_MSIL2A_20200101T100000_N0213_R1_T33UUP_20200101T120000.SAFE/G/B02.jp2")
+    assert old.scale_offset("B02") == (1e-4, 0.0) and "baseline 02.13" in old.source
+    new = sentinel2_l2a_radiometry("/vsizip//d/x.zip/S2B_MSIL2A_20230101T100000_N0509_R1_T33UUP_20230101T1.SAFE/B02.jp2")
+    assert new.scale_offset("B02") == (1e-4, -0.1)
+    with pytest.raises(SceneError, match="not inside a Sentinel-2 .SAFE product"):
+        sentinel2_l2a_radiometry(str(tmp_path / "T33UUP_20230612T100559_B02_10m.jp2"))
+    with pytest.raises(SceneError, match="no MTD_MSIL2A.xml and no processing baseline"):
+        sentinel2_l2a_radiometry(str(tmp_path / "renamed.SAFE" / "B02.jp2"))
