@@ -85,14 +85,35 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         date={k: v for k, v in (("pattern", args.date_pattern), ("format", args.date_format),
                                 ("default", args.date)) if v is not None},
         band_files=args.band_files,
+        layers=_layers(args.layer),
     )
     if args.dry_run:
         return _ingest_dry_run(*build_adhoc_catalog(args.paths, Path(args.out), **options))
     catalog_path = adhoc_catalog(args.paths, Path(args.out), **options)
     report = ingest_flow(str(catalog_path), "cube", progress_bar=True)
     _print_report(report)
+    if options["layers"] and report["time_steps"]:  # a cube made before: add the layers it lacks
+        from tasks.catalog import load_catalog
+        from tasks.ingest import add_static_layers
+
+        added, bad = add_static_layers(load_catalog(catalog_path), "cube")
+        for name in added:
+            print(f"layer {name} added to {args.out}")
+        for q in bad:
+            print(f"  quarantined {q['scene']}: {q['reason']}")
     print(f"catalog written beside the cube (run again to add new files): {catalog_path}")
     return 0 if report["time_steps"] else 1
+
+
+def _layers(specs: list[str] | None) -> dict[str, str]:
+    """``["landcover=nlcd.tif"]`` -> ``{"landcover": "nlcd.tif"}``."""
+    layers = {}
+    for spec in specs or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--layer {spec!r}: expected NAME=FILE, e.g. --layer landcover=nlcd_2019.tif")
+        layers[name.strip()] = path.strip()
+    return layers
 
 
 def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
@@ -111,6 +132,8 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
         print(f"  band {b.name}: {f'file {b.file!r}' if b.file else f'band {b.index}'}{extra}{nodata}")
     if source.band_files:
         print(f"  one file per band, grouped by {source.band_files!r}")
+    for name, layer_source in catalog.cube("cube").static.items():
+        print(f"  layer {name}: {catalog.source(layer_source).glob[0]} (class map, warped by majority)")
     if source.mask is not None:
         rule = source.mask.model_dump(exclude_none=True, exclude={"sidecar"})
         side = source.mask.sidecar
@@ -249,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="products stored one file per band: regex on the file name with a group "
                         "(?P<band>...); files differing only there are one scene (default: band names "
                         "such as Landsat _SR_B4, Sentinel-2 _B8A, HLS .B04 are recognised)")
+    i.add_argument("--layer", action="append", metavar="NAME=FILE",
+                   help="a class map (e.g. land cover) to add as the static layer NAME, warped onto the "
+                        "cube's grid by majority; repeatable (stage classify / labels train on it)")
     i.add_argument("--dry-run", action="store_true",
                    help="show the bands, mask, scenes and grid it would use; write nothing")
     i.set_defaults(func=_cmd_ingest)

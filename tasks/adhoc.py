@@ -318,6 +318,20 @@ def _preset(files: list[str]) -> tuple[Preset, set[str]] | None:
     return None
 
 
+def _layer_source(name: str, layer: str) -> dict[str, Any]:
+    """The static, categorical source of a ``--layer NAME=FILE`` class map (its first band)."""
+    if not name.isidentifier():
+        raise ValueError(f"--layer {name}={layer}: the layer name must be an identifier (e.g. landcover)")
+    pattern = layer if is_remote(layer) or any(c in layer for c in "*?[") else str(Path(layer).resolve())
+    files = expand_globs([pattern])
+    if not files:
+        raise FileNotFoundError(f"--layer {name}={layer}: no such file")
+    band = describe_bands(files[0])[0]
+    return {"kind": "categorical", "static": True, "glob": [pattern],
+            "bands": [{"name": name, "index": band["index"], **({"nodata": band["nodata"]} if "nodata" in band else {})}],
+            "max_nodata_share": 1.0}
+
+
 def _narrowed(pattern: str, preset: Preset) -> str:
     """A folder's recursive glob (``DIR/**/*.jp2``, from :func:`_folder_globs`) or an archive glob
     (``DIR/**/*.zip``) narrowed to the preset's scene files; any other pattern as given."""
@@ -361,6 +375,7 @@ def build_adhoc_catalog(
     time_chunk: int = 1,
     date: dict[str, str] | None = None,
     band_files: str | None = None,
+    layers: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """A validated one-source, one-cube catalog for ``paths`` (as a dict) and the path it is
     written to beside the cube; nothing is written.
@@ -369,6 +384,8 @@ def build_adhoc_catalog(
     see ``tasks.catalog.DateRule``). ``band_files``: a regex with a group ``(?P<band>...)`` for
     products stored one file per band; by default such products are recognised by band names
     in the file names (:data:`BAND_TOKEN`: Landsat ``_SR_B4``, Sentinel-2 ``_B8A``, HLS ``.B04``).
+    ``layers``: static class layers of the cube, name -> file (or glob) of a categorical raster
+    such as a land cover map (its first band, warped onto the cube's grid by majority).
     """
     patterns = [q for p in paths for q in _folder_globs(p)]
     patterns = [p if is_remote(p) or any(c in p for c in "*?[") else str(Path(p).resolve()) for p in patterns]
@@ -400,8 +417,8 @@ def build_adhoc_catalog(
         raise FileNotFoundError(f"none of the {len(files)} file(s) matching {paths} can be read by GDAL: {shown}")
     pattern = band_files or BAND_TOKEN
     per_band = _band_file_bands(files, pattern, explicit=bool(band_files), single_band=band_count == 1)
-    if per_band is None and not band_files and (layers := detect_layer_files(files)) is not None:
-        pattern, per_band = layers, _band_file_bands(files, layers, explicit=True, single_band=True)
+    if per_band is None and not band_files and (layer_pattern := detect_layer_files(files)) is not None:
+        pattern, per_band = layer_pattern, _band_file_bands(files, layer_pattern, explicit=True, single_band=True)
     if per_band is not None:
         band_files, bands, band_count = pattern, per_band, None
     mask: dict[str, Any] | None = None
@@ -438,6 +455,7 @@ def build_adhoc_catalog(
         "cubes": {
             "cube": {
                 "sources": ["scenes"],
+                **({"static": {name: f"layer_{name}" for name in layers}} if layers else {}),
                 "grid": grid,
                 "chunks": {"time": time_chunk, "y": chunks, "x": chunks},
                 "path": str(out),
@@ -445,6 +463,8 @@ def build_adhoc_catalog(
         },
         "storage": {"root": str(out.parent)},
     }
+    for name, layer in (layers or {}).items():
+        raw["sources"][f"layer_{name}"] = _layer_source(name, layer)
     path = out.with_name(out.name + ".catalog.yaml")
     catalog_from_dict(raw, path=path)  # validate before writing anything
     if out.with_name(out.name + ".manifest.json").exists():  # appending: the same bands, or nothing

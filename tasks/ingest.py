@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import time as timer
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -441,6 +442,32 @@ def static_layers(
                 attrs["flag_colors"] = [colors.get(k, "#000000") for k in src.classes]
         layers[var] = xr.DataArray(codes, dims=("y", "x"), coords={"y": y, "x": x}, attrs=attrs)
     return layers, quarantined
+
+
+def add_static_layers(catalog: Catalog, cube: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Add the static layers of the cube's catalog entry that an existing cube lacks (e.g. a land
+    cover map given to ``fusioncube ingest --layer`` after the cube was made), read onto its grid.
+
+    Each layer is written beside the cube's arrays under a temporary name and renamed into place,
+    then the metadata is consolidated: a killed run leaves no half layer that looks finished.
+    Returns (the layers added, the quarantined files).
+    """
+    path = catalog.cube_path(cube)
+    spec = catalog.cube(cube)
+    with xr.open_zarr(path, consolidated=None) as ds:
+        missing = {v: s for v, s in spec.static.items() if v not in ds.variables}
+        chunks = ds["data"].encoding.get("chunks", (1, 1, 256, 256))[-2:]
+    if not missing:
+        return [], []
+    layers, quarantined = static_layers(catalog, spec.model_copy(update={"static": missing}), grid_of_cube(path))
+    for var, layer in layers.items():
+        tmp = f".tmp-{var}-{uuid.uuid4().hex[:8]}"
+        layer.drop_vars(["y", "x"]).to_dataset(name=tmp).to_zarr(
+            path, mode="a", zarr_format=3, consolidated=False, encoding={tmp: {"chunks": tuple(chunks)}})
+        os.replace(path / tmp, path / var)
+        zarr.consolidate_metadata(str(path))
+        log.info("%s: added static layer %s", path, var)
+    return list(layers), quarantined
 
 
 def _colormap(ref: SceneRef) -> dict[int, str]:

@@ -556,3 +556,32 @@ def test_sentinel2_radiometry_sources_and_refusals(tmp_path: Path) -> None:
         sentinel2_l2a_radiometry(str(tmp_path / "T33UUP_20230612T100559_B02_10m.jp2"))
     with pytest.raises(SceneError, match="no MTD_MSIL2A.xml and no processing baseline"):
         sentinel2_l2a_radiometry(str(tmp_path / "renamed.SAFE" / "B02.jp2"))
+
+
+def test_cli_ingest_layer_adds_a_class_map_to_a_new_or_existing_cube(tmp_path: Path, capsys) -> None:
+    """`--layer landcover=FILE` puts a class map on the cube's grid (by majority), for the classify
+    and labels stages: into a new cube with it, or into a cube made before (written under a
+    temporary name and renamed in). A bad spec is one clear line."""
+    from flows.cli import main
+    from tasks.classify import label_scheme
+
+    for d in ("20190801", "20190811"):
+        _band(tmp_path / "scenes" / f"scene_{d}.tif", 1000, size=8, res=30)
+    classes = np.full((4, 4), 10, np.uint8)
+    classes[:, 2:] = 40
+    with rasterio.open(tmp_path / "worldcover.tif", "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(600000, 5000000, 60, 60), nodata=0) as ds:
+        ds.write(classes, 1)
+    layer = f"landcover={tmp_path / 'worldcover.tif'}"
+    assert main(["ingest", str(tmp_path / "scenes"), "--out", str(tmp_path / "new.zarr"), "--layer", layer]) == 0
+    assert main(["ingest", str(tmp_path / "scenes"), "--out", str(tmp_path / "old.zarr")]) == 0
+    assert "landcover" not in xr.open_zarr(tmp_path / "old.zarr")
+    assert main(["ingest", str(tmp_path / "scenes"), "--out", str(tmp_path / "old.zarr"), "--layer", layer]) == 0
+    assert "layer landcover added" in capsys.readouterr().out
+    new, old = xr.open_zarr(tmp_path / "new.zarr"), xr.open_zarr(tmp_path / "old.zarr")
+    np.testing.assert_array_equal(new["landcover"].values, np.kron(classes, np.ones((2, 2), np.uint8)))
+    np.testing.assert_array_equal(old["landcover"].values, new["landcover"].values)
+    assert not [p.name for p in (tmp_path / "old.zarr").iterdir() if p.name.startswith(".tmp")]
+    assert label_scheme(old["landcover"]).classes == (10, 40)
+    assert main(["ingest", str(tmp_path / "scenes"), "--out", str(tmp_path / "x.zarr"), "--layer", "landcover"]) == 2
+    assert "expected NAME=FILE" in capsys.readouterr().err
