@@ -128,7 +128,7 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
     print("dry run: nothing is written")
     for b in source.bands:
         extra = "".join(f", {k} {v:g}" for k, v in (("scale", b.scale), ("offset", b.offset)) if v != (k == "scale"))
-        nodata = f", nodata {b.nodata:g}" if b.nodata is not None else ""
+        nodata = f", nodata {b.nodata:g}" if b.nodata is not None else ", nodata: each file's own"
         print(f"  band {b.name}: {f'file {b.file!r}' if b.file else f'band {b.index}'}{extra}{nodata}")
     if source.band_files:
         print(f"  one file per band, grouped by {source.band_files!r}")

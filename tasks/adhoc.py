@@ -421,6 +421,8 @@ def build_adhoc_catalog(
         pattern, per_band = layer_pattern, _band_file_bands(files, layer_pattern, explicit=True, single_band=True)
     if per_band is not None:
         band_files, bands, band_count = pattern, per_band, None
+    elif band_count is not None:  # plain rasters: each file's own nodata (the first file's is no rule)
+        bands = [{k: v for k, v in b.items() if k != "nodata"} for b in bands]
     mask: dict[str, Any] | None = None
     radiometry: str | None = None
     if preset is not None:

@@ -585,3 +585,21 @@ def test_cli_ingest_layer_adds_a_class_map_to_a_new_or_existing_cube(tmp_path: P
     assert label_scheme(old["landcover"]).classes == (10, 40)
     assert main(["ingest", str(tmp_path / "scenes"), "--out", str(tmp_path / "x.zarr"), "--layer", "landcover"]) == 2
     assert "expected NAME=FILE" in capsys.readouterr().err
+
+
+def test_cli_ingest_reads_each_file_with_its_own_nodata(tmp_path: Path) -> None:
+    """Files of one collection declaring different nodata (-9999 in one, 0 in the next): each
+    file's own is used. Before, the first file's was written into the catalog for every file, and
+    the second file's 0 fill was ingested as observed reflectance 0."""
+    from flows.cli import main
+
+    for d, nodata in (("20200101", -9999), ("20200111", 0)):
+        a = np.full((1, 6, 6), 0.4, np.float32)
+        a[0, :2] = nodata
+        with rasterio.open(tmp_path / f"s_{d}.tif", "w", driver="GTiff", width=6, height=6, count=1, dtype="float32",
+                           crs="EPSG:32633", transform=from_origin(600000, 5000000, 10, 10), nodata=nodata) as ds:
+            ds.write(a)
+    assert main(["ingest", str(tmp_path / "*.tif"), "--out", str(tmp_path / "c.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "c.zarr")
+    assert not ds.valid.values[:, :2].any() and ds.valid.values[:, 2:].all()
+    assert np.isnan(ds.data.values[:, 0, :2]).all()
