@@ -80,6 +80,7 @@ from tasks.cube import (
     streamed_band_stats,
     unobserved_reason,
 )
+from tasks.discover import RASTER_SUFFIXES
 from tasks.quicklook import class_names, colour_table
 
 __all__ = [
@@ -385,6 +386,8 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
         codes = codes.astype(np.uint8)
         return codes, attrs, {"kind": "layer", "layer": name}
     path = Path(labels)
+    if path.exists() and path.suffix.lower() in RASTER_SUFFIXES:
+        return _raster_labels(ds, path)
     if not path.exists():
         layers = [v for v in ds.data_vars if tuple(ds[v].dims) == ("y", "x")]
         raise ValueError(
@@ -408,6 +411,32 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
                  "flag_colors": ["#{:02x}{:02x}{:02x}".format(*(int(255 * v) for v in palette(i % 20)[:3]))
                                  for i in range(len(order))]}
     return codes, attrs, {"kind": "points", "file": str(path), "points": len(points), "dropped": dropped}
+
+
+def _raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    """A class raster file (a land cover map in any CRS) warped onto the cube's grid by majority:
+    (codes (H, W) uint8, NO_CLASS where the map has no class, its attrs, what the labels were)."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    with rasterio.open(path) as src:
+        if src.crs is None:
+            raise ValueError(f"{path}: the label raster has no CRS; it cannot be placed on the cube's grid")
+        if src.dtypes[0] not in ("uint8", "uint16", "int8", "int16", "int32", "uint32"):
+            raise ValueError(f"{path}: a label raster holds integer class codes; got {src.dtypes[0]}")
+        nodata = src.nodata
+        codes = np.full((ds.sizes["y"], ds.sizes["x"]), NO_CLASS if nodata is None else nodata, dtype=src.dtypes[0])
+        reproject(rasterio.band(src, 1), codes, dst_transform=cube_transform(ds), dst_crs=cube_crs(ds),
+                  dst_nodata=nodata, resampling=Resampling.mode)
+    codes = codes.astype(np.int64)
+    if nodata is not None:
+        codes = np.where(codes == nodata, NO_CLASS, codes)
+    labelled = codes[codes != NO_CLASS]
+    if labelled.size and (labelled.min() < 0 or labelled.max() > NO_CLASS):
+        raise ValueError(f"{path}: class codes outside 0..{NO_CLASS - 1} ({labelled.min()}..{labelled.max()}); "
+                         "recode the raster to 1..K")
+    attrs = {"nodata": NO_CLASS}
+    return codes.astype(np.uint8), attrs, {"kind": "raster", "file": str(path), "labelled": int(labelled.size)}
 
 
 def labels_key(cube: str | Path, labels: str | Path, params: dict[str, Any]) -> tuple[str, dict[str, str]]:
@@ -682,7 +711,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         "labels", help="dense class map from sparse or coarse labels (UNet + low-rank Tucker layer)")
     p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
     p.add_argument("--labels", required=True,
-                   help="a (y, x) label layer of the cube (e.g. landcover) or a points file "
+                   help="a (y, x) label layer of the cube (e.g. landcover), a class raster in any CRS "
+                        "(.tif, warped onto the cube by majority), or a points file "
                         "(.csv with x, y in the cube's CRS or longitude, latitude in WGS 84, and "
                         "class or label as codes or names; or .geojson Point features)")
     p.add_argument("--out", required=True, help="labels.zarr to write (COG and weights beside it)")

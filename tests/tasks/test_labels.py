@@ -308,3 +308,28 @@ def test_prediction_block_by_block_equals_one_block(tmp_path, monkeypatch) -> No
     idx[20, 3] = 1  # one label, in the patch at (16, 0)
     picked = lb._training_patches(idx, 16, seed=0)
     assert len(picked) == 2 and [16, 0] in picked.tolist()
+
+
+def test_labels_from_a_class_raster_in_another_crs(tmp_path) -> None:
+    """``labels=FILE.tif``: a land cover raster, here in WGS 84 at about twice the cube's pixel
+    size, is warped onto the cube's grid by majority; its nodata is no label. Before, a raster was
+    refused ("labels files must be .csv or .geojson")."""
+    import rasterio
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    cube = tmp_path / "cube.zarr"
+    truth = make_cube(cube)
+    utm = {"driver": "GTiff", "width": W, "height": H, "count": 1, "dtype": "uint8", "crs": "EPSG:32615",
+           "transform": TRANSFORM, "nodata": 0}
+    transform, width, height = calculate_default_transform("EPSG:32615", "EPSG:4326", W, H,
+                                                           *rasterio.transform.array_bounds(H, W, TRANSFORM),
+                                                           dst_width=W // 2, dst_height=H // 2)
+    out = np.zeros((height, width), np.uint8)
+    reproject(truth, out, src_transform=TRANSFORM, src_crs=utm["crs"], dst_transform=transform, dst_crs="EPSG:4326",
+              resampling=Resampling.mode, dst_nodata=0)
+    with rasterio.open(tmp_path / "landcover_wgs84.tif", "w", **{**utm, "crs": "EPSG:4326", "transform": transform,
+                                                                   "width": width, "height": height}) as ds:
+        ds.write(out, 1)
+    manifest = recover_labels(cube, tmp_path / "landcover_wgs84.tif", tmp_path / "o.zarr", **{**FAST, "epochs": 3})
+    assert manifest.outputs["labels"]["kind"] == "raster" and manifest.outputs["classes"] == list(CODES)
+    assert manifest.outputs["labels"]["labelled"] > 0.8 * H * W  # the whole map, less its edge
