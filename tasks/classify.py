@@ -506,9 +506,11 @@ def classify_cube(
     n_workers = (4 if dev.type == "cuda" else 0) if workers is None else workers
     ds = open_cube(cube)
     if model is None and label not in ds.data_vars:  # before any work is written
+        hint = (f"; to train on the raster {label}, add it to the cube first: fusioncube ingest SCENES "
+                f"--out {cube} --layer landcover={label}" if Path(label).is_file() else "")
         raise ValueError(
             f"{cube}: no label layer {label!r} to train with (variables: {sorted(map(str, ds.data_vars))}); "
-            "pass label=NAME of a (y, x) layer of class codes, or model=M.pt to apply a saved model"
+            f"pass label=NAME of a (y, x) layer of class codes, or model=M.pt to apply a saved model{hint}"
         )
     if model is not None:  # a model that cannot read this cube is refused before any work is written
         net, meta = load_model(model, device=dev)
