@@ -426,6 +426,8 @@ def classify_key(cube: str | Path, params: dict[str, Any], model: str | Path | N
     inputs = {"cube": fingerprint(cube)}
     if model is not None:
         inputs["model"] = fingerprint(model)
+    if Path(str(params.get("label", ""))).is_file():  # a label raster: its content is an input
+        inputs["labels"] = fingerprint(params["label"])
     return stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES)), inputs
 
 
@@ -505,12 +507,17 @@ def classify_cube(
     dev = torch.device(device) if device else default_device()
     n_workers = (4 if dev.type == "cuda" else 0) if workers is None else workers
     ds = open_cube(cube)
-    if model is None and label not in ds.data_vars:  # before any work is written
-        hint = (f"; to train on the raster {label}, add it to the cube first: fusioncube ingest SCENES "
-                f"--out {cube} --layer landcover={label}" if Path(label).is_file() else "")
+    raster = None  # a label raster file instead of a layer: warped onto the cube's grid
+    if label not in ds.data_vars and Path(label).is_file():
+        from tasks.labels import raster_labels
+
+        codes_map, attrs, _ = raster_labels(ds, Path(label))
+        raster = xr.DataArray(codes_map, dims=("y", "x"), name=Path(label).name, attrs=attrs)
+    if model is None and label not in ds.data_vars and raster is None:  # before any work is written
         raise ValueError(
             f"{cube}: no label layer {label!r} to train with (variables: {sorted(map(str, ds.data_vars))}); "
-            f"pass label=NAME of a (y, x) layer of class codes, or model=M.pt to apply a saved model{hint}"
+            "pass label=NAME of a (y, x) layer of class codes or a class raster file, or model=M.pt to "
+            "apply a saved model"
         )
     if model is not None:  # a model that cannot read this cube is refused before any work is written
         net, meta = load_model(model, device=dev)
@@ -523,7 +530,7 @@ def classify_cube(
                 "Train a model on this cube (leave out --model)"
             )
     else:
-        scheme = label_scheme(ds[label], source=str(cube))
+        scheme = label_scheme(raster if raster is not None else ds[label], source=str(cube))
     height, width_px = ds.sizes["y"], ds.sizes["x"]
     size = min(patch, height, width_px)
     patches = out.with_name(out.name + ".patches.zarr")
@@ -531,6 +538,11 @@ def classify_cube(
     pds = xr.open_zarr(patches, consolidated=None)
     split = np.array([str(s) for s in pds["split"].values])
     origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1)
+    if raster is not None:  # the raster's patches beside the cube's, under the name the loaders read
+        label = "label_raster"
+        cut = np.stack([raster.values[r:r + size, c:c + size] for r, c in origins])
+        xr.Dataset({label: (("patch", "py", "px"), cut)}).to_zarr(patches, mode="a", zarr_format=3, consolidated=True)
+        pds = xr.open_zarr(patches, consolidated=None)
     has_label = label in pds
     bands = [str(b) for b in pds["band"].values]
     torch.manual_seed(seed)
@@ -704,7 +716,9 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="classes.zarr to write (COG and model beside it)")
     p.add_argument("--model", default=None, help="a saved model (.pt) to apply instead of training")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
-    p.add_argument("--label", default="landcover", help="the cube's label layer (default landcover)")
+    p.add_argument("--label", default="landcover",
+                   help="the cube's label layer (default landcover), or a class raster file in any CRS "
+                        "(warped onto the cube's grid by majority)")
     p.add_argument("--epochs", type=int, default=15, help="training passes (default 15)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")

@@ -99,6 +99,7 @@ __all__ = [
     "points_in_crs",
     "points_to_raster",
     "quicklook_png",
+    "raster_labels",
     "read_points",
     "recover_labels",
     "weights_path",
@@ -387,7 +388,7 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
         return codes, attrs, {"kind": "layer", "layer": name}
     path = Path(labels)
     if path.exists() and path.suffix.lower() in RASTER_SUFFIXES:
-        return _raster_labels(ds, path)
+        return raster_labels(ds, path)
     if not path.exists():
         layers = [v for v in ds.data_vars if tuple(ds[v].dims) == ("y", "x")]
         raise ValueError(
@@ -413,7 +414,7 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
     return codes, attrs, {"kind": "points", "file": str(path), "points": len(points), "dropped": dropped}
 
 
-def _raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+def raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
     """A class raster file (a land cover map in any CRS) warped onto the cube's grid by majority:
     (codes (H, W) uint8, NO_CLASS where the map has no class, its attrs, what the labels were)."""
     import rasterio
@@ -432,7 +433,10 @@ def _raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, An
     if nodata is not None:
         codes = np.where(codes == nodata, NO_CLASS, codes)
     labelled = codes[codes != NO_CLASS]
-    if labelled.size and (labelled.min() < 0 or labelled.max() > NO_CLASS):
+    if not labelled.size:
+        raise ValueError(f"{path}: the label raster holds no class over the cube's area (does it cover "
+                         f"the cube, in {cube_crs(ds)}?)")
+    if labelled.min() < 0 or labelled.max() > NO_CLASS:
         raise ValueError(f"{path}: class codes outside 0..{NO_CLASS - 1} ({labelled.min()}..{labelled.max()}); "
                          "recode the raster to 1..K")
     attrs = {"nodata": NO_CLASS}

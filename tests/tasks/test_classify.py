@@ -176,6 +176,22 @@ def test_a_label_layer_of_another_legend_is_learnt_in_its_own_classes(tmp_path) 
     assert applied.attrs["flag_meanings"] == "tree_cover cropland herbaceous_wetland"
 
 
+def test_a_label_raster_file_trains_like_the_layer(trained, tmp_path) -> None:
+    """``label=FILE.tif``: a class raster (here the layer's own codes, written as a GeoTIFF at
+    twice the pixel size) is warped onto the cube's grid and cut into the patch store."""
+    cube, _, codes, _ = trained
+    transform = Affine(6.0, 0, 450000.0, 0, -6.0, 4650000.0)
+    with rasterio.open(tmp_path / "landcover.tif", "w", driver="GTiff", width=W // 2, height=H // 2, count=1,
+                       dtype="uint8", crs="EPSG:32615", transform=transform, nodata=0) as ds:
+        ds.write(codes[::2, ::2], 1)
+    out = tmp_path / "from_file.zarr"
+    manifest = classify_cube(cube, out, label=str(tmp_path / "landcover.tif"), epochs=12, patch=16, block=1,
+                             batch=4, crop=16, width=2, lr=1e-2, device="cpu")
+    pred = xr.open_zarr(out)["classes"].values
+    assert (pred == codes).mean() > 0.85 and manifest.stats["test"]["accuracy"] > 0.8
+    assert manifest.inputs["labels"]  # the raster's content is part of the key
+
+
 def test_cli_registered() -> None:
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="stage"))
