@@ -402,6 +402,7 @@ def build_adhoc_catalog(
         files = [f for f in files if f not in preset[1]]  # its mask files are masks, not scenes
     bands: list[dict[str, Any]] = []
     band_count: int | None = None
+    dtype: str | None = None
     why: list[str] = []
     for f in files:  # the first readable file describes the bands
         try:
@@ -411,6 +412,7 @@ def build_adhoc_catalog(
             continue
         with rasterio.open(f) as ds:  # files with another band count are quarantined, not misread
             band_count = None if ds.subdatasets or date_stack(ds.descriptions) else ds.count
+            dtype = None if ds.subdatasets else ds.dtypes[0]
         break
     if not bands:
         shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
@@ -448,6 +450,9 @@ def build_adhoc_catalog(
                 "date": {"from": "auto", **(date or {})},
                 **({"band_files": band_files} if per_band is not None else {}),
                 **({"band_count": band_count} if band_count else {}),
+                # a scale turns digital numbers into units: a file of another type (reflectance as
+                # floats among 16-bit numbers) is another product and is quarantined, not scaled
+                **({"dtypes": [dtype]} if band_count and dtype and any("scale" in b or "offset" in b for b in bands) else {}),
                 "bands": bands,
                 **({"mask": mask} if mask else {}),
                 **({"radiometry": radiometry} if radiometry else {}),

@@ -603,3 +603,24 @@ def test_cli_ingest_reads_each_file_with_its_own_nodata(tmp_path: Path) -> None:
     ds = xr.open_zarr(tmp_path / "c.zarr")
     assert not ds.valid.values[:, :2].any() and ds.valid.values[:, 2:].all()
     assert np.isnan(ds.data.values[:, 0, :2]).all()
+
+
+def test_cli_ingest_quarantines_a_file_of_another_type_when_a_scale_applies(tmp_path: Path, capsys) -> None:
+    """A Planet order scaled by 1e-4 with a scene already in reflectance (float32) among its 16-bit
+    digital numbers: the float file is another product, quarantined with the reason. Before, its
+    0.05 reflectance was scaled to 5e-6."""
+    from flows.cli import main
+
+    t = from_origin(600000, 5000000, 3, 3)
+    for d, dtype, value in (("20190612_163402_1012", "uint16", 500), ("20190614_163502_1013", "float32", 0.05)):
+        with rasterio.open(tmp_path / f"{d}_3B_AnalyticMS_SR_clip.tif", "w", driver="GTiff", width=8, height=8,
+                           count=2, dtype=dtype, crs="EPSG:32615", transform=t, nodata=0) as ds:
+            ds.write(np.full((2, 8, 8), value, dtype))
+        udm = np.zeros((8, 8, 8), np.uint8)
+        udm[0] = 1
+        with rasterio.open(tmp_path / f"{d}_3B_udm2_clip.tif", "w", driver="GTiff", width=8, height=8, count=8,
+                           dtype="uint8", crs="EPSG:32615", transform=t) as ds:
+            ds.write(udm)
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "c.zarr")]) == 0
+    assert "20190614_163502_1013_3B_AnalyticMS_SR_clip.tif: failed validation: dtype float32, expected uint16" in capsys.readouterr().out
+    np.testing.assert_allclose(xr.open_zarr(tmp_path / "c.zarr").data.values, 0.05, rtol=1e-6)
