@@ -403,6 +403,7 @@ def build_adhoc_catalog(
     bands: list[dict[str, Any]] = []
     band_count: int | None = None
     dtype: str | None = None
+    described = False
     why: list[str] = []
     for f in files:  # the first readable file describes the bands
         try:
@@ -413,6 +414,8 @@ def build_adhoc_catalog(
         with rasterio.open(f) as ds:  # files with another band count are quarantined, not misread
             band_count = None if ds.subdatasets or date_stack(ds.descriptions) else ds.count
             dtype = None if ds.subdatasets else ds.dtypes[0]
+            described = band_count is not None and any(ds.descriptions[b["index"] - 1] for b in bands) and all(
+                ds.descriptions[b["index"] - 1] in (None, "", b["name"]) for b in bands)
         break
     if not bands:
         shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
@@ -450,6 +453,8 @@ def build_adhoc_catalog(
                 "date": {"from": "auto", **(date or {})},
                 **({"band_files": band_files} if per_band is not None else {}),
                 **({"band_count": band_count} if band_count else {}),
+                # bands named by the first file's descriptions: a file with them in another order is refused
+                **({"match_descriptions": True} if described and per_band is None else {}),
                 # a scale turns digital numbers into units: a file of another type (reflectance as
                 # floats among 16-bit numbers) is another product and is quarantined, not scaled
                 **({"dtypes": [dtype]} if band_count and dtype and any("scale" in b or "offset" in b for b in bands) else {}),

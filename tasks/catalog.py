@@ -161,6 +161,13 @@ class SourceSpec(_Strict):
     resampling: (
         Literal["nearest", "bilinear", "cubic", "average", "mode", "max", "min", "med"] | None
     ) = None
+    match_descriptions: bool = Field(
+        default=False,
+        description=(
+            "refuse a file whose band descriptions differ from the bands' names at their indexes "
+            "(files of one product written with their bands in another order)"
+        ),
+    )
     radiometry: Literal["sentinel2_l2a"] | None = Field(
         default=None,
         description=(

@@ -191,6 +191,17 @@ def scene_spec(spec: SourceSpec, ref: SceneRef) -> SourceSpec:
     return spec.model_copy(update={"bands": bands})
 
 
+def _check_descriptions(ref: SceneRef, spec: SourceSpec, ds: rasterio.io.DatasetReader) -> None:
+    """Refuse a file whose band descriptions name other bands at the source's indexes."""
+    for b in spec.bands:
+        described = ds.descriptions[b.index - 1] if b.index <= ds.count else None
+        if described and described != b.name:
+            found = {d: i + 1 for i, d in enumerate(ds.descriptions) if d}
+            where = f"; '{b.name}' is its band {found[b.name]}" if b.name in found else ""
+            raise SceneError(ref.path, f"its band {b.index} is described {described!r}, the source's band "
+                                       f"{b.index} is {b.name!r}{where}: the bands are in another order")
+
+
 def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     """Read the part of a scene over ``grid`` and profile it. Raises ``SceneError`` on bad input."""
     spec = scene_spec(spec, ref)
@@ -220,6 +231,8 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
                 raw = np.stack(arrays)
                 file_count, nodata = len(ref.datasets), nodatas[0]
             else:
+                if spec.match_descriptions:
+                    _check_descriptions(ref, spec, ds)
                 indexes = [b.index for b in spec.bands if b.index <= ds.count]
                 if ref.time_index is not None:  # bands are dates: this date's band of each variable
                     stack = date_stack(ds.descriptions)

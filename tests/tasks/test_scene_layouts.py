@@ -624,3 +624,27 @@ def test_cli_ingest_quarantines_a_file_of_another_type_when_a_scale_applies(tmp_
     assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "c.zarr")]) == 0
     assert "20190614_163502_1013_3B_AnalyticMS_SR_clip.tif: failed validation: dtype float32, expected uint16" in capsys.readouterr().out
     np.testing.assert_allclose(xr.open_zarr(tmp_path / "c.zarr").data.values, 0.05, rtol=1e-6)
+
+
+def test_cli_ingest_refuses_a_file_with_its_bands_in_another_order(tmp_path: Path, capsys) -> None:
+    """Bands named by the first file's descriptions (blue, green, red): a later file described
+    red, green, blue is refused with the reason. Before, its red was ingested as blue, silently.
+    Files whose descriptions repeat (names band1..) are not checked."""
+    from flows.cli import main
+
+    for d, order in (("20200101", ["blue", "green", "red"]), ("20200111", ["red", "green", "blue"])):
+        with rasterio.open(tmp_path / f"x_{d}.tif", "w", driver="GTiff", width=4, height=4, count=3, dtype="float32",
+                           crs="EPSG:32633", transform=from_origin(600000, 5000000, 10, 10)) as ds:
+            for i, name in enumerate(order):
+                ds.write(np.full((4, 4), {"blue": 0.1, "green": 0.2, "red": 0.3}[name], np.float32), i + 1)
+                ds.set_band_description(i + 1, name)
+    assert main(["ingest", str(tmp_path / "*.tif"), "--out", str(tmp_path / "c.zarr")]) == 0
+    assert ("x_20200111.tif: its band 1 is described 'red', the source's band 1 is 'blue'; 'blue' is its band 3"
+            in capsys.readouterr().out)
+    np.testing.assert_allclose(xr.open_zarr(tmp_path / "c.zarr").data.isel(time=0, y=0, x=0).values, [0.1, 0.2, 0.3])
+    for f in tmp_path.glob("x_*.tif"):
+        with rasterio.open(f, "r+") as ds:
+            for i in (1, 2, 3):
+                ds.set_band_description(i, "same")
+    assert main(["ingest", str(tmp_path / "*.tif"), "--out", str(tmp_path / "same.zarr")]) == 0
+    assert xr.open_zarr(tmp_path / "same.zarr").sizes["time"] == 2
