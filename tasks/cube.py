@@ -190,8 +190,9 @@ def _normalised(ds: xr.Dataset, path: Path) -> xr.Dataset:
     gm = ds["data"].attrs.get("grid_mapping", ds["data"].encoding.get("grid_mapping", "spatial_ref"))
     if gm in ds.data_vars and ds[gm].ndim == 0:
         ds = ds.set_coords(gm)
-    if ds["band"].dtype.kind not in "UO" or any(not isinstance(b, str) for b in ds["band"].values.tolist()):
-        ds = ds.assign_coords(band=("band", [str(b) for b in ds["band"].values.tolist()], ds["band"].attrs))
+    if ds["band"].dtype.kind not in "UOT" or any(not isinstance(b, str) for b in ds["band"].values.tolist()):
+        names = np.array([str(b) for b in ds["band"].values.tolist()], dtype=object)  # written as v3 strings
+        ds = ds.assign_coords(band=("band", names, ds["band"].attrs))
     if "valid" in ds and ds["valid"].dtype != bool:
         ds["valid"] = (ds["valid"] != 0).assign_attrs(ds["valid"].attrs)
     if _zarr_format(path) == 2:
