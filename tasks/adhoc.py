@@ -275,9 +275,9 @@ class Preset:
     #: only, so the product's other files (Sentinel-2's AOT / WVP / TCI, Landsat's QA_RADSAT and
     #: ST_QA, PlanetScope's metadata) are not taken for scenes
     glob: str = "*"
-    #: per-scene radiometry from the product's metadata (``SourceSpec.radiometry``) for files inside
-    #: a product folder whose name ends with ``inside`` (Sentinel-2's ``.SAFE``)
-    radiometry: tuple[str, str] | None = None
+    #: per-scene radiometry from the product's metadata (``SourceSpec.radiometry``), used when
+    #: every scene file's metadata is found (a SAFE's MTD_MSIL2A.xml, a STAC item beside the COGs)
+    radiometry: str | None = None
 
 
 PRESETS = (
@@ -293,14 +293,14 @@ PRESETS = (
     # digital numbers otherwise
     Preset("Sentinel-2 Level-2A", r"_B[0-9][0-9A]_\d{2}m\.jp2$", "_SCL_20m.jp2",
            {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "*_B[0-9][0-9A]_[0-9][0-9]m.jp2",
-           ("sentinel2_l2a", ".SAFE")),
+           "sentinel2_l2a"),
     # NASA HLS v2 (S30 / L30): Fmask bits 1 cloud, 2 adjacent to cloud or shadow, 3 cloud shadow;
     # the COGs declare their scale (1e-4, thermal 0.01) as scale_factor metadata
     Preset("Harmonized Landsat Sentinel-2 (HLS)", r"\.(?:B\d{2}|B8A)\.tif$", ".Fmask.tif",
            {"band": 1, "invalid_bits": [1, 2, 3]}, {}, "HLS.*.B[0-9][0-9A].tif"),
     # the same as STAC item folders of COGs named by band (Earth Search: S2B_33UUP_20230612_0_L2A/B02.tif)
     Preset("Sentinel-2 Level-2A item COGs", r"^B[0-9][0-9A]\.tif$", "SCL.tif",
-           {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "B[0-9][0-9A].tif"),
+           {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "B[0-9][0-9A].tif", "sentinel2_l2a"),
 )
 
 
@@ -330,6 +330,19 @@ def _layer_source(name: str, layer: str) -> dict[str, Any]:
     return {"kind": "categorical", "static": True, "glob": [pattern],
             "bands": [{"name": name, "index": band["index"], **({"nodata": band["nodata"]} if "nodata" in band else {})}],
             "max_nodata_share": 1.0}
+
+
+def _radiometry_known(files: list[str]) -> bool:
+    """Whether every file's product metadata gives its Sentinel-2 radiometry (then the source
+    reads reflectance per scene; else every scene keeps digital numbers, none half-converted)."""
+    from tasks.radiometry import sentinel2_l2a_radiometry
+
+    try:
+        for f in files:
+            sentinel2_l2a_radiometry(f)
+    except SceneError:
+        return False
+    return True
 
 
 def _narrowed(pattern: str, preset: Preset) -> str:
@@ -435,8 +448,8 @@ def build_adhoc_catalog(
         log.info("%s: %s files; masks from %s", paths, product.name, product.mask)
         bands = [_scaled(b, product) for b in bands]
         mask = {"sidecar": {"pattern": product.scene, "replacement": product.mask}, **product.rule}
-        if product.radiometry and all(f"{product.radiometry[1]}/" in f for f in files):
-            radiometry = product.radiometry[0]
+        if product.radiometry and _radiometry_known(files):
+            radiometry = product.radiometry
             bands = [{k: v for k, v in b.items() if k not in ("scale", "offset")} for b in bands]
     grid: dict[str, Any] | None = None
     if crs or resolution:

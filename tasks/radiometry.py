@@ -16,15 +16,16 @@ guessed from its date.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.discover import archive_of
 from tasks.errors import SceneError
 
-__all__ = ["S2Radiometry", "SENTINEL2_BANDS", "sentinel2_band", "sentinel2_l2a_radiometry"]
+__all__ = ["S2Radiometry", "SENTINEL2_BANDS", "sentinel2_band", "sentinel2_l2a_radiometry", "stac_item_radiometry"]
 
 #: ``band_id`` of the metadata's ``Spectral_Information`` -> band name
 SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
@@ -40,9 +41,13 @@ class S2Radiometry:
     quantification: float
     offsets: dict[str, float]
     source: str
+    #: (scale, offset) per band as a STAC item's ``raster:bands`` declare them; they win
+    declared: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def scale_offset(self, band: str) -> tuple[float, float]:
         """(scale, offset) of ``reflectance = DN * scale + offset`` for a band name (``B02``)."""
+        if band in self.declared:
+            return self.declared[band]
         q = self.quantification
         return 1.0 / q, self.offsets.get(band, 0.0) / q
 
@@ -61,10 +66,13 @@ def sentinel2_l2a_radiometry(path: str) -> S2Radiometry:
     folder or zip). Raises ``SceneError`` naming what is missing."""
     m = _SAFE.match(path)
     if m is None:
-        raise SceneError(path, "not inside a Sentinel-2 .SAFE product; its MTD_MSIL2A.xml (processing "
-                               "baseline, BOA offsets) cannot be found, so its digital numbers cannot be "
-                               "made reflectance: ingest the .SAFE folder or zip, or give the bands' "
-                               "scale and offset in the catalog and drop 'radiometry'")
+        item = stac_item_radiometry(path)
+        if item is not None:
+            return item
+        raise SceneError(path, "not inside a Sentinel-2 .SAFE product and no STAC item (.json) beside it; "
+                               "its processing baseline and BOA offset cannot be found, so its digital "
+                               "numbers cannot be made reflectance: ingest the .SAFE folder or zip, or give "
+                               "the bands' scale and offset in the catalog and drop 'radiometry'")
     root = m["root"]
     text = _metadata(root)
     if text is not None:
@@ -113,3 +121,39 @@ def _parse(text: str, where: str) -> S2Radiometry:
         if e.tag.endswith("BOA_ADD_OFFSET") and e.get("band_id") is not None:
             offsets[SENTINEL2_BANDS[int(e.get("band_id"))]] = float(e.text or 0)
     return S2Radiometry(float(quant), offsets, where)
+
+
+def stac_item_radiometry(path: str) -> S2Radiometry | None:
+    """The radiometry a STAC item beside a band COG declares (a STAC download's item folder holds
+    ``B02.tif``, ... and the item's ``.json``), most specific first: the assets' ``raster:bands``
+    scale and offset; Earth Search's ``earthsearch:boa_offset_applied`` (true: the offset is
+    already in the values); the ``s2:processing_baseline``. None without such an item."""
+    if archive_of(path) is not None or "://" in path:
+        return None
+    return _item_radiometry(str(Path(path).parent))
+
+
+@functools.lru_cache(maxsize=256)
+def _item_radiometry(folder: str) -> S2Radiometry | None:
+    for candidate in sorted(Path(folder).glob("*.json"))[:20]:
+        try:
+            item = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(item, dict) or item.get("type") != "Feature":
+            continue
+        props = item.get("properties") or {}
+        declared = {}
+        for asset in (item.get("assets") or {}).values():
+            bands = asset.get("raster:bands") or [{}]
+            name = sentinel2_band(Path(str(asset.get("href", ""))).name.split("?")[0])
+            if name and ("scale" in bands[0] or "offset" in bands[0]):
+                declared[name] = (float(bands[0].get("scale", 1.0)), float(bands[0].get("offset", 0.0)))
+        if props.get("earthsearch:boa_offset_applied") is True:
+            return S2Radiometry(10000.0, {}, f"{candidate.name}: BOA offset already applied", declared)
+        baseline = str(props.get("s2:processing_baseline") or "")
+        if declared or re.fullmatch(r"\d{2}\.\d{2}", baseline):
+            offset = -1000.0 if baseline and (int(baseline[:2]), int(baseline[3:])) >= (4, 0) else 0.0
+            return S2Radiometry(10000.0, dict.fromkeys(SENTINEL2_BANDS, offset),
+                                f"{candidate.name}: processing baseline {baseline or '?'}", declared)
+    return None

@@ -648,3 +648,28 @@ def test_cli_ingest_refuses_a_file_with_its_bands_in_another_order(tmp_path: Pat
                 ds.set_band_description(i, "same")
     assert main(["ingest", str(tmp_path / "*.tif"), "--out", str(tmp_path / "same.zarr")]) == 0
     assert xr.open_zarr(tmp_path / "same.zarr").sizes["time"] == 2
+
+
+def test_cli_ingest_reads_reflectance_from_the_stac_items_beside_the_cogs(tmp_path: Path) -> None:
+    """A STAC download with each item's JSON beside its COGs: reflectance per scene from the
+    item, the assets' raster:bands first (B02 of the 2023 item: DN * 1e-4 - 0.1), else the
+    processing baseline (its B03: offset -1000; the 2021 item's: 0), else Earth Search's
+    boa_offset_applied (offset already in the values). The same surface gives the same values."""
+    import json
+
+    from flows.cli import main
+
+    items = {"20210612": ({"s2:processing_baseline": "03.00"}, {}, 0),
+             "20230622": ({"s2:processing_baseline": "05.09"},
+                          {"blue": {"href": "./B02.tif", "raster:bands": [{"scale": 0.0001, "offset": -0.1}]}}, 1000),
+             "20230702": ({"s2:processing_baseline": "05.09", "earthsearch:boa_offset_applied": True}, {}, 0)}
+    for d, (props, assets, add) in items.items():
+        item = tmp_path / f"S2B_33UUP_{d}_0_L2A"
+        for b, value in (("B02", 1100), ("B03", 1200), ("SCL", 4)):
+            _band(item / f"{b}.tif", value + (add if b != "SCL" else 0), size=6, res=10)
+        (item / f"S2B_33UUP_{d}_0_L2A.json").write_text(json.dumps(
+            {"type": "Feature", "id": item.name, "properties": props, "assets": assets}))
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "s2.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "s2.zarr")
+    np.testing.assert_allclose(ds.data.mean(("y", "x")).values, [[0.11, 0.12]] * 3, rtol=1e-5)
+    assert "radiometry: sentinel2_l2a" in (tmp_path / "s2.zarr.catalog.yaml").read_text()
