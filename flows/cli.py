@@ -2,6 +2,7 @@
 
     fusioncube demo [--out DIR] [--size small|demo|bench]
     fusioncube ingest PATH_OR_GLOB_OR_FOLDER... --out cube.zarr [--crs CRS] [--resolution R]
+    fusioncube info cube.zarr
     fusioncube run planet [--catalog data_catalog.yaml] [--dask-address tcp://host:8786]
     fusioncube backfill planet --start 2019-01-01 --end 2019-12-31 [--concurrency 4]
     fusioncube stage patch --cube IN.zarr --out OUT.zarr [--size 32] [--stride S]
@@ -203,6 +204,13 @@ def _cmd_stage_patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    from tasks.cube import describe_cube
+
+    print("\n".join(describe_cube(args.cube)))
+    return 0
+
+
 def _cmd_catalog_check(args: argparse.Namespace) -> int:
     from tasks.catalog import load_catalog
 
@@ -305,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--workers", type=int, default=None, help="local Dask workers (default: cores)")
         r.add_argument("--concurrency", type=int, default=4, help="ingest parts in flight at once (default 4)")
         r.set_defaults(func=_cmd_run)
+
+    inf = sub.add_parser("info", help="what a cube holds and whether the stages can read it")
+    inf.add_argument("cube", help="a cube (.zarr), made by fusioncube or any other tool")
+    inf.set_defaults(func=_cmd_info)
 
     c = sub.add_parser("catalog", help="catalog tools")
     cs = c.add_subparsers(dest="catalog_command", required=True)

@@ -28,6 +28,7 @@ __all__ = [
     "band_stats",
     "check_cube",
     "cube_crs",
+    "describe_cube",
     "cube_transform",
     "grid_coords",
     "observed_mask",
@@ -335,3 +336,64 @@ def patches_by_rows(origins: np.ndarray, size: int,
         for store, arr in zip(parts, arrays, strict=True):
             store.append(extract_patches(arr, local, size))
     return [np.concatenate(p) for p in parts]
+
+
+def describe_cube(path: str | Path) -> list[str]:
+    """What a cube holds and how the stages read it, as lines for a person (``fusioncube info``):
+    dates, bands, grid, chunks, observed share, static layers, and what ``open_cube`` normalises
+    (a Zarr v2 store, the grid mapping as a data variable, band numbers, 0/1 or absent ``valid``,
+    dates out of order, south-up). Raises ``CubeSchemaError`` for a cube the stages cannot read."""
+    path = Path(path)
+    ds = open_cube(path)
+    raw = xr.open_zarr(path, chunks=None, consolidated=None)
+    notes = []
+    if _zarr_format(path) == 2:
+        notes.append("Zarr v2 store: read as it is; the stages write Zarr v3")
+    gm = raw["data"].attrs.get("grid_mapping", "spatial_ref")
+    if gm in raw.data_vars:
+        notes.append(f"grid mapping '{gm}' stored as a data variable: read as the coordinate")
+    if raw["band"].dtype.kind not in "UOT":
+        notes.append(f"band labels {raw['band'].values.tolist()} read as names")
+    if "valid" not in raw:
+        notes.append("no 'valid': a pixel-date is observed where every band is finite")
+    elif raw["valid"].dtype != bool:
+        notes.append(f"'valid' stored as {raw['valid'].dtype}: read as bool (non-zero = observed)")
+    t = raw["time"].values
+    if t.size > 1 and not bool((np.diff(t) > np.timedelta64(0)).all()):
+        notes.append("dates not in increasing order: read sorted")
+    if raw["y"].size > 1 and float(raw["y"][1] - raw["y"][0]) > 0:
+        notes.append("y ascends (south-up): read north-up")
+
+    times = ds["time"].values
+    step = ""
+    if times.size > 1:
+        days = np.diff(times).astype("timedelta64[h]").astype(float) / 24
+        step = f", median step {np.median(days):g} days"
+    crs = cube_crs(ds)
+    transform = cube_transform(ds)
+    height, width = ds.sizes["y"], ds.sizes["x"]
+    share = ds["valid"].mean(("y", "x")).values
+    chunks = ds["data"].encoding.get("chunks") or ds["data"].encoding.get("preferred_chunks")
+    lines = [
+        f"{path}: a schema-following cube",
+        f"  dates: {times.size}, {str(times[0])[:10]} .. {str(times[-1])[:10]}{step}",
+        f"  bands: {ds.sizes['band']}: {', '.join(str(b) for b in ds['band'].values)}",
+        f"  grid: {crs.to_string() if crs else 'no CRS'}, pixel {abs(transform.a):g} x {abs(transform.e):g}, "
+        f"{width} x {height} px, bounds x {transform.c:.10g} .. {transform.c + width * transform.a:.10g}, "
+        f"y {transform.f + height * transform.e:.10g} .. {transform.f:.10g}",
+        f"  chunks of data: {tuple(chunks) if chunks else 'not chunked'}",
+        f"  observed: {float(share.mean()):.1%} of pixel-dates (per date {float(share.min()):.1%} .. "
+        f"{float(share.max()):.1%})",
+    ]
+    for name in ds.data_vars:
+        var = ds[name]
+        if tuple(var.dims) == ("y", "x"):
+            if np.issubdtype(var.dtype, np.integer):
+                codes = sorted(set(np.unique(var.values).tolist()) - {var.attrs.get("nodata")})
+                shown = ", ".join(map(str, codes[:16])) + (", ..." if len(codes) > 16 else "")
+                legend = ", with a legend (flag_values)" if "flag_values" in var.attrs else ""
+                lines.append(f"  layer {name}: {len(codes)} class codes ({shown}){legend}")
+            else:
+                lines.append(f"  layer {name}: {var.dtype}")
+    lines += [f"  note: {n}" for n in notes]
+    return lines

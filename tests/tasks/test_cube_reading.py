@@ -195,3 +195,17 @@ def test_dates_out_of_order_are_read_sorted_and_bad_grids_refused(tmp_path) -> N
     ds.isel(x=slice(None, None, -1)).to_zarr(tmp_path / "east_west.zarr")
     with pytest.raises(CubeSchemaError, match="'x' decreases"):
         open_cube(tmp_path / "east_west.zarr")
+
+
+def test_fusioncube_info_says_what_a_cube_holds_and_what_is_normalised(tmp_path, capsys) -> None:
+    from flows.cli import main
+
+    _foreign_cube(tmp_path / "v2.zarr", zarr_format=2)
+    assert main(["info", str(tmp_path / "v2.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "dates: 4, 2022-05-01 .. 2022-05-25, median step 8 days" in out
+    assert "bands: 3: 1, 2, 3" in out and "grid: EPSG:32722, pixel 10 x 10, 40 x 40 px" in out
+    assert "note: Zarr v2 store" in out and "note: band labels [1, 2, 3] read as names" in out
+    assert "note: 'valid' stored as uint8: read as bool" in out
+    assert main(["info", str(tmp_path / "missing.zarr")]) == 2
+    assert "missing.zarr: no such cube" in capsys.readouterr().err
