@@ -192,11 +192,14 @@ def _normalised(ds: xr.Dataset, path: Path) -> xr.Dataset:
     if gm in ds.data_vars and ds[gm].ndim == 0:
         ds = ds.set_coords(gm)
     if ds["band"].dtype.kind not in "UOT" or any(not isinstance(b, str) for b in ds["band"].values.tolist()):
+        log.info("%s: band labels %s read as names", path, ds["band"].values.tolist())
         names = np.array([str(b) for b in ds["band"].values.tolist()], dtype=object)  # written as v3 strings
         ds = ds.assign_coords(band=("band", names, ds["band"].attrs))
     if "valid" in ds and ds["valid"].dtype != bool:
+        log.info("%s: 'valid' stored as %s, read as bool", path, ds["valid"].dtype)
         ds["valid"] = (ds["valid"] != 0).assign_attrs(ds["valid"].attrs)
     if _zarr_format(path) == 2:
+        log.info("%s: a Zarr v2 store; outputs are written as Zarr v3", path)
         for var in ds.variables.values():
             for key in _V2_CODEC_KEYS:
                 var.encoding.pop(key, None)
