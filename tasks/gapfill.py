@@ -87,6 +87,11 @@ STAGE = "gapfill"
 TRAIN_BYTES = 256 * 2**20  # training patches held in memory (float32 values) ...
 TRAIN_PATCHES = 256  # ... and at most this many: the factors are shared, a sample teaches them
 BLOCK_BYTES = 64 * 2**20  # input rows read, filled and written at once (peak memory is a few times this)
+#: training activations allowed per step: measured about 1.2 kB per patch entry (20 layers, the
+#: heads; a 300-date x 2-band cube of 32 px patches peaked at 1.96 / 3.43 GB with batches of 2 / 4),
+#: so long series train with fewer patches a step instead of running out of memory
+TRAIN_STEP_BYTES = 3 * 2**30
+ACTIVATION_BYTES_PER_ENTRY = 1250
 CODE_MODULES = (
     "tasks.gapfill",
     "tasks.cube",
@@ -153,6 +158,10 @@ def _fit(xp: np.ndarray, op: np.ndarray, shape: tuple[int, int, int, int], kw: d
 
     kw = dict(kw)
     ranks = default_ranks(shape, time_share=kw.pop("time_share"))
+    fits = max(1, TRAIN_STEP_BYTES // (int(np.prod(shape)) * ACTIVATION_BYTES_PER_ENTRY))
+    if fits < kw["batch"]:
+        log.info("gapfill: patches of %s entries; training %d a step instead of %d (memory)", shape, fits, kw["batch"])
+        kw["batch"] = fits
     with tqdm(total=kw["epochs"], desc=f"gapfill: train on {len(xp)} patches", unit="epoch") as bar:
         fit = fit_lrtcnet(xp, op, ranks=ranks, hide_kind="cloud", callback=lambda *_: bar.update(), **kw, **OURS)
     return fit, ranks
@@ -490,7 +499,7 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
     import sys
 
     manifest = gapfill_cube(args.cube, args.out, epochs=args.epochs, layers=args.layers,
-                            patch=args.patch, seed=args.seed, fill_unseen=args.fill_unseen,
+                            patch=args.patch, batch=args.batch, seed=args.seed, fill_unseen=args.fill_unseen,
                             overwrite=args.overwrite)
     sys.stdout.write(f"{args.out}: {json.dumps(manifest.outputs)}\n")
     return 0
@@ -504,6 +513,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=15, help="training passes (default 15)")
     p.add_argument("--layers", type=int, default=20, help="LRTC-Net layers (default 20)")
     p.add_argument("--patch", type=int, default=32, help="patch side in pixels (default 32)")
+    p.add_argument("--batch", type=int, default=8,
+                   help="training patches a step (default 8; fewer for long series, to fit in memory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fill-unseen", action="store_true",
                    help="also fill pixels observed on no date (outside every footprint; default: NaN)")

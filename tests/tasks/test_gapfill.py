@@ -197,3 +197,16 @@ def test_bounded_memory_blocks_and_training_sample(tmp_path, monkeypatch):
     monkeypatch.setattr(gf, "TRAIN_PATCHES", 1)  # a single training patch
     sampled = gapfill_cube(tall, tmp_path / "sampled.zarr", **fast)
     assert sampled.outputs["training_patches"] == 1 < sampled.outputs["patches"] == 6
+
+
+def test_long_series_train_fewer_patches_a_step(monkeypatch):
+    """Training activations grow with the patch's entries (about 1.2 kB each): a 1000-date x 4-band
+    series trains one patch a step, a 70-date x 4-band one keeps the requested 8."""
+    import tasks.gapfill as g
+
+    seen = []
+    monkeypatch.setattr(g, "fit_lrtcnet", lambda *a, **k: seen.append(k["batch"]))
+    kw = {"time_share": 0.1, "epochs": 1, "batch": 8}
+    for shape in ((1000, 4, 32, 32), (70, 4, 32, 32)):
+        g._fit(np.zeros((1, *shape), np.float32), np.zeros((1, shape[0], 32, 32), bool), shape, kw)
+    assert seen == [1, 8]
