@@ -208,6 +208,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from tasks.cube import describe_cube
 
     print("\n".join(describe_cube(args.cube)))
+    if args.png:
+        from tasks.quicklook import composite_png
+
+        print(f"quick-look: {composite_png(args.cube, args.png)}")
     return 0
 
 
@@ -316,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     inf = sub.add_parser("info", help="what a cube holds and whether the stages can read it")
     inf.add_argument("cube", help="a cube (.zarr), made by fusioncube or any other tool")
+    inf.add_argument("--png", default=None, metavar="OUT.png",
+                     help="also write a quick-look: the newest clear value per pixel (true colour when it can)")
     inf.set_defaults(func=_cmd_info)
 
     c = sub.add_parser("catalog", help="catalog tools")

@@ -101,8 +101,10 @@ def composite_png(
         shown = values[0]
         finite = shown[np.isfinite(shown)]
         vmin, vmax = np.percentile(finite, [2, 98]) if finite.size else (0, 1)
-        im = ax.imshow(shown, cmap="inferno", vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_facecolor("#cccccc")
+        cmap = plt.get_cmap("inferno").copy()
+        cmap.set_bad("#cccccc")  # no clear value (the axes are hidden, so their face colour is not)
+        im = ax.imshow(np.ma.masked_where(~has | ~np.isfinite(shown), shown), cmap=cmap, vmin=vmin, vmax=vmax,
+                       interpolation="nearest")
         fig.colorbar(im, ax=ax, shrink=0.7, label=bands[0])
         what = bands[0]
     ax.set_title(

@@ -207,5 +207,7 @@ def test_fusioncube_info_says_what_a_cube_holds_and_what_is_normalised(tmp_path,
     assert "bands: 3: 1, 2, 3" in out and "grid: EPSG:32722, pixel 10 x 10, 40 x 40 px" in out
     assert "note: Zarr v2 store" in out and "note: band labels [1, 2, 3] read as names" in out
     assert "note: 'valid' stored as uint8: read as bool" in out
+    assert main(["info", str(tmp_path / "v2.zarr"), "--png", str(tmp_path / "look.png")]) == 0
+    assert (tmp_path / "look.png").stat().st_size > 0 and "quick-look:" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "missing.zarr")]) == 2
     assert "missing.zarr: no such cube" in capsys.readouterr().err
