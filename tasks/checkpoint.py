@@ -60,7 +60,9 @@ class Manifest:
     params: dict[str, Any]
     inputs: dict[str, str]
     code_version: str
-    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # to the microsecond: a run that starts within the second a manifest was written must still
+    # tell that manifest from one it writes itself (tasks.pipeline_report)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
     outputs: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 

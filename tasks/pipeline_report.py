@@ -24,7 +24,7 @@ def _status(result: dict[str, Any], started: datetime) -> str:
     created = result.get("created")
     if not created:
         return "ran"
-    return "ran" if datetime.fromisoformat(created) >= started.replace(microsecond=0) else "reused"
+    return "ran" if datetime.fromisoformat(created) >= started else "reused"
 
 
 def _figures(result: dict[str, Any], limit: int = 6) -> str:

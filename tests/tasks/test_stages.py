@@ -28,11 +28,11 @@ def test_every_stage_a_cube_enables_is_in_the_table() -> None:
         assert set(spec.stages) <= set(STAGES), cube
 
 
-def _products(created: datetime, *, new: int) -> dict:
+def _products(created: datetime, *, new: int, timespec: str = "seconds") -> dict:
     ingest = {"ingested": [{"scene": f"s{i}"} for i in range(new)], "dates_added": ["2019-07-01"] * bool(new),
               "skipped": [], "quarantined": [{"scene": "bad.tif", "reason": "no CRS"}], "time_steps": 5,
               "quicklook": None}
-    stage = {"created": created.isoformat(timespec="seconds"), "stats": {"flagged": 3, "rmse": 0.25},
+    stage = {"created": created.isoformat(timespec=timespec), "stats": {"flagged": 3, "rmse": 0.25},
              "artifact": "/tmp/x/anomalies.zarr"}
     return {"cube": "planet", "path": "/tmp/x/planet.zarr", "ingest": ingest,
             "stages": {"patch": dict(stage), "anomalies": dict(stage)}}
@@ -47,6 +47,13 @@ def test_summary_tells_reused_from_ran_and_lists_warnings() -> None:
     fresh = pipeline_summary(_products(started + timedelta(seconds=3), new=2), started)
     assert fresh["stages"] == {"patch": "ran", "anomalies": "ran"}
     assert "2 new scene(s)" in fresh["headline"] and "flagged 3" in fresh["markdown"]
+    # a re-run that starts within the second the last manifest was written (the demo's re-run did,
+    # now and then, and called its reused stages "ran")
+    second = datetime(2026, 1, 1, 12, 0, 5, 600_000, tzinfo=UTC)
+    same = pipeline_summary(_products(second - timedelta(milliseconds=300), new=0, timespec="microseconds"), second)
+    assert same["stages"] == {"patch": "reused", "anomalies": "reused"}
+    later = pipeline_summary(_products(second + timedelta(milliseconds=10), new=0, timespec="microseconds"), second)
+    assert later["stages"] == {"patch": "ran", "anomalies": "ran"}
     failed = _products(started, new=0)
     failed["stages"]["anomalies"] = {"error": "boom"}
     assert pipeline_summary(failed, started)["stages"]["anomalies"] == "FAILED"
