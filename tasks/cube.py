@@ -125,7 +125,15 @@ def open_cube(path: str | Path, *, chunks: dict | str | None = "auto") -> xr.Dat
     CubeSchemaError
         When it is not a schema-following cube.
     """
-    path = Path(path)
+    ds, notes = _read_cube(Path(path), chunks)
+    for note in notes:
+        log.info("%s: %s", path, note)
+    return ds
+
+
+def _read_cube(path: Path, chunks: dict | str | None) -> tuple[xr.Dataset, list[str]]:
+    """:func:`open_cube`, and what it reads differently from how the cube is stored (notes for
+    a person: the stages' log, ``fusioncube info``)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such cube")
     try:
@@ -133,15 +141,17 @@ def open_cube(path: str | Path, *, chunks: dict | str | None = "auto") -> xr.Dat
     except Exception as exc:
         raise CubeSchemaError(f"{path}: cannot be opened as a Zarr store ({exc})") from exc
     check_cube(ds, source=str(path))
-    ds = _normalised(ds, path)
+    notes: list[str] = []
+    ds = _normalised(ds, path, notes)
     if "valid" not in ds:
+        notes.append("no 'valid': a pixel-date is observed where every band is finite")
         ds["valid"] = ds["data"].notnull().all("band")
-    ds = _time_ordered(ds, source=str(path))
+    ds = _time_ordered(ds, source=str(path), notes=notes)
     _check_regular(ds, source=str(path))
-    return _north_up(ds, source=str(path))
+    return _north_up(ds, notes), notes
 
 
-def _time_ordered(ds: xr.Dataset, *, source: str) -> xr.Dataset:
+def _time_ordered(ds: xr.Dataset, *, source: str, notes: list[str]) -> xr.Dataset:
     """Dates in increasing order (a lazy reordering when a tool appended them out of order);
     a date twice is refused, naming it."""
     t = ds["time"].values
@@ -152,7 +162,7 @@ def _time_ordered(ds: xr.Dataset, *, source: str) -> xr.Dataset:
         twice = [str(v)[:19] for v in values[counts > 1]][:5]
         raise CubeSchemaError(f"{source}: time has duplicate dates {twice}; a cube holds one slice per "
                               "date (merge them first, e.g. ds.groupby('time').first())")
-    log.info("%s: dates are not in increasing order; the stages read them sorted", source)
+    notes.append("dates not in increasing order: read sorted")
     return ds.isel(time=np.argsort(t, kind="stable"))
 
 
@@ -177,7 +187,7 @@ def _check_regular(ds: xr.Dataset, *, source: str) -> None:
 _V2_CODEC_KEYS = ("compressor", "compressors", "filters", "serializer", "object_codec")
 
 
-def _normalised(ds: xr.Dataset, path: Path) -> xr.Dataset:
+def _normalised(ds: xr.Dataset, path: Path, notes: list[str]) -> xr.Dataset:
     """What cubes written by other tools differ in, made the schema's way (lazily):
 
     - the grid mapping as a coordinate: ``rioxarray``'s ``write_crs`` + ``to_zarr`` stores
@@ -190,16 +200,17 @@ def _normalised(ds: xr.Dataset, path: Path) -> xr.Dataset:
     """
     gm = ds["data"].attrs.get("grid_mapping", ds["data"].encoding.get("grid_mapping", "spatial_ref"))
     if gm in ds.data_vars and ds[gm].ndim == 0:
+        notes.append(f"grid mapping '{gm}' stored as a data variable: read as the coordinate")
         ds = ds.set_coords(gm)
     if ds["band"].dtype.kind not in "UOT" or any(not isinstance(b, str) for b in ds["band"].values.tolist()):
-        log.info("%s: band labels %s read as names", path, ds["band"].values.tolist())
+        notes.append(f"band labels {ds['band'].values.tolist()} read as names")
         names = np.array([str(b) for b in ds["band"].values.tolist()], dtype=object)  # written as v3 strings
         ds = ds.assign_coords(band=("band", names, ds["band"].attrs))
     if "valid" in ds and ds["valid"].dtype != bool:
-        log.info("%s: 'valid' stored as %s, read as bool", path, ds["valid"].dtype)
+        notes.append(f"'valid' stored as {ds['valid'].dtype}: read as bool (non-zero = observed)")
         ds["valid"] = (ds["valid"] != 0).assign_attrs(ds["valid"].attrs)
     if _zarr_format(path) == 2:
-        log.info("%s: a Zarr v2 store; outputs are written as Zarr v3", path)
+        notes.append("Zarr v2 store: read as it is; the stages write Zarr v3")
         for var in ds.variables.values():
             for key in _V2_CODEC_KEYS:
                 var.encoding.pop(key, None)
@@ -215,14 +226,14 @@ def _zarr_format(path: Path) -> int | None:
     return None
 
 
-def _north_up(ds: xr.Dataset, *, source: str) -> xr.Dataset:
+def _north_up(ds: xr.Dataset, notes: list[str]) -> xr.Dataset:
     """A south-up cube (``y`` ascending, as latitude-ordered tools often write it) as a lazy
     north-up view, so every stage's patches, maps and quick-looks are north-up; the grid mapping's
     GeoTransform is rewritten to match."""
     y = ds["y"].values
     if y.size < 2 or y[1] < y[0]:
         return ds
-    log.info("%s: y ascends (south-up); the stages read it north-up", source)
+    notes.append("y ascends (south-up): read north-up")
     ds = ds.isel(y=slice(None, None, -1))
     name = ds["data"].attrs.get("grid_mapping", "spatial_ref")
     if name in ds.variables and "GeoTransform" in ds[name].attrs:
@@ -347,25 +358,7 @@ def describe_cube(path: str | Path) -> list[str]:
     (a Zarr v2 store, the grid mapping as a data variable, band numbers, 0/1 or absent ``valid``,
     dates out of order, south-up). Raises ``CubeSchemaError`` for a cube the stages cannot read."""
     path = Path(path)
-    ds = open_cube(path)
-    raw = xr.open_zarr(path, chunks=None, consolidated=None)
-    notes = []
-    if _zarr_format(path) == 2:
-        notes.append("Zarr v2 store: read as it is; the stages write Zarr v3")
-    gm = raw["data"].attrs.get("grid_mapping", "spatial_ref")
-    if gm in raw.data_vars:
-        notes.append(f"grid mapping '{gm}' stored as a data variable: read as the coordinate")
-    if raw["band"].dtype.kind not in "UOT":
-        notes.append(f"band labels {raw['band'].values.tolist()} read as names")
-    if "valid" not in raw:
-        notes.append("no 'valid': a pixel-date is observed where every band is finite")
-    elif raw["valid"].dtype != bool:
-        notes.append(f"'valid' stored as {raw['valid'].dtype}: read as bool (non-zero = observed)")
-    t = raw["time"].values
-    if t.size > 1 and not bool((np.diff(t) > np.timedelta64(0)).all()):
-        notes.append("dates not in increasing order: read sorted")
-    if raw["y"].size > 1 and float(raw["y"][1] - raw["y"][0]) > 0:
-        notes.append("y ascends (south-up): read north-up")
+    ds, notes = _read_cube(path, "auto")
 
     times = ds["time"].values
     step = ""
