@@ -67,6 +67,7 @@ from tasks.checkpoint import (
     write_manifest,
 )
 from tasks.cube import cube_crs, cube_transform, open_cube, unobserved_reason
+from tasks.labels import check_byte_codes, raster_labels
 from tasks.patch import make_patches
 from tasks.quicklook import class_names, colour_table
 
@@ -158,10 +159,7 @@ def label_scheme(layer: xr.DataArray, *, source: str = "cube") -> LabelScheme:
     if len(codes) < 2:
         raise ValueError(f"{source}: the label layer {layer.name!r} holds {len(codes)} class code(s) {codes}; "
                          "a classifier needs at least 2 classes")
-    if codes[0] < 0 or codes[-1] > 254:
-        raise ValueError(f"{source}: the label layer {layer.name!r} has class codes outside 0..254 "
-                         f"({codes[0]}..{codes[-1]}); the class map is one byte a pixel: recode the "
-                         "layer to 1..K (keep the legend in flag_values / flag_meanings)")
+    check_byte_codes(codes[0], codes[-1], f"{source}: the label layer {layer.name!r}")
     classes = tuple(codes)
     return LabelScheme(classes, class_names(classes, attrs, nlcd=False), colour_table(classes, attrs))
 
@@ -509,8 +507,6 @@ def classify_cube(
     ds = open_cube(cube)
     raster = None  # a label raster file instead of a layer: warped onto the cube's grid
     if label not in ds.data_vars and Path(label).is_file():
-        from tasks.labels import raster_labels
-
         codes_map, attrs, _ = raster_labels(ds, Path(label))
         raster = xr.DataArray(codes_map, dims=("y", "x"), name=Path(label).name, attrs=attrs)
     if model is None and label not in ds.data_vars and raster is None:  # before any work is written

@@ -87,6 +87,7 @@ __all__ = [
     "NO_CLASS",
     "add_cli",
     "class_names",
+    "check_byte_codes",
     "class_table",
     "codes_to_index",
     "cog_path",
@@ -379,11 +380,8 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
         if "nodata" in attrs:
             codes = np.where(codes == attrs["nodata"], NO_CLASS, codes)
         labelled = codes[codes != NO_CLASS]
-        if labelled.size and (labelled.min() < 0 or labelled.max() > NO_CLASS):
-            raise ValueError(
-                f"label layer '{name}' has class codes outside 0..{NO_CLASS - 1} ({labelled.min():g}..{labelled.max():g}); "
-                "the class map is one byte a pixel: recode the layer to 1..K (keep the legend in "
-                "flag_values / flag_meanings)")
+        if labelled.size:
+            check_byte_codes(labelled.min(), labelled.max(), f"label layer '{name}'")
         codes = codes.astype(np.uint8)
         return codes, attrs, {"kind": "layer", "layer": name}
     path = Path(labels)
@@ -414,6 +412,14 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
     return codes, attrs, {"kind": "points", "file": str(path), "points": len(points), "dropped": dropped}
 
 
+def check_byte_codes(low: float, high: float, what: str) -> None:
+    """Refuse class codes a one-byte class map cannot hold (0..254; 255 is "no class")."""
+    if low < 0 or high > NO_CLASS - 1:
+        raise ValueError(f"{what} has class codes outside 0..{NO_CLASS - 1} ({low:g}..{high:g}); the class "
+                         "map is one byte a pixel: recode it to 1..K (keep the legend in flag_values / "
+                         "flag_meanings)")
+
+
 def raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
     """A class raster file (a land cover map in any CRS) warped onto the cube's grid by majority:
     (codes (H, W) uint8, NO_CLASS where the map has no class, its attrs, what the labels were)."""
@@ -436,9 +442,7 @@ def raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any
     if not labelled.size:
         raise ValueError(f"{path}: the label raster holds no class over the cube's area (does it cover "
                          f"the cube, in {cube_crs(ds)}?)")
-    if labelled.min() < 0 or labelled.max() > NO_CLASS:
-        raise ValueError(f"{path}: class codes outside 0..{NO_CLASS - 1} ({labelled.min()}..{labelled.max()}); "
-                         "recode the raster to 1..K")
+    check_byte_codes(labelled.min(), labelled.max(), f"{path}: the label raster")
     attrs = {"nodata": NO_CLASS}
     return codes.astype(np.uint8), attrs, {"kind": "raster", "file": str(path), "labelled": int(labelled.size)}
 
