@@ -161,10 +161,7 @@ def detect_layer_files(files: list[str]) -> str | None:
         if len(set(layers)) != len(layers) or not _one_footprint(group):
             return None
     before, after = prefix.rsplit("\0", 1)[-1], suffix.split("\0", 1)[0]
-    alternation = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
-    left = f"(?<={re.escape(before)})" if before else ("" if prefix else "^")
-    right = f"(?={re.escape(after)})" if after else "$"
-    return f"{left}(?P<band>{alternation}){right}"
+    return _layer_regex(tokens, before, after, anchored=not prefix)
 
 
 _SEPARATORS = "_.-"
@@ -205,8 +202,14 @@ def _layers_within_dates(shared: list[list[str]]) -> str | None:
         return None  # tiles of one date, not layers
     before = os.path.commonprefix([b[::-1] for b in befores])[::-1]
     after = os.path.commonprefix(afters)
+    return _layer_regex(tokens, before, after, anchored=True)
+
+
+def _layer_regex(tokens: set[str], before: str, after: str, *, anchored: bool) -> str:
+    """``band_files`` regex of the layer ``tokens`` between ``before`` and ``after`` (lookarounds;
+    the name's start or end where they are empty, the start only when ``anchored``)."""
     alternation = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
-    left = f"(?<={re.escape(before)})" if before else "^"
+    left = f"(?<={re.escape(before)})" if before else ("^" if anchored else "")
     right = f"(?={re.escape(after)})" if after else "$"
     return f"{left}(?P<band>{alternation}){right}"
 
