@@ -208,13 +208,7 @@ class SceneRef:
         up once per ref."""
         if not self.band_files:
             return self.datasets[0] if self.datasets else self.path
-        sizes = []
-        for d in self.datasets:
-            try:
-                with rasterio.open(d) as ds:
-                    sizes.append(abs(ds.transform.a * ds.transform.e))
-            except RasterioIOError:
-                sizes.append(float("inf"))  # its read reports it
+        sizes = [pixel_area(d) or float("inf") for d in self.datasets]  # an unreadable one: its read reports it
         return self.datasets[sizes.index(min(sizes))]
 
     def file_stamp(self) -> dict[str, int]:
@@ -432,17 +426,22 @@ def band_file_groups(
     return scenes, failed
 
 
+def pixel_area(path: str) -> float | None:
+    """A raster's pixel area in its CRS units, None when it cannot be read."""
+    try:
+        with rasterio.open(path) as ds:
+            return abs(ds.transform.a * ds.transform.e)
+    except RasterioIOError:
+        return None
+
+
 def _finest(paths: list[str]) -> str | None:
     """Of one band's files at several resolutions (a Sentinel-2 SAFE has B02 in ``R10m/``,
     ``R20m/`` and ``R60m/``), the one with the finest pixels; None when two tie for it or one
     cannot be read."""
-    sizes = []
-    for p in paths:
-        try:
-            with rasterio.open(p) as ds:
-                sizes.append(abs(ds.transform.a * ds.transform.e))
-        except RasterioIOError:
-            return None
+    sizes = [pixel_area(p) for p in paths]
+    if None in sizes:
+        return None
     best = min(sizes)
     return paths[sizes.index(best)] if sizes.count(best) == 1 else None
 
