@@ -419,8 +419,10 @@ def band_file_groups(
         tied = [b for b in wanted if chosen[b] is None]
         if tied:
             ps = by_band[tied[0]]
+            names = [file_name(p) for p in ps]
+            shown = names if len(set(names)) == len(names) else ps  # one file in two places: where
             failed.append((first, f"two files for band {tied[0]!r} and no one finest among them: "
-                                  f"{[file_name(p) for p in ps]}; narrow the glob"))
+                                  f"{shown}; narrow the glob"))
         else:
             scenes.append(tuple(str(chosen[b]) for b in wanted))
     return scenes, failed
@@ -527,7 +529,25 @@ def expand_globs(patterns: list[str], catalog: Catalog | None = None) -> list[st
                 inside = member.split(f"{Path(f).resolve()}/", 1)[1]
                 if not inner or fnmatch.fnmatch(inside, inner[0]) or fnmatch.fnmatch(file_name(inside), inner[0]):
                     files.add(member)
-    return sorted(files)
+    return sorted(_without_unpacked_twins(files))
+
+
+def _without_unpacked_twins(files: set[str]) -> set[str]:
+    """``files`` less the archive members that were also unpacked beside their archive (a
+    ``.SAFE.zip`` and the ``.SAFE`` folder it holds, a Landsat ``.tar`` and its ``.TIF`` files):
+    the unpacked file is read, so no band comes twice."""
+    local = {str(Path(f).resolve()) for f in files if not is_remote(f)}
+    twins = set()
+    for f in files:
+        archive = archive_of(f)
+        if archive is not None:
+            inside = f.split(f"{archive}/", 1)[1]
+            if str(Path(archive).parent / inside) in local:
+                twins.add(f)
+    if twins:
+        log.info("%d file(s) in archives skipped: read from their unpacked copies beside the archives "
+                 "(%s)", len(twins), ", ".join(sorted({Path(str(archive_of(t))).name for t in twins})))
+    return files - twins
 
 
 def glob_roots(patterns: list[str], catalog: Catalog | None = None) -> list[Path]:

@@ -44,13 +44,18 @@ def test_band_file_groups_make_scenes_and_name_what_is_wrong() -> None:
         "T33UUP_20190801T101031_SCL_20m.tif",                                        # not a band file
         "T33UUP_20190801T101031_B04_10m.tif",                                        # not wanted
     ]
-    scenes, failed = band_file_groups([f"/d/{n}" for n in names], _spec())
+    copies = ["/d/T33UUP_20190901T101031_B02_10m.tif", "/d/T33UUP_20190901T101031_B03_10m.tif",
+              "/e/T33UUP_20190901T101031_B02_10m.tif"]  # one scene's band copied into another folder
+    scenes, failed = band_file_groups([f"/d/{n}" for n in names] + copies, _spec())
     assert scenes == [("/d/T33UUP_20190801T101031_B02_10m.tif", "/d/T33UUP_20190801T101031_B03_20m.tif")]
     reasons = {Path(p).name: r for p, r in failed}
     assert "lacks the file(s) of band(s) ['B03']" in reasons["T33UUP_20190811T101031_B02_10m.tif"]
     assert "two files for band 'B03'" in reasons["T33UUP_20190821T101031_B02_10m.tif"]
     assert "not a band file" in reasons["T33UUP_20190801T101031_SCL_20m.tif"]
     assert "'B04' is not one of the source's bands" in reasons["T33UUP_20190801T101031_B04_10m.tif"]
+    # the same name twice: the message says where each is
+    assert ("two files for band 'B02' and no one finest among them: ['/d/T33UUP_20190901T101031_B02_10m.tif', "
+            "'/e/T33UUP_20190901T101031_B02_10m.tif']") in reasons["T33UUP_20190901T101031_B02_10m.tif"]
 
 
 @pytest.mark.parametrize(
@@ -188,6 +193,17 @@ def test_cli_ingests_a_sentinel2_safe_folder(tmp_path: Path, capsys) -> None:
     xr.testing.assert_equal(xr.open_zarr(tmp_path / "zipped.zarr")[["data", "valid"]], ds[["data", "valid"]])
     assert main(["ingest", str(zips), "--out", str(tmp_path / "zipped.zarr")]) == 0  # nothing new: stamps
     assert "0 scenes ingested" in capsys.readouterr().out
+    # a zip unpacked beside itself (the usual download then unzip): the unpacked SAFE is read,
+    # its zip is not read a second time (before: every band twice, every scene quarantined)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    for z in zips.glob("*.zip"):
+        shutil.copy(z, downloads)
+        shutil.unpack_archive(z, downloads)
+    assert main(["ingest", str(downloads), "--out", str(tmp_path / "beside.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in out
+    xr.testing.assert_equal(xr.open_zarr(tmp_path / "beside.zarr")[["data", "valid"]], ds[["data", "valid"]])
     (zips / "S2B_MSIL2A_20230701T100559_N0509_R022_T33UUP_20230701T100559.SAFE.zip").write_text("cut short")
     assert main(["ingest", str(zips), "--out", str(tmp_path / "zipped.zarr")]) == 0
     assert "20230701T100559.SAFE.zip: cannot be read as an archive (File is not a zip file)" in capsys.readouterr().out
@@ -218,6 +234,12 @@ def test_cli_ingests_landsat_tar_bundles_in_place(tmp_path: Path, capsys) -> Non
     assert list(ds.band.values) == ["SR_B2", "SR_B3"] and ds.sizes["time"] == 2
     np.testing.assert_allclose(ds.data.isel(time=0, y=-1).mean("x").values, [0.075, 0.35], rtol=1e-5)
     assert not ds.valid.values[:, :2].any() and ds.valid.values[:, 2:].all()
+    # one bundle also unpacked beside the bundles: its files are read once, unpacked
+    with tarfile.open(next((tmp_path / "bundles").glob("*.tar"))) as tar:
+        tar.extractall(tmp_path / "bundles", filter="data")
+    assert main(["ingest", str(tmp_path / "bundles"), "--out", str(tmp_path / "ls2.zarr")]) == 0
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
+    xr.testing.assert_equal(xr.open_zarr(tmp_path / "ls2.zarr")[["data", "valid"]], ds[["data", "valid"]])
 
 
 def test_cli_ingests_stac_item_folders_of_band_cogs(tmp_path: Path, capsys) -> None:
