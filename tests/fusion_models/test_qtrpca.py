@@ -12,11 +12,14 @@ from fusion_models.qtrpca import (
     default_lambda,
     dequantize,
     matrix_rpca,
+    optimal_shrinkage,
     qtrpca,
     quantize,
     robust_threshold,
     robust_zscore,
     trpca,
+    tubal_shrink,
+    tubal_truncate,
 )
 from fusion_models.tensor_ops import soft_threshold, svt, tnn, tnn_prox, tprod, tsvd, ttranspose
 
@@ -232,3 +235,34 @@ def test_trimmed_set_keeps_persistent_offsets_and_drops_short_spikes():
     moved = _trimmed_set(np.swapaxes(resid, 1, 2), np.swapaxes(omega, 1, 2), k_out=3.0, time_axis=1)
     assert np.array_equal(np.swapaxes(moved, 1, 2), fit)
 
+
+
+@pytest.mark.parametrize("beta", [0.25, 1.0])
+def test_optimal_shrinkage_returns_each_spike_times_its_cosines(beta: float):
+    # a spike of strength x shows as y(x) = sqrt((x + 1/x)(x + beta/x)) and the Frobenius-optimal
+    # estimate of it is x c(x) c~(x) (Gavish and Donoho 2017, Lemma 1 and Eq. 7)
+    x = np.array([1.2, 2.0, 5.0, 40.0])
+    y = np.sqrt((x + 1 / x) * (x + beta / x))
+    c = np.sqrt((x**4 - beta) / (x**4 + beta * x**2))
+    c_tilde = np.sqrt((x**4 - beta) / (x**4 + x**2))
+    np.testing.assert_allclose(optimal_shrinkage(y, beta), x * c * c_tilde, rtol=1e-12)
+    # the noise bulk (up to its edge 1 + sqrt(beta)) is set to zero
+    edge = 1 + np.sqrt(beta)
+    np.testing.assert_array_equal(optimal_shrinkage(np.array([0.0, 0.5, edge]), beta), 0.0)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        optimal_shrinkage(y, 1.5)
+
+
+def test_tubal_shrink_beats_truncation_at_the_true_rank_in_noise():
+    rng = np.random.default_rng(3)
+    n1, n2, n3, rank, sigma = 40, 30, 16, 3, 1.0
+    # spikes of a few noise widths: strong enough to be seen, weak enough that their noisy
+    # singular vectors are off and should not be kept at full size
+    low = tprod(rng.standard_normal((n1, rank, n3)), rng.standard_normal((rank, n2, n3))) * 0.1
+    noisy = low + sigma * rng.standard_normal(low.shape)
+    shrunk, kept = tubal_shrink(noisy, sigma)
+    hard = tubal_truncate(noisy, np.full(n3 // 2 + 1, rank))
+    assert 1 <= kept <= rank + 2
+    assert _rel(shrunk, low) < 0.9 * _rel(hard, low) < _rel(noisy, low)
+    # without noise nothing is shrunk: the tensor comes back as it is
+    np.testing.assert_allclose(tubal_shrink(low, 1e-9)[0], low, atol=1e-6)
