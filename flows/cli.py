@@ -83,6 +83,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     options = dict(
         crs=args.crs, resolution=args.resolution, chunks=args.chunks, time_chunk=args.time_chunk,
+        bounds=tuple(args.bounds) if args.bounds else None, bounds_crs=args.bounds_crs, aoi=args.aoi,
         date={k: v for k, v in (("pattern", args.date_pattern), ("format", args.date_format),
                                 ("default", args.date)) if v is not None},
         band_files=args.band_files,
@@ -120,11 +121,17 @@ def _layers(specs: list[str] | None) -> dict[str, str]:
 def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
     """What `fusioncube ingest` would do with these files: bands, mask, scenes, grid; nothing written."""
     from tasks.catalog import catalog_from_dict
-    from tasks.ingest import cube_grid, grid_of_cube, plan_ingest
+    from tasks.ingest import cube_grid, grid_of_cube, plan_ingest, scenes_within
 
     catalog = catalog_from_dict(raw, path=path)
     source = catalog.source("scenes")
     plan = plan_ingest(catalog, "cube")
+    existing = catalog.cube_path("cube").exists()
+    g = None
+    if plan.new:
+        g = grid_of_cube(catalog.cube_path("cube")) if existing else cube_grid(
+            catalog.cube("cube"), [r for group in plan.new for r in group], name="cube")
+        plan = scenes_within(plan, g)
     refs = [r for group in plan.new for r in group]
     print("dry run: nothing is written")
     for b in source.bands:
@@ -139,16 +146,15 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
         rule = source.mask.model_dump(exclude_none=True, exclude={"sidecar"})
         side = source.mask.sidecar
         print(f"  mask: {f'{side.pattern!r} -> {side.replacement!r}, ' if side else ''}{rule}")
-    if refs:
+    if refs and g is not None:
         dates = sorted({r.date.date() for r in refs if r.date})
         span = f" on {len(dates)} date(s), {dates[0]} .. {dates[-1]}" if dates else ""
-        existing = catalog.cube_path("cube").exists()
-        g = grid_of_cube(catalog.cube_path("cube")) if existing else cube_grid(catalog.cube("cube"), refs, name="cube")
         where = "the cube's" if existing else "given" if catalog.cube("cube").grid else "the first scene's"
         print(f"  {len(refs)} new scene(s){span}; grid ({where}): {g.crs.to_string()}, "
-              f"{abs(g.transform.a):g} x {abs(g.transform.e):g}, {g.width} x {g.height} px")
+              f"{abs(g.transform.a):g} x {abs(g.transform.e):g}, {g.width} x {g.height} px, bounds "
+              f"{[round(v, 6) for v in g.bounds]}")
     if not refs:
-        print("  no new scene" + (" (the cube has every matching scene)" if catalog.cube_path("cube").exists() else ""))
+        print("  no new scene" + (" (the cube has every matching scene)" if existing else ""))
     for row in plan.skipped:
         print(f"  would skip {row['scene']}: {row['reason']}")
     for row in plan.quarantined:
@@ -272,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="the cube to create or append to (.zarr)")
     i.add_argument("--crs", default=None, help="target CRS (default: the first scene's)")
     i.add_argument("--resolution", type=float, default=None, help="target pixel size in CRS units")
+    i.add_argument("--bounds", type=float, nargs=4, default=None, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+                   help="the area the cube covers (default: the scenes' union), in the grid's CRS "
+                        "unless --bounds-crs names another; scenes outside it are skipped")
+    i.add_argument("--bounds-crs", default=None, help="CRS of --bounds, e.g. EPSG:4326 for lon / lat")
+    i.add_argument("--aoi", default=None, metavar="FILE",
+                   help="the area the cube covers: the extent of a GeoJSON file (lon / lat) or of a raster")
     i.add_argument("--chunks", type=int, default=256, help="spatial chunk size (default 256)")
     i.add_argument("--time-chunk", type=int, default=1, help="time steps per chunk (default 1)")
     i.add_argument("--date-pattern", default=None,

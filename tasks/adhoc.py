@@ -16,10 +16,12 @@ from typing import Any
 
 import rasterio
 import yaml
+from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
-from tasks.catalog import catalog_from_dict
+from tasks.aoi import aoi_bounds, bounds_in_crs, looks_like_degrees
+from tasks.catalog import GridSpec, catalog_from_dict
 from tasks.discover import (
     ARCHIVE_SUFFIXES,
     RASTER_SUFFIXES,
@@ -392,6 +394,9 @@ def build_adhoc_catalog(
     date: dict[str, str] | None = None,
     band_files: str | None = None,
     layers: dict[str, str] | None = None,
+    bounds: tuple[float, float, float, float] | None = None,
+    bounds_crs: str | None = None,
+    aoi: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """A validated one-source, one-cube catalog for ``paths`` (as a dict) and the path it is
     written to beside the cube; nothing is written.
@@ -402,7 +407,13 @@ def build_adhoc_catalog(
     in the file names (:data:`BAND_TOKEN`: Landsat ``_SR_B4``, Sentinel-2 ``_B8A``, HLS ``.B04``).
     ``layers``: static class layers of the cube, name -> file (or glob) of a categorical raster
     such as a land cover map (its first band, warped onto the cube's grid by majority).
+    ``bounds`` (``xmin, ymin, xmax, ymax`` in ``bounds_crs``, by default the grid's CRS) or ``aoi``
+    (a GeoJSON or raster file, :func:`tasks.aoi.aoi_bounds`): the area the cube covers, instead of
+    the scenes' union.
     """
+    if bounds is not None and aoi is not None:
+        raise ValueError("give the area as --bounds or as --aoi, not both")
+    area = aoi_bounds(aoi) if aoi is not None else (tuple(bounds), bounds_crs) if bounds is not None else None
     patterns = [q for p in paths for q in _folder_globs(p)]
     patterns = [p if is_remote(p) or any(c in p for c in "*?[") else str(Path(p).resolve()) for p in patterns]
     files = sorted({f for p in patterns for f in expand_globs([p])})
@@ -455,12 +466,14 @@ def build_adhoc_catalog(
             radiometry = product.radiometry
             bands = [{k: v for k, v in b.items() if k not in ("scale", "offset")} for b in bands]
     grid: dict[str, Any] | None = None
-    if crs or resolution:
+    if crs or resolution or area:
         if not (crs and resolution):
             with rasterio.open(files[0]) as ds:
                 crs = crs or (ds.crs.to_string() if ds.crs else None)
                 resolution = resolution or abs(ds.transform.a)
         grid = {"crs": crs, "resolution": resolution}
+        if area is not None and crs:
+            grid["bounds"] = list(_area_in(area, crs))
     raw = {
         "sources": {
             "scenes": {
@@ -496,7 +509,22 @@ def build_adhoc_catalog(
     path = out.with_name(out.name + ".catalog.yaml")
     catalog_from_dict(raw, path=path)  # validate before writing anything
     if out.with_name(out.name + ".manifest.json").exists():  # appending: the same bands, or nothing
-        from tasks.ingest import check_cube_bands
+        from tasks.ingest import check_cube_bands, check_cube_grid
 
         check_cube_bands(out, [b["name"] for b in bands])
+        if grid is not None:
+            check_cube_grid(out, GridSpec(**grid))
     return raw, path
+
+
+def _area_in(area: tuple[Any, str | None], crs: str) -> tuple[float, float, float, float]:
+    """``(bounds, their CRS or None for the grid's)`` as bounds in the grid's CRS ``crs``."""
+    box, box_crs = area
+    if box_crs is None:
+        if looks_like_degrees(box) and CRS.from_user_input(crs).is_projected:
+            raise ValueError(
+                f"--bounds {list(box)} look like longitude / latitude, but without --bounds-crs they are read in "
+                f"the grid's CRS {crs}, whose units are metres; add --bounds-crs EPSG:4326"
+            )
+        box_crs = crs
+    return bounds_in_crs(box, box_crs, crs)

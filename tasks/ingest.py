@@ -44,7 +44,7 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 from zarr.codecs import BloscCodec
 
-from tasks.catalog import Catalog, CubeSpec, SourceSpec
+from tasks.catalog import Catalog, CubeSpec, GridSpec, SourceSpec
 from tasks.checkpoint import (
     Manifest,
     atomic_artifact,
@@ -128,7 +128,7 @@ def _as_date(d: datetime | None) -> str:
 
 
 # -- the grid ----------------------------------------------------------------------------------
-def _scene_bounds(ref: SceneRef, crs: CRS) -> tuple[float, float, float, float] | None:
+def _scene_bounds(ref: SceneRef, crs: CRS, *, quiet: bool = False) -> tuple[float, float, float, float] | None:
     try:
         with rasterio.open(ref.grid_dataset) as ds:
             src_crs = scene_crs(ds)
@@ -138,7 +138,8 @@ def _scene_bounds(ref: SceneRef, crs: CRS) -> tuple[float, float, float, float] 
             return transform_bounds(src_crs, crs, min(left, right), min(bottom, top), max(left, right),
                                     max(bottom, top), densify_pts=21)
     except Exception as exc:  # unreadable, or a CRS with no transformation to the grid's
-        log.warning("%s: left out of the new cube's bounds (%s: %s)", ref.path, type(exc).__name__, exc)
+        if not quiet:
+            log.warning("%s: left out of the new cube's bounds (%s: %s)", ref.path, type(exc).__name__, exc)
         return None
 
 
@@ -207,6 +208,49 @@ def check_cube_bands(path: Path, bands: Sequence[str]) -> None:
             f"{path}: the cube holds bands {have}; these scenes give {list(bands)}. Appending would mix "
             "them under one set of names: ingest into another cube (--out), or move this one away to rebuild it"
         )
+
+
+def check_cube_grid(path: Path, grid: GridSpec) -> None:
+    """Refuse a grid (``--crs``, ``--resolution``, ``--bounds``, ``--aoi``) other than the one an
+    existing cube was made on: its dates would not line up; appending keeps the cube's grid."""
+    have = grid_of_cube(path)
+    res = grid.xy_resolution
+    differs = []
+    if CRS.from_user_input(grid.crs) != have.crs:
+        differs.append(f"CRS {grid.crs} (the cube's: {have.crs.to_string()})")
+    if not np.allclose(res, (abs(have.transform.a), abs(have.transform.e)), rtol=1e-9):
+        differs.append(f"resolution {res[0]:g} x {res[1]:g} (the cube's: {abs(have.transform.a):g} x "
+                       f"{abs(have.transform.e):g})")
+    elif grid.bounds is not None and not differs and any(
+            abs(a - b) > r for a, b, r in zip(grid.bounds, have.bounds, (*res, *res), strict=True)):
+        differs.append(f"bounds {[round(v, 6) for v in grid.bounds]} (the cube's: "
+                       f"{[round(v, 6) for v in have.bounds]})")
+    if differs:
+        raise CubeSchemaError(
+            f"{path}: the cube exists on another grid than the one asked for: {'; '.join(differs)}. Appending "
+            "keeps the cube's grid: leave out --crs / --resolution / --bounds / --aoi, or ingest into another "
+            "cube (--out)"
+        )
+
+
+def scenes_within(plan: ScenePlan, grid: Grid) -> ScenePlan:
+    """``plan`` less the new scenes whose footprint misses the grid (a tile beside the cube's area
+    of interest): skipped, with the reason, not quarantined; dates left with no scene are dropped.
+    A scene whose footprint cannot be read is kept: reading it quarantines it, naming why."""
+    box = grid.bounds
+    new: list[list[SceneRef]] = []
+    skipped = list(plan.skipped)
+    for group in plan.new:
+        inside = []
+        for ref in group:
+            b = _scene_bounds(ref, grid.crs, quiet=True)
+            if b is None or (b[0] < box[2] and b[2] > box[0] and b[1] < box[3] and b[3] > box[1]):
+                inside.append(ref)
+            else:
+                skipped.append({"scene": ref.id, "date": _as_date(ref.date), "reason": "outside the cube's bounds"})
+        if inside:
+            new.append(inside)
+    return ScenePlan(new, skipped, plan.quarantined)
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -707,6 +751,8 @@ def plan_parts(
         check_cube_bands(path, [b.name for b in catalog.source(spec.sources[0]).bands])
     if grid is None and scene_plan.new:
         grid = cube_grid(spec, [r for g in scene_plan.new for r in g], name=cube)
+    if grid is not None and (manifest is not None or (spec.grid is not None and spec.grid.bounds is not None)):
+        scene_plan = scenes_within(scene_plan, grid)
     tc = spec.chunks.time
     size = dates_per_part or _part_size(len(scene_plan.new), grid, catalog, spec, concurrency)
     parts: list[dict[str, Any]] = []

@@ -1,0 +1,121 @@
+"""An area of interest for a new cube: ``--bounds`` (in any CRS) or ``--aoi`` (GeoJSON, raster)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from rasterio.transform import from_origin
+from rasterio.warp import transform_bounds
+
+from flows.cli import main
+from tasks.aoi import aoi_bounds, bounds_in_crs
+
+# two 30 m tiles side by side, 40 x 40 px each: west at x 600000-601200, east at 601200-602400
+WEST, EAST, TOP = 600_000.0, 601_200.0, 5_000_000.0
+
+
+def _tile(path: Path, x0: float, value: int) -> None:
+    a = np.full((2, 40, 40), value, np.uint16)
+    a[:, :, :20] += 1000  # the tile's west half is brighter: the window read shows in the values
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=2, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(x0, TOP, 30, 30), nodata=0) as ds:
+        ds.write(a)
+
+
+@pytest.fixture
+def tiles(tmp_path: Path) -> Path:
+    for d in ("20230601", "20230611"):
+        _tile(tmp_path / "tiles" / f"T33UUP_{d}_west.tif", WEST, 100)
+        _tile(tmp_path / "tiles" / f"T33UVP_{d}_east.tif", EAST, 200)
+    _tile(tmp_path / "tiles" / "T33UVP_20230621_east.tif", EAST, 300)  # a date with the east tile only
+    return tmp_path / "tiles"
+
+
+def test_bounds_cut_the_cube_and_skip_the_tiles_outside(tiles: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "aoi.zarr"
+    # 300 m x 300 m in the west tile's eastern half, not on its 30 m lattice: snapped outward
+    box = ["600700", "4999300", "600990", "4999590"]
+    assert main(["ingest", str(tiles), "--out", str(out), "--bounds", *box]) == 0
+    text = capsys.readouterr().out
+    assert "2 scenes ingested, 3 skipped, 0 quarantined" in text
+    assert "T33UVP_20230621_east.tif: outside the cube's bounds" in text
+    ds = xr.open_zarr(out)
+    assert ds.sizes["time"] == 2 and (ds.sizes["y"], ds.sizes["x"]) == (11, 10)
+    assert float(ds.x.min()) == 600_705.0 and float(ds.y.max()) == 4_999_595.0  # pixel centres
+    np.testing.assert_array_equal(ds.data.values, 100.0)  # the west tile's eastern half only
+    # the same area again: nothing new; another area: refused, the cube and its catalog kept
+    catalog = out.with_name(out.name + ".catalog.yaml").read_text()
+    assert main(["ingest", str(tiles), "--out", str(out), "--bounds", *box]) == 0
+    assert "0 scenes ingested, 3 skipped" in capsys.readouterr().out
+    assert main(["ingest", str(tiles), "--out", str(out), "--bounds", "600000", "4999000", "601000", "5000000"]) == 2
+    err = capsys.readouterr().err
+    assert "the cube exists on another grid than the one asked for: bounds" in err and "--out" in err
+    assert out.with_name(out.name + ".catalog.yaml").read_text() == catalog
+    assert xr.open_zarr(out).sizes["time"] == 2
+
+
+def test_bounds_in_lon_lat_and_aoi_files(tiles: Path, tmp_path: Path, capsys) -> None:
+    # the east tile's western half as lon / lat
+    lon_lat = transform_bounds("EPSG:32633", "EPSG:4326", 601_230, 4_999_100, 601_770, 4_999_900)
+    # without --bounds-crs degrees are refused, with the fix named
+    assert main(["ingest", str(tiles), "--out", str(tmp_path / "deg.zarr"),
+                 "--bounds", *map(str, lon_lat)]) == 2
+    assert "look like longitude / latitude" in capsys.readouterr().err
+    assert not (tmp_path / "deg.zarr").exists()
+    assert main(["ingest", str(tiles), "--out", str(tmp_path / "ll.zarr"),
+                 "--bounds", *map(str, lon_lat), "--bounds-crs", "EPSG:4326"]) == 0
+    assert "3 scenes ingested, 2 skipped" in capsys.readouterr().out
+    ll = xr.open_zarr(tmp_path / "ll.zarr")
+    assert ll.sizes["time"] == 3 and float(ll.data.min()) >= 1200  # the east tile's bright half
+
+    # the same area as a GeoJSON feature collection (lon / lat by RFC 7946)
+    x0, y0, x1, y1 = lon_lat
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    geojson = tmp_path / "field.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}]}))
+    assert main(["ingest", str(tiles), "--out", str(tmp_path / "gj.zarr"), "--aoi", str(geojson)]) == 0
+    capsys.readouterr()
+    xr.testing.assert_equal(xr.open_zarr(tmp_path / "gj.zarr")[["data", "valid"]], ll[["data", "valid"]])
+
+    # a raster's extent as the area: the west tile itself
+    assert main(["ingest", str(tiles), "--out", str(tmp_path / "r.zarr"),
+                 "--aoi", str(tiles / "T33UUP_20230601_west.tif")]) == 0
+    assert xr.open_zarr(tmp_path / "r.zarr").sizes["x"] == 40
+    capsys.readouterr()
+
+    # a dry run says what it would skip
+    assert main(["ingest", str(tiles), "--out", str(tmp_path / "dry.zarr"), "--aoi", str(geojson), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "would skip T33UUP_20230601_west.tif: outside the cube's bounds" in text
+    assert "3 new scene(s)" in text and not (tmp_path / "dry.zarr").exists()
+
+
+def test_aoi_files_and_bounds_errors(tmp_path: Path) -> None:
+    point = tmp_path / "p.geojson"
+    point.write_text(json.dumps({"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[10, 50], [11, 49]]},
+                                 "properties": {}}))
+    assert aoi_bounds(point) == ((10.0, 49.0, 11.0, 50.0), "EPSG:4326")
+    named = tmp_path / "utm.json"  # a 2008-style GeoJSON naming its CRS
+    named.write_text(json.dumps({"type": "Polygon", "coordinates": [[[1, 2], [3, 2], [3, 4], [1, 2]]],
+                                 "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}}}))
+    assert aoi_bounds(named) == ((1.0, 2.0, 3.0, 4.0), "EPSG:32633")
+    empty = tmp_path / "empty.geojson"
+    empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    with pytest.raises(ValueError, match="empty.geojson: holds no geometry"):
+        aoi_bounds(empty)
+    shp = tmp_path / "fields.shp"
+    shp.write_bytes(b"\x00\x00\x27\x0a" + bytes(96))
+    with pytest.raises(ValueError, match=r"fields.shp: neither GeoJSON .* ogr2ogr -f GeoJSON"):
+        aoi_bounds(shp)
+    with pytest.raises(ValueError, match="no such file"):
+        aoi_bounds(tmp_path / "nope.geojson")
+    with pytest.raises(ValueError, match="min < max"):
+        bounds_in_crs((5, 0, 1, 1), "EPSG:4326", "EPSG:32633")
+    assert bounds_in_crs((1, 2, 3, 4), "EPSG:32633", "EPSG:32633") == (1, 2, 3, 4)
