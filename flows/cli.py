@@ -3,6 +3,7 @@
     fusioncube demo [--out DIR] [--size small|demo|bench]
     fusioncube ingest PATH_OR_GLOB_OR_FOLDER... --out cube.zarr [--crs CRS] [--resolution R]
     fusioncube info cube.zarr
+    fusioncube export cube.zarr --out tifs/ [--start D] [--end D] [--date D ...] [--bands a,b]
     fusioncube run planet [--catalog data_catalog.yaml] [--dask-address tcp://host:8786]
     fusioncube backfill planet --start 2019-01-01 --end 2019-12-31 [--concurrency 4]
     fusioncube stage patch --cube IN.zarr --out OUT.zarr [--size 32] [--stride S]
@@ -221,6 +222,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from tasks.export import export_cube
+
+    files = export_cube(args.cube, args.out, dates=args.date, start=args.start, end=args.end,
+                        bands=args.bands.split(",") if args.bands else None, keep_invalid=args.keep_invalid)
+    print(f"{len(files)} Cloud-Optimized GeoTIFF(s) in {args.out}: {files[0].name}"
+          + (f" .. {files[-1].name}" if len(files) > 1 else ""))
+    return 0
+
+
 def _cmd_catalog_check(args: argparse.Namespace) -> int:
     from tasks.catalog import load_catalog
 
@@ -335,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--png", default=None, metavar="OUT.png",
                      help="also write a quick-look: the newest clear value per pixel (true colour when it can)")
     inf.set_defaults(func=_cmd_info)
+
+    ex = sub.add_parser("export", help="a cube's dates as Cloud-Optimized GeoTIFFs (one per date)")
+    ex.add_argument("cube", help="any schema-following cube (ingest's, gapfill's filled.zarr, ...)")
+    ex.add_argument("--out", required=True, help="folder for CUBE_YYYY-MM-DD.tif")
+    ex.add_argument("--date", action="append", metavar="YYYY-MM-DD", help="a date to export; repeatable")
+    ex.add_argument("--start", default=None, metavar="YYYY-MM-DD", help="first date to export")
+    ex.add_argument("--end", default=None, metavar="YYYY-MM-DD", help="last date to export")
+    ex.add_argument("--bands", default=None, help="comma-separated band names (default: all)")
+    ex.add_argument("--keep-invalid", action="store_true",
+                    help="keep the values where 'valid' is false (default: NaN, the nodata)")
+    ex.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("catalog", help="catalog tools")
     cs = c.add_subparsers(dest="catalog_command", required=True)

@@ -1,0 +1,77 @@
+"""`fusioncube export`: a cube's dates as Cloud-Optimized GeoTIFFs, window by window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from affine import Affine
+from rasterio.crs import CRS
+
+from flows.cli import main
+from tasks.cube import grid_coords, spatial_ref
+from tasks.errors import CubeSchemaError
+from tasks.export import export_cube
+
+T, C, H, W = 3, 2, 300, 280
+TRANSFORM = Affine(10.0, 0, 500000.0, 0, -10.0, 4650000.0)
+
+
+def _cube(path: Path, *, crs: bool = True) -> xr.Dataset:
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 1, (T, C, H, W)).astype(np.float32)
+    data[1, 0, :5, :5] = np.nan  # a band missing where the date is valid
+    valid = np.ones((T, H, W), bool)
+    valid[0, 100:, :] = False  # a cloud over the south of the first date
+    y, x = grid_coords(TRANSFORM, H, W)
+    coords = {"time": np.array(["2020-01-03", "2020-02-04", "2020-03-05"], dtype="datetime64[ns]"),
+              "band": np.array(["red", "nir"], dtype=object), "y": y, "x": x}
+    if crs:
+        coords["spatial_ref"] = spatial_ref(CRS.from_epsg(32633), TRANSFORM)
+    ds = xr.Dataset({"data": (("time", "band", "y", "x"), data, {"grid_mapping": "spatial_ref"}),
+                     "valid": (("time", "y", "x"), valid)}, coords=coords)
+    ds.chunk({"time": 1, "band": C, "y": 128, "x": 128}).to_zarr(path, zarr_format=3, consolidated=True, mode="w")
+    return ds
+
+
+def test_export_writes_one_cog_per_date_with_the_cube_values(tmp_path: Path, capsys) -> None:
+    ds = _cube(tmp_path / "c.zarr")
+    assert main(["export", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "tifs")]) == 0
+    assert "3 Cloud-Optimized GeoTIFF(s)" in capsys.readouterr().out
+    files = sorted((tmp_path / "tifs").iterdir())
+    assert [f.name for f in files] == ["c_2020-01-03.tif", "c_2020-02-04.tif", "c_2020-03-05.tif"]  # no temp file left
+    for t, f in enumerate(files):
+        with rasterio.open(f) as src:
+            assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.overviews(1)
+            assert src.crs == CRS.from_epsg(32633) and src.transform.almost_equals(TRANSFORM)
+            assert src.descriptions == ("red", "nir") and src.dtypes == ("float32", "float32")
+            got = src.read()
+        want = np.where(ds["valid"].values[t][None], ds["data"].values[t], np.nan)
+        np.testing.assert_array_equal(got, want)  # NaN where not valid or not finite
+        assert np.isnan(got).any() == (t < 2)  # the cloud of date 0, the missing band of date 1
+
+    # a choice of dates and bands; the values under the mask when asked for
+    out = export_cube(tmp_path / "c.zarr", tmp_path / "one", dates=["2020-01-03"], bands=["nir"],
+                      keep_invalid=True, progress=False)
+    with rasterio.open(out[0]) as src:
+        assert src.count == 1 and src.descriptions == ("nir",)
+        np.testing.assert_array_equal(src.read(1), ds["data"].values[0, 1])
+    assert [p.name for p in export_cube(tmp_path / "c.zarr", tmp_path / "range", start="2020-02-01",
+                                        progress=False)] == ["c_2020-02-04.tif", "c_2020-03-05.tif"]
+
+
+def test_export_errors_name_the_cube_and_the_reason(tmp_path: Path) -> None:
+    _cube(tmp_path / "c.zarr")
+    with pytest.raises(ValueError, match=r"c.zarr: no date \['2021-01-01'\] in the cube \(it holds 2020-01-03"):
+        export_cube(tmp_path / "c.zarr", tmp_path / "o", dates=["2021-01-01"], progress=False)
+    with pytest.raises(ValueError, match=r"no band \['swir'\]; the cube's bands are \['red', 'nir'\]"):
+        export_cube(tmp_path / "c.zarr", tmp_path / "o", bands=["swir"], progress=False)
+    with pytest.raises(ValueError, match=r"2020-01-03 .. 2020-03-05\) is within 2021-01-01 .. "):
+        export_cube(tmp_path / "c.zarr", tmp_path / "o", start="2021-01-01", progress=False)
+    _cube(tmp_path / "nocrs.zarr", crs=False)
+    with pytest.raises(CubeSchemaError, match="nocrs.zarr: the cube has no CRS"):
+        export_cube(tmp_path / "nocrs.zarr", tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
