@@ -212,9 +212,9 @@ def _cmd_stage_patch(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from tasks.cube import describe_cube
+    from tasks.info import describe
 
-    print("\n".join(describe_cube(args.cube)))
+    print("\n".join(describe(args.cube)))
     if args.png:
         from tasks.quicklook import composite_png
 
@@ -341,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--concurrency", type=int, default=4, help="ingest parts in flight at once (default 4)")
         r.set_defaults(func=_cmd_run)
 
-    inf = sub.add_parser("info", help="what a cube holds and whether the stages can read it")
-    inf.add_argument("cube", help="a cube (.zarr), made by fusioncube or any other tool")
+    inf = sub.add_parser("info", help="what a cube or a stage's product holds (and whether the stages can read a cube)")
+    inf.add_argument("cube", help="a cube (.zarr, made by fusioncube or any other tool) or a stage's product")
     inf.add_argument("--png", default=None, metavar="OUT.png",
                      help="also write a quick-look: the newest clear value per pixel (true colour when it can)")
     inf.set_defaults(func=_cmd_info)

@@ -1,0 +1,154 @@
+"""``fusioncube info PATH``: what a cube or a stage's product holds, as lines for a person.
+
+A cube is described by :func:`tasks.cube.describe_cube`. A stage's product (a class map from
+``classify`` / ``labels``, ``anomalies.zarr``, ``patches.zarr``, the ``compress`` stage's store) is
+described from its contents and from the manifest beside it: which stage made it, when, from what
+and with which parameters, and its headline figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from tasks.checkpoint import read_manifest
+from tasks.cube import cube_crs, cube_transform, describe_cube
+from tasks.errors import CubeSchemaError
+
+__all__ = ["describe"]
+
+
+def _grid(ds: xr.Dataset) -> str:
+    crs = cube_crs(ds) if "data" in ds else _crs_of(ds)
+    t = cube_transform(ds) if ds.sizes.get("x", 0) > 1 and ds.sizes.get("y", 0) > 1 else None
+    where = f"{crs.to_string() if crs else 'no CRS'}"
+    if t is not None:
+        where += f", pixel {abs(t.a):g} x {abs(t.e):g}, {ds.sizes['x']} x {ds.sizes['y']} px"
+    return f"  grid: {where}"
+
+
+def _crs_of(ds: xr.Dataset) -> Any:
+    from rasterio.crs import CRS
+
+    for name in ("spatial_ref", "crs"):
+        if name in ds.variables:
+            wkt = ds[name].attrs.get("crs_wkt") or ds[name].attrs.get("spatial_ref")
+            if wkt:
+                return CRS.from_wkt(wkt)
+    return None
+
+
+def _made_by(path: Path) -> list[str]:
+    manifest = read_manifest(path)
+    if manifest is None:
+        return ["  manifest: none beside it (not made by fusioncube, or a run did not finish)"]
+    outputs = manifest.outputs if isinstance(manifest.outputs, dict) else {}
+    if manifest.stage == "ingest":
+        source = f"{len(outputs.get('scenes', {}))} scene(s), {len(outputs.get('quarantine', {}))} quarantined"
+    else:
+        source = outputs.get("cube") or outputs.get("patches") or ", ".join(manifest.inputs)
+    params = ", ".join(f"{k}={v}" for k, v in sorted(manifest.params.items()) if v is not None)
+    lines = [f"  made by: stage {manifest.stage}, {manifest.created[:19].replace('T', ' ')} UTC, from {source}"]
+    if params:
+        lines.append(f"  parameters: {params}")
+    return lines
+
+
+def _class_map(ds: xr.Dataset) -> list[str]:
+    from tasks.quicklook import class_names
+
+    var = ds["class"]
+    codes = var.values
+    fill = var.attrs.get("_FillValue", var.encoding.get("_FillValue", var.attrs.get("nodata", 0)))
+    known = codes != fill if fill is not None else np.ones(codes.shape, bool)
+    values, counts = np.unique(codes[known], return_counts=True)
+    legend = tuple(int(v) for v in var.attrs.get("flag_values", values))
+    names = class_names(tuple(int(v) for v in values), dict(var.attrs),
+                        nlcd=not legend or set(legend) <= set(_nlcd_codes()))
+    total = max(int(known.sum()), 1)
+    lines = [f"  classes: {len(values)} mapped over {known.mean():.1%} of the pixels (fill {fill})"]
+    order = np.argsort(counts)[::-1]
+    lines += [f"    {int(values[i]):>3} {names[int(values[i])]:<32} {counts[i] / total:6.1%}" for i in order[:20]]
+    if len(values) > 20:
+        lines.append(f"    ... and {len(values) - 20} more")
+    if "confidence" in ds:
+        conf = ds["confidence"].values
+        lines.append(f"  confidence: mean {float(np.nanmean(np.where(known, conf, np.nan))):.2f} "
+                     f"(share of pixels below 0.5: {float(np.nanmean(conf[known] < 0.5)):.1%})")
+    return lines
+
+
+def _nlcd_codes() -> tuple[int, ...]:
+    from tasks.catalog import NLCD_CLASSES
+
+    return tuple(NLCD_CLASSES)
+
+
+def _anomalies(ds: xr.Dataset) -> list[str]:
+    from tasks.anomalies import strongest_anomalies
+
+    times = ds["time"].values
+    flagged = int(ds["flag"].sum().values)
+    lines = [f"  dates: {times.size}, {str(times[0])[:10]} .. {str(times[-1])[:10]}",
+             f"  flagged: {flagged} pixel-dates ({flagged / max(ds['flag'].size, 1):.2%} of all)"]
+    top = strongest_anomalies(ds, n=5)
+    if top:
+        lines.append("  strongest (date, x, y, score):")
+        lines += [f"    {r['date']}  x={r['x']:.10g} y={r['y']:.10g}  {r['score']:g}" for r in top]
+    return lines
+
+
+def _patches(ds: xr.Dataset) -> list[str]:
+    split = [str(s) for s in ds["split"].values] if "split" in ds.coords or "split" in ds else []
+    counts = {s: split.count(s) for s in dict.fromkeys(split)}
+    shape = " x ".join(f"{ds.sizes[d]} {d}" for d in ("time", "band", "py", "px") if d in ds.sizes)
+    return [f"  patches: {ds.sizes['patch']} of {shape}; split {counts}"]
+
+
+def _compressed(path: Path) -> list[str]:
+    manifest = read_manifest(path)
+    stats = manifest.stats if manifest is not None else {}
+    lines = []
+    if "bits_per_entry" in stats:
+        lines.append(f"  rate: {stats['bits_per_entry']:.4g} bits per entry (everything stored counted)")
+    for key, label in (("psnr_db", "PSNR (dB)"), ("nrmse", "NRMSE")):
+        if key in stats:
+            lines.append(f"  {label}: {stats[key]:.4g}")
+    segments = path / "segments.json"
+    if segments.exists():
+        table = json.loads(segments.read_text())
+        lines.append(f"  segments: {len(table.get('segments', []) if isinstance(table, dict) else table)}")
+    return lines
+
+
+def describe(path: str | Path) -> list[str]:
+    """What ``path`` holds: a cube (:func:`tasks.cube.describe_cube`) or a stage's product.
+
+    Raises ``FileNotFoundError`` for a missing path (as :func:`tasks.cube.open_cube`) and
+    ``CubeSchemaError`` (the cube's reason) for a store that is neither a cube nor a product
+    fusioncube knows."""
+    path = Path(path)
+    if (path / "cores.bin").exists():  # the compress stage's store
+        return [f"{path}: a compressed cube (TDL, stage compress)", *_made_by(path), *_compressed(path)]
+    try:
+        lines = describe_cube(path)
+        return lines + (_made_by(path)[:1] if read_manifest(path) is not None else [])  # another tool's: no line
+    except CubeSchemaError as exc:
+        cube_error = exc
+    try:
+        ds = xr.open_zarr(path, consolidated=None)
+    except Exception:  # not a Zarr store at all: the cube's reason says what a cube needs
+        raise cube_error from None
+    if "class" in ds and tuple(ds["class"].dims) == ("y", "x"):
+        kind, body = "a class map", [_grid(ds), *_class_map(ds)]
+    elif {"score", "flag"} <= set(ds.data_vars):
+        kind, body = "anomalies (stage anomalies)", [_grid(ds), *_anomalies(ds)]
+    elif "patch" in ds.dims:
+        kind, body = "patches (stage patch)", _patches(ds)
+    else:
+        raise cube_error
+    return [f"{path}: {kind}", *_made_by(path), *body]

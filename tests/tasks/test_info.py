@@ -1,0 +1,78 @@
+"""`fusioncube info` on the stages' products: class maps, anomalies, patches, compressed stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from affine import Affine
+from rasterio.crs import CRS
+
+from flows.cli import main
+from tasks.cube import grid_coords, spatial_ref
+
+T, C, H, W = 8, 2, 32, 32
+
+
+def _cube(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, T)[:, None, None, None]
+    lc = np.where(np.arange(W)[None, :] < W // 2, 41, 82).repeat(H, 0).astype(np.uint8)  # forest | crops
+    level = np.where(lc == 41, 0.3, 0.6)[None, None]
+    data = (level * (1 + 0.3 * np.sin(3 * t)) + 0.01 * rng.standard_normal((T, C, H, W))).astype(np.float32)
+    data[3, :, 10:12, 20:22] += 0.5  # an anomaly
+    transform = Affine(30.0, 0, 500000.0, 0, -30.0, 4650000.0)
+    y, x = grid_coords(transform, H, W)
+    xr.Dataset(
+        {"data": (("time", "band", "y", "x"), data, {"grid_mapping": "spatial_ref"}),
+         "valid": (("time", "y", "x"), np.ones((T, H, W), bool)),
+         "landcover": (("y", "x"), lc)},
+        coords={"time": np.array([f"2019-05-{d:02d}" for d in range(1, 2 * T, 2)], dtype="datetime64[ns]"),
+                "band": np.array(["red", "nir"], dtype=object), "y": y, "x": x,
+                "spatial_ref": spatial_ref(CRS.from_epsg(32617), transform)},
+    ).to_zarr(path, zarr_format=3, consolidated=True, mode="w")
+
+
+def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, capsys) -> None:
+    from tasks.anomalies import detect_anomalies
+    from tasks.compress import compress_cube
+    from tasks.labels import recover_labels
+    from tasks.patch import make_patches
+
+    cube = tmp_path / "cube.zarr"
+    _cube(cube)
+    make_patches(cube, tmp_path / "patches.zarr", size=16, block=1)
+    recover_labels(cube, "landcover", tmp_path / "labels.zarr", epochs=1, patch=16, device="cpu")
+    detect_anomalies(cube, tmp_path / "anomalies.zarr", tile=16)
+    compress_cube(cube, tmp_path / "comp", patch=16, step=0.05, iters=2)
+
+    def info(name: str) -> str:
+        assert main(["info", str(tmp_path / name)]) == 0
+        return capsys.readouterr().out
+
+    text = info("labels.zarr")
+    assert "labels.zarr: a class map" in text and "made by: stage labels" in text and "cube.zarr" in text
+    assert "grid: EPSG:32617, pixel 30 x 30, 32 x 32 px" in text
+    # NLCD names for the layer's codes (one epoch may map one class only)
+    assert ("Deciduous Forest" in text or "Cultivated Crops" in text) and "confidence: mean" in text
+    shares = [float(line.split()[-1].rstrip("%")) for line in text.splitlines() if line.startswith("     ")]
+    assert len(shares) >= 1 and abs(sum(shares) - 100) < 0.5  # each mapped class's share of the map
+
+    text = info("anomalies.zarr")
+    assert "anomalies.zarr: anomalies (stage anomalies)" in text and "parameters: band=red, bits=8" in text
+    assert "dates: 8, 2019-05-01 .. 2019-05-15" in text and "flagged:" in text
+    assert "2019-05-07  x=500615 y=4649685" in text  # the planted spot: date 3, row 10, column 20
+
+    text = info("patches.zarr")
+    assert "patches.zarr: patches (stage patch)" in text and "patches: 4 of 8 time x 2 band x 16 py x 16 px" in text
+
+    text = info("comp/compressed")
+    assert "a compressed cube (TDL, stage compress)" in text and "bits per entry" in text and "PSNR (dB)" in text
+
+    text = info("cube.zarr")
+    assert "a schema-following cube" in text and "manifest" not in text  # written by hand: no manifest
+    (tmp_path / "other.zarr").mkdir()
+    xr.Dataset({"t": (("a",), np.arange(3))}).to_zarr(tmp_path / "other.zarr", mode="w")
+    assert main(["info", str(tmp_path / "other.zarr")]) == 2
+    assert "no variable 'data'; a cube needs data(time, band, y, x)" in capsys.readouterr().err
