@@ -472,38 +472,33 @@ def _refit(
         return first
     inlier = omega & (np.abs(centre - low) <= k_out * sigma)
     ranks = (spectrum(np.where(inlier, centre, low)) > gamma * sigma * noise_norm).sum(axis=-1)
-    fit = inlier
-    done = False
-    for _ in range(max_iter):
-        fit = _trimmed_set(centre - low, omega, k_out=k_out, time_axis=time_axis)
-        new = truncate(np.where(fit, centre, low), ranks)
-        change = float(np.abs(new - low).max())
-        low = new
-        iterations += 1
-        history.append(change)
-        if change < tol * scale:
-            done = True
-            break
+
+    def impute(low: np.ndarray, project: Callable[[np.ndarray], tuple[np.ndarray, int]]) -> tuple[np.ndarray, int, bool]:
+        """Trimmed hard impute, ``L <- project(P_F(c) + P_{F^c}(L))``, until ``L`` settles."""
+        nonlocal iterations
+        rank = 0
+        for _ in range(max_iter):
+            fit = _trimmed_set(centre - low, omega, k_out=k_out, time_axis=time_axis)
+            new, rank = project(np.where(fit, centre, low))
+            change = float(np.abs(new - low).max())
+            low = new
+            iterations += 1
+            history.append(change)
+            if change < tol * scale:
+                return low, rank, True
+        return low, rank, False
+
+    low, rank, done = impute(low, lambda z: (truncate(z, ranks), int(np.max(ranks))))
     converged &= done
-    rank = int(np.max(ranks))
     # 2. shrinkage: the same loop with the singular values shrunk optimally for the noise left
     # about the rank-r fit (its robust size; the quantization noise w / sqrt(12) is its floor)
     resid = (centre - low)[omega]
     sigma = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
     if quantized:
         sigma = max(sigma, float(np.median((upper - lower)[omega])) / math.sqrt(12.0))
-    done = sigma <= 1e-9 * scale
-    for _ in range(0 if done else max_iter):
-        fit = _trimmed_set(centre - low, omega, k_out=k_out, time_axis=time_axis)
-        new, rank = shrink(np.where(fit, centre, low), sigma)
-        change = float(np.abs(new - low).max())
-        low = new
-        iterations += 1
-        history.append(change)
-        if change < tol * scale:
-            done = True
-            break
-    converged &= done
+    if sigma > 1e-9 * scale:
+        low, rank, done = impute(low, lambda z: shrink(z, sigma))
+        converged &= done
     sparse = np.where(omega, (np.clip(low, lower, upper) if quantized else centre) - low, 0.0)
     resid = (centre - low)[omega]
     noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
