@@ -4,8 +4,10 @@ Any schema-following cube exports (``ingest``'s, ``gapfill``'s ``filled.zarr``, 
 another tool): each date becomes ``DIR/<cube>_<date>.tif``, its bands the file's bands (float32,
 described by their names), NaN as nodata where the cube has no value or ``valid`` is false.
 
-Memory stays bounded whatever the scene size: each date is written window by window (the cube's
-spatial chunks) into a tiled GeoTIFF, which GDAL's COG driver then copies with overviews. Each file
+Memory stays bounded whatever the scene size: the dates of one stored time chunk are read together
+(one decode of each chunk, also for a cube that stores all its dates in one chunk, as gapfill's
+does), window by window along the cube's spatial chunks (at most :data:`READ_BYTES` at once), into
+one tiled GeoTIFF per date, which GDAL's COG driver then copies with overviews. Each file
 is written under a temporary name and renamed into place, so an interrupted export leaves no half
 file under a final name.
 """
@@ -16,6 +18,7 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,10 @@ log = logging.getLogger(__name__)
 
 #: rows x columns written per step when the cube's chunks are larger than this (bounded memory)
 MAX_WINDOW = 2048
+#: windows are not halved below this side (a read of many dates stays a few large reads)
+MIN_WINDOW = 256
+#: largest read at once: the dates of one stored time chunk x bands x a window, float32
+READ_BYTES = 256 * 2**20
 
 
 def _labels(times: np.ndarray) -> list[str]:
@@ -66,10 +73,24 @@ def _select(times: pd.DatetimeIndex, dates: Sequence[str] | None, start: str | N
     return np.flatnonzero(keep)
 
 
-def _windows(height: int, width: int, chunks: tuple[int, int]) -> list[Window]:
+def _windows(height: int, width: int, chunks: tuple[int, int], *, dates: int, bands: int) -> list[Window]:
+    """Windows over the grid along the cube's spatial chunks, halved until a read of ``dates``
+    dates x ``bands`` bands of float32 fits :data:`READ_BYTES`."""
     ch, cw = (min(max(c, 1), MAX_WINDOW) for c in chunks)
+    while dates * bands * ch * cw * 4 > READ_BYTES and max(ch, cw) > MIN_WINDOW:
+        ch, cw = (max(ch // 2, 1), cw) if ch >= cw else (ch, max(cw // 2, 1))
     return [Window(c0, r0, min(cw, width - c0), min(ch, height - r0))
             for r0 in range(0, height, ch) for c0 in range(0, width, cw)]
+
+
+def _by_time_chunk(picked: np.ndarray, time_chunks: tuple[int, ...]) -> list[list[int]]:
+    """The picked date positions grouped by the stored time chunk they are in: each group is read
+    with one decode of its chunks (a gap-filled cube stores all its dates in one chunk)."""
+    ends = np.cumsum(time_chunks)
+    groups: dict[int, list[int]] = {}
+    for i in picked:
+        groups.setdefault(int(np.searchsorted(ends, i, side="right")), []).append(int(i))
+    return list(groups.values())
 
 
 def export_cube(
@@ -110,35 +131,42 @@ def export_cube(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     height, width = ds.sizes["y"], ds.sizes["x"]
-    chunks = ds["data"].chunks
-    windows = _windows(height, width, (chunks[2][0], chunks[3][0]) if chunks else (MAX_WINDOW, MAX_WINDOW))
+    chunks = ds["data"].chunks or ((1,) * ds.sizes["time"], (len(names),), (MAX_WINDOW,), (MAX_WINDOW,))
     profile = dict(driver="GTiff", height=height, width=width, count=len(names), dtype="float32", crs=crs,
                    transform=transform, nodata=float("nan"), tiled=True, blockxsize=256, blockysize=256,
                    compress="deflate", predictor=3, BIGTIFF="IF_SAFER")
     written = []
-    for i in tqdm(picked, desc=f"export {cube.name}", unit="date", disable=not progress):
-        path = out / f"{cube.stem}_{labels[i]}.tif"
+    bar = tqdm(total=len(picked), desc=f"export {cube.name}", unit="date", disable=not progress)
+    for group in _by_time_chunk(picked, chunks[0]):
+        paths = [out / f"{cube.stem}_{labels[i]}.tif" for i in group]
         token = uuid.uuid4().hex[:8]
-        plain, tmp = path.with_name(f".{path.name}.{token}.tiled"), path.with_name(f".{path.name}.{token}.tmp")
+        plain = [p.with_name(f".{p.name}.{token}.tiled") for p in paths]
+        tmp = [p.with_name(f".{p.name}.{token}.tmp") for p in paths]
         try:
-            with rasterio.open(plain, "w", **profile) as dst:
-                dst.descriptions = tuple(names)
-                dst.update_tags(DATE=labels[i], SOURCE_CUBE=str(cube))
-                for w in windows:
+            with ExitStack() as stack:
+                dsts = [stack.enter_context(rasterio.open(f, "w", **profile)) for f in plain]
+                for dst, i in zip(dsts, group, strict=True):
+                    dst.descriptions = tuple(names)
+                    dst.update_tags(DATE=labels[i], SOURCE_CUBE=str(cube))
+                for w in _windows(height, width, (chunks[2][0], chunks[3][0]), dates=len(group), bands=len(names)):
                     rows = slice(int(w.row_off), int(w.row_off + w.height))
                     cols = slice(int(w.col_off), int(w.col_off + w.width))
-                    block = ds.isel(time=int(i), y=rows, x=cols)
+                    block = ds.isel(time=group, y=rows, x=cols)  # one read for the group's dates
                     data = block["data"].values.astype(np.float32)
                     if not keep_invalid:
-                        data = np.where(block["valid"].values.astype(bool)[None], data, np.nan)
-                    dst.write(data, window=w)
-            rasterio.shutil.copy(plain, tmp, driver="COG", compress="deflate", predictor="3",
-                                 overview_resampling="average", blocksize=256, BIGTIFF="IF_SAFER")
-            os.replace(tmp, path)
+                        data = np.where(block["valid"].values.astype(bool)[:, None], data, np.nan)
+                    for dst, date in zip(dsts, data, strict=True):
+                        dst.write(date, window=w)
+            for src, cog, path in zip(plain, tmp, paths, strict=True):
+                rasterio.shutil.copy(src, cog, driver="COG", compress="deflate", predictor="3",
+                                     overview_resampling="average", blocksize=256, BIGTIFF="IF_SAFER")
+                os.replace(cog, path)
+                written.append(path)
+                bar.update()
         finally:
-            for f in (plain, tmp):
+            for f in plain + tmp:
                 if f.exists():
                     f.unlink()
-        written.append(path)
+    bar.close()
     log.info("%s: %d date(s) exported to %s", cube, len(written), out)
     return written

@@ -20,7 +20,7 @@ T, C, H, W = 3, 2, 300, 280
 TRANSFORM = Affine(10.0, 0, 500000.0, 0, -10.0, 4650000.0)
 
 
-def _cube(path: Path, *, crs: bool = True) -> xr.Dataset:
+def _cube(path: Path, *, crs: bool = True, time_chunk: int = 1) -> xr.Dataset:
     rng = np.random.default_rng(0)
     data = rng.uniform(0, 1, (T, C, H, W)).astype(np.float32)
     data[1, 0, :5, :5] = np.nan  # a band missing where the date is valid
@@ -33,7 +33,8 @@ def _cube(path: Path, *, crs: bool = True) -> xr.Dataset:
         coords["spatial_ref"] = spatial_ref(CRS.from_epsg(32633), TRANSFORM)
     ds = xr.Dataset({"data": (("time", "band", "y", "x"), data, {"grid_mapping": "spatial_ref"}),
                      "valid": (("time", "y", "x"), valid)}, coords=coords)
-    ds.chunk({"time": 1, "band": C, "y": 128, "x": 128}).to_zarr(path, zarr_format=3, consolidated=True, mode="w")
+    ds.chunk({"time": time_chunk, "band": C, "y": 128, "x": 128}).to_zarr(path, zarr_format=3, consolidated=True,
+                                                                         mode="w")
     return ds
 
 
@@ -75,3 +76,32 @@ def test_export_errors_name_the_cube_and_the_reason(tmp_path: Path) -> None:
     with pytest.raises(CubeSchemaError, match="nocrs.zarr: the cube has no CRS"):
         export_cube(tmp_path / "nocrs.zarr", tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_dates_stored_in_one_chunk_are_read_together_in_bounded_windows(tmp_path: Path, monkeypatch) -> None:
+    import tasks.export as export
+
+    assert export._by_time_chunk(np.array([0, 2, 3, 7]), (3, 3, 3)) == [[0, 2], [3], [7]]
+    _cube(tmp_path / "by_date.zarr")
+    _cube(tmp_path / "one_chunk.zarr", time_chunk=T)  # as gapfill stores its dates
+    reads = []
+    real_isel = xr.Dataset.isel
+
+    def counting_isel(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - a spy
+        if "time" in kwargs:
+            reads.append((np.size(kwargs["time"]), kwargs["y"].stop - kwargs["y"].start))
+        return real_isel(self, *args, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "isel", counting_isel)
+    monkeypatch.setattr(export, "READ_BYTES", T * C * 4 * 128 * 64)  # a 128 x 128 window must be halved
+    monkeypatch.setattr(export, "MAX_WINDOW", 128)
+    monkeypatch.setattr(export, "MIN_WINDOW", 32)
+    a = export_cube(tmp_path / "by_date.zarr", tmp_path / "a", progress=False)
+    reads.clear()
+    b = export_cube(tmp_path / "one_chunk.zarr", tmp_path / "b", progress=False)
+    assert [p.name.split("_", 2)[-1] for p in a] == [p.name.split("_", 2)[-1] for p in b]
+    for fa, fb in zip(a, b, strict=True):
+        with rasterio.open(fa) as ra, rasterio.open(fb) as rb:
+            np.testing.assert_array_equal(ra.read(), rb.read())
+    # one chunk: every read takes the three dates at once, in windows of at most 64 rows
+    assert reads and all(n == T for n, _ in reads) and max(h for _, h in reads) <= 64
