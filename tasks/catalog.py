@@ -224,11 +224,14 @@ class SourceSpec(_Strict):
 
 
 class GridSpec(_Strict):
-    """The cube's target grid. Without ``bounds`` the union of the first ingested scenes is used."""
+    """The cube's target grid. Without ``bounds`` the union of the first ingested scenes is used.
+    ``bounds`` are in the grid's ``crs`` unless ``bounds_crs`` names theirs (``EPSG:4326`` for
+    longitude / latitude); :attr:`grid_bounds` gives them in the grid's CRS."""
 
     crs: str
     resolution: float | tuple[float, float]
     bounds: tuple[float, float, float, float] | None = None
+    bounds_crs: str | None = None
 
     @field_validator("resolution")
     @classmethod
@@ -238,17 +241,28 @@ class GridSpec(_Strict):
             raise ValueError(f"resolution must be positive; got {v}")
         return v
 
-    @field_validator("crs")
+    @field_validator("crs", "bounds_crs")
     @classmethod
-    def _known_crs(cls, v: str) -> str:
+    def _known_crs(cls, v: str | None) -> str | None:
         from rasterio.crs import CRS
         from rasterio.errors import CRSError
 
+        if v is None:
+            return v
         try:
             CRS.from_user_input(v)
         except CRSError as exc:
             raise ValueError(f"unknown CRS {v!r} ({exc})") from exc
         return v
+
+    @property
+    def grid_bounds(self) -> tuple[float, float, float, float] | None:
+        """``bounds`` in the grid's CRS (transformed from ``bounds_crs``, edges densified)."""
+        if self.bounds is None or self.bounds_crs is None:
+            return self.bounds
+        from tasks.aoi import bounds_in_crs
+
+        return bounds_in_crs(self.bounds, self.bounds_crs, self.crs)
 
     @field_validator("bounds")
     @classmethod

@@ -175,7 +175,7 @@ def cube_grid(spec: CubeSpec, refs: Sequence[SceneRef], *, name: str) -> Grid:
     if spec.grid is not None:
         crs = CRS.from_user_input(spec.grid.crs)
         res = spec.grid.xy_resolution
-        bounds = spec.grid.bounds
+        bounds = spec.grid.grid_bounds
         same_lattice = crs == first_crs and np.allclose(res, first_res, rtol=1e-9)
         anchor = first_anchor if same_lattice else (0.0, 0.0)
     else:
@@ -221,9 +221,9 @@ def check_cube_grid(path: Path, grid: GridSpec) -> None:
     if not np.allclose(res, (abs(have.transform.a), abs(have.transform.e)), rtol=1e-9):
         differs.append(f"resolution {res[0]:g} x {res[1]:g} (the cube's: {abs(have.transform.a):g} x "
                        f"{abs(have.transform.e):g})")
-    elif grid.bounds is not None and not differs and any(
-            abs(a - b) > r for a, b, r in zip(grid.bounds, have.bounds, (*res, *res), strict=True)):
-        differs.append(f"bounds {[round(v, 6) for v in grid.bounds]} (the cube's: "
+    elif (box := grid.grid_bounds) is not None and not differs and any(
+            abs(a - b) > r for a, b, r in zip(box, have.bounds, (*res, *res), strict=True)):
+        differs.append(f"bounds {[round(v, 6) for v in box]} (the cube's: "
                        f"{[round(v, 6) for v in have.bounds]})")
     if differs:
         raise CubeSchemaError(

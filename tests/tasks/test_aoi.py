@@ -119,3 +119,25 @@ def test_aoi_files_and_bounds_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="min < max"):
         bounds_in_crs((5, 0, 1, 1), "EPSG:4326", "EPSG:32633")
     assert bounds_in_crs((1, 2, 3, 4), "EPSG:32633", "EPSG:32633") == (1, 2, 3, 4)
+
+
+def test_catalog_grid_bounds_in_lon_lat(tiles: Path, tmp_path: Path) -> None:
+    """A catalog's grid may give its bounds in another CRS (``bounds_crs``): the pipeline's cube is
+    cut as the CLI's --bounds-crs cuts it."""
+    from tasks.adhoc import build_adhoc_catalog
+    from tasks.catalog import GridSpec, catalog_from_dict
+    from tasks.ingest import ingest_cube
+
+    lon_lat = transform_bounds("EPSG:32633", "EPSG:4326", 601_230, 4_999_100, 601_770, 4_999_900)
+    spec = GridSpec(crs="EPSG:32633", resolution=30.0, bounds=lon_lat, bounds_crs="EPSG:4326")
+    assert spec.grid_bounds == bounds_in_crs(lon_lat, "EPSG:4326", "EPSG:32633")
+    assert GridSpec(crs="EPSG:32633", resolution=30.0, bounds=(1, 2, 3, 4)).grid_bounds == (1, 2, 3, 4)
+    with pytest.raises(ValueError, match="unknown CRS 'EPSG:99999'"):
+        GridSpec(crs="EPSG:32633", resolution=30.0, bounds=lon_lat, bounds_crs="EPSG:99999")
+
+    raw, path = build_adhoc_catalog([str(tiles)], tmp_path / "cat.zarr")
+    raw["cubes"]["cube"]["grid"] = spec.model_dump()
+    report = ingest_cube(catalog_from_dict(raw, path=path), "cube")
+    assert len(report.ingested) == 3 and len(report.skipped) == 2
+    ds = xr.open_zarr(tmp_path / "cat.zarr")
+    assert float(ds.data.min()) >= 1200 and 601_200 < float(ds.x.min()) < float(ds.x.max()) < 601_800
