@@ -20,7 +20,7 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
-from tasks.aoi import aoi_bounds, bounds_in_crs, looks_like_degrees
+from tasks.aoi import aoi_bounds, looks_like_degrees
 from tasks.catalog import GridSpec, catalog_from_dict
 from tasks.discover import (
     ARCHIVE_SUFFIXES,
@@ -465,15 +465,14 @@ def build_adhoc_catalog(
         if product.radiometry and _radiometry_known(files):
             radiometry = product.radiometry
             bands = [{k: v for k, v in b.items() if k not in ("scale", "offset")} for b in bands]
-    grid: dict[str, Any] | None = None
-    if crs or resolution or area:
-        if not (crs and resolution):
-            with rasterio.open(files[0]) as ds:
-                crs = crs or (ds.crs.to_string() if ds.crs else None)
-                resolution = resolution or abs(ds.transform.a)
-        grid = {"crs": crs, "resolution": resolution}
-        if area is not None and crs:
-            grid["bounds"] = list(_area_in(area, crs))
+    # what is not given comes from the first scene (tasks.ingest.cube_grid): its CRS, its finest
+    # band's pixel size, or the size its pixels take in the given CRS
+    grid: dict[str, Any] | None = {k: v for k, v in (("crs", crs), ("resolution", resolution)) if v} or None
+    if area is not None:
+        box, box_crs = area
+        if box_crs is None:
+            _refuse_degrees(box, crs or _crs_of(files))
+        grid = {**(grid or {}), "bounds": list(box), **({"bounds_crs": box_crs} if box_crs else {})}
     raw = {
         "sources": {
             "scenes": {
@@ -517,14 +516,22 @@ def build_adhoc_catalog(
     return raw, path
 
 
-def _area_in(area: tuple[Any, str | None], crs: str) -> tuple[float, float, float, float]:
-    """``(bounds, their CRS or None for the grid's)`` as bounds in the grid's CRS ``crs``."""
-    box, box_crs = area
-    if box_crs is None:
-        if looks_like_degrees(box) and CRS.from_user_input(crs).is_projected:
-            raise ValueError(
-                f"--bounds {list(box)} look like longitude / latitude, but without --bounds-crs they are read in "
-                f"the grid's CRS {crs}, whose units are metres; add --bounds-crs EPSG:4326"
-            )
-        box_crs = crs
-    return bounds_in_crs(box, box_crs, crs)
+def _crs_of(files: list[str]) -> str | None:
+    """The CRS of the first of ``files`` that has one (the grid a new cube takes by default)."""
+    for f in files:
+        try:
+            with rasterio.open(f) as ds:
+                if ds.crs:
+                    return str(ds.crs.to_string())
+        except RasterioIOError:
+            continue
+    return None
+
+
+def _refuse_degrees(box: tuple[float, float, float, float], crs: str | None) -> None:
+    """Refuse bounds that look like longitude / latitude given for a grid in metres."""
+    if crs and looks_like_degrees(box) and CRS.from_user_input(crs).is_projected:
+        raise ValueError(
+            f"--bounds {list(box)} look like longitude / latitude, but without --bounds-crs they are read in "
+            f"the grid's CRS {crs}, whose units are metres; add --bounds-crs EPSG:4326"
+        )

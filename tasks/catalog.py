@@ -224,18 +224,38 @@ class SourceSpec(_Strict):
 
 
 class GridSpec(_Strict):
-    """The cube's target grid. Without ``bounds`` the union of the first ingested scenes is used.
-    ``bounds`` are in the grid's ``crs`` unless ``bounds_crs`` names theirs (``EPSG:4326`` for
-    longitude / latitude); :attr:`grid_bounds` gives them in the grid's CRS."""
+    """The cube's target grid; what is not given comes from the first scene.
 
-    crs: str
-    resolution: float | tuple[float, float]
+    ``crs``: default the first scene's. ``resolution`` (in the grid CRS's units): default the
+    first scene's finest pixel size, or in another ``crs`` the size its pixels take there (GDAL's
+    suggested warp output). ``bounds``: the area the cube covers (default: the union of the first
+    ingested scenes), in ``bounds_crs`` (e.g. ``EPSG:4326`` for longitude / latitude), by default
+    the grid's CRS; :meth:`bounds_in` gives them in the grid's CRS."""
+
+    crs: str | None = None
+    resolution: float | tuple[float, float] | None = None
     bounds: tuple[float, float, float, float] | None = None
     bounds_crs: str | None = None
 
+    @model_validator(mode="after")
+    def _something_given(self) -> GridSpec:
+        if self.crs is None and self.resolution is None and self.bounds is None:
+            raise ValueError("a grid needs a crs, a resolution or bounds (leave the grid out for the first scene's)")
+        return self
+
+    def bounds_in(self, crs: str | Any) -> tuple[float, float, float, float] | None:
+        """``bounds`` in ``crs`` (the grid's), transformed from ``bounds_crs`` (edges densified)."""
+        if self.bounds is None or self.bounds_crs is None:
+            return self.bounds
+        from tasks.aoi import bounds_in_crs
+
+        return bounds_in_crs(self.bounds, self.bounds_crs, crs)
+
     @field_validator("resolution")
     @classmethod
-    def _positive(cls, v: float | tuple[float, float]) -> float | tuple[float, float]:
+    def _positive(cls, v: float | tuple[float, float] | None) -> float | tuple[float, float] | None:
+        if v is None:
+            return v
         values = v if isinstance(v, tuple) else (v,)
         if any(r <= 0 for r in values):
             raise ValueError(f"resolution must be positive; got {v}")
@@ -255,15 +275,6 @@ class GridSpec(_Strict):
             raise ValueError(f"unknown CRS {v!r} ({exc})") from exc
         return v
 
-    @property
-    def grid_bounds(self) -> tuple[float, float, float, float] | None:
-        """``bounds`` in the grid's CRS (transformed from ``bounds_crs``, edges densified)."""
-        if self.bounds is None or self.bounds_crs is None:
-            return self.bounds
-        from tasks.aoi import bounds_in_crs
-
-        return bounds_in_crs(self.bounds, self.bounds_crs, self.crs)
-
     @field_validator("bounds")
     @classmethod
     def _ordered(cls, v: tuple[float, float, float, float] | None) -> Any:
@@ -272,8 +283,10 @@ class GridSpec(_Strict):
         return v
 
     @property
-    def xy_resolution(self) -> tuple[float, float]:
+    def xy_resolution(self) -> tuple[float, float] | None:
         r = self.resolution
+        if r is None:
+            return None
         return (r, r) if isinstance(r, float | int) else (float(r[0]), float(r[1]))
 
 

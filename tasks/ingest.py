@@ -41,7 +41,7 @@ import rasterio
 import xarray as xr
 import zarr
 from rasterio.crs import CRS
-from rasterio.warp import transform_bounds
+from rasterio.warp import calculate_default_transform, transform_bounds
 from zarr.codecs import BloscCodec
 
 from tasks.catalog import Catalog, CubeSpec, GridSpec, SourceSpec
@@ -167,20 +167,42 @@ def _first_scene_grid(refs: Sequence[SceneRef]) -> tuple[CRS, tuple[float, float
     )
 
 
+def _pixel_in(refs: Sequence[SceneRef], crs: CRS) -> tuple[float, float]:
+    """The pixel size the first readable scene's pixels take in ``crs`` (GDAL's suggested warp
+    output: the same number of pixels across the scene's footprint), square."""
+    for ref in refs:
+        try:
+            with rasterio.open(ref.grid_dataset) as ds:
+                src = scene_crs(ds)
+                if src is None:
+                    continue
+                left, bottom, right, top = ds.bounds
+                t, _, _ = calculate_default_transform(src, crs, ds.width, ds.height, min(left, right),
+                                                      min(bottom, top), max(left, right), max(bottom, top))
+                size = float(min(abs(t.a), abs(t.e)))
+                return size, size
+        except rasterio.errors.RasterioIOError:
+            continue
+    raise CubeSchemaError(f"no readable, georeferenced scene to take a pixel size in {crs} from; give --resolution")
+
+
 def cube_grid(spec: CubeSpec, refs: Sequence[SceneRef], *, name: str) -> Grid:
     """The grid a new cube is created on: the catalog's, completed from the scenes."""
     if not refs:
         raise CubeSchemaError(f"cube {name}: no scenes to create it from and no existing cube")
     first_crs, first_res, first_anchor = _first_scene_grid(refs)
+    crs, res, anchor, bounds = first_crs, first_res, first_anchor, None
     if spec.grid is not None:
-        crs = CRS.from_user_input(spec.grid.crs)
-        res = spec.grid.xy_resolution
-        bounds = spec.grid.grid_bounds
+        if spec.grid.crs is not None:
+            crs = CRS.from_user_input(spec.grid.crs)
+        given = spec.grid.xy_resolution
+        if given is not None:
+            res = given
+        elif crs != first_crs:  # the first scene's pixels as they come out in the new CRS
+            res = _pixel_in(refs, crs)
         same_lattice = crs == first_crs and np.allclose(res, first_res, rtol=1e-9)
         anchor = first_anchor if same_lattice else (0.0, 0.0)
-    else:
-        crs, res, anchor = first_crs, first_res, first_anchor
-        bounds = None
+        bounds = spec.grid.bounds_in(crs)
     if bounds is None:
         boxes = [b for b in (_scene_bounds(r, crs) for r in refs) if b is not None]
         if not boxes:
@@ -214,17 +236,16 @@ def check_cube_grid(path: Path, grid: GridSpec) -> None:
     """Refuse a grid (``--crs``, ``--resolution``, ``--bounds``, ``--aoi``) other than the one an
     existing cube was made on: its dates would not line up; appending keeps the cube's grid."""
     have = grid_of_cube(path)
+    pixel = (abs(have.transform.a), abs(have.transform.e))
     res = grid.xy_resolution
     differs = []
-    if CRS.from_user_input(grid.crs) != have.crs:
+    if grid.crs is not None and CRS.from_user_input(grid.crs) != have.crs:
         differs.append(f"CRS {grid.crs} (the cube's: {have.crs.to_string()})")
-    if not np.allclose(res, (abs(have.transform.a), abs(have.transform.e)), rtol=1e-9):
-        differs.append(f"resolution {res[0]:g} x {res[1]:g} (the cube's: {abs(have.transform.a):g} x "
-                       f"{abs(have.transform.e):g})")
-    elif (box := grid.grid_bounds) is not None and not differs and any(
-            abs(a - b) > r for a, b, r in zip(box, have.bounds, (*res, *res), strict=True)):
-        differs.append(f"bounds {[round(v, 6) for v in box]} (the cube's: "
-                       f"{[round(v, 6) for v in have.bounds]})")
+    elif res is not None and not np.allclose(res, pixel, rtol=1e-9):
+        differs.append(f"resolution {res[0]:g} x {res[1]:g} (the cube's: {pixel[0]:g} x {pixel[1]:g})")
+    elif (box := grid.bounds_in(have.crs)) is not None and any(
+            abs(a - b) > r for a, b, r in zip(box, have.bounds, (*pixel, *pixel), strict=True)):
+        differs.append(f"bounds {[round(v, 6) for v in box]} (the cube's: {[round(v, 6) for v in have.bounds]})")
     if differs:
         raise CubeSchemaError(
             f"{path}: the cube exists on another grid than the one asked for: {'; '.join(differs)}. Appending "

@@ -129,11 +129,14 @@ def test_catalog_grid_bounds_in_lon_lat(tiles: Path, tmp_path: Path) -> None:
     from tasks.ingest import ingest_cube
 
     lon_lat = transform_bounds("EPSG:32633", "EPSG:4326", 601_230, 4_999_100, 601_770, 4_999_900)
-    spec = GridSpec(crs="EPSG:32633", resolution=30.0, bounds=lon_lat, bounds_crs="EPSG:4326")
-    assert spec.grid_bounds == bounds_in_crs(lon_lat, "EPSG:4326", "EPSG:32633")
-    assert GridSpec(crs="EPSG:32633", resolution=30.0, bounds=(1, 2, 3, 4)).grid_bounds == (1, 2, 3, 4)
+    spec = GridSpec(bounds=lon_lat, bounds_crs="EPSG:4326")  # on the first scene's grid
+    assert spec.bounds_in("EPSG:32633") == bounds_in_crs(lon_lat, "EPSG:4326", "EPSG:32633")
+    assert GridSpec(crs="EPSG:32633", resolution=30.0, bounds=(1, 2, 3, 4)).bounds_in("EPSG:32633") == (1, 2, 3, 4)
     with pytest.raises(ValueError, match="unknown CRS 'EPSG:99999'"):
         GridSpec(crs="EPSG:32633", resolution=30.0, bounds=lon_lat, bounds_crs="EPSG:99999")
+    assert GridSpec(crs="EPSG:4326").xy_resolution is None  # from the scenes
+    with pytest.raises(ValueError, match="a grid needs a crs, a resolution or bounds"):
+        GridSpec()
 
     raw, path = build_adhoc_catalog([str(tiles)], tmp_path / "cat.zarr")
     raw["cubes"]["cube"]["grid"] = spec.model_dump()
@@ -141,3 +144,14 @@ def test_catalog_grid_bounds_in_lon_lat(tiles: Path, tmp_path: Path) -> None:
     assert len(report.ingested) == 3 and len(report.skipped) == 2
     ds = xr.open_zarr(tmp_path / "cat.zarr")
     assert float(ds.data.min()) >= 1200 and 601_200 < float(ds.x.min()) < float(ds.x.max()) < 601_800
+
+
+def test_a_crs_without_a_resolution_keeps_the_scenes_pixel_size(tiles: Path, tmp_path: Path, capsys) -> None:
+    """``--crs EPSG:4326`` alone took the first file's 30 (metres) as 30 degrees: a 1 x 1 px cube.
+    The pixel size is now what the scenes' 30 m pixels come out as in the new CRS."""
+    assert main(["ingest", str(tiles), "--out", str(tmp_path / "ll.zarr"), "--crs", "EPSG:4326"]) == 0
+    capsys.readouterr()
+    ds = xr.open_zarr(tmp_path / "ll.zarr")
+    step = float(ds.x[1] - ds.x[0])
+    assert 0.0002 < step < 0.0005 and ds.sizes["x"] > 80  # ~30 m at 45 N, both tiles side by side
+    assert np.isfinite(ds.data.values).mean() > 0.5

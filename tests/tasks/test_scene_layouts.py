@@ -181,6 +181,12 @@ def test_cli_ingests_a_sentinel2_safe_folder(tmp_path: Path, capsys) -> None:
     # reflectance, the same on both dates: (DN + offset) / 10000 with each scene's own offset
     np.testing.assert_allclose(ds.data.mean(("y", "x")).values, [[0.101, 0.201, 0.302]] * 2, rtol=1e-5)
     assert ds.valid.values[0].all() and not ds.valid.values[1, :, :6].any() and ds.valid.values[1, :, 6:].all()
+    # an area of interest keeps the finest band's 10 m grid (the first file by name is a 60 m band)
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "aoi.zarr"),
+                 "--bounds", "600030", "4999940", "600090", "5000000"]) == 0
+    capsys.readouterr()
+    xr.testing.assert_equal(xr.open_zarr(tmp_path / "aoi.zarr")[["data", "valid"]],
+                            ds[["data", "valid"]].isel(y=slice(0, 6), x=slice(3, 9)))
 
     # as Copernicus delivers it: each SAFE zipped, read in place through /vsizip/ (the same cube)
     import shutil
