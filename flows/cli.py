@@ -216,9 +216,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     print("\n".join(describe(args.cube)))
     if args.png:
-        from tasks.quicklook import composite_png
+        from tasks.info import quicklook
 
-        print(f"quick-look: {composite_png(args.cube, args.png)}")
+        print(f"quick-look: {quicklook(args.cube, args.png)}")
     return 0
 
 
@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf = sub.add_parser("info", help="what a cube or a stage's product holds (and whether the stages can read a cube)")
     inf.add_argument("cube", help="a cube (.zarr, made by fusioncube or any other tool) or a stage's product")
     inf.add_argument("--png", default=None, metavar="OUT.png",
-                     help="also write a quick-look: the newest clear value per pixel (true colour when it can)")
+                     help="also write a quick-look: a cube's newest clear value per pixel (true colour when "
+                          "it can), a class map beside its confidence, or the anomalies' strongest dates")
     inf.set_defaults(func=_cmd_info)
 
     ex = sub.add_parser("export", help="a cube's dates as Cloud-Optimized GeoTIFFs (one per date)")

@@ -58,12 +58,21 @@ def _made_by(path: Path) -> list[str]:
     return lines
 
 
-def _class_map(ds: xr.Dataset) -> list[str]:
+#: the class variable of a class map: ``labels.zarr``'s and ``classes.zarr``'s
+CLASS_VARS = ("class", "classes")
+
+
+def class_var(ds: xr.Dataset) -> str | None:
+    """The name of ``ds``'s ``(y, x)`` class variable when it is a class map, else None."""
+    return next((v for v in CLASS_VARS if v in ds and tuple(ds[v].dims) == ("y", "x")), None)
+
+
+def _class_map(ds: xr.Dataset, name: str) -> list[str]:
     from tasks.quicklook import class_names
 
-    var = ds["class"]
+    var = ds[name]
     codes = var.values
-    fill = var.attrs.get("_FillValue", var.encoding.get("_FillValue", var.attrs.get("nodata", 0)))
+    fill = var.attrs.get("nodata", var.encoding.get("_FillValue", var.attrs.get("_FillValue", 0)))
     known = codes != fill if fill is not None else np.ones(codes.shape, bool)
     values, counts = np.unique(codes[known], return_counts=True)
     legend = tuple(int(v) for v in var.attrs.get("flag_values", values))
@@ -143,8 +152,8 @@ def describe(path: str | Path) -> list[str]:
         ds = xr.open_zarr(path, consolidated=None)
     except Exception:  # not a Zarr store at all: the cube's reason says what a cube needs
         raise cube_error from None
-    if "class" in ds and tuple(ds["class"].dims) == ("y", "x"):
-        kind, body = "a class map", [_grid(ds), *_class_map(ds)]
+    if (name := class_var(ds)) is not None:
+        kind, body = f"a class map (stage {'labels' if name == 'class' else 'classify'})", [_grid(ds), *_class_map(ds, name)]
     elif {"score", "flag"} <= set(ds.data_vars):
         kind, body = "anomalies (stage anomalies)", [_grid(ds), *_anomalies(ds)]
     elif "patch" in ds.dims:
@@ -152,3 +161,29 @@ def describe(path: str | Path) -> list[str]:
     else:
         raise cube_error
     return [f"{path}: {kind}", *_made_by(path), *body]
+
+
+def quicklook(path: str | Path, out_png: str | Path) -> Path:
+    """A PNG of what ``path`` holds: a cube's newest clear value per pixel, a class map beside its
+    confidence, or the anomalies' strongest dates. Raises ``ValueError`` for a product with no
+    picture (patches, a compressed store: decode it and look at the cube)."""
+    from tasks.quicklook import composite_png
+
+    path = Path(path)
+    try:
+        return composite_png(path, out_png)
+    except CubeSchemaError as exc:
+        cube_error = exc
+    try:
+        ds = xr.open_zarr(path, consolidated=None)
+    except Exception:
+        raise cube_error from None
+    if (name := class_var(ds)) is not None:
+        from tasks.labels import quicklook_png
+
+        return quicklook_png(path, out_png, var=name)
+    if {"score", "flag"} <= set(ds.data_vars):
+        from tasks.anomalies import anomalies_png
+
+        return anomalies_png(path, out_png)
+    raise ValueError(f"{path}: no quick-look for this product (a cube, a class map or anomalies have one)")

@@ -663,8 +663,9 @@ def recover_labels(
     return manifest
 
 
-def quicklook_png(out: str | Path, out_png: str | Path) -> Path:
-    """PNG of a finished ``labels.zarr``: the class map in its colours beside the confidence."""
+def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -> Path:
+    """PNG of a finished ``labels.zarr`` (or of classify's ``classes.zarr``, ``var="classes"``):
+    the class map in its colours beside the confidence."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -675,10 +676,10 @@ def quicklook_png(out: str | Path, out_png: str | Path) -> Path:
     ds = xr.open_zarr(out, consolidated=None)
     step = max(1, int(np.ceil(max(ds.sizes["y"], ds.sizes["x"]) / 1024)))
     sub = ds.isel(y=slice(None, None, step), x=slice(None, None, step)).load()
-    attrs = sub["class"].attrs
+    attrs = sub[var].attrs
     classes = tuple(int(c) for c in attrs["flag_values"])
     colours = [tuple(int(h.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4)) for h in attrs["flag_colors"]]
-    index = codes_to_index(sub["class"].values, classes)
+    index = codes_to_index(sub[var].values, classes)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), dpi=100)
     axes[0].imshow(np.ma.masked_less(index, 0), cmap=ListedColormap(colours), vmin=-0.5,
                    vmax=len(classes) - 0.5, interpolation="nearest")

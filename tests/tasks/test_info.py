@@ -36,6 +36,7 @@ def _cube(path: Path) -> None:
 
 def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, capsys) -> None:
     from tasks.anomalies import detect_anomalies
+    from tasks.classify import classify_cube
     from tasks.compress import compress_cube
     from tasks.labels import recover_labels
     from tasks.patch import make_patches
@@ -45,6 +46,7 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
     make_patches(cube, tmp_path / "patches.zarr", size=16, block=1)
     recover_labels(cube, "landcover", tmp_path / "labels.zarr", epochs=1, patch=16, device="cpu")
     detect_anomalies(cube, tmp_path / "anomalies.zarr", tile=16)
+    classify_cube(cube, tmp_path / "classes.zarr", epochs=1, patch=16, block=1, device="cpu")
     compress_cube(cube, tmp_path / "comp", patch=16, step=0.05, iters=2)
 
     def info(name: str) -> str:
@@ -52,12 +54,24 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
         return capsys.readouterr().out
 
     text = info("labels.zarr")
-    assert "labels.zarr: a class map" in text and "made by: stage labels" in text and "cube.zarr" in text
+    assert "labels.zarr: a class map (stage labels)" in text and "made by: stage labels" in text and "cube.zarr" in text
     assert "grid: EPSG:32617, pixel 30 x 30, 32 x 32 px" in text
     # NLCD names for the layer's codes (one epoch may map one class only)
     assert ("Deciduous Forest" in text or "Cultivated Crops" in text) and "confidence: mean" in text
     shares = [float(line.split()[-1].rstrip("%")) for line in text.splitlines() if line.startswith("     ")]
     assert len(shares) >= 1 and abs(sum(shares) - 100) < 0.5  # each mapped class's share of the map
+
+    text = info("classes.zarr")  # classify's map: its variable is `classes`, its fill 255 or 0
+    assert "classes.zarr: a class map (stage classify)" in text and "made by: stage classify" in text
+    assert "classes: " in text and "confidence: mean" in text
+
+    # quick-looks of the products that have a picture, and a clear refusal for one that has none
+    for name in ("labels.zarr", "classes.zarr", "anomalies.zarr", "cube.zarr"):
+        assert main(["info", str(tmp_path / name), "--png", str(tmp_path / f"{name}.png")]) == 0
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "patches.zarr"), "--png", str(tmp_path / "p.png")]) == 2
+    assert "patches.zarr: no quick-look for this product" in capsys.readouterr().err
 
     text = info("anomalies.zarr")
     assert "anomalies.zarr: anomalies (stage anomalies)" in text and "parameters: band=red, bits=8" in text
