@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["SPLITS", "block_split", "extract_patches", "fold_patches", "patch_origins"]
+__all__ = ["SPLITS", "blend_window", "block_split", "extract_patches", "fold_patches", "patch_origins"]
 
 SPLITS = ("train", "val", "test")
 BUFFER = "buffer"
@@ -130,13 +130,33 @@ def extract_patches(array: np.ndarray, origins: np.ndarray, size: int) -> np.nda
     return np.ascontiguousarray(np.moveaxis(cut, -3, 0))  # (P, *lead, size, size)
 
 
-def fold_patches(patches: np.ndarray, origins: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+def blend_window(size: int) -> np.ndarray:
+    r"""``(size, size)`` weights for :func:`fold_patches` that fade a patch towards its border:
+    :math:`w_{ij} = h_i h_j`, :math:`h_i = \sin^2(\pi (i + 1/2) / \text{size})`.
+
+    A network's outputs are least reliable at a patch's border (zero padding, no context), so a
+    plain average of half-overlapping patches shows the patch grid as seams. With these weights
+    and a stride of ``size / 2`` (even ``size``) the weights of the patches covering an interior
+    pixel sum to one (:math:`\sin^2 + \cos^2`), so each pixel is a convex blend that gives the
+    patch it is central in the most say. Every weight is positive, so a pixel covered only by a
+    patch's border still gets that patch's value.
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1; got {size}")
+    h = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
+    return np.outer(h, h)
+
+
+def fold_patches(patches: np.ndarray, origins: np.ndarray, shape: Sequence[int],
+                 *, weights: np.ndarray | None = None) -> np.ndarray:
     """Put patches back into an image stack, averaging where they overlap (NaN-aware).
 
-    Each output pixel is the mean of the non-NaN values the patches covering it carry; a pixel
-    no patch covers, or only NaN values cover, is NaN. Sums are accumulated in float64, so for
-    float32 (or integer/bool) patches cut from one image the round trip
-    ``fold_patches(extract_patches(a, o, s), o, a.shape) == a`` is exact on covered pixels.
+    Each output pixel is the mean of the non-NaN values the patches covering it carry (weighted
+    by ``weights``, ``(size, size)`` positive, e.g. :func:`blend_window`; default equal weights);
+    a pixel no patch covers, or only NaN values cover, is NaN. Sums are accumulated in float64,
+    so for float32 (or integer/bool) patches cut from one image the round trip
+    ``fold_patches(extract_patches(a, o, s), o, a.shape) == a`` is exact on covered pixels
+    (with any weights, up to rounding).
 
     Parameters
     ----------
@@ -171,18 +191,24 @@ def fold_patches(patches: np.ndarray, origins: np.ndarray, shape: Sequence[int])
             f"one origin per patch is needed; got {len(origins)} origins for "
             f"{patches.shape[0]} patches"
         )
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (size, size) or not (weights > 0).all():
+            raise ValueError(f"weights must be ({size}, {size}) and positive; got shape {weights.shape}, "
+                             f"min {float(weights.min()) if weights.size else 'n/a'}")
     floating = np.issubdtype(patches.dtype, np.floating)
     total = np.zeros(shape, dtype=np.float64)
-    count = np.zeros(shape, dtype=np.int32)
+    count = np.zeros(shape, dtype=np.float64 if weights is not None else np.int32)
+    w = 1 if weights is None else weights
     for patch, (row, col) in zip(patches, origins, strict=True):
         window = (..., slice(row, row + size), slice(col, col + size))
         if floating:
             seen = ~np.isnan(patch)
-            total[window] += np.where(seen, patch, 0.0)
-            count[window] += seen
+            total[window] += np.where(seen, patch * w, 0.0)
+            count[window] += seen * w
         else:
-            total[window] += patch
-            count[window] += 1
+            total[window] += patch * w
+            count[window] += w
     folded = np.full(shape, np.nan, dtype=np.float64)
     np.divide(total, count, out=folded, where=count > 0)
     return folded.astype(patches.dtype if floating else np.float64, copy=False)

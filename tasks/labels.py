@@ -48,7 +48,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from fusion_models.lrtcnet import default_device
-from fusion_models.patching import extract_patches, fold_patches, patch_origins
+from fusion_models.patching import blend_window, extract_patches, fold_patches, patch_origins
 from fusion_models.unet_lrtd import (
     IGNORE,
     UNetLRTD,
@@ -588,9 +588,11 @@ def recover_labels(
         ranks=ranks, epochs=epochs, batch=batch, lr=lr, width=width, depth=depth, seed=seed, device=dev,
         class_weight=weight)
     del xs, vs, ys
-    # predict on half-overlapping patches, averaging the probabilities where they overlap; block by
-    # block of output rows, each with every patch that touches it (the same average as one fold)
+    # predict on half-overlapping patches, blending the probabilities where they overlap with
+    # weights that fade towards each patch's border (no seams along the patch grid); block by
+    # block of output rows, each with every patch that touches it (the same blend as one fold)
     origins = patch_origins(height, width_px, size=size, stride=max(size // 2, 1))
+    blend = blend_window(size)
     coarse = bool(prior_window) and str(labels) in ds.data_vars
     pred = np.empty((height, width_px), dtype=np.uint8)
     confidence = np.empty((height, width_px), dtype=np.float32)
@@ -602,7 +604,7 @@ def recover_labels(
         x, observed = model_rows(r0, r1)
         local = mine - [r0, 0]
         prob_p = predict_proba(fit.net, extract_patches(x, local, size), extract_patches(observed, local, size))
-        prob = fold_patches(prob_p, local, (k, r1 - r0, width_px))[:, a - r0:b - r0]  # (K, b - a, W)
+        prob = fold_patches(prob_p, local, (k, r1 - r0, width_px), weights=blend)[:, a - r0:b - r0]  # (K, b-a, W)
         if coarse:  # coarse labels: keep a class of the neighbourhood
             m = prior_window // 2
             c0, c1 = max(0, a - m), min(height, b + m)

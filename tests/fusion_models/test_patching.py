@@ -195,3 +195,26 @@ def test_split_bad_arguments() -> None:
         block_split(o, size=8, block=0)
     with pytest.raises(ValueError, match="integer array of shape"):
         block_split(o[:, 0], size=8, block=2)
+
+
+def test_blend_window_sums_to_one_at_half_overlap_and_folds_exactly() -> None:
+    from fusion_models.patching import blend_window
+
+    w = blend_window(8)
+    assert w.shape == (8, 8) and (w > 0).all() and np.allclose(w, w.T) and np.allclose(w, w[::-1, ::-1])
+    assert w[3:5, 3:5].min() == w.max()  # the centre counts most
+    # the weights of the patches covering an interior pixel at stride size / 2 sum to one
+    cover = np.zeros((24, 24))
+    for r, c in patch_origins(24, 24, size=8, stride=4):
+        cover[r:r + 8, c:c + 8] += w
+    np.testing.assert_allclose(cover[4:-4, 4:-4], 1.0, atol=1e-12)
+    # any positive weights keep the round trip exact; NaNs are still skipped
+    a = _stack()
+    o = patch_origins(20, 23, size=8, stride=4)
+    np.testing.assert_allclose(fold_patches(extract_patches(a, o, 8), o, a.shape, weights=w), a, rtol=1e-6)
+    # a weighted blend of two disagreeing patches leans to the one the pixel is central in
+    patches = np.array([np.full((8, 8), 0.0), np.full((8, 8), 1.0)])
+    out = fold_patches(patches, np.array([[0, 0], [0, 4]]), (8, 12), weights=w)
+    assert out[4, 5] < 0.5 < out[4, 6]  # column 5 is nearer the first patch's centre (3.5) than the second's (7.5)
+    with pytest.raises(ValueError, match="weights must be"):
+        fold_patches(patches, np.array([[0, 0], [0, 4]]), (8, 12), weights=np.zeros((8, 8)))
