@@ -27,6 +27,7 @@ __all__ = [
     "VALID_DIMS",
     "band_stats",
     "check_cube",
+    "class_counts",
     "cube_crs",
     "describe_cube",
     "cube_transform",
@@ -243,8 +244,10 @@ def _north_up(ds: xr.Dataset, notes: list[str]) -> xr.Dataset:
 
 
 def cube_crs(ds: xr.Dataset) -> CRS | None:
-    """The CRS of a cube from its grid mapping (``spatial_ref`` or the variables' ``grid_mapping``)."""
-    name = ds["data"].attrs.get("grid_mapping", ds["data"].encoding.get("grid_mapping", "spatial_ref"))
+    """The CRS of a cube (or of a stage's product on its grid: a class map, anomalies) from its grid
+    mapping (``spatial_ref`` or the variables' ``grid_mapping``)."""
+    var = ds["data"] if "data" in ds else next(iter(ds.data_vars.values()), None)
+    name = "spatial_ref" if var is None else var.attrs.get("grid_mapping", var.encoding.get("grid_mapping", "spatial_ref"))
     if name not in ds.variables:
         return None
     attrs = ds[name].attrs
@@ -352,6 +355,16 @@ def patches_by_rows(origins: np.ndarray, size: int,
     return [np.concatenate(p) for p in parts]
 
 
+def class_counts(layer: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    """The codes of an integer class layer and how many pixels hold each, counted chunk by chunk
+    (a class map is not loaded whole)."""
+    import dask
+    import dask.array as da
+
+    values, counts = dask.compute(*da.unique(da.asarray(layer.data).ravel(), return_counts=True))
+    return np.asarray(values), np.asarray(counts)
+
+
 def describe_cube(path: str | Path) -> list[str]:
     """What a cube holds and how the stages read it, as lines for a person (``fusioncube info``):
     dates, bands, grid, chunks, observed share, static layers, and what ``open_cube`` normalises
@@ -385,7 +398,7 @@ def describe_cube(path: str | Path) -> list[str]:
         var = ds[name]
         if tuple(var.dims) == ("y", "x"):
             if np.issubdtype(var.dtype, np.integer):
-                codes = sorted(set(np.unique(var.values).tolist()) - {var.attrs.get("nodata")})
+                codes = sorted(set(class_counts(var)[0].tolist()) - {var.attrs.get("nodata")})
                 shown = ", ".join(map(str, codes[:16])) + (", ..." if len(codes) > 16 else "")
                 legend = ", with a legend (flag_values)" if "flag_values" in var.attrs else ""
                 lines.append(f"  layer {name}: {len(codes)} class codes ({shown}){legend}")

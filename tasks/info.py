@@ -10,40 +10,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from tasks.checkpoint import read_manifest
-from tasks.cube import cube_crs, cube_transform, describe_cube
+from tasks.checkpoint import Manifest, read_manifest
+from tasks.cube import class_counts, cube_crs, cube_transform, describe_cube
 from tasks.errors import CubeSchemaError
 
 __all__ = ["describe"]
 
 
 def _grid(ds: xr.Dataset) -> str:
-    crs = cube_crs(ds) if "data" in ds else _crs_of(ds)
-    t = cube_transform(ds) if ds.sizes.get("x", 0) > 1 and ds.sizes.get("y", 0) > 1 else None
+    crs = cube_crs(ds)
     where = f"{crs.to_string() if crs else 'no CRS'}"
-    if t is not None:
+    if ds.sizes.get("x", 0) > 1 and ds.sizes.get("y", 0) > 1:
+        t = cube_transform(ds)
         where += f", pixel {abs(t.a):g} x {abs(t.e):g}, {ds.sizes['x']} x {ds.sizes['y']} px"
     return f"  grid: {where}"
 
 
-def _crs_of(ds: xr.Dataset) -> Any:
-    from rasterio.crs import CRS
-
-    for name in ("spatial_ref", "crs"):
-        if name in ds.variables:
-            wkt = ds[name].attrs.get("crs_wkt") or ds[name].attrs.get("spatial_ref")
-            if wkt:
-                return CRS.from_wkt(wkt)
-    return None
-
-
-def _made_by(path: Path) -> list[str]:
-    manifest = read_manifest(path)
+def _made_by(manifest: Manifest | None) -> list[str]:
     if manifest is None:
         return ["  manifest: none beside it (not made by fusioncube, or a run did not finish)"]
     outputs = manifest.outputs if isinstance(manifest.outputs, dict) else {}
@@ -68,26 +55,28 @@ def class_var(ds: xr.Dataset) -> str | None:
 
 
 def _class_map(ds: xr.Dataset, name: str) -> list[str]:
+    import dask
+
     from tasks.quicklook import class_names
 
     var = ds[name]
-    codes = var.values
     fill = var.attrs.get("nodata", var.encoding.get("_FillValue", var.attrs.get("_FillValue", 0)))
-    known = codes != fill if fill is not None else np.ones(codes.shape, bool)
-    values, counts = np.unique(codes[known], return_counts=True)
+    values, counts = class_counts(var)
+    mapped = values != fill
+    values, counts = values[mapped], counts[mapped]
     legend = tuple(int(v) for v in var.attrs.get("flag_values", values))
     names = class_names(tuple(int(v) for v in values), dict(var.attrs),
                         nlcd=not legend or set(legend) <= set(_nlcd_codes()))
-    total = max(int(known.sum()), 1)
-    lines = [f"  classes: {len(values)} mapped over {known.mean():.1%} of the pixels (fill {fill})"]
+    total = max(int(counts.sum()), 1)
+    lines = [f"  classes: {len(values)} mapped over {total / max(var.size, 1):.1%} of the pixels (fill {fill})"]
     order = np.argsort(counts)[::-1]
     lines += [f"    {int(values[i]):>3} {names[int(values[i])]:<32} {counts[i] / total:6.1%}" for i in order[:20]]
     if len(values) > 20:
         lines.append(f"    ... and {len(values) - 20} more")
     if "confidence" in ds:
-        conf = ds["confidence"].values
-        lines.append(f"  confidence: mean {float(np.nanmean(np.where(known, conf, np.nan))):.2f} "
-                     f"(share of pixels below 0.5: {float(np.nanmean(conf[known] < 0.5)):.1%})")
+        conf = ds["confidence"].where(var != fill)  # lazy: reduced chunk by chunk
+        mean, low = dask.compute(conf.mean(), (conf < 0.5).where(conf.notnull()).mean())
+        lines.append(f"  confidence: mean {float(mean):.2f} (share of pixels below 0.5: {float(low):.1%})")
     return lines
 
 
@@ -118,8 +107,7 @@ def _patches(ds: xr.Dataset) -> list[str]:
     return [f"  patches: {ds.sizes['patch']} of {shape}; split {counts}"]
 
 
-def _compressed(path: Path) -> list[str]:
-    manifest = read_manifest(path)
+def _compressed(path: Path, manifest: Manifest | None) -> list[str]:
     stats = manifest.stats if manifest is not None else {}
     lines = []
     if "bits_per_entry" in stats:
@@ -134,6 +122,23 @@ def _compressed(path: Path) -> list[str]:
     return lines
 
 
+def _product(path: Path, cube_error: CubeSchemaError) -> tuple[xr.Dataset, str]:
+    """A stage's product that is not a cube: ``(its dataset, its kind)``, kind one of
+    :data:`CLASS_VARS` (a class map, by its variable), ``"anomalies"`` or ``"patches"``; raises
+    ``cube_error`` (why it is no cube) for anything else."""
+    try:
+        ds = xr.open_zarr(path, consolidated=None)
+    except Exception:  # not a Zarr store at all: the cube's reason says what a cube needs
+        raise cube_error from None
+    if (name := class_var(ds)) is not None:
+        return ds, name
+    if {"score", "flag"} <= set(ds.data_vars):
+        return ds, "anomalies"
+    if "patch" in ds.dims:
+        return ds, "patches"
+    raise cube_error
+
+
 def describe(path: str | Path) -> list[str]:
     """What ``path`` holds: a cube (:func:`tasks.cube.describe_cube`) or a stage's product.
 
@@ -141,26 +146,21 @@ def describe(path: str | Path) -> list[str]:
     ``CubeSchemaError`` (the cube's reason) for a store that is neither a cube nor a product
     fusioncube knows."""
     path = Path(path)
+    manifest = read_manifest(path)
     if (path / "cores.bin").exists():  # the compress stage's store
-        return [f"{path}: a compressed cube (TDL, stage compress)", *_made_by(path), *_compressed(path)]
+        return [f"{path}: a compressed cube (TDL, stage compress)", *_made_by(manifest), *_compressed(path, manifest)]
     try:
         lines = describe_cube(path)
-        return lines + (_made_by(path)[:1] if read_manifest(path) is not None else [])  # another tool's: no line
+        return lines + (_made_by(manifest)[:1] if manifest is not None else [])  # another tool's: no line
     except CubeSchemaError as exc:
-        cube_error = exc
-    try:
-        ds = xr.open_zarr(path, consolidated=None)
-    except Exception:  # not a Zarr store at all: the cube's reason says what a cube needs
-        raise cube_error from None
-    if (name := class_var(ds)) is not None:
-        kind, body = f"a class map (stage {'labels' if name == 'class' else 'classify'})", [_grid(ds), *_class_map(ds, name)]
-    elif {"score", "flag"} <= set(ds.data_vars):
-        kind, body = "anomalies (stage anomalies)", [_grid(ds), *_anomalies(ds)]
-    elif "patch" in ds.dims:
-        kind, body = "patches (stage patch)", _patches(ds)
+        ds, kind = _product(path, exc)
+    if kind in CLASS_VARS:
+        title, body = f"a class map (stage {'labels' if kind == 'class' else 'classify'})", [_grid(ds), *_class_map(ds, kind)]
+    elif kind == "anomalies":
+        title, body = "anomalies (stage anomalies)", [_grid(ds), *_anomalies(ds)]
     else:
-        raise cube_error
-    return [f"{path}: {kind}", *_made_by(path), *body]
+        title, body = "patches (stage patch)", _patches(ds)
+    return [f"{path}: {title}", *_made_by(manifest), *body]
 
 
 def quicklook(path: str | Path, out_png: str | Path) -> Path:
@@ -173,16 +173,12 @@ def quicklook(path: str | Path, out_png: str | Path) -> Path:
     try:
         return composite_png(path, out_png)
     except CubeSchemaError as exc:
-        cube_error = exc
-    try:
-        ds = xr.open_zarr(path, consolidated=None)
-    except Exception:
-        raise cube_error from None
-    if (name := class_var(ds)) is not None:
+        _, kind = _product(path, exc)
+    if kind in CLASS_VARS:
         from tasks.labels import quicklook_png
 
-        return quicklook_png(path, out_png, var=name)
-    if {"score", "flag"} <= set(ds.data_vars):
+        return quicklook_png(path, out_png, var=kind)
+    if kind == "anomalies":
         from tasks.anomalies import anomalies_png
 
         return anomalies_png(path, out_png)

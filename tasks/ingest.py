@@ -134,17 +134,40 @@ def _scene_bounds(ref: SceneRef, crs: CRS, *, quiet: bool = False) -> tuple[floa
             src_crs = scene_crs(ds)
             if src_crs is None:
                 return None
-            left, bottom, right, top = ds.bounds  # bottom > top for a south-up (bottom-up) file
-            return transform_bounds(src_crs, crs, min(left, right), min(bottom, top), max(left, right),
-                                    max(bottom, top), densify_pts=21)
+            return transform_bounds(src_crs, crs, *_footprint(ds), densify_pts=21)
     except Exception as exc:  # unreadable, or a CRS with no transformation to the grid's
         if not quiet:
             log.warning("%s: left out of the new cube's bounds (%s: %s)", ref.path, type(exc).__name__, exc)
         return None
 
 
-def _first_scene_grid(refs: Sequence[SceneRef]) -> tuple[CRS, tuple[float, float], tuple[float, float]]:
-    """CRS, resolution and pixel-corner anchor of the first readable, georeferenced scene."""
+def _footprint(ds: rasterio.io.DatasetReader) -> tuple[float, float, float, float]:
+    """A raster's bounds as ``(left, bottom, right, top)`` with left < right and bottom < top
+    (``ds.bounds`` has bottom > top for a south-up, bottom-up file)."""
+    left, bottom, right, top = ds.bounds
+    return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
+
+
+@dataclass(frozen=True)
+class _FirstScene:
+    """The grid of the first readable, georeferenced scene: what a new cube's grid defaults to."""
+
+    crs: CRS
+    res: tuple[float, float]
+    anchor: tuple[float, float]  # a pixel corner: the lattice
+    shape: tuple[int, int]  # width, height
+    bounds: tuple[float, float, float, float]
+
+    def pixel_in(self, crs: CRS) -> tuple[float, float]:
+        """The size this scene's pixels take in ``crs`` (GDAL's suggested warp output: as many
+        pixels across its footprint), square."""
+        t, _, _ = calculate_default_transform(self.crs, crs, *self.shape, *self.bounds)
+        size = float(min(abs(t.a), abs(t.e)))
+        return size, size
+
+
+def _first_scene_grid(refs: Sequence[SceneRef]) -> _FirstScene:
+    """CRS, resolution, pixel-corner anchor and footprint of the first readable, georeferenced scene."""
     why: list[str] = []
     for ref in refs:
         try:
@@ -155,7 +178,8 @@ def _first_scene_grid(refs: Sequence[SceneRef]) -> tuple[CRS, tuple[float, float
                     if crs is None:
                         why.append(f"{ref.path}: {no_crs_reason(ds)}")
                         continue
-                    return crs, (abs(ds.transform.a), abs(ds.transform.e)), (ds.transform.c, ds.transform.f)
+                    return _FirstScene(crs, (abs(ds.transform.a), abs(ds.transform.e)),
+                                       (ds.transform.c, ds.transform.f), (ds.width, ds.height), _footprint(ds))
         except rasterio.errors.RasterioIOError as exc:
             why.append(f"{ref.path}: unreadable ({exc})")
             continue
@@ -167,41 +191,22 @@ def _first_scene_grid(refs: Sequence[SceneRef]) -> tuple[CRS, tuple[float, float
     )
 
 
-def _pixel_in(refs: Sequence[SceneRef], crs: CRS) -> tuple[float, float]:
-    """The pixel size the first readable scene's pixels take in ``crs`` (GDAL's suggested warp
-    output: the same number of pixels across the scene's footprint), square."""
-    for ref in refs:
-        try:
-            with rasterio.open(ref.grid_dataset) as ds:
-                src = scene_crs(ds)
-                if src is None:
-                    continue
-                left, bottom, right, top = ds.bounds
-                t, _, _ = calculate_default_transform(src, crs, ds.width, ds.height, min(left, right),
-                                                      min(bottom, top), max(left, right), max(bottom, top))
-                size = float(min(abs(t.a), abs(t.e)))
-                return size, size
-        except rasterio.errors.RasterioIOError:
-            continue
-    raise CubeSchemaError(f"no readable, georeferenced scene to take a pixel size in {crs} from; give --resolution")
-
-
 def cube_grid(spec: CubeSpec, refs: Sequence[SceneRef], *, name: str) -> Grid:
     """The grid a new cube is created on: the catalog's, completed from the scenes."""
     if not refs:
         raise CubeSchemaError(f"cube {name}: no scenes to create it from and no existing cube")
-    first_crs, first_res, first_anchor = _first_scene_grid(refs)
-    crs, res, anchor, bounds = first_crs, first_res, first_anchor, None
+    first = _first_scene_grid(refs)
+    crs, res, anchor, bounds = first.crs, first.res, first.anchor, None
     if spec.grid is not None:
         if spec.grid.crs is not None:
             crs = CRS.from_user_input(spec.grid.crs)
         given = spec.grid.xy_resolution
         if given is not None:
             res = given
-        elif crs != first_crs:  # the first scene's pixels as they come out in the new CRS
-            res = _pixel_in(refs, crs)
-        same_lattice = crs == first_crs and np.allclose(res, first_res, rtol=1e-9)
-        anchor = first_anchor if same_lattice else (0.0, 0.0)
+        elif crs != first.crs:  # the first scene's pixels as they come out in the new CRS
+            res = first.pixel_in(crs)
+        same_lattice = crs == first.crs and np.allclose(res, first.res, rtol=1e-9)
+        anchor = first.anchor if same_lattice else (0.0, 0.0)
         bounds = spec.grid.bounds_in(crs)
     if bounds is None:
         boxes = [b for b in (_scene_bounds(r, crs) for r in refs) if b is not None]
