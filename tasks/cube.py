@@ -203,8 +203,12 @@ def _normalised(ds: xr.Dataset, path: Path, notes: list[str]) -> xr.Dataset:
     if gm in ds.data_vars and ds[gm].ndim == 0:
         notes.append(f"grid mapping '{gm}' stored as a data variable: read as the coordinate")
         ds = ds.set_coords(gm)
-    if ds["band"].dtype.kind not in "UOT" or any(not isinstance(b, str) for b in ds["band"].values.tolist()):
-        notes.append(f"band labels {ds['band'].values.tolist()} read as names")
+    labels = ds["band"].values.tolist()
+    if ds["band"].dtype.kind not in "OT" or any(not isinstance(b, str) for b in labels):
+        # fixed-length unicode (xarray's default for a list of str) is fine to read, but has no Zarr
+        # v3 spec to write it with: kept as names without a note, like any other string type
+        if ds["band"].dtype.kind != "U":
+            notes.append(f"band labels {labels} read as names")
         names = np.array([str(b) for b in ds["band"].values.tolist()], dtype=object)  # written as v3 strings
         ds = ds.assign_coords(band=("band", names, ds["band"].attrs))
     if "valid" in ds and ds["valid"].dtype != bool:

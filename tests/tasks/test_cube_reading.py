@@ -131,6 +131,33 @@ def test_a_cube_written_by_rioxarray_is_read_the_schema_way_and_stages_write_fro
     assert CRS.from_wkt(xr.open_zarr(tmp_path / "an.zarr")["spatial_ref"].attrs["crs_wkt"]).to_epsg() == 32722
 
 
+def test_fixed_length_band_names_are_written_as_v3_strings(tmp_path) -> None:
+    """xarray writes a list of str as fixed-length unicode (``<U3``), a type with no Zarr v3 spec:
+    the stages used to copy it into every store they wrote (zarr's UnstableSpecificationWarning)."""
+    import warnings
+
+    import pandas as pd
+    import xarray as xr
+    import zarr
+
+    from tasks.cube import _read_cube
+    from tasks.patch import make_patches
+
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset({"data": (("time", "band", "y", "x"), rng.random((3, 2, 8, 8), dtype=np.float32)),
+                     "valid": (("time", "y", "x"), np.ones((3, 8, 8), bool))},
+                    coords={"time": pd.date_range("2024-01-01", periods=3), "band": ["red", "nir"],
+                            "y": 100.0 - np.arange(8), "x": np.arange(8.0)})
+    ds.to_zarr(tmp_path / "cube.zarr", zarr_format=2, mode="w")
+    cube, notes = _read_cube(tmp_path / "cube.zarr", "auto")
+    assert cube["band"].dtype == object and list(cube["band"].values) == ["red", "nir"]
+    assert not any("band labels" in n for n in notes)  # nothing for the user to know
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", zarr.errors.UnstableSpecificationWarning)
+        make_patches(tmp_path / "cube.zarr", tmp_path / "p.zarr", size=4, block=1)
+    assert "String" in type(zarr.open_group(str(tmp_path / "p.zarr"), mode="r")["band"].dtype).__name__
+
+
 def test_dimension_names_of_other_tools_get_a_rename_hint(tmp_path) -> None:
     import pandas as pd
     import xarray as xr
