@@ -171,7 +171,30 @@ def _contexts(prev_row: np.ndarray, prev_frame_row: np.ndarray) -> np.ndarray:
     return left + 2 * up + 4 * right + 8 * prev_frame_row.astype(np.int64)
 
 
-def _all_contexts(mask: np.ndarray) -> np.ndarray:
+def _reference(mask: np.ndarray, anchors: np.ndarray | None, period: int) -> np.ndarray:
+    """Each frame's context frame: the frame before it (zeros for the first), or, with
+    ``anchors``, every ``period``-th frame's anchor."""
+    ref = np.zeros_like(mask)
+    ref[1:] = mask[:-1]
+    if anchors is not None:
+        ref[::period] = anchors
+    return ref
+
+
+def _check_anchors(shape: tuple[int, ...], anchors: np.ndarray | None, period: int) -> np.ndarray | None:
+    if isinstance(period, bool) or not isinstance(period, int | np.integer) or period < 1:
+        raise ValueError(f"period must be an integer >= 1; got {period!r}")
+    if anchors is None:
+        return None
+    a = np.asarray(anchors)
+    frames = shape[0]
+    if a.dtype != bool or frames % period or a.shape != (frames // period, *shape[1:]):
+        raise ValueError(f"anchors must be a boolean (frames / period, H, W) = "
+                         f"({frames} / {period}, {shape[1]}, {shape[2]}) array; got {a.dtype} {a.shape}")
+    return a
+
+
+def _all_contexts(mask: np.ndarray, ref: np.ndarray) -> np.ndarray:
     m = mask.astype(np.int64)
     up = np.zeros_like(m)
     up[:, 1:] = m[:, :-1]
@@ -179,13 +202,18 @@ def _all_contexts(mask: np.ndarray) -> np.ndarray:
     left[:, :, 1:] = up[:, :, :-1]
     right = np.zeros_like(m)
     right[:, :, :-1] = up[:, :, 1:]
-    prev = np.zeros_like(m)
-    prev[1:] = m[:-1]
-    return left + 2 * up + 4 * right + 8 * prev
+    return left + 2 * up + 4 * right + 8 * ref.astype(np.int64)
 
 
-def encode_mask(mask: np.ndarray) -> bytes:
+def encode_mask(mask: np.ndarray, *, anchors: np.ndarray | None = None, period: int = 1) -> bytes:
     """Lossless context-adaptive coding of a boolean ``(F, H, W)`` stack of frames.
+
+    A pixel's context is its up-left, up and up-right neighbours and the same pixel in a reference
+    frame: the frame before, or, with ``anchors`` (``(F / period, H, W)`` bool, known to the
+    decoder), the anchor for every ``period``-th frame. A NaN mask of ``(T, C)`` frames coded with
+    ``period = C`` and the ``valid`` frames as anchors costs next to nothing where the bands of a
+    date go missing together with ``valid``; coded against the frame before, each date's first band
+    would be predicted from the date before.
 
     Returns
     -------
@@ -195,7 +223,8 @@ def encode_mask(mask: np.ndarray) -> bytes:
     m = np.asarray(mask)
     if m.dtype != bool or m.ndim != 3:
         raise ValueError(f"mask must be a boolean (frames, H, W) array; got {m.dtype} {m.shape}")
-    ctx = _all_contexts(m)
+    a = _check_anchors(m.shape, anchors, period)
+    ctx = _all_contexts(m, _reference(m, a, period))
     ones = np.bincount(ctx.ravel(), weights=m.ravel(), minlength=16)
     total = np.bincount(ctx.ravel(), minlength=16)
     p16 = np.clip(np.rint((ones + 0.5) / (total + 1.0) * 65535), 1, 65534).astype(np.uint16)
@@ -207,9 +236,12 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return p16.tobytes() + coder.get_compressed().tobytes()
 
 
-def decode_mask(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
-    """Inverse of :func:`encode_mask` (decoded row by row: each row's context is known)."""
+def decode_mask(data: bytes, shape: tuple[int, int, int], *, anchors: np.ndarray | None = None,
+                period: int = 1) -> np.ndarray:
+    """Inverse of :func:`encode_mask`, with the same ``anchors`` and ``period`` (decoded row by
+    row: each row's context is known)."""
     frames, height, width = shape
+    a = _check_anchors(tuple(shape), anchors, period)
     p16 = np.frombuffer(data, dtype=np.uint16, count=16).astype(np.float64) / 65535
     out = np.zeros(shape, dtype=bool)
     if out.size == 0:
@@ -218,10 +250,12 @@ def decode_mask(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     model = constriction.stream.model.Bernoulli(perfect=False)
     zero_row = np.zeros(width, dtype=bool)
     for f in range(frames):
-        prev_frame = out[f - 1] if f else None
+        if a is not None and f % period == 0:
+            ref: np.ndarray | None = a[f // period]
+        else:
+            ref = out[f - 1] if f else None
         for i in range(height):
-            ctx = _contexts(out[f, i - 1] if i else zero_row,
-                            prev_frame[i] if prev_frame is not None else zero_row)
+            ctx = _contexts(out[f, i - 1] if i else zero_row, ref[i] if ref is not None else zero_row)
             out[f, i] = coder.decode(model, np.ascontiguousarray(p16[ctx])).astype(bool)
     return out
 

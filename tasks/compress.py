@@ -218,7 +218,9 @@ def compress_patches(
                 q = tdl.quantize_core(codec, tdl.fill_missing(data, finite), step, lam=rdo_lambda,
                                       deadzone=deadzone)
                 stream = tdl.encode_indices(codec, q, step)
-                finite_bits, valid_bits = encode_mask(_frames(finite)), encode_mask(_frames(valid))
+                period = finite[0].size // valid[0].size  # the bands of a date
+                finite_bits = encode_mask(_frames(finite), anchors=_frames(valid), period=period)
+                valid_bits = encode_mask(_frames(valid))
                 encode_s += _time.perf_counter() - t0
                 row = {"patches": len(data)}
                 for name, blob, f in (("cores", stream, cores_f), ("finite_mask", finite_bits, finite_f),
@@ -240,7 +242,8 @@ def compress_patches(
                     sums[name]["count"] += int(err.size)
         (tmp / "segments.json").write_text(json.dumps(table))
         index = pds.drop_vars([str(v) for v in pds.data_vars if "patch" in pds[v].dims])
-        index.attrs.update(compress_shape=[n, *shape], compress_valid_shape=[n, *pds["valid"].shape[1:]])
+        index.attrs.update(compress_shape=[n, *shape], compress_valid_shape=[n, *pds["valid"].shape[1:]],
+                           compress_mask_anchor="valid")
         index.to_zarr(tmp / "index.zarr", mode="w", zarr_format=3, consolidated=True)
     entries = acc["entries"]
     parts = {"cores": 8 * nbytes["cores"], "codec": codec.side_bits(),
@@ -307,8 +310,11 @@ def _decoded_segments(compressed: Path) -> Any:
                 return f.read(size)
 
         x = tdl.decode(codec, part("cores"), g).reshape(g, *shape[1:])
-        finite = decode_mask(part("finite_mask"), (g * int(np.prod(shape[1:-2])), *shape[-2:]))
         valid = decode_mask(part("valid_mask"), (g * int(np.prod(vshape[1:-2])), *vshape[-2:]))
+        # stores written before the NaN mask was coded against valid have no compress_mask_anchor
+        anchor = {"anchors": valid, "period": int(np.prod(shape[1:-2]) // np.prod(vshape[1:-2]))} \
+            if index.attrs.get("compress_mask_anchor") == "valid" else {}
+        finite = decode_mask(part("finite_mask"), (g * int(np.prod(shape[1:-2])), *shape[-2:]), **anchor)
         yield (first, np.where(finite.reshape(x.shape), x, np.nan).astype(np.float32),
                valid.reshape(g, *vshape[1:]))
         first += g
@@ -337,7 +343,7 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
               dask_array.zeros(shape, dtype=np.float32, chunks=(chunk, *shape[1:]))),
         valid=(("patch", "time", "py", "px"), dask_array.zeros(vshape, dtype=bool, chunks=(chunk, *vshape[1:]))),
     )
-    for k in ("compress_shape", "compress_valid_shape"):
+    for k in ("compress_shape", "compress_valid_shape", "compress_mask_anchor"):
         ds.attrs.pop(k, None)
     tmp = out.with_name(out.name + ".patches-tmp.zarr")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -363,7 +369,7 @@ def compress_png(cube: str | Path, decoded: str | Path, out: str | Path, *, titl
     from tasks.quicklook import plt, rgb_bands
 
     src, dec = open_cube(cube), open_cube(decoded)
-    t = int(src["valid"].sum(dim=("y", "x")).argmax())
+    t = int(src["valid"].sum(dim=("y", "x")).argmax("time"))
     step = max(1, int(np.ceil(max(src.sizes["y"], src.sizes["x"]) / max_pixels)))
     window = {"time": t, "y": slice(None, None, step), "x": slice(None, None, step)}
     a = src["data"].isel(window).values.astype(np.float32)  # (band, y, x)

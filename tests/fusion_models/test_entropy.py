@@ -87,3 +87,24 @@ def test_context_coder_rejects_bad_arguments() -> None:
         entropy.encode_context_laplace(np.zeros((2, 3, 3), np.int32), np.ones((3, 4)))
     with pytest.raises(ValueError, match="every R_n >= 1"):
         entropy.context_plan((3, 0))
+
+
+def test_mask_coded_against_anchor_frames_round_trips_and_costs_little() -> None:
+    """A (T x C) NaN mask whose bands go missing with valid: coded with valid as each date's anchor
+    it costs next to nothing, against the frame before it costs a date's worth per date."""
+    rng = np.random.default_rng(0)
+    t, c, h, w = 6, 4, 24, 20
+    valid = rng.random((t, h, w)) > 0.3  # random gaps: the costliest case for the spatial contexts
+    finite = np.repeat(valid[:, None], c, axis=1)
+    finite[2, 3, 5, 7] = not finite[2, 3, 5, 7]  # one band off on its own: still lossless
+    frames = finite.reshape(t * c, h, w)
+    coded = entropy.encode_mask(frames, anchors=valid, period=c)
+    assert np.array_equal(entropy.decode_mask(coded, frames.shape, anchors=valid, period=c), frames)
+    plain = entropy.encode_mask(frames)
+    assert np.array_equal(entropy.decode_mask(plain, frames.shape), frames)
+    assert 8 * len(coded) - 16 * 16 < 0.01 * frames.size  # beyond the probability table
+    assert len(plain) > 10 * len(coded)
+    with pytest.raises(ValueError, match="anchors"):
+        entropy.encode_mask(frames, anchors=valid[:-1], period=c)
+    with pytest.raises(ValueError, match="period"):
+        entropy.encode_mask(frames, anchors=valid, period=0)
