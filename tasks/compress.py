@@ -48,7 +48,7 @@ from prefect.cache_policies import NONE
 from tqdm.auto import tqdm
 
 from fusion_models import tdl
-from fusion_models.entropy import decode_mask, encode_mask
+from fusion_models.entropy import decode_mask, decode_mask_rows, encode_mask
 from tasks.checkpoint import (
     Manifest,
     atomic_artifact,
@@ -70,6 +70,9 @@ SEGMENT_BYTES = 64 * 1024**2
 #: the bases are fitted on at most this many float32 bytes of train patches (a seeded sample)
 TRAIN_BYTES = 128 * 1024**2
 CODE_MODULES = ("tasks.compress", "fusion_models.tdl", "fusion_models.entropy")
+# the masks' coding (index attribute compress_mask_coding): 2, fusion_models.entropy.encode_mask
+# with the NaN mask anchored on valid; stores without the attribute were coded by encode_mask_rows
+MASK_CODING = 2
 
 
 def default_ranks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -243,7 +246,7 @@ def compress_patches(
         (tmp / "segments.json").write_text(json.dumps(table))
         index = pds.drop_vars([str(v) for v in pds.data_vars if "patch" in pds[v].dims])
         index.attrs.update(compress_shape=[n, *shape], compress_valid_shape=[n, *pds["valid"].shape[1:]],
-                           compress_mask_anchor="valid")
+                           compress_mask_coding=MASK_CODING)
         index.to_zarr(tmp / "index.zarr", mode="w", zarr_format=3, consolidated=True)
     entries = acc["entries"]
     parts = {"cores": 8 * nbytes["cores"], "codec": codec.side_bits(),
@@ -310,11 +313,14 @@ def _decoded_segments(compressed: Path) -> Any:
                 return f.read(size)
 
         x = tdl.decode(codec, part("cores"), g).reshape(g, *shape[1:])
-        valid = decode_mask(part("valid_mask"), (g * int(np.prod(vshape[1:-2])), *vshape[-2:]))
-        # stores written before the NaN mask was coded against valid have no compress_mask_anchor
-        anchor = {"anchors": valid, "period": int(np.prod(shape[1:-2]) // np.prod(vshape[1:-2]))} \
-            if index.attrs.get("compress_mask_anchor") == "valid" else {}
-        finite = decode_mask(part("finite_mask"), (g * int(np.prod(shape[1:-2])), *shape[-2:]), **anchor)
+        frames = (g * int(np.prod(shape[1:-2])), *shape[-2:])
+        valid_frames = (g * int(np.prod(vshape[1:-2])), *vshape[-2:])
+        if index.attrs.get("compress_mask_coding") == MASK_CODING:
+            valid = decode_mask(part("valid_mask"), valid_frames)
+            finite = decode_mask(part("finite_mask"), frames, anchors=valid, period=frames[0] // valid_frames[0])
+        else:  # a store written before (no compress_mask_coding): each mask on its own, row by row
+            valid = decode_mask_rows(part("valid_mask"), valid_frames)
+            finite = decode_mask_rows(part("finite_mask"), frames)
         yield (first, np.where(finite.reshape(x.shape), x, np.nan).astype(np.float32),
                valid.reshape(g, *vshape[1:]))
         first += g
@@ -343,7 +349,7 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
               dask_array.zeros(shape, dtype=np.float32, chunks=(chunk, *shape[1:]))),
         valid=(("patch", "time", "py", "px"), dask_array.zeros(vshape, dtype=bool, chunks=(chunk, *vshape[1:]))),
     )
-    for k in ("compress_shape", "compress_valid_shape", "compress_mask_anchor"):
+    for k in ("compress_shape", "compress_valid_shape", "compress_mask_coding"):
         ds.attrs.pop(k, None)
     tmp = out.with_name(out.name + ".patches-tmp.zarr")
     shutil.rmtree(tmp, ignore_errors=True)
