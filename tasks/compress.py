@@ -37,6 +37,7 @@ import json
 import logging
 import shutil
 import time as _time
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ def compress_patches(
                 row = {"patches": len(data)}
                 for name, blob, f in (("cores", stream, cores_f), ("finite_mask", finite_bits, finite_f),
                                       ("valid_mask", valid_bits, valid_f)):
-                    row[name] = [nbytes[name], len(blob)]
+                    row[name] = [nbytes[name], len(blob), zlib.crc32(blob)]  # offset, size, checksum
                     f.write(blob)
                     nbytes[name] += len(blob)
                 table.append(row)
@@ -307,20 +308,35 @@ def _decoded_segments(compressed: Path) -> Any:
         g = int(seg["patches"])
 
         def part(name: str, seg: dict[str, Any] = seg) -> bytes:
-            offset, size = seg[name]
+            offset, size, *crc = seg[name]  # stores before checksums: offset, size
             with open(blobs[name], "rb") as f:
                 f.seek(offset)
-                return f.read(size)
+                blob = f.read(size)
+            if len(blob) != size:
+                raise ValueError(f"{blobs[name]}: truncated: a segment needs bytes {offset}..{offset + size}, "
+                                 f"the file has {blobs[name].stat().st_size}")
+            if crc and zlib.crc32(blob) != crc[0]:
+                raise ValueError(f"{blobs[name]}: damaged: bytes {offset}..{offset + size} fail their checksum")
+            return blob
 
-        x = tdl.decode(codec, part("cores"), g).reshape(g, *shape[1:])
         frames = (g * int(np.prod(shape[1:-2])), *shape[-2:])
         valid_frames = (g * int(np.prod(vshape[1:-2])), *vshape[-2:])
-        if index.attrs.get("compress_mask_coding") == MASK_CODING:
-            valid = decode_mask(part("valid_mask"), valid_frames)
-            finite = decode_mask(part("finite_mask"), frames, anchors=valid, period=frames[0] // valid_frames[0])
-        else:  # a store written before (no compress_mask_coding): each mask on its own, row by row
-            valid = decode_mask_rows(part("valid_mask"), valid_frames)
-            finite = decode_mask_rows(part("finite_mask"), frames)
+        cores, valid_bits, finite_bits = part("cores"), part("valid_mask"), part("finite_mask")
+        name = "cores.bin"
+        try:
+            x = tdl.decode(codec, cores, g).reshape(g, *shape[1:])
+            name = "valid.bin"
+            if index.attrs.get("compress_mask_coding") == MASK_CODING:
+                valid = decode_mask(valid_bits, valid_frames)
+                name = "finite.bin"
+                finite = decode_mask(finite_bits, frames, anchors=valid, period=frames[0] // valid_frames[0])
+            else:  # a store written before (no compress_mask_coding): each mask on its own, row by row
+                valid = decode_mask_rows(valid_bits, valid_frames)
+                name = "finite.bin"
+                finite = decode_mask_rows(finite_bits, frames)
+        except ValueError as e:
+            raise ValueError(f"{compressed / name}: cannot decode the segment from patch {first} ({e}); "
+                             "the store is damaged") from e
         yield (first, np.where(finite.reshape(x.shape), x, np.nan).astype(np.float32),
                valid.reshape(g, *vshape[1:]))
         first += g
@@ -334,6 +350,11 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
     compressed, out = Path(compressed), Path(out)
     if not (compressed / "cores.bin").exists():
         raise FileNotFoundError(f"{compressed}: no cores.bin; not a compressed store of this stage")
+    missing = [f for f in ("codec.bin", "finite.bin", "valid.bin", "index.zarr") if not (compressed / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{compressed}: {', '.join(missing)} missing; the store is incomplete")
+    if out.exists() and not overwrite:  # before any decoding
+        raise FileExistsError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
     import dask.array as dask_array
     import zarr
 
@@ -478,6 +499,8 @@ def _cmd(args: argparse.Namespace) -> int:
     print(f"{args.out}: {json.dumps(manifest.stats)}")  # noqa: T201 - CLI output
     print(f"decoded cube: {Path(args.out) / 'decoded.zarr'}")  # noqa: T201
     print(f"quick-look: {Path(args.out) / 'compress.png'}")  # noqa: T201
+    print(f"to decode {Path(args.out) / 'compressed'} elsewhere: fusioncube stage decompress "  # noqa: T201
+          f"--store {Path(args.out) / 'compressed'} --out CUBE.zarr")
     return 0
 
 
@@ -496,4 +519,20 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
                         "(default ln 2 / 6; 0: dead-zone rounding)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd)
+    d = subparsers.add_parser("decompress", help="decode a compressed store (compress's compressed/) into a cube")
+    d.add_argument("--store", required=True,
+                   help="the compressed/ folder (or the compress --out folder that holds it)")
+    d.add_argument("--out", required=True, help="the decoded cube (.zarr, Zarr v3)")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    d.set_defaults(func=_cmd_decompress)
     return p
+
+
+def _cmd_decompress(args: argparse.Namespace) -> int:
+    store = Path(args.store)
+    if not (store / "cores.bin").exists() and (store / "compressed" / "cores.bin").exists():
+        store = store / "compressed"
+    cube = decompress(store, args.out, overwrite=args.overwrite, progress=True)
+    print(f"{args.out}: {cube.sizes['time']} dates, {cube.sizes['band']} bands, "  # noqa: T201 - CLI output
+          f"{cube.sizes['y']} x {cube.sizes['x']} px")
+    return 0

@@ -83,6 +83,36 @@ def test_bits_option_and_cli(cube: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()  # refused before writing
 
 
+def test_decompress_cli_decodes_a_shipped_store_and_refuses_a_damaged_one(cube: Path, tmp_path: Path, capsys) -> None:
+    """Only ``compressed/`` travels: ``fusioncube stage decompress`` gives the cube back; a cut or
+    altered stream is named, not decoded into garbage."""
+    import shutil
+
+    from flows.cli import main
+
+    compress_cube(cube, tmp_path / "c", patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=1)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tmp_path / "c" / "compressed", shipped)
+    assert main(["stage", "decompress", "--store", str(shipped), "--out", str(tmp_path / "back.zarr")]) == 0
+    back, ref = open_cube(tmp_path / "back.zarr"), open_cube(tmp_path / "c" / "decoded.zarr")
+    np.testing.assert_array_equal(back["data"].values, ref["data"].values)
+    assert back["spatial_ref"].attrs["crs_wkt"] == ref["spatial_ref"].attrs["crs_wkt"]
+    # the compress --out folder works too; an existing output is refused before decoding
+    assert main(["stage", "decompress", "--store", str(tmp_path / "c"), "--out", str(tmp_path / "back.zarr")]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["stage", "decompress", "--store", str(tmp_path / "c"), "--out", str(tmp_path / "b2.zarr")]) == 0
+
+    valid = bytearray((shipped / "valid.bin").read_bytes())
+    valid[len(valid) // 2] ^= 0xFF
+    (shipped / "valid.bin").write_bytes(bytes(valid))
+    assert main(["stage", "decompress", "--store", str(shipped), "--out", str(tmp_path / "bad.zarr")]) == 2
+    assert "valid.bin: damaged" in capsys.readouterr().err
+    (shipped / "cores.bin").write_bytes((tmp_path / "c" / "compressed" / "cores.bin").read_bytes()[:10])
+    with pytest.raises(ValueError, match="cores.bin: truncated"):
+        decompress(shipped, tmp_path / "bad.zarr")
+    assert not (tmp_path / "bad.zarr").exists()
+
+
 def test_a_cube_too_small_for_a_test_split_reports_no_test_score(cube: Path, tmp_path: Path) -> None:
     small = tmp_path / "small.zarr"
     xr.open_zarr(cube).isel(y=slice(0, 10), x=slice(0, 10)).load().to_zarr(small, zarr_format=3, mode="w")
