@@ -154,8 +154,8 @@ def label_scheme(layer: xr.DataArray, *, source: str = "cube") -> LabelScheme:
             values = values[np.isfinite(values)]
         codes = sorted({int(c) for c in np.unique(values)} - {nodata})
         is_nlcd = bool(set(codes) - _NLCD_NODATA) and set(codes) - _NLCD_NODATA <= set(CLASSES)
-    if is_nlcd:
-        return LabelScheme(CLASSES, {c: NLCD_CLASSES[c] for c in CLASSES}, colour_table(CLASSES))
+    if is_nlcd:  # the layer's own names and colours, where it has them, win over NLCD's
+        return LabelScheme(CLASSES, class_names(CLASSES, attrs), colour_table(CLASSES, attrs))
     if len(codes) < 2:
         raise ValueError(f"{source}: the label layer {layer.name!r} holds {len(codes)} class code(s) {codes}; "
                          "a classifier needs at least 2 classes")

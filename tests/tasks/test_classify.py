@@ -133,6 +133,8 @@ def test_label_scheme_nlcd_or_the_layer_s_own_legend() -> None:
 
     assert label_scheme(layer([[0, 41], [82, 250]])).classes == CLASSES  # NLCD with its no-data codes
     assert label_scheme(layer([[1, 1]], flag_values=[41, 82])).classes == CLASSES
+    named = label_scheme(layer([[41, 82]], flag_values=[11, 41, 82], flag_meanings="water forest crops"))
+    assert named.classes == CLASSES and named.names[41] == "forest" and named.names[21] == "Developed, Open Space"
     own = label_scheme(layer([[1, 2]], flag_values=[1, 2, 3, 9], flag_meanings="forest pasture soy_corn",
                              flag_colors=["#00ff00", "#ffff00", "#aa5500"], nodata=9))
     assert own.classes == (1, 2, 3) and own.names == {1: "forest", 2: "pasture", 3: "soy corn"}
