@@ -146,9 +146,13 @@ def describe(path: str | Path) -> list[str]:
     ``CubeSchemaError`` (the cube's reason) for a store that is neither a cube nor a product
     fusioncube knows."""
     path = Path(path)
+    if not (path / "cores.bin").exists() and (path / "compressed" / "cores.bin").exists():
+        held = [p for p in ("compressed", "decoded.zarr", "patches.zarr", "compress.png") if (path / p).exists()]
+        return [f"{path}: the output folder of stage compress ({', '.join(held)})", *describe(path / "compressed")]
     manifest = read_manifest(path)
     if (path / "cores.bin").exists():  # the compress stage's store
-        return [f"{path}: a compressed cube (TDL, stage compress)", *_made_by(manifest), *_compressed(path, manifest)]
+        return [f"{path}: a compressed cube (TDL, stage compress)", *_made_by(manifest), *_compressed(path, manifest),
+                f"  decode it: fusioncube stage decompress --store {path} --out CUBE.zarr"]
     try:
         lines = describe_cube(path)
         return lines + (_made_by(manifest)[:1] if manifest is not None else [])  # another tool's: no line

@@ -83,6 +83,10 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
 
     text = info("comp/compressed")
     assert "a compressed cube (TDL, stage compress)" in text and "bits per entry" in text and "PSNR (dB)" in text
+    assert "fusioncube stage decompress --store" in text
+    text = info("comp")  # the stage's --out folder: its store described
+    assert "comp: the output folder of stage compress (compressed, decoded.zarr, patches.zarr" in text
+    assert "a compressed cube (TDL, stage compress)" in text
 
     text = info("cube.zarr")
     assert "a schema-following cube" in text and "manifest" not in text  # written by hand: no manifest
