@@ -89,6 +89,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                                 ("default", args.date)) if v is not None},
         band_files=args.band_files,
         layers=_layers(args.layer),
+        units={k: v for k, v in (("scale", args.scale), ("offset", args.offset), ("nodata", args.nodata),
+                                 ("valid_range", args.valid_range)) if v is not None},
     )
     if args.dry_run:
         return _ingest_dry_run(*build_adhoc_catalog(args.paths, Path(args.out), **options))
@@ -138,7 +140,8 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
     for b in source.bands:
         extra = "".join(f", {k} {v:g}" for k, v in (("scale", b.scale), ("offset", b.offset)) if v != (k == "scale"))
         nodata = f", nodata {b.nodata:g}" if b.nodata is not None else ", nodata: each file's own"
-        print(f"  band {b.name}: {f'file {b.file!r}' if b.file else f'band {b.index}'}{extra}{nodata}")
+        bounds = "".join(f", valid {k} {v:g}" for k, v in (("min", b.valid_min), ("max", b.valid_max)) if v is not None)
+        print(f"  band {b.name}: {f'file {b.file!r}' if b.file else f'band {b.index}'}{extra}{nodata}{bounds}")
     if source.band_files:
         print(f"  one file per band, grouped by {source.band_files!r}")
     for name, layer_source in catalog.cube("cube").static.items():
@@ -310,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--layer", action="append", metavar="NAME=FILE",
                    help="a class map (e.g. land cover) to add as the static layer NAME, warped onto the "
                         "cube's grid by majority; repeatable (stage classify / labels train on it)")
+    i.add_argument("--scale", type=float, default=None,
+                   help="physical value = raw x SCALE + OFFSET for every band, overriding what the files "
+                        "declare (e.g. 0.0001 for MODIS NDVI or reflectance stored as integers)")
+    i.add_argument("--offset", type=float, default=None, help="see --scale (default 0)")
+    i.add_argument("--nodata", type=float, default=None,
+                   help="raw value that marks no data in every band, overriding the files' own (e.g. -3000)")
+    i.add_argument("--valid-range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="physical values outside MIN .. MAX are not observed (fill and out-of-range "
+                        "values, e.g. -0.2 1 for NDVI), masked before any warp")
     i.add_argument("--dry-run", action="store_true",
                    help="show the bands, mask, scenes and grid it would use; write nothing")
     i.set_defaults(func=_cmd_ingest)

@@ -397,6 +397,7 @@ def build_adhoc_catalog(
     bounds: tuple[float, float, float, float] | None = None,
     bounds_crs: str | None = None,
     aoi: str | None = None,
+    units: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """A validated one-source, one-cube catalog for ``paths`` (as a dict) and the path it is
     written to beside the cube; nothing is written.
@@ -409,7 +410,10 @@ def build_adhoc_catalog(
     such as a land cover map (its first band, warped onto the cube's grid by majority).
     ``bounds`` (``xmin, ymin, xmax, ymax`` in ``bounds_crs``, by default the grid's CRS) or ``aoi``
     (a GeoJSON or raster file, :func:`tasks.aoi.aoi_bounds`): the area the cube covers, instead of
-    the scenes' union.
+    the scenes' union. ``units``: ``scale``, ``offset``, ``nodata`` and ``valid_range`` (min, max)
+    for every band, overriding what the files declare and the product presets (:func:`_with_units`).
+    Appending to a cube whose catalog beside it has other band rules is refused
+    (:func:`_check_band_rules`).
     """
     if bounds is not None and aoi is not None:
         raise ValueError("give the area as --bounds or as --aoi, not both")
@@ -465,6 +469,10 @@ def build_adhoc_catalog(
         if product.radiometry and _radiometry_known(files):
             radiometry = product.radiometry
             bands = [{k: v for k, v in b.items() if k not in ("scale", "offset")} for b in bands]
+    if units:
+        bands = [_with_units(b, units) for b in bands]
+        if {"scale", "offset"} & set(units):
+            radiometry = None  # the user's scale replaces the product's own radiometry
     # what is not given comes from the first scene (tasks.ingest.cube_grid): its CRS, its finest
     # band's pixel size, or the size its pixels take in the given CRS
     grid: dict[str, Any] | None = {k: v for k, v in (("crs", crs), ("resolution", resolution)) if v} or None
@@ -513,7 +521,49 @@ def build_adhoc_catalog(
         check_cube_bands(out, [b["name"] for b in bands])
         if grid is not None:
             check_cube_grid(out, GridSpec(**grid))
+        _check_band_rules(path, bands)
     return raw, path
+
+
+_UNIT_KEYS = ("scale", "offset", "nodata", "valid_min", "valid_max")
+
+
+def _with_units(band: dict[str, Any], units: dict[str, Any]) -> dict[str, Any]:
+    """``band`` with the user's ``scale`` / ``offset`` / ``nodata`` / ``valid_range``."""
+    out = dict(band)
+    if "scale" in units or "offset" in units:  # both replace the file's pair: a scale alone means offset 0
+        out["scale"] = float(units.get("scale", 1.0))
+        out.pop("offset", None)
+        if units.get("offset"):
+            out["offset"] = float(units["offset"])
+    if "nodata" in units:
+        out["nodata"] = float(units["nodata"])
+    if "valid_range" in units:
+        lo, hi = (float(v) for v in units["valid_range"])
+        if not lo <= hi:
+            raise ValueError(f"--valid-range MIN MAX needs MIN <= MAX; got {lo:g} {hi:g}")
+        out["valid_min"], out["valid_max"] = lo, hi
+    return out
+
+
+def _check_band_rules(catalog_path: Path, bands: list[dict[str, Any]]) -> None:
+    """Refuse to append with band rules (scale, offset, nodata, valid range) other than those the
+    cube was built with, as its catalog beside it records: the new dates would be in other units."""
+    if not catalog_path.exists():
+        return
+    try:
+        before = yaml.safe_load(catalog_path.read_text())["sources"]["scenes"]["bands"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return  # edited by hand beyond recognition: nothing to compare with
+    defaults = {"scale": 1.0, "offset": 0.0}
+    old = {b.get("name"): {k: b.get(k, defaults.get(k)) for k in _UNIT_KEYS} for b in before if isinstance(b, dict)}
+    for b in bands:
+        new = {k: b.get(k, defaults.get(k)) for k in _UNIT_KEYS}
+        if b["name"] in old and old[b["name"]] != new:
+            diff = ", ".join(f"{k} {old[b['name']][k]} -> {new[k]}" for k in _UNIT_KEYS if old[b["name"]][k] != new[k])
+            raise ValueError(f"{catalog_path.name[:-len('.catalog.yaml')]}: band {b['name']} was ingested with other "
+                             f"rules ({diff}; {catalog_path}); appending would mix units. Give the same --scale / "
+                             "--offset / --nodata / --valid-range as before, or write a new cube")
 
 
 def _crs_of(files: list[str]) -> str | None:

@@ -87,6 +87,16 @@ class BandSpec(_Strict):
         default=None,
         description="with the source's band_files: the value of its 'band' group naming this band's file",
     )
+    valid_min: float | None = Field(
+        default=None, description="smallest valid physical value (after scale and offset); below: not observed")
+    valid_max: float | None = Field(
+        default=None, description="largest valid physical value (after scale and offset); above: not observed")
+
+    @model_validator(mode="after")
+    def _valid_interval(self) -> BandSpec:
+        if self.valid_min is not None and self.valid_max is not None and self.valid_min > self.valid_max:
+            raise ValueError(f"band {self.name}: valid_min {self.valid_min:g} > valid_max {self.valid_max:g}")
+        return self
 
 
 class DateRule(_Strict):

@@ -351,8 +351,10 @@ def _read_band_files(
 def _to_physical(
     raw: np.ndarray, spec: SourceSpec, nodata: float | None, *, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """Raw values -> float32 physical units (``raw * scale + offset``), NaN where nodata;
-    written into ``out`` (e.g. a window of the grid-sized result) when given."""
+    """Raw values -> float32 physical units (``raw * scale + offset``), NaN where nodata or
+    outside the band's ``valid_min`` .. ``valid_max`` (before any warp, so a fill value is never
+    blended into its neighbours); written into ``out`` (e.g. a window of the grid-sized result)
+    when given."""
     out = np.empty(raw.shape, dtype=np.float32) if out is None else out
     for i, b in enumerate(spec.bands):
         band = raw[i]
@@ -362,6 +364,10 @@ def _to_physical(
             out[i] += np.float32(b.offset)
         if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
             np.copyto(out[i], np.float32(np.nan), where=band == nd)
+        if b.valid_min is not None:
+            np.copyto(out[i], np.float32(np.nan), where=out[i] < np.float32(b.valid_min))
+        if b.valid_max is not None:
+            np.copyto(out[i], np.float32(np.nan), where=out[i] > np.float32(b.valid_max))
     return out
 
 

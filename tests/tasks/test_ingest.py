@@ -299,6 +299,39 @@ def test_real_modis_ndvi_jp2_series(real_fixtures: Path, tmp_path: Path) -> None
     np.testing.assert_array_equal(ds["data"].isel(time=0, band=0).values, raw.astype(np.float32))
 
 
+def test_real_modis_ndvi_with_scale_nodata_and_valid_range(real_fixtures: Path, tmp_path: Path, capsys) -> None:
+    """The JPEG 2000 series declares neither its 1e-4 scale nor its fill: given on the command
+    line, the cube holds NDVI, with the fill (-3000) and out-of-range values (MOD13Q1's valid range
+    is -2000 .. 10000 in raw units) not observed. Appending with other rules is refused."""
+    files = [real_fixtures / "modis_ndvi_sinop" / f"TERRA_MODIS_012010_NDVI_{d}.jp2"
+             for d in ("2013-11-17", "2014-03-22")]  # the dates with the most fill and > 1 values
+    globs = [str(f) for f in files]
+    units = {"scale": 1e-4, "nodata": -3000.0, "valid_range": (-0.2, 1.0)}
+    cube = tmp_path / "ndvi.zarr"
+    ingest_cube(load_catalog(adhoc_catalog(globs, cube, units=units)), "cube")
+    ds = xr.open_zarr(cube)
+    for t, f in enumerate(files):
+        with rasterio.open(f) as src:
+            raw = src.read(1)
+        ok = (raw >= -2000) & (raw <= 10000)
+        assert (~ok).sum() > 100  # what the rules are about
+        np.testing.assert_array_equal(ds["valid"].values[t], ok)
+        np.testing.assert_allclose(ds["data"].values[t, 0][ok], raw[ok] * np.float32(1e-4), rtol=1e-6)
+        assert np.isnan(ds["data"].values[t, 0][~ok]).all()
+    with pytest.raises(ValueError, match=r"band band1 was ingested with other rules \(scale 0.0001 -> 0.001"):
+        adhoc_catalog(globs, cube, units={**units, "scale": 1e-3})
+    with pytest.raises(ValueError, match="valid_min -0.2 -> None"):
+        adhoc_catalog(globs, cube, units={"scale": 1e-4, "nodata": -3000.0})
+    adhoc_catalog(globs, cube, units=units)  # the same rules: a re-run
+    with pytest.raises(ValueError, match="MIN <= MAX"):
+        adhoc_catalog(globs, tmp_path / "other.zarr", units={"valid_range": (1.0, 0.0)})
+    from flows.cli import main
+
+    assert main(["ingest", *globs, "--out", str(tmp_path / "dry.zarr"), "--scale", "0.0001", "--nodata", "-3000",
+                 "--valid-range", "-0.2", "1", "--dry-run"]) == 0
+    assert "band band1: band 1, scale 0.0001, nodata -3000, valid min -0.2, valid max 1" in capsys.readouterr().out
+
+
 def test_real_planetscope_netcdf(real_fixtures: Path, tmp_path: Path) -> None:
     nc = real_fixtures / "planetscope_rioxarray" / "PLANET_SCOPE_3D.nc"
     report = ingest_cube(load_catalog(adhoc_catalog([str(nc)], tmp_path / "ps.zarr")), "cube")
