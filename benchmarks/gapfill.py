@@ -163,10 +163,13 @@ def _modis(work: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     from tasks.gapfill import gapfill_cube
     from tasks.ingest import ingest_cube
 
-    catalog = load_catalog(adhoc_catalog([str(MODIS / "*.jp2")], work / "modis" / "cube.zarr"))
+    # int16 NDVI x 1e-4; MOD13Q1's fill (-3000, altered by the lossy JPEG 2000) and values
+    # outside its valid range (-2000 .. 10000) are not NDVI: not observed, never scored
+    catalog = load_catalog(adhoc_catalog([str(MODIS / "*.jp2")], work / "modis" / "cube.zarr",
+                                         units={"scale": 1e-4, "valid_range": (-0.2, 1.0)}))
     report = ingest_cube(catalog, "cube", workers=2)
     ds = open_cube(report.path).load()
-    truth = ds["data"].values.astype(np.float32) * 1e-4  # int16 NDVI scaled by 1e-4
+    truth = ds["data"].values.astype(np.float32)
     valid = ds["valid"].values & np.isfinite(truth).all(axis=1)
     rng = np.random.default_rng(7)
     hidden = cloud_masks(valid.shape, share=0.3, rng=rng) & valid
