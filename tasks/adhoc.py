@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import rasterio
 import yaml
 from rasterio.crs import CRS
@@ -56,7 +57,36 @@ def _band_entry(name: str, index: int, ds: rasterio.io.DatasetReader) -> dict[st
         entry["offset"] = float(offset)
     if ds.nodata is not None and math.isfinite(ds.nodata):
         entry["nodata"] = float(ds.nodata)
+    lo, hi = _tag_valid_range(ds, index)
+    # CF gives the range in packed units; a fractional bound on integer data is already physical
+    physical = np.issubdtype(np.dtype(ds.dtypes[index - 1]), np.integer) and any(
+        v is not None and not float(v).is_integer() for v in (lo, hi))
+    sc, off = (1.0, 0.0) if physical else (entry.get("scale", 1.0), entry.get("offset", 0.0))
+    bounds = sorted(v * sc + off for v in (lo, hi) if v is not None)  # packed -> physical (a scale < 0 flips)
+    if lo is not None and hi is not None:
+        entry["valid_min"], entry["valid_max"] = bounds
+    elif lo is not None or hi is not None:
+        entry["valid_min" if (lo is not None) == (sc > 0) else "valid_max"] = bounds[0]
     return entry
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def _tag_valid_range(ds: rasterio.io.DatasetReader, index: int) -> tuple[float | None, float | None]:
+    """The CF ``valid_range`` (or ``valid_min`` / ``valid_max``) a band declares, in packed (raw)
+    units as CF has them: a NetCDF variable's attributes are GDAL band metadata (``{-2000,10000}``)."""
+    tags = {k.lower(): v for k, v in ds.tags(index).items()}
+    if "valid_range" in tags:
+        numbers = [float(v) for v in _NUMBER.findall(str(tags["valid_range"]))]
+        if len(numbers) == 2 and all(math.isfinite(v) for v in numbers) and numbers[0] <= numbers[1]:
+            return numbers[0], numbers[1]
+        return None, None
+    bounds = []
+    for key in ("valid_min", "valid_max"):
+        numbers = [float(v) for v in _NUMBER.findall(str(tags.get(key, "")))]
+        bounds.append(numbers[0] if len(numbers) == 1 and math.isfinite(numbers[0]) else None)
+    return bounds[0], bounds[1]
 
 
 def _tag_scale(ds: rasterio.io.DatasetReader, index: int) -> tuple[float | None, float | None]:

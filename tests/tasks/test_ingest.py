@@ -16,7 +16,7 @@ import xarray as xr
 import yaml
 
 import tasks.ingest
-from tasks.adhoc import adhoc_catalog
+from tasks.adhoc import adhoc_catalog, build_adhoc_catalog
 from tasks.catalog import catalog_from_dict, load_catalog
 from tasks.checkpoint import read_manifest
 from tasks.errors import CatalogError, CubeSchemaError, SceneError
@@ -330,6 +330,33 @@ def test_real_modis_ndvi_with_scale_nodata_and_valid_range(real_fixtures: Path, 
     assert main(["ingest", *globs, "--out", str(tmp_path / "dry.zarr"), "--scale", "0.0001", "--nodata", "-3000",
                  "--valid-range", "-0.2", "1", "--dry-run"]) == 0
     assert "band band1: band 1, scale 0.0001, nodata -3000, valid min -0.2, valid max 1" in capsys.readouterr().out
+
+
+def test_a_declared_cf_valid_range_masks_values_outside(tmp_path: Path) -> None:
+    """A band's CF ``valid_range`` (packed units; GDAL shows a NetCDF variable's attributes as band
+    metadata) is applied like ``--valid-range``; a fractional range on integer data is physical."""
+    from rasterio.transform import from_origin
+
+    raw = np.array([[100, -2500, 11000, 5000]] * 4, np.int16)
+    tags = {"valid_range": "{-2000,10000}", "scale_factor": "0.0001"}  # MOD13Q1 NDVI's
+    for day in ("2020-01-01", "2020-01-02"):
+        with rasterio.open(tmp_path / f"ndvi_{day}.tif", "w", driver="GTiff", width=4, height=4, count=1,
+                           dtype="int16", crs="EPSG:32633", transform=from_origin(0, 40, 10, 10)) as dst:
+            dst.write(raw, 1)
+            dst.update_tags(1, **tags)
+    raw_catalog, _ = build_adhoc_catalog([str(tmp_path / "ndvi_*.tif")], tmp_path / "c.zarr")
+    band = raw_catalog["sources"]["scenes"]["bands"][0]
+    assert band["scale"] == 1e-4 and band["valid_min"] == pytest.approx(-0.2) and band["valid_max"] == pytest.approx(1.0)
+    ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "ndvi_*.tif")], tmp_path / "c.zarr")), "cube")
+    ds = xr.open_zarr(tmp_path / "c.zarr")
+    np.testing.assert_array_equal(ds["valid"].values[0], (raw >= -2000) & (raw <= 10000))
+    with rasterio.open(tmp_path / "ndvi_2020-01-02.tif", "r+") as dst:
+        dst.update_tags(1, valid_range="{-0.2,1.0}")  # physical, against CF: read as such
+    with rasterio.open(tmp_path / "ndvi_2020-01-02.tif") as src:
+        from tasks.adhoc import _band_entry
+
+        entry = _band_entry("ndvi", 1, src)
+    assert entry["valid_min"] == pytest.approx(-0.2) and entry["valid_max"] == pytest.approx(1.0)
 
 
 def test_real_planetscope_netcdf(real_fixtures: Path, tmp_path: Path) -> None:
