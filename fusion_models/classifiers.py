@@ -35,6 +35,10 @@ class PixelClassifier(nn.Module):
     """
 
     kind = "base"
+    #: spatial receptive radius in pixels (two 3 x 3 spatial convolutions, a 1 x 1 head): a pixel's
+    #: output depends on the input within ``halo`` pixels of it, so a map predicted window by window
+    #: with this halo equals one forward pass over the whole image
+    halo = 2
     mean: Tensor
     std: Tensor
 

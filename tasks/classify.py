@@ -5,7 +5,9 @@ layer when it follows another legend (:func:`label_scheme`: ESA WorldCover, a us
 1..K with ``flag_values`` / ``flag_meanings``). Each pixel is a sample; the
 4D-CNN (``fusion_models.classifiers.CNN4D``, Kronecker-factorised 4D convolutions by default)
 is fully convolutional, so a pixel's class is decided from its 5 x 5 pixel neighbourhood over all
-dates and bands, and a whole patch of the patch store is classified in one pass.
+dates and bands. The map is predicted window by window straight from the cube, each window with a
+halo of that radius (:func:`map_strips`): it equals one pass over the whole cube, without seams
+where windows meet, and covers every pixel.
 
 Training (no ``model``): labels are the cube's static label layer (``landcover(y, x)`` NLCD codes,
 other names with ``label=``), cut into ``<out>.patches.zarr`` by the patch stage with its
@@ -15,7 +17,7 @@ never used). Class imbalance: class-weighted cross entropy (inverse class freque
 Batches: training patches that fit in memory (``IN_MEMORY_BYTES``) are batched anew at random
 every epoch (``shuffled_batches``), each patch with its own random flip / quarter turn.
 Applying (``model=M.pt``): the saved model classifies the cube; it is scored on the test patches
-when the cube has the label layer.
+when the cube has the label layer. Test scores are the map's over the test patches' pixels.
 
 Inputs: NaN or not-``valid`` pixel-dates are set to 0 after per-band standardisation and the
 observed mask is an extra input feature (see ``PixelClassifier``).
@@ -34,6 +36,7 @@ import logging
 import os
 import time as _time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +78,6 @@ __all__ = [
     "CLASSES",
     "LabelScheme",
     "PatchBatches",
-    "RowStrip",
     "add_cli",
     "band_statistics",
     "classify_cube",
@@ -85,6 +87,7 @@ __all__ = [
     "default_device",
     "label_scheme",
     "load_model",
+    "map_strips",
     "patch_loader",
     "save_model",
     "weights_path",
@@ -93,6 +96,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "classify"
+#: rows and columns of the class map's chunks; rows of the strips it is predicted in (map_strips)
+MAP_CHUNK = 256
+MAP_ROWS = 64
 #: training patches up to this size are held in memory and batched at random every epoch;
 #: larger training sets are read as runs of a store chunk (batches in random order)
 IN_MEMORY_BYTES = 2 * 1024**3
@@ -309,6 +315,42 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     return model.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
 
 
+def map_strips(net: PixelClassifier, data: xr.DataArray, valid: xr.DataArray, *, rows: int = MAP_ROWS,
+               cols: int = 128, batch: int = 4, device: torch.device | str = "cpu") -> Iterator[tuple[int, np.ndarray]]:
+    """Class probabilities of every pixel of a cube, a strip of ``rows`` rows at a time:
+    ``(first row, (K, rows, width) float32)``.
+
+    Each ``rows x cols`` window is predicted with a halo of the network's receptive radius
+    (:attr:`~fusion_models.classifiers.PixelClassifier.halo`) read from its neighbours, cut at the
+    cube's edges (where the network pads as it does on a whole image), so the map equals one
+    forward pass over the whole cube: no seams where windows meet, whatever their size.
+    ``data``: ``(time, band, y, x)``, ``valid``: ``(time, y, x)``, lazy (read a strip at a time).
+    Windows of one shape go through the network ``batch`` at a time (the defaults were the
+    fastest on a 2-core CPU for the demo cube: 64 x 128 windows, 4 at a time).
+    """
+    h = net.halo
+    height, width = (int(n) for n in data.shape[-2:])
+    for top in range(0, height, rows):
+        n_rows = min(rows, height - top)
+        lo, hi = max(0, top - h), min(height, top + n_rows + h)
+        x = np.asarray(data[:, :, lo:hi, :].values, dtype=np.float32)
+        v = np.asarray(valid[:, lo:hi, :].values, dtype=bool)
+        strip = np.empty((net.n_classes, n_rows, width), np.float32)
+        shapes: dict[int, list[tuple[int, int, int]]] = {}  # window width -> (left, first column, columns)
+        for left in range(0, width, cols):
+            a, b = max(0, left - h), min(width, left + cols + h)
+            shapes.setdefault(b - a, []).append((left, a, min(cols, width - left)))
+        for span, group in shapes.items():
+            for first in range(0, len(group), batch):
+                part = group[first:first + batch]
+                xs = np.stack([x[..., a:a + span] for _, a, _ in part])
+                vs = np.stack([v[..., a:a + span] for _, a, _ in part])
+                proba = next(predict_proba(net, [(xs, vs, np.zeros((len(part), 1, 1), np.int64))], device=device))
+                for p, (left, a, n) in zip(proba, part, strict=True):
+                    strip[:, :, left:left + n] = p[:, top - lo:top - lo + n_rows, left - a:left - a + n]
+        yield top, strip
+
+
 def model_scheme(meta: dict[str, Any]) -> LabelScheme:
     """The legend a saved model predicts (checkpoints without one: the NLCD classes)."""
     classes = tuple(int(c) for c in meta.get("classes", CLASSES))
@@ -316,54 +358,6 @@ def model_scheme(meta: dict[str, Any]) -> LabelScheme:
         return LabelScheme(classes, class_names(classes), colour_table(classes))
     return LabelScheme(classes, dict(zip(classes, meta["class_names"], strict=True)),
                        {c: tuple(int(v) for v in rgba) for c, rgba in zip(classes, meta["class_colours"], strict=True)})
-
-
-class RowStrip:
-    """Per-pixel class probabilities of patches given in row-major order, averaged where patches
-    overlap, held for a strip of ``rows + size`` rows only.
-
-    :meth:`add` hands back the rows no later patch can touch (a later patch starts on the same
-    row or below) in runs of ``rows`` (the output's chunk height), :meth:`finish` the rest, each
-    as ``(first row, mean probabilities (K, n, W), covered (n, W))``: memory is set by the cube's
-    width, not its height.
-    """
-
-    def __init__(self, classes: int, width: int, *, rows: int, size: int) -> None:
-        if rows < 1 or size < 1:
-            raise ValueError(f"rows and size must be >= 1; got rows={rows}, size={size}")
-        self.rows, self.size, self.top = rows, size, 0
-        self.sum = np.zeros((classes, rows + size, width), dtype=np.float32)
-        self.cover = np.zeros((rows + size, width), dtype=np.float32)
-
-    def add(self, row: int, col: int, proba: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """Add one patch's ``(K, P, P)`` probabilities at ``(row, col)``; rows finished before it."""
-        if row < self.top or proba.shape[-1] > self.size:
-            raise ValueError(f"patches must come in row-major order and be at most {self.size} px; "
-                             f"got row {row} after row {self.top} was written, patch {proba.shape[-1]} px")
-        done = []
-        while row >= self.top + self.rows:
-            done.append(self._emit(self.rows))
-        r, p = row - self.top, proba.shape[-1]
-        self.sum[:, r:r + p, col:col + p] += proba
-        self.cover[r:r + p, col:col + p] += 1
-        return done
-
-    def finish(self, height: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """The remaining rows up to ``height``."""
-        done = []
-        while self.top < height:
-            done.append(self._emit(min(self.rows, height - self.top)))
-        return done
-
-    def _emit(self, n: int) -> tuple[int, np.ndarray, np.ndarray]:
-        out = (self.top, self.sum[:, :n] / np.maximum(self.cover[:n], 1), self.cover[:n] > 0)
-        keep = self.cover.shape[0] - n
-        self.sum[:, :keep] = self.sum[:, n:].copy()
-        self.sum[:, keep:] = 0
-        self.cover[:keep] = self.cover[n:].copy()
-        self.cover[keep:] = 0
-        self.top += n
-        return out
 
 
 # --- pictures -----------------------------------------------------------------------------------
@@ -596,22 +590,21 @@ def classify_cube(
     else:
         wpath = Path(model)
 
-    # every patch, in store order (row-major); probabilities averaged where patches overlap, rows
-    # written as soon as no later patch can touch them (RowStrip): memory set by the cube's width
-    all_pb, all_dl = loader(None)
+    # every pixel, a strip of rows at a time, each window with its halo (map_strips): the map is
+    # one forward pass over the whole cube. Test scores: the map over the test patches.
     k = len(scheme.classes)
     lut = np.asarray(scheme.classes, dtype=np.uint8)
     fill = scheme.fill
     coords = {name: ds.coords[name].load() for name in ("y", "x", "spatial_ref") if name in ds.coords}
     gm = {"grid_mapping": "spatial_ref"} if "spatial_ref" in coords else {}
-    chunks = (min(height, 256), min(width_px, 256))
+    chunks = (min(height, MAP_CHUNK), min(width_px, MAP_CHUNK))
     template = xr.Dataset(
         {
             "classes": (("y", "x"), dask_array.full((height, width_px), fill, dtype=np.uint8, chunks=chunks), {
                 "long_name": "land cover class (4D-CNN)", "flag_values": list(scheme.classes),
                 "flag_meanings": " ".join(scheme.names[c].replace(" ", "_") for c in scheme.classes),
                 "flag_colors": ["#{:02x}{:02x}{:02x}".format(*scheme.colours[c][:3]) for c in scheme.classes],
-                "nodata": fill, "comment": f"{fill} where no patch covers the pixel", **gm}),
+                "nodata": fill, **gm}),
             "confidence": (("y", "x"), dask_array.zeros((height, width_px), dtype=np.float32, chunks=chunks),
                            {"long_name": "probability of the class", **gm}),
         },
@@ -621,35 +614,36 @@ def classify_cube(
     codes = np.full((height, width_px), fill, dtype=np.uint8)  # for the COG: one byte a pixel
     found = np.zeros(k, dtype=np.int64)
     confusion = np.zeros((k, k), dtype=np.int64)
+    test_area = np.zeros((height, width_px), dtype=bool)
+    for r, c in origins[split == "test"]:
+        test_area[r:r + size, c:c + size] = True
+    truth = None
+    if has_label:
+        layer = raster if raster is not None else ds[label]
+        truth = class_lookup(scheme.classes)  # codes -> class indices, -1 for no label
     with atomic_artifact(out) as tmp:
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False,
                          encoding={"classes": {"chunks": chunks}, "confidence": {"chunks": chunks}})
         group = zarr.open_group(str(tmp), mode="r+")
-
-        def write(rows: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
-            for top, mean, covered in rows:
-                best = mean.argmax(axis=0)
-                part = np.where(covered, lut[best], fill).astype(np.uint8)
-                group["classes"][top:top + len(part)] = part
-                group["confidence"][top:top + len(part)] = np.where(covered, mean.max(axis=0), np.nan)
-                codes[top:top + len(part)] = part
-                found[:] += np.bincount(best[covered], minlength=k)
-
-        strip = RowStrip(k, width_px, rows=chunks[0], size=size)
         t0 = _time.perf_counter()
-        runs: Any = zip(all_pb.runs, all_dl, strict=True)
+        strips: Any = map_strips(net, ds["data"], ds["valid"], device=dev)
         if progress:
             from tqdm.auto import tqdm
 
-            runs = tqdm(runs, total=len(all_pb), desc="classify patches", unit="batch")
-        for idx, batch in runs:
-            proba = next(predict_proba(net, [batch], device=dev))  # (n, K, P, P)
-            labels = np.asarray(batch[2])
-            for j, p in enumerate(idx):
-                write(strip.add(int(origins[p][0]), int(origins[p][1]), proba[j]))
-                if split[p] == "test":
-                    confusion += confusion_matrix(labels[j], proba[j].argmax(axis=0), k)
-        write(strip.finish(height))
+            strips = tqdm(strips, total=-(-height // MAP_ROWS), desc="classify map", unit="strip")
+        for top, proba in strips:
+            rows = slice(top, top + proba.shape[1])
+            best = proba.argmax(axis=0)
+            part = lut[best]
+            group["classes"][rows] = part
+            group["confidence"][rows] = proba.max(axis=0)
+            codes[rows] = part
+            found += np.bincount(best.ravel(), minlength=k)
+            if truth is not None and test_area[rows].any():
+                lab = np.asarray(layer[rows].values)
+                lab = np.nan_to_num(lab, nan=255) if np.issubdtype(lab.dtype, np.floating) else lab
+                idx = truth[np.clip(lab.astype(np.int64), 0, 255)]
+                confusion += confusion_matrix(idx[test_area[rows]], best[test_area[rows]], k)
         infer_seconds = _time.perf_counter() - t0
     result = scores_from_confusion(confusion) if has_label and confusion.sum() else None
     from tasks.quicklook import write_class_cog
@@ -676,6 +670,7 @@ def classify_cube(
             **fit_stats,
             "inference_seconds": round(infer_seconds, 3),
             "patches_per_s": round(len(split) / max(infer_seconds, 1e-9), 2),
+            "pixels_per_s": round(height * width_px / max(infer_seconds, 1e-9), 1),
             "seconds": round(_time.perf_counter() - started, 3),
             "device": str(dev),
         },

@@ -225,27 +225,35 @@ def test_task_publishes_table_and_confusion(trained, prefect_harness, tmp_path) 
     assert image is not None and str(image.data).startswith("data:image/png;base64,")
 
 
-def test_row_strip_matches_a_whole_canvas() -> None:
-    """Overlapping row-major patches over several strips: the rows handed out equal the average
-    over a whole-image canvas, and each row is handed out once, in order."""
-    from fusion_models.patching import patch_origins
-    from tasks.classify import RowStrip
+@pytest.mark.parametrize("kind", ["cnn4d", "cnn3d", "cnn2d"])
+def test_map_strips_equal_one_pass_over_the_whole_cube(kind: str) -> None:
+    """Windows with the network's halo, cut at the cube's edges: the strips equal one forward pass
+    over the whole image, for windows that do not divide the cube; the halo is the receptive
+    radius (an input change ``halo + 1`` px away leaves a pixel's output alone, ``halo`` px away not)."""
+    import xarray as xr
 
+    from fusion_models.classifier_training import predict_proba
+    from fusion_models.classifiers import build_classifier
+    from tasks.classify import map_strips
+
+    torch.manual_seed(0)
+    net = build_classifier(kind, n_times=3, n_bands=2, n_classes=4, width=4).eval()
+    for module in net.modules():  # BatchNorm with statistics of its own: a bias outside zero padding shows
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
     rng = np.random.default_rng(0)
-    k, h, w, size = 3, 70, 23, 8
-    origins = patch_origins(h, w, size=size, stride=5)
-    probas = rng.random((len(origins), k, size, size)).astype(np.float32)
-    canvas, cover = np.zeros((k, h, w), np.float32), np.zeros((h, w), np.float32)
-    for (r, c), p in zip(origins, probas, strict=True):
-        canvas[:, r:r + size, c:c + size] += p
-        cover[r:r + size, c:c + size] += 1
-    strip, parts = RowStrip(k, w, rows=16, size=size), []
-    for (r, c), p in zip(origins, probas, strict=True):
-        parts += strip.add(int(r), int(c), p)
-    parts += strip.finish(h)
-    assert [top for top, _, _ in parts] == list(range(0, h, 16))
-    np.testing.assert_allclose(np.concatenate([m for _, m, _ in parts], axis=1), canvas / np.maximum(cover, 1),
-                               rtol=1e-6)
-    assert np.concatenate([c for _, _, c in parts]).all()
-    with pytest.raises(ValueError, match="row-major"):
-        strip.add(0, 0, probas[0])
+    x = rng.normal(size=(3, 2, 23, 31)).astype(np.float32)
+    valid = rng.random((3, 23, 31)) > 0.2
+    whole = next(predict_proba(net, [(x[None], valid[None], np.zeros((1, 1, 1), np.int64))]))[0]
+    data = xr.DataArray(x, dims=("time", "band", "y", "x"))
+    mask = xr.DataArray(valid, dims=("time", "y", "x"))
+    strips = list(map_strips(net, data, mask, rows=7, cols=9, batch=3))
+    assert [top for top, _ in strips] == [0, 7, 14, 21]
+    np.testing.assert_allclose(np.concatenate([p for _, p in strips], axis=1), whole, atol=1e-5)
+
+    h = net.halo
+    for dist, changes in ((h + 1, False), (h, True)):
+        moved = x.copy()
+        moved[:, :, 11, 15 + dist] += 5.0
+        out = next(predict_proba(net, [(moved[None], valid[None], np.zeros((1, 1, 1), np.int64))]))[0]
+        assert (np.abs(out[:, 11, 15] - whole[:, 11, 15]).max() > 1e-6) == changes
