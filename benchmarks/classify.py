@@ -10,7 +10,11 @@ One run, one split for every method:
 - samples and labels: every pixel is a sample, labelled with the sample area's full-resolution
   (3 m) land cover truth (``truth/planet_truth.zarr``) -- the 30 m NLCD-like layer of the cube
   disagrees with it on ~18 % of the 3 m pixels (mixed 30 m cells), label noise that would cap every
-  method alike. Scores are over all labelled pixels of the test patches.
+  method alike. Scores are over all labelled pixels of the test patches, predicted as the stage
+  predicts its map: with their neighbourhood in the cube (inputs only: the labels of the test
+  blocks are never seen). The CNNs run over the whole cube with ``tasks.classify.map_strips``
+  (windows with the receptive radius as halo: one forward pass over the cube), kNN and the SVM
+  read each test pixel's 3 x 3 window across patch borders.
 - methods: the three CNNs (``fusion_models.classifiers``) are fully convolutional per-pixel
   classifiers with the same depth, the same 5 x 5 pixel receptive field, the same input treatment
   (standardised bands, 0 where not observed, the observed mask as a feature), the same training
@@ -32,7 +36,8 @@ One run, one split for every method:
   of the validation patches (an SVM predicts ~500 pixels/s on one core, so all of them would
   cost minutes per setting); the test blocks are never used for any choice.
 - figures: overall accuracy, macro-F1 (over the classes present in the test truth), training and
-  inference seconds, inference throughput in pixels/s and, for the CNNs, in 32 x 32 patches/s.
+  inference seconds, inference throughput in pixels/s and, for the CNNs (the whole cube's map),
+  in 32 x 32 patches/s.
   ``patches_per_s_cpu`` is the 4D-CNN's patches/s on the CPU; with a GPU the 4D-CNN is also
   timed there (``patches_per_s_gpu`` and the ratio).
 
@@ -100,8 +105,10 @@ def _prepare(root: Path, n_dates: int, seed: int) -> tuple[Path, Path]:
     return Path(cube), patches
 
 
-def _windows(x: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Flattened 3 x 3 pixel windows of every pixel: ``(n, T, C, P, P) -> (n P P, 9 T (C + 1))``."""
+def _windows(x: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray, *, halo: int = 0) -> np.ndarray:
+    """Flattened 3 x 3 pixel windows of every pixel: ``(n, T, C, P, P) -> (n P' P', 9 T (C + 1))``,
+    ``P' = P - 2 halo``: patches read with a ``halo`` (1: the neighbours' pixels, as the stage
+    reads them) give the windows of their inner pixels; beyond that, zeros (not observed)."""
     obs = valid & np.isfinite(x).all(axis=2)
     z = np.where(obs[:, :, None], (x - mean[None, None, :, None, None]) / std[None, None, :, None, None], 0)
     feat = np.concatenate([z, obs[:, :, None]], axis=2).astype(np.float32)  # (n, T, C + 1, P, P)
@@ -109,7 +116,20 @@ def _windows(x: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray
     pad = np.pad(feat, [(0, 0)] * 3 + [(1, 1), (1, 1)])
     shifted = [pad[..., i:i + p, j:j + p] for i in range(3) for j in range(3)]
     stack = np.stack(shifted, axis=1).reshape(n, 9 * t * c, p, p)  # (n, 9 T (C + 1), P, P)
-    return stack.transpose(0, 2, 3, 1).reshape(n * p * p, 9 * t * c)
+    inner = stack[..., halo:p - halo, halo:p - halo]
+    return inner.transpose(0, 2, 3, 1).reshape(-1, 9 * t * c)
+
+
+def _with_halo(data: np.ndarray, valid: np.ndarray, origins: np.ndarray, size: int,
+               halo: int) -> tuple[np.ndarray, np.ndarray]:
+    """The patches at ``origins`` of a cube's ``data (T, C, H, W)`` / ``valid (T, H, W)`` with a
+    ``halo`` of their neighbours' pixels (NaN / not observed beyond the cube):
+    ``(n, T, C, P + 2 halo, P + 2 halo)``, ``(n, T, P + 2 halo, P + 2 halo)``."""
+    pd_ = np.pad(data, [(0, 0), (0, 0), (halo, halo), (halo, halo)], constant_values=np.nan)
+    pv = np.pad(valid, [(0, 0), (halo, halo), (halo, halo)])
+    side = size + 2 * halo
+    return (np.stack([pd_[..., r:r + side, c:c + side] for r, c in origins]),
+            np.stack([pv[..., r:r + side, c:c + side] for r, c in origins]))
 
 
 def _load(loader: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -132,7 +152,7 @@ def run(out: Path, *, quick: bool = False, overrides: dict[str, Any] | None = No
         shuffled_batches,
     )
     from fusion_models.classifiers import build_classifier
-    from tasks.classify import CLASSES, PatchBatches, band_statistics, patch_loader
+    from tasks.classify import CLASSES, PatchBatches, band_statistics, map_strips, patch_loader
 
     cfg = dict(QUICK if quick else DEFAULT)
     unknown = set(overrides or {}) - set(cfg)
@@ -171,7 +191,15 @@ def run(out: Path, *, quick: bool = False, overrides: dict[str, Any] | None = No
         test_x, test_v, test_y = _load(test_dl)
         n_test_patches = len(test_x)
         truth = test_y.ravel()
-        test_chunks = [(test_x[i:i + 16], test_v[i:i + 16], test_y[i:i + 16]) for i in range(0, n_test_patches, 16)]
+        # the test pixels are predicted as the stage predicts them: with their neighbourhood in the
+        # cube (the CNNs over the whole cube, map_strips; kNN / SVM windows with a 1 px halo)
+        cube_ds = xr.open_zarr(cube, consolidated=None)
+        cube_x, cube_v = cube_ds["data"].values.astype(np.float32), cube_ds["valid"].values.astype(bool)
+        size = int(pds.sizes["py"])
+        test_origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1)[members["test"]].astype(int)
+        cube_patches = cube_x.shape[-2] * cube_x.shape[-1] / size**2
+        inner = _with_halo(cube_x, cube_v, test_origins, size, 0)
+        assert np.array_equal(inner[0], test_x, equal_nan=True) and np.array_equal(inner[1], test_v)
         results: dict[str, dict[str, Any]] = {}
         models: dict[str, Any] = {}
 
@@ -191,13 +219,15 @@ def run(out: Path, *, quick: bool = False, overrides: dict[str, Any] | None = No
                                  per_sample_augment=cfg["per_sample_augment"],
                                  label_smoothing=cfg["label_smoothing"], average=cfg["average"])
             t0 = time.perf_counter()
-            proba = np.concatenate(list(predict_proba(net, test_chunks, device="cpu", tta=cfg["tta"])))
+            whole = np.concatenate([p for _, p in map_strips(net, xr.DataArray(cube_x), xr.DataArray(cube_v),
+                                                             device="cpu", tta=cfg["tta"])], axis=1)
             infer = time.perf_counter() - t0
+            proba = np.stack([whole[:, r:r + size, c:c + size] for r, c in test_origins])
             s = scores(truth, proba.argmax(axis=1).ravel(), k)
             results[kind] = {"accuracy": s["accuracy"], "macro_f1": s["macro_f1"],
                              "train_seconds": round(fit.seconds, 3), "inference_seconds": round(infer, 3),
-                             "patches_per_s": round(n_test_patches / infer, 2),
-                             "pixels_per_s": round(truth.size / infer, 1), "best_epoch": fit.best_epoch,
+                             "patches_per_s": round(cube_patches / infer, 2),
+                             "pixels_per_s": round(cube_patches * size**2 / infer, 1), "best_epoch": fit.best_epoch,
                              "val_macro_f1": [round(v, 4) for v in fit.val_f1], "averaged": fit.averaged,
                              "parameters": int(sum(p.numel() for p in net.parameters())),
                              "per_class_f1": {str(c): round(f, 4) for c, f, n in
@@ -212,7 +242,7 @@ def run(out: Path, *, quick: bool = False, overrides: dict[str, Any] | None = No
         pick = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:cfg["per_class"]]
                                for c in range(k)])
         fx, fy = feats[pick], labels[pick]
-        test_feats = _windows(test_x, test_v, mean, std)
+        test_feats = _windows(*_with_halo(cube_x, cube_v, test_origins, size, 1), mean, std, halo=1)
         keep = truth >= 0
         # hyper-parameters by macro-F1 on random labelled validation pixels (never the test blocks)
         val_x, val_v, val_y = _load(val_dl)

@@ -316,7 +316,8 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
 
 
 def map_strips(net: PixelClassifier, data: xr.DataArray, valid: xr.DataArray, *, rows: int = MAP_ROWS,
-               cols: int = 128, batch: int = 4, device: torch.device | str = "cpu") -> Iterator[tuple[int, np.ndarray]]:
+               cols: int = 128, batch: int = 4, device: torch.device | str = "cpu",
+               tta: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """Class probabilities of every pixel of a cube, a strip of ``rows`` rows at a time:
     ``(first row, (K, rows, width) float32)``.
 
@@ -326,7 +327,8 @@ def map_strips(net: PixelClassifier, data: xr.DataArray, valid: xr.DataArray, *,
     forward pass over the whole cube: no seams where windows meet, whatever their size.
     ``data``: ``(time, band, y, x)``, ``valid``: ``(time, y, x)``, lazy (read a strip at a time).
     Windows of one shape go through the network ``batch`` at a time (the defaults were the
-    fastest on a 2-core CPU for the demo cube: 64 x 128 windows, 4 at a time).
+    fastest on a 2-core CPU for the demo cube: 64 x 128 windows, 4 at a time). ``tta``: see
+    :func:`~fusion_models.classifier_training.predict_proba`.
     """
     h = net.halo
     height, width = (int(n) for n in data.shape[-2:])
@@ -345,7 +347,8 @@ def map_strips(net: PixelClassifier, data: xr.DataArray, valid: xr.DataArray, *,
                 part = group[first:first + batch]
                 xs = np.stack([x[..., a:a + span] for _, a, _ in part])
                 vs = np.stack([v[..., a:a + span] for _, a, _ in part])
-                proba = next(predict_proba(net, [(xs, vs, np.zeros((len(part), 1, 1), np.int64))], device=device))
+                proba = next(predict_proba(net, [(xs, vs, np.zeros((len(part), 1, 1), np.int64))], device=device,
+                                           tta=tta))
                 for p, (left, a, n) in zip(proba, part, strict=True):
                     strip[:, :, left:left + n] = p[:, top - lo:top - lo + n_rows, left - a:left - a + n]
         yield top, strip
