@@ -24,9 +24,10 @@ all (outside every scene's footprint) stay NaN unless ``fill_unseen``. The train
 
 Memory is bounded, not the cube's size: the band statistics are streamed (dask), the net is
 trained on at most ``TRAIN_PATCHES`` patches (and ``TRAIN_BYTES``) drawn evenly over the cube
-(every patch when they fit), and the cube is filled and written block by block, a block being as many rows of patches
-(all dates, bands and columns) as fit in ``BLOCK_BYTES``. A ``patches.zarr`` input is held in
-memory whole.
+(every patch when they fit), and the cube is filled and written block by block of rows (all
+dates, bands and columns; a quarter of ``BLOCK_BYTES`` of input rows, whose half-overlapping
+patches are blended with weights that fade to their borders, so the patch grid leaves no seams).
+A ``patches.zarr`` input is held in memory whole.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from prefect.cache_policies import NONE
 
 from fusion_models.lrtcnet import LRTCNet, default_device
 from fusion_models.lrtcnet_training import OURS, complete, fit_lrtcnet
-from fusion_models.patching import extract_patches, fold_patches, patch_origins
+from fusion_models.patching import blend_window, extract_patches, fold_patches, patch_origins
 from tasks.checkpoint import (
     Manifest,
     atomic_artifact,
@@ -264,11 +265,14 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
     fit, ranks = _fit(xp, op, shape, kw)
     del xp, op
 
-    # fill and write block by block: a block is whole rows of patches, its height a multiple of size
-    rows = np.unique(origins[:, 0])  # patch row starts; the last may be flush with the bottom edge
-    per_row = 4 * n_time * n_band * size * width
-    rows_per_block = max(1, BLOCK_BYTES // per_row)
-    chunk_y = min(height, rows_per_block * size)
+    # fill and write block by block of output rows: every half-overlapping patch that touches a
+    # block is completed and the patches are blended with weights that fade to their borders
+    # (blend_window), so the patch grid does not show as seams in the filled values
+    fill_origins = patch_origins(height, width, size=size, stride=max(size // 2, 1))
+    blend = blend_window(size)
+    per_row = 4 * n_time * n_band * size * width  # one row of patches, read once
+    step = size * max(1, BLOCK_BYTES // (4 * per_row))  # output rows a block; its patches overlap 4-fold
+    chunk_y = min(height, step)
     template = xr.Dataset(
         {
             "data": (ds["data"].dims, dsa.zeros(ds["data"].shape, dtype=np.float32, chunks=-1),
@@ -290,33 +294,32 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
     with atomic_artifact(out) as tmp:
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False,
                          encoding=_encoding(ds, n_time, n_band, chunk_y, min(width, 256)))
-        written = 0
-        groups = [rows[i:i + rows_per_block] for i in range(0, len(rows), rows_per_block)]
-        for group in tqdm(groups, desc=f"gapfill {Path(cube).name}", unit="block", disable=len(groups) < 2):
-            y0, y1 = int(group[0]), int(group[-1]) + size
-            data, valid, observed = read_rows(ds, y0, y1)
-            mine = np.isin(origins[:, 0], group)
-            local = origins[mine] - [y0, 0]
+        blocks = range(0, height, step)
+        for a in tqdm(blocks, desc=f"gapfill {Path(cube).name}", unit="block", disable=len(blocks) < 2):
+            b = min(height, a + step)
+            mine = fill_origins[(fill_origins[:, 0] < b) & (fill_origins[:, 0] + size > a)]
+            r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
+            data, valid, observed = read_rows(ds, r0, r1)
+            local = mine - [r0, 0]
             xb = extract_patches(standardised(data, observed), local, size)
             ob = extract_patches(observed, local, size)
             filled_p = complete(fit.net, xb, ob, batch=kw["batch"], init=OURS["init"])
-            folded = fold_patches(filled_p, local, data.shape) * std + mean  # (T, C, h, W)
-            unseen = ~seen[y0:y1]
-            filled = ~observed if fill_unseen else ~observed & ~unseen[None]
+            del xb, ob
+            folded = fold_patches(filled_p, local, data.shape, weights=blend) * std + mean  # (T, C, h, W)
+            rows = slice(a - r0, b - r0)
+            data, valid, observed, folded = data[..., rows, :], valid[:, rows], observed[:, rows], folded[..., rows, :]
+            filled = ~observed if fill_unseen else ~observed & seen[a:b][None]  # never seen: left NaN
             result = np.where(observed[:, None], data, np.where(filled[:, None], folded, np.nan))
-            # rows before `written` are done: the last row of patches may overlap the one before it
-            a = written - y0
             block = xr.Dataset(
-                {"data": (ds["data"].dims, result[:, :, a:].astype(np.float32)),
-                 "valid": (ds["valid"].dims, valid[:, a:]),
-                 "filled": (("time", "y", "x"), filled[:, a:])},
+                {"data": (ds["data"].dims, result.astype(np.float32)),
+                 "valid": (ds["valid"].dims, valid),
+                 "filled": (("time", "y", "x"), filled)},
             )
             for name in static:
                 if "y" in ds[name].dims:
-                    block[name] = ds[name].isel(y=slice(written, y1)).load().variable
-            _write_region(block, tmp, written, y1)
-            counts["filled"] += int(filled[:, a:].sum())
-            written = y1
+                    block[name] = ds[name].isel(y=slice(a, b)).load().variable
+            _write_region(block, tmp, a, b)
+            counts["filled"] += int(filled.sum())
     return fit, ranks, shape, len(origins), counts
 
 
