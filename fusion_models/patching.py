@@ -17,14 +17,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["SPLITS", "blend_window", "block_split", "extract_patches", "fold_patches", "patch_origins"]
+__all__ = ["SPLITS", "axis_starts", "blend_ramp", "blend_window", "block_split", "extract_patches", "fold_patches", "patch_origins"]
 
 SPLITS = ("train", "val", "test")
 BUFFER = "buffer"
 
 
-def _axis_starts(length: int, size: int, stride: int) -> np.ndarray:
-    """Regular starts ``0, stride, ...`` plus one flush with the end when needed."""
+def axis_starts(length: int, size: int, stride: int) -> np.ndarray:
+    """Starts of windows of ``size`` covering ``0 .. length``: ``0, stride, ...`` plus one flush with
+    the end when needed."""
     starts = np.arange(0, length - size + 1, stride, dtype=np.int64)
     if starts[-1] != length - size:
         starts = np.append(starts, np.int64(length - size))
@@ -73,8 +74,8 @@ def patch_origins(height: int, width: int, *, size: int, stride: int) -> np.ndar
             f"stride must not exceed size, or pixels between patches are left out; got "
             f"stride={stride}, size={size} (use stride <= size)"
         )
-    rows = _axis_starts(height, size, stride)
-    cols = _axis_starts(width, size, stride)
+    rows = axis_starts(height, size, stride)
+    cols = axis_starts(width, size, stride)
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     return np.stack([rr.ravel(), cc.ravel()], axis=1)
 
@@ -130,20 +131,37 @@ def extract_patches(array: np.ndarray, origins: np.ndarray, size: int) -> np.nda
     return np.ascontiguousarray(np.moveaxis(cut, -3, 0))  # (P, *lead, size, size)
 
 
-def blend_window(size: int) -> np.ndarray:
+def blend_ramp(size: int, margin: int | None = None) -> np.ndarray:
+    r"""``(size,)`` weights that rise over ``margin`` pixels at each end, 1 between:
+    :math:`h_i = \sin^2(\pi (i + 1/2) / (2 m))` for :math:`i < m` (and mirrored at the end),
+    ``m = margin`` (clipped to ``size // 2``; by default the whole window ramps,
+    :math:`h_i = \sin^2(\pi (i + 1/2) / \text{size})`). Windows placed ``size - margin`` apart
+    have weights that sum to one where they overlap (:math:`\sin^2 + \cos^2`)."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1; got {size}")
+    if margin is None:  # the whole window is ramp (also for an odd size)
+        return np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
+    m = min(int(margin), size // 2)
+    h = np.ones(size)
+    if m >= 1:
+        ramp = np.sin(np.pi * (np.arange(m) + 0.5) / (2 * m)) ** 2
+        h[:m], h[size - m:] = ramp, ramp[::-1]
+    return h
+
+
+def blend_window(size: int, margin: int | None = None) -> np.ndarray:
     r"""``(size, size)`` weights for :func:`fold_patches` that fade a patch towards its border:
-    :math:`w_{ij} = h_i h_j`, :math:`h_i = \sin^2(\pi (i + 1/2) / \text{size})`.
+    :math:`w_{ij} = h_i h_j` (:func:`blend_ramp`); by default
+    :math:`h_i = \sin^2(\pi (i + 1/2) / \text{size})`.
 
     A network's outputs are least reliable at a patch's border (zero padding, no context), so a
     plain average of half-overlapping patches shows the patch grid as seams. With these weights
-    and a stride of ``size / 2`` (even ``size``) the weights of the patches covering an interior
-    pixel sum to one (:math:`\sin^2 + \cos^2`), so each pixel is a convex blend that gives the
-    patch it is central in the most say. Every weight is positive, so a pixel covered only by a
-    patch's border still gets that patch's value.
+    and a stride of ``size / 2`` (even ``size``; ``size - margin`` with a ``margin``) the weights of
+    the patches covering an interior pixel sum to one (:math:`\sin^2 + \cos^2`), so each pixel is
+    a convex blend that gives the patch it is central in the most say. Every weight is positive,
+    so a pixel covered only by a patch's border still gets that patch's value.
     """
-    if size < 1:
-        raise ValueError(f"size must be >= 1; got {size}")
-    h = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
+    h = blend_ramp(size, margin)
     return np.outer(h, h)
 
 

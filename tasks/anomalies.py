@@ -2,7 +2,8 @@
 
 One band of a schema-following cube (default: the first) is quantized with a uniform ``bits``-bit
 quantizer over the band's observed range, then split tile by tile (``tile x tile`` pixels, all
-times) into a low-rank background ``L`` and a sparse part ``S`` by ``fusion_models.qtrpca.qtrpca``
+times; tiles overlap by a quarter and are blended where they do, so the tile grid leaves no
+seams) into a low-rank background ``L`` and a sparse part ``S`` by ``fusion_models.qtrpca.qtrpca``
 (A. Aidini, G. Tsagkatakis and P. Tsakalides, "Quantized Tensor Robust Principal Component
 Analysis", ICASSP 2020). ``anomalies.zarr`` holds
 
@@ -30,10 +31,12 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from tqdm.auto import tqdm
 
+from fusion_models.patching import axis_starts, blend_ramp
 from fusion_models.qtrpca import cluster_score, dequantize, qtrpca, quantize, robust_threshold
 from tasks.checkpoint import (
     Manifest,
@@ -301,27 +304,58 @@ def detect_anomalies(
     template = _template(ds, tile)
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     # a whole-date offset d over a tile (regional weather) costs sqrt(n_y) |d| as L (rank one in
-    # the (y, time, x) t-SVD the solver uses) but lam n_y n_x |d| as S: it stays in L for any tile
-    windows = [(r, c) for r in range(0, ny, tile) for c in range(0, nx, tile)]
-    flagged, iterations, unconverged = 0, 0, 0
+    # the (y, time, x) t-SVD the solver uses) but lam n_y n_x |d| as S: it stays in L for any tile.
+    # Tiles overlap by a quarter and are blended with weights that ramp over the overlap
+    # (blend_ramp): each tile's background, score and threshold fade into its neighbour's, so the
+    # tile grid leaves no seams. A cube smaller than a tile is one tile.
+    th, tw = min(tile, ny), min(tile, nx)
+    margin = tile // 4
+    starts_y = axis_starts(ny, th, max(1, th - margin))
+    starts_x = axis_starts(nx, tw, max(1, tw - margin))
+    weight = np.outer(blend_ramp(th, margin), blend_ramp(tw, margin))  # (th, tw)
+    nt = ds.sizes["time"]
+    flagged, iterations, unconverged, tiles = 0, 0, 0, 0
+    acc = {name: np.zeros((nt, th, nx)) for name in ("score", "background", "threshold")}
+    wsum, bsum = np.zeros((th, nx)), np.zeros((nt, th, nx))  # all weights; those of finite backgrounds
     with atomic_artifact(out, overwrite=True) as tmp:
         template.to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True)
-        for r0, c0 in tqdm(windows, desc=f"anomalies {cube.name}", unit="tile", disable=not progress):
-            rows, cols = slice(r0, min(r0 + tile, ny)), slice(c0, min(c0 + tile, nx))
-            # a short last tile is solved on a full-size window shifted back over its neighbour
-            # (a thin tile makes a whole-frame offset cheaper as S than as L) and cropped
-            wr, wc = max(0, min(r0, ny - tile)), max(0, min(c0, nx - tile))
-            win_rows, win_cols = slice(wr, min(wr + tile, ny)), slice(wc, min(wc + tile, nx))
-            part, stats = detect_tile(
-                values.isel(y=win_rows, x=win_cols).load(), valid.isel(y=win_rows, x=win_cols).load(),
-                bits=bits, lo=lo, hi=hi, lam=lam, k=k,
-            )
-            part = part.isel(y=slice(r0 - wr, None), x=slice(c0 - wc, None))
-            flagged += int(part["flag"].sum())
-            iterations = max(iterations, stats["iterations"])
-            unconverged += not stats["converged"]
-            part = part.drop_vars(["time", "y", "x"], errors="ignore")
-            part.to_zarr(tmp, region={"y": rows, "x": cols}, mode="r+", consolidated=False)
+        group = zarr.open_group(str(tmp), mode="r+")
+        bar = tqdm(total=len(starts_y) * len(starts_x), desc=f"anomalies {cube.name}", unit="tile",
+                   disable=not progress)
+        for i, r0 in enumerate(starts_y):
+            rows = slice(int(r0), int(r0) + th)
+            vals, ok = values.isel(y=rows).load(), valid.isel(y=rows).load()
+            for c0 in starts_x:
+                cols = slice(int(c0), int(c0) + tw)
+                part, stats = detect_tile(vals.isel(x=cols), ok.isel(x=cols), bits=bits, lo=lo, hi=hi, lam=lam, k=k)
+                bg = part["background"].values
+                acc["score"][:, :, cols] += part["score"].values * weight
+                acc["threshold"][:, :, cols] += stats.get("threshold", 0.0) * weight
+                acc["background"][:, :, cols] += np.nan_to_num(bg) * weight
+                bsum[:, :, cols] += np.isfinite(bg) * weight
+                wsum[:, cols] += weight
+                iterations = max(iterations, stats["iterations"])
+                unconverged += not stats["converged"]
+                tiles += 1
+                bar.update()
+            # rows no later tile touches are final: written, and the rest moved up for the next row
+            done = (int(starts_y[i + 1]) if i + 1 < len(starts_y) else ny) - int(r0)
+            w = wsum[:done]
+            score, threshold = acc["score"][:, :done] / w, acc["threshold"][:, :done] / w
+            with np.errstate(invalid="ignore", divide="ignore"):
+                background = acc["background"][:, :done] / bsum[:, :done]
+            flag = score > threshold
+            out_rows = slice(int(r0), int(r0) + done)
+            group["score"][:, out_rows] = score.astype(np.float32)
+            group["flag"][:, out_rows] = flag
+            group["background"][:, out_rows] = background.astype(np.float32)
+            flagged += int(flag.sum())
+            for arr in (*acc.values(), bsum):
+                arr[:, :th - done] = arr[:, done:]
+                arr[:, th - done:] = 0
+            wsum[:th - done] = wsum[done:]
+            wsum[th - done:] = 0
+        bar.close()
     manifest = Manifest(
         stage=STAGE,
         key=key,
@@ -337,14 +371,14 @@ def detect_anomalies(
         },
         stats={
             "flagged": flagged,
-            "tiles": len(windows),
+            "tiles": tiles,
             "max_iterations": iterations,
             "unconverged_tiles": unconverged,
             "seconds": round(_time.perf_counter() - started, 3),
         },
     )
     write_manifest(out, manifest)
-    log.info("anomalies: wrote %s (%d flagged, %d tiles)", out, flagged, len(windows))
+    log.info("anomalies: wrote %s (%d flagged, %d tiles)", out, flagged, tiles)
     return manifest
 
 

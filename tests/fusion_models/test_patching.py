@@ -218,3 +218,19 @@ def test_blend_window_sums_to_one_at_half_overlap_and_folds_exactly() -> None:
     assert out[4, 5] < 0.5 < out[4, 6]  # column 5 is nearer the first patch's centre (3.5) than the second's (7.5)
     with pytest.raises(ValueError, match="weights must be"):
         fold_patches(patches, np.array([[0, 0], [0, 4]]), (8, 12), weights=np.zeros((8, 8)))
+
+
+def test_blend_ramp_with_a_margin_sums_to_one_where_windows_overlap() -> None:
+    """Windows ``size - margin`` apart (the anomaly stage's overlapping tiles): ramps over the
+    overlap that sum to one, weight one between; the default ramp is blend_window's."""
+    from fusion_models.patching import axis_starts, blend_ramp, blend_window
+
+    h = blend_ramp(16, 4)
+    assert (h > 0).all() and np.allclose(h, h[::-1]) and (h[4:12] == 1).all()
+    cover = np.zeros(40)
+    for s in axis_starts(40, 16, 12):
+        cover[s:s + 16] += h
+    np.testing.assert_allclose(cover[4:-4], 1.0, atol=1e-12)
+    assert list(axis_starts(40, 16, 12)) == [0, 12, 24]
+    np.testing.assert_allclose(np.outer(blend_ramp(8), blend_ramp(8)), blend_window(8))
+    assert np.allclose(blend_ramp(5, 9), blend_ramp(5, 2))  # the margin is clipped to half the size
