@@ -315,8 +315,9 @@ def detect_anomalies(
     weight = np.outer(blend_ramp(th, margin), blend_ramp(tw, margin))  # (th, tw)
     nt = ds.sizes["time"]
     flagged, iterations, unconverged, tiles = 0, 0, 0, 0
-    acc = {name: np.zeros((nt, th, nx)) for name in ("score", "background", "threshold")}
-    wsum, bsum = np.zeros((th, nx)), np.zeros((nt, th, nx))  # all weights; those of finite backgrounds
+    # weighted sums over one row of tiles: scores and backgrounds per date, the rest per pixel
+    score_sum, bg_sum = np.zeros((nt, th, nx), np.float32), np.zeros((nt, th, nx), np.float32)
+    w_sum, bg_w, thr_sum, thr_w = (np.zeros((th, nx)) for _ in range(4))
     with atomic_artifact(out, overwrite=True) as tmp:
         template.to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True)
         group = zarr.open_group(str(tmp), mode="r+")
@@ -329,32 +330,36 @@ def detect_anomalies(
                 cols = slice(int(c0), int(c0) + tw)
                 part, stats = detect_tile(vals.isel(x=cols), ok.isel(x=cols), bits=bits, lo=lo, hi=hi, lam=lam, k=k)
                 bg = part["background"].values
-                acc["score"][:, :, cols] += part["score"].values * weight
-                acc["threshold"][:, :, cols] += stats.get("threshold", 0.0) * weight
-                acc["background"][:, :, cols] += np.nan_to_num(bg) * weight
-                bsum[:, :, cols] += np.isfinite(bg) * weight
-                wsum[:, cols] += weight
+                has_bg = np.isfinite(bg).all(axis=0)  # a tile with no observation has none
+                score_sum[:, :, cols] += part["score"].values * weight
+                bg_sum[:, :, cols] += np.where(has_bg, bg, 0.0) * weight
+                bg_w[:, cols] += has_bg * weight
+                w_sum[:, cols] += weight
+                if "threshold" in stats:
+                    thr_sum[:, cols] += stats["threshold"] * weight
+                    thr_w[:, cols] += weight
                 iterations = max(iterations, stats["iterations"])
                 unconverged += not stats["converged"]
                 tiles += 1
                 bar.update()
             # rows no later tile touches are final: written, and the rest moved up for the next row
             done = (int(starts_y[i + 1]) if i + 1 < len(starts_y) else ny) - int(r0)
-            w = wsum[:done]
-            score, threshold = acc["score"][:, :done] / w, acc["threshold"][:, :done] / w
             with np.errstate(invalid="ignore", divide="ignore"):
-                background = acc["background"][:, :done] / bsum[:, :done]
+                score = score_sum[:, :done] / w_sum[:done]
+                background = np.where(bg_w[:done] > 0, bg_sum[:, :done] / bg_w[:done], np.nan)
+                threshold = np.where(thr_w[:done] > 0, thr_sum[:done] / thr_w[:done], np.inf)
             flag = score > threshold
             out_rows = slice(int(r0), int(r0) + done)
             group["score"][:, out_rows] = score.astype(np.float32)
             group["flag"][:, out_rows] = flag
             group["background"][:, out_rows] = background.astype(np.float32)
             flagged += int(flag.sum())
-            for arr in (*acc.values(), bsum):
+            for arr in (score_sum, bg_sum):
                 arr[:, :th - done] = arr[:, done:]
                 arr[:, th - done:] = 0
-            wsum[:th - done] = wsum[done:]
-            wsum[th - done:] = 0
+            for arr in (w_sum, bg_w, thr_sum, thr_w):
+                arr[:th - done] = arr[done:]
+                arr[th - done:] = 0
         bar.close()
     manifest = Manifest(
         stage=STAGE,

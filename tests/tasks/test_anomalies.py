@@ -113,6 +113,25 @@ def test_tiles_are_blended_so_the_background_has_no_seams(tmp_path):
         assert steps[edges].mean() < 1.2 * steps[~edges].mean()  # side by side: 1.28 / 1.76
 
 
+def test_a_tile_with_no_observation_lends_no_threshold_to_its_neighbours(tmp_path):
+    """Beside an empty tile (outside the footprint) the blended threshold is the observed tile's,
+    not pulled towards the empty one's nothing; the empty part has no background and no flag."""
+    cube, out = tmp_path / "cube.zarr", tmp_path / "anomalies.zarr"
+    truth, _ = _cube(cube)
+    ds = xr.open_zarr(cube).load()
+    ds["data"][:, :, :, :16] = np.nan
+    ds["valid"][:, :, :16] = False
+    ds.to_zarr(tmp_path / "half.zarr", zarr_format=3, mode="w")
+    detect_anomalies(tmp_path / "half.zarr", out, bits=8, tile=16)
+    res = xr.open_zarr(out, consolidated=None).load()
+    assert np.isnan(res["background"].values[:, :, :12]).all()  # only empty tiles cover columns 0..11
+    assert np.isfinite(res["background"].values[:, :, 16:]).all()
+    assert not res["flag"].values[:, :, :16].any()
+    right = truth[:, :, 16:]
+    assert res["flag"].values[:, :, 16:][right].mean() >= 0.9  # the spot at column 18 still found
+    assert (res["flag"].values[:, :, 16:] & ~right).sum() <= 0.01 * (~right).sum()
+
+
 def test_bad_cube_and_parameters_raise(tmp_path):
     bad = tmp_path / "bad.zarr"
     xr.Dataset({"lst": (("time", "y", "x"), np.zeros((2, 3, 3), np.float32))}).to_zarr(
