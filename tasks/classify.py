@@ -620,10 +620,10 @@ def classify_cube(
     test_area = np.zeros((height, width_px), dtype=bool)
     for r, c in origins[split == "test"]:
         test_area[r:r + size, c:c + size] = True
-    truth = None
+    to_index = None
     if has_label:
         layer = raster if raster is not None else ds[label]
-        truth = class_lookup(scheme.classes)  # codes -> class indices, -1 for no label
+        to_index = class_lookup(scheme.classes)  # codes -> class indices, -1 for no label
     with atomic_artifact(out) as tmp:
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False,
                          encoding={"classes": {"chunks": chunks}, "confidence": {"chunks": chunks}})
@@ -642,10 +642,10 @@ def classify_cube(
             group["confidence"][rows] = proba.max(axis=0)
             codes[rows] = part
             found += np.bincount(best.ravel(), minlength=k)
-            if truth is not None and test_area[rows].any():
-                lab = np.asarray(layer[rows].values)
+            if to_index is not None and test_area[rows].any():
+                lab = np.asarray(layer.isel(y=rows).values)
                 lab = np.nan_to_num(lab, nan=255) if np.issubdtype(lab.dtype, np.floating) else lab
-                idx = truth[np.clip(lab.astype(np.int64), 0, 255)]
+                idx = to_index[np.clip(lab.astype(np.int64), 0, 255)]
                 confusion += confusion_matrix(idx[test_area[rows]], best[test_area[rows]], k)
         infer_seconds = _time.perf_counter() - t0
     result = scores_from_confusion(confusion) if has_label and confusion.sum() else None
