@@ -398,6 +398,10 @@ def describe_cube(path: str | Path) -> list[str]:
         f"  observed: {float(share.mean()):.1%} of pixel-dates (per date {float(share.min()):.1%} .. "
         f"{float(share.max()):.1%})",
     ]
+    if "filled" in ds.data_vars and tuple(ds["filled"].dims) == ("time", "y", "x"):  # gapfill's mark
+        filled = float(ds["filled"].mean().values)
+        lines.append(f"  filled: {filled:.1%} of pixel-dates (gap filling's estimates, where 'filled' is true); "
+                     f"{1 - float(share.mean()) - filled:.1%} still missing")
     for name in ds.data_vars:
         var = ds[name]
         if tuple(var.dims) == ("y", "x"):

@@ -73,6 +73,9 @@ def test_schema_and_marks(filled):
     obs = np.broadcast_to(~cloud[:, None], values.shape)
     np.testing.assert_array_equal(values[obs], src["data"].values[obs])  # bit for bit
     assert manifest.outputs["filled_share"] == pytest.approx(cloud.mean())
+    from tasks.cube import describe_cube
+
+    assert f"  filled: {cloud.mean():.1%} of pixel-dates" in "\n".join(describe_cube(out))  # fusioncube info
 
 
 def test_beats_linear_interpolation_on_gaps(filled):
