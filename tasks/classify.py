@@ -332,11 +332,20 @@ def map_strips(net: PixelClassifier, data: xr.DataArray, valid: xr.DataArray, *,
     """
     h = net.halo
     height, width = (int(n) for n in data.shape[-2:])
+    # the cube is read a block of whole chunk rows at a time (a chunk decoded once, not once a strip)
+    chunk = int(data.chunks[-2][0]) if data.chunks else rows
+    block = rows * max(1, -(-chunk // rows))
+    x_block = v_block = None
+    block_lo = 0
     for top in range(0, height, rows):
         n_rows = min(rows, height - top)
         lo, hi = max(0, top - h), min(height, top + n_rows + h)
-        x = np.asarray(data[:, :, lo:hi, :].values, dtype=np.float32)
-        v = np.asarray(valid[:, lo:hi, :].values, dtype=bool)
+        if x_block is None or hi > block_lo + x_block.shape[-2]:
+            block_lo, block_hi = lo, min(height, max(hi, top + block + h))
+            x_block = np.asarray(data[:, :, block_lo:block_hi, :].values, dtype=np.float32)
+            v_block = np.asarray(valid[:, block_lo:block_hi, :].values, dtype=bool)
+        x = x_block[:, :, lo - block_lo:hi - block_lo]
+        v = v_block[:, lo - block_lo:hi - block_lo]
         strip = np.empty((net.n_classes, n_rows, width), np.float32)
         shapes: dict[int, list[tuple[int, int, int]]] = {}  # window width -> (left, first column, columns)
         for left in range(0, width, cols):
