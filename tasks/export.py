@@ -54,6 +54,12 @@ def _labels(times: np.ndarray) -> list[str]:
 def _select(times: pd.DatetimeIndex, dates: Sequence[str] | None, start: str | None,
             end: str | None, cube: Path) -> np.ndarray:
     """Positions of the dates to export: ``dates`` (each a day of the cube) within ``start..end``."""
+    for flag, values in (("--date", dates or []), ("--start", [start] if start else []), ("--end", [end] if end else [])):
+        for value in values:
+            try:
+                pd.Timestamp(value)
+            except ValueError as exc:
+                raise ValueError(f"{flag} {value}: not a date, YYYY-MM-DD ({exc})") from None
     keep = np.ones(len(times), dtype=bool)
     days = times.normalize()
     if dates:

@@ -72,6 +72,8 @@ def test_export_errors_name_the_cube_and_the_reason(tmp_path: Path) -> None:
         export_cube(tmp_path / "c.zarr", tmp_path / "o", bands=["swir"], progress=False)
     with pytest.raises(ValueError, match=r"2020-01-03 .. 2020-03-05\) is within 2021-01-01 .. "):
         export_cube(tmp_path / "c.zarr", tmp_path / "o", start="2021-01-01", progress=False)
+    with pytest.raises(ValueError, match=r"--date 2020-02-30: not a date, YYYY-MM-DD \(day is out of range"):
+        export_cube(tmp_path / "c.zarr", tmp_path / "o", dates=["2020-02-30"], progress=False)
     _cube(tmp_path / "nocrs.zarr", crs=False)
     with pytest.raises(CubeSchemaError, match="nocrs.zarr: the cube has no CRS"):
         export_cube(tmp_path / "nocrs.zarr", tmp_path / "o", progress=False)
