@@ -71,7 +71,7 @@ from tasks.checkpoint import (
 )
 from tasks.cube import cube_crs, cube_transform, open_cube, unobserved_reason
 from tasks.labels import check_byte_codes, raster_labels
-from tasks.patch import make_patches
+from tasks.patch import make_patches, patch_split
 from tasks.quicklook import class_names, colour_table
 
 __all__ = [
@@ -469,7 +469,7 @@ def classify_cube(
         A schema-following cube store (``tasks.cube``); for training it needs the ``label``
         layer (``(y, x)`` class codes).
     out
-        Where ``classes.zarr`` goes; manifest, COG, model and patch store beside it.
+        Where ``classes.zarr`` goes; manifest, COG, model and (when training) patch store beside it.
     model
         A model file written by an earlier run (``<out>.cnn4d.pt``): apply it instead of training.
     label
@@ -536,17 +536,23 @@ def classify_cube(
     height, width_px = ds.sizes["y"], ds.sizes["x"]
     size = min(patch, height, width_px)
     patches = out.with_name(out.name + ".patches.zarr")
-    make_patches(cube, patches, size=size, block=block, seed=seed, batch=16, overwrite=True)
-    pds = xr.open_zarr(patches, consolidated=None)
-    split = np.array([str(s) for s in pds["split"].values])
-    origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1)
-    if raster is not None:  # the raster's patches beside the cube's, under the name the loaders read
-        label = "label_raster"
-        cut = np.stack([raster.values[r:r + size, c:c + size] for r, c in origins])
-        xr.Dataset({label: (("patch", "py", "px"), cut)}).to_zarr(patches, mode="a", zarr_format=3, consolidated=True)
+    if model is None:  # training reads its batches from a patch store
+        make_patches(cube, patches, size=size, block=block, seed=seed, batch=16, overwrite=True)
         pds = xr.open_zarr(patches, consolidated=None)
-    has_label = label in pds
-    bands = [str(b) for b in pds["band"].values]
+        split = np.array([str(s) for s in pds["split"].values])
+        origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1)
+        if raster is not None:  # the raster's patches beside the cube's, under the name the loaders read
+            label = "label_raster"
+            cut = np.stack([raster.values[r:r + size, c:c + size] for r, c in origins])
+            xr.Dataset({label: (("patch", "py", "px"), cut)}).to_zarr(patches, mode="a", zarr_format=3,
+                                                                       consolidated=True)
+            pds = xr.open_zarr(patches, consolidated=None)
+        has_label = label in pds
+        bands = [str(b) for b in pds["band"].values]
+    else:  # applying reads the map straight from the cube: only the split is needed, to score it
+        origins, split = patch_split(cube, size=size, block=block, seed=seed)
+        split = split.astype(str)
+        has_label = raster is not None or label in ds.data_vars
     torch.manual_seed(seed)
 
     def loader(where: str | None, *, shuffle: bool = False) -> tuple[PatchBatches, DataLoader]:
@@ -672,7 +678,8 @@ def classify_cube(
     manifest = Manifest(
         stage=STAGE, key=key, params=params, inputs=inputs, code_version=code_version(*CODE_MODULES),
         outputs={"path": str(out), "cube": str(cube), "cog": str(cog), "model": str(wpath),
-                 "patches": str(patches), "confusion_png": str(png) if png else None,
+                 "patches": str(patches) if model is None else None,
+                 "confusion_png": str(png) if png else None,
                  "classes_found": found_classes, "trained": model is None},
         stats={
             "test": None if result is None else {

@@ -244,6 +244,19 @@ def _usable_split(origins: np.ndarray, *, size: int, block: int, fractions: Sequ
     return block, split
 
 
+def patch_split(cube: str | Path, *, size: int = 32, stride: int | None = None, block: int = 4,
+                fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(origins (P, 2), split (P,))``: the patches and split :func:`make_patches` gives ``cube``
+    with these settings, without cutting or writing anything (e.g. to score a map on the test
+    patches)."""
+    cube = Path(cube)
+    ds = open_cube(cube)
+    origins = patch_origins(ds.sizes["y"], ds.sizes["x"], size=size, stride=size if stride is None else stride)
+    _, split = _usable_split(origins, size=size, block=block, fractions=[float(f) for f in fractions],
+                             seed=seed, name=cube.name)
+    return origins, split
+
+
 def make_patches(
     cube: str | Path,
     out: str | Path,

@@ -101,6 +101,10 @@ def test_reuse_and_apply_saved_model(trained, tmp_path) -> None:
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "applied.zarr")["classes"].values,
                                   xr.open_zarr(out)["classes"].values)
     assert read_manifest(tmp_path / "applied.zarr").inputs["model"]
+    assert not (tmp_path / "applied.zarr.patches.zarr").exists()  # applying reads the cube, cuts nothing
+    rescored = classify_cube(cube, tmp_path / "rescored.zarr", model=weights_path(out), patch=16, block=1,
+                             device="cpu")
+    assert rescored.stats["test"]["accuracy"] == manifest.stats["test"]["accuracy"]  # the same split
 
 
 def test_bad_inputs_raise(trained, tmp_path) -> None:
