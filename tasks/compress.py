@@ -74,6 +74,8 @@ CODE_MODULES = ("tasks.compress", "fusion_models.tdl", "fusion_models.entropy")
 # the masks' coding (index attribute compress_mask_coding): 2, fusion_models.entropy.encode_mask
 # with the NaN mask anchored on valid; stores without the attribute were coded by encode_mask_rows
 MASK_CODING = 2
+#: the store's streams: segment table key -> file
+STREAMS = {"cores": "cores.bin", "finite_mask": "finite.bin", "valid_mask": "valid.bin"}
 
 
 def default_ranks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -289,8 +291,7 @@ def _segments(compressed: Path, n: int) -> list[dict[str, Any]]:
     path = compressed / "segments.json"
     if path.exists():
         return list(json.loads(path.read_text()))
-    sizes = {name: (compressed / f).stat().st_size
-             for name, f in (("cores", "cores.bin"), ("finite_mask", "finite.bin"), ("valid_mask", "valid.bin"))}
+    sizes = {name: (compressed / f).stat().st_size for name, f in STREAMS.items()}
     return [{"patches": n, **{name: [0, size] for name, size in sizes.items()}}]
 
 
@@ -301,8 +302,7 @@ def _decoded_segments(compressed: Path) -> Any:
     index = xr.open_zarr(compressed / "index.zarr", consolidated=None)
     shape = tuple(int(v) for v in index.attrs["compress_shape"])
     vshape = tuple(int(v) for v in index.attrs["compress_valid_shape"])
-    blobs = {name: compressed / f
-             for name, f in (("cores", "cores.bin"), ("finite_mask", "finite.bin"), ("valid_mask", "valid.bin"))}
+    blobs = {name: compressed / f for name, f in STREAMS.items()}
     first = 0
     for seg in _segments(compressed, shape[0]):
         g = int(seg["patches"])
@@ -322,21 +322,22 @@ def _decoded_segments(compressed: Path) -> Any:
         frames = (g * int(np.prod(shape[1:-2])), *shape[-2:])
         valid_frames = (g * int(np.prod(vshape[1:-2])), *vshape[-2:])
         cores, valid_bits, finite_bits = part("cores"), part("valid_mask"), part("finite_mask")
-        name = "cores.bin"
-        try:
-            x = tdl.decode(codec, cores, g).reshape(g, *shape[1:])
-            name = "valid.bin"
-            if index.attrs.get("compress_mask_coding") == MASK_CODING:
-                valid = decode_mask(valid_bits, valid_frames)
-                name = "finite.bin"
-                finite = decode_mask(finite_bits, frames, anchors=valid, period=frames[0] // valid_frames[0])
-            else:  # a store written before (no compress_mask_coding): each mask on its own, row by row
-                valid = decode_mask_rows(valid_bits, valid_frames)
-                name = "finite.bin"
-                finite = decode_mask_rows(finite_bits, frames)
-        except ValueError as e:
-            raise ValueError(f"{compressed / name}: cannot decode the segment from patch {first} ({e}); "
-                             "the store is damaged") from e
+
+        def decoded(file: str, decode: Any, *args: Any, first: int = first, **kw: Any) -> Any:
+            try:
+                return decode(*args, **kw)
+            except ValueError as e:  # a stream that passed its checksum (or had none) and still fails
+                raise ValueError(f"{compressed / file}: cannot decode the segment from patch {first} ({e}); "
+                                 "the store is damaged") from e
+
+        x = decoded("cores.bin", tdl.decode, codec, cores, g).reshape(g, *shape[1:])
+        if index.attrs.get("compress_mask_coding") == MASK_CODING:
+            valid = decoded("valid.bin", decode_mask, valid_bits, valid_frames)
+            finite = decoded("finite.bin", decode_mask, finite_bits, frames, anchors=valid,
+                             period=frames[0] // valid_frames[0])
+        else:  # a store written before (no compress_mask_coding): each mask on its own, row by row
+            valid = decoded("valid.bin", decode_mask_rows, valid_bits, valid_frames)
+            finite = decoded("finite.bin", decode_mask_rows, finite_bits, frames)
         yield (first, np.where(finite.reshape(x.shape), x, np.nan).astype(np.float32),
                valid.reshape(g, *vshape[1:]))
         first += g
@@ -528,11 +529,18 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def compressed_store(path: str | Path) -> Path | None:
+    """The compressed store at ``path``, or in the compress stage's ``--out`` folder ``path``."""
+    path = Path(path)
+    for store in (path, path / "compressed"):
+        if (store / "cores.bin").exists():
+            return store
+    return None
+
+
 def _cmd_decompress(args: argparse.Namespace) -> int:
-    store = Path(args.store)
-    if not (store / "cores.bin").exists() and (store / "compressed" / "cores.bin").exists():
-        store = store / "compressed"
-    cube = decompress(store, args.out, overwrite=args.overwrite, progress=True)
+    cube = decompress(compressed_store(args.store) or args.store, args.out, overwrite=args.overwrite,
+                      progress=True)
     print(f"{args.out}: {cube.sizes['time']} dates, {cube.sizes['band']} bands, "  # noqa: T201 - CLI output
           f"{cube.sizes['y']} x {cube.sizes['x']} px")
     return 0

@@ -145,12 +145,15 @@ def describe(path: str | Path) -> list[str]:
     Raises ``FileNotFoundError`` for a missing path (as :func:`tasks.cube.open_cube`) and
     ``CubeSchemaError`` (the cube's reason) for a store that is neither a cube nor a product
     fusioncube knows."""
+    from tasks.compress import compressed_store
+
     path = Path(path)
-    if not (path / "cores.bin").exists() and (path / "compressed" / "cores.bin").exists():
+    store = compressed_store(path)
+    if store is not None and store != path:
         held = [p for p in ("compressed", "decoded.zarr", "patches.zarr", "compress.png") if (path / p).exists()]
-        return [f"{path}: the output folder of stage compress ({', '.join(held)})", *describe(path / "compressed")]
+        return [f"{path}: the output folder of stage compress ({', '.join(held)})", *describe(store)]
     manifest = read_manifest(path)
-    if (path / "cores.bin").exists():  # the compress stage's store
+    if store is not None:  # the compress stage's store
         return [f"{path}: a compressed cube (TDL, stage compress)", *_made_by(manifest), *_compressed(path, manifest),
                 f"  decode it: fusioncube stage decompress --store {path} --out CUBE.zarr"]
     try:
