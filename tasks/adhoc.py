@@ -551,7 +551,7 @@ def build_adhoc_catalog(
         check_cube_bands(out, [b["name"] for b in bands])
         if grid is not None:
             check_cube_grid(out, GridSpec(**grid))
-        _check_band_rules(path, bands)
+        _check_band_rules(out, path, bands)
     return raw, path
 
 
@@ -576,7 +576,7 @@ def _with_units(band: dict[str, Any], units: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_band_rules(catalog_path: Path, bands: list[dict[str, Any]]) -> None:
+def _check_band_rules(cube: Path, catalog_path: Path, bands: list[dict[str, Any]]) -> None:
     """Refuse to append with band rules (scale, offset, nodata, valid range) other than those the
     cube was built with, as its catalog beside it records: the new dates would be in other units."""
     if not catalog_path.exists():
@@ -585,13 +585,15 @@ def _check_band_rules(catalog_path: Path, bands: list[dict[str, Any]]) -> None:
         before = yaml.safe_load(catalog_path.read_text())["sources"]["scenes"]["bands"]
     except (yaml.YAMLError, KeyError, TypeError):
         return  # edited by hand beyond recognition: nothing to compare with
-    defaults = {"scale": 1.0, "offset": 0.0}
-    old = {b.get("name"): {k: b.get(k, defaults.get(k)) for k in _UNIT_KEYS} for b in before if isinstance(b, dict)}
+    def rules(band: dict[str, Any]) -> dict[str, Any]:
+        return {k: band.get(k, {"scale": 1.0, "offset": 0.0}.get(k)) for k in _UNIT_KEYS}
+
+    recorded = {b.get("name"): rules(b) for b in before if isinstance(b, dict)}
     for b in bands:
-        new = {k: b.get(k, defaults.get(k)) for k in _UNIT_KEYS}
-        if b["name"] in old and old[b["name"]] != new:
-            diff = ", ".join(f"{k} {old[b['name']][k]} -> {new[k]}" for k in _UNIT_KEYS if old[b["name"]][k] != new[k])
-            raise ValueError(f"{catalog_path.name[:-len('.catalog.yaml')]}: band {b['name']} was ingested with other "
+        was, now = recorded.get(b["name"]), rules(b)
+        if was is not None and was != now:
+            diff = ", ".join(f"{k} {was[k]} -> {now[k]}" for k in _UNIT_KEYS if was[k] != now[k])
+            raise ValueError(f"{cube.name}: band {b['name']} was ingested with other "
                              f"rules ({diff}; {catalog_path}); appending would mix units. Give the same --scale / "
                              "--offset / --nodata / --valid-range as before, or write a new cube")
 
