@@ -39,7 +39,8 @@ from tasks.discover import (
 )
 from tasks.errors import SceneError
 
-__all__ = ["BAND_TOKEN", "PRESETS", "Preset", "adhoc_catalog", "build_adhoc_catalog", "describe_bands", "detect_band_files", "detect_layer_files"]
+__all__ = ["BAND_TOKEN", "KNOWN_LAYERS", "PRESETS", "LayerUnits", "Preset", "adhoc_catalog", "build_adhoc_catalog", "describe_bands",
+           "detect_band_files", "detect_layer_files", "known_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +273,7 @@ def _band_file_bands(
         first = next(f for f in files if (m := compiled.search(file_name(f))) and m["band"] == token)
         with rasterio.open(first) as ds:
             entries.append(_band_entry(token, 1, ds) | {"file": token})
+        entries[-1] = _with_known_units(entries[-1], first, one_band=False)
     if len({str(e.get("nodata")) for e in entries}) > 1:  # each band its own file's nodata
         for e in entries:  # NaN: "none" for a file that declares none (a uint8 mask layer)
             e.setdefault("nodata", float("nan"))
@@ -337,6 +339,80 @@ PRESETS = (
     Preset("Sentinel-2 Level-2A item COGs", r"^B[0-9][0-9A]\.tif$", "SCL.tif",
            {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "B[0-9][0-9A].tif", "sentinel2_l2a"),
 )
+
+
+@dataclass(frozen=True)
+class LayerUnits:
+    """The units of a science layer of a product whose files declare none (NASA's MODIS / VIIRS
+    land products as JPEG 2000 or GeoTIFF cuts, AppEEARS exports, Earth Engine downloads keep the
+    HDF's raw integers without its ``scale_factor``): taken from the product's user guide."""
+
+    name: str
+    layer: str  # regex on the layer's name token (a band file's token, or a one-band file's name)
+    scale: float
+    nodata: float  # the fill value (raw)
+    valid: tuple[float, float]  # the valid range (raw)
+    offset: float = 0.0
+
+
+#: a file of a MODIS or VIIRS land product, by its short name (MOD13Q1, MYD11A2, MCD43A4, VNP13A1)
+#: or by the instrument named in the file name (sits' ``TERRA_MODIS_012010_NDVI_2013-09-14.jp2``)
+_MODIS_VIIRS = re.compile(r"(?:^|[^A-Za-z0-9])(?:(?:MOD|MYD|MCD|VNP|VJ1)\d{2}[A-Z0-9]{0,3}|MODIS|VIIRS)(?:[^A-Za-z]|$)",
+                          re.IGNORECASE)
+
+
+def _token(name: str) -> str:
+    """A layer name as a whole token: not inside a longer word (NDVI is not in NDVI_Quality)."""
+    return rf"(?:^|(?<=[^A-Za-z0-9]))(?:{name})(?=[^A-Za-z0-9]|$)"
+
+
+# Collection 6.1 user guides (MOD13, MOD11, MOD09, MCD43, MOD15) and VIIRS VNP13
+KNOWN_LAYERS = (
+    LayerUnits("MODIS / VIIRS vegetation index", _token(r"NDVI|EVI2?"), 1e-4, -3000.0, (-2000.0, 10000.0)),
+    LayerUnits("MODIS land surface temperature (K)", _token(r"LST_(?:Day|Night)(?:_1km)?"), 0.02, 0.0, (7500.0, 65535.0)),
+    LayerUnits("MODIS surface reflectance", _token(r"sur_refl_b\d{2}"), 1e-4, -28672.0, (-100.0, 16000.0)),
+    LayerUnits("MODIS nadir BRDF-adjusted reflectance", _token(r"Nadir_Reflectance_Band\d"), 1e-4, 32767.0, (0.0, 32766.0)),
+    LayerUnits("MODIS leaf area index", _token(r"Lai(?:_500m)?"), 0.1, 255.0, (0.0, 100.0)),
+    LayerUnits("MODIS FPAR", _token(r"Fpar(?:_500m)?"), 0.01, 255.0, (0.0, 100.0)),
+)
+
+
+def known_layer(file: str, layer: str) -> LayerUnits | None:
+    """The units rule of ``layer`` (a band's name or file token, or a one-band file's name) in a
+    file of a MODIS / VIIRS land product named ``file``, if it is one of :data:`KNOWN_LAYERS`."""
+    if _MODIS_VIIRS.search(file) is None:
+        return None
+    return next((rule for rule in KNOWN_LAYERS if re.search(rule.layer, layer, re.IGNORECASE)), None)
+
+
+def _with_known_units(band: dict[str, Any], path: str, *, one_band: bool) -> dict[str, Any]:
+    """``band`` (of the file ``path``) with its product layer's units (:func:`known_layer`) when
+    the file declares no scale and holds the product's raw integers (scale, fill, valid range:
+    the fill and values outside the range are not observed). A one-band file's band named only
+    by its number is named after the layer its file name gives (``NDVI``)."""
+    name = file_name(path)
+    numbered = re.fullmatch(r"band\d+", str(band["name"])) is not None
+    layer = name if one_band and numbered else str(band.get("file", band["name"]))
+    rule = known_layer(name, layer)
+    if rule is None:
+        return band
+    out = dict(band)
+    if one_band and numbered:
+        found = re.search(rule.layer, layer, re.IGNORECASE)
+        assert found is not None
+        out["name"] = found.group(0)
+    with rasterio.open(path) as ds:
+        raw = np.issubdtype(np.dtype(ds.dtypes[band["index"] - 1]), np.integer)
+    if not raw or "scale" in band or "offset" in band:
+        return out  # floats are physical already; a declared scale is the file's word
+    lo, hi = sorted(v * rule.scale + rule.offset for v in rule.valid)
+    out |= {"scale": rule.scale, **({"offset": rule.offset} if rule.offset else {})}
+    if "valid_min" not in out and "valid_max" not in out:
+        out["valid_min"], out["valid_max"] = lo, hi
+    out.setdefault("nodata", rule.nodata)
+    log.info("%s: band %s is %s: scale %g, fill %g, valid %g .. %g", name, out["name"], rule.name, rule.scale,
+             out["nodata"], lo, hi)
+    return out
 
 
 def _preset(files: list[str]) -> tuple[Preset, set[str]] | None:
@@ -466,9 +542,10 @@ def build_adhoc_catalog(
     dtype: str | None = None
     described = False
     why: list[str] = []
+    described_by = files[0]
     for f in files:  # the first readable file describes the bands
         try:
-            bands = describe_bands(f)
+            bands, described_by = describe_bands(f), f
         except SceneError as exc:
             why.append(f"{file_name(f)} {exc.reason}")
             continue
@@ -489,6 +566,7 @@ def build_adhoc_catalog(
         band_files, bands, band_count = pattern, per_band, None
     elif band_count is not None:  # plain rasters: each file's own nodata (the first file's is no rule)
         bands = [{k: v for k, v in b.items() if k != "nodata"} for b in bands]
+        bands = [_with_known_units(b, described_by, one_band=band_count == 1) for b in bands]
     mask: dict[str, Any] | None = None
     radiometry: str | None = None
     if preset is not None:

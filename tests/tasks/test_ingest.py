@@ -296,7 +296,11 @@ def test_real_modis_ndvi_jp2_series(real_fixtures: Path, tmp_path: Path) -> None
         assert ds.rio.transform().almost_equals(src.transform)
         assert (ds.sizes["y"], ds.sizes["x"]) == src.shape
         raw = src.read(1)
-    np.testing.assert_array_equal(ds["data"].isel(time=0, band=0).values, raw.astype(np.float32))
+    # the files declare no units: a MODIS vegetation index by its name, scaled by MOD13's 1e-4
+    assert list(ds["band"].values) == ["NDVI"]
+    ok = (raw >= -2000) & (raw <= 10000)
+    np.testing.assert_array_equal(ds["valid"].values[0], ok)
+    np.testing.assert_allclose(ds["data"].isel(time=0, band=0).values[ok], raw[ok] * np.float32(1e-4), rtol=1e-6)
 
 
 def test_real_modis_ndvi_with_scale_nodata_and_valid_range(real_fixtures: Path, tmp_path: Path, capsys) -> None:
@@ -318,10 +322,11 @@ def test_real_modis_ndvi_with_scale_nodata_and_valid_range(real_fixtures: Path, 
         np.testing.assert_array_equal(ds["valid"].values[t], ok)
         np.testing.assert_allclose(ds["data"].values[t, 0][ok], raw[ok] * np.float32(1e-4), rtol=1e-6)
         assert np.isnan(ds["data"].values[t, 0][~ok]).all()
-    with pytest.raises(ValueError, match=r"band band1 was ingested with other rules \(scale 0.0001 -> 0.001"):
+    with pytest.raises(ValueError, match=r"band NDVI was ingested with other rules \(scale 0.0001 -> 0.001"):
         adhoc_catalog(globs, cube, units={**units, "scale": 1e-3})
-    with pytest.raises(ValueError, match="valid_min -0.2 -> None"):
-        adhoc_catalog(globs, cube, units={"scale": 1e-4, "nodata": -3000.0})
+    with pytest.raises(ValueError, match="valid_min -0.2 -> 0"):
+        adhoc_catalog(globs, cube, units={"scale": 1e-4, "nodata": -3000.0, "valid_range": (0.0, 1.0)})
+    adhoc_catalog(globs, cube, units={"scale": 1e-4})  # the rest as MOD13's user guide has it, as before
     adhoc_catalog(globs, cube, units=units)  # the same rules: a re-run
     with pytest.raises(ValueError, match="MIN <= MAX"):
         adhoc_catalog(globs, tmp_path / "other.zarr", units={"valid_range": (1.0, 0.0)})
@@ -329,7 +334,7 @@ def test_real_modis_ndvi_with_scale_nodata_and_valid_range(real_fixtures: Path, 
 
     assert main(["ingest", *globs, "--out", str(tmp_path / "dry.zarr"), "--scale", "0.0001", "--nodata", "-3000",
                  "--valid-range", "-0.2", "1", "--dry-run"]) == 0
-    assert "band band1: band 1, scale 0.0001, nodata -3000, valid min -0.2, valid max 1" in capsys.readouterr().out
+    assert "band NDVI: band 1, scale 0.0001, nodata -3000, valid min -0.2, valid max 1" in capsys.readouterr().out
 
 
 def test_a_declared_cf_valid_range_masks_values_outside(tmp_path: Path) -> None:

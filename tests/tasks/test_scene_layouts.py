@@ -13,8 +13,8 @@ import xarray as xr
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
-from tasks.adhoc import BAND_TOKEN, adhoc_catalog, detect_band_files
-from tasks.catalog import SourceSpec
+from tasks.adhoc import BAND_TOKEN, adhoc_catalog, build_adhoc_catalog, detect_band_files
+from tasks.catalog import SourceSpec, load_catalog
 from tasks.discover import band_file_groups
 
 
@@ -456,7 +456,8 @@ def test_cli_ingest_takes_appeears_style_layer_files_as_bands(tmp_path: Path) ->
     assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "lst.zarr")]) == 0
     ds = xr.open_zarr(tmp_path / "lst.zarr")
     assert list(ds.band.values) == ["LST_Day_1km", "QC_Day"] and ds.sizes["time"] == 2
-    np.testing.assert_array_equal(ds.data.isel(time=1).mean(["y", "x"]).values, [15000, 2])
+    # the files declare no scale: LST in kelvin by MOD11's user guide (0.02), QC as it is
+    np.testing.assert_allclose(ds.data.isel(time=1).mean(["y", "x"]).values, [300.0, 2.0], rtol=1e-6)
 
     tiles = tmp_path / "tiles"
     for col, tile in ((0, "h10v05"), (6, "h11v05")):  # one date, two footprints
@@ -470,6 +471,58 @@ def test_cli_ingest_takes_appeears_style_layer_files_as_bands(tmp_path: Path) ->
                   ("20190811T101031", "N0213_R022_T33UUP_20190811T121931")):
         _band(tmp_path / "twice" / f"S2A_MSIL2A_{d}_{pb}.tif", 1, size=6, res=10)
     assert detect_layer_files(sorted(str(p) for p in (tmp_path / "twice").glob("*.tif"))) is None
+
+
+def _layer(path: Path, raw: np.ndarray, *, dtype: str = "int16", scale: float | None = None) -> None:
+    sinu = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=raw.shape[1], height=raw.shape[0], count=1, dtype=dtype,
+                       crs=sinu, transform=from_origin(-6000000, -1300000, 231.66, 231.66)) as ds:
+        ds.write(raw.astype(dtype), 1)
+        if scale is not None:
+            ds.scales = (scale,)
+
+
+def test_modis_viirs_layers_that_declare_no_units_get_their_user_guides(tmp_path: Path) -> None:
+    """MODIS / VIIRS land layers cut from the HDF (AppEEARS exports, sits' JPEG 2000, Earth Engine
+    downloads) keep raw integers and declare no scale or fill: the cube holds NDVI, EVI and kelvin,
+    with the fill and values outside the valid range not observed. A quality layer, a file of
+    floats, a declared scale and a file of another product are left as they are."""
+    from tasks.adhoc import known_layer
+    from tasks.ingest import ingest_cube
+
+    raw = np.array([[-3000, -2500, 0, 5000], [8000, 10000, 10001, 2000]])
+    for doy in ("2019177", "2019193"):
+        for layer in ("NDVI", "EVI", "pixel_reliability"):
+            _layer(tmp_path / "vi" / f"MOD13Q1.061__250m_16_days_{layer}_doy{doy}_aid0001.tif",
+                   raw if layer != "pixel_reliability" else np.ones_like(raw))
+    ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "vi")], tmp_path / "vi.zarr")), "cube")
+    ds = xr.open_zarr(tmp_path / "vi.zarr")
+    assert list(ds.band.values) == ["EVI", "NDVI", "pixel_reliability"]
+    ok = (raw >= -2000) & (raw <= 10000)
+    np.testing.assert_array_equal(ds.valid.values[0], ok)  # the fill and 10001: not observed
+    for b in ("NDVI", "EVI"):
+        np.testing.assert_allclose(ds.data.sel(band=b).values[0][ok], raw[ok] * 1e-4, rtol=1e-6)
+    np.testing.assert_array_equal(ds.data.sel(band="pixel_reliability").values[0][ok], 1.0)
+
+    # one band per file named by the layer: the band takes the layer's name
+    _layer(tmp_path / "sits" / "TERRA_MODIS_012010_EVI_2013-09-14.tif", raw)
+    raw_, path = build_adhoc_catalog([str(tmp_path / "sits")], tmp_path / "evi.zarr")
+    band = raw_["sources"]["scenes"]["bands"][0]
+    assert band == {"name": "EVI", "index": 1, "scale": 1e-4, "valid_min": -0.2, "valid_max": 1.0, "nodata": -3000.0}
+    for name, kwargs in (("MOD13Q1_NDVI_2019-06-26.tif", {"dtype": "float32"}),  # physical already
+                         ("MOD13Q1_NDVI_2019-06-26.tif", {"scale": 1e-3}),  # the file's word
+                         ("S2_NDVI_2019-06-26.tif", {})):  # not a MODIS / VIIRS file
+        folder = tmp_path / f"case{len(list(tmp_path.glob('case*')))}"
+        _layer(folder / name, raw / (1e4 if kwargs.get("dtype") else 1), **kwargs)
+        band = build_adhoc_catalog([str(folder)], folder / "c.zarr")[0]["sources"]["scenes"]["bands"][0]
+        assert band.get("scale") == kwargs.get("scale") and "valid_min" not in band, (name, band)
+        assert band["name"] == ("band1" if name.startswith("S2") else "NDVI")
+    assert known_layer("MYD11A2.A2019185.h12v10.061.LST_Night_1km.tif", "LST_Night_1km").scale == 0.02
+    assert known_layer("MOD09GA.061_sur_refl_b01_1_doy2019182.tif", "sur_refl_b01_1").scale == 1e-4
+    assert known_layer("MOD09A1.061_sur_refl_qc_500m_doy2019177.tif", "sur_refl_qc_500m") is None  # its QA layer
+    assert known_layer("VNP13A1.002_500m_16_days_EVI2_doy2019177.tif", "500m_16_days_EVI2").name.startswith("MODIS")
+    assert known_layer("LANDSAT_NDVI_2019.tif", "LANDSAT_NDVI_2019.tif") is None
 
 
 @pytest.mark.parametrize(
