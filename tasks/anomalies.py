@@ -388,7 +388,9 @@ def detect_anomalies(
 
 
 def anomalies_png(anomalies: str | Path, out_png: str | Path) -> Path:
-    """Quick-look: the largest score per pixel over time, flagged pixels outlined in cyan."""
+    """Quick-look: where and when. Left, the largest score per pixel over time with the pixels
+    flagged on any date tinted cyan; right, the flags per date beside the share of pixels observed
+    (a date standing out is often a bad scene, e.g. cloud left in a composite, rather than events)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -396,16 +398,34 @@ def anomalies_png(anomalies: str | Path, out_png: str | Path) -> Path:
 
     ds = xr.open_zarr(anomalies, consolidated=None)
     score = ds["score"].max("time").values
-    flagged = ds["flag"].any("time").values
-    fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
+    flag = ds["flag"]
+    flagged = flag.any("time").values
+    per_date = flag.sum(["y", "x"]).values
+    observed = (ds["score"] != 0).sum(["y", "x"]).values  # the score is 0 where unobserved
+    share = np.where(observed > 0, per_date / np.maximum(observed, 1), 0.0)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.8), dpi=100, gridspec_kw={"width_ratios": [1.1, 1]})
     im = ax.imshow(score, cmap="magma", interpolation="nearest")
     if flagged.any():
-        ax.contour(flagged.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+        tint = np.zeros((*flagged.shape, 4))
+        tint[flagged] = (0.0, 1.0, 1.0, 0.45)
+        ax.imshow(tint, interpolation="nearest")
     units = ds["score"].attrs.get("units", "")
-    fig.colorbar(im, ax=ax, shrink=0.7, label="max |S|" + (f" ({units})" if units else ""))
-    ax.set_title(f"{Path(anomalies).name}: strongest anomaly per pixel; {int(ds['flag'].sum())} "
-                 "flags (cyan)", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="max |S|" + (f" ({units})" if units else ""))
+    ax.set_title(f"largest |S| per pixel; cyan: flagged on some date ({flagged.mean():.1%})", fontsize=9)
     ax.set_axis_off()
+    dates = [str(t)[:10] for t in ds["time"].values]
+    bx.bar(range(len(dates)), per_date, color="tab:cyan", label="flags")
+    step = max(1, len(dates) // 12)
+    bx.set_xticks(range(0, len(dates), step), dates[::step], rotation=60, ha="right", fontsize=7)
+    bx.set_ylabel("flagged pixels")
+    cx = bx.twinx()  # a date with few flags may have had few pixels to flag
+    cx.plot(range(len(dates)), 100 * observed / max(score.size, 1), color="0.4", lw=1, marker=".", label="observed")
+    cx.set_ylim(0, 105)
+    cx.set_ylabel("observed, % of pixels", color="0.4")
+    top = int(np.argmax(per_date))
+    bx.set_title(f"{int(per_date.sum())} flags over {len(dates)} dates; most on {dates[top]} ({int(per_date[top])}, "
+                 f"{share[top]:.1%} of its observed pixels)" if per_date.any() else "no flags", fontsize=9)
+    fig.suptitle(Path(anomalies).name, fontsize=10)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, bbox_inches="tight")

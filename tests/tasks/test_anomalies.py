@@ -205,3 +205,18 @@ def test_cli_lists_spots_with_coordinates_at_the_grid_precision(tmp_path, capsys
     printed = {(float(x), float(y)) for x, y in coords}
     assert all(any(abs(px - sx) < 0.0011 and abs(py - sy) < 0.0011 for sx, sy in spots) for px, py in printed)
     assert len(printed) >= 3
+
+
+def test_quick_look_draws_a_product_with_no_flag_and_a_date_with_nothing_observed(tmp_path):
+    """The quick-look's per-date panel takes a product without a single flag, and a date on
+    which no pixel was observed (score 0 everywhere), without dividing by zero."""
+    import pandas as pd
+
+    score = np.zeros((3, 8, 8), np.float32)
+    score[0] = 0.5  # observed, nothing flagged; dates 1 and 2 unobserved
+    ds = xr.Dataset({"score": (("time", "y", "x"), score), "flag": (("time", "y", "x"), np.zeros((3, 8, 8), bool)),
+                     "background": (("time", "y", "x"), score)},
+                    coords={"time": pd.date_range("2020-01-01", periods=3)})
+    ds.to_zarr(tmp_path / "a.zarr", zarr_format=3, consolidated=False)
+    png = anomalies_png(tmp_path / "a.zarr", tmp_path / "a.png")
+    assert png.stat().st_size > 0
