@@ -124,6 +124,7 @@ def _layers(specs: list[str] | None) -> dict[str, str]:
 def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
     """What `fusioncube ingest` would do with these files: bands, mask, scenes, grid; nothing written."""
     from tasks.catalog import catalog_from_dict
+    from tasks.cube import crs_label
     from tasks.ingest import cube_grid, grid_of_cube, plan_ingest, scenes_within
 
     catalog = catalog_from_dict(raw, path=path)
@@ -154,7 +155,7 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
         dates = sorted({r.date.date() for r in refs if r.date})
         span = f" on {len(dates)} date(s), {dates[0]} .. {dates[-1]}" if dates else ""
         where = "the cube's" if existing else "given" if catalog.cube("cube").grid else "the first scene's"
-        print(f"  {len(refs)} new scene(s){span}; grid ({where}): {g.crs.to_string()}, "
+        print(f"  {len(refs)} new scene(s){span}; grid ({where}): {crs_label(g.crs)}, "
               f"{abs(g.transform.a):g} x {abs(g.transform.e):g}, {g.width} x {g.height} px, bounds "
               f"{[round(v, 6) for v in g.bounds]}")
     if not refs:
@@ -420,6 +421,23 @@ class _InputErrorConsoleFilter(logging.Filter):
         return not any(m and m in text for m in self.messages)
 
 
+class _OnceFilter(logging.Filter):
+    """Pass each distinct message once: GDAL repeats a warning about a file (e.g. "The definition
+    of geographic CRS EPSG:4326 got from GeoTIFF keys is not the same as the one from the EPSG
+    registry") at every open of it, and a command opens a file several times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
 def _quiet_input_errors() -> None:
     """Put :class:`_InputErrorConsoleFilter` on the console handlers Prefect installs on the root."""
     import prefect  # noqa: F401  (configures Prefect's logging: its console handler sits on the root)
@@ -441,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     # project's own loggers get INFO themselves, for this command only (main() is also a library
     # call: tests, notebooks)
     before = {name: logging.getLogger(name).level for name in PROJECT_LOGGERS}
+    gdal_log, once = logging.getLogger("rasterio._env"), _OnceFilter()
+    gdal_log.addFilter(once)
     if args.verbose:
         for name in PROJECT_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)
@@ -464,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fusioncube: error: {exc}\n(fusioncube -v ... shows the traceback)", file=sys.stderr)
         return 2
     finally:
+        gdal_log.removeFilter(once)
         for name, old_level in before.items():
             logging.getLogger(name).setLevel(old_level)
 

@@ -28,6 +28,7 @@ __all__ = [
     "band_stats",
     "check_cube",
     "class_counts",
+    "crs_label",
     "cube_crs",
     "describe_cube",
     "cube_transform",
@@ -369,6 +370,27 @@ def class_counts(layer: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(values), np.asarray(counts)
 
 
+def crs_label(crs: CRS | None) -> str:
+    """A CRS for people: ``EPSG:32633 (WGS 84 / UTM zone 33N)``, or its name and projection when it
+    has no code (MODIS sinusoidal: ``Sinusoidal (no EPSG code)``) instead of a page of WKT."""
+    if crs is None:
+        return "no CRS"
+    from pyproj import CRS as ProjCRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        proj = ProjCRS.from_wkt(crs.to_wkt())
+    except CRSError:
+        return crs.to_string()
+    code = proj.to_epsg()
+    if code is not None:
+        return f"EPSG:{code} ({proj.name})"
+    method = proj.coordinate_operation.method_name if proj.coordinate_operation else None
+    name = proj.name if proj.name and proj.name.lower() not in ("unnamed", "unknown") else None
+    label = " / ".join(dict.fromkeys(v for v in (name, method) if v)) or proj.type_name
+    return f"{label} (no EPSG code)"
+
+
 def describe_cube(path: str | Path) -> list[str]:
     """What a cube holds and how the stages read it, as lines for a person (``fusioncube info``):
     dates, bands, grid, chunks, observed share, static layers, and what ``open_cube`` normalises
@@ -391,7 +413,7 @@ def describe_cube(path: str | Path) -> list[str]:
         f"{path}: a schema-following cube",
         f"  dates: {times.size}, {str(times[0])[:10]} .. {str(times[-1])[:10]}{step}",
         f"  bands: {ds.sizes['band']}: {', '.join(str(b) for b in ds['band'].values)}",
-        f"  grid: {crs.to_string() if crs else 'no CRS'}, pixel {abs(transform.a):g} x {abs(transform.e):g}, "
+        f"  grid: {crs_label(crs)}, pixel {abs(transform.a):g} x {abs(transform.e):g}, "
         f"{width} x {height} px, bounds x {transform.c:.10g} .. {transform.c + width * transform.a:.10g}, "
         f"y {transform.f + height * transform.e:.10g} .. {transform.f:.10g}",
         f"  chunks of data: {tuple(chunks) if chunks else 'not chunked'}",

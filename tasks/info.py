@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from tasks.checkpoint import Manifest, read_manifest
-from tasks.cube import class_counts, cube_crs, cube_transform, describe_cube
+from tasks.cube import class_counts, crs_label, cube_crs, cube_transform, describe_cube
 from tasks.errors import CubeSchemaError
 
 __all__ = ["describe"]
@@ -23,7 +23,7 @@ __all__ = ["describe"]
 
 def _grid(ds: xr.Dataset) -> str:
     crs = cube_crs(ds)
-    where = f"{crs.to_string() if crs else 'no CRS'}"
+    where = crs_label(crs)
     if ds.sizes.get("x", 0) > 1 and ds.sizes.get("y", 0) > 1:
         t = cube_transform(ds)
         where += f", pixel {abs(t.a):g} x {abs(t.e):g}, {ds.sizes['x']} x {ds.sizes['y']} px"

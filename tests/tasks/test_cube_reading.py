@@ -231,7 +231,7 @@ def test_fusioncube_info_says_what_a_cube_holds_and_what_is_normalised(tmp_path,
     assert main(["info", str(tmp_path / "v2.zarr")]) == 0
     out = capsys.readouterr().out
     assert "dates: 4, 2022-05-01 .. 2022-05-25, median step 8 days" in out
-    assert "bands: 3: 1, 2, 3" in out and "grid: EPSG:32722, pixel 10 x 10, 40 x 40 px" in out
+    assert "bands: 3: 1, 2, 3" in out and "grid: EPSG:32722 (WGS 84 / UTM zone 22S), pixel 10 x 10, 40 x 40 px" in out
     assert "note: Zarr v2 store" in out and "note: band labels [1, 2, 3] read as names" in out
     assert "note: 'valid' stored as uint8: read as bool" in out
     assert main(["info", str(tmp_path / "v2.zarr"), "--png", str(tmp_path / "look.png")]) == 0

@@ -55,7 +55,7 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
 
     text = info("labels.zarr")
     assert "labels.zarr: a class map (stage labels)" in text and "made by: stage labels" in text and "cube.zarr" in text
-    assert "grid: EPSG:32617, pixel 30 x 30, 32 x 32 px" in text
+    assert "grid: EPSG:32617 (WGS 84 / UTM zone 17N), pixel 30 x 30, 32 x 32 px" in text
     # NLCD names for the layer's codes (one epoch may map one class only)
     assert ("Deciduous Forest" in text or "Cultivated Crops" in text) and "confidence: mean" in text
     shares = [float(line.split()[-1].rstrip("%")) for line in text.splitlines() if line.startswith("     ")]
@@ -94,3 +94,22 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
     xr.Dataset({"t": (("a",), np.arange(3))}).to_zarr(tmp_path / "other.zarr", mode="w")
     assert main(["info", str(tmp_path / "other.zarr")]) == 2
     assert "no variable 'data'; a cube needs data(time, band, y, x)" in capsys.readouterr().err
+
+
+def test_grids_are_named_for_people_and_gdal_warnings_shown_once(real_fixtures: Path, tmp_path: Path,
+                                                                 capsys, caplog) -> None:
+    """A CRS with an EPSG code is shown by its code and name; one without (MODIS sinusoidal, the
+    Albers COG) by its name and projection, not a page of WKT. GDAL's warning about the COG's
+    geographic CRS, repeated at every open of the file, reaches the user once."""
+    from tasks.cube import crs_label
+
+    assert crs_label(CRS.from_epsg(32617)) == "EPSG:32617 (WGS 84 / UTM zone 17N)"
+    sinusoidal = CRS.from_proj4("+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs")
+    assert crs_label(sinusoidal) == "Sinusoidal (no EPSG code)"
+    assert crs_label(None) == "no CRS"
+    cog = real_fixtures / "albers_cog_rioxarray" / "cog.tif"
+    caplog.set_level("WARNING", logger="rasterio._env")
+    assert main(["ingest", str(cog), "--out", str(tmp_path / "a.zarr"), "--date", "2020-01-01", "--dry-run"]) == 0
+    assert "grid (the first scene's): Albers / Albers Equal Area (no EPSG code), 300 x 300" in capsys.readouterr().out
+    repeated = [r for r in caplog.records if "GeoTIFF keys" in r.getMessage()]
+    assert len(repeated) == 1
