@@ -141,11 +141,13 @@ def _folder(path: str) -> str:
 
 def date_in_folders(path: str, *, levels: int = 3) -> datetime | None:
     """The acquisition date in the names of the folders holding ``path``, nearest first (a STAC
-    item folder ``S2B_33UUP_20230612_0_L2A/B02.tif``, a ``2023-06-12/`` folder)."""
+    item folder ``S2B_33UUP_20230612_0_L2A/B02.tif``, a ``2023-06-12/`` folder). A day of year
+    counts only as MODIS writes it, ``A2019182``: seven bare digits in a folder name are more
+    often a run, order or job number (``order_2024001/``) than a date."""
     folder = _folder(path)
     parts = folder.split("/")[3:] if is_remote(path) else list(Path(folder).parts)
     for part in reversed(parts[-levels:]):
-        found = date_in_name(part)
+        found = date_in_name(part, bare_doy=False)
         if found is not None:
             return found[0]
     return None
@@ -286,11 +288,14 @@ def parse_date_from_name(name: str) -> datetime | None:
     return found[0] if found else None
 
 
-def date_in_name(name: str) -> tuple[datetime, tuple[int, int]] | None:
-    """The acquisition date in a file name (as :func:`parse_date_from_name`) and where it is."""
+def date_in_name(name: str, *, bare_doy: bool = True) -> tuple[datetime, tuple[int, int]] | None:
+    """The acquisition date in a file name (as :func:`parse_date_from_name`) and where it is;
+    without ``bare_doy``, a ``YYYYDDD`` day of year only with MODIS's ``A`` before it."""
     stem = file_name(name)
     for pattern, kind in _NAME_PATTERNS:
         for m in pattern.finditer(stem):
+            if kind == "doy" and not bare_doy and not m[0].startswith("A"):
+                continue
             try:
                 if kind == "ext-dt":
                     d = datetime.strptime(f"{m[1]} {m[2]}{m[3]}{m[4]}", "%Y-%m-%d %H%M%S")

@@ -274,6 +274,9 @@ def test_date_in_folders() -> None:
     assert str(date_in_folders("/data/S2B_33UUP_20230612_0_L2A/B02.tif"))[:10] == "2023-06-12"
     assert str(date_in_folders("/data/2021-07-04/tile_3/scene.tif"))[:10] == "2021-07-04"
     assert date_in_folders("/data/tiles/scene.tif") is None
+    # a day of year only as MODIS writes it: seven bare digits in a folder are an order number
+    assert date_in_folders("/data/order_2024001/scene.tif") is None
+    assert str(date_in_folders("/data/MOD09GA.A2019182.h12v10/sur_refl_b01.tif"))[:10] == "2019-07-01"
     assert str(date_in_folders("https://host/cogs/S2A_T33UUP_20230612T100559_L2A/B04.tif?sig=1"))[:10] == "2023-06-12"
 
 
