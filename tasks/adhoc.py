@@ -397,9 +397,8 @@ def _with_known_units(band: dict[str, Any], path: str, *, one_band: bool) -> dic
     if rule is None:
         return band
     out = dict(band)
-    if one_band and numbered:
-        found = re.search(rule.layer, layer, re.IGNORECASE)
-        assert found is not None
+    found = re.search(rule.layer, layer, re.IGNORECASE) if one_band and numbered else None
+    if found is not None:
         out["name"] = found.group(0)
     with rasterio.open(path) as ds:
         raw = np.issubdtype(np.dtype(ds.dtypes[band["index"] - 1]), np.integer)
