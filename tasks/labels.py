@@ -397,6 +397,16 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
     names = points.attrs.get("class_names") or {}
     points = points_in_crs(points, cube_crs(ds))
     codes, dropped = points_to_raster(points, cube_transform(ds), (ds.sizes["y"], ds.sizes["x"]))
+    if dropped == len(points):
+        from tasks.cube import crs_label
+
+        t, (h, w) = cube_transform(ds), (ds.sizes["y"], ds.sizes["x"])
+        xs, ys = points["x"].to_numpy(), points["y"].to_numpy()
+        raise ValueError(
+            f"{path}: none of its {len(points)} point(s) falls on the cube's grid: the points span x "
+            f"{xs.min():.10g} .. {xs.max():.10g}, y {ys.min():.10g} .. {ys.max():.10g} in the cube's CRS "
+            f"{crs_label(cube_crs(ds))}; the cube covers x {t.c:.10g} .. {t.c + w * t.a:.10g}, y "
+            f"{t.f + h * t.e:.10g} .. {t.f:.10g}. Are the points for another area, or x and y swapped?")
     if dropped:
         log.warning("labels: %d of %d points fall outside the cube's grid and were dropped", dropped, len(points))
     attrs: dict[str, Any] = {}

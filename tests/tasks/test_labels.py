@@ -146,6 +146,11 @@ def test_points_csv_and_geojson(tmp_path) -> None:
     manifest = recover_labels(cube, tmp_path / "pts.csv", out, **{**FAST, "epochs": 8})
     assert manifest.outputs["labels"]["dropped"] == 1 and manifest.outputs["classes"] == list(CODES)
     assert set(np.unique(xr.open_zarr(out)["class"].values)) <= set(CODES)
+    # none on the grid (x and y swapped): said as such, with both extents, before any training
+    df.rename(columns={"X": "Y", "Y": "X"}).iloc[:-1].to_csv(tmp_path / "swapped.csv", index=False)
+    with pytest.raises(ValueError, match=r"swapped.csv: none of its 120 point\(s\) falls on the cube's grid"):
+        recover_labels(cube, tmp_path / "swapped.csv", tmp_path / "none.zarr", **FAST)
+    assert not (tmp_path / "none.zarr").exists()
 
 
 def test_points_in_lon_lat_with_class_names(tmp_path) -> None:
