@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.set_defaults(func=_cmd_info)
 
     ex = sub.add_parser("export", help="a cube's dates as Cloud-Optimized GeoTIFFs (one per date)")
-    ex.add_argument("cube", help="any schema-following cube (ingest's, gapfill's filled.zarr, ...)")
+    ex.add_argument("cube", help="any schema-following cube (ingest's, gapfill's filled.zarr, ...), or "
+                                 "anomalies.zarr (bands score, flag, background)")
     ex.add_argument("--out", required=True, help="folder for CUBE_YYYY-MM-DD.tif")
     ex.add_argument("--date", action="append", metavar="YYYY-MM-DD", help="a date to export; repeatable")
     ex.add_argument("--start", default=None, metavar="YYYY-MM-DD", help="first date to export")

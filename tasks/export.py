@@ -1,4 +1,6 @@
 """Cube -> Cloud-Optimized GeoTIFFs, one per date: the cube's dates for GIS tools that read no Zarr.
+A stage's product of ``(time, y, x)`` layers (``anomalies.zarr``) exports the same way, its layers
+as bands.
 
 Any schema-following cube exports (``ingest``'s, ``gapfill``'s ``filled.zarr``, one made by
 another tool): each date becomes ``DIR/<cube>_<date>.tif``, its bands the file's bands (float32,
@@ -25,6 +27,7 @@ import numpy as np
 import pandas as pd
 import rasterio
 import rasterio.shutil
+import xarray as xr
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
@@ -99,6 +102,28 @@ def _by_time_chunk(picked: np.ndarray, time_chunks: tuple[int, ...]) -> list[lis
     return list(groups.values())
 
 
+def _open_layers(path: Path) -> xr.Dataset:
+    """A cube as it is, or a stage's product of ``(time, y, x)`` layers (``anomalies.zarr``'s
+    score, flag and background) as a cube of them: one band per layer, flags as 0 / 1."""
+    try:
+        return open_cube(path)
+    except CubeSchemaError as not_a_cube:
+        try:
+            ds = xr.open_zarr(path, chunks={}, consolidated=None)
+        except Exception:
+            raise not_a_cube from None
+        found = [str(v) for v in ds.data_vars if tuple(ds[v].dims) == ("time", "y", "x")]
+        layers = [v for v in ("score", "flag", "background") if v in found] + [
+            v for v in found if v not in ("score", "flag", "background")]
+        if "data" in ds or not layers or not {"time", "y", "x"} <= set(ds.coords):
+            raise
+        data = xr.concat([ds[v].astype(np.float32) for v in layers], dim="band", coords="minimal")
+        data = data.assign_coords(band=layers).transpose("time", "band", "y", "x")
+        valid = xr.ones_like(ds[layers[0]], dtype=bool)
+        log.info("%s: not a cube; exporting its layers %s as bands", path, layers)
+        return xr.Dataset({"data": data, "valid": valid}, coords={k: v for k, v in ds.coords.items()})
+
+
 def export_cube(
     cube: str | Path,
     out: str | Path,
@@ -112,13 +137,17 @@ def export_cube(
 ) -> list[Path]:
     """Write one Cloud-Optimized GeoTIFF per date of ``cube`` into the folder ``out``.
 
+    ``cube`` is a schema-following cube, or a stage's product of ``(time, y, x)`` layers such as
+    ``anomalies.zarr``: its layers are then the bands (``score``, ``flag`` as 0 / 1,
+    ``background``; ``score`` is 0 where nothing was observed).
+
     ``dates`` (days, ``YYYY-MM-DD``) and ``start`` / ``end`` choose dates (default: all);
     ``bands`` chooses bands by name (default: all, in the cube's order). Pixels where ``valid`` is
     false are NaN unless ``keep_invalid`` (the values the cube holds there, e.g. under a cloud mask
     that is too wide). Returns the files written, in date order.
     """
     cube = Path(cube)
-    ds = open_cube(cube)
+    ds = _open_layers(cube)
     crs = cube_crs(ds)
     if crs is None:
         raise CubeSchemaError(f"{cube}: the cube has no CRS (no grid mapping with crs_wkt), so a GeoTIFF of it "

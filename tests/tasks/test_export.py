@@ -107,3 +107,31 @@ def test_dates_stored_in_one_chunk_are_read_together_in_bounded_windows(tmp_path
             np.testing.assert_array_equal(ra.read(), rb.read())
     # one chunk: every read takes the three dates at once, in windows of at most 64 rows
     assert reads and all(n == T for n, _ in reads) and max(h for _, h in reads) <= 64
+
+
+def test_an_anomalies_product_exports_its_layers_as_bands(tmp_path: Path) -> None:
+    """``anomalies.zarr`` (score, flag, background over time, y, x) is not a cube, but a GIS user
+    wants its dates as files too: one COG per date, bands score, flag (0 / 1) and background."""
+    from tasks.anomalies import detect_anomalies
+
+    rng = np.random.default_rng(1)
+    y, x = grid_coords(TRANSFORM, H, W)
+    lst = 300.0 + rng.normal(0, 0.5, (6, 1, H, W)).astype(np.float32)
+    lst[2, 0, 40:44, 50:54] += 8.0  # a hot spot
+    xr.Dataset({"data": (("time", "band", "y", "x"), lst, {"grid_mapping": "spatial_ref"}),
+                "valid": (("time", "y", "x"), np.ones((6, H, W), bool))},
+               coords={"time": np.arange("2020-01-01", "2020-01-07", dtype="datetime64[D]").astype("datetime64[ns]"),
+                       "band": np.array(["lst"], dtype=object), "y": y, "x": x,
+                       "spatial_ref": spatial_ref(CRS.from_epsg(32633), TRANSFORM)}
+               ).to_zarr(tmp_path / "lst.zarr", zarr_format=3, mode="w")
+    detect_anomalies(tmp_path / "lst.zarr", tmp_path / "a.zarr", bits=8, tile=128)
+    files = export_cube(tmp_path / "a.zarr", tmp_path / "tifs", dates=["2020-01-03"], progress=False)
+    product = xr.open_zarr(tmp_path / "a.zarr").sel(time="2020-01-03")
+    with rasterio.open(files[0]) as src:
+        assert src.descriptions == ("score", "flag", "background") and src.crs == CRS.from_epsg(32633)
+        assert src.transform.almost_equals(TRANSFORM)
+        got = src.read()
+    np.testing.assert_array_equal(got[0], product["score"].values)
+    np.testing.assert_array_equal(got[1], product["flag"].values.astype(np.float32))
+    assert got[1, 40:44, 50:54].all()
+    np.testing.assert_array_equal(got[2], product["background"].values)
