@@ -313,8 +313,13 @@ class Preset:
     #: ST_QA, PlanetScope's metadata) are not taken for scenes
     glob: str = "*"
     #: per-scene radiometry from the product's metadata (``SourceSpec.radiometry``), used when
-    #: every scene file's metadata is found (a SAFE's MTD_MSIL2A.xml, a STAC item beside the COGs)
+    #: every scene file's metadata is found (a SAFE's MTD_MSIL2A.xml, a STAC item beside the COGs,
+    #: a Landsat scene's MTL)
     radiometry: str | None = None
+    #: the product's own ``band_files`` regex, when its band names are not :data:`BAND_TOKEN`'s
+    band_files: str | None = None
+    #: scene files of the product that are not taken (regex on the file name)
+    exclude: str | None = None
 
 
 PRESETS = (
@@ -335,6 +340,12 @@ PRESETS = (
     # the COGs declare their scale (1e-4, thermal 0.01) as scale_factor metadata
     Preset("Harmonized Landsat Sentinel-2 (HLS)", r"\.(?:B\d{2}|B8A)\.tif$", ".Fmask.tif",
            {"band": 1, "invalid_bits": [1, 2, 3]}, {}, "HLS.*.B[0-9][0-9A].tif"),
+    # Landsat Collection 2 Level-1: the same QA_PIXEL bits (CFMask); per scene, top-of-atmosphere
+    # reflectance from its MTL (sun elevation included), thermal bands as radiance; the 15 m
+    # panchromatic band (B8 of Landsat 7-9) is not taken, it would put the 30 m bands on a 15 m grid
+    Preset("Landsat Collection 2 Level-1", r"(?<!_S[RT])_B\d{1,2}(?:_VCID_\d)?\.TIF$", "_QA_PIXEL.TIF",
+           {"band": 1, "invalid_bits": [1, 2, 3, 4]}, {}, "L*_L1*_B[0-79]*.TIF", "landsat_c2_l1",
+           band_files=r"_(?P<band>B\d{1,2}(?:_VCID_\d)?)\.TIF$", exclude=r"_B8\.TIF$"),
     # the same as STAC item folders of COGs named by band (Earth Search: S2B_33UUP_20230612_0_L2A/B02.tif)
     Preset("Sentinel-2 Level-2A item COGs", r"^B[0-9][0-9A]\.tif$", "SCL.tif",
            {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "B[0-9][0-9A].tif", "sentinel2_l2a"),
@@ -442,15 +453,16 @@ def _layer_source(name: str, layer: str) -> dict[str, Any]:
             "max_nodata_share": 1.0}
 
 
-def _radiometry_known(files: list[str]) -> bool:
-    """Whether every file's product metadata gives its Sentinel-2 radiometry (then the source
-    reads reflectance per scene; else every scene keeps digital numbers, none half-converted)."""
-    from tasks.radiometry import sentinel2_l2a_radiometry
+def _radiometry_known(files: list[str], kind: str) -> bool:
+    """Whether every file's product metadata gives its radiometry (then the source reads physical
+    units per scene; else every scene keeps digital numbers, none half-converted)."""
+    from tasks.radiometry import radiometry_of
 
     try:
         for f in files:
-            sentinel2_l2a_radiometry(f)
-    except SceneError:
+            radiometry_of(kind, f, file_name(f))
+    except SceneError as exc:
+        log.warning("%s: %s; every scene keeps its digital numbers", exc.path, exc.reason)
         return False
     return True
 
@@ -536,6 +548,8 @@ def build_adhoc_catalog(
             patterns = narrowed
             files = sorted({f for p in patterns for f in expand_globs([p])})
         files = [f for f in files if f not in preset[1]]  # its mask files are masks, not scenes
+        if preset[0].exclude:
+            files = [f for f in files if not re.search(preset[0].exclude, file_name(f))]
     bands: list[dict[str, Any]] = []
     band_count: int | None = None
     dtype: str | None = None
@@ -557,7 +571,7 @@ def build_adhoc_catalog(
     if not bands:
         shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
         raise FileNotFoundError(f"none of the {len(files)} file(s) matching {paths} can be read by GDAL: {shown}")
-    pattern = band_files or BAND_TOKEN
+    pattern = band_files or (preset[0].band_files if preset is not None else None) or BAND_TOKEN
     per_band = _band_file_bands(files, pattern, explicit=bool(band_files), single_band=band_count == 1)
     if per_band is None and not band_files and (layer_pattern := detect_layer_files(files)) is not None:
         pattern, per_band = layer_pattern, _band_file_bands(files, layer_pattern, explicit=True, single_band=True)
@@ -573,7 +587,7 @@ def build_adhoc_catalog(
         log.info("%s: %s files; masks from %s", paths, product.name, product.mask)
         bands = [_scaled(b, product) for b in bands]
         mask = {"sidecar": {"pattern": product.scene, "replacement": product.mask}, **product.rule}
-        if product.radiometry and _radiometry_known(files):
+        if product.radiometry and _radiometry_known(files, product.radiometry):
             radiometry = product.radiometry
             bands = [{k: v for k, v in b.items() if k not in ("scale", "offset")} for b in bands]
     if units:

@@ -178,12 +178,14 @@ class SourceSpec(_Strict):
             "(files of one product written with their bands in another order)"
         ),
     )
-    radiometry: Literal["sentinel2_l2a"] | None = Field(
+    radiometry: Literal["sentinel2_l2a", "landsat_c2_l1"] | None = Field(
         default=None,
         description=(
             "per-scene scale and offset from the product's metadata instead of the bands' "
             "(sentinel2_l2a: (DN + BOA_ADD_OFFSET) / BOA_QUANTIFICATION_VALUE from the SAFE's "
-            "MTD_MSIL2A.xml, which changed with processing baseline 04.00)"
+            "MTD_MSIL2A.xml, which changed with processing baseline 04.00; landsat_c2_l1: top-of-"
+            "atmosphere reflectance (M * DN + A) / sin(sun elevation) from the scene's _MTL.txt, "
+            "thermal bands as radiance M_L * DN + A_L)"
         ),
     )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from pathlib import Path
 from tasks.discover import archive_of
 from tasks.errors import SceneError
 
-__all__ = ["S2Radiometry", "SENTINEL2_BANDS", "sentinel2_band", "sentinel2_l2a_radiometry", "stac_item_radiometry"]
+__all__ = ["LandsatRadiometry", "S2Radiometry", "SENTINEL2_BANDS", "landsat_band", "landsat_c2_l1_radiometry",
+           "radiometry_of", "sentinel2_band", "sentinel2_l2a_radiometry", "stac_item_radiometry"]
 
 #: ``band_id`` of the metadata's ``Spectral_Information`` -> band name
 SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
@@ -89,13 +91,19 @@ def sentinel2_l2a_radiometry(path: str) -> S2Radiometry:
 @functools.lru_cache(maxsize=256)
 def _metadata(root: str) -> str | None:
     """The text of ``MTD_MSIL2A.xml`` at a SAFE's root: a folder, or a member of a zip / tar."""
-    archive = archive_of(root)
+    return _text(f"{root}/MTD_MSIL2A.xml")
+
+
+def _text(path: str) -> str | None:
+    """The text of a local file, or of a member of a local zip / tar (a ``/vsizip/`` or
+    ``/vsitar/`` path); None when there is no such file."""
+    archive = archive_of(path)
     if archive is None:
-        f = Path(root) / "MTD_MSIL2A.xml"
-        return f.read_text() if f.is_file() else None
+        f = Path(path)
+        return f.read_text() if "://" not in path and f.is_file() else None
     if not Path(archive).is_file():
         return None
-    inside = root.split(f"{archive}/", 1)[1] + "/MTD_MSIL2A.xml"
+    inside = path.split(f"{archive}/", 1)[1]
     if archive.lower().endswith(".zip"):
         import zipfile
 
@@ -157,3 +165,117 @@ def _item_radiometry(folder: str) -> S2Radiometry | None:
             return S2Radiometry(10000.0, dict.fromkeys(SENTINEL2_BANDS, offset),
                                 f"{candidate.name}: processing baseline {baseline or '?'}", declared)
     return None
+
+
+# -- Landsat Collection 2 Level-1 ---------------------------------------------------------------
+#
+# Level-1 products hold calibrated digital numbers. The scene's MTL file gives, per band, the
+# rescaling to top-of-atmosphere reflectance, rho' = M_rho * Q + A_rho, which still needs the sun
+# elevation: rho = rho' / sin(theta_SE) (USGS, "Using the USGS Landsat Level-1 Data Product",
+# https://www.usgs.gov/landsat-missions/using-usgs-landsat-level-1-data-product; the keys
+# REFLECTANCE_MULT_BAND_n, REFLECTANCE_ADD_BAND_n and SUN_ELEVATION of the Collection 2 MTL). The
+# sun elevation differs by scene and season, so one scale per band cannot describe an archive.
+# Thermal bands have no reflectance rescaling: they are radiance, L = M_L * Q + A_L
+# (W / (m^2 sr um); brightness temperature is not linear in Q).
+
+_LANDSAT_BAND = re.compile(r"(?:^|_)B(\d{1,2}(?:_VCID_\d)?)(?=\.TIF$|$)", re.IGNORECASE)
+_MTL_KEY = re.compile(r"^\s*(\w+)\s*=\s*\"?([^\"\n]*?)\"?\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class LandsatRadiometry:
+    """Per band (``"4"``, ``"6_VCID_1"``) the MTL's rescaling and the scene's sun elevation."""
+
+    reflectance: dict[str, tuple[float, float]]  # band -> (M_rho, A_rho)
+    radiance: dict[str, tuple[float, float]]  # band -> (M_L, A_L)
+    sun_elevation: float  # degrees
+    source: str
+
+    def scale_offset(self, band: str) -> tuple[float, float]:
+        """(scale, offset) of ``value = DN * scale + offset``: TOA reflectance corrected for the
+        sun elevation, or radiance for a band without reflectance rescaling (thermal)."""
+        if band in self.reflectance:
+            mult, add = self.reflectance[band]
+            sine = math.sin(math.radians(self.sun_elevation))
+            return mult / sine, add / sine
+        if band in self.radiance:
+            return self.radiance[band]
+        raise SceneError(self.source, f"the MTL has no rescaling for band {band}")
+
+
+def landsat_band(name: str) -> str | None:
+    """``4`` for ``B4`` or ``LC08_..._B4.TIF``, ``6_VCID_1`` for ``B6_VCID_1``; None otherwise."""
+    m = _LANDSAT_BAND.search(name)
+    return m[1].upper() if m else None
+
+
+def landsat_c2_l1_radiometry(path: str) -> LandsatRadiometry:
+    """The radiometry of the Landsat Collection 2 Level-1 scene holding the band file ``path``,
+    from the ``_MTL.txt`` beside it (a folder, or the scene's .tar bundle). Raises ``SceneError``
+    naming what is missing: without it the scene's digital numbers cannot be made reflectance."""
+    name = Path(path.split("?", 1)[0]).name
+    stem = re.sub(r"_B\d{1,2}(?:_VCID_\d)?\.TIF$", "", name, flags=re.IGNORECASE)
+    if stem == name:
+        raise SceneError(path, "not a Landsat band file (..._B<n>.TIF); its MTL cannot be found")
+    mtl = f"{path.rsplit('/', 1)[0]}/{stem}_MTL.txt" if "/" in path else f"{stem}_MTL.txt"
+    return _landsat_mtl(mtl, _stamp(mtl))
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    """Size and modification time of a local file or of the archive holding it (a cache key that
+    changes when the file does); None when there is none."""
+    local = Path(archive_of(path) or path)
+    try:
+        st = local.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=256)
+def _landsat_mtl(mtl: str, stamp: tuple[int, int] | None) -> LandsatRadiometry:
+    """The radiometry in the MTL file ``mtl`` (cached per ``stamp``: an edited file is read again)."""
+    text = _text(mtl) if stamp is not None else None
+    if text is None:
+        raise SceneError(mtl, "no such MTL file beside the band files; the scene's reflectance rescaling and "
+                              "sun elevation are in it (ingest the whole Level-1 bundle, or give the bands' "
+                              "scale and offset in the catalog and drop 'radiometry')")
+    values = dict(_MTL_KEY.findall(text))
+    try:
+        sun = float(values["SUN_ELEVATION"])
+    except (KeyError, ValueError):
+        raise SceneError(mtl, "no SUN_ELEVATION in the MTL") from None
+    if not 0.0 < sun <= 90.0:
+        raise SceneError(mtl, f"SUN_ELEVATION {sun:g} degrees: the sun is not above the horizon, "
+                              "so there is no reflectance to compute")
+
+    def pairs(kind: str) -> dict[str, tuple[float, float]]:
+        found = {}
+        for key, mult in values.items():
+            m = re.fullmatch(rf"{kind}_MULT_BAND_(\w+)", key)
+            if m and f"{kind}_ADD_BAND_{m[1]}" in values:
+                found[m[1].upper()] = (float(mult), float(values[f"{kind}_ADD_BAND_{m[1]}"]))
+        return found
+
+    reflectance, radiance = pairs("REFLECTANCE"), pairs("RADIANCE")
+    if not reflectance and not radiance:
+        raise SceneError(mtl, "no REFLECTANCE_ / RADIANCE_MULT_BAND_n keys: not a Level-1 MTL")
+    return LandsatRadiometry(reflectance, radiance, sun, Path(mtl).name)
+
+
+def radiometry_of(kind: str, path: str, band: str) -> tuple[float, float]:
+    """(scale, offset) of band ``band`` (its name or file token) in the scene file ``path`` by the
+    product's own metadata, for the catalog's ``radiometry`` ``kind``."""
+    if kind == "sentinel2_l2a":
+        name = sentinel2_band(band)
+        if name is None:
+            raise SceneError(path, f"band {band!r} names no Sentinel-2 band (B01..B12, B8A); "
+                                   "radiometry sentinel2_l2a needs one")
+        return sentinel2_l2a_radiometry(path).scale_offset(name)
+    if kind == "landsat_c2_l1":
+        name = landsat_band(band)
+        if name is None:
+            raise SceneError(path, f"band {band!r} names no Landsat band (B1..B11, B6_VCID_1); "
+                                   "radiometry landsat_c2_l1 needs one")
+        return landsat_c2_l1_radiometry(path).scale_offset(name)
+    raise ValueError(f"radiometry {kind!r} is not one of sentinel2_l2a, landsat_c2_l1")

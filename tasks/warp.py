@@ -177,16 +177,11 @@ def scene_spec(spec: SourceSpec, ref: SceneRef) -> SourceSpec:
     reads them from the product's metadata (``tasks.radiometry``); ``spec`` itself otherwise."""
     if spec.radiometry is None:
         return spec
-    from tasks.radiometry import sentinel2_band, sentinel2_l2a_radiometry
+    from tasks.radiometry import radiometry_of
 
-    radiometry = sentinel2_l2a_radiometry(ref.path)
     bands = []
     for b in spec.bands:
-        name = sentinel2_band(b.file or b.name)
-        if name is None:
-            raise SceneError(ref.path, f"band {b.name!r} names no Sentinel-2 band (B01..B12, B8A); "
-                                       "radiometry sentinel2_l2a needs one")
-        scale, offset = radiometry.scale_offset(name)
+        scale, offset = radiometry_of(spec.radiometry, ref.path, b.file or b.name)
         bands.append(b.model_copy(update={"scale": scale, "offset": offset}))
     return spec.model_copy(update={"bands": bands})
 
