@@ -320,6 +320,8 @@ class Preset:
     band_files: str | None = None
     #: scene files of the product that are not taken (regex on the file name)
     exclude: str | None = None
+    #: the bands' fill value where the files declare none
+    nodata: float | None = None
 
 
 PRESETS = (
@@ -336,6 +338,11 @@ PRESETS = (
     Preset("Sentinel-2 Level-2A", r"_B[0-9][0-9A]_\d{2}m\.jp2$", "_SCL_20m.jp2",
            {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "*_B[0-9][0-9A]_[0-9][0-9]m.jp2",
            "sentinel2_l2a"),
+    # Sentinel-2 Level-1C (band files in GRANULE/*/IMG_DATA, no resolution in their names): the
+    # cloud mask MSK_CLASSI_B00.jp2 of QI_DATA (processing baseline 04.00 on; band 1 opaque cloud,
+    # 2 cirrus, 3 snow), top-of-atmosphere reflectance per scene from its MTD_MSIL1C.xml
+    Preset("Sentinel-2 Level-1C", r"^T\d{2}[A-Z]{3}_\d{8}T\d{6}_B[0-9][0-9A]\.jp2$", "MSK_CLASSI_B00.jp2",
+           {"bands": [1, 2], "clear_values": [0]}, {}, "T*_B[0-9][0-9A].jp2", "sentinel2_l1c", nodata=0.0),
     # NASA HLS v2 (S30 / L30): Fmask bits 1 cloud, 2 adjacent to cloud or shadow, 3 cloud shadow;
     # the COGs declare their scale (1e-4, thermal 0.01) as scale_factor metadata
     Preset("Harmonized Landsat Sentinel-2 (HLS)", r"\.(?:B\d{2}|B8A)\.tif$", ".Fmask.tif",
@@ -586,6 +593,8 @@ def build_adhoc_catalog(
         product = preset[0]
         log.info("%s: %s files; masks from %s", paths, product.name, product.mask)
         bands = [_scaled(b, product) for b in bands]
+        if product.nodata is not None:  # DN 0 outside the swath (NaN: the file declares none)
+            bands = [{**b, "nodata": product.nodata} if math.isnan(b.get("nodata", math.nan)) else b for b in bands]
         mask = {"sidecar": {"pattern": product.scene, "replacement": product.mask}, **product.rule}
         if product.radiometry and _radiometry_known(files, product.radiometry):
             radiometry = product.radiometry

@@ -130,6 +130,11 @@ class MaskRule(_Strict):
 
     sidecar: SidecarRule | None = None
     band: int = Field(default=1, ge=1)
+    bands: list[int] | None = Field(
+        default=None,
+        description="several mask bands ruled alike, clear only where every one is clear (Sentinel-2 L1C's "
+                    "MSK_CLASSI: 1 opaque cloud, 2 cirrus); instead of 'band'",
+    )
     clear_values: list[int] | None = Field(default=None, description="values meaning clear")
     invalid_bits: list[int] | None = Field(
         default=None, description="bit positions that, when set, mean not clear"
@@ -178,12 +183,13 @@ class SourceSpec(_Strict):
             "(files of one product written with their bands in another order)"
         ),
     )
-    radiometry: Literal["sentinel2_l2a", "landsat_c2_l1"] | None = Field(
+    radiometry: Literal["sentinel2_l2a", "sentinel2_l1c", "landsat_c2_l1"] | None = Field(
         default=None,
         description=(
             "per-scene scale and offset from the product's metadata instead of the bands' "
             "(sentinel2_l2a: (DN + BOA_ADD_OFFSET) / BOA_QUANTIFICATION_VALUE from the SAFE's "
-            "MTD_MSIL2A.xml, which changed with processing baseline 04.00; landsat_c2_l1: top-of-"
+            "MTD_MSIL2A.xml, which changed with processing baseline 04.00; sentinel2_l1c: top-of-"
+            "atmosphere reflectance (DN + RADIO_ADD_OFFSET) / QUANTIFICATION_VALUE from MTD_MSIL1C.xml; landsat_c2_l1: top-of-"
             "atmosphere reflectance (M * DN + A) / sin(sun elevation) from the scene's _MTL.txt, "
             "thermal bands as radiance M_L * DN + A_L)"
         ),

@@ -10,7 +10,10 @@ Document", S2-PDGS-TAS-DI-PSD, issue 15, 2021; "Sentinel-2: Processing Baseline 
 https://sentinels.copernicus.eu/web/sentinel/-/copernicus-sentinel-2-major-products-upgrade-upcoming).
 Without the file (a band file copied out of its SAFE, a stripped zip), the baseline in the SAFE's
 name (``_N0400_``) gives them; without either, the scene is refused with the reason rather than
-guessed from its date.
+guessed from its date. Level-1C is the same with top-of-atmosphere reflectance,
+``(DN + RADIO_ADD_OFFSET) / QUANTIFICATION_VALUE`` from ``MTD_MSIL1C.xml``.
+
+Landsat Collection 2 Level-1: see :func:`landsat_c2_l1_radiometry`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from tasks.discover import archive_of
 from tasks.errors import SceneError
 
 __all__ = ["LandsatRadiometry", "S2Radiometry", "SENTINEL2_BANDS", "landsat_band", "landsat_c2_l1_radiometry",
-           "radiometry_of", "sentinel2_band", "sentinel2_l2a_radiometry", "stac_item_radiometry"]
+           "radiometry_of", "sentinel2_band", "sentinel2_l1c_radiometry", "sentinel2_l2a_radiometry",
+           "stac_item_radiometry"]
 
 #: ``band_id`` of the metadata's ``Spectral_Information`` -> band name
 SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
@@ -65,33 +69,50 @@ def sentinel2_band(name: str) -> str | None:
 
 def sentinel2_l2a_radiometry(path: str) -> S2Radiometry:
     """The radiometry of the Sentinel-2 L2A product holding ``path`` (a band file in a ``.SAFE``
-    folder or zip). Raises ``SceneError`` naming what is missing."""
+    folder or zip, or beside a STAC item). Raises ``SceneError`` naming what is missing."""
+    return _sentinel2_radiometry(path, "L2A")
+
+
+def sentinel2_l1c_radiometry(path: str) -> S2Radiometry:
+    """The radiometry of the Sentinel-2 L1C product holding ``path``: top-of-atmosphere
+    reflectance ``(DN + RADIO_ADD_OFFSET) / QUANTIFICATION_VALUE`` from its ``MTD_MSIL1C.xml``
+    (the offset is -1000 since processing baseline 04.00, as for L2A). Raises ``SceneError``."""
+    return _sentinel2_radiometry(path, "L1C")
+
+
+#: per level: metadata file, quantification and offset tags, what the offset is called
+_S2_LEVELS = {"L2A": ("MTD_MSIL2A.xml", "BOA_QUANTIFICATION_VALUE", "BOA_ADD_OFFSET", "BOA offset"),
+              "L1C": ("MTD_MSIL1C.xml", "QUANTIFICATION_VALUE", "RADIO_ADD_OFFSET", "radiometric offset")}
+
+
+def _sentinel2_radiometry(path: str, level: str) -> S2Radiometry:
+    mtd, _, _, offset_name = _S2_LEVELS[level]
     m = _SAFE.match(path)
     if m is None:
-        item = stac_item_radiometry(path)
+        item = stac_item_radiometry(path) if level == "L2A" else None
         if item is not None:
             return item
-        raise SceneError(path, "not inside a Sentinel-2 .SAFE product and no STAC item (.json) beside it; "
-                               "its processing baseline and BOA offset cannot be found, so its digital "
+        raise SceneError(path, f"not inside a Sentinel-2 .SAFE product{' and no STAC item (.json) beside it' if level == 'L2A' else ''}; "
+                               f"its processing baseline and {offset_name} cannot be found, so its digital "
                                "numbers cannot be made reflectance: ingest the .SAFE folder or zip, or give "
                                "the bands' scale and offset in the catalog and drop 'radiometry'")
     root = m["root"]
-    text = _metadata(root)
+    text = _metadata(root, mtd)
     if text is not None:
-        return _parse(text, f"{Path(root).name}/MTD_MSIL2A.xml")
+        return _parse(text, f"{Path(root).name}/{mtd}", level)
     baseline = _BASELINE.search(Path(root).name)
     if baseline is None:
-        raise SceneError(path, f"{Path(root).name} has no MTD_MSIL2A.xml and no processing baseline "
-                               "(_N0400_) in its name; cannot tell its BOA offset")
+        raise SceneError(path, f"{Path(root).name} has no {mtd} and no processing baseline "
+                               f"(_N0400_) in its name; cannot tell its {offset_name}")
     offset = -1000.0 if (int(baseline[1]), int(baseline[2])) >= (4, 0) else 0.0
     return S2Radiometry(10000.0, dict.fromkeys(SENTINEL2_BANDS, offset),
                         f"processing baseline {baseline[1]}.{baseline[2]} in the product name")
 
 
 @functools.lru_cache(maxsize=256)
-def _metadata(root: str) -> str | None:
-    """The text of ``MTD_MSIL2A.xml`` at a SAFE's root: a folder, or a member of a zip / tar."""
-    return _text(f"{root}/MTD_MSIL2A.xml")
+def _metadata(root: str, name: str = "MTD_MSIL2A.xml") -> str | None:
+    """The text of the metadata file ``name`` at a SAFE's root: a folder, or a member of a zip / tar."""
+    return _text(f"{root}/{name}")
 
 
 def _text(path: str) -> str | None:
@@ -119,14 +140,19 @@ def _text(path: str) -> str | None:
         return member.read().decode() if member is not None else None
 
 
-def _parse(text: str, where: str) -> S2Radiometry:
+def _parse(text: str, where: str, level: str = "L2A") -> S2Radiometry:
+    _, quant_tag, offset_tag, _ = _S2_LEVELS[level]
     tree = ET.fromstring(text)
-    quant = next((e.text for e in tree.iter() if e.tag.endswith("BOA_QUANTIFICATION_VALUE")), None)
+
+    def local(tag: str) -> str:
+        return tag.rsplit("}", 1)[-1]
+
+    quant = next((e.text for e in tree.iter() if local(e.tag) == quant_tag), None)
     if quant is None:
-        raise SceneError(where, "no BOA_QUANTIFICATION_VALUE in the product metadata")
+        raise SceneError(where, f"no {quant_tag} in the product metadata")
     offsets = {}
     for e in tree.iter():
-        if e.tag.endswith("BOA_ADD_OFFSET") and e.get("band_id") is not None:
+        if local(e.tag) == offset_tag and e.get("band_id") is not None:
             offsets[SENTINEL2_BANDS[int(e.get("band_id"))]] = float(e.text or 0)
     return S2Radiometry(float(quant), offsets, where)
 
@@ -266,16 +292,16 @@ def _landsat_mtl(mtl: str, stamp: tuple[int, int] | None) -> LandsatRadiometry:
 def radiometry_of(kind: str, path: str, band: str) -> tuple[float, float]:
     """(scale, offset) of band ``band`` (its name or file token) in the scene file ``path`` by the
     product's own metadata, for the catalog's ``radiometry`` ``kind``."""
-    if kind == "sentinel2_l2a":
+    if kind in ("sentinel2_l2a", "sentinel2_l1c"):
         name = sentinel2_band(band)
         if name is None:
             raise SceneError(path, f"band {band!r} names no Sentinel-2 band (B01..B12, B8A); "
-                                   "radiometry sentinel2_l2a needs one")
-        return sentinel2_l2a_radiometry(path).scale_offset(name)
+                                   f"radiometry {kind} needs one")
+        return _sentinel2_radiometry(path, kind[-3:].upper()).scale_offset(name)
     if kind == "landsat_c2_l1":
         name = landsat_band(band)
         if name is None:
             raise SceneError(path, f"band {band!r} names no Landsat band (B1..B11, B6_VCID_1); "
                                    "radiometry landsat_c2_l1 needs one")
         return landsat_c2_l1_radiometry(path).scale_offset(name)
-    raise ValueError(f"radiometry {kind!r} is not one of sentinel2_l2a, landsat_c2_l1")
+    raise ValueError(f"radiometry {kind!r} is not one of sentinel2_l2a, sentinel2_l1c, landsat_c2_l1")

@@ -375,21 +375,25 @@ def _read_mask(
     path = ref.mask_path or ref.path
     if ref.mask_path is not None and not is_remote(ref.mask_path) and not Path(ref.mask_path).exists():
         raise SceneError(ref.path, f"its mask file {Path(ref.mask_path).name} is missing")
+    clear, nbytes = np.ones((int(win.height), int(win.width)), dtype=bool), 0
     try:
         with rasterio.open(path) as ds:
-            if spec.mask.band > ds.count:
-                raise SceneError(path, f"mask band {spec.mask.band} requested; the file has {ds.count}")
-            if ds.transform == transform @ Affine.translation(-win.col_off, -win.row_off):
-                mask = ds.read(spec.mask.band, window=win)
-            else:  # mask on its own grid: bring it onto the scene window
-                mask = np.zeros((int(win.height), int(win.width)), dtype=ds.dtypes[0])
-                reproject(
-                    rasterio.band(ds, spec.mask.band), mask, dst_transform=transform,
-                    dst_crs=ds.crs, resampling=Resampling.nearest,
-                )
+            for band in spec.mask.bands or [spec.mask.band]:
+                if band > ds.count:
+                    raise SceneError(path, f"mask band {band} requested; the file has {ds.count}")
+                if ds.transform == transform @ Affine.translation(-win.col_off, -win.row_off):
+                    mask = ds.read(band, window=win)
+                else:  # mask on its own grid: bring it onto the scene window
+                    mask = np.zeros((int(win.height), int(win.width)), dtype=ds.dtypes[band - 1])
+                    reproject(
+                        rasterio.band(ds, band), mask, dst_transform=transform,
+                        dst_crs=ds.crs, resampling=Resampling.nearest,
+                    )
+                clear &= mask_to_clear(mask, spec.mask)
+                nbytes += mask.nbytes
     except RasterioIOError as exc:
         raise SceneError(path, f"mask cannot be read ({exc})") from exc
-    return mask_to_clear(mask, spec.mask), mask.nbytes
+    return clear, nbytes
 
 
 def _lattice_offset(raw: RawScene, grid: Grid) -> tuple[int, int] | None:

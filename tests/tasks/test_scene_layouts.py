@@ -713,6 +713,46 @@ def test_cli_ingests_hls_with_fmask_and_scale_factor_metadata(tmp_path: Path, ca
     assert not ds.valid.values[:, :2].any() and ds.valid.values[:, 2:].all()
 
 
+def test_cli_ingests_a_sentinel2_l1c_safe_as_toa_reflectance_with_its_cloud_mask(tmp_path: Path, capsys) -> None:
+    """A Sentinel-2 Level-1C SAFE: band files in GRANULE/*/IMG_DATA (no resolution in their names),
+    the 60 m MSK_CLASSI_B00.jp2 in QI_DATA as the mask (band 1 opaque cloud and band 2 cirrus are
+    not clear, band 3 snow is), digital numbers 0 as no data, and top-of-atmosphere reflectance
+    (DN + RADIO_ADD_OFFSET) / QUANTIFICATION_VALUE from MTD_MSIL1C.xml. The TCI is not a band."""
+    from flows.cli import main
+
+    mtd = ("<n1:Level-1C_User_Product xmlns:n1='x'><General_Info><Product_Image_Characteristics>"
+           "<QUANTIFICATION_VALUE unit='none'>10000</QUANTIFICATION_VALUE><Radiometric_Offset_List>"
+           + "".join(f"<RADIO_ADD_OFFSET band_id='{i}'>-1000</RADIO_ADD_OFFSET>" for i in range(13))
+           + "</Radiometric_Offset_List></Product_Image_Characteristics></General_Info></n1:Level-1C_User_Product>")
+    for d in ("20230612T100559", "20230622T100559"):
+        safe = tmp_path / f"S2B_MSIL1C_{d}_N0509_R022_T33UUP_{d}.SAFE"
+        granule = safe / "GRANULE" / f"L1C_T33UUP_A032000_{d}"
+        for b, res, v in (("B02", 10, 2000), ("B03", 10, 3000), ("B11", 20, 4000), ("TCI", 10, 9)):
+            _band(granule / "IMG_DATA" / f"T33UUP_{d}_{b}.jp2", v, size=120 // res, res=res)
+        with rasterio.open(granule / "IMG_DATA" / f"T33UUP_{d}_B02.jp2", "r+") as ds:
+            a = ds.read(1)
+            a[-1, -1] = 0  # outside the swath
+            ds.write(a, 1)
+        classi = np.zeros((3, 2, 2), np.uint8)
+        classi[0, 0, 0] = 1  # opaque cloud over the north-west 60 m pixel
+        classi[1, 1, 0] = 1  # cirrus over the south-west one
+        classi[2, 0, 1] = 1  # snow: observed
+        (granule / "QI_DATA").mkdir()
+        with rasterio.open(granule / "QI_DATA" / "MSK_CLASSI_B00.jp2", "w", driver="GTiff", width=2, height=2,
+                           count=3, dtype="uint8", crs="EPSG:32633", transform=from_origin(600000, 5000000, 60, 60)) as ds:
+            ds.write(classi)
+        (safe / "MTD_MSIL1C.xml").write_text(mtd)
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "l1c.zarr")]) == 0
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
+    ds = xr.open_zarr(tmp_path / "l1c.zarr")
+    assert list(ds.band.values) == ["B02", "B03", "B11"] and ds.sizes["y"] == ds.sizes["x"] == 12  # 10 m
+    valid = ds.valid.values
+    assert not valid[:, :6, :6].any() and not valid[:, 6:, :6].any() and valid[:, :6, 6:].all()
+    np.testing.assert_allclose(ds.data.isel(time=0, y=slice(0, 6), x=slice(6, 12)).mean(("y", "x")).values,
+                               [0.1, 0.2, 0.3], rtol=1e-6)
+    assert np.isnan(ds.data.values[0, 0, -1, -1]) and not np.isnan(ds.data.values[0, 1, -1, -1])
+
+
 def test_sentinel2_radiometry_sources_and_refusals(tmp_path: Path) -> None:
     from tasks.errors import SceneError
     from tasks.radiometry import sentinel2_band, sentinel2_l2a_radiometry
@@ -727,6 +767,13 @@ def test_sentinel2_radiometry_sources_and_refusals(tmp_path: Path) -> None:
         sentinel2_l2a_radiometry(str(tmp_path / "T33UUP_20230612T100559_B02_10m.jp2"))
     with pytest.raises(SceneError, match="no MTD_MSIL2A.xml and no processing baseline"):
         sentinel2_l2a_radiometry(str(tmp_path / "renamed.SAFE" / "B02.jp2"))
+    # Level-1C: its own metadata file and offset, the same baseline rule
+    from tasks.radiometry import sentinel2_l1c_radiometry
+
+    l1c = sentinel2_l1c_radiometry("/d/S2A_MSIL1C_20230101T100000_N0509_R1_T33UUP_20230101T1.SAFE/G/I/B04.jp2")
+    assert l1c.scale_offset("B04") == (1e-4, -0.1)
+    with pytest.raises(SceneError, match="no MTD_MSIL1C.xml and no processing baseline .* radiometric offset"):
+        sentinel2_l1c_radiometry(str(tmp_path / "renamed.SAFE" / "B02.jp2"))
 
 
 def test_cli_ingest_layer_adds_a_class_map_to_a_new_or_existing_cube(tmp_path: Path, capsys) -> None:
