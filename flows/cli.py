@@ -25,7 +25,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import CatalogError, CubeSchemaError
+from tasks.errors import CatalogError, CubeSchemaError, StagesFailed
 
 __all__ = ["STAGE_MODULES", "main"]
 
@@ -193,14 +193,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     start, end = _dates(args)
     stages = None if args.stages is None else [s for s in args.stages.split(",") if s]
-    products = run_pipeline(args.catalog, args.cube, start=start, end=end, stages=stages,
-                            dask_address=args.dask_address, workers=args.workers,
-                            backfill=args.command == "backfill", concurrency=args.concurrency)
+    try:
+        products = run_pipeline(args.catalog, args.cube, start=start, end=end, stages=stages,
+                                dask_address=args.dask_address, workers=args.workers,
+                                backfill=args.command == "backfill", concurrency=args.concurrency)
+    except StagesFailed as exc:
+        products = exc.products
     print(products["summary"]["headline"])
     for w in products["summary"]["warnings"]:
         print(f"  warning: {w}")
     for name, r in products["stages"].items():
         print(f"  {name:<10} {products['summary']['stages'][name]:<7} {r.get('artifact', '')}")
+    failed = [name for name, r in products["stages"].items() if "error" in r]
+    if failed:
+        print(f"fusioncube: error: stage(s) {', '.join(failed)} failed (above); the others finished", file=sys.stderr)
+        return 1
+    if stages is None and set(products["stages"]) <= {"patch"}:
+        print(f"  (no stage after patching is configured for cube {args.cube!r}: pass --stages gapfill,anomalies,... "
+              f"or list them under cubes.{args.cube}.stages in {args.catalog})")
     return 0
 
 
@@ -415,7 +425,7 @@ class _InputErrorConsoleFilter(logging.Filter):
         if record.levelno < logging.ERROR or not record.name.startswith(("prefect.task_runs", "prefect.flow_runs")):
             return True
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, USER_ERRORS):
+        if isinstance(exc, (*USER_ERRORS, StagesFailed)):  # the command prints these itself
             self.messages.add(str(exc))
             return False
         text = record.getMessage()

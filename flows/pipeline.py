@@ -28,6 +28,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows.ingest import ingest_steps
 from tasks.catalog import Catalog, load_catalog
+from tasks.errors import StagesFailed
 from tasks.patch import patch_task
 from tasks.pipeline_report import publish_pipeline_task
 from tasks.stages import STAGES, stage_params
@@ -127,7 +128,7 @@ def pipeline_steps(
     products["summary"] = publish_pipeline_task(products, started.isoformat())
     failed = [n for n, r in products["stages"].items() if "error" in r]
     if failed:
-        raise RuntimeError(f"cube {cube}: stage(s) {failed} failed; the others finished (see the summary)")
+        raise StagesFailed(f"cube {cube}: stage(s) {failed} failed; the others finished (see the summary)", products)
     return products
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "CatalogError",
@@ -11,6 +12,7 @@ __all__ = [
     "SceneError",
     "CheckpointError",
     "NotEnoughData",
+    "StagesFailed",
     "did_you_mean",
 ]
 
@@ -45,3 +47,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class StagesFailed(RuntimeError):
+    """Some stages of a pipeline run failed; ``products`` holds every stage's result or error
+    and the run's summary (the flow run is marked failed; the command line prints the table)."""
+
+    def __init__(self, message: str, products: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.products = products
