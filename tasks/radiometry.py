@@ -118,8 +118,8 @@ def _parse(text: str, where: str) -> S2Radiometry:
         raise SceneError(where, "no BOA_QUANTIFICATION_VALUE in the product metadata")
     offsets = {}
     for e in tree.iter():
-        if e.tag.endswith("BOA_ADD_OFFSET") and e.get("band_id") is not None:
-            offsets[SENTINEL2_BANDS[int(e.get("band_id"))]] = float(e.text or 0)
+        if e.tag.endswith("BOA_ADD_OFFSET") and (band_id := e.get("band_id")) is not None:
+            offsets[SENTINEL2_BANDS[int(band_id)]] = float(e.text or 0)
     return S2Radiometry(float(quant), offsets, where)
 
 
