@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import cast
 
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
@@ -63,11 +64,13 @@ def pipeline_deployments(
 
     path = Path(catalog_path).resolve()
     catalog = load_catalog(path, env=env)
-    deployments = []
+    deployments: list[RunnerDeployment] = []
     for cube, spec in catalog.cubes.items():
         schedule = cron or spec.schedule or catalog.orchestration.schedule or DEFAULT_CRON
         deployments.append(
-            pipeline_flow.to_deployment(
+            # cast: Prefect's async_dispatch types to_deployment as RunnerDeployment | Coroutine;
+            # called from sync code it is the RunnerDeployment
+            cast(RunnerDeployment, pipeline_flow.to_deployment(
                 name=f"pipeline-{cube}",
                 cron=schedule,
                 parameters={"catalog_path": str(path), "cube": cube},
@@ -78,7 +81,7 @@ def pipeline_deployments(
                 tags=["fusioncube", cube, "scheduled"],
                 concurrency_limit=CONCURRENCY_LIMIT,
                 entrypoint_type=EntrypointType.MODULE_PATH,
-            )
+            ))
         )
     return deployments
 
@@ -93,7 +96,7 @@ def backfill_deployments(
     path = Path(catalog_path).resolve()
     catalog = load_catalog(path, env=env)
     return [
-        backfill_flow.to_deployment(
+        cast(RunnerDeployment, backfill_flow.to_deployment(  # cast: as in pipeline_deployments
             name=f"backfill-{cube}",
             parameters={"catalog_path": str(path), "cube": cube},
             description=(
@@ -104,7 +107,7 @@ def backfill_deployments(
             tags=["fusioncube", cube, "backfill"],
             concurrency_limit=CONCURRENCY_LIMIT,
             entrypoint_type=EntrypointType.MODULE_PATH,
-        )
+        ))
         for cube in catalog.cubes
     ]
 

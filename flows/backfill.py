@@ -13,7 +13,11 @@ from tasks.catalog import load_catalog
 __all__ = ["backfill_flow"]
 
 
-@flow(name="fusioncube-backfill", task_runner=dask_task_runner(), log_prints=False)
+@flow(
+    name="fusioncube-backfill",
+    task_runner=dask_task_runner(),  # type: ignore[arg-type]  # prefect_dask typing: see dask_task_runner
+    log_prints=False,
+)
 def backfill_flow(
     catalog_path: str = "data_catalog.yaml",
     cube: str = "planet",

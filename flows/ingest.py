@@ -6,7 +6,8 @@ import time
 from collections import deque
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -86,8 +87,9 @@ def _ingest_parts(
     t0 = time.perf_counter()
     plan = plan_ingest_task(catalog_path, cube, start, end, env, concurrency=concurrency)
     parts, grid = plan["parts"], plan["grid"]
-    progress = create_progress_artifact(0.0, key=artifact_key(f"ingest-progress-{cube}"),
-                                        description=f"ingest of cube {cube}: parts attached")
+    # cast: Prefect's async_dispatch types it UUID | Coroutine; called in this sync flow it is the UUID
+    progress = cast(UUID, create_progress_artifact(0.0, key=artifact_key(f"ingest-progress-{cube}"),
+                                                   description=f"ingest of cube {cube}: parts attached"))
     bar = None
     if progress_bar and parts:
         from tqdm import tqdm

@@ -47,7 +47,12 @@ def dask_task_runner(
     """Prefect's Dask task runner: an existing cluster when an address is given (argument, then
     ``FUSIONCUBE_DASK_ADDRESS``, then the catalog's ``orchestration.dask_address``), else a local
     cluster of ``workers`` single-threaded processes (default: the catalog's, else the cores) that
-    import the pipeline's libraries when they start (:mod:`flows.worker_preload`)."""
+    import the pipeline's libraries when they start (:mod:`flows.worker_preload`).
+
+    Passing it to ``@flow`` or ``Flow.with_options`` takes a ``# type: ignore[arg-type]``:
+    prefect_dask subclasses the bare ``TaskRunner`` (``TaskRunner[PrefectConcurrentFuture]``),
+    which Prefect's invariant parameter type ``TaskRunner[PrefectFuture[Any]]`` does not accept;
+    at run time it is a task runner like any other."""
     orch = catalog.orchestration if catalog is not None else None
     address = address or os.environ.get(DASK_ADDRESS_ENV) or (orch.dask_address if orch else None)
     if address:
@@ -132,7 +137,11 @@ def pipeline_steps(
     return products
 
 
-@flow(name="fusioncube-pipeline", task_runner=dask_task_runner(), log_prints=False)
+@flow(
+    name="fusioncube-pipeline",
+    task_runner=dask_task_runner(),  # type: ignore[arg-type]  # prefect_dask typing: see dask_task_runner
+    log_prints=False,
+)
 def pipeline_flow(
     catalog_path: str = "data_catalog.yaml",
     cube: str = "planet",
@@ -170,6 +179,7 @@ def run_pipeline(
         if backfill:
             from flows.backfill import backfill_flow
 
-            return backfill_flow.with_options(task_runner=runner)(
+            return backfill_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]  # prefect_dask typing
                 str(catalog_path), cube, start, end, concurrency, stages, env)
-        return pipeline_flow.with_options(task_runner=runner)(str(catalog_path), cube, start, end, stages, env)
+        return pipeline_flow.with_options(task_runner=runner)(  # type: ignore[arg-type]  # prefect_dask typing
+            str(catalog_path), cube, start, end, stages, env)

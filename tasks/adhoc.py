@@ -541,7 +541,8 @@ def build_adhoc_catalog(
     """
     if bounds is not None and aoi is not None:
         raise ValueError("give the area as --bounds or as --aoi, not both")
-    area = aoi_bounds(aoi) if aoi is not None else (tuple(bounds), bounds_crs) if bounds is not None else None
+    # (*bounds,): tuple(bounds), typed with its four numbers
+    area = aoi_bounds(aoi) if aoi is not None else ((*bounds,), bounds_crs) if bounds is not None else None
     patterns = [q for p in paths for q in _folder_globs(p)]
     patterns = [p if is_remote(p) or any(c in p for c in "*?[") else str(Path(p).resolve()) for p in patterns]
     files = sorted({f for p in patterns for f in expand_globs([p])})
@@ -611,7 +612,7 @@ def build_adhoc_catalog(
         if box_crs is None:
             _refuse_degrees(box, crs or _crs_of(files))
         grid = {**(grid or {}), "bounds": list(box), **({"bounds_crs": box_crs} if box_crs else {})}
-    raw = {
+    raw: dict[str, Any] = {
         "sources": {
             "scenes": {
                 "kind": "continuous",

@@ -47,7 +47,7 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
-from tasks.cube import open_cube
+from tasks.cube import open_cube, zarr_array
 from tasks.errors import NotEnoughData
 
 __all__ = [
@@ -350,16 +350,16 @@ def detect_anomalies(
                 threshold = np.where(thr_w[:done] > 0, thr_sum[:done] / thr_w[:done], np.inf)
             flag = score > threshold
             out_rows = slice(int(r0), int(r0) + done)
-            group["score"][:, out_rows] = score.astype(np.float32)
-            group["flag"][:, out_rows] = flag
-            group["background"][:, out_rows] = background.astype(np.float32)
+            zarr_array(group, "score")[:, out_rows] = score.astype(np.float32)
+            zarr_array(group, "flag")[:, out_rows] = flag
+            zarr_array(group, "background")[:, out_rows] = background.astype(np.float32)
             flagged += int(flag.sum())
             for arr in (score_sum, bg_sum):
                 arr[:, :th - done] = arr[:, done:]
                 arr[:, th - done:] = 0
-            for arr in (w_sum, bg_w, thr_sum, thr_w):
-                arr[:th - done] = arr[done:]
-                arr[th - done:] = 0
+            for acc in (w_sum, bg_w, thr_sum, thr_w):
+                acc[:th - done] = acc[done:]
+                acc[th - done:] = 0
         bar.close()
     manifest = Manifest(
         stage=STAGE,

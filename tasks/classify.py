@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask.array as dask_array
 import numpy as np
@@ -69,7 +69,7 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
-from tasks.cube import cube_crs, cube_transform, open_cube, unobserved_reason
+from tasks.cube import cube_crs, cube_transform, open_cube, unobserved_reason, zarr_array
 from tasks.labels import check_byte_codes, raster_labels
 from tasks.patch import make_patches, patch_split
 from tasks.quicklook import class_names, colour_table
@@ -335,12 +335,14 @@ def map_strips(net: PixelClassifier, data: xr.DataArray, valid: xr.DataArray, *,
     # the cube is read a block of whole chunk rows at a time (a chunk decoded once, not once a strip)
     chunk = int(data.chunks[-2][0]) if data.chunks else rows
     block = rows * max(1, -(-chunk // rows))
-    x_block = v_block = None
+    x_block: np.ndarray | None = None
+    v_block: np.ndarray | None = None
     block_lo = 0
     for top in range(0, height, rows):
         n_rows = min(rows, height - top)
         lo, hi = max(0, top - h), min(height, top + n_rows + h)
-        if x_block is None or hi > block_lo + x_block.shape[-2]:
+        # x_block and v_block are read together: both None (the first strip) or neither
+        if x_block is None or v_block is None or hi > block_lo + x_block.shape[-2]:
             block_lo, block_hi = lo, min(height, max(hi, top + block + h))
             x_block = np.asarray(data[:, :, block_lo:block_hi, :].values, dtype=np.float32)
             v_block = np.asarray(valid[:, block_lo:block_hi, :].values, dtype=bool)
@@ -369,7 +371,9 @@ def model_scheme(meta: dict[str, Any]) -> LabelScheme:
     if "class_names" not in meta:
         return LabelScheme(classes, class_names(classes), colour_table(classes))
     return LabelScheme(classes, dict(zip(classes, meta["class_names"], strict=True)),
-                       {c: tuple(int(v) for v in rgba) for c, rgba in zip(classes, meta["class_colours"], strict=True)})
+                       # cast: save_model writes the scheme's (r, g, b, a) colours, 4 numbers each
+                       {c: cast(tuple[int, int, int, int], tuple(int(v) for v in rgba))
+                        for c, rgba in zip(classes, meta["class_colours"], strict=True)})
 
 
 # --- pictures -----------------------------------------------------------------------------------
@@ -630,7 +634,7 @@ def classify_cube(
         attrs={"title": f"classes of {cube.name}", "classify_key": key, "model": str(wpath)},
     )
     codes = np.full((height, width_px), fill, dtype=np.uint8)  # for the COG: one byte a pixel
-    found = np.zeros(k, dtype=np.int64)
+    class_pixels = np.zeros(k, dtype=np.int64)
     confusion = np.zeros((k, k), dtype=np.int64)
     test_area = np.zeros((height, width_px), dtype=bool)
     for r, c in origins[split == "test"]:
@@ -653,10 +657,10 @@ def classify_cube(
             rows = slice(top, top + proba.shape[1])
             best = proba.argmax(axis=0)
             part = lut[best]
-            group["classes"][rows] = part
-            group["confidence"][rows] = proba.max(axis=0)
+            zarr_array(group, "classes")[rows] = part
+            zarr_array(group, "confidence")[rows] = proba.max(axis=0)
             codes[rows] = part
-            found += np.bincount(best.ravel(), minlength=k)
+            class_pixels += np.bincount(best.ravel(), minlength=k)
             if to_index is not None and test_area[rows].any():
                 lab = np.asarray(layer.isel(y=rows).values)
                 lab = np.nan_to_num(lab, nan=255) if np.issubdtype(lab.dtype, np.floating) else lab
@@ -674,7 +678,7 @@ def classify_cube(
                             title=f"{cube.name}, test patches: accuracy {result['accuracy']:.3f}, "
                                   f"macro-F1 {result['macro_f1']:.3f}",
                             classes=scheme.classes, legend="NLCD class" if scheme.nlcd else "class")
-    found_classes = {str(c): int(n) for c, n in zip(scheme.classes, found, strict=True) if n}
+    found_classes = {str(c): int(n) for c, n in zip(scheme.classes, class_pixels, strict=True) if n}
     manifest = Manifest(
         stage=STAGE, key=key, params=params, inputs=inputs, code_version=code_version(*CODE_MODULES),
         outputs={"path": str(out), "cube": str(cube), "cog": str(cog), "model": str(wpath),

@@ -228,7 +228,7 @@ def compress_patches(
                 finite_bits = encode_mask(_frames(finite), anchors=_frames(valid), period=period)
                 valid_bits = encode_mask(_frames(valid))
                 encode_s += _time.perf_counter() - t0
-                row = {"patches": len(data)}
+                row: dict[str, int | list[int]] = {"patches": len(data)}
                 for name, blob, f in (("cores", stream, cores_f), ("finite_mask", finite_bits, finite_f),
                                       ("valid_mask", valid_bits, valid_f)):
                     row[name] = [nbytes[name], len(blob), zlib.crc32(blob)]  # offset, size, checksum
@@ -346,6 +346,7 @@ def _decoded_segments(compressed: Path) -> Any:
 def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = False,
                progress: bool = False) -> xr.Dataset:
     """Decode ``compressed/`` back into a cube (``data`` and ``valid``) at ``out`` (Zarr v3)."""
+    from tasks.cube import zarr_array
     from tasks.patch import unpatch
 
     compressed, out = Path(compressed), Path(out)
@@ -380,8 +381,8 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
         group = zarr.open_group(str(tmp), mode="r+")
         for first, data, valid in tqdm(_decoded_segments(compressed), total=len(segments),
                                        desc=f"decode {compressed.name}", unit="segment", disable=not progress):
-            group["data"][first:first + len(data)] = data
-            group["valid"][first:first + len(valid)] = valid
+            zarr_array(group, "data")[first:first + len(data)] = data
+            zarr_array(group, "valid")[first:first + len(valid)] = valid
         cube = unpatch(tmp, out, overwrite=overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -14,6 +14,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import xarray as xr
@@ -21,6 +22,9 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from tasks.errors import CubeSchemaError
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = [
     "DATA_DIMS",
@@ -40,6 +44,7 @@ __all__ = [
     "spatial_ref",
     "streamed_band_stats",
     "unobserved_reason",
+    "zarr_array",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,7 +94,7 @@ def check_cube(ds: xr.Dataset, *, source: str = "cube") -> xr.Dataset:
     if "data" not in ds:
         raise CubeSchemaError(
             f"{source}: no variable 'data'; a cube needs data(time, band, y, x) float "
-            f"(variables present: {sorted(ds.data_vars)})"
+            f"(variables present: {sorted(ds.data_vars, key=str)})"
         )
     if tuple(ds["data"].dims) != DATA_DIMS:
         dims = tuple(str(d) for d in ds["data"].dims)
@@ -116,7 +121,7 @@ def check_cube(ds: xr.Dataset, *, source: str = "cube") -> xr.Dataset:
     return ds
 
 
-def open_cube(path: str | Path, *, chunks: dict | str | None = "auto") -> xr.Dataset:
+def open_cube(path: str | Path, *, chunks: dict | Literal["auto"] | None = "auto") -> xr.Dataset:
     """Open a cube lazily and check its schema. A cube without ``valid`` gets one from ``data``;
     a south-up cube (``y`` ascending) is read north-up.
 
@@ -133,7 +138,7 @@ def open_cube(path: str | Path, *, chunks: dict | str | None = "auto") -> xr.Dat
     return ds
 
 
-def _read_cube(path: Path, chunks: dict | str | None) -> tuple[xr.Dataset, list[str]]:
+def _read_cube(path: Path, chunks: dict | Literal["auto"] | None) -> tuple[xr.Dataset, list[str]]:
     """:func:`open_cube`, and what it reads differently from how the cube is stored (notes for
     a person: the stages' log, ``fusioncube info``)."""
     if not path.exists():
@@ -230,6 +235,24 @@ def _zarr_format(path: Path) -> int | None:
     if (path / ".zgroup").exists() or (path / ".zattrs").exists():
         return 2
     return None
+
+
+def zarr_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of an open Zarr group (``group[name]`` typed as an array).
+
+    Raises
+    ------
+    KeyError
+        When the group has no member ``name``.
+    ValueError
+        When that member is a group, not an array.
+    """
+    import zarr
+
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise ValueError(f"{node.store_path}: a Zarr group where the array {name!r} was expected")
+    return node
 
 
 def _north_up(ds: xr.Dataset, notes: list[str]) -> xr.Dataset:

@@ -399,7 +399,7 @@ def band_file_groups(
     if spec.band_files is None:
         raise ValueError("source has no band_files pattern")
     pattern = re.compile(spec.band_files)
-    wanted = [b.file for b in spec.bands]
+    wanted = [b.file for b in spec.bands if b.file is not None]  # every band has one (SourceSpec)
     groups: dict[str, dict[str, list[str]]] = {}
     failed: list[tuple[str, str]] = []
     for f in files:
@@ -446,8 +446,8 @@ def _finest(paths: list[str]) -> str | None:
     """Of one band's files at several resolutions (a Sentinel-2 SAFE has B02 in ``R10m/``,
     ``R20m/`` and ``R60m/``), the one with the finest pixels; None when two tie for it or one
     cannot be read."""
-    sizes = [pixel_area(p) for p in paths]
-    if None in sizes:
+    sizes = [s for s in (pixel_area(p) for p in paths) if s is not None]
+    if len(sizes) < len(paths):
         return None
     best = min(sizes)
     return paths[sizes.index(best)] if sizes.count(best) == 1 else None

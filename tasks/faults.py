@@ -169,7 +169,7 @@ def _fd_path(fd: int) -> str:
 
 def parse_log(path: str | Path) -> list[tuple[int, str, str]]:
     """The events of a fault log as ``(n, kind, path)``."""
-    out = []
+    out: list[tuple[int, str, str]] = []
     p = Path(path)
     if not p.exists():
         return out

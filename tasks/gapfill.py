@@ -39,7 +39,7 @@ import time as _time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -193,7 +193,7 @@ FILLED_ATTRS = {"long_name": "gap filled by LRTC-Net", "grid_mapping": "spatial_
 def _encoding(ds: xr.Dataset, n_time: int, n_band: int, chunk_y: int, chunk_x: int) -> dict[str, Any]:
     chunks = {"time": min(n_time, 16), "band": n_band, "y": chunk_y, "x": chunk_x}
     return {
-        "data": {"chunks": tuple(chunks[d] for d in ds["data"].dims)},
+        "data": {"chunks": tuple(chunks[str(d)] for d in ds["data"].dims)},
         "valid": {"chunks": (chunks["time"], chunks["y"], chunks["x"])},
         "filled": {"chunks": (chunks["time"], chunks["y"], chunks["x"])},
     }
@@ -219,7 +219,8 @@ def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fil
     fit, ranks = _fit(xp, op, shape, kw)
     filled_p = complete(fit.net, xp, op, batch=kw["batch"], init=OURS["init"])
     folded = fold_patches(filled_p, origins, data.shape) * std + mean  # (T, C, H, W)
-    unseen = ~observed.any(axis=0)
+    # cast: numpy types any(axis=...) as bool | array; over the dates of (T, H, W) it is (H, W)
+    unseen = cast(np.ndarray, ~observed.any(axis=0))
     filled = ~observed if fill_unseen else ~observed & ~unseen[None]
     result = np.where(observed[:, None], data, np.where(filled[:, None], folded, np.nan)).astype(np.float32)
     with atomic_artifact(out) as tmp:
@@ -255,11 +256,11 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
     n_train = min(len(origins), TRAIN_PATCHES, max(1, TRAIN_BYTES // per_patch))
     rng = np.random.default_rng(kw["seed"])
     pick = np.sort(rng.choice(len(origins), n_train, replace=False)) if n_train < len(origins) else np.arange(len(origins))
-    def rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+    def training_rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
         data, _, observed = read_rows(ds, y0, y1)
         return standardised(data, observed), observed
 
-    xp, op = patches_by_rows(origins[pick], size, rows)
+    xp, op = patches_by_rows(origins[pick], size, training_rows)
     if n_train < len(origins):
         log.info("gapfill: training on %d of %d patches (%d MB)", n_train, len(origins), n_train * per_patch >> 20)
     fit, ranks = _fit(xp, op, shape, kw)
@@ -325,7 +326,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
 
 def _write_region(block: xr.Dataset, store: Path, y0: int, y1: int) -> None:
     """Write ``block`` (variables over rows ``y0:y1``) into the rows ``y0:y1`` of ``store``."""
-    region = {d: (slice(y0, y1) if d == "y" else slice(None)) for d in block.dims}
+    region = {str(d): (slice(y0, y1) if d == "y" else slice(None)) for d in block.dims}
     block.to_zarr(store, region=region, zarr_format=3, consolidated=False)
 
 

@@ -54,7 +54,15 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
-from tasks.cube import DATA_DIMS, VALID_DIMS, cube_crs, cube_transform, grid_coords, spatial_ref
+from tasks.cube import (
+    DATA_DIMS,
+    VALID_DIMS,
+    cube_crs,
+    cube_transform,
+    grid_coords,
+    spatial_ref,
+    zarr_array,
+)
 from tasks.discover import SceneRef, discover, file_name, file_stamp
 from tasks.errors import CubeSchemaError, SceneError
 from tasks.locks import DEFAULT_TIMEOUT as DEFAULT_LOCK_TIMEOUT
@@ -456,7 +464,8 @@ def process_dates(
                 np.copyto(target, data)
                 items[0] = (items[0][0], (target, valid))
         data, valid = _mosaic([res for _, res in items])
-        results.append(DateResult(min(r.ref.date for r, _ in items), data, valid, [r.ref for r, _ in items]))
+        first = min(r.ref.date for r, _ in items if r.ref.date is not None)  # all dated (asserted above)
+        results.append(DateResult(first, data, valid, [r.ref for r, _ in items]))
     return results, quarantined, nbytes
 
 
@@ -611,7 +620,7 @@ def truncate_to_manifest(path: Path, manifest: Manifest) -> int:
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     extra = 0
     for name in ("data", "valid", "time"):
-        arr = group[name]
+        arr = zarr_array(group, name)
         if arr.shape[0] > n:
             extra = max(extra, arr.shape[0] - n)
             arr.resize((n, *arr.shape[1:]))
@@ -879,17 +888,18 @@ def _attach_store(path: Path, part: Path, dates: Sequence[datetime], *, copy: bo
     layout), False when its values had to be written (and re-encoded) instead."""
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     src = zarr.open_group(str(part), mode="r")
-    n, k = group["data"].shape[0], len(dates)
+    n, k = zarr_array(group, "data").shape[0], len(dates)
     moved = (
-        n % group["data"].chunks[0] == 0
-        and all(_layout(group[v]) == _layout(src[v]) for v in ("data", "valid"))
+        n % zarr_array(group, "data").chunks[0] == 0
+        and all(_layout(zarr_array(group, v)) == _layout(zarr_array(src, v)) for v in ("data", "valid"))
         and (path / "data" / "zarr.json").exists()
     )
     for name in ("data", "valid", "time"):
-        group[name].resize((n + k, *group[name].shape[1:]))
+        arr = zarr_array(group, name)
+        arr.resize((n + k, *arr.shape[1:]))
     if moved:
         for name in ("data", "valid"):
-            tc = group[name].chunks[0]
+            tc = zarr_array(group, name).chunks[0]
             source, target = part / name / "c", path / name / "c"
             if not source.exists():
                 continue  # every chunk of the part is empty (all missing): nothing stored
@@ -903,9 +913,9 @@ def _attach_store(path: Path, part: Path, dates: Sequence[datetime], *, copy: bo
                 else:
                     os.replace(chunk_dir, dest)
     else:
-        group["data"][n:] = src["data"][:]
-        group["valid"][n:] = src["valid"][:]
-    _write_times(path, group["time"], n, dates)
+        zarr_array(group, "data")[n:] = zarr_array(src, "data")[:]
+        zarr_array(group, "valid")[n:] = zarr_array(src, "valid")[:]
+    _write_times(path, zarr_array(group, "time"), n, dates)
     with _no_consolidation_warning():
         zarr.consolidate_metadata(str(path))
     return moved
@@ -914,13 +924,14 @@ def _attach_store(path: Path, part: Path, dates: Sequence[datetime], *, copy: bo
 def _append(path: Path, results: Sequence[DateResult]) -> None:
     """Append in-memory time steps with zarr directly (tests use it to mimic a killed run)."""
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    n, k = group["data"].shape[0], len(results)
+    n, k = zarr_array(group, "data").shape[0], len(results)
     for name in ("data", "valid", "time"):
-        group[name].resize((n + k, *group[name].shape[1:]))
+        arr = zarr_array(group, name)
+        arr.resize((n + k, *arr.shape[1:]))
     for i, r in enumerate(results):
-        group["data"][n + i] = r.data
-        group["valid"][n + i] = r.valid
-    _write_times(path, group["time"], n, [r.date for r in results])
+        zarr_array(group, "data")[n + i] = r.data
+        zarr_array(group, "valid")[n + i] = r.valid
+    _write_times(path, zarr_array(group, "time"), n, [r.date for r in results])
     with _no_consolidation_warning():
         zarr.consolidate_metadata(str(path))
 
@@ -1156,14 +1167,17 @@ def _ingest_cube_locked(
     plan = plan_parts(catalog, cube, start=start, end=end, dates_per_part=dates_per_part, concurrency=workers)
     reports: list[IngestReport] = []
     total, done = plan.scenes, 0
-    assert plan.grid is not None or not plan.parts
+    grid = plan.grid
+    if grid is None:  # no new scenes: no part to write, no template (a plan with parts has a grid)
+        assert not plan.parts and not plan.creates
+        return finish_ingest(catalog, cube, plan, reports, timer.perf_counter() - t0)
     with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="ingest-part") as pool:
-        template = pool.submit(write_template, catalog, cube, plan.grid) if plan.creates else None
-        futures = [pool.submit(write_part, catalog, cube, p, plan.grid, workers=1) for p in plan.parts]
+        template = pool.submit(write_template, catalog, cube, grid) if plan.creates else None
+        futures = [pool.submit(write_part, catalog, cube, p, grid, workers=1) for p in plan.parts]
         try:
             for part, fut in zip(plan.parts, futures, strict=True):
                 done_part = fut.result()
-                reports.append(attach_part(catalog, cube, part, done_part, grid=plan.grid,
+                reports.append(attach_part(catalog, cube, part, done_part, grid=grid,
                                            template=template.result() if template is not None else None))
                 done += sum(len(g) for g in part["scenes"])
                 if on_group is not None:

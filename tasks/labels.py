@@ -38,7 +38,7 @@ import time as _time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -372,7 +372,7 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
         if tuple(layer.dims) != ("y", "x"):
             raise ValueError(f"label layer '{name}' must have dims (y, x); got {tuple(layer.dims)}")
         codes = np.asarray(layer.values)
-        attrs = dict(layer.attrs)
+        attrs: dict[str, Any] = dict(layer.attrs)
         unlabelled = ~np.isfinite(codes) if np.issubdtype(codes.dtype, np.floating) else np.zeros(codes.shape, bool)
         codes = np.where(unlabelled, NO_CLASS, codes)
         if "flag_values" in attrs:  # codes outside the legend (e.g. nodata 250) are not labels
@@ -409,7 +409,7 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
             f"{t.f + h * t.e:.10g} .. {t.f:.10g}. Are the points for another area, or x and y swapped?")
     if dropped:
         log.warning("labels: %d of %d points fall outside the cube's grid and were dropped", dropped, len(points))
-    attrs: dict[str, Any] = {}
+    attrs = {}
     if names:  # text classes: their names are the legend, colours from a qualitative palette
         from matplotlib import colormaps
 
@@ -593,8 +593,9 @@ def recover_labels(
     ranks = (k if rank_k is None else min(rank_k, k), int(np.ceil(rank_share * size)), int(np.ceil(rank_share * size)))
     dev = torch.device(device) if device else default_device()
     weight = class_weights(idx, k, power=class_power) if class_power > 0 else None
+    lrtd_variant = cast(Literal["hooi", "factors"], variant)  # checked at the top (mypy cannot narrow str)
     fit = fit_unet_lrtd(
-        xs, vs, ys.astype(np.int64), classes=k, lam=lam, variant=variant,
+        xs, vs, ys.astype(np.int64), classes=k, lam=lam, variant=lrtd_variant,
         ranks=ranks, epochs=epochs, batch=batch, lr=lr, width=width, depth=depth, seed=seed, device=dev,
         class_weight=weight)
     del xs, vs, ys
@@ -675,6 +676,12 @@ def recover_labels(
     return manifest
 
 
+def _hex_rgb(color: str) -> tuple[float, float, float]:
+    """``#rrggbb`` as matplotlib's ``(r, g, b)`` in [0, 1]."""
+    c = color.lstrip("#")
+    return int(c[0:2], 16) / 255, int(c[2:4], 16) / 255, int(c[4:6], 16) / 255
+
+
 def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -> Path:
     """PNG of a finished ``labels.zarr`` (or of classify's ``classes.zarr``, ``var="classes"``):
     the class map in its colours beside the confidence."""
@@ -690,7 +697,7 @@ def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -
     sub = ds.isel(y=slice(None, None, step), x=slice(None, None, step)).load()
     attrs = sub[var].attrs
     classes = tuple(int(c) for c in attrs["flag_values"])
-    colours = [tuple(int(h.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4)) for h in attrs["flag_colors"]]
+    colours = [_hex_rgb(h) for h in attrs["flag_colors"]]
     index = codes_to_index(sub[var].values, classes)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), dpi=100)
     axes[0].imshow(np.ma.masked_less(index, 0), cmap=ListedColormap(colours), vmin=-0.5,

@@ -163,7 +163,8 @@ def colour_table(classes: tuple[int, ...], attrs: dict | None = None) -> dict[in
     palette = colormaps["tab20"]
     unknown = [c for c in classes if c not in table]
     for i, c in enumerate(unknown):
-        table[c] = (*(int(255 * v) for v in palette(i % 20)[:3]), 255)
+        r, g, b = (int(255 * v) for v in palette(i % 20)[:3])
+        table[c] = (r, g, b, 255)
     return {c: table[c] for c in classes}
 
 

@@ -152,8 +152,8 @@ def _parse(text: str, where: str, level: str = "L2A") -> S2Radiometry:
         raise SceneError(where, f"no {quant_tag} in the product metadata")
     offsets = {}
     for e in tree.iter():
-        if local(e.tag) == offset_tag and e.get("band_id") is not None:
-            offsets[SENTINEL2_BANDS[int(e.get("band_id"))]] = float(e.text or 0)
+        if local(e.tag) == offset_tag and (band_id := e.get("band_id")) is not None:
+            offsets[SENTINEL2_BANDS[int(band_id)]] = float(e.text or 0)
     return S2Radiometry(float(quant), offsets, where)
 
 

@@ -548,7 +548,7 @@ def _observe(truth: np.ndarray, cloud: np.ndarray, shadow: np.ndarray, haze: np.
 
 def _add_noise(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     sigma = np.array((0.008, 0.008, 0.009, 0.014), np.float32)
-    n = obs.shape[-1]
+    n: int = obs.shape[-1]
     for b in range(4):
         stripes = rng.normal(0, 0.002, n).astype(np.float32)[None, :]
         noise = rng.standard_normal(obs.shape[1:], dtype=np.float32)
@@ -691,13 +691,13 @@ def _modis(modis_dir: Path, truth_path: Path, land: _Landscape, n_planet: int, n
     groups = {"forest": (41, 42, 43, 52, 90), "water": (11,), "wetland": (95,),
               "pasture": (81, 71, 21), "urban": (22, 23, 24, 31)}
     for name, codes in groups.items():
-        fine = np.bincount(bins.ravel(), weights=np.isin(lc, codes).ravel(), minlength=n * n)
+        fine: np.ndarray = np.bincount(bins.ravel(), weights=np.isin(lc, codes).ravel(), minlength=n * n)
         fine = fine.reshape(shape) / np.maximum(cover * (MODIS_RES / PLANET_RES) ** 2, 1)
         frac[name] = np.where(cover > 0, cover * fine + (1 - cover) * frac[name], frac[name])
     total = sum(frac.values())
     scale = np.where(total > 1, 1 / total, 1.0)
     frac = {key: val * scale for key, val in frac.items()}
-    frac["crop"] = 1 - sum(frac.values())
+    frac["crop"] = 1 - sum(frac.values(), np.zeros(shape))  # from 0.0s, not 0: the same sum, typed an array
     green_up = 165 + 8 * smooth_noise(shape, 2.0, rng, factor=1)
     static = 0.6 * smooth_noise(shape, 2.5, rng, factor=1) + 0.3 * rng.standard_normal(shape)
     # Regional weather: a common swing plus a few large-scale synoptic patterns (fronts, sea-breeze
@@ -974,10 +974,11 @@ def _planet_date(t: int, when: datetime, surface: _PlanetSurface, grid: Grid, ou
     for k, foot in enumerate(_footprints(n, kind, rng)):
         shift = np.clip(rng.normal(0, 0.5, 2), -1.2, 1.2)
         obs = np.stack([ndimage.shift(b, shift, order=1, mode="nearest") for b in base])
-        geo = [ndimage.shift(a, shift, order=1, mode="nearest") for a in (cloud, shadow, haze)]
+        cloud_s, shadow_s, haze_s = (ndimage.shift(a, shift, order=1, mode="nearest")
+                                     for a in (cloud, shadow, haze))
         obs = _add_noise(obs, rng)
         water = ndimage.shift((surface.lc == 11).astype(np.float32), shift, order=0) > 0.5
-        udm = _udm2(*geo, obs, water, foot, rng)
+        udm = _udm2(cloud_s, shadow_s, haze_s, obs, water, foot, rng)
         stamp = when + timedelta(seconds=k)
         stem = f"PSScene_{stamp:%Y%m%d_%H%M%S}_{sat}"
         _write_scene(out, stem, obs, udm, foot, grid, stamp, sat)
