@@ -143,6 +143,8 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
         nodata = f", nodata {b.nodata:g}" if b.nodata is not None else ", nodata: each file's own"
         bounds = "".join(f", valid {k} {v:g}" for k, v in (("min", b.valid_min), ("max", b.valid_max)) if v is not None)
         print(f"  band {b.name}: {f'file {b.file!r}' if b.file else f'band {b.index}'}{extra}{nodata}{bounds}")
+    if source.radiometry:
+        print(f"  units: per scene, from each scene's product metadata ({source.radiometry})")
     if source.band_files:
         print(f"  one file per band, grouped by {source.band_files!r}")
     for name, layer_source in catalog.cube("cube").static.items():

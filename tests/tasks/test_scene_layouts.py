@@ -333,6 +333,8 @@ def test_cli_ingests_a_landsat_level1_bundle_as_toa_reflectance(tmp_path: Path, 
     assert not ds.valid.values[:, 0].any() and ds.valid.values[:, 1:].all()
     catalog = yaml.safe_load((tmp_path / "l1.zarr.catalog.yaml").read_text())["sources"]["scenes"]
     assert catalog["radiometry"] == "landsat_c2_l1" and "scale" not in catalog["bands"][0]
+    assert main(["ingest", str(ls), "--out", str(tmp_path / "dry.zarr"), "--dry-run"]) == 0
+    assert "units: per scene, from each scene's product metadata (landsat_c2_l1)" in capsys.readouterr().out
 
     (ls / "LC08_L1TP_044034_20200115_20200827_02_T1_MTL.txt").unlink()
     logger, seen = logging.getLogger("tasks.adhoc"), []
