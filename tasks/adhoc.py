@@ -562,6 +562,7 @@ def build_adhoc_catalog(
     band_count: int | None = None
     dtype: str | None = None
     described = False
+    classes = False  # a class map (a palette band): warped by majority, never interpolated
     why: list[str] = []
     described_by = files[0]
     for f in files:  # the first readable file describes the bands
@@ -575,6 +576,7 @@ def build_adhoc_catalog(
             dtype = None if ds.subdatasets else ds.dtypes[0]
             described = band_count is not None and any(ds.descriptions[b["index"] - 1] for b in bands) and all(
                 ds.descriptions[b["index"] - 1] in (None, "", b["name"]) for b in bands)
+            classes = not ds.subdatasets and ds.colorinterp[bands[0]["index"] - 1] == ColorInterp.palette
         break
     if not bands:
         shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
@@ -628,6 +630,7 @@ def build_adhoc_catalog(
                 "bands": bands,
                 **({"mask": mask} if mask else {}),
                 **({"radiometry": radiometry} if radiometry else {}),
+                **({"resampling": "mode"} if classes else {}),
                 "max_nodata_share": 1.0,
             }
         },
@@ -644,6 +647,10 @@ def build_adhoc_catalog(
     }
     for name, layer in (layers or {}).items():
         raw["sources"][f"layer_{name}"] = _layer_source(name, layer)
+    if classes:
+        log.warning("%s: a class map (its band has a colour table): its codes are warped by majority, never "
+                    "interpolated; to add it to another cube as a label layer use --layer NAME=FILE",
+                    file_name(described_by))
     path = out.with_name(out.name + ".catalog.yaml")
     catalog_from_dict(raw, path=path)  # validate before writing anything
     if out.with_name(out.name + ".manifest.json").exists():  # appending: the same bands, or nothing

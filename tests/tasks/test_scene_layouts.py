@@ -893,3 +893,22 @@ def test_cli_ingest_reads_reflectance_from_the_stac_items_beside_the_cogs(tmp_pa
     ds = xr.open_zarr(tmp_path / "s2.zarr")
     np.testing.assert_allclose(ds.data.mean(("y", "x")).values, [[0.11, 0.12]] * 3, rtol=1e-5)
     assert "radiometry: sentinel2_l2a" in (tmp_path / "s2.zarr.catalog.yaml").read_text()
+
+
+def test_a_class_map_with_a_colour_table_is_warped_by_majority(tmp_path: Path) -> None:
+    """An NLCD-like land-cover GeoTIFF (uint8 codes with a colour table) ingested as scenes onto
+    another grid: the cube holds its class codes, never a bilinear blend of them (12.8 between
+    water 11 and developed 21 is no class)."""
+    from tasks.ingest import ingest_cube
+
+    codes = np.random.default_rng(0).choice([11, 21, 41, 82], size=(60, 60)).astype(np.uint8)
+    with rasterio.open(tmp_path / "nlcd_2019.tif", "w", driver="GTiff", width=60, height=60, count=1, dtype="uint8",
+                       crs="EPSG:5070", transform=from_origin(1500000, 2000000, 30, 30), nodata=250) as ds:
+        ds.write(codes, 1)
+        ds.write_colormap(1, {11: (70, 107, 159, 255), 21: (222, 197, 197, 255), 41: (104, 171, 95, 255),
+                              82: (170, 112, 40, 255)})
+    catalog = adhoc_catalog([str(tmp_path / "nlcd_2019.tif")], tmp_path / "lc.zarr", resolution=45.0,
+                            date={"default": "2019-01-01"})
+    ingest_cube(load_catalog(catalog), "cube")
+    values = xr.open_zarr(tmp_path / "lc.zarr")["data"].values
+    assert set(np.unique(values)) <= {11.0, 21.0, 41.0, 82.0} and values.shape[-1] in (40, 41)  # 45 m pixels
