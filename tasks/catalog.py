@@ -416,6 +416,7 @@ class CompressParams(_Strict):
     ranks: list[int] | None = Field(default=None, description="(R_time, R_band, R_py, R_px)")
     step: float | None = Field(default=None, gt=0, description="quantizer step in data std units")
     bits: int | None = Field(default=None, ge=1, le=24)
+    psnr: float | None = Field(default=None, gt=0, description="target PSNR (dB) instead of a step")
     iters: int = Field(default=10, ge=1)
     patch: int = Field(default=32, ge=4)
 

@@ -101,17 +101,60 @@ def _frames(mask: np.ndarray) -> np.ndarray:
     return mask.reshape(-1, *mask.shape[-2:])
 
 
-def check_quantizer(*, step: float | None = None, bits: int | None = None,
+def check_quantizer(*, step: float | None = None, bits: int | None = None, psnr: float | None = None,
                     rdo_lambda: float = tdl.RDO_LAMBDA, **_: Any) -> None:
     """Refuse quantizer settings that cannot work (before any store is written)."""
-    if step is not None and bits is not None:
-        raise ValueError(f"give step or bits, not both; got step={step!r}, bits={bits!r}")
+    given = {k: v for k, v in (("step", step), ("bits", bits), ("psnr", psnr)) if v is not None}
+    if len(given) > 1:
+        raise ValueError(f"give one of step, bits and psnr; got {', '.join(f'{k}={v!r}' for k, v in given.items())}")
+    if psnr is not None and not (np.isfinite(psnr) and psnr > 0):
+        raise ValueError(f"psnr must be a finite target in dB, > 0; got psnr={psnr!r}")
     if step is not None and not (np.isfinite(step) and step > 0):
         raise ValueError(f"step must be finite and > 0; got step={step!r}")
     if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 24):
         raise ValueError(f"bits must be an integer in 1..24; got bits={bits!r}")
     if not (np.isfinite(rdo_lambda) and rdo_lambda >= 0):
         raise ValueError(f"rdo_lambda must be finite and >= 0 (squared steps per bit); got {rdo_lambda!r}")
+
+
+def step_for_psnr(codec: tdl.TDLCodec, data: np.ndarray, psnr: float, *, peak: float | None = None,
+                  rdo_lambda: float = tdl.RDO_LAMBDA, deadzone: float = 0.2, iters: int = 14) -> tuple[float, float]:
+    """The coarsest quantizer step (data std units) whose decoding of ``data`` (patches, NaN where
+    missing) reaches ``psnr`` dB over its finite entries: bisection on the log of the step, the
+    quantizer and coder as the stage runs them. ``peak``: the PSNR's peak, the range of the whole
+    cube as the manifest measures it (default: the range of ``data``). Returns the step and the
+    PSNR it reaches. Raises ``ValueError`` when even a fine step misses the target (the ranks
+    truncate more than it allows)."""
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise ValueError("no finite entry to measure a PSNR on")
+    values = data[finite].astype(np.float64)
+    peak = (float(values.max() - values.min()) if peak is None else float(peak)) or 1.0
+    filled = tdl.fill_missing(data, finite)
+
+    def reached(step: float) -> float:
+        q = tdl.quantize_core(codec, filled, step, lam=rdo_lambda, deadzone=deadzone)
+        err = tdl.dequantize_core(codec, q, step).reshape(data.shape)[finite] - values
+        mse = float(np.mean(err**2))
+        return 10 * np.log10(peak**2 / mse) if mse > 0 else float("inf")
+
+    fine, coarse = 1e-3, 8.0  # steps in std units: far finer / coarser than any useful setting
+    best = reached(fine)
+    if best < psnr:
+        raise ValueError(f"a PSNR of {psnr:g} dB is out of reach with ranks {list(codec.ranks)}: even a fine "
+                         f"quantizer gives {best:.2f} dB on the training patches; raise --ranks (full ranks "
+                         "lose nothing but quantization)")
+    at_coarse = reached(coarse)
+    if at_coarse >= psnr:
+        return coarse, at_coarse
+    for _ in range(iters):  # invariant: reached(fine) >= psnr > reached(coarse)
+        mid = float(np.sqrt(fine * coarse))
+        got = reached(mid)
+        if got >= psnr:
+            fine, best = mid, got
+        else:
+            coarse = mid
+    return fine, best
 
 
 def compress_patches(
@@ -121,6 +164,7 @@ def compress_patches(
     ranks: tuple[int, ...] | None = None,
     step: float | None = None,
     bits: int | None = None,
+    psnr: float | None = None,
     iters: int = 10,
     rdo_lambda: float = tdl.RDO_LAMBDA,
     deadzone: float = 0.2,
@@ -137,10 +181,12 @@ def compress_patches(
         The ``compressed/`` folder to write (its manifest beside it).
     ranks
         ``(R_time, R_band, R_py, R_px)`` (default :func:`default_ranks`).
-    step, bits
-        The quantizer: ``step`` in units of the training data's standard deviation, or ``bits`` for
-        a symmetric ``bits``-bit quantizer over the training cores' largest magnitude. Exactly one
-        may be given; default ``step = 0.5``.
+    step, bits, psnr
+        The quantizer: ``step`` in units of the training data's standard deviation, ``bits`` for
+        a symmetric ``bits``-bit quantizer over the training cores' largest magnitude, or ``psnr``
+        (dB) for the coarsest step that reaches that PSNR on the training patches
+        (:func:`step_for_psnr`; the whole cube's PSNR is then close to it). At most one may be
+        given; default ``step = 0.5``.
     iters
         ADMM iterations of :func:`fusion_models.tdl.tdl_fit`.
     rdo_lambda
@@ -159,7 +205,7 @@ def compress_patches(
         ``stats`` holds ``bits_per_entry`` (everything but the coordinates), its parts, ``psnr_db``
         and ``nrmse`` over all finite entries, and the same on the test split.
     """
-    check_quantizer(step=step, bits=bits, rdo_lambda=rdo_lambda)
+    check_quantizer(step=step, bits=bits, psnr=psnr, rdo_lambda=rdo_lambda)
     patches, out = Path(patches), Path(out)
     pds = xr.open_zarr(patches, consolidated=None)
     if "data" not in pds or "split" not in pds.coords:
@@ -167,7 +213,7 @@ def compress_patches(
     shape = tuple(int(n) for n in pds["data"].shape[1:])
     ranks = default_ranks(shape) if ranks is None else tuple(int(r) for r in ranks)
     params = {"ranks": list(ranks), "step": step, "bits": bits, "iters": iters,
-              "rdo_lambda": rdo_lambda, "deadzone": deadzone}
+              "rdo_lambda": rdo_lambda, "deadzone": deadzone, **({"psnr": psnr} if psnr is not None else {})}
     inputs = {"patches": fingerprint(patches)}
     key = stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES))
     found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
@@ -190,8 +236,12 @@ def compress_patches(
         train_idx = np.sort(np.random.default_rng(0).choice(train_idx, cap, replace=False))
     sample = pds["data"].isel(patch=train_idx).values.astype(np.float32)
     train = tdl.fill_missing(sample, np.isfinite(sample))
-    del sample
     codec, res = tdl.fit_codec(train, ranks, iters=iters)
+    if psnr is not None:  # the manifest's peak: the range of every patch (one streamed pass)
+        peak = float(pds["data"].max(skipna=True).compute()) - float(pds["data"].min(skipna=True).compute())
+        step, reached = step_for_psnr(codec, sample, psnr, peak=peak, rdo_lambda=rdo_lambda, deadzone=deadzone)
+        log.info("compress: step %.4g reaches %.2f dB on the training patches (target %g dB)", step, reached, psnr)
+    del sample
     if bits is not None:
         import torch
 
@@ -467,7 +517,7 @@ def compress_cube(
 
 @task(name="compress", retries=1, retry_delay_seconds=10, cache_policy=NONE)
 def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] | None = None,
-                  step: float | None = None, bits: int | None = None, iters: int = 10,
+                  step: float | None = None, bits: int | None = None, psnr: float | None = None, iters: int = 10,
                   rdo_lambda: float = tdl.RDO_LAMBDA, overwrite: bool = False) -> dict[str, Any]:
     """Prefect task: :func:`compress_cube`, then a table artifact of rate and distortion."""
     from prefect.artifacts import create_image_artifact, create_table_artifact
@@ -476,8 +526,8 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
 
     logger = get_run_logger()
     manifest = compress_cube(cube, out_dir, patch=patch, overwrite=overwrite,
-                             ranks=tuple(ranks) if ranks else None, step=step, bits=bits, iters=iters,
-                             rdo_lambda=rdo_lambda)
+                             ranks=tuple(ranks) if ranks else None, step=step, bits=bits, psnr=psnr,
+                             iters=iters, rdo_lambda=rdo_lambda)
     s = manifest.stats
     create_table_artifact(
         table=[{"bits_per_entry": round(s["bits_per_entry"], 4), "psnr_db": round(s["psnr_db"], 2),
@@ -497,7 +547,8 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
 def _cmd(args: argparse.Namespace) -> int:
     manifest = compress_cube(args.cube, args.out, patch=args.patch, overwrite=args.overwrite,
                              ranks=tuple(args.ranks) if args.ranks else None, step=args.step,
-                             bits=args.bits, iters=args.iters, rdo_lambda=args.rdo_lambda, progress=True)
+                             bits=args.bits, psnr=args.psnr, iters=args.iters, rdo_lambda=args.rdo_lambda,
+                             progress=True)
     print(f"{args.out}: {json.dumps(manifest.stats)}")  # noqa: T201 - CLI output
     print(f"decoded cube: {Path(args.out) / 'decoded.zarr'}")  # noqa: T201
     print(f"quick-look: {Path(args.out) / 'compress.png'}")  # noqa: T201
@@ -507,12 +558,14 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``stage compress --cube IN.zarr --out DIR [--bits B | --step S] [--ranks R R R R]``."""
+    """Register ``stage compress --cube IN.zarr --out DIR [--bits B | --step S | --psnr DB] [--ranks R R R R]``."""
     p = subparsers.add_parser("compress", help="learned-basis (TDL) tensor compression of a cube")
     p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
     p.add_argument("--out", required=True, help="folder for patches.zarr, compressed/ and decoded.zarr")
     p.add_argument("--bits", type=int, default=None, help="quantizer bits over the cores' range")
     p.add_argument("--step", type=float, default=None, help="quantizer step in data std units (default 0.5)")
+    p.add_argument("--psnr", type=float, default=None, metavar="DB",
+                   help="target quality instead of a step: the coarsest step reaching this PSNR (peak = data range)")
     p.add_argument("--ranks", type=int, nargs="+", default=None, help="R_time R_band R_py R_px")
     p.add_argument("--patch", type=int, default=32, help="patch side in pixels (default 32)")
     p.add_argument("--iters", type=int, default=10, help="ADMM iterations (default 10)")

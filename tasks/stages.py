@@ -52,7 +52,7 @@ def _compress_current(cube: str, out: str, params: dict[str, Any]) -> Manifest |
         return None
     if patches.inputs.get("cube") != fingerprint(cube) or coded.inputs.get("patches") != patches.key:
         return None
-    wanted = {k: v for k, v in params.items() if k in ("step", "bits", "iters") or (k == "ranks" and v)}
+    wanted = {k: v for k, v in params.items() if k in ("step", "bits", "psnr", "iters") or (k == "ranks" and v)}
     return coded if all(coded.params.get(k) == v for k, v in wanted.items()) else None
 
 

@@ -77,10 +77,31 @@ def test_bits_option_and_cli(cube: Path, tmp_path: Path) -> None:
                "--ranks", "2", "2", "4", "4", "--patch", "8", "--iters", "1"])
     assert rc == 0
     assert (tmp_path / "c" / "decoded.zarr").exists()
-    with pytest.raises(ValueError, match="step or bits, not both"):
+    with pytest.raises(ValueError, match="give one of step, bits and psnr; got step=0.1, bits=4"):
         compress_cube(cube, tmp_path / "d", patch=8, step=0.1, bits=4)
     assert main(["stage", "compress", "--cube", str(cube), "--out", str(tmp_path / "e"), "--bits", "0"]) == 2
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()  # refused before writing
+
+
+def test_a_psnr_target_picks_the_coarsest_step_that_reaches_it(cube: Path, tmp_path: Path) -> None:
+    """``psnr`` instead of a step: the stage searches the step on the training patches; the
+    cube's PSNR lands at the target (the test patches are other pixels of the same cube), a higher
+    target costs more bits, and one that the ranks cannot reach is refused before anything is
+    written, saying why."""
+    from flows.cli import main
+
+    low = compress_cube(cube, tmp_path / "low", patch=8, psnr=30.0, iters=2)
+    high = compress_cube(cube, tmp_path / "high", patch=8, psnr=40.0, iters=2)
+    assert low.params["psnr"] == 30.0 and low.outputs["step"] > high.outputs["step"]
+    assert 29.5 < low.stats["psnr_db"] < 31.0 and 39.5 < high.stats["psnr_db"] < 41.0
+    assert high.stats["bits_per_entry"] > low.stats["bits_per_entry"]
+    with pytest.raises(ValueError, match=r"a PSNR of 90 dB is out of reach with ranks \[1, 1, 2, 2\]"):
+        compress_cube(cube, tmp_path / "far", patch=8, psnr=90.0, ranks=(1, 1, 2, 2), iters=1)
+    assert not (tmp_path / "far" / "compressed").exists()
+    assert main(["stage", "compress", "--cube", str(cube), "--out", str(tmp_path / "cli"), "--psnr", "35",
+                 "--patch", "8", "--iters", "1"]) == 0
+    assert main(["stage", "compress", "--cube", str(cube), "--out", str(tmp_path / "x"), "--psnr", "35",
+                 "--step", "0.1"]) == 2
 
 
 def test_decompress_cli_decodes_a_shipped_store_and_refuses_a_damaged_one(cube: Path, tmp_path: Path, capsys) -> None:
