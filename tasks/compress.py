@@ -70,6 +70,8 @@ STAGE = "compress"
 SEGMENT_BYTES = 64 * 1024**2
 #: the bases are fitted on at most this many float32 bytes of train patches (a seeded sample)
 TRAIN_BYTES = 128 * 1024**2
+#: largest share of the training sample the ``psnr`` step search quantizes at each of its steps
+SEARCH_BYTES = 16 * 1024**2
 CODE_MODULES = ("tasks.compress", "fusion_models.tdl", "fusion_models.entropy")
 # the masks' coding (index attribute compress_mask_coding): 2, fusion_models.entropy.encode_mask
 # with the NaN mask anchored on valid; stores without the attribute were coded by encode_mask_rows
@@ -118,7 +120,7 @@ def check_quantizer(*, step: float | None = None, bits: int | None = None, psnr:
 
 
 def step_for_psnr(codec: tdl.TDLCodec, data: np.ndarray, psnr: float, *, peak: float | None = None,
-                  rdo_lambda: float = tdl.RDO_LAMBDA, deadzone: float = 0.2, iters: int = 14) -> tuple[float, float]:
+                  rdo_lambda: float = tdl.RDO_LAMBDA, deadzone: float = 0.2, iters: int = 11) -> tuple[float, float]:
     """The coarsest quantizer step (data std units) whose decoding of ``data`` (patches, NaN where
     missing) reaches ``psnr`` dB over its finite entries: bisection on the log of the step, the
     quantizer and coder as the stage runs them. ``peak``: the PSNR's peak, the range of the whole
@@ -239,7 +241,9 @@ def compress_patches(
     codec, res = tdl.fit_codec(train, ranks, iters=iters)
     if psnr is not None:  # the manifest's peak: the range of every patch (one streamed pass)
         peak = float(pds["data"].max(skipna=True).compute()) - float(pds["data"].min(skipna=True).compute())
-        step, reached = step_for_psnr(codec, sample, psnr, peak=peak, rdo_lambda=rdo_lambda, deadzone=deadzone)
+        cap = max(1, SEARCH_BYTES // per_patch)  # the search quantizes a bounded share of the sample
+        search = sample if len(sample) <= cap else sample[np.sort(np.random.default_rng(1).choice(len(sample), cap, replace=False))]
+        step, reached = step_for_psnr(codec, search, psnr, peak=peak, rdo_lambda=rdo_lambda, deadzone=deadzone)
         log.info("compress: step %.4g reaches %.2f dB on the training patches (target %g dB)", step, reached, psnr)
     del sample
     if bits is not None:
