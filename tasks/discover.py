@@ -40,7 +40,8 @@ def is_remote(path: str) -> bool:
 
 # Raster files GDAL reads, by suffix: a folder given to `fusioncube ingest` and the inside of an
 # archive are searched for these.
-RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k", ".nc", ".nc4", ".vrt", ".img", ".h5", ".hdf5", ".he5", ".hdf")
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k", ".nc", ".nc4", ".vrt", ".img", ".h5", ".hdf5", ".he5", ".hdf",
+                   ".grib", ".grib2", ".grb", ".grb2", ".bil", ".hgt")
 # Archives products are delivered in (Copernicus .SAFE.zip, USGS Landsat .tar), read through GDAL's
 # /vsizip/ and /vsitar/ without unpacking.
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")

@@ -912,3 +912,16 @@ def test_a_class_map_with_a_colour_table_is_warped_by_majority(tmp_path: Path) -
     ingest_cube(load_catalog(catalog), "cube")
     values = xr.open_zarr(tmp_path / "lc.zarr")["data"].values
     assert set(np.unique(values)) <= {11.0, 21.0, 41.0, 82.0} and values.shape[-1] in (40, 41)  # 45 m pixels
+
+
+def test_a_folder_of_ehdr_bil_rasters_is_found(tmp_path: Path) -> None:
+    """Formats GDAL reads beyond GeoTIFF / JPEG 2000 / NetCDF / HDF are found in a folder by their
+    suffix too (ESRI .bil with its .hdr; GRIB and SRTM .hgt likewise), their sidecars left alone."""
+    (tmp_path / "in").mkdir()
+    for day in ("2020-01-01", "2020-02-01"):
+        with rasterio.open(tmp_path / "in" / f"dem_{day}.bil", "w", driver="EHdr", width=10, height=10, count=1,
+                           dtype="int16", crs="EPSG:4326", transform=from_origin(10, 50, 0.01, 0.01),
+                           nodata=-9999) as ds:
+            ds.write(np.full((1, 10, 10), 100, np.int16))
+    raw, _ = build_adhoc_catalog([str(tmp_path / "in")], tmp_path / "c.zarr")
+    assert raw["sources"]["scenes"]["glob"] == [str(tmp_path / "in" / "**" / "*.bil")]
