@@ -451,8 +451,13 @@ class _OnceFilter(logging.Filter):
         return True
 
 
-def _quiet_input_errors() -> None:
-    """Put :class:`_InputErrorConsoleFilter` on the console handlers Prefect installs on the root."""
+#: set while a command runs without ``-v``: Dask workers it starts quiet their consoles the same way
+QUIET_ENV = "FUSIONCUBE_QUIET_INPUT_ERRORS"
+
+
+def quiet_input_errors() -> None:
+    """Put :class:`_InputErrorConsoleFilter` on the console handlers Prefect installs on the root
+    (also called by ``flows.worker_preload`` in the Dask workers of a quiet command)."""
     import prefect  # noqa: F401  (configures Prefect's logging: its console handler sits on the root)
 
     for handler in logging.getLogger().handlers:
@@ -478,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in PROJECT_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)
     else:
-        _quiet_input_errors()
+        quiet_input_errors()
+        os.environ[QUIET_ENV] = "1"  # local Dask workers inherit it (flows.worker_preload)
         # a scene without georeferencing is refused with its name and reason (quarantine, or the
         # grid error); rasterio's warning at each open of it says the same, less clearly
         import warnings
@@ -497,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fusioncube: error: {exc}\n(fusioncube -v ... shows the traceback)", file=sys.stderr)
         return 2
     finally:
+        os.environ.pop(QUIET_ENV, None)
         gdal_log.removeFilter(once)
         for name, old_level in before.items():
             logging.getLogger(name).setLevel(old_level)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -65,5 +66,9 @@ def dask_setup(worker: Any) -> None:
     set_threads(threads)  # GDAL's block decoding and the warper
 
     default_validator()  # the process-wide Great Expectations context
+    if os.environ.get("FUSIONCUBE_QUIET_INPUT_ERRORS") == "1":  # started by a command without -v
+        from flows.cli import quiet_input_errors
+
+        quiet_input_errors()  # a task failing on bad input: one line from the command, no traceback here
     log.info("worker %s: zarr codec threads %d, malloc thresholds %s, imports done", worker.address, threads,
              "set" if tuned else "left (not glibc)")
