@@ -176,8 +176,7 @@ def detect_layer_files(files: list[str]) -> str | None:
     names = list(dateless.values())
     if not shared or len(names) < 2:
         return None
-    prefix = os.path.commonprefix(names)
-    suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    prefix, suffix = _cut_to_separators(names)  # NDVI / EVI differ in "NDVI" / "EVI", not "ND" / "E"
     if len(prefix) + len(suffix) > min(len(n) for n in names):
         return None
     layer_of = {f: n[len(prefix): len(n) - len(suffix)] for f, n in dateless.items()}
@@ -353,6 +352,16 @@ PRESETS = (
     Preset("Landsat Collection 2 Level-1", r"(?<!_S[RT])_B\d{1,2}(?:_VCID_\d)?\.TIF$", "_QA_PIXEL.TIF",
            {"band": 1, "invalid_bits": [1, 2, 3, 4]}, {}, "L*_L1*_B[0-79]*.TIF", "landsat_c2_l1",
            band_files=r"_(?P<band>B\d{1,2}(?:_VCID_\d)?)\.TIF$", exclude=r"_B8\.TIF$"),
+    # MODIS land surface temperature with its QC layer beside it (AppEEARS' MOD11A1.061_LST_Day_1km_
+    # doy2019182_aid0001.tif + ..._QC_Day_..., or LP DAAC's ....061.LST_Day_1km.tif + .QC_Day.tif):
+    # QC bits 0-1 = 2 or 3, LST not produced (cloud, other reasons)
+    Preset("MODIS land surface temperature + QC", r"([._])LST_(Day|Night)_1km([._])", r"\1QC_\2\3",
+           {"band": 1, "invalid_values": [2, 3], "bit_mask": 3}, {}),
+    # MODIS vegetation indices with their pixel reliability beside them (AppEEARS' MOD13Q1.061__250m_
+    # 16_days_NDVI_doy..., ..._pixel_reliability_...): 0 good, 1 marginal are clear; 2 snow / ice,
+    # 3 cloudy and -1 fill are not (a cloudy composite keeps an NDVI value, the reliability says so)
+    Preset("MODIS vegetation index + pixel reliability", r"([._])(?:NDVI|EVI2?)([._])", r"\1pixel_reliability\2",
+           {"band": 1, "clear_values": [0, 1]}, {}),
     # the same as STAC item folders of COGs named by band (Earth Search: S2B_33UUP_20230612_0_L2A/B02.tif)
     Preset("Sentinel-2 Level-2A item COGs", r"^B[0-9][0-9A]\.tif$", "SCL.tif",
            {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "B[0-9][0-9A].tif", "sentinel2_l2a"),

@@ -360,15 +360,19 @@ def _netcdf_times(tags: dict[str, str]) -> list[datetime] | None:
     return [(pd.Timestamp(base) + pd.to_timedelta(n, unit=unit)).to_pydatetime() for n in nums]
 
 
-def _mask_path(path: str, spec: SourceSpec) -> str | None:
+def _mask_path(path: str, spec: SourceSpec, band_files: tuple[str, ...] | None = None) -> str | None:
+    """The mask sidecar of a scene: of its file, or of the first of its band files whose name the
+    sidecar pattern matches (AppEEARS' QC layer belongs to LST, not to the emissivity beside it)."""
     if spec.mask is None or spec.mask.sidecar is None:
         return None
-    mask = sidecar_of(path, spec.mask.sidecar.pattern, spec.mask.sidecar.replacement)
-    if mask is None:
-        raise SceneError(
-            path, f"mask sidecar pattern {spec.mask.sidecar.pattern!r} does not match the file name"
-        )
-    return mask
+    for f in band_files or (path,):
+        mask = sidecar_of(f, spec.mask.sidecar.pattern, spec.mask.sidecar.replacement)
+        if mask is not None:
+            return mask
+    raise SceneError(
+        path, f"mask sidecar pattern {spec.mask.sidecar.pattern!r} does not match the file name"
+              + (" of any of its band files" if band_files else "")
+    )
 
 
 _HDF4_MAGIC = b"\x0e\x03\x13\x01"
@@ -472,7 +476,7 @@ def scene_refs_for_file(
     datasets = band_files or (tuple(subdatasets) if subdatasets else (path,))
     if band_files and subdatasets:
         raise SceneError(path, "a band file holds subdatasets (NetCDF / HDF variables); band_files takes plain rasters")
-    mask = _mask_path(path, spec)
+    mask = _mask_path(path, spec, band_files)
     if spec.static:
         return [SceneRef(path, None, source, datasets, None, mask)]
     rule: DateRule = spec.date

@@ -280,6 +280,13 @@ def test_modis_lst_cube_in_kelvin_with_qc_mask(sample: Path, tmp_path: Path) -> 
     assert 0.3 < valid.mean() < 0.99  # cloud gaps from the QC bits
     assert "Sinusoidal" in ds.rio.crs.to_wkt() or "sinu" in ds.rio.crs.to_proj4()
     assert ds["data"].data.chunksize[0] == 8
+    # `fusioncube ingest` of the MODIS folder alone finds the same: its QC files are LST's mask
+    adhoc = tmp_path / "adhoc.zarr"
+    ingest_cube(load_catalog(adhoc_catalog([str(sample / "modis")], adhoc)), "cube")
+    other = xr.open_zarr(adhoc)
+    assert list(other["band"].values) == ["LST_Day_1km"]
+    np.testing.assert_array_equal(other["valid"].values, valid)
+    np.testing.assert_array_equal(other["data"].values[:, 0], ds["data"].values[:, 0])
 
 
 # -- real product files -------------------------------------------------------------------------

@@ -530,7 +530,8 @@ def test_cli_ingests_a_cf_netcdf_on_lon_lat_axes_without_a_grid_mapping(tmp_path
 
 def test_cli_ingest_takes_appeears_style_layer_files_as_bands(tmp_path: Path) -> None:
     """Layers stored one file each, named without a band token (NASA AppEEARS): one band per layer,
-    not a mosaic of LST with its QC layer. Tiles of one date on other footprints stay tiles."""
+    not a mosaic of LST with its QC layer; the QC layer, recognised beside LST, is its mask
+    (bits 0-1 = 2 or 3: not produced). Tiles of one date on other footprints stay tiles."""
     from rasterio.transform import from_origin
 
     from flows.cli import main
@@ -538,18 +539,23 @@ def test_cli_ingest_takes_appeears_style_layer_files_as_bands(tmp_path: Path) ->
 
     sinu = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"
     for doy in (182, 183):
-        for layer, v in (("LST_Day_1km", 15000), ("QC_Day", 2)):
+        for layer, v in (("LST_Day_1km", 15000), ("Emis_31", 200), ("QC_Day", 0)):
             with rasterio.open(tmp_path / f"MOD11A1.061_{layer}_doy2019{doy}_aid0001.tif", "w", driver="GTiff",
                                width=6, height=6, count=1, dtype="uint16", crs=sinu,
                                transform=from_origin(-6000000, 4000000, 926.6, 926.6)) as ds:
-                ds.write(np.full((1, 6, 6), v, np.uint16))
+                a = np.full((1, 6, 6), v, np.uint16)
+                if layer == "QC_Day":
+                    a[0, 0] = 2  # LST not produced (cloud)
+                    a[0, 1] = 0b01000001  # other quality, emissivity error flag set: still produced
+                ds.write(a)
     pattern = detect_layer_files(sorted(str(p) for p in tmp_path.glob("*.tif")))
-    assert pattern == r"(?<=MOD11A1\.061_)(?P<band>LST_Day_1km|QC_Day)(?=_doy)"
+    assert pattern == r"(?<=MOD11A1\.061_)(?P<band>LST_Day_1km|Emis_31|QC_Day)(?=_doy)"
     assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "lst.zarr")]) == 0
     ds = xr.open_zarr(tmp_path / "lst.zarr")
-    assert list(ds.band.values) == ["LST_Day_1km", "QC_Day"] and ds.sizes["time"] == 2
-    # the files declare no scale: LST in kelvin by MOD11's user guide (0.02), QC as it is
-    np.testing.assert_allclose(ds.data.isel(time=1).mean(["y", "x"]).values, [300.0, 2.0], rtol=1e-6)
+    assert list(ds.band.values) == ["Emis_31", "LST_Day_1km"] and ds.sizes["time"] == 2
+    assert not ds.valid.values[:, 0].any() and ds.valid.values[:, 1:].all()
+    # the files declare no scale: LST in kelvin by MOD11's user guide (0.02), emissivity as it is
+    np.testing.assert_allclose(ds.data.isel(time=1, y=-1).mean("x").values, [200.0, 300.0], rtol=1e-6)
 
     tiles = tmp_path / "tiles"
     for col, tile in ((0, "h10v05"), (6, "h11v05")):  # one date, two footprints
@@ -584,18 +590,19 @@ def test_modis_viirs_layers_that_declare_no_units_get_their_user_guides(tmp_path
     from tasks.ingest import ingest_cube
 
     raw = np.array([[-3000, -2500, 0, 5000], [8000, 10000, 10001, 2000]])
+    reliability = np.array([[0, 0, 1, 3], [0, 2, 0, 1]])  # 3 cloudy, 2 snow: not clear
     for doy in ("2019177", "2019193"):
         for layer in ("NDVI", "EVI", "pixel_reliability"):
             _layer(tmp_path / "vi" / f"MOD13Q1.061__250m_16_days_{layer}_doy{doy}_aid0001.tif",
-                   raw if layer != "pixel_reliability" else np.ones_like(raw))
+                   raw if layer != "pixel_reliability" else reliability)
     ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "vi")], tmp_path / "vi.zarr")), "cube")
     ds = xr.open_zarr(tmp_path / "vi.zarr")
-    assert list(ds.band.values) == ["EVI", "NDVI", "pixel_reliability"]
+    assert list(ds.band.values) == ["EVI", "NDVI"]  # the reliability layer is their mask
     ok = (raw >= -2000) & (raw <= 10000)
-    np.testing.assert_array_equal(ds.valid.values[0], ok)  # the fill and 10001: not observed
+    clear = ok & (reliability <= 1)
+    np.testing.assert_array_equal(ds.valid.values[0], clear)  # the fill, 10001, cloud and snow: not observed
     for b in ("NDVI", "EVI"):
-        np.testing.assert_allclose(ds.data.sel(band=b).values[0][ok], raw[ok] * 1e-4, rtol=1e-6)
-    np.testing.assert_array_equal(ds.data.sel(band="pixel_reliability").values[0][ok], 1.0)
+        np.testing.assert_allclose(ds.data.sel(band=b).values[0][clear], raw[clear] * 1e-4, rtol=1e-6)
 
     # one band per file named by the layer: the band takes the layer's name
     _layer(tmp_path / "sits" / "TERRA_MODIS_012010_EVI_2013-09-14.tif", raw)
