@@ -472,11 +472,11 @@ def _layer_source(name: str, layer: str) -> dict[str, Any]:
 def _radiometry_known(files: list[str], kind: str) -> bool:
     """Whether every file's product metadata gives its radiometry (then the source reads physical
     units per scene; else every scene keeps digital numbers, none half-converted)."""
-    from tasks.radiometry import radiometry_of
+    from tasks.radiometry import scene_radiometry
 
     try:
         for f in files:
-            radiometry_of(kind, f, file_name(f))
+            scene_radiometry(kind, f)(file_name(f))
     except SceneError as exc:
         log.warning("%s: %s; every scene keeps its digital numbers", exc.path, exc.reason)
         return False

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -397,11 +398,9 @@ def anomalies_png(anomalies: str | Path, out_png: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     ds = xr.open_zarr(anomalies, consolidated=None)
-    score = ds["score"].max("time").values
-    flag = ds["flag"]
-    flagged = flag.any("time").values
-    per_date = flag.sum(["y", "x"]).values
-    observed = (ds["score"] != 0).sum(["y", "x"]).values  # the score is 0 where unobserved
+    score, flagged, per_date, observed = (np.asarray(a) for a in dask.compute(  # one read of the store
+        ds["score"].max("time"), ds["flag"].any("time"), ds["flag"].sum(["y", "x"]),
+        (ds["score"] != 0).sum(["y", "x"])))  # the score is 0 where unobserved
     share = np.where(observed > 0, per_date / np.maximum(observed, 1), 0.0)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.8), dpi=100, gridspec_kw={"width_ratios": [1.1, 1]})
     im = ax.imshow(score, cmap="magma", interpolation="nearest")

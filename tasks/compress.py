@@ -42,6 +42,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 from prefect import get_run_logger, task
@@ -240,7 +241,8 @@ def compress_patches(
     train = tdl.fill_missing(sample, np.isfinite(sample))
     codec, res = tdl.fit_codec(train, ranks, iters=iters)
     if psnr is not None:  # the manifest's peak: the range of every patch (one streamed pass)
-        peak = float(pds["data"].max(skipna=True).compute()) - float(pds["data"].min(skipna=True).compute())
+        lo, hi = dask.compute(pds["data"].min(skipna=True), pds["data"].max(skipna=True))  # one read
+        peak = float(hi) - float(lo)
         cap = max(1, SEARCH_BYTES // per_patch)  # the search quantizes a bounded share of the sample
         search = sample if len(sample) <= cap else sample[np.sort(np.random.default_rng(1).choice(len(sample), cap, replace=False))]
         step, reached = step_for_psnr(codec, search, psnr, peak=peak, rdo_lambda=rdo_lambda, deadzone=deadzone)

@@ -111,7 +111,7 @@ def _open_layers(path: Path) -> xr.Dataset:
         try:
             ds = xr.open_zarr(path, chunks={}, consolidated=None)
         except Exception:
-            raise not_a_cube from None
+            raise not_a_cube from None  # not even a Zarr store: the cube reader's message says so
         found = [str(v) for v in ds.data_vars if tuple(ds[v].dims) == ("time", "y", "x")]
         layers = [v for v in ("score", "flag", "background") if v in found] + [
             v for v in found if v not in ("score", "flag", "background")]
@@ -121,7 +121,7 @@ def _open_layers(path: Path) -> xr.Dataset:
         data = data.assign_coords(band=layers).transpose("time", "band", "y", "x")
         valid = xr.ones_like(ds[layers[0]], dtype=bool)
         log.info("%s: not a cube; exporting its layers %s as bands", path, layers)
-        return xr.Dataset({"data": data, "valid": valid}, coords={k: v for k, v in ds.coords.items()})
+        return xr.Dataset({"data": data, "valid": valid}, coords=ds.coords)
 
 
 def export_cube(

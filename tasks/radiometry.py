@@ -23,14 +23,15 @@ import json
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.discover import archive_of
+from tasks.discover import archive_of, file_stamp, is_remote
 from tasks.errors import SceneError
 
 __all__ = ["LandsatRadiometry", "S2Radiometry", "SENTINEL2_BANDS", "landsat_band", "landsat_c2_l1_radiometry",
-           "radiometry_of", "sentinel2_band", "sentinel2_l1c_radiometry", "sentinel2_l2a_radiometry",
+           "scene_radiometry", "sentinel2_band", "sentinel2_l1c_radiometry", "sentinel2_l2a_radiometry",
            "stac_item_radiometry"]
 
 #: ``band_id`` of the metadata's ``Spectral_Information`` -> band name
@@ -248,14 +249,15 @@ def landsat_c2_l1_radiometry(path: str) -> LandsatRadiometry:
 
 
 def _stamp(path: str) -> tuple[int, int] | None:
-    """Size and modification time of a local file or of the archive holding it (a cache key that
-    changes when the file does); None when there is none."""
-    local = Path(archive_of(path) or path)
+    """:func:`tasks.discover.file_stamp` of a local file or archive member (the cache key of its
+    parse, so an edited file is read again); None when there is no such local file."""
+    if archive_of(path) is None and is_remote(path):
+        return None  # remote metadata is not fetched (a member of a local archive is read)
     try:
-        st = local.stat()
+        stamp = file_stamp(path)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return stamp["size"], stamp["mtime_ns"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -289,19 +291,31 @@ def _landsat_mtl(mtl: str, stamp: tuple[int, int] | None) -> LandsatRadiometry:
     return LandsatRadiometry(reflectance, radiance, sun, Path(mtl).name)
 
 
-def radiometry_of(kind: str, path: str, band: str) -> tuple[float, float]:
-    """(scale, offset) of band ``band`` (its name or file token) in the scene file ``path`` by the
-    product's own metadata, for the catalog's ``radiometry`` ``kind``."""
+def scene_radiometry(kind: str, path: str) -> Callable[[str], tuple[float, float]]:
+    """For the scene file ``path``, read once, the (scale, offset) of each of its bands (by name
+    or file token) from the product's own metadata, for the catalog's ``radiometry`` ``kind``.
+    Raises ``SceneError`` when the metadata cannot be found, or (when called) a band is not one
+    of the product's."""
     if kind in ("sentinel2_l2a", "sentinel2_l1c"):
-        name = sentinel2_band(band)
-        if name is None:
-            raise SceneError(path, f"band {band!r} names no Sentinel-2 band (B01..B12, B8A); "
-                                   f"radiometry {kind} needs one")
-        return _sentinel2_radiometry(path, kind[-3:].upper()).scale_offset(name)
+        s2 = _sentinel2_radiometry(path, kind[-3:].upper())
+
+        def sentinel2(band: str) -> tuple[float, float]:
+            name = sentinel2_band(band)
+            if name is None:
+                raise SceneError(path, f"band {band!r} names no Sentinel-2 band (B01..B12, B8A); "
+                                       f"radiometry {kind} needs one")
+            return s2.scale_offset(name)
+
+        return sentinel2
     if kind == "landsat_c2_l1":
-        name = landsat_band(band)
-        if name is None:
-            raise SceneError(path, f"band {band!r} names no Landsat band (B1..B11, B6_VCID_1); "
-                                   "radiometry landsat_c2_l1 needs one")
-        return landsat_c2_l1_radiometry(path).scale_offset(name)
+        landsat = landsat_c2_l1_radiometry(path)
+
+        def landsat_scale(band: str) -> tuple[float, float]:
+            name = landsat_band(band)
+            if name is None:
+                raise SceneError(path, f"band {band!r} names no Landsat band (B1..B11, B6_VCID_1); "
+                                       "radiometry landsat_c2_l1 needs one")
+            return landsat.scale_offset(name)
+
+        return landsat_scale
     raise ValueError(f"radiometry {kind!r} is not one of sentinel2_l2a, sentinel2_l1c, landsat_c2_l1")

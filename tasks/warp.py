@@ -177,11 +177,12 @@ def scene_spec(spec: SourceSpec, ref: SceneRef) -> SourceSpec:
     reads them from the product's metadata (``tasks.radiometry``); ``spec`` itself otherwise."""
     if spec.radiometry is None:
         return spec
-    from tasks.radiometry import radiometry_of
+    from tasks.radiometry import scene_radiometry
 
+    scale_offset = scene_radiometry(spec.radiometry, ref.path)  # the scene's metadata, read once
     bands = []
     for b in spec.bands:
-        scale, offset = radiometry_of(spec.radiometry, ref.path, b.file or b.name)
+        scale, offset = scale_offset(b.file or b.name)
         bands.append(b.model_copy(update={"scale": scale, "offset": offset}))
     return spec.model_copy(update={"bands": bands})
 
