@@ -108,6 +108,32 @@ def _save(page, shots: Path, name: str) -> Path:
     return path
 
 
+def _quick_run(page, shots: Path, tries: int = 3) -> None:
+    """Run > Quick run on a deployment's page, until the UI's toast says the run was scheduled.
+
+    A click that lands while the menu is still opening can be lost (no request, no toast), so
+    the menu is opened again, up to ``tries`` times; the UI's own error toast fails the test.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    scheduled = page.get_by_role("button", name="View run")
+    failed = page.get_by_text("Failed to schedule flow run")
+    for _ in range(tries):
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_text("Quick run", exact=True).first.click()
+        try:
+            scheduled.or_(failed).first.wait_for(state="visible", timeout=15_000)
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+            continue
+        if failed.count():
+            _save(page, shots, "ui-quick-run-failed.png")
+            pytest.fail("the UI's Quick run failed: " + page.locator("body").inner_text()[-2000:])
+        return
+    _save(page, shots, "ui-quick-run-no-toast.png")
+    pytest.fail(f"Quick run showed no toast after {tries} tries: " + page.locator("body").inner_text()[-2000:])
+
+
 def test_ui_shows_the_served_pipeline_run(tmp_path: Path, capsys) -> None:
     executable = _chromium()
     try:
@@ -206,8 +232,7 @@ def test_ui_shows_the_served_pipeline_run(tmp_path: Path, capsys) -> None:
 
             # the UI's Run button: a quick run of the served deployment (nothing new: a no-op re-run)
             page.goto(f"{ui_url}/deployments/deployment/{flow_run['deployment_id']}")
-            page.get_by_role("button", name="Run", exact=True).click()
-            page.get_by_text("Quick run", exact=True).first.click()
+            _quick_run(page, shots)
 
             def ui_run() -> dict[str, Any] | None:
                 runs = _api(api_url, "/flow_runs/filter",
