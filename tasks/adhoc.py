@@ -33,6 +33,7 @@ from tasks.discover import (
     file_name,
     is_archive,
     is_remote,
+    netcdf_time_bands,
     sidecar_of,
     stack_variables,
     unreadable,
@@ -118,6 +119,8 @@ def describe_bands(path: str) -> list[dict[str, Any]]:
                     with rasterio.open(sd) as sub:
                         entries.append(_band_entry(sd.rsplit(":", 1)[-1], 1, sub) | {"index": i + 1})
                 return entries
+            if netcdf_time_bands(ds) is not None:  # one variable, its GDAL bands are its dates
+                return [_band_entry(ds.tags(1).get("NETCDF_VARNAME") or "band1", 1, ds)]
             stack = date_stack(ds.descriptions)
             if stack is not None:  # bands are dates: one band per variable, its GDAL band per date
                 names = stack_variables(ds.descriptions)
@@ -578,10 +581,11 @@ def build_adhoc_catalog(
         try:
             bands, described_by = describe_bands(f), f
         except SceneError as exc:
-            why.append(f"{file_name(f)} {exc.reason}")
+            why.append(f"{file_name(f)}: {exc.reason}")
             continue
         with rasterio.open(f) as ds:  # files with another band count are quarantined, not misread
-            band_count = None if ds.subdatasets or date_stack(ds.descriptions) else ds.count
+            band_count = (None if ds.subdatasets or date_stack(ds.descriptions) or netcdf_time_bands(ds)
+                          else ds.count)
             dtype = None if ds.subdatasets else ds.dtypes[0]
             described = band_count is not None and any(ds.descriptions[b["index"] - 1] for b in bands) and all(
                 ds.descriptions[b["index"] - 1] in (None, "", b["name"]) for b in bands)
@@ -589,7 +593,7 @@ def build_adhoc_catalog(
         break
     if not bands:
         shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
-        raise FileNotFoundError(f"none of the {len(files)} file(s) matching {paths} can be read by GDAL: {shown}")
+        raise FileNotFoundError(f"none of the {len(files)} file(s) matching {paths} can be read as a scene: {shown}")
     pattern = band_files or (preset[0].band_files if preset is not None else None) or BAND_TOKEN
     per_band = _band_file_bands(files, pattern, explicit=bool(band_files), single_band=band_count == 1)
     if per_band is None and not band_files and (layer_pattern := detect_layer_files(files)) is not None:
@@ -662,7 +666,7 @@ def build_adhoc_catalog(
                     file_name(described_by))
     path = out.with_name(out.name + ".catalog.yaml")
     catalog_from_dict(raw, path=path)  # validate before writing anything
-    if out.with_name(out.name + ".manifest.json").exists():  # appending: the same bands, or nothing
+    if out.exists() and out.with_name(out.name + ".manifest.json").exists():  # appending: the same bands
         from tasks.ingest import check_cube_bands, check_cube_grid
 
         check_cube_bands(out, [b["name"] for b in bands])

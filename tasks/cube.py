@@ -44,6 +44,7 @@ __all__ = [
     "spatial_ref",
     "streamed_band_stats",
     "unobserved_reason",
+    "xy_attrs",
     "zarr_array",
 ]
 
@@ -81,6 +82,21 @@ def spatial_ref(crs: CRS, transform: Affine) -> xr.DataArray:
     except Exception as exc:  # pyproj cannot express some CRSs in CF terms; WKT is enough
         log.debug("no CF grid-mapping attributes for %s: %s", crs, exc)
     return xr.DataArray(np.int32(0), attrs=attrs)
+
+
+def xy_attrs(crs: CRS) -> dict[str, dict[str, str]]:
+    """CF attributes of the ``x`` and ``y`` coordinates in ``crs`` (pyproj's ``cs_to_cf``): longitude
+    / latitude in degrees for a geographic grid, easting / northing in the CRS's unit otherwise."""
+    try:
+        from pyproj import CRS as ProjCRS
+
+        axes = {a.get("axis"): a for a in ProjCRS.from_wkt(crs.to_wkt()).cs_to_cf()}
+        if "X" in axes and "Y" in axes:
+            return {"x": axes["X"], "y": axes["Y"]}
+    except Exception as exc:  # as in spatial_ref: some CRSs have no CF terms
+        log.debug("no CF axis attributes for %s: %s", crs, exc)
+    return {"x": {"standard_name": "projection_x_coordinate", "axis": "X"},
+            "y": {"standard_name": "projection_y_coordinate", "axis": "Y"}}
 
 
 #: dimension names other tools use for the schema's (stackstac, odc-stac, NetCDF conventions)

@@ -341,23 +341,41 @@ def _date_from_tags(tags: dict[str, str]) -> datetime | None:
     return None
 
 
-def _netcdf_times(tags: dict[str, str]) -> list[datetime] | None:
-    """Dates of a NetCDF time dimension from GDAL's ``NETCDF_DIM_time_VALUES`` and units."""
-    values = tags.get("NETCDF_DIM_time_VALUES")
-    units = tags.get("time#units")
-    if not values or not units:
+def _netcdf_times(tags: dict[str, str], path: str = "") -> list[datetime] | None:
+    """Dates of a NetCDF variable's time dimension, from GDAL's ``NETCDF_DIM_<dim>_VALUES`` and the
+    dimension's CF units (``days since 2019-01-01``): the dates of its GDAL bands, in band order.
+
+    None when the variable has no dimension beyond y / x with such units. A time dimension beside
+    another one (``time`` x ``level``) raises ``SceneError``: its GDAL bands would mix the two.
+    """
+    extra = [d.strip() for d in tags.get("NETCDF_DIM_EXTRA", "").strip("{}").split(",") if d.strip()]
+    timed = [d for d in extra if re.match(r"\s*\w+\s+since\s", tags.get(f"{d}#units", ""))]
+    if not timed:
         return None
+    if len(extra) > 1:
+        raise SceneError(path, f"a NetCDF variable with dimensions {extra} beyond y / x: its GDAL bands mix "
+                               f"them; select one {[d for d in extra if d not in timed][0]!r} first (e.g. "
+                               "xarray's .sel(...).to_netcdf, or gdal_translate -b)")
+    dim = timed[0]
+    values, units = tags.get(f"NETCDF_DIM_{dim}_VALUES"), tags[f"{dim}#units"]
     m = re.match(r"\s*(\w+)\s+since\s+(.+)", units)
-    if not m:
-        return None
-    unit = {"seconds": "s", "minutes": "m", "hours": "h", "days": "D"}.get(m[1].lower())
-    base = _parse_meta_value(m[2].split("+")[0].strip())
-    if unit is None or base is None:
+    unit = {"seconds": "s", "minutes": "m", "hours": "h", "days": "D"}.get(m[1].lower()) if m else None
+    base = _parse_meta_value(m[2].split("+")[0].strip()) if m else None
+    if not values or unit is None or base is None:
         return None
     import pandas as pd
 
     nums = [float(v) for v in values.strip("{}").split(",") if v.strip()]
     return [(pd.Timestamp(base) + pd.to_timedelta(n, unit=unit)).to_pydatetime() for n in nums]
+
+
+def netcdf_time_bands(ds: rasterio.io.DatasetReader) -> list[datetime] | None:
+    """The dates of a one-variable NetCDF whose GDAL bands are its time steps, else None. Each date
+    is then a scene of one band, the variable."""
+    if ds.driver != "netCDF" or ds.subdatasets:
+        return None
+    times = _netcdf_times(ds.tags(), ds.name)
+    return times if times is not None and len(times) == ds.count else None
 
 
 def _mask_path(path: str, spec: SourceSpec, band_files: tuple[str, ...] | None = None) -> str | None:
@@ -471,6 +489,7 @@ def scene_refs_for_file(
             if subdatasets:
                 with rasterio.open(subdatasets[0]) as sub:
                     tags = {**tags, **sub.tags()}
+            times = netcdf_time_bands(ds) if not (subdatasets or band_files) else None
     except RasterioIOError as exc:
         raise SceneError(path, unreadable(path, exc)) from exc
     datasets = band_files or (tuple(subdatasets) if subdatasets else (path,))
@@ -480,7 +499,8 @@ def scene_refs_for_file(
     if spec.static:
         return [SceneRef(path, None, source, datasets, None, mask)]
     rule: DateRule = spec.date
-    times = _netcdf_times(tags) if subdatasets else None
+    if subdatasets:
+        times = _netcdf_times(tags, path)
     if times and rule.from_ != "filename" and len(times) > 1:
         return [SceneRef(path, t, source, datasets, i, mask) for i, t in enumerate(times)]
     if stack is not None and rule.from_ != "filename" and not rule.pattern:  # bands are dates

@@ -61,6 +61,7 @@ from tasks.cube import (
     cube_transform,
     grid_coords,
     spatial_ref,
+    xy_attrs,
     zarr_array,
 )
 from tasks.discover import SceneRef, discover, file_name, file_stamp
@@ -583,8 +584,8 @@ def _create_cube(
         ds[v] = layers[v]
     ds["data"].attrs.update(long_name="observed values in physical units", grid_mapping="spatial_ref")
     ds["valid"].attrs.update(long_name="observed and clear", grid_mapping="spatial_ref")
-    ds["x"].attrs.update(standard_name="projection_x_coordinate", units="m", axis="X")
-    ds["y"].attrs.update(standard_name="projection_y_coordinate", units="m", axis="Y")
+    for axis, attrs_ in xy_attrs(grid.crs).items():
+        ds[axis].attrs.update(attrs_)
     ds.attrs.update(attrs)
     encoding = _encoding(spec, grid, ds.sizes["band"], list(layers))
     with atomic_artifact(path, overwrite=False) as tmp, _no_consolidation_warning():
@@ -736,7 +737,20 @@ def _interrupted_creation(path: Path, cube: str) -> bool:
     return meta.get("attributes", {}).get("title") == f"fusioncube cube {cube}"
 
 
-def _check_store(path: Path, manifest: Manifest | None, cube: str) -> None:
+def _check_store(path: Path, manifest: Manifest | None, cube: str) -> Manifest | None:
+    """Check the store against its manifest before planning; returns the manifest to plan with.
+
+    A manifest whose cube is gone (the cube was moved or deleted, its ``.manifest.json`` left
+    behind) is set aside as ``<name>.manifest.json.orphaned-<time>``, not trusted: its scenes are
+    in no cube, so they are ingested again into a new one.
+    """
+    if manifest is not None and not path.exists():
+        stale = manifest_path(path)
+        aside = stale.with_name(f"{stale.name}.orphaned-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+        os.replace(stale, aside)
+        log.warning("%s: the cube is gone but its manifest was left behind; it was moved to %s and the "
+                    "cube is built anew from its scenes", path, aside.name)
+        return None
     if path.exists() and manifest is None and _interrupted_creation(path, cube):
         # its scenes are in no manifest and the part it was made from is still there: rebuilt
         log.warning("%s: removing a cube whose creation was interrupted before its manifest was "
@@ -744,13 +758,14 @@ def _check_store(path: Path, manifest: Manifest | None, cube: str) -> None:
         aside = path.with_name(f"{path.name}.tmp-interrupted-{os.getpid()}")
         os.replace(path, aside)
         shutil.rmtree(aside)
-        return
+        return None
     if path.exists() and manifest is None:
         raise CubeSchemaError(
             f"{path}: a store is there but no {path.name}.manifest.json: it was not made by "
             "fusioncube ingest, or a run was killed while creating it; move it away or set cubes."
             f"{cube}.path to another location"
         )
+    return manifest
 
 
 PART_BYTES = 512 * 2**20  # a part in memory: at most this many bytes of float32 (or one date)
@@ -777,8 +792,7 @@ def plan_parts(
     """
     spec = catalog.cube(cube)
     path = catalog.cube_path(cube)
-    manifest = read_manifest(path)
-    _check_store(path, manifest, cube)
+    manifest = _check_store(path, read_manifest(path), cube)
     steps = truncate_to_manifest(path, manifest) if manifest is not None else 0
     scene_plan = plan_ingest(catalog, cube, start=start, end=end)
     grid = grid_of_cube(path) if manifest is not None else None

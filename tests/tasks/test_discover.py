@@ -108,4 +108,4 @@ def test_cli_ingest_of_hdf4_says_why_and_how_out(tmp_path, capfd) -> None:
     hdf.write_bytes(b"\x0e\x03\x13\x01" + bytes(range(256)) * 8)
     assert main(["ingest", str(hdf), "--out", str(tmp_path / "h.zarr")]) == 2
     err = capfd.readouterr().err
-    assert f"{hdf.name} is HDF4 (MODIS / VIIRS .hdf)" in err and "gdal_translate" in err
+    assert f"{hdf.name}: is HDF4 (MODIS / VIIRS .hdf)" in err and "gdal_translate" in err

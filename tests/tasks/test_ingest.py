@@ -71,6 +71,7 @@ def test_planet_cube_follows_the_schema(sample: Path, tmp_path: Path) -> None:
     assert (np.diff(ds["time"].values) > np.timedelta64(0)).all()
     assert ds.rio.crs.to_epsg() == 32615
     assert ds.rio.resolution() == (3.0, -3.0)
+    assert ds["x"].attrs["standard_name"] == "projection_x_coordinate" and ds["y"].attrs["units"] == "metre"
     chunks = cat.cubes["planet"].chunks
     assert ds["data"].data.chunksize == (chunks.time, 4, min(chunks.y, ds.sizes["y"]), min(chunks.x, ds.sizes["x"]))
     assert ds["valid"].data.chunksize[0] == chunks.time
@@ -243,6 +244,25 @@ def test_existing_store_without_manifest_is_refused(sample: Path, tmp_path: Path
     cat.cube_path("planet").mkdir(parents=True)
     with pytest.raises(CubeSchemaError, match="no planet.zarr.manifest.json"):
         ingest_cube(cat, "planet")
+
+
+def test_a_manifest_left_behind_by_a_deleted_cube_is_set_aside_and_the_cube_rebuilt(tmp_path: Path) -> None:
+    """A user removes the cube (``rm -r c.zarr``) but not its ``.manifest.json``: the next ingest
+    must not take the manifest's scenes as ingested (they are in no cube) nor fail on the missing
+    store. The manifest is kept aside, renamed, and the cube is built again from every scene."""
+    from rasterio.transform import from_origin
+
+    for day in ("2020-01-01", "2020-02-01"):
+        _write_tif(tmp_path / f"s_{day}.tif", np.full((2, 8, 8), 3, np.uint16), crs="EPSG:32633",
+                   transform=from_origin(0, 80, 10, 10))
+    out = tmp_path / "c.zarr"
+    assert ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "s_*.tif")], out)), "cube").time_steps == 2
+    shutil.rmtree(out)
+    report = ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "s_*.tif")], out)), "cube")
+    assert report.time_steps == 2 and len(report.ingested) == 2
+    assert xr.open_zarr(out).sizes["time"] == 2 and read_manifest(out).outputs["time_steps"] == 2
+    (aside,) = tmp_path.glob("c.zarr.manifest.json.orphaned-*")
+    assert yaml.safe_load(aside.read_text())["outputs"]["time_steps"] == 2
 
 
 def test_a_catalog_whose_bands_changed_is_refused_before_appending(sample: Path, tmp_path: Path) -> None:

@@ -528,6 +528,50 @@ def test_cli_ingests_a_cf_netcdf_on_lon_lat_axes_without_a_grid_mapping(tmp_path
     assert not ds.valid.values[0, -1, 0] and ds.valid.values.sum() == 3 * a[0].size - 1
 
 
+def _lon_lat_netcdf(path: Path, data: dict[str, tuple[tuple[str, ...], np.ndarray]], **coords) -> None:
+    lat, lon = np.arange(-12.0, -11.0, 0.1) + 0.05, np.arange(-56.0, -55.2, 0.1) + 0.05
+    nc = xr.Dataset(data, coords={"lat": lat, "lon": lon, **coords})
+    nc.lat.attrs.update(units="degrees_north", standard_name="latitude")
+    nc.lon.attrs.update(units="degrees_east", standard_name="longitude")
+    nc.to_netcdf(path)
+
+
+def test_cli_ingests_a_one_variable_netcdf_time_series_one_date_per_step(tmp_path: Path) -> None:
+    """One variable with a time dimension (an ERA5 / CHIRPS-style download): GDAL shows its time
+    steps as bands. They are dates, not bands: one band named after the variable, each step on
+    its date, values exact; the cube's x / y say they are longitude / latitude in degrees."""
+    import pandas as pd
+
+    from flows.cli import main
+
+    a = (280 + 10 * np.random.default_rng(1).random((4, 10, 8))).astype("float32")
+    a[2, 3:5, 2:6] = np.nan  # a cloud on the third date
+    times = pd.date_range("2021-07-01", periods=4, freq="5D")
+    _lon_lat_netcdf(tmp_path / "lst_series.nc", {"lst": (("time", "lat", "lon"), a)}, time=times)
+    assert main(["ingest", str(tmp_path / "lst_series.nc"), "--out", str(tmp_path / "lst.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "lst.zarr")
+    assert list(ds.band.values) == ["lst"]
+    np.testing.assert_array_equal(ds.time.values, times.values)
+    np.testing.assert_array_equal(ds.data.values[:, 0], a[:, ::-1])
+    assert ds.valid.values.sum() == a.size - 8 and not ds.valid.values[2].all()
+    assert ds.x.attrs["units"] == "degrees_east" and ds.y.attrs["standard_name"] == "latitude"
+
+
+def test_a_netcdf_variable_with_time_and_another_dimension_is_refused_by_name(tmp_path: Path, capfd) -> None:
+    """Time x level: GDAL's bands mix the two, so which band is which date is not a guess to make."""
+    import pandas as pd
+
+    from flows.cli import main
+
+    a = np.ones((2, 3, 10, 8), np.float32)
+    _lon_lat_netcdf(tmp_path / "t_2021-07-01.nc", {"t": (("time", "level", "lat", "lon"), a)},
+                    time=pd.date_range("2021-07-01", periods=2), level=[1000.0, 850.0, 500.0])
+    assert main(["ingest", str(tmp_path / "t_2021-07-01.nc"), "--out", str(tmp_path / "t.zarr")]) == 2
+    err = capfd.readouterr().err
+    assert "t_2021-07-01.nc: a NetCDF variable with dimensions ['time', 'level'] beyond y / x" in err
+    assert "select one 'level' first" in err and not (tmp_path / "t.zarr").exists()
+
+
 def test_cli_ingest_takes_appeears_style_layer_files_as_bands(tmp_path: Path) -> None:
     """Layers stored one file each, named without a band token (NASA AppEEARS): one band per layer,
     not a mosaic of LST with its QC layer; the QC layer, recognised beside LST, is its mask
