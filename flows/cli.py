@@ -217,10 +217,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_stage_patch(args: argparse.Namespace) -> int:
-    from tasks.patch import make_patches
+    from tasks.patch import fit_patch_size, make_patches
 
+    size, stride = (args.size, args.stride) if args.size is not None else fit_patch_size(args.cube, 32, args.stride)
     manifest = make_patches(
-        args.cube, args.out, size=args.size, stride=args.stride, block=args.block,
+        args.cube, args.out, size=size, stride=stride, block=args.block,
         seed=args.seed, overwrite=args.overwrite, progress=True,
     )
     print(f"{args.out}: {json.dumps(manifest.outputs)}")
@@ -344,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = ss.add_parser("patch", help="cube -> patches.zarr with a spatial-block train/val/test split")
     sp.add_argument("--cube", required=True)
     sp.add_argument("--out", required=True)
-    sp.add_argument("--size", type=int, default=32)
+    sp.add_argument("--size", type=int, default=None,
+                    help="patch side in px (default 32, or the cube's smaller side when it is smaller)")
     sp.add_argument("--stride", type=int, default=None)
     sp.add_argument("--block", type=int, default=4)
     sp.add_argument("--seed", type=int, default=0)

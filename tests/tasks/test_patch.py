@@ -231,3 +231,16 @@ def test_prefect_task_fn(cube: Path, tmp_path: Path) -> None:
     json.dumps(result)  # plain data, safe for Prefect to persist
     assert patch_task.name == "patch"
     assert patch_task.retries == 1
+
+
+def test_cli_patches_a_cube_smaller_than_the_default_size(cube: Path, tmp_path: Path, capsys) -> None:
+    """A 20 x 30 px cube is smaller than the default 32 px patches: the CLI cuts patches of the
+    cube's smaller side, as the pipeline does; a --size asked for is refused with the reason."""
+    from flows.cli import main
+
+    small = tmp_path / "small.zarr"
+    xr.open_zarr(cube).isel(y=slice(0, 20), x=slice(0, 30)).to_zarr(small, zarr_format=3, consolidated=True)
+    assert main(["stage", "patch", "--cube", str(small), "--out", str(tmp_path / "p.zarr")]) == 0
+    assert dict(xr.open_zarr(tmp_path / "p.zarr").sizes)["py"] == 20
+    assert main(["stage", "patch", "--cube", str(small), "--out", str(tmp_path / "q.zarr"), "--size", "32"]) == 2
+    assert "size must not exceed the image (height=20, width=30)" in capsys.readouterr().err
