@@ -680,13 +680,21 @@ _UNIT_KEYS = ("scale", "offset", "nodata", "valid_min", "valid_max")
 
 
 def _with_units(band: dict[str, Any], units: dict[str, Any]) -> dict[str, Any]:
-    """``band`` with the user's ``scale`` / ``offset`` / ``nodata`` / ``valid_range``."""
+    """``band`` with the user's ``scale`` / ``offset`` / ``nodata`` / ``valid_range``. A new scale
+    without a valid range keeps the band's valid range on the same raw values (it was in the old
+    physical units)."""
     out = dict(band)
     if "scale" in units or "offset" in units:  # both replace the file's pair: a scale alone means offset 0
+        old = (float(band.get("scale", 1.0)), float(band.get("offset", 0.0)))
         out["scale"] = float(units.get("scale", 1.0))
         out.pop("offset", None)
         if units.get("offset"):
             out["offset"] = float(units["offset"])
+        bounds = [out[k] for k in ("valid_min", "valid_max") if k in out]
+        if "valid_range" not in units and bounds and old[0] != 0:
+            new = [(v - old[1]) / old[0] * out["scale"] + out.get("offset", 0.0) for v in bounds]
+            for k, v in zip([k for k in ("valid_min", "valid_max") if k in out], sorted(new), strict=True):
+                out[k] = v
     if "nodata" in units:
         out["nodata"] = float(units["nodata"])
     if "valid_range" in units:

@@ -653,6 +653,10 @@ def test_modis_viirs_layers_that_declare_no_units_get_their_user_guides(tmp_path
     raw_, path = build_adhoc_catalog([str(tmp_path / "sits")], tmp_path / "evi.zarr")
     band = raw_["sources"]["scenes"]["bands"][0]
     assert band == {"name": "EVI", "index": 1, "scale": 1e-4, "valid_min": -0.2, "valid_max": 1.0, "nodata": -3000.0}
+    # --scale alone: the valid range stays on the same raw values (-2000 .. 10000), in the new units
+    band = build_adhoc_catalog([str(tmp_path / "sits")], tmp_path / "evi.zarr",
+                               units={"scale": 1e-3})[0]["sources"]["scenes"]["bands"][0]
+    assert band["scale"] == 1e-3 and (band["valid_min"], band["valid_max"]) == pytest.approx((-2.0, 10.0))
     for name, kwargs in (("MOD13Q1_NDVI_2019-06-26.tif", {"dtype": "float32"}),  # physical already
                          ("MOD13Q1_NDVI_2019-06-26.tif", {"scale": 1e-3}),  # the file's word
                          ("S2_NDVI_2019-06-26.tif", {})):  # not a MODIS / VIIRS file
