@@ -163,8 +163,9 @@ def _read_cube(path: Path, chunks: dict | Literal["auto"] | None) -> tuple[xr.Da
         ds = xr.open_zarr(path, chunks={} if chunks == "auto" else chunks, consolidated=None)
     except Exception as exc:
         raise CubeSchemaError(f"{path}: cannot be opened as a Zarr store ({exc})") from exc
-    check_cube(ds, source=str(path))
     notes: list[str] = []
+    ds = _as_cube(ds, notes)
+    check_cube(ds, source=str(path))
     ds = _normalised(ds, path, notes)
     if "valid" not in ds:
         notes.append("no 'valid': a pixel-date is observed where every band is finite")
@@ -172,6 +173,56 @@ def _read_cube(path: Path, chunks: dict | Literal["auto"] | None) -> tuple[xr.Da
     ds = _time_ordered(ds, source=str(path), notes=notes)
     _check_regular(ds, source=str(path))
     return _north_up(ds, notes), notes
+
+
+def _as_cube(ds: xr.Dataset, notes: list[str]) -> xr.Dataset:
+    """Layouts other tools write, read as the schema's (lazily); anything else is left for
+    :func:`check_cube` to refuse with its reason:
+
+    - dimensions named as other tools name them (``lat`` / ``lon``, ``bands``, ``date``, ...);
+    - ``data`` under another name: the one variable over time, band, y and x, in any order;
+    - one variable per band over ``(time, y, x)``, as odc-stac loads a collection (``red``,
+      ``nir``, ...) or a one-variable time series (``lst``): stacked as the bands, in the order the
+      store lists them (Zarr lists them by name);
+    - integer values (odc-stac keeps digital numbers): as float32, the ``nodata`` value as NaN.
+    """
+    renames = {d: _DIM_ALIASES[str(d).lower()] for d in ds.dims
+               if str(d).lower() in _DIM_ALIASES and _DIM_ALIASES[str(d).lower()] not in ds.dims}
+    if renames and set(renames.values()) | set(ds.dims) >= {"time", "y", "x"}:
+        notes.append(f"dimensions {list(renames)} read as {list(renames.values())}")
+        ds = ds.rename(renames)
+    if "data" not in ds:
+        four = [v for v in ds.data_vars if set(ds[v].dims) == set(DATA_DIMS)]
+        per_band = [v for v in ds.data_vars if set(ds[v].dims) == set(VALID_DIMS) and v != "valid"]
+        if len(four) == 1:
+            notes.append(f"variable {four[0]!r} read as 'data'")
+            ds = ds.rename({four[0]: "data"})
+        elif (not four and per_band and "time" in ds.coords
+              and all(ds[v].dtype.kind in "fiu" for v in per_band)):  # a bool layer: a product (anomalies' flag)
+            notes.append(f"variables {[str(v) for v in per_band]} (time, y, x) read as the bands of 'data'")
+            layers = [_as_float(ds[v].transpose(*VALID_DIMS)) for v in per_band]
+            data = xr.concat(layers, dim="band", coords="minimal", compat="override", join="exact")
+            data.encoding = {}  # the layers' storage, not the stack's
+            ds = ds.drop_vars(per_band).assign(data=data.assign_coords(
+                band=("band", np.array([str(v) for v in per_band], dtype=object))))
+    if "data" in ds and tuple(ds["data"].dims) != DATA_DIMS and set(ds["data"].dims) == set(DATA_DIMS):
+        notes.append(f"'data' stored as {tuple(str(d) for d in ds['data'].dims)}: read as {DATA_DIMS}")
+        ds["data"] = ds["data"].transpose(*DATA_DIMS)
+        ds["data"].encoding = {}  # its stored chunks are in the stored order
+    if "data" in ds and ds["data"].dtype.kind in "iu":
+        notes.append(f"'data' stored as {ds['data'].dtype}: read as float32"
+                     + (f", {ds['data'].attrs['nodata']:g} as missing" if "nodata" in ds["data"].attrs else ""))
+        ds["data"] = _as_float(ds["data"])
+    return ds
+
+
+def _as_float(da: xr.DataArray) -> xr.DataArray:
+    """Integers as float32 with their ``nodata`` attribute (odc-stac, rioxarray) as NaN; floats as they are."""
+    if da.dtype.kind not in "iu":
+        return da
+    nodata = da.attrs.get("nodata", da.attrs.get("_FillValue"))
+    out = da.astype(np.float32)
+    return (out if nodata is None else out.where(da != nodata)).assign_attrs(da.attrs)
 
 
 def _time_ordered(ds: xr.Dataset, *, source: str, notes: list[str]) -> xr.Dataset:
@@ -447,7 +498,8 @@ def describe_cube(path: str | Path) -> list[str]:
     transform = cube_transform(ds)
     height, width = ds.sizes["y"], ds.sizes["x"]
     share = ds["valid"].mean(("y", "x")).values
-    chunks = ds["data"].encoding.get("chunks") or ds["data"].encoding.get("preferred_chunks")
+    chunks = (ds["data"].encoding.get("chunks") or ds["data"].encoding.get("preferred_chunks")
+              or getattr(ds["data"].data, "chunksize", None))
     lines = [
         f"{path}: a schema-following cube",
         f"  dates: {times.size}, {str(times[0])[:10]} .. {str(times[-1])[:10]}{step}",

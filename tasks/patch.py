@@ -166,13 +166,16 @@ def _read_batch(
         r0 = int(origins[idx[0], 0])
         c0, c1 = int(origins[idx, 1].min()), int(origins[idx, 1].max()) + size
         windows.append(ds[layers].isel(y=slice(r0, r0 + size), x=slice(c0, c1)))
-    loaded = dask.compute(*windows)
+    # computed as arrays, not datasets: dask's graph optimisation of a dataset whose ``valid`` is
+    # derived from its ``data`` (a cube stored without it) loses the store reads (pydata/xarray#11329)
+    values = iter(dask.compute(*[w[name].data for w in windows for name in layers]))
+    loaded = [{name: next(values) for name in layers} for _ in windows]
     out: dict[str, np.ndarray] = {}
     for name in layers:
         parts = []
         for idx, window in zip(groups, loaded, strict=True):
             local = origins[idx] - [int(origins[idx[0], 0]), int(origins[idx, 1].min())]
-            parts.append(extract_patches(window[name].values, local, size))
+            parts.append(extract_patches(np.asarray(window[name]), local, size))
         cut = np.concatenate(parts)  # (n, *lead, size, size)
         out[name] = cut.astype(np.float32, copy=False) if name == "data" else cut
     return out

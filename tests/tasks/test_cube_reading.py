@@ -158,17 +158,54 @@ def test_fixed_length_band_names_are_written_as_v3_strings(tmp_path) -> None:
     assert "String" in type(zarr.open_group(str(tmp_path / "p.zarr"), mode="r")["band"].dtype).__name__
 
 
-def test_dimension_names_of_other_tools_get_a_rename_hint(tmp_path) -> None:
+def test_layouts_of_other_tools_are_read_as_the_schema(tmp_path) -> None:
+    """What other tools write, read as a cube, each with a note: lat / lon dimensions, ``data``
+    under another name and in another order, and odc-stac's one variable per band over
+    (time, latitude, longitude) in digital numbers with a ``nodata`` value. Patching a cube
+    stored without ``valid`` in one window once lost its reads in dask (pydata/xarray#11329)."""
     import pandas as pd
     import xarray as xr
 
-    from tasks.cube import open_cube
+    from tasks.cube import _read_cube
     from tasks.errors import CubeSchemaError
+    from tasks.patch import make_patches
 
-    xr.Dataset({"data": (("time", "band", "lat", "lon"), np.zeros((2, 1, 3, 3), np.float32))},
-               coords={"time": pd.date_range("2022-01-01", periods=2), "band": ["ndvi"]}).to_zarr(tmp_path / "c.zarr")
-    with pytest.raises(CubeSchemaError, match=r"ds.rename\(\{'lat': 'y', 'lon': 'x'\}\)"):
-        open_cube(tmp_path / "c.zarr")
+    rng = np.random.default_rng(0)
+    t, lat, lon = pd.date_range("2022-01-01", periods=3), 45.0 - 0.01 * np.arange(6), 10.0 + 0.01 * np.arange(8)
+    values = rng.random((3, 2, 6, 8)).astype(np.float32)
+    coords = {"time": t, "band": ["red", "nir"], "lat": lat, "lon": lon}
+
+    def read(name: str, ds: xr.Dataset) -> tuple[xr.Dataset, list[str]]:
+        ds.to_zarr(tmp_path / name, mode="w")
+        return _read_cube(tmp_path / name, "auto")
+
+    cube, notes = read("latlon.zarr", xr.Dataset({"data": (("time", "band", "lat", "lon"), values)}, coords=coords))
+    np.testing.assert_array_equal(cube["data"].values, values)
+    np.testing.assert_array_equal(cube["y"].values, lat)
+    assert "dimensions ['lat', 'lon'] read as ['y', 'x']" in notes
+
+    cube, notes = read("named.zarr", xr.Dataset(
+        {"reflectance": (("band", "time", "lat", "lon"), values.transpose(1, 0, 2, 3))}, coords=coords))
+    np.testing.assert_array_equal(cube["data"].values, values)
+    assert "variable 'reflectance' read as 'data'" in notes
+    assert "'data' stored as ('band', 'time', 'y', 'x'): read as ('time', 'band', 'y', 'x')" in notes
+
+    dn = (values * 1e4).astype(np.int16)
+    dn[1, :, 2, 3] = -9999  # no data on the second date
+    odc = xr.Dataset({b: (("time", "latitude", "longitude"), dn[:, i], {"nodata": -9999}) for i, b in
+                      enumerate(["red", "nir"])}, coords={"time": t, "latitude": lat, "longitude": lon})
+    cube, notes = read("odc.zarr", odc)
+    assert list(cube["band"].values) == ["nir", "red"] and cube["data"].dtype == np.float32  # the store's order
+    np.testing.assert_array_equal(cube["data"].sel(band=["red", "nir"]).values[0], dn[0])
+    assert np.isnan(cube["data"].values[1, :, 2, 3]).all() and not cube["valid"].values[1, 2, 3]
+    assert cube["valid"].values.sum() == cube["valid"].size - 1
+    assert "variables ['nir', 'red'] (time, y, x) read as the bands of 'data'" in notes
+    make_patches(tmp_path / "odc.zarr", tmp_path / "p.zarr", size=6, block=1)  # one window: the whole cube
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "p.zarr")["data"].values[0, 0, 1], dn[0, 0, :, :6])
+
+    xr.Dataset({"data": (("time", "band", "row", "col"), values)}, coords={"time": t}).to_zarr(tmp_path / "rc.zarr")
+    with pytest.raises(CubeSchemaError, match=r"'data' must have dims \('time', 'band', 'y', 'x'\)"):
+        _read_cube(tmp_path / "rc.zarr", "auto")
 
 
 def test_unobserved_reason_names_what_emptied_the_cube() -> None:
