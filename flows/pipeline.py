@@ -175,6 +175,13 @@ def run_pipeline(
     environment or the catalog name (see :func:`dask_task_runner`)."""
     catalog = load_catalog(catalog_path, env=env)
     runner = dask_task_runner(catalog, address=dask_address, workers=workers)
+    if runner.address:  # a cluster started elsewhere: its workers may lack the preload
+        from distributed import Client
+
+        from flows.worker_preload import ComputeInTask
+
+        with Client(runner.address) as client:
+            client.register_plugin(ComputeInTask())
     with one_prefect_api():
         if backfill:
             from flows.backfill import backfill_flow

@@ -16,6 +16,13 @@ when it starts, not in its first task.
   which Dask's setting had switched off: freed memory up to that size is reused, not unmapped.
 - Great Expectations takes seconds to import and to build its context; without the preload the
   first ingest task on every worker waits for it, serial time a scale-out cannot remove.
+- A task's own arrays (a stage reading its cube with xarray and Dask) are computed in the task,
+  on the worker's threads (Dask's threaded scheduler), not sent back to the cluster from inside
+  the task. That nested route secedes the task's thread so that the worker starts its next task
+  meanwhile, on the same cores; and there it left the Prefect task engines of the two tasks
+  sharing one API client, which the first to finish closed: the other task's artifacts then failed
+  with "Cannot send a request, as the client has been closed" (every stage after the patch task on
+  a one-worker cluster; `fusioncube run --workers 1`).
 
 The pipeline's local clusters load it (``flows.pipeline.dask_task_runner``); for your own cluster:
 
@@ -29,6 +36,8 @@ import ctypes.util
 import logging
 import os
 from typing import Any
+
+from distributed import WorkerPlugin
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,25 @@ def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
+def compute_in_task(threads: int) -> None:
+    """Make ``.compute()`` / ``dask.compute`` inside a task run on this process's threads (see the
+    module docstring); ``scheduler=`` given to one call still wins."""
+    import dask
+
+    dask.config.set({"scheduler": "threads", "num_workers": threads})
+
+
+class ComputeInTask(WorkerPlugin):
+    """A Dask worker plugin doing :func:`compute_in_task` on the workers of a cluster started
+    elsewhere, without this preload (``fusioncube run --dask-address``: ``flows.pipeline``
+    registers it), now and on workers that join later."""
+
+    name = "fusioncube-compute-in-task"
+
+    def setup(self, worker: Any) -> None:
+        compute_in_task(max(1, int(worker.state.nthreads)))
+
+
 def dask_setup(worker: Any) -> None:
     """Called by Dask when the worker starts."""
     import zarr
@@ -58,6 +86,7 @@ def dask_setup(worker: Any) -> None:
 
     threads = max(1, int(worker.state.nthreads))
     zarr.config.set({"threading.max_workers": threads})  # before the pool exists: it is made on first use
+    compute_in_task(threads)
 
     import tasks.ingest  # noqa: F401  (rasterio, xarray and the Prefect task definitions)
     from tasks.validate import default_validator

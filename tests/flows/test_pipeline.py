@@ -73,7 +73,9 @@ def test_pipeline_reuses_everything_then_recomputes_only_what_new_scenes_change(
     catalog = load_catalog(CATALOG, env=env)
     cube = catalog.cube_path("planet")
 
-    first = run_pipeline(CATALOG, "planet", stages=["anomalies"], env=env, workers=2)
+    # one worker: the stage runs after the patch task in the same worker process, where its
+    # artifacts once failed on a Prefect client the patch task's engine had closed
+    first = run_pipeline(CATALOG, "planet", stages=["anomalies"], env=env, workers=1)
     assert first["summary"]["stages"] == {"patch": "ran", "anomalies": "ran"}
     steps = read_manifest(cube).outputs["time_steps"]
     assert steps == len(first["ingest"]["dates_added"]) > 0
@@ -158,6 +160,10 @@ def test_pipeline_runs_on_a_separately_started_dask_cluster(sample: Path, tmp_pa
         products = run_pipeline(CATALOG, "modis_lst", stages=[], env=env, dask_address=cluster.scheduler_address)
         prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
         worker_pids = set(client.run(os.getpid).values())
+        import dask
+
+        # a task's own arrays are computed in the task (flows.worker_preload.ComputeInTask)
+        assert set(client.run(lambda: dask.config.get("scheduler", None)).values()) == {"threads"}
     assert len(workers) == 2 and os.getpid() not in worker_pids
     assert "write_part_task" in prefixes, prefixes
     assert "patch_task" in prefixes, prefixes
