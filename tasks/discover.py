@@ -354,7 +354,7 @@ def _netcdf_times(tags: dict[str, str], path: str = "") -> list[datetime] | None
         return None
     if len(extra) > 1:
         raise SceneError(path, f"a NetCDF variable with dimensions {extra} beyond y / x: its GDAL bands mix "
-                               f"them; select one {[d for d in extra if d not in timed][0]!r} first (e.g. "
+                               f"them; select one {next((d for d in extra if d not in timed), extra[-1])!r} first (e.g. "
                                "xarray's .sel(...).to_netcdf, or gdal_translate -b)")
     dim = timed[0]
     values, units = tags.get(f"NETCDF_DIM_{dim}_VALUES"), tags[f"{dim}#units"]
