@@ -522,8 +522,8 @@ def classify_cube(
     if model is None and label not in ds.data_vars and raster is None:  # before any work is written
         raise ValueError(
             f"{cube}: no label layer {label!r} to train with (variables: {sorted(map(str, ds.data_vars))}); "
-            "pass label=NAME of a (y, x) layer of class codes or a class raster file, or model=M.pt to "
-            "apply a saved model"
+            "give a (y, x) layer of class codes or a class raster file (--label NAME|FILE, label=), or a "
+            "saved model to apply (--model M.pt, model=)"
         )
     if model is not None:  # a model that cannot read this cube is refused before any work is written
         net, meta = load_model(model, device=dev)
@@ -567,11 +567,6 @@ def classify_cube(
 
     fit_stats: dict[str, Any] = {}
     if model is None:
-        if not has_label:
-            raise ValueError(
-                f"{cube}: no label layer {label!r} to train with (variables: {sorted(map(str, ds.data_vars))}); "
-                "pass label=NAME of a (y, x) layer of class codes, or model=M.pt to apply a saved model"
-            )
         train_pb, train_dl = loader("train", shuffle=True)
         if not len(train_pb):
             raise ValueError(f"{cube}: the split left no training patch (block={block}, patch={size}); "
