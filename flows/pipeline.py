@@ -33,7 +33,7 @@ from tasks.patch import patch_task
 from tasks.pipeline_report import publish_pipeline_task
 from tasks.stages import STAGES, stage_params
 
-__all__ = ["dask_task_runner", "local_cluster_kwargs", "one_prefect_api", "pipeline_flow", "pipeline_steps", "run_pipeline"]
+__all__ = ["compute_in_tasks", "dask_task_runner", "local_cluster_kwargs", "one_prefect_api", "pipeline_flow", "pipeline_steps", "run_pipeline"]
 
 DASK_ADDRESS_ENV = "FUSIONCUBE_DASK_ADDRESS"
 
@@ -92,6 +92,20 @@ def one_prefect_api() -> Iterator[str | None]:
         yield server.api_url
 
 
+def compute_in_tasks() -> None:
+    """On a Dask task runner, make every worker of its cluster compute a task's own arrays in the
+    task (:class:`flows.worker_preload.ComputeInTask`), also on a cluster started elsewhere without
+    the preload: the local and remote runs, deployments and backfills all pass here."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx is not None else None
+    if isinstance(runner, DaskTaskRunner):
+        from flows.worker_preload import ComputeInTask
+
+        runner.client.register_plugin(ComputeInTask())
+
+
 def pipeline_steps(
     catalog_path: str,
     cube: str,
@@ -105,6 +119,7 @@ def pipeline_steps(
 ) -> dict[str, Any]:
     """The pipeline's tasks for one cube, for use inside any flow. Returns the products."""
     started = datetime.now(UTC)
+    compute_in_tasks()
     catalog = load_catalog(catalog_path, env=env)
     spec = catalog.cube(cube)
     chosen = list(spec.stages) if stages is None else list(stages)
@@ -175,13 +190,6 @@ def run_pipeline(
     environment or the catalog name (see :func:`dask_task_runner`)."""
     catalog = load_catalog(catalog_path, env=env)
     runner = dask_task_runner(catalog, address=dask_address, workers=workers)
-    if runner.address:  # a cluster started elsewhere: its workers may lack the preload
-        from distributed import Client
-
-        from flows.worker_preload import ComputeInTask
-
-        with Client(runner.address) as client:
-            client.register_plugin(ComputeInTask())
     with one_prefect_api():
         if backfill:
             from flows.backfill import backfill_flow

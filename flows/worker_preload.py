@@ -68,9 +68,9 @@ def compute_in_task(threads: int) -> None:
 
 
 class ComputeInTask(WorkerPlugin):
-    """A Dask worker plugin doing :func:`compute_in_task` on the workers of a cluster started
-    elsewhere, without this preload (``fusioncube run --dask-address``: ``flows.pipeline``
-    registers it), now and on workers that join later."""
+    """A Dask worker plugin doing :func:`compute_in_task` on every worker of a cluster, now and on
+    workers that join later, also where they were started without this preload
+    (``flows.pipeline.compute_in_tasks`` registers it at the start of every pipeline run)."""
 
     name = "fusioncube-compute-in-task"
 
