@@ -116,7 +116,7 @@ def _quick_run(page, shots: Path, tries: int = 3) -> None:
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    scheduled = page.get_by_role("button", name="View run")
+    scheduled = page.locator(".toast-flow-run-create").filter(has_text="scheduled")  # the UI's ToastFlowRunCreate
     failed = page.get_by_text("Failed to schedule flow run")
     for _ in range(tries):
         page.get_by_role("button", name="Run", exact=True).click()
