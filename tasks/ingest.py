@@ -344,8 +344,27 @@ def plan_ingest(
         else:
             new.append(ref)
     new.sort(key=lambda r: (r.date or datetime.min, r.path, r.time_index or 0))
-    grouped = [list(g) for _, g in groupby(new, key=lambda r: r.date.date() if r.date else None)]
+    grouped = [_one_step_per_file(list(g), skipped)
+               for _, g in groupby(new, key=lambda r: r.date.date() if r.date else None)]
     return ScenePlan(grouped, skipped, quarantined)
+
+
+def _one_step_per_file(group: list[SceneRef], skipped: list[dict[str, Any]]) -> list[SceneRef]:
+    """Of a date's scenes, each file's first time step: a sub-daily series in one file (hourly
+    ERA5) would otherwise be mosaicked into its date's slice, mixing the hours. The later steps
+    are reported as skipped, with the way to take them."""
+    kept: list[SceneRef] = []
+    seen: set[str] = set()
+    for ref in group:
+        if ref.time_index is not None and ref.path in seen:
+            skipped.append({"scene": ref.id, "date": _as_date(ref.date), "reason": (
+                f"another time step of {file_name(ref.path)} on this date ({ref.date:%H:%M}); the cube holds one "
+                "slice per date and its first step is taken: resample sub-daily data to daily first "
+                "(e.g. xarray's ds.resample(time='1D').mean())")})
+            continue
+        seen.add(ref.path)
+        kept.append(ref)
+    return kept
 
 
 # -- reading, validating and warping one group of dates ------------------------------------------

@@ -557,6 +557,25 @@ def test_cli_ingests_a_one_variable_netcdf_time_series_one_date_per_step(tmp_pat
     assert ds.x.attrs["units"] == "degrees_east" and ds.y.attrs["standard_name"] == "latitude"
 
 
+def test_a_sub_daily_netcdf_series_gives_each_date_its_first_step_and_says_so(tmp_path: Path, capsys) -> None:
+    """Hourly steps (ERA5) are not tiles of one date: the date's slice is the first step, exact,
+    not a mosaic of the hours, and each later step is reported as skipped with the way out."""
+    import pandas as pd
+
+    from flows.cli import main
+
+    a = (270 + 20 * np.random.default_rng(2).random((6, 10, 8))).astype("float32")
+    times = pd.date_range("2022-07-01", periods=6, freq="8h")  # 3 steps on the 1st, 3 on the 2nd
+    _lon_lat_netcdf(tmp_path / "t2m.nc", {"t2m": (("time", "lat", "lon"), a)}, time=times)
+    assert main(["ingest", str(tmp_path / "t2m.nc"), "--out", str(tmp_path / "t2m.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "t2m.zarr")
+    np.testing.assert_array_equal(ds.time.values, times.values[[0, 3]])
+    np.testing.assert_array_equal(ds.data.values[:, 0], a[[0, 3], ::-1])
+    out = capsys.readouterr().out
+    assert out.count("another time step of t2m.nc on this date") == 4 and "(08:00)" in out
+    assert "resample sub-daily data to daily first" in out
+
+
 def test_a_netcdf_variable_with_time_and_another_dimension_is_refused_by_name(tmp_path: Path, capfd) -> None:
     """Time x level: GDAL's bands mix the two, so which band is which date is not a guess to make."""
     import pandas as pd
