@@ -33,6 +33,7 @@ from tasks.discover import (
     file_name,
     is_archive,
     is_remote,
+    netcdf_axes_error,
     netcdf_time_bands,
     sidecar_of,
     stack_variables,
@@ -119,6 +120,8 @@ def describe_bands(path: str) -> list[dict[str, Any]]:
                     with rasterio.open(sd) as sub:
                         entries.append(_band_entry(sd.rsplit(":", 1)[-1], 1, sub) | {"index": i + 1})
                 return entries
+            if ds.driver == "netCDF" and (axes := netcdf_axes_error(path, ds.tags())) is not None:
+                raise axes
             if netcdf_time_bands(ds) is not None:  # one variable, its GDAL bands are its dates
                 return [_band_entry(ds.tags(1).get("NETCDF_VARNAME") or "band1", 1, ds)]
             stack = date_stack(ds.descriptions)

@@ -369,6 +369,23 @@ def _netcdf_times(tags: dict[str, str], path: str = "") -> list[datetime] | None
     return [(pd.Timestamp(base) + pd.to_timedelta(n, unit=unit)).to_pydatetime() for n in nums]
 
 
+_SPATIAL_DIMS = ("lat", "latitude", "lon", "long", "longitude", "y", "x", "northing", "easting")
+
+
+def netcdf_axes_error(path: str, tags: dict[str, str]) -> SceneError | None:
+    """GDAL reads a NetCDF variable's last two dimensions as its raster: a variable stored as
+    (lat, lon, time) comes out as lon x time. The error naming the fix, when a spatial dimension
+    is among the others (``NETCDF_DIM_EXTRA``); None when the layout is right."""
+    extra = [d.strip() for d in tags.get("NETCDF_DIM_EXTRA", "").strip("{}").split(",") if d.strip()]
+    spatial = [d for d in extra if d.lower() in _SPATIAL_DIMS
+               or tags.get(f"{d}#units", "").lower() in ("degrees_north", "degrees_east", "degree_north", "degree_east")]
+    if not spatial:
+        return None
+    return SceneError(path, f"its variable's dimension {spatial[0]!r} is not among its last two, which GDAL reads "
+                            "as the raster: store it with y and x last, e.g. xarray's ds.transpose(..., "
+                            f"{spatial[0]!r}, <x dimension>).to_netcdf(...)")
+
+
 def netcdf_time_bands(ds: rasterio.io.DatasetReader) -> list[datetime] | None:
     """The dates of a one-variable NetCDF whose GDAL bands are its time steps, else None. Each date
     is then a scene of one band, the variable."""
@@ -492,6 +509,8 @@ def scene_refs_for_file(
             times = netcdf_time_bands(ds) if not (subdatasets or band_files) else None
     except RasterioIOError as exc:
         raise SceneError(path, unreadable(path, exc)) from exc
+    if (axes := netcdf_axes_error(path, tags)) is not None:
+        raise axes
     datasets = band_files or (tuple(subdatasets) if subdatasets else (path,))
     if band_files and subdatasets:
         raise SceneError(path, "a band file holds subdatasets (NetCDF / HDF variables); band_files takes plain rasters")

@@ -589,6 +589,11 @@ def test_a_netcdf_variable_with_time_and_another_dimension_is_refused_by_name(tm
     err = capfd.readouterr().err
     assert "t_2021-07-01.nc: a NetCDF variable with dimensions ['time', 'level'] beyond y / x" in err
     assert "select one 'level' first" in err and not (tmp_path / "t.zarr").exists()
+    # (lat, lon, time): GDAL would read lon x time as the raster
+    _lon_lat_netcdf(tmp_path / "v.nc", {"v": (("lat", "lon", "time"), np.ones((10, 8, 2), np.float32))},
+                    time=pd.date_range("2021-07-01", periods=2))
+    assert main(["ingest", str(tmp_path / "v.nc"), "--out", str(tmp_path / "v.zarr")]) == 2
+    assert "v.nc: its variable's dimension 'lat' is not among its last two" in capfd.readouterr().err
 
 
 def test_cli_ingest_takes_appeears_style_layer_files_as_bands(tmp_path: Path) -> None:
