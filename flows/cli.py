@@ -170,14 +170,19 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
     return 0 if refs else 1
 
 
+REPORT_ROWS = 20  # quarantined / skipped scenes printed one per line, each
+
+
 def _print_report(report: dict[str, Any]) -> None:
     print(f"cube {report['path']}: {report['time_steps']} time steps "
           f"({len(report['dates_added'])} new), {len(report['ingested'])} scenes ingested, "
           f"{len(report['skipped'])} skipped, {len(report['quarantined'])} quarantined")
-    for q in report["quarantined"]:
-        print(f"  quarantined {q['scene']}: {q['reason']}")
-    for s in report["skipped"]:
-        print(f"  skipped {s['scene']}: {s['reason']}")
+    for kind in ("quarantined", "skipped"):  # the first of each; a year of hourly steps is no list to read
+        rows = report[kind]
+        for row in rows[:REPORT_ROWS]:
+            print(f"  {kind} {row['scene']}: {row['reason']}")
+        if len(rows) > REPORT_ROWS:
+            print(f"  ... and {len(rows) - REPORT_ROWS} more {kind}")
     if report.get("quicklook"):
         print(f"quick-look: {report['quicklook']}")
 

@@ -576,6 +576,18 @@ def test_a_sub_daily_netcdf_series_gives_each_date_its_first_step_and_says_so(tm
     assert "resample sub-daily data to daily first" in out
 
 
+def test_the_ingest_report_lists_the_first_skipped_and_quarantined_scenes_and_counts_the_rest(capsys) -> None:
+    """A year of hourly steps skips thousands: the command prints the first REPORT_ROWS of each."""
+    from flows.cli import REPORT_ROWS, _print_report
+
+    skipped = [{"scene": f"era5.nc#t{i}", "reason": "another time step"} for i in range(REPORT_ROWS + 7)]
+    _print_report({"path": "c.zarr", "time_steps": 1, "dates_added": ["2022-07-01"], "ingested": [{}],
+                   "skipped": skipped, "quarantined": [{"scene": "bad.tif", "reason": "no CRS"}]})
+    out = capsys.readouterr().out
+    assert out.count("  skipped era5.nc#t") == REPORT_ROWS and "  ... and 7 more skipped" in out
+    assert "  quarantined bad.tif: no CRS" in out and "more quarantined" not in out
+
+
 def test_a_netcdf_variable_with_time_and_another_dimension_is_refused_by_name(tmp_path: Path, capfd) -> None:
     """Time x level: GDAL's bands mix the two, so which band is which date is not a guess to make."""
     import pandas as pd
