@@ -31,6 +31,7 @@ import xarray as xr
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
+from tasks.checkpoint import read_manifest
 from tasks.cube import cube_crs, cube_transform, open_cube
 from tasks.errors import CubeSchemaError
 
@@ -119,9 +120,33 @@ def _open_layers(path: Path) -> xr.Dataset:
             raise
         data = xr.concat([ds[v].astype(np.float32) for v in layers], dim="band", coords="minimal")
         data = data.assign_coords(band=layers).transpose("time", "band", "y", "x")
-        valid = xr.ones_like(ds[layers[0]], dtype=bool)
+        valid = _observed_in_source(path, ds) if "score" in layers else None
+        if valid is None:
+            valid = xr.ones_like(ds[layers[0]], dtype=bool)
         log.info("%s: not a cube; exporting its layers %s as bands", path, layers)
         return xr.Dataset({"data": data, "valid": valid}, coords=ds.coords)
+
+
+def _observed_in_source(path: Path, ds: xr.Dataset) -> xr.DataArray | None:
+    """Where the anomaly stage's band was observed in the cube it read (its manifest names both):
+    the product's score is 0, not missing, where nothing was observed, so this is what tells "no
+    anomaly" from "not seen". None when that cube is gone or no longer on the product's grid."""
+    manifest = read_manifest(path)
+    source = Path(manifest.outputs.get("cube", "")) if manifest is not None else None
+    band = manifest.outputs.get("band") if manifest is not None else None
+    if source is None or band is None or not source.exists():
+        return None
+    try:
+        cube = open_cube(source)
+        seen = cube["valid"] & cube["data"].sel(band=band).notnull()
+    except (CubeSchemaError, KeyError):
+        return None
+    if seen.sizes != {d: ds.sizes[d] for d in ("time", "y", "x")} or not (
+            np.array_equal(seen["time"].values, ds["time"].values) and np.allclose(seen["x"], ds["x"])
+            and np.allclose(seen["y"], ds["y"])):
+        return None
+    log.info("%s: not observed in %s (band %s): exported as no data", path, source, band)
+    return seen.drop_vars([c for c in seen.coords if c not in ("time", "y", "x")])
 
 
 def export_cube(
@@ -139,7 +164,8 @@ def export_cube(
 
     ``cube`` is a schema-following cube, or a stage's product of ``(time, y, x)`` layers such as
     ``anomalies.zarr``: its layers are then the bands (``score``, ``flag`` as 0 / 1,
-    ``background``; ``score`` is 0 where nothing was observed).
+    ``background``), no data where the cube it was made from did not observe its band (when that
+    cube is still there; otherwise ``score`` is 0 there, as in the product).
 
     ``dates`` (days, ``YYYY-MM-DD``) and ``start`` / ``end`` choose dates (default: all);
     ``bands`` chooses bands by name (default: all, in the cube's order). Pixels where ``valid`` is

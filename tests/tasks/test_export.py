@@ -118,8 +118,10 @@ def test_an_anomalies_product_exports_its_layers_as_bands(tmp_path: Path) -> Non
     y, x = grid_coords(TRANSFORM, H, W)
     lst = 300.0 + rng.normal(0, 0.5, (6, 1, H, W)).astype(np.float32)
     lst[2, 0, 40:44, 50:54] += 8.0  # a hot spot
+    valid = np.ones((6, H, W), bool)
+    valid[2, :10, :10] = False  # a cloud on the exported date
     xr.Dataset({"data": (("time", "band", "y", "x"), lst, {"grid_mapping": "spatial_ref"}),
-                "valid": (("time", "y", "x"), np.ones((6, H, W), bool))},
+                "valid": (("time", "y", "x"), valid)},
                coords={"time": np.arange("2020-01-01", "2020-01-07", dtype="datetime64[D]").astype("datetime64[ns]"),
                        "band": np.array(["lst"], dtype=object), "y": y, "x": x,
                        "spatial_ref": spatial_ref(CRS.from_epsg(32633), TRANSFORM)}
@@ -131,7 +133,17 @@ def test_an_anomalies_product_exports_its_layers_as_bands(tmp_path: Path) -> Non
         assert src.descriptions == ("score", "flag", "background") and src.crs == CRS.from_epsg(32633)
         assert src.transform.almost_equals(TRANSFORM)
         got = src.read()
-    np.testing.assert_array_equal(got[0], product["score"].values)
-    np.testing.assert_array_equal(got[1], product["flag"].values.astype(np.float32))
+    # not observed under the cloud: no data in every layer (the product holds score 0 there)
+    assert np.isnan(got[:, :10, :10]).all() and (product["score"].values[:10, :10] == 0).all()
+    seen = valid[2]
+    np.testing.assert_array_equal(got[0][seen], product["score"].values[seen])
+    np.testing.assert_array_equal(got[1][seen], product["flag"].values.astype(np.float32)[seen])
     assert got[1, 40:44, 50:54].all()
-    np.testing.assert_array_equal(got[2], product["background"].values)
+    np.testing.assert_array_equal(got[2][seen], product["background"].values[seen])
+    # the source cube gone: the layers as the product holds them
+    import shutil
+
+    shutil.rmtree(tmp_path / "lst.zarr")
+    (again,) = export_cube(tmp_path / "a.zarr", tmp_path / "tifs2", dates=["2020-01-03"], progress=False)
+    with rasterio.open(again) as src:
+        np.testing.assert_array_equal(src.read(1), product["score"].values)
