@@ -693,11 +693,10 @@ def _with_units(band: dict[str, Any], units: dict[str, Any]) -> dict[str, Any]:
         out.pop("offset", None)
         if units.get("offset"):
             out["offset"] = float(units["offset"])
-        bounds = [out[k] for k in ("valid_min", "valid_max") if k in out]
-        if "valid_range" not in units and bounds and old[0] != 0:
-            new = [(v - old[1]) / old[0] * out["scale"] + out.get("offset", 0.0) for v in bounds]
-            for k, v in zip([k for k in ("valid_min", "valid_max") if k in out], sorted(new), strict=True):
-                out[k] = v
+        keys = [k for k in ("valid_min", "valid_max") if k in out]
+        if "valid_range" not in units and keys and old[0] != 0:  # the same raw values, in the new units
+            out.update(zip(keys, sorted((out[k] - old[1]) / old[0] * out["scale"] + out.get("offset", 0.0)
+                                        for k in keys), strict=True))
     if "nodata" in units:
         out["nodata"] = float(units["nodata"])
     if "valid_range" in units:

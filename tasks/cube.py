@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATA_DIMS",
+    "SPATIAL_DIM_NAMES",
     "VALID_DIMS",
     "band_stats",
     "check_cube",
@@ -103,6 +104,8 @@ def xy_attrs(crs: CRS) -> dict[str, dict[str, str]]:
 _DIM_ALIASES = {"lat": "y", "latitude": "y", "northing": "y", "lon": "x", "long": "x", "longitude": "x",
                 "easting": "x", "bands": "band", "variable": "band", "t": "time", "date": "time",
                 "dates": "time"}
+#: lower-cased names of the spatial dimensions, the schema's and other tools', -> ``y`` or ``x``
+SPATIAL_DIM_NAMES = {"y": "y", "x": "x", **{k: v for k, v in _DIM_ALIASES.items() if v in ("y", "x")}}
 
 
 def check_cube(ds: xr.Dataset, *, source: str = "cube") -> xr.Dataset:

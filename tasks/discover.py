@@ -22,6 +22,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 from tasks.catalog import Catalog, DateRule, SourceSpec
+from tasks.cube import SPATIAL_DIM_NAMES
 from tasks.errors import SceneError
 
 __all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "sidecar_of", "band_of", "date_in_folders", "date_stack", "stack_variables", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
@@ -348,7 +349,7 @@ def _netcdf_times(tags: dict[str, str], path: str = "") -> list[datetime] | None
     None when the variable has no dimension beyond y / x with such units. A time dimension beside
     another one (``time`` x ``level``) raises ``SceneError``: its GDAL bands would mix the two.
     """
-    extra = [d.strip() for d in tags.get("NETCDF_DIM_EXTRA", "").strip("{}").split(",") if d.strip()]
+    extra = _netcdf_extra_dims(tags)
     timed = [d for d in extra if re.match(r"\s*\w+\s+since\s", tags.get(f"{d}#units", ""))]
     if not timed:
         return None
@@ -369,15 +370,16 @@ def _netcdf_times(tags: dict[str, str], path: str = "") -> list[datetime] | None
     return [(pd.Timestamp(base) + pd.to_timedelta(n, unit=unit)).to_pydatetime() for n in nums]
 
 
-_SPATIAL_DIMS = ("lat", "latitude", "lon", "long", "longitude", "y", "x", "northing", "easting")
+def _netcdf_extra_dims(tags: dict[str, str]) -> list[str]:
+    """A NetCDF variable's dimensions beyond the two GDAL reads as its raster (``NETCDF_DIM_EXTRA``)."""
+    return [d.strip() for d in tags.get("NETCDF_DIM_EXTRA", "").strip("{}").split(",") if d.strip()]
 
 
 def netcdf_axes_error(path: str, tags: dict[str, str]) -> SceneError | None:
     """GDAL reads a NetCDF variable's last two dimensions as its raster: a variable stored as
     (lat, lon, time) comes out as lon x time. The error naming the fix, when a spatial dimension
     is among the others (``NETCDF_DIM_EXTRA``); None when the layout is right."""
-    extra = [d.strip() for d in tags.get("NETCDF_DIM_EXTRA", "").strip("{}").split(",") if d.strip()]
-    spatial = [d for d in extra if d.lower() in _SPATIAL_DIMS
+    spatial = [d for d in _netcdf_extra_dims(tags) if SPATIAL_DIM_NAMES.get(d.lower()) in ("y", "x")
                or tags.get(f"{d}#units", "").lower() in ("degrees_north", "degrees_east", "degree_north", "degree_east")]
     if not spatial:
         return None

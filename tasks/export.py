@@ -141,9 +141,9 @@ def _observed_in_source(path: Path, ds: xr.Dataset) -> xr.DataArray | None:
         seen = cube["valid"] & cube["data"].sel(band=band).notnull()
     except (CubeSchemaError, KeyError):
         return None
-    if seen.sizes != {d: ds.sizes[d] for d in ("time", "y", "x")} or not (
-            np.array_equal(seen["time"].values, ds["time"].values) and np.allclose(seen["x"], ds["x"])
-            and np.allclose(seen["y"], ds["y"])):
+    try:  # the product's dates and grid, exactly (the cube may have grown since)
+        seen, _ = xr.align(seen, ds["score"], join="exact")
+    except ValueError:
         return None
     log.info("%s: not observed in %s (band %s): exported as no data", path, source, band)
     return seen.drop_vars([c for c in seen.coords if c not in ("time", "y", "x")])

@@ -676,12 +676,6 @@ def recover_labels(
     return manifest
 
 
-def _hex_rgb(color: str) -> tuple[float, float, float]:
-    """``#rrggbb`` as matplotlib's ``(r, g, b)`` in [0, 1]."""
-    c = color.lstrip("#")
-    return int(c[0:2], 16) / 255, int(c[2:4], 16) / 255, int(c[4:6], 16) / 255
-
-
 def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -> Path:
     """PNG of a finished ``labels.zarr`` (or of classify's ``classes.zarr``, ``var="classes"``):
     the class map in its colours beside the confidence."""
@@ -689,7 +683,7 @@ def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
+    from matplotlib.colors import ListedColormap, to_rgb
     from matplotlib.patches import Patch
 
     ds = xr.open_zarr(out, consolidated=None)
@@ -697,7 +691,7 @@ def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -
     sub = ds.isel(y=slice(None, None, step), x=slice(None, None, step)).load()
     attrs = sub[var].attrs
     classes = tuple(int(c) for c in attrs["flag_values"])
-    colours = [_hex_rgb(h) for h in attrs["flag_colors"]]
+    colours = [to_rgb(h) for h in attrs["flag_colors"]]
     index = codes_to_index(sub[var].values, classes)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), dpi=100)
     axes[0].imshow(np.ma.masked_less(index, 0), cmap=ListedColormap(colours), vmin=-0.5,

@@ -143,9 +143,12 @@ def thumbnail_data_uri(png: str | Path, *, max_pixels: int = 360) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _hex_rgba(color: str) -> tuple[int, int, int, int]:
-    c = color.lstrip("#")
-    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255
+def _rgba8(color: str) -> tuple[int, int, int, int]:
+    """A matplotlib colour (``#rrggbb``, ``#rrggbbaa``, a name) as a GDAL colour-table entry, 0..255."""
+    from matplotlib.colors import to_rgba
+
+    r, g, b, a = (round(255 * v) for v in to_rgba(color))
+    return r, g, b, a
 
 
 def colour_table(classes: tuple[int, ...], attrs: dict | None = None) -> dict[int, tuple[int, int, int, int]]:
@@ -159,7 +162,7 @@ def colour_table(classes: tuple[int, ...], attrs: dict | None = None) -> dict[in
     attrs = attrs or {}
     if "flag_colors" in attrs and "flag_values" in attrs:
         for code, col in zip(attrs["flag_values"], attrs["flag_colors"], strict=False):
-            table[int(code)] = _hex_rgba(str(col))
+            table[int(code)] = _rgba8(str(col))
     palette = colormaps["tab20"]
     unknown = [c for c in classes if c not in table]
     for i, c in enumerate(unknown):

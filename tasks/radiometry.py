@@ -291,31 +291,29 @@ def _landsat_mtl(mtl: str, stamp: tuple[int, int] | None) -> LandsatRadiometry:
     return LandsatRadiometry(reflectance, radiance, sun, Path(mtl).name)
 
 
+#: catalog ``radiometry`` kind -> (the product's radiometry of a scene file, the band a band name
+#: or file token is, what such a band is called)
+_KINDS: dict[str, tuple[Callable[[str], S2Radiometry | LandsatRadiometry], Callable[[str], str | None], str]] = {
+    "sentinel2_l2a": (sentinel2_l2a_radiometry, sentinel2_band, "Sentinel-2 band (B01..B12, B8A)"),
+    "sentinel2_l1c": (sentinel2_l1c_radiometry, sentinel2_band, "Sentinel-2 band (B01..B12, B8A)"),
+    "landsat_c2_l1": (landsat_c2_l1_radiometry, landsat_band, "Landsat band (B1..B11, B6_VCID_1)"),
+}
+
+
 def scene_radiometry(kind: str, path: str) -> Callable[[str], tuple[float, float]]:
     """For the scene file ``path``, read once, the (scale, offset) of each of its bands (by name
     or file token) from the product's own metadata, for the catalog's ``radiometry`` ``kind``.
     Raises ``SceneError`` when the metadata cannot be found, or (when called) a band is not one
     of the product's."""
-    if kind in ("sentinel2_l2a", "sentinel2_l1c"):
-        s2 = _sentinel2_radiometry(path, kind[-3:].upper())
+    if kind not in _KINDS:
+        raise ValueError(f"radiometry {kind!r} is not one of {', '.join(_KINDS)}")
+    load, band_of, what = _KINDS[kind]
+    product = load(path)
 
-        def sentinel2(band: str) -> tuple[float, float]:
-            name = sentinel2_band(band)
-            if name is None:
-                raise SceneError(path, f"band {band!r} names no Sentinel-2 band (B01..B12, B8A); "
-                                       f"radiometry {kind} needs one")
-            return s2.scale_offset(name)
+    def scale_offset(band: str) -> tuple[float, float]:
+        name = band_of(band)
+        if name is None:
+            raise SceneError(path, f"band {band!r} names no {what}; radiometry {kind} needs one")
+        return product.scale_offset(name)
 
-        return sentinel2
-    if kind == "landsat_c2_l1":
-        landsat = landsat_c2_l1_radiometry(path)
-
-        def landsat_scale(band: str) -> tuple[float, float]:
-            name = landsat_band(band)
-            if name is None:
-                raise SceneError(path, f"band {band!r} names no Landsat band (B1..B11, B6_VCID_1); "
-                                       "radiometry landsat_c2_l1 needs one")
-            return landsat.scale_offset(name)
-
-        return landsat_scale
-    raise ValueError(f"radiometry {kind!r} is not one of sentinel2_l2a, sentinel2_l1c, landsat_c2_l1")
+    return scale_offset
