@@ -138,7 +138,7 @@ def pipeline_steps(
         for name in chosen:
             stage = STAGES[name]
             futures[name] = stage.task.submit(report["path"], str(folder / stage.output),
-                                              **stage_params(catalog, name), overwrite=True)
+                                              **stage_params(catalog, name, cube), overwrite=True)
         for name, fut in futures.items():
             state = fut.wait() or fut.state
             if state.is_completed():

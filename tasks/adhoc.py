@@ -39,7 +39,7 @@ from tasks.discover import (
     stack_variables,
     unreadable,
 )
-from tasks.errors import SceneError
+from tasks.errors import CatalogError, SceneError
 
 __all__ = ["BAND_TOKEN", "KNOWN_LAYERS", "PRESETS", "LayerUnits", "Preset", "adhoc_catalog", "build_adhoc_catalog", "describe_bands",
            "detect_band_files", "detect_layer_files", "known_layer"]
@@ -518,7 +518,13 @@ def adhoc_catalog(paths: list[str], out: Path, **options: Any) -> Path:
     return its path. ``options``: those of :func:`build_adhoc_catalog`."""
     raw, path = build_adhoc_catalog(paths, out, **options)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# written by `fusioncube ingest`; edit freely\n" + yaml.safe_dump(raw, sort_keys=False))
+    cube = next(iter(raw["cubes"]))
+    header = ("# written by `fusioncube ingest`; `fusioncube ingest` with the same --out adds new scenes and\n"
+              f"# rewrites this file, keeping cubes.{cube}.stages / params / schedule and the stages and\n"
+              f"# orchestration sections. `fusioncube run {cube} --catalog {path.name}` also runs the\n"
+              f"# stages listed under cubes.{cube}.stages (e.g. [gapfill, anomalies]) with their parameters\n"
+              f"# under cubes.{cube}.params (e.g. anomalies: {{bits: 6}}; see the repository's data_catalog.yaml)\n")
+    path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
     return path
 
 
@@ -659,15 +665,18 @@ def build_adhoc_catalog(
                 "path": str(out),
             }
         },
-        "storage": {"root": str(out.parent)},
+        # the stages' products in a folder of this cube's own: two cubes ingested into one folder
+        # would otherwise share artifacts/cube/ and overwrite each other's products
+        "storage": {"root": str(out.parent), "artifacts": str(out.parent / f"{out.stem}_artifacts")},
     }
     for name, layer in (layers or {}).items():
         raw["sources"][f"layer_{name}"] = _layer_source(name, layer)
+    path = out.with_name(out.name + ".catalog.yaml")
+    _keep_pipeline_settings(raw, path)
     if classes:
         log.warning("%s: a class map (its band has a colour table): its codes are warped by majority, never "
                     "interpolated; to add it to another cube as a label layer use --layer NAME=FILE",
                     file_name(described_by))
-    path = out.with_name(out.name + ".catalog.yaml")
     catalog_from_dict(raw, path=path)  # validate before writing anything
     if out.exists() and out.with_name(out.name + ".manifest.json").exists():  # appending: the same bands
         from tasks.ingest import check_cube_bands, check_cube_grid
@@ -677,6 +686,30 @@ def build_adhoc_catalog(
             check_cube_grid(out, GridSpec(**grid))
         _check_band_rules(out, path, bands)
     return raw, path
+
+
+#: what a user adds to the catalog beside a cube for `fusioncube run`; a new ingest keeps it
+PIPELINE_CUBE_KEYS = ("stages", "params", "schedule")
+PIPELINE_KEYS = ("stages", "orchestration")
+
+
+def _keep_pipeline_settings(raw: dict[str, Any], path: Path) -> None:
+    """Carry the pipeline settings of the catalog already at ``path`` (the cube's stages and own
+    parameters, the shared stage parameters, orchestration) into ``raw``: the rest of that catalog
+    is rebuilt from the command line at every ingest, these are the user's."""
+    if not path.exists():
+        return
+    try:
+        old = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CatalogError(f"{path}: the catalog beside the cube cannot be read ({exc}); fix it, or move it "
+                           "away to have a new one written (its stages and parameters would be lost)") from exc
+    if not isinstance(old, dict):
+        return
+    cube = next(iter(raw["cubes"]))
+    old_cube = (old.get("cubes") or {}).get(cube) or {}
+    raw["cubes"][cube].update({k: old_cube[k] for k in PIPELINE_CUBE_KEYS if k in old_cube})
+    raw.update({k: old[k] for k in PIPELINE_KEYS if k in old})
 
 
 _UNIT_KEYS = ("scale", "offset", "nodata", "valid_min", "valid_max")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -326,6 +326,10 @@ class CubeSpec(_Strict):
     time_range: tuple[date | None, date | None] | None = None
     path: str | None = Field(default=None, description="default: <storage.cubes>/<name>.zarr")
     patch: PatchParams | None = Field(default=None, description="overrides stages.patch for this cube")
+    params: CubeStageParams = Field(
+        default_factory=lambda: CubeStageParams(),
+        description="per-stage parameters for this cube, key by key over stages.<stage>",
+    )
     stages: list[Literal["anomalies", "gapfill", "classify", "compress", "labels"]] = Field(
         default_factory=list, description="stages run on this cube after patching"
     )
@@ -365,9 +369,6 @@ class PatchParams(_Strict):
         if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"fractions (train, val, test) must be >= 0 and sum to 1; got {list(v)}")
         return v
-
-
-CubeSpec.model_rebuild()
 
 
 class AnomalyParams(_Strict):
@@ -420,6 +421,16 @@ class CompressParams(_Strict):
     iters: int = Field(default=10, ge=1)
     patch: int = Field(default=32, ge=4)
 
+    #: keys that are one choice: a cube's own ``psnr`` replaces the shared ``step``
+    one_of: ClassVar[tuple[str, ...]] = ("step", "bits", "psnr")
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> CompressParams:
+        given = [f"{k}={getattr(self, k)!r}" for k in self.one_of if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of step, bits and psnr (the quantizer's rate); got {', '.join(given)}")
+        return self
+
 
 class Stages(_Strict):
     """Per-stage parameters; a stage issue adds its own section here."""
@@ -430,6 +441,24 @@ class Stages(_Strict):
     compress: CompressParams = CompressParams()
     classify: ClassifyParams = ClassifyParams()
     labels: LabelParams = LabelParams()
+
+
+class CubeStageParams(_Strict):
+    """One cube's own stage parameters: each key given here replaces that key of ``stages.<stage>``
+    (``cubes.lst.params.anomalies: {bits: 6}`` keeps the other anomaly parameters)."""
+
+    anomalies: AnomalyParams | None = None
+    gapfill: GapfillParams | None = None
+    compress: CompressParams | None = None
+    classify: ClassifyParams | None = None
+    labels: LabelParams | None = None
+
+
+# stage parameters naming a file (a points file, a class raster) when they have a file suffix; the
+# pipeline resolves them against the catalog's folder as it does every other catalog path
+FILE_PARAMS = {"classify": "label", "labels": "labels"}
+
+CubeSpec.model_rebuild()  # its patch and params models are defined after it
 
 
 class Storage(_Strict):
@@ -552,6 +581,27 @@ class Catalog(_Strict):
     def patch_params(self, cube: str) -> PatchParams:
         """The cube's patching parameters: its own override or ``stages.patch``."""
         return self.cube(cube).patch or self.stages.patch
+
+    def stage_params(self, cube: str, stage: str) -> dict[str, Any]:
+        """Stage ``stage``'s parameters for ``cube`` as keyword arguments: ``stages.<stage>`` with
+        the cube's own ``cubes.<cube>.params.<stage>`` keys over it; a file-valued parameter
+        (``labels: points.csv``) resolved against the catalog's folder."""
+        self.cube(cube)
+        if stage not in CubeStageParams.model_fields:
+            raise CatalogError(f"{self.path}: no stage '{stage}'{did_you_mean(stage, CubeStageParams.model_fields)}; "
+                               f"stages are {sorted(CubeStageParams.model_fields)}")
+        params = getattr(self.stages, stage).model_dump()
+        own: BaseModel | None = getattr(self.cubes[cube].params, stage)
+        if own is not None:
+            given = own.model_fields_set
+            group: tuple[str, ...] = getattr(type(own), "one_of", ())
+            if given & set(group):  # one choice (compress's step / bits / psnr): the cube's replaces it
+                params.update(dict.fromkeys(group))
+            params.update(own.model_dump(include=given))
+        key = FILE_PARAMS.get(stage)
+        if key and Path(str(params[key])).suffix:
+            params[key] = str(self.resolve(str(params[key])))
+        return params
 
     def stage_dir(self, cube: str) -> Path:
         """Where the artifacts of the stages run over ``cube`` go."""

@@ -82,13 +82,14 @@ STAGES: dict[str, Stage] = {
 }
 
 
-def stage_params(catalog: Catalog, name: str) -> dict[str, Any]:
-    """The catalog's parameters of stage ``name`` (``stages.<name>``) as keyword arguments."""
-    return getattr(catalog.stages, name).model_dump()
+def stage_params(catalog: Catalog, name: str, cube: str) -> dict[str, Any]:
+    """The catalog's parameters of stage ``name`` for ``cube`` as keyword arguments
+    (``stages.<name>`` with ``cubes.<cube>.params.<name>`` over it; :meth:`Catalog.stage_params`)."""
+    return catalog.stage_params(cube, name)
 
 
 def stage_current(catalog: Catalog, cube: str, name: str) -> Manifest | None:
     """The manifest of stage ``name``'s artifact on ``cube`` when it is current, else None."""
     stage = STAGES[name]
     out = catalog.stage_dir(cube) / stage.output
-    return stage.current(str(catalog.cube_path(cube)), str(out), stage_params(catalog, name))
+    return stage.current(str(catalog.cube_path(cube)), str(out), stage_params(catalog, name, cube))

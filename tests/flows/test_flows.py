@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 import xarray as xr
+import yaml
 
 from flows.cli import main
 from flows.demo import demo_flow, demo_up_to_date
@@ -131,3 +133,16 @@ def test_cli_run_reports_a_failed_stage_in_its_table_and_exits_1(tmp_path: Path,
     assert "stage labels failed: Task run encountered an exception ValueError: labels must be" in captured.out
     assert "fusioncube: error: stage(s) labels failed (above); the others finished" in captured.err
     assert "Traceback" not in captured.err  # neither from the flow nor from the Dask worker that ran the task
+
+    # the stages and the cube's own parameters written into that catalog: kept when a new ingest
+    # rewrites it, a points file named there found beside it, products in the cube's own folder
+    raw = yaml.safe_load(Path(catalog).read_text())
+    raw["cubes"]["cube"].update(stages=["labels"], params={"labels": {"labels": "points.csv", "epochs": 1}})
+    Path(catalog).write_text(yaml.safe_dump(raw))
+    shutil.copy(real_fixtures / "modis_ndvi_sinop" / "samples_sinop_crop.csv", tmp_path / "points.csv")
+    assert main(["ingest", *files, "--out", str(cube)]) == 0
+    assert yaml.safe_load(Path(catalog).read_text())["cubes"]["cube"]["params"] == raw["cubes"]["cube"]["params"]
+    capfd.readouterr()
+    assert main(["run", "cube", "--catalog", catalog, "--workers", "1"]) == 0
+    assert "labels     ran" in capfd.readouterr().out
+    assert (tmp_path / "ndvi_artifacts" / "cube" / "labels.zarr").is_dir()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+import yaml
 
 from flows.pipeline import run_pipeline
 from tasks.catalog import load_catalog
@@ -86,6 +87,16 @@ def test_pipeline_reuses_everything_then_recomputes_only_what_new_scenes_change(
     assert "nothing new" in again["summary"]["headline"]
     assert again["summary"]["stages"] == {"patch": "reused", "anomalies": "reused"}
     assert _manifests(data) == before, "a run with nothing new rewrote a manifest"
+
+    # the cube's own stage parameters (cubes.planet.params) replace the shared ones: anomalies reruns
+    raw = yaml.safe_load(CATALOG.read_text())
+    raw["cubes"]["planet"]["params"] = {"anomalies": {"k": 5.0}}
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump(raw))
+    tuned = run_pipeline(own, "planet", stages=["anomalies"], env=env, workers=2)
+    assert tuned["summary"]["stages"] == {"patch": "reused", "anomalies": "ran"}
+    manifest = read_manifest(tuned["stages"]["anomalies"]["artifact"])
+    assert (manifest.params["k"], manifest.params["bits"]) == (5.0, load_catalog(CATALOG, env=env).stages.anomalies.bits)
 
     _scenes(sample, scenes)  # the rest of the Planet scenes arrive
     more = run_pipeline(CATALOG, "planet", stages=["anomalies"], env=env, workers=2)

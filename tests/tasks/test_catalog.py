@@ -50,6 +50,13 @@ def test_relative_paths_resolve_against_the_catalog_file(tmp_path: Path, raw: di
         (lambda r: r["sources"]["planet"]["bands"][0].update(scale="abc"), r"bands\[0\]\.scale"),
         (lambda r: r["sources"]["nlcd"].update(resampling="bilinear"), r"categorical sources need nearest or mode"),
         (lambda r: r["cubes"]["planet"]["grid"].update(bounds=[10, 0, 0, 10]), r"bounds must be"),
+        (lambda r: r["cubes"]["planet"].update(params={"anomalys": {}}),
+         r"cubes\.planet\.params\.anomalys: unknown key \(did you mean 'anomalies'\?\)"),
+        (lambda r: r["cubes"]["planet"].update(params={"anomalies": {"bitz": 6}}),
+         r"cubes\.planet\.params\.anomalies\.bitz: unknown key \(did you mean 'bits'\?\)"),
+        (lambda r: r["cubes"]["planet"].update(params={"compress": {"step": 0.5, "psnr": 40}}),
+         r"cubes\.planet\.params\.compress: give at most one of step, bits and psnr"),
+        (lambda r: r["stages"]["compress"].update(psnr=40), r"stages\.compress: give at most one of step, bits and psnr"),
     ],
 )
 def test_malformed_catalog_names_file_and_key(raw: dict, mutate, match: str) -> None:
@@ -88,3 +95,41 @@ def test_lookup_errors_suggest(raw: dict) -> None:
         cat.cube("plant")
     with pytest.raises(CatalogError, match="did you mean 'nlcd'"):
         cat.source("nlc")
+
+
+def test_a_cube_s_own_stage_parameters_replace_the_shared_ones_key_by_key(tmp_path: Path, raw: dict) -> None:
+    raw["cubes"]["modis_lst"]["params"] = {
+        "anomalies": {"bits": 6},
+        "compress": {"psnr": 40},  # one choice with stages.compress.step: replaces it
+        "labels": {"labels": "fields/points.csv", "lam": 0},
+    }
+    raw["storage"] = {"root": "data"}
+    cat = catalog_from_dict(raw, path=tmp_path / "cat.yaml")
+    shared = cat.stage_params("planet", "anomalies")
+    assert shared == raw["stages"]["anomalies"] | {"band": None, "lam": None}
+    assert cat.stage_params("modis_lst", "anomalies") == shared | {"bits": 6}
+    assert cat.stage_params("planet", "compress")["step"] == 0.5
+    own = cat.stage_params("modis_lst", "compress")
+    assert (own["step"], own["bits"], own["psnr"], own["iters"]) == (None, None, 40.0, 10)
+    labels = cat.stage_params("modis_lst", "labels")
+    assert labels["labels"] == str(tmp_path / "fields" / "points.csv")  # beside the catalog
+    assert (labels["lam"], labels["epochs"]) == (0.0, raw["stages"]["labels"]["epochs"])
+    assert cat.stage_params("planet", "labels")["labels"] == "landcover"  # a layer name stays a name
+    with pytest.raises(CatalogError, match=r"no stage 'anomaly' \(did you mean 'anomalies'\?\)"):
+        cat.stage_params("planet", "anomaly")
+
+
+def test_catalog_check_lists_each_cube_with_its_stages_and_own_parameters(tmp_path: Path, raw: dict, capsys) -> None:
+    from flows.cli import main
+
+    raw["cubes"]["modis_lst"]["params"] = {"anomalies": {"bits": 6}}
+    path = tmp_path / "cat.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["catalog", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "cube planet -> " in out and "stages: gapfill\n" in out
+    assert "stages: anomalies; own parameters: anomalies.bits=6" in out
+    raw["cubes"]["modis_lst"]["params"] = {"anomalies": {"bitz": 6}}
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["catalog", "check", str(path)]) != 0
+    assert "cubes.modis_lst.params.anomalies.bitz: unknown key" in capsys.readouterr().err

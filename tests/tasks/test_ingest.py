@@ -330,6 +330,14 @@ def test_real_modis_ndvi_jp2_series(real_fixtures: Path, tmp_path: Path) -> None
     np.testing.assert_allclose(ds["data"].isel(time=0, band=0).values[ok], raw[ok] * np.float32(1e-4), rtol=1e-6)
 
 
+def test_an_unreadable_catalog_beside_the_cube_is_named_and_kept(real_fixtures: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "ndvi.zarr.catalog.yaml"
+    broken.write_text("cubes: {cube: [unclosed\n")
+    with pytest.raises(CatalogError, match=r"ndvi\.zarr\.catalog\.yaml: the catalog beside the cube cannot be read"):
+        build_adhoc_catalog([str(real_fixtures / "modis_ndvi_sinop" / "*.jp2")], tmp_path / "ndvi.zarr")
+    assert broken.read_text() == "cubes: {cube: [unclosed\n"
+
+
 def test_real_modis_ndvi_with_scale_nodata_and_valid_range(real_fixtures: Path, tmp_path: Path, capsys) -> None:
     """The JPEG 2000 series declares neither its 1e-4 scale nor its fill: given on the command
     line, the cube holds NDVI, with the fill (-3000) and out-of-range values (MOD13Q1's valid range
