@@ -35,7 +35,7 @@ and the product's classes come partly from context the spectra lack), and neares
 wrong mainly in the mixed 30 m cells at class edges. So the coarse map is used as what it is, a
 per-pixel prior available everywhere (nearest upsampling uses it on the test blocks too): the
 UNet + LRTD probabilities ``S`` are fused with the local class shares ``q`` of the coarse map in a
-``w x w`` box (``p_k ~ S_k^a q_k``, ``fusion_models.unet_lrtd.fuse_prior``), so a pixel keeps a
+``w x w`` box (``p_k ~ S_k^a q_k``, ``fusion_models.unet_lrtd_training.fuse_prior``), so a pixel keeps a
 class of its coarse neighbourhood and the network decides where the edge of a coarse cell lies.
 ``(w, a)`` is chosen on the validation blocks, with a UNet + LRTD trained on the other train
 blocks, from ``w in fusion_windows`` (1 = the coarse map itself, i.e. nearest) and
@@ -227,7 +227,7 @@ def run_unet(data: dict[str, Any], labels: np.ndarray, cfg: dict[str, Any], *, l
     (default: test) and the seconds taken."""
     import math
 
-    from fusion_models.unet_lrtd import class_weights, fit_unet_lrtd, predict_proba
+    from fusion_models.unet_lrtd_training import class_weights, fit_unet_lrtd, predict_proba
     from tasks.labels import codes_to_index
 
     train = data["split"] == "train" if fit_on is None else fit_on
@@ -280,10 +280,10 @@ def validation_patches(data: dict[str, Any], cfg: dict[str, Any]) -> np.ndarray:
 
 def coarse_prior_patches(data: dict[str, Any], mask: np.ndarray, classes: tuple[int, ...],
                          window: int) -> np.ndarray:
-    """The local coarse-label prior (:func:`fusion_models.unet_lrtd.local_class_share`) computed on
+    """The local coarse-label prior (:func:`fusion_models.unet_lrtd_training.local_class_share`) computed on
     the whole image, cut into the ``mask`` patches ``(P, K, s, s)``."""
     from fusion_models.patching import extract_patches
-    from fusion_models.unet_lrtd import local_class_share
+    from fusion_models.unet_lrtd_training import local_class_share
     from tasks.labels import codes_to_index
 
     share = local_class_share(codes_to_index(data["coarse_image"], classes), len(classes), window=window)
@@ -302,7 +302,7 @@ def choose_fusion(data: dict[str, Any], cfg: dict[str, Any], classes: tuple[int,
     every (window, power) of ``cfg['fusion_grid']`` is scored (mIoU against the 3 m truth) on the
     validation blocks, window 1 meaning the coarse map itself (so fusion is chosen only where it
     beats nearest upsampling on validation)."""
-    from fusion_models.unet_lrtd import fuse_prior
+    from fusion_models.unet_lrtd_training import fuse_prior
 
     val = validation_patches(data, cfg)
     fit_on = (data["split"] == "train") & ~val
@@ -389,7 +389,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None,
         log.info("%s %s: OA %.4f, macro-F1 %.4f, mIoU %.4f (%.1f s)", setting, method, r["oa"],
                  r["macro_f1"], r["miou"], seconds)
 
-    from fusion_models.unet_lrtd import fuse_prior
+    from fusion_models.unet_lrtd_training import fuse_prior
 
     fusion: dict[str, Any] = {}
     seeds = [int(v) for v in cfg["seeds"]]

@@ -49,9 +49,8 @@ from prefect.cache_policies import NONE
 
 from fusion_models.lrtcnet import default_device
 from fusion_models.patching import blend_window, extract_patches, fold_patches, patch_origins
-from fusion_models.unet_lrtd import (
-    IGNORE,
-    UNetLRTD,
+from fusion_models.unet_lrtd import IGNORE, UNetLRTD
+from fusion_models.unet_lrtd_training import (
     class_weights,
     fit_unet_lrtd,
     fuse_prior,
@@ -109,7 +108,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "labels"
-CODE_MODULES = ("tasks.labels", "fusion_models.unet_lrtd", "fusion_models.patching", "tasks.cube")
+CODE_MODULES = ("tasks.labels", "fusion_models.unet_lrtd", "fusion_models.unet_lrtd_training", "fusion_models.patching",
+                "tasks.cube")
 NO_CLASS = 255  # class(y, x) where there is no prediction / label raster nodata
 CODES: tuple[int, ...] = tuple(NLCD_CLASSES)
 TRAIN_PATCHES = 512  # patches held in memory for training (labelled ones first)
@@ -524,13 +524,13 @@ def recover_labels(
         Coarse labels (a label layer of the cube, e.g. the 30 m NLCD on the 3 m grid): with
         ``prior_window`` > 0 (odd, e.g. 5), the network's probabilities are fused with the local
         class shares of the label layer in a ``prior_window`` px box,
-        ``p_k ~ S_k^prior_power * q_k`` (``fusion_models.unet_lrtd.fuse_prior``), so each pixel
+        ``p_k ~ S_k^prior_power * q_k`` (``fusion_models.unet_lrtd_training.fuse_prior``), so each pixel
         keeps a class of its coarse neighbourhood and the network places the edges of the coarse
         cells (``benchmarks/labels.py`` chooses the pair on validation blocks). 0: off. Ignored
         for point labels.
     class_power
         Cross-entropy class weights ``n_k^-class_power`` from the labelled pixels
-        (``fusion_models.unet_lrtd.class_weights``); 0: unweighted.
+        (``fusion_models.unet_lrtd_training.class_weights``); 0: unweighted.
     width, depth
         UNet base width and levels.
     seed

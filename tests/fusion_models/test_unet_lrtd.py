@@ -9,21 +9,23 @@ import torch
 from tensorly.decomposition import tucker
 
 from fusion_models.unet_lrtd import (
-    FitResult,
     LRTDLayer,
     UNet,
     UNetLRTD,
+    hooi,
+    lrtd_loss,
+    stack_time,
+    tucker_reconstruct,
+)
+from fusion_models.unet_lrtd_training import (
+    FitResult,
     augment_patches,
     class_weights,
     fit_unet_lrtd,
     fuse_prior,
-    hooi,
     local_class_share,
-    lrtd_loss,
     miou_index,
     predict_proba,
-    stack_time,
-    tucker_reconstruct,
 )
 
 torch.set_num_threads(1)
