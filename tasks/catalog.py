@@ -325,7 +325,7 @@ class CubeSpec(_Strict):
     chunks: ChunkSpec = ChunkSpec()
     time_range: tuple[date | None, date | None] | None = None
     path: str | None = Field(default=None, description="default: <storage.cubes>/<name>.zarr")
-    patch: PatchParams | None = Field(default=None, description="overrides stages.patch for this cube")
+    patch: PatchParams | None = Field(default=None, description="this cube's patching, key by key over stages.patch")
     params: CubeStageParams = Field(
         default_factory=lambda: CubeStageParams(),
         description="per-stage parameters for this cube, key by key over stages.<stage>",
@@ -579,8 +579,12 @@ class Catalog(_Strict):
         return self.inside_storage(self.cubes_dir / f"{name}.zarr", key=f"cubes.{name}")
 
     def patch_params(self, cube: str) -> PatchParams:
-        """The cube's patching parameters: its own override or ``stages.patch``."""
-        return self.cube(cube).patch or self.stages.patch
+        """The cube's patching parameters: ``stages.patch`` with the keys of the cube's own
+        ``cubes.<cube>.patch`` over it (as :meth:`stage_params` for the other stages)."""
+        own = self.cube(cube).patch
+        if own is None:
+            return self.stages.patch
+        return self.stages.patch.model_copy(update=own.model_dump(include=own.model_fields_set))
 
     def stage_params(self, cube: str, stage: str) -> dict[str, Any]:
         """Stage ``stage``'s parameters for ``cube`` as keyword arguments: ``stages.<stage>`` with

@@ -133,3 +133,12 @@ def test_catalog_check_lists_each_cube_with_its_stages_and_own_parameters(tmp_pa
     path.write_text(yaml.safe_dump(raw))
     assert main(["catalog", "check", str(path)]) != 0
     assert "cubes.modis_lst.params.anomalies.bitz: unknown key" in capsys.readouterr().err
+
+
+def test_a_cube_s_own_patching_replaces_the_shared_keys_it_gives(raw: dict) -> None:
+    raw["stages"]["patch"].update(block=8, seed=3)
+    raw["cubes"]["modis_lst"]["patch"] = {"size": 16}
+    cat = catalog_from_dict(raw, path="cat.yaml")
+    assert cat.patch_params("modis_lst").model_dump() == {**raw["stages"]["patch"], "size": 16, "stride": None,
+                                                          "fractions": tuple(raw["stages"]["patch"]["fractions"])}
+    assert cat.patch_params("planet") == cat.stages.patch
