@@ -38,7 +38,7 @@ import logging
 import shutil
 import time as _time
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
+    read_manifest,
     reuse_or_refuse,
     stage_key,
     write_manifest,
@@ -402,7 +403,7 @@ def _decoded_segments(compressed: Path) -> Any:
 def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = False,
                progress: bool = False) -> xr.Dataset:
     """Decode ``compressed/`` back into a cube (``data`` and ``valid``) at ``out`` (Zarr v3)."""
-    from tasks.cube import zarr_array
+    from tasks.cube import open_cube, zarr_array
     from tasks.patch import unpatch
 
     compressed, out = Path(compressed), Path(out)
@@ -439,10 +440,19 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
                                        desc=f"decode {compressed.name}", unit="segment", disable=not progress):
             zarr_array(group, "data")[first:first + len(data)] = data
             zarr_array(group, "valid")[first:first + len(valid)] = valid
-        cube = unpatch(tmp, out, overwrite=overwrite)
+        unpatch(tmp, out, overwrite=overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return cube
+    # made from the compressed store, not from the temporary patches it was decoded through
+    folded = read_manifest(out)
+    if folded is not None:
+        inputs = {"compressed": fingerprint(compressed)}
+        outputs = {k: v for k, v in folded.outputs.items() if k != "patches"}
+        write_manifest(out, replace(folded, stage="decompress", inputs=inputs,
+                                    key=stage_key("decompress", inputs=inputs, params=folded.params,
+                                                  code=folded.code_version),
+                                    outputs={**outputs, "compressed": str(compressed)}))
+    return open_cube(out)
 
 
 def compress_png(cube: str | Path, decoded: str | Path, out: str | Path, *, title: str = "",

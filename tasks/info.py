@@ -37,7 +37,8 @@ def _made_by(manifest: Manifest | None) -> list[str]:
     if manifest.stage == "ingest":
         source = f"{len(outputs.get('scenes', {}))} scene(s), {len(outputs.get('quarantine', {}))} quarantined"
     else:
-        source = outputs.get("cube") or outputs.get("patches") or ", ".join(manifest.inputs)
+        source = (outputs.get("cube") or outputs.get("patches") or outputs.get("compressed")
+                  or ", ".join(manifest.inputs))
     params = ", ".join(f"{k}={v}" for k, v in sorted(manifest.params.items()) if v is not None)
     lines = [f"  made by: stage {manifest.stage}, {manifest.created[:19].replace('T', ' ')} UTC, from {source}"]
     if params:

@@ -11,6 +11,7 @@ import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 
+from tasks.checkpoint import read_manifest
 from tasks.compress import compress_cube, decompress
 from tasks.cube import grid_coords, open_cube, spatial_ref
 
@@ -118,6 +119,11 @@ def test_decompress_cli_decodes_a_shipped_store_and_refuses_a_damaged_one(cube: 
     back, ref = open_cube(tmp_path / "back.zarr"), open_cube(tmp_path / "c" / "decoded.zarr")
     np.testing.assert_array_equal(back["data"].values, ref["data"].values)
     assert back["spatial_ref"].attrs["crs_wkt"] == ref["spatial_ref"].attrs["crs_wkt"]
+    made = read_manifest(tmp_path / "back.zarr")  # made from the store, not from a temporary folder
+    assert (made.stage, made.outputs["compressed"], "patches" in made.outputs) == ("decompress", str(shipped), False)
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "back.zarr")]) == 0
+    assert "made by: stage decompress, " in (info := capsys.readouterr().out) and f"from {shipped}" in info
     # the compress --out folder works too; an existing output is refused before decoding
     assert main(["stage", "decompress", "--store", str(tmp_path / "c"), "--out", str(tmp_path / "back.zarr")]) == 2
     assert "exists" in capsys.readouterr().err
