@@ -225,11 +225,13 @@ def _cmd_stage_patch(args: argparse.Namespace) -> int:
     from tasks.patch import fit_patch_size, make_patches
 
     size, stride = (args.size, args.stride) if args.size is not None else fit_patch_size(args.cube, 32, args.stride)
-    manifest = make_patches(
+    make_patches(
         args.cube, args.out, size=size, stride=stride, block=args.block,
         seed=args.seed, overwrite=args.overwrite, progress=True,
     )
-    print(f"{args.out}: {json.dumps(manifest.outputs)}")
+    from tasks.info import describe
+
+    print("\n".join(describe(args.out)))
     return 0
 
 

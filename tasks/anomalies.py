@@ -491,14 +491,20 @@ def _observed(cube: str | Path, band: str) -> xr.DataArray:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    import json
-
     manifest = detect_anomalies(args.cube, args.out, bits=args.bits, band=args.band, lam=args.lam,
                                 tile=args.tile, overwrite=args.overwrite, progress=True)
     png = anomalies_png(args.out, Path(args.out).with_suffix(".png"))
     result = xr.open_zarr(args.out, consolidated=None)
     rows = strongest_anomalies(result, 10, _observed(args.cube, manifest.outputs["band"]))
-    print(f"{args.out}: {json.dumps(manifest.stats)}")  # noqa: T201 - CLI output
+    s, o = manifest.stats, manifest.outputs
+    q, entries = o["quantizer"], int(np.prod(list(o["shape"].values())))
+    capped = (f"; {s['unconverged_tiles']} of them stopped at the iteration cap (background: the last iterate)"
+              if s.get("unconverged_tiles") else "")
+    print(f"{args.out}: band {o['band']}, {q['bits']}-bit quantizer over {q['lo']:.6g} .. {q['hi']:.6g}; "  # noqa: T201
+          f"{s['flagged']} pixel-dates flagged ({s['flagged'] / max(entries, 1):.2%} of all); "
+          f"{s['tiles']} tiles in {s['seconds']:.1f} s{capped}")
+    if rows:
+        print("strongest (date, x, y, change in the band's units, score):")  # noqa: T201
     xs = result["x"].values
     step = float(np.abs(np.diff(xs[:2]))[0]) if len(xs) > 1 else 1.0
     digits = max(0, 1 - int(np.floor(np.log10(step)))) if step > 0 else 0  # metres: 0, degrees: ~5

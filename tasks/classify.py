@@ -703,13 +703,14 @@ def classify_cube(
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    import json
     import sys
+
+    from tasks.info import describe
 
     manifest = classify_cube(args.cube, args.out, model=args.model, label=args.label, epochs=args.epochs,
                              seed=args.seed, device=args.device, overwrite=args.overwrite, progress=True)
     test = manifest.stats.get("test") or {}
-    sys.stdout.write(f"{args.out}: {json.dumps({k: v for k, v in manifest.outputs.items() if k != 'classes_found'})}\n")
+    sys.stdout.write("\n".join([*describe(args.out), f"  map: {manifest.outputs['cog']}; model: {manifest.outputs['model']}"]) + "\n")
     if test:
         sys.stdout.write(f"test patches: accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} "
                          f"({test['pixels']} pixels)\n")

@@ -565,11 +565,15 @@ def _cmd(args: argparse.Namespace) -> int:
                              ranks=tuple(args.ranks) if args.ranks else None, step=args.step,
                              bits=args.bits, psnr=args.psnr, iters=args.iters, rdo_lambda=args.rdo_lambda,
                              progress=True)
-    print(f"{args.out}: {json.dumps(manifest.stats)}")  # noqa: T201 - CLI output
+    from tasks.info import describe
+
+    s = manifest.stats
+    test = s["test"]["psnr_db"]
+    print("\n".join(describe(Path(args.out) / "compressed")))  # noqa: T201 - CLI output
+    print(f"  test patches (not trained on): PSNR {'-' if test is None else f'{test:.2f}'} dB; "  # noqa: T201
+          f"encoded at {s['encode_mb_s']:.1f} MB/s")
     print(f"decoded cube: {Path(args.out) / 'decoded.zarr'}")  # noqa: T201
     print(f"quick-look: {Path(args.out) / 'compress.png'}")  # noqa: T201
-    print(f"to decode {Path(args.out) / 'compressed'} elsewhere: fusioncube stage decompress "  # noqa: T201
-          f"--store {Path(args.out) / 'compressed'} --out CUBE.zarr")
     return 0
 
 

@@ -499,13 +499,18 @@ def quicklook_png(cube: str | Path, filled: str | Path, out_png: str | Path, *, 
 
 
 def _cmd_gapfill(args: argparse.Namespace) -> int:
-    import json
     import sys
+
+    from tasks.info import describe
 
     manifest = gapfill_cube(args.cube, args.out, epochs=args.epochs, layers=args.layers,
                             patch=args.patch, batch=args.batch, seed=args.seed, fill_unseen=args.fill_unseen,
                             overwrite=args.overwrite)
-    sys.stdout.write(f"{args.out}: {json.dumps(manifest.outputs)}\n")
+    o = manifest.outputs
+    sys.stdout.write("\n".join([
+        *describe(args.out),
+        f"  LRTC-Net: ranks {o['ranks']}, fitted self-supervised on {o['training_patches']} patches; weights {o['weights']}",
+    ]) + "\n")
     return 0
 
 

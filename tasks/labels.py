@@ -723,7 +723,13 @@ def _cmd_labels(args: argparse.Namespace) -> int:
     manifest = recover_labels(args.cube, args.labels, args.out, lam=args.lam, variant=args.variant,
                               epochs=args.epochs, patch=args.patch, seed=args.seed,
                               prior_window=args.prior_window, overwrite=args.overwrite)
-    sys.stdout.write(f"{args.out}: {json.dumps(manifest.outputs)}\n")
+    from tasks.info import describe
+
+    o = manifest.outputs
+    sys.stdout.write("\n".join([
+        *describe(args.out),
+        f"  trained on {o['labelled_pixels']} labelled pixels in {o['training_patches']} patches; map: {o['cog']}",
+    ]) + "\n")
     return 0
 
 

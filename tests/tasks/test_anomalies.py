@@ -198,7 +198,9 @@ def test_cli_lists_spots_with_coordinates_at_the_grid_precision(tmp_path, capsys
     cube, out = tmp_path / "geo.zarr", tmp_path / "a.zarr"
     _cube(cube, transform=Affine(0.0005, 0, 10.0, 0, -0.0005, 50.0), crs=CRS.from_epsg(4326))
     assert main(["stage", "anomalies", "--cube", str(cube), "--out", str(out), "--bits", "8"]) == 0
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if " x=" in ln]
+    text = capsys.readouterr().out
+    assert f"{out}: band " in text and "8-bit quantizer over" in text and "pixel-dates flagged" in text
+    lines = [ln for ln in text.splitlines() if " x=" in ln]
     coords = {tuple(part.split("=")[1] for part in ln.split()[1:3]) for ln in lines}
     assert lines and all(len(x.split(".")[1]) >= 4 for x, _ in coords), lines
     spots = {(round(10.0 + 0.0005 * (c + 0.5), 5), round(50.0 - 0.0005 * (r + 0.5), 5)) for _, r, c in SPOTS}

@@ -262,3 +262,15 @@ def test_map_strips_equal_one_pass_over_the_whole_cube(kind: str) -> None:
         moved[:, :, 11, 15 + dist] += 5.0
         out = next(predict_proba(net, [(moved[None], valid[None], np.zeros((1, 1, 1), np.int64))]))[0]
         assert (np.abs(out[:, 11, 15] - whole[:, 11, 15]).max() > 1e-6) == changes
+
+
+def test_cli_reports_the_class_map_in_words(trained, monkeypatch, capsys) -> None:
+    from flows.cli import main
+
+    cube, out, _, manifest = trained
+    monkeypatch.setattr("tasks.classify.classify_cube", lambda *a, **k: manifest)  # the fixture's run
+    assert main(["stage", "classify", "--cube", str(cube), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"{out}: a class map (stage classify)" in text and "confidence: mean" in text
+    assert f"map: {manifest.outputs['cog']}" in text
+    assert f"test patches: accuracy {manifest.stats['test']['accuracy']:.3f}" in text

@@ -71,13 +71,16 @@ def test_compress_round_trip_rate_and_reuse(cube: Path, tmp_path: Path) -> None:
     assert np.allclose(again_cube["data"].values, dec["data"].values, equal_nan=True)
 
 
-def test_bits_option_and_cli(cube: Path, tmp_path: Path) -> None:
+def test_bits_option_and_cli(cube: Path, tmp_path: Path, capsys) -> None:
     from flows.cli import main
 
     rc = main(["stage", "compress", "--cube", str(cube), "--out", str(tmp_path / "c"), "--bits", "6",
                "--ranks", "2", "2", "4", "4", "--patch", "8", "--iters", "1"])
     assert rc == 0
     assert (tmp_path / "c" / "decoded.zarr").exists()
+    text = capsys.readouterr().out
+    assert f"{tmp_path / 'c' / 'compressed'}: a compressed cube (TDL, stage compress)" in text
+    assert "bits per entry (everything stored counted)" in text and "test patches (not trained on): PSNR" in text
     with pytest.raises(ValueError, match="give one of step, bits and psnr; got step=0.1, bits=4"):
         compress_cube(cube, tmp_path / "d", patch=8, step=0.1, bits=4)
     assert main(["stage", "compress", "--cube", str(cube), "--out", str(tmp_path / "e"), "--bits", "0"]) == 2

@@ -213,3 +213,15 @@ def test_long_series_train_fewer_patches_a_step(monkeypatch):
     for shape in ((1000, 4, 32, 32), (70, 4, 32, 32)):
         g._fit(np.zeros((1, *shape), np.float32), np.zeros((1, shape[0], 32, 32), bool), shape, kw)
     assert seen == [1, 8]
+
+
+def test_cli_reports_the_filled_cube_in_words(filled, monkeypatch, capsys) -> None:
+    from flows.cli import main
+
+    cube, out, _, cloud, manifest = filled
+    monkeypatch.setattr("tasks.gapfill.gapfill_cube", lambda *a, **k: manifest)  # the fixture's run
+    assert main(["stage", "gapfill", "--cube", str(cube), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"{out}: a schema-following cube" in text
+    assert f"filled: {cloud.mean():.1%} of pixel-dates" in text
+    assert f"LRTC-Net: ranks {manifest.outputs['ranks']}, fitted self-supervised on" in text

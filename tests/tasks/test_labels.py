@@ -338,3 +338,14 @@ def test_labels_from_a_class_raster_in_another_crs(tmp_path) -> None:
     manifest = recover_labels(cube, tmp_path / "landcover_wgs84.tif", tmp_path / "o.zarr", **{**FAST, "epochs": 3})
     assert manifest.outputs["labels"]["kind"] == "raster" and manifest.outputs["classes"] == list(CODES)
     assert manifest.outputs["labels"]["labelled"] > 0.8 * H * W  # the whole map, less its edge
+
+
+def test_cli_reports_the_label_map_in_words(recovered, monkeypatch, capsys) -> None:
+    from flows.cli import main
+
+    cube, out, _, manifest = recovered
+    monkeypatch.setattr("tasks.labels.recover_labels", lambda *a, **k: manifest)  # the fixture's run
+    assert main(["stage", "labels", "--cube", str(cube), "--labels", "landcover", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"{out}: a class map (stage labels)" in text and "confidence: mean" in text
+    assert f"trained on {manifest.outputs['labelled_pixels']} labelled pixels" in text

@@ -241,6 +241,7 @@ def test_cli_patches_a_cube_smaller_than_the_default_size(cube: Path, tmp_path: 
     small = tmp_path / "small.zarr"
     xr.open_zarr(cube).isel(y=slice(0, 20), x=slice(0, 30)).to_zarr(small, zarr_format=3, consolidated=True)
     assert main(["stage", "patch", "--cube", str(small), "--out", str(tmp_path / "p.zarr")]) == 0
+    assert f"{tmp_path / 'p.zarr'}: patches (stage patch)" in capsys.readouterr().out
     assert dict(xr.open_zarr(tmp_path / "p.zarr").sizes)["py"] == 20
     assert main(["stage", "patch", "--cube", str(small), "--out", str(tmp_path / "q.zarr"), "--size", "32"]) == 2
     assert "size must not exceed the image (height=20, width=30)" in capsys.readouterr().err
