@@ -80,7 +80,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from flows.ingest import ingest_flow
-    from tasks.adhoc import adhoc_catalog, build_adhoc_catalog
+    from tasks.adhoc import adhoc_catalog, adhoc_cube_name, build_adhoc_catalog
 
     options = dict(
         crs=args.crs, resolution=args.resolution, chunks=args.chunks, time_chunk=args.time_chunk,
@@ -95,18 +95,20 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _ingest_dry_run(*build_adhoc_catalog(args.paths, Path(args.out), **options))
     catalog_path = adhoc_catalog(args.paths, Path(args.out), **options)
-    report = ingest_flow(str(catalog_path), "cube", progress_bar=True)
+    cube = adhoc_cube_name(args.out)
+    report = ingest_flow(str(catalog_path), cube, progress_bar=True)
     _print_report(report)
     if options["layers"] and report["time_steps"]:  # a cube made before: add the layers it lacks
         from tasks.catalog import load_catalog
         from tasks.ingest import add_static_layers
 
-        added, bad = add_static_layers(load_catalog(catalog_path), "cube")
+        added, bad = add_static_layers(load_catalog(catalog_path), cube)
         for name in added:
             print(f"layer {name} added to {args.out}")
         for q in bad:
             print(f"  quarantined {q['scene']}: {q['reason']}")
-    print(f"catalog written beside the cube (run again to add new files): {catalog_path}")
+    print(f"catalog written beside the cube (run again to add new files; `fusioncube run {cube} --catalog "
+          f"{catalog_path.name}` also runs the stages it lists): {catalog_path}")
     return 0 if report["time_steps"] else 1
 
 
@@ -129,12 +131,13 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
 
     catalog = catalog_from_dict(raw, path=path)
     source = catalog.source("scenes")
-    plan = plan_ingest(catalog, "cube")
-    existing = catalog.cube_path("cube").exists()
+    cube = next(iter(catalog.cubes))
+    plan = plan_ingest(catalog, cube)
+    existing = catalog.cube_path(cube).exists()
     g = None
     if plan.new:
-        g = grid_of_cube(catalog.cube_path("cube")) if existing else cube_grid(
-            catalog.cube("cube"), [r for group in plan.new for r in group], name="cube")
+        g = grid_of_cube(catalog.cube_path(cube)) if existing else cube_grid(
+            catalog.cube(cube), [r for group in plan.new for r in group], name=cube)
         plan = scenes_within(plan, g)
     refs = [r for group in plan.new for r in group]
     print("dry run: nothing is written")
@@ -147,7 +150,7 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
         print(f"  units: per scene, from each scene's product metadata ({source.radiometry})")
     if source.band_files:
         print(f"  one file per band, grouped by {source.band_files!r}")
-    for name, layer_source in catalog.cube("cube").static.items():
+    for name, layer_source in catalog.cube(cube).static.items():
         print(f"  layer {name}: {catalog.source(layer_source).glob[0]} (class map, warped by majority)")
     if source.mask is not None:
         rule = source.mask.model_dump(exclude_none=True, exclude={"sidecar"})
@@ -156,7 +159,7 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
     if refs and g is not None:
         dates = sorted({r.date.date() for r in refs if r.date})
         span = f" on {len(dates)} date(s), {dates[0]} .. {dates[-1]}" if dates else ""
-        where = "the cube's" if existing else "given" if catalog.cube("cube").grid else "the first scene's"
+        where = "the cube's" if existing else "given" if catalog.cube(cube).grid else "the first scene's"
         print(f"  {len(refs)} new scene(s){span}; grid ({where}): {crs_label(g.crs)}, "
               f"{abs(g.transform.a):g} x {abs(g.transform.e):g}, {g.width} x {g.height} px, bounds "
               f"{[round(v, 6) for v in g.bounds]}")

@@ -41,7 +41,8 @@ from tasks.discover import (
 )
 from tasks.errors import CatalogError, SceneError
 
-__all__ = ["BAND_TOKEN", "KNOWN_LAYERS", "PRESETS", "LayerUnits", "Preset", "adhoc_catalog", "build_adhoc_catalog", "describe_bands",
+__all__ = ["BAND_TOKEN", "KNOWN_LAYERS", "PRESETS", "LayerUnits", "Preset", "adhoc_catalog", "adhoc_cube_name",
+           "build_adhoc_catalog", "describe_bands",
            "detect_band_files", "detect_layer_files", "known_layer"]
 
 log = logging.getLogger(__name__)
@@ -513,6 +514,14 @@ def _scaled(band: dict[str, Any], preset: Preset) -> dict[str, Any]:
     return band
 
 
+def adhoc_cube_name(out: str | Path) -> str:
+    """The cube's name in the catalog `fusioncube ingest` writes beside ``out``: the store's name
+    without its suffix (``fields/ndvi.zarr`` -> ``ndvi``), other characters than letters, digits,
+    ``-`` and ``_`` as ``-``. It names the pipeline's deployments (``pipeline-ndvi``), its artifacts
+    folder (``artifacts/ndvi/``) and its tags, so cubes ingested side by side stay apart."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", Path(out).stem).strip("-") or "cube"
+
+
 def adhoc_catalog(paths: list[str], out: Path, **options: Any) -> Path:
     """Write (and validate) a one-source, one-cube catalog for ``paths`` beside the cube ``out``;
     return its path. ``options``: those of :func:`build_adhoc_catalog`."""
@@ -657,7 +666,7 @@ def build_adhoc_catalog(
             }
         },
         "cubes": {
-            "cube": {
+            adhoc_cube_name(out): {
                 "sources": ["scenes"],
                 **({"static": {name: f"layer_{name}" for name in layers}} if layers else {}),
                 "grid": grid,
@@ -665,9 +674,7 @@ def build_adhoc_catalog(
                 "path": str(out),
             }
         },
-        # the stages' products in a folder of this cube's own: two cubes ingested into one folder
-        # would otherwise share artifacts/cube/ and overwrite each other's products
-        "storage": {"root": str(out.parent), "artifacts": str(out.parent / f"{out.stem}_artifacts")},
+        "storage": {"root": str(out.parent)},
     }
     for name, layer in (layers or {}).items():
         raw["sources"][f"layer_{name}"] = _layer_source(name, layer)
@@ -707,8 +714,11 @@ def _keep_pipeline_settings(raw: dict[str, Any], path: Path) -> None:
     if not isinstance(old, dict):
         return
     cube = next(iter(raw["cubes"]))
-    old_cube = (old.get("cubes") or {}).get(cube) or {}
-    raw["cubes"][cube].update({k: old_cube[k] for k in PIPELINE_CUBE_KEYS if k in old_cube})
+    cubes = old.get("cubes") or {}
+    # its one cube, whatever it was called (catalogs before 2026-12 named it "cube")
+    old_cube = next(iter(cubes.values()), None) if isinstance(cubes, dict) and len(cubes) == 1 else None
+    if isinstance(old_cube, dict):
+        raw["cubes"][cube].update({k: old_cube[k] for k in PIPELINE_CUBE_KEYS if k in old_cube})
     raw.update({k: old[k] for k in PIPELINE_KEYS if k in old})
 
 

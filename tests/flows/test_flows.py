@@ -90,14 +90,14 @@ def test_ingest_flow_publishes_operator_artifacts(tmp_path: Path, real_fixtures:
         (src / f.name).write_bytes(f.read_bytes())
     (src / "TERRA_MODIS_012010_NDVI_2014-09-30.jp2").write_bytes(b"not a raster")
     catalog = adhoc_catalog([str(src / "*.jp2")], tmp_path / "ndvi.zarr")
-    report = ingest_flow(str(catalog), "cube")
+    report = ingest_flow(str(catalog), "ndvi")
     assert report["time_steps"] == 3 and len(report["quarantined"]) == 1
-    table = Artifact.get("ingest-cube")
+    table = Artifact.get("ingest-ndvi")  # keyed by the cube, named after its store
     assert table is not None and table.type == "table"
     assert "TERRA_MODIS_012010_NDVI_2014-09-30.jp2" in str(table.data) and "quarantined" in str(table.data)
-    summary = Artifact.get("ingest-summary-cube")
+    summary = Artifact.get("ingest-summary-ndvi")
     assert summary is not None and "cannot be read" in str(summary.data)
-    image = Artifact.get("quicklook-cube")
+    image = Artifact.get("quicklook-ndvi")
     assert image is not None and str(image.data).startswith("data:image/png;base64,")
     assert Path(report["quicklook"]).exists()
 
@@ -125,9 +125,9 @@ def test_cli_run_reports_a_failed_stage_in_its_table_and_exits_1(tmp_path: Path,
     assert main(["ingest", *files, "--out", str(cube)]) == 0
     catalog = str(cube) + ".catalog.yaml"
     capfd.readouterr()
-    assert main(["run", "cube", "--catalog", catalog, "--workers", "1"]) == 0
-    assert "no stage after patching is configured for cube 'cube'" in capfd.readouterr().out
-    assert main(["run", "cube", "--catalog", catalog, "--workers", "1", "--stages", "labels"]) == 1
+    assert main(["run", "ndvi", "--catalog", catalog, "--workers", "1"]) == 0
+    assert "no stage after patching is configured for cube 'ndvi'" in capfd.readouterr().out
+    assert main(["run", "ndvi", "--catalog", catalog, "--workers", "1", "--stages", "labels"]) == 1
     captured = capfd.readouterr()
     assert "labels     FAILED" in captured.out and "patch      reused" in captured.out
     assert "stage labels failed: Task run encountered an exception ValueError: labels must be" in captured.out
@@ -137,12 +137,12 @@ def test_cli_run_reports_a_failed_stage_in_its_table_and_exits_1(tmp_path: Path,
     # the stages and the cube's own parameters written into that catalog: kept when a new ingest
     # rewrites it, a points file named there found beside it, products in the cube's own folder
     raw = yaml.safe_load(Path(catalog).read_text())
-    raw["cubes"]["cube"].update(stages=["labels"], params={"labels": {"labels": "points.csv", "epochs": 1}})
+    raw["cubes"]["ndvi"].update(stages=["labels"], params={"labels": {"labels": "points.csv", "epochs": 1}})
     Path(catalog).write_text(yaml.safe_dump(raw))
     shutil.copy(real_fixtures / "modis_ndvi_sinop" / "samples_sinop_crop.csv", tmp_path / "points.csv")
     assert main(["ingest", *files, "--out", str(cube)]) == 0
-    assert yaml.safe_load(Path(catalog).read_text())["cubes"]["cube"]["params"] == raw["cubes"]["cube"]["params"]
+    assert yaml.safe_load(Path(catalog).read_text())["cubes"]["ndvi"]["params"] == raw["cubes"]["ndvi"]["params"]
     capfd.readouterr()
-    assert main(["run", "cube", "--catalog", catalog, "--workers", "1"]) == 0
+    assert main(["run", "ndvi", "--catalog", catalog, "--workers", "1"]) == 0
     assert "labels     ran" in capfd.readouterr().out
-    assert (tmp_path / "ndvi_artifacts" / "cube" / "labels.zarr").is_dir()
+    assert (tmp_path / "artifacts" / "ndvi" / "labels.zarr").is_dir()

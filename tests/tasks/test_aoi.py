@@ -139,8 +139,8 @@ def test_catalog_grid_bounds_in_lon_lat(tiles: Path, tmp_path: Path) -> None:
         GridSpec()
 
     raw, path = build_adhoc_catalog([str(tiles)], tmp_path / "cat.zarr")
-    raw["cubes"]["cube"]["grid"] = spec.model_dump()
-    report = ingest_cube(catalog_from_dict(raw, path=path), "cube")
+    raw["cubes"]["cat"]["grid"] = spec.model_dump()
+    report = ingest_cube(catalog_from_dict(raw, path=path), "cat")
     assert len(report.ingested) == 3 and len(report.skipped) == 2
     ds = xr.open_zarr(tmp_path / "cat.zarr")
     assert float(ds.data.min()) >= 1200 and 601_200 < float(ds.x.min()) < float(ds.x.max()) < 601_800

@@ -16,7 +16,7 @@ import xarray as xr
 import yaml
 
 import tasks.ingest
-from tasks.adhoc import adhoc_catalog, build_adhoc_catalog
+from tasks.adhoc import adhoc_catalog, adhoc_cube_name, build_adhoc_catalog
 from tasks.catalog import catalog_from_dict, load_catalog
 from tasks.checkpoint import read_manifest
 from tasks.errors import CatalogError, CubeSchemaError, SceneError
@@ -256,9 +256,9 @@ def test_a_manifest_left_behind_by_a_deleted_cube_is_set_aside_and_the_cube_rebu
         _write_tif(tmp_path / f"s_{day}.tif", np.full((2, 8, 8), 3, np.uint16), crs="EPSG:32633",
                    transform=from_origin(0, 80, 10, 10))
     out = tmp_path / "c.zarr"
-    assert ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "s_*.tif")], out)), "cube").time_steps == 2
+    assert ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "s_*.tif")], out)), "c").time_steps == 2
     shutil.rmtree(out)
-    report = ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "s_*.tif")], out)), "cube")
+    report = ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "s_*.tif")], out)), "c")
     assert report.time_steps == 2 and len(report.ingested) == 2
     assert xr.open_zarr(out).sizes["time"] == 2 and read_manifest(out).outputs["time_steps"] == 2
     (aside,) = tmp_path.glob("c.zarr.manifest.json.orphaned-*")
@@ -302,7 +302,7 @@ def test_modis_lst_cube_in_kelvin_with_qc_mask(sample: Path, tmp_path: Path) -> 
     assert ds["data"].data.chunksize[0] == 8
     # `fusioncube ingest` of the MODIS folder alone finds the same: its QC files are LST's mask
     adhoc = tmp_path / "adhoc.zarr"
-    ingest_cube(load_catalog(adhoc_catalog([str(sample / "modis")], adhoc)), "cube")
+    ingest_cube(load_catalog(adhoc_catalog([str(sample / "modis")], adhoc)), "adhoc")
     other = xr.open_zarr(adhoc)
     assert list(other["band"].values) == ["LST_Day_1km"]
     np.testing.assert_array_equal(other["valid"].values, valid)
@@ -313,7 +313,7 @@ def test_modis_lst_cube_in_kelvin_with_qc_mask(sample: Path, tmp_path: Path) -> 
 def test_real_modis_ndvi_jp2_series(real_fixtures: Path, tmp_path: Path) -> None:
     files = sorted((real_fixtures / "modis_ndvi_sinop").glob("*.jp2"))
     catalog_path = adhoc_catalog([str(real_fixtures / "modis_ndvi_sinop" / "*.jp2")], tmp_path / "ndvi.zarr")
-    report = ingest_cube(load_catalog(catalog_path), "cube")
+    report = ingest_cube(load_catalog(catalog_path), "ndvi")
     assert report.time_steps == 12 and not report.quarantined
     ds = xr.open_zarr(tmp_path / "ndvi.zarr")
     expected = [np.datetime64(f.stem.rsplit("_", 1)[-1]) for f in files]
@@ -338,6 +338,18 @@ def test_an_unreadable_catalog_beside_the_cube_is_named_and_kept(real_fixtures: 
     assert broken.read_text() == "cubes: {cube: [unclosed\n"
 
 
+def test_adhoc_cubes_are_named_after_their_store_and_keep_an_older_catalog_s_stages(real_fixtures: Path,
+                                                                                     tmp_path: Path) -> None:
+    assert [adhoc_cube_name(p) for p in ("a/ndvi.zarr", "S2 field.zarr", "x", "...zarr")] == ["ndvi", "S2-field", "x", "cube"]
+    # a catalog written before cubes were named after their store: its one cube was "cube"
+    (tmp_path / "ndvi.zarr.catalog.yaml").write_text(yaml.safe_dump(
+        {"cubes": {"cube": {"stages": ["gapfill"], "params": {"gapfill": {"epochs": 3}}}}, "stages": {"gapfill": {"layers": 5}}}))
+    raw, _ = build_adhoc_catalog([str(real_fixtures / "modis_ndvi_sinop" / "*.jp2")], tmp_path / "ndvi.zarr")
+    assert list(raw["cubes"]) == ["ndvi"]
+    assert (raw["cubes"]["ndvi"]["stages"], raw["cubes"]["ndvi"]["params"]) == (["gapfill"], {"gapfill": {"epochs": 3}})
+    assert raw["stages"] == {"gapfill": {"layers": 5}}
+
+
 def test_real_modis_ndvi_with_scale_nodata_and_valid_range(real_fixtures: Path, tmp_path: Path, capsys) -> None:
     """The JPEG 2000 series declares neither its 1e-4 scale nor its fill: given on the command
     line, the cube holds NDVI, with the fill (-3000) and out-of-range values (MOD13Q1's valid range
@@ -347,7 +359,7 @@ def test_real_modis_ndvi_with_scale_nodata_and_valid_range(real_fixtures: Path, 
     globs = [str(f) for f in files]
     units = {"scale": 1e-4, "nodata": -3000.0, "valid_range": (-0.2, 1.0)}
     cube = tmp_path / "ndvi.zarr"
-    ingest_cube(load_catalog(adhoc_catalog(globs, cube, units=units)), "cube")
+    ingest_cube(load_catalog(adhoc_catalog(globs, cube, units=units)), "ndvi")
     ds = xr.open_zarr(cube)
     for t, f in enumerate(files):
         with rasterio.open(f) as src:
@@ -387,7 +399,7 @@ def test_a_declared_cf_valid_range_masks_values_outside(tmp_path: Path) -> None:
     raw_catalog, _ = build_adhoc_catalog([str(tmp_path / "ndvi_*.tif")], tmp_path / "c.zarr")
     band = raw_catalog["sources"]["scenes"]["bands"][0]
     assert band["scale"] == 1e-4 and band["valid_min"] == pytest.approx(-0.2) and band["valid_max"] == pytest.approx(1.0)
-    ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "ndvi_*.tif")], tmp_path / "c.zarr")), "cube")
+    ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "ndvi_*.tif")], tmp_path / "c.zarr")), "c")
     ds = xr.open_zarr(tmp_path / "c.zarr")
     np.testing.assert_array_equal(ds["valid"].values[0], (raw >= -2000) & (raw <= 10000))
     with rasterio.open(tmp_path / "ndvi_2020-01-02.tif", "r+") as dst:
@@ -401,7 +413,7 @@ def test_a_declared_cf_valid_range_masks_values_outside(tmp_path: Path) -> None:
 
 def test_real_planetscope_netcdf(real_fixtures: Path, tmp_path: Path) -> None:
     nc = real_fixtures / "planetscope_rioxarray" / "PLANET_SCOPE_3D.nc"
-    report = ingest_cube(load_catalog(adhoc_catalog([str(nc)], tmp_path / "ps.zarr")), "cube")
+    report = ingest_cube(load_catalog(adhoc_catalog([str(nc)], tmp_path / "ps.zarr")), "ps")
     ds = xr.open_zarr(tmp_path / "ps.zarr")
     assert report.time_steps == 2 and list(ds["band"].values) == ["blue", "green"]
     assert ds.rio.crs.to_epsg() == 32722
@@ -414,7 +426,7 @@ def test_real_planetscope_netcdf(real_fixtures: Path, tmp_path: Path) -> None:
 def test_real_albers_cog(real_fixtures: Path, tmp_path: Path) -> None:
     cog = tmp_path / "cog_2019-07-01.tif"  # the COG has no date: give it one in the name
     shutil.copy(real_fixtures / "albers_cog_rioxarray" / "cog.tif", cog)
-    report = ingest_cube(load_catalog(adhoc_catalog([str(cog)], tmp_path / "albers.zarr")), "cube")
+    report = ingest_cube(load_catalog(adhoc_catalog([str(cog)], tmp_path / "albers.zarr")), "albers")
     ds = xr.open_zarr(tmp_path / "albers.zarr")
     assert report.time_steps == 1
     assert "Albers" in ds.rio.crs.to_wkt()
@@ -427,7 +439,7 @@ def test_real_albers_cog(real_fixtures: Path, tmp_path: Path) -> None:
 def test_adhoc_ingest_onto_another_grid(real_fixtures: Path, tmp_path: Path) -> None:
     path = adhoc_catalog([str(real_fixtures / "modis_ndvi_sinop" / "*2013-09-14.jp2")], tmp_path / "utm.zarr",
                          crs="EPSG:32721", resolution=500.0)
-    ingest_cube(load_catalog(path), "cube")
+    ingest_cube(load_catalog(path), "utm")
     ds = xr.open_zarr(tmp_path / "utm.zarr")
     assert ds.rio.crs.to_epsg() == 32721 and ds.rio.resolution() == (500.0, -500.0)
     assert ds["valid"].values.mean() > 0.3
@@ -443,7 +455,7 @@ def test_adhoc_quarantines_a_file_with_another_band_count(tmp_path: Path) -> Non
         with rasterio.open(tmp_path / f"s_{day}.tif", "w", driver="GTiff", width=8, height=8, count=count,
                            dtype="float32", crs="EPSG:32633", transform=from_origin(0, 80, 10, 10)) as dst:
             dst.write(np.ones((count, 8, 8), np.float32))
-    report = ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "s_*.tif")], tmp_path / "c.zarr")), "cube")
+    report = ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "s_*.tif")], tmp_path / "c.zarr")), "c")
     assert report.time_steps == 2
     (bad,) = report.quarantined
     assert "s_2020-02-01.tif" in str(bad) and "band count 3, expected 2" in str(bad)

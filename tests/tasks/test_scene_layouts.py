@@ -675,7 +675,7 @@ def test_modis_viirs_layers_that_declare_no_units_get_their_user_guides(tmp_path
         for layer in ("NDVI", "EVI", "pixel_reliability"):
             _layer(tmp_path / "vi" / f"MOD13Q1.061__250m_16_days_{layer}_doy{doy}_aid0001.tif",
                    raw if layer != "pixel_reliability" else reliability)
-    ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "vi")], tmp_path / "vi.zarr")), "cube")
+    ingest_cube(load_catalog(adhoc_catalog([str(tmp_path / "vi")], tmp_path / "vi.zarr")), "vi")
     ds = xr.open_zarr(tmp_path / "vi.zarr")
     assert list(ds.band.values) == ["EVI", "NDVI"]  # the reliability layer is their mask
     ok = (raw >= -2000) & (raw <= 10000)
@@ -1000,7 +1000,7 @@ def test_a_class_map_with_a_colour_table_is_warped_by_majority(tmp_path: Path) -
                               82: (170, 112, 40, 255)})
     catalog = adhoc_catalog([str(tmp_path / "nlcd_2019.tif")], tmp_path / "lc.zarr", resolution=45.0,
                             date={"default": "2019-01-01"})
-    ingest_cube(load_catalog(catalog), "cube")
+    ingest_cube(load_catalog(catalog), "lc")
     values = xr.open_zarr(tmp_path / "lc.zarr")["data"].values
     assert set(np.unique(values)) <= {11.0, 21.0, 41.0, 82.0} and values.shape[-1] in (40, 41)  # 45 m pixels
 
