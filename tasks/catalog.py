@@ -337,6 +337,15 @@ class CubeSpec(_Strict):
         default=None, description="cron of this cube's scheduled new-scene run (default: orchestration.schedule)"
     )
 
+    #: what only the pipeline reads (the stages after patching, their parameters, when it runs):
+    #: not how the cube is built, so not in what ingest keys its work on
+    PIPELINE_FIELDS: ClassVar[frozenset[str]] = frozenset({"patch", "params", "stages", "schedule"})
+
+    def ingest_json(self) -> str:
+        """This entry as JSON without :attr:`PIPELINE_FIELDS`: what the cube's manifest key, its
+        ingest parts and its template are keyed on, so listing a stage does not redo an ingest."""
+        return self.model_dump_json(exclude=set(self.PIPELINE_FIELDS))
+
     @field_validator("schedule")
     @classmethod
     def _cron(cls, v: str | None) -> str | None:

@@ -655,7 +655,7 @@ def _cube_manifest(
     name: str, spec: CubeSpec, scenes: dict[str, Any], quarantine: dict[str, Any], dates: list[str], steps: int, grid: Grid
 ) -> Manifest:
     scene_digest = hashlib.sha256(json.dumps(scenes, sort_keys=True).encode()).hexdigest()[:20]
-    params = json.loads(spec.model_dump_json())
+    params = json.loads(spec.ingest_json())
     code = code_version(*INGEST_MODULES)
     return Manifest(
         stage="ingest",
@@ -832,7 +832,7 @@ def plan_parts(
         scenes = [[_ref_to_dict(r) for r in g] for g in groups]
         stamps = [[(r.id, r.file_stamp()) for r in g] for g in groups]
         digest = hashlib.sha256(json.dumps(
-            [stamps, grid_to_dict(grid) if grid else None, code, spec.model_dump_json()], sort_keys=True, default=str,
+            [stamps, grid_to_dict(grid) if grid else None, code, spec.ingest_json()], sort_keys=True, default=str,
         ).encode()).hexdigest()[:16]
         day = groups[0][0].date.date().isoformat() if groups[0][0].date else "undated"
         parts.append({"id": f"{day}-{digest}", "scenes": scenes})
@@ -1008,7 +1008,7 @@ def template_path(
     found = found if found is not None else _discover_static(catalog, spec)
     static = [(r.id, r.file_stamp()) for refs, _ in found.values() for r in refs]
     digest = hashlib.sha256(json.dumps(
-        [grid_to_dict(grid), spec.model_dump_json(), static, code_version(*INGEST_MODULES)], sort_keys=True, default=str,
+        [grid_to_dict(grid), spec.ingest_json(), static, code_version(*INGEST_MODULES)], sort_keys=True, default=str,
     ).encode()).hexdigest()[:16]
     return parts_dir(catalog.cube_path(cube)) / f"template-{digest}.zarr"
 
@@ -1035,7 +1035,7 @@ def write_template(catalog: Catalog, cube: str, grid: Grid) -> dict[str, Any]:
         "sources": ", ".join(spec.sources),
         "static_sources": ", ".join(f"{k}: {v}" for k, v in spec.static.items()),
         "software": f"fusioncube {code_version(*INGEST_MODULES)}",
-        "catalog_entry": spec.model_dump_json(),
+        "catalog_entry": spec.ingest_json(),
         "catalog": str(catalog.path) if catalog.path else "",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -350,6 +350,19 @@ def test_adhoc_cubes_are_named_after_their_store_and_keep_an_older_catalog_s_sta
     assert raw["stages"] == {"gapfill": {"layers": 5}}
 
 
+def test_the_pipeline_s_settings_do_not_key_the_ingest(real_fixtures: Path, tmp_path: Path) -> None:
+    """Listing a stage or changing its parameters in the catalog must not make a running backfill
+    redo its finished parts, nor change the cube's key."""
+    raw, path = build_adhoc_catalog([str(real_fixtures / "modis_ndvi_sinop" / "*.jp2")], tmp_path / "ndvi.zarr")
+    before = plan_parts(catalog_from_dict(raw, path=path), "ndvi")
+    raw["cubes"]["ndvi"].update(stages=["gapfill"], params={"gapfill": {"epochs": 2}}, schedule="0 6 * * *",
+                                patch={"size": 16})
+    after = plan_parts(catalog_from_dict(raw, path=path), "ndvi")
+    assert [p["id"] for p in after.parts] == [p["id"] for p in before.parts] and before.parts
+    raw["cubes"]["ndvi"]["chunks"]["y"] = 64  # how the cube is built: another plan
+    assert plan_parts(catalog_from_dict(raw, path=path), "ndvi").parts[0]["id"] != before.parts[0]["id"]
+
+
 def test_real_modis_ndvi_with_scale_nodata_and_valid_range(real_fixtures: Path, tmp_path: Path, capsys) -> None:
     """The JPEG 2000 series declares neither its 1e-4 scale nor its fill: given on the command
     line, the cube holds NDVI, with the fill (-3000) and out-of-range values (MOD13Q1's valid range
