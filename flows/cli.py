@@ -260,15 +260,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_catalog_check(args: argparse.Namespace) -> int:
-    from tasks.catalog import load_catalog
+    from tasks.info import describe_catalog
 
-    cat = load_catalog(args.path)
-    print(f"{args.path}: valid. sources: {', '.join(cat.sources)}")
-    for name, spec in cat.cubes.items():
-        own = [f"{stage}.{k}={v!r}" for stage, given in spec.params.model_dump(exclude_unset=True).items()
-               for k, v in given.items()]
-        print(f"  cube {name} -> {cat.cube_path(name)}; stages: {', '.join(spec.stages) or 'none'}"
-              + (f"; own parameters: {', '.join(own)}" if own else ""))
+    print("\n".join(describe_catalog(args.path)))
     return 0
 
 

@@ -28,7 +28,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows.ingest import ingest_steps
 from tasks.catalog import Catalog, load_catalog
-from tasks.errors import StagesFailed
+from tasks.errors import StagesFailed, did_you_mean
 from tasks.patch import patch_task
 from tasks.pipeline_report import publish_pipeline_task
 from tasks.stages import STAGES, stage_params
@@ -125,7 +125,8 @@ def pipeline_steps(
     chosen = list(spec.stages) if stages is None else list(stages)
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
-        raise ValueError(f"stages {unknown} are not pipeline stages; choose from {sorted(STAGES)}")
+        raise ValueError(f"stages {unknown} are not pipeline stages{did_you_mean(unknown[0], STAGES)}; "
+                         f"choose from {sorted(STAGES)}")
     inflight = concurrency or catalog.orchestration.concurrency
     report = ingest_steps(catalog_path, cube, start, end, env, concurrency=inflight, progress_bar=progress_bar)
     products: dict[str, Any] = {"cube": cube, "path": report["path"], "ingest": report, "stages": {}}

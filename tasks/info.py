@@ -18,7 +18,7 @@ from tasks.checkpoint import Manifest, read_manifest
 from tasks.cube import class_counts, crs_label, cube_crs, cube_transform, describe_cube
 from tasks.errors import CubeSchemaError
 
-__all__ = ["describe"]
+__all__ = ["describe", "describe_catalog"]
 
 
 def _grid(ds: xr.Dataset) -> str:
@@ -149,7 +149,11 @@ def describe(path: str | Path) -> list[str]:
     from tasks.compress import compressed_store
 
     path = Path(path)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        return describe_catalog(path)
     store = compressed_store(path)
+    if store is None and _plain_folder(path):
+        return _folder(path)
     if store is not None and store != path:
         held = [p for p in ("compressed", "decoded.zarr", "patches.zarr", "compress.png") if (path / p).exists()]
         return [f"{path}: the output folder of stage compress ({', '.join(held)})", *describe(store)]
@@ -169,6 +173,49 @@ def describe(path: str | Path) -> list[str]:
     else:
         title, body = "patches (stage patch)", _patches(ds)
     return [f"{path}: {title}", *_made_by(manifest), *body]
+
+
+def describe_catalog(path: str | Path) -> list[str]:
+    """A catalog, validated (``CatalogError`` naming the key otherwise): its sources, and each cube
+    with its path, the stages it runs and its own stage parameters."""
+    from tasks.catalog import load_catalog
+
+    cat = load_catalog(path)
+    lines = [f"{path}: valid catalog. sources: {', '.join(cat.sources)}"]
+    for name, spec in cat.cubes.items():
+        own = [f"{stage}.{k}={v!r}" for stage, given in spec.params.model_dump(exclude_unset=True).items()
+               for k, v in given.items()]
+        made = "" if cat.cube_path(name).exists() else " (not made yet)"
+        lines.append(f"  cube {name} -> {cat.cube_path(name)}{made}; stages: {', '.join(spec.stages) or 'none'}"
+                     + (f"; own parameters: {', '.join(own)}" if own else ""))
+    return lines
+
+
+def _plain_folder(path: Path) -> bool:
+    """A folder that is not itself a Zarr store (a stage folder such as ``artifacts/<cube>/``)."""
+    return path.is_dir() and not any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zattrs"))
+
+
+def _folder(path: Path) -> list[str]:
+    """A folder of stores (the pipeline's ``artifacts/<cube>/``): one line for each store in it."""
+    from tasks.compress import compressed_store
+
+    stores = sorted(p for p in path.iterdir()
+                    if p.is_dir() and (not _plain_folder(p) or compressed_store(p) is not None))
+    if not stores:
+        raise CubeSchemaError(f"{path}: a folder holding no Zarr store or stage product; give a cube (.zarr), "
+                              "a stage's product or a folder of them")
+    lines = [f"{path}: a folder of {len(stores)} store(s); `fusioncube info` on one of them says more"]
+    for store in stores:
+        try:
+            first = describe(store)[0].removeprefix(f"{store}: ")
+            made = read_manifest(store)
+            if made is not None and "stage" not in first:  # a cube: which stage made it
+                first += f" (stage {made.stage})"
+        except (CubeSchemaError, ValueError, OSError) as exc:
+            first = f"not readable ({exc})"
+        lines.append(f"  {store.name}: {first}")
+    return lines
 
 
 def quicklook(path: str | Path, out_png: str | Path) -> Path:

@@ -129,6 +129,8 @@ def test_catalog_check_lists_each_cube_with_its_stages_and_own_parameters(tmp_pa
     out = capsys.readouterr().out
     assert "cube planet -> " in out and "stages: gapfill\n" in out
     assert "stages: anomalies; own parameters: anomalies.bits=6" in out
+    assert "(not made yet)" in out
+    assert main(["info", str(path)]) == 0 and capsys.readouterr().out == out  # info on a catalog: the same
     raw["cubes"]["modis_lst"]["params"] = {"anomalies": {"bitz": 6}}
     path.write_text(yaml.safe_dump(raw))
     assert main(["catalog", "check", str(path)]) != 0

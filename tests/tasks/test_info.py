@@ -95,6 +95,17 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
     assert main(["info", str(tmp_path / "other.zarr")]) == 2
     assert "no variable 'data'; a cube needs data(time, band, y, x)" in capsys.readouterr().err
 
+    # a folder of products (the pipeline's artifacts/<cube>/): one line each, an unreadable one said
+    text = info("")
+    assert f"{tmp_path}: a folder of 8 store(s)" in text
+    for line in ("  labels.zarr: a class map (stage labels)", "  anomalies.zarr: anomalies (stage anomalies)",
+                 "  patches.zarr: patches (stage patch)", "  comp: the output folder of stage compress",
+                 "  cube.zarr: a schema-following cube\n", "  other.zarr: not readable (", ):
+        assert line in text, line
+    (tmp_path / "empty").mkdir()
+    assert main(["info", str(tmp_path / "empty")]) == 2
+    assert "empty: a folder holding no Zarr store or stage product" in capsys.readouterr().err
+
 
 def test_grids_are_named_for_people_and_gdal_warnings_shown_once(real_fixtures: Path, tmp_path: Path,
                                                                  capsys, caplog) -> None:

@@ -80,3 +80,12 @@ def test_anomalies_task_waits_on_a_young_cube(tmp_path) -> None:
     with disable_run_logger():
         result = anomalies_task.fn(str(cube), str(tmp_path / "a.zarr"))
     assert result["artifact"] is None and "at least 3 dates" in result["waiting"]
+
+
+def test_an_unknown_stage_is_refused_with_a_suggestion_before_any_work(tmp_path: Path) -> None:
+    from flows.pipeline import pipeline_steps
+
+    with pytest.raises(ValueError, match=r"stages \['anomaly'\] are not pipeline stages \(did you mean 'anomalies'\?\)"):
+        pipeline_steps(str(REPO / "data_catalog.yaml"), "planet", stages=["anomaly"],
+                       env={"FUSIONCUBE_DATA": str(tmp_path)})
+    assert not any(tmp_path.iterdir())
