@@ -225,6 +225,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_stage_patch(args: argparse.Namespace) -> int:
+    from tasks.info import describe
     from tasks.patch import fit_patch_size, make_patches
 
     size, stride = (args.size, args.stride) if args.size is not None else fit_patch_size(args.cube, 32, args.stride)
@@ -232,8 +233,6 @@ def _cmd_stage_patch(args: argparse.Namespace) -> int:
         args.cube, args.out, size=size, stride=stride, block=args.block,
         seed=args.seed, overwrite=args.overwrite, progress=True,
     )
-    from tasks.info import describe
-
     print("\n".join(describe(args.out)))
     return 0
 
