@@ -7,11 +7,12 @@ seams) into a low-rank background ``L`` and a sparse part ``S`` by ``fusion_mode
 (A. Aidini, G. Tsagkatakis and P. Tsakalides, "Quantized Tensor Robust Principal Component
 Analysis", ICASSP 2020). ``anomalies.zarr`` holds
 
-- ``score(time, y, x)`` float32, in the band's units (kelvin for LST), 0 where unobserved: the
+- ``score(time, y, x)`` float32, in the band's units (kelvin for LST), NaN where the band was
+  not observed (``valid`` false or no value: "not seen", which a 0 would read as "no anomaly"); the
   residual of the observation (the bin centre) about ``L``, pooled with its 3 x 3 x 3
   neighbourhood (``fusion_models.qtrpca.cluster_score``: the maximum-likelihood shift common to the
   entry and its neighbours; anomalies cover a few pixels over one to three days);
-- ``flag(time, y, x)`` bool, ``score > max(k * sigma, step)`` with ``sigma`` the tile's robust
+- ``flag(time, y, x)`` bool (false where unobserved), ``score > max(k * sigma, step)`` with ``sigma`` the tile's robust
   (1.4826 median) size of the score (``fusion_models.qtrpca.robust_threshold``; ``k = FLAG_K`` by
   default) and ``step`` the quantizer's bin width (nothing smaller than one bin can be told from
   quantization);
@@ -345,11 +346,12 @@ def detect_anomalies(
                 bar.update()
             # rows no later tile touches are final: written, and the rest moved up for the next row
             done = (int(starts_y[i + 1]) if i + 1 < len(starts_y) else ny) - int(r0)
+            seen = ok.values[:, :done] & np.isfinite(vals.values[:, :done])  # (time, done, x)
             with np.errstate(invalid="ignore", divide="ignore"):
-                score = score_sum[:, :done] / w_sum[:done]
+                score = np.where(seen, score_sum[:, :done] / w_sum[:done], np.nan)
                 background = np.where(bg_w[:done] > 0, bg_sum[:, :done] / bg_w[:done], np.nan)
                 threshold = np.where(thr_w[:done] > 0, thr_sum[:done] / thr_w[:done], np.inf)
-            flag = score > threshold
+                flag = score > threshold  # false where not seen (NaN)
             out_rows = slice(int(r0), int(r0) + done)
             zarr_array(group, "score")[:, out_rows] = score.astype(np.float32)
             zarr_array(group, "flag")[:, out_rows] = flag
@@ -400,7 +402,7 @@ def anomalies_png(anomalies: str | Path, out_png: str | Path) -> Path:
     ds = xr.open_zarr(anomalies, consolidated=None)
     score, flagged, per_date, observed = (np.asarray(a) for a in dask.compute(  # one read of the store
         ds["score"].max("time"), ds["flag"].any("time"), ds["flag"].sum(["y", "x"]),
-        (ds["score"] != 0).sum(["y", "x"])))  # the score is 0 where unobserved
+        ds["score"].notnull().sum(["y", "x"])))  # the score is NaN where unobserved
     share = np.where(observed > 0, per_date / np.maximum(observed, 1), 0.0)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.8), dpi=100, gridspec_kw={"width_ratios": [1.1, 1]})
     im = ax.imshow(score, cmap="magma", interpolation="nearest")

@@ -120,17 +120,19 @@ def _open_layers(path: Path) -> xr.Dataset:
             raise
         data = xr.concat([ds[v].astype(np.float32) for v in layers], dim="band", coords="minimal")
         data = data.assign_coords(band=layers).transpose("time", "band", "y", "x")
-        valid = _observed_in_source(path, ds) if "score" in layers else None
-        if valid is None:
-            valid = xr.ones_like(ds[layers[0]], dtype=bool)
+        valid = xr.ones_like(ds[layers[0]], dtype=bool)
+        if "score" in layers:  # the anomalies product: its score is NaN where nothing was observed
+            seen = _observed_in_source(path, ds)  # products made before 2026-12 held 0 there
+            valid = ds["score"].notnull() if seen is None else seen & ds["score"].notnull()
         log.info("%s: not a cube; exporting its layers %s as bands", path, layers)
         return xr.Dataset({"data": data, "valid": valid}, coords=ds.coords)
 
 
 def _observed_in_source(path: Path, ds: xr.Dataset) -> xr.DataArray | None:
-    """Where the anomaly stage's band was observed in the cube it read (its manifest names both):
-    the product's score is 0, not missing, where nothing was observed, so this is what tells "no
-    anomaly" from "not seen". None when that cube is gone or no longer on the product's grid."""
+    """Where the anomaly stage's band was observed in the cube it read (its manifest names both).
+    A product made before 2026-12 holds score 0, not NaN, where nothing was observed, so for it this
+    is what tells "no anomaly" from "not seen". None when that cube is gone or no longer on the
+    product's grid."""
     manifest = read_manifest(path)
     source = Path(manifest.outputs.get("cube", "")) if manifest is not None else None
     band = manifest.outputs.get("band") if manifest is not None else None
@@ -164,8 +166,9 @@ def export_cube(
 
     ``cube`` is a schema-following cube, or a stage's product of ``(time, y, x)`` layers such as
     ``anomalies.zarr``: its layers are then the bands (``score``, ``flag`` as 0 / 1,
-    ``background``), no data where the cube it was made from did not observe its band (when that
-    cube is still there; otherwise ``score`` is 0 there, as in the product).
+    ``background``), no data where the cube it was made from did not observe its band (where
+    ``score`` is NaN; for a product made before 2026-12, which held 0 there, from that cube while it
+    is still there).
 
     ``dates`` (days, ``YYYY-MM-DD``) and ``start`` / ``end`` choose dates (default: all);
     ``bands`` chooses bands by name (default: all, in the cube's order). Pixels where ``valid`` is

@@ -68,7 +68,8 @@ def test_stage_writes_schema_finds_spots_and_reuses(tmp_path):
     flag = ds["flag"].values
     assert flag[truth].mean() >= 0.9
     assert (flag & ~truth).sum() <= 0.01 * (~truth).sum()
-    assert np.all(ds["score"].values[~valid] == 0)
+    assert np.isnan(ds["score"].values[~valid]).all() and np.isfinite(ds["score"].values[valid]).all()
+    assert not flag[~valid].any()  # not seen: no score, no flag
     assert manifest.stats["tiles"] == 9 and manifest.outputs["band"] == "lst"  # starts 0, 12, 16 a side
     rows = strongest_anomalies(ds, 5)  # no observed values: the magnitude is the pooled score
     assert rows and rows[0]["magnitude_k"] == rows[0]["score"] > 4
@@ -211,10 +212,10 @@ def test_cli_lists_spots_with_coordinates_at_the_grid_precision(tmp_path, capsys
 
 def test_quick_look_draws_a_product_with_no_flag_and_a_date_with_nothing_observed(tmp_path):
     """The quick-look's per-date panel takes a product without a single flag, and a date on
-    which no pixel was observed (score 0 everywhere), without dividing by zero."""
+    which no pixel was observed (score NaN everywhere), without dividing by zero."""
     import pandas as pd
 
-    score = np.zeros((3, 8, 8), np.float32)
+    score = np.full((3, 8, 8), np.nan, np.float32)
     score[0] = 0.5  # observed, nothing flagged; dates 1 and 2 unobserved
     ds = xr.Dataset({"score": (("time", "y", "x"), score), "flag": (("time", "y", "x"), np.zeros((3, 8, 8), bool)),
                      "background": (("time", "y", "x"), score)},

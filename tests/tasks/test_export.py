@@ -133,17 +133,24 @@ def test_an_anomalies_product_exports_its_layers_as_bands(tmp_path: Path) -> Non
         assert src.descriptions == ("score", "flag", "background") and src.crs == CRS.from_epsg(32633)
         assert src.transform.almost_equals(TRANSFORM)
         got = src.read()
-    # not observed under the cloud: no data in every layer (the product holds score 0 there)
-    assert np.isnan(got[:, :10, :10]).all() and (product["score"].values[:10, :10] == 0).all()
+    # not observed under the cloud: no data in every layer (the product's score is NaN there)
+    assert np.isnan(got[:, :10, :10]).all() and np.isnan(product["score"].values[:10, :10]).all()
     seen = valid[2]
     np.testing.assert_array_equal(got[0][seen], product["score"].values[seen])
     np.testing.assert_array_equal(got[1][seen], product["flag"].values.astype(np.float32)[seen])
     assert got[1, 40:44, 50:54].all()
     np.testing.assert_array_equal(got[2][seen], product["background"].values[seen])
-    # the source cube gone: the layers as the product holds them
+    # the source cube gone: the product alone tells where nothing was observed
     import shutil
 
     shutil.rmtree(tmp_path / "lst.zarr")
     (again,) = export_cube(tmp_path / "a.zarr", tmp_path / "tifs2", dates=["2020-01-03"], progress=False)
     with rasterio.open(again) as src:
-        np.testing.assert_array_equal(src.read(1), product["score"].values)
+        np.testing.assert_array_equal(src.read(), got)
+    # a product made before 2026-12 held score 0 where nothing was observed: as it holds them
+    old = xr.open_zarr(tmp_path / "a.zarr").load()
+    old["score"] = old["score"].fillna(0.0)
+    old.to_zarr(tmp_path / "old.zarr", zarr_format=3, mode="w")
+    (older,) = export_cube(tmp_path / "old.zarr", tmp_path / "tifs3", dates=["2020-01-03"], progress=False)
+    with rasterio.open(older) as src:
+        np.testing.assert_array_equal(src.read(1), np.nan_to_num(product["score"].values))
