@@ -258,7 +258,9 @@ class LRTCNet(nn.Module):
             ``(B, T, C, H, W)`` completed: equal to ``x`` where observed.
         """
         z, xo, w = self.trunk(x, mask, z0)
-        if self.stacker is not None:
+        # zero weights (the head before fit_stacking: all of LRTC-Net's training) are the identity:
+        # skipped, not computed (its six spreads would be kept for the backward pass for nothing)
+        if self.stacker is not None and bool(self.stacker.weights.any()):
             corr = self.stacker(z, self.lowrank(z), xo, w)
             z = torch.where(w > 0, xo, z + corr)
         return z

@@ -363,6 +363,16 @@ def test_stacking_head_starts_as_identity_and_is_fitted_in_closed_form():
     mask = torch.rand(2, SHAPE[0], 1, *SHAPE[2:]) > 0.3
     with torch.no_grad():  # zero weights: the head adds nothing
         torch.testing.assert_close(stacked(x, mask), plain(x, mask))
+    # ... and so in training, where its weights are zero: the same gradients
+    for net in (plain, stacked):
+        net.zero_grad()
+        net(x, mask).pow(2).mean().backward()
+    grads = {n: p.grad for n, p in plain.named_parameters()}
+    for n, p in stacked.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n])
+    stacked.stacker.weights.fill_(0.5)  # fitted weights: the head acts
+    with torch.no_grad():
+        assert not torch.allclose(stacked(x, mask), plain(x, mask))
     head = StackingHead()
     w = mask.float().expand_as(x)
     feats = head.features(x, x, x * w, w)
