@@ -31,7 +31,7 @@ from tasks.catalog import Catalog, load_catalog
 from tasks.errors import StagesFailed, did_you_mean
 from tasks.patch import patch_task
 from tasks.pipeline_report import publish_pipeline_task
-from tasks.stages import STAGES, stage_params
+from tasks.stages import STAGES
 
 __all__ = ["compute_in_tasks", "dask_task_runner", "local_cluster_kwargs", "one_prefect_api", "pipeline_flow", "pipeline_steps", "run_pipeline"]
 
@@ -139,7 +139,7 @@ def pipeline_steps(
         for name in chosen:
             stage = STAGES[name]
             futures[name] = stage.task.submit(report["path"], str(folder / stage.output),
-                                              **stage_params(catalog, name, cube), overwrite=True)
+                                              **catalog.stage_params(cube, name), overwrite=True)
         for name, fut in futures.items():
             state = fut.wait() or fut.state
             if state.is_completed():

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -469,6 +469,20 @@ FILE_PARAMS = {"classify": "label", "labels": "labels"}
 
 CubeSpec.model_rebuild()  # its patch and params models are defined after it
 
+_P = TypeVar("_P", bound=BaseModel)
+
+
+def _over(shared: _P, own: _P | None) -> _P:
+    """``shared`` with the keys ``own`` was given replacing its own (a cube's own stage parameters
+    over ``stages.<stage>``). Keys that are one choice (``one_of``: compress's step / bits / psnr)
+    are replaced together when ``own`` gives one of them."""
+    if own is None:
+        return shared
+    given = own.model_fields_set
+    group: tuple[str, ...] = getattr(type(own), "one_of", ())
+    cleared = dict.fromkeys(group) if given & set(group) else {}
+    return shared.model_copy(update={**cleared, **own.model_dump(include=given)})
+
 
 class Storage(_Strict):
     """Roots for cubes and artifacts (local paths; relative to the catalog file)."""
@@ -590,10 +604,7 @@ class Catalog(_Strict):
     def patch_params(self, cube: str) -> PatchParams:
         """The cube's patching parameters: ``stages.patch`` with the keys of the cube's own
         ``cubes.<cube>.patch`` over it (as :meth:`stage_params` for the other stages)."""
-        own = self.cube(cube).patch
-        if own is None:
-            return self.stages.patch
-        return self.stages.patch.model_copy(update=own.model_dump(include=own.model_fields_set))
+        return _over(self.stages.patch, self.cube(cube).patch)
 
     def stage_params(self, cube: str, stage: str) -> dict[str, Any]:
         """Stage ``stage``'s parameters for ``cube`` as keyword arguments: ``stages.<stage>`` with
@@ -603,14 +614,7 @@ class Catalog(_Strict):
         if stage not in CubeStageParams.model_fields:
             raise CatalogError(f"{self.path}: no stage '{stage}'{did_you_mean(stage, CubeStageParams.model_fields)}; "
                                f"stages are {sorted(CubeStageParams.model_fields)}")
-        params = getattr(self.stages, stage).model_dump()
-        own: BaseModel | None = getattr(self.cubes[cube].params, stage)
-        if own is not None:
-            given = own.model_fields_set
-            group: tuple[str, ...] = getattr(type(own), "one_of", ())
-            if given & set(group):  # one choice (compress's step / bits / psnr): the cube's replaces it
-                params.update(dict.fromkeys(group))
-            params.update(own.model_dump(include=given))
+        params = _over(getattr(self.stages, stage), getattr(self.cubes[cube].params, stage)).model_dump()
         key = FILE_PARAMS.get(stage)
         if key and Path(str(params[key])).suffix:
             params[key] = str(self.resolve(str(params[key])))

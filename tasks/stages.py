@@ -23,7 +23,7 @@ from tasks.compress import compress_task
 from tasks.gapfill import gapfill_key, gapfill_task
 from tasks.labels import labels_key, labels_task
 
-__all__ = ["STAGES", "Stage", "stage_current", "stage_params"]
+__all__ = ["STAGES", "Stage", "stage_current"]
 
 
 def _anomalies_current(cube: str, out: str, params: dict[str, Any]) -> Manifest | None:
@@ -82,14 +82,8 @@ STAGES: dict[str, Stage] = {
 }
 
 
-def stage_params(catalog: Catalog, name: str, cube: str) -> dict[str, Any]:
-    """The catalog's parameters of stage ``name`` for ``cube`` as keyword arguments
-    (``stages.<name>`` with ``cubes.<cube>.params.<name>`` over it; :meth:`Catalog.stage_params`)."""
-    return catalog.stage_params(cube, name)
-
-
 def stage_current(catalog: Catalog, cube: str, name: str) -> Manifest | None:
     """The manifest of stage ``name``'s artifact on ``cube`` when it is current, else None."""
     stage = STAGES[name]
     out = catalog.stage_dir(cube) / stage.output
-    return stage.current(str(catalog.cube_path(cube)), str(out), stage_params(catalog, name, cube))
+    return stage.current(str(catalog.cube_path(cube)), str(out), catalog.stage_params(cube, name))

@@ -10,7 +10,7 @@ import pytest
 
 from tasks.catalog import load_catalog
 from tasks.pipeline_report import pipeline_summary
-from tasks.stages import STAGES, stage_params
+from tasks.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_each_stage_task_accepts_its_catalog_parameters(name: str) -> None:
     catalog = load_catalog(REPO / "data_catalog.yaml")
     signature = inspect.signature(STAGES[name].task.fn)
-    signature.bind("cube.zarr", "out", **stage_params(catalog, name, "planet"), overwrite=True)
+    signature.bind("cube.zarr", "out", **catalog.stage_params("planet", name), overwrite=True)
 
 
 def test_every_stage_a_cube_enables_is_in_the_table() -> None:
