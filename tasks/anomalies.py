@@ -67,6 +67,9 @@ STAGE = "anomalies"
 CODE_MODULES = ("tasks.anomalies", "fusion_models.qtrpca", "fusion_models.tensor_ops")
 FLAG_K = 6.0  # chosen on the demo sample area with seed 1 (the benchmark scores seed 0)
 VARS = ("score", "flag", "background")
+#: ``score``'s ``unobserved`` attribute: NaN where the band was not observed (products made before
+#: 2026-12 have no such attribute and hold 0 there)
+UNOBSERVED = "NaN"
 MIN_DATES = 3  # fewer dates leave no time series to separate a background from
 
 
@@ -187,7 +190,7 @@ def _template(ds: xr.Dataset, tile: int) -> xr.Dataset:
     units = ds["data"].attrs.get("units", "")
     data_vars = {
         "score": xr.DataArray(da.zeros((nt, ny, nx), dtype=np.float32, chunks=chunks), dims=dims,
-                              attrs={"units": units,
+                              attrs={"units": units, "unobserved": UNOBSERVED,
                                      "long_name": "anomaly score: residual shift pooled with its neighbourhood"}),
         "flag": xr.DataArray(da.zeros((nt, ny, nx), dtype=bool, chunks=chunks), dims=dims,
                              attrs={"long_name": "anomaly flag"}),

@@ -121,9 +121,14 @@ def _open_layers(path: Path) -> xr.Dataset:
         data = xr.concat([ds[v].astype(np.float32) for v in layers], dim="band", coords="minimal")
         data = data.assign_coords(band=layers).transpose("time", "band", "y", "x")
         valid = xr.ones_like(ds[layers[0]], dtype=bool)
-        if "score" in layers:  # the anomalies product: its score is NaN where nothing was observed
-            seen = _observed_in_source(path, ds)  # products made before 2026-12 held 0 there
-            valid = ds["score"].notnull() if seen is None else seen & ds["score"].notnull()
+        if "score" in layers:  # the anomalies product: no data where its band was not observed
+            from tasks.anomalies import UNOBSERVED
+
+            if ds["score"].attrs.get("unobserved") == UNOBSERVED:  # the product says where itself
+                valid = ds["score"].notnull()
+            else:  # made before 2026-12: score 0 there; the cube it was made from tells, while it exists
+                seen = _observed_in_source(path, ds)
+                valid = valid if seen is None else seen
         log.info("%s: not a cube; exporting its layers %s as bands", path, layers)
         return xr.Dataset({"data": data, "valid": valid}, coords=ds.coords)
 

@@ -140,17 +140,24 @@ def test_an_anomalies_product_exports_its_layers_as_bands(tmp_path: Path) -> Non
     np.testing.assert_array_equal(got[1][seen], product["flag"].values.astype(np.float32)[seen])
     assert got[1, 40:44, 50:54].all()
     np.testing.assert_array_equal(got[2][seen], product["background"].values[seen])
-    # the source cube gone: the product alone tells where nothing was observed
+    # a product made before 2026-12 held score 0 where nothing was observed, and did not say so:
+    # the cube it was made from (its manifest names it) tells, while it is there
     import shutil
 
+    old = xr.open_zarr(tmp_path / "a.zarr").load()
+    old["score"] = old["score"].fillna(0.0)
+    old["score"].attrs.pop("unobserved", None)
+    old.to_zarr(tmp_path / "old.zarr", zarr_format=3, mode="w")
+    shutil.copy(tmp_path / "a.zarr.manifest.json", tmp_path / "old.zarr.manifest.json")
+    (legacy,) = export_cube(tmp_path / "old.zarr", tmp_path / "tifs4", dates=["2020-01-03"], progress=False)
+    with rasterio.open(legacy) as src:
+        np.testing.assert_array_equal(src.read(), got)
+    # the source cube gone: the product alone tells where nothing was observed
     shutil.rmtree(tmp_path / "lst.zarr")
     (again,) = export_cube(tmp_path / "a.zarr", tmp_path / "tifs2", dates=["2020-01-03"], progress=False)
     with rasterio.open(again) as src:
         np.testing.assert_array_equal(src.read(), got)
-    # a product made before 2026-12 held score 0 where nothing was observed: as it holds them
-    old = xr.open_zarr(tmp_path / "a.zarr").load()
-    old["score"] = old["score"].fillna(0.0)
-    old.to_zarr(tmp_path / "old.zarr", zarr_format=3, mode="w")
+    # ... and the old product's layers are written as it holds them
     (older,) = export_cube(tmp_path / "old.zarr", tmp_path / "tifs3", dates=["2020-01-03"], progress=False)
     with rasterio.open(older) as src:
         np.testing.assert_array_equal(src.read(1), np.nan_to_num(product["score"].values))
