@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from tasks.checkpoint import Manifest, read_manifest
-from tasks.cube import class_counts, crs_label, cube_crs, cube_transform, describe_cube
+from tasks.cube import class_counts, crs_label, cube_crs, cube_transform, describe_cube, open_cube
 from tasks.errors import CubeSchemaError
 
 __all__ = ["describe", "describe_catalog"]
@@ -155,11 +155,10 @@ def describe(path: str | Path) -> list[str]:
     if store is None and _plain_folder(path):
         return _folder(path)
     if store is not None and store != path:
-        held = [p for p in ("compressed", "decoded.zarr", "patches.zarr", "compress.png") if (path / p).exists()]
-        return [f"{path}: the output folder of stage compress ({', '.join(held)})", *describe(store)]
+        return [f"{path}: {_compress_folder(path)}", *describe(store)]
     manifest = read_manifest(path)
     if store is not None:  # the compress stage's store
-        return [f"{path}: a compressed cube (TDL, stage compress)", *_made_by(manifest), *_compressed(path, manifest),
+        return [f"{path}: {TITLES['compressed']}", *_made_by(manifest), *_compressed(path, manifest),
                 f"  decode it: fusioncube stage decompress --store {path} --out CUBE.zarr"]
     try:
         lines = describe_cube(path)
@@ -167,12 +166,39 @@ def describe(path: str | Path) -> list[str]:
     except CubeSchemaError as exc:
         ds, kind = _product(path, exc)
     if kind in CLASS_VARS:
-        title, body = f"a class map (stage {'labels' if kind == 'class' else 'classify'})", [_grid(ds), *_class_map(ds, kind)]
+        body = [_grid(ds), *_class_map(ds, kind)]
     elif kind == "anomalies":
-        title, body = "anomalies (stage anomalies)", [_grid(ds), *_anomalies(ds)]
+        body = [_grid(ds), *_anomalies(ds)]
     else:
-        title, body = "patches (stage patch)", _patches(ds)
-    return [f"{path}: {title}", *_made_by(manifest), *body]
+        body = _patches(ds)
+    return [f"{path}: {TITLES[kind]}", *_made_by(manifest), *body]
+
+
+#: what :func:`describe` calls each kind of store, after its path
+TITLES = {"cube": "a schema-following cube", "compressed": "a compressed cube (TDL, stage compress)",
+          "class": "a class map (stage labels)", "classes": "a class map (stage classify)",
+          "anomalies": "anomalies (stage anomalies)", "patches": "patches (stage patch)"}
+
+
+def _compress_folder(path: Path) -> str:
+    held = [p for p in ("compressed", "decoded.zarr", "patches.zarr", "compress.png") if (path / p).exists()]
+    return f"the output folder of stage compress ({', '.join(held)})"
+
+
+def _title(path: Path) -> str:
+    """:func:`describe`'s first line without the path, from the store's layout and manifest alone
+    (no data read: a folder's listing must not read every cube in it)."""
+    from tasks.compress import compressed_store
+
+    store = compressed_store(path)
+    if store is not None:
+        return _compress_folder(path) if store != path else TITLES["compressed"]
+    try:
+        open_cube(path)  # lazy: the layout, not the data
+        made = read_manifest(path)
+        return TITLES["cube"] + (f" (stage {made.stage})" if made is not None else "")
+    except CubeSchemaError as exc:
+        return TITLES[_product(path, exc)[1]]
 
 
 def describe_catalog(path: str | Path) -> list[str]:
@@ -208,10 +234,7 @@ def _folder(path: Path) -> list[str]:
     lines = [f"{path}: a folder of {len(stores)} store(s); `fusioncube info` on one of them says more"]
     for store in stores:
         try:
-            first = describe(store)[0].removeprefix(f"{store}: ")
-            made = read_manifest(store)
-            if made is not None and "stage" not in first:  # a cube: which stage made it
-                first += f" (stage {made.stage})"
+            first = _title(store)
         except (CubeSchemaError, ValueError, OSError) as exc:
             first = f"not readable ({exc})"
         lines.append(f"  {store.name}: {first}")
