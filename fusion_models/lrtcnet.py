@@ -22,7 +22,6 @@ __all__ = [
     "LRTCNet",
     "ResidualRefiner",
     "StackingHead",
-    "default_device",
     "gaussian_band",
     "mode_product",
     "normalized_convolution",
@@ -34,11 +33,6 @@ log = logging.getLogger(__name__)
 
 SUPPORT_MIN = 1e-3  # least widest-scale support of observed pixels for the refiner to correct
 CLIP = 3.0  # bound on the refiner's input misfit and its correction (units of the input, e.g. std)
-
-
-def default_device() -> torch.device:
-    """``cuda`` when a GPU is visible, else ``cpu`` (the same code path runs on both)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def mode_product(x: Tensor, matrix: Tensor, dim: int) -> Tensor:

@@ -19,7 +19,8 @@ import torch
 from scipy import ndimage
 
 from fusion_models.completion import leading_vectors, linear_interpolation
-from fusion_models.lrtcnet import LRTCNet, default_device
+from fusion_models.device import resolve_device
+from fusion_models.lrtcnet import LRTCNet
 from fusion_models.tensor_ops import unfold
 
 __all__ = [
@@ -211,7 +212,7 @@ def fit_lrtcnet(
     seed
         Seeds the masks, the batch order and the initial factors.
     device
-        Default: :func:`default_device`.
+        Default: :func:`fusion_models.device.default_device` (``cuda`` when present).
 
     Returns
     -------
@@ -231,7 +232,7 @@ def fit_lrtcnet(
     _check_choice("schedule", schedule, SCHEDULES)
     if not 0 <= warmup < 1:
         raise ValueError(f"warmup must be a share of the steps in [0, 1); got warmup={warmup}")
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     started = time.perf_counter()

@@ -38,6 +38,8 @@ import torch
 from tensorly.tenalg import multi_mode_dot
 from torch import Tensor
 
+from fusion_models.device import resolve_device
+
 __all__ = [
     "RDO_LAMBDA",
     "TDLCodec",
@@ -246,8 +248,7 @@ def tdl_fit(
             raise ValueError(f"{name} must be finite and > 0; got {name}={val!r}")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
         raise ValueError(f"iters must be an integer >= 1; got iters={iters!r}")
-    dev = torch.device(device) if device is not None else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    dev = resolve_device(device)
     x64 = t.to(dev, torch.float64)  # (S, I_1, ..., I_N)
     s = x64.shape[0]
     n_modes = len(shape)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fusion_models.lrtcnet import default_device
+from fusion_models.device import resolve_device
 from fusion_models.unet_lrtd import IGNORE, UNetLRTD, lrtd_loss, stack_time
 
 __all__ = [
@@ -226,7 +226,7 @@ def fit_unet_lrtd(
             f"val must be (x (V, {', '.join(map(str, x.shape[1:]))}), valid, labels (V, H, W)); got "
             f"{val[0].shape} and {val[2].shape}"
         )
-    dev = torch.device(device) if device else default_device()
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = UNetLRTD(x.shape[1:], classes, ranks=ranks, variant=variant, width=width, depth=depth).to(dev)

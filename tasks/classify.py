@@ -59,6 +59,7 @@ from fusion_models.classifier_training import (
     shuffled_batches,
 )
 from fusion_models.classifiers import PixelClassifier, build_classifier
+from fusion_models.device import resolve_device
 from tasks.catalog import NLCD_CLASSES
 from tasks.checkpoint import (
     Manifest,
@@ -84,7 +85,6 @@ __all__ = [
     "classify_task",
     "cog_path",
     "confusion_png",
-    "default_device",
     "label_scheme",
     "load_model",
     "map_strips",
@@ -168,11 +168,6 @@ def label_scheme(layer: xr.DataArray, *, source: str = "cube") -> LabelScheme:
     check_byte_codes(codes[0], codes[-1], f"{source}: the label layer {layer.name!r}")
     classes = tuple(codes)
     return LabelScheme(classes, class_names(classes, attrs, nlcd=False), colour_table(classes, attrs))
-
-
-def default_device() -> torch.device:
-    """``cuda`` when a GPU is visible, else ``cpu`` (the same code path runs on both)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --- reading patches.zarr -----------------------------------------------------------------------
@@ -512,7 +507,7 @@ def classify_cube(
         return found
 
     started = _time.perf_counter()
-    dev = torch.device(device) if device else default_device()
+    dev = resolve_device(device)
     n_workers = (4 if dev.type == "cuda" else 0) if workers is None else workers
     ds = open_cube(cube)
     raster = None  # a label raster file instead of a layer: warped onto the cube's grid
@@ -725,7 +720,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
     p.add_argument("--out", required=True, help="classes.zarr to write (COG and model beside it)")
     p.add_argument("--model", default=None, help="a saved model (.pt) to apply instead of training")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
+    p.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU)")
     p.add_argument("--label", default="landcover",
                    help="the cube's label layer (default landcover), or a class raster file in any CRS "
                         "(warped onto the cube's grid by majority)")

@@ -47,7 +47,8 @@ import xarray as xr
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from fusion_models.lrtcnet import LRTCNet, default_device
+from fusion_models.device import resolve_device
+from fusion_models.lrtcnet import LRTCNet
 from fusion_models.lrtcnet_training import OURS, complete, fit_lrtcnet
 from fusion_models.patching import blend_window, extract_patches, fold_patches, patch_origins
 from tasks.checkpoint import (
@@ -406,7 +407,7 @@ def gapfill_cube(
 
     started = _time.perf_counter()
     from_patches = is_patches_store(cube)
-    dev = torch.device(device) if device else default_device()
+    dev = resolve_device(device)
     fit_kw = {"layers": layers, "epochs": epochs, "batch": batch, "lr": lr, "hide_share": hide_share,
               "seed": seed, "device": dev, "time_share": time_share}
     if from_patches:
@@ -505,7 +506,7 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
 
     manifest = gapfill_cube(args.cube, args.out, epochs=args.epochs, layers=args.layers,
                             patch=args.patch, batch=args.batch, seed=args.seed, fill_unseen=args.fill_unseen,
-                            overwrite=args.overwrite)
+                            device=args.device, overwrite=args.overwrite)
     o = manifest.outputs
     sys.stdout.write("\n".join([
         *describe(args.out),
@@ -525,6 +526,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8,
                    help="training patches a step (default 8; fewer for long series, to fit in memory)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU)")
     p.add_argument("--fill-unseen", action="store_true",
                    help="also fill pixels observed on no date (outside every footprint; default: NaN)")
     p.add_argument("--overwrite", action="store_true")

@@ -47,7 +47,7 @@ import xarray as xr
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from fusion_models.lrtcnet import default_device
+from fusion_models.device import resolve_device
 from fusion_models.patching import blend_window, extract_patches, fold_patches, patch_origins
 from fusion_models.unet_lrtd import IGNORE, UNetLRTD
 from fusion_models.unet_lrtd_training import (
@@ -591,7 +591,7 @@ def recover_labels(
     train_origins = _training_patches(idx, size, seed)
     xs, vs, ys = patches_by_rows(train_origins, size, lambda y0, y1: (*model_rows(y0, y1), idx[y0:y1]))
     ranks = (k if rank_k is None else min(rank_k, k), int(np.ceil(rank_share * size)), int(np.ceil(rank_share * size)))
-    dev = torch.device(device) if device else default_device()
+    dev = resolve_device(device)
     weight = class_weights(idx, k, power=class_power) if class_power > 0 else None
     lrtd_variant = cast(Literal["hooi", "factors"], variant)  # checked at the top (mypy cannot narrow str)
     fit = fit_unet_lrtd(
@@ -722,7 +722,8 @@ def _cmd_labels(args: argparse.Namespace) -> int:
 
     manifest = recover_labels(args.cube, args.labels, args.out, lam=args.lam, variant=args.variant,
                               epochs=args.epochs, patch=args.patch, seed=args.seed,
-                              prior_window=args.prior_window, overwrite=args.overwrite)
+                              prior_window=args.prior_window, device=args.device,
+                              overwrite=args.overwrite)
     from tasks.info import describe
 
     o = manifest.outputs
@@ -750,6 +751,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20, help="training passes (default 20)")
     p.add_argument("--patch", type=int, default=32, help="patch side in pixels (default 32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU)")
     p.add_argument("--prior-window", type=int, default=0,
                    help="coarse label layer: fuse the prediction with the layer's class shares in "
                         "this odd box (px), e.g. 5; 0 = off (default)")

@@ -225,3 +225,15 @@ def test_cli_reports_the_filled_cube_in_words(filled, monkeypatch, capsys) -> No
     assert f"{out}: a schema-following cube" in text
     assert f"filled: {cloud.mean():.1%} of pixel-dates" in text
     assert f"LRTC-Net: ranks {manifest.outputs['ranks']}, fitted self-supervised on" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
+def test_cli_refuses_a_gpu_that_is_not_there(tmp_path, capsys) -> None:
+    """``--device cuda`` on a machine without one: one line that says so, and nothing written."""
+    from flows.cli import main
+
+    make_cube(tmp_path / "cube.zarr")
+    out = tmp_path / "filled.zarr"
+    assert main(["stage", "gapfill", "--cube", str(tmp_path / "cube.zarr"), "--out", str(out), "--device", "cuda"]) == 2
+    assert "'cuda' was asked for, but torch sees no GPU here" in capsys.readouterr().err
+    assert not out.exists()
