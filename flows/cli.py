@@ -391,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--end", default=None, metavar="YYYY-MM-DD", help="last date to export")
     ex.add_argument("--bands", default=None, help="comma-separated band names (default: all)")
     ex.add_argument("--keep-invalid", action="store_true",
-                    help="keep the values where 'valid' is false (default: NaN, the nodata)")
+                    help="keep the values where 'valid' is false (default: NaN, the nodata; a gap-filled "
+                         "cube's filled pixels are always kept)")
     ex.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("catalog", help="catalog tools")

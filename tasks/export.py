@@ -178,10 +178,15 @@ def export_cube(
     ``dates`` (days, ``YYYY-MM-DD``) and ``start`` / ``end`` choose dates (default: all);
     ``bands`` chooses bands by name (default: all, in the cube's order). Pixels where ``valid`` is
     false are NaN unless ``keep_invalid`` (the values the cube holds there, e.g. under a cloud mask
-    that is too wide). Returns the files written, in date order.
+    that is too wide), or unless the cube is a gap-filling product and its ``filled`` layer marks
+    them: ``filled.zarr`` keeps the cube's ``valid`` and exports its estimates there. Returns the
+    files written, in date order.
     """
     cube = Path(cube)
     ds = _open_layers(cube)
+    filled = "filled" in ds and tuple(ds["filled"].dims) == ("time", "y", "x")  # gapfill's estimates
+    if filled:
+        log.info("%s: a gap-filled cube; its filled pixels are exported with the observed ones", cube)
     crs = cube_crs(ds)
     if crs is None:
         raise CubeSchemaError(f"{cube}: the cube has no CRS (no grid mapping with crs_wkt), so a GeoTIFF of it "
@@ -223,7 +228,10 @@ def export_cube(
                     block = ds.isel(time=group, y=rows, x=cols)  # one read for the group's dates
                     data = block["data"].values.astype(np.float32)
                     if not keep_invalid:
-                        data = np.where(block["valid"].values.astype(bool)[:, None], data, np.nan)
+                        keep = block["valid"].values.astype(bool)
+                        if filled:
+                            keep |= block["filled"].values.astype(bool)
+                        data = np.where(keep[:, None], data, np.nan)
                     for dst, date in zip(dsts, data, strict=True):
                         dst.write(date, window=w)
             for src, cog, path in zip(plain, tmp, paths, strict=True):

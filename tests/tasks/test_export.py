@@ -64,6 +64,24 @@ def test_export_writes_one_cog_per_date_with_the_cube_values(tmp_path: Path, cap
                                         progress=False)] == ["c_2020-02-04.tif", "c_2020-03-05.tif"]
 
 
+def test_a_gap_filled_cube_exports_its_estimates_where_the_cube_was_not_valid(tmp_path: Path) -> None:
+    """filled.zarr keeps the cube's ``valid`` and marks its estimates in ``filled``: the export of
+    the product must carry them (it wrote NaN there, the gaps back), and still NaN where nothing was
+    filled (a pixel never observed, without --fill-unseen)."""
+    ds = _cube(tmp_path / "c.zarr")
+    filled = ~ds["valid"].values
+    filled[0, 290:, :] = False  # left unfilled
+    ds["data"] = ds["data"].where(~filled[:, None] | ~np.isnan(ds["data"]), 0.5)
+    ds["filled"] = (("time", "y", "x"), filled)
+    ds.to_zarr(tmp_path / "filled.zarr", zarr_format=3, consolidated=True, mode="w")
+    out = export_cube(tmp_path / "filled.zarr", tmp_path / "tifs", dates=["2020-01-03"], progress=False)
+    with rasterio.open(out[0]) as src:
+        got = src.read()
+    want = np.where((ds["valid"].values[0] | filled[0])[None], ds["data"].values[0], np.nan)
+    np.testing.assert_array_equal(got, want)
+    assert np.isfinite(got[:, 100:290]).all() and np.isnan(got[:, 290:]).all()
+
+
 def test_export_errors_name_the_cube_and_the_reason(tmp_path: Path) -> None:
     _cube(tmp_path / "c.zarr")
     with pytest.raises(ValueError, match=r"c.zarr: no date \['2021-01-01'\] in the cube \(it holds 2020-01-03"):
