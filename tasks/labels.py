@@ -227,7 +227,10 @@ def read_points(path: str | Path) -> pd.DataFrame:
       legend.
 
     GeoJSON: a FeatureCollection of Point features with a ``class`` (or ``label``) property;
-    coordinates in the cube's CRS, or in the CRS its legacy ``crs`` member names.
+    coordinates in the CRS its legacy ``crs`` member names; without one in WGS 84 longitude /
+    latitude as RFC 7946 has it (QGIS, geojson.io and geopandas write them so), unless some
+    coordinate lies outside [-180, 180] x [-90, 90]: then they are the cube's CRS (older files
+    written in a projected CRS without saying so).
 
     ``df.attrs`` records ``crs`` (the coordinates' CRS when it is not the cube's: ``EPSG:4326``
     for lon/lat) and ``class_names`` (``{code: name}`` for text classes).
@@ -253,6 +256,8 @@ def read_points(path: str | Path) -> pd.DataFrame:
             x, y = geom["coordinates"][:2]
             rows.append((float(x), float(y), props[key]))
         df = pd.DataFrame(rows, columns=["x", "y", "class"])
+        if crs is None and len(df) and df["x"].abs().le(180).all() and df["y"].abs().le(90).all():
+            crs = WGS84  # RFC 7946
     elif suffix == ".csv":
         df = pd.read_csv(path)
         df.columns = [str(c).strip().lower() for c in df.columns]

@@ -142,6 +142,19 @@ def test_points_csv_and_geojson(tmp_path) -> None:
     (tmp_path / "pts.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
     gj = read_points(tmp_path / "pts.geojson")
     np.testing.assert_array_equal(gj[["x", "y", "class"]].to_numpy(), pts.iloc[:-1].to_numpy())
+    assert gj.attrs["crs"] is None  # beyond lon / lat: the cube's CRS, as files written before RFC 7946
+    # RFC 7946 GeoJSON (no crs member, WGS 84 longitude / latitude) is moved onto the cube's grid
+    from rasterio.warp import transform as reproject_points
+
+    lon, lat = reproject_points(CRS.from_epsg(32615), CRS.from_epsg(4326), list(xs), list(ys))
+    for f, x, y in zip(feats, lon, lat, strict=True):
+        f["geometry"]["coordinates"] = [x, y]
+    (tmp_path / "lonlat.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    ll = read_points(tmp_path / "lonlat.geojson")
+    assert ll.attrs["crs"] == "EPSG:4326"
+    raster, dropped = points_to_raster(points_in_crs(ll, CRS.from_epsg(32615)), TRANSFORM, (H, W))
+    assert dropped == 0
+    np.testing.assert_array_equal(raster[rows, cols], truth[rows, cols])
     out = tmp_path / "from-points.zarr"
     manifest = recover_labels(cube, tmp_path / "pts.csv", out, **{**FAST, "epochs": 8})
     assert manifest.outputs["labels"]["dropped"] == 1 and manifest.outputs["classes"] == list(CODES)
