@@ -372,10 +372,10 @@ def _trimmed_set(resid: np.ndarray, omega: np.ndarray, *, k_out: float, time_axi
     """
     on = resid[omega]
     sigma = 1.4826 * float(np.median(np.abs(on - np.median(on))))
-    masked = np.where(omega, resid, np.nan)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="All-NaN slice", category=RuntimeWarning)
-        pixel = np.nan_to_num(np.nanmedian(masked, axis=time_axis, keepdims=True))
+    # a pixel never observed gets 0 without an all-NaN slice (whose warning filter, a
+    # process-wide setting, is not safe to change from the stage's concurrent tiles)
+    never = ~omega.any(axis=time_axis, keepdims=True)
+    pixel = np.nanmedian(np.where(omega, resid, np.where(never, 0.0, np.nan)), axis=time_axis, keepdims=True)
     fit = omega & (np.abs(resid - pixel) <= k_out * sigma)
     return fit if fit.any() else omega
 

@@ -28,3 +28,7 @@ def test_quick_run_writes_summary(tmp_path: Path) -> None:
     r4 = next(r for r in written["runs"] if r["bits"] == 4 and r["missing"] == 0.3)
     assert r8["qtrpca"]["rmse_k"] < r4["qtrpca"]["rmse_k"]
     assert out.with_suffix(".md").read_text().startswith("# Anomaly benchmark")
+    stage = written["stage"]  # the stage timed one tile at a time and on all cores, same product
+    assert stage["same_product"] is True and stage["workers"] >= 2 and stage["tiles"] >= 1
+    assert stage["tiles_per_s_1"] > 0 and stage["tiles_per_s_n"] > 0 and stage["speedup"] > 0
+    assert "## The stage's speed" in out.with_suffix(".md").read_text()
