@@ -344,6 +344,10 @@ PRESETS = (
     Preset("Sentinel-2 Level-2A", r"_B[0-9][0-9A]_\d{2}m\.jp2$", "_SCL_20m.jp2",
            {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "*_B[0-9][0-9A]_[0-9][0-9]m.jp2",
            "sentinel2_l2a"),
+    # ... and its band files converted to GeoTIFF / COG under the same names (the SCL beside them too)
+    Preset("Sentinel-2 Level-2A (GeoTIFF)", r"_B[0-9][0-9A]_\d{2}m(\.tiff?)$", r"_SCL_20m\1",
+           {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "*_B[0-9][0-9A]_[0-9][0-9]m.tif",
+           "sentinel2_l2a"),
     # Sentinel-2 Level-1C (band files in GRANULE/*/IMG_DATA, no resolution in their names): the
     # cloud mask MSK_CLASSI_B00.jp2 of QI_DATA (processing baseline 04.00 on; band 1 opaque cloud,
     # 2 cirrus, 3 snow), top-of-atmosphere reflectance per scene from its MTD_MSIL1C.xml

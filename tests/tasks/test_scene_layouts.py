@@ -270,6 +270,31 @@ def test_cli_ingests_stac_item_folders_of_band_cogs(tmp_path: Path, capsys) -> N
     assert "SCL.tif" in (tmp_path / "s2.zarr.catalog.yaml").read_text()  # the mask
 
 
+def test_cli_masks_sentinel2_l2a_band_files_kept_as_geotiff(tmp_path: Path, capsys) -> None:
+    """Sentinel-2 L2A band files converted to GeoTIFF under their SAFE names, ``_SCL_20m.tif``
+    beside them. Before, only ``.jp2`` was recognised: the SCL files were quarantined as "not a band
+    file" and the cube kept cloud (SCL 9) and no-data (SCL 0) pixels as observed."""
+    from flows.cli import main
+
+    for d, add in (("20200105", 0), ("20200115", 10)):
+        stem = tmp_path / f"T33SVB_{d}T100031"
+        for b, res in (("B02", 10), ("B03", 10), ("B8A", 20)):
+            _band(Path(f"{stem}_{b}_{res}m.tif"), {"B02": 1100, "B03": 1200, "B8A": 1500}[b] + add, size=120 // res, res=res)
+        _band(Path(f"{stem}_SCL_20m.tif"), 4, size=6, res=20)  # vegetation
+        with rasterio.open(f"{stem}_SCL_20m.tif", "r+") as ds:
+            scl = ds.read(1)
+            scl[:2, :3] = 9 if add else 0  # a cloud, or no data, over the top left 40 x 60 m
+            ds.write(scl, 1)
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "s2.zarr")]) == 0
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
+    ds = xr.open_zarr(tmp_path / "s2.zarr")
+    assert list(ds.band.values) == ["B02", "B03", "B8A"] and ds.sizes["x"] == 12
+    want = np.ones((2, 12, 12), bool)
+    want[:, :4, :6] = False
+    np.testing.assert_array_equal(ds.valid.values, want)
+    assert "_SCL_20m" in (tmp_path / "s2.zarr.catalog.yaml").read_text()  # the mask
+
+
 def test_date_in_folders() -> None:
     from tasks.discover import date_in_folders
 
