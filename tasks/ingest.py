@@ -302,11 +302,16 @@ def plan_ingest(
     start: date | None = None,
     end: date | None = None,
 ) -> ScenePlan:
-    """Which scenes are new for ``cube`` (by id, size and mtime), grouped by date."""
+    """Which scenes are new for ``cube`` (by id, size and mtime), grouped by date.
+
+    A file quarantined before is tried again when it changed on disk, or when the cube's ingest
+    settings changed since (a date pattern, a band's scale, a mask rule: what was refused under
+    the old rule may pass the new one)."""
     spec = catalog.cube(cube)
     manifest = read_manifest(catalog.cube_path(cube))
     done: dict[str, Any] = manifest.outputs.get("scenes", {}) if manifest else {}
-    bad: dict[str, Any] = manifest.outputs.get("quarantine", {}) if manifest else {}
+    same_rules = manifest is not None and manifest.outputs.get("rules") == ingest_rules(catalog, cube)
+    bad: dict[str, Any] = manifest.outputs.get("quarantine", {}) if manifest and same_rules else {}
     dates_in_cube = set(manifest.outputs.get("dates", [])) if manifest else set()
     if spec.time_range is not None:
         start = max(filter(None, [start, spec.time_range[0]]), default=None)
@@ -651,8 +656,17 @@ def truncate_to_manifest(path: Path, manifest: Manifest) -> int:
     return extra
 
 
+def ingest_rules(catalog: Catalog, cube: str) -> str:
+    """A digest of how ``cube``'s scenes are read: its catalog entry's ingest settings and its
+    sources' (globs, dates, bands, masks, units). Quarantine verdicts hold while it is unchanged."""
+    spec = catalog.cube(cube)
+    text = json.dumps([spec.ingest_json(), *(catalog.source(s).model_dump_json() for s in spec.sources)])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
 def _cube_manifest(
-    name: str, spec: CubeSpec, scenes: dict[str, Any], quarantine: dict[str, Any], dates: list[str], steps: int, grid: Grid
+    name: str, spec: CubeSpec, scenes: dict[str, Any], quarantine: dict[str, Any], dates: list[str], steps: int,
+    grid: Grid, rules: str,
 ) -> Manifest:
     scene_digest = hashlib.sha256(json.dumps(scenes, sort_keys=True).encode()).hexdigest()[:20]
     params = json.loads(spec.ingest_json())
@@ -664,7 +678,8 @@ def _cube_manifest(
         inputs={"scenes": scene_digest},
         code_version=code,
         outputs={
-            "cube": name, "scenes": scenes, "quarantine": quarantine, "dates": dates, "time_steps": steps,
+            "cube": name, "scenes": scenes, "quarantine": quarantine, "rules": rules, "dates": dates,
+            "time_steps": steps,
             "grid": {"crs": grid.crs.to_string(), "transform": list(grid.transform)[:6], "width": grid.width, "height": grid.height},
         },
     )
@@ -987,7 +1002,8 @@ class _CubeState:
     def save(self) -> None:
         assert self.grid is not None
         write_manifest(self.path, _cube_manifest(
-            self.cube, self.spec, self.scenes, self.quarantine, self.dates, self.steps, self.grid))
+            self.cube, self.spec, self.scenes, self.quarantine, self.dates, self.steps, self.grid,
+            ingest_rules(self.catalog, self.cube)))
 
     def create(self, template: Path, part: Path, dates: Sequence[datetime]) -> None:
         """The cube from its template (schema, coordinates, static layers; no time steps) and its

@@ -295,6 +295,27 @@ def test_cli_masks_sentinel2_l2a_band_files_kept_as_geotiff(tmp_path: Path, caps
     assert "_SCL_20m" in (tmp_path / "s2.zarr.catalog.yaml").read_text()  # the mask
 
 
+def test_a_file_quarantined_for_its_date_is_taken_once_a_date_rule_is_given(tmp_path: Path, capsys) -> None:
+    """The quarantine message says "give one: --date-pattern ..."; doing so used to change nothing,
+    the file stayed "quarantined before" until touched. A changed ingest rule now tries the
+    quarantined files again; with the rule unchanged they are not re-read."""
+    from flows.cli import main
+
+    _band(tmp_path / "in" / "field_2020-01-05.tif", 100, size=4, res=10)
+    _band(tmp_path / "in" / "field_15-03-2020.tif", 200, size=4, res=10)  # no date the default rules read
+    out = str(tmp_path / "f.zarr")
+    assert main(["ingest", str(tmp_path / "in"), "--out", out]) == 0
+    assert "1 scenes ingested, 0 skipped, 1 quarantined" in capsys.readouterr().out
+    assert main(["ingest", str(tmp_path / "in"), "--out", out]) == 0
+    assert "0 scenes ingested, 1 skipped, 0 quarantined" in capsys.readouterr().out  # quarantined before
+    rule = ["--date-pattern", r"_(?P<date>\d{2}-\d{2}-\d{4})\.tif", "--date-format", "%d-%m-%Y"]
+    assert main(["ingest", str(tmp_path / "in"), "--out", out, *rule]) == 0
+    assert "1 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
+    ds = xr.open_zarr(out)
+    assert [str(t)[:10] for t in ds.time.values] == ["2020-01-05", "2020-03-15"]
+    assert float(ds.data.isel(time=1).mean()) == 200.0
+
+
 def test_date_in_folders() -> None:
     from tasks.discover import date_in_folders
 
