@@ -88,6 +88,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         date={k: v for k, v in (("pattern", args.date_pattern), ("format", args.date_format),
                                 ("default", args.date)) if v is not None},
         band_files=args.band_files,
+        select=[b.strip() for b in args.bands.split(",") if b.strip()] if args.bands else None,
         layers=_layers(args.layer),
         units={k: v for k, v in (("scale", args.scale), ("offset", args.offset), ("nodata", args.nodata),
                                  ("valid_range", args.valid_range)) if v is not None},
@@ -331,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="products stored one file per band: regex on the file name with a group "
                         "(?P<band>...); files differing only there are one scene (default: band names "
                         "such as Landsat _SR_B4, Sentinel-2 _B8A, HLS .B04 are recognised)")
+    i.add_argument("--bands", default=None, metavar="NAMES",
+                   help="comma-separated bands to take, by name as --dry-run lists them (default: all)")
     i.add_argument("--layer", action="append", metavar="NAME=FILE",
                    help="a class map (e.g. land cover) to add as the static layer NAME, warped onto the "
                         "cube's grid by majority; repeatable (stage classify / labels train on it)")

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -508,6 +509,41 @@ def _narrowed(pattern: str, preset: Preset) -> str:
     return str(path.parent / preset.glob)
 
 
+def _selected(bands: list[dict[str, Any]], select: Sequence[str], described_by: str) -> list[dict[str, Any]]:
+    """The bands named in ``select``, in that order; an unknown name is refused with the choices."""
+    by_name = {str(b["name"]): b for b in bands}
+    unknown = [n for n in select if n not in by_name]
+    if unknown:
+        raise ValueError(f"--bands {','.join(select)}: no band {unknown} in {file_name(described_by)}; its bands are "
+                         f"{list(by_name)}")
+    if len(set(select)) != len(select):
+        raise ValueError(f"--bands {','.join(select)}: a band is named twice")
+    return [by_name[n] for n in select]
+
+
+def _warn_empty_bands(path: str, bands: list[dict[str, Any]], side: int = 256) -> list[str]:
+    """Warn about the bands of ``path`` with no value at all (every pixel nodata or NaN, read at
+    most ``side`` px a side) while another band has some: a pixel is valid only where every band is
+    observed, so such a band leaves no pixel valid. Returns their names."""
+    try:
+        with rasterio.open(path) as ds:
+            scale = max(1, -(-max(ds.height, ds.width) // side))
+            shape = (max(1, ds.height // scale), max(1, ds.width // scale))
+            seen = {}
+            for b in bands:
+                a = ds.read(b["index"], out_shape=shape, masked=True)
+                seen[str(b["name"])] = bool((~np.ma.getmaskarray(a) & np.isfinite(a.filled(0))).any())
+    except (rasterio.RasterioIOError, IndexError, ValueError):
+        return []  # an unreadable file is reported where it is read
+    empty = [n for n, v in seen.items() if not v]
+    if empty and len(empty) < len(seen):
+        kept = ",".join(n for n in seen if n not in empty)
+        log.warning("%s: band(s) %s hold no value (every pixel is nodata): a pixel is valid only where every "
+                    "band is observed, so no pixel of such a scene would be; leave them out with --bands %s",
+                    file_name(path), empty, kept)
+    return empty
+
+
 def _scaled(band: dict[str, Any], preset: Preset) -> dict[str, Any]:
     """``band`` with the preset's scale when its file declared none."""
     if "scale" in band or "offset" in band:
@@ -556,6 +592,7 @@ def build_adhoc_catalog(
     bounds_crs: str | None = None,
     aoi: str | None = None,
     units: dict[str, Any] | None = None,
+    select: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """A validated one-source, one-cube catalog for ``paths`` (as a dict) and the path it is
     written to beside the cube; nothing is written.
@@ -570,7 +607,9 @@ def build_adhoc_catalog(
     (a GeoJSON or raster file, :func:`tasks.aoi.aoi_bounds`): the area the cube covers, instead of
     the scenes' union. ``units``: ``scale``, ``offset``, ``nodata`` and ``valid_range`` (min, max)
     for every band, overriding what the files declare and the product presets (:func:`_with_units`).
-    Appending to a cube whose catalog beside it has other band rules is refused
+    ``select``: the bands to take, by name (default: all); a band with no value in the first scene
+    while the others have some is named in a warning, since a pixel is valid only where every band
+    is observed. Appending to a cube whose catalog beside it has other band rules is refused
     (:func:`_check_band_rules`).
     """
     if bounds is not None and aoi is not None:
@@ -637,6 +676,10 @@ def build_adhoc_catalog(
         if product.radiometry and _radiometry_known(files, product.radiometry):
             radiometry = product.radiometry
             bands = [{k: v for k, v in b.items() if k not in ("scale", "offset")} for b in bands]
+    if select:
+        bands = _selected(bands, select, described_by)
+    elif band_count is not None and len(bands) > 1:
+        _warn_empty_bands(described_by, bands)
     if units:
         bands = [_with_units(b, units) for b in bands]
         if {"scale", "offset"} & set(units):

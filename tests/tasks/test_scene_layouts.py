@@ -316,6 +316,34 @@ def test_a_file_quarantined_for_its_date_is_taken_once_a_date_rule_is_given(tmp_
     assert float(ds.data.isel(time=1).mean()) == 200.0
 
 
+def test_a_band_with_no_value_is_named_and_bands_can_be_chosen(tmp_path: Path, capsys) -> None:
+    """A band that is nodata everywhere (an unused band of an export) left no pixel valid, as a
+    pixel is valid only where every band is observed; the cube read "0 % observed" and every stage
+    refused it without saying why. Ingest now names the band, and --bands leaves it out."""
+    from flows.cli import main
+
+    for d in ("2020-01-05", "2020-01-15"):
+        a = np.full((3, 4, 4), 500, np.uint16)
+        a[2] = 0  # band 3: nodata everywhere
+        (tmp_path / "in").mkdir(exist_ok=True)
+        with rasterio.open(tmp_path / "in" / f"s_{d}.tif", "w", driver="GTiff", width=4, height=4, count=3,
+                           dtype="uint16", crs="EPSG:32633", transform=from_origin(600000, 5000000, 10, 10),
+                           nodata=0) as ds:
+            ds.write(a)
+    assert main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "all.zarr")]) == 0
+    err = capsys.readouterr().err  # the command's log lines
+    assert "band(s) ['band3'] hold no value" in err and "--bands band1,band2" in err
+    assert not xr.open_zarr(tmp_path / "all.zarr").valid.values.any()
+    assert main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "two.zarr"), "--bands", "band2,band1"]) == 0
+    ds = xr.open_zarr(tmp_path / "two.zarr")
+    assert list(ds.band.values) == ["band2", "band1"] and ds.valid.values.all()
+    capsys.readouterr()
+    assert main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "x.zarr"), "--bands", "band1,red"]) == 2
+    assert "--bands band1,red: no band ['red'] in s_2020-01-05.tif; its bands are ['band1', 'band2', 'band3']" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_date_in_folders() -> None:
     from tasks.discover import date_in_folders
 
