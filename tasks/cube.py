@@ -515,9 +515,12 @@ def describe_cube(path: str | Path) -> list[str]:
         f"{float(share.max()):.1%})",
     ]
     if "filled" in ds.data_vars and tuple(ds["filled"].dims) == ("time", "y", "x"):  # gapfill's mark
-        filled = float(ds["filled"].mean().values)
+        mark = ds["filled"].astype(bool)
+        shares = xr.Dataset({"filled": mark, "missing": ~ds["valid"] & ~mark}).mean().compute()  # one pass
+        filled, missing = float(shares["filled"]), float(shares["missing"])
+        # (a pixel-date can be both: valid, with one band's value missing and filled)
         lines.append(f"  filled: {filled:.1%} of pixel-dates (gap filling's estimates, where 'filled' is true); "
-                     f"{1 - float(share.mean()) - filled:.1%} still missing")
+                     f"{missing:.1%} still missing")
     for name in ds.data_vars:
         var = ds[name]
         if tuple(var.dims) == ("y", "x"):

@@ -124,3 +124,22 @@ def test_grids_are_named_for_people_and_gdal_warnings_shown_once(real_fixtures: 
     assert "grid (the first scene's): Albers / Albers Equal Area (no EPSG code), 300 x 300" in capsys.readouterr().out
     repeated = [r for r in caplog.records if "GeoTIFF keys" in r.getMessage()]
     assert len(repeated) == 1
+
+
+def test_a_filled_cube_counts_what_is_still_missing_once(tmp_path: Path) -> None:
+    """A pixel-date can be valid with one band's value missing, and filled: it was counted as both
+    observed and filled, and the share still missing came out negative."""
+    from tasks.cube import describe_cube
+
+    _cube(tmp_path / "c.zarr")
+    ds = xr.open_zarr(tmp_path / "c.zarr").load()
+    valid = ds["valid"].values.copy()
+    valid[0, :16] = False  # half of the first date not observed: 6.25 % of the pixel-dates
+    filled = ~valid
+    filled[0, :8] = False  # a quarter of it left unfilled: 1.5625 % still missing
+    filled[1, 0, 0] = True  # valid, a band missing there and filled
+    ds["valid"] = (("time", "y", "x"), valid)
+    ds["filled"] = (("time", "y", "x"), filled)
+    ds.to_zarr(tmp_path / "f.zarr", zarr_format=3, consolidated=True, mode="w")
+    line = next(s for s in describe_cube(tmp_path / "f.zarr") if s.strip().startswith("filled:"))
+    assert line.endswith("1.6% still missing"), line
