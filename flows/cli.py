@@ -21,16 +21,32 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from tasks.errors import CatalogError, CubeSchemaError, StagesFailed
 
-__all__ = ["STAGE_MODULES", "main"]
+__all__ = ["STAGE_COMMANDS", "STAGE_MODULES", "build_parser", "main", "stage_modules"]
 
 #: Modules of ``tasks/`` that add a ``fusioncube stage NAME`` sub-command (each has ``add_cli``).
 STAGE_MODULES = ("tasks.anomalies", "tasks.gapfill", "tasks.classify", "tasks.compress", "tasks.labels")
+#: the module of each of those sub-commands
+STAGE_COMMANDS = {"anomalies": "tasks.anomalies", "gapfill": "tasks.gapfill", "classify": "tasks.classify",
+                  "compress": "tasks.compress", "decompress": "tasks.compress", "labels": "tasks.labels"}
+
+
+def stage_modules(argv: Sequence[str]) -> tuple[str, ...]:
+    """The stage modules a command line needs parsed: the named stage's for ``stage NAME ...``,
+    all of them for ``stage`` alone or an unknown name (to list them), none for other commands.
+    Each imports torch and Prefect (seconds): ``fusioncube --help``, ``info`` or ``ingest`` need
+    neither for their arguments."""
+    words = [a for a in argv if a not in ("-v", "--verbose")]
+    if not words or words[0] != "stage":
+        return ()
+    module = STAGE_COMMANDS.get(words[1]) if len(words) > 1 else None
+    return (module,) if module is not None else STAGE_MODULES
 
 log = logging.getLogger("fusioncube")
 
@@ -291,7 +307,9 @@ def _benchmarks() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if not m.name.startswith("_"))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(stages: Sequence[str] = STAGE_MODULES) -> argparse.ArgumentParser:
+    """The command line's parser, with the ``stage`` sub-commands of the modules ``stages``
+    (default: every stage; :func:`main` takes those its arguments name, :func:`stage_modules`)."""
     p = argparse.ArgumentParser(
         prog="fusioncube",
         description=__doc__.split("\n\n")[0],
@@ -362,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=_cmd_stage_patch)
-    for module in STAGE_MODULES:
+    for module in stages:
         importlib.import_module(module).add_cli(ss)
 
     for name, help_ in (("run", "the pipeline for one cube: new scenes -> cube -> patches -> its stages (Dask)"),
@@ -480,7 +498,7 @@ def quiet_input_errors() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_prefect()  # before any import reads the settings (Prefect's, Dask's config)
-    args = build_parser().parse_args(argv)
+    args = build_parser(stage_modules(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     if args.verbose:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
         os.environ["DASK_LOGGING__DISTRIBUTED"] = "info"

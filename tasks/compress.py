@@ -61,6 +61,7 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
+from tasks.info import compressed_store
 
 __all__ = ["add_cli", "check_quantizer", "compress_cube", "compress_patches", "compress_task", "decompress", "default_ranks"]
 
@@ -601,15 +602,6 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     d.set_defaults(func=_cmd_decompress)
     return p
-
-
-def compressed_store(path: str | Path) -> Path | None:
-    """The compressed store at ``path``, or in the compress stage's ``--out`` folder ``path``."""
-    path = Path(path)
-    for store in (path, path / "compressed"):
-        if (store / "cores.bin").exists():
-            return store
-    return None
 
 
 def _cmd_decompress(args: argparse.Namespace) -> int:

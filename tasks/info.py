@@ -140,14 +140,22 @@ def _product(path: Path, cube_error: CubeSchemaError) -> tuple[xr.Dataset, str]:
     raise cube_error
 
 
+def compressed_store(path: str | Path) -> Path | None:
+    """The compressed store at ``path``, or in the compress stage's ``--out`` folder ``path``
+    (here, not in ``tasks.compress``: telling one takes no torch)."""
+    path = Path(path)
+    for store in (path, path / "compressed"):
+        if (store / "cores.bin").exists():
+            return store
+    return None
+
+
 def describe(path: str | Path) -> list[str]:
     """What ``path`` holds: a cube (:func:`tasks.cube.describe_cube`) or a stage's product.
 
     Raises ``FileNotFoundError`` for a missing path (as :func:`tasks.cube.open_cube`) and
     ``CubeSchemaError`` (the cube's reason) for a store that is neither a cube nor a product
     fusioncube knows."""
-    from tasks.compress import compressed_store
-
     path = Path(path)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return describe_catalog(path)
@@ -188,8 +196,6 @@ def _compress_folder(path: Path) -> str:
 def _title(path: Path) -> str:
     """:func:`describe`'s first line without the path, from the store's layout and manifest alone
     (no data read: a folder's listing must not read every cube in it)."""
-    from tasks.compress import compressed_store
-
     store = compressed_store(path)
     if store is not None:
         return _compress_folder(path) if store != path else TITLES["compressed"]
@@ -224,8 +230,6 @@ def _plain_folder(path: Path) -> bool:
 
 def _folder(path: Path) -> list[str]:
     """A folder of stores (the pipeline's ``artifacts/<cube>/``): one line for each store in it."""
-    from tasks.compress import compressed_store
-
     stores = sorted(p for p in path.iterdir()
                     if p.is_dir() and (not _plain_folder(p) or compressed_store(p) is not None))
     if not stores:

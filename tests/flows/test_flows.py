@@ -146,3 +146,17 @@ def test_cli_run_reports_a_failed_stage_in_its_table_and_exits_1(tmp_path: Path,
     assert main(["run", "ndvi", "--catalog", catalog, "--workers", "1"]) == 0
     assert "labels     ran" in capfd.readouterr().out
     assert (tmp_path / "artifacts" / "ndvi" / "labels.zarr").is_dir()
+
+
+def test_the_command_line_imports_a_stage_only_for_its_own_command() -> None:
+    """Each stage module imports torch and Prefect (seconds); `fusioncube --help`, `info` or
+    `ingest` took 6-7 s to build their parser from all of them."""
+    from flows.cli import STAGE_MODULES, build_parser, stage_modules
+
+    assert stage_modules(["info", "c.zarr"]) == () and stage_modules(["-v", "ingest", "x"]) == ()
+    assert stage_modules(["stage", "gapfill", "--cube", "c.zarr"]) == ("tasks.gapfill",)
+    assert stage_modules(["-v", "stage", "decompress"]) == ("tasks.compress",)
+    assert stage_modules(["stage"]) == stage_modules(["stage", "gapfil"]) == STAGE_MODULES  # to list them
+    args = build_parser(stage_modules(["stage", "labels", "--cube", "c", "--labels", "l", "--out", "o"])).parse_args(
+        ["stage", "labels", "--cube", "c", "--labels", "l", "--out", "o"])
+    assert args.labels == "l" and callable(args.func)
