@@ -12,12 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fusion_models.conv4d import Conv4d, SeparableConv4d
 
-__all__ = ["CNN2D", "CNN3D", "CNN4D", "MODELS", "PixelClassifier", "build_classifier"]
+__all__ = ["CNN2D", "CNN3D", "CNN4D", "MODELS", "UNSEEN_LOGIT", "PixelClassifier", "build_classifier"]
+
+#: the logit of a class the model may not predict (finite: float16 under CUDA autocast holds it)
+UNSEEN_LOGIT = -1e4
 
 
 class PixelClassifier(nn.Module):
@@ -41,6 +45,9 @@ class PixelClassifier(nn.Module):
     halo = 2
     mean: Tensor
     std: Tensor
+    #: ``(K,)`` bool, the classes the model may predict: those with training examples (set after
+    #: training, :meth:`only_predict`); the others' logits are pushed to ``UNSEEN_LOGIT``
+    seen: Tensor
 
     def __init__(
         self,
@@ -71,6 +78,16 @@ class PixelClassifier(nn.Module):
             )
         self.register_buffer("mean", mu.clone())
         self.register_buffer("std", sd.clone())
+        self.register_buffer("seen", torch.ones(n_classes, dtype=torch.bool))
+
+    def only_predict(self, seen: Sequence[bool] | np.ndarray | Tensor) -> None:
+        """Predict only the classes flagged in ``seen`` (``(K,)``): a class with no training pixel
+        has an untrained output, which early in training (a few epochs) can win everywhere."""
+        mask = torch.as_tensor(np.asarray(seen, dtype=bool), device=self.seen.device)
+        if mask.shape != self.seen.shape or not bool(mask.any()):
+            raise ValueError(f"seen needs {self.n_classes} flags, at least one true; got shape "
+                             f"{tuple(mask.shape)} with {int(mask.sum())} true")
+        self.seen.copy_(mask)
 
     def _head(self, channels: int) -> nn.Sequential:
         """Per-pixel MLP as 1x1 convolutions: ``(B, channels, H, W) -> (B, K, H, W)``."""
@@ -111,7 +128,10 @@ class PixelClassifier(nn.Module):
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """``x: (B, T, C, H, W)``, ``valid: (B, T, H, W)`` -> logits ``(B, K, H, W)``."""
         z, m = self.prepare(x, valid)
-        return self.features(z, m)
+        logits = self.features(z, m)
+        if bool(self.seen.all()):
+            return logits
+        return logits.masked_fill(~self.seen.view(1, -1, 1, 1), UNSEEN_LOGIT)
 
 
 class CNN4D(PixelClassifier):

@@ -306,7 +306,9 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
         raise ValueError(f"{path}: not a fusioncube classifier (expected a dict with kind, config, "
                          "state_dict as written by tasks.classify.save_model)")
     model = build_classifier(saved["kind"], **saved["config"])
-    model.load_state_dict(saved["state_dict"])
+    state = dict(saved["state_dict"])
+    state.setdefault("seen", model.seen)  # saved before 2026-12: every class may be predicted
+    model.load_state_dict(state)
     return model.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
 
 
@@ -594,6 +596,7 @@ def classify_cube(
         fit = fit_classifier(net, train_batches, val=(lambda: val_dl) if len(val_pb) else None,
                              weights=class_weights(counts), epochs=epochs, lr=lr, crop=min(crop, size),
                              device=dev, seed=seed, progress=progress)
+        net.only_predict(counts > 0)  # never a class of the legend with no training pixel
         wpath = save_model(net, weights_path(out), bands=bands, scheme=scheme)
         fit_stats = {"loss_history": [round(v, 5) for v in fit.history],
                      "val_macro_f1": [round(v, 4) for v in fit.val_f1], "best_epoch": fit.best_epoch,

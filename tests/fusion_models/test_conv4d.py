@@ -152,6 +152,25 @@ def test_classifiers_shapes_and_nan_input(kind, extra) -> None:
         model(torch.zeros(1, 5, 3, 8, 8), torch.ones(1, 5, 8, 8, dtype=torch.bool))
 
 
+def test_a_class_without_training_pixels_is_never_predicted() -> None:
+    """Early in training an untrained class output can win everywhere (a stage run with 1-2
+    epochs mapped 99 % of the pixels to a class its labels did not hold): ``only_predict`` keeps
+    the classes that had training pixels, and travels with the state dict."""
+    x, valid, _ = _toy()
+    model = build_classifier("cnn4d", n_times=4, n_bands=3, n_classes=3, hidden=8).eval()
+    with torch.no_grad():
+        model.head[-1].bias[1] = 1e3  # class 1's untrained output wins everywhere
+    assert (model(torch.from_numpy(x), torch.from_numpy(valid)).argmax(1) == 1).all()
+    model.only_predict([True, False, True])
+    out = model(torch.from_numpy(x), torch.from_numpy(valid))
+    assert not (out.argmax(1) == 1).any() and torch.isfinite(out).all()
+    again = build_classifier("cnn4d", n_times=4, n_bands=3, n_classes=3, hidden=8)
+    again.load_state_dict(model.state_dict())
+    assert again.seen.tolist() == [True, False, True]
+    with pytest.raises(ValueError, match="seen needs 3 flags, at least one true"):
+        model.only_predict([False, False, False])
+
+
 def test_tiny_cnn4d_overfits_tiny_dataset() -> None:
     x, valid, y = _toy(n=2)
     torch.manual_seed(0)
