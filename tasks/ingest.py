@@ -345,7 +345,11 @@ def plan_ingest(
         elif ref.id in done:
             skipped.append({**row, "reason": "changed on disk after ingest; rebuild the cube to take it"})
         elif ref.date is not None and ref.date.date().isoformat() in dates_in_cube:
-            skipped.append({**row, "reason": "its date is already in the cube"})
+            skipped.append({**row, "reason": (
+                "its date is already in the cube, from scenes ingested before it; a date's slice is "
+                "not mosaicked again when another scene of it arrives later (say, a neighbouring "
+                f"tile): to take it, build the cube again (move {catalog.cube_path(cube).name} and "
+                "its manifest aside, then ingest)")})
         else:
             new.append(ref)
     new.sort(key=lambda r: (r.date or datetime.min, r.path, r.time_index or 0))
