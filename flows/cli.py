@@ -194,9 +194,12 @@ REPORT_ROWS = 20  # quarantined / skipped scenes printed one per line, each
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    print(f"cube {report['path']}: {report['time_steps']} time steps "
-          f"({len(report['dates_added'])} new), {len(report['ingested'])} scenes ingested, "
-          f"{len(report['skipped'])} skipped, {len(report['quarantined'])} quarantined")
+    counts = (f"{len(report['ingested'])} scenes ingested, {len(report['skipped'])} skipped, "
+              f"{len(report['quarantined'])} quarantined")
+    if not report["time_steps"] and not Path(report["path"]).exists():  # nothing taken: no cube made
+        print(f"no cube written at {report['path']}: no scene was taken ({counts}; the reasons below)")
+    else:
+        print(f"cube {report['path']}: {report['time_steps']} time steps ({len(report['dates_added'])} new), {counts}")
     for kind in ("quarantined", "skipped"):  # the first of each; a year of hourly steps is no list to read
         rows = report[kind]
         for row in rows[:REPORT_ROWS]:

@@ -344,6 +344,19 @@ def test_a_band_with_no_value_is_named_and_bands_can_be_chosen(tmp_path: Path, c
     assert not (tmp_path / "x.zarr").exists()
 
 
+def test_an_ingest_that_takes_no_scene_says_no_cube_was_written(tmp_path: Path, capsys) -> None:
+    """Every scene outside --bounds: it printed "cube X: 0 time steps" of a cube it never wrote."""
+    from flows.cli import main
+
+    _band(tmp_path / "in" / "f_2020-01-05.tif", 100, size=4, res=10)
+    out = tmp_path / "f.zarr"
+    assert main(["ingest", str(tmp_path / "in"), "--out", str(out), "--bounds", "100000", "100000", "100500",
+                 "100500"]) == 0
+    text = capsys.readouterr().out
+    assert f"no cube written at {out}: no scene was taken (0 scenes ingested, 1 skipped" in text
+    assert "skipped f_2020-01-05.tif: outside the cube's bounds" in text and not out.exists()
+
+
 def test_date_in_folders() -> None:
     from tasks.discover import date_in_folders
 
