@@ -351,7 +351,7 @@ def test_an_ingest_that_takes_no_scene_says_no_cube_was_written(tmp_path: Path, 
     _band(tmp_path / "in" / "f_2020-01-05.tif", 100, size=4, res=10)
     out = tmp_path / "f.zarr"
     assert main(["ingest", str(tmp_path / "in"), "--out", str(out), "--bounds", "100000", "100000", "100500",
-                 "100500"]) == 0
+                 "100500"]) == 1  # no cube: a failure for a script
     text = capsys.readouterr().out
     assert f"no cube written at {out}: no scene was taken (0 scenes ingested, 1 skipped" in text
     assert "skipped f_2020-01-05.tif: outside the cube's bounds" in text and not out.exists()
