@@ -95,6 +95,12 @@ def test_export_errors_name_the_cube_and_the_reason(tmp_path: Path) -> None:
     _cube(tmp_path / "nocrs.zarr", crs=False)
     with pytest.raises(CubeSchemaError, match="nocrs.zarr: the cube has no CRS"):
         export_cube(tmp_path / "nocrs.zarr", tmp_path / "o", progress=False)
+    from tasks.patch import make_patches
+
+    make_patches(tmp_path / "c.zarr", tmp_path / "p.zarr", size=32, block=1)  # not on a map grid
+    with pytest.raises(CubeSchemaError, match=r"p.zarr: a patches store \(stage patch\).*export the cube they were "
+                                              r"cut from \(.*c.zarr\)"):
+        export_cube(tmp_path / "p.zarr", tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
