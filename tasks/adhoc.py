@@ -524,7 +524,10 @@ def _selected(bands: list[dict[str, Any]], select: Sequence[str], described_by: 
 def _warn_empty_bands(path: str, bands: list[dict[str, Any]], side: int = 256) -> list[str]:
     """Warn about the bands of ``path`` with no value at all (every pixel nodata or NaN, read at
     most ``side`` px a side) while another band has some: a pixel is valid only where every band is
-    observed, so such a band leaves no pixel valid. Returns their names."""
+    observed, so such a band leaves no pixel valid. Returns their names. Remote files are not read
+    here (without overviews that would fetch the whole file)."""
+    if is_remote(path):
+        return []
     try:
         with rasterio.open(path) as ds:
             scale = max(1, -(-max(ds.height, ds.width) // side))
