@@ -330,8 +330,7 @@ def test_a_band_with_no_value_is_named_and_bands_can_be_chosen(tmp_path: Path, c
                            dtype="uint16", crs="EPSG:32633", transform=from_origin(600000, 5000000, 10, 10),
                            nodata=0) as ds:
             ds.write(a)
-    from tasks.adhoc import _warn_empty_bands
-    from tasks.discover import describe_bands
+    from tasks.adhoc import _warn_empty_bands, describe_bands
 
     first = str(tmp_path / "in" / "s_2020-01-05.tif")
     assert _warn_empty_bands(first, describe_bands(first)) == ["band3"]  # named in the ingest's warning
