@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DEVICES", "default_device", "resolve_device"]
+__all__ = ["DEVICES", "DEVICE_HELP", "default_device", "resolve_device"]
 
 #: the device names the stages' ``--device`` options take
 DEVICES = ("cpu", "cuda")
+#: the help of those options
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when torch sees a GPU)"
 
 
 def default_device() -> torch.device:

@@ -532,10 +532,9 @@ def _warn_empty_bands(path: str, bands: list[dict[str, Any]], side: int = 256) -
         with rasterio.open(path) as ds:
             scale = max(1, -(-max(ds.height, ds.width) // side))
             shape = (max(1, ds.height // scale), max(1, ds.width // scale))
-            seen = {}
-            for b in bands:
-                a = ds.read(b["index"], out_shape=shape, masked=True)
-                seen[str(b["name"])] = bool((~np.ma.getmaskarray(a) & np.isfinite(a.filled(0))).any())
+            a = ds.read([b["index"] for b in bands], out_shape=(len(bands), *shape), masked=True)  # one pass
+            has = (~np.ma.getmaskarray(a) & np.isfinite(a.filled(0))).any(axis=(1, 2))
+            seen = {str(b["name"]): bool(h) for b, h in zip(bands, has, strict=True)}
     except (rasterio.RasterioIOError, IndexError, ValueError):
         return []  # an unreadable file is reported where it is read
     empty = [n for n, v in seen.items() if not v]

@@ -59,7 +59,7 @@ from fusion_models.classifier_training import (
     shuffled_batches,
 )
 from fusion_models.classifiers import PixelClassifier, build_classifier
-from fusion_models.device import resolve_device
+from fusion_models.device import DEVICE_HELP, resolve_device
 from tasks.catalog import NLCD_CLASSES
 from tasks.checkpoint import (
     Manifest,
@@ -723,7 +723,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
     p.add_argument("--out", required=True, help="classes.zarr to write (COG and model beside it)")
     p.add_argument("--model", default=None, help="a saved model (.pt) to apply instead of training")
-    p.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU)")
+    p.add_argument("--device", default=None, metavar="DEV", help=DEVICE_HELP)
     p.add_argument("--label", default="landcover",
                    help="the cube's label layer (default landcover), or a class raster file in any CRS "
                         "(warped onto the cube's grid by majority)")

@@ -47,7 +47,7 @@ import xarray as xr
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from fusion_models.device import resolve_device
+from fusion_models.device import DEVICE_HELP, resolve_device
 from fusion_models.lrtcnet import LRTCNet
 from fusion_models.lrtcnet_training import OURS, complete, fit_lrtcnet
 from fusion_models.patching import blend_window, extract_patches, fold_patches, patch_origins
@@ -526,7 +526,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8,
                    help="training patches a step (default 8; fewer for long series, to fit in memory)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU)")
+    p.add_argument("--device", default=None, metavar="DEV", help=DEVICE_HELP)
     p.add_argument("--fill-unseen", action="store_true",
                    help="also fill pixels observed on no date (outside every footprint; default: NaN)")
     p.add_argument("--overwrite", action="store_true")

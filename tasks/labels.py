@@ -47,7 +47,7 @@ import xarray as xr
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from fusion_models.device import resolve_device
+from fusion_models.device import DEVICE_HELP, resolve_device
 from fusion_models.patching import blend_window, extract_patches, fold_patches, patch_origins
 from fusion_models.unet_lrtd import IGNORE, UNetLRTD
 from fusion_models.unet_lrtd_training import (
@@ -756,7 +756,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20, help="training passes (default 20)")
     p.add_argument("--patch", type=int, default=32, help="patch side in pixels (default 32)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU)")
+    p.add_argument("--device", default=None, metavar="DEV", help=DEVICE_HELP)
     p.add_argument("--prior-window", type=int, default=0,
                    help="coarse label layer: fuse the prediction with the layer's class shares in "
                         "this odd box (px), e.g. 5; 0 = off (default)")
