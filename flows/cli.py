@@ -199,7 +199,9 @@ def _print_report(report: dict[str, Any]) -> None:
     if not report["time_steps"] and not Path(report["path"]).exists():  # nothing taken: no cube made
         print(f"no cube written at {report['path']}: no scene was taken ({counts}; the reasons below)")
     else:
-        print(f"cube {report['path']}: {report['time_steps']} time steps ({len(report['dates_added'])} new), {counts}")
+        updated = len(report.get("dates_updated", []))
+        print(f"cube {report['path']}: {report['time_steps']} time steps ({len(report['dates_added'])} new"
+              f"{f', {updated} updated with late scenes' if updated else ''}), {counts}")
     for kind in ("quarantined", "skipped"):  # the first of each; a year of hourly steps is no list to read
         rows = report[kind]
         for row in rows[:REPORT_ROWS]:

@@ -90,6 +90,8 @@ class IngestReport:
     path: str
     created: bool = False
     dates_added: list[str] = field(default_factory=list)
+    #: dates already in the cube whose slice took newly arrived scenes (mosaicked after its own)
+    dates_updated: list[str] = field(default_factory=list)
     ingested: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
@@ -302,7 +304,9 @@ def plan_ingest(
     start: date | None = None,
     end: date | None = None,
 ) -> ScenePlan:
-    """Which scenes are new for ``cube`` (by id, size and mtime), grouped by date.
+    """Which scenes are new for ``cube`` (by id, size and mtime), grouped by date. A new scene of a
+    date already in the cube (a neighbouring tile delivered later) is new too: ``plan_parts`` puts
+    it in a part that is mosaicked into that date's slice.
 
     A file quarantined before is tried again when it changed on disk, or when the cube's ingest
     settings changed since (a date pattern, a band's scale, a mask rule: what was refused under
@@ -312,7 +316,6 @@ def plan_ingest(
     done: dict[str, Any] = manifest.outputs.get("scenes", {}) if manifest else {}
     same_rules = manifest is not None and manifest.outputs.get("rules") == ingest_rules(catalog, cube)
     bad: dict[str, Any] = manifest.outputs.get("quarantine", {}) if manifest and same_rules else {}
-    dates_in_cube = set(manifest.outputs.get("dates", [])) if manifest else set()
     if spec.time_range is not None:
         start = max(filter(None, [start, spec.time_range[0]]), default=None)
         end = min(filter(None, [end, spec.time_range[1]]), default=None)
@@ -344,12 +347,6 @@ def plan_ingest(
             continue
         elif ref.id in done:
             skipped.append({**row, "reason": "changed on disk after ingest; rebuild the cube to take it"})
-        elif ref.date is not None and ref.date.date().isoformat() in dates_in_cube:
-            skipped.append({**row, "reason": (
-                "its date is already in the cube, from scenes ingested before it; a date's slice is "
-                "not mosaicked again when another scene of it arrives later (say, a neighbouring "
-                f"tile): to take it, build the cube again (move {catalog.cube_path(cube).name} and "
-                "its manifest aside, then ingest)")})
         else:
             new.append(ref)
     new.sort(key=lambda r: (r.date or datetime.min, r.path, r.time_index or 0))
@@ -819,7 +816,9 @@ def plan_parts(
     concurrency: int = 2,
 ) -> IngestPlan:
     """Plan an ingest: the new scenes grouped by date, cut into parts of ``dates_per_part`` dates,
-    the first one cut short so the rest start on time-chunk boundaries.
+    the first one cut short so the rest start on time-chunk boundaries. New scenes of dates the
+    cube holds already (``"merge": True`` parts, planned first) are mosaicked into those dates'
+    slices when attached, after the scenes already there (:func:`attach_part`).
 
     By default a part holds about a ``2 * concurrency``-th of the new dates (few parts: each is a
     task run), at most :data:`PART_BYTES` of data, rounded to whole time chunks.
@@ -840,24 +839,38 @@ def plan_parts(
         grid = cube_grid(spec, [r for g in scene_plan.new for r in g], name=cube)
     if grid is not None and (manifest is not None or (spec.grid is not None and spec.grid.bounds is not None)):
         scene_plan = scenes_within(scene_plan, grid)
+    in_cube = set(manifest.outputs.get("dates", [])) if manifest is not None else set()
+    late = [g for g in scene_plan.new if _day(g) in in_cube]
+    fresh = [g for g in scene_plan.new if _day(g) not in in_cube]
     tc = spec.chunks.time
-    size = dates_per_part or _part_size(len(scene_plan.new), grid, catalog, spec, concurrency)
-    parts: list[dict[str, Any]] = []
-    i, first = 0, (tc - steps % tc) % tc or size
+    size = dates_per_part or _part_size(len(fresh), grid, catalog, spec, concurrency)
     code = code_version(*INGEST_MODULES)
-    while i < len(scene_plan.new):
-        n = first if not parts else size
-        groups = scene_plan.new[i : i + n]
-        scenes = [[_ref_to_dict(r) for r in g] for g in groups]
+
+    def part(groups: list[list[SceneRef]], merge: bool) -> dict[str, Any]:
         stamps = [[(r.id, r.file_stamp()) for r in g] for g in groups]
         digest = hashlib.sha256(json.dumps(
-            [stamps, grid_to_dict(grid) if grid else None, code, spec.ingest_json()], sort_keys=True, default=str,
+            [stamps, grid_to_dict(grid) if grid else None, code, spec.ingest_json(), merge], sort_keys=True,
+            default=str,
         ).encode()).hexdigest()[:16]
-        day = groups[0][0].date.date().isoformat() if groups[0][0].date else "undated"
-        parts.append({"id": f"{day}-{digest}", "scenes": scenes})
-        i += n
+        scenes = [[_ref_to_dict(r) for r in g] for g in groups]
+        return {"id": f"{'merge-' if merge else ''}{_day(groups[0]) or 'undated'}-{digest}", "scenes": scenes,
+                "merge": merge}
+
+    # dates already in the cube first: merged into their slices, they leave the time axis as it is
+    parts = [part(late[i : i + size], True) for i in range(0, len(late), size)]
+    i, first, appended = 0, (tc - steps % tc) % tc or size, 0
+    while i < len(fresh):
+        n = first if not appended else size
+        parts.append(part(fresh[i : i + n], False))
+        i, appended = i + n, appended + 1
     return IngestPlan(cube, str(path), grid, parts, scene_plan.skipped, scene_plan.quarantined, steps,
                       creates=bool(parts) and not path.exists())
+
+
+def _day(group: Sequence[SceneRef]) -> str | None:
+    """A date group's day (``YYYY-MM-DD``, as the cube's manifest lists its dates), None when undated."""
+    d = group[0].date
+    return d.date().isoformat() if d is not None else None
 
 
 def _part_size(dates: int, grid: Grid | None, catalog: Catalog, spec: CubeSpec, concurrency: int) -> int:
@@ -973,6 +986,20 @@ def _attach_store(path: Path, part: Path, dates: Sequence[datetime], *, copy: bo
     return moved
 
 
+def _merge_store(path: Path, part: Path, steps: Sequence[int]) -> None:
+    """Mosaic the part store's dates into the cube's slices ``steps`` (one per part date), after
+    what the slices hold (:func:`_mosaic`: the slice's clear pixels win, then the new scene's
+    clear pixels, then any observed pixel). Writing a slice again gives the same bytes."""
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    src = zarr.open_group(str(part), mode="r")
+    data, valid = zarr_array(group, "data"), zarr_array(group, "valid")
+    new_data, new_valid = zarr_array(src, "data"), zarr_array(src, "valid")
+    for i, t in enumerate(steps):
+        merged, clear = _mosaic([(data[t], valid[t]), (new_data[i], new_valid[i])])
+        data[t] = merged
+        valid[t] = clear
+
+
 def _append(path: Path, results: Sequence[DateResult]) -> None:
     """Append in-memory time steps with zarr directly (tests use it to mimic a killed run)."""
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
@@ -1076,7 +1103,8 @@ def attach_part(
     record its scenes and quarantined files in the manifest, then delete the part.
 
     Parts must be attached in plan order. Crash-safe: the time steps are written first, the
-    manifest after (a kill in between leaves steps that the next plan cuts), the part last.
+    manifest after (a kill in between leaves steps that the next plan cuts), the part last. A
+    ``merge`` part (dates the cube holds already) is mosaicked into those dates' slices instead.
     """
     state = _CubeState(catalog, cube, grid)
     report = IngestReport(cube=cube, path=str(state.path))
@@ -1088,7 +1116,18 @@ def attach_part(
     dates = [datetime.fromisoformat(d) for d in done["dates"]]
     scenes = [[by_id[i] for i in ids] for ids in done["scenes"]]
     store = Path(done["path"])
-    if dates:
+    if dates and part.get("merge"):
+        # the part stays whole until the manifest lists its scenes: merging is idempotent (a
+        # slice's clear pixels win over a later scene's), so a killed run merges it again
+        steps = [state.dates.index(d.date().isoformat()) for d in dates]
+        _merge_store(state.path, store, steps)
+        for t, refs_of_day in zip(steps, scenes, strict=True):
+            report.dates_updated.append(state.dates[t])
+            for ref in refs_of_day:
+                state.scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": t}
+                state.quarantine.pop(ref.id, None)
+                report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
+    elif dates:
         if not state.path.exists():
             assert grid is not None
             template = template or write_template(catalog, cube, grid)
@@ -1141,6 +1180,7 @@ def finish_ingest(catalog: Catalog, cube: str, plan: IngestPlan, reports: Sequen
     for r in reports:
         report.created |= r.created
         report.dates_added += r.dates_added
+        report.dates_updated += r.dates_updated
         report.ingested += r.ingested
         report.quarantined += r.quarantined
         report.bytes_decoded += r.bytes_decoded
@@ -1167,9 +1207,10 @@ def finish_ingest(catalog: Catalog, cube: str, plan: IngestPlan, reports: Sequen
     for q in report.quarantined:
         log.warning("quarantined %s: %s", q["scene"], q["reason"])
     log.info(
-        "cube %s: %d scene(s) ingested into %d new date(s), %d skipped, %d quarantined; %d time steps",
-        cube, len(report.ingested), len(report.dates_added), len(report.skipped), len(report.quarantined),
-        report.time_steps,
+        "cube %s: %d scene(s) ingested into %d new date(s)%s, %d skipped, %d quarantined; %d time steps",
+        cube, len(report.ingested), len(report.dates_added),
+        f" and {len(report.dates_updated)} date(s) already there" if report.dates_updated else "",
+        len(report.skipped), len(report.quarantined), report.time_steps,
     )
     return report
 

@@ -68,7 +68,9 @@ def pipeline_summary(products: dict[str, Any], started: datetime) -> dict[str, A
         f"# Pipeline run: cube `{cube}`", "", f"**{headline}**", "",
         "## Scenes", "",
         f"- ingested: {new} scene(s), {len(ingest['dates_added'])} new date(s)"
-        + (f" ({ingest['dates_added'][0]} .. {ingest['dates_added'][-1]})" if ingest["dates_added"] else ""),
+        + (f" ({ingest['dates_added'][0]} .. {ingest['dates_added'][-1]})" if ingest["dates_added"] else "")
+        + (f"; {len(ingest['dates_updated'])} date(s) already in the cube updated with late scenes"
+           if ingest.get("dates_updated") else ""),
         f"- skipped: {len(ingest['skipped'])}; quarantined: {len(ingest['quarantined'])}",
         f"- cube: {_link(products['path'])} ({ingest['time_steps']} time steps)",
         f"- quick-look of the newest date: {_link(ingest.get('quicklook'))}",

@@ -141,12 +141,6 @@ def _impossible_date(d: Path, good: Path, a: np.ndarray, p: dict[str, Any]) -> s
     return name
 
 
-def _duplicate_date(d: Path, good: Path, a: np.ndarray, p: dict[str, Any]) -> str:
-    name = good.name.replace("_1_3B", "_9_3B").replace(good.name.split("_")[2], "235959")
-    _write(d / name, a, p)  # same day as a scene already in the cube, another file
-    return name
-
-
 def _outside(d: Path, good: Path, a: np.ndarray, p: dict[str, Any]) -> str:
     t: Affine = p["transform"]
     _write(d / _name(12), a, p, transform=Affine(t.a, 0, t.c + 500_000, 0, t.e, t.f - 2_000_000))
@@ -193,7 +187,6 @@ SCENE_CASES: dict[str, tuple[Callable[..., str], str]] = {
     "out-of-range reflectance": (_out_of_range, r"outside the allowed range"),
     "unparseable date": (_no_date, r"no acquisition date"),
     "impossible date (month 13)": (_impossible_date, r"no acquisition date"),
-    "duplicate date": (_duplicate_date, r"date is already in the cube"),
     "scene outside the cube's bounds": (_outside, r"outside the cube's bounds"),
     "enormous declared size": (_enormous, r"read limit.*not read"),
     "symlink outside the source folder": (_symlink_out, r"symbolic link .*outside the source's folders"),

@@ -472,3 +472,46 @@ def test_adhoc_quarantines_a_file_with_another_band_count(tmp_path: Path) -> Non
     assert report.time_steps == 2
     (bad,) = report.quarantined
     assert "s_2020-02-01.tif" in str(bad) and "band count 3, expected 2" in str(bad)
+
+
+def test_a_late_tile_of_a_date_in_the_cube_is_mosaicked_into_that_date(sample: Path, tmp_path: Path) -> None:
+    # the sample's 2019-08-13 is two tiles; one arrives after its date is in the cube
+    tiles = sorted((sample / "planet").glob("PSScene_20190813_*_AnalyticMS_SR.tif"))
+    assert len(tiles) == 2
+    whole = _catalog(sample, tmp_path / "whole")
+    ingest_cube(whole, "planet")
+    scenes = tmp_path / "scenes"
+    shutil.copytree(sample, scenes)
+    held = tmp_path / "held"
+    held.mkdir()
+    late = [scenes / "planet" / tiles[1].name, scenes / "planet" / tiles[1].name.replace("_AnalyticMS_SR", "_udm2")]
+    for f in late:
+        shutil.move(f, held / f.name)
+    cat = _catalog(scenes, tmp_path / "data")
+    first = ingest_cube(cat, "planet")
+    path = cat.cube_path("planet")
+    steps = first.time_steps
+    day = list(read_manifest(path).outputs["dates"]).index("2019-08-13")
+    before = xr.open_zarr(path)["valid"].values[day].copy()
+
+    for f in held.iterdir():
+        shutil.move(f, scenes / "planet" / f.name)
+    more = ingest_cube(cat, "planet")
+    assert [r["scene"] for r in more.ingested] == [tiles[1].name] and not more.skipped
+    assert more.dates_updated == ["2019-08-13"] and more.dates_added == [] and more.time_steps == steps
+    assert read_manifest(path).outputs["scenes"][tiles[1].name]["time_index"] == day
+    got, want = xr.open_zarr(path).load(), xr.open_zarr(whole.cube_path("planet")).load()
+    assert got["valid"].values[day].sum() > before.sum()  # the late tile covered pixels the first did not
+    # the same cube as when both tiles came together (same mosaic order: the earlier tile first)
+    np.testing.assert_array_equal(got["valid"].values, want["valid"].values)
+    np.testing.assert_array_equal(got["data"].values, want["data"].values)
+
+    # a run killed after the slice was written, before the manifest: the merge is done again, same bytes
+    digest = _store_digest(path)
+    manifest = read_manifest(path)
+    scenes_without = {k: v for k, v in manifest.outputs["scenes"].items() if k != tiles[1].name}
+    tasks.ingest.write_manifest(path, dataclasses.replace(manifest, outputs={**manifest.outputs, "scenes": scenes_without}))
+    again = ingest_cube(cat, "planet")
+    assert again.dates_updated == ["2019-08-13"] and again.time_steps == steps
+    assert _store_digest(path) == digest
+    assert ingest_cube(cat, "planet").ingested == []  # and then nothing is new
