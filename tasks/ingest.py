@@ -995,7 +995,8 @@ def _merge_store(path: Path, part: Path, steps: Sequence[int]) -> None:
     data, valid = zarr_array(group, "data"), zarr_array(group, "valid")
     new_data, new_valid = zarr_array(src, "data"), zarr_array(src, "valid")
     for i, t in enumerate(steps):
-        merged, clear = _mosaic([(data[t], valid[t]), (new_data[i], new_valid[i])])
+        merged, clear = _mosaic([(np.asarray(data[t]), np.asarray(valid[t])),
+                                 (np.asarray(new_data[i]), np.asarray(new_valid[i]))])
         data[t] = merged
         valid[t] = clear
 
