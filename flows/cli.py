@@ -201,7 +201,8 @@ def _print_report(report: dict[str, Any]) -> None:
     else:
         updated = len(report.get("dates_updated", []))
         print(f"cube {report['path']}: {report['time_steps']} time steps ({len(report['dates_added'])} new"
-              f"{f', {updated} updated with late scenes' if updated else ''}), {counts}")
+              f"{f', {updated} updated with late scenes' if updated else ''}), {counts}"
+              f"{'; rewritten in date order (older dates were added)' if report.get('reordered') else ''}")
     for kind in ("quarantined", "skipped"):  # the first of each; a year of hourly steps is no list to read
         rows = report[kind]
         for row in rows[:REPORT_ROWS]:

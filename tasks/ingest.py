@@ -100,6 +100,8 @@ class IngestReport:
     bytes_decoded: int = 0
     parts: int = 0
     parts_reused: int = 0  # finished by an earlier, interrupted run and not redone
+    #: the cube was rewritten in date order (dates older than its newest were appended)
+    reordered: bool = False
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per scene: status, date, reason: the operator's table."""
@@ -829,6 +831,7 @@ def plan_parts(
     """
     spec = catalog.cube(cube)
     path = catalog.cube_path(cube)
+    finish_interrupted_sort(path)
     manifest = _check_store(path, read_manifest(path), cube)
     steps = truncate_to_manifest(path, manifest) if manifest is not None else 0
     scene_plan = plan_ingest(catalog, cube, start=start, end=end)
@@ -1136,10 +1139,6 @@ def attach_part(
             state.create(Path(template["path"]), store, dates)
             report.created = True
         else:
-            newest = pd.Timestamp(state.dates[-1]).to_pydatetime() if state.dates else None
-            if newest is not None and dates[0] < newest:
-                log.warning("cube %s: %s is older than the newest date in the cube; appended after it "
-                            "(sort by time when reading: ds.sortby('time'))", cube, dates[0].date())
             # from the first chunk folder moved out, the part is no longer complete: its manifest
             # goes first, so a run killed mid-move rewrites the part instead of reusing a husk
             manifest_path(store).unlink(missing_ok=True)
@@ -1168,6 +1167,88 @@ def _remove_part(store: Path) -> None:
     shutil.rmtree(store, ignore_errors=True)
 
 
+# -- date order: a backfill appends older dates after the newest; the cube is then rewritten ------
+# Appending stays cheap and kill-safe (chunk folders moved in after the newest date). At the end of
+# a run that appended a date older than the newest, the cube is rewritten in date order once: a
+# sorted copy is built beside it (``<cube>.sorting``), its manifest written (``<cube>.sorting.
+# manifest.json``: the copy is complete), then the old cube is moved aside (``<cube>.unsorted``),
+# the copy and its manifest moved in, the old cube deleted. Every state a kill can leave is
+# completed or undone by the next run (:func:`finish_interrupted_sort`), before it plans.
+SORTING, UNSORTED = ".sorting", ".unsorted"
+
+
+def _sort_paths(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + SORTING), path.with_name(path.name + UNSORTED)
+
+
+def _without_time_chunks(src: str, names: list[str]) -> list[str]:
+    """``shutil.copytree`` ignore rule: the chunk folders of data / valid / time (rewritten)."""
+    return ["c"] if Path(src).name in ("data", "valid", "time") and "c" in names else []
+
+
+def sort_time_axis(state: _CubeState) -> bool:
+    """Rewrite the cube at ``state.path`` in increasing date order when it is not, and its
+    manifest with it (``dates`` and each scene's ``time_index`` follow their slices). Returns
+    whether it was rewritten. Static layers and attributes are copied as they are."""
+    path = state.path
+    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    times = np.asarray(zarr_array(group, "time")[:])
+    order = np.argsort(times, kind="stable")
+    if (order == np.arange(order.size)).all():
+        return False
+    tmp, old = _sort_paths(path)
+    manifest_path(tmp).unlink(missing_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("cube %s: rewriting %d time steps in date order (dates older than the newest were appended)",
+             state.cube, order.size)
+    shutil.copytree(path, tmp, ignore=_without_time_chunks)
+    dst = zarr.open_group(str(tmp), mode="r+", use_consolidated=False)
+    for name in ("data", "valid"):
+        src_arr, dst_arr = zarr_array(group, name), zarr_array(dst, name)
+        step = src_arr.chunks[0]
+        for start in range(0, order.size, step):  # one time chunk in memory at a time
+            picks = order[start:start + step]
+            dst_arr[start:start + picks.size] = np.stack([np.asarray(src_arr[int(i)]) for i in picks])
+    zarr_array(dst, "time")[:] = times[order]
+    with _no_consolidation_warning():
+        zarr.consolidate_metadata(str(tmp))
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size)
+    state.dates = [state.dates[int(i)] for i in order]
+    for row in state.scenes.values():
+        row["time_index"] = int(position[int(row["time_index"])])
+    assert state.grid is not None
+    write_manifest(tmp, _cube_manifest(state.cube, state.spec, state.scenes, state.quarantine, state.dates,
+                                       state.steps, state.grid, ingest_rules(state.catalog, state.cube)))
+    os.replace(path, old)
+    os.replace(tmp, path)
+    os.replace(manifest_path(tmp), manifest_path(path))
+    shutil.rmtree(old)
+    return True
+
+
+def finish_interrupted_sort(path: Path) -> None:
+    """Complete or undo a date-order rewrite (:func:`sort_time_axis`) a killed run left, so the
+    cube and its manifest agree again. Call it under the cube's lock, before reading the manifest."""
+    tmp, old = _sort_paths(path)
+    if manifest_path(tmp).exists():  # the sorted copy was complete
+        if path.exists() and tmp.exists():  # not swapped yet: the old cube still matches its manifest
+            manifest_path(tmp).unlink()
+            shutil.rmtree(tmp)
+            log.warning("%s: dropped the date-order rewrite an interrupted run left unfinished; "
+                        "it is done again at the end of this run", path)
+        else:
+            if not path.exists() and tmp.exists():
+                os.replace(tmp, path)
+            if path.exists():
+                os.replace(manifest_path(tmp), manifest_path(path))
+                log.warning("%s: finished the date-order rewrite an interrupted run left", path)
+    elif tmp.exists():  # killed while the copy was written
+        shutil.rmtree(tmp)
+    if old.exists() and path.exists() and not manifest_path(tmp).exists():
+        shutil.rmtree(old)
+
+
 def finish_ingest(catalog: Catalog, cube: str, plan: IngestPlan, reports: Sequence[IngestReport],
                   seconds: float = 0.0) -> IngestReport:
     """Merge the parts' reports; record what discovery quarantined; drop parts a killed run left
@@ -1187,6 +1268,9 @@ def finish_ingest(catalog: Catalog, cube: str, plan: IngestPlan, reports: Sequen
         report.bytes_decoded += r.bytes_decoded
         report.parts += r.parts
         report.parts_reused += r.parts_reused
+    if state.path.exists() and state.dates != sorted(state.dates):  # a backfill (or an older version's)
+        state.grid = state.grid or grid_of_cube(state.path)
+        report.reordered = sort_time_axis(state)
     report.time_steps = state.steps
     report.seconds = seconds
     live = {p["id"] for p in plan.parts}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -515,3 +516,91 @@ def test_a_late_tile_of_a_date_in_the_cube_is_mosaicked_into_that_date(sample: P
     assert again.dates_updated == ["2019-08-13"] and again.time_steps == steps
     assert _store_digest(path) == digest
     assert ingest_cube(cat, "planet").ingested == []  # and then nothing is new
+
+
+def _hold_out(scenes: Path, days: set[str], held: Path) -> None:
+    held.mkdir()
+    for f in sorted((scenes / "planet").iterdir()):
+        if f.name.split("_")[1] in days:
+            shutil.move(f, held / f.name)
+
+
+def _same_cube(got: Path, want: Path) -> None:
+    a, b = xr.open_zarr(got).load(), xr.open_zarr(want).load()
+    for v in ("time", "data", "valid", "landcover"):
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+    ma, mb = read_manifest(got).outputs, read_manifest(want).outputs
+    assert ma["dates"] == mb["dates"]
+    assert {k: r["time_index"] for k, r in ma["scenes"].items()} == {k: r["time_index"] for k, r in mb["scenes"].items()}
+    leftovers = [p.name for p in got.parent.iterdir() if p.name.startswith(got.name) and
+                 p.name.endswith((tasks.ingest.SORTING, tasks.ingest.UNSORTED, ".sorting.manifest.json"))]
+    assert not leftovers
+
+
+def test_a_backfill_of_older_dates_leaves_the_time_axis_in_order(sample: Path, tmp_path: Path) -> None:
+    whole = _catalog(sample, tmp_path / "whole")
+    ingest_cube(whole, "planet")
+    scenes = tmp_path / "scenes"
+    shutil.copytree(sample, scenes)
+    days = sorted({p.name.split("_")[1] for p in (scenes / "planet").glob("*_SR.tif")})
+    _hold_out(scenes, set(days[:2]), tmp_path / "held")
+    cat = _catalog(scenes, tmp_path / "data")
+    assert not ingest_cube(cat, "planet").reordered
+    for f in (tmp_path / "held").iterdir():
+        shutil.move(f, scenes / "planet" / f.name)
+    report = ingest_cube(cat, "planet", dates_per_part=1)
+    assert report.reordered and len(report.dates_added) == 2
+    path = cat.cube_path("planet")
+    _same_cube(path, whole.cube_path("planet"))
+    first = f"{days[0][:4]}-{days[0][4:6]}-{days[0][6:]}"
+    assert xr.open_zarr(path).sel(time=slice(first, first)).sizes["time"] == 1  # a sorted index
+    assert not ingest_cube(cat, "planet").reordered  # sorted now: not rewritten again
+
+
+@pytest.mark.parametrize("fail_at", ["copy", "swap-1", "swap-2", "swap-3", "delete"])
+def test_a_date_order_rewrite_cut_short_anywhere_is_completed_by_the_next_run(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: str,
+) -> None:
+    whole = _catalog(sample, tmp_path / "whole")
+    ingest_cube(whole, "planet")
+    scenes = tmp_path / "scenes"
+    shutil.copytree(sample, scenes)
+    days = sorted({p.name.split("_")[1] for p in (scenes / "planet").glob("*_SR.tif")})
+    _hold_out(scenes, {days[0]}, tmp_path / "held")
+    cat = _catalog(scenes, tmp_path / "data")
+    ingest_cube(cat, "planet")
+    for f in (tmp_path / "held").iterdir():
+        shutil.move(f, scenes / "planet" / f.name)
+    path = cat.cube_path("planet")
+    tmp, old = path.with_name(path.name + tasks.ingest.SORTING), path.with_name(path.name + tasks.ingest.UNSORTED)
+    swaps = [str(path), str(tmp), str(tasks.ingest.manifest_path(tmp))]  # the sources of the swap's renames
+
+    class Cut(Exception):
+        pass
+
+    real_replace, real_rmtree, real_consolidate = os.replace, shutil.rmtree, tasks.ingest.zarr.consolidate_metadata
+
+    def replace(src, dst, *a, **k):
+        if fail_at.startswith("swap") and str(src) == swaps[int(fail_at[-1]) - 1]:
+            raise Cut(fail_at)
+        return real_replace(src, dst, *a, **k)
+
+    def rmtree(p, *a, **k):
+        if fail_at == "delete" and str(p) == str(old):
+            raise Cut(fail_at)
+        return real_rmtree(p, *a, **k)
+
+    def consolidate(store, *a, **k):
+        if fail_at == "copy" and str(store) == str(tmp):
+            raise Cut(fail_at)
+        return real_consolidate(store, *a, **k)
+
+    monkeypatch.setattr(tasks.ingest.os, "replace", replace)
+    monkeypatch.setattr(tasks.ingest.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(tasks.ingest.zarr, "consolidate_metadata", consolidate)
+    with pytest.raises(Cut):
+        ingest_cube(cat, "planet")
+    monkeypatch.undo()
+    again = ingest_cube(cat, "planet")
+    assert again.ingested == []
+    _same_cube(path, whole.cube_path("planet"))
