@@ -532,6 +532,14 @@ def classify_cube(
                 f"({meta.get('bands')}); the cube {cube} has {ds.sizes['time']} x {len(cube_bands)} {cube_bands}. "
                 "Train a model on this cube (leave out --model)"
             )
+        trained_on = [str(b) for b in meta.get("bands") or []]
+        if trained_on and trained_on != cube_bands:  # the same count of other (or reordered) bands
+            raise ValueError(
+                f"{model}: the model was trained on the bands {trained_on}, in that order; the cube {cube} "
+                f"has {cube_bands}. Give it a cube with those bands in that order (e.g. ds.sel(band="
+                f"{trained_on}), renaming bands that are the same measurement), or train a model on this cube "
+                "(leave out --model)"
+            )
     else:
         scheme = label_scheme(raster if raster is not None else ds[label], source=str(cube))
     height, width_px = ds.sizes["y"], ds.sizes["x"]

@@ -135,6 +135,12 @@ def test_bad_inputs_raise(trained, tmp_path) -> None:
     with pytest.raises(ValueError, match="trained on 4 dates x 2 bands"):
         classify_cube(other, tmp_path / "y.zarr", model=weights_path(out), patch=16, block=1)
     assert not list(tmp_path.glob("y.zarr*"))  # the model is checked before the patches are cut
+    swapped = tmp_path / "swapped.zarr"  # the same count of bands, in another order
+    make_cube(swapped, label=False)
+    xr.open_zarr(swapped).load().isel(band=[1, 0]).to_zarr(tmp_path / "nir_red.zarr", zarr_format=3, mode="w")
+    with pytest.raises(ValueError, match=r"trained on the bands \['red', 'nir'\], in that order; .* \['nir', 'red'\]"):
+        classify_cube(tmp_path / "nir_red.zarr", tmp_path / "v.zarr", model=weights_path(out), patch=16, block=1)
+    assert not list(tmp_path.glob("v.zarr*"))
     not_a_model = tmp_path / "map.tif"
     not_a_model.write_bytes(b"II*\x00" + bytes(64))
     with pytest.raises(ValueError, match="map.tif: not a fusioncube classifier checkpoint"):
