@@ -381,9 +381,12 @@ def build_parser(stages: Sequence[str] = STAGE_MODULES) -> argparse.ArgumentPars
     sp.add_argument("--out", required=True)
     sp.add_argument("--size", type=int, default=None,
                     help="patch side in px (default 32, or the cube's smaller side when it is smaller)")
-    sp.add_argument("--stride", type=int, default=None)
-    sp.add_argument("--block", type=int, default=4)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--stride", type=int, default=None,
+                    help="step between patches in px (default: the size, no overlap)")
+    sp.add_argument("--block", type=int, default=4,
+                    help="side of the split's spatial blocks, in patches (default 4; smaller when the cube "
+                         "is too small for every split to get a block)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the blocks' train/val/test draw")
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=_cmd_stage_patch)
     for module in stages:

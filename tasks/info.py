@@ -105,7 +105,9 @@ def _patches(ds: xr.Dataset) -> list[str]:
     split = [str(s) for s in ds["split"].values] if "split" in ds.coords or "split" in ds else []
     counts = {s: split.count(s) for s in dict.fromkeys(split)}
     shape = " x ".join(f"{ds.sizes[d]} {d}" for d in ("time", "band", "py", "px") if d in ds.sizes)
-    return [f"  patches: {ds.sizes['patch']} of {shape}; split {counts}"]
+    block, size = ds.attrs.get("patch_block"), ds.attrs.get("patch_size")
+    blocks = f", blocks of {block} x {block} patches ({block * size} px)" if block and size else ""
+    return [f"  patches: {ds.sizes['patch']} of {shape}; split {counts}{blocks}"]
 
 
 def _compressed(path: Path, manifest: Manifest | None) -> list[str]:

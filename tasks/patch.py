@@ -213,10 +213,17 @@ def patch_key(
     return stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES)), params, inputs
 
 
+#: the smallest patch side: the catalog's ``ge`` for every stage's patch size, and make_patches'
+MIN_PATCH = 4
+
+
 def fit_patch_size(cube: str | Path, size: int, stride: int | None) -> tuple[int, int | None]:
     """Shrink ``size`` (and ``stride``) to the cube's smaller side when the cube is smaller."""
     ds = open_cube(cube)
     side = min(ds.sizes["y"], ds.sizes["x"])
+    if side < MIN_PATCH:
+        raise ValueError(f"{cube}: {ds.sizes['y']} x {ds.sizes['x']} px; the stages need at least "
+                         f"{MIN_PATCH} x {MIN_PATCH} px to cut a patch")
     if side >= size:
         return size, stride
     log.warning("cube %s is %d px on its smaller side; patches of %d px instead of %d", cube, side, side, size)
@@ -315,6 +322,9 @@ def make_patches(
     """
     stride = size if stride is None else stride
     _check_int("size", size, 1)
+    if size < MIN_PATCH:
+        raise ValueError(f"size must be >= {MIN_PATCH} pixels (a patch of {size} px has next to no spatial "
+                         "context, and the stages would fit thousands of tiny patches); got size=" + str(size))
     _check_int("stride", stride, 1)
     _check_int("block", block, 1)
     _check_int("batch", batch, 1)
@@ -369,12 +379,14 @@ def make_patches(
     empty = _empty_splits(split, fracs)
     if empty:
         log.warning(
-            "patch: split(s) %s got no patches (%d patches, blocks of %d x %d pixels); "
-            "the cube is too small for this split (use a smaller patch size)",
+            "patch: split(s) %s got no patches (%d patches, blocks of %d x %d pixels); %s",
             empty,
             len(origins),
             block * size,
             block * size,
+            f"overlapping patches (stride {stride} < size {size}) next to another split's block are set "
+            "aside as buffer: use --stride equal to --size, or a larger cube"
+            if stride < size else "the cube is too small for this split (use a smaller patch size)",
         )
     manifest = Manifest(
         stage=STAGE,

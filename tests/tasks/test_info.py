@@ -80,6 +80,7 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
 
     text = info("patches.zarr")
     assert "patches.zarr: patches (stage patch)" in text and "patches: 4 of 8 time x 2 band x 16 py x 16 px" in text
+    assert "blocks of 1 x 1 patches (16 px)" in text  # the block used, where a small cube asked a smaller one
 
     text = info("comp/compressed")
     assert "a compressed cube (TDL, stage compress)" in text and "bits per entry" in text and "PSNR (dB)" in text

@@ -181,6 +181,8 @@ def test_bad_arguments(cube: Path, tmp_path: Path) -> None:
         make_patches(cube, tmp_path / "p.zarr", batch=0)
     with pytest.raises(ValueError, match="size must not exceed the image"):
         make_patches(cube, tmp_path / "p.zarr", size=64)
+    with pytest.raises(ValueError, match="size must be >= 4 pixels"):  # 4096 1-px patches took compress > 10 min
+        make_patches(cube, tmp_path / "p.zarr", size=1)
     with pytest.raises(ValueError, match="fractions must be three shares"):
         make_patches(cube, tmp_path / "p.zarr", size=8, fractions=(0.5, 0.5, 0.5))
     assert not (tmp_path / "p.zarr").exists() and _leftovers(tmp_path) == []
