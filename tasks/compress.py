@@ -61,7 +61,7 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
-from tasks.info import compressed_store
+from tasks.cube import compressed_store
 
 __all__ = ["add_cli", "check_quantizer", "compress_cube", "compress_patches", "compress_task", "decompress", "default_ranks"]
 
@@ -408,6 +408,9 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
     from tasks.patch import unpatch
 
     compressed, out = Path(compressed), Path(out)
+    if not compressed.exists():
+        raise FileNotFoundError(f"{compressed}: no such compressed store (stage compress writes it as "
+                                "OUT/compressed)")
     if not (compressed / "cores.bin").exists():
         raise FileNotFoundError(f"{compressed}: no cores.bin; not a compressed store of this stage")
     missing = [f for f in ("codec.bin", "finite.bin", "valid.bin", "index.zarr") if not (compressed / f).exists()]

@@ -110,10 +110,23 @@ SPATIAL_DIM_NAMES = {"y": "y", "x": "x", **{k: v for k, v in _DIM_ALIASES.items(
 
 def check_cube(ds: xr.Dataset, *, source: str = "cube") -> xr.Dataset:
     """Raise ``CubeSchemaError`` naming what is missing or wrong; return ``ds`` unchanged."""
+    maps = [str(v) for v in ("classes", "class") if v in ds and tuple(ds[v].dims) == ("y", "x")]
+    if "data" not in ds and maps:
+        raise CubeSchemaError(
+            f"{source}: a class map ('{maps[0]}(y, x)', stage classify or labels), not a cube of observations; "
+            "its colour-mapped GeoTIFF is written beside it (.tif)"
+        )
     if "data" not in ds:
         raise CubeSchemaError(
             f"{source}: no variable 'data'; a cube needs data(time, band, y, x) float "
             f"(variables present: {sorted(ds.data_vars, key=str)})"
+        )
+    if "patch" in ds["data"].dims:
+        made_from = ds.attrs.get("cube_path")
+        raise CubeSchemaError(
+            f"{source}: a patches store (stage patch): windows cut out of a cube, not on a map grid; give "
+            f"this stage the cube they were cut from{f' ({made_from})' if made_from else ''} (stage gapfill "
+            "also takes a patches store)"
         )
     if tuple(ds["data"].dims) != DATA_DIMS:
         dims = tuple(str(d) for d in ds["data"].dims)
@@ -157,6 +170,16 @@ def open_cube(path: str | Path, *, chunks: dict | Literal["auto"] | None = "auto
     return ds
 
 
+def compressed_store(path: str | Path) -> Path | None:
+    """The compressed store at ``path``, or in the compress stage's ``--out`` folder ``path``
+    (here, not in ``tasks.compress``: telling one takes no torch)."""
+    path = Path(path)
+    for store in (path, path / "compressed"):
+        if (store / "cores.bin").exists():
+            return store
+    return None
+
+
 def _read_cube(path: Path, chunks: dict | Literal["auto"] | None) -> tuple[xr.Dataset, list[str]]:
     """:func:`open_cube`, and what it reads differently from how the cube is stored (notes for
     a person: the stages' log, ``fusioncube info``)."""
@@ -165,6 +188,10 @@ def _read_cube(path: Path, chunks: dict | Literal["auto"] | None) -> tuple[xr.Da
     try:
         ds = xr.open_zarr(path, chunks={} if chunks == "auto" else chunks, consolidated=None)
     except Exception as exc:
+        store = compressed_store(path)
+        if store is not None:
+            raise CubeSchemaError(f"{path}: a compressed store (stage compress), not a Zarr cube: decode it "
+                                  f"first (fusioncube stage decompress --store {store} --out cube.zarr)") from exc
         raise CubeSchemaError(f"{path}: cannot be opened as a Zarr store ({exc})") from exc
     notes: list[str] = []
     ds = _as_cube(ds, notes)

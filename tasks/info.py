@@ -15,7 +15,15 @@ import numpy as np
 import xarray as xr
 
 from tasks.checkpoint import Manifest, read_manifest
-from tasks.cube import class_counts, crs_label, cube_crs, cube_transform, describe_cube, open_cube
+from tasks.cube import (
+    class_counts,
+    compressed_store,
+    crs_label,
+    cube_crs,
+    cube_transform,
+    describe_cube,
+    open_cube,
+)
 from tasks.errors import CubeSchemaError
 
 __all__ = ["describe", "describe_catalog"]
@@ -140,16 +148,6 @@ def _product(path: Path, cube_error: CubeSchemaError) -> tuple[xr.Dataset, str]:
     if "patch" in ds.dims:
         return ds, "patches"
     raise cube_error
-
-
-def compressed_store(path: str | Path) -> Path | None:
-    """The compressed store at ``path``, or in the compress stage's ``--out`` folder ``path``
-    (here, not in ``tasks.compress``: telling one takes no torch)."""
-    path = Path(path)
-    for store in (path, path / "compressed"):
-        if (store / "cores.bin").exists():
-            return store
-    return None
 
 
 def describe(path: str | Path) -> list[str]:

@@ -141,6 +141,8 @@ def test_decompress_cli_decodes_a_shipped_store_and_refuses_a_damaged_one(cube: 
     with pytest.raises(ValueError, match="cores.bin: truncated"):
         decompress(shipped, tmp_path / "bad.zarr")
     assert not (tmp_path / "bad.zarr").exists()
+    with pytest.raises(FileNotFoundError, match="nope: no such compressed store"):
+        decompress(tmp_path / "nope", tmp_path / "bad.zarr")
 
 
 def test_a_cube_too_small_for_a_test_split_reports_no_test_score(cube: Path, tmp_path: Path) -> None:

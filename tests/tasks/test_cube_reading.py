@@ -275,3 +275,37 @@ def test_fusioncube_info_says_what_a_cube_holds_and_what_is_normalised(tmp_path,
     assert (tmp_path / "look.png").stat().st_size > 0 and "quick-look:" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "missing.zarr")]) == 2
     assert "missing.zarr: no such cube" in capsys.readouterr().err
+
+
+def test_stage_products_given_as_a_cube_are_named_with_what_to_give_instead(tmp_path) -> None:
+    """A patches store, a class map or a compressed store passed where a cube is read got a generic
+    schema message ("transpose it", "no variable 'data'", "No group found")."""
+    import xarray as xr
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from tasks.cube import grid_coords, open_cube, spatial_ref
+    from tasks.errors import CubeSchemaError
+    from tasks.patch import make_patches
+
+    transform = Affine(10.0, 0, 500000.0, 0, -10.0, 4650000.0)
+    y, x = grid_coords(transform, 32, 32)
+    cube = xr.Dataset(
+        {"data": (("time", "band", "y", "x"), np.ones((2, 1, 32, 32), np.float32), {"grid_mapping": "spatial_ref"}),
+         "valid": (("time", "y", "x"), np.ones((2, 32, 32), bool))},
+        coords={"time": np.array(["2020-01-01", "2020-01-11"], dtype="datetime64[ns]"),
+                "band": np.array(["a"], dtype=object), "y": y, "x": x,
+                "spatial_ref": spatial_ref(CRS.from_epsg(32617), transform)},
+    )
+    cube.to_zarr(tmp_path / "cube.zarr", zarr_format=3, consolidated=True)
+    make_patches(tmp_path / "cube.zarr", tmp_path / "patches.zarr", size=16, block=1)
+    with pytest.raises(CubeSchemaError, match=r"patches\.zarr: a patches store .* the cube they were cut from \(.*cube\.zarr\)"):
+        open_cube(tmp_path / "patches.zarr")
+    xr.Dataset({"classes": (("y", "x"), np.zeros((32, 32), np.uint8))}, coords={"y": y, "x": x}).to_zarr(
+        tmp_path / "classes.zarr", zarr_format=3)
+    with pytest.raises(CubeSchemaError, match=r"classes\.zarr: a class map \('classes\(y, x\)'"):
+        open_cube(tmp_path / "classes.zarr")
+    (tmp_path / "out" / "compressed").mkdir(parents=True)
+    (tmp_path / "out" / "compressed" / "cores.bin").write_bytes(b"\0")
+    with pytest.raises(CubeSchemaError, match=r"a compressed store .* stage decompress --store .*compressed"):
+        open_cube(tmp_path / "out" / "compressed")
