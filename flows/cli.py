@@ -241,6 +241,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"fusioncube: error: stage(s) {', '.join(failed)} failed (above); the others finished", file=sys.stderr)
         return 1
+    if not products["ingest"]["time_steps"]:
+        print(f"fusioncube: error: no cube {args.cube!r} to run stages on (above)", file=sys.stderr)
+        return 1
     if stages is None and set(products["stages"]) <= {"patch"}:
         print(f"  (no stage after patching is configured for cube {args.cube!r}: pass --stages gapfill,anomalies,... "
               f"or list them under cubes.{args.cube}.stages in {args.catalog})")

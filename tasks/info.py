@@ -211,9 +211,18 @@ def describe_catalog(path: str | Path) -> list[str]:
     """A catalog, validated (``CatalogError`` naming the key otherwise): its sources, and each cube
     with its path, the stages it runs and its own stage parameters."""
     from tasks.catalog import load_catalog
+    from tasks.discover import expand_globs, is_remote
 
     cat = load_catalog(path)
     lines = [f"{path}: valid catalog. sources: {', '.join(cat.sources)}"]
+    for name, source in cat.sources.items():  # the commonest catalog mistake: a glob matching nothing
+        files = expand_globs(source.glob, cat)
+        if not files:
+            where = ", ".join(str(cat.resolve(g)) for g in source.glob)
+            lines.append(f"  WARNING source {name}: no file matches {where}; its cubes get no scene from it "
+                         "(check the path and the environment variables it uses)")
+        elif not all(is_remote(g) for g in source.glob):
+            lines.append(f"  source {name}: {len(files)} file(s) match")
     for name, spec in cat.cubes.items():
         own = [f"{stage}.{k}={v!r}" for stage, given in spec.params.model_dump(exclude_unset=True).items()
                for k, v in given.items()]

@@ -51,7 +51,11 @@ def pipeline_summary(products: dict[str, Any], started: datetime) -> dict[str, A
     cube = products["cube"]
     stages = {name: _status(r, started) for name, r in products["stages"].items()}
     new = len(ingest["ingested"])
-    if not new and all(s == "reused" for s in stages.values()):
+    if not ingest["time_steps"]:  # no scene found, or none taken: there is no cube to run stages on
+        headline = (f"cube {cube}: no cube written: no scene was taken ({len(ingest['skipped'])} skipped, "
+                    f"{len(ingest['quarantined'])} quarantined); check its sources' globs with "
+                    "`fusioncube catalog check`")
+    elif not new and all(s == "reused" for s in stages.values()):
         headline = (f"cube {cube}: nothing new; {ingest['time_steps']} time steps, "
                     f"all {len(stages)} stage artifact(s) reused")
     else:

@@ -123,10 +123,17 @@ def test_catalog_check_lists_each_cube_with_its_stages_and_own_parameters(tmp_pa
     from flows.cli import main
 
     raw["cubes"]["modis_lst"]["params"] = {"anomalies": {"bits": 6}}
+    (tmp_path / "scenes").mkdir()
+    for i in range(2):
+        (tmp_path / "scenes" / f"PSScene_2019070{i}_AnalyticMS_SR.tif").write_bytes(b"")
+    raw["sources"]["planet"]["glob"] = "scenes/*_AnalyticMS_SR.tif"
+    raw["sources"]["modis_lst"]["glob"] = "nomodis/*.tif"  # a glob matching nothing: the commonest slip
     path = tmp_path / "cat.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["catalog", "check", str(path)]) == 0
     out = capsys.readouterr().out
+    assert "source planet: 2 file(s) match" in out
+    assert f"WARNING source modis_lst: no file matches {tmp_path / 'nomodis' / '*.tif'}" in out
     assert "cube planet -> " in out and "stages: gapfill\n" in out
     assert "stages: anomalies; own parameters: anomalies.bits=6" in out
     assert "(not made yet)" in out

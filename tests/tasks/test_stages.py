@@ -40,6 +40,9 @@ def _products(created: datetime, *, new: int, timespec: str = "seconds") -> dict
 
 def test_summary_tells_reused_from_ran_and_lists_warnings() -> None:
     started = datetime.now(UTC)
+    empty = _products(started, new=0)
+    empty["ingest"]["time_steps"], empty["stages"] = 0, {}
+    assert "no cube written: no scene was taken (0 skipped, 1 quarantined)" in pipeline_summary(empty, started)["headline"]
     old = pipeline_summary(_products(started - timedelta(hours=1), new=0), started)
     assert old["stages"] == {"patch": "reused", "anomalies": "reused"}
     assert "nothing new" in old["headline"]
