@@ -12,7 +12,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from tasks.checkpoint import read_manifest
-from tasks.compress import compress_cube, decompress
+from tasks.compress import compress_cube, decoded_quality, decompress
 from tasks.cube import grid_coords, open_cube, spatial_ref
 
 pytestmark = pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
@@ -62,6 +62,13 @@ def test_compress_round_trip_rate_and_reuse(cube: Path, tmp_path: Path) -> None:
     peak = np.nanmax(src["data"].values) - np.nanmin(src["data"].values)
     assert 10 * np.log10(peak**2 / np.mean(err**2)) == pytest.approx(stats["psnr_db"], abs=0.01)
     assert stats["psnr_db"] > 25
+    # the decoded cube's quality over observed pixels only (valid, every band finite)
+    seen = src["valid"].values[:, None] & np.isfinite(src["data"].values).all(axis=1, keepdims=True)
+    seen = np.broadcast_to(seen, src["data"].shape)
+    ref, got = src["data"].values[seen].astype(np.float64), dec["data"].values[seen].astype(np.float64)
+    want = 10 * np.log10((ref.max() - ref.min()) ** 2 / np.mean((got - ref) ** 2))
+    assert decoded_quality(out)["psnr_db"] == pytest.approx(want, abs=1e-6)
+    assert decoded_quality(out)["nrmse"] == pytest.approx(np.linalg.norm(got - ref) / np.linalg.norm(ref), rel=1e-6)
     again = compress_cube(cube, out, patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=2)
     assert again.key == m.key and again.created == m.created  # reused, not recomputed
     with pytest.raises(FileExistsError, match="overwrite"):
@@ -80,7 +87,8 @@ def test_bits_option_and_cli(cube: Path, tmp_path: Path, capsys) -> None:
     assert (tmp_path / "c" / "decoded.zarr").exists()
     text = capsys.readouterr().out
     assert f"{tmp_path / 'c' / 'compressed'}: a compressed cube (TDL, stage compress)" in text
-    assert "bits per entry (everything stored counted)" in text and "test patches (not trained on): PSNR" in text
+    assert "bits per entry (everything stored counted)" in text and "test patches (not trained on): " in text
+    assert "decoded cube: " in text and "(observed pixels: PSNR " in text
     with pytest.raises(ValueError, match="give one of step, bits and psnr; got step=0.1, bits=4"):
         compress_cube(cube, tmp_path / "d", patch=8, step=0.1, bits=4)
     assert main(["stage", "compress", "--cube", str(cube), "--out", str(tmp_path / "e"), "--bits", "0"]) == 2
