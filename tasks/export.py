@@ -203,6 +203,9 @@ def export_cube(
         unknown = [b for b in bands if b not in names]
         if unknown:
             raise ValueError(f"{cube}: no band {unknown}; the cube's bands are {names}")
+        twice = sorted({b for b in bands if list(bands).count(b) > 1})
+        if twice:
+            raise ValueError(f"{cube}: band(s) {twice} asked for more than once; give each band once")
         ds = ds.sel(band=list(bands))
         names = list(bands)
     times = pd.DatetimeIndex(ds["time"].values)

@@ -88,6 +88,8 @@ def test_export_errors_name_the_cube_and_the_reason(tmp_path: Path) -> None:
         export_cube(tmp_path / "c.zarr", tmp_path / "o", dates=["2021-01-01"], progress=False)
     with pytest.raises(ValueError, match=r"no band \['swir'\]; the cube's bands are \['red', 'nir'\]"):
         export_cube(tmp_path / "c.zarr", tmp_path / "o", bands=["swir"], progress=False)
+    with pytest.raises(ValueError, match=r"band\(s\) \['red'\] asked for more than once"):
+        export_cube(tmp_path / "c.zarr", tmp_path / "o", bands=["red", "nir", "red"], progress=False)
     with pytest.raises(ValueError, match=r"2020-01-03 .. 2020-03-05\) is within 2021-01-01 .. "):
         export_cube(tmp_path / "c.zarr", tmp_path / "o", start="2021-01-01", progress=False)
     with pytest.raises(ValueError, match=r"--date 2020-02-30: not a date, YYYY-MM-DD \(day is out of range"):
