@@ -108,8 +108,10 @@ def _frames(mask: np.ndarray) -> np.ndarray:
 
 
 def check_quantizer(*, step: float | None = None, bits: int | None = None, psnr: float | None = None,
-                    rdo_lambda: float = tdl.RDO_LAMBDA, **_: Any) -> None:
-    """Refuse quantizer settings that cannot work (before any store is written)."""
+                    rdo_lambda: float = tdl.RDO_LAMBDA, iters: int = 10, **_: Any) -> None:
+    """Refuse quantizer (and ADMM iteration) settings that cannot work (before any store is written)."""
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be an integer >= 1 (ADMM iterations); got iters={iters!r}")
     given = {k: v for k, v in (("step", step), ("bits", bits), ("psnr", psnr)) if v is not None}
     if len(given) > 1:
         raise ValueError(f"give one of step, bits and psnr; got {', '.join(f'{k}={v!r}' for k, v in given.items())}")
@@ -211,7 +213,7 @@ def compress_patches(
         ``stats`` holds ``bits_per_entry`` (everything but the coordinates), its parts, ``psnr_db``
         and ``nrmse`` over all finite entries, and the same on the test split.
     """
-    check_quantizer(step=step, bits=bits, psnr=psnr, rdo_lambda=rdo_lambda)
+    check_quantizer(step=step, bits=bits, psnr=psnr, rdo_lambda=rdo_lambda, iters=iters)
     patches, out = Path(patches), Path(out)
     pds = xr.open_zarr(patches, consolidated=None)
     if "data" not in pds or "split" not in pds.coords:

@@ -92,6 +92,7 @@ def test_bits_option_and_cli(cube: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(ValueError, match="give one of step, bits and psnr; got step=0.1, bits=4"):
         compress_cube(cube, tmp_path / "d", patch=8, step=0.1, bits=4)
     assert main(["stage", "compress", "--cube", str(cube), "--out", str(tmp_path / "e"), "--bits", "0"]) == 2
+    assert main(["stage", "compress", "--cube", str(cube), "--out", str(tmp_path / "e"), "--iters", "0"]) == 2
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()  # refused before writing
 
 
