@@ -237,20 +237,40 @@ def _plain_folder(path: Path) -> bool:
     return path.is_dir() and not any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zattrs"))
 
 
+FOLDER_DEPTH = 3  # the demo's --out: cubes/planet.zarr, artifacts/planet/filled.zarr, sample/truth/*.zarr
+FOLDER_LINES = 60
+
+
+def _stores_under(path: Path, depth: int) -> list[Path]:
+    """Stores and stage products in ``path`` and its plain sub-folders, ``depth`` levels down
+    (a store is listed, not entered)."""
+    found: list[Path] = []
+    for p in sorted(path.iterdir()):
+        if not p.is_dir():
+            continue
+        if not _plain_folder(p) or compressed_store(p) is not None:
+            found.append(p)
+        elif depth > 1:
+            found += _stores_under(p, depth - 1)
+    return found
+
+
 def _folder(path: Path) -> list[str]:
-    """A folder of stores (the pipeline's ``artifacts/<cube>/``): one line for each store in it."""
-    stores = sorted(p for p in path.iterdir()
-                    if p.is_dir() and (not _plain_folder(p) or compressed_store(p) is not None))
+    """A folder of stores (the pipeline's ``artifacts/<cube>/``, the demo's ``--out``): one line for
+    each store in it or in its sub-folders (:data:`FOLDER_DEPTH` levels)."""
+    stores = _stores_under(path, FOLDER_DEPTH)
     if not stores:
         raise CubeSchemaError(f"{path}: a folder holding no Zarr store or stage product; give a cube (.zarr), "
                               "a stage's product or a folder of them")
     lines = [f"{path}: a folder of {len(stores)} store(s); `fusioncube info` on one of them says more"]
-    for store in stores:
+    for store in stores[:FOLDER_LINES]:
         try:
             first = _title(store)
         except (CubeSchemaError, ValueError, OSError) as exc:
             first = f"not readable ({exc})"
-        lines.append(f"  {store.name}: {first}")
+        lines.append(f"  {store.relative_to(path)}: {first}")
+    if len(stores) > FOLDER_LINES:
+        lines.append(f"  ... and {len(stores) - FOLDER_LINES} more")
     return lines
 
 

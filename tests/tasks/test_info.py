@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,10 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
     (tmp_path / "empty").mkdir()
     assert main(["info", str(tmp_path / "empty")]) == 2
     assert "empty: a folder holding no Zarr store or stage product" in capsys.readouterr().err
+    # a folder of folders (the demo's --out: cubes/, artifacts/<cube>/): the stores below it
+    shutil.copytree(tmp_path / "cube.zarr", tmp_path / "run" / "cubes" / "c.zarr")
+    text = info("run")
+    assert f"{tmp_path / 'run'}: a folder of 1 store(s)" in text and "  cubes/c.zarr: a schema-following cube" in text
 
 
 def test_grids_are_named_for_people_and_gdal_warnings_shown_once(real_fixtures: Path, tmp_path: Path,
