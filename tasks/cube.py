@@ -108,6 +108,17 @@ _DIM_ALIASES = {"lat": "y", "latitude": "y", "northing": "y", "lon": "x", "long"
 SPATIAL_DIM_NAMES = {"y": "y", "x": "x", **{k: v for k, v in _DIM_ALIASES.items() if v in ("y", "x")}}
 
 
+def patches_store_error(source: str | Path, ds: xr.Dataset, *, use: str) -> CubeSchemaError:
+    """The error for a patches store (stage patch) given where a cube is read: ``use`` the cube
+    the patches were cut from (named by the store's ``cube_path``) instead."""
+    made_from = ds.attrs.get("cube_path")
+    return CubeSchemaError(
+        f"{source}: a patches store (stage patch): windows cut out of a cube, not on a map grid; {use} "
+        f"the cube they were cut from{f' ({made_from})' if made_from else ''}"
+        + (" (stage gapfill also takes a patches store)" if use == "give this stage" else "")
+    )
+
+
 def check_cube(ds: xr.Dataset, *, source: str = "cube") -> xr.Dataset:
     """Raise ``CubeSchemaError`` naming what is missing or wrong; return ``ds`` unchanged."""
     maps = [str(v) for v in ("classes", "class") if v in ds and tuple(ds[v].dims) == ("y", "x")]
@@ -122,12 +133,7 @@ def check_cube(ds: xr.Dataset, *, source: str = "cube") -> xr.Dataset:
             f"(variables present: {sorted(ds.data_vars, key=str)})"
         )
     if "patch" in ds["data"].dims:
-        made_from = ds.attrs.get("cube_path")
-        raise CubeSchemaError(
-            f"{source}: a patches store (stage patch): windows cut out of a cube, not on a map grid; give "
-            f"this stage the cube they were cut from{f' ({made_from})' if made_from else ''} (stage gapfill "
-            "also takes a patches store)"
-        )
+        raise patches_store_error(source, ds, use="give this stage")
     if tuple(ds["data"].dims) != DATA_DIMS:
         dims = tuple(str(d) for d in ds["data"].dims)
         renames = {d: _DIM_ALIASES[d.lower()] for d in dims if d.lower() in _DIM_ALIASES}

@@ -32,7 +32,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from tasks.checkpoint import read_manifest
-from tasks.cube import cube_crs, cube_transform, open_cube
+from tasks.cube import cube_crs, cube_transform, open_cube, patches_store_error
 from tasks.errors import CubeSchemaError
 
 __all__ = ["export_cube"]
@@ -114,11 +114,7 @@ def _open_layers(path: Path) -> xr.Dataset:
         except Exception:
             raise not_a_cube from None  # not even a Zarr store: the cube reader's message says so
         if "patch" in ds.dims:  # stage patch's store: windows cut out of a cube, on no map grid
-            made = read_manifest(path)
-            source = made.outputs.get("cube") if made is not None else None
-            raise CubeSchemaError(f"{path}: a patches store (stage patch): its patches are windows cut out of "
-                                  "a cube, not on a map grid; export the cube they were cut from"
-                                  + (f" ({source})" if source else "")) from None
+            raise patches_store_error(path, ds, use="export") from None
         found = [str(v) for v in ds.data_vars if tuple(ds[v].dims) == ("time", "y", "x")]
         layers = [v for v in ("score", "flag", "background") if v in found] + [
             v for v in found if v not in ("score", "flag", "background")]
