@@ -512,7 +512,7 @@ def compress_png(cube: str | Path, decoded: str | Path, out: str | Path, *, titl
 
 def observed_distortion(cube: str | Path, decoded: str | Path) -> dict[str, float | int | None]:
     """PSNR and NRMSE of the ``decoded`` cube against ``cube`` over the cube's observed pixels
-    (valid, every band finite; read one date at a time): the quality a user of the decoded cube
+    (valid, every band finite; read one time chunk at a time): the quality a user of the decoded cube
     gets. The stage's own figures are over the patches' finite entries (cloudy ones included,
     overlapping patches counted twice); this is the map's. Peak: the observed values' range."""
     from tasks.cube import observed_mask, open_cube
@@ -520,12 +520,14 @@ def observed_distortion(cube: str | Path, decoded: str | Path) -> dict[str, floa
     a, b = open_cube(cube), open_cube(decoded)
     sse = energy = 0.0
     count, lo, hi = 0, np.inf, -np.inf
-    for t in range(a.sizes["time"]):
-        x = np.asarray(a["data"][t].values, np.float64)
-        seen = observed_mask(x[None], np.asarray(a["valid"][t].values, bool)[None])[0]
+    step = a["data"].data.chunksize[0]  # the cube's time chunk: each chunk read once
+    for t0 in range(0, a.sizes["time"], step):
+        dates = slice(t0, t0 + step)
+        x = np.asarray(a["data"][dates].values, np.float64)
+        seen = np.broadcast_to(observed_mask(x, np.asarray(a["valid"][dates].values, bool))[:, None], x.shape)
         if not seen.any():
             continue
-        ref, got = x[:, seen], np.asarray(b["data"][t].values, np.float64)[:, seen]
+        ref, got = x[seen], np.asarray(b["data"][dates].values, np.float64)[seen]
         sse += float(np.sum((got - ref) ** 2))
         energy += float(np.sum(ref**2))
         count += ref.size

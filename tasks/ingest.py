@@ -1207,8 +1207,8 @@ def sort_time_axis(state: _CubeState) -> bool:
         src_arr, dst_arr = zarr_array(group, name), zarr_array(dst, name)
         step = src_arr.chunks[0]
         for start in range(0, order.size, step):  # one time chunk in memory at a time
-            picks = order[start:start + step]
-            dst_arr[start:start + picks.size] = np.stack([np.asarray(src_arr[int(i)]) for i in picks])
+            picks = order[start:start + step]  # each source chunk they lie in read once, not once a date
+            dst_arr[start:start + picks.size] = np.asarray(src_arr.get_orthogonal_selection((picks,)))
     zarr_array(dst, "time")[:] = times[order]
     with _no_consolidation_warning():
         zarr.consolidate_metadata(str(tmp))

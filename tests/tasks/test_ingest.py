@@ -537,14 +537,15 @@ def _same_cube(got: Path, want: Path) -> None:
     assert not leftovers
 
 
-def test_a_backfill_of_older_dates_leaves_the_time_axis_in_order(sample: Path, tmp_path: Path) -> None:
-    whole = _catalog(sample, tmp_path / "whole")
+@pytest.mark.parametrize("time_chunk", [1, 3])  # 3: a rewritten chunk gathers dates from two source chunks
+def test_a_backfill_of_older_dates_leaves_the_time_axis_in_order(sample: Path, tmp_path: Path, time_chunk: int) -> None:
+    whole = _catalog(sample, tmp_path / "whole", cubes__planet__chunks__time=time_chunk)
     ingest_cube(whole, "planet")
     scenes = tmp_path / "scenes"
     shutil.copytree(sample, scenes)
     days = sorted({p.name.split("_")[1] for p in (scenes / "planet").glob("*_SR.tif")})
     _hold_out(scenes, set(days[:2]), tmp_path / "held")
-    cat = _catalog(scenes, tmp_path / "data")
+    cat = _catalog(scenes, tmp_path / "data", cubes__planet__chunks__time=time_chunk)
     assert not ingest_cube(cat, "planet").reordered
     for f in (tmp_path / "held").iterdir():
         shutil.move(f, scenes / "planet" / f.name)
