@@ -206,6 +206,17 @@ def _class_codes(values: pd.Series, path: Path) -> tuple[np.ndarray, dict[int, s
         raise ValueError(f"{path}: {int((names == '').sum() + values.isna().sum())} point(s) have no class")
     unique = sorted(set(names))
     nlcd = {name: NLCD_BY_NAME.get(_name_key(name)) for name in unique}
+    coded = sorted({n for n in unique if pd.notna(pd.to_numeric(n, errors="coerce"))})
+    if coded:  # codes and names mixed: only NLCD names go with codes, read as NLCD codes
+        named = [n for n in unique if n not in coded]
+        unknown = [n for n in named if nlcd[n] is None]
+        bad = [c for c in coded if float(c) not in NLCD_CLASSES]
+        if unknown or bad:
+            raise ValueError(f"{path}: the class column mixes codes ({coded[:3]}) and names ({named[:3]}); "
+                             f"mixed, the codes must be NLCD codes and the names NLCD class names, but "
+                             + (f"{unknown[:3]} are not NLCD names" if unknown else f"{bad[:3]} are not NLCD codes")
+                             + "; use one kind for every point")
+        nlcd.update({c: int(float(c)) for c in coded})
     if all(code is not None for code in nlcd.values()):
         return names.map(nlcd).to_numpy(np.int64), {}
     if len(unique) >= NO_CLASS:
@@ -224,7 +235,7 @@ def read_points(path: str | Path) -> pd.DataFrame:
     - the class in ``class`` (or ``label``, ``class_name``): integer codes (NLCD codes, say) or
       class names (text): NLCD class names ("Deciduous Forest", "cultivated_crops", ...) become
       their NLCD codes; any other names are numbered 1..K in sorted order, the names kept for the
-      legend.
+      legend. Codes and names mixed in one column must be NLCD codes and NLCD names.
 
     GeoJSON: a FeatureCollection of Point features with a ``class`` (or ``label``) property;
     coordinates in the CRS its legacy ``crs`` member names; without one in WGS 84 longitude /

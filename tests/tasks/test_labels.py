@@ -200,6 +200,17 @@ def test_points_in_lon_lat_with_class_names(tmp_path) -> None:
                   "class": ["Deciduous Forest", "cultivated_crops", "Barren Land"]}).to_csv(tmp_path / "nlcd.csv")
     nlcd = read_points(tmp_path / "nlcd.csv")
     assert nlcd["class"].tolist() == [41, 82, 31] and not nlcd.attrs["class_names"]
+    # NLCD codes and NLCD names mixed in one column are all NLCD codes; other mixes are refused,
+    # not numbered as names ("41" would have become class 1)
+    pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [1.0, 2.0, 3.0],
+                  "class": ["41", "cultivated_crops", "82.0"]}).to_csv(tmp_path / "codes_names.csv")
+    assert read_points(tmp_path / "codes_names.csv")["class"].tolist() == [41, 82, 82]
+    pd.DataFrame({"x": [1.0, 2.0], "y": [1.0, 2.0], "class": ["41", "Forest"]}).to_csv(tmp_path / "mix2.csv")
+    with pytest.raises(ValueError, match=r"mix2.csv: the class column mixes codes.*'Forest'.* not NLCD names"):
+        read_points(tmp_path / "mix2.csv")
+    pd.DataFrame({"x": [1.0, 2.0], "y": [1.0, 2.0], "class": ["7", "Deciduous Forest"]}).to_csv(tmp_path / "mix3.csv")
+    with pytest.raises(ValueError, match=r"\['7'\] are not NLCD codes"):
+        read_points(tmp_path / "mix3.csv")
     pd.DataFrame({"longitude": [1.0], "y": [2.0], "class": [1]}).to_csv(tmp_path / "mixed.csv", index=False)
     with pytest.raises(ValueError, match="longitude, latitude"):
         read_points(tmp_path / "mixed.csv")
