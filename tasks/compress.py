@@ -19,7 +19,10 @@ decoder needs:
   and decoder hold one segment at a time; the bases are fitted on at most ``TRAIN_BYTES`` of train
   patches;
 - ``index.zarr``: the patches' coordinates (origins, time, band, grid): metadata, not counted in
-  the rate, like a file header's geo-referencing.
+  the rate, like a file header's geo-referencing; and the cube's static layers (land cover, ...),
+  cut as the data is and stored losslessly, so the decoded cube has them too. They are not entries
+  of the (time, band, y, x) tensor, so not in the rate either; the manifest gives their bytes
+  (``outputs.static_layers``).
 
 Missing values: an entry that is NaN in ``data`` is filled before coding
 (``fusion_models.tdl.fill_missing``: the patch's mean at that date and band, or coarser means) and
@@ -308,10 +311,13 @@ def compress_patches(
                     sums[name]["energy"] += float(np.sum(data[m].astype(np.float64) ** 2))
                     sums[name]["count"] += int(err.size)
         (tmp / "segments.json").write_text(json.dumps(table))
-        index = pds.drop_vars([str(v) for v in pds.data_vars if "patch" in pds[v].dims])
+        # static layers (land cover, ...) go along losslessly, cut as the data is, so the decoded
+        # cube is a cube like its source; they are not entries of the 4D tensor, so not in the rate
+        index = pds.drop_vars(["data", "valid"])
         index.attrs.update(compress_shape=[n, *shape], compress_valid_shape=[n, *pds["valid"].shape[1:]],
                            compress_mask_coding=MASK_CODING)
         index.to_zarr(tmp / "index.zarr", mode="w", zarr_format=3, consolidated=True)
+        static = {str(v): _tree_bytes(tmp / "index.zarr" / str(v)) for v in index.data_vars}  # bytes stored
     entries = acc["entries"]
     parts = {"cores": 8 * nbytes["cores"], "codec": codec.side_bits(),
              "finite_mask": 8 * nbytes["finite_mask"], "valid_mask": 8 * nbytes["valid_mask"],
@@ -329,7 +335,7 @@ def compress_patches(
     manifest = Manifest(
         stage=STAGE, key=key, params=params, inputs=inputs, code_version=code_version(*CODE_MODULES),
         outputs={"path": str(out), "patches": str(patches), "ranks": list(ranks), "step": step,
-                 "shape": [n, *shape], "segments": len(table)},
+                 "shape": [n, *shape], "segments": len(table), "static_layers": static},
         stats={
             "bits_per_entry": sum(parts.values()) / entries,
             "bits_per_entry_parts": {k: v / entries for k, v in parts.items()},
@@ -345,6 +351,10 @@ def compress_patches(
     log.info("compress: %s at %.3f bits per entry, PSNR %.2f dB", out,
              manifest.stats["bits_per_entry"], manifest.stats["psnr_db"])
     return manifest
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def _segments(compressed: Path, n: int) -> list[dict[str, Any]]:

@@ -78,6 +78,24 @@ def test_compress_round_trip_rate_and_reuse(cube: Path, tmp_path: Path) -> None:
     assert np.allclose(again_cube["data"].values, dec["data"].values, equal_nan=True)
 
 
+def test_static_layers_travel_losslessly_outside_the_rate(cube: Path, tmp_path: Path) -> None:
+    """A land cover layer comes back in the decoded cube bit for bit, with its legend (the decoded
+    cube can feed classify or labels); its bytes are reported beside the rate, not in it."""
+    ds = xr.open_zarr(cube).load()
+    cover = np.random.default_rng(3).choice(np.array([41, 82, 90], np.uint8), (H, W))
+    ds["landcover"] = (("y", "x"), cover, {"flag_values": [41, 82, 90], "grid_mapping": "spatial_ref"})
+    ds.to_zarr(tmp_path / "lc.zarr", zarr_format=3, consolidated=True, mode="w")
+    plain = compress_cube(cube, tmp_path / "plain", patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=2)
+    m = compress_cube(tmp_path / "lc.zarr", tmp_path / "comp", patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=2)
+    assert m.outputs["static_layers"]["landcover"] > 0 and plain.outputs["static_layers"] == {}
+    assert m.stats["bits_per_entry"] == pytest.approx(plain.stats["bits_per_entry"])
+    decompress(tmp_path / "comp" / "compressed", tmp_path / "again.zarr")  # from the store alone
+    for decoded in (tmp_path / "comp" / "decoded.zarr", tmp_path / "again.zarr"):
+        got = xr.open_zarr(decoded)["landcover"]
+        assert got.dtype == np.uint8 and np.array_equal(got.values, cover)
+        assert list(got.attrs["flag_values"]) == [41, 82, 90]
+
+
 def test_bits_option_and_cli(cube: Path, tmp_path: Path, capsys) -> None:
     from flows.cli import main
 
