@@ -122,10 +122,14 @@ def _compressed(path: Path, manifest: Manifest | None) -> list[str]:
     stats = manifest.stats if manifest is not None else {}
     lines = []
     if "bits_per_entry" in stats:
-        lines.append(f"  rate: {stats['bits_per_entry']:.4g} bits per entry (everything stored counted)")
+        lines.append(f"  rate: {stats['bits_per_entry']:.4g} bits per entry (everything stored for the data counted)")
     for key, label in (("psnr_db", "PSNR (dB)"), ("nrmse", "NRMSE")):
         if key in stats:
             lines.append(f"  {label}: {stats[key]:.4g}")
+    static = (manifest.outputs.get("static_layers") if manifest is not None else None) or {}
+    if static:
+        lines.append("  static layers, lossless, beside the rate: "
+                     + ", ".join(f"{name} ({size / 1e3:.1f} kB)" for name, size in static.items()))
     segments = path / "segments.json"
     if segments.exists():
         table = json.loads(segments.read_text())

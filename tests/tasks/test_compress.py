@@ -94,6 +94,10 @@ def test_static_layers_travel_losslessly_outside_the_rate(cube: Path, tmp_path: 
         got = xr.open_zarr(decoded)["landcover"]
         assert got.dtype == np.uint8 and np.array_equal(got.values, cover)
         assert list(got.attrs["flag_values"]) == [41, 82, 90]
+    from tasks.info import describe
+
+    assert any(line.startswith("  static layers, lossless, beside the rate: landcover (")
+               for line in describe(tmp_path / "comp" / "compressed"))
 
 
 def test_bits_option_and_cli(cube: Path, tmp_path: Path, capsys) -> None:
@@ -105,7 +109,7 @@ def test_bits_option_and_cli(cube: Path, tmp_path: Path, capsys) -> None:
     assert (tmp_path / "c" / "decoded.zarr").exists()
     text = capsys.readouterr().out
     assert f"{tmp_path / 'c' / 'compressed'}: a compressed cube (TDL, stage compress)" in text
-    assert "bits per entry (everything stored counted)" in text and "test patches (not trained on): " in text
+    assert "bits per entry (everything stored for the data counted)" in text and "test patches (not trained on): " in text
     assert "decoded cube: " in text and "(observed pixels: PSNR " in text
     with pytest.raises(ValueError, match="give one of step, bits and psnr; got step=0.1, bits=4"):
         compress_cube(cube, tmp_path / "d", patch=8, step=0.1, bits=4)
