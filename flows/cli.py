@@ -124,8 +124,10 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             print(f"layer {name} added to {args.out}")
         for q in bad:
             print(f"  quarantined {q['scene']}: {q['reason']}")
-    print(f"catalog written beside the cube (run again to add new files; `fusioncube run {cube} --catalog "
-          f"{catalog_path.name}` also runs the stages it lists): {catalog_path}")
+    import shlex
+
+    print(f"catalog written beside the cube (run again to add new files; `fusioncube run {shlex.quote(cube)} "
+          f"--catalog {shlex.quote(str(catalog_path))}` also runs the stages it lists)")
     return 0 if report["time_steps"] else 1
 
 
@@ -508,6 +510,25 @@ def quiet_input_errors() -> None:
             handler.addFilter(_InputErrorConsoleFilter())
 
 
+def probe_writable(out: str | Path) -> None:
+    """Raise ``OSError`` naming ``out`` when nothing can be written where it goes (its nearest
+    existing folder: a read-only mount, no permission): before the work, not after it."""
+    if "://" in str(out):  # a remote store: its own client reports
+        return
+    import tempfile
+
+    where = Path(out).absolute()
+    while not where.is_dir() and where != where.parent:
+        where = where.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fusioncube-probe-", dir=where)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{out}: cannot write there: {exc.strerror}"
+                      + ("" if where == Path(out).absolute() else f" ({where})")) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_prefect()  # before any import reads the settings (Prefect's, Dask's config)
     args = build_parser(stage_modules(sys.argv[1:] if argv is None else argv)).parse_args(argv)
@@ -536,10 +557,23 @@ def main(argv: list[str] | None = None) -> int:
 
         warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     try:
+        if getattr(args, "out", None) and not getattr(args, "dry_run", False):
+            probe_writable(args.out)  # before minutes of work whose result could not be written
         return int(args.func(args) or 0)
     except (CatalogError, CubeSchemaError, FileNotFoundError, FileExistsError) as exc:
         print(f"fusioncube: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nfusioncube: interrupted; nothing finished is lost: run the same command again to go on "
+              "(finished parts and stage outputs are reused)", file=sys.stderr)
+        return 130
+    except OSError as exc:  # read-only or full storage, a vanished mount: the OS's reason, with the path
+        if args.verbose:
+            raise
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else exc.strerror or str(exc)
+        print(f"fusioncube: error: {text}\n(the outputs already written are unchanged; fusioncube -v ... "
+              "shows the traceback)", file=sys.stderr)
+        return 1
     except ValueError as exc:  # a bad argument or input file: its message names it
         if args.verbose:
             raise

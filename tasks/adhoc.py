@@ -616,6 +616,11 @@ def build_adhoc_catalog(
     """
     if bounds is not None and aoi is not None:
         raise ValueError("give the area as --bounds or as --aoi, not both")
+    if bounds_crs is not None and bounds is None:
+        raise ValueError(f"--bounds-crs {bounds_crs} without --bounds: it is the CRS the --bounds numbers are in")
+    if date and "format" in date and "pattern" not in date:
+        raise ValueError(f"--date-format {date['format']!r} without --date-pattern: the format parses the "
+                         "pattern's (?P<date>...) group, e.g. --date-pattern '_(?P<date>\\d{8})_'")
     # (*bounds,): tuple(bounds), typed with its four numbers
     area = aoi_bounds(aoi) if aoi is not None else ((*bounds,), bounds_crs) if bounds is not None else None
     patterns = [q for p in paths for q in _folder_globs(p)]
@@ -688,7 +693,8 @@ def build_adhoc_catalog(
             radiometry = None  # the user's scale replaces the product's own radiometry
     # what is not given comes from the first scene (tasks.ingest.cube_grid): its CRS, its finest
     # band's pixel size, or the size its pixels take in the given CRS
-    grid: dict[str, Any] | None = {k: v for k, v in (("crs", crs), ("resolution", resolution)) if v} or None
+    grid: dict[str, Any] | None = {k: v for k, v in (("crs", crs), ("resolution", resolution))
+                                   if v is not None} or None  # a resolution of 0 is refused, not dropped
     if area is not None:
         box, box_crs = area
         if box_crs is None:
@@ -733,7 +739,10 @@ def build_adhoc_catalog(
         log.warning("%s: a class map (its band has a colour table): its codes are warped by majority, never "
                     "interpolated; to add it to another cube as a label layer use --layer NAME=FILE",
                     file_name(described_by))
-    catalog_from_dict(raw, path=path)  # validate before writing anything
+    try:
+        catalog_from_dict(raw, path=path)  # validate before writing anything
+    except CatalogError as exc:  # the user wrote no catalog: the options that set those keys
+        raise ValueError(_as_options(str(exc))) from None
     if out.exists() and out.with_name(out.name + ".manifest.json").exists():  # appending: the same bands
         from tasks.ingest import check_cube_bands, check_cube_grid
 
@@ -831,6 +840,26 @@ def _crs_of(files: list[str]) -> str | None:
         except RasterioIOError:
             continue
     return None
+
+
+#: catalog keys of the one-cube catalog an ingest writes -> the command-line options that set them
+OPTION_OF_KEY = {"grid.crs": "--crs", "grid.resolution": "--resolution", "grid.bounds_crs": "--bounds-crs",
+                 "grid.bounds": "--bounds/--aoi", "chunks.time": "--time-chunk", "chunks.y": "--chunks",
+                 "chunks.x": "--chunks", "date.pattern": "--date-pattern", "date.format": "--date-format",
+                 "date.default": "--date", "band_files": "--band-files"}
+
+
+def _as_options(message: str) -> str:
+    """A validation error of the ingest's own catalog (``FILE: invalid catalog`` then ``  KEY: reason``
+    lines) in the options' words: ``--crs: unknown CRS ...``. Lines of other keys stay as they are."""
+    lines: list[str] = []
+    for line in message.splitlines()[1:] or [message]:
+        key, sep, reason = line.strip().partition(": ")
+        option = next((o for k, o in OPTION_OF_KEY.items() if sep and (key.endswith("." + k) or key == k)), None)
+        text = f"{option}: {reason}" if option else line.strip()
+        if text not in lines:
+            lines.append(text)
+    return "invalid option" + ("s" if len(lines) > 1 else "") + ": " + "; ".join(lines)
 
 
 def _refuse_degrees(box: tuple[float, float, float, float], crs: str | None) -> None:

@@ -227,7 +227,34 @@ def cube_grid(spec: CubeSpec, refs: Sequence[SceneRef], *, name: str) -> Grid:
             raise CubeSchemaError(f"cube {name}: no readable, georeferenced scene to take bounds from")
         arr = np.array(boxes)
         bounds = (arr[:, 0].min(), arr[:, 1].min(), arr[:, 2].max(), arr[:, 3].max())
-    return Grid.from_bounds(crs, bounds, res, anchor=anchor)
+    return _sane_grid(Grid.from_bounds(crs, bounds, res, anchor=anchor), bounds, name=name)
+
+
+#: the most pixels a cube's grid may have: ingest holds a date's (band, y, x) slice in memory
+MAX_GRID_PIXELS = 2**30
+
+
+def _sane_grid(grid: Grid, area: tuple[float, float, float, float], *, name: str) -> Grid:
+    """Refuse a grid whose pixel is larger than the area it covers (a resolution in metres given
+    for a CRS in degrees) or too large to hold a date of in memory (a resolution typo), before
+    anything is read or written."""
+    rx, ry = grid.resolution
+    width, height = area[2] - area[0], area[3] - area[1]
+    units = "degrees" if grid.crs.is_geographic else (grid.crs.linear_units or "units")
+    hint = (f"; the CRS's units are degrees (10 m is about {10 / 111_320:.1g} degrees)"
+            if grid.crs.is_geographic and max(rx, ry) >= 1 else "")
+    if rx > width > 0 or ry > height > 0:  # (a point's area: one pixel, as asked)
+        raise ValueError(
+            f"cube {name}: a pixel of {rx:g} x {ry:g} {units} is larger than the area it covers "
+            f"({width:.4g} x {height:.4g} {units}): the grid would be {grid.width} x {grid.height} px; "
+            f"give a finer --resolution (grid.resolution){hint}")
+    if grid.width * grid.height > MAX_GRID_PIXELS:
+        raise ValueError(
+            f"cube {name}: a grid of {grid.width} x {grid.height} px at {rx:g} x {ry:g} {units} is over the "
+            f"limit of {MAX_GRID_PIXELS:,} px (tasks.ingest.MAX_GRID_PIXELS; a date of one band alone is "
+            f"{grid.width * grid.height * 4 / 2**30:.1f} GiB in memory): check --resolution (grid.resolution), "
+            "or cover less with --bounds / --aoi")
+    return grid
 
 
 def grid_of_cube(path: Path) -> Grid:

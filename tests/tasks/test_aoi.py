@@ -155,3 +155,67 @@ def test_a_crs_without_a_resolution_keeps_the_scenes_pixel_size(tiles: Path, tmp
     step = float(ds.x[1] - ds.x[0])
     assert 0.0002 < step < 0.0005 and ds.sizes["x"] > 80  # ~30 m at 45 N, both tiles side by side
     assert np.isfinite(ds.data.values).mean() > 0.5
+
+
+def test_grid_options_that_cannot_be_meant_are_refused_naming_the_option(tiles: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    """Before anything is read or written: a pixel larger than the area (metres given to a CRS in
+    degrees), a grid too large to hold a date of, an option that needs another, and the catalog's
+    own checks reported by the option that set the key."""
+    out = tmp_path / "c.zarr"
+    cases = {
+        ("--crs", "EPSG:4326", "--resolution", "10"): "is larger than the area it covers",
+        ("--resolution", "0.0001"): "over the limit of 1,073,741,824 px",
+        ("--resolution", "0"): "--resolution: resolution must be positive",
+        ("--bounds-crs", "EPSG:4326"): "--bounds-crs EPSG:4326 without --bounds",
+        ("--date-format", "%d%m%Y"): "--date-format '%d%m%Y' without --date-pattern",
+        ("--crs", "EPSG:999999"): "invalid option: --crs: unknown CRS",
+        ("--chunks", "0"): "invalid option: --chunks: ",
+    }
+    for options, message in cases.items():
+        for dry in ([], ["--dry-run"]):
+            assert main(["ingest", str(tiles), "--out", str(out), *options, *dry]) == 2, options
+            err = capsys.readouterr().err
+            assert message in err and "cubes." not in err, (options, err)
+            assert not out.exists() and not out.with_name("c.zarr.parts").exists()
+    main(["ingest", str(tiles), "--out", str(out), "--crs", "EPSG:4326", "--resolution", "10"])
+    assert "the CRS's units are degrees (10 m is about 9e-05 degrees)" in capsys.readouterr().err
+
+
+def test_cli_errors_of_the_storage_and_interrupts_are_one_line(tiles: Path, tmp_path: Path, capsys,
+                                                               monkeypatch) -> None:
+    """Storage that cannot be written is found before the work (one line with the path and the OS's
+    reason); an interrupt says how to go on, without a traceback."""
+    import errno
+    import tempfile
+
+    import flows.cli as cli
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkstemp", read_only)
+        assert main(["ingest", str(tiles), "--out", str(tmp_path / "ro" / "c.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'ro' / 'c.zarr'}: cannot write there: Read-only file system ({tmp_path})" in err
+    assert "Traceback" not in err and not (tmp_path / "ro").exists()
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", _parser_with(cli.build_parser, "ingest", interrupted))
+    assert main(["ingest", str(tiles), "--out", str(tmp_path / "c.zarr")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; nothing finished is lost: run the same command again" in err and "Traceback" not in err
+
+
+def _parser_with(build, command: str, func):
+    """``build`` whose ``command`` runs ``func``."""
+    def patched(*args, **kwargs):
+        parser = build(*args, **kwargs)
+        for action in parser._subparsers._group_actions:  # noqa: SLF001 - argparse keeps them here
+            if command in action.choices:
+                action.choices[command].set_defaults(func=func)
+        return parser
+    return patched
