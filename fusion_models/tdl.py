@@ -183,6 +183,19 @@ def _leading(m: Tensor, rank: int) -> Tensor:
     return vecs[:, -rank:].flip(1).contiguous()
 
 
+def _lstsq_right(b: Tensor, gram: Tensor) -> Tensor:
+    """``b gram^+``: the minimum-norm least-squares solution ``X`` of ``X gram = b`` for the
+    symmetric positive semi-definite ``gram = C C^T`` of the basis update's normal equations.
+
+    ``gram`` is singular when the training tensor's mode-``n`` rank is below ``R_n`` (two identical
+    dates, collinear bands, a constant cube: core slices that are zero), where a plain solve fails;
+    the pseudo-inverse (eigenvalues below ``R_n`` machine epsilons of the largest count as zero)
+    gives those directions a zero column, and the QR that follows completes the basis with
+    orthonormal columns. Where ``gram`` is regular this is the solve's solution.
+    """
+    return b @ torch.linalg.pinv((gram + gram.T) / 2, hermitian=True)
+
+
 def tdl_fit(
     x: Tensor | np.ndarray,
     ranks: Sequence[int],
@@ -208,7 +221,9 @@ def tdl_fit(
        minimiser of the ``A``-part of the Lagrangian);
     2. for ``n = 1..N``: ``D^_n <- X_(n) C_(n)^T (C_(n) C_(n)^T)^{-1}`` with
        ``C_n = G x_{k != n} D_k`` (all other modes, the sample mode included), ``(Q, R) <- QR(D^_n)``,
-       ``D_n <- Q[:, :R_n]``;
+       ``D_n <- Q[:, :R_n]``; the inverse is a pseudo-inverse (:func:`_lstsq_right`), so a
+       training tensor of mode-``n`` rank below ``R_n`` (rank-deficient ``C_(n) C_(n)^T``) still
+       gets an orthonormal ``D_n`` that spans its mode-``n`` subspace;
     3. ``D_{N+1} <- (X_(N+1) C_(N+1)^T + Y + rho A)(C_(N+1) C_(N+1)^T + rho I_S)^{-1}``;
     4. ``G <- X x_1 D_1^T ... x_N D_N^T x_{N+1} D_{N+1}^{-1}`` (a least-squares solve);
     5. ``Y <- Y + rho (A - D_{N+1})``.
@@ -277,7 +292,7 @@ def tdl_fit(
                 xc = tl.unfold(z, n + 1) @ tl.unfold(core, n + 1).T  # X_(n) C_(n)^T (I_n, R_n)
                 w = tl.tenalg.mode_dot(core, ds.T @ ds, 0)  # G x_{k != n} D_k^T D_k
                 cc = tl.unfold(core, n + 1) @ tl.unfold(w, n + 1).T  # C_(n) C_(n)^T (R_n, R_n)
-                d_hat = torch.linalg.solve(cc, xc.T).T  # (I_n, R_n)
+                d_hat = _lstsq_right(xc, cc)  # (I_n, R_n)
                 q, _ = torch.linalg.qr(d_hat)
                 bases[n] = q[:, : ranks[n]]
             # 3. sample factor D_{N+1}: closed form

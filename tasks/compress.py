@@ -26,10 +26,19 @@ decoder needs:
 
 Missing values: an entry that is NaN in ``data`` is filled before coding
 (``fusion_models.tdl.fill_missing``: the patch's mean at that date and band, or coarser means) and
-put back as NaN at decoding from ``finite.bin``; distortion is measured on the finite entries only.
+put back as NaN at decoding from ``finite.bin``. Every finite entry is coded, observed or not.
 
 Rate (bits per entry = per pixel per band per date) counts ``cores.bin``, both masks,
-``codec.bin`` and the segment table; PSNR uses the data range (max - min of the finite values) as peak.
+``codec.bin`` and the segment table. Distortion is measured on the OBSERVED entries: the bands of
+a pixel-date that is ``valid`` and has every band finite (``tasks.cube.observed_mask``, the pixels
+:func:`observed_distortion` scores on the decoded cube), each patch's own (a pixel in two
+overlapping patches counts twice). Cloud- or alpha-masked pixels keep their band values and are
+coded, but neither scored nor allowed to set the peak: PSNR = 10 log10(peak^2 / MSE) with peak =
+the range (max - min) of the observed values. This holds for the manifest's ``stats.psnr_db``,
+``stats.nrmse``, ``stats.test``, ``stats.peak_range`` and for the ``psnr`` target
+(:func:`step_for_psnr`), so ``psnr = 40`` gives about 40 dB on the decoded cube's observed pixels.
+A cube with no observed entry at all is measured on its finite entries instead
+(``stats.distortion_entries`` says which: ``"observed"`` or ``"finite"``).
 ``decoded.zarr`` is the decoded cube (``tasks.patch.unpatch``), with its manifest.
 """
 
@@ -110,6 +119,16 @@ def _frames(mask: np.ndarray) -> np.ndarray:
     return mask.reshape(-1, *mask.shape[-2:])
 
 
+def _observed(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The observed entries of patches ``data (P, T, C, p, p)`` with ``valid (P, T, p, p)``: the
+    bands of a valid pixel-date with every band finite (``tasks.cube.observed_mask``), ``data``'s shape."""
+    from tasks.cube import observed_mask
+
+    g, t, c = data.shape[:3]
+    seen = observed_mask(data.reshape(g * t, c, *data.shape[3:]), valid.reshape(g * t, *valid.shape[2:]))
+    return np.broadcast_to(seen.reshape(g, t, 1, *seen.shape[1:]), data.shape)
+
+
 def check_quantizer(*, step: float | None = None, bits: int | None = None, psnr: float | None = None,
                     rdo_lambda: float = tdl.RDO_LAMBDA, iters: int = 10, **_: Any) -> None:
     """Refuse quantizer (and ADMM iteration) settings that cannot work (before any store is written)."""
@@ -129,23 +148,26 @@ def check_quantizer(*, step: float | None = None, bits: int | None = None, psnr:
 
 
 def step_for_psnr(codec: tdl.TDLCodec, data: np.ndarray, psnr: float, *, peak: float | None = None,
-                  rdo_lambda: float = tdl.RDO_LAMBDA, deadzone: float = 0.2, iters: int = 11) -> tuple[float, float]:
+                  observed: np.ndarray | None = None, rdo_lambda: float = tdl.RDO_LAMBDA,
+                  deadzone: float = 0.2, iters: int = 11) -> tuple[float, float]:
     """The coarsest quantizer step (data std units) whose decoding of ``data`` (patches, NaN where
-    missing) reaches ``psnr`` dB over its finite entries: bisection on the log of the step, the
+    missing) reaches ``psnr`` dB over its ``observed`` entries (a mask of ``data``'s shape, the
+    stage's :func:`_observed`; default: the finite entries): bisection on the log of the step, the
     quantizer and coder as the stage runs them. ``peak``: the PSNR's peak, the range of the whole
-    cube as the manifest measures it (default: the range of ``data``). Returns the step and the
-    PSNR it reaches. Raises ``ValueError`` when even a fine step misses the target (the ranks
-    truncate more than it allows)."""
+    cube's observed values as the manifest measures it (default: the range of ``data``'s measured
+    entries). Returns the step and the PSNR it reaches. Raises ``ValueError`` when even a fine
+    step misses the target (the ranks truncate more than it allows)."""
     finite = np.isfinite(data)
-    if not finite.any():
-        raise ValueError("no finite entry to measure a PSNR on")
-    values = data[finite].astype(np.float64)
+    scored = finite if observed is None else finite & observed
+    if not scored.any():
+        raise ValueError("no observed entry to measure a PSNR on")
+    values = data[scored].astype(np.float64)
     peak = (float(values.max() - values.min()) if peak is None else float(peak)) or 1.0
     filled = tdl.fill_missing(data, finite)
 
     def reached(step: float) -> float:
         q = tdl.quantize_core(codec, filled, step, lam=rdo_lambda, deadzone=deadzone)
-        err = tdl.dequantize_core(codec, q, step).reshape(data.shape)[finite] - values
+        err = tdl.dequantize_core(codec, q, step).reshape(data.shape)[scored] - values
         mse = float(np.mean(err**2))
         return 10 * np.log10(peak**2 / mse) if mse > 0 else float("inf")
 
@@ -195,9 +217,9 @@ def compress_patches(
     step, bits, psnr
         The quantizer: ``step`` in units of the training data's standard deviation, ``bits`` for
         a symmetric ``bits``-bit quantizer over the training cores' largest magnitude, or ``psnr``
-        (dB) for the coarsest step that reaches that PSNR on the training patches
-        (:func:`step_for_psnr`; the whole cube's PSNR is then close to it). At most one may be
-        given; default ``step = 0.5``.
+        (dB) for the coarsest step that reaches that PSNR over the training patches' observed
+        entries, peak = the range of the whole cube's observed values (:func:`step_for_psnr`; the
+        whole cube's PSNR is then close to it). At most one may be given; default ``step = 0.5``.
     iters
         ADMM iterations of :func:`fusion_models.tdl.tdl_fit`.
     rdo_lambda
@@ -214,7 +236,10 @@ def compress_patches(
     -------
     Manifest
         ``stats`` holds ``bits_per_entry`` (everything but the coordinates), its parts, ``psnr_db``
-        and ``nrmse`` over all finite entries, and the same on the test split.
+        and ``nrmse`` over the observed entries (valid pixel-dates, every band finite; the module
+        docstring), their range ``peak_range`` (the PSNR's peak), ``distortion_entries``
+        (``"observed"``, or ``"finite"`` for a cube with no observed entry) and ``test``: the
+        same on the test split.
     """
     check_quantizer(step=step, bits=bits, psnr=psnr, rdo_lambda=rdo_lambda, iters=iters)
     patches, out = Path(patches), Path(out)
@@ -248,12 +273,24 @@ def compress_patches(
     sample = pds["data"].isel(patch=train_idx).values.astype(np.float32)
     train = tdl.fill_missing(sample, np.isfinite(sample))
     codec, res = tdl.fit_codec(train, ranks, iters=iters)
-    if psnr is not None:  # the manifest's peak: the range of every patch (one streamed pass)
-        lo, hi = dask.compute(pds["data"].min(skipna=True), pds["data"].max(skipna=True))  # one read
-        peak = float(hi) - float(lo)
+    if psnr is not None:  # the manifest's peak: the range of the observed values (one streamed pass)
+        seen = pds["valid"].astype(bool) & pds["data"].notnull().all("band")
+        obs = pds["data"].where(seen)
+        lo, hi, flo, fhi = (float(v) for v in dask.compute(  # one read: observed, then finite range
+            obs.min(skipna=True), obs.max(skipna=True), pds["data"].min(skipna=True), pds["data"].max(skipna=True)))
+        observed_any = bool(np.isfinite(lo))  # else (nothing observed) the finite entries are measured
+        peak = hi - lo if observed_any else fhi - flo
         cap = max(1, SEARCH_BYTES // per_patch)  # the search quantizes a bounded share of the sample
-        search = sample if len(sample) <= cap else sample[np.sort(np.random.default_rng(1).choice(len(sample), cap, replace=False))]
-        step, reached = step_for_psnr(codec, search, psnr, peak=peak, rdo_lambda=rdo_lambda, deadzone=deadzone)
+        pick = (np.arange(len(sample)) if len(sample) <= cap
+                else np.sort(np.random.default_rng(1).choice(len(sample), cap, replace=False)))
+        search = sample[pick]
+        search_seen = _observed(search, pds["valid"].isel(patch=train_idx[pick]).values.astype(bool))
+        if observed_any and not search_seen.any():
+            log.warning("compress: the training patches searched have no observed entry; the psnr step "
+                        "is searched on their finite entries")
+        step, reached = step_for_psnr(codec, search, psnr, peak=peak,
+                                      observed=search_seen if search_seen.any() else None,
+                                      rdo_lambda=rdo_lambda, deadzone=deadzone)
         log.info("compress: step %.4g reaches %.2f dB on the training patches (target %g dB)", step, reached, psnr)
     del sample
     if bits is not None:
@@ -268,8 +305,11 @@ def compress_patches(
 
     group = max(1, SEGMENT_BYTES // per_patch)
     test = split == "test"
-    acc = {"lo": np.inf, "hi": -np.inf, "entries": 0}
-    sums = {name: {"sse": 0.0, "energy": 0.0, "count": 0} for name in ("all", "test")}
+    entries = 0
+    # distortion over the observed entries; the same over the finite ones for a cube without any
+    ranges = {kind: [np.inf, -np.inf] for kind in ("observed", "finite")}
+    sums = {(kind, name): {"sse": 0.0, "energy": 0.0, "count": 0}
+            for kind in ("observed", "finite") for name in ("all", "test")}
     table: list[dict[str, Any]] = []
     nbytes = {"cores": 0, "finite_mask": 0, "valid_mask": 0}
     encode_s = 0.0
@@ -300,16 +340,18 @@ def compress_patches(
                     nbytes[name] += len(blob)
                 table.append(row)
                 decoded = tdl.dequantize_core(codec, q, step).reshape(data.shape)  # = decoding the stream
-                acc["entries"] += data.size
-                if finite.any():
-                    vals = data[finite]
-                    acc["lo"], acc["hi"] = min(acc["lo"], float(vals.min())), max(acc["hi"], float(vals.max()))
-                for name, keep in (("all", np.ones(len(data), bool)), ("test", test[sel])):
-                    m = finite & keep.reshape(-1, *([1] * (data.ndim - 1)))
-                    err = decoded[m].astype(np.float64) - data[m]
-                    sums[name]["sse"] += float(np.sum(err**2))
-                    sums[name]["energy"] += float(np.sum(data[m].astype(np.float64) ** 2))
-                    sums[name]["count"] += int(err.size)
+                entries += data.size
+                for kind, mask in (("observed", _observed(data, valid)), ("finite", finite)):
+                    if not mask.any():
+                        continue
+                    vals = data[mask]
+                    ranges[kind] = [min(ranges[kind][0], float(vals.min())), max(ranges[kind][1], float(vals.max()))]
+                    for name, keep in (("all", np.ones(len(data), bool)), ("test", test[sel])):
+                        m = mask & keep.reshape(-1, *([1] * (data.ndim - 1)))
+                        err = decoded[m].astype(np.float64) - data[m]
+                        sums[kind, name]["sse"] += float(np.sum(err**2))
+                        sums[kind, name]["energy"] += float(np.sum(data[m].astype(np.float64) ** 2))
+                        sums[kind, name]["count"] += int(err.size)
         (tmp / "segments.json").write_text(json.dumps(table))
         # static layers (land cover, ...) go along losslessly, cut as the data is, so the decoded
         # cube is a cube like its source; they are not entries of the 4D tensor, so not in the rate
@@ -318,14 +360,15 @@ def compress_patches(
                            compress_mask_coding=MASK_CODING)
         index.to_zarr(tmp / "index.zarr", mode="w", zarr_format=3, consolidated=True)
         static = {str(v): _tree_bytes(tmp / "index.zarr" / str(v)) for v in index.data_vars}  # bytes stored
-    entries = acc["entries"]
     parts = {"cores": 8 * nbytes["cores"], "codec": codec.side_bits(),
              "finite_mask": 8 * nbytes["finite_mask"], "valid_mask": 8 * nbytes["valid_mask"],
              "segments": 8 * len(json.dumps(table))}
-    peak = acc["hi"] - acc["lo"] if np.isfinite(acc["lo"]) else 1.0
+    kind = "observed" if sums["observed", "all"]["count"] else "finite"
+    lo, hi = ranges[kind]
+    peak = hi - lo if hi > lo else 1.0
 
     def scores(name: str) -> dict[str, float | None]:
-        t = sums[name]
+        t = sums[kind, name]
         if not t["count"]:  # e.g. a cube too small for a test split
             return {"psnr_db": None, "nrmse": None}
         mse = t["sse"] / t["count"]
@@ -341,6 +384,7 @@ def compress_patches(
             "bits_per_entry_parts": {k: v / entries for k, v in parts.items()},
             "peak_range": peak, **scores("all"),
             "test": scores("test"),
+            "distortion_entries": kind,
             "tdl_iterations": res.iterations,
             "training_patches": len(train_idx),
             "encode_mb_s": entries * 4 / 1e6 / max(encode_s, 1e-9),
@@ -578,7 +622,7 @@ def compress_cube(
     os.replace(part, out_dir / "decoded_quality.json")
     compress_png(cube, decoded, out_dir / "compress.png",
                  title=f"{Path(cube).name}: TDL at {s['bits_per_entry']:.3f} bits per entry, "
-                       f"PSNR {s['psnr_db']:.2f} dB (peak = data range)")
+                       f"PSNR {s['psnr_db']:.2f} dB on observed pixels (peak = their range)")
     return manifest
 
 
@@ -630,7 +674,9 @@ def _cmd(args: argparse.Namespace) -> int:
     s = manifest.stats
     test = s["test"]["psnr_db"]
     print("\n".join(describe(Path(args.out) / "compressed")))  # noqa: T201 - CLI output
-    print("  PSNR above: over the patches' finite values (cloudy ones included); "  # noqa: T201
+    print("  PSNR above: over the patches' " + ("observed values (valid pixels, every band finite; "  # noqa: T201
+          "peak = their range)" if s.get("distortion_entries", "observed") == "observed"
+          else "finite values (no pixel of the cube is observed)") + "; "
           + ("no test patches (the cube is too small for a held-out split)" if test is None
              else f"test patches (not trained on): {test:.2f} dB") + f"; encoded at {s['encode_mb_s']:.1f} MB/s")
     seen = decoded_quality(args.out)
@@ -650,7 +696,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, default=None, help="quantizer step in data std units (default 0.5)")
     p.add_argument("--psnr", type=float, default=None, metavar="DB",
                    help="target quality instead of a step: the coarsest step reaching this PSNR over the "
-                        "patches' finite values, cloudy ones included (peak = data range)")
+                        "observed pixels (valid, every band finite; peak = their range), as the decoded "
+                        "cube's observed-pixel PSNR measures it")
     p.add_argument("--ranks", type=int, nargs="+", default=None, help="R_time R_band R_py R_px")
     p.add_argument("--patch", type=int, default=32, help="patch side in pixels (default 32)")
     p.add_argument("--iters", type=int, default=10, help="ADMM iterations (default 10)")

@@ -41,6 +41,31 @@ def test_bases_are_orthonormal_and_objective_decreases() -> None:
     assert np.all(np.diff(obj[1:]) <= 1e-9 * obj[0])  # monotone after the first step
 
 
+@pytest.mark.parametrize("ranks", [(2, 2, 3, 3), SHAPE])
+def test_rank_deficient_training_tensor_is_fitted_not_refused(ranks: tuple[int, ...]) -> None:
+    """Identical dates and bands that are one band plus a constant (mode ranks 1 and 2 below the
+    requested ones; full ranks as the stage's default asks): C C^T is singular, the fit must still
+    give orthonormal bases that reproduce the (exactly low rank) tensor; so must a constant one."""
+    g = torch.Generator().manual_seed(7)
+    ones = torch.ones(8, 1, dtype=torch.float64)
+    p, q = (torch.linalg.qr(torch.cat([ones, torch.randn(8, 2, generator=g, dtype=torch.float64)], 1))[0]
+            for _ in range(2))  # spatial subspaces of rank 3 holding the constants
+    field = p @ torch.randn(24, 3, 3, generator=g, dtype=torch.float64) @ q.T  # (S, 8, 8), one band
+    offsets = torch.tensor([0.0, 3.0, -2.0], dtype=torch.float64)[:, None, None]
+    x = field[:, None, None] + offsets  # (S, 1, 3, 8, 8): band b_i = b_1 + c_i
+    x = x.expand(24, SHAPE[0], 3, 8, 8).contiguous()  # the same field at every date
+    for data in (x, torch.full_like(x, 0.25)):
+        res = tdl.tdl_fit(data, ranks, iters=4)
+        for b, r in zip(res.bases, ranks, strict=True):
+            assert b.shape[1] == r and torch.isfinite(b).all()
+            assert torch.allclose(b.T @ b, torch.eye(r, dtype=b.dtype), atol=1e-10)
+        rec = tdl.reconstruct(tdl.project(data, res.bases), res.bases)
+        assert float(torch.linalg.norm(rec - data) / torch.linalg.norm(data)) < 1e-9
+    codec, _ = tdl.fit_codec(x.numpy().astype(np.float32), ranks, iters=2)  # the stage's path
+    out = tdl.decode(codec, tdl.encode(codec, x.numpy().astype(np.float32), 0.01), len(x))
+    assert np.abs(out - x.numpy()).max() < 0.05 * np.abs(x.numpy()).max()
+
+
 def test_hosvd_batch_is_exact_at_the_true_ranks() -> None:
     x, _ = _low_rank(s=5)
     core, factors = tdl.hosvd_batch(x, RANKS)

@@ -139,6 +139,35 @@ def test_a_psnr_target_picks_the_coarsest_step_that_reaches_it(cube: Path, tmp_p
                  "--step", "0.1"]) == 2
 
 
+def test_psnr_and_its_target_are_over_observed_pixels_only(cube: Path, tmp_path: Path) -> None:
+    """Pixels that are not observed (``valid`` False: cloud- or alpha-masked) keep their band
+    values and are coded, but do not count: one such pixel with an extreme value (a spike 300
+    times the observed range) must neither set the PSNR's peak nor be scored, so the reported
+    PSNR is the decoded cube's over its observed pixels and a ``psnr`` target is met there."""
+    ds = xr.open_zarr(cube).load()
+    data, valid = ds["data"].values.copy(), ds["valid"].values.copy()
+    data[2, 0, 20, 20] = 100.0  # an unobserved spike (the observed values lie in 0.15..0.5)
+    data[3, :, 24:30, 4:12] = 0.9  # a cloud: finite band values, not valid
+    valid[2, 20, 20] = valid[3, 24:30, 4:12] = False
+    ds["data"].values[:], ds["valid"].values[:] = data, valid
+    path = tmp_path / "spiky.zarr"
+    ds.to_zarr(path, zarr_format=3, consolidated=True, mode="w")
+    seen = np.broadcast_to(valid[:, None] & np.isfinite(data).all(axis=1, keepdims=True), data.shape)
+    observed_range = float(data[seen].max() - data[seen].min())
+
+    fixed = compress_cube(path, tmp_path / "fixed", patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=2).stats
+    assert fixed["peak_range"] == pytest.approx(observed_range, rel=1e-6)
+    assert fixed["distortion_entries"] == "observed"
+    # the patches tile the cube: the stage's figure is the decoded cube's over its observed pixels
+    assert fixed["psnr_db"] == pytest.approx(decoded_quality(tmp_path / "fixed")["psnr_db"], abs=0.01)
+    assert fixed["nrmse"] == pytest.approx(decoded_quality(tmp_path / "fixed")["nrmse"], rel=1e-4)
+    for target in (30.0, 40.0):
+        m = compress_cube(path, tmp_path / f"at{target:g}", patch=8, psnr=target, iters=2)
+        assert m.stats["peak_range"] == pytest.approx(observed_range, rel=1e-6)
+        got = decoded_quality(tmp_path / f"at{target:g}")["psnr_db"]
+        assert target - 1.0 < got < target + 1.5 and abs(m.stats["psnr_db"] - got) < 0.01
+
+
 def test_decompress_cli_decodes_a_shipped_store_and_refuses_a_damaged_one(cube: Path, tmp_path: Path, capsys) -> None:
     """Only ``compressed/`` travels: ``fusioncube stage decompress`` gives the cube back; a cut or
     altered stream is named, not decoded into garbage."""
