@@ -7,7 +7,12 @@ layer when it follows another legend (:func:`label_scheme`: ESA WorldCover, a us
 is fully convolutional, so a pixel's class is decided from its 5 x 5 pixel neighbourhood over all
 dates and bands. The map is predicted window by window straight from the cube, each window with a
 halo of that radius (:func:`map_strips`): it equals one pass over the whole cube, without seams
-where windows meet, and covers every pixel.
+where windows meet, and covers every pixel the cube observed on at least one date (valid with every
+band finite: :func:`tasks.cube.observed_anywhere`, as gap filling decides what it never saw). A
+pixel never observed (e.g. the empty edges left by warping a scene onto the grid) gets no class: the map's fill (:attr:`LabelScheme.fill`) and NaN confidence, in ``classes.zarr``
+and the COG, and is left out of the class counts and the test scores. Labels on such pixels still
+reach training as before (they come from the label layer through the patch store; the network sees
+their neighbourhood).
 
 Training (no ``model``): labels are the cube's static label layer (``landcover(y, x)`` NLCD codes,
 other names with ``label=``), cut into ``<out>.patches.zarr`` by the patch stage with its
@@ -23,7 +28,8 @@ Inputs: NaN or not-``valid`` pixel-dates are set to 0 after per-band standardisa
 observed mask is an extra input feature (see ``PixelClassifier``).
 
 Outputs: ``classes.zarr`` (``classes(y, x)`` uint8 class codes with ``flag_values`` /
-``flag_meanings``, ``confidence(y, x)`` the winning class probability, the cube's grid), its
+``flag_meanings``, the fill where never observed; ``confidence(y, x)`` the winning class
+probability, NaN where never observed; the cube's grid), its
 manifest (key, test scores, training history), ``classes.tif`` (Cloud-Optimized GeoTIFF with the
 NLCD colour table or the layer's colours), the weights ``classes.zarr.cnn4d.pt`` (a ``torch.save`` dict with the state
 dict, loaded with ``weights_only=True``), and a confusion-matrix PNG.
@@ -70,7 +76,14 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
-from tasks.cube import cube_crs, cube_transform, open_cube, unobserved_reason, zarr_array
+from tasks.cube import (
+    cube_crs,
+    cube_transform,
+    observed_anywhere,
+    open_cube,
+    unobserved_reason,
+    zarr_array,
+)
 from tasks.labels import check_byte_codes, raster_labels
 from tasks.patch import make_patches, patch_split
 from tasks.quicklook import class_names, colour_table
@@ -136,7 +149,7 @@ class LabelScheme:
 
     @property
     def fill(self) -> int:
-        """The code of pixels no patch covers: 0, or 255 when 0 is a class."""
+        """The code of pixels without a class (never observed): 0, or 255 when 0 is a class."""
         return 255 if 0 in self.classes else 0
 
 
@@ -615,6 +628,9 @@ def classify_cube(
 
     # every pixel, a strip of rows at a time, each window with its halo (map_strips): the map is
     # one forward pass over the whole cube. Test scores: the map over the test patches.
+    # seen: (y, x) observed on at least one date (streamed over the cube's chunks, the map gap
+    # filling leaves its never-observed pixels NaN by); pixels never observed get no class
+    seen = observed_anywhere(ds)
     k = len(scheme.classes)
     lut = np.asarray(scheme.classes, dtype=np.uint8)
     fill = scheme.fill
@@ -628,8 +644,8 @@ def classify_cube(
                 "flag_meanings": " ".join(scheme.names[c].replace(" ", "_") for c in scheme.classes),
                 "flag_colors": ["#{:02x}{:02x}{:02x}".format(*scheme.colours[c][:3]) for c in scheme.classes],
                 "nodata": fill, **gm}),
-            "confidence": (("y", "x"), dask_array.zeros((height, width_px), dtype=np.float32, chunks=chunks),
-                           {"long_name": "probability of the class", **gm}),
+            "confidence": (("y", "x"), dask_array.full((height, width_px), np.nan, dtype=np.float32, chunks=chunks),
+                           {"long_name": "probability of the class (NaN: never observed)", **gm}),
         },
         coords=coords,
         attrs={"title": f"classes of {cube.name}", "classify_key": key, "model": str(wpath)},
@@ -657,16 +673,18 @@ def classify_cube(
         for top, proba in strips:
             rows = slice(top, top + proba.shape[1])
             best = proba.argmax(axis=0)
-            part = lut[best]
+            mapped = seen[rows]  # never observed: the fill and NaN confidence, counted nowhere
+            part = np.where(mapped, lut[best], np.uint8(fill))
             zarr_array(group, "classes")[rows] = part
-            zarr_array(group, "confidence")[rows] = proba.max(axis=0)
+            zarr_array(group, "confidence")[rows] = np.where(mapped, proba.max(axis=0), np.float32(np.nan))
             codes[rows] = part
-            class_pixels += np.bincount(best.ravel(), minlength=k)
-            if to_index is not None and test_area[rows].any():
+            class_pixels += np.bincount(best[mapped], minlength=k)
+            scored = test_area[rows] & mapped
+            if to_index is not None and scored.any():
                 lab = np.asarray(layer.isel(y=rows).values)
                 lab = np.nan_to_num(lab, nan=255) if np.issubdtype(lab.dtype, np.floating) else lab
                 idx = to_index[np.clip(lab.astype(np.int64), 0, 255)]
-                confusion += confusion_matrix(idx[test_area[rows]], best[test_area[rows]], k)
+                confusion += confusion_matrix(idx[scored], best[scored], k)
         infer_seconds = _time.perf_counter() - t0
     result = scores_from_confusion(confusion) if has_label and confusion.sum() else None
     from tasks.quicklook import write_class_cog
@@ -685,7 +703,7 @@ def classify_cube(
         outputs={"path": str(out), "cube": str(cube), "cog": str(cog), "model": str(wpath),
                  "patches": str(patches) if model is None else None,
                  "confusion_png": str(png) if png else None,
-                 "classes_found": found_classes, "trained": model is None},
+                 "classes_found": found_classes, "mapped_pixels": int(seen.sum()), "trained": model is None},
         stats={
             "test": None if result is None else {
                 "accuracy": round(result["accuracy"], 4), "macro_f1": round(result["macro_f1"], 4),

@@ -443,6 +443,13 @@ def band_stats(data: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.n
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def observed_anywhere(ds: xr.Dataset) -> np.ndarray:
+    """The ``(y, x)`` map of pixels observed on at least one date (valid, every band finite), in
+    one pass of dask reductions over the cube's chunks."""
+    observed = ds["valid"].astype(bool) & ds["data"].notnull().all("band")
+    return np.asarray(observed.any("time").values, dtype=bool)
+
+
 def streamed_band_stats(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`band_stats` of a (lazy) cube in one pass of dask reductions over its chunks, and the
     ``(y, x)`` map of pixels observed on at least one date."""

@@ -2,7 +2,10 @@
 
 A UNet with a low-rank Tucker (LRTD) layer (``fusion_models.unet_lrtd``) is trained on the cube
 itself, with cross-entropy on the labelled pixels only plus ``lambda/2 ||S - Shat||_F^2`` on every
-pixel, and then predicts every pixel. Labels come from
+pixel, and then predicts every pixel the cube observed on at least one date (valid with every band
+finite; the ``seen`` map of :func:`tasks.cube.streamed_band_stats`, as gap filling decides what it
+never saw): a pixel never observed (e.g. the empty edges left by warping a scene onto the grid) gets
+no class (``NO_CLASS``) and NaN confidence, even where a label falls on it. Labels come from
 
 - a label layer of the cube (e.g. ``landcover``, the 30 m NLCD nearest-resampled to the 3 m grid:
   the "coarse labels" setting; every pixel with a known class is a label), or
@@ -16,7 +19,8 @@ values (valid and finite); pixels not observed become 0 and the per-date valid m
 channel (``fusion_models.unet_lrtd.stack_time``). The dates are stacked as channels.
 
 ``labels.zarr`` holds ``class(y, x)`` uint8 NLCD codes with ``flag_values``/``flag_meanings``
-(255 = no class), ``confidence(y, x)`` float32 (the winning class probability), the cube's
+(255 = no class: pixels never observed), ``confidence(y, x)`` float32 (the winning class
+probability, NaN where there is no class), the cube's
 coordinates and ``spatial_ref``. Beside it: ``labels.zarr.tif`` (a Cloud-Optimized GeoTIFF with
 the NLCD colour table), ``labels.zarr.unet.pt`` (the state dict; :func:`load_model` reads it with
 ``weights_only=True``) and the manifest.
@@ -110,7 +114,7 @@ log = logging.getLogger(__name__)
 STAGE = "labels"
 CODE_MODULES = ("tasks.labels", "fusion_models.unet_lrtd", "fusion_models.unet_lrtd_training", "fusion_models.patching",
                 "tasks.cube")
-NO_CLASS = 255  # class(y, x) where there is no prediction / label raster nodata
+NO_CLASS = 255  # class(y, x) where there is no prediction (pixels never observed) / label raster nodata
 CODES: tuple[int, ...] = tuple(NLCD_CLASSES)
 TRAIN_PATCHES = 512  # patches held in memory for training (labelled ones first)
 BLOCK_BYTES = 64 * 2**20  # input rows read at once to predict
@@ -335,10 +339,14 @@ def points_to_raster(points: pd.DataFrame, transform: Any, shape: tuple[int, int
 
 def class_table(pred: np.ndarray, confidence: np.ndarray, labels: np.ndarray,
                 names: dict[int, str]) -> list[dict[str, Any]]:
-    """Per class: share of the map, mean confidence, labelled pixels and how many the map keeps."""
+    """Per class: share of the map, mean confidence, labelled pixels and how many the map keeps,
+    over the mapped pixels only (``pred != NO_CLASS``: a label on a pixel the map leaves without a
+    class, one never observed, is not counted)."""
     rows = []
-    total = max(int((pred != NO_CLASS).sum()), 1)
-    for code in sorted(set(np.unique(pred).tolist()) | set(np.unique(labels).tolist()) - {NO_CLASS}):
+    mapped = pred != NO_CLASS
+    labels = np.where(mapped, labels, NO_CLASS)
+    total = max(int(mapped.sum()), 1)
+    for code in sorted((set(np.unique(pred).tolist()) | set(np.unique(labels).tolist())) - {NO_CLASS}):
         mine = pred == code
         lab = labels == code
         rows.append({
@@ -588,13 +596,24 @@ def recover_labels(
     started = _time.perf_counter()
     ds = open_cube(cube)
     codes, layer_attrs, source = _label_raster(ds, labels)
-    classes = tuple(int(c) for c in np.unique(codes) if c != NO_CLASS)
-    if len(classes) < 2:
-        raise ValueError(f"{labels}: the labels hold {len(classes)} class(es) {classes}; at least 2 are needed")
     n_time, n_band, height, width_px = (ds.sizes["time"], ds.sizes["band"], ds.sizes["y"], ds.sizes["x"])
-    mean, std, seen = streamed_band_stats(ds)  # streamed over the cube's chunks
+    # seen: (y, x) observed on at least one date (valid, every band finite), the map gap filling
+    # leaves its never-observed pixels NaN by; streamed over the cube's chunks
+    mean, std, seen = streamed_band_stats(ds)
     if not seen.any():
         raise ValueError(f"{cube}: no observed pixel, nothing to learn from: {unobserved_reason(ds['data'], ds['valid'])}")
+    # labels on pixels never observed are dropped, from training too: the network's input there is
+    # nothing but "not observed", so they would teach it a class for missing data; those pixels get
+    # no class in the map either way
+    unobserved_labels = int(((codes != NO_CLASS) & ~seen).sum())
+    if unobserved_labels:
+        log.warning("labels: %d labelled pixel(s) fall on pixels the cube never observed; not used",
+                    unobserved_labels)
+        codes = np.where(seen, codes, NO_CLASS).astype(np.uint8)
+    classes = tuple(int(c) for c in np.unique(codes) if c != NO_CLASS)
+    if len(classes) < 2:
+        where = f" on pixels the cube observed ({unobserved_labels} fall on pixels never observed)" if unobserved_labels else ""
+        raise ValueError(f"{labels}: the labels hold {len(classes)} class(es) {classes}{where}; at least 2 are needed")
     size = patch_size_for(height, width_px, patch, multiple=2**depth)
     idx = codes_to_index(codes, classes).astype(np.int16)  # (H, W), -1 unlabelled
     k = len(classes)
@@ -637,8 +656,9 @@ def recover_labels(
             c0, c1 = max(0, a - m), min(height, b + m)
             share = local_class_share(idx[c0:c1].astype(np.int64), k, window=prior_window)[:, a - c0:b - c0]
             prob = fuse_prior(prob, share, power=prior_power, axis=0)
-        pred[a:b] = np.asarray(classes, dtype=np.uint8)[prob.argmax(0)]
-        confidence[a:b] = prob.max(0)
+        never = ~seen[a:b]  # never observed: no class, whatever the network or a label says
+        pred[a:b] = np.where(never, NO_CLASS, np.asarray(classes, dtype=np.uint8)[prob.argmax(0)])
+        confidence[a:b] = np.where(never, np.nan, prob.max(0))
 
     names = class_names(classes, layer_attrs)
     colours = colour_table(classes, layer_attrs)
@@ -676,6 +696,8 @@ def recover_labels(
             "path": str(out), "cube": str(cube), "cog": str(cog_path(out)), "weights": str(wpath),
             "labels": source, "classes": list(classes), "ranks": list(ranks),
             "sample_shape": [n_time, n_band, size, size], "labelled_pixels": int(labelled.sum()),
+            "labels_unobserved": unobserved_labels,
+            "mapped_pixels": int(seen.sum()),
             "training_patches": len(train_origins),
             "labels_kept": float((pred[labelled] == codes[labelled]).mean()),
         },

@@ -373,3 +373,41 @@ def test_cli_reports_the_label_map_in_words(recovered, monkeypatch, capsys) -> N
     text = capsys.readouterr().out
     assert f"{out}: a class map (stage labels)" in text and "confidence: mean" in text
     assert f"trained on {manifest.outputs['labelled_pixels']} labelled pixels" in text
+
+
+def test_pixels_never_observed_get_no_class(tmp_path) -> None:
+    """Pixels no date observes (every date not ``valid``, or every band NaN on every date: the
+    empty edges a warped MODIS grid leaves) hold ``NO_CLASS`` and NaN confidence, in the store and
+    the COG, also where a label falls on them (such labels are dropped, from training too); the
+    rest is mapped. Before, they were given a class and the CLI said "mapped over 100.0%"."""
+    from tasks.info import describe
+
+    make_cube(tmp_path / "cube.zarr", seed=3)
+    ds = xr.open_zarr(tmp_path / "cube.zarr").load()
+    ds["valid"][:, 0:8, 24:32] = False  # never valid
+    ds["data"][:, :, 24:32, 0:8] = np.nan  # valid, but no band ever finite
+    layer = ds["landcover"].values.copy()
+    layer[2, 26] = layer[26, 2] = 41  # labels on pixels never observed
+    ds["landcover"] = ds["landcover"].copy(data=layer)
+    cube = tmp_path / "holes.zarr"
+    ds.to_zarr(cube, zarr_format=3, consolidated=True, mode="w")
+    never = np.zeros((H, W), bool)
+    never[0:8, 24:32] = never[24:32, 0:8] = True
+    out = tmp_path / "labels.zarr"
+    manifest = recover_labels(cube, "landcover", out, **{**FAST, "epochs": 3})
+    res = xr.open_zarr(out, consolidated=None)
+    pred, conf = res["class"].values, res["confidence"].values
+    assert res["class"].attrs["nodata"] == NO_CLASS
+    assert (pred[never] == NO_CLASS).all() and np.isnan(conf[never]).all()
+    assert set(np.unique(pred[~never])) <= set(CODES) and np.isfinite(conf[~never]).all()
+    with rasterio.open(cog_path(out)) as src:
+        assert src.nodata == NO_CLASS
+        np.testing.assert_array_equal(src.read(1), pred)
+    labelled = layer != 250
+    o = manifest.outputs
+    assert o["labels_unobserved"] == int((labelled & never).sum()) >= 2
+    assert o["labelled_pixels"] == int((labelled & ~never).sum()) and o["mapped_pixels"] == int((~never).sum())
+    rows = class_table(pred, conf, np.where(labelled, layer, NO_CLASS), {c: str(c) for c in CODES})  # the task's table
+    assert sum(r["pixels"] for r in rows) == int((~never).sum())
+    assert sum(r["labelled_pixels"] for r in rows) == int((labelled & ~never).sum())
+    assert any(f"mapped over {(~never).mean():.1%} of the pixels (fill 255)" in line for line in describe(out))
