@@ -299,10 +299,18 @@ def check_cube_grid(path: Path, grid: GridSpec) -> None:
         )
 
 
-def scenes_within(plan: ScenePlan, grid: Grid) -> ScenePlan:
+#: the share of a scene's footprint outside a grid the scenes fixed above which ingest warns
+CUT_WARN_SHARE = 0.05
+
+
+def scenes_within(plan: ScenePlan, grid: Grid, *, grid_from_scenes: bool = False) -> ScenePlan:
     """``plan`` less the new scenes whose footprint misses the grid (a tile beside the cube's area
     of interest): skipped, with the reason, not quarantined; dates left with no scene are dropped.
-    A scene whose footprint cannot be read is kept: reading it quarantines it, naming why."""
+    A scene whose footprint cannot be read is kept: reading it quarantines it, naming why.
+
+    ``grid_from_scenes``: the grid is the union of the first ingest's scenes (no bounds given), so a
+    later scene reaching beyond it (a neighbouring tile) loses that part unasked: it is warned
+    about, with the share cut and how to keep it."""
     box = grid.bounds
     new: list[list[SceneRef]] = []
     skipped = list(plan.skipped)
@@ -312,6 +320,15 @@ def scenes_within(plan: ScenePlan, grid: Grid) -> ScenePlan:
             b = _scene_bounds(ref, grid.crs, quiet=True)
             if b is None or (b[0] < box[2] and b[2] > box[0] and b[1] < box[3] and b[3] > box[1]):
                 inside.append(ref)
+                area = (b[2] - b[0]) * (b[3] - b[1]) if b is not None else 0.0
+                if grid_from_scenes and b is not None and area > 0:
+                    kept = (min(b[2], box[2]) - max(b[0], box[0])) * (min(b[3], box[3]) - max(b[1], box[1]))
+                    if 1 - kept / area > CUT_WARN_SHARE:
+                        log.warning(
+                            "%s: %.0f%% of its footprint lies outside the cube's grid, which the scenes of its "
+                            "first ingest fixed; that part is left out. To keep it, ingest into a new cube "
+                            "with --bounds or --aoi (the catalog's grid.bounds) covering every scene",
+                            ref.path, 100 * (1 - kept / area))
             else:
                 skipped.append({"scene": ref.id, "date": _as_date(ref.date), "reason": "outside the cube's bounds"})
         if inside:
@@ -867,8 +884,9 @@ def plan_parts(
         check_cube_bands(path, [b.name for b in catalog.source(spec.sources[0]).bands])
     if grid is None and scene_plan.new:
         grid = cube_grid(spec, [r for g in scene_plan.new for r in g], name=cube)
-    if grid is not None and (manifest is not None or (spec.grid is not None and spec.grid.bounds is not None)):
-        scene_plan = scenes_within(scene_plan, grid)
+    given = spec.grid is not None and spec.grid.bounds is not None
+    if grid is not None and (manifest is not None or given):
+        scene_plan = scenes_within(scene_plan, grid, grid_from_scenes=not given)
     in_cube = set(manifest.outputs.get("dates", [])) if manifest is not None else set()
     late = [g for g in scene_plan.new if _day(g) in in_cube]
     fresh = [g for g in scene_plan.new if _day(g) not in in_cube]

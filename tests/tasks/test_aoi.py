@@ -13,6 +13,7 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 
 from flows.cli import main
+from tasks import ingest
 from tasks.aoi import aoi_bounds, bounds_in_crs
 
 # two 30 m tiles side by side, 40 x 40 px each: west at x 600000-601200, east at 601200-602400
@@ -219,3 +220,26 @@ def _parser_with(build, command: str, func):
                 action.choices[command].set_defaults(func=func)
         return parser
     return patched
+
+
+def test_a_later_scene_beyond_a_grid_the_scenes_fixed_is_cut_with_a_warning(tmp_path: Path, monkeypatch) -> None:
+    """The first run's scenes fix the grid; a later tile reaching beyond it loses that part, and says
+    so with the share. With the area given (--bounds) the cut is what was asked: no warning."""
+    src = tmp_path / "src"
+    _tile(src / "T33UUP_20230601_west.tif", WEST, 100)
+    for args in ([], ["--bounds", "600000", "4998800", "601200", "5000000"]):
+        out = tmp_path / f"c{len(args)}.zarr"
+        (src / "T33UVP_20230611_shifted.tif").unlink(missing_ok=True)
+        assert main(["ingest", str(src), "--out", str(out), *args]) == 0
+        _tile(src / "T33UVP_20230611_shifted.tif", WEST + 600, 200)  # half of it east of the grid
+        logged: list[str] = []  # the log call itself: the test session's logging setup varies
+        monkeypatch.setattr(ingest.log, "warning", lambda msg, *a: logged.append(msg % a))
+        assert main(["ingest", str(src), "--out", str(out), *args]) == 0  # the same command again
+        monkeypatch.undo()
+        warned = [m for m in logged if "outside the cube's grid" in m]
+        if args:
+            assert not warned
+        else:
+            assert len(warned) == 1 and "T33UVP_20230611_shifted.tif: 50% of its footprint" in warned[0]
+        ds = xr.open_zarr(out)
+        assert ds.sizes["x"] == 40 and ds.sizes["time"] == 2
