@@ -233,7 +233,7 @@ def test_a_later_scene_beyond_a_grid_the_scenes_fixed_is_cut_with_a_warning(tmp_
         assert main(["ingest", str(src), "--out", str(out), *args]) == 0
         _tile(src / "T33UVP_20230611_shifted.tif", WEST + 600, 200)  # half of it east of the grid
         logged: list[str] = []  # the log call itself: the test session's logging setup varies
-        monkeypatch.setattr(ingest.log, "warning", lambda msg, *a: logged.append(msg % a))
+        monkeypatch.setattr(ingest.log, "warning", lambda msg, *a, into=logged: into.append(msg % a))
         assert main(["ingest", str(src), "--out", str(out), *args]) == 0  # the same command again
         monkeypatch.undo()
         warned = [m for m in logged if "outside the cube's grid" in m]
