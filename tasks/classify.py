@@ -732,7 +732,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from tasks.info import describe
 
     manifest = classify_cube(args.cube, args.out, model=args.model, label=args.label, epochs=args.epochs,
-                             seed=args.seed, device=args.device, overwrite=args.overwrite, progress=True)
+                             patch=args.patch, seed=args.seed, device=args.device, overwrite=args.overwrite,
+                             progress=True)
     test = manifest.stats.get("test") or {}
     sys.stdout.write("\n".join([*describe(args.out), f"  map: {manifest.outputs['cog']}; model: {manifest.outputs['model']}"]) + "\n")
     if test:
@@ -754,6 +755,9 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
                    help="the cube's label layer (default landcover), or a class raster file in any CRS "
                         "(warped onto the cube's grid by majority)")
     p.add_argument("--epochs", type=int, default=15, help="training passes (default 15)")
+    p.add_argument("--patch", type=int, default=32,
+                   help="training patch side in pixels (default 32; smaller on a small cube gives it validation "
+                        "and test blocks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_classify)

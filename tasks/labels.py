@@ -413,6 +413,9 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
         return raster_labels(ds, path)
     if not path.exists():
         layers = [v for v in ds.data_vars if tuple(ds[v].dims) == ("y", "x")]
+        if path.suffix or len(path.parts) > 1:  # a file's name: the file is missing
+            raise FileNotFoundError(f"{name}: no such labels file (labels are a file of points or a class "
+                                    f"raster, or a (y, x) layer of the cube: {layers})")
         raise ValueError(
             f"labels must be a (y, x) layer of the cube (layers here: {layers}) or a file of labelled "
             f"points (.csv x, y, class or .geojson); got {name!r}, which is neither"

@@ -386,7 +386,8 @@ def make_patches(
             block * size,
             f"overlapping patches (stride {stride} < size {size}) next to another split's block are set "
             "aside as buffer: use --stride equal to --size, or a larger cube"
-            if stride < size else "the cube is too small for this split (use a smaller patch size)",
+            if stride < size else "the cube is too small for this split (a smaller patch size, --patch or --size, "
+            "gives more blocks)",
         )
     manifest = Manifest(
         stage=STAGE,

@@ -300,8 +300,11 @@ def test_cli_reports_the_class_map_in_words(trained, monkeypatch, capsys) -> Non
     from flows.cli import main
 
     cube, out, _, manifest = trained
-    monkeypatch.setattr("tasks.classify.classify_cube", lambda *a, **k: manifest)  # the fixture's run
-    assert main(["stage", "classify", "--cube", str(cube), "--out", str(out)]) == 0
+    given: dict[str, object] = {}
+    monkeypatch.setattr("tasks.classify.classify_cube",
+                        lambda *a, **k: given.update(k) or manifest)  # the fixture's run
+    assert main(["stage", "classify", "--cube", str(cube), "--out", str(out), "--patch", "16"]) == 0
+    assert given["patch"] == 16
     text = capsys.readouterr().out
     assert f"{out}: a class map (stage classify)" in text and "confidence: mean" in text
     assert f"map: {manifest.outputs['cog']}" in text

@@ -248,6 +248,8 @@ def test_bad_arguments_raise(tmp_path) -> None:
     make_cube(cube)
     with pytest.raises(ValueError, match="layer of the cube"):
         recover_labels(cube, "no-such-layer", tmp_path / "o.zarr", **FAST)
+    with pytest.raises(FileNotFoundError, match=r"points.csv: no such labels file .*\['landcover'\]"):
+        recover_labels(cube, str(tmp_path / "points.csv"), tmp_path / "o.zarr", **FAST)
     with pytest.raises(ValueError, match="variant"):
         recover_labels(cube, "landcover", tmp_path / "o.zarr", **{**FAST, "variant": "svd"})
     with pytest.raises(ValueError, match="epochs must be an integer"):
