@@ -469,6 +469,7 @@ def raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any
         if src.dtypes[0] not in ("uint8", "uint16", "int8", "int16", "int32", "uint32"):
             raise ValueError(f"{path}: a label raster holds integer class codes; got {src.dtypes[0]}")
         nodata = src.nodata
+        legend = _raster_legend(src)
         codes = np.full((ds.sizes["y"], ds.sizes["x"]), NO_CLASS if nodata is None else nodata, dtype=src.dtypes[0])
         reproject(rasterio.band(src, 1), codes, dst_transform=cube_transform(ds), dst_crs=cube_crs(ds),
                   dst_nodata=nodata, resampling=Resampling.mode)
@@ -480,8 +481,29 @@ def raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any
         raise ValueError(f"{path}: the label raster holds no class over the cube's area (does it cover "
                          f"the cube, in {cube_crs(ds)}?)")
     check_byte_codes(labelled.min(), labelled.max(), f"{path}: the label raster")
-    attrs = {"nodata": NO_CLASS}
+    attrs = {"nodata": NO_CLASS, **legend}
     return codes.astype(np.uint8), attrs, {"kind": "raster", "file": str(path), "labelled": int(labelled.size)}
+
+
+def _raster_legend(src: Any) -> dict[str, Any]:
+    """The legend a class raster carries as the ``CLASSES`` tag the stages' COGs write
+    (``"1=Forest; 2=Soy Corn"``, :func:`tasks.quicklook.write_class_cog`), as ``flag_values`` /
+    ``flag_meanings`` / ``flag_colors`` (from its colour table); ``{}`` without one."""
+    names: dict[int, str] = {}
+    for item in str(src.tags().get("CLASSES", "")).split(";"):
+        code, sep, name = item.strip().partition("=")
+        if sep and code.strip().isdigit() and name.strip():
+            names[int(code)] = name.strip()
+    if not names:
+        return {}
+    legend: dict[str, Any] = {"flag_values": sorted(names),
+                              "flag_meanings": " ".join(names[c].replace(" ", "_") for c in sorted(names))}
+    try:
+        table = src.colormap(1)
+        legend["flag_colors"] = ["#{:02x}{:02x}{:02x}".format(*table[c][:3]) for c in sorted(names)]
+    except ValueError:  # no colour table
+        pass
+    return legend
 
 
 def labels_key(cube: str | Path, labels: str | Path, params: dict[str, Any]) -> tuple[str, dict[str, str]]:

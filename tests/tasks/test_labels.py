@@ -25,6 +25,7 @@ from tasks.labels import (
     load_model,
     points_in_crs,
     points_to_raster,
+    raster_labels,
     read_points,
     recover_labels,
     weights_path,
@@ -195,6 +196,10 @@ def test_points_in_lon_lat_with_class_names(tmp_path) -> None:
     assert attrs["flag_values"] == [1, 2, 3] and attrs["flag_meanings"] == "Forest Pasture Soy_Corn"
     with rasterio.open(cog_path(out)) as src:
         assert src.colormap(1)[1][:3] != (128, 128, 128)  # a palette colour, not the unknown grey
+    # the map's COG given back as labels (to classify, or labels) keeps its names and colours
+    _, legend, _ = raster_labels(xr.open_zarr(cube), cog_path(out))
+    assert legend["flag_values"] == [1, 2, 3] and legend["flag_meanings"] == "Forest Pasture Soy_Corn"
+    assert legend["flag_colors"] == attrs["flag_colors"]
     # names that are all NLCD class names become NLCD codes (the NLCD legend and colours follow)
     pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [1.0, 2.0, 3.0],
                   "class": ["Deciduous Forest", "cultivated_crops", "Barren Land"]}).to_csv(tmp_path / "nlcd.csv")
