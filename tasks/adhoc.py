@@ -734,7 +734,7 @@ def build_adhoc_catalog(
     for name, layer in (layers or {}).items():
         raw["sources"][f"layer_{name}"] = _layer_source(name, layer)
     path = out.with_name(out.name + ".catalog.yaml")
-    _keep_pipeline_settings(raw, path)
+    _keep_pipeline_settings(raw, path, keep_grid=out.with_name(out.name + ".manifest.json").exists())
     if classes:
         log.warning("%s: a class map (its band has a colour table): its codes are warped by majority, never "
                     "interpolated; to add it to another cube as a label layer use --layer NAME=FILE",
@@ -758,10 +758,12 @@ PIPELINE_CUBE_KEYS = ("stages", "params", "schedule")
 PIPELINE_KEYS = ("stages", "orchestration")
 
 
-def _keep_pipeline_settings(raw: dict[str, Any], path: Path) -> None:
+def _keep_pipeline_settings(raw: dict[str, Any], path: Path, *, keep_grid: bool = False) -> None:
     """Carry the pipeline settings of the catalog already at ``path`` (the cube's stages and own
     parameters, the shared stage parameters, orchestration) into ``raw``: the rest of that catalog
-    is rebuilt from the command line at every ingest, these are the user's."""
+    is rebuilt from the command line at every ingest, these are the user's. ``keep_grid``: also its
+    grid where ``raw`` has none (an append without the grid options: the cube keeps its grid, and
+    the catalog keeps saying it was given)."""
     if not path.exists():
         return
     try:
@@ -777,6 +779,8 @@ def _keep_pipeline_settings(raw: dict[str, Any], path: Path) -> None:
     old_cube = next(iter(cubes.values()), None) if isinstance(cubes, dict) and len(cubes) == 1 else None
     if isinstance(old_cube, dict):
         raw["cubes"][cube].update({k: old_cube[k] for k in PIPELINE_CUBE_KEYS if k in old_cube})
+        if keep_grid and raw["cubes"][cube].get("grid") is None and old_cube.get("grid"):
+            raw["cubes"][cube]["grid"] = old_cube["grid"]
     raw.update({k: old[k] for k in PIPELINE_KEYS if k in old})
 
 

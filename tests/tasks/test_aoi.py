@@ -224,7 +224,8 @@ def _parser_with(build, command: str, func):
 
 def test_a_later_scene_beyond_a_grid_the_scenes_fixed_is_cut_with_a_warning(tmp_path: Path, monkeypatch) -> None:
     """The first run's scenes fix the grid; a later tile reaching beyond it loses that part, and says
-    so with the share. With the area given (--bounds) the cut is what was asked: no warning."""
+    so with the share. With the area given (--bounds, kept by the catalog beside the cube when the
+    next ingest leaves it out) the cut is what was asked: no warning."""
     src = tmp_path / "src"
     _tile(src / "T33UUP_20230601_west.tif", WEST, 100)
     for args in ([], ["--bounds", "600000", "4998800", "601200", "5000000"]):
@@ -234,7 +235,7 @@ def test_a_later_scene_beyond_a_grid_the_scenes_fixed_is_cut_with_a_warning(tmp_
         _tile(src / "T33UVP_20230611_shifted.tif", WEST + 600, 200)  # half of it east of the grid
         logged: list[str] = []  # the log call itself: the test session's logging setup varies
         monkeypatch.setattr(ingest.log, "warning", lambda msg, *a, into=logged: into.append(msg % a))
-        assert main(["ingest", str(src), "--out", str(out), *args]) == 0  # the same command again
+        assert main(["ingest", str(src), "--out", str(out)]) == 0  # the catalog beside it keeps --bounds
         monkeypatch.undo()
         warned = [m for m in logged if "outside the cube's grid" in m]
         if args:
@@ -243,3 +244,4 @@ def test_a_later_scene_beyond_a_grid_the_scenes_fixed_is_cut_with_a_warning(tmp_
             assert len(warned) == 1 and "T33UVP_20230611_shifted.tif: 50% of its footprint" in warned[0]
         ds = xr.open_zarr(out)
         assert ds.sizes["x"] == 40 and ds.sizes["time"] == 2
+        assert ("bounds:" in out.with_name(out.name + ".catalog.yaml").read_text()) == bool(args)
