@@ -232,20 +232,23 @@ def cube_grid(spec: CubeSpec, refs: Sequence[SceneRef], *, name: str) -> Grid:
 
 #: the most pixels a cube's grid may have: ingest holds a date's (band, y, x) slice in memory
 MAX_GRID_PIXELS = 2**30
+#: a grid whose pixel is this many times the area's width or height is refused as a units mistake
+AREA_PIXELS = 4
 
 
 def _sane_grid(grid: Grid, area: tuple[float, float, float, float], *, name: str) -> Grid:
-    """Refuse a grid whose pixel is larger than the area it covers (a resolution in metres given
-    for a CRS in degrees) or too large to hold a date of in memory (a resolution typo), before
-    anything is read or written."""
+    """Refuse a grid whose pixel is over :data:`AREA_PIXELS` times the size of the area it covers
+    (a resolution in metres given for a CRS in degrees) or too large to hold a date of in memory (a
+    resolution typo), before anything is read or written."""
     rx, ry = grid.resolution
     width, height = area[2] - area[0], area[3] - area[1]
     units = "degrees" if grid.crs.is_geographic else (grid.crs.linear_units or "units")
     hint = (f"; the CRS's units are degrees (10 m is about {10 / 111_320:.1g} degrees)"
             if grid.crs.is_geographic and max(rx, ry) >= 1 else "")
-    if rx > width > 0 or ry > height > 0:  # (a point's area: one pixel, as asked)
+    # a pixel a bit larger than a small area (a field's MODIS pixels) is meant; a point's area is one pixel
+    if rx > AREA_PIXELS * width > 0 or ry > AREA_PIXELS * height > 0:
         raise ValueError(
-            f"cube {name}: a pixel of {rx:g} x {ry:g} {units} is larger than the area it covers "
+            f"cube {name}: a pixel of {rx:g} x {ry:g} {units} is over {AREA_PIXELS} times the size of the area it covers "
             f"({width:.4g} x {height:.4g} {units}): the grid would be {grid.width} x {grid.height} px; "
             f"give a finer --resolution (grid.resolution){hint}")
     if grid.width * grid.height > MAX_GRID_PIXELS:

@@ -165,7 +165,7 @@ def test_grid_options_that_cannot_be_meant_are_refused_naming_the_option(tiles: 
     own checks reported by the option that set the key."""
     out = tmp_path / "c.zarr"
     cases = {
-        ("--crs", "EPSG:4326", "--resolution", "10"): "is larger than the area it covers",
+        ("--crs", "EPSG:4326", "--resolution", "10"): "is over 4 times the size of the area it covers",
         ("--resolution", "0.0001"): "over the limit of 1,073,741,824 px",
         ("--resolution", "0"): "--resolution: resolution must be positive",
         ("--bounds-crs", "EPSG:4326"): "--bounds-crs EPSG:4326 without --bounds",
@@ -179,6 +179,9 @@ def test_grid_options_that_cannot_be_meant_are_refused_naming_the_option(tiles: 
             err = capsys.readouterr().err
             assert message in err and "cubes." not in err, (options, err)
             assert not out.exists() and not out.with_name("c.zarr.parts").exists()
+    # a pixel a little larger than the area (a field's MODIS pixels) is meant: taken
+    assert main(["ingest", str(tiles), "--out", str(out), "--resolution", "4000", "--dry-run"]) == 0
+    assert "1 x 1 px" in capsys.readouterr().out
     main(["ingest", str(tiles), "--out", str(out), "--crs", "EPSG:4326", "--resolution", "10"])
     assert "the CRS's units are degrees (10 m is about 9e-05 degrees)" in capsys.readouterr().err
 
