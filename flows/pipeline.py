@@ -29,6 +29,7 @@ from prefect_dask import DaskTaskRunner
 from flows.ingest import ingest_steps
 from tasks.catalog import Catalog, load_catalog
 from tasks.errors import StagesFailed, did_you_mean
+from tasks.locks import cube_lock
 from tasks.patch import patch_task
 from tasks.pipeline_report import publish_pipeline_task
 from tasks.stages import STAGES
@@ -122,13 +123,31 @@ def pipeline_steps(
     compute_in_tasks()
     catalog = load_catalog(catalog_path, env=env)
     spec = catalog.cube(cube)
-    chosen = list(spec.stages) if stages is None else list(stages)
+    chosen: list[str] = list(spec.stages) if stages is None else list(stages)
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise ValueError(f"stages {unknown} are not pipeline stages{did_you_mean(unknown[0], STAGES)}; "
                          f"choose from {sorted(STAGES)}")
+    if start is not None and end is not None and start > end:
+        raise ValueError(f"start {start} is after end {end}: no date is in that range")
     inflight = concurrency or catalog.orchestration.concurrency
-    report = ingest_steps(catalog_path, cube, start, end, env, concurrency=inflight, progress_bar=progress_bar)
+    # the whole run holds the cube's lock (ingest takes it again, re-entrant in this thread): a run
+    # or backfill started meanwhile waits, then finds the stages' outputs fresh, instead of writing
+    # the same outputs at the same time
+    with cube_lock(catalog.cube_path(cube)):
+        products = _ingest_and_stages(catalog, catalog_path, cube, start, end, chosen, env,
+                                      concurrency=inflight, progress_bar=progress_bar)
+    products["summary"] = publish_pipeline_task(products, started.isoformat())
+    failed = [n for n, r in products["stages"].items() if "error" in r]
+    if failed:
+        raise StagesFailed(f"cube {cube}: stage(s) {failed} failed; the others finished (see the summary)", products)
+    return products
+
+
+def _ingest_and_stages(catalog: Catalog, catalog_path: str, cube: str, start: date | None, end: date | None,
+                       chosen: list[str], env: dict[str, str] | None, *, concurrency: int,
+                       progress_bar: bool) -> dict[str, Any]:
+    report = ingest_steps(catalog_path, cube, start, end, env, concurrency=concurrency, progress_bar=progress_bar)
     products: dict[str, Any] = {"cube": cube, "path": report["path"], "ingest": report, "stages": {}}
     if report["time_steps"]:
         folder = catalog.stage_dir(cube)
@@ -146,10 +165,6 @@ def pipeline_steps(
                 products["stages"][name] = fut.result()
             else:
                 products["stages"][name] = {"error": str(state.message or state.name)}
-    products["summary"] = publish_pipeline_task(products, started.isoformat())
-    failed = [n for n, r in products["stages"].items() if "error" in r]
-    if failed:
-        raise StagesFailed(f"cube {cube}: stage(s) {failed} failed; the others finished (see the summary)", products)
     return products
 
 

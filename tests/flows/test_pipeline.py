@@ -180,3 +180,36 @@ def test_pipeline_runs_on_a_separately_started_dask_cluster(sample: Path, tmp_pa
     assert "patch_task" in prefixes, prefixes
     ds = xr.open_zarr(products["path"])
     assert ds.sizes["time"] == products["ingest"]["time_steps"] > 0
+
+
+def test_the_whole_run_holds_the_cube_lock(tmp_path: Path, monkeypatch) -> None:
+    """Ingest and the stages both run under the cube's lock: a run or backfill started meanwhile
+    waits for the whole run, not only its ingest (it used to re-run the stages into the same outputs
+    at the same time)."""
+    import threading
+
+    import flows.pipeline as pipeline
+    from tasks.locks import CubeLockedError, cube_lock
+
+    env = _env(tmp_path / "scenes", tmp_path / "data")
+    cube_path = load_catalog(CATALOG, env=env).cube_path("modis_lst")
+    seen: list[str] = []
+
+    def stages_running(*args, **kwargs):
+        def other_run() -> None:  # another process's run: another thread here, the lock is per thread
+            try:
+                with cube_lock(cube_path, timeout=0):
+                    seen.append("taken")
+            except CubeLockedError:
+                seen.append("held")
+        t = threading.Thread(target=other_run)
+        t.start()
+        t.join()
+        return {"cube": "modis_lst", "path": str(cube_path), "ingest": {}, "stages": {}}
+
+    monkeypatch.setattr(pipeline, "_ingest_and_stages", stages_running)
+    monkeypatch.setattr(pipeline, "publish_pipeline_task", lambda products, started: {"headline": ""})
+    pipeline.pipeline_steps(str(CATALOG), "modis_lst", env=env)
+    assert seen == ["held"]
+    with cube_lock(cube_path, timeout=0):  # released after the run
+        pass
