@@ -217,10 +217,13 @@ def _print_report(report: dict[str, Any]) -> None:
 
 def _dates(args: argparse.Namespace) -> tuple[date | None, date | None]:
     try:
-        return (date.fromisoformat(args.start) if args.start else None,
-                date.fromisoformat(args.end) if args.end else None)
+        start, end = (date.fromisoformat(args.start) if args.start else None,
+                      date.fromisoformat(args.end) if args.end else None)
     except ValueError as exc:
         raise CatalogError(f"--start/--end must be dates like 2019-07-01: {exc}") from exc
+    if start is not None and end is not None and start > end:
+        raise CatalogError(f"--start {start} is after --end {end}: no date is in that range")
+    return start, end
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -285,6 +285,13 @@ def quicklook(path: str | Path, out_png: str | Path) -> Path:
     from tasks.quicklook import composite_png
 
     path = Path(path)
+    if path.is_dir() and not (path / "zarr.json").exists():  # a folder of stores, a compressed store
+        store = compressed_store(path)
+        shown = [] if store == path else [p.name for p in sorted(path.iterdir()) if (p / "zarr.json").exists()][:5]
+        png = store.parent / "compress.png" if store is not None else None
+        hint = f"; the compression's quick-look is {png}" if png is not None and png.exists() else ""
+        raise ValueError(f"{path}: no quick-look for a folder that is not a Zarr store; give one of its stores"
+                         + (f" ({', '.join(shown)})" if shown else "") + hint)
     try:
         return composite_png(path, out_png)
     except CubeSchemaError as exc:

@@ -399,6 +399,12 @@ def plan_ingest(
         else:
             new.append(ref)
     new.sort(key=lambda r: (r.date or datetime.min, r.path, r.time_index or 0))
+    today = datetime.now(UTC).date()
+    for ref in new:  # a date after today is nearly always a misread one; taken, but said
+        if ref.date is not None and ref.date.date() > today:
+            log.warning("%s: dated %s, after today (%s); if the date is misread, give its rule "
+                        "(--date-pattern / --date-format, the source's date: in the catalog)",
+                        ref.path, ref.date.date(), today)
     grouped = [_one_step_per_file(list(g), skipped)
                for _, g in groupby(new, key=lambda r: r.date.date() if r.date else None)]
     return ScenePlan(grouped, skipped, quarantined)

@@ -76,6 +76,9 @@ def test_cli_errors_name_the_problem(tmp_path: Path, capsys) -> None:
     assert "stagez: unknown key (did you mean 'stages'?)" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path / "nothing*.tif"), "--out", str(tmp_path / "x.zarr")]) == 2
     assert "no file matches" in capsys.readouterr().err
+    # a reversed date range is refused (it used to say "nothing new" and take nothing)
+    assert main(["backfill", "planet", "--start", "2021-06-30", "--end", "2021-06-01"]) == 2
+    assert "--start 2021-06-30 is after --end 2021-06-01" in capsys.readouterr().err
 
 
 def test_ingest_flow_publishes_operator_artifacts(tmp_path: Path, real_fixtures: Path) -> None:

@@ -248,3 +248,19 @@ def test_a_later_scene_beyond_a_grid_the_scenes_fixed_is_cut_with_a_warning(tmp_
         ds = xr.open_zarr(out)
         assert ds.sizes["x"] == 40 and ds.sizes["time"] == 2
         assert ("bounds:" in out.with_name(out.name + ".catalog.yaml").read_text()) == bool(args)
+
+
+def test_a_scene_dated_after_today_is_taken_with_a_warning(tmp_path: Path, monkeypatch) -> None:
+    """A date after today is nearly always misread (a day-month swap, a processing date): ingest
+    takes it, as the rule says, and says so naming the file and the rule to give."""
+    _tile(tmp_path / "src" / "T33UUP_20230601_west.tif", WEST, 100)
+    from datetime import date, timedelta
+
+    ahead = date.today() + timedelta(days=400)  # within the years a file name's date may have
+    _tile(tmp_path / "src" / f"T33UUP_{ahead:%Y%m%d}_west.tif", WEST, 100)
+    logged: list[str] = []
+    monkeypatch.setattr(ingest.log, "warning", lambda msg, *a: logged.append(msg % a))
+    assert main(["ingest", str(tmp_path / "src"), "--out", str(tmp_path / "c.zarr")]) == 0
+    future = [m for m in logged if "after today" in m]
+    assert len(future) == 1 and f"T33UUP_{ahead:%Y%m%d}_west.tif: dated {ahead}, after today" in future[0]
+    assert xr.open_zarr(tmp_path / "c.zarr").sizes["time"] == 2

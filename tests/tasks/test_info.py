@@ -73,6 +73,11 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
     capsys.readouterr()
     assert main(["info", str(tmp_path / "patches.zarr"), "--png", str(tmp_path / "p.png")]) == 2
     assert "patches.zarr: no quick-look for this product" in capsys.readouterr().err
+    # a folder of products: the stores to give instead, not a Zarr error
+    assert main(["info", str(tmp_path), "--png", str(tmp_path / "f.png")]) == 2
+    err = capsys.readouterr().err
+    assert "no quick-look for a folder that is not a Zarr store; give one of its stores (" in err
+    assert "anomalies.zarr" in err and "Zarr store (No group" not in err
 
     text = info("anomalies.zarr")
     assert "anomalies.zarr: anomalies (stage anomalies)" in text and "parameters: band=red, bits=8" in text
