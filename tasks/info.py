@@ -278,6 +278,11 @@ def _folder(path: Path) -> list[str]:
     return lines
 
 
+def _zarr_store(path: Path) -> bool:
+    """A Zarr v3 or v2 group or array at ``path``."""
+    return any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray"))
+
+
 def quicklook(path: str | Path, out_png: str | Path) -> Path:
     """A PNG of what ``path`` holds: a cube's newest clear value per pixel, a class map beside its
     confidence, or the anomalies' strongest dates. Raises ``ValueError`` for a product with no
@@ -285,9 +290,9 @@ def quicklook(path: str | Path, out_png: str | Path) -> Path:
     from tasks.quicklook import composite_png
 
     path = Path(path)
-    if path.is_dir() and not (path / "zarr.json").exists():  # a folder of stores, a compressed store
+    if path.is_dir() and not _zarr_store(path):  # a folder of stores, a compressed store
         store = compressed_store(path)
-        shown = [] if store == path else [p.name for p in sorted(path.iterdir()) if (p / "zarr.json").exists()][:5]
+        shown = [] if store == path else [p.name for p in sorted(path.iterdir()) if _zarr_store(p)][:5]
         png = store.parent / "compress.png" if store is not None else None
         hint = f"; the compression's quick-look is {png}" if png is not None and png.exists() else ""
         raise ValueError(f"{path}: no quick-look for a folder that is not a Zarr store; give one of its stores"
