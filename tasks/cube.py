@@ -446,8 +446,12 @@ def band_stats(data: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.n
 def observed_anywhere(ds: xr.Dataset) -> np.ndarray:
     """The ``(y, x)`` map of pixels observed on at least one date (valid, every band finite), in
     one pass of dask reductions over the cube's chunks."""
-    observed = ds["valid"].astype(bool) & ds["data"].notnull().all("band")
-    return np.asarray(observed.any("time").values, dtype=bool)
+    return np.asarray(_observed_lazy(ds).any("time").values, dtype=bool)
+
+
+def _observed_lazy(ds: xr.Dataset) -> xr.DataArray:
+    """``(time, y, x)``: valid with every band finite, as a lazy (dask) array."""
+    return ds["valid"].astype(bool) & ds["data"].notnull().all("band")
 
 
 def streamed_band_stats(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -455,9 +459,8 @@ def streamed_band_stats(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndar
     ``(y, x)`` map of pixels observed on at least one date."""
     import dask
 
-    data = ds["data"]
-    observed = ds["valid"].astype(bool) & data.notnull().all("band")
-    vals = data.where(observed)
+    observed = _observed_lazy(ds)
+    vals = ds["data"].where(observed)
     mean, std, seen = dask.compute(vals.mean(("time", "y", "x")), vals.std(("time", "y", "x")),
                                    observed.any("time"))
     mean = np.where(np.isfinite(mean.values), mean.values, 0.0).reshape(1, -1, 1, 1)
