@@ -227,21 +227,29 @@ def _dates(args: argparse.Namespace) -> tuple[date | None, date | None]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.pipeline import run_pipeline
+    from flows.pipeline import pipeline_up_to_date, run_pipeline
+    from tasks.catalog import load_catalog
 
     start, end = _dates(args)
     stages = None if args.stages is None else [s for s in args.stages.split(",") if s]
-    try:
-        products = run_pipeline(args.catalog, args.cube, start=start, end=end, stages=stages,
-                                dask_address=args.dask_address, workers=args.workers,
-                                backfill=args.command == "backfill", concurrency=args.concurrency)
-    except StagesFailed as exc:
-        products = exc.products
+    # a run with nothing to do (a schedule's usual case) is answered from the manifests, in seconds
+    products = None if args.rerun else pipeline_up_to_date(load_catalog(args.catalog), args.cube, start, end, stages)
+    checked_only = products is not None
+    if products is None:
+        try:
+            products = run_pipeline(args.catalog, args.cube, start=start, end=end, stages=stages,
+                                    dask_address=args.dask_address, workers=args.workers,
+                                    backfill=args.command == "backfill", concurrency=args.concurrency)
+        except StagesFailed as exc:
+            products = exc.products
     print(products["summary"]["headline"])
+    if checked_only:
+        print("  (checked from the manifests, no flow run: no new scene, every stage's artifact current; "
+              "--rerun runs the Prefect flow anyway)")
     for w in products["summary"]["warnings"]:
         print(f"  warning: {w}")
     for name, r in products["stages"].items():
-        print(f"  {name:<10} {products['summary']['stages'][name]:<7} {r.get('artifact', '')}")
+        print(f"  {name:<10} {products['summary']['stages'][name]:<7} {r.get('artifact') or ''}")
     failed = [name for name, r in products["stages"].items() if "error" in r]
     if failed:
         print(f"fusioncube: error: stage(s) {', '.join(failed)} failed (above); the others finished", file=sys.stderr)
@@ -411,6 +419,9 @@ def build_parser(stages: Sequence[str] = STAGE_MODULES) -> argparse.ArgumentPars
         r.add_argument("--dask-address", default=None, help="existing Dask scheduler (default: a local cluster)")
         r.add_argument("--workers", type=int, default=None, help="local Dask workers (default: cores)")
         r.add_argument("--concurrency", type=int, default=4, help="ingest parts in flight at once (default 4)")
+        r.add_argument("--rerun", action="store_true",
+                       help="run the Prefect flow even when nothing is new (by default such a run is answered "
+                            "from the manifests, without starting Prefect or Dask)")
         r.set_defaults(func=_cmd_run)
 
     inf = sub.add_parser("info", help="what a cube or a stage's product holds (and whether the stages can read a cube)")

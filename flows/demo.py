@@ -7,13 +7,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.pipeline import pipeline_steps
+from flows.pipeline import pipeline_steps, pipeline_up_to_date
 from tasks.catalog import load_catalog
-from tasks.checkpoint import read_manifest, reusable
-from tasks.ingest import plan_ingest
-from tasks.patch import fit_patch_size, patch_key
 from tasks.sample_area_task import discard_cube_task, sample_area_current, sample_area_task
-from tasks.stages import STAGES, stage_current
 
 __all__ = ["demo_flow", "demo_up_to_date", "DEFAULT_CATALOG", "DEMO_CUBES"]
 
@@ -80,26 +76,13 @@ def demo_up_to_date(
     for cube in DEMO_CUBES:
         path = catalog.cube_path(cube)
         quicklook = path.with_name(path.stem + "_newest.png")
-        if read_manifest(path) is None or not quicklook.exists():
+        run = pipeline_up_to_date(catalog, cube)
+        if run is None or not quicklook.exists():
             return None
-        plan = plan_ingest(catalog, cube)
-        if plan.new or plan.quarantined:
-            return None
-        patches = catalog.stage_dir(cube) / "patches.zarr"
-        p = catalog.patch_params(cube)
-        size_, stride = fit_patch_size(path, p.size, p.stride)
-        key, _, _ = patch_key(path, size=size_, stride=stride, block=p.block, fractions=p.fractions, seed=p.seed)
-        manifest = reusable(patches, key)
-        if manifest is None:
-            return None
-        products["stages"][cube] = {}
-        for name in catalog.cube(cube).stages:
-            found = stage_current(catalog, cube, name)
-            if found is None:
-                return None
-            out_path = catalog.stage_dir(cube) / STAGES[name].output
-            products["stages"][cube][name] = {"path": str(out_path), **found.stats}
+        stages = dict(run["stages"])
+        patch = stages.pop("patch")
+        products["stages"][cube] = {name: {"path": r["artifact"], **r["stats"]} for name, r in stages.items()}
         products["cubes"][cube] = str(path)
         products["quicklooks"][cube] = str(quicklook)
-        products["patches"][cube] = {"path": str(patches), **manifest.outputs}
+        products["patches"][cube] = {"path": patch["artifact"], **patch["outputs"]}
     return products

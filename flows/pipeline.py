@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,16 @@ from prefect_dask import DaskTaskRunner
 
 from flows.ingest import ingest_steps
 from tasks.catalog import Catalog, load_catalog
+from tasks.checkpoint import Manifest, read_manifest, reusable
 from tasks.errors import StagesFailed, did_you_mean
+from tasks.ingest import plan_ingest
 from tasks.locks import cube_lock
-from tasks.patch import patch_task
-from tasks.pipeline_report import publish_pipeline_task
-from tasks.stages import STAGES
+from tasks.patch import fit_patch_size, patch_key, patch_task
+from tasks.pipeline_report import pipeline_summary, publish_pipeline_task
+from tasks.stages import STAGES, stage_current
 
-__all__ = ["compute_in_tasks", "dask_task_runner", "local_cluster_kwargs", "one_prefect_api", "pipeline_flow", "pipeline_steps", "run_pipeline"]
+__all__ = ["compute_in_tasks", "dask_task_runner", "local_cluster_kwargs", "one_prefect_api", "pipeline_flow", "pipeline_steps",
+           "pipeline_up_to_date", "run_pipeline"]
 
 DASK_ADDRESS_ENV = "FUSIONCUBE_DASK_ADDRESS"
 
@@ -165,6 +169,41 @@ def _ingest_and_stages(catalog: Catalog, catalog_path: str, cube: str, start: da
                 products["stages"][name] = fut.result()
             else:
                 products["stages"][name] = {"error": str(state.message or state.name)}
+    return products
+
+
+def pipeline_up_to_date(catalog: Catalog, cube: str, start: date | None = None, end: date | None = None,
+                        stages: list[str] | None = None) -> dict[str, Any] | None:
+    """The products of a run of ``cube`` that would do nothing, else None: the cube is made, no scene
+    is new or newly refused, and the patches and every chosen stage's artifact are current.
+
+    The same checks the tasks make, without Prefect or Dask: the command line answers a no-op run
+    (a schedule's usual case) in seconds instead of starting a server and a cluster to say it."""
+    path = catalog.cube_path(cube)
+    cube_manifest = read_manifest(path)
+    chosen = list(catalog.cube(cube).stages) if stages is None else list(stages)
+    if cube_manifest is None or not cube_manifest.outputs.get("time_steps") or any(s not in STAGES for s in chosen):
+        return None  # nothing made yet, or an unknown stage the flow names
+    plan = plan_ingest(catalog, cube, start=start, end=end)
+    if plan.new or plan.quarantined:
+        return None
+    p = catalog.patch_params(cube)
+    size, stride = fit_patch_size(path, p.size, p.stride)
+    patches = catalog.stage_dir(cube) / "patches.zarr"
+    found: dict[str, tuple[Path, Manifest]] = {}
+    key = patch_key(path, size=size, stride=stride, block=p.block, fractions=p.fractions, seed=p.seed)[0]
+    current = {"patch": (patches, reusable(patches, key))}
+    for name in chosen:
+        current[name] = (catalog.stage_dir(cube) / STAGES[name].output, stage_current(catalog, cube, name))
+    for name, (out, manifest) in current.items():
+        if manifest is None:
+            return None
+        found[name] = (out, manifest)
+    report = {"path": str(path), "ingested": [], "dates_added": [], "skipped": plan.skipped, "quarantined": [],
+              "time_steps": int(cube_manifest.outputs["time_steps"])}
+    products: dict[str, Any] = {"cube": cube, "path": str(path), "ingest": report, "stages": {
+        name: {"artifact": str(out), **asdict(manifest)} for name, (out, manifest) in found.items()}}
+    products["summary"] = pipeline_summary(products, datetime.now(UTC))
     return products
 
 

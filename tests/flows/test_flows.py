@@ -118,7 +118,7 @@ def test_bad_input_fails_at_once_without_retries(tmp_path: Path) -> None:
 
 
 def test_cli_run_reports_a_failed_stage_in_its_table_and_exits_1(tmp_path: Path, real_fixtures: Path,
-                                                                  capfd) -> None:
+                                                                  capfd, monkeypatch) -> None:
     """`fusioncube run` on a cube made by `fusioncube ingest` (its catalog has no stages): patching
     only, with a hint on how to ask for stages; a stage that fails (labels, on a cube without a
     label layer) is a row of the table and one error line, exit code 1, the other stages kept; no
@@ -149,6 +149,20 @@ def test_cli_run_reports_a_failed_stage_in_its_table_and_exits_1(tmp_path: Path,
     assert main(["run", "ndvi", "--catalog", catalog, "--workers", "1"]) == 0
     assert "labels     ran" in capfd.readouterr().out
     assert (tmp_path / "artifacts" / "ndvi" / "labels.zarr").is_dir()
+
+    # again with nothing new: answered from the manifests, without a flow run (the flow would fail here)
+    import flows.pipeline
+
+    def no_flow(*args, **kwargs):
+        raise AssertionError("a run with nothing new started the flow")
+
+    monkeypatch.setattr(flows.pipeline, "run_pipeline", no_flow)
+    assert main(["run", "ndvi", "--catalog", catalog, "--workers", "1"]) == 0
+    out = capfd.readouterr().out
+    assert "cube ndvi: nothing new; 4 time steps, all 2 stage artifact(s) reused" in out
+    assert "checked from the manifests, no flow run" in out and "labels     reused" in out
+    with pytest.raises(AssertionError, match="started the flow"):  # --rerun always runs it
+        main(["run", "ndvi", "--catalog", catalog, "--rerun"])
 
 
 def test_the_command_line_imports_a_stage_only_for_its_own_command() -> None:

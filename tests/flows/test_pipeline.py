@@ -17,7 +17,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from flows.pipeline import run_pipeline
+from flows.pipeline import pipeline_up_to_date, run_pipeline
 from tasks.catalog import load_catalog
 from tasks.checkpoint import read_manifest
 from tasks.ingest import ingest_cube, parts_dir
@@ -87,18 +87,25 @@ def test_pipeline_reuses_everything_then_recomputes_only_what_new_scenes_change(
     assert "nothing new" in again["summary"]["headline"]
     assert again["summary"]["stages"] == {"patch": "reused", "anomalies": "reused"}
     assert _manifests(data) == before, "a run with nothing new rewrote a manifest"
+    # the command line's answer to the same no-op run, from the manifests alone (no Prefect, no Dask)
+    checked = pipeline_up_to_date(catalog, "planet", stages=["anomalies"])
+    assert checked is not None and checked["summary"]["headline"] == again["summary"]["headline"]
+    assert checked["summary"]["stages"] == again["summary"]["stages"]
+    assert pipeline_up_to_date(catalog, "planet", stages=["anomalies", "gapfill"]) is None  # gapfill never ran
 
     # the cube's own stage parameters (cubes.planet.params) replace the shared ones: anomalies reruns
     raw = yaml.safe_load(CATALOG.read_text())
     raw["cubes"]["planet"]["params"] = {"anomalies": {"k": 5.0}}
     own = tmp_path / "own.yaml"
     own.write_text(yaml.safe_dump(raw))
+    assert pipeline_up_to_date(load_catalog(own, env=env), "planet", stages=["anomalies"]) is None
     tuned = run_pipeline(own, "planet", stages=["anomalies"], env=env, workers=2)
     assert tuned["summary"]["stages"] == {"patch": "reused", "anomalies": "ran"}
     manifest = read_manifest(tuned["stages"]["anomalies"]["artifact"])
     assert (manifest.params["k"], manifest.params["bits"]) == (5.0, load_catalog(CATALOG, env=env).stages.anomalies.bits)
 
     _scenes(sample, scenes)  # the rest of the Planet scenes arrive
+    assert pipeline_up_to_date(catalog, "planet", stages=["anomalies"]) is None
     more = run_pipeline(CATALOG, "planet", stages=["anomalies"], env=env, workers=2)
     assert sorted(r["scene"] for r in more["ingest"]["ingested"]) == sorted(s.name for s in later)
     after = _manifests(data)
