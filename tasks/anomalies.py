@@ -54,6 +54,7 @@ from tasks.checkpoint import (
 )
 from tasks.cube import open_cube, zarr_array
 from tasks.errors import NotEnoughData
+from tasks.runlog import reports_warnings
 
 __all__ = [
     "add_cli",
@@ -480,6 +481,7 @@ def anomalies_png(anomalies: str | Path, out_png: str | Path) -> Path:
 
 
 @task(name="anomalies", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+@reports_warnings
 def anomalies_task(
     cube: str,
     out: str,

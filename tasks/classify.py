@@ -87,6 +87,7 @@ from tasks.cube import (
 from tasks.labels import check_byte_codes, raster_labels
 from tasks.patch import make_patches, patch_split
 from tasks.quicklook import class_names, colour_table
+from tasks.runlog import reports_warnings
 
 __all__ = [
     "CLASSES",
@@ -768,6 +769,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 @task(name="classify", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+@reports_warnings
 def classify_task(
     cube: str,
     out: str,

@@ -75,6 +75,7 @@ from tasks.checkpoint import (
     write_manifest,
 )
 from tasks.cube import compressed_store
+from tasks.runlog import reports_warnings
 
 __all__ = ["add_cli", "check_quantizer", "compress_cube", "compress_patches", "compress_task", "decompress", "default_ranks"]
 
@@ -634,6 +635,7 @@ def decoded_quality(out_dir: str | Path) -> dict[str, Any]:
 
 
 @task(name="compress", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+@reports_warnings
 def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] | None = None,
                   step: float | None = None, bits: int | None = None, psnr: float | None = None, iters: int = 10,
                   rdo_lambda: float = tdl.RDO_LAMBDA, overwrite: bool = False) -> dict[str, Any]:

@@ -71,6 +71,7 @@ from tasks.cube import (
     unobserved_reason,
 )
 from tasks.patch import unpatch
+from tasks.runlog import reports_warnings
 
 __all__ = [
     "add_cli",
@@ -538,6 +539,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 @task(name="gapfill", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+@reports_warnings
 def gapfill_task(
     cube: str,
     out: str,

@@ -85,6 +85,7 @@ from tasks.cube import (
 )
 from tasks.discover import RASTER_SUFFIXES
 from tasks.quicklook import class_names, colour_table
+from tasks.runlog import reports_warnings
 
 __all__ = [
     "NO_CLASS",
@@ -827,6 +828,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 @task(name="labels", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+@reports_warnings
 def labels_task(
     cube: str,
     out: str,

@@ -61,6 +61,7 @@ from tasks.cube import (
     spatial_ref,
 )
 from tasks.ingest import retry_on_io_error
+from tasks.runlog import reports_warnings
 
 __all__ = ["PATCH_ATTRS", "cut_layers", "make_patches", "patch_task", "unpatch"]
 
@@ -585,6 +586,7 @@ def unpatch(
 
 
 @task(name="patch", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error, cache_policy=NONE)
+@reports_warnings
 def patch_task(
     cube: str,
     out: str,

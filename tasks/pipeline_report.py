@@ -68,6 +68,7 @@ def pipeline_summary(products: dict[str, Any], started: datetime) -> dict[str, A
     warnings += [f"stage {n} failed: {r['error']}" for n, r in products["stages"].items() if "error" in r]
     warnings += [f"stage {n} waits for data: {r['waiting']}" for n, r in products["stages"].items()
                  if "waiting" in r]
+    warnings += [f"stage {n}: {w}" for n, r in products["stages"].items() for w in r.get("warnings", [])]
     lines = [
         f"# Pipeline run: cube `{cube}`", "", f"**{headline}**", "",
         "## Scenes", "",

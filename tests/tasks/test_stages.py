@@ -92,3 +92,50 @@ def test_an_unknown_stage_is_refused_with_a_suggestion_before_any_work(tmp_path:
         pipeline_steps(str(REPO / "data_catalog.yaml"), "planet", stages=["anomaly"],
                        env={"FUSIONCUBE_DATA": str(tmp_path)})
     assert not any(tmp_path.iterdir())
+
+
+def test_a_stage_s_logged_warnings_reach_the_run_summary(tmp_path: Path) -> None:
+    """Patching a cube smaller than the patch size logs that the size was cut: the task's result
+    carries the warning, and the operator's summary lists it with the stage's name."""
+    import numpy as np
+    import xarray as xr
+    from prefect.logging import disable_run_logger
+
+    from tasks.patch import patch_task
+
+    cube = tmp_path / "small.zarr"
+    rng = np.random.default_rng(0)
+    xr.Dataset({"data": (("time", "band", "y", "x"), rng.random((3, 1, 12, 10), dtype=np.float32)),
+                "valid": (("time", "y", "x"), np.ones((3, 12, 10), bool))},
+               coords={"time": np.array(["2019-07-01", "2019-07-02", "2019-07-03"], dtype="datetime64[ns]"),
+                       "band": ["b"], "y": np.arange(12.0), "x": np.arange(10.0)}).to_zarr(cube, zarr_format=3)
+    with disable_run_logger():
+        result = patch_task.fn(str(cube), str(tmp_path / "p.zarr"), size=32, block=1)
+    assert any("patches of 10 px instead of 32" in w for w in result["warnings"]), result.get("warnings")
+    started = datetime.now(UTC)
+    products = _products(started, new=1)
+    products["stages"]["patch"] = result
+    summary = pipeline_summary(products, started)
+    assert any(w.startswith("stage patch: ") and "patches of 10 px instead of 32" in w for w in summary["warnings"])
+    assert "- stage patch: " in summary["markdown"]
+    for name, stage in STAGES.items():  # every stage reports its warnings the same way
+        assert hasattr(stage.task.fn, "__wrapped__"), name
+
+
+def test_captured_warnings_keep_this_thread_s_distinct_warnings_only() -> None:
+    import logging
+    import threading
+
+    from tasks.runlog import captured_warnings
+
+    log = logging.getLogger("tasks.somewhere")
+    with captured_warnings() as found:
+        log.warning("cut to %d px", 10)
+        log.warning("cut to %d px", 10)  # said twice, kept once
+        log.info("not a warning")
+        logging.getLogger("elsewhere").warning("not the project's")
+        other = threading.Thread(target=lambda: log.warning("another task's"))
+        other.start()
+        other.join()
+    log.warning("after")
+    assert found == ["cut to 10 px"]
