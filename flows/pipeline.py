@@ -160,6 +160,11 @@ def _ingest_and_stages(catalog: Catalog, catalog_path: str, cube: str, start: da
                                        **catalog.patch_params(cube).model_dump(), overwrite=True),
         }
         for name in chosen:
+            problem = catalog.stage_input_problem(cube, name)
+            if problem is not None:  # a labels file or layer that is not there: not started, said at once
+                get_run_logger().warning("stage %s cannot run: %s", name, problem)
+                products["stages"][name] = {"error": problem}
+                continue
             stage = STAGES[name]
             futures[name] = stage.task.submit(report["path"], str(folder / stage.output),
                                               **catalog.stage_params(cube, name), overwrite=True)
@@ -169,6 +174,7 @@ def _ingest_and_stages(catalog: Catalog, catalog_path: str, cube: str, start: da
                 products["stages"][name] = fut.result()
             else:
                 products["stages"][name] = {"error": str(state.message or state.name)}
+        products["stages"] = {name: products["stages"][name] for name in ["patch", *chosen]}
     return products
 
 

@@ -620,6 +620,37 @@ class Catalog(_Strict):
             params[key] = str(self.resolve(str(params[key])))
         return params
 
+    def stage_input_problem(self, cube: str, stage: str) -> str | None:
+        """Why ``stage`` cannot run on ``cube`` as this catalog sets it up, told before it runs (by
+        ``catalog check``, and by a run before it starts the stage), else None: a labels file that
+        is not there, or a label layer that neither the cube nor its static sources give.
+
+        A layer is looked for in the cube when it is made, else among the static layers its ingest adds."""
+        key = FILE_PARAMS.get(stage)
+        if key is None:
+            return None
+        value = str(self.stage_params(cube, stage)[key])
+        own = self.cube(cube).params.model_dump(exclude_unset=True).get(stage, {})
+        where = (f"{self.path}: " if self.path else "") + \
+            f"{f'cubes.{cube}.params' if key in own else 'stages'}.{stage}.{key}"
+        if Path(value).suffix:
+            return None if Path(value).exists() else f"{where}: no such file {value}"
+        layers = set(self.cube(cube).static)
+        path = self.cube_path(cube)
+        if path.exists():
+            from tasks.cube import open_cube
+
+            try:
+                ds = open_cube(path)
+            except (OSError, ValueError):
+                return None  # the stage itself says what is wrong with the cube
+            layers |= {str(v) for v in ds.data_vars if tuple(ds[v].dims) == ("y", "x")}
+        if value in layers:
+            return None
+        return (f"{where}: cube {cube} has no (y, x) layer {value!r} to learn from (its layers: "
+                f"{', '.join(sorted(layers)) or 'none'}); add one (`fusioncube ingest ... --layer {value}=FILE`, "
+                f"or a static source under cubes.{cube}.static) or name a labels file there")
+
     def stage_dir(self, cube: str) -> Path:
         """Where the artifacts of the stages run over ``cube`` go."""
         self.cube(cube)

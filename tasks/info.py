@@ -233,6 +233,9 @@ def describe_catalog(path: str | Path) -> list[str]:
         made = "" if cat.cube_path(name).exists() else " (not made yet)"
         lines.append(f"  cube {name} -> {cat.cube_path(name)}{made}; stages: {', '.join(spec.stages) or 'none'}"
                      + (f"; own parameters: {', '.join(own)}" if own else ""))
+        for stage in spec.stages:
+            if (problem := cat.stage_input_problem(name, stage)) is not None:
+                lines.append(f"  WARNING cube {name}: stage {stage} cannot run: {problem}")
     return lines
 
 

@@ -133,7 +133,8 @@ def test_cli_run_reports_a_failed_stage_in_its_table_and_exits_1(tmp_path: Path,
     assert main(["run", "ndvi", "--catalog", catalog, "--workers", "1", "--stages", "labels"]) == 1
     captured = capfd.readouterr()
     assert "labels     FAILED" in captured.out and "patch      reused" in captured.out
-    assert "stage labels failed: Task run encountered an exception ValueError: labels must be" in captured.out
+    assert (f"stage labels failed: {catalog}: stages.labels.labels: cube ndvi has no (y, x) layer 'landcover' "
+            "to learn from (its layers: none)") in captured.out  # said before the stage started
     assert "fusioncube: error: stage(s) labels failed (above); the others finished" in captured.err
     assert "Traceback" not in captured.err  # neither from the flow nor from the Dask worker that ran the task
 

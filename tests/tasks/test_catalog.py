@@ -138,6 +138,20 @@ def test_catalog_check_lists_each_cube_with_its_stages_and_own_parameters(tmp_pa
     assert "stages: anomalies; own parameters: anomalies.bits=6" in out
     assert "(not made yet)" in out
     assert main(["info", str(path)]) == 0 and capsys.readouterr().out == out  # info on a catalog: the same
+
+    # stages that cannot run as set up are said before any run: a labels file that is not there,
+    # a label layer neither the cube nor its static sources give (planet's static landcover is fine)
+    raw["cubes"]["planet"]["stages"] = ["gapfill", "labels", "classify"]
+    raw["cubes"]["planet"]["params"] = {"labels": {"labels": "nofile.csv"}}
+    raw["cubes"]["modis_lst"]["stages"] = ["anomalies", "classify"]
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["catalog", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert (f"WARNING cube planet: stage labels cannot run: {path}: cubes.planet.params.labels.labels: "
+            f"no such file {tmp_path / 'nofile.csv'}") in out
+    assert "stage classify cannot run" in out and "cube planet: stage classify" not in out
+    assert (f"WARNING cube modis_lst: stage classify cannot run: {path}: stages.classify.label: cube modis_lst "
+            "has no (y, x) layer 'landcover' to learn from (its layers: none)") in out
     raw["cubes"]["modis_lst"]["params"] = {"anomalies": {"bitz": 6}}
     path.write_text(yaml.safe_dump(raw))
     assert main(["catalog", "check", str(path)]) != 0
