@@ -61,6 +61,11 @@ def _quiet_prefect() -> None:
     # which takes longer than Prefect's 20 s on a busy 2-core machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # Dask's cluster chatter (-v shows it)
+    # the project's own warnings (a scene quarantined, a grid cut, a patch size cut to the cube) go
+    # to the run's logs in the Prefect UI too, from the Dask workers as well (they inherit this);
+    # outside a run (`fusioncube ingest` without a flow) they stay on the console only
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,flows,fusion_models")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -1502,10 +1502,7 @@ def finish_ingest_task(
 ) -> dict[str, Any]:
     """Merge the parts' reports into the run's ingest report."""
     report = finish_ingest(load_catalog(catalog_path, env=env), cube, IngestPlan.from_dict(plan),
-                           [IngestReport(**r) for r in reports], seconds)
-    logger = get_run_logger()
-    for q in report.quarantined:
-        logger.warning("quarantined %s: %s", q["scene"], q["reason"])
+                           [IngestReport(**r) for r in reports], seconds)  # logs each quarantined scene
     return report.to_dict()
 
 

@@ -178,3 +178,49 @@ def test_the_command_line_imports_a_stage_only_for_its_own_command() -> None:
     args = build_parser(stage_modules(["stage", "labels", "--cube", "c", "--labels", "l", "--out", "o"])).parse_args(
         ["stage", "labels", "--cube", "c", "--labels", "l", "--out", "o"])
     assert args.labels == "l" and callable(args.func)
+
+
+UI_LOG_SCRIPT = '''
+import asyncio, logging, time
+from flows.cli import _quiet_prefect
+_quiet_prefect()  # what every command does before Prefect is imported
+from prefect import flow, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogWorker
+from prefect.testing.utilities import prefect_test_harness
+
+@task
+def stage():
+    logging.getLogger("tasks.patch").warning("patches of 10 px instead of 32")
+
+@flow
+def pipeline():
+    stage()
+
+logging.getLogger("tasks.ingest").warning("outside any run: console only")
+with prefect_test_harness():
+    run = pipeline(return_state=True).state_details.flow_run_id
+    APILogWorker.drain_all()
+    time.sleep(0.5)
+    async def logs():
+        async with get_client() as client:
+            return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run])))
+    for log in asyncio.run(logs()):
+        print("API", log.name, log.level, log.message)
+'''
+
+
+def test_the_project_s_warnings_reach_the_run_s_logs_in_the_prefect_ui(tmp_path: Path) -> None:
+    """A stage's warning, logged by its module's logger inside a task run, is in the run's logs that
+    the Prefect UI shows, not only on the console of the process (a Dask worker) that ran it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
+    done = subprocess.run([sys.executable, "-c", UI_LOG_SCRIPT], env={**env, "PREFECT_HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "API tasks.patch 30 patches of 10 px instead of 32" in done.stdout, done.stdout
+    assert "outside any run" in done.stderr and "attempted to send logs to the API" not in done.stderr
