@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import xarray as xr
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect_dask import DaskTaskRunner
@@ -190,6 +191,10 @@ def pipeline_up_to_date(catalog: Catalog, cube: str, start: date | None = None, 
     chosen = list(catalog.cube(cube).stages) if stages is None else list(stages)
     if cube_manifest is None or not cube_manifest.outputs.get("time_steps") or any(s not in STAGES for s in chosen):
         return None  # nothing made yet, or an unknown stage the flow names
+    if catalog.cube(cube).static:  # a static layer listed after the cube was made: ingest adds it
+        with xr.open_zarr(path, consolidated=None) as ds:
+            if any(v not in ds.variables for v in catalog.cube(cube).static):
+                return None
     plan = plan_ingest(catalog, cube, start=start, end=end)
     if plan.new or plan.quarantined:
         return None

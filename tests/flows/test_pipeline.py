@@ -92,6 +92,10 @@ def test_pipeline_reuses_everything_then_recomputes_only_what_new_scenes_change(
     assert checked is not None and checked["summary"]["headline"] == again["summary"]["headline"]
     assert checked["summary"]["stages"] == again["summary"]["stages"]
     assert pipeline_up_to_date(catalog, "planet", stages=["anomalies", "gapfill"]) is None  # gapfill never ran
+    more_layers = yaml.safe_load(CATALOG.read_text())
+    more_layers["cubes"]["planet"]["static"]["landcover_2019"] = "nlcd"  # listed after the cube was made
+    (tmp_path / "layers.yaml").write_text(yaml.safe_dump(more_layers))
+    assert pipeline_up_to_date(load_catalog(tmp_path / "layers.yaml", env=env), "planet", stages=["anomalies"]) is None
 
     # the cube's own stage parameters (cubes.planet.params) replace the shared ones: anomalies reruns
     raw = yaml.safe_load(CATALOG.read_text())
