@@ -160,8 +160,10 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
     existing = catalog.cube_path(cube).exists()
     g = None
     if plan.new:
-        g = grid_of_cube(catalog.cube_path(cube)) if existing else cube_grid(
-            catalog.cube(cube), [r for group in plan.new for r in group], name=cube)
+        if existing:
+            g = grid_of_cube(catalog.cube_path(cube))
+        else:
+            g, plan = cube_grid(catalog.cube(cube), plan, name=cube)
         plan = scenes_within(plan, g)
     refs = [r for group in plan.new for r in group]
     print("dry run: nothing is written")

@@ -204,8 +204,15 @@ def _first_scene_grid(refs: Sequence[SceneRef]) -> _FirstScene:
     )
 
 
-def cube_grid(spec: CubeSpec, refs: Sequence[SceneRef], *, name: str) -> Grid:
-    """The grid a new cube is created on: the catalog's, completed from the scenes."""
+def cube_grid(spec: CubeSpec, plan: ScenePlan, *, name: str) -> tuple[Grid, ScenePlan]:
+    """The grid a new cube is created on (the catalog's, completed from the plan's new scenes), and
+    the plan it is for.
+
+    A scene whose footprint alone, at the grid's resolution, is over :data:`MAX_GRID_PIXELS` (a
+    corrupt or hostile header declaring an enormous size) is quarantined and left out of the grid,
+    so it does not stop the other scenes. When every scene is, the grid is refused instead: the
+    resolution is then the likelier mistake, and the message names it."""
+    refs = [r for g in plan.new for r in g]
     if not refs:
         raise CubeSchemaError(f"cube {name}: no scenes to create it from and no existing cube")
     first = _first_scene_grid(refs)
@@ -222,12 +229,23 @@ def cube_grid(spec: CubeSpec, refs: Sequence[SceneRef], *, name: str) -> Grid:
         anchor = first.anchor if same_lattice else (0.0, 0.0)
         bounds = spec.grid.bounds_in(crs)
     if bounds is None:
-        boxes = [b for b in (_scene_bounds(r, crs) for r in refs) if b is not None]
-        if not boxes:
+        found = [(r, b) for r in refs if (b := _scene_bounds(r, crs)) is not None]
+        if not found:
             raise CubeSchemaError(f"cube {name}: no readable, georeferenced scene to take bounds from")
-        arr = np.array(boxes)
+        sides = {id(r): ((b[2] - b[0]) / res[0], (b[3] - b[1]) / res[1]) for r, b in found}
+        huge = {i for i, (w, h) in sides.items() if w * h > MAX_GRID_PIXELS}
+        if huge and len(huge) < len(found):
+            rows = [{"scene": r.id, "path": r.path, "date": _as_date(r.date), "reason": (
+                f"its footprint alone is {sides[id(r)][0]:,.0f} x {sides[id(r)][1]:,.0f} px at the cube's "
+                f"resolution, over the grid limit of {MAX_GRID_PIXELS:,} px (tasks.ingest.MAX_GRID_PIXELS): "
+                "a corrupt header declaring an enormous size, or georeferencing in other units; not read")}
+                for r, _ in found if id(r) in huge]
+            kept = [[r for r in g if id(r) not in huge] for g in plan.new]
+            plan = ScenePlan([g for g in kept if g], plan.skipped, plan.quarantined + rows)
+            found = [(r, b) for r, b in found if id(r) not in huge]
+        arr = np.array([b for _, b in found])
         bounds = (arr[:, 0].min(), arr[:, 1].min(), arr[:, 2].max(), arr[:, 3].max())
-    return _sane_grid(Grid.from_bounds(crs, bounds, res, anchor=anchor), bounds, name=name)
+    return _sane_grid(Grid.from_bounds(crs, bounds, res, anchor=anchor), bounds, name=name), plan
 
 
 #: the most pixels a cube's grid may have: ingest holds a date's (band, y, x) slice in memory
@@ -892,7 +910,7 @@ def plan_parts(
     if manifest is not None:
         check_cube_bands(path, [b.name for b in catalog.source(spec.sources[0]).bands])
     if grid is None and scene_plan.new:
-        grid = cube_grid(spec, [r for g in scene_plan.new for r in g], name=cube)
+        grid, scene_plan = cube_grid(spec, scene_plan, name=cube)
     given = spec.grid is not None and spec.grid.bounds is not None
     if grid is not None and (manifest is not None or given):
         scene_plan = scenes_within(scene_plan, grid, grid_from_scenes=not given)

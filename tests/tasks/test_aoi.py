@@ -158,6 +158,25 @@ def test_a_crs_without_a_resolution_keeps_the_scenes_pixel_size(tiles: Path, tmp
     assert np.isfinite(ds.data.values).mean() > 0.5
 
 
+def test_a_scene_declaring_an_enormous_footprint_is_quarantined_not_the_grid(tiles: Path, tmp_path: Path,
+                                                                             capsys) -> None:
+    """A first ingest's grid is the scenes' union: one (sparse) header declaring 200 000 x 200 000
+    px of 30 m refused the whole grid, so the good scenes were not taken either."""
+    with rasterio.open(tiles / "T33UUP_20230701_huge.tif", "w", driver="GTiff", width=200_000, height=200_000,
+                       count=2, dtype="uint16", crs="EPSG:32633", transform=from_origin(WEST, TOP, 30, 30),
+                       tiled=True, compress="deflate", BIGTIFF="YES", SPARSE_OK=True):
+        pass
+    out = tmp_path / "c.zarr"
+    for dry in (["--dry-run"], []):
+        assert main(["ingest", str(tiles), "--out", str(out), *dry]) == 0
+        text = capsys.readouterr().out
+        assert ("T33UUP_20230701_huge.tif: its footprint alone is 200,000 x 200,000 px at the cube's resolution, "
+                "over the grid limit") in text
+    assert "5 scenes ingested, 0 skipped, 1 quarantined" in text
+    ds = xr.open_zarr(out)
+    assert (ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]) == (3, 40, 80)
+
+
 def test_grid_options_that_cannot_be_meant_are_refused_naming_the_option(tiles: Path, tmp_path: Path,
                                                                           capsys) -> None:
     """Before anything is read or written: a pixel larger than the area (metres given to a CRS in
