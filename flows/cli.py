@@ -251,8 +251,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             products = exc.products
     print(products["summary"]["headline"])
     if checked_only:
-        print("  (checked from the manifests, no flow run: no new scene, every stage's artifact current; "
-              "--rerun runs the Prefect flow anyway)")
+        print("  (checked from the manifests, no flow run: no new scene, every stage's artifact current or "
+              "waiting for data; --rerun runs the Prefect flow anyway)")
     for w in products["summary"]["warnings"]:
         print(f"  warning: {w}")
     for name, r in products["stages"].items():

@@ -81,7 +81,7 @@ def demo_up_to_date(
             return None
         stages = dict(run["stages"])
         patch = stages.pop("patch")
-        products["stages"][cube] = {name: {"path": r["artifact"], **r["stats"]} for name, r in stages.items()}
+        products["stages"][cube] = {name: {"path": r["artifact"], **r.get("stats", {})} for name, r in stages.items()}
         products["cubes"][cube] = str(path)
         products["quicklooks"][cube] = str(quicklook)
         products["patches"][cube] = {"path": patch["artifact"], **patch["outputs"]}

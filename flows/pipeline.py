@@ -30,7 +30,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows.ingest import ingest_steps
 from tasks.catalog import Catalog, load_catalog
-from tasks.checkpoint import Manifest, read_manifest, reusable
+from tasks.checkpoint import read_manifest, reusable
 from tasks.errors import StagesFailed, did_you_mean
 from tasks.ingest import plan_ingest
 from tasks.locks import cube_lock
@@ -182,7 +182,8 @@ def _ingest_and_stages(catalog: Catalog, catalog_path: str, cube: str, start: da
 def pipeline_up_to_date(catalog: Catalog, cube: str, start: date | None = None, end: date | None = None,
                         stages: list[str] | None = None) -> dict[str, Any] | None:
     """The products of a run of ``cube`` that would do nothing, else None: the cube is made, no scene
-    is new or newly refused, and the patches and every chosen stage's artifact are current.
+    is new or newly refused, and the patches and every chosen stage's artifact are current (or the
+    stage waits for data the cube does not have yet, as anomaly detection for a third date).
 
     The same checks the tasks make, without Prefect or Dask: the command line answers a no-op run
     (a schedule's usual case) in seconds instead of starting a server and a cluster to say it."""
@@ -201,19 +202,23 @@ def pipeline_up_to_date(catalog: Catalog, cube: str, start: date | None = None, 
     p = catalog.patch_params(cube)
     size, stride = fit_patch_size(path, p.size, p.stride)
     patches = catalog.stage_dir(cube) / "patches.zarr"
-    found: dict[str, tuple[Path, Manifest]] = {}
     key = patch_key(path, size=size, stride=stride, block=p.block, fractions=p.fractions, seed=p.seed)[0]
     current = {"patch": (patches, reusable(patches, key))}
     for name in chosen:
         current[name] = (catalog.stage_dir(cube) / STAGES[name].output, stage_current(catalog, cube, name))
+    results: dict[str, dict[str, Any]] = {}
     for name, (out, manifest) in current.items():
-        if manifest is None:
+        if manifest is not None:
+            results[name] = {"artifact": str(out), **asdict(manifest)}
+            continue
+        waits = STAGES[name].waiting if name in STAGES else None
+        why = waits(str(path)) if waits is not None else None
+        if why is None:
             return None
-        found[name] = (out, manifest)
+        results[name] = {"artifact": None, "waiting": why}  # as its task says on a young cube
     report = {"path": str(path), "ingested": [], "dates_added": [], "skipped": plan.skipped, "quarantined": [],
               "time_steps": int(cube_manifest.outputs["time_steps"])}
-    products: dict[str, Any] = {"cube": cube, "path": str(path), "ingest": report, "stages": {
-        name: {"artifact": str(out), **asdict(manifest)} for name, (out, manifest) in found.items()}}
+    products: dict[str, Any] = {"cube": cube, "path": str(path), "ingest": report, "stages": results}
     products["summary"] = pipeline_summary(products, datetime.now(UTC))
     return products
 

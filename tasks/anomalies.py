@@ -245,6 +245,16 @@ def anomalies_key(
     return stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES)), band
 
 
+def waits_for_data(cube: str | Path, ds: xr.Dataset | None = None) -> str | None:
+    """Why the stage cannot run on ``cube`` yet (too few dates), else None."""
+    steps = (open_cube(cube) if ds is None else ds).sizes["time"]
+    if steps >= MIN_DATES:
+        return None
+    return (f"{cube}: anomaly detection separates each pixel's time series into a low-rank background and "
+            f"sparse departures, so it needs at least {MIN_DATES} dates; the cube has {steps}. "
+            "Ingest more dates into it first")
+
+
 def detect_anomalies(
     cube: str | Path,
     out: str | Path,
@@ -309,12 +319,8 @@ def detect_anomalies(
         raise ValueError(f"k must be finite and > 0; got k={k!r}")
     cube, out = Path(cube), Path(out)
     ds = open_cube(cube)
-    if ds.sizes["time"] < MIN_DATES:
-        raise NotEnoughData(
-            f"{cube}: anomaly detection separates each pixel's time series into a low-rank "
-            f"background and sparse departures, so it needs at least {MIN_DATES} dates; the cube "
-            f"has {ds.sizes['time']}. Ingest more dates into it first"
-        )
+    if (why := waits_for_data(cube, ds)) is not None:
+        raise NotEnoughData(why)
     key, band = anomalies_key(cube, bits=bits, band=band, lam=lam, tile=tile, k=k, ds=ds)
     found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
     if found is not None:

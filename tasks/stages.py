@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.anomalies import anomalies_key, anomalies_task
+from tasks.anomalies import anomalies_key, anomalies_task, waits_for_data
 from tasks.catalog import Catalog
 from tasks.checkpoint import Manifest, fingerprint, read_manifest, reusable
 from tasks.classify import classify_key, classify_task
@@ -69,10 +69,12 @@ class Stage:
     output: str
     task: Any  # a prefect Task: task(cube_path, out_path, **params, overwrite=True) -> dict
     current: Callable[[str, str, dict[str, Any]], Manifest | None]
+    #: why the stage cannot run on a cube yet (its task then reports "waiting"), else None
+    waiting: Callable[[str], str | None] | None = None
 
 
 STAGES: dict[str, Stage] = {
-    "anomalies": Stage("anomalies", "anomalies.zarr", anomalies_task, _anomalies_current),
+    "anomalies": Stage("anomalies", "anomalies.zarr", anomalies_task, _anomalies_current, waits_for_data),
     "gapfill": Stage("gapfill", "filled.zarr", gapfill_task,
                      _subset_current(lambda cube, p: gapfill_key(cube, p)[0])),
     "compress": Stage("compress", "compress", compress_task, _compress_current),

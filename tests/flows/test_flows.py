@@ -224,3 +224,30 @@ def test_the_project_s_warnings_reach_the_run_s_logs_in_the_prefect_ui(tmp_path:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "API tasks.patch 30 patches of 10 px instead of 32" in done.stdout, done.stdout
     assert "outside any run" in done.stderr and "attempted to send logs to the API" not in done.stderr
+
+
+def test_a_run_that_waits_for_data_is_answered_from_the_manifests_too(tmp_path: Path, real_fixtures: Path,
+                                                                      capfd, monkeypatch) -> None:
+    """A two-date cube with anomaly detection enabled: the stage waits for a third date. A schedule's
+    next run with nothing new said so after a whole flow run (Prefect and a Dask cluster, every hour)."""
+    import flows.pipeline
+
+    cube = tmp_path / "young.zarr"
+    files = [str(f) for f in sorted((real_fixtures / "modis_ndvi_sinop").glob("*.jp2"))[:2]]
+    assert main(["ingest", *files, "--out", str(cube)]) == 0
+    catalog = Path(str(cube) + ".catalog.yaml")
+    raw = yaml.safe_load(catalog.read_text())
+    raw["cubes"]["young"]["stages"] = ["anomalies"]
+    catalog.write_text(yaml.safe_dump(raw))
+    assert main(["run", "young", "--catalog", str(catalog), "--workers", "1"]) == 0
+    assert "anomalies  waiting for data" in capfd.readouterr().out
+
+    def no_flow(*args, **kwargs):
+        raise AssertionError("a run with nothing new started the flow")
+
+    monkeypatch.setattr(flows.pipeline, "run_pipeline", no_flow)
+    assert main(["run", "young", "--catalog", str(catalog)]) == 0
+    out = capfd.readouterr().out
+    assert "cube young: 0 new scene(s) in 0 new date(s), 2 time steps; patch reused, anomalies waiting for data" in out
+    assert "checked from the manifests, no flow run" in out
+    assert "warning: stage anomalies waits for data: " in out and "needs at least 3 dates; the cube has 2" in out
