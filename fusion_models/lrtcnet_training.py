@@ -426,12 +426,14 @@ def fit_stacking(
 
 @torch.no_grad()
 def complete(
-    net: LRTCNet, x: np.ndarray, observed: np.ndarray, *, batch: int = 16, init: str = "linear"
+    net: LRTCNet, x: np.ndarray, observed: np.ndarray, *, batch: int = 16, init: str = "linear",
+    on_batch: Callable[[int], object] | None = None,
 ) -> np.ndarray:
     """Fill ``(P, T, C, H, W)`` patches where ``observed`` ``(P, T, H, W)`` is False.
 
     The net starts from ``init`` (as in :func:`fit_lrtcnet`: per-pixel linear interpolation or
-    zeros); observed entries are returned as given.
+    zeros); observed entries are returned as given. ``on_batch(n)`` is called after each batch of
+    ``n`` patches (a progress bar's ``update``).
     """
     _check_choice("init", init, INITS)
     device = next(net.parameters()).device
@@ -443,6 +445,8 @@ def complete(
         xt = torch.from_numpy(xs[sl]).to(device)
         mt = torch.from_numpy(observed[sl][:, :, None]).to(device)
         out[sl] = net(xt, mt, z0=z0).cpu().numpy()
+        if on_batch is not None:
+            on_batch(len(xs[sl]))
     return out
 
 

@@ -454,15 +454,22 @@ def _observed_lazy(ds: xr.Dataset) -> xr.DataArray:
     return ds["valid"].astype(bool) & ds["data"].notnull().all("band")
 
 
-def streamed_band_stats(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def streamed_band_stats(ds: xr.Dataset, *, progress: str | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`band_stats` of a (lazy) cube in one pass of dask reductions over its chunks, and the
-    ``(y, x)`` map of pixels observed on at least one date."""
+    ``(y, x)`` map of pixels observed on at least one date. ``progress``: a bar with this title
+    over the pass's chunk tasks (a large cube's pass takes minutes)."""
+    import contextlib
+
     import dask
+    from tqdm.dask import TqdmCallback
 
     observed = _observed_lazy(ds)
     vals = ds["data"].where(observed)
-    mean, std, seen = dask.compute(vals.mean(("time", "y", "x")), vals.std(("time", "y", "x")),
-                                   observed.any("time"))
+    bar = TqdmCallback(desc=progress, unit="task") if progress else contextlib.nullcontext()
+    with bar:
+        mean, std, seen = dask.compute(vals.mean(("time", "y", "x")), vals.std(("time", "y", "x")),
+                                       observed.any("time"))
     mean = np.where(np.isfinite(mean.values), mean.values, 0.0).reshape(1, -1, 1, 1)
     std = np.where(np.isfinite(std.values) & (std.values > 0), std.values, 1.0).reshape(1, -1, 1, 1)
     return mean.astype(np.float32), std.astype(np.float32), np.asarray(seen.values, dtype=bool)
@@ -478,15 +485,18 @@ def read_rows(ds: xr.Dataset, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def patches_by_rows(origins: np.ndarray, size: int,
-                    read: Callable[[int, int], tuple[np.ndarray, ...]]) -> list[np.ndarray]:
+                    read: Callable[[int, int], tuple[np.ndarray, ...]], *,
+                    progress: str | None = None) -> list[np.ndarray]:
     """Patches at row-major ``origins (P, 2)`` cut from arrays ``(..., h, W)`` that
     ``read(y0, y1)`` returns for a band of rows: one read per row of patches, whatever the cube's
     height. Returns one ``(P, ..., size, size)`` array per array ``read`` returns, in ``origins``
-    order."""
+    order. ``progress``: a bar with this title over the rows read."""
+    from tqdm.auto import tqdm
+
     from fusion_models.patching import extract_patches
 
     parts: list[list[np.ndarray]] = []
-    for row in np.unique(origins[:, 0]):
+    for row in tqdm(np.unique(origins[:, 0]), desc=progress, unit="row", disable=not progress):
         local = origins[origins[:, 0] == row] - [int(row), 0]
         arrays = read(int(row), int(row) + size)
         if not parts:

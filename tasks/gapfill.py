@@ -241,7 +241,8 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
 
     ds = open_cube(cube)
     n_time, n_band, height, width = (ds.sizes["time"], ds.sizes["band"], ds.sizes["y"], ds.sizes["x"])
-    mean, std, seen = streamed_band_stats(ds)
+    title = f"gapfill {Path(cube).name}"
+    mean, std, seen = streamed_band_stats(ds, progress=f"{title}: band statistics")
     if not seen.any():
         raise ValueError(f"{cube}: no observed pixel, nothing to learn from: {unobserved_reason(ds['data'], ds['valid'])}")
     size = min(patch, height, width)
@@ -262,9 +263,8 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
         data, _, observed = read_rows(ds, y0, y1)
         return standardised(data, observed), observed
 
-    xp, op = patches_by_rows(origins[pick], size, training_rows)
-    if n_train < len(origins):
-        log.info("gapfill: training on %d of %d patches (%d MB)", n_train, len(origins), n_train * per_patch >> 20)
+    xp, op = patches_by_rows(origins[pick], size, training_rows,
+                             progress=f"{title}: read {n_train} of {len(origins)} patches to train on")
     fit, ranks = _fit(xp, op, shape, kw)
     del xp, op
 
@@ -297,16 +297,17 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
     with atomic_artifact(out) as tmp:
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False,
                          encoding=_encoding(ds, n_time, n_band, chunk_y, min(width, 256)))
-        blocks = range(0, height, step)
-        for a in tqdm(blocks, desc=f"gapfill {Path(cube).name}", unit="block", disable=len(blocks) < 2):
-            b = min(height, a + step)
-            mine = fill_origins[(fill_origins[:, 0] < b) & (fill_origins[:, 0] + size > a)]
+        blocks = [(a, min(height, a + step)) for a in range(0, height, step)]
+        touching = [fill_origins[(fill_origins[:, 0] < b) & (fill_origins[:, 0] + size > a)] for a, b in blocks]
+        bar = tqdm(total=sum(map(len, touching)), desc=f"{title}: fill half-overlapping patches",
+                   unit="patch")
+        for (a, b), mine in zip(blocks, touching, strict=True):
             r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
             data, valid, observed = read_rows(ds, r0, r1)
             local = mine - [r0, 0]
             xb = extract_patches(standardised(data, observed), local, size)
             ob = extract_patches(observed, local, size)
-            filled_p = complete(fit.net, xb, ob, batch=kw["batch"], init=OURS["init"])
+            filled_p = complete(fit.net, xb, ob, batch=kw["batch"], init=OURS["init"], on_batch=bar.update)
             del xb, ob
             folded = fold_patches(filled_p, local, data.shape, weights=blend) * std + mean  # (T, C, h, W)
             rows = slice(a - r0, b - r0)
@@ -323,6 +324,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
                     block[name] = ds[name].isel(y=slice(a, b)).load().variable
             _write_region(block, tmp, a, b)
             counts["filled"] += int(filled.sum())
+        bar.close()
     return fit, ranks, shape, len(origins), counts
 
 
