@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -205,6 +205,7 @@ def tdl_fit(
     iters: int = 30,
     tol: float = 1e-6,
     device: torch.device | str | None = None,
+    callback: Callable[[int, float], object] | None = None,
 ) -> TDLResult:
     r"""Learn one orthonormal basis per mode from ``S`` samples by ADMM (Aidini et al. 2021).
 
@@ -249,6 +250,8 @@ def tdl_fit(
         Stop when the relative change of the objective is below ``tol``.
     device
         Torch device (default: ``cuda`` when available, else CPU). Computation is float64.
+    callback
+        Called as ``callback(iteration, objective)`` after each iteration (a progress bar).
 
     Returns
     -------
@@ -309,6 +312,8 @@ def tdl_fit(
             history.append(obj)
             residuals.append(float(torch.linalg.norm(aux - ds) / math.sqrt(s)))
             log.debug("tdl iter %d: objective %.6g, residual %.3g", it, obj, residuals[-1])
+            if callback is not None:
+                callback(it, obj)
             if len(history) > 1 and abs(history[-2] - obj) <= tol * max(abs(history[-2]), 1e-30):
                 converged = True
                 break

@@ -273,7 +273,10 @@ def compress_patches(
         train_idx = np.sort(np.random.default_rng(0).choice(train_idx, cap, replace=False))
     sample = pds["data"].isel(patch=train_idx).values.astype(np.float32)
     train = tdl.fill_missing(sample, np.isfinite(sample))
-    codec, res = tdl.fit_codec(train, ranks, iters=iters)
+    with tqdm(total=iters, desc=f"compress {patches.name}: learn the bases on {len(train)} patches",
+              unit="iteration", disable=not progress) as bar:  # at most iters: ADMM may stop early
+        codec, res = tdl.fit_codec(train, ranks, iters=iters, callback=lambda *_: bar.update())
+        bar.total = bar.n  # converged early: the bar ends full
     if psnr is not None:  # the manifest's peak: the range of the observed values (one streamed pass)
         seen = pds["valid"].astype(bool) & pds["data"].notnull().all("band")
         obs = pds["data"].where(seen)
