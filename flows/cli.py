@@ -19,7 +19,9 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import date
@@ -550,8 +552,28 @@ def probe_writable(out: str | Path) -> None:
     os.unlink(probe)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a timeout, `kill`, a service manager's stop), raised where the command is: its
+    temporaries are removed on the way out, as for Ctrl-C, instead of left beside the outputs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_prefect()  # before any import reads the settings (Prefect's, Dask's config)
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # main() is a library call too
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser(stage_modules(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     if args.verbose:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
@@ -584,10 +606,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CatalogError, CubeSchemaError, FileNotFoundError, FileExistsError) as exc:
         print(f"fusioncube: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nfusioncube: interrupted; nothing finished is lost: run the same command again to go on "
+    except KeyboardInterrupt as exc:
+        stopped = "stopped (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"\nfusioncube: {stopped}; nothing finished is lost: run the same command again to go on "
               "(finished parts and stage outputs are reused)", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, _Terminated) else 130
     except OSError as exc:  # read-only or full storage, a vanished mount: the OS's reason, with the path
         if args.verbose:
             raise

@@ -13,6 +13,7 @@ taken for finished.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib
@@ -273,4 +274,7 @@ def atomic_artifact(final: str | Path, *, overwrite: bool = True) -> Iterator[Pa
             os.replace(tmp, final)
     except BaseException:
         _remove(tmp)
+        # a write still in flight on zarr's I/O thread (the exception interrupted the wait for it,
+        # as Ctrl-C or SIGTERM do) can land after that: the temporary is removed again at exit
+        atexit.register(_remove, tmp)
         raise

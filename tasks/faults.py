@@ -26,6 +26,9 @@ Environment variables
 ``FUSIONCUBE_KILL_AT=N``
     ``SIGKILL`` this process at the ``N``-th event (1-based): no ``finally``, no ``atexit``,
     exactly what a power cut or the OOM killer does.
+``FUSIONCUBE_KILL_SIGNAL=TERM``
+    Send this signal at ``FUSIONCUBE_KILL_AT`` instead of ``KILL``: ``TERM`` is what a timeout, a
+    service manager's stop or a plain ``kill`` sends, and the command line turns it into a clean exit.
 ``FUSIONCUBE_FAIL_AT=N:ERRNO``
     Raise ``OSError(ERRNO)`` at the ``N``-th event and at every later one (a disk that is full or
     read-only stays so), e.g. ``FUSIONCUBE_FAIL_AT=1:28`` for ``ENOSPC``, ``1:30`` for ``EROFS``.
@@ -41,11 +44,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV_FAIL", "ENV_KILL", "ENV_LOG", "active", "install", "parse_log"]
+__all__ = ["ENV_FAIL", "ENV_KILL", "ENV_LOG", "ENV_SIGNAL", "active", "install", "parse_log"]
 
 ENV_KILL = "FUSIONCUBE_KILL_AT"
 ENV_FAIL = "FUSIONCUBE_FAIL_AT"
 ENV_LOG = "FUSIONCUBE_FAULT_LOG"
+ENV_SIGNAL = "FUSIONCUBE_KILL_SIGNAL"
 
 _lock = threading.Lock()
 _count = 0
@@ -87,7 +91,7 @@ def _event(kind: str, path: Any) -> None:
                 fh.write(f"{n}\t{kind}\t{path}\n")
                 fh.flush()
     if kill_at is not None and n == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, f"SIG{os.environ.get(ENV_SIGNAL) or 'KILL'}"))
     if fail_at is not None and n >= fail_at[0]:
         code = fail_at[1]
         raise OSError(code, f"{os.strerror(code)} (injected by {ENV_FAIL})", str(path))

@@ -251,3 +251,37 @@ def test_a_run_that_waits_for_data_is_answered_from_the_manifests_too(tmp_path: 
     assert "cube young: 0 new scene(s) in 0 new date(s), 2 time steps; patch reused, anomalies waiting for data" in out
     assert "checked from the manifests, no flow run" in out
     assert "warning: stage anomalies waits for data: " in out and "needs at least 3 dates; the cube has 2" in out
+
+
+SIGTERM_SCRIPT = '''
+import sys
+from tasks import faults
+faults.install()  # FUSIONCUBE_KILL_AT / FUSIONCUBE_KILL_SIGNAL from the environment
+from flows.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_sigterm_mid_write_exits_cleanly_and_leaves_no_temporary(tmp_path: Path) -> None:
+    """SIGTERM (a timeout, a service manager's stop) in the middle of writing a stage's output: the
+    command exits 143 with the re-run hint, and no half-written `<out>.tmp-*` is left beside it
+    (it was, until the next run of the same output removed it)."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    cube = tmp_path / "c.zarr"
+    rng = np.random.default_rng(0)
+    xr.Dataset({"data": (("time", "band", "y", "x"), rng.random((4, 2, 64, 64), dtype=np.float32)),
+                "valid": (("time", "y", "x"), np.ones((4, 64, 64), bool))},
+               coords={"time": np.arange("2019-07-01", "2019-07-05", dtype="datetime64[D]").astype("datetime64[ns]"),
+                       "band": ["a", "b"], "y": np.arange(64.0), "x": np.arange(64.0)}).to_zarr(cube, zarr_format=3)
+    out = tmp_path / "p.zarr"
+    env = {**os.environ, "FUSIONCUBE_KILL_AT": "6", "FUSIONCUBE_KILL_SIGNAL": "TERM"}
+    done = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT, "stage", "patch", "--cube", str(cube), "--out",
+                           str(out), "--size", "16"], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "fusioncube: stopped (SIGTERM); nothing finished is lost" in done.stderr
+    assert not out.exists() and not list(tmp_path.glob("p.zarr*")), sorted(p.name for p in tmp_path.iterdir())
