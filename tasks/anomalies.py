@@ -62,8 +62,10 @@ __all__ = [
     "anomalies_task",
     "detect_anomalies",
     "detect_tile",
+    "observed_band",
     "strongest_anomalies",
     "tile_workers",
+    "waits_for_data",
 ]
 
 log = logging.getLogger(__name__)
@@ -517,7 +519,7 @@ def anomalies_task(
         logger.warning("anomalies %s: waiting for data: %s", out, exc)
         return {"artifact": None, "waiting": str(exc)}
     ds = xr.open_zarr(out, consolidated=None)
-    rows = strongest_anomalies(ds, top, _observed(cube, manifest.outputs["band"])) or [
+    rows = strongest_anomalies(ds, top, observed_band(cube, manifest.outputs["band"])) or [
         {"date": "-", "x": "", "y": "", "magnitude_k": 0.0, "score": 0.0}]
     name = Path(out).name
     create_table_artifact(
@@ -534,7 +536,7 @@ def anomalies_task(
     return {"artifact": str(out), "quicklook": str(png), **asdict(manifest)}
 
 
-def _observed(cube: str | Path, band: str) -> xr.DataArray:
+def observed_band(cube: str | Path, band: str) -> xr.DataArray:
     """The cube's ``band`` as ``(time, y, x)`` (lazy: the table reads a few entries)."""
     return open_cube(cube)["data"].sel(band=band)
 
@@ -543,27 +545,18 @@ def _observed(cube: str | Path, band: str) -> xr.DataArray:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    from tasks.info import describe
+
     manifest = detect_anomalies(args.cube, args.out, bits=args.bits, band=args.band, lam=args.lam,
                                 tile=args.tile, overwrite=args.overwrite, progress=True,
                                 workers=args.workers)
     png = anomalies_png(args.out, Path(args.out).with_suffix(".png"))
-    result = xr.open_zarr(args.out, consolidated=None)
-    rows = strongest_anomalies(result, 10, _observed(args.cube, manifest.outputs["band"]))
-    s, o = manifest.stats, manifest.outputs
-    q, entries = o["quantizer"], int(np.prod(list(o["shape"].values())))
+    s, q = manifest.stats, manifest.outputs["quantizer"]
     capped = (f"; {s['unconverged_tiles']} of them stopped at the iteration cap (background: the last iterate)"
               if s.get("unconverged_tiles") else "")
-    print(f"{args.out}: band {o['band']}, {q['bits']}-bit quantizer over {q['lo']:.6g} .. {q['hi']:.6g}; "  # noqa: T201
-          f"{s['flagged']} pixel-dates flagged ({s['flagged'] / max(entries, 1):.2%} of all); "
+    print("\n".join(describe(args.out)))  # noqa: T201 - CLI output
+    print(f"  run: {q['bits']}-bit quantizer over {q['lo']:.6g} .. {q['hi']:.6g}; "  # noqa: T201
           f"{s['tiles']} tiles in {s['seconds']:.1f} s{capped}")
-    if rows:
-        print("strongest (date, x, y, change in the band's units, score):")  # noqa: T201
-    xs = result["x"].values
-    step = float(np.abs(np.diff(xs[:2]))[0]) if len(xs) > 1 else 1.0
-    digits = max(0, 1 - int(np.floor(np.log10(step)))) if step > 0 else 0  # metres: 0, degrees: ~5
-    for row in rows:
-        print(f"  {row['date']}  x={row['x']:.{digits}f} y={row['y']:.{digits}f}  "  # noqa: T201
-              f"{row['magnitude_k']:+.6g} (score {row['score']:.6g})")
     print(f"quick-look: {png}")  # noqa: T201
     return 0
 

@@ -721,8 +721,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_decompress(args: argparse.Namespace) -> int:
-    cube = decompress(compressed_store(args.store) or args.store, args.out, overwrite=args.overwrite,
-                      progress=True)
-    print(f"{args.out}: {cube.sizes['time']} dates, {cube.sizes['band']} bands, "  # noqa: T201 - CLI output
-          f"{cube.sizes['y']} x {cube.sizes['x']} px")
+    from tasks.info import describe
+
+    decompress(compressed_store(args.store) or args.store, args.out, overwrite=args.overwrite, progress=True)
+    print("\n".join(describe(args.out)))  # noqa: T201 - CLI output
     return 0

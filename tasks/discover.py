@@ -612,7 +612,8 @@ def glob_roots(patterns: list[str], catalog: Catalog | None = None) -> list[Path
         cut = min((i for i, c in enumerate(p) if c in "*?["), default=len(p))
         head = p[:cut]
         base = Path(head) if head.endswith("/") else Path(head).parent
-        roots.append(base.resolve())
+        if base.resolve() not in roots:  # one glob per file kind in one folder: the folder once
+            roots.append(base.resolve())
     return roots
 
 

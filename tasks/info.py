@@ -8,6 +8,7 @@ and with which parameters, and its headline figures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -95,17 +96,28 @@ def _nlcd_codes() -> tuple[int, ...]:
     return tuple(NLCD_CLASSES)
 
 
-def _anomalies(ds: xr.Dataset) -> list[str]:
-    from tasks.anomalies import strongest_anomalies
+def _anomalies(ds: xr.Dataset, manifest: Manifest | None) -> list[str]:
+    from tasks.anomalies import observed_band, strongest_anomalies
 
     times = ds["time"].values
     flagged = int(ds["flag"].sum().values)
     lines = [f"  dates: {times.size}, {str(times[0])[:10]} .. {str(times[-1])[:10]}",
              f"  flagged: {flagged} pixel-dates ({flagged / max(ds['flag'].size, 1):.2%} of all)"]
-    top = strongest_anomalies(ds, n=5)
+    outputs = manifest.outputs if manifest is not None else {}
+    cube, band = outputs.get("cube"), outputs.get("band")
+    observed = None
+    if cube and band and Path(cube).exists():  # the change in the band's units, from the cube
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            observed = observed_band(cube, band)
+    top = strongest_anomalies(ds, n=5, observed=observed)
     if top:
-        lines.append("  strongest (date, x, y, score):")
-        lines += [f"    {r['date']}  x={r['x']:.10g} y={r['y']:.10g}  {r['score']:g}" for r in top]
+        if observed is not None:
+            lines.append(f"  strongest (date, x, y, change in {band}'s units, score):")
+            lines += [f"    {r['date']}  x={r['x']:.10g} y={r['y']:.10g}  {r['magnitude_k']:+.6g} "
+                      f"(score {r['score']:.6g})" for r in top]
+        else:
+            lines.append("  strongest (date, x, y, score):")
+            lines += [f"    {r['date']}  x={r['x']:.10g} y={r['y']:.10g}  {r['score']:g}" for r in top]
     return lines
 
 
@@ -174,13 +186,17 @@ def describe(path: str | Path) -> list[str]:
                 f"  decode it: fusioncube stage decompress --store {path} --out CUBE.zarr"]
     try:
         lines = describe_cube(path)
-        return lines + (_made_by(manifest)[:1] if manifest is not None else [])  # another tool's: no line
+        if manifest is None:  # another tool's cube: no line
+            return lines
+        # a stage's cube (filled.zarr, decoded.zarr) with its parameters; an ingested cube's are its
+        # catalog entry, which its catalog file says better
+        return lines + (_made_by(manifest)[:1] if manifest.stage == "ingest" else _made_by(manifest))
     except CubeSchemaError as exc:
         ds, kind = _product(path, exc)
     if kind in CLASS_VARS:
         body = [_grid(ds), *_class_map(ds, kind)]
     elif kind == "anomalies":
-        body = [_grid(ds), *_anomalies(ds)]
+        body = [_grid(ds), *_anomalies(ds, manifest)]
     else:
         body = _patches(ds)
     return [f"{path}: {TITLES[kind]}", *_made_by(manifest), *body]

@@ -215,7 +215,10 @@ def test_cli_lists_spots_with_coordinates_at_the_grid_precision(tmp_path, capsys
     _cube(cube, transform=Affine(0.0005, 0, 10.0, 0, -0.0005, 50.0), crs=CRS.from_epsg(4326))
     assert main(["stage", "anomalies", "--cube", str(cube), "--out", str(out), "--bits", "8"]) == 0
     text = capsys.readouterr().out
-    assert f"{out}: band " in text and "8-bit quantizer over" in text and "pixel-dates flagged" in text
+    # it ends with info's description of the product (made by, parameters, flagged, strongest with
+    # the change in the band's units), and the run's own figures
+    assert f"{out}: anomalies (stage anomalies)" in text and "  made by: stage anomalies" in text and "parameters: " in text
+    assert "8-bit quantizer over" in text and "  flagged: " in text and "change in lst's units, score" in text
     lines = [ln for ln in text.splitlines() if " x=" in ln]
     coords = {tuple(part.split("=")[1] for part in ln.split()[1:3]) for ln in lines}
     assert lines and all(len(x.split(".")[1]) >= 4 for x, _ in coords), lines

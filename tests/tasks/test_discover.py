@@ -109,3 +109,14 @@ def test_cli_ingest_of_hdf4_says_why_and_how_out(tmp_path, capfd) -> None:
     assert main(["ingest", str(hdf), "--out", str(tmp_path / "h.zarr")]) == 2
     err = capfd.readouterr().err
     assert f"{hdf.name}: is HDF4 (MODIS / VIIRS .hdf)" in err and "gdal_translate" in err
+
+
+def test_glob_roots_name_each_folder_once(tmp_path) -> None:
+    """A folder given as a source gets one glob per kind of file it holds: its refusal message
+    named the folder once per glob."""
+    from tasks.discover import glob_roots
+
+    sub = tmp_path / "b"
+    sub.mkdir()
+    roots = glob_roots([f"{tmp_path}/*.tif", f"{tmp_path}/*.zip", f"{tmp_path}/**/*.jp2", f"{sub}/*.tif"])
+    assert roots == [tmp_path.resolve(), sub.resolve()]
