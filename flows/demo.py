@@ -66,7 +66,7 @@ def demo_up_to_date(
 ) -> dict[str, Any] | None:
     """The demo's products when every manifest is current and no scene is new, else None.
 
-    Lets the command line answer a no-op re-run in about a second, without starting Prefect.
+    Lets the command line answer a no-op re-run in seconds, without starting Prefect or Dask.
     """
     out = Path(out_dir).resolve()
     if not sample_area_current(out / "sample", size=size, seed=seed):
