@@ -413,7 +413,13 @@ def plan_ingest(
         elif not _in_range(ref.date, start, end):
             continue
         elif ref.id in done:
-            skipped.append({**row, "reason": "changed on disk after ingest; rebuild the cube to take it"})
+            same_size = done[ref.id].get("stamp", {}).get("size") == stamp.get("size")
+            skipped.append({**row, "reason": (
+                "its modification time changed since it was ingested, not its size (rewritten in place, "
+                "or copied without keeping times: `cp -p`, `rsync -t` keep them); the cube keeps what it "
+                "ingested: rebuild the cube to take the file again" if same_size else
+                "changed on disk since it was ingested (another size); the cube keeps what it ingested: "
+                "rebuild the cube to take the new file")})
         else:
             new.append(ref)
     new.sort(key=lambda r: (r.date or datetime.min, r.path, r.time_index or 0))

@@ -605,3 +605,29 @@ def test_a_date_order_rewrite_cut_short_anywhere_is_completed_by_the_next_run(
     again = ingest_cube(cat, "planet")
     assert again.ingested == []
     _same_cube(path, whole.cube_path("planet"))
+
+
+def test_a_scene_touched_or_rewritten_after_ingest_is_skipped_saying_which(tmp_path: Path, capsys) -> None:
+    """Files copied again without their times (plain `cp`) were all reported as "changed on disk",
+    as if the archive had changed: the reason now says whether only the time changed."""
+    from rasterio.transform import from_origin
+
+    from flows.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for d in ("20230601", "20230611"):
+        with rasterio.open(src / f"S_{d}.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint16",
+                           crs="EPSG:32633", transform=from_origin(600_000, 5_000_000, 30, 30)) as ds:
+            ds.write(np.full((1, 8, 8), 7, np.uint16))
+    out = tmp_path / "c.zarr"
+    assert main(["ingest", str(src), "--out", str(out)]) == 0
+    first = src / "S_20230601.tif"
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))  # same bytes, later time
+    with open(src / "S_20230611.tif", "ab") as fh:  # another size
+        fh.write(b"\0" * 16)
+    capsys.readouterr()
+    assert main(["ingest", str(src), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "skipped S_20230601.tif: its modification time changed since it was ingested, not its size" in text
+    assert "skipped S_20230611.tif: changed on disk since it was ingested (another size)" in text
