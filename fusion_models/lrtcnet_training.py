@@ -150,6 +150,7 @@ def fit_lrtcnet(
     schedule: str = "constant",
     warmup: float = 0.05,
     callback: Callable[[int, LRTCNet], None] | None = None,
+    on_step: Callable[[], object] | None = None,
 ) -> FitResult:
     """Train LRTC-Net on patches, self-supervised (default) or against ``truth``.
 
@@ -209,6 +210,9 @@ def fit_lrtcnet(
     callback
         Called as ``callback(epoch, net)`` after every epoch (1-based; the net in train mode),
         e.g. to record a learning curve.
+    on_step
+        Called after every batch of an epoch, ``ceil(P / batch) * steps_per_epoch`` times an epoch
+        (a progress bar's ``update``: an epoch of a large cube takes minutes).
     seed
         Seeds the masks, the batch order and the initial factors.
     device
@@ -281,6 +285,8 @@ def fit_lrtcnet(
             else:
                 seen, target_np, scored = ob, truth[idx].astype(np.float32), ~ob
             if not scored.any():
+                if on_step is not None:
+                    on_step()
                 continue
             xt = torch.from_numpy(xb).to(device)
             mt = torch.from_numpy(seen[:, :, None]).to(device)
@@ -293,6 +299,8 @@ def fit_lrtcnet(
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step()
         history.append(float(np.mean(losses)) if losses else float("nan"))
         log.debug("fit_lrtcnet: epoch %d, loss %.5f", epoch + 1, history[-1])
         if callback is not None:

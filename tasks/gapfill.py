@@ -165,8 +165,9 @@ def _fit(xp: np.ndarray, op: np.ndarray, shape: tuple[int, int, int, int], kw: d
     if fits < kw["batch"]:
         log.info("gapfill: patches of %s entries; training %d a step instead of %d (memory)", shape, fits, kw["batch"])
         kw["batch"] = fits
-    with tqdm(total=kw["epochs"], desc=f"gapfill: train on {len(xp)} patches", unit="epoch") as bar:
-        fit = fit_lrtcnet(xp, op, ranks=ranks, hide_kind="cloud", callback=lambda *_: bar.update(), **kw, **OURS)
+    steps = kw["epochs"] * -(-len(xp) // kw["batch"]) * kw.get("steps_per_epoch", 1)
+    with tqdm(total=steps, desc=f"gapfill: train on {len(xp)} patches, {kw['epochs']} epoch(s)", unit="step") as bar:
+        fit = fit_lrtcnet(xp, op, ranks=ranks, hide_kind="cloud", on_step=bar.update, **kw, **OURS)
     return fit, ranks
 
 

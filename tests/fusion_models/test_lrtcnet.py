@@ -319,9 +319,13 @@ def test_lr_factor_schedule_and_callback():
     x = low_rank((8, 1, 6, 6), (2, 1, 6, 6))[None].repeat(2, 0).astype(np.float32)
     observed = rng.random((2, 8, 6, 6)) > 0.2
     seen: list[int] = []
-    fit = fit_lrtcnet(x, observed, ranks=(2, 1, 6, 6), layers=2, epochs=3, batch=2, lr=1e-2,
-                      schedule="cosine", device="cpu", callback=lambda e, net: seen.append(e))
+    steps: list[int] = []
+    x3 = np.concatenate([x, x[:1]])  # 3 patches: batches of 2 and 1
+    fit = fit_lrtcnet(x3, np.concatenate([observed, observed[:1]]), ranks=(2, 1, 6, 6), layers=2, epochs=3,
+                      batch=2, lr=1e-2, schedule="cosine", device="cpu", callback=lambda e, net: seen.append(e),
+                      on_step=lambda: steps.append(1), steps_per_epoch=2)
     assert seen == [1, 2, 3] and len(fit.history) == 3
+    assert len(steps) == 3 * 2 * 2  # epochs x steps_per_epoch x batches
     with pytest.raises(ValueError, match="warmup"):
         fit_lrtcnet(x, observed, epochs=1, warmup=1.5, device="cpu")
 
