@@ -20,6 +20,7 @@ from pathlib import Path
 
 import rasterio
 from rasterio.errors import RasterioIOError
+from tqdm.auto import tqdm
 
 from tasks.catalog import Catalog, DateRule, SourceSpec
 from tasks.cube import SPATIAL_DIM_NAMES
@@ -670,9 +671,9 @@ def discover(
     if spec.band_files is not None:
         scenes, bad = band_file_groups(inside, spec)
         failed += bad
-    for group in scenes:
-        if skip is not None and skip(group[0]):
-            continue
+    todo = [g for g in scenes if skip is None or not skip(g[0])]
+    # each new file is opened for its date, bands and georeferencing: seconds for hundreds of files
+    for group in tqdm(todo, desc=f"discover {source}: open the new files", unit="file", disable=len(todo) < 20):
         try:
             refs.extend(scene_refs_for_file(group[0], source, spec, group if spec.band_files else None))
         except SceneError as exc:
