@@ -437,7 +437,8 @@ def build_parser(stages: Sequence[str] = STAGE_MODULES) -> argparse.ArgumentPars
     inf.add_argument("cube", help="a cube (.zarr, made by fusioncube or any other tool) or a stage's product")
     inf.add_argument("--png", default=None, metavar="OUT.png",
                      help="also write a quick-look: a cube's newest clear value per pixel (true colour when "
-                          "it can), a class map beside its confidence, or the anomalies' strongest dates")
+                          "it can; a gap-filled cube's newest date, filled pixels outlined), a class map "
+                          "beside its confidence, or the anomalies' strongest dates")
     inf.set_defaults(func=_cmd_info)
 
     ex = sub.add_parser("export", help="a cube's dates as Cloud-Optimized GeoTIFFs (one per date)")

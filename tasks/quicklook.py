@@ -17,7 +17,8 @@ import xarray as xr  # noqa: E402
 from tasks.cube import open_cube  # noqa: E402
 
 __all__ = [
-    "RGB_NAMES", "artifact_key", "composite_png", "is_current", "newest_composite", "rgb_bands", "stretch",
+    "FILLED_TINT", "RGB_NAMES", "artifact_key", "composite_png", "filled_view", "is_current", "newest_composite",
+    "rgb_bands", "stretch",
     "thumbnail_data_uri", "write_class_cog",
 ]
 
@@ -68,6 +69,19 @@ def newest_composite(data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, n
     return out, has
 
 
+#: the outline around gap-filled pixels in a filled cube's quick-look
+FILLED_TINT = "#00e5ff"
+
+
+def filled_view(data: np.ndarray, valid: np.ndarray, filled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One date of a gap-filled cube: (band, y, x) values where observed or filled (NaN
+    elsewhere), the (y, x) "has a value" mask, and the (y, x) mask of the filled pixels."""
+    tint = filled & ~valid
+    has = (valid | tint) & np.isfinite(data).all(axis=0)
+    values = np.where(has[None], data, np.nan)
+    return values, has, tint & has
+
+
 def composite_png(
     cube: str | Path, out: str | Path, *, dates: int = 8, max_pixels: int = 1024
 ) -> Path:
@@ -80,12 +94,18 @@ def composite_png(
     ds = open_cube(cube)
     if ds.sizes["time"] == 0:
         raise ValueError(f"{cube}: the cube has no time step to show")
-    order = np.argsort(ds["time"].values)[-dates:]
+    gapfilled = "filled" in ds.data_vars and tuple(ds["filled"].dims) == ("time", "y", "x")
+    # a gap-filled cube: its newest date whole, observed and filled values, the filled ones outlined
+    order = np.argsort(ds["time"].values)[-(1 if gapfilled else dates):]
     step = max(1, int(np.ceil(max(ds.sizes["y"], ds.sizes["x"]) / max_pixels)))
-    sub: xr.Dataset = ds[["data", "valid"]].isel(
+    sub: xr.Dataset = ds[["data", "valid", *(["filled"] if gapfilled else [])]].isel(
         time=order, y=slice(None, None, step), x=slice(None, None, step)
     ).load()
-    values, has = newest_composite(sub["data"].values, sub["valid"].values)
+    tint = None
+    if gapfilled:
+        values, has, tint = filled_view(sub["data"].values[-1], sub["valid"].values[-1], sub["filled"].values[-1])
+    else:
+        values, has = newest_composite(sub["data"].values, sub["valid"].values)
     bands = [str(b) for b in sub["band"].values]
     rgb = rgb_bands(bands)
     ny, nx = has.shape
@@ -107,11 +127,18 @@ def composite_png(
                        interpolation="nearest")
         fig.colorbar(im, ax=ax, shrink=0.7, label=bands[0])
         what = bands[0]
-    ax.set_title(
-        f"{Path(cube).name}: newest clear value per pixel, {first} .. {last} ({len(order)} dates)\n"
-        f"{what}; {has.mean():.0%} of pixels have a clear value (grey: none)",
-        fontsize=9,
-    )
+    if tint is not None:
+        if tint.any() and not tint.all():  # outlined, so the filled values themselves show
+            ax.contour(tint.astype(float), levels=[0.5], colors=FILLED_TINT, linewidths=1.2)
+        ax.set_title(
+            f"{Path(cube).name}: {last}, observed and gap-filled values\n{what}; {tint.mean():.0%} of the "
+            f"pixels filled (outlined), {(~has).mean():.0%} without a value (grey)", fontsize=9)
+    else:
+        ax.set_title(
+            f"{Path(cube).name}: newest clear value per pixel, {first} .. {last} ({len(order)} dates)\n"
+            f"{what}; {has.mean():.0%} of pixels have a clear value (grey: none)",
+            fontsize=9,
+        )
     ax.set_axis_off()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

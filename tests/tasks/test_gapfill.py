@@ -103,6 +103,26 @@ def test_reuse_weights_and_quicklook(filled, tmp_path):
     assert weights_path(out).exists() and net.layers == 10
     png = quicklook_png(cube, out, tmp_path / "ql.png", dates=3)
     assert png.stat().st_size > 1000
+    # `info --png` on the filled cube: its newest date whole, the filled pixels outlined
+    from tasks.info import quicklook
+
+    assert quicklook(out, tmp_path / "info.png").stat().st_size > 1000
+
+
+def test_filled_view_shows_observed_and_filled_values_and_marks_the_filled() -> None:
+    """The filled cube's quick-look showed only its observed values (the newest clear one per
+    pixel): the filling itself was not to be seen."""
+    from tasks.quicklook import filled_view
+
+    data = np.arange(2 * 2 * 3, dtype=np.float32).reshape(2, 2, 3)
+    data[:, 1, 2] = np.nan  # never seen, left unfilled
+    valid = np.array([[True, False, True], [True, False, False]])
+    filled = np.array([[False, True, False], [False, True, False]])
+    values, has, marked = filled_view(data, valid, filled)
+    np.testing.assert_array_equal(has, [[True, True, True], [True, True, False]])
+    np.testing.assert_array_equal(marked, [[False, True, False], [False, True, False]])
+    np.testing.assert_array_equal(values[:, 0, 1], data[:, 0, 1])  # a filled value is shown
+    assert np.isnan(values[:, 1, 2]).all()
 
 
 def test_bad_parameters_and_cli(tmp_path):
