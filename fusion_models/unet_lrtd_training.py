@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -147,6 +147,7 @@ def fit_unet_lrtd(
     per_patch_augment: bool = False,
     seed: int = 0,
     device: torch.device | str | None = None,
+    on_step: Callable[[], object] | None = None,
 ) -> FitResult:
     """Train :class:`UNetLRTD` on patches with partial labels (Adam, cosine learning rate).
 
@@ -192,6 +193,8 @@ def fit_unet_lrtd(
         Seeds initialisation, shuffling and augmentation.
     device
         Default: a GPU when present.
+    on_step
+        Called after every optimiser step, ``ceil(P / batch)`` times an epoch (a progress bar).
 
     Returns
     -------
@@ -261,6 +264,8 @@ def fit_unet_lrtd(
             opt.step()
             sched.step()
             sums += [parts.total.item(), parts.ce.item(), parts.lowrank.item()]
+            if on_step is not None:  # a progress bar's update: an epoch of a large cube is minutes
+                on_step()
         n_steps = math.ceil(len(xs) / batch)
         history.append(tuple(float(v) for v in sums / n_steps))  # type: ignore[arg-type]
         log.debug("epoch %d: loss %.4f (CE %.4f, low-rank %.5f)", epoch + 1, *history[-1])

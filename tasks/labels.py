@@ -50,6 +50,7 @@ import torch
 import xarray as xr
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+from tqdm.auto import tqdm
 
 from fusion_models.device import DEVICE_HELP, resolve_device
 from fusion_models.patching import blend_window, extract_patches, fold_patches, patch_origins
@@ -625,7 +626,8 @@ def recover_labels(
     n_time, n_band, height, width_px = (ds.sizes["time"], ds.sizes["band"], ds.sizes["y"], ds.sizes["x"])
     # seen: (y, x) observed on at least one date (valid, every band finite), the map gap filling
     # leaves its never-observed pixels NaN by; streamed over the cube's chunks
-    mean, std, seen = streamed_band_stats(ds)
+    title = f"labels {Path(str(cube)).name}"
+    mean, std, seen = streamed_band_stats(ds, progress=f"{title}: band statistics")
     if not seen.any():
         raise ValueError(f"{cube}: no observed pixel, nothing to learn from: {unobserved_reason(ds['data'], ds['valid'])}")
     # labels on pixels never observed are dropped, from training too: the network's input there is
@@ -650,15 +652,18 @@ def recover_labels(
         return np.where(observed[:, None], (data - mean) / std, np.nan).astype(np.float32), observed
 
     train_origins = _training_patches(idx, size, seed)
-    xs, vs, ys = patches_by_rows(train_origins, size, lambda y0, y1: (*model_rows(y0, y1), idx[y0:y1]))
+    xs, vs, ys = patches_by_rows(train_origins, size, lambda y0, y1: (*model_rows(y0, y1), idx[y0:y1]),
+                                 progress=f"{title}: read {len(train_origins)} labelled patches")
     ranks = (k if rank_k is None else min(rank_k, k), int(np.ceil(rank_share * size)), int(np.ceil(rank_share * size)))
     dev = resolve_device(device)
     weight = class_weights(idx, k, power=class_power) if class_power > 0 else None
     lrtd_variant = cast(Literal["hooi", "factors"], variant)  # checked at the top (mypy cannot narrow str)
-    fit = fit_unet_lrtd(
-        xs, vs, ys.astype(np.int64), classes=k, lam=lam, variant=lrtd_variant,
-        ranks=ranks, epochs=epochs, batch=batch, lr=lr, width=width, depth=depth, seed=seed, device=dev,
-        class_weight=weight)
+    with tqdm(total=epochs * -(-len(xs) // batch), desc=f"{title}: train on {len(xs)} patches, {epochs} epoch(s)",
+              unit="step") as bar:
+        fit = fit_unet_lrtd(
+            xs, vs, ys.astype(np.int64), classes=k, lam=lam, variant=lrtd_variant,
+            ranks=ranks, epochs=epochs, batch=batch, lr=lr, width=width, depth=depth, seed=seed, device=dev,
+            class_weight=weight, on_step=bar.update)
     del xs, vs, ys
     # predict on half-overlapping patches, blending the probabilities where they overlap with
     # weights that fade towards each patch's border (no seams along the patch grid); block by
@@ -669,9 +674,10 @@ def recover_labels(
     pred = np.empty((height, width_px), dtype=np.uint8)
     confidence = np.empty((height, width_px), dtype=np.float32)
     step = max(size, BLOCK_BYTES // max(1, 4 * n_time * n_band * width_px) // size * size)
-    for a in range(0, height, step):
-        b = min(height, a + step)
-        mine = origins[(origins[:, 0] < b) & (origins[:, 0] + size > a)]
+    blocks = [(a, min(height, a + step)) for a in range(0, height, step)]
+    touching = [origins[(origins[:, 0] < b) & (origins[:, 0] + size > a)] for a, b in blocks]
+    bar = tqdm(total=sum(map(len, touching)), desc=f"{title}: map half-overlapping patches", unit="patch")
+    for (a, b), mine in zip(blocks, touching, strict=True):
         r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
         x, observed = model_rows(r0, r1)
         local = mine - [r0, 0]
@@ -685,6 +691,8 @@ def recover_labels(
         never = ~seen[a:b]  # never observed: no class, whatever the network or a label says
         pred[a:b] = np.where(never, NO_CLASS, np.asarray(classes, dtype=np.uint8)[prob.argmax(0)])
         confidence[a:b] = np.where(never, np.nan, prob.max(0))
+        bar.update(len(mine))
+    bar.close()
 
     names = class_names(classes, layer_attrs)
     colours = colour_table(classes, layer_attrs)

@@ -150,8 +150,11 @@ def test_tiny_model_overfits_a_tiny_labelled_patch() -> None:
     assert (prob.argmax(1) == labels).mean() > 0.95
     assert fit.history[-1][1] < 0.5 * fit.history[0][1]
     # warm-up: lambda ramps linearly, lam * (epoch + 1) / (lam_warmup * epochs), capped at lam
+    steps: list[int] = []
     warm = fit_unet_lrtd(x, valid, sparse, classes=3, lam=4.0, ranks=(3, 4, 4), epochs=4, batch=2,
-                         lr=1e-2, width=8, depth=1, seed=0, device="cpu", lam_warmup=0.5)
+                         lr=1e-2, width=8, depth=1, seed=0, device="cpu", lam_warmup=0.5,
+                         on_step=lambda: steps.append(1))
+    assert len(steps) == 4 * -(-len(x) // 2)  # epochs x batches: the stage's progress bar
     for epoch, (total, ce, low) in enumerate(warm.history):
         lam_now = 4.0 * min(1.0, (epoch + 1) / 2)
         assert total == pytest.approx(ce + 0.5 * lam_now * low, rel=1e-5)
