@@ -560,7 +560,7 @@ def classify_cube(
     size = min(patch, height, width_px)
     patches = out.with_name(out.name + ".patches.zarr")
     if model is None:  # training reads its batches from a patch store
-        make_patches(cube, patches, size=size, block=block, seed=seed, batch=16, overwrite=True)
+        make_patches(cube, patches, size=size, block=block, seed=seed, batch=16, overwrite=True, progress=progress)
         pds = xr.open_zarr(patches, consolidated=None)
         split = np.array([str(s) for s in pds["split"].values])
         origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1)
