@@ -15,13 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import xarray as xr
+
 from tasks.anomalies import anomalies_key, anomalies_task, waits_for_data
 from tasks.catalog import Catalog
 from tasks.checkpoint import Manifest, fingerprint, read_manifest, reusable
 from tasks.classify import classify_key, classify_task
-from tasks.compress import compress_task
+from tasks.compress import compress_task, default_ranks
 from tasks.gapfill import gapfill_key, gapfill_task
 from tasks.labels import labels_key, labels_task
+from tasks.patch import fit_patch_size
 
 __all__ = ["STAGES", "Stage", "stage_current"]
 
@@ -52,7 +55,14 @@ def _compress_current(cube: str, out: str, params: dict[str, Any]) -> Manifest |
         return None
     if patches.inputs.get("cube") != fingerprint(cube) or coded.inputs.get("patches") != patches.key:
         return None
-    wanted = {k: v for k, v in params.items() if k in ("step", "bits", "psnr", "iters") or (k == "ranks" and v)}
+    if patches.params.get("size") != fit_patch_size(cube, params.get("patch", 32), None)[0]:
+        return None  # another patch size asked for
+    wanted = {k: v for k, v in params.items() if k in ("step", "bits", "psnr", "iters")}
+    if params.get("ranks"):
+        wanted["ranks"] = list(params["ranks"])
+    else:  # the default ranks of the patches' shape, as compress_patches takes them
+        with xr.open_zarr(Path(out) / "patches.zarr", consolidated=None) as pds:
+            wanted["ranks"] = list(default_ranks(tuple(int(n) for n in pds["data"].shape[1:])))
     return coded if all(coded.params.get(k) == v for k, v in wanted.items()) else None
 
 

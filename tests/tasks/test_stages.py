@@ -139,3 +139,34 @@ def test_captured_warnings_keep_this_thread_s_distinct_warnings_only() -> None:
         other.join()
     log.warning("after")
     assert found == ["cut to 10 px"]
+
+
+def test_compress_is_current_only_for_the_patch_size_and_ranks_asked_for(tmp_path: Path) -> None:
+    """The no-op check (`fusioncube run` answered from the manifests) took a compressed store cut
+    into other patches, or coded with ranks no longer asked for, as current."""
+    import numpy as np
+    import xarray as xr
+    import yaml
+
+    from tasks.catalog import catalog_from_dict
+    from tasks.compress import compress_cube
+    from tasks.stages import stage_current
+
+    raw = yaml.safe_load((REPO / "data_catalog.yaml").read_text())
+    raw["cubes"]["planet"]["params"] = {"compress": {"patch": 8, "iters": 2}}
+    env = {"FUSIONCUBE_DATA": str(tmp_path)}
+    catalog = catalog_from_dict(raw, path=REPO / "data_catalog.yaml", env=env)
+    cube = catalog.cube_path("planet")
+    rng = np.random.default_rng(0)
+    xr.Dataset({"data": (("time", "band", "y", "x"), rng.random((4, 2, 16, 16), dtype=np.float32)),
+                "valid": (("time", "y", "x"), np.ones((4, 16, 16), bool))},
+               coords={"time": np.arange("2019-07-01", "2019-07-05", dtype="datetime64[D]").astype("datetime64[ns]"),
+                       "band": ["a", "b"], "y": np.arange(16.0), "x": np.arange(16.0)}).to_zarr(cube, zarr_format=3)
+    params = catalog.stage_params("planet", "compress")
+    compress_cube(cube, catalog.stage_dir("planet") / "compress", **{**params, "ranks": None})
+    assert stage_current(catalog, "planet", "compress") is not None
+    for own in ({"patch": 4, "iters": 2}, {"patch": 8, "iters": 2, "ranks": [2, 2, 3, 3]},
+                {"patch": 8, "iters": 3}):
+        raw["cubes"]["planet"]["params"] = {"compress": own}
+        assert stage_current(catalog_from_dict(raw, path=REPO / "data_catalog.yaml", env=env), "planet",
+                             "compress") is None, own
