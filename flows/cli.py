@@ -153,12 +153,13 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
     """What `fusioncube ingest` would do with these files: bands, mask, scenes, grid; nothing written."""
     from tasks.catalog import catalog_from_dict
     from tasks.cube import crs_label
-    from tasks.ingest import cube_grid, grid_of_cube, plan_ingest, scenes_within
+    from tasks.ingest import cube_grid, grid_of_cube, plan_ingest, scenes_within, warn_future_dates
 
     catalog = catalog_from_dict(raw, path=path)
     source = catalog.source("scenes")
     cube = next(iter(catalog.cubes))
     plan = plan_ingest(catalog, cube)
+    warn_future_dates(plan)
     existing = catalog.cube_path(cube).exists()
     g = None
     if plan.new:

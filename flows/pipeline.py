@@ -23,7 +23,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import xarray as xr
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect_dask import DaskTaskRunner
@@ -32,7 +31,7 @@ from flows.ingest import ingest_steps
 from tasks.catalog import Catalog, load_catalog
 from tasks.checkpoint import read_manifest, reusable
 from tasks.errors import StagesFailed, did_you_mean
-from tasks.ingest import plan_ingest
+from tasks.ingest import missing_static_layers, plan_ingest
 from tasks.locks import cube_lock
 from tasks.patch import fit_patch_size, patch_key, patch_task
 from tasks.pipeline_report import pipeline_summary, publish_pipeline_task
@@ -192,10 +191,8 @@ def pipeline_up_to_date(catalog: Catalog, cube: str, start: date | None = None, 
     chosen = list(catalog.cube(cube).stages) if stages is None else list(stages)
     if cube_manifest is None or not cube_manifest.outputs.get("time_steps") or any(s not in STAGES for s in chosen):
         return None  # nothing made yet, or an unknown stage the flow names
-    if catalog.cube(cube).static:  # a static layer listed after the cube was made: ingest adds it
-        with xr.open_zarr(path, consolidated=None) as ds:
-            if any(v not in ds.variables for v in catalog.cube(cube).static):
-                return None
+    if missing_static_layers(catalog, cube):  # listed after the cube was made: ingest adds them
+        return None
     plan = plan_ingest(catalog, cube, start=start, end=end)
     if plan.new or plan.quarantined:
         return None

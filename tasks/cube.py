@@ -41,6 +41,7 @@ __all__ = [
     "observed_mask",
     "open_cube",
     "patches_by_rows",
+    "row_blocks",
     "read_rows",
     "spatial_ref",
     "streamed_band_stats",
@@ -482,6 +483,17 @@ def read_rows(ds: xr.Dataset, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray,
     data = block["data"].values.astype(np.float32)
     valid = block["valid"].values.astype(bool)
     return data, valid, observed_mask(data, valid)
+
+
+def row_blocks(origins: np.ndarray, size: int, height: int, step: int) -> list[tuple[int, int, np.ndarray]]:
+    """Rows ``0:height`` cut into blocks of ``step`` rows, each with the patch ``origins (P, 2)`` of
+    side ``size`` that touch it: ``(y0, y1, origins)``. A stage that maps overlapping patches writes
+    block by block and blends every patch that reaches into the block."""
+    blocks = []
+    for a in range(0, height, step):
+        b = min(height, a + step)
+        blocks.append((a, b, origins[(origins[:, 0] < b) & (origins[:, 0] + size > a)]))
+    return blocks
 
 
 def patches_by_rows(origins: np.ndarray, size: int,

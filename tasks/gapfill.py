@@ -67,6 +67,7 @@ from tasks.cube import (
     open_cube,
     patches_by_rows,
     read_rows,
+    row_blocks,
     streamed_band_stats,
     unobserved_reason,
 )
@@ -298,11 +299,10 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
     with atomic_artifact(out) as tmp:
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False,
                          encoding=_encoding(ds, n_time, n_band, chunk_y, min(width, 256)))
-        blocks = [(a, min(height, a + step)) for a in range(0, height, step)]
-        touching = [fill_origins[(fill_origins[:, 0] < b) & (fill_origins[:, 0] + size > a)] for a, b in blocks]
-        bar = tqdm(total=sum(map(len, touching)), desc=f"{title}: fill half-overlapping patches",
+        blocks = row_blocks(fill_origins, size, height, step)
+        bar = tqdm(total=sum(len(mine) for _, _, mine in blocks), desc=f"{title}: fill half-overlapping patches",
                    unit="patch")
-        for (a, b), mine in zip(blocks, touching, strict=True):
+        for a, b, mine in blocks:
             r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
             data, valid, observed = read_rows(ds, r0, r1)
             local = mine - [r0, 0]

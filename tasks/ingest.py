@@ -72,7 +72,7 @@ from tasks.validate import ValidationRules, validate_profiles
 from tasks.warp import Grid, RawScene, no_crs_reason, read_scene, scene_crs, warp_scene
 
 __all__ = [
-    "IngestPlan", "IngestReport", "ScenePlan", "attach_part", "check_cube_bands", "cube_grid", "finish_ingest", "ingest_cube",
+    "IngestPlan", "IngestReport", "ScenePlan", "attach_part", "check_cube_bands", "cube_grid", "finish_ingest", "ingest_cube", "missing_static_layers", "warn_future_dates",
     "plan_ingest", "plan_parts", "write_part",
 ]
 
@@ -423,12 +423,6 @@ def plan_ingest(
         else:
             new.append(ref)
     new.sort(key=lambda r: (r.date or datetime.min, r.path, r.time_index or 0))
-    today = datetime.now(UTC).date()
-    for ref in new:  # a date after today is nearly always a misread one; taken, but said
-        if ref.date is not None and ref.date.date() > today:
-            log.warning("%s: dated %s, after today (%s); if the date is misread, give its rule "
-                        "(--date-pattern / --date-format, the source's date: in the catalog)",
-                        ref.path, ref.date.date(), today)
     grouped = [_one_step_per_file(list(g), skipped)
                for _, g in groupby(new, key=lambda r: r.date.date() if r.date else None)]
     return ScenePlan(grouped, skipped, quarantined)
@@ -628,6 +622,15 @@ def static_layers(
     return layers, quarantined
 
 
+def missing_static_layers(catalog: Catalog, cube: str) -> dict[str, str]:
+    """The static layers of the cube's catalog entry (name -> source) that the existing cube lacks."""
+    static = catalog.cube(cube).static
+    if not static:
+        return {}
+    with xr.open_zarr(catalog.cube_path(cube), consolidated=None) as ds:
+        return {v: s for v, s in static.items() if v not in ds.variables}
+
+
 def add_static_layers(catalog: Catalog, cube: str) -> tuple[list[str], list[dict[str, Any]]]:
     """Add the static layers of the cube's catalog entry that an existing cube lacks (e.g. a land
     cover map given to ``fusioncube ingest --layer`` after the cube was made), read onto its grid.
@@ -638,11 +641,11 @@ def add_static_layers(catalog: Catalog, cube: str) -> tuple[list[str], list[dict
     """
     path = catalog.cube_path(cube)
     spec = catalog.cube(cube)
-    with xr.open_zarr(path, consolidated=None) as ds:
-        missing = {v: s for v, s in spec.static.items() if v not in ds.variables}
-        chunks = ds["data"].encoding.get("chunks", (1, 1, 256, 256))[-2:]
+    missing = missing_static_layers(catalog, cube)
     if not missing:
         return [], []
+    with xr.open_zarr(path, consolidated=None) as ds:
+        chunks = ds["data"].encoding.get("chunks", (1, 1, 256, 256))[-2:]
     layers, quarantined = static_layers(catalog, spec.model_copy(update={"static": missing}), grid_of_cube(path))
     for var, layer in layers.items():
         tmp = f".tmp-{var}-{uuid.uuid4().hex[:8]}"
@@ -912,6 +915,7 @@ def plan_parts(
     manifest = _check_store(path, read_manifest(path), cube)
     steps = truncate_to_manifest(path, manifest) if manifest is not None else 0
     scene_plan = plan_ingest(catalog, cube, start=start, end=end)
+    warn_future_dates(scene_plan)
     grid = grid_of_cube(path) if manifest is not None else None
     if manifest is not None:
         check_cube_bands(path, [b.name for b in catalog.source(spec.sources[0]).bands])
@@ -946,6 +950,17 @@ def plan_parts(
         i, appended = i + n, appended + 1
     return IngestPlan(cube, str(path), grid, parts, scene_plan.skipped, scene_plan.quarantined, steps,
                       creates=bool(parts) and not path.exists())
+
+
+def warn_future_dates(plan: ScenePlan) -> None:
+    """A date after today is nearly always a misread one: taken, but said (once, where the ingest
+    is planned, not at every look for new scenes)."""
+    today = datetime.now(UTC).date()
+    for ref in (r for g in plan.new for r in g):
+        if ref.date is not None and ref.date.date() > today:
+            log.warning("%s: dated %s, after today (%s); if the date is misread, give its rule "
+                        "(--date-pattern / --date-format, the source's date: in the catalog)",
+                        ref.path, ref.date.date(), today)
 
 
 def _day(group: Sequence[SceneRef]) -> str | None:

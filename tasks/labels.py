@@ -81,6 +81,7 @@ from tasks.cube import (
     open_cube,
     patches_by_rows,
     read_rows,
+    row_blocks,
     streamed_band_stats,
     unobserved_reason,
 )
@@ -674,10 +675,10 @@ def recover_labels(
     pred = np.empty((height, width_px), dtype=np.uint8)
     confidence = np.empty((height, width_px), dtype=np.float32)
     step = max(size, BLOCK_BYTES // max(1, 4 * n_time * n_band * width_px) // size * size)
-    blocks = [(a, min(height, a + step)) for a in range(0, height, step)]
-    touching = [origins[(origins[:, 0] < b) & (origins[:, 0] + size > a)] for a, b in blocks]
-    bar = tqdm(total=sum(map(len, touching)), desc=f"{title}: map half-overlapping patches", unit="patch")
-    for (a, b), mine in zip(blocks, touching, strict=True):
+    blocks = row_blocks(origins, size, height, step)
+    bar = tqdm(total=sum(len(mine) for _, _, mine in blocks), desc=f"{title}: map half-overlapping patches",
+               unit="patch")
+    for a, b, mine in blocks:
         r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
         x, observed = model_rows(r0, r1)
         local = mine - [r0, 0]

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import xarray as xr
-
 from tasks.anomalies import anomalies_key, anomalies_task, waits_for_data
 from tasks.catalog import Catalog
 from tasks.checkpoint import Manifest, fingerprint, read_manifest, reusable
@@ -60,9 +58,9 @@ def _compress_current(cube: str, out: str, params: dict[str, Any]) -> Manifest |
     wanted = {k: v for k, v in params.items() if k in ("step", "bits", "psnr", "iters")}
     if params.get("ranks"):
         wanted["ranks"] = list(params["ranks"])
-    else:  # the default ranks of the patches' shape, as compress_patches takes them
-        with xr.open_zarr(Path(out) / "patches.zarr", consolidated=None) as pds:
-            wanted["ranks"] = list(default_ranks(tuple(int(n) for n in pds["data"].shape[1:])))
+    else:  # the default ranks of the patches' shape (their manifest has it), as compress_patches takes them
+        shape = patches.outputs.get("shape", {})
+        wanted["ranks"] = list(default_ranks(tuple(int(shape.get(d, 0)) for d in ("time", "band", "py", "px"))))
     return coded if all(coded.params.get(k) == v for k, v in wanted.items()) else None
 
 

@@ -309,3 +309,14 @@ def test_stage_products_given_as_a_cube_are_named_with_what_to_give_instead(tmp_
     (tmp_path / "out" / "compressed" / "cores.bin").write_bytes(b"\0")
     with pytest.raises(CubeSchemaError, match=r"a compressed store .* stage decompress --store .*compressed"):
         open_cube(tmp_path / "out" / "compressed")
+
+
+def test_row_blocks_give_each_block_the_patches_that_reach_into_it() -> None:
+    import numpy as np
+
+    from tasks.cube import row_blocks
+
+    origins = np.array([[0, 0], [4, 0], [8, 0], [12, 0]])  # patches of 8 rows at stride 4, 20 rows
+    blocks = row_blocks(origins, 8, 20, 10)
+    assert [(a, b) for a, b, _ in blocks] == [(0, 10), (10, 20)]
+    assert blocks[0][2][:, 0].tolist() == [0, 4, 8] and blocks[1][2][:, 0].tolist() == [4, 8, 12]
