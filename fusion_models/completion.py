@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion_models.tensor_ops import fold, mode_dot, unfold
+from fusion_models.tensor_ops import fold, mode_dot, svt, unfold
 
 __all__ = [
     "CompletionResult",
@@ -33,7 +33,6 @@ __all__ = [
     "leading_vectors",
     "linear_interpolation",
     "mode_dot",
-    "svt_gram",
     "tucker_completion",
     "unfold",
 ]
@@ -103,34 +102,6 @@ def leading_vectors(m: np.ndarray, rank: int) -> np.ndarray:
         return v[:, ::-1][:, :rank]
     u, _, _ = np.linalg.svd(m, full_matrices=False)
     return u[:, :rank]
-
-
-def svt_gram(m: np.ndarray, tau: float) -> np.ndarray:
-    """Singular value thresholding :math:`\\mathcal D_\\tau(M) = U \\max(\\Sigma - \\tau, 0) V^T`
-    through the eigen-decomposition of the smaller Gram matrix (Cai, Candes, Shen 2010).
-
-    With :math:`M M^T = U \\Sigma^2 U^T` (``M`` wide; the transpose otherwise),
-    :math:`\\mathcal D_\\tau(M) = U\\,\\mathrm{diag}(\\max(\\sigma_i - \\tau, 0) / \\sigma_i)\\,U^T M`:
-    the same value as :func:`fusion_models.tensor_ops.svt` without a full SVD of the long side
-    (for the unfoldings of a 100 x 3 x 32 x 32 patch, 5 to 80 times faster). Singular values
-    come from :math:`\\sqrt{\\lambda_i}`, accurate to about :math:`\\epsilon\\,\\sigma_1^2 / \\sigma_i`,
-    far below any threshold in use; directions with :math:`\\sigma_i \\le \\tau` are dropped.
-    Real 2-D ``m`` only.
-    """
-    if m.ndim != 2:
-        raise ValueError(f"svt_gram needs a matrix (p, q); got shape {m.shape} (use tensor_ops.svt for stacks)")
-    if not tau >= 0:
-        raise ValueError(f"tau must be >= 0; got tau={tau}")
-    if m.shape[0] > m.shape[1]:
-        return svt_gram(m.T, tau).T
-    lam, u = np.linalg.eigh(m @ m.T)
-    sigma = np.sqrt(np.clip(lam, 0.0, None))
-    keep = sigma > tau
-    if not keep.any():
-        return np.zeros_like(m)
-    uk = u[:, keep]
-    shrink = (sigma[keep] - tau) / sigma[keep]
-    return (uk * shrink) @ (uk.T @ m)
 
 
 def hosvd(x: np.ndarray, ranks: Sequence[int]) -> list[np.ndarray]:
@@ -272,7 +243,7 @@ def halrtc(
         acc = np.zeros_like(z)
         ms = []
         for n in range(n_modes):
-            m = fold(svt_gram(unfold(z + ys[n] / rho, n), alpha[n] / rho), n, z.shape)
+            m = fold(svt(unfold(z + ys[n] / rho, n), alpha[n] / rho), n, z.shape)
             ms.append(m)
             acc += m - ys[n] / rho
         new = np.where(mask, obs, acc / n_modes)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from fusion_models.tensor_ops import soft_threshold, tnn_prox
+from fusion_models.statistics import masked_median
+from fusion_models.tensor_ops import singular_values, soft_threshold, spectral_map, tnn_prox
 
 __all__ = [
     "RobustPCAResult",
@@ -302,7 +303,7 @@ def _to_tube_x(a: np.ndarray) -> np.ndarray:
 
 def fourier_spectrum(x: np.ndarray) -> np.ndarray:
     """Singular values of each Fourier slice ``k = 0..n3//2`` of ``x``: ``(n3//2 + 1, min(n1, n2))``."""
-    return np.linalg.svd(np.fft.rfft(x, axis=2).transpose(2, 0, 1), compute_uv=False)
+    return singular_values(np.fft.rfft(x, axis=2).transpose(2, 0, 1))
 
 
 def tubal_truncate(x: np.ndarray, ranks: np.ndarray) -> np.ndarray:
@@ -315,13 +316,10 @@ def tubal_truncate(x: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     """
     n3 = x.shape[2]
     fx = np.fft.rfft(x, axis=2).transpose(2, 0, 1)
-    u, s, vh = np.linalg.svd(fx, full_matrices=False)
     ranks = np.asarray(ranks)
     if ranks.shape != (fx.shape[0],):
         raise ValueError(f"ranks needs one rank per Fourier slice ({fx.shape[0]}); got shape {ranks.shape}")
-    s = np.where(np.arange(s.shape[1])[None, :] < ranks[:, None], s, 0.0)
-    keep = max(int(ranks.max()), 1)
-    fz = (u[..., :keep] * s[:, None, :keep]) @ vh[:, :keep, :]
+    fz, _ = spectral_map(fx, lambda s: (np.arange(s.shape[1])[None, :] < ranks[:, None]) & (s > 0))
     return np.fft.irfft(fz.transpose(1, 2, 0), n=n3, axis=2)
 
 
@@ -356,11 +354,16 @@ def tubal_shrink(x: np.ndarray, sigma: float) -> tuple[np.ndarray, int]:
     :math:`n_3\sigma^2` per entry, so the normalisation is :math:`\sigma\sqrt{n_3}\sqrt{\max(n_1, n_2)}`."""
     n1, n2, n3 = x.shape
     fx = np.fft.rfft(x, axis=2).transpose(2, 0, 1)
-    u, s, vh = np.linalg.svd(fx, full_matrices=False)
     scale = sigma * math.sqrt(n3) * math.sqrt(max(n1, n2))
-    shrunk = optimal_shrinkage(s / scale, min(n1, n2) / max(n1, n2)) * scale
-    fz = (u * shrunk[:, None, :]) @ vh
-    return np.fft.irfft(fz.transpose(1, 2, 0), n=n3, axis=2), int((shrunk > 0).sum(axis=1).max())
+    beta = min(n1, n2) / max(n1, n2)
+
+    def gain(s: np.ndarray) -> np.ndarray:
+        shrunk = optimal_shrinkage(s / scale, beta) * scale
+        return np.where(shrunk > 0, shrunk / np.where(shrunk > 0, s, 1.0), 0.0)
+
+    fz, s = spectral_map(fx, gain)
+    kept = int((optimal_shrinkage(s / scale, beta) > 0).sum(axis=1).max())
+    return np.fft.irfft(fz.transpose(1, 2, 0), n=n3, axis=2), kept
 
 
 def _trimmed_set(resid: np.ndarray, omega: np.ndarray, *, k_out: float, time_axis: int) -> np.ndarray:
@@ -372,10 +375,7 @@ def _trimmed_set(resid: np.ndarray, omega: np.ndarray, *, k_out: float, time_axi
     """
     on = resid[omega]
     sigma = 1.4826 * float(np.median(np.abs(on - np.median(on))))
-    # a pixel never observed gets 0 without an all-NaN slice (whose warning filter, a
-    # process-wide setting, is not safe to change from the stage's concurrent tiles)
-    never = ~omega.any(axis=time_axis, keepdims=True)
-    pixel = np.nanmedian(np.where(omega, resid, np.where(never, 0.0, np.nan)), axis=time_axis, keepdims=True)
+    pixel = masked_median(resid, omega, axis=time_axis)  # 0 for a pixel never observed
     fit = omega & (np.abs(resid - pixel) <= k_out * sigma)
     return fit if fit.any() else omega
 

@@ -13,14 +13,16 @@ the mode that should carry the "tube" structure (time, for image time series) go
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 __all__ = [
     "fold",
     "mode_dot",
+    "singular_values",
     "soft_threshold",
+    "spectral_map",
     "svt",
     "tnn",
     "tnn_prox",
@@ -86,6 +88,59 @@ def soft_threshold(x: np.ndarray, tau: float | np.ndarray) -> np.ndarray:
     return np.sign(x) * np.maximum(np.abs(x) - tau_arr, 0)
 
 
+def _gram(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The Gram matrix of each matrix of a stack on its smaller side, and whether that is the
+    column side (``A^H A`` of a tall matrix) or the row side (``A A^H`` of a wide one)."""
+    ah = np.conj(np.swapaxes(a, -1, -2))
+    tall = a.shape[-2] >= a.shape[-1]
+    return (ah @ a if tall else a @ ah), tall
+
+
+def singular_values(a: np.ndarray) -> np.ndarray:
+    """Singular values of each matrix of a stack ``(..., p, q)``, largest first:
+    ``(..., min(p, q))``, from the eigenvalues of the smaller Gram matrix (see :func:`spectral_map`)."""
+    gram, _ = _gram(a)
+    return np.sqrt(np.clip(np.linalg.eigvalsh(gram)[..., ::-1], 0.0, None))
+
+
+def spectral_map(
+    a: np.ndarray, gain: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Each matrix of a stack with its singular values scaled: :math:`U\,\mathrm{diag}(g(s)\,s)\,V^H`.
+
+    ``gain`` maps the singular values ``s`` (``(..., r)``, largest first, ``r = min(p, q)``) to
+    factors ``g(s)`` of the same shape: ``max(s - tau, 0) / s`` thresholds (:func:`svt`), ones on
+    the leading ``k`` and zeros after truncate to rank ``k``. A factor must be 0 where ``s`` is 0.
+
+    Computed from the eigendecomposition of the smaller Gram matrix, :math:`A^H A = V S^2 V^H`
+    (or :math:`A A^H = U S^2 U^H` for a wide ``A``), as :math:`A V\,\mathrm{diag}(g)\,V^H`
+    (or :math:`U\,\mathrm{diag}(g)\,U^H A`): no singular vectors on the long side are formed, and
+    only the leading components with a factor other than 0 are applied. For the thin matrices of a
+    t-SVD (a tile's ``64 x 27`` Fourier slices) this is about twice as fast as LAPACK's SVD. The
+    eigenvalues carry an absolute error of about machine epsilon times :math:`s_1^2`, so singular
+    values below :math:`\sqrt{\epsilon}\,s_1` (about ``1e-8`` of the largest) are not resolved;
+    every gain used here is 0 for those (thresholds and noise edges lie far above).
+
+    Returns
+    -------
+    z : np.ndarray
+        Same shape as ``a`` (complex for complex ``a``).
+    s : np.ndarray
+        ``(..., r)`` the singular values, largest first.
+    """
+    gram, tall = _gram(a)
+    w, v = np.linalg.eigh(gram)
+    w, v = w[..., ::-1], v[..., ::-1]
+    s = np.sqrt(np.clip(w, 0.0, None))
+    factor = np.asarray(gain(s), dtype=np.float64)
+    used = np.flatnonzero((factor != 0).reshape(-1, factor.shape[-1]).any(axis=0))
+    keep = int(used[-1]) + 1 if used.size else 1
+    v, factor = v[..., :keep], factor[..., :keep]
+    vh = np.conj(np.swapaxes(v, -1, -2))
+    z = (a @ (v * factor[..., None, :])) @ vh if tall else (v * factor[..., None, :]) @ (vh @ a)
+    return z, s
+
+
 def svt(m: np.ndarray, tau: float) -> np.ndarray:
     r"""Singular value thresholding, the proximal operator of :math:`\tau\|\cdot\|_*`.
 
@@ -112,9 +167,12 @@ def svt(m: np.ndarray, tau: float) -> np.ndarray:
     tau = _check_tau(tau)
     if m.ndim < 2:
         raise ValueError(f"svt needs a matrix (p, q) or a stack (..., p, q); got shape {m.shape}")
-    u, s, vh = np.linalg.svd(m, full_matrices=False)
-    s = np.maximum(s - tau, 0)
-    return (u * s[..., None, :]) @ vh
+    return spectral_map(m, lambda s: _threshold_gain(s, tau))[0]
+
+
+def _threshold_gain(s: np.ndarray, tau: float) -> np.ndarray:
+    """``max(s - tau, 0) / s``: the factors of singular value thresholding (0 where ``s <= tau``)."""
+    return np.where(s > tau, 1.0 - tau / np.where(s > tau, s, 1.0), 0.0)
 
 
 def _half(n3: int) -> int:
@@ -241,10 +299,7 @@ def tnn_prox(x: np.ndarray, tau: float) -> tuple[np.ndarray, int]:
     tau = _check_tau(tau)
     n3 = x.shape[2]
     fx = np.fft.rfft(x, axis=2).transpose(2, 0, 1)  # (n3//2 + 1, n1, n2)
-    u, s, vh = np.linalg.svd(fx, full_matrices=False)
-    s = np.maximum(s - tau, 0)
-    rank = int((s > 0).sum(axis=1).max()) if s.size else 0
-    keep = max(rank, 1)
-    fz = (u[..., :keep] * s[:, None, :keep]) @ vh[:, :keep, :]
+    fz, s = spectral_map(fx, lambda s: _threshold_gain(s, tau))
+    rank = int((s > tau).sum(axis=1).max()) if s.size else 0
     z = np.fft.irfft(fz.transpose(1, 2, 0), n=n3, axis=2)
     return z.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64), rank

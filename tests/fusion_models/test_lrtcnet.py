@@ -269,24 +269,6 @@ def test_fit_with_the_datas_own_gap_masks():
         fit_lrtcnet(x, np.ones_like(observed), hide_kind="gaps", device="cpu")
 
 
-def test_svt_gram_equals_the_svd_threshold():
-    from fusion_models.completion import svt_gram
-    from fusion_models.tensor_ops import svt
-
-    rng = np.random.default_rng(11)
-    for shape in ((6, 40), (40, 6), (5, 5)):
-        m = rng.normal(size=shape)
-        s = np.linalg.svd(m, compute_uv=False)
-        for tau in (0.0, float(s[2]) - 1e-3, float(s[0]) * 0.5, float(s[0]) + 1.0):
-            np.testing.assert_allclose(svt_gram(m, tau), svt(m, tau), atol=1e-9)
-    # known case: diag(3, 1) thresholded at 2 keeps diag(1, 0)
-    np.testing.assert_allclose(svt_gram(np.diag([3.0, 1.0]), 2.0), np.diag([1.0, 0.0]), atol=1e-12)
-    with pytest.raises(ValueError, match="tau must be >= 0"):
-        svt_gram(np.eye(2), -1.0)
-    with pytest.raises(ValueError, match="matrix"):
-        svt_gram(np.ones((2, 2, 2)), 1.0)
-
-
 def test_gaussian_band_is_the_zero_padded_convolution():
     from fusion_models.lrtcnet import gaussian_band
 

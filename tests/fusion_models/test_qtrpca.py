@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,18 @@ from fusion_models.qtrpca import (
     tubal_shrink,
     tubal_truncate,
 )
-from fusion_models.tensor_ops import soft_threshold, svt, tnn, tnn_prox, tprod, tsvd, ttranspose
+from fusion_models.statistics import masked_median
+from fusion_models.tensor_ops import (
+    singular_values,
+    soft_threshold,
+    spectral_map,
+    svt,
+    tnn,
+    tnn_prox,
+    tprod,
+    tsvd,
+    ttranspose,
+)
 
 
 def _planted(seed: int = 0, shape: tuple[int, int, int] = (20, 20, 10), rank: int = 2, share: float = 0.05):
@@ -99,6 +112,57 @@ def test_tnn_prox_matches_direct_per_frequency_svd():
     obj = lambda z: tau * tnn(z) + 0.5 * np.sum((z - x) ** 2)  # noqa: E731
     for _ in range(5):
         assert obj(got) <= obj(got + 1e-3 * rng.standard_normal(x.shape)) + 1e-12
+
+
+def _lapack_map(a: np.ndarray, gain) -> np.ndarray:
+    u, s, vh = np.linalg.svd(a, full_matrices=False)
+    return (u * (gain(s) * s)[..., None, :]) @ vh
+
+
+@pytest.mark.parametrize("shape", [(6, 40), (40, 6), (5, 5), (3, 64, 27), (3, 27, 64)])
+@pytest.mark.parametrize("complex_", [False, True])
+def test_spectral_map_equals_the_svd_of_the_long_side(shape, complex_):
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=shape) + (1j * rng.normal(size=shape) if complex_ else 0)
+    s_ref = np.linalg.svd(a, compute_uv=False)
+    np.testing.assert_allclose(singular_values(a), s_ref, rtol=1e-9, atol=1e-9)
+    for tau in (0.0, float(s_ref.min()) + 1e-3, float(s_ref.max()) * 0.5, float(s_ref.max()) + 1.0):
+        np.testing.assert_allclose(svt(a, tau), _lapack_map(a, lambda s, tau=tau: np.maximum(s - tau, 0) / s), atol=1e-9)
+    rank_two = lambda s: (np.arange(s.shape[-1]) < 2) * np.ones_like(s)  # noqa: E731
+    z, s = spectral_map(a, rank_two)
+    np.testing.assert_allclose(z, _lapack_map(a, rank_two), atol=1e-9)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-9, atol=1e-9)
+    assert np.all(np.linalg.matrix_rank(z) == 2)
+
+
+def test_spectral_map_known_cases():
+    # diag(3, 1) thresholded at 2 keeps diag(1, 0); every gain 0 gives zeros; identity gains give A
+    np.testing.assert_allclose(svt(np.diag([3.0, 1.0]), 2.0), np.diag([1.0, 0.0]), atol=1e-12)
+    a = np.arange(12.0).reshape(3, 4)
+    np.testing.assert_allclose(spectral_map(a, np.zeros_like)[0], 0.0, atol=1e-12)
+    np.testing.assert_allclose(spectral_map(a, lambda s: (s > 0).astype(float))[0], a, atol=1e-10)
+    with pytest.raises(ValueError, match="tau must be finite and >= 0"):
+        svt(np.eye(2), -1.0)
+    with pytest.raises(ValueError, match="matrix"):
+        svt(np.ones(3), 1.0)
+
+
+def test_masked_median_equals_nanmedian():
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(5, 8, 6))
+    mask = rng.random(x.shape) > 0.4
+    mask[0, :, 0] = False  # a line with no entry
+    mask[1, :, 1] = True  # a full line (even count)
+    for axis in range(3):
+        got = masked_median(x, mask, axis, empty=-7.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the all-NaN line
+            ref = np.nanmedian(np.where(mask, x, np.nan), axis=axis, keepdims=True)
+        np.testing.assert_allclose(got, np.where(np.isnan(ref), -7.0, ref), atol=1e-15)
+    # known answers: odd and even counts, masked-out values ignored however large
+    v = np.array([[1.0, 9.0, 3.0, 100.0], [4.0, 2.0, 8.0, 6.0]])
+    m = np.array([[True, True, True, False], [True, True, True, True]])
+    assert masked_median(v, m, axis=1).ravel().tolist() == [3.0, 5.0]
 
 
 def test_tsvd_reconstructs_and_matrix_operators():
