@@ -274,7 +274,8 @@ def linear_interpolation(x: np.ndarray, mask: np.ndarray, *, axis: int = 0) -> n
     x
         ``(T, ...)`` values (``axis`` selects T); unobserved values are ignored.
     mask
-        Bool, same shape as ``x``, True where observed.
+        Bool, True where observed: the shape of ``x``, or size 1 on axes other than ``axis`` (one
+        mask for every band), which is also faster: the neighbours are found once per pixel.
     axis
         The time axis.
 
@@ -283,31 +284,37 @@ def linear_interpolation(x: np.ndarray, mask: np.ndarray, *, axis: int = 0) -> n
     np.ndarray
         Same shape as ``x``, float64, observed entries unchanged.
     """
-    xo, mask = _check(x, mask)
-    xt = np.moveaxis(xo, axis, 0)
+    x = np.asarray(x)
+    mask = np.asarray(mask, dtype=bool)
+    axis = axis % max(x.ndim, 1)
+    if mask.ndim != x.ndim or mask.shape[axis] != x.shape[axis] or any(
+        m not in (1, n) for m, n in zip(mask.shape, x.shape, strict=True)
+    ):
+        raise ValueError(
+            f"mask must have the shape of x, or size 1 on an axis other than time to share it "
+            f"(one mask for every band); got x {x.shape}, mask {mask.shape}"
+        )
+    if not mask.any():
+        raise ValueError("mask observes no entry; completion needs at least one observed value")
     mt = np.moveaxis(mask, axis, 0)
+    full = np.broadcast_to(mt, np.moveaxis(x, axis, 0).shape)
+    xt = np.where(full, np.moveaxis(x, axis, 0), 0.0).astype(np.float64)
     t = xt.shape[0]
-    flat_x = xt.reshape(t, -1)
-    flat_m = mt.reshape(t, -1)
-    idx = np.arange(t)[:, None]
-    # previous and next observed index per entry (-1 / t where none)
-    prev = np.where(flat_m, idx, -1)
-    prev = np.maximum.accumulate(prev, axis=0)
-    nxt = np.where(flat_m, idx, t)
-    nxt = np.minimum.accumulate(nxt[::-1], axis=0)[::-1]
-    cols = np.arange(flat_x.shape[1])[None, :].repeat(t, 0)
+    idx = np.arange(t).reshape(t, *([1] * (xt.ndim - 1)))
+    # previous and next observed index per series (-1 / t where none), on the mask's own shape
+    prev = np.maximum.accumulate(np.where(mt, idx, -1), axis=0)
+    nxt = np.minimum.accumulate(np.where(mt, idx, t)[::-1], axis=0)[::-1]
     has_prev, has_next = prev >= 0, nxt < t
-    v_prev = flat_x[np.clip(prev, 0, t - 1), cols]
-    v_next = flat_x[np.clip(nxt, 0, t - 1), cols]
-    span = np.maximum(nxt - prev, 1)
-    w = (idx - prev) / span
+    v_prev = np.take_along_axis(xt, np.broadcast_to(np.clip(prev, 0, t - 1), xt.shape), axis=0)
+    v_next = np.take_along_axis(xt, np.broadcast_to(np.clip(nxt, 0, t - 1), xt.shape), axis=0)
+    w = (idx - prev) / np.maximum(nxt - prev, 1)
     both = has_prev & has_next
     interp = np.where(both, v_prev + w * (v_next - v_prev), np.where(has_prev, v_prev, v_next))
     none = ~(has_prev | has_next)
     if none.any():
+        flat_m = full.reshape(t, -1)
         with np.errstate(invalid="ignore"):
-            date_mean = np.nansum(np.where(flat_m, flat_x, 0), axis=1) / flat_m.sum(axis=1)
-        date_mean = np.where(np.isfinite(date_mean), date_mean, flat_x[flat_m].mean())
-        interp = np.where(none, date_mean[:, None], interp)
-    out = np.where(flat_m, flat_x, interp)
-    return np.moveaxis(out.reshape(xt.shape), 0, axis)
+            date_mean = np.nansum(xt.reshape(t, -1), axis=1) / flat_m.sum(axis=1)
+        date_mean = np.where(np.isfinite(date_mean), date_mean, xt[full].mean())
+        interp = np.where(none, date_mean.reshape(idx.shape), interp)
+    return np.moveaxis(np.where(full, xt, interp), 0, axis)

@@ -211,12 +211,13 @@ class LRTCNet(nn.Module):
 
         For a binary ``W`` the update is evaluated as ``where(W, X, T)``: the same value, and
         observed entries come back bit for bit (no ``T - T`` rounding). With a ``step`` ``a``
-        (ours) the missing entries move ``Z + a (T - Z)`` instead of to ``T``.
+        (ours) the missing entries move ``Z + a (T - Z)`` instead of to ``T``. ``w`` may be the
+        float mask or, to skip the comparison in every layer, the bool ``w > 0``.
         """
         t = tucker_project(z, self.factors() if factors is None else factors)
         if step is not None:
             t = z + step * (t - z)
-        return torch.where(w > 0, x, t)
+        return torch.where(w if w.dtype == torch.bool else w > 0, x, t)
 
     def _check(self, x: Tensor, mask: Tensor) -> None:
         want = (len(self.shape) + 1,)
@@ -268,22 +269,23 @@ class LRTCNet(nn.Module):
         """
         self._check(x, mask)
         w = mask.to(x.dtype).expand_as(x)
-        xo = torch.where(w > 0, x, torch.zeros_like(x))  # (B, T, C, H, W), 0 at missing
+        seen = w > 0
+        xo = torch.where(seen, x, torch.zeros_like(x))  # (B, T, C, H, W), 0 at missing
         if z0 is None:
             z = xo
         else:
             if z0.shape != x.shape:
                 raise ValueError(f"z0 must have the shape of x {tuple(x.shape)}; got {tuple(z0.shape)}")
-            z = torch.where(w > 0, xo, z0)
+            z = torch.where(seen, xo, z0)
         factors = self._active()  # evaluate the parametrisation once per forward
         for i in range(self.layers):
-            z = self.layer(z, xo, w, factors, None if self.steps is None else self.steps[i])
+            z = self.layer(z, xo, seen, factors, None if self.steps is None else self.steps[i])
         if self.refiner is not None:
             resid = w * (xo - tucker_project(z, factors))  # low-rank misfit where observed
             # bounded both ways (standardised units): one bright undetected cloud edge must not
             # be spread into a whole gap, and the refiner corrects, it does not replace
             corr = self.refiner(z, resid.clamp(-CLIP, CLIP), w)
-            z = torch.where(w > 0, xo, z + CLIP * torch.tanh(corr / CLIP))
+            z = torch.where(seen, xo, z + CLIP * torch.tanh(corr / CLIP))
         return z, xo, w
 
 
@@ -412,17 +414,24 @@ def temporal_interpolation(values: Tensor, weight: Tensor) -> Tensor:
             f"values and weight need the same number of dims, time at dim 1; got {tuple(values.shape)} "
             f"and {tuple(weight.shape)}"
         )
-    seen = (weight > 0).expand_as(values)
     t = values.shape[1]
-    idx = torch.arange(t, device=values.device).view(1, t, *([1] * (values.ndim - 2))).expand_as(values)
-    prev = torch.where(seen, idx, torch.full_like(idx, -1)).cummax(dim=1).values
-    nxt = torch.where(seen, idx, torch.full_like(idx, t)).flip(1).cummin(dim=1).values.flip(1)
+    seen = weight > 0
+    if any(s not in (1, v) for s, v in zip(seen.shape, values.shape, strict=True)):
+        seen = seen.expand_as(values)  # a mask of another shape: expand_as refuses it
+    # the nearest observed date before and after each entry, found on the mask's own shape (one
+    # band when the mask is per pixel) and with time last, where the scans run over contiguous
+    # memory: about 5x faster than scanning the expanded mask along dim 1, the same result
+    idx = torch.arange(t, device=values.device)
+    scan = seen.movedim(1, -1)
+    prev = torch.where(scan, idx, -1).cummax(dim=-1).values.movedim(-1, 1)
+    nxt = torch.where(scan, idx, t).flip(-1).cummin(dim=-1).values.flip(-1).movedim(-1, 1)
     has_prev, has_next = prev >= 0, nxt < t
-    v_prev = values.gather(1, prev.clamp(0, t - 1))
-    v_next = values.gather(1, nxt.clamp(0, t - 1))
-    frac = ((idx - prev).to(values.dtype) / (nxt - prev).clamp_min(1).to(values.dtype))
+    v_prev = values.gather(1, prev.clamp(0, t - 1).expand_as(values))
+    v_next = values.gather(1, nxt.clamp(0, t - 1).expand_as(values))
+    at = idx.view(1, t, *([1] * (values.ndim - 2)))
+    frac = ((at - prev).to(values.dtype) / (nxt - prev).clamp_min(1).to(values.dtype))
     both = v_prev + frac * (v_next - v_prev)
-    zero = torch.zeros_like(values)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
     return torch.where(has_prev & has_next, both,
                        torch.where(has_prev, v_prev, torch.where(has_next, v_next, zero)))
 

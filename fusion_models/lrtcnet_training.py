@@ -110,12 +110,9 @@ def cloud_masks(
 
 def interpolate(x: np.ndarray, observed: np.ndarray) -> np.ndarray:
     """Per-pixel linear temporal interpolation of ``(P, T, C, H, W)`` patches (the net's ``z0``)."""
-    mask = np.broadcast_to(observed[:, :, None], x.shape)
-    if not mask.any():
+    if not observed.any():
         return np.zeros_like(x, dtype=np.float32)
-    flat = np.moveaxis(x, 1, 0)  # (T, P, C, H, W)
-    fm = np.moveaxis(mask, 1, 0)
-    return np.moveaxis(linear_interpolation(flat, fm, axis=0), 0, 1).astype(np.float32)
+    return linear_interpolation(x, observed[:, :, None], axis=1).astype(np.float32)  # one mask per pixel
 
 
 def initial_factors(z: np.ndarray, ranks: Sequence[int]) -> list[np.ndarray]:

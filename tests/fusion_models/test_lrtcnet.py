@@ -163,6 +163,16 @@ def test_linear_interpolation_known_case():
     m = np.ones(t.shape, bool)
     m[[2, 3, 6]] = False
     np.testing.assert_allclose(linear_interpolation(np.where(m, t, np.nan), m), t)
+    # one mask for every band (size 1 on the band axis) is the same as the mask repeated, along
+    # any time axis; a mask of another shape is refused with both shapes
+    rng = np.random.default_rng(3)
+    x3 = rng.normal(size=(4, 7, 3, 5))  # (patch, time, band, pixel)
+    per_pixel = rng.random((4, 7, 1, 5)) > 0.4
+    per_pixel[:, 0] = True
+    np.testing.assert_array_equal(linear_interpolation(x3, per_pixel, axis=1),
+                                  linear_interpolation(x3, np.broadcast_to(per_pixel, x3.shape), axis=1))
+    with pytest.raises(ValueError, match=r"mask must have the shape of x.*\(4, 6, 1, 5\)"):
+        linear_interpolation(x3, per_pixel[:, :6], axis=1)
 
 
 def test_cloud_masks_are_blobs_with_the_asked_share():
@@ -331,6 +341,17 @@ def test_temporal_interpolation_known_case():
     ref = np.stack([linear_interpolation(x[b], np.broadcast_to(m[b], x[b].shape)) for b in range(2)])
     got = temporal_interpolation(torch.from_numpy(x), torch.from_numpy(m).double())
     np.testing.assert_allclose(got.numpy(), ref, atol=1e-12)
+    # a per-pixel mask gives what the same mask repeated over the bands gives, and a per-band mask
+    # (another gap on each band) fills each band from its own dates
+    wide = torch.from_numpy(np.broadcast_to(m, x.shape).copy()).double()
+    assert torch.equal(temporal_interpolation(torch.from_numpy(x), wide), got)
+    per_band = rng.random(x.shape) > 0.5
+    per_band[:, 0] = True
+    ref = np.stack([linear_interpolation(x[b], per_band[b]) for b in range(2)])
+    got = temporal_interpolation(torch.from_numpy(x), torch.from_numpy(per_band).double())
+    np.testing.assert_allclose(got.numpy(), ref, atol=1e-12)
+    with pytest.raises(RuntimeError, match="expanded size"):
+        temporal_interpolation(torch.from_numpy(x), torch.ones(2, 9, 2, 5, 5))
     # a series with no observation is 0
     assert float(temporal_interpolation(v, torch.zeros_like(w)).abs().sum()) == 0.0
     with pytest.raises(ValueError, match="same number of dims"):
