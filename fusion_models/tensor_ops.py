@@ -116,7 +116,8 @@ def spectral_map(
     (or :math:`A A^H = U S^2 U^H` for a wide ``A``), as :math:`A V\,\mathrm{diag}(g)\,V^H`
     (or :math:`U\,\mathrm{diag}(g)\,U^H A`): no singular vectors on the long side are formed, and
     only the leading components with a factor other than 0 are applied. For the thin matrices of a
-    t-SVD (a tile's ``64 x 27`` Fourier slices) this is about twice as fast as LAPACK's SVD. The
+    t-SVD (the anomaly stage's ``64 x T`` Fourier slices) this is 1.2-2x as fast as LAPACK's SVD
+    on one thread (``python -m benchmarks.anomalies`` times both in ``stage.kernel``). The
     eigenvalues carry an absolute error of about machine epsilon times :math:`s_1^2`, so singular
     values below :math:`\sqrt{\epsilon}\,s_1` (about ``1e-8`` of the largest) are not resolved;
     every gain used here is 0 for those (thresholds and noise edges lie far above).
