@@ -170,6 +170,30 @@ def objective(x: Tensor, core: Tensor, bases: Sequence[Tensor], sample_factor: T
     return float(0.5 * torch.sum((x - fit) ** 2) + lam * nuclear)
 
 
+def _objective_projected(x_sq: float | None, z: Tensor, core: Tensor, sample_factor: Tensor, aux: Tensor,
+                         lam: float) -> float:
+    r""":func:`objective` without forming the reconstruction, for orthonormal bases.
+
+    With :math:`\mathcal{Z} = \mathcal{X} \times_1 D_1^T \cdots \times_N D_N^T` (``z``, which the
+    sample-factor update forms anyway), :math:`P` the projection onto the bases' span and
+    :math:`\mathcal{H} = \mathcal{G} \times_{N+1} D_{N+1}`,
+
+    .. math:: \|\mathcal{X} - \mathcal{H} \times_1 D_1 \cdots \times_N D_N\|^2
+              = \|\mathcal{X} - P\mathcal{X}\|^2 + \|\mathcal{Z} - \mathcal{H}\|^2,
+              \qquad \|\mathcal{X} - P\mathcal{X}\|^2 = \|\mathcal{X}\|^2 - \|\mathcal{Z}\|^2
+
+    (Pythagoras, :math:`D_n^T D_n = I`): one mode product on the core instead of ``N + 1`` on the
+    full tensor. ``x_sq`` is :math:`\|\mathcal{X}\|_F^2`, or ``None`` at full ranks, where the
+    bases are square and orthogonal and the first term is exactly 0 (a difference of two large
+    sums would leave their rounding, about :math:`10^{-16}\|\mathcal{X}\|^2`, in its place).
+    """
+    with tl.backend_context("pytorch"):
+        h = tl.tenalg.mode_dot(core, sample_factor, 0)
+    outside = 0.0 if x_sq is None else max(x_sq - float(torch.sum(z * z)), 0.0)
+    nuclear = torch.linalg.svdvals(aux).sum()
+    return float(0.5 * (outside + torch.sum((z - h) ** 2)) + lam * nuclear)
+
+
 def _svt(m: Tensor, tau: float) -> Tensor:
     """Singular value thresholding ``U max(S - tau, 0) V^T`` (Cai, Candes and Shen 2010)."""
     u, s, vh = torch.linalg.svd(m, full_matrices=False)
@@ -279,21 +303,24 @@ def tdl_fit(
         ds = eye.clone()  # D_{N+1}
         aux = eye.clone()  # A
         mult = torch.zeros_like(eye)  # Y
+        x_sq = None if ranks == shape else float(torch.sum(x64 * x64))  # see _objective_projected
         core = multi_mode_dot(x64, bases, modes=range(1, n_modes + 1), transpose=True)
-        history.append(objective(x64, core, bases, ds, aux, lam))  # at the HOSVD start
+        history.append(_objective_projected(x_sq, core, core, ds, aux, lam))  # at the HOSVD start
         residuals.append(0.0)
         it = 0
         for it in range(1, iters + 1):
             # 1. auxiliary A: singular value thresholding
             aux = _svt(ds - mult / rho, lam / rho)
-            # 2. basis of each mode: least squares, then QR
+            # 2. basis of each mode: least squares, then QR. D_{N+1} and G stay fixed here, so
+            # X x_{N+1} D_{N+1}^T and G x_{k != n} D_k^T D_k (= G x_{N+1} D_{N+1}^T D_{N+1}, the
+            # other bases being orthonormal) are formed once for every mode
+            xd = tl.tenalg.mode_dot(x64, ds.T, 0)
+            w = tl.tenalg.mode_dot(core, ds.T @ ds, 0)
             for n in range(n_modes):
                 others = [m for m in range(n_modes) if m != n]
-                z = multi_mode_dot(x64, [bases[m] for m in others], modes=[m + 1 for m in others],
-                                   transpose=True)
-                z = tl.tenalg.mode_dot(z, ds.T, 0)  # X x_{k != n} D_k^T, (S, .., I_n, ..)
+                z = multi_mode_dot(xd, [bases[m] for m in others], modes=[m + 1 for m in others],
+                                   transpose=True)  # X x_{k != n} D_k^T, (S, .., I_n, ..)
                 xc = tl.unfold(z, n + 1) @ tl.unfold(core, n + 1).T  # X_(n) C_(n)^T (I_n, R_n)
-                w = tl.tenalg.mode_dot(core, ds.T @ ds, 0)  # G x_{k != n} D_k^T D_k
                 cc = tl.unfold(core, n + 1) @ tl.unfold(w, n + 1).T  # C_(n) C_(n)^T (R_n, R_n)
                 d_hat = _lstsq_right(xc, cc)  # (I_n, R_n)
                 q, _ = torch.linalg.qr(d_hat)
@@ -308,7 +335,7 @@ def tdl_fit(
             core = tl.fold(core_mat, 0, tuple(z.shape))
             # 5. multiplier
             mult = mult + rho * (aux - ds)
-            obj = objective(x64, core, bases, ds, aux, lam)
+            obj = _objective_projected(x_sq, z, core, ds, aux, lam)  # z: X x_n D_n^T, step 3
             history.append(obj)
             residuals.append(float(torch.linalg.norm(aux - ds) / math.sqrt(s)))
             log.debug("tdl iter %d: objective %.6g, residual %.3g", it, obj, residuals[-1])

@@ -41,6 +41,24 @@ def test_bases_are_orthonormal_and_objective_decreases() -> None:
     assert np.all(np.diff(obj[1:]) <= 1e-9 * obj[0])  # monotone after the first step
 
 
+@pytest.mark.parametrize("ranks", [(3, 2, 4, 4), SHAPE])
+def test_the_loop_objective_equals_the_direct_one(ranks: tuple[int, ...]) -> None:
+    # the ADMM loop scores each iteration from X x_n D_n^T (Pythagoras, orthonormal bases); it must
+    # be the objective itself, at truncated ranks and at full ranks (where the part of X outside
+    # the bases' span is exactly 0)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(7, *SHAPE, generator=g, dtype=torch.float64)
+    bases = [torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))[0]
+             for n, r in zip(SHAPE, ranks, strict=True)]
+    core = torch.randn(7, *ranks, generator=g, dtype=torch.float64)
+    sample = torch.randn(7, 7, generator=g, dtype=torch.float64)
+    aux = torch.randn(7, 7, generator=g, dtype=torch.float64)
+    z = tdl.project(x, bases)
+    x_sq = None if ranks == SHAPE else float(torch.sum(x * x))
+    direct = tdl.objective(x, core, bases, sample, aux, 0.3)
+    assert tdl._objective_projected(x_sq, z, core, sample, aux, 0.3) == pytest.approx(direct, rel=1e-12)
+
+
 @pytest.mark.parametrize("ranks", [(2, 2, 3, 3), SHAPE])
 def test_rank_deficient_training_tensor_is_fitted_not_refused(ranks: tuple[int, ...]) -> None:
     """Identical dates and bands that are one band plus a constant (mode ranks 1 and 2 below the
