@@ -12,20 +12,22 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from scipy import ndimage
+from torch.nn.utils import parametrize
 
 from fusion_models.completion import leading_vectors, linear_interpolation
 from fusion_models.device import resolve_device
-from fusion_models.lrtcnet import LRTCNet
+from fusion_models.lrtcnet import LRTCNet, StackingHead
 from fusion_models.tensor_ops import unfold
 
 __all__ = [
     "DECK",
     "OURS",
+    "STACK_DRAWS",
     "FitResult",
     "cloud_masks",
     "complete",
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 # fit_lrtcnet (and, for "init", complete).
 DECK: dict[str, Any] = {"init": "zeros", "factor_init": "random", "step_sizes": False, "refine": 0,
                         "stack": False}
+#: fresh draws of hidden masks the stacking head is fitted on (``fit_lrtcnet(stack_draws=...)``)
+STACK_DRAWS = 3
 OURS: dict[str, Any] = {"init": "linear", "factor_init": "hosvd", "step_sizes": True, "refine": 16,
                         "stack": True}
 
@@ -142,12 +146,13 @@ def fit_lrtcnet(
     step_sizes: bool = False,
     refine: int = 0,
     stack: bool = False,
-    stack_draws: int = 3,
+    stack_draws: int = STACK_DRAWS,
     steps_per_epoch: int = 1,
     schedule: str = "constant",
     warmup: float = 0.05,
     callback: Callable[[int, LRTCNet], None] | None = None,
     on_step: Callable[[], object] | None = None,
+    on_stack_batch: Callable[[], object] | None = None,
 ) -> FitResult:
     """Train LRTC-Net on patches, self-supervised (default) or against ``truth``.
 
@@ -210,6 +215,9 @@ def fit_lrtcnet(
     on_step
         Called after every batch of an epoch, ``ceil(P / batch) * steps_per_epoch`` times an epoch
         (a progress bar's ``update``: an epoch of a large cube takes minutes).
+    on_stack_batch
+        Called after every batch of the stacking head's fit (``stack``: ``stack_draws *
+        ceil(P / batch)`` times; see :func:`fit_stacking`), which follows the epochs.
     seed
         Seeds the masks, the batch order and the initial factors.
     device
@@ -305,7 +313,7 @@ def fit_lrtcnet(
     net.eval()
     if stack:
         fit_stacking(net, x, observed, truth=truth, draws=stack_draws, hide_share=hide_share,
-                     hide_kind=hide_kind, batch=batch, init=init, rng=rng)
+                     hide_kind=hide_kind, batch=batch, init=init, rng=rng, on_batch=on_stack_batch)
     seconds = time.perf_counter() - started
     log.info("fit_lrtcnet: %d epochs in %.1f s, last loss %.5f", epochs, seconds, history[-1])
     return FitResult(net, tuple(history), seconds)
@@ -326,6 +334,7 @@ def fit_stacking(
     ridge: float = 1e-6,
     min_count: int = 200,
     rng: np.random.Generator | None = None,
+    on_batch: Callable[[], object] | None = None,
 ) -> np.ndarray:
     """Solve the weights of ``net``'s :class:`~fusion_models.lrtcnet.StackingHead` in closed form.
 
@@ -360,6 +369,8 @@ def fit_stacking(
         Relative ridge :math:`\\lambda` and the least entries a class needs for its own weights.
     rng
         Source of the hidden masks (default: seeded with 0).
+    on_batch
+        Called after each batch of each draw (``draws x ceil(P / batch)`` calls; a progress bar).
 
     Returns
     -------
@@ -375,12 +386,39 @@ def fit_stacking(
         raise ValueError(f"min_count must be > 0 and ridge >= 0; got min_count={min_count}, ridge={ridge}")
     _check_choice("init", init, INITS)
     rng = np.random.default_rng(0) if rng is None else rng
-    device = next(net.parameters()).device
     n_cls, n_feat = head.weights.shape
     gram = np.zeros((n_cls, n_feat, n_feat))
     rhs = np.zeros((n_cls, n_feat))
     count = np.zeros(n_cls, dtype=np.int64)
     x = np.where(np.broadcast_to(observed[:, :, None], x.shape), x, 0.0).astype(np.float32)
+    # the orthogonal factors are evaluated once for all batches, not at every use (no gradients here)
+    with parametrize.cached():
+        _stacking_sums(net, x, observed, truth, gram, rhs, count, draws=draws, hide_share=hide_share,
+                       hide_kind=hide_kind, batch=batch, init=init, rng=rng, on_batch=on_batch)
+    weights = np.zeros((n_cls, n_feat))
+    solved = [k for k in range(n_cls) if count[k] >= min_count]
+    for k in solved:
+        reg = ridge * max(np.trace(gram[k]) / n_feat, 1e-12) * np.eye(n_feat)
+        weights[k] = np.linalg.solve(gram[k] + reg, rhs[k])
+    for k in range(n_cls):
+        if k not in solved and solved:
+            weights[k] = weights[min(solved, key=lambda j: abs(j - k))]
+    head.weights.copy_(torch.from_numpy(weights).to(head.weights))
+    log.info("fit_stacking: entries per class %s, weights %s", count.tolist(), np.round(weights, 3).tolist())
+    return weights
+
+
+@torch.no_grad()
+def _stacking_sums(
+    net: LRTCNet, x: np.ndarray, observed: np.ndarray, truth: np.ndarray | None, gram: np.ndarray,
+    rhs: np.ndarray, count: np.ndarray, *, draws: int, hide_share: float, hide_kind: str, batch: int,
+    init: str, rng: np.random.Generator, on_batch: Callable[[], object] | None,
+) -> None:
+    """:func:`fit_stacking`'s passes: add each class's normal equations into ``gram``, ``rhs``
+    and ``count`` (in place)."""
+    head = cast(StackingHead, net.stacker)
+    device = next(net.parameters()).device
+    n_cls = head.weights.shape[0]
     gap_pool = ~observed.reshape(-1, *observed.shape[2:])
     gap_pool = gap_pool[gap_pool.any(axis=(1, 2))]
     for _ in range(1 if truth is not None else draws):
@@ -398,6 +436,8 @@ def fit_stacking(
                     hidden = cloud_masks(ob.shape, share=hide_share, rng=rng, kind=kind) & ob
                 seen, scored, target_np = ob & ~hidden, hidden, xb
             if not scored.any():
+                if on_batch is not None:
+                    on_batch()
                 continue
             xt = torch.from_numpy(xb).to(device)
             mt = torch.from_numpy(seen[:, :, None]).to(device)
@@ -407,26 +447,18 @@ def fit_stacking(
             cls = head.classes(w)  # (B, T)
             resid = torch.from_numpy(target_np).to(device) - z  # (B, T, C, H, W)
             sel = torch.from_numpy(np.broadcast_to(scored[:, :, None], xb.shape).copy()).to(device)
+            feats_last = torch.movedim(feats, 2, -1)  # (B, T, C, H, W, F)
             for k in range(n_cls):
                 m = sel & (cls == k)[:, :, None, None, None]
                 n = int(m.sum())
                 if not n:
                     continue
-                f = torch.movedim(feats, 2, -1)[m].double()  # (n, F)
+                f = feats_last[m].double()  # (n, F)
                 gram[k] += (f.T @ f).cpu().numpy()
                 rhs[k] += (f.T @ resid[m].double()).cpu().numpy()
                 count[k] += n
-    weights = np.zeros((n_cls, n_feat))
-    solved = [k for k in range(n_cls) if count[k] >= min_count]
-    for k in solved:
-        reg = ridge * max(np.trace(gram[k]) / n_feat, 1e-12) * np.eye(n_feat)
-        weights[k] = np.linalg.solve(gram[k] + reg, rhs[k])
-    for k in range(n_cls):
-        if k not in solved and solved:
-            weights[k] = weights[min(solved, key=lambda j: abs(j - k))]
-    head.weights.copy_(torch.from_numpy(weights).to(head.weights))
-    log.info("fit_stacking: entries per class %s, weights %s", count.tolist(), np.round(weights, 3).tolist())
-    return weights
+            if on_batch is not None:
+                on_batch()
 
 
 @torch.no_grad()
@@ -444,14 +476,15 @@ def complete(
     device = next(net.parameters()).device
     out = np.empty(x.shape, dtype=np.float32)
     xs = np.where(np.broadcast_to(observed[:, :, None], x.shape), x, 0.0).astype(np.float32)
-    for first in range(0, x.shape[0], batch):
-        sl = slice(first, first + batch)
-        z0 = _start(xs[sl], observed[sl], init, device)
-        xt = torch.from_numpy(xs[sl]).to(device)
-        mt = torch.from_numpy(observed[sl][:, :, None]).to(device)
-        out[sl] = net(xt, mt, z0=z0).cpu().numpy()
-        if on_batch is not None:
-            on_batch(len(xs[sl]))
+    with parametrize.cached():  # the orthogonal factors once for all batches (no gradients here)
+        for first in range(0, x.shape[0], batch):
+            sl = slice(first, first + batch)
+            z0 = _start(xs[sl], observed[sl], init, device)
+            xt = torch.from_numpy(xs[sl]).to(device)
+            mt = torch.from_numpy(observed[sl][:, :, None]).to(device)
+            out[sl] = net(xt, mt, z0=z0).cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(xs[sl]))
     return out
 
 

@@ -49,7 +49,7 @@ from prefect.cache_policies import NONE
 
 from fusion_models.device import DEVICE_HELP, resolve_device
 from fusion_models.lrtcnet import LRTCNet
-from fusion_models.lrtcnet_training import OURS, complete, fit_lrtcnet
+from fusion_models.lrtcnet_training import OURS, STACK_DRAWS, complete, fit_lrtcnet
 from fusion_models.patching import blend_window, extract_patches, fold_patches, patch_origins
 from tasks.checkpoint import (
     Manifest,
@@ -166,9 +166,24 @@ def _fit(xp: np.ndarray, op: np.ndarray, shape: tuple[int, int, int, int], kw: d
     if fits < kw["batch"]:
         log.info("gapfill: patches of %s entries; training %d a step instead of %d (memory)", shape, fits, kw["batch"])
         kw["batch"] = fits
-    steps = kw["epochs"] * -(-len(xp) // kw["batch"]) * kw.get("steps_per_epoch", 1)
-    with tqdm(total=steps, desc=f"gapfill: train on {len(xp)} patches, {kw['epochs']} epoch(s)", unit="step") as bar:
-        fit = fit_lrtcnet(xp, op, ranks=ranks, hide_kind="cloud", on_step=bar.update, **kw, **OURS)
+    batches = -(-len(xp) // kw["batch"])
+    steps = kw["epochs"] * batches * kw.get("steps_per_epoch", 1)
+    draws = kw.get("stack_draws", STACK_DRAWS)
+    bars = [tqdm(total=steps, desc=f"gapfill: train on {len(xp)} patches, {kw['epochs']} epoch(s)", unit="step")]
+
+    def stack_batch() -> None:  # the stacking head's fit follows the epochs: its own bar
+        if len(bars) == 1:
+            bars[0].close()
+            bars.append(tqdm(total=draws * batches, unit="batch",
+                             desc=f"gapfill: fit the stacking head, {draws} draws of hidden masks"))
+        bars[-1].update()
+
+    try:
+        fit = fit_lrtcnet(xp, op, ranks=ranks, hide_kind="cloud", on_step=bars[0].update,
+                          on_stack_batch=stack_batch, **kw, **OURS)
+    finally:
+        for bar in bars:
+            bar.close()
     return fit, ranks
 
 

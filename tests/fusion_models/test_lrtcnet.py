@@ -318,6 +318,11 @@ def test_lr_factor_schedule_and_callback():
                       on_step=lambda: steps.append(1), steps_per_epoch=2)
     assert seen == [1, 2, 3] and len(fit.history) == 3
     assert len(steps) == 3 * 2 * 2  # epochs x steps_per_epoch x batches
+    # the stacking head's fit after the epochs reports its own batches: draws x batches
+    stacked: list[int] = []
+    fit_lrtcnet(x3, np.concatenate([observed, observed[:1]]), ranks=(2, 1, 6, 6), layers=2, epochs=1,
+                batch=2, device="cpu", stack=True, stack_draws=2, on_stack_batch=lambda: stacked.append(1))
+    assert len(stacked) == 2 * 2
     with pytest.raises(ValueError, match="warmup"):
         fit_lrtcnet(x, observed, epochs=1, warmup=1.5, device="cpu")
 
