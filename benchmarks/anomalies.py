@@ -198,17 +198,16 @@ def kernel_speed(values: np.ndarray, tile: int = 64, repeats: int = 20) -> dict[
         u, s, vh = np.linalg.svd(slices, full_matrices=False)
         return (u * np.maximum(s - tau, 0)[:, None, :]) @ vh
 
-    seconds = {}
-    with threadpool_limits(limits=1):
-        for name, fn in (("gram", lambda: svt(slices, tau)), ("lapack", lapack)):
+    def per_call(fn: Any) -> float:
+        fn()  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeats):
             fn()
-            started = time.perf_counter()
-            for _ in range(repeats):
-                out = fn()
-            seconds[name] = (time.perf_counter() - started) / repeats
-            if name == "gram":
-                gram = out
-        diff = float(np.abs(gram - lapack()).max() / np.abs(slices).max())
+        return (time.perf_counter() - started) / repeats
+
+    with threadpool_limits(limits=1):
+        seconds = {"gram": per_call(lambda: svt(slices, tau)), "lapack": per_call(lapack)}
+        diff = float(np.abs(svt(slices, tau) - lapack()).max() / np.abs(slices).max())
     n = slices.shape[0]
     return {"slices": n, "slice_shape": list(slices.shape[1:]),
             "slices_per_s_gram": round(n / seconds["gram"], 1),

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from fusion_models.completion import leading_vectors, linear_interpolation
 from fusion_models.device import resolve_device
-from fusion_models.lrtcnet import LRTCNet, StackingHead
+from fusion_models.lrtcnet import LRTCNet
 from fusion_models.tensor_ops import unfold
 
 __all__ = [
@@ -391,10 +391,49 @@ def fit_stacking(
     rhs = np.zeros((n_cls, n_feat))
     count = np.zeros(n_cls, dtype=np.int64)
     x = np.where(np.broadcast_to(observed[:, :, None], x.shape), x, 0.0).astype(np.float32)
+    device = next(net.parameters()).device
+    gap_pool = ~observed.reshape(-1, *observed.shape[2:])
+    gap_pool = gap_pool[gap_pool.any(axis=(1, 2))]
     # the orthogonal factors are evaluated once for all batches, not at every use (no gradients here)
     with parametrize.cached():
-        _stacking_sums(net, x, observed, truth, gram, rhs, count, draws=draws, hide_share=hide_share,
-                       hide_kind=hide_kind, batch=batch, init=init, rng=rng, on_batch=on_batch)
+        for _ in range(1 if truth is not None else draws):
+            for first in range(0, x.shape[0], batch):
+                sl = slice(first, first + batch)
+                xb, ob = x[sl], observed[sl]
+                if truth is not None:
+                    seen, scored, target_np = ob, ~ob, truth[sl].astype(np.float32)
+                else:
+                    if hide_kind == "gaps" and gap_pool.shape[0]:
+                        pick = rng.integers(0, gap_pool.shape[0], size=ob.shape[0] * ob.shape[1])
+                        hidden = gap_pool[pick].reshape(ob.shape) & ob
+                    else:
+                        kind = "cloud" if hide_kind == "gaps" else hide_kind
+                        hidden = cloud_masks(ob.shape, share=hide_share, rng=rng, kind=kind) & ob
+                    seen, scored, target_np = ob & ~hidden, hidden, xb
+                if not scored.any():
+                    if on_batch is not None:
+                        on_batch()
+                    continue
+                xt = torch.from_numpy(xb).to(device)
+                mt = torch.from_numpy(seen[:, :, None]).to(device)
+                z, xo, w = net.trunk(xt, mt, z0=_start(xb, seen, init, device))
+                lowrank = net.lowrank(z)
+                feats = head.features(z, lowrank, xo, w)  # (B, T, F, C, H, W)
+                cls = head.classes(w)  # (B, T)
+                resid = torch.from_numpy(target_np).to(device) - z  # (B, T, C, H, W)
+                sel = torch.from_numpy(np.broadcast_to(scored[:, :, None], xb.shape).copy()).to(device)
+                feats_last = torch.movedim(feats, 2, -1)  # (B, T, C, H, W, F)
+                for k in range(n_cls):
+                    m = sel & (cls == k)[:, :, None, None, None]
+                    n = int(m.sum())
+                    if not n:
+                        continue
+                    f = feats_last[m].double()  # (n, F)
+                    gram[k] += (f.T @ f).cpu().numpy()
+                    rhs[k] += (f.T @ resid[m].double()).cpu().numpy()
+                    count[k] += n
+                if on_batch is not None:
+                    on_batch()
     weights = np.zeros((n_cls, n_feat))
     solved = [k for k in range(n_cls) if count[k] >= min_count]
     for k in solved:
@@ -406,59 +445,6 @@ def fit_stacking(
     head.weights.copy_(torch.from_numpy(weights).to(head.weights))
     log.info("fit_stacking: entries per class %s, weights %s", count.tolist(), np.round(weights, 3).tolist())
     return weights
-
-
-@torch.no_grad()
-def _stacking_sums(
-    net: LRTCNet, x: np.ndarray, observed: np.ndarray, truth: np.ndarray | None, gram: np.ndarray,
-    rhs: np.ndarray, count: np.ndarray, *, draws: int, hide_share: float, hide_kind: str, batch: int,
-    init: str, rng: np.random.Generator, on_batch: Callable[[], object] | None,
-) -> None:
-    """:func:`fit_stacking`'s passes: add each class's normal equations into ``gram``, ``rhs``
-    and ``count`` (in place)."""
-    head = cast(StackingHead, net.stacker)
-    device = next(net.parameters()).device
-    n_cls = head.weights.shape[0]
-    gap_pool = ~observed.reshape(-1, *observed.shape[2:])
-    gap_pool = gap_pool[gap_pool.any(axis=(1, 2))]
-    for _ in range(1 if truth is not None else draws):
-        for first in range(0, x.shape[0], batch):
-            sl = slice(first, first + batch)
-            xb, ob = x[sl], observed[sl]
-            if truth is not None:
-                seen, scored, target_np = ob, ~ob, truth[sl].astype(np.float32)
-            else:
-                if hide_kind == "gaps" and gap_pool.shape[0]:
-                    pick = rng.integers(0, gap_pool.shape[0], size=ob.shape[0] * ob.shape[1])
-                    hidden = gap_pool[pick].reshape(ob.shape) & ob
-                else:
-                    kind = "cloud" if hide_kind == "gaps" else hide_kind
-                    hidden = cloud_masks(ob.shape, share=hide_share, rng=rng, kind=kind) & ob
-                seen, scored, target_np = ob & ~hidden, hidden, xb
-            if not scored.any():
-                if on_batch is not None:
-                    on_batch()
-                continue
-            xt = torch.from_numpy(xb).to(device)
-            mt = torch.from_numpy(seen[:, :, None]).to(device)
-            z, xo, w = net.trunk(xt, mt, z0=_start(xb, seen, init, device))
-            lowrank = net.lowrank(z)
-            feats = head.features(z, lowrank, xo, w)  # (B, T, F, C, H, W)
-            cls = head.classes(w)  # (B, T)
-            resid = torch.from_numpy(target_np).to(device) - z  # (B, T, C, H, W)
-            sel = torch.from_numpy(np.broadcast_to(scored[:, :, None], xb.shape).copy()).to(device)
-            feats_last = torch.movedim(feats, 2, -1)  # (B, T, C, H, W, F)
-            for k in range(n_cls):
-                m = sel & (cls == k)[:, :, None, None, None]
-                n = int(m.sum())
-                if not n:
-                    continue
-                f = feats_last[m].double()  # (n, F)
-                gram[k] += (f.T @ f).cpu().numpy()
-                rhs[k] += (f.T @ resid[m].double()).cpu().numpy()
-                count[k] += n
-            if on_batch is not None:
-                on_batch()
 
 
 @torch.no_grad()

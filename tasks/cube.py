@@ -10,6 +10,7 @@ A cube is an xarray Dataset stored as Zarr v3 with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -460,8 +461,6 @@ def streamed_band_stats(ds: xr.Dataset, *, progress: str | None = None
     """:func:`band_stats` of a (lazy) cube in one pass of dask reductions over its chunks, and the
     ``(y, x)`` map of pixels observed on at least one date. ``progress``: a bar with this title
     over the pass's chunk tasks (a large cube's pass takes minutes)."""
-    import contextlib
-
     import dask
     from tqdm.dask import TqdmCallback
 

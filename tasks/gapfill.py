@@ -315,32 +315,31 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False,
                          encoding=_encoding(ds, n_time, n_band, chunk_y, min(width, 256)))
         blocks = row_blocks(fill_origins, size, height, step)
-        bar = tqdm(total=sum(len(mine) for _, _, mine in blocks), desc=f"{title}: fill half-overlapping patches",
-                   unit="patch")
-        for a, b, mine in blocks:
-            r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
-            data, valid, observed = read_rows(ds, r0, r1)
-            local = mine - [r0, 0]
-            xb = extract_patches(standardised(data, observed), local, size)
-            ob = extract_patches(observed, local, size)
-            filled_p = complete(fit.net, xb, ob, batch=kw["batch"], init=OURS["init"], on_batch=bar.update)
-            del xb, ob
-            folded = fold_patches(filled_p, local, data.shape, weights=blend) * std + mean  # (T, C, h, W)
-            rows = slice(a - r0, b - r0)
-            data, valid, observed, folded = data[..., rows, :], valid[:, rows], observed[:, rows], folded[..., rows, :]
-            filled = ~observed if fill_unseen else ~observed & seen[a:b][None]  # never seen: left NaN
-            result = np.where(observed[:, None], data, np.where(filled[:, None], folded, np.nan))
-            block = xr.Dataset(
-                {"data": (ds["data"].dims, result.astype(np.float32)),
-                 "valid": (ds["valid"].dims, valid),
-                 "filled": (("time", "y", "x"), filled)},
-            )
-            for name in static:
-                if "y" in ds[name].dims:
-                    block[name] = ds[name].isel(y=slice(a, b)).load().variable
-            _write_region(block, tmp, a, b)
-            counts["filled"] += int(filled.sum())
-        bar.close()
+        with tqdm(total=sum(len(mine) for _, _, mine in blocks), desc=f"{title}: fill half-overlapping patches",
+                  unit="patch") as bar:
+            for a, b, mine in blocks:
+                r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
+                data, valid, observed = read_rows(ds, r0, r1)
+                local = mine - [r0, 0]
+                xb = extract_patches(standardised(data, observed), local, size)
+                ob = extract_patches(observed, local, size)
+                filled_p = complete(fit.net, xb, ob, batch=kw["batch"], init=OURS["init"], on_batch=bar.update)
+                del xb, ob
+                folded = fold_patches(filled_p, local, data.shape, weights=blend) * std + mean  # (T, C, h, W)
+                rows = slice(a - r0, b - r0)
+                data, valid, observed, folded = data[..., rows, :], valid[:, rows], observed[:, rows], folded[..., rows, :]
+                filled = ~observed if fill_unseen else ~observed & seen[a:b][None]  # never seen: left NaN
+                result = np.where(observed[:, None], data, np.where(filled[:, None], folded, np.nan))
+                block = xr.Dataset(
+                    {"data": (ds["data"].dims, result.astype(np.float32)),
+                     "valid": (ds["valid"].dims, valid),
+                     "filled": (("time", "y", "x"), filled)},
+                )
+                for name in static:
+                    if "y" in ds[name].dims:
+                        block[name] = ds[name].isel(y=slice(a, b)).load().variable
+                _write_region(block, tmp, a, b)
+                counts["filled"] += int(filled.sum())
     return fit, ranks, shape, len(origins), counts
 
 

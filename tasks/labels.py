@@ -676,24 +676,23 @@ def recover_labels(
     confidence = np.empty((height, width_px), dtype=np.float32)
     step = max(size, BLOCK_BYTES // max(1, 4 * n_time * n_band * width_px) // size * size)
     blocks = row_blocks(origins, size, height, step)
-    bar = tqdm(total=sum(len(mine) for _, _, mine in blocks), desc=f"{title}: map half-overlapping patches",
-               unit="patch")
-    for a, b, mine in blocks:
-        r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
-        x, observed = model_rows(r0, r1)
-        local = mine - [r0, 0]
-        prob_p = predict_proba(fit.net, extract_patches(x, local, size), extract_patches(observed, local, size))
-        prob = fold_patches(prob_p, local, (k, r1 - r0, width_px), weights=blend)[:, a - r0:b - r0]  # (K, b-a, W)
-        if coarse:  # coarse labels: keep a class of the neighbourhood
-            m = prior_window // 2
-            c0, c1 = max(0, a - m), min(height, b + m)
-            share = local_class_share(idx[c0:c1].astype(np.int64), k, window=prior_window)[:, a - c0:b - c0]
-            prob = fuse_prior(prob, share, power=prior_power, axis=0)
-        never = ~seen[a:b]  # never observed: no class, whatever the network or a label says
-        pred[a:b] = np.where(never, NO_CLASS, np.asarray(classes, dtype=np.uint8)[prob.argmax(0)])
-        confidence[a:b] = np.where(never, np.nan, prob.max(0))
-        bar.update(len(mine))
-    bar.close()
+    with tqdm(total=sum(len(mine) for _, _, mine in blocks), desc=f"{title}: map half-overlapping patches",
+              unit="patch") as bar:
+        for a, b, mine in blocks:
+            r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
+            x, observed = model_rows(r0, r1)
+            local = mine - [r0, 0]
+            prob_p = predict_proba(fit.net, extract_patches(x, local, size), extract_patches(observed, local, size))
+            prob = fold_patches(prob_p, local, (k, r1 - r0, width_px), weights=blend)[:, a - r0:b - r0]  # (K, b-a, W)
+            if coarse:  # coarse labels: keep a class of the neighbourhood
+                m = prior_window // 2
+                c0, c1 = max(0, a - m), min(height, b + m)
+                share = local_class_share(idx[c0:c1].astype(np.int64), k, window=prior_window)[:, a - c0:b - c0]
+                prob = fuse_prior(prob, share, power=prior_power, axis=0)
+            never = ~seen[a:b]  # never observed: no class, whatever the network or a label says
+            pred[a:b] = np.where(never, NO_CLASS, np.asarray(classes, dtype=np.uint8)[prob.argmax(0)])
+            confidence[a:b] = np.where(never, np.nan, prob.max(0))
+            bar.update(len(mine))
 
     names = class_names(classes, layer_attrs)
     colours = colour_table(classes, layer_attrs)
