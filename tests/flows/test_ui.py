@@ -112,12 +112,16 @@ def _quick_run(page, shots: Path, tries: int = 3) -> None:
     """Run > Quick run on a deployment's page, until the UI's toast says the run was scheduled.
 
     A click that lands while the menu is still opening can be lost (no request, no toast), so
-    the menu is opened again, up to ``tries`` times; the UI's own error toast fails the test.
+    the menu is opened again, up to ``tries`` times. The UI's error toast ("Failed to schedule flow
+    run") is retried too, after a reload, as an operator would click again: Prefect's local SQLite
+    server now and then answers a write with "database is locked" while the served runner writes
+    (PrefectHQ/prefect#10188, #16102; seen once in this test in CI). Every try failing fails the test.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     scheduled = page.locator(".toast-flow-run-create").filter(has_text="scheduled")  # the UI's ToastFlowRunCreate
     failed = page.get_by_text("Failed to schedule flow run")
+    errors = 0
     for _ in range(tries):
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_text("Quick run", exact=True).first.click()
@@ -127,11 +131,16 @@ def _quick_run(page, shots: Path, tries: int = 3) -> None:
             page.keyboard.press("Escape")
             continue
         if failed.count():
-            _save(page, shots, "ui-quick-run-failed.png")
-            pytest.fail("the UI's Quick run failed: " + page.locator("body").inner_text()[-2000:])
+            errors += 1
+            _save(page, shots, f"ui-quick-run-failed-{errors}.png")
+            print(f"UI quick run: the UI's error toast on try {errors}; trying again")  # noqa: T201
+            page.reload()
+            continue
         return
     _save(page, shots, "ui-quick-run-no-toast.png")
-    pytest.fail(f"Quick run showed no toast after {tries} tries: " + page.locator("body").inner_text()[-2000:])
+    what = f"the UI's error toast on {errors} of them" if errors else "no toast"
+    pytest.fail(f"Quick run did not schedule a run in {tries} tries ({what}): "
+                + page.locator("body").inner_text()[-2000:])
 
 
 def test_ui_shows_the_served_pipeline_run(tmp_path: Path, capsys) -> None:
