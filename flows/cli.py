@@ -611,7 +611,7 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt as exc:
         stopped = "stopped (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
         print(f"\nfusioncube: {stopped}; nothing finished is lost: run the same command again to go on "
-              "(finished parts and stage outputs are reused)", file=sys.stderr)
+              "(finished parts, stage outputs and anomaly detection's finished tile rows are reused)", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
     except OSError as exc:  # read-only or full storage, a vanished mount: the OS's reason, with the path
         if args.verbose:

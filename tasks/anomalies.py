@@ -18,6 +18,10 @@ Analysis", ICASSP 2020). ``anomalies.zarr`` holds
   quantization);
 - ``background(time, y, x)`` float32, ``L`` (defined under clouds too);
 - the cube's ``time``, ``y``, ``x`` coordinates and ``spatial_ref``.
+
+A scene-sized cube takes many minutes (a 2000 x 2000 px, 27-date cube is about 1800 tiles), so
+the stage records its progress after each row of tiles (``tasks.checkpoint.resumable_artifact``):
+a stopped or killed run is resumed by the next run with the same key, from its last finished row.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import logging
 import os
 import time as _time
+import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -45,9 +50,9 @@ from fusion_models.patching import axis_starts, blend_ramp
 from fusion_models.qtrpca import cluster_score, dequantize, qtrpca, quantize, robust_threshold
 from tasks.checkpoint import (
     Manifest,
-    atomic_artifact,
     code_version,
     fingerprint,
+    resumable_artifact,
     reuse_or_refuse,
     stage_key,
     write_manifest,
@@ -78,6 +83,8 @@ VARS = ("score", "flag", "background")
 #: 2026-12 have no such attribute and hold 0 there)
 UNOBSERVED = "NaN"
 MIN_DATES = 3  # fewer dates leave no time series to separate a background from
+#: in the work store of an unfinished run: how far it got, and the blending sums it carries over
+PROGRESS_FILE = ".progress.npz"
 
 
 # --- pure xarray-level helpers ------------------------------------------------------------------
@@ -257,6 +264,28 @@ def waits_for_data(cube: str | Path, ds: xr.Dataset | None = None) -> str | None
             "Ingest more dates into it first")
 
 
+def _save_progress(work: Path, **state: Any) -> None:
+    """Record an unfinished run's progress in its work store, atomically (after the rows it covers)."""
+    tmp = work / f"{PROGRESS_FILE}.tmp"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **state)
+    os.replace(tmp, work / PROGRESS_FILE)
+
+
+def _load_progress(work: Path, key: str) -> dict[str, np.ndarray] | None:
+    """The progress an interrupted run with this ``key`` recorded in ``work``, else None."""
+    path = work / PROGRESS_FILE
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as saved:
+            state = {name: saved[name] for name in saved.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        log.warning("anomalies: %s is unreadable (%s); starting over", path, exc)
+        return None
+    return state if str(state.get("key")) == key else None
+
+
 def detect_anomalies(
     cube: str | Path,
     out: str | Path,
@@ -291,6 +320,9 @@ def detect_anomalies(
         Flag threshold in robust standard deviations of the score (see the module docstring).
     overwrite
         Replace an ``out`` made with another key. A finished ``out`` with this key is reused.
+        An unfinished one (the run was stopped or killed) is resumed: the tile rows it finished
+        are kept, in ``<out>.resume-<key>`` until the product is complete, and the product equals
+        a run never stopped (``stats.resumed_tiles`` counts the tiles taken over).
     progress
         Show a progress bar over tiles.
     workers
@@ -354,10 +386,26 @@ def detect_anomalies(
     # weighted sums over one row of tiles: scores and backgrounds per date, the rest per pixel
     score_sum, bg_sum = np.zeros((nt, th, nx), np.float32), np.zeros((nt, th, nx), np.float32)
     w_sum, bg_w, thr_sum, thr_w = (np.zeros((th, nx)) for _ in range(4))
-    with atomic_artifact(out, overwrite=True) as tmp:
-        template.to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True)
-        group = zarr.open_group(str(tmp), mode="r+")
-        bar = tqdm(total=len(starts_y) * len(starts_x), desc=f"anomalies {cube.name}", unit="tile",
+    with resumable_artifact(out, key) as work:
+        # an interrupted run left its finished tile rows in ``work`` and, beside them, the
+        # blending sums of the rows its next tile row still overlaps: go on from there
+        saved = _load_progress(work, key)
+        first = 0
+        if saved is None:
+            template.to_zarr(work, mode="w", compute=False, zarr_format=3, consolidated=True)
+        else:
+            first = int(saved["next_row"])
+            flagged, iterations = int(saved["flagged"]), int(saved["iterations"])
+            unconverged, tiles = int(saved["unconverged"]), int(saved["tiles"])
+            pending = int(saved["pending"])
+            for name, arr in (("score_sum", score_sum), ("bg_sum", bg_sum)):
+                arr[:, :pending] = saved[name]
+            for name, acc in (("w_sum", w_sum), ("bg_w", bg_w), ("thr_sum", thr_sum), ("thr_w", thr_w)):
+                acc[:pending] = saved[name]
+            log.info("anomalies: %s resumes after %d of %d tiles", out.name, tiles, len(starts_y) * len(starts_x))
+        resumed = tiles
+        group = zarr.open_group(str(work), mode="r+")
+        bar = tqdm(total=len(starts_y) * len(starts_x), initial=tiles, desc=f"anomalies {cube.name}", unit="tile",
                    disable=not progress)
         columns = [slice(int(c0), int(c0) + tw) for c0 in starts_x]
 
@@ -373,8 +421,10 @@ def detect_anomalies(
         pool = ThreadPoolExecutor(workers, thread_name_prefix="anomaly-tile")
         try:
             with threadpool_limits(limits=1):  # per tile, whatever the workers: the same rounding
-                ahead = solve(starts_y[0])
-                for i, r0 in enumerate(starts_y):
+                ahead = solve(starts_y[first]) if first < len(starts_y) else None
+                for i in range(first, len(starts_y)):
+                    r0 = starts_y[i]
+                    assert ahead is not None  # queued for row i by the row before (or above)
                     vals, ok, solving = ahead
                     if i + 1 < len(starts_y):
                         ahead = solve(starts_y[i + 1])
@@ -412,9 +462,16 @@ def detect_anomalies(
                     for acc in (w_sum, bg_w, thr_sum, thr_w):
                         acc[:th - done] = acc[done:]
                         acc[th - done:] = 0
+                    pending = th - done
+                    _save_progress(work, key=key, next_row=i + 1, flagged=flagged, iterations=iterations,
+                                   unconverged=unconverged, tiles=tiles, pending=pending,
+                                   score_sum=score_sum[:, :pending], bg_sum=bg_sum[:, :pending],
+                                   w_sum=w_sum[:pending], bg_w=bg_w[:pending], thr_sum=thr_sum[:pending],
+                                   thr_w=thr_w[:pending])
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+            bar.close()
+        (work / PROGRESS_FILE).unlink()
     manifest = Manifest(
         stage=STAGE,
         key=key,
@@ -433,6 +490,7 @@ def detect_anomalies(
             "tiles": tiles,
             "max_iterations": iterations,
             "unconverged_tiles": unconverged,
+            "resumed_tiles": resumed,
             "seconds": round(_time.perf_counter() - started, 3),
         },
     )
@@ -554,9 +612,11 @@ def _cmd(args: argparse.Namespace) -> int:
     s, q = manifest.stats, manifest.outputs["quantizer"]
     capped = (f"; {s['unconverged_tiles']} of them stopped at the iteration cap (background: the last iterate)"
               if s.get("unconverged_tiles") else "")
+    taken = s.get("resumed_tiles", 0)
+    solved = f"{s['tiles'] - taken} of {s['tiles']} tiles (the rest from a stopped run)" if taken else f"{s['tiles']} tiles"
     print("\n".join(describe(args.out)))  # noqa: T201 - CLI output
     print(f"  run: {q['bits']}-bit quantizer over {q['lo']:.6g} .. {q['hi']:.6g}; "  # noqa: T201
-          f"{s['tiles']} tiles in {s['seconds']:.1f} s{capped}")
+          f"{solved} in {s['seconds']:.1f} s{capped}")
     print(f"quick-look: {png}")  # noqa: T201
     return 0
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import CheckpointError
+from tasks.locks import CubeLockedError, cube_lock, lock_path
 
 __all__ = [
     "Manifest",
@@ -40,6 +41,7 @@ __all__ = [
     "load_state_dict",
     "manifest_path",
     "read_manifest",
+    "resumable_artifact",
     "reusable",
     "reuse_or_refuse",
     "stage_key",
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"
 _TMP_MARK = ".tmp-"
+#: the work folder of a resumable stage: ``<artifact>.resume-<key>`` (:func:`resumable_artifact`)
+RESUME_MARK = ".resume-"
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,22 @@ def clean_stale_temporaries(final: Path) -> None:
         _remove(leftover)
 
 
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished ``tmp`` to ``final``, the artifact there (and its manifest) replaced."""
+    if not tmp.exists():
+        raise CheckpointError(f"{final}: the stage wrote nothing to {tmp}")
+    old_manifest = manifest_path(final)
+    if old_manifest.exists():
+        old_manifest.unlink()
+    if final.exists():
+        graveyard = final.with_name(f"{final.name}{_TMP_MARK}old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, graveyard)
+        os.replace(tmp, final)
+        _remove(graveyard)
+    else:
+        os.replace(tmp, final)
+
+
 @contextlib.contextmanager
 def atomic_artifact(final: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     """Build an artifact under a temporary name; rename it into place when the block succeeds.
@@ -260,21 +280,44 @@ def atomic_artifact(final: str | Path, *, overwrite: bool = True) -> Iterator[Pa
     tmp = final.with_name(f"{final.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
-        if not tmp.exists():
-            raise CheckpointError(f"{final}: the stage wrote nothing to {tmp}")
-        old_manifest = manifest_path(final)
-        if old_manifest.exists():
-            old_manifest.unlink()
-        if final.exists():
-            graveyard = final.with_name(f"{final.name}{_TMP_MARK}old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, graveyard)
-            os.replace(tmp, final)
-            _remove(graveyard)
-        else:
-            os.replace(tmp, final)
+        _swap_into_place(tmp, final)
     except BaseException:
         _remove(tmp)
         # a write still in flight on zarr's I/O thread (the exception interrupted the wait for it,
         # as Ctrl-C or SIGTERM do) can land after that: the temporary is removed again at exit
         atexit.register(_remove, tmp)
         raise
+
+
+@contextlib.contextmanager
+def resumable_artifact(final: str | Path, key: str) -> Iterator[Path]:
+    """Like :func:`atomic_artifact`, for long stages that record their progress as they go: the
+    work folder is named by the run's ``key`` (``<final>.resume-<key>``) and is **kept** when the
+    block fails (a crash, Ctrl-C, a kill), so the next run with the same key finds what the
+    interrupted one finished there. What a run may resume from is the stage's own business; the
+    folder is empty or holds a previous run's work when the block starts.
+
+    Work folders of other keys beside ``final`` (other parameters, input or code) are removed, as
+    are :func:`atomic_artifact`'s temporaries. The work is locked while a run holds it
+    (``<work>.lock``): a second run of the same stage into the same output fails at once with
+    ``tasks.locks.CubeLockedError`` instead of writing into the first one's work.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(final)
+    work = final.with_name(f"{final.name}{RESUME_MARK}{key}")
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(cube_lock(work, timeout=0))
+        except CubeLockedError as exc:
+            raise CubeLockedError(f"{final}: another run with the same input and parameters is writing it now; "
+                                  f"this run changed nothing. Run again when that one is done ({exc})") from None
+        for other in final.parent.glob(f"{final.name}{RESUME_MARK}*"):
+            if other not in (work, lock_path(work)):
+                log.info("removing the resumable work of another run of %s: %s", final.name, other)
+                _remove(other)
+        if work.exists():
+            log.info("%s: resuming from %s", final.name, work)
+        yield work
+        _swap_into_place(work, final)
+        lock_path(work).unlink(missing_ok=True)

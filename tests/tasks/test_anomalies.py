@@ -10,7 +10,13 @@ import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 
-from tasks.anomalies import anomalies_png, detect_anomalies, detect_tile, strongest_anomalies
+from tasks.anomalies import (
+    PROGRESS_FILE,
+    anomalies_png,
+    detect_anomalies,
+    detect_tile,
+    strongest_anomalies,
+)
 from tasks.checkpoint import read_manifest
 from tasks.cube import grid_coords, spatial_ref
 from tasks.errors import CubeSchemaError
@@ -241,3 +247,119 @@ def test_quick_look_draws_a_product_with_no_flag_and_a_date_with_nothing_observe
     ds.to_zarr(tmp_path / "a.zarr", zarr_format=3, consolidated=False)
     png = anomalies_png(tmp_path / "a.zarr", tmp_path / "a.png")
     assert png.stat().st_size > 0
+
+
+def _products(path: Path) -> dict[str, np.ndarray]:
+    ds = xr.open_zarr(path, consolidated=None).load()
+    return {name: ds[name].values for name in ("score", "flag", "background")}
+
+
+def _tall_cube(path: Path) -> None:
+    """48 x 32 px: with 16 px tiles, 4 rows of 3 tiles (starts 0, 12, 24, 32 down; the last row
+    overlaps the one before it by 8 px, so two rows' sums are carried at once)."""
+    a, b = path.with_name("top.zarr"), path.with_name("bottom.zarr")
+    _cube(a, seed=0)
+    _cube(b, seed=1)
+    top, bottom = xr.open_zarr(a).load(), xr.open_zarr(b).load()
+    bottom = bottom.assign_coords(y=top["y"].values[-1] - 1000.0 * (1 + np.arange(NY)))
+    xr.concat([top, bottom.isel(y=slice(0, 16))], dim="y").to_zarr(path, zarr_format=3, mode="w")
+
+
+def test_an_interrupted_run_resumes_from_its_last_tile_row(tmp_path, monkeypatch):
+    """A run stopped in its third row of tiles (an error, Ctrl-C) keeps its work beside the output;
+    the next run with the same parameters solves only the rows not finished, and the product is
+    bit for bit that of a run never stopped. Other parameters start over (the work is keyed)."""
+    import tasks.anomalies as stage
+
+    cube = tmp_path / "cube.zarr"
+    _tall_cube(cube)
+    whole = detect_anomalies(cube, tmp_path / "whole.zarr", bits=8, tile=16, workers=1)
+    assert whole.stats["tiles"] == 12 and whole.stats["resumed_tiles"] == 0
+    real, calls = stage.detect_tile, []
+
+    def stops_at_tile_8(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    out = tmp_path / "anomalies.zarr"
+    monkeypatch.setattr(stage, "detect_tile", stops_at_tile_8)
+    with pytest.raises(KeyboardInterrupt):
+        detect_anomalies(cube, out, bits=8, tile=16, workers=1)
+    work = [p for p in tmp_path.iterdir() if p.name.startswith("anomalies.zarr.resume-") and p.is_dir()]
+    assert not out.exists() and len(work) == 1 and (work[0] / stage.PROGRESS_FILE).exists()
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(stage, "detect_tile", counted)
+    again = detect_anomalies(cube, out, bits=8, tile=16, workers=1)
+    assert again.key == whole.key and again.stats["resumed_tiles"] == 6 and len(calls) == 6
+    for name in ("tiles", "flagged", "max_iterations", "unconverged_tiles"):
+        assert again.stats[name] == whole.stats[name], name
+    expected, got = _products(tmp_path / "whole.zarr"), _products(out)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("anomalies")) == [
+        "anomalies.zarr", "anomalies.zarr.manifest.json"]
+    assert not (out / stage.PROGRESS_FILE).exists()
+
+    # stopped again, then run with other parameters: that work is not theirs
+    monkeypatch.setattr(stage, "detect_tile", stops_at_tile_8)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        detect_anomalies(cube, tmp_path / "b.zarr", bits=8, tile=16, workers=1)
+    monkeypatch.setattr(stage, "detect_tile", counted)
+    calls.clear()
+    other = detect_anomalies(cube, tmp_path / "b.zarr", bits=6, tile=16, workers=1)
+    assert other.stats["resumed_tiles"] == 0 and len(calls) == 12
+    assert not [p for p in tmp_path.iterdir() if ".resume-" in p.name]
+
+
+KILLED_SCRIPT = '''
+import sys
+from tasks import faults
+faults.install()  # FUSIONCUBE_KILL_AT / FUSIONCUBE_FAULT_LOG from the environment
+from flows.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_uninterrupted_product(tmp_path):
+    """SIGKILL (no ``finally``, no ``atexit``) just as the second tile row's progress is being
+    renamed into place: the next run goes on from the first row's record, re-solves the second
+    row over what it had written, and ends with the product of a run never killed."""
+    import os
+    import subprocess
+    import sys
+
+    from tasks import faults
+
+    cube = tmp_path / "cube.zarr"
+    _tall_cube(cube)
+    args = ["stage", "anomalies", "--cube", str(cube), "--bits", "8", "--tile", "16"]
+
+    def run(out: Path, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", KILLED_SCRIPT, *args, "--out", str(out)],
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=240)
+
+    events = tmp_path / "events.log"
+    assert run(tmp_path / "whole.zarr", **{faults.ENV_LOG: str(events)}).returncode == 0
+    saves = [n for n, kind, path in faults.parse_log(events)
+             if kind == "rename" and path.endswith(PROGRESS_FILE)]
+    assert len(saves) == 4  # one a row of tiles
+    out = tmp_path / "killed.zarr"
+    killed = run(out, **{faults.ENV_KILL: str(saves[1])})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not out.exists() and any(".resume-" in p.name for p in tmp_path.iterdir())
+    again = run(out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert read_manifest(out).stats["resumed_tiles"] == 3  # the first row's record; the second's was not in place
+    assert "9 of 12 tiles (the rest from a stopped run)" in again.stdout
+    expected, got = _products(tmp_path / "whole.zarr"), _products(out)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)

@@ -10,6 +10,7 @@ from tasks.checkpoint import (
     fingerprint,
     manifest_path,
     read_manifest,
+    resumable_artifact,
     reusable,
     stage_key,
     write_manifest,
@@ -91,3 +92,51 @@ def test_fingerprint_of_foreign_store_changes_with_content(tmp_path: Path) -> No
     assert fingerprint(store) != first
     with pytest.raises(FileNotFoundError):
         fingerprint(tmp_path / "missing.zarr")
+
+
+def test_resumable_work_is_kept_on_failure_keyed_and_locked(tmp_path: Path) -> None:
+    """A failed block keeps its work for the next run with the same key (and only that key); a
+    second run into the same work at the same time is refused at once; success swaps it in."""
+    import threading
+
+    from tasks.locks import CubeLockedError
+
+    final = tmp_path / "out.zarr"
+    final.mkdir()
+    (final / "old").write_text("previous product")
+    with pytest.raises(RuntimeError), resumable_artifact(final, "k1") as work:
+        work.mkdir()
+        (work / "row0").write_text("done")
+        raise RuntimeError("killed")
+    assert (final / "old").exists() and (work / "row0").exists()
+    with resumable_artifact(final, "k1") as again:
+        assert again == work and (again / "row0").exists()  # what the stopped run finished
+        holding, release = threading.Event(), threading.Event()
+        errors: list[BaseException] = []
+
+        def second_run() -> None:
+            try:
+                with resumable_artifact(final, "k1"):
+                    pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                errors.append(exc)
+            holding.set()
+            release.wait(5)
+
+        thread = threading.Thread(target=second_run)
+        thread.start()
+        assert holding.wait(5)
+        release.set()
+        thread.join()
+        assert len(errors) == 1 and isinstance(errors[0], CubeLockedError) and "is writing it now" in str(errors[0])
+        (again / "row1").write_text("done")
+    assert sorted(p.name for p in final.iterdir()) == ["row0", "row1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # no work, no lock file left
+    with pytest.raises(RuntimeError), resumable_artifact(final, "k1") as work:
+        work.mkdir()
+        raise RuntimeError("killed")
+    with resumable_artifact(final, "k2") as other:
+        assert not other.exists() and not work.exists()  # another key's work is not resumed
+        other.mkdir()
+    assert not [p for p in tmp_path.iterdir() if ".resume-" in p.name]
+
