@@ -294,8 +294,9 @@ def resumable_artifact(final: str | Path, key: str) -> Iterator[Path]:
     """Like :func:`atomic_artifact`, for long stages that record their progress as they go: the
     work folder is named by the run's ``key`` (``<final>.resume-<key>``) and is **kept** when the
     block fails (a crash, Ctrl-C, a kill), so the next run with the same key finds what the
-    interrupted one finished there. What a run may resume from is the stage's own business; the
-    folder is empty or holds a previous run's work when the block starts.
+    interrupted one finished there. What a run may resume from is the stage's own business: the
+    folder does not exist yet, or holds what a stopped run left, possibly mid-write, when the
+    block starts. On success it is renamed to ``final`` (the artifact there replaced).
 
     Work folders of other keys beside ``final`` (other parameters, input or code) are removed, as
     are :func:`atomic_artifact`'s temporaries. The work is locked while a run holds it

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from tasks.checkpoint import Manifest, read_manifest
+from tasks.checkpoint import RESUME_MARK, Manifest, read_manifest
 from tasks.cube import (
     class_counts,
     compressed_store,
@@ -39,7 +39,15 @@ def _grid(ds: xr.Dataset) -> str:
     return f"  grid: {where}"
 
 
-def _made_by(manifest: Manifest | None) -> list[str]:
+def _unfinished(path: Path) -> str | None:
+    """The product ``path`` is the work of, when it is a stopped run's (``resumable_artifact``)."""
+    final, mark, _ = path.name.partition(RESUME_MARK)
+    return final if mark else None
+
+
+def _made_by(manifest: Manifest | None, path: Path) -> list[str]:
+    if manifest is None and (final := _unfinished(path)) is not None:
+        return [f"  unfinished: the work of a stopped run towards {final}; the same command finishes it"]
     if manifest is None:
         return ["  manifest: none beside it (not made by fusioncube, or a run did not finish)"]
     outputs = manifest.outputs if isinstance(manifest.outputs, dict) else {}
@@ -182,7 +190,7 @@ def describe(path: str | Path) -> list[str]:
         return [f"{path}: {_compress_folder(path)}", *describe(store)]
     manifest = read_manifest(path)
     if store is not None:  # the compress stage's store
-        return [f"{path}: {TITLES['compressed']}", *_made_by(manifest), *_compressed(path, manifest),
+        return [f"{path}: {TITLES['compressed']}", *_made_by(manifest, path), *_compressed(path, manifest),
                 f"  decode it: fusioncube stage decompress --store {path} --out CUBE.zarr"]
     try:
         lines = describe_cube(path)
@@ -190,7 +198,7 @@ def describe(path: str | Path) -> list[str]:
             return lines
         # a stage's cube (filled.zarr, decoded.zarr) with its parameters; an ingested cube's are its
         # catalog entry, which its catalog file says better
-        return lines + (_made_by(manifest)[:1] if manifest.stage == "ingest" else _made_by(manifest))
+        return lines + (_made_by(manifest, path)[:1] if manifest.stage == "ingest" else _made_by(manifest, path))
     except CubeSchemaError as exc:
         ds, kind = _product(path, exc)
     if kind in CLASS_VARS:
@@ -199,7 +207,7 @@ def describe(path: str | Path) -> list[str]:
         body = [_grid(ds), *_anomalies(ds, manifest)]
     else:
         body = _patches(ds)
-    return [f"{path}: {TITLES[kind]}", *_made_by(manifest), *body]
+    return [f"{path}: {TITLES[kind]}", *_made_by(manifest, path), *body]
 
 
 #: what :func:`describe` calls each kind of store, after its path
@@ -224,7 +232,8 @@ def _title(path: Path) -> str:
         made = read_manifest(path)
         return TITLES["cube"] + (f" (stage {made.stage})" if made is not None else "")
     except CubeSchemaError as exc:
-        return TITLES[_product(path, exc)[1]]
+        title = TITLES[_product(path, exc)[1]]
+        return title + (", unfinished (a stopped run's work)" if _unfinished(path) is not None else "")
 
 
 def describe_catalog(path: str | Path) -> list[str]:

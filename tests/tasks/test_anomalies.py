@@ -289,6 +289,10 @@ def test_an_interrupted_run_resumes_from_its_last_tile_row(tmp_path, monkeypatch
         detect_anomalies(cube, out, bits=8, tile=16, workers=1)
     work = [p for p in tmp_path.iterdir() if p.name.startswith("anomalies.zarr.resume-") and p.is_dir()]
     assert not out.exists() and len(work) == 1 and (work[0] / stage.PROGRESS_FILE).exists()
+    from tasks.info import describe
+
+    assert f"  {work[0].name}: anomalies (stage anomalies), unfinished (a stopped run's work)" in describe(tmp_path)
+    assert "  unfinished: the work of a stopped run towards anomalies.zarr; the same command finishes it" in describe(work[0])
 
     def counted(*args, **kwargs):
         calls.append(1)
