@@ -42,7 +42,7 @@ from tasks.discover import (
 )
 from tasks.errors import CatalogError, SceneError
 
-__all__ = ["BAND_TOKEN", "KNOWN_LAYERS", "PRESETS", "LayerUnits", "Preset", "adhoc_catalog", "adhoc_cube_name",
+__all__ = ["BAND_TOKEN", "COMMON_BANDS", "KNOWN_LAYERS", "PRESETS", "LayerUnits", "Preset", "Sensor", "adhoc_catalog", "adhoc_cube_name",
            "build_adhoc_catalog", "describe_bands",
            "detect_band_files", "detect_layer_files", "known_layer"]
 
@@ -304,6 +304,24 @@ def _folder_globs(path: str) -> list[str]:
     return [str(folder.resolve() / "**" / f"*{suffix}") for suffix in found]
 
 
+#: the bands a time series over several sensors of one product keeps, by their STAC ``eo:common_name``
+COMMON_BANDS = ("coastal", "blue", "green", "red", "nir08", "swir16", "swir22", "cirrus", "lwir")
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """One sensor of a product whose sensors number their bands differently (Landsat TM / ETM+
+    and OLI, HLS S30 and L30): which files are its, and its band of each common band name
+    (:data:`COMMON_BANDS`). An archive holding more than one of them becomes one source per sensor,
+    the bands matched by wavelength (:func:`build_adhoc_catalog`)."""
+
+    key: str  # the source's name in the catalog
+    name: str
+    files: str  # regex on a file's name
+    glob: str  # its scene files' names, as the preset's ``glob``
+    bands: dict[str, str]  # common name -> its band file token
+
+
 @dataclass(frozen=True)
 class Preset:
     """A product `fusioncube ingest` recognises by its file names: its QA / UDM file becomes the
@@ -329,6 +347,8 @@ class Preset:
     exclude: str | None = None
     #: the bands' fill value where the files declare none
     nodata: float | None = None
+    #: its sensors, where they number their bands differently
+    sensors: tuple[Sensor, ...] = ()
 
 
 PRESETS = (
@@ -338,7 +358,13 @@ PRESETS = (
     # QA_PIXEL bits 1-4: dilated cloud, cirrus, cloud, cloud shadow; Collection 2 Level-2 scaling
     Preset("Landsat Collection 2 Level-2", r"_S[RT]_B\d+\.TIF$", "_QA_PIXEL.TIF",
            {"band": 1, "invalid_bits": [1, 2, 3, 4]}, {"SR_": (2.75e-5, -0.2), "ST_": (0.00341802, 149.0)},
-           "*_S[RT]_B*.TIF"),
+           "*_S[RT]_B*.TIF", sensors=(
+               Sensor("scenes_oli", "Landsat 8-9 OLI", r"^L[CO]0[89]_", "L[CO]0[89]_*_S[RT]_B*.TIF",
+                      {"coastal": "SR_B1", "blue": "SR_B2", "green": "SR_B3", "red": "SR_B4", "nir08": "SR_B5",
+                       "swir16": "SR_B6", "swir22": "SR_B7", "lwir": "ST_B10"}),
+               Sensor("scenes_tm_etm", "Landsat 4-7 TM / ETM+", r"^L[TE]0[457]_", "L[TE]0[457]_*_S[RT]_B*.TIF",
+                      {"blue": "SR_B1", "green": "SR_B2", "red": "SR_B3", "nir08": "SR_B4", "swir16": "SR_B5",
+                       "swir22": "SR_B7", "lwir": "ST_B6"}))),
     # Scene classification: 0 no data, 1 saturated, 3 cloud shadow, 8-9 cloud, 10 cirrus; inside a
     # .SAFE reflectance per scene from its MTD_MSIL2A.xml (the offset changed with baseline 04.00),
     # digital numbers otherwise
@@ -357,13 +383,28 @@ PRESETS = (
     # NASA HLS v2 (S30 / L30): Fmask bits 1 cloud, 2 adjacent to cloud or shadow, 3 cloud shadow;
     # the COGs declare their scale (1e-4, thermal 0.01) as scale_factor metadata
     Preset("Harmonized Landsat Sentinel-2 (HLS)", r"\.(?:B\d{2}|B8A)\.tif$", ".Fmask.tif",
-           {"band": 1, "invalid_bits": [1, 2, 3]}, {}, "HLS.*.B[0-9][0-9A].tif"),
+           {"band": 1, "invalid_bits": [1, 2, 3]}, {}, "HLS.*.B[0-9][0-9A].tif", sensors=(
+               Sensor("scenes_s30", "HLS S30 (Sentinel-2)", r"^HLS\.S30\.", "HLS.S30.*.B[0-9][0-9A].tif",
+                      {"coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "nir08": "B8A",
+                       "swir16": "B11", "swir22": "B12", "cirrus": "B10"}),
+               Sensor("scenes_l30", "HLS L30 (Landsat 8-9)", r"^HLS\.L30\.", "HLS.L30.*.B[0-9][0-9A].tif",
+                      {"coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "nir08": "B05",
+                       "swir16": "B06", "swir22": "B07", "cirrus": "B09"}))),
     # Landsat Collection 2 Level-1: the same QA_PIXEL bits (CFMask); per scene, top-of-atmosphere
     # reflectance from its MTL (sun elevation included), thermal bands as radiance; the 15 m
     # panchromatic band (B8 of Landsat 7-9) is not taken, it would put the 30 m bands on a 15 m grid
     Preset("Landsat Collection 2 Level-1", r"(?<!_S[RT])_B\d{1,2}(?:_VCID_\d)?\.TIF$", "_QA_PIXEL.TIF",
            {"band": 1, "invalid_bits": [1, 2, 3, 4]}, {}, "L*_L1*_B[0-79]*.TIF", "landsat_c2_l1",
-           band_files=r"_(?P<band>B\d{1,2}(?:_VCID_\d)?)\.TIF$", exclude=r"_B8\.TIF$"),
+           band_files=r"_(?P<band>B\d{1,2}(?:_VCID_\d)?)\.TIF$", exclude=r"_B8\.TIF$", sensors=(
+               Sensor("scenes_oli", "Landsat 8-9 OLI", r"^L[CO]0[89]_", "L[CO]0[89]_L1*_B[0-79]*.TIF",
+                      {"coastal": "B1", "blue": "B2", "green": "B3", "red": "B4", "nir08": "B5", "swir16": "B6",
+                       "swir22": "B7", "cirrus": "B9", "lwir": "B10"}),
+               Sensor("scenes_etm", "Landsat 7 ETM+", r"^LE07_", "LE07_L1*_B[0-79]*.TIF",
+                      {"blue": "B1", "green": "B2", "red": "B3", "nir08": "B4", "swir16": "B5", "swir22": "B7",
+                       "lwir": "B6_VCID_1"}),
+               Sensor("scenes_tm", "Landsat 4-5 TM", r"^LT0[45]_", "LT0[45]_L1*_B[0-79]*.TIF",
+                      {"blue": "B1", "green": "B2", "red": "B3", "nir08": "B4", "swir16": "B5", "swir22": "B7",
+                       "lwir": "B6"}))),
     # MODIS land surface temperature with its QC layer beside it (AppEEARS' MOD11A1.061_LST_Day_1km_
     # doy2019182_aid0001.tif + ..._QC_Day_..., or LP DAAC's ....061.LST_Day_1km.tif + .QC_Day.tif):
     # QC bits 0-1 = 2 or 3, LST not produced (cloud, other reasons)
@@ -556,6 +597,64 @@ def _scaled(band: dict[str, Any], preset: Preset) -> dict[str, Any]:
     return band
 
 
+@dataclass
+class _Source:
+    """One source of the catalog being built: its bands, globs and files, and every band file
+    token its product has there (those it does not take become ``unused_band_files``)."""
+
+    bands: list[dict[str, Any]]
+    globs: list[str]
+    files: list[str]
+    tokens: list[str]
+
+    def unused(self) -> list[str]:
+        taken = {str(b.get("file")) for b in self.bands}
+        return [t for t in self.tokens if t not in taken]
+
+
+def _per_sensor(
+    files: list[str], patterns: list[str], preset: Preset, pattern: str
+) -> dict[str, _Source] | None:
+    """One source per sensor when ``files`` hold more than one of ``preset``'s sensors (Landsat
+    4-7 beside 8-9, HLS S30 beside L30: the same band file names mean other wavelengths), each
+    with the bands every one of them has, under their common names (:data:`COMMON_BANDS`, the
+    wavelengths matched as the product's user guide does); None for one sensor (its own band names).
+
+    Each source's bands take their scale, offset and nodata from that sensor's own files. Files of
+    no known sensor are left out, with a warning."""
+    found = [(s, [f for f in files if re.search(s.files, file_name(f))]) for s in preset.sensors]
+    found = [(s, mine) for s, mine in found if mine]
+    if len(found) < 2:
+        return None
+    names = ", ".join(f"{s.name} ({len(mine)} files)" for s, mine in found)
+    suffix = preset.glob
+    if not all(p.endswith(suffix) for p in patterns):  # a glob of the user's: no sensor's files alone
+        raise ValueError(f"{patterns}: the files are of {names}, which number their bands differently (the same "
+                         "band file name is another wavelength). Give the folder (fusioncube ingest DIR), which "
+                         "matches their bands by wavelength, or ingest each sensor into its own cube")
+    taken = {f for _, mine in found for f in mine}
+    if other := [file_name(f) for f in files if f not in taken]:
+        log.warning("%d file(s) of no known sensor of %s are left out: %s", len(other), preset.name,
+                    ", ".join(other[:3]) + (" ..." if len(other) > 3 else ""))
+    tokens: dict[str, dict[str, dict[str, Any]]] = {}
+    for s, mine in found:
+        entries = _band_file_bands(mine, pattern, explicit=False, single_band=True) or []
+        tokens[s.key] = {str(e["file"]): e for e in entries}
+    common = [n for n in COMMON_BANDS if all(s.bands.get(n) in tokens[s.key] for s, _ in found)]
+    if not common:
+        raise ValueError(f"{names}: no band is in every sensor's files ({ {s.name: sorted(tokens[s.key]) for s, _ in found} }); "
+                         "ingest each sensor into its own cube")
+    left = {s.name: [t for t in sorted(tokens[s.key], key=_natural) if t not in {s.bands[n] for n in common}]
+            for s, _ in found}
+    log.warning("%s in one archive: their bands are matched by wavelength and named by it (%s); left out, "
+                "as not every sensor has them: %s", names,
+                "; ".join(f"{n} = " + " / ".join(f"{s.name.split(' (')[0]} {s.bands[n]}" for s, _ in found) for n in common),
+                "; ".join(f"{k}: {', '.join(v)}" for k, v in left.items() if v) or "none")
+    return {s.key: _Source([{**tokens[s.key][s.bands[n]], "name": n} for n in common],
+                           [p[: -len(suffix)] + s.glob for p in patterns], mine, list(tokens[s.key]))
+            for s, mine in found}
+
+
 def adhoc_cube_name(out: str | Path) -> str:
     """The cube's name in the catalog `fusioncube ingest` writes beside ``out``: the store's name
     without its suffix (``fields/ndvi.zarr`` -> ``ndvi``), other characters than letters, digits,
@@ -662,6 +761,7 @@ def build_adhoc_catalog(
     if not bands:
         shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
         raise FileNotFoundError(f"none of the {len(files)} file(s) matching {paths} can be read as a scene: {shown}")
+    explicit_pattern = bool(band_files)
     pattern = band_files or (preset[0].band_files if preset is not None else None) or BAND_TOKEN
     per_band = _band_file_bands(files, pattern, explicit=bool(band_files), single_band=band_count == 1)
     if per_band is None and not band_files and (layer_pattern := detect_layer_files(files)) is not None:
@@ -671,26 +771,34 @@ def build_adhoc_catalog(
     elif band_count is not None:  # plain rasters: each file's own nodata (the first file's is no rule)
         bands = [{k: v for k, v in b.items() if k != "nodata"} for b in bands]
         bands = [_with_known_units(b, described_by, one_band=band_count == 1) for b in bands]
+    # source name -> (its bands, globs, files): one source, or one per sensor of a product whose
+    # sensors number their bands differently (Landsat 7 beside Landsat 8, HLS S30 beside L30)
+    sources = {"scenes": _Source(bands, patterns, files, [str(b["file"]) for b in bands] if per_band else [])}
+    if preset is not None and per_band is not None and not explicit_pattern:
+        sources = _per_sensor(files, patterns, preset[0], pattern) or sources
     mask: dict[str, Any] | None = None
-    radiometry: str | None = None
+    radiometry: dict[str, str] = {}
     if preset is not None:
         product = preset[0]
         log.info("%s: %s files; masks from %s", paths, product.name, product.mask)
-        bands = [_scaled(b, product) for b in bands]
-        if product.nodata is not None:  # DN 0 outside the swath (NaN: the file declares none)
-            bands = [{**b, "nodata": product.nodata} if math.isnan(b.get("nodata", math.nan)) else b for b in bands]
         mask = {"sidecar": {"pattern": product.scene, "replacement": product.mask}, **product.rule}
-        if product.radiometry and _radiometry_known(files, product.radiometry):
-            radiometry = product.radiometry
-            bands = [{k: v for k, v in b.items() if k not in ("scale", "offset")} for b in bands]
-    if select:
-        bands = _selected(bands, select, described_by)
-    elif band_count is not None and len(bands) > 1:
-        _warn_empty_bands(described_by, bands)
-    if units:
-        bands = [_with_units(b, units) for b in bands]
-        if {"scale", "offset"} & set(units):
-            radiometry = None  # the user's scale replaces the product's own radiometry
+        for key, src in sources.items():
+            src.bands = [_scaled(b, product) for b in src.bands]
+            if product.nodata is not None:  # DN 0 outside the swath (NaN: the file declares none)
+                src.bands = [{**b, "nodata": product.nodata} if math.isnan(b.get("nodata", math.nan)) else b
+                             for b in src.bands]
+            if product.radiometry and _radiometry_known(src.files, product.radiometry):
+                radiometry[key] = product.radiometry
+                src.bands = [{k: v for k, v in b.items() if k not in ("scale", "offset")} for b in src.bands]
+    for key, src in sources.items():
+        if select:
+            src.bands = _selected(src.bands, select, described_by)
+        elif band_count is not None and len(src.bands) > 1:
+            _warn_empty_bands(described_by, src.bands)
+        if units:
+            src.bands = [_with_units(b, units) for b in src.bands]
+            if {"scale", "offset"} & set(units):
+                radiometry.pop(key, None)  # the user's scale replaces the product's own radiometry
     # what is not given comes from the first scene (tasks.ingest.cube_grid): its CRS, its finest
     # band's pixel size, or the size its pixels take in the given CRS
     grid: dict[str, Any] | None = {k: v for k, v in (("crs", crs), ("resolution", resolution))
@@ -702,27 +810,31 @@ def build_adhoc_catalog(
         grid = {**(grid or {}), "bounds": list(box), **({"bounds_crs": box_crs} if box_crs else {})}
     raw: dict[str, Any] = {
         "sources": {
-            "scenes": {
+            key: {
                 "kind": "continuous",
-                "glob": [p if is_remote(p) or Path(p).is_absolute() else str(Path(p).resolve()) for p in patterns],
+                "glob": [p if is_remote(p) or Path(p).is_absolute() else str(Path(p).resolve()) for p in src.globs],
                 "date": {"from": "auto", **(date or {})},
                 **({"band_files": band_files} if per_band is not None else {}),
+                # the product's band files this source leaves out: passed over, not reported
+                **({"unused_band_files": unused} if (unused := src.unused()) else {}),
                 **({"band_count": band_count} if band_count else {}),
                 # bands named by the first file's descriptions: a file with them in another order is refused
                 **({"match_descriptions": True} if described and per_band is None else {}),
                 # a scale turns digital numbers into units: a file of another type (reflectance as
                 # floats among 16-bit numbers) is another product and is quarantined, not scaled
-                **({"dtypes": [dtype]} if band_count and dtype and any("scale" in b or "offset" in b for b in bands) else {}),
-                "bands": bands,
+                **({"dtypes": [dtype]} if band_count and dtype and any("scale" in b or "offset" in b
+                                                                       for b in src.bands) else {}),
+                "bands": src.bands,
                 **({"mask": mask} if mask else {}),
-                **({"radiometry": radiometry} if radiometry else {}),
+                **({"radiometry": radiometry[key]} if key in radiometry else {}),
                 **({"resampling": "mode"} if classes else {}),
                 "max_nodata_share": 1.0,
             }
+            for key, src in sources.items()
         },
         "cubes": {
             adhoc_cube_name(out): {
-                "sources": ["scenes"],
+                "sources": list(sources),
                 **({"static": {name: f"layer_{name}" for name in layers}} if layers else {}),
                 "grid": grid,
                 "chunks": {"time": time_chunk, "y": chunks, "x": chunks},
@@ -746,10 +858,10 @@ def build_adhoc_catalog(
     if out.exists() and out.with_name(out.name + ".manifest.json").exists():  # appending: the same bands
         from tasks.ingest import check_cube_bands, check_cube_grid
 
-        check_cube_bands(out, [b["name"] for b in bands])
+        check_cube_bands(out, [b["name"] for b in next(iter(sources.values())).bands])
         if grid is not None:
             check_cube_grid(out, GridSpec(**grid))
-        _check_band_rules(out, path, bands)
+        _check_band_rules(out, path, {key: src.bands for key, src in sources.items()})
     return raw, path
 
 
@@ -812,26 +924,30 @@ def _with_units(band: dict[str, Any], units: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_band_rules(cube: Path, catalog_path: Path, bands: list[dict[str, Any]]) -> None:
+def _check_band_rules(cube: Path, catalog_path: Path, sources: dict[str, list[dict[str, Any]]]) -> None:
     """Refuse to append with band rules (scale, offset, nodata, valid range) other than those the
-    cube was built with, as its catalog beside it records: the new dates would be in other units."""
+    cube was built with, as its catalog beside it records (source by source): the new dates would
+    be in other units."""
     if not catalog_path.exists():
         return
     try:
-        before = yaml.safe_load(catalog_path.read_text())["sources"]["scenes"]["bands"]
-    except (yaml.YAMLError, KeyError, TypeError):
+        before = {key: src["bands"] for key, src in yaml.safe_load(catalog_path.read_text())["sources"].items()
+                  if key in sources}
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError):
         return  # edited by hand beyond recognition: nothing to compare with
+
     def rules(band: dict[str, Any]) -> dict[str, Any]:
         return {k: band.get(k, {"scale": 1.0, "offset": 0.0}.get(k)) for k in _UNIT_KEYS}
 
-    recorded = {b.get("name"): rules(b) for b in before if isinstance(b, dict)}
-    for b in bands:
-        was, now = recorded.get(b["name"]), rules(b)
-        if was is not None and was != now:
-            diff = ", ".join(f"{k} {was[k]} -> {now[k]}" for k in _UNIT_KEYS if was[k] != now[k])
-            raise ValueError(f"{cube.name}: band {b['name']} was ingested with other "
-                             f"rules ({diff}; {catalog_path}); appending would mix units. Give the same --scale / "
-                             "--offset / --nodata / --valid-range as before, or write a new cube")
+    for key, bands in sources.items():
+        recorded = {b.get("name"): rules(b) for b in before.get(key) or [] if isinstance(b, dict)}
+        for b in bands:
+            was, now = recorded.get(b["name"]), rules(b)
+            if was is not None and was != now:
+                diff = ", ".join(f"{k} {was[k]} -> {now[k]}" for k in _UNIT_KEYS if was[k] != now[k])
+                raise ValueError(f"{cube.name}: band {b['name']} was ingested with other "
+                                 f"rules ({diff}; {catalog_path}); appending would mix units. Give the same --scale / "
+                                 "--offset / --nodata / --valid-range as before, or write a new cube")
 
 
 def _crs_of(files: list[str]) -> str | None:

@@ -167,6 +167,14 @@ class SourceSpec(_Strict):
             "band's `file` gives its group value (e.g. '_(?P<band>SR_B\\d+)\\.TIF$')"
         ),
     )
+    unused_band_files: list[str] = Field(
+        default_factory=list,
+        description=(
+            "with band_files: band names ('band' group values) of the product that this source does not "
+            "take (bands left out with --bands, or that only one sensor of a mixed archive has); their "
+            "files are passed over, not reported as unknown bands"
+        ),
+    )
     band_count: int | None = Field(default=None, ge=1, description="raw bands expected in a file")
     dtypes: list[str] | None = None
     mask: MaskRule | None = None

@@ -452,6 +452,8 @@ def band_file_groups(
                               "narrow the glob to the band files"))
             continue
         key, band = found
+        if band in spec.unused_band_files:
+            continue
         if band not in wanted:
             failed.append((f, f"band file {band!r} is not one of the source's bands {wanted}"))
             continue

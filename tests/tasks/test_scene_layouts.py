@@ -895,6 +895,75 @@ def test_cli_ingests_hls_with_fmask_and_scale_factor_metadata(tmp_path: Path, ca
     assert not ds.valid.values[:, :2].any() and ds.valid.values[:, 2:].all()
 
 
+def _hls(folder: Path, sensor: str, doy: str, bands: dict[str, tuple[int, float]]) -> None:
+    """One HLS v2 granule: int16 band COGs declaring their scale_factor, an Fmask (bit 1 cloud)."""
+    for b, (v, scale) in {**bands, "Fmask": (0, 0.0)}.items():
+        dtype = "uint8" if b == "Fmask" else "int16"
+        with rasterio.open(folder / f"HLS.{sensor}.T33UUP.{doy}.v2.0.{b}.tif", "w", driver="GTiff", width=8, height=8,
+                           count=1, dtype=dtype, crs="EPSG:32633", transform=from_origin(399960, 5800020, 30, 30),
+                           nodata=255 if b == "Fmask" else -9999) as ds:
+            a = np.full((1, 8, 8), v, dtype)
+            if b == "Fmask":
+                a[0, :2] = 2  # cloud
+            ds.write(a)
+            if scale:
+                ds.update_tags(1, scale_factor=str(scale), add_offset="0.0")
+
+
+def test_cli_ingests_hls_s30_and_l30_together_with_bands_matched_by_wavelength(tmp_path: Path, capsys) -> None:
+    """HLS S30 beside L30 (what HLS is for): the same band file names are other wavelengths (S30
+    B05 is red edge, L30 B05 near infrared; S30 B10 cirrus at 1e-4, L30 B10 thermal at 0.01). The
+    cube takes the bands both have, named by wavelength, each sensor's files read with their own
+    band and scale; the bands only one has are passed over, not quarantined."""
+    from flows.cli import main
+
+    s30 = {"B04": (1000, 1e-4), "B05": (1500, 1e-4), "B8A": (2500, 1e-4), "B10": (40, 1e-4), "B11": (3000, 1e-4)}
+    l30 = {"B04": (1100, 1e-4), "B05": (2600, 1e-4), "B06": (3100, 1e-4), "B09": (50, 1e-4), "B10": (29000, 0.01)}
+    _hls(tmp_path, "S30", "2023163T100559", s30)
+    _hls(tmp_path, "L30", "2023170T095812", l30)
+    logger, seen = logging.getLogger("tasks.adhoc"), []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)  # the CLI lets Prefect configure logging: caplog may see nothing
+    try:
+        assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "hls.zarr")]) == 0
+    finally:
+        logger.removeHandler(handler)
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
+    assert any("nir08 = HLS S30 B8A / HLS L30 B05" in m and "HLS S30 (Sentinel-2): B05" in m for m in seen), seen
+    ds = xr.open_zarr(tmp_path / "hls.zarr")
+    assert list(ds.band.values) == ["red", "nir08", "swir16", "cirrus"]
+    np.testing.assert_allclose(ds.data.isel(y=-1).mean("x").values,
+                               [[0.10, 0.25, 0.30, 0.004], [0.11, 0.26, 0.31, 0.005]], rtol=1e-6)
+    assert not ds.valid.values[:, :2].any() and ds.valid.values[:, 2:].all()
+    catalog = yaml.safe_load((tmp_path / "hls.zarr.catalog.yaml").read_text())
+    assert catalog["cubes"]["hls"]["sources"] == ["scenes_s30", "scenes_l30"]
+    assert catalog["sources"]["scenes_l30"]["unused_band_files"] == ["B10"]
+    # a glob of the user's holding both sensors cannot be split by sensor: refused, saying why
+    assert main(["ingest", str(tmp_path / "HLS.*.tif"), "--out", str(tmp_path / "g.zarr")]) == 2
+    assert "number their bands differently" in capsys.readouterr().err
+
+
+def test_cli_ingests_landsat_7_beside_landsat_8_by_wavelength(tmp_path: Path, capsys) -> None:
+    """Collection 2 Level-2 of Landsat 7 ETM+ beside Landsat 8 OLI: ETM+ SR_B4 is near infrared,
+    OLI SR_B4 red. Each date's red is the red of its sensor, and --bands takes the common names."""
+    from flows.cli import main
+
+    for stem, values in (("LC08_L2SP_044034_20230612_20230614_02_T1", {"SR_B4": 9000, "SR_B5": 20000}),
+                         ("LE07_L2SP_044034_20230620_20230716_02_T1", {"SR_B3": 9500, "SR_B4": 21000})):
+        folder = tmp_path / stem
+        for b, v in values.items():
+            _band(folder / f"{stem}_{b}.TIF", v, size=8, res=30)
+        _band(folder / f"{stem}_QA_PIXEL.TIF", 1, size=8, res=30)
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "l.zarr"), "--bands", "nir08,red"]) == 0
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
+    ds = xr.open_zarr(tmp_path / "l.zarr")
+    assert list(ds.band.values) == ["nir08", "red"]
+    np.testing.assert_allclose(ds.data.isel(y=-1, x=-1).values,
+                               [[20000 * 2.75e-5 - 0.2, 9000 * 2.75e-5 - 0.2],
+                                [21000 * 2.75e-5 - 0.2, 9500 * 2.75e-5 - 0.2]], rtol=1e-5)
+
+
 def test_cli_ingests_a_sentinel2_l1c_safe_as_toa_reflectance_with_its_cloud_mask(tmp_path: Path, capsys) -> None:
     """A Sentinel-2 Level-1C SAFE: band files in GRANULE/*/IMG_DATA (no resolution in their names),
     the 60 m MSK_CLASSI_B00.jp2 in QI_DATA as the mask (band 1 opaque cloud and band 2 cirrus are
