@@ -367,14 +367,14 @@ PRESETS = (
                        "swir22": "SR_B7", "lwir": "ST_B6"}))),
     # Scene classification: 0 no data, 1 saturated, 3 cloud shadow, 8-9 cloud, 10 cirrus; inside a
     # .SAFE reflectance per scene from its MTD_MSIL2A.xml (the offset changed with baseline 04.00),
-    # digital numbers otherwise
+    # digital numbers otherwise; digital number 0 is no data (the JP2s declare none)
     Preset("Sentinel-2 Level-2A", r"_B[0-9][0-9A]_\d{2}m\.jp2$", "_SCL_20m.jp2",
            {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "*_B[0-9][0-9A]_[0-9][0-9]m.jp2",
-           "sentinel2_l2a"),
+           "sentinel2_l2a", nodata=0.0),
     # ... and its band files converted to GeoTIFF / COG under the same names (the SCL beside them too)
     Preset("Sentinel-2 Level-2A (GeoTIFF)", r"_B[0-9][0-9A]_\d{2}m(\.tiff?)$", r"_SCL_20m\1",
            {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "*_B[0-9][0-9A]_[0-9][0-9]m.tif",
-           "sentinel2_l2a"),
+           "sentinel2_l2a", nodata=0.0),
     # Sentinel-2 Level-1C (band files in GRANULE/*/IMG_DATA, no resolution in their names): the
     # cloud mask MSK_CLASSI_B00.jp2 of QI_DATA (processing baseline 04.00 on; band 1 opaque cloud,
     # 2 cirrus, 3 snow), top-of-atmosphere reflectance per scene from its MTD_MSIL1C.xml
@@ -417,7 +417,8 @@ PRESETS = (
            {"band": 1, "clear_values": [0, 1]}, {}),
     # the same as STAC item folders of COGs named by band (Earth Search: S2B_33UUP_20230612_0_L2A/B02.tif)
     Preset("Sentinel-2 Level-2A item COGs", r"^B[0-9][0-9A]\.tif$", "SCL.tif",
-           {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "B[0-9][0-9A].tif", "sentinel2_l2a"),
+           {"band": 1, "invalid_values": [0, 1, 3, 8, 9, 10]}, {}, "B[0-9][0-9A].tif", "sentinel2_l2a",
+           nodata=0.0),
 )
 
 

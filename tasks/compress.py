@@ -19,7 +19,8 @@ decoder needs:
   and decoder hold one segment at a time; the bases are fitted on at most ``TRAIN_BYTES`` of train
   patches;
 - ``index.zarr``: the patches' coordinates (origins, time, band, grid): metadata, not counted in
-  the rate, like a file header's geo-referencing; and the cube's static layers (land cover, ...),
+  the codec's rate, like a file header's geo-referencing (counted in the stored rate); and the
+  cube's static layers (land cover, ...),
   cut as the data is and stored losslessly, so the decoded cube has them too. They are not entries
   of the (time, band, y, x) tensor, so not in the rate either; the manifest gives their bytes
   (``outputs.static_layers``).
@@ -29,7 +30,10 @@ Missing values: an entry that is NaN in ``data`` is filled before coding
 put back as NaN at decoding from ``finite.bin``. Every finite entry is coded, observed or not.
 
 Rate (bits per entry = per pixel per band per date) counts ``cores.bin``, both masks,
-``codec.bin`` and the segment table. Distortion is measured on the OBSERVED entries: the bands of
+``codec.bin`` and the segment table, over the patches' entries (``stats.bits_per_entry``: the
+codec's rate, as the benchmark measures it). What is shipped per value of the source cube is
+``stats.bits_per_cube_entry``: every byte of ``compressed/`` (``index.zarr`` included, the static
+layers not) over the cube's entries; patches that overlap or pad the cube make it the larger. Distortion is measured on the OBSERVED entries: the bands of
 a pixel-date that is ``valid`` and has every band finite (``tasks.cube.observed_mask``, the pixels
 :func:`observed_distortion` scores on the decoded cube), each patch's own (a pixel in two
 overlapping patches counts twice). Cloud- or alpha-masked pixels keep their band values and are
@@ -236,7 +240,10 @@ def compress_patches(
     Returns
     -------
     Manifest
-        ``stats`` holds ``bits_per_entry`` (everything but the coordinates), its parts, ``psnr_db``
+        ``stats`` holds ``bits_per_entry`` (the codec's streams and tables over the coded patch
+        entries, ``coded_entries``: the rate the benchmark compares), its parts,
+        ``stored_bytes`` and ``bits_per_cube_entry`` (the whole store, index included and static
+        layers not, over the source cube's entries: what a user ships per value), ``psnr_db``
         and ``nrmse`` over the observed entries (valid pixel-dates, every band finite; the module
         docstring), their range ``peak_range`` (the PSNR's peak), ``distortion_entries``
         (``"observed"``, or ``"finite"`` for a cube with no observed entry) and ``test``: the
@@ -364,9 +371,12 @@ def compress_patches(
                            compress_mask_coding=MASK_CODING)
         index.to_zarr(tmp / "index.zarr", mode="w", zarr_format=3, consolidated=True)
         static = {str(v): _tree_bytes(tmp / "index.zarr" / str(v)) for v in index.data_vars}  # bytes stored
+        stored = _tree_bytes(tmp) - sum(static.values())  # what is shipped for the data, index included
     parts = {"cores": 8 * nbytes["cores"], "codec": codec.side_bits(),
              "finite_mask": 8 * nbytes["finite_mask"], "valid_mask": 8 * nbytes["valid_mask"],
              "segments": 8 * len(json.dumps(table))}
+    # the source cube's entries (patches overlap or pad it): the rate a user ships per cube value
+    cube_entries = int(np.prod(pds.attrs["cube_shape"])) if "cube_shape" in pds.attrs else 0
     kind = "observed" if sums["observed", "all"]["count"] else "finite"
     lo, hi = ranges[kind]
     peak = hi - lo if hi > lo else 1.0
@@ -386,6 +396,9 @@ def compress_patches(
         stats={
             "bits_per_entry": sum(parts.values()) / entries,
             "bits_per_entry_parts": {k: v / entries for k, v in parts.items()},
+            "coded_entries": entries,
+            "stored_bytes": stored,
+            **({"bits_per_cube_entry": 8 * stored / cube_entries} if cube_entries else {}),
             "peak_range": peak, **scores("all"),
             "test": scores("test"),
             "distortion_entries": kind,

@@ -142,7 +142,11 @@ def _compressed(path: Path, manifest: Manifest | None) -> list[str]:
     stats = manifest.stats if manifest is not None else {}
     lines = []
     if "bits_per_entry" in stats:
-        lines.append(f"  rate: {stats['bits_per_entry']:.4g} bits per entry (everything stored for the data counted)")
+        coded = f" over {stats['coded_entries']:,} patch entries" if "coded_entries" in stats else ""
+        lines.append(f"  rate: {stats['bits_per_entry']:.4g} bits per entry (the codec's cores, masks and tables{coded})")
+    if "bits_per_cube_entry" in stats:
+        lines.append(f"  stored: {stats['stored_bytes'] / 1e3:.1f} kB, {stats['bits_per_cube_entry']:.4g} bits per value "
+                     "of the source cube (the index and coordinates included)")
     for key, label in (("psnr_db", "PSNR (dB)"), ("nrmse", "NRMSE")):
         if key in stats:
             lines.append(f"  {label}: {stats[key]:.4g}")

@@ -52,6 +52,14 @@ def test_compress_round_trip_rate_and_reuse(cube: Path, tmp_path: Path) -> None:
     stored = 8 * sum((out / "compressed" / f).stat().st_size for f in files[:3])
     assert stats["bits_per_entry"] >= stored / entries  # every stored bit is counted
     assert 0 < stats["bits_per_entry"] < 32
+    # what is shipped: every byte of the store, index included, over the cube's own entries
+    shipped = sum(f.stat().st_size for f in (out / "compressed").rglob("*") if f.is_file())
+    assert stats["stored_bytes"] == shipped and stats["bits_per_cube_entry"] == pytest.approx(8 * shipped / entries)
+    assert stats["bits_per_cube_entry"] > stats["bits_per_entry"] * stats["coded_entries"] / entries
+    from tasks.info import describe
+
+    text = "\n".join(describe(out / "compressed"))
+    assert f"stored: {shipped / 1e3:.1f} kB, {8 * shipped / entries:.4g} bits per value of the source cube" in text
     dec = open_cube(out / "decoded.zarr").load()
     src = open_cube(cube).load()
     assert dec["data"].shape == src["data"].shape and dec["data"].dtype == np.float32
@@ -109,7 +117,7 @@ def test_bits_option_and_cli(cube: Path, tmp_path: Path, capsys) -> None:
     assert (tmp_path / "c" / "decoded.zarr").exists()
     text = capsys.readouterr().out
     assert f"{tmp_path / 'c' / 'compressed'}: a compressed cube (TDL, stage compress)" in text
-    assert "bits per entry (everything stored for the data counted)" in text and "test patches (not trained on): " in text
+    assert "bits per entry (the codec's cores, masks and tables over " in text and "bits per value of the source cube" in text and "test patches (not trained on): " in text
     assert "decoded cube: " in text and "(observed pixels: PSNR " in text
     with pytest.raises(ValueError, match="give one of step, bits and psnr; got step=0.1, bits=4"):
         compress_cube(cube, tmp_path / "d", patch=8, step=0.1, bits=4)

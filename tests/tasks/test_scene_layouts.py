@@ -295,6 +295,21 @@ def test_cli_masks_sentinel2_l2a_band_files_kept_as_geotiff(tmp_path: Path, caps
     assert "_SCL_20m" in (tmp_path / "s2.zarr.catalog.yaml").read_text()  # the mask
 
 
+def test_sentinel2_l2a_digital_number_0_is_no_data_though_the_files_declare_none(tmp_path: Path) -> None:
+    """L2A JPEG 2000s declare no nodata; their product metadata says DN 0 is NODATA. A 0 used to
+    become reflectance (0.0, or -0.1 after baseline 04.00) in ``data`` while ``valid`` was false."""
+    stem = tmp_path / "T33SVB_20200105T100031"
+    for b in ("B02", "B03"):
+        with rasterio.open(f"{stem}_{b}_10m.tif", "w", driver="GTiff", width=4, height=4, count=1, dtype="uint16",
+                           crs="EPSG:32633", transform=from_origin(600000, 5000000, 10, 10)) as ds:
+            a = np.full((4, 4), 1100, np.uint16)
+            a[0, 0] = 0  # outside the swath
+            ds.write(a, 1)
+    _band(Path(f"{stem}_SCL_20m.tif"), 4, size=2, res=20)
+    raw, _ = build_adhoc_catalog([str(tmp_path)], tmp_path / "s2.zarr")
+    assert all(b["nodata"] == 0.0 for b in raw["sources"]["scenes"]["bands"])
+
+
 def test_a_file_quarantined_for_its_date_is_taken_once_a_date_rule_is_given(tmp_path: Path, capsys) -> None:
     """The quarantine message says "give one: --date-pattern ..."; doing so used to change nothing,
     the file stayed "quarantined before" until touched. A changed ingest rule now tries the
