@@ -31,6 +31,7 @@ __all__ = [
     "DATA_DIMS",
     "SPATIAL_DIM_NAMES",
     "VALID_DIMS",
+    "band_extent",
     "band_stats",
     "check_cube",
     "class_counts",
@@ -58,6 +59,9 @@ VALID_DIMS = ("time", "y", "x")
 
 # zarr warns on every open of a v3 store with consolidated metadata; it is our choice, not news.
 warnings.filterwarnings("ignore", message=".*Consolidated metadata.*", category=UserWarning)
+# ... and xarray on every open of a store written without it (by another tool), which reads fine
+warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata",
+                        category=RuntimeWarning)
 
 
 def grid_coords(transform: Affine, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -433,6 +437,15 @@ def unobserved_reason(data: np.ndarray | xr.DataArray, valid: np.ndarray | xr.Da
     return "no pixel-date has every band finite where 'valid' is true (the bands are observed apart)"
 
 
+def band_extent(data: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Each band's observed range of an in-memory ``(time, band, y, x)`` array: ``(2, C)``
+    (min, max; NaN for a band never observed)."""
+    vals = np.where(np.broadcast_to(observed[:, None], data.shape), data, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a band never observed: all-NaN slice
+        return np.stack([np.nanmin(vals, axis=(0, 2, 3)), np.nanmax(vals, axis=(0, 2, 3))]).astype(np.float32)
+
+
 def band_stats(data: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and standard deviation of the observed values of an in-memory
     ``(time, band, y, x)`` array, ``(1, C, 1, 1)`` each (0 and 1 where a band has none)."""
@@ -457,22 +470,25 @@ def _observed_lazy(ds: xr.Dataset) -> xr.DataArray:
 
 
 def streamed_band_stats(ds: xr.Dataset, *, progress: str | None = None
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`band_stats` of a (lazy) cube in one pass of dask reductions over its chunks, and the
-    ``(y, x)`` map of pixels observed on at least one date. ``progress``: a bar with this title
-    over the pass's chunk tasks (a large cube's pass takes minutes)."""
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`band_stats` of a (lazy) cube in one pass of dask reductions over its chunks, the
+    ``(y, x)`` map of pixels observed on at least one date, and each band's observed range
+    ``(2, C)`` (min, max; NaN for a band never observed). ``progress``: a bar with this title over
+    the pass's chunk tasks (a large cube's pass takes minutes)."""
     import dask
     from tqdm.dask import TqdmCallback
 
     observed = _observed_lazy(ds)
     vals = ds["data"].where(observed)
     bar = TqdmCallback(desc=progress, unit="task") if progress else contextlib.nullcontext()
+    dims = ("time", "y", "x")
     with bar:
-        mean, std, seen = dask.compute(vals.mean(("time", "y", "x")), vals.std(("time", "y", "x")),
-                                       observed.any("time"))
+        mean, std, seen, lo, hi = dask.compute(vals.mean(dims), vals.std(dims), observed.any("time"),
+                                               vals.min(dims), vals.max(dims))
     mean = np.where(np.isfinite(mean.values), mean.values, 0.0).reshape(1, -1, 1, 1)
     std = np.where(np.isfinite(std.values) & (std.values > 0), std.values, 1.0).reshape(1, -1, 1, 1)
-    return mean.astype(np.float32), std.astype(np.float32), np.asarray(seen.values, dtype=bool)
+    extent = np.stack([lo.values, hi.values]).astype(np.float32)
+    return mean.astype(np.float32), std.astype(np.float32), np.asarray(seen.values, dtype=bool), extent
 
 
 def read_rows(ds: xr.Dataset, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

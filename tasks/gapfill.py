@@ -17,7 +17,9 @@ temporal and spatial spreads of that misfit with weights solved by least squares
 observed entries, per cloud-cover class of a date image.
 
 ``filled.zarr`` has the cube's schema: ``data`` filled, ``valid`` unchanged, every other variable
-copied, plus ``filled(time, y, x)`` bool marking what was filled. Pixels observed on no date at
+copied, plus ``filled(time, y, x)`` bool marking what was filled. Filled values stay inside each
+band's observed range over the cube (:func:`within`): the net extrapolated NDVI above 1 on the real
+MODIS fixture, a value no date ever showed. Pixels observed on no date at
 all (outside every scene's footprint) stay NaN unless ``fill_unseen``. The trained weights are a
 ``torch.save`` state dict beside it (``filled.zarr.lrtcnet.pt``; :func:`load_model` reads it with
 ``weights_only=True``), and its manifest carries the key (input fingerprint + parameters + code).
@@ -62,6 +64,7 @@ from tasks.checkpoint import (
     write_manifest,
 )
 from tasks.cube import (
+    band_extent,
     band_stats,
     observed_mask,
     open_cube,
@@ -83,6 +86,7 @@ __all__ = [
     "load_model",
     "quicklook_png",
     "weights_path",
+    "within",
 ]
 
 log = logging.getLogger(__name__)
@@ -218,6 +222,14 @@ def _encoding(ds: xr.Dataset, n_time: int, n_band: int, chunk_y: int, chunk_x: i
     }
 
 
+def within(values: np.ndarray, extent: np.ndarray) -> np.ndarray:
+    """Filled ``(T, C, H, W)`` values kept inside each band's observed range ``extent (2, C)``: a
+    value no date of the cube ever showed (NDVI above 1, a negative reflectance) is the network's
+    extrapolation, not a measurement. A band never observed is left as it is."""
+    lo, hi = extent.reshape(2, 1, -1, 1, 1)
+    return np.clip(values, np.where(np.isnan(lo), -np.inf, lo), np.where(np.isnan(hi), np.inf, hi))
+
+
 def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen: bool
                         ) -> tuple[Any, tuple[int, ...], tuple[int, ...], int, dict[str, int]]:
     """Train on and fill a ``patches.zarr``'s own patches, fold them back (in memory)."""
@@ -227,6 +239,7 @@ def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fil
     if not observed.any():
         raise ValueError(f"{cube}: no observed pixel, nothing to learn from: {unobserved_reason(ds['data'], ds['valid'])}")
     mean, std = band_stats(data, observed)
+    extent = band_extent(data, observed)
     pds = xr.open_zarr(cube, consolidated=None)
     size = int(pds.attrs["patch_size"])
     origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1).astype(np.int64)
@@ -237,7 +250,7 @@ def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fil
     shape = (data.shape[0], data.shape[1], size, size)
     fit, ranks = _fit(xp, op, shape, kw)
     filled_p = complete(fit.net, xp, op, batch=kw["batch"], init=OURS["init"])
-    folded = fold_patches(filled_p, origins, data.shape) * std + mean  # (T, C, H, W)
+    folded = within(fold_patches(filled_p, origins, data.shape) * std + mean, extent)  # (T, C, H, W)
     # cast: numpy types any(axis=...) as bool | array; over the dates of (T, H, W) it is (H, W)
     unseen = cast(np.ndarray, ~observed.any(axis=0))
     filled = ~observed if fill_unseen else ~observed & ~unseen[None]
@@ -259,7 +272,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
     ds = open_cube(cube)
     n_time, n_band, height, width = (ds.sizes["time"], ds.sizes["band"], ds.sizes["y"], ds.sizes["x"])
     title = f"gapfill {Path(cube).name}"
-    mean, std, seen = streamed_band_stats(ds, progress=f"{title}: band statistics")
+    mean, std, seen, extent = streamed_band_stats(ds, progress=f"{title}: band statistics")
     if not seen.any():
         raise ValueError(f"{cube}: no observed pixel, nothing to learn from: {unobserved_reason(ds['data'], ds['valid'])}")
     size = min(patch, height, width)
@@ -325,7 +338,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
                 ob = extract_patches(observed, local, size)
                 filled_p = complete(fit.net, xb, ob, batch=kw["batch"], init=OURS["init"], on_batch=bar.update)
                 del xb, ob
-                folded = fold_patches(filled_p, local, data.shape, weights=blend) * std + mean  # (T, C, h, W)
+                folded = within(fold_patches(filled_p, local, data.shape, weights=blend) * std + mean, extent)
                 rows = slice(a - r0, b - r0)
                 data, valid, observed, folded = data[..., rows, :], valid[:, rows], observed[:, rows], folded[..., rows, :]
                 filled = ~observed if fill_unseen else ~observed & seen[a:b][None]  # never seen: left NaN

@@ -628,7 +628,7 @@ def recover_labels(
     # seen: (y, x) observed on at least one date (valid, every band finite), the map gap filling
     # leaves its never-observed pixels NaN by; streamed over the cube's chunks
     title = f"labels {Path(str(cube)).name}"
-    mean, std, seen = streamed_band_stats(ds, progress=f"{title}: band statistics")
+    mean, std, seen, _ = streamed_band_stats(ds, progress=f"{title}: band statistics")
     if not seen.any():
         raise ValueError(f"{cube}: no observed pixel, nothing to learn from: {unobserved_reason(ds['data'], ds['valid'])}")
     # labels on pixels never observed are dropped, from training too: the network's input there is

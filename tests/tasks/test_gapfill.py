@@ -73,6 +73,9 @@ def test_schema_and_marks(filled):
     obs = np.broadcast_to(~cloud[:, None], values.shape)
     np.testing.assert_array_equal(values[obs], src["data"].values[obs])  # bit for bit
     assert manifest.outputs["filled_share"] == pytest.approx(cloud.mean())
+    for c in range(C):  # fills inside each band's observed range
+        band = src["data"].values[:, c][~cloud]
+        assert band.min() <= values[:, c][cloud].min() and values[:, c][cloud].max() <= band.max()
     from tasks.cube import describe_cube
 
     assert f"  filled: {cloud.mean():.1%} of pixel-dates" in "\n".join(describe_cube(out))  # fusioncube info
@@ -257,3 +260,14 @@ def test_cli_refuses_a_gpu_that_is_not_there(tmp_path, capsys) -> None:
     assert main(["stage", "gapfill", "--cube", str(tmp_path / "cube.zarr"), "--out", str(out), "--device", "cuda"]) == 2
     assert "'cuda' was asked for, but torch sees no GPU here" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_filled_values_stay_inside_each_bands_observed_range() -> None:
+    """NDVI above 1 is no fill: each band's values are kept inside its observed range; a band
+    never observed (range NaN) is left as it is."""
+    from tasks.gapfill import within
+
+    values = np.array([[[[1.09]], [[-3.0]], [[7.0]]], [[[0.5]], [[2.0]], [[-7.0]]]], np.float32)  # (T, C, 1, 1)
+    extent = np.array([[-0.2, 0.0, np.nan], [1.0, 1.0, np.nan]], np.float32)
+    np.testing.assert_array_equal(within(values, extent)[..., 0, 0], [[1.0, 0.0, 7.0], [0.5, 1.0, -7.0]])
+
