@@ -133,9 +133,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             print(f"  quarantined {q['scene']}: {q['reason']}")
     import shlex
 
+    if not report["time_steps"]:  # no cube: the quarantine reasons above say what to change
+        print(f"catalog written beside where the cube goes ({catalog_path}); run the command again with what "
+              "the reasons above ask for")
+        return 1
     print(f"catalog written beside the cube (run again to add new files; `fusioncube run {shlex.quote(cube)} "
           f"--catalog {shlex.quote(str(catalog_path))}` also runs the stages it lists)")
-    return 0 if report["time_steps"] else 1
+    return 0
 
 
 def _layers(specs: list[str] | None) -> dict[str, str]:

@@ -606,12 +606,12 @@ def _cmd(args: argparse.Namespace) -> int:
     from tasks.info import describe
 
     manifest = detect_anomalies(args.cube, args.out, bits=args.bits, band=args.band, lam=args.lam,
-                                tile=args.tile, overwrite=args.overwrite, progress=True,
+                                tile=args.tile, k=args.k, overwrite=args.overwrite, progress=True,
                                 workers=args.workers)
     png = anomalies_png(args.out, Path(args.out).with_suffix(".png"))
     s, q = manifest.stats, manifest.outputs["quantizer"]
-    capped = (f"; {s['unconverged_tiles']} of them stopped at the iteration cap (background: the last iterate)"
-              if s.get("unconverged_tiles") else "")
+    capped = (f"; {s['unconverged_tiles']} of the {s['tiles']} tiles stopped at the iteration cap (their "
+              "background is the last iterate)" if s.get("unconverged_tiles") else "")
     taken = s.get("resumed_tiles", 0)
     solved = f"{s['tiles'] - taken} of {s['tiles']} tiles (the rest from a stopped run)" if taken else f"{s['tiles']} tiles"
     print("\n".join(describe(args.out)))  # noqa: T201 - CLI output
@@ -631,6 +631,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--band", default=None, help="band name (default: the first)")
     p.add_argument("--lam", type=float, default=None, help="sparsity weight (default 1/sqrt(max(n1,n2) n3))")
     p.add_argument("--tile", type=int, default=64, help="tile side in pixels (default 64)")
+    p.add_argument("--k", type=float, default=FLAG_K,
+                   help=f"flag threshold in robust standard deviations of the score (default {FLAG_K:g}, chosen on "
+                        "the synthetic LST of the sample area; raise it where too much is flagged)")
     p.add_argument("--workers", type=int, default=None,
                    help="tiles solved at once (default: the cores this process may use)")
     p.add_argument("--overwrite", action="store_true")

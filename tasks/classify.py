@@ -514,9 +514,13 @@ def classify_cube(
     """
     _check_positive(epochs=epochs, patch=patch, block=block, batch=batch, crop=crop, width=width)
     cube, out = Path(cube), Path(out)
-    params: dict[str, Any] = {"label": label, "patch": patch, "block": block, "seed": seed}
+    # a saved model reads the label layer only to score its map, when the cube has one
+    scored = model is None or label in open_cube(cube).data_vars or Path(label).is_file()
+    params: dict[str, Any] = {"label": label if scored else None, "patch": patch, "block": block, "seed": seed}
     if model is None:
         params.update({"epochs": epochs, "batch": batch, "crop": crop, "lr": lr, "width": width})
+    else:
+        params["model"] = Path(model).name  # the file's content is an input (classify_key)
     key, inputs = classify_key(cube, params, model)
     found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
     if found is not None and Path(found.outputs.get("cog", "")).exists():

@@ -178,6 +178,28 @@ def _product(path: Path, cube_error: CubeSchemaError) -> tuple[xr.Dataset, str]:
     raise cube_error
 
 
+def _geotiff(path: Path) -> list[str]:
+    """A GeoTIFF (a stage's class-map COG, an exported date): its raster in brief, and the store
+    it was made from when it lies beside it (``X.tif`` / ``X.zarr.tif`` beside ``X.zarr``)."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as ds:
+            classes = ds.tags().get("CLASSES")
+            lines = [f"{path}: a GeoTIFF, {ds.count} band(s) of {ds.dtypes[0]}",
+                     f"  grid: {crs_label(ds.crs)}, pixel {abs(ds.transform.a):g} x {abs(ds.transform.e):g}, "
+                     f"{ds.width} x {ds.height} px"]
+    except rasterio.RasterioIOError as exc:
+        raise CubeSchemaError(f"{path}: not a readable GeoTIFF ({exc})") from exc
+    if classes:
+        lines.append(f"  classes: {classes}")
+    name = path.name[: -len(path.suffix)]
+    stores = [path.with_name(n) for n in dict.fromkeys((name, f"{name}.zarr"))]
+    if beside := next((st for st in stores if st.is_dir()), None):
+        lines.append(f"  made beside {beside}: `fusioncube info {beside}` says more")
+    return lines
+
+
 def describe(path: str | Path) -> list[str]:
     """What ``path`` holds: a cube (:func:`tasks.cube.describe_cube`) or a stage's product.
 
@@ -187,6 +209,8 @@ def describe(path: str | Path) -> list[str]:
     path = Path(path)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return describe_catalog(path)
+    if path.is_file() and path.suffix.lower() in (".tif", ".tiff"):
+        return _geotiff(path)
     store = compressed_store(path)
     if store is None and _plain_folder(path):
         return _folder(path)

@@ -186,7 +186,8 @@ def test_add_cli_registers_stage_anomalies():
     sub = parser.add_subparsers(dest="stage")
     add_cli(sub)
     args = parser.parse_args(["anomalies", "--cube", "in.zarr", "--out", "out.zarr", "--bits", "4"])
-    assert (args.cube, args.out, args.bits) == ("in.zarr", "out.zarr", 4) and callable(args.func)
+    assert (args.cube, args.out, args.bits, args.k) == ("in.zarr", "out.zarr", 4, 6.0) and callable(args.func)
+    assert parser.parse_args(["anomalies", "--cube", "c", "--out", "o", "--k", "9"]).k == 9.0
 
 
 @pytest.mark.slow
@@ -364,6 +365,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_product(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert read_manifest(out).stats["resumed_tiles"] == 3  # the first row's record; the second's was not in place
     assert "9 of 12 tiles (the rest from a stopped run)" in again.stdout
+    assert "stopped at the iteration cap" not in again.stdout or " of the 12 tiles stopped" in again.stdout
     expected, got = _products(tmp_path / "whole.zarr"), _products(out)
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)

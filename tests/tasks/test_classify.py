@@ -115,10 +115,17 @@ def test_reuse_and_apply_saved_model(trained, tmp_path) -> None:
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "applied.zarr")["classes"].values,
                                   xr.open_zarr(out)["classes"].values)
     assert read_manifest(tmp_path / "applied.zarr").inputs["model"]
+    # its provenance names the model, not a label layer the bare cube does not have
+    assert applied.params["label"] is None and applied.params["model"] == weights_path(out).name
     assert not (tmp_path / "applied.zarr.patches.zarr").exists()  # applying reads the cube, cuts nothing
     rescored = classify_cube(cube, tmp_path / "rescored.zarr", model=weights_path(out), patch=16, block=1,
                              device="cpu")
     assert rescored.stats["test"]["accuracy"] == manifest.stats["test"]["accuracy"]  # the same split
+    assert rescored.params["label"] == "landcover"  # read to score the map
+    from tasks.info import describe  # fusioncube info on the class map's COG
+
+    text = "\n".join(describe(manifest.outputs["cog"]))
+    assert ": a GeoTIFF, 1 band(s) of uint8" in text and f"made beside {out}" in text
 
 
 def test_a_short_training_maps_only_the_classes_of_its_labels(tmp_path) -> None:

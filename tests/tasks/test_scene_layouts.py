@@ -372,6 +372,7 @@ def test_an_ingest_that_takes_no_scene_says_no_cube_was_written(tmp_path: Path, 
     text = capsys.readouterr().out
     assert f"no cube written at {out}: no scene was taken (0 scenes ingested, 1 skipped" in text
     assert "skipped f_2020-01-05.tif: outside the cube's bounds" in text and not out.exists()
+    assert "fusioncube run" not in text and "run the command again with what the reasons above ask for" in text
 
 
 def test_date_in_folders() -> None:
