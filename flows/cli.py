@@ -160,7 +160,6 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
     from tasks.ingest import cube_grid, grid_of_cube, plan_ingest, scenes_within, warn_future_dates
 
     catalog = catalog_from_dict(raw, path=path)
-    source = catalog.source("scenes")
     cube = next(iter(catalog.cubes))
     plan = plan_ingest(catalog, cube)
     warn_future_dates(plan)
@@ -174,21 +173,29 @@ def _ingest_dry_run(raw: dict[str, Any], path: Path) -> int:
         plan = scenes_within(plan, g)
     refs = [r for group in plan.new for r in group]
     print("dry run: nothing is written")
-    for b in source.bands:
-        extra = "".join(f", {k} {v:g}" for k, v in (("scale", b.scale), ("offset", b.offset)) if v != (k == "scale"))
-        nodata = f", nodata {b.nodata:g}" if b.nodata is not None else ", nodata: each file's own"
-        bounds = "".join(f", valid {k} {v:g}" for k, v in (("min", b.valid_min), ("max", b.valid_max)) if v is not None)
-        print(f"  band {b.name}: {f'file {b.file!r}' if b.file else f'band {b.index}'}{extra}{nodata}{bounds}")
-    if source.radiometry:
-        print(f"  units: per scene, from each scene's product metadata ({source.radiometry})")
-    if source.band_files:
-        print(f"  one file per band, grouped by {source.band_files!r}")
+    sources = catalog.cube(cube).sources
+    for name in sources:  # one, or one per sensor of a mixed archive (tasks.adhoc.Sensor)
+        source = catalog.source(name)
+        indent = "  "
+        if len(sources) > 1:
+            print(f"  source {name}: {', '.join(source.glob)}")
+            indent = "    "
+        for b in source.bands:
+            extra = "".join(f", {k} {v:g}" for k, v in (("scale", b.scale), ("offset", b.offset)) if v != (k == "scale"))
+            nodata = f", nodata {b.nodata:g}" if b.nodata is not None else ", nodata: each file's own"
+            bounds = "".join(f", valid {k} {v:g}" for k, v in (("min", b.valid_min), ("max", b.valid_max))
+                             if v is not None)
+            print(f"{indent}band {b.name}: {f'file {b.file!r}' if b.file else f'band {b.index}'}{extra}{nodata}{bounds}")
+        if source.radiometry:
+            print(f"{indent}units: per scene, from each scene's product metadata ({source.radiometry})")
+        if source.band_files:
+            print(f"{indent}one file per band, grouped by {source.band_files!r}")
+        if source.mask is not None:
+            rule = source.mask.model_dump(exclude_none=True, exclude={"sidecar"})
+            side = source.mask.sidecar
+            print(f"{indent}mask: {f'{side.pattern!r} -> {side.replacement!r}, ' if side else ''}{rule}")
     for name, layer_source in catalog.cube(cube).static.items():
         print(f"  layer {name}: {catalog.source(layer_source).glob[0]} (class map, warped by majority)")
-    if source.mask is not None:
-        rule = source.mask.model_dump(exclude_none=True, exclude={"sidecar"})
-        side = source.mask.sidecar
-        print(f"  mask: {f'{side.pattern!r} -> {side.replacement!r}, ' if side else ''}{rule}")
     if refs and g is not None:
         dates = sorted({r.date.date() for r in refs if r.date})
         span = f" on {len(dates)} date(s), {dates[0]} .. {dates[-1]}" if dates else ""

@@ -955,6 +955,9 @@ def test_cli_ingests_hls_s30_and_l30_together_with_bands_matched_by_wavelength(t
     catalog = yaml.safe_load((tmp_path / "hls.zarr.catalog.yaml").read_text())
     assert catalog["cubes"]["hls"]["sources"] == ["scenes_s30", "scenes_l30"]
     assert catalog["sources"]["scenes_l30"]["unused_band_files"] == ["B10"]
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "dry.zarr"), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "  source scenes_l30: " in text and "    band nir08: file 'B05', scale 0.0001" in text
     # a glob of the user's holding both sensors cannot be split by sensor: refused, saying why
     assert main(["ingest", str(tmp_path / "HLS.*.tif"), "--out", str(tmp_path / "g.zarr")]) == 2
     assert "number their bands differently" in capsys.readouterr().err
