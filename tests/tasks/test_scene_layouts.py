@@ -886,31 +886,6 @@ def test_cli_ingests_sentinel1_rtc_layers_with_a_granule_code(tmp_path: Path) ->
     np.testing.assert_allclose(ds.data.mean(("y", "x")).values, [[0.05, 0.2, 1.0]] * 2, rtol=1e-6)
 
 
-def test_cli_ingests_hls_with_fmask_and_scale_factor_metadata(tmp_path: Path, capsys) -> None:
-    """NASA HLS v2: band COGs declaring their scale as scale_factor metadata (not a GDAL band
-    scale), Fmask beside them (bit 1 cloud), angle layers (SAA) in the same folder."""
-    from flows.cli import main
-
-    for doy in ("2023163T100559", "2023168T100601"):
-        for b, v in (("B02", 1100), ("B8A", 2500), ("Fmask", 0), ("SAA", 1500)):
-            dtype = "uint8" if b == "Fmask" else "int16"
-            with rasterio.open(tmp_path / f"HLS.S30.T33UUP.{doy}.v2.0.{b}.tif", "w", driver="GTiff", width=8, height=8,
-                               count=1, dtype=dtype, crs="EPSG:32633", transform=from_origin(399960, 5800020, 30, 30),
-                               nodata=255 if b == "Fmask" else -9999) as ds:
-                a = np.full((1, 8, 8), v, dtype)
-                if b == "Fmask":
-                    a[0, :2] = 2  # cloud
-                ds.write(a)
-                if b in ("B02", "B8A"):
-                    ds.update_tags(1, scale_factor="0.0001", add_offset="0.0")
-    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "hls.zarr")]) == 0
-    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
-    ds = xr.open_zarr(tmp_path / "hls.zarr")
-    assert list(ds.band.values) == ["B02", "B8A"] and [str(t)[:10] for t in ds.time.values] == ["2023-06-12", "2023-06-17"]
-    np.testing.assert_allclose(ds.data.isel(time=0, y=-1).mean("x").values, [0.11, 0.25], rtol=1e-6)
-    assert not ds.valid.values[:, :2].any() and ds.valid.values[:, 2:].all()
-
-
 def _hls(folder: Path, sensor: str, doy: str, bands: dict[str, tuple[int, float]]) -> None:
     """One HLS v2 granule: int16 band COGs declaring their scale_factor, an Fmask (bit 1 cloud)."""
     for b, (v, scale) in {**bands, "Fmask": (0, 0.0)}.items():
@@ -924,6 +899,21 @@ def _hls(folder: Path, sensor: str, doy: str, bands: dict[str, tuple[int, float]
             ds.write(a)
             if scale:
                 ds.update_tags(1, scale_factor=str(scale), add_offset="0.0")
+
+
+def test_cli_ingests_hls_with_fmask_and_scale_factor_metadata(tmp_path: Path, capsys) -> None:
+    """NASA HLS v2: band COGs declaring their scale as scale_factor metadata (not a GDAL band
+    scale), Fmask beside them (bit 1 cloud), angle layers (SAA) in the same folder."""
+    from flows.cli import main
+
+    for doy in ("2023163T100559", "2023168T100601"):
+        _hls(tmp_path, "S30", doy, {"B02": (1100, 1e-4), "B8A": (2500, 1e-4), "SAA": (1500, 0.0)})
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "hls.zarr")]) == 0
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
+    ds = xr.open_zarr(tmp_path / "hls.zarr")
+    assert list(ds.band.values) == ["B02", "B8A"] and [str(t)[:10] for t in ds.time.values] == ["2023-06-12", "2023-06-17"]
+    np.testing.assert_allclose(ds.data.isel(time=0, y=-1).mean("x").values, [0.11, 0.25], rtol=1e-6)
+    assert not ds.valid.values[:, :2].any() and ds.valid.values[:, 2:].all()
 
 
 def test_cli_ingests_hls_s30_and_l30_together_with_bands_matched_by_wavelength(tmp_path: Path, capsys) -> None:
