@@ -253,8 +253,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     start, end = _dates(args)
     stages = None if args.stages is None else [s for s in args.stages.split(",") if s]
+    catalog = load_catalog(args.catalog)
+    if (problem := catalog.stage_dir_problem(args.cube)) is not None:  # before Prefect and Dask start
+        raise CatalogError(problem)
     # a run with nothing to do (a schedule's usual case) is answered from the manifests, in seconds
-    products = None if args.rerun else pipeline_up_to_date(load_catalog(args.catalog), args.cube, start, end, stages)
+    products = None if args.rerun else pipeline_up_to_date(catalog, args.cube, start, end, stages)
     checked_only = products is not None
     if products is None:
         try:

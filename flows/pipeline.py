@@ -30,7 +30,7 @@ from prefect_dask import DaskTaskRunner
 from flows.ingest import ingest_steps
 from tasks.catalog import Catalog, load_catalog
 from tasks.checkpoint import read_manifest, reusable
-from tasks.errors import StagesFailed, did_you_mean
+from tasks.errors import CatalogError, StagesFailed, did_you_mean
 from tasks.ingest import missing_static_layers, plan_ingest
 from tasks.locks import cube_lock
 from tasks.patch import fit_patch_size, patch_key, patch_task
@@ -134,6 +134,8 @@ def pipeline_steps(
                          f"choose from {sorted(STAGES)}")
     if start is not None and end is not None and start > end:
         raise ValueError(f"start {start} is after end {end}: no date is in that range")
+    if (problem := catalog.stage_dir_problem(cube)) is not None:  # before a second cube is built
+        raise CatalogError(problem)
     inflight = concurrency or catalog.orchestration.concurrency
     # the whole run holds the cube's lock (ingest takes it again, re-entrant in this thread): a run
     # or backfill started meanwhile waits, then finds the stages' outputs fresh, instead of writing

@@ -664,6 +664,34 @@ class Catalog(_Strict):
         self.cube(cube)
         return self.inside_storage(self.artifacts_dir / cube, key=f"cubes.{cube}")
 
+    def stage_dir_problem(self, cube: str) -> str | None:
+        """Why a run of ``cube`` must not write into its artifacts folder, else None: the folder
+        holds products made from another cube store that still exists. A typo in
+        ``cubes.<cube>.path``, or two catalogs naming one cube with different paths, would build a
+        second cube and replace the first one's products with its own (and back, run after run)."""
+        from tasks.checkpoint import MANIFEST_SUFFIX, read_manifest
+        from tasks.errors import CheckpointError
+
+        folder, path = self.stage_dir(cube), self.cube_path(cube).resolve()
+        if not folder.is_dir():
+            return None
+        for found in sorted(folder.glob(f"*{MANIFEST_SUFFIX}")):
+            try:
+                made = read_manifest(found.with_name(found.name[: -len(MANIFEST_SUFFIX)]))
+            except CheckpointError:
+                continue
+            source = made.outputs.get("cube") if made is not None and isinstance(made.outputs, dict) else None
+            if not source:
+                continue
+            other = self.resolve(str(source)).resolve()
+            if other != path and other.exists():
+                where = f"{self.path}: " if self.path else ""
+                return (f"{where}cubes.{cube}: its products in {folder} were made from the cube {other}, while this "
+                        f"catalog's cube is {path}; a run would {'build a second cube and ' if not path.exists() else ''}"
+                        f"replace them. Fix cubes.{cube}.path (a typo?), or give this cube another name or "
+                        "storage.artifacts folder")
+        return None
+
 
 # -- loading -----------------------------------------------------------------------------------
 _ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")

@@ -289,6 +289,8 @@ def describe_catalog(path: str | Path) -> list[str]:
         for stage in spec.stages:
             if (problem := cat.stage_input_problem(name, stage)) is not None:
                 lines.append(f"  WARNING cube {name}: stage {stage} cannot run: {problem}")
+        if (problem := cat.stage_dir_problem(name)) is not None:
+            lines.append(f"  WARNING cube {name}: a run is refused: {problem}")
     return lines
 
 

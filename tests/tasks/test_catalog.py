@@ -165,3 +165,30 @@ def test_a_cube_s_own_patching_replaces_the_shared_keys_it_gives(raw: dict) -> N
     assert cat.patch_params("modis_lst").model_dump() == {**raw["stages"]["patch"], "size": 16, "stride": None,
                                                           "fractions": tuple(raw["stages"]["patch"]["fractions"])}
     assert cat.patch_params("planet") == cat.stages.patch
+
+
+def test_a_cube_path_that_is_not_the_one_its_products_came_from_is_refused(tmp_path: Path, raw: dict) -> None:
+    """A typo in cubes.<cube>.path (QA round 6) built a second cube from the whole archive and
+    replaced the real cube's products in artifacts/<cube>/ with its own, and back on the next run
+    of the right catalog. Products made from another store that still exists stop the run."""
+    from flows.cli import main
+    from tasks.checkpoint import Manifest, write_manifest
+    from tasks.info import describe_catalog
+
+    raw["storage"] = {"root": str(tmp_path)}
+    real = tmp_path / "cubes" / "planet.zarr"
+    real.mkdir(parents=True)
+    (tmp_path / "artifacts" / "planet").mkdir(parents=True)
+    write_manifest(tmp_path / "artifacts" / "planet" / "patches.zarr",
+                   Manifest(stage="patch", key="k", params={}, inputs={}, code_version="1",
+                            outputs={"cube": str(real)}))
+    assert catalog_from_dict(raw, path=tmp_path / "cat.yaml").stage_dir_problem("planet") is None  # its own
+    raw["cubes"]["planet"]["path"] = str(tmp_path / "cubes" / "plnet.zarr")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(raw))
+    problem = catalog_from_dict(raw, path=tmp_path / "typo.yaml").stage_dir_problem("planet")
+    assert problem is not None and "were made from the cube" in problem and "build a second cube" in problem
+    assert main(["run", "planet", "--catalog", str(tmp_path / "typo.yaml")]) == 2  # before Prefect starts
+    assert not (tmp_path / "cubes" / "plnet.zarr").exists()
+    assert any("a run is refused" in line for line in describe_catalog(tmp_path / "typo.yaml"))
+    real.rename(tmp_path / "cubes" / "moved.zarr")  # the old store is gone: a moved cube, not refused
+    assert catalog_from_dict(raw, path=tmp_path / "typo.yaml").stage_dir_problem("planet") is None
