@@ -247,6 +247,20 @@ def _dates(args: argparse.Namespace) -> tuple[date | None, date | None]:
     return start, end
 
 
+def _warn_unmatched_sources(catalog: Any, cube: str) -> None:
+    """A source of ``cube`` (a static layer's too) whose globs match no file, said before the run:
+    a moved archive or a typo in a layer's path otherwise reads as "nothing new"."""
+    from tasks.discover import expand_globs
+
+    spec = catalog.cube(cube)
+    for name in dict.fromkeys([*spec.sources, *spec.static.values()]):
+        source = catalog.source(name)
+        if not expand_globs(source.glob, catalog):
+            where = ", ".join(str(catalog.resolve(g)) for g in source.glob)
+            print(f"warning: source {name} of cube {cube}: no file matches {where} (check the path and the "
+                  "environment variables it uses)", file=sys.stderr)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline_up_to_date, run_pipeline
     from tasks.catalog import load_catalog
@@ -256,6 +270,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     if (problem := catalog.stage_dir_problem(args.cube)) is not None:  # before Prefect and Dask start
         raise CatalogError(problem)
+    _warn_unmatched_sources(catalog, args.cube)
     # a run with nothing to do (a schedule's usual case) is answered from the manifests, in seconds
     products = None if args.rerun else pipeline_up_to_date(catalog, args.cube, start, end, stages)
     checked_only = products is not None

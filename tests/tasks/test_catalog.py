@@ -192,3 +192,16 @@ def test_a_cube_path_that_is_not_the_one_its_products_came_from_is_refused(tmp_p
     assert any("a run is refused" in line for line in describe_catalog(tmp_path / "typo.yaml"))
     real.rename(tmp_path / "cubes" / "moved.zarr")  # the old store is gone: a moved cube, not refused
     assert catalog_from_dict(raw, path=tmp_path / "typo.yaml").stage_dir_problem("planet") is None
+
+
+def test_a_run_names_the_sources_of_its_cube_that_match_no_file(tmp_path: Path, capsys) -> None:
+    """A static layer's path with a typo (QA round 6) read as "nothing new"; `fusioncube run` now
+    says which of the cube's sources match no file before it runs."""
+    from flows.cli import _warn_unmatched_sources
+
+    cat = load_catalog(REPO / "data_catalog.yaml", env={"FUSIONCUBE_DATA": str(tmp_path),
+                                                         "FUSIONCUBE_SAMPLE": str(tmp_path / "nowhere")})
+    _warn_unmatched_sources(cat, "planet")
+    err = capsys.readouterr().err
+    assert "warning: source planet of cube planet: no file matches" in err
+    assert "warning: source nlcd of cube planet" in err  # its static land cover layer
