@@ -42,8 +42,8 @@ from tasks.discover import (
 )
 from tasks.errors import CatalogError, SceneError
 
-__all__ = ["BAND_TOKEN", "COMMON_BANDS", "KNOWN_LAYERS", "PRESETS", "LayerUnits", "Preset", "Sensor", "adhoc_catalog", "adhoc_cube_name",
-           "build_adhoc_catalog", "describe_bands",
+__all__ = ["BAND_TOKEN", "COMMON_BANDS", "KNOWN_LAYERS", "PRESETS", "LayerUnits", "Preset", "Sensor",
+           "adhoc_catalog", "adhoc_cube_name", "build_adhoc_catalog", "describe_bands",
            "detect_band_files", "detect_layer_files", "known_layer"]
 
 log = logging.getLogger(__name__)
@@ -643,8 +643,8 @@ def _per_sensor(
         tokens[s.key] = {str(e["file"]): e for e in entries}
     common = [n for n in COMMON_BANDS if all(s.bands.get(n) in tokens[s.key] for s, _ in found)]
     if not common:
-        raise ValueError(f"{names}: no band is in every sensor's files ({ {s.name: sorted(tokens[s.key]) for s, _ in found} }); "
-                         "ingest each sensor into its own cube")
+        have = "; ".join(f"{s.name}: {', '.join(sorted(tokens[s.key], key=_natural))}" for s, _ in found)
+        raise ValueError(f"{names}: no band is in every sensor's files ({have}); ingest each sensor into its own cube")
     left = {s.name: [t for t in sorted(tokens[s.key], key=_natural) if t not in {s.bands[n] for n in common}]
             for s, _ in found}
     log.warning("%s in one archive: their bands are matched by wavelength and named by it (%s); left out, "
@@ -772,8 +772,8 @@ def build_adhoc_catalog(
     elif band_count is not None:  # plain rasters: each file's own nodata (the first file's is no rule)
         bands = [{k: v for k, v in b.items() if k != "nodata"} for b in bands]
         bands = [_with_known_units(b, described_by, one_band=band_count == 1) for b in bands]
-    # source name -> (its bands, globs, files): one source, or one per sensor of a product whose
-    # sensors number their bands differently (Landsat 7 beside Landsat 8, HLS S30 beside L30)
+    # the catalog's sources: one, or one per sensor of a product whose sensors number their bands
+    # differently (Landsat 7 beside Landsat 8, HLS S30 beside L30)
     sources = {"scenes": _Source(bands, patterns, files, [str(b["file"]) for b in bands] if per_band else [])}
     if preset is not None and per_band is not None and not explicit_pattern:
         sources = _per_sensor(files, patterns, preset[0], pattern) or sources
