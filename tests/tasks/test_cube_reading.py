@@ -320,3 +320,24 @@ def test_row_blocks_give_each_block_the_patches_that_reach_into_it() -> None:
     blocks = row_blocks(origins, 8, 20, 10)
     assert [(a, b) for a, b, _ in blocks] == [(0, 10), (10, 20)]
     assert blocks[0][2][:, 0].tolist() == [0, 4, 8] and blocks[1][2][:, 0].tolist() == [4, 8, 12]
+
+
+def test_the_grid_is_the_stored_geotransform_when_the_coordinates_agree_with_it() -> None:
+    """MODIS sinusoidal pixels (231.65635826385406 m) rebuilt from coordinate differences came out
+    4e-10 m non-square in exported GeoTIFFs (QA round 6): the stored GeoTransform is exact. A
+    slice of the cube keeps its parent's attribute, which then no longer agrees: the coordinates
+    decide."""
+    import xarray as xr
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from tasks.cube import cube_transform, grid_coords, spatial_ref
+
+    t = Affine(231.65635826385406, 0.0, -6073798.062, 0.0, -231.65635826385406, -1278279.776)
+    y, x = grid_coords(t, 147, 255)
+    ds = xr.Dataset({"data": (("time", "band", "y", "x"), np.zeros((1, 1, 147, 255), np.float32),
+                              {"grid_mapping": "spatial_ref"})},
+                    coords={"y": y, "x": x, "spatial_ref": spatial_ref(CRS.from_epsg(4326), t)})
+    assert cube_transform(ds) == t
+    part = cube_transform(ds.isel(y=slice(10, 20), x=slice(5, 30)))
+    assert part.almost_equals(t * Affine.translation(5, 10), precision=1e-6) and part.c != t.c
