@@ -502,13 +502,17 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
     vshape = tuple(int(v) for v in index.attrs["compress_valid_shape"])
     segments = _segments(compressed, shape[0])
     chunk = max(1, int(segments[0]["patches"]))  # segments: equal but the last
+    mapping = {"grid_mapping": "spatial_ref"} if "spatial_ref" in index.variables else {}
     ds = index.assign(
         data=(("patch", "time", "band", "py", "px"),
-              dask_array.zeros(shape, dtype=np.float32, chunks=(chunk, *shape[1:]))),
-        valid=(("patch", "time", "py", "px"), dask_array.zeros(vshape, dtype=bool, chunks=(chunk, *vshape[1:]))),
+              dask_array.zeros(shape, dtype=np.float32, chunks=(chunk, *shape[1:])),
+              {"long_name": "values decoded from a lossy compression (TDL)", **mapping}),
+        valid=(("patch", "time", "py", "px"), dask_array.zeros(vshape, dtype=bool, chunks=(chunk, *vshape[1:])),
+               {"long_name": "pixel observed (clear) in the source cube", **mapping}),
     )
     for k in ("compress_shape", "compress_valid_shape", "compress_mask_coding"):
         ds.attrs.pop(k, None)
+    ds.attrs["compression"] = f"decoded from {compressed}: lossy, see its manifest for the rate and PSNR"
     tmp = out.with_name(out.name + ".patches-tmp.zarr")
     shutil.rmtree(tmp, ignore_errors=True)
     try:  # segment by segment into a patches store, then folded window by window: bounded memory

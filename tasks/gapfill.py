@@ -196,7 +196,7 @@ def _write_filled(ds: xr.Dataset, result: np.ndarray, filled: np.ndarray, tmp: P
     n_time, n_band, height, width = result.shape
     out_ds = xr.Dataset(
         {
-            "data": (ds["data"].dims, result, dict(ds["data"].attrs)),
+            "data": (ds["data"].dims, result, filled_data_attrs(ds)),
             "valid": (ds["valid"].dims, ds["valid"].values.astype(bool), dict(ds["valid"].attrs)),
             "filled": (("time", "y", "x"), filled, FILLED_ATTRS),
         },
@@ -211,6 +211,11 @@ def _write_filled(ds: xr.Dataset, result: np.ndarray, filled: np.ndarray, tmp: P
 
 
 FILLED_ATTRS = {"long_name": "gap filled by LRTC-Net", "grid_mapping": "spatial_ref"}
+
+
+def filled_data_attrs(ds: xr.Dataset) -> dict[str, Any]:
+    """``data``'s attributes in ``filled.zarr``: the cube's, saying that gaps hold filled values."""
+    return {**ds["data"].attrs, "long_name": "observed values, gaps filled by LRTC-Net (where 'filled' is true)"}
 
 
 def _encoding(ds: xr.Dataset, n_time: int, n_band: int, chunk_y: int, chunk_x: int) -> dict[str, Any]:
@@ -309,7 +314,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
     template = xr.Dataset(
         {
             "data": (ds["data"].dims, dsa.zeros(ds["data"].shape, dtype=np.float32, chunks=-1),
-                     dict(ds["data"].attrs)),
+                     filled_data_attrs(ds)),
             "valid": (ds["valid"].dims, dsa.zeros(ds["valid"].shape, dtype=bool, chunks=-1),
                       dict(ds["valid"].attrs)),
             "filled": (("time", "y", "x"), dsa.zeros((n_time, height, width), dtype=bool, chunks=-1),

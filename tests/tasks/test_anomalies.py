@@ -71,6 +71,7 @@ def test_stage_writes_schema_finds_spots_and_reuses(tmp_path):
         assert ds[name].dtype == dtype
     assert ds.sizes == {"time": NT, "y": NY, "x": NX}
     assert "spatial_ref" in ds.coords and ds["score"].attrs["units"] == "K"
+    assert ds.attrs["band"] == "lst" and ds.attrs["source"] == str(cube) and "8-bit" in ds.attrs["method"]
     flag = ds["flag"].values
     assert flag[truth].mean() >= 0.9
     assert (flag & ~truth).sum() <= 0.01 * (~truth).sum()

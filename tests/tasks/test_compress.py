@@ -62,6 +62,7 @@ def test_compress_round_trip_rate_and_reuse(cube: Path, tmp_path: Path) -> None:
     assert f"stored: {shipped / 1e3:.1f} kB, {8 * shipped / entries:.4g} bits per value of the source cube" in text
     dec = open_cube(out / "decoded.zarr").load()
     src = open_cube(cube).load()
+    assert dec["data"].attrs["grid_mapping"] == "spatial_ref" and "lossy" in dec.attrs["compression"]
     assert dec["data"].shape == src["data"].shape and dec["data"].dtype == np.float32
     assert np.array_equal(np.isnan(dec["data"].values), np.isnan(src["data"].values))
     assert np.array_equal(dec["valid"].values, src["valid"].values)

@@ -65,6 +65,7 @@ def test_schema_and_marks(filled):
     src = open_cube(cube)
     assert ds["data"].dims == ("time", "band", "y", "x") and ds["data"].dtype == np.float32
     assert "spatial_ref" in ds.coords and "landcover" in ds
+    assert "gaps filled by LRTC-Net" in ds["data"].attrs["long_name"]  # not "observed values" alone
     np.testing.assert_array_equal(ds["valid"].values, src["valid"].values)
     np.testing.assert_array_equal(ds["filled"].values, cloud)  # exactly the gaps
     values = ds["data"].values
