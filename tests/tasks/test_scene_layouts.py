@@ -456,6 +456,34 @@ def test_cli_ingests_a_landsat_level1_bundle_as_toa_reflectance(tmp_path: Path, 
                                [10000, 12000, 30000])
 
 
+def test_landsat_level1_etm_beside_oli_is_matched_by_wavelength_with_each_scenes_mtl(tmp_path: Path, capsys) -> None:
+    """Level-1 Landsat 7 ETM+ beside Landsat 8 OLI: ETM+ B3 / B4 are red / NIR, OLI B4 / B5. Each
+    date's red and nir08 come from its own sensor's files, in top-of-atmosphere reflectance with its
+    own MTL's gains and sun elevation (looked up by band file, not by the common name)."""
+    from flows.cli import main
+
+    ls = tmp_path / "l1"
+    scenes = (("LC08_L1TP_044034_20190801_20200827_02_T1", 60.0, {"B4": 10000, "B5": 20000}, ("4", "5")),
+              ("LE07_L1TP_044034_20190809_20200827_02_T1", 30.0, {"B3": 11000, "B4": 21000}, ("3", "4")))
+    for stem, sun, values, (red, nir) in scenes:
+        for b, v in values.items():
+            _band(ls / f"{stem}_{b}.TIF", v, size=8, res=30)
+        _qa_pixel(ls / f"{stem}_QA_PIXEL.TIF", cloudy_rows=1)
+        _mtl(ls / f"{stem}_MTL.txt", sun=sun, bands={red: (2e-5, -0.1), nir: (3e-5, -0.1)}, thermal={})
+    assert main(["ingest", str(ls), "--out", str(tmp_path / "l1.zarr")]) == 0
+    assert "2 scenes ingested, 0 skipped, 0 quarantined" in capsys.readouterr().out
+    ds = xr.open_zarr(tmp_path / "l1.zarr")
+    assert list(ds.band.values) == ["red", "nir08"]
+    for t, (_, sun, values, _) in enumerate(scenes):
+        red_dn, nir_dn = values.values()
+        sine = np.sin(np.radians(sun))
+        np.testing.assert_allclose(ds.data.isel(time=t, y=-1, x=0).values,
+                                   [(2e-5 * red_dn - 0.1) / sine, (3e-5 * nir_dn - 0.1) / sine], rtol=1e-5)
+    catalog = yaml.safe_load((tmp_path / "l1.zarr.catalog.yaml").read_text())["sources"]
+    assert {k: v["radiometry"] for k, v in catalog.items()} == {"scenes_oli": "landsat_c2_l1",
+                                                                "scenes_etm": "landsat_c2_l1"}
+
+
 def test_landsat_level1_radiometry_reads_the_mtl_in_a_bundle_and_names_what_is_wrong(tmp_path: Path) -> None:
     """Landsat 7's two thermal gains (B6_VCID_1 / 2) are bands of their own; the MTL is read inside
     the scene's .tar; a scene whose MTL lacks the sun elevation, or has the sun below the horizon,
