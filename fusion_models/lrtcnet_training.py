@@ -127,6 +127,23 @@ def initial_factors(z: np.ndarray, ranks: Sequence[int]) -> list[np.ndarray]:
     return [np.ascontiguousarray(leading_vectors(unfold(z, n + 1), rank)) for n, rank in enumerate(ranks)]
 
 
+def _targets(xb: np.ndarray, ob: np.ndarray, truth: np.ndarray | None, hide_kind: str, gap_pool: np.ndarray,
+             share: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A batch's ``(seen, scored, target)``: with ``truth``, all that is observed is seen and the
+    gaps are scored against it; without (self-supervision), observed entries are hidden, scored
+    against their own values: the data's own gap masks drawn from ``gap_pool`` for ``"gaps"``
+    (cloud-shaped masks when it has none), else :func:`cloud_masks` of ``hide_kind``."""
+    if truth is not None:
+        return ob, ~ob, truth.astype(np.float32)
+    if hide_kind == "gaps" and gap_pool.shape[0]:
+        pick = rng.integers(0, gap_pool.shape[0], size=ob.shape[0] * ob.shape[1])
+        hidden = gap_pool[pick].reshape(ob.shape) & ob
+    else:
+        kind = "cloud" if hide_kind == "gaps" else hide_kind
+        hidden = cloud_masks(ob.shape, share=share, rng=rng, kind=kind) & ob
+    return ob & ~hidden, hidden, xb
+
+
 def fit_lrtcnet(
     x: np.ndarray,
     observed: np.ndarray,
@@ -279,16 +296,8 @@ def fit_lrtcnet(
         for first in [f for _ in range(steps_per_epoch) for f in range(0, n, batch)]:
             idx = order[first : first + batch]
             xb, ob = x[idx], observed[idx]
-            if truth is None:
-                if hide_kind == "gaps":  # the data's own gap masks, from randomly drawn images
-                    pick = rng.integers(0, gap_pool.shape[0], size=ob.shape[0] * ob.shape[1])
-                    hidden = gap_pool[pick].reshape(ob.shape) & ob
-                else:
-                    hidden = cloud_masks(ob.shape, share=hide_share, rng=rng, kind=hide_kind) & ob
-                seen = ob & ~hidden
-                target_np, scored = xb, hidden
-            else:
-                seen, target_np, scored = ob, truth[idx].astype(np.float32), ~ob
+            seen, scored, target_np = _targets(xb, ob, None if truth is None else truth[idx], hide_kind, gap_pool,
+                                               hide_share, rng)
             if not scored.any():
                 if on_step is not None:
                     on_step()
@@ -400,16 +409,8 @@ def fit_stacking(
             for first in range(0, x.shape[0], batch):
                 sl = slice(first, first + batch)
                 xb, ob = x[sl], observed[sl]
-                if truth is not None:
-                    seen, scored, target_np = ob, ~ob, truth[sl].astype(np.float32)
-                else:
-                    if hide_kind == "gaps" and gap_pool.shape[0]:
-                        pick = rng.integers(0, gap_pool.shape[0], size=ob.shape[0] * ob.shape[1])
-                        hidden = gap_pool[pick].reshape(ob.shape) & ob
-                    else:
-                        kind = "cloud" if hide_kind == "gaps" else hide_kind
-                        hidden = cloud_masks(ob.shape, share=hide_share, rng=rng, kind=kind) & ob
-                    seen, scored, target_np = ob & ~hidden, hidden, xb
+                seen, scored, target_np = _targets(xb, ob, None if truth is None else truth[sl], hide_kind,
+                                                   gap_pool, hide_share, rng)
                 if not scored.any():
                     if on_batch is not None:
                         on_batch()
