@@ -68,9 +68,13 @@ def dask_task_runner(
 
 def local_cluster_kwargs(workers: int) -> dict[str, Any]:
     """``distributed.LocalCluster`` arguments of the pipeline's local clusters: ``workers``
-    single-threaded worker processes that load :mod:`flows.worker_preload`."""
+    single-threaded worker processes that load :mod:`flows.worker_preload`, and no dashboard.
+
+    The scheduler serves its HTTP routes (health, metrics) even without a dashboard, by default on
+    port 8787: with another cluster on the machine holding it, every run warned "Port 8787 is
+    already in use". Here the port is any free one."""
     return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
-            "preload": [PRELOAD]}
+            "scheduler_kwargs": {"dashboard_address": ":0"}, "preload": [PRELOAD]}
 
 
 @contextlib.contextmanager
