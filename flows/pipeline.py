@@ -71,10 +71,10 @@ def local_cluster_kwargs(workers: int) -> dict[str, Any]:
     single-threaded worker processes that load :mod:`flows.worker_preload`, and no dashboard.
 
     The scheduler serves its HTTP routes (health, metrics) even without a dashboard, by default on
-    port 8787: with another cluster on the machine holding it, every run warned "Port 8787 is
-    already in use". Here the port is any free one."""
+    port 8787 of every interface: with another cluster on the machine holding it, every run warned
+    "Port 8787 is already in use". Here they take any free port, on 127.0.0.1 only."""
     return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
-            "scheduler_kwargs": {"dashboard_address": ":0"}, "preload": [PRELOAD]}
+            "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"}, "preload": [PRELOAD]}
 
 
 @contextlib.contextmanager

@@ -239,6 +239,7 @@ if __name__ == "__main__":
         pass  # already taken by something else: the same test
     with LocalCluster(**local_cluster_kwargs(1)) as cluster, Client(cluster) as client:
         assert client.submit(sum, [1, 2]).result() == 3
+        print("http on", cluster.scheduler.http_server.address)
         t = time.perf_counter()
     print(f"closed in {time.perf_counter() - t:.2f} s")
 """
@@ -246,7 +247,7 @@ if __name__ == "__main__":
 
 def test_the_pipelines_local_cluster_starts_and_closes_without_warnings(tmp_path: Path) -> None:
     """Port 8787 held by another program: no "Port 8787 is already in use" (the scheduler's HTTP
-    routes take any free port). A closed worker leaves at once (``flows.worker_preload``), not
+    routes take any free port, on the loopback interface only). A closed worker leaves at once (``flows.worker_preload``), not
     after the nanny's 4 s wait and kill ("Worker process still alive after 4.0 seconds, killing";
     Python's own teardown of the preloaded libraries took 2.8 s here, 4.4 s with a busy machine)."""
     script = tmp_path / "cluster_close.py"
@@ -256,5 +257,6 @@ def test_the_pipelines_local_cluster_starts_and_closes_without_warnings(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     assert "already in use" not in done.stderr, done.stderr[-3000:]
     assert "still alive" not in done.stderr, done.stderr[-3000:]
+    assert "http on 127.0.0.1" in done.stdout, done.stdout
     seconds = float(done.stdout.split("closed in ")[1].split()[0])
     assert seconds < 2.0, done.stdout
