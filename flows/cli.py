@@ -30,7 +30,7 @@ from typing import Any
 
 from tasks.errors import CatalogError, CubeSchemaError, StagesFailed
 
-__all__ = ["STAGE_COMMANDS", "STAGE_MODULES", "build_parser", "main", "stage_modules"]
+__all__ = ["STAGE_COMMANDS", "STAGE_MODULES", "build_parser", "main", "quiet_defaults", "stage_modules"]
 
 #: Modules of ``tasks/`` that add a ``fusioncube stage NAME`` sub-command (each has ``add_cli``).
 STAGE_MODULES = ("tasks.anomalies", "tasks.gapfill", "tasks.classify", "tasks.compress", "tasks.labels")
@@ -53,8 +53,11 @@ def stage_modules(argv: Sequence[str]) -> tuple[str, ...]:
 log = logging.getLogger("fusioncube")
 
 
-def _quiet_prefect() -> None:
-    """Offline-friendly Prefect defaults for a command-line run (the user's settings win)."""
+def quiet_defaults() -> None:
+    """The command line's offline-friendly, quiet defaults for Prefect, Great Expectations and
+    Dask, as environment defaults (the user's own settings win). For a script or notebook using
+    the flows from Python: call it before importing Prefect (``flows.pipeline``, ``flows.demo``),
+    as every command does; this module imports neither."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
@@ -593,7 +596,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_prefect()  # before any import reads the settings (Prefect's, Dask's config)
+    quiet_defaults()  # before any import reads the settings (Prefect's, Dask's config)
     previous = None
     if threading.current_thread() is threading.main_thread():  # main() is a library call too
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

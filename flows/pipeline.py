@@ -16,6 +16,7 @@ dicts, and write to the storage root that every worker sees.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -37,7 +38,7 @@ from tasks.patch import fit_patch_size, patch_key, patch_task
 from tasks.pipeline_report import pipeline_summary, publish_pipeline_task
 from tasks.stages import STAGES, stage_current
 
-__all__ = ["compute_in_tasks", "dask_task_runner", "local_cluster_kwargs", "one_prefect_api", "pipeline_flow", "pipeline_steps",
+__all__ = ["PipelineDaskTaskRunner", "compute_in_tasks", "dask_task_runner", "local_cluster_kwargs", "one_prefect_api", "pipeline_flow", "pipeline_steps",
            "pipeline_up_to_date", "run_pipeline"]
 
 DASK_ADDRESS_ENV = "FUSIONCUBE_DASK_ADDRESS"
@@ -48,8 +49,8 @@ PRELOAD = "flows.worker_preload"  # imports paid at worker start-up, not in the 
 
 def dask_task_runner(
     catalog: Catalog | None = None, *, address: str | None = None, workers: int | None = None
-) -> DaskTaskRunner:
-    """Prefect's Dask task runner: an existing cluster when an address is given (argument, then
+) -> PipelineDaskTaskRunner:
+    """Prefect's Dask task runner (:class:`PipelineDaskTaskRunner`): an existing cluster when an address is given (argument, then
     ``FUSIONCUBE_DASK_ADDRESS``, then the catalog's ``orchestration.dask_address``), else a local
     cluster of ``workers`` single-threaded processes (default: the catalog's, else the cores) that
     import the pipeline's libraries when they start (:mod:`flows.worker_preload`).
@@ -61,9 +62,42 @@ def dask_task_runner(
     orch = catalog.orchestration if catalog is not None else None
     address = address or os.environ.get(DASK_ADDRESS_ENV) or (orch.dask_address if orch else None)
     if address:
-        return DaskTaskRunner(address=address)
+        return PipelineDaskTaskRunner(address=address)
     n = workers or (orch.workers if orch else None) or os.cpu_count() or 1
-    return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(n))
+    return PipelineDaskTaskRunner(cluster_kwargs=local_cluster_kwargs(n))
+
+
+def refuse_while_a_worker_imports_main() -> None:
+    """Refuse, with the fix, to start a cluster from a process that is still importing its parent's
+    script: a script calling :func:`run_pipeline` (or ``pipeline_flow``) outside
+    ``if __name__ == "__main__":`` runs again in every worker process the local cluster spawns,
+    and there multiprocessing's own error says only "An attempt has been made to start a new
+    process before the current process has finished its bootstrapping phase"."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # multiprocessing's own test
+        raise RuntimeError(
+            "the pipeline was started while a Dask worker process was importing your script: a script "
+            "that runs the pipeline on a local cluster must do it under `if __name__ == \"__main__\":` "
+            "(worker processes import the script again)")
+
+
+class PipelineDaskTaskRunner(DaskTaskRunner):  # type: ignore[misc]  # prefect_dask is untyped here
+    """Prefect's Dask task runner, safe for a flow called directly (``pipeline_flow(...)`` in a
+    script or notebook, not through :func:`run_pipeline`):
+
+    - with no Prefect API configured, its local cluster's workers use the temporary server of the
+      flow's own process (:func:`one_prefect_api`); each used to start one of its own when it
+      first ran a task (seconds each, a timed-out connection under load, and a server left
+      running when the worker was killed);
+    - ``FUSIONCUBE_DASK_ADDRESS`` is read when the flow starts, not only when :mod:`flows.pipeline`
+      was imported."""
+
+    def __enter__(self) -> PipelineDaskTaskRunner:
+        refuse_while_a_worker_imports_main()
+        super().__enter__()
+        if self.address is None and self._cluster is None and os.environ.get(DASK_ADDRESS_ENV):
+            self.address = os.environ[DASK_ADDRESS_ENV]
+        self._exit_stack.enter_context(one_prefect_api())  # left after the cluster is closed
+        return self
 
 
 def local_cluster_kwargs(workers: int) -> dict[str, Any]:
@@ -261,7 +295,10 @@ def run_pipeline(
     concurrency: int = 4,
 ) -> dict[str, Any]:
     """Run the pipeline (or backfill) flow for one cube on the Dask cluster the arguments, the
-    environment or the catalog name (see :func:`dask_task_runner`)."""
+    environment or the catalog name (see :func:`dask_task_runner`), with one Prefect API for the
+    flow and its workers (:func:`one_prefect_api`). A script calling it must do so under
+    ``if __name__ == "__main__":``: the local cluster's worker processes import the script."""
+    refuse_while_a_worker_imports_main()
     catalog = load_catalog(catalog_path, env=env)
     runner = dask_task_runner(catalog, address=dask_address, workers=workers)
     with one_prefect_api():

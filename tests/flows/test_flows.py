@@ -182,8 +182,8 @@ def test_the_command_line_imports_a_stage_only_for_its_own_command() -> None:
 
 UI_LOG_SCRIPT = '''
 import asyncio, logging, time
-from flows.cli import _quiet_prefect
-_quiet_prefect()  # what every command does before Prefect is imported
+from flows.cli import quiet_defaults
+quiet_defaults()  # what every command does before Prefect is imported
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId

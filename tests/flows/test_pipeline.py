@@ -260,3 +260,58 @@ def test_the_pipelines_local_cluster_starts_and_closes_without_warnings(tmp_path
     assert "http on 127.0.0.1" in done.stdout, done.stdout
     seconds = float(done.stdout.split("closed in ")[1].split()[0])
     assert seconds < 2.0, done.stdout
+
+
+_FLOW_CALLED_DIRECTLY = """
+import json, sys
+from flows.pipeline import pipeline_flow
+
+if __name__ == "__main__":
+    products = pipeline_flow(sys.argv[1], "modis_lst", stages=[], env=json.loads(sys.argv[2]))
+    print("time steps", products["ingest"]["time_steps"])
+"""
+
+
+def test_the_pipeline_flow_called_directly_starts_one_prefect_server(sample: Path, tmp_path: Path) -> None:
+    """``pipeline_flow(...)`` called as a function with no Prefect API configured (a script or a
+    notebook, not ``run_pipeline``): its Dask workers use the flow's temporary server; each worker
+    used to start one of its own (timeouts under load, servers left running)."""
+    import json
+
+    scenes = tmp_path / "scenes"
+    _scenes(sample, scenes)
+    script = tmp_path / "direct.py"
+    script.write_text(_FLOW_CALLED_DIRECTLY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    done = subprocess.run([sys.executable, str(script), str(CATALOG), json.dumps(_env(scenes, tmp_path / "data"))],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert "time steps" in done.stdout, out[-4000:]
+    assert out.count("Starting temporary server") == 1, out[-4000:]
+
+
+_UNGUARDED = """
+import multiprocessing
+from flows.pipeline import refuse_while_a_worker_imports_main
+
+refuse_while_a_worker_imports_main()  # what run_pipeline does first, at a script's top level
+child = multiprocessing.get_context("spawn").Process(target=print)  # as Dask's nanny starts a worker
+child.start()
+child.join()
+print("child exit code", child.exitcode)
+"""
+
+
+def test_a_script_running_the_pipeline_without_a_main_guard_is_told_the_fix(tmp_path: Path) -> None:
+    """The spawned process imports the unguarded script again; there the pipeline refuses to start
+    with the fix instead of multiprocessing's "bootstrapping phase" error."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "child exit code 1" in done.stdout, done.stdout + done.stderr[-3000:]
+    assert 'under `if __name__ == "__main__":`' in done.stderr, done.stderr[-3000:]
+    assert "bootstrapping phase" not in done.stderr
