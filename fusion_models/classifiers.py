@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from fusion_models.conv4d import Conv4d, SeparableConv4d
+from fusion_models.device import as_input, as_mask
 
 __all__ = ["CNN2D", "CNN3D", "CNN4D", "MODELS", "UNSEEN_LOGIT", "PixelClassifier", "build_classifier"]
 
@@ -106,7 +107,11 @@ class PixelClassifier(nn.Module):
 
     def prepare(self, x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """``x (B, T, C, H, W)``, ``valid (B, T, H, W)`` -> standardised ``z`` (0 where not
-        observed, same shape as x) and the observed mask ``m (B, T, H, W)`` as floats."""
+        observed, same shape as x) and the observed mask ``m (B, T, H, W)`` as floats. ``x`` and
+        ``valid`` (bool or 0/1) may be tensors or numpy arrays: computed in the model's dtype, on its
+        device."""
+        x = as_input(x, self)
+        valid = as_mask(valid, x.device, name="valid")
         if x.ndim != 5 or tuple(x.shape[1:3]) != (self.n_times, self.n_bands):
             raise ValueError(
                 f"{type(self).__name__} expects x of shape (B, {self.n_times}, {self.n_bands}, H, W) "

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from fusion_models.device import as_input
+
 __all__ = ["Conv4d", "SeparableConv4d", "conv4d", "quadruple", "separable_conv4d"]
 
 
@@ -159,7 +161,9 @@ class Conv4d(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x: (B, C_in, D1, D2, D3, D4) -> (B, C_out, O1, O2, O3, O4)``."""
+        """``x: (B, C_in, D1, D2, D3, D4) -> (B, C_out, O1, O2, O3, O4)`` (a tensor or numpy array,
+        computed in the layer's dtype on its device)."""
+        x = as_input(x, self)
         if x.ndim != 6 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"Conv4d expects x of shape (B, {self.in_channels}, D1, D2, D3, D4); "
@@ -287,7 +291,9 @@ class SeparableConv4d(nn.Module):
         return torch.einsum("orpq,rcab->ocabpq", self.weight_b, self.weight_a)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x: (B, C_in, D1, D2, D3, D4) -> (B, C_out, O1, O2, O3, O4)``."""
+        """``x: (B, C_in, D1, D2, D3, D4) -> (B, C_out, O1, O2, O3, O4)`` (a tensor or numpy array,
+        computed in the layer's dtype on its device)."""
+        x = as_input(x, self)
         if x.ndim != 6 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"SeparableConv4d expects x of shape (B, {self.in_channels}, D1, D2, D3, D4); "

@@ -696,4 +696,7 @@ def decode_context_laplace(data: bytes, scale: np.ndarray, n: int) -> np.ndarray
         vals = coder.decode(model, np.zeros(sc.size), np.ascontiguousarray(sc.ravel()))
         out[:, pos] = vals.reshape(n, -1)
         mags[:, pos] = np.abs(out[:, pos])
+    if not coder.is_empty():  # the stream is level-major: a wrong n garbles every item, not the last
+        raise ValueError(f"the bitstream does not decode to exactly {n} item(s) of shape {b.shape}: "
+                         "another count was encoded, or the stream is damaged")
     return out.reshape(n, *b.shape)

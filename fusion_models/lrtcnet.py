@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 
+from fusion_models.device import as_input, as_mask
+
 __all__ = [
     "LRTCNet",
     "ResidualRefiner",
@@ -240,9 +242,11 @@ class LRTCNet(nn.Module):
         Parameters
         ----------
         x
-            ``(B, T, C, H, W)`` float; missing entries may hold anything (NaN included).
+            ``(B, T, C, H, W)`` float (a tensor or numpy array; computed in the net's dtype, on
+            its device); missing entries may hold anything (NaN included).
         mask
-            ``(B, T, C, H, W)`` or ``(B, T, 1, H, W)`` bool, True where observed.
+            ``(B, T, C, H, W)`` or ``(B, T, 1, H, W)`` bool (or 0/1), True where observed. A NaN
+            or infinite entry of ``x`` counts as missing wherever the mask says.
         z0
             ``(B, T, C, H, W)`` starting values at missing entries (e.g. a temporal
             interpolation); default 0 (the deck's ``P_Omega(X)``).
@@ -250,7 +254,7 @@ class LRTCNet(nn.Module):
         Returns
         -------
         Tensor
-            ``(B, T, C, H, W)`` completed: equal to ``x`` where observed.
+            ``(B, T, C, H, W)`` completed: equal to ``x`` where observed (and finite).
         """
         z, xo, w = self.trunk(x, mask, z0)
         # zero weights (the head before fit_stacking: all of LRTC-Net's training) are the identity:
@@ -267,13 +271,16 @@ class LRTCNet(nn.Module):
         missing entries and ``w`` the float mask expanded to ``x``'s shape (all
         ``(B, T, C, H, W)``). Arguments as in :meth:`forward`.
         """
+        x = as_input(x, self)
+        mask = as_mask(mask, x.device)
         self._check(x, mask)
-        w = mask.to(x.dtype).expand_as(x)
-        seen = w > 0
+        seen = mask & torch.isfinite(x)  # a NaN marked observed is missing: it must not spread
+        w = seen.to(x.dtype)
         xo = torch.where(seen, x, torch.zeros_like(x))  # (B, T, C, H, W), 0 at missing
         if z0 is None:
             z = xo
         else:
+            z0 = as_input(z0, self, name="z0")
             if z0.shape != x.shape:
                 raise ValueError(f"z0 must have the shape of x {tuple(x.shape)}; got {tuple(z0.shape)}")
             z = torch.where(seen, xo, z0)

@@ -20,7 +20,7 @@ from scipy import ndimage
 from torch.nn.utils import parametrize
 
 from fusion_models.completion import leading_vectors, linear_interpolation
-from fusion_models.device import resolve_device
+from fusion_models.device import keeps_torch_rng, resolve_device
 from fusion_models.lrtcnet import LRTCNet
 from fusion_models.tensor_ops import unfold
 
@@ -144,6 +144,7 @@ def _targets(xb: np.ndarray, ob: np.ndarray, truth: np.ndarray | None, hide_kind
     return ob & ~hidden, hidden, xb
 
 
+@keeps_torch_rng
 def fit_lrtcnet(
     x: np.ndarray,
     observed: np.ndarray,

@@ -149,10 +149,12 @@ def quantize(
 
 def bin_bounds(codes: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper edge of each entry's bin: ``(edges[codes], edges[codes + 1])``."""
-    if codes.size and int(codes.max()) >= len(edges) - 1:
+    codes = np.asarray(codes)
+    if codes.size and (int(codes.max()) >= len(edges) - 1 or int(codes.min()) < 0):
+        bad = int(codes.max()) if int(codes.max()) >= len(edges) - 1 else int(codes.min())
         raise ValueError(
-            f"codes must be < len(edges) - 1 = {len(edges) - 1}; got a code {int(codes.max())}. "
-            "Pass the edges quantize() returned with these codes"
+            f"codes must be in 0..{len(edges) - 2} (len(edges) - 2); got a code {bad}. "
+            "Pass the edges quantize() returned with these codes; mark missing entries in omega, not by a code"
         )
     return edges[codes], edges[codes.astype(np.int64) + 1]
 
@@ -859,6 +861,8 @@ def robust_threshold(score: np.ndarray, omega: np.ndarray | None = None, *, k: f
         raise ValueError(f"k must be finite and > 0; got k={k!r}")
     if sigma is not None and math.isfinite(sigma) and sigma > 0:
         return max(k * float(sigma), float(floor))
+    if omega is not None and np.shape(omega) != score.shape:
+        raise ValueError(f"omega must have the scores' shape {score.shape}; got {np.shape(omega)}")
     on = score if omega is None else score[np.asarray(omega, dtype=bool)]
     if on.size == 0:
         return max(float(floor), 0.0)

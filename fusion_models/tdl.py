@@ -751,6 +751,9 @@ def quantize_core(codec: TDLCodec, x: np.ndarray, step: float, *, lam: float = R
         raise ValueError(f"x must be (P, {', '.join(map(str, codec.shape))}) for this codec; got {arr.shape}")
     if not (math.isfinite(step) and step > 0):
         raise ValueError(f"step must be finite and > 0; got step={step!r}")
+    bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise ValueError(f"x has {bad} NaN or infinite entries; fill them first (fill_missing)")
     bases = [torch.from_numpy(b) for b in codec.bases]
     core = project(torch.from_numpy((arr - np.float32(codec.offset)) / np.float32(codec.scale)), bases)
     if lam > 0:
@@ -780,7 +783,8 @@ def encode_indices(codec: TDLCodec, q: np.ndarray, step: float) -> bytes:
 
 
 def decode(codec: TDLCodec, data: bytes, n: int) -> np.ndarray:
-    """Inverse of :func:`encode` for ``n`` patches: ``(n, I_1..I_N)`` float32."""
+    """Inverse of :func:`encode` for ``n`` patches: ``(n, I_1..I_N)`` float32. A stream of another
+    number of patches is refused (``ValueError``)."""
     from fusion_models.entropy import decode_context_laplace
 
     (step,) = _STEP.unpack_from(data)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusion_models.device import as_input, as_mask
 from fusion_models.lrtcnet import tucker_project
 
 __all__ = [
@@ -384,7 +385,11 @@ class UNetLRTD(nn.Module):
         self.lrtd = LRTDLayer((self.classes, h, w), self.ranks, variant=variant, iters=iters)
 
     def forward(self, x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Return ``(logits, S, Shat)``, each ``(B, K, H, W)``."""
+        """Return ``(logits, S, Shat)``, each ``(B, K, H, W)``. ``x (B, T, C, H, W)`` and ``valid
+        (B, T, H, W)`` (bool or 0/1) as tensors or numpy arrays, computed in the net's dtype on its
+        device."""
+        x = as_input(x, self)
+        valid = as_mask(valid, x.device, name="valid")
         if x.ndim != 5 or tuple(x.shape[1:]) != self.sample:
             raise ValueError(
                 f"x must be (B, {', '.join(map(str, self.sample))}); got {tuple(x.shape)}"
@@ -424,6 +429,8 @@ def lrtd_loss(logits: Tensor, labels: Tensor, s: Tensor, shat: Tensor, *, lam: f
         )
     if lam < 0:
         raise ValueError(f"lam must be >= 0; got lam={lam}")
+    if not labels.dtype.is_floating_point and labels.dtype != torch.int64:
+        labels = labels.long()  # int32 / int16 class indices: cross-entropy takes int64
     labelled = labels >= 0
     if labelled.any():
         per_pixel = F.cross_entropy(logits, labels.clamp(min=0), weight=weight, reduction="none")

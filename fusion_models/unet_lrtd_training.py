@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fusion_models.device import resolve_device
+from fusion_models.device import keeps_torch_rng, resolve_device
 from fusion_models.unet_lrtd import IGNORE, UNetLRTD, lrtd_loss, stack_time
 
 __all__ = [
@@ -125,6 +125,7 @@ def augment_patches(x: Tensor, v: Tensor, y: Tensor, gen: torch.Generator) -> tu
     return torch.stack(outs[0]), torch.stack(outs[1]), torch.stack(outs[2])
 
 
+@keeps_torch_rng
 def fit_unet_lrtd(
     x: np.ndarray,
     valid: np.ndarray,

@@ -65,7 +65,7 @@ from fusion_models.classifier_training import (
     shuffled_batches,
 )
 from fusion_models.classifiers import PixelClassifier, build_classifier
-from fusion_models.device import DEVICE_HELP, resolve_device
+from fusion_models.device import DEVICE_HELP, keeps_torch_rng, resolve_device
 from tasks.catalog import NLCD_CLASSES
 from tasks.checkpoint import (
     Manifest,
@@ -456,6 +456,7 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f"{name} must be an integer >= 1; got {name}={value!r}")
 
 
+@keeps_torch_rng
 def classify_cube(
     cube: str | Path,
     out: str | Path,

@@ -208,6 +208,16 @@ def test_bad_arguments_raise():
         quantize(np.zeros(3), 4, 1.0, 1.0)
     with pytest.raises(ValueError, match="codes must be integer"):
         qtrpca(np.zeros((3, 3, 3)), np.linspace(0, 1, 3))
+    edges = np.linspace(0.0, 1.0, 5)  # 4 bins: codes 0..3
+    for bad in (-1, -2, 4):  # -2 used to index the top bins from the end, silently
+        codes = np.zeros((3, 3, 2), np.int16)
+        codes[1, 1, 1] = bad
+        with pytest.raises(ValueError, match=f"codes must be in 0..3 .*got a code {bad}"):
+            qtrpca(codes, edges)
+        with pytest.raises(ValueError, match="codes must be in 0..3"):
+            dequantize(codes, edges)
+    with pytest.raises(ValueError, match=r"omega must have the scores' shape \(3, 3\)"):
+        robust_threshold(np.ones((3, 3)), np.ones((3, 2), bool))
     with pytest.raises(ValueError, match="third-order tensor"):
         tnn_prox(np.zeros((3, 3)), 1.0)
     with pytest.raises(ValueError, match="matching n2 and n3"):
