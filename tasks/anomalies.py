@@ -211,15 +211,15 @@ def _template(ds: xr.Dataset, tile: int, *, cube: Path, band: str, bits: int) ->
     nt, ny, nx = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
     chunks = (nt, min(tile, ny), min(tile, nx))
     dims = ("time", "y", "x")
-    units = ds["data"].attrs.get("units", "")
+    units = {"units": ds["data"].attrs["units"]} if ds["data"].attrs.get("units") else {}  # none: not ''
     data_vars = {
         "score": xr.DataArray(da.zeros((nt, ny, nx), dtype=np.float32, chunks=chunks), dims=dims,
-                              attrs={"units": units, "unobserved": UNOBSERVED,
+                              attrs={**units, "unobserved": UNOBSERVED,
                                      "long_name": "anomaly score: residual shift pooled with its neighbourhood"}),
         "flag": xr.DataArray(da.zeros((nt, ny, nx), dtype=bool, chunks=chunks), dims=dims,
                              attrs={"long_name": "anomaly flag"}),
         "background": xr.DataArray(da.zeros((nt, ny, nx), dtype=np.float32, chunks=chunks), dims=dims,
-                                   attrs={"units": units, "long_name": "low-rank background L"}),
+                                   attrs={**units, "long_name": "low-rank background L"}),
     }
     coords: dict[str, Any] = {d: ds[d].load() for d in dims}
     if "spatial_ref" in ds.variables:

@@ -159,9 +159,10 @@ def gapfill_key(cube: str | Path, params: dict[str, Any]) -> tuple[str, dict[str
     return stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES)), inputs
 
 
-def _fit(xp: np.ndarray, op: np.ndarray, shape: tuple[int, int, int, int], kw: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
+def _fit(xp: np.ndarray, op: np.ndarray, shape: tuple[int, int, int, int], kw: dict[str, Any],
+         progress: bool = False) -> tuple[Any, tuple[int, ...]]:
     """Fit LRTC-Net (ours) self-supervised on patches ``xp (P, T, C, s, s)``, ``op (P, T, s, s)``,
-    with a progress bar over the epochs."""
+    with a progress bar over the epochs when ``progress``."""
     from tqdm.auto import tqdm
 
     kw = dict(kw)
@@ -173,12 +174,13 @@ def _fit(xp: np.ndarray, op: np.ndarray, shape: tuple[int, int, int, int], kw: d
     batches = -(-len(xp) // kw["batch"])
     steps = kw["epochs"] * batches * kw.get("steps_per_epoch", 1)
     draws = kw.get("stack_draws", STACK_DRAWS)
-    bars = [tqdm(total=steps, desc=f"gapfill: train on {len(xp)} patches, {kw['epochs']} epoch(s)", unit="step")]
+    bars = [tqdm(total=steps, desc=f"gapfill: train on {len(xp)} patches, {kw['epochs']} epoch(s)", unit="step",
+                 disable=not progress)]
 
     def stack_batch() -> None:  # the stacking head's fit follows the epochs: its own bar
         if len(bars) == 1:
             bars[0].close()
-            bars.append(tqdm(total=draws * batches, unit="batch",
+            bars.append(tqdm(total=draws * batches, unit="batch", disable=not progress,
                              desc=f"gapfill: fit the stacking head, {draws} draws of hidden masks"))
         bars[-1].update()
 
@@ -235,8 +237,8 @@ def within(values: np.ndarray, extent: np.ndarray) -> np.ndarray:
     return np.clip(values, np.where(np.isnan(lo), -np.inf, lo), np.where(np.isnan(hi), np.inf, hi))
 
 
-def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen: bool
-                        ) -> tuple[Any, tuple[int, ...], tuple[int, ...], int, dict[str, int]]:
+def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen: bool,
+                        progress: bool = False) -> tuple[Any, tuple[int, ...], tuple[int, ...], int, dict[str, int]]:
     """Train on and fill a ``patches.zarr``'s own patches, fold them back (in memory)."""
     ds = unpatch(cube)
     data = ds["data"].values.astype(np.float32)  # (T, C, H, W)
@@ -253,7 +255,7 @@ def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fil
     op = op.reshape(raw.shape[0], raw.shape[1], size, size)
     xp = np.where(op[:, :, None], (raw - mean) / std, 0.0).astype(np.float32)
     shape = (data.shape[0], data.shape[1], size, size)
-    fit, ranks = _fit(xp, op, shape, kw)
+    fit, ranks = _fit(xp, op, shape, kw, progress)
     filled_p = complete(fit.net, xp, op, batch=kw["batch"], init=OURS["init"])
     folded = within(fold_patches(filled_p, origins, data.shape) * std + mean, extent)  # (T, C, H, W)
     # cast: numpy types any(axis=...) as bool | array; over the dates of (T, H, W) it is (H, W)
@@ -267,8 +269,8 @@ def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fil
     return fit, ranks, shape, len(origins), counts
 
 
-def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen: bool, patch: int
-               ) -> tuple[Any, tuple[int, ...], tuple[int, ...], int, dict[str, int]]:
+def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen: bool, patch: int,
+               progress: bool = False) -> tuple[Any, tuple[int, ...], tuple[int, ...], int, dict[str, int]]:
     """Fill a cube with bounded memory: streamed statistics, a training sample of patches, and
     filling and writing block by block (rows of patches, all columns; see the module doc)."""
     import dask.array as dsa
@@ -277,7 +279,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
     ds = open_cube(cube)
     n_time, n_band, height, width = (ds.sizes["time"], ds.sizes["band"], ds.sizes["y"], ds.sizes["x"])
     title = f"gapfill {Path(cube).name}"
-    mean, std, seen, extent = streamed_band_stats(ds, progress=f"{title}: band statistics")
+    mean, std, seen, extent = streamed_band_stats(ds, progress=f"{title}: band statistics" if progress else None)
     if not seen.any():
         raise ValueError(f"{cube}: no observed pixel, nothing to learn from: {unobserved_reason(ds['data'], ds['valid'])}")
     size = min(patch, height, width)
@@ -299,8 +301,8 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
         return standardised(data, observed), observed
 
     xp, op = patches_by_rows(origins[pick], size, training_rows,
-                             progress=f"{title}: read {n_train} of {len(origins)} patches to train on")
-    fit, ranks = _fit(xp, op, shape, kw)
+                             progress=f"{title}: read {n_train} of {len(origins)} patches to train on" if progress else None)
+    fit, ranks = _fit(xp, op, shape, kw, progress)
     del xp, op
 
     # fill and write block by block of output rows: every half-overlapping patch that touches a
@@ -334,7 +336,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
                          encoding=_encoding(ds, n_time, n_band, chunk_y, min(width, 256)))
         blocks = row_blocks(fill_origins, size, height, step)
         with tqdm(total=sum(len(mine) for _, _, mine in blocks), desc=f"{title}: fill half-overlapping patches",
-                  unit="patch") as bar:
+                  unit="patch", disable=not progress) as bar:
             for a, b, mine in blocks:
                 r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
                 data, valid, observed = read_rows(ds, r0, r1)
@@ -382,6 +384,7 @@ def gapfill_cube(
     device: str | None = None,
     fill_unseen: bool = False,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Manifest:
     """Fill a cube's gaps with LRTC-Net trained self-supervised on the cube itself.
 
@@ -409,6 +412,8 @@ def gapfill_cube(
         ``filled``, and are counted in the manifest (``unseen_pixels``).
     overwrite
         Replace an ``out`` made with another key. A finished ``out`` with this key is reused.
+    progress
+        Show progress bars (statistics, reading, training, filling); the command line does.
 
     Returns
     -------
@@ -447,9 +452,9 @@ def gapfill_cube(
     fit_kw = {"layers": layers, "epochs": epochs, "batch": batch, "lr": lr, "hide_share": hide_share,
               "seed": seed, "device": dev, "time_share": time_share}
     if from_patches:
-        fit, ranks, shape, n_patches, counts = _fill_patches_store(cube, out, key, fit_kw, fill_unseen)
+        fit, ranks, shape, n_patches, counts = _fill_patches_store(cube, out, key, fit_kw, fill_unseen, progress)
     else:
-        fit, ranks, shape, n_patches, counts = _fill_cube(cube, out, key, fit_kw, fill_unseen, patch)
+        fit, ranks, shape, n_patches, counts = _fill_cube(cube, out, key, fit_kw, fill_unseen, patch, progress)
     wpath = weights_path(out)
     wtmp = wpath.with_name(f"{wpath.name}.tmp-{uuid.uuid4().hex[:8]}")
     torch.save(fit.net.cpu().state_dict(), wtmp)
@@ -542,7 +547,7 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
 
     manifest = gapfill_cube(args.cube, args.out, epochs=args.epochs, layers=args.layers,
                             patch=args.patch, batch=args.batch, seed=args.seed, fill_unseen=args.fill_unseen,
-                            device=args.device, overwrite=args.overwrite)
+                            device=args.device, overwrite=args.overwrite, progress=True)
     o = manifest.outputs
     sys.stdout.write("\n".join([
         *describe(args.out),

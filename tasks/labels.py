@@ -548,6 +548,7 @@ def recover_labels(
     seed: int = 0,
     device: str | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Manifest:
     """Dense class map of a cube from sparse or coarse labels with UNet + LRTD.
 
@@ -591,6 +592,8 @@ def recover_labels(
         ``"cuda"``/``"cpu"``; default a GPU when present. Not part of the key.
     overwrite
         Replace an ``out`` made with another key. A finished ``out`` with this key is reused.
+    progress
+        Show progress bars (statistics, reading, training, mapping); the command line does.
 
     Returns
     -------
@@ -628,7 +631,7 @@ def recover_labels(
     # seen: (y, x) observed on at least one date (valid, every band finite), the map gap filling
     # leaves its never-observed pixels NaN by; streamed over the cube's chunks
     title = f"labels {Path(str(cube)).name}"
-    mean, std, seen, _ = streamed_band_stats(ds, progress=f"{title}: band statistics")
+    mean, std, seen, _ = streamed_band_stats(ds, progress=f"{title}: band statistics" if progress else None)
     if not seen.any():
         raise ValueError(f"{cube}: no observed pixel, nothing to learn from: {unobserved_reason(ds['data'], ds['valid'])}")
     # labels on pixels never observed are dropped, from training too: the network's input there is
@@ -654,13 +657,13 @@ def recover_labels(
 
     train_origins = _training_patches(idx, size, seed)
     xs, vs, ys = patches_by_rows(train_origins, size, lambda y0, y1: (*model_rows(y0, y1), idx[y0:y1]),
-                                 progress=f"{title}: read {len(train_origins)} labelled patches")
+                                 progress=f"{title}: read {len(train_origins)} labelled patches" if progress else None)
     ranks = (k if rank_k is None else min(rank_k, k), int(np.ceil(rank_share * size)), int(np.ceil(rank_share * size)))
     dev = resolve_device(device)
     weight = class_weights(idx, k, power=class_power) if class_power > 0 else None
     lrtd_variant = cast(Literal["hooi", "factors"], variant)  # checked at the top (mypy cannot narrow str)
     with tqdm(total=epochs * -(-len(xs) // batch), desc=f"{title}: train on {len(xs)} patches, {epochs} epoch(s)",
-              unit="step") as bar:
+              unit="step", disable=not progress) as bar:
         fit = fit_unet_lrtd(
             xs, vs, ys.astype(np.int64), classes=k, lam=lam, variant=lrtd_variant,
             ranks=ranks, epochs=epochs, batch=batch, lr=lr, width=width, depth=depth, seed=seed, device=dev,
@@ -677,7 +680,7 @@ def recover_labels(
     step = max(size, BLOCK_BYTES // max(1, 4 * n_time * n_band * width_px) // size * size)
     blocks = row_blocks(origins, size, height, step)
     with tqdm(total=sum(len(mine) for _, _, mine in blocks), desc=f"{title}: map half-overlapping patches",
-              unit="patch") as bar:
+              unit="patch", disable=not progress) as bar:
         for a, b, mine in blocks:
             r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
             x, observed = model_rows(r0, r1)
@@ -708,8 +711,7 @@ def recover_labels(
             "confidence": (("y", "x"), confidence, {
                 "long_name": "probability of the recovered class", "units": "1", **gm}),
         },
-        coords={"y": ds["y"].values, "x": ds["x"].values, "spatial_ref": ds["spatial_ref"].load()}
-        if "spatial_ref" in ds.variables else {"y": ds["y"].values, "x": ds["x"].values},
+        coords={name: ds.coords[name].load() for name in ("y", "x", "spatial_ref") if name in ds.coords},  # with their CF attrs
         attrs={"title": "fusioncube label recovery", "labels_key": key, "cube": str(cube),
                "labels": json.dumps(source)},
     )
@@ -795,7 +797,7 @@ def _cmd_labels(args: argparse.Namespace) -> int:
     manifest = recover_labels(args.cube, args.labels, args.out, lam=args.lam, variant=args.variant,
                               epochs=args.epochs, patch=args.patch, seed=args.seed,
                               prior_window=args.prior_window, device=args.device,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, progress=True)
     from tasks.info import describe
 
     o = manifest.outputs
