@@ -33,6 +33,7 @@ import time as _time
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -568,11 +569,12 @@ def anomalies_task(
 
     The manifest beside ``out`` is the cache (no Prefect result caching).
     """
-    from prefect.artifacts import create_image_artifact, create_table_artifact
+    from prefect.artifacts import create_table_artifact
 
-    from tasks.quicklook import artifact_key, is_current, thumbnail_data_uri
+    from tasks.quicklook import artifact_key, is_current, made_in_run, publish_image
 
     logger = get_run_logger()
+    started = datetime.now(UTC)
     try:
         manifest = detect_anomalies(cube, out, bits=bits, band=band, lam=lam, tile=tile, k=k,
                                     overwrite=overwrite)
@@ -591,8 +593,8 @@ def anomalies_task(
     png = Path(out).with_suffix(".png")
     if not is_current(png, out):
         anomalies_png(out, png)
-    create_image_artifact(image_url=thumbnail_data_uri(png), key=artifact_key(f"anomalies-png-{name}"),
-                          description=f"largest anomaly score per pixel ({png})")
+    publish_image(png, key=artifact_key(f"anomalies-png-{name}"), description=f"largest anomaly score per pixel ({png})",
+                  fresh=made_in_run(manifest, started))
     logger.info("anomalies %s: key %s, %s flagged", out, manifest.key, manifest.stats.get("flagged"))
     return {"artifact": str(out), "quicklook": str(png), **asdict(manifest)}
 

@@ -44,6 +44,7 @@ import time as _time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -793,15 +794,12 @@ def classify_task(
 
     No Prefect result caching: the manifest beside ``out`` is the cache.
     """
-    from prefect.artifacts import (
-        create_image_artifact,
-        create_markdown_artifact,
-        create_table_artifact,
-    )
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from tasks.quicklook import artifact_key, thumbnail_data_uri
+    from tasks.quicklook import artifact_key, made_in_run, publish_image
 
     logger = get_run_logger()
+    started = datetime.now(UTC)
     manifest = classify_cube(cube, out, model=model, label=label, epochs=epochs, patch=patch, block=block,
                              seed=seed, device=device, overwrite=overwrite)
     test = manifest.stats.get("test")
@@ -811,9 +809,9 @@ def classify_task(
                               description=f"per-class precision / recall / F1 on the test patches of {cube}")
         png = manifest.outputs.get("confusion_png")
         if png and Path(png).exists():
-            create_image_artifact(image_url=thumbnail_data_uri(png, max_pixels=720),
-                                  key=artifact_key(f"classify-{name}-confusion"),
-                                  description="confusion matrix (rows: truth, normalised)")
+            publish_image(png, key=artifact_key(f"classify-{name}-confusion"),
+                          description="confusion matrix (rows: truth, normalised)",
+                          fresh=made_in_run(manifest, started), max_pixels=720)
     create_markdown_artifact(
         key=artifact_key(f"classify-{name}"),
         markdown=(f"### Land-cover classes of `{cube}`\n\n4D-CNN, device `{manifest.stats['device']}`; "

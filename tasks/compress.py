@@ -56,6 +56,7 @@ import shutil
 import time as _time
 import zlib
 from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -660,11 +661,12 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
                   step: float | None = None, bits: int | None = None, psnr: float | None = None, iters: int = 10,
                   rdo_lambda: float = tdl.RDO_LAMBDA, overwrite: bool = False) -> dict[str, Any]:
     """Prefect task: :func:`compress_cube`, then a table artifact of rate and distortion."""
-    from prefect.artifacts import create_image_artifact, create_table_artifact
+    from prefect.artifacts import create_table_artifact
 
-    from tasks.quicklook import artifact_key, thumbnail_data_uri
+    from tasks.quicklook import artifact_key, made_in_run, publish_image
 
     logger = get_run_logger()
+    started = datetime.now(UTC)
     manifest = compress_cube(cube, out_dir, patch=patch, overwrite=overwrite,
                              ranks=tuple(ranks) if ranks else None, step=step, bits=bits, psnr=psnr,
                              iters=iters, rdo_lambda=rdo_lambda)
@@ -679,9 +681,9 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
     )
     png = Path(out_dir) / "compress.png"
     if png.exists():
-        create_image_artifact(image_url=thumbnail_data_uri(png, max_pixels=900),
-                              key=artifact_key(f"compress-png-{Path(out_dir).name}"),
-                              description=f"original | decoded | error, {cube}")
+        publish_image(png, key=artifact_key(f"compress-png-{Path(out_dir).name}"),
+                      description=f"original | decoded | error, {cube}", fresh=made_in_run(manifest, started),
+                      max_pixels=900)
     logger.info("compress %s: %.3f bpe, PSNR %.2f dB", out_dir, s["bits_per_entry"], s["psnr_db"])
     return {"artifact": str(Path(out_dir) / "compressed"), **asdict(manifest)}
 

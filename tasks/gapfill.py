@@ -40,6 +40,7 @@ import os
 import time as _time
 import uuid
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -595,11 +596,10 @@ def gapfill_task(
 
     No Prefect result caching: the manifest beside ``out`` is the cache.
     """
-    from prefect.artifacts import create_image_artifact
-
-    from tasks.quicklook import artifact_key, is_current, thumbnail_data_uri
+    from tasks.quicklook import artifact_key, is_current, made_in_run, publish_image
 
     logger = get_run_logger()
+    started = datetime.now(UTC)
     manifest = gapfill_cube(cube, out, epochs=epochs, layers=layers, patch=patch, seed=seed,
                             overwrite=overwrite)
     result = {"artifact": str(out), **asdict(manifest)}
@@ -608,8 +608,8 @@ def gapfill_task(
         if not is_current(png, out):
             quicklook_png(cube, out, png)
         key = artifact_key(f"gapfill-{Path(out).name}")
-        create_image_artifact(image_url=thumbnail_data_uri(png, max_pixels=720), key=key,
-                              description=f"gap filling of {cube}: before (top) / after (bottom)")
+        publish_image(png, key=key, description=f"gap filling of {cube}: before (top) / after (bottom)",
+                      fresh=made_in_run(manifest, started), max_pixels=720)
         result["quicklook"] = str(png)
     logger.info("gapfill %s: key %s, %.1f %% filled", out, manifest.key,
                 100 * manifest.outputs["filled_share"])

@@ -1466,7 +1466,6 @@ def _ingest_cube_locked(
 # second per task on a test server); tag a task when it gets a concurrency limit.
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.artifacts import (  # noqa: E402
-    create_image_artifact,
     create_markdown_artifact,
     create_table_artifact,
 )
@@ -1576,9 +1575,7 @@ def publish_ingest_task(report: dict[str, Any], quicklook: str | None = None) ->
         md += f"\nQuick-look of the newest date: `{quicklook}`\n"
     create_markdown_artifact(md, key=artifact_key(f"ingest-summary-{cube}"), description=f"ingest summary of {cube}")
     if quicklook:
-        from tasks.quicklook import thumbnail_data_uri
+        from tasks.quicklook import publish_image
 
-        create_image_artifact(
-            image_url=thumbnail_data_uri(quicklook), key=artifact_key(f"quicklook-{cube}"),
-            description=f"newest composite of cube {cube} ({quicklook})",
-        )
+        publish_image(quicklook, key=artifact_key(f"quicklook-{cube}"), fresh=bool(report["ingested"]),
+                      description=f"newest composite of cube {cube} ({quicklook})")

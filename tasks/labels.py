@@ -41,6 +41,7 @@ import re
 import time as _time
 import uuid
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -855,11 +856,12 @@ def labels_task(
     """Prefect task: :func:`recover_labels` on paths, plus a per-class table artifact and a map
     quick-look image artifact. No Prefect result caching: the manifest beside ``out`` is the cache.
     """
-    from prefect.artifacts import create_image_artifact, create_table_artifact
+    from prefect.artifacts import create_table_artifact
 
-    from tasks.quicklook import artifact_key, is_current, thumbnail_data_uri
+    from tasks.quicklook import artifact_key, is_current, made_in_run, publish_image
 
     logger = get_run_logger()
+    started = datetime.now(UTC)
     manifest = recover_labels(cube, labels, out, lam=lam, variant=variant, epochs=epochs, patch=patch,
                               seed=seed, overwrite=overwrite)
     result = {"artifact": str(out), **asdict(manifest)}
@@ -875,9 +877,9 @@ def labels_task(
         png = Path(str(out) + ".quicklook.png")
         if not is_current(png, out):
             quicklook_png(out, png)
-        create_image_artifact(image_url=thumbnail_data_uri(png, max_pixels=720),
-                              key=artifact_key(f"labels-map-{Path(out).name}"),
-                              description=f"recovered classes and confidence, {out}")
+        publish_image(png, key=artifact_key(f"labels-map-{Path(out).name}"),
+                      description=f"recovered classes and confidence, {out}", fresh=made_in_run(manifest, started),
+                      max_pixels=720)
         result["quicklook"] = str(png)
     logger.info("labels %s: key %s, %d classes, %.1f %% of labelled pixels kept",
                 out, manifest.key, len(manifest.outputs["classes"]), 100 * manifest.outputs["labels_kept"])

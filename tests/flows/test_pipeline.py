@@ -52,6 +52,19 @@ def _env(scenes: Path, data: Path) -> dict[str, str]:
     return {"FUSIONCUBE_SAMPLE": str(scenes), "FUSIONCUBE_DATA": str(data)}
 
 
+def _image_versions(*names: str) -> dict[str, int]:
+    """How many versions of each keyed image artifact the Prefect API holds."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.quicklook import artifact_key
+
+    keys = {name: artifact_key(name) for name in names}
+    with get_client(sync_client=True) as client:
+        return {name: len(client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))))
+                for name, key in keys.items()}
+
+
 def _manifests(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*.manifest.json"))}
 
@@ -82,11 +95,15 @@ def test_pipeline_reuses_everything_then_recomputes_only_what_new_scenes_change(
     assert steps == len(first["ingest"]["dates_added"]) > 0
     assert xr.open_zarr(first["stages"]["anomalies"]["artifact"])["score"].sizes["time"] == steps
     before, old_chunks = _manifests(data), _chunks(cube, steps)
+    images = _image_versions(f"anomalies-png-{Path(first['stages']['anomalies']['artifact']).name}", f"quicklook-{cube.stem}")
+    assert all(images.values()), images
 
     again = run_pipeline(CATALOG, "planet", stages=["anomalies"], env=env, workers=2)
     assert "nothing new" in again["summary"]["headline"]
     assert again["summary"]["stages"] == {"patch": "reused", "anomalies": "reused"}
     assert _manifests(data) == before, "a run with nothing new rewrote a manifest"
+    # a served deployment's hourly no-op: its quick-looks, base64 in Prefect's database, not stored again
+    assert _image_versions(*images) == images
     # the command line's answer to the same no-op run, from the manifests alone (no Prefect, no Dask)
     checked = pipeline_up_to_date(catalog, "planet", stages=["anomalies"])
     assert checked is not None and checked["summary"]["headline"] == again["summary"]["headline"]
