@@ -294,7 +294,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  {name:<10} {products['summary']['stages'][name]:<7} {r.get('artifact') or ''}")
     failed = [name for name, r in products["stages"].items() if "error" in r]
     if failed:
-        print(f"fusioncube: error: stage(s) {', '.join(failed)} failed (above); the others finished", file=sys.stderr)
+        rest = "the others finished" if len(failed) < len(products["stages"]) else "no stage finished"
+        print(f"fusioncube: error: stage(s) {', '.join(failed)} failed (above); {rest}", file=sys.stderr)
         return 1
     if not products["ingest"]["time_steps"]:
         print(f"fusioncube: error: no cube {args.cube!r} to run stages on (above)", file=sys.stderr)

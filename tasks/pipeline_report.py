@@ -64,7 +64,17 @@ def pipeline_summary(products: dict[str, Any], started: datetime) -> dict[str, A
                     f"{ingest['time_steps']} time steps; {done}")
     if ingest.get("parts_reused"):
         headline += f" ({ingest['parts_reused']} ingest part(s) reused from an interrupted run)"
+    if ingest.get("reordered"):
+        headline += "; older dates arrived: the cube was rewritten in date order and its products recomputed"
+    # a file that changed since it was ingested (a re-processed delivery) is not taken: said every
+    # run until the cube is rebuilt, not only by the ingest that first met it; files quarantined
+    # before are named once, when they were quarantined
+    changed = [s for s in ingest["skipped"] if not str(s.get("reason", "")).startswith("quarantined before")]
+    if changed:
+        headline += f"; {len(changed)} scene(s) not taken (see warnings)"
     warnings = [f"quarantined `{q['scene']}`: {q['reason']}" for q in ingest["quarantined"]]
+    warnings += [f"skipped `{s['scene']}`" + (f" ({s['date']})" if s.get("date") else "") + f": {s['reason']}"
+                 for s in changed]
     warnings += [f"stage {n} failed: {r['error']}" for n, r in products["stages"].items() if "error" in r]
     warnings += [f"stage {n} waits for data: {r['waiting']}" for n, r in products["stages"].items()
                  if "waiting" in r]

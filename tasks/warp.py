@@ -42,6 +42,18 @@ GDAL_CACHEMAX_MB = 256
 _threads: int | None = None
 
 
+
+def read_error(exc: BaseException) -> str:
+    """A read failure in words: rasterio's "Read failed. See previous exception for details." with
+    that previous exception (GDAL's, e.g. "IReadBlock failed ... opj_get_decoded_tile() failed" for
+    a truncated JPEG 2000), which the message points to and the quarantine record would lose."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and "previous exception" in text:
+        return f"{text.replace('. See previous exception for details.', ':')} {cause}".strip()
+    return text
+
+
 def set_threads(n: int | None) -> None:
     """Cap the threads GDAL decodes and warps with in this process (None: every core). A Dask
     worker with ``--nthreads N`` sets N (``flows.worker_preload``): Dask starts one worker per
@@ -248,7 +260,7 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
             else:
                 clear, mask_nbytes = None, 0
     except RasterioIOError as exc:
-        raise SceneError(ref.path, f"cannot be read ({exc})") from exc
+        raise SceneError(ref.path, f"cannot be read ({read_error(exc)})") from exc
     band = spec.bands[0]
     nodata = band.nodata if band.nodata is not None else nodata
     profile = profile_array(
@@ -337,7 +349,7 @@ def _read_band_files(
                     arrays.append(out)
                 nodatas.append(nodata)
         except RasterioIOError as exc:
-            raise SceneError(path, f"cannot be read ({exc})") from exc
+            raise SceneError(path, f"cannot be read ({read_error(exc)})") from exc
     if len({str(n) for n in nodatas}) > 1 and any(b.nodata is None for b in spec.bands):
         raise SceneError(ref.path, f"its band files declare different nodata values {nodatas}; "
                          "give each band's nodata in the catalog")

@@ -115,3 +115,21 @@ def test_worker_preload_undoes_dasks_malloc_trim_setting() -> None:
               for mode in ("dask", "tuned")}
     assert faults["dask"] > 50 * 100  # ~256 page faults per buffer
     assert faults["tuned"] < 1000, faults
+
+
+def test_a_truncated_jpeg2000s_read_error_keeps_gdals_reason(tmp_path: Path, real_fixtures: Path) -> None:
+    """rasterio says only "Read failed. See previous exception for details."; the reason kept is
+    GDAL's (the previous exception), which tells the operator the file is cut short."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    from tasks.warp import read_error
+
+    src = sorted((real_fixtures / "modis_ndvi_sinop").glob("*.jp2"))[0]
+    cut = tmp_path / "cut.jp2"
+    cut.write_bytes(src.read_bytes()[:9000])
+    with pytest.raises(RasterioIOError) as info, rasterio.open(cut) as ds:
+        ds.read(1)
+    reason = read_error(info.value)
+    assert reason.startswith("Read failed: ") and "IReadBlock failed" in reason, reason
+    assert read_error(RasterioIOError("no such file")) == "no such file"
