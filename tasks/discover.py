@@ -26,7 +26,7 @@ from tasks.catalog import Catalog, DateRule, SourceSpec
 from tasks.cube import SPATIAL_DIM_NAMES
 from tasks.errors import SceneError
 
-__all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "sidecar_of", "band_of", "date_in_folders", "date_stack", "stack_variables", "unreadable", "discover", "parse_date_from_name", "scene_refs_for_file"]
+__all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "sidecar_of", "band_of", "date_in_folders", "date_stack", "stack_variables", "unreadable", "discover", "StrayRasters", "unmatched_rasters", "parse_date_from_name", "scene_refs_for_file"]
 
 log = logging.getLogger(__name__)
 
@@ -618,6 +618,44 @@ def glob_roots(patterns: list[str], catalog: Catalog | None = None) -> list[Path
         if base.resolve() not in roots:  # one glob per file kind in one folder: the folder once
             roots.append(base.resolve())
     return roots
+
+
+@dataclass(frozen=True)
+class StrayRasters:
+    """Raster files of one suffix below a folder whose globs take only other suffixes."""
+
+    root: Path
+    suffix: str
+    names: list[str]
+    taken: list[str]  # the suffixes the folder's globs take
+
+
+def unmatched_rasters(patterns: list[str], catalog: Catalog | None = None) -> list[StrayRasters]:
+    """Raster files below the folders that recursive globs (``DIR/**/*.jp2``) search whose suffix
+    no glob of that folder takes, by folder and suffix. ``fusioncube ingest DIR`` writes one glob per
+    suffix it found; a new kind of file arriving there later (a GeoTIFF among JPEG 2000 scenes) is
+    never matched, and a scheduled run would not say so. A glob without a suffix covers its folder."""
+    covered: dict[Path, set[str]] = {}
+    for pattern in patterns:
+        if is_remote(pattern) or "/**/" not in pattern:
+            continue
+        p = str(catalog.resolve(pattern)) if catalog is not None else pattern
+        root = Path(p.split("/**/", 1)[0])
+        if any(c in str(root) for c in "*?[") or not root.is_dir():
+            continue
+        suffix = Path(p).suffix.lower()
+        covered.setdefault(root.resolve(), set()).add(suffix if suffix and not any(c in suffix for c in "*?[") else "*")
+    stray: list[StrayRasters] = []
+    for root, suffixes in covered.items():
+        if "*" in suffixes:
+            continue
+        found: dict[str, list[str]] = {}
+        for f in sorted(root.rglob("*")):
+            suffix = f.suffix.lower()
+            if suffix in RASTER_SUFFIXES and suffix not in suffixes and f.is_file():
+                found.setdefault(suffix, []).append(f.name)
+        stray += [StrayRasters(root, suffix, names, sorted(suffixes)) for suffix, names in found.items()]
+    return stray
 
 
 def outside_roots(path: str, roots: list[Path]) -> str | None:

@@ -64,7 +64,7 @@ from tasks.cube import (
     xy_attrs,
     zarr_array,
 )
-from tasks.discover import SceneRef, discover, file_name, file_stamp
+from tasks.discover import SceneRef, discover, file_name, file_stamp, unmatched_rasters
 from tasks.errors import CubeSchemaError, SceneError
 from tasks.locks import DEFAULT_TIMEOUT as DEFAULT_LOCK_TIMEOUT
 from tasks.locks import cube_lock
@@ -402,6 +402,13 @@ def plan_ingest(
             else:
                 quarantined.append({"scene": name, "path": p, "reason": reason})
         refs += found
+    globs = [g for s in [*spec.sources, *spec.static.values()] for g in catalog.source(s).glob]
+    for s in unmatched_rasters(globs, catalog):
+        more = f" and {len(s.names) - 1} more {s.suffix} file(s)" if len(s.names) > 1 else ""
+        skipped.append({"scene": s.names[0] + more, "date": "", "reason": (
+            f"{s.suffix} files in {s.root}, where the sources of cube {cube} take only {', '.join(s.taken)} files; "
+            f"add a glob such as {s.root}/**/*{s.suffix} to the source in the catalog (`fusioncube ingest "
+            f"{s.root} --out CUBE` writes one for each kind of file it finds)")})
     new: list[SceneRef] = []
     for ref in refs:
         stamp = ref.file_stamp()

@@ -631,3 +631,36 @@ def test_a_scene_touched_or_rewritten_after_ingest_is_skipped_saying_which(tmp_p
     text = capsys.readouterr().out
     assert "skipped S_20230601.tif: its modification time changed since it was ingested, not its size" in text
     assert "skipped S_20230611.tif: changed on disk since it was ingested (another size)" in text
+
+
+def test_a_new_kind_of_file_in_an_ingested_folder_is_named_by_the_scheduled_run(tmp_path: Path) -> None:
+    """`fusioncube ingest DIR` writes one glob per suffix it found (DIR/**/*.tif): a JPEG 2000 scene
+    arriving there later matches none, and `fusioncube run` (or a served deployment) said only
+    "nothing new"."""
+    from rasterio.transform import from_origin
+
+    from flows.cli import main
+    from tasks.catalog import load_catalog
+    from tasks.ingest import plan_ingest
+
+    src = tmp_path / "inbox"
+    src.mkdir()
+    profile = dict(width=8, height=8, count=1, dtype="uint16", crs="EPSG:32633",
+                   transform=from_origin(600_000, 5_000_000, 30, 30))
+    with rasterio.open(src / "S_20230601.tif", "w", driver="GTiff", **profile) as ds:
+        ds.write(np.full((1, 8, 8), 7, np.uint16))
+    out = tmp_path / "c.zarr"
+    assert main(["ingest", str(src), "--out", str(out)]) == 0
+    catalog = load_catalog(str(out) + ".catalog.yaml")
+    assert plan_ingest(catalog, "c").skipped == []
+    (src / "later").mkdir()
+    for d in ("20230611", "20230621"):
+        with rasterio.open(src / "later" / f"S_{d}.jp2", "w", driver="JP2OpenJPEG", **profile) as ds:
+            ds.write(np.full((1, 8, 8), 9, np.uint16))
+    (row,) = plan_ingest(catalog, "c").skipped
+    assert row["scene"] == "S_20230611.jp2 and 1 more .jp2 file(s)"
+    assert row["reason"].startswith(f".jp2 files in {src.resolve()}, where the sources of cube c take only .tif files; "
+                                    f"add a glob such as {src.resolve()}/**/*.jp2")
+    # the run's summary names it on every run (tests/tasks/test_pipeline_report.py)
+    assert main(["ingest", str(src), "--out", str(out)]) == 0  # what the reason suggests: takes them
+    assert plan_ingest(load_catalog(str(out) + ".catalog.yaml"), "c").skipped == []
