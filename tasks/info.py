@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from tasks.checkpoint import RESUME_MARK, Manifest, read_manifest
+from tasks.checkpoint import RESUME_MARK, Manifest, fingerprint, read_manifest
 from tasks.cube import (
     class_counts,
     compressed_store,
@@ -45,6 +45,36 @@ def _unfinished(path: Path) -> str | None:
     return final if mark else None
 
 
+#: the inputs a stage's manifest names with their paths in its outputs (a cube, a patch store, a
+#: compressed store): what :func:`stale_input` compares with the input as it is now
+TRACKED_INPUTS = ("cube", "patches", "compressed")
+
+
+def stale_input(manifest: Manifest, depth: int = 3) -> str | None:
+    """Why a product no longer matches its input, else None: the input named in its manifest
+    (``inputs.cube`` with ``outputs.cube`` ...) changed since (new dates, a rebuild) or is gone.
+    An input that is itself a product (compress's own patch store) is checked the same way, so a
+    product of a stage the pipeline stopped running is seen as behind its cube."""
+
+    outputs = manifest.outputs if isinstance(manifest.outputs, dict) else {}
+    for name in TRACKED_INPUTS:
+        if name not in manifest.inputs or not isinstance(outputs.get(name), str):
+            continue
+        source = Path(outputs[name])
+        if not source.exists():
+            return f"its input {source} is gone"
+        try:
+            now = fingerprint(source)
+        except OSError:
+            continue
+        if now != manifest.inputs[name]:
+            return f"made from an earlier state of {source}, which has changed since (new dates, or remade)"
+        upstream = read_manifest(source)
+        if depth > 1 and upstream is not None and upstream.stage != "ingest" and (why := stale_input(upstream, depth - 1)):
+            return f"made from {source}, which is out of date itself: {why}"
+    return None
+
+
 def _made_by(manifest: Manifest | None, path: Path) -> list[str]:
     if manifest is None and (final := _unfinished(path)) is not None:
         return [f"  unfinished: the work of a stopped run towards {final}; the same command finishes it"]
@@ -60,6 +90,9 @@ def _made_by(manifest: Manifest | None, path: Path) -> list[str]:
     lines = [f"  made by: stage {manifest.stage}, {manifest.created[:19].replace('T', ' ')} UTC, from {source}"]
     if params:
         lines.append(f"  parameters: {params}")
+    if manifest.stage != "ingest" and (why := stale_input(manifest)):
+        lines.append(f"  OUT OF DATE: {why}; run its stage again (`fusioncube run` with the stage listed, "
+                     "or the same `fusioncube stage` command)")
     return lines
 
 
@@ -328,6 +361,9 @@ def _folder(path: Path) -> list[str]:
     for store in stores[:FOLDER_LINES]:
         try:
             first = _title(store)
+            manifest = read_manifest(store)
+            if manifest is not None and manifest.stage != "ingest" and stale_input(manifest):
+                first += " (OUT OF DATE: its input changed since)"
         except (CubeSchemaError, ValueError, OSError) as exc:
             first = f"not readable ({exc})"
         lines.append(f"  {store.relative_to(path)}: {first}")

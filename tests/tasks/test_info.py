@@ -117,6 +117,19 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
     text = info("run")
     assert f"{tmp_path / 'run'}: a folder of 1 store(s)" in text and "  cubes/c.zarr: a schema-following cube" in text
 
+    # the cube changed after its products were made (new dates, a rebuild): each product says so,
+    # also one of a stage the pipeline no longer runs (compress's decoded cube, through its store)
+    assert "OUT OF DATE" not in info("")
+    _cube(cube)
+    text = info("anomalies.zarr")
+    assert f"OUT OF DATE: made from an earlier state of {cube}, which has changed since" in text
+    text = info("comp/decoded.zarr")
+    assert "OUT OF DATE: made from " in text and "which is out of date itself" in text
+    text = info("")
+    for line in ("  anomalies.zarr: anomalies (stage anomalies) (OUT OF DATE: its input changed since)",
+                 "  patches.zarr: patches (stage patch) (OUT OF DATE"):
+        assert line in text, text
+
 
 def test_grids_are_named_for_people_and_gdal_warnings_shown_once(real_fixtures: Path, tmp_path: Path,
                                                                  capsys, caplog) -> None:
