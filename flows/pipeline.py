@@ -206,8 +206,11 @@ def _ingest_and_stages(catalog: Catalog, catalog_path: str, cube: str, start: da
                 products["stages"][name] = {"error": problem}
                 continue
             stage = STAGES[name]
+            shared: dict[str, Any] = {}
+            if stage.uses_patches:  # after the patch task: its store, when it holds the stage's patches
+                shared = {"patches": str(folder / "patches.zarr"), "wait_for": [futures["patch"]]}
             futures[name] = stage.task.submit(report["path"], str(folder / stage.output),
-                                              **catalog.stage_params(cube, name), overwrite=True)
+                                              **catalog.stage_params(cube, name), overwrite=True, **shared)
         for name, fut in futures.items():
             state = fut.wait() or fut.state
             if state.is_completed():

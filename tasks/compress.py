@@ -74,7 +74,9 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
+    manifest_path,
     read_manifest,
+    reusable,
     reuse_or_refuse,
     stage_key,
     write_manifest,
@@ -623,18 +625,36 @@ def compress_cube(
     patch: int = 32,
     overwrite: bool = False,
     progress: bool = False,
+    patches: str | Path | None = None,
     **kwargs: Any,
 ) -> Manifest:
     """Any schema-following cube -> ``out_dir/patches.zarr`` -> ``out_dir/compressed`` ->
-    ``out_dir/decoded.zarr``. ``kwargs`` go to :func:`compress_patches`."""
-    from tasks.patch import fit_patch_size, make_patches
+    ``out_dir/decoded.zarr``. ``kwargs`` go to :func:`compress_patches`.
+
+    ``patches``: a patch store of ``cube`` made elsewhere (the pipeline's ``patches.zarr``), coded
+    instead of cutting the same patches again into ``out_dir/patches.zarr`` when it holds exactly
+    them (its key is :func:`tasks.patch.default_patch_key` of the cube at this patch size); a copy
+    an earlier run cut into ``out_dir`` is then removed. Otherwise the stage cuts its own."""
+    from tasks.patch import default_patch_key, fit_patch_size, make_patches
 
     check_quantizer(**kwargs)  # before the patch store is written
     out_dir = Path(out_dir)
     size, _ = fit_patch_size(cube, patch, None)
-    make_patches(cube, out_dir / "patches.zarr", size=size, overwrite=overwrite, progress=progress)
-    manifest = compress_patches(out_dir / "patches.zarr", out_dir / "compressed", overwrite=overwrite,
-                                progress=progress, **kwargs)
+    own = out_dir / "patches.zarr"
+    if patches is not None and Path(patches) != own and reusable(patches, default_patch_key(cube, size)):
+        source = Path(patches)
+        for leftover in (manifest_path(own), own):  # the same patches cut again: twice the storage
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            elif leftover.exists():
+                leftover.unlink()
+    else:
+        source = own
+        make_patches(cube, own, size=size, overwrite=overwrite, progress=progress)
+    manifest = compress_patches(source, out_dir / "compressed", overwrite=overwrite, progress=progress, **kwargs)
+    if manifest.outputs.get("patches") != str(source):  # reused, coded from the same patches kept elsewhere
+        manifest = replace(manifest, outputs={**manifest.outputs, "patches": str(source)})
+        write_manifest(out_dir / "compressed", manifest)
     decoded = out_dir / "decoded.zarr"
     decompress(out_dir / "compressed", decoded, overwrite=True, progress=progress)
     s = manifest.stats
@@ -659,8 +679,10 @@ def decoded_quality(out_dir: str | Path) -> dict[str, Any]:
 @reports_warnings
 def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] | None = None,
                   step: float | None = None, bits: int | None = None, psnr: float | None = None, iters: int = 10,
-                  rdo_lambda: float = tdl.RDO_LAMBDA, overwrite: bool = False) -> dict[str, Any]:
-    """Prefect task: :func:`compress_cube`, then a table artifact of rate and distortion."""
+                  rdo_lambda: float = tdl.RDO_LAMBDA, overwrite: bool = False,
+                  patches: str | None = None) -> dict[str, Any]:
+    """Prefect task: :func:`compress_cube`, then a table artifact of rate and distortion. ``patches``:
+    the pipeline's patch store, coded when it holds the patches the stage would cut."""
     from prefect.artifacts import create_table_artifact
 
     from tasks.quicklook import artifact_key, made_in_run, publish_image
@@ -669,7 +691,8 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
     started = datetime.now(UTC)
     manifest = compress_cube(cube, out_dir, patch=patch, overwrite=overwrite,
                              ranks=tuple(ranks) if ranks else None, step=step, bits=bits, psnr=psnr,
-                             iters=iters, rdo_lambda=rdo_lambda)
+                             iters=iters, rdo_lambda=rdo_lambda,
+                             patches=patches)
     s = manifest.stats
     seen = decoded_quality(out_dir)
     create_table_artifact(

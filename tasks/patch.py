@@ -268,6 +268,13 @@ def patch_split(cube: str | Path, *, size: int = 32, stride: int | None = None, 
     return origins, split
 
 
+def default_patch_key(cube: str | Path, size: int) -> str:
+    """The key :func:`make_patches` gives ``cube`` cut at ``size`` with its defaults otherwise (no
+    overlap, blocks of 4, 70/15/15 %, seed 0): what a stage that patches the cube itself checks a
+    patch store made elsewhere against (compress uses the pipeline's own when the keys agree)."""
+    return patch_key(cube, size=size, stride=None, block=4, fractions=(0.7, 0.15, 0.15), seed=0)[0]
+
+
 def make_patches(
     cube: str | Path,
     out: str | Path,

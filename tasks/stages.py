@@ -47,9 +47,13 @@ def _subset_current(key_of: Callable[[str, dict[str, Any]], str]) -> Callable[[s
 
 
 def _compress_current(cube: str, out: str, params: dict[str, Any]) -> Manifest | None:
-    # the stage patches the cube itself (out/patches.zarr), then codes the patches (out/compressed)
-    patches, coded = read_manifest(Path(out) / "patches.zarr"), read_manifest(Path(out) / "compressed")
-    if patches is None or coded is None or not (Path(out) / "decoded.zarr").exists():
+    # the stage codes patches of the cube (its own out/patches.zarr, or the pipeline's patch store
+    # when that holds the same patches: the coded store's manifest names which) into out/compressed
+    coded = read_manifest(Path(out) / "compressed")
+    if coded is None or not isinstance(coded.outputs.get("patches"), str) or not (Path(out) / "decoded.zarr").exists():
+        return None
+    patches = read_manifest(coded.outputs["patches"])
+    if patches is None:
         return None
     if patches.inputs.get("cube") != fingerprint(cube) or coded.inputs.get("patches") != patches.key:
         return None
@@ -79,13 +83,16 @@ class Stage:
     current: Callable[[str, str, dict[str, Any]], Manifest | None]
     #: why the stage cannot run on a cube yet (its task then reports "waiting"), else None
     waiting: Callable[[str], str | None] | None = None
+    #: the stage codes patches: the pipeline runs it after its patch task and passes that store
+    #: (``patches=``), used when it holds the patches the stage would cut
+    uses_patches: bool = False
 
 
 STAGES: dict[str, Stage] = {
     "anomalies": Stage("anomalies", "anomalies.zarr", anomalies_task, _anomalies_current, waits_for_data),
     "gapfill": Stage("gapfill", "filled.zarr", gapfill_task,
                      _subset_current(lambda cube, p: gapfill_key(cube, p)[0])),
-    "compress": Stage("compress", "compress", compress_task, _compress_current),
+    "compress": Stage("compress", "compress", compress_task, _compress_current, uses_patches=True),
     "classify": Stage("classify", "classes.zarr", classify_task,
                       _subset_current(lambda cube, p: classify_key(cube, p, None)[0])),
     "labels": Stage("labels", "labels.zarr", labels_task, _labels_current),

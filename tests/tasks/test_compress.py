@@ -87,6 +87,31 @@ def test_compress_round_trip_rate_and_reuse(cube: Path, tmp_path: Path) -> None:
     assert np.allclose(again_cube["data"].values, dec["data"].values, equal_nan=True)
 
 
+def test_the_pipelines_patch_store_is_coded_when_it_holds_the_stages_patches(cube: Path, tmp_path: Path) -> None:
+    """In the pipeline the stage used to cut the same patches again into its own folder (twice the
+    patching, twice the storage): a given patch store with the key the stage would cut is coded
+    as it is, and a copy an earlier run cut is removed; one of other patches is not used."""
+    from tasks.checkpoint import read_manifest
+    from tasks.patch import default_patch_key, make_patches
+    from tasks.stages import _compress_current
+
+    shared = tmp_path / "patches.zarr"
+    made = make_patches(cube, shared, size=8)
+    assert made.key == default_patch_key(cube, 8)  # the key the stage checks is make_patches' own
+    out = tmp_path / "comp"
+    alone = compress_cube(cube, out, patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=2)  # cuts its own
+    assert (out / "patches.zarr").is_dir() and alone.outputs["patches"] == str(out / "patches.zarr")
+    m = compress_cube(cube, out, patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=2, patches=shared, overwrite=True)
+    assert m.outputs["patches"] == str(shared) and m.stats["bits_per_entry"] == alone.stats["bits_per_entry"]
+    assert not (out / "patches.zarr").exists() and read_manifest(out / "patches.zarr") is None
+    params = {"patch": 8, "ranks": [3, 2, 6, 6], "step": 0.05, "iters": 2}
+    assert _compress_current(str(cube), str(out), params) is not None  # the no-op check follows it
+    other = tmp_path / "p16.zarr"
+    make_patches(cube, other, size=16)
+    m = compress_cube(cube, tmp_path / "comp2", patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=2, patches=other)
+    assert m.outputs["patches"] == str(tmp_path / "comp2" / "patches.zarr")
+
+
 def test_static_layers_travel_losslessly_outside_the_rate(cube: Path, tmp_path: Path) -> None:
     """A land cover layer comes back in the decoded cube bit for bit, with its legend (the decoded
     cube can feed classify or labels); its bytes are reported beside the rate, not in it."""
