@@ -332,3 +332,22 @@ def test_a_script_running_the_pipeline_without_a_main_guard_is_told_the_fix(tmp_
     assert "child exit code 1" in done.stdout, done.stdout + done.stderr[-3000:]
     assert 'under `if __name__ == "__main__":`' in done.stderr, done.stderr[-3000:]
     assert "bootstrapping phase" not in done.stderr
+
+
+def test_compression_in_the_pipeline_codes_the_patch_tasks_store(sample: Path, tmp_path: Path) -> None:
+    """Compression runs after the patch task and codes its patches.zarr (the same patches): it used
+    to cut them again into compress/patches.zarr, twice the work and the storage."""
+    raw = yaml.safe_load(CATALOG.read_text())
+    raw["stages"]["compress"]["iters"] = 2
+    catalog_path = tmp_path / "catalog.yaml"
+    catalog_path.write_text(yaml.safe_dump(raw))
+    scenes = tmp_path / "scenes"
+    _scenes(sample, scenes, slice(0, 3))
+    env = _env(scenes, tmp_path / "data")
+    products = run_pipeline(catalog_path, "planet", stages=["compress"], env=env, workers=2)
+    assert products["summary"]["stages"] == {"patch": "ran", "compress": "ran"}, products["summary"]
+    folder = load_catalog(catalog_path, env=env).stage_dir("planet")
+    assert read_manifest(folder / "compress" / "compressed").outputs["patches"] == str(folder / "patches.zarr")
+    assert not (folder / "compress" / "patches.zarr").exists()
+    again = pipeline_up_to_date(load_catalog(catalog_path, env=env), "planet", stages=["compress"])
+    assert again is not None and again["summary"]["stages"] == {"patch": "reused", "compress": "reused"}
