@@ -9,13 +9,16 @@ artifact it becomes) lists them with the quarantined scenes and failed stages.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ParamSpec
 
-__all__ = ["captured_warnings", "reports_warnings"]
+__all__ = ["captured_warnings", "no_space_message", "reports_warnings"]
 
 _LOGGERS = ("tasks", "flows", "fusion_models")
 MAX_WARNINGS = 20  # per stage: a warning per date of a long series is no list to read
@@ -52,13 +55,31 @@ def captured_warnings() -> Iterator[list[str]]:
             logger.removeHandler(handler)
 
 
+def no_space_message(out: str | Path) -> str:
+    """What to tell an operator when writing ``out`` ran out of disk: where, and how much is left.
+    Zarr's and numpy's own ``[Errno 28] No space left on device`` name no path."""
+    place = Path(out).absolute()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    free = shutil.disk_usage(place).free / 1e6
+    return (f"no space left on the device holding {out} ({free:.1f} MB free there); free space and run again: "
+            "finished products are kept, and an anomaly run goes on from its last finished row of tiles")
+
+
 def reports_warnings(fn: Callable[P, dict[str, Any]]) -> Callable[P, dict[str, Any]]:
-    """Decorate a stage function returning a dict: the warnings it logged go in its ``warnings``."""
+    """Decorate a stage task ``fn(cube, out, ...)`` returning a dict: the warnings it logged go in
+    its ``warnings``, and a full disk is reported naming ``out`` (:func:`no_space_message`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
-        with captured_warnings() as found:
-            result = fn(*args, **kwargs)
+        try:
+            with captured_warnings() as found:
+                result = fn(*args, **kwargs)
+        except OSError as exc:
+            out = args[1] if len(args) > 1 else kwargs.get("out", kwargs.get("out_dir"))
+            if exc.errno != errno.ENOSPC or not isinstance(out, str | Path):
+                raise
+            raise OSError(errno.ENOSPC, no_space_message(out)) from exc
         return {**result, "warnings": found} if found else result
 
     return wrapper

@@ -170,3 +170,30 @@ def test_compress_is_current_only_for_the_patch_size_and_ranks_asked_for(tmp_pat
         raw["cubes"]["planet"]["params"] = {"compress": own}
         assert stage_current(catalog_from_dict(raw, path=REPO / "data_catalog.yaml", env=env), "planet",
                              "compress") is None, own
+
+
+def test_a_full_disk_is_reported_naming_the_output_and_its_free_space(tmp_path: Path) -> None:
+    """Zarr's "[Errno 28] No space left on device" names no path: the stage's error names its
+    output, the space left there and what is kept."""
+    import errno
+
+    import pytest
+
+    from tasks.runlog import reports_warnings
+
+    @reports_warnings
+    def stage(cube: str, out: str) -> dict:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "artifacts" / "c" / "filled.zarr"  # not made yet: its nearest folder is measured
+    with pytest.raises(OSError, match=rf"no space left on the device holding {out} \(\d+\.\d MB free there\); "
+                                      "free space and run again: finished products are kept") as info:
+        stage("c.zarr", str(out))
+    assert info.value.errno == errno.ENOSPC
+
+    @reports_warnings
+    def other(cube: str, out: str) -> dict:
+        raise PermissionError(errno.EACCES, "Permission denied", out)
+
+    with pytest.raises(PermissionError, match="Permission denied"):  # other OS errors as they were
+        other("c.zarr", str(out))
