@@ -50,11 +50,12 @@ def _unfinished(path: Path) -> str | None:
 TRACKED_INPUTS = ("cube", "patches", "compressed")
 
 
-def stale_input(manifest: Manifest, depth: int = 3) -> str | None:
+def stale_input(manifest: Manifest, depth: int = 3, *, known: dict[Path, str] | None = None) -> str | None:
     """Why a product no longer matches its input, else None: the input named in its manifest
     (``inputs.cube`` with ``outputs.cube`` ...) changed since (new dates, a rebuild) or is gone.
     An input that is itself a product (compress's own patch store) is checked the same way, so a
-    product of a stage the pipeline stopped running is seen as behind its cube."""
+    product of a stage the pipeline stopped running is seen as behind its cube. ``known``: input
+    fingerprints already taken (a folder listing takes a cube's once, not once a product)."""
 
     outputs = manifest.outputs if isinstance(manifest.outputs, dict) else {}
     for name in TRACKED_INPUTS:
@@ -64,13 +65,16 @@ def stale_input(manifest: Manifest, depth: int = 3) -> str | None:
         if not source.exists():
             return f"its input {source} is gone"
         try:
-            now = fingerprint(source)
+            now = known[source] if known is not None and source in known else fingerprint(source)
         except OSError:
             continue
+        if known is not None:
+            known[source] = now
         if now != manifest.inputs[name]:
             return f"made from an earlier state of {source}, which has changed since (new dates, or remade)"
         upstream = read_manifest(source)
-        if depth > 1 and upstream is not None and upstream.stage != "ingest" and (why := stale_input(upstream, depth - 1)):
+        if depth > 1 and upstream is not None and upstream.stage != "ingest" and (
+                why := stale_input(upstream, depth - 1, known=known)):
             return f"made from {source}, which is out of date itself: {why}"
     return None
 
@@ -358,11 +362,12 @@ def _folder(path: Path) -> list[str]:
         raise CubeSchemaError(f"{path}: a folder holding no Zarr store or stage product; give a cube (.zarr), "
                               "a stage's product or a folder of them")
     lines = [f"{path}: a folder of {len(stores)} store(s); `fusioncube info` on one of them says more"]
+    known: dict[Path, str] = {}  # the inputs' fingerprints, taken once for the listing
     for store in stores[:FOLDER_LINES]:
         try:
             first = _title(store)
             manifest = read_manifest(store)
-            if manifest is not None and manifest.stage != "ingest" and stale_input(manifest):
+            if manifest is not None and manifest.stage != "ingest" and stale_input(manifest, known=known):
                 first += " (OUT OF DATE: its input changed since)"
         except (CubeSchemaError, ValueError, OSError) as exc:
             first = f"not readable ({exc})"
