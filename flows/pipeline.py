@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, date, datetime
@@ -98,6 +99,22 @@ class PipelineDaskTaskRunner(DaskTaskRunner):  # type: ignore[misc]  # prefect_d
             self.address = os.environ[DASK_ADDRESS_ENV]
         self._exit_stack.enter_context(one_prefect_api())  # left after the cluster is closed
         return self
+
+    @property
+    def client(self) -> Any:
+        """The Dask client, the local cluster started on first use. When its workers fail to start
+        and this process runs a script, say the likely cause in the last line too: the workers'
+        own refusal (:func:`refuse_while_a_worker_imports_main`) is above, among their logs."""
+        try:
+            return super().client
+        except RuntimeError as exc:
+            script = getattr(sys.modules.get("__main__"), "__file__", None)
+            if "failed to start" not in str(exc) or not script:
+                raise
+            raise RuntimeError(
+                f"the local Dask cluster's workers failed to start ({exc}); if {script} runs the pipeline at its "
+                "top level, put the call under `if __name__ == \"__main__\":` (each worker imports the script "
+                "again)") from exc
 
 
 def local_cluster_kwargs(workers: int) -> dict[str, Any]:

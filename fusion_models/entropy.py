@@ -677,17 +677,20 @@ def decode_context_laplace(data: bytes, scale: np.ndarray, n: int) -> np.ndarray
     plan = context_plan(b.shape)
     m = int(np.prod(b.shape))
     out = np.zeros((n, m), dtype=np.int32)
-    if n * m == 0:
-        return out.reshape(n, *b.shape)
-    bflat = np.maximum(b.ravel(), _MIN_SCALE)
-    classes = _scale_classes(bflat)
-    mags = np.zeros((n, m), dtype=np.float64)
     start = _CTX_HEADER.size + n_ctx
     if (len(data) - start) % 4:
         raise ValueError(f"corrupt bitstream: its rANS payload ({len(data) - start} bytes) is not a "
                          "whole number of 32-bit words")
     words = np.frombuffer(data, dtype=np.uint32, offset=start).copy()
     coder = constriction.stream.stack.AnsCoder(words)
+    if n * m == 0:
+        if not coder.is_empty():
+            raise ValueError(f"the bitstream does not decode to exactly {n} item(s) of shape {b.shape}: "
+                             "it holds coded values")
+        return out.reshape(n, *b.shape)
+    bflat = np.maximum(b.ravel(), _MIN_SCALE)
+    classes = _scale_classes(bflat)
+    mags = np.zeros((n, m), dtype=np.float64)
     model = constriction.stream.model.QuantizedLaplace(-k, k)
     for lo, hi in zip(plan.starts[:-1], plan.starts[1:], strict=True):
         pos = plan.order[lo:hi]

@@ -62,8 +62,12 @@ def no_space_message(out: str | Path) -> str:
     while not place.exists() and place != place.parent:
         place = place.parent
     free = shutil.disk_usage(place).free / 1e6
+    kept = sorted(Path(out).parent.glob(f"{Path(out).name}.resume-*")) if Path(out).parent.is_dir() else []
+    work = "".join(f"; the stopped run's work is kept in {w} (the next run goes on from it; delete it to free "
+                   f"{sum(f.stat().st_size for f in w.rglob('*') if f.is_file()) / 1e6:.1f} MB and start over)"
+                   for w in kept if w.is_dir())
     return (f"no space left on the device holding {out} ({free:.1f} MB free there); free space and run again: "
-            "finished products are kept, and an anomaly run goes on from its last finished row of tiles")
+            f"finished products are kept{work}")
 
 
 def reports_warnings(fn: Callable[P, dict[str, Any]]) -> Callable[P, dict[str, Any]]:

@@ -199,7 +199,7 @@ def pipeline():
     stage()
 
 logging.getLogger("tasks.ingest").warning("outside any run: console only")
-with prefect_test_harness():
+with prefect_test_harness(server_startup_timeout=120):  # a fresh database: migrations, slow on a busy machine
     run = pipeline(return_state=True).state_details.flow_run_id
     APILogWorker.drain_all()
     time.sleep(0.5)

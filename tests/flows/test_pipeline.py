@@ -321,6 +321,26 @@ print("child exit code", child.exitcode)
 """
 
 
+def test_the_unguarded_scripts_own_process_ends_with_the_fix_too(monkeypatch) -> None:
+    """Its last line was Dask's "Nanny failed to start", after the workers' tracebacks (the real
+    case takes a minute of worker start-up attempts; here the cluster's failure is simulated)."""
+    from prefect_dask import DaskTaskRunner
+
+    from flows.pipeline import PipelineDaskTaskRunner
+
+    def fails(self):
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr(DaskTaskRunner, "client", property(fails))
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", "/home/me/run.py", raising=False)
+    with pytest.raises(RuntimeError, match=r"workers failed to start \(Nanny failed to start.\); if /home/me/run.py "
+                                           "runs the pipeline at its top level, put the call under"):
+        PipelineDaskTaskRunner(cluster_kwargs={}).client
+    monkeypatch.delattr(sys.modules["__main__"], "__file__")  # not a script (a notebook): as it was
+    with pytest.raises(RuntimeError, match=r"^Nanny failed to start.$"):
+        PipelineDaskTaskRunner(cluster_kwargs={}).client
+
+
 def test_a_script_running_the_pipeline_without_a_main_guard_is_told_the_fix(tmp_path: Path) -> None:
     """The spawned process imports the unguarded script again; there the pipeline refuses to start
     with the fix instead of multiprocessing's "bootstrapping phase" error."""

@@ -117,7 +117,7 @@ def test_codec_round_trip_shapes_dtypes_and_rate_3d_and_4d() -> None:
     three = x32[:, :, 0]  # (S, T, H, W): 3D patches
     c3, _ = tdl.fit_codec(three, (2, 3, 3), iters=2)
     assert tdl.decode(c3, tdl.encode(c3, three, 0.05), len(three)).shape == three.shape
-    for wrong in (len(x32) - 1, len(x32) + 1, 1):  # the stream is level-major: a wrong count garbles all
+    for wrong in (len(x32) - 1, len(x32) + 1, 1, 0):  # the stream is level-major: a wrong count garbles all
         with pytest.raises(ValueError, match=f"exactly {wrong} item"):
             tdl.decode(codec, stream, wrong)
     holed = x32.copy()
