@@ -335,10 +335,10 @@ def test_the_unguarded_scripts_own_process_ends_with_the_fix_too(monkeypatch) ->
     monkeypatch.setattr(sys.modules["__main__"], "__file__", "/home/me/run.py", raising=False)
     with pytest.raises(RuntimeError, match=r"workers failed to start \(Nanny failed to start.\); if /home/me/run.py "
                                            "runs the pipeline at its top level, put the call under"):
-        PipelineDaskTaskRunner(cluster_kwargs={}).client
+        _ = PipelineDaskTaskRunner(cluster_kwargs={}).client
     monkeypatch.delattr(sys.modules["__main__"], "__file__")  # not a script (a notebook): as it was
     with pytest.raises(RuntimeError, match=r"^Nanny failed to start.$"):
-        PipelineDaskTaskRunner(cluster_kwargs={}).client
+        _ = PipelineDaskTaskRunner(cluster_kwargs={}).client
 
 
 def test_a_script_running_the_pipeline_without_a_main_guard_is_told_the_fix(tmp_path: Path) -> None:
