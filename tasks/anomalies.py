@@ -33,7 +33,6 @@ import time as _time
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -571,10 +570,9 @@ def anomalies_task(
     """
     from prefect.artifacts import create_table_artifact
 
-    from tasks.quicklook import artifact_key, is_current, made_in_run, publish_image
+    from tasks.quicklook import artifact_key, is_current, made_in_task_run, publish_image
 
     logger = get_run_logger()
-    started = datetime.now(UTC)
     try:
         manifest = detect_anomalies(cube, out, bits=bits, band=band, lam=lam, tile=tile, k=k,
                                     overwrite=overwrite)
@@ -594,7 +592,7 @@ def anomalies_task(
     if not is_current(png, out):
         anomalies_png(out, png)
     publish_image(png, key=artifact_key(f"anomalies-png-{name}"), description=f"largest anomaly score per pixel ({png})",
-                  fresh=made_in_run(manifest, started))
+                  fresh=made_in_task_run(manifest))
     logger.info("anomalies %s: key %s, %s flagged", out, manifest.key, manifest.stats.get("flagged"))
     return {"artifact": str(out), "quicklook": str(png), **asdict(manifest)}
 

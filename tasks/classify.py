@@ -44,7 +44,6 @@ import time as _time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -796,10 +795,9 @@ def classify_task(
     """
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from tasks.quicklook import artifact_key, made_in_run, publish_image
+    from tasks.quicklook import artifact_key, made_in_task_run, publish_image
 
     logger = get_run_logger()
-    started = datetime.now(UTC)
     manifest = classify_cube(cube, out, model=model, label=label, epochs=epochs, patch=patch, block=block,
                              seed=seed, device=device, overwrite=overwrite)
     test = manifest.stats.get("test")
@@ -811,7 +809,7 @@ def classify_task(
         if png and Path(png).exists():
             publish_image(png, key=artifact_key(f"classify-{name}-confusion"),
                           description="confusion matrix (rows: truth, normalised)",
-                          fresh=made_in_run(manifest, started), max_pixels=720)
+                          fresh=made_in_task_run(manifest), max_pixels=720)
     create_markdown_artifact(
         key=artifact_key(f"classify-{name}"),
         markdown=(f"### Land-cover classes of `{cube}`\n\n4D-CNN, device `{manifest.stats['device']}`; "

@@ -56,7 +56,6 @@ import shutil
 import time as _time
 import zlib
 from dataclasses import asdict, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -685,10 +684,9 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
     the pipeline's patch store, coded when it holds the patches the stage would cut."""
     from prefect.artifacts import create_table_artifact
 
-    from tasks.quicklook import artifact_key, made_in_run, publish_image
+    from tasks.quicklook import artifact_key, made_in_task_run, publish_image
 
     logger = get_run_logger()
-    started = datetime.now(UTC)
     manifest = compress_cube(cube, out_dir, patch=patch, overwrite=overwrite,
                              ranks=tuple(ranks) if ranks else None, step=step, bits=bits, psnr=psnr,
                              iters=iters, rdo_lambda=rdo_lambda,
@@ -705,7 +703,7 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
     png = Path(out_dir) / "compress.png"
     if png.exists():
         publish_image(png, key=artifact_key(f"compress-png-{Path(out_dir).name}"),
-                      description=f"original | decoded | error, {cube}", fresh=made_in_run(manifest, started),
+                      description=f"original | decoded | error, {cube}", fresh=made_in_task_run(manifest),
                       max_pixels=900)
     logger.info("compress %s: %.3f bpe, PSNR %.2f dB", out_dir, s["bits_per_entry"], s["psnr_db"])
     return {"artifact": str(Path(out_dir) / "compressed"), **asdict(manifest)}

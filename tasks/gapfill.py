@@ -40,7 +40,6 @@ import os
 import time as _time
 import uuid
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -596,10 +595,9 @@ def gapfill_task(
 
     No Prefect result caching: the manifest beside ``out`` is the cache.
     """
-    from tasks.quicklook import artifact_key, is_current, made_in_run, publish_image
+    from tasks.quicklook import artifact_key, is_current, made_in_task_run, publish_image
 
     logger = get_run_logger()
-    started = datetime.now(UTC)
     manifest = gapfill_cube(cube, out, epochs=epochs, layers=layers, patch=patch, seed=seed,
                             overwrite=overwrite)
     result = {"artifact": str(out), **asdict(manifest)}
@@ -609,7 +607,7 @@ def gapfill_task(
             quicklook_png(cube, out, png)
         key = artifact_key(f"gapfill-{Path(out).name}")
         publish_image(png, key=key, description=f"gap filling of {cube}: before (top) / after (bottom)",
-                      fresh=made_in_run(manifest, started), max_pixels=720)
+                      fresh=made_in_task_run(manifest), max_pixels=720)
         result["quicklook"] = str(png)
     logger.info("gapfill %s: key %s, %.1f %% filled", out, manifest.key,
                 100 * manifest.outputs["filled_share"])

@@ -41,7 +41,6 @@ import re
 import time as _time
 import uuid
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -858,10 +857,9 @@ def labels_task(
     """
     from prefect.artifacts import create_table_artifact
 
-    from tasks.quicklook import artifact_key, is_current, made_in_run, publish_image
+    from tasks.quicklook import artifact_key, is_current, made_in_task_run, publish_image
 
     logger = get_run_logger()
-    started = datetime.now(UTC)
     manifest = recover_labels(cube, labels, out, lam=lam, variant=variant, epochs=epochs, patch=patch,
                               seed=seed, overwrite=overwrite)
     result = {"artifact": str(out), **asdict(manifest)}
@@ -878,7 +876,7 @@ def labels_task(
         if not is_current(png, out):
             quicklook_png(out, png)
         publish_image(png, key=artifact_key(f"labels-map-{Path(out).name}"),
-                      description=f"recovered classes and confidence, {out}", fresh=made_in_run(manifest, started),
+                      description=f"recovered classes and confidence, {out}", fresh=made_in_task_run(manifest),
                       max_pixels=720)
         result["quicklook"] = str(png)
     logger.info("labels %s: key %s, %d classes, %.1f %% of labelled pixels kept",

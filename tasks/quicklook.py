@@ -19,7 +19,7 @@ import xarray as xr  # noqa: E402
 from tasks.cube import open_cube  # noqa: E402
 
 __all__ = [
-    "FILLED_TINT", "RGB_NAMES", "artifact_key", "composite_png", "filled_view", "is_current", "made_in_run",
+    "FILLED_TINT", "RGB_NAMES", "artifact_key", "composite_png", "filled_view", "is_current", "made_in_task_run",
     "newest_composite", "publish_image", "rgb_bands", "stretch",
     "thumbnail_data_uri", "write_class_cog",
 ]
@@ -163,10 +163,15 @@ def artifact_key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "artifact"
 
 
-def made_in_run(manifest: Any, started: datetime) -> bool:
-    """True when ``manifest`` (a stage's :class:`tasks.checkpoint.Manifest`) was written at or after
-    ``started``: the task made its product, it did not reuse one."""
-    return datetime.fromisoformat(manifest.created) >= started
+def made_in_task_run(manifest: Any) -> bool:
+    """True when ``manifest`` (a stage's :class:`tasks.checkpoint.Manifest`) was written since the
+    running Prefect task (this attempt) began: the task made its product, it did not reuse one.
+    True outside a task run."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    began = ctx.task_run.start_time if ctx is not None else None
+    return began is None or datetime.fromisoformat(manifest.created) >= began
 
 
 def publish_image(png: str | Path, *, key: str, description: str, fresh: bool, max_pixels: int = 360) -> bool:

@@ -122,6 +122,8 @@ def test_pipeline_reuses_everything_then_recomputes_only_what_new_scenes_change(
     assert pipeline_up_to_date(load_catalog(own, env=env), "planet", stages=["anomalies"]) is None
     tuned = run_pipeline(own, "planet", stages=["anomalies"], env=env, workers=2)
     assert tuned["summary"]["stages"] == {"patch": "reused", "anomalies": "ran"}
+    remade = _image_versions(*images)  # a product made again is published again; the cube's quick-look is not
+    assert remade == {**images, next(iter(images)): images[next(iter(images))] + 1}, (remade, images)
     manifest = read_manifest(tuned["stages"]["anomalies"]["artifact"])
     assert (manifest.params["k"], manifest.params["bits"]) == (5.0, load_catalog(CATALOG, env=env).stages.anomalies.bits)
 
