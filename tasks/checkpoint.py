@@ -41,6 +41,7 @@ __all__ = [
     "load_state_dict",
     "manifest_path",
     "read_manifest",
+    "remove_artifact",
     "resumable_artifact",
     "reusable",
     "reuse_or_refuse",
@@ -222,6 +223,13 @@ def fingerprint(artifact: str | Path) -> str:
         st = p.stat()
         digest.update(f"{p.relative_to(artifact.parent)}:{st.st_size}:{st.st_mtime_ns};".encode())
     return "fp-" + digest.hexdigest()[:20]
+
+
+def remove_artifact(artifact: str | Path) -> None:
+    """Remove an artifact and its manifest, the manifest first (a run stopped in between leaves
+    a store without a manifest: not reused, made again)."""
+    _remove(manifest_path(artifact))
+    _remove(Path(artifact))
 
 
 def _remove(path: Path) -> None:

@@ -73,8 +73,8 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
-    manifest_path,
     read_manifest,
+    remove_artifact,
     reusable,
     reuse_or_refuse,
     stage_key,
@@ -642,11 +642,7 @@ def compress_cube(
     own = out_dir / "patches.zarr"
     if patches is not None and Path(patches) != own and reusable(patches, default_patch_key(cube, size)):
         source = Path(patches)
-        for leftover in (manifest_path(own), own):  # the same patches cut again: twice the storage
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            elif leftover.exists():
-                leftover.unlink()
+        remove_artifact(own)  # a copy of the same patches an earlier run cut: twice the storage
     else:
         source = own
         make_patches(cube, own, size=size, overwrite=overwrite, progress=progress)
