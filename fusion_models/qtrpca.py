@@ -150,8 +150,9 @@ def quantize(
 def bin_bounds(codes: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper edge of each entry's bin: ``(edges[codes], edges[codes + 1])``."""
     codes = np.asarray(codes)
-    if codes.size and (int(codes.max()) >= len(edges) - 1 or int(codes.min()) < 0):
-        bad = int(codes.max()) if int(codes.max()) >= len(edges) - 1 else int(codes.min())
+    low, high = (int(codes.min()), int(codes.max())) if codes.size else (0, 0)
+    if high >= len(edges) - 1 or low < 0:
+        bad = high if high >= len(edges) - 1 else low
         raise ValueError(
             f"codes must be in 0..{len(edges) - 2} (len(edges) - 2); got a code {bad}. "
             "Pass the edges quantize() returned with these codes; mark missing entries in omega, not by a code"
