@@ -302,7 +302,8 @@ def test_the_pipeline_flow_called_directly_starts_one_prefect_server(sample: Pat
     script = tmp_path / "direct.py"
     script.write_text(_FLOW_CALLED_DIRECTLY)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")  # a fresh database: as the commands allow it
     done = subprocess.run([sys.executable, str(script), str(CATALOG), json.dumps(_env(scenes, tmp_path / "data"))],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     out = done.stdout + done.stderr
