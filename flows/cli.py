@@ -115,7 +115,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                                 ("default", args.date)) if v is not None},
         band_files=args.band_files,
         select=[b.strip() for b in args.bands.split(",") if b.strip()] if args.bands else None,
-        layers=_layers(args.layer),
+        layers=_layers(args.layer), changed_scenes=args.changed_scenes,
         units={k: v for k, v in (("scale", args.scale), ("offset", args.offset), ("nodata", args.nodata),
                                  ("valid_range", args.valid_range)) if v is not None},
     )
@@ -225,9 +225,10 @@ def _print_report(report: dict[str, Any]) -> None:
     if not report["time_steps"] and not Path(report["path"]).exists():  # nothing taken: no cube made
         print(f"no cube written at {report['path']}: no scene was taken ({counts}; the reasons below)")
     else:
-        updated = len(report.get("dates_updated", []))
+        updated, rebuilt = len(report.get("dates_updated", [])), len(report.get("dates_replaced", []))
         print(f"cube {report['path']}: {report['time_steps']} time steps ({len(report['dates_added'])} new"
-              f"{f', {updated} updated with late scenes' if updated else ''}), {counts}"
+              f"{f', {updated} updated with late scenes' if updated else ''}"
+              f"{f', {rebuilt} rebuilt from changed scenes' if rebuilt else ''}), {counts}"
               f"{'; rewritten in date order (older dates were added)' if report.get('reordered') else ''}")
     for kind in ("quarantined", "skipped"):  # the first of each; a year of hourly steps is no list to read
         rows = report[kind]
@@ -420,6 +421,11 @@ def build_parser(stages: Sequence[str] = STAGE_MODULES) -> argparse.ArgumentPars
     i.add_argument("--layer", action="append", metavar="NAME=FILE",
                    help="a class map (e.g. land cover) to add as the static layer NAME, warped onto the "
                         "cube's grid by majority; repeatable (stage classify / labels train on it)")
+    i.add_argument("--changed-scenes", choices=["keep", "replace"], default=None,
+                   help="a file that changed since it was ingested (a re-processed delivery): keep what the "
+                        "cube holds and say so (keep), or rebuild its date from the files as they are now "
+                        "(replace); stored in the catalog beside the cube for later runs (default: what it "
+                        "says there, else keep)")
     i.add_argument("--scale", type=float, default=None,
                    help="physical value = raw x SCALE + OFFSET for every band, overriding what the files "
                         "declare (e.g. 0.0001 for MODIS NDVI or reflectance stored as integers)")

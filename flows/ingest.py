@@ -65,7 +65,8 @@ def ingest_steps(
     with cube_lock(load_catalog(catalog_path, env=env).cube_path(cube)):
         report = _ingest_parts(catalog_path, cube, start, end, env, concurrency=concurrency, progress_bar=progress_bar)
     quicklook = None
-    if report["time_steps"] and (report["dates_added"] or report["dates_updated"] or not _quicklook_path(report).exists()):
+    if report["time_steps"] and (report["dates_added"] or report["dates_updated"] or report["dates_replaced"]
+                                 or not _quicklook_path(report).exists()):
         quicklook = quicklook_task(report["path"], str(_quicklook_path(report)))
     elif report["time_steps"]:
         quicklook = str(_quicklook_path(report))

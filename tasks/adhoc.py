@@ -695,6 +695,7 @@ def build_adhoc_catalog(
     aoi: str | None = None,
     units: dict[str, Any] | None = None,
     select: Sequence[str] | None = None,
+    changed_scenes: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """A validated one-source, one-cube catalog for ``paths`` (as a dict) and the path it is
     written to beside the cube; nothing is written.
@@ -709,6 +710,9 @@ def build_adhoc_catalog(
     (a GeoJSON or raster file, :func:`tasks.aoi.aoi_bounds`): the area the cube covers, instead of
     the scenes' union. ``units``: ``scale``, ``offset``, ``nodata`` and ``valid_range`` (min, max)
     for every band, overriding what the files declare and the product presets (:func:`_with_units`).
+    ``changed_scenes``: ``keep`` or ``replace``, the cube's rule for scenes changed on disk since they
+    were ingested (``tasks.catalog.CubeSpec.changed_scenes``); default: what the catalog beside the
+    cube says, else keep.
     ``select``: the bands to take, by name (default: all); a band with no value in the first scene
     while the others have some is named in a warning, since a pixel is valid only where every band
     is observed. Appending to a cube whose catalog beside it has other band rules is refused
@@ -848,6 +852,8 @@ def build_adhoc_catalog(
         raw["sources"][f"layer_{name}"] = _layer_source(name, layer)
     path = out.with_name(out.name + ".catalog.yaml")
     _keep_pipeline_settings(raw, path, keep_grid=out.with_name(out.name + ".manifest.json").exists())
+    if changed_scenes is not None:
+        raw["cubes"][adhoc_cube_name(out)]["changed_scenes"] = changed_scenes
     if classes:
         log.warning("%s: a class map (its band has a colour table): its codes are warped by majority, never "
                     "interpolated; to add it to another cube as a label layer use --layer NAME=FILE",
@@ -866,8 +872,9 @@ def build_adhoc_catalog(
     return raw, path
 
 
-#: what a user adds to the catalog beside a cube for `fusioncube run`; a new ingest keeps it
-PIPELINE_CUBE_KEYS = ("stages", "params", "schedule")
+#: what a user adds to the catalog beside a cube for `fusioncube run` (and the rule for changed
+#: scenes); a new ingest keeps it
+PIPELINE_CUBE_KEYS = ("stages", "params", "schedule", "changed_scenes")
 PIPELINE_KEYS = ("stages", "orchestration")
 
 

@@ -344,15 +344,23 @@ class CubeSpec(_Strict):
     schedule: str | None = Field(
         default=None, description="cron of this cube's scheduled new-scene run (default: orchestration.schedule)"
     )
+    changed_scenes: Literal["keep", "replace"] = Field(
+        default="keep",
+        description="a scene file that changed since it was ingested (a re-processed delivery): keep what "
+                    "the cube holds and say so every run, or replace: rebuild its date's slice from that "
+                    "date's scenes as they are now",
+    )
 
     #: what only the pipeline reads (the stages after patching, their parameters, when it runs):
     #: not how the cube is built, so not in what ingest keys its work on
     PIPELINE_FIELDS: ClassVar[frozenset[str]] = frozenset({"patch", "params", "stages", "schedule"})
+    #: not keyed either: what to do with changed scenes (the scenes taken are in the manifest's key)
+    UNKEYED_FIELDS: ClassVar[frozenset[str]] = PIPELINE_FIELDS | {"changed_scenes"}
 
     def ingest_json(self) -> str:
-        """This entry as JSON without :attr:`PIPELINE_FIELDS`: what the cube's manifest key, its
+        """This entry as JSON without :attr:`UNKEYED_FIELDS`: what the cube's manifest key, its
         ingest parts and its template are keyed on, so listing a stage does not redo an ingest."""
-        return self.model_dump_json(exclude=set(self.PIPELINE_FIELDS))
+        return self.model_dump_json(exclude=set(self.UNKEYED_FIELDS))
 
     @field_validator("schedule")
     @classmethod

@@ -92,6 +92,8 @@ class IngestReport:
     dates_added: list[str] = field(default_factory=list)
     #: dates already in the cube whose slice took newly arrived scenes (mosaicked after its own)
     dates_updated: list[str] = field(default_factory=list)
+    #: dates already in the cube rebuilt from their scenes, some changed on disk (``changed_scenes: replace``)
+    dates_replaced: list[str] = field(default_factory=list)
     ingested: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
@@ -116,11 +118,14 @@ class IngestReport:
 
 @dataclass
 class ScenePlan:
-    """New scenes to ingest, grouped by date, and what was skipped or failed at discovery."""
+    """New scenes to ingest, grouped by date, and what was skipped or failed at discovery.
+    ``replace``: dates the cube holds whose scenes changed on disk, each with all its scenes as they
+    are now (the cube's ``changed_scenes: replace``)."""
 
     new: list[list[SceneRef]]
     skipped: list[dict[str, Any]]
     quarantined: list[dict[str, Any]]
+    replace: list[list[SceneRef]] = field(default_factory=list)
 
 
 # -- rules -------------------------------------------------------------------------------------
@@ -354,7 +359,7 @@ def scenes_within(plan: ScenePlan, grid: Grid, *, grid_from_scenes: bool = False
                 skipped.append({"scene": ref.id, "date": _as_date(ref.date), "reason": "outside the cube's bounds"})
         if inside:
             new.append(inside)
-    return ScenePlan(new, skipped, plan.quarantined)
+    return ScenePlan(new, skipped, plan.quarantined, plan.replace)
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -410,6 +415,7 @@ def plan_ingest(
             f"add a glob such as {s.root}/**/*{s.suffix} to the source in the catalog (`fusioncube ingest "
             f"{s.root} --out CUBE` writes one for each kind of file it finds)")})
     new: list[SceneRef] = []
+    changed: list[SceneRef] = []
     for ref in refs:
         stamp = ref.file_stamp()
         row = {"scene": ref.id, "date": _as_date(ref.date)}
@@ -419,20 +425,69 @@ def plan_ingest(
             skipped.append({**row, "reason": f"quarantined before: {bad[ref.id]['reason']}"})
         elif not _in_range(ref.date, start, end):
             continue
+        elif ref.id in done and spec.changed_scenes == "replace" and done[ref.id].get("date") == row["date"]:
+            changed.append(ref)
         elif ref.id in done:
-            same_size = done[ref.id].get("stamp", {}).get("size") == stamp.get("size")
-            skipped.append({**row, "reason": (
-                "its modification time changed since it was ingested, not its size (rewritten in place, "
-                "or copied without keeping times: `cp -p`, `rsync -t` keep them); the cube keeps what it "
-                "ingested: rebuild the cube to take the file again" if same_size else
-                "changed on disk since it was ingested (another size); the cube keeps what it ingested: "
-                "rebuild the cube to take the new file")})
+            skipped.append({**row, "reason": _changed_reason(done[ref.id], stamp, row["date"], cube)})
         else:
             new.append(ref)
+    replace = _replace_groups(catalog, spec, done, changed, new, skipped, bad) if changed else []
     new.sort(key=lambda r: (r.date or datetime.min, r.path, r.time_index or 0))
     grouped = [_one_step_per_file(list(g), skipped)
                for _, g in groupby(new, key=lambda r: r.date.date() if r.date else None)]
-    return ScenePlan(grouped, skipped, quarantined)
+    return ScenePlan(grouped, skipped, quarantined, replace)
+
+
+def _changed_reason(was: dict[str, Any], stamp: dict[str, int], date: str, cube: str) -> str:
+    """Why a scene that changed on disk since it was ingested is not taken (``changed_scenes: keep``,
+    or its date changed), and how to take it."""
+    if was.get("date") != date:
+        return (f"changed on disk since it was ingested, and its date with it ({was.get('date')} -> {date}); "
+                "the cube keeps what it ingested: rebuild the cube to take the new file")
+    how = (f"set `changed_scenes: replace` on cube {cube} in the catalog (or run `fusioncube ingest` with "
+           "--changed-scenes replace) to rebuild its date from the new file")
+    if was.get("stamp", {}).get("size") == stamp.get("size"):
+        return ("its modification time changed since it was ingested, not its size (rewritten in place, or "
+                "copied without keeping times: `cp -p`, `rsync -t` keep them); the cube keeps what it "
+                f"ingested: {how}")
+    return f"changed on disk since it was ingested (another size); the cube keeps what it ingested: {how}"
+
+
+def _replace_groups(
+    catalog: Catalog, spec: CubeSpec, done: dict[str, Any], changed: list[SceneRef], new: list[SceneRef],
+    skipped: list[dict[str, Any]], bad: dict[str, Any],
+) -> list[list[SceneRef]]:
+    """The dates to rebuild for ``changed`` scenes, each with every scene of that date as it is now:
+    the changed ones, the unchanged ones (opened again: discovery left them closed) and new ones of
+    the date (taken out of ``new``). A date is kept as it is, its changed scenes skipped with the
+    reason, while one of its scenes is gone from the sources or was quarantined in its new state:
+    a truncated re-delivery must not cost the slice what the old file gave it."""
+    days = {_as_date(r.date)[:10] for r in changed}  # YYYY-MM-DD of datetimes
+    wanted = {sid.split("#t")[0] for sid, rec in done.items() if rec.get("date", "")[:10] in days}
+    now: dict[str, SceneRef] = {}
+    unreadable: set[str] = set()
+    for source in spec.sources:
+        found, failed = discover(catalog, source, skip=lambda p: file_name(p) not in wanted)
+        now.update({r.id: r for r in found})
+        unreadable |= {file_name(p) for p, _ in failed}
+    groups: list[list[SceneRef]] = []
+    for day in sorted(days):
+        theirs = [sid for sid, rec in done.items() if rec.get("date", "")[:10] == day]
+        blocked = [sid for sid in theirs if sid.split("#t")[0] in unreadable or (
+            sid in now and sid in bad and bad[sid].get("stamp") == now[sid].file_stamp())]
+        gone = [sid for sid in theirs if sid not in now and sid not in blocked]
+        mine = [r for r in changed if _as_date(r.date)[:10] == day]
+        if gone or blocked:
+            why = (f"{blocked[0]} of this date cannot be taken in its new state (quarantined)" if blocked else
+                   f"{gone[0]}, ingested into this date, is gone from the sources")
+            skipped += [{"scene": r.id, "date": _as_date(r.date), "reason": f"changed on disk, but its date's "
+                         f"slice is kept: {why}"} for r in mine]
+            continue
+        late = [r for r in new if _as_date(r.date)[:10] == day]
+        new[:] = [r for r in new if _as_date(r.date)[:10] != day]
+        group = sorted([now[sid] for sid in theirs] + late, key=lambda r: (r.path, r.time_index or 0))
+        groups.append(group)
+    return groups
 
 
 def _one_step_per_file(group: list[SceneRef], skipped: list[dict[str, Any]]) -> list[SceneRef]:
@@ -912,6 +967,9 @@ def plan_parts(
     By default a part holds about a ``2 * concurrency``-th of the new dates (few parts: each is a
     task run), at most :data:`PART_BYTES` of data, rounded to whole time chunks.
 
+    Dates whose scenes changed on disk (``changed_scenes: replace``) come first, as ``"replace": True``
+    parts holding all of each date's scenes: their slices are written anew when attached.
+
     Cuts time steps a killed run left beyond the manifest, so the plan starts from a consistent cube.
     Part ids hash their scenes (name, size, mtime), the grid and the ingest code: the same new
     scenes give the same parts, which is what lets a killed run resume.
@@ -938,18 +996,22 @@ def plan_parts(
     size = dates_per_part or _part_size(len(fresh), grid, catalog, spec, concurrency)
     code = code_version(*INGEST_MODULES)
 
-    def part(groups: list[list[SceneRef]], merge: bool) -> dict[str, Any]:
+    def part(groups: list[list[SceneRef]], merge: bool, replace: bool = False) -> dict[str, Any]:
         stamps = [[(r.id, r.file_stamp()) for r in g] for g in groups]
         digest = hashlib.sha256(json.dumps(
-            [stamps, grid_to_dict(grid) if grid else None, code, spec.ingest_json(), merge], sort_keys=True,
-            default=str,
+            [stamps, grid_to_dict(grid) if grid else None, code, spec.ingest_json(), merge, replace],
+            sort_keys=True, default=str,
         ).encode()).hexdigest()[:16]
         scenes = [[_ref_to_dict(r) for r in g] for g in groups]
-        return {"id": f"{'merge-' if merge else ''}{_day(groups[0]) or 'undated'}-{digest}", "scenes": scenes,
-                "merge": merge}
+        kind = "replace-" if replace else "merge-" if merge else ""
+        return {"id": f"{kind}{_day(groups[0]) or 'undated'}-{digest}", "scenes": scenes, "merge": merge,
+                "replace": replace}
 
-    # dates already in the cube first: merged into their slices, they leave the time axis as it is
-    parts = [part(late[i : i + size], True) for i in range(0, len(late), size)]
+    # dates already in the cube first: rebuilt (changed scenes) or merged into their slices, they
+    # leave the time axis as it is
+    rebuilt = scene_plan.replace
+    parts = [part(rebuilt[i : i + size], True, replace=True) for i in range(0, len(rebuilt), size)]
+    parts += [part(late[i : i + size], True) for i in range(0, len(late), size)]
     i, first, appended = 0, (tc - steps % tc) % tc or size, 0
     while i < len(fresh):
         n = first if not appended else size
@@ -1104,6 +1166,17 @@ def _merge_store(path: Path, part: Path, steps: Sequence[int]) -> None:
         valid[t] = clear
 
 
+def _replace_slices(path: Path, part: Path, rows: Sequence[int], steps: Sequence[int]) -> None:
+    """Write the part store's dates ``rows`` over the cube's slices ``steps``: dates rebuilt from
+    all their scenes as they are now. Writing a slice again gives the same bytes."""
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    src = zarr.open_group(str(part), mode="r")
+    for name in ("data", "valid"):
+        target, source = zarr_array(group, name), zarr_array(src, name)
+        for i, t in zip(rows, steps, strict=True):
+            target[t] = source[i]
+
+
 def _append(path: Path, results: Sequence[DateResult]) -> None:
     """Append in-memory time steps with zarr directly (tests use it to mimic a killed run)."""
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
@@ -1220,7 +1293,22 @@ def attach_part(
     dates = [datetime.fromisoformat(d) for d in done["dates"]]
     scenes = [[by_id[i] for i in ids] for ids in done["scenes"]]
     store = Path(done["path"])
-    if dates and part.get("merge"):
+    if dates and part.get("replace"):
+        # a date whose rebuild lost a scene (the changed file is quarantined now) keeps its slice:
+        # the scene is in the report's quarantined rows, the slice stays what the old file gave it
+        wanted = {_day(g): {r.id for r in g} for g in ([_ref_from_dict(r) for r in g] for g in part["scenes"])}
+        whole = [i for i, (d, refs) in enumerate(zip(dates, scenes, strict=True))
+                 if {r.id for r in refs} == wanted.get(d.date().isoformat())]
+        steps = [state.dates.index(dates[i].date().isoformat()) for i in whole]
+        _replace_slices(state.path, store, whole, steps)
+        scenes = [scenes[i] for i in whole]
+        for t, refs_of_day in zip(steps, scenes, strict=True):
+            report.dates_replaced.append(state.dates[t])
+            for ref in refs_of_day:
+                state.scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": t}
+                state.quarantine.pop(ref.id, None)
+                report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
+    elif dates and part.get("merge"):
         # the part stays whole until the manifest lists its scenes: merging is idempotent (a
         # slice's clear pixels win over a later scene's), so a killed run merges it again
         steps = [state.dates.index(d.date().isoformat()) for d in dates]
@@ -1363,6 +1451,7 @@ def finish_ingest(catalog: Catalog, cube: str, plan: IngestPlan, reports: Sequen
         report.created |= r.created
         report.dates_added += r.dates_added
         report.dates_updated += r.dates_updated
+        report.dates_replaced += r.dates_replaced
         report.ingested += r.ingested
         report.quarantined += r.quarantined
         report.bytes_decoded += r.bytes_decoded

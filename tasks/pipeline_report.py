@@ -64,6 +64,8 @@ def pipeline_summary(products: dict[str, Any], started: datetime) -> dict[str, A
                     f"{ingest['time_steps']} time steps; {done}")
     if ingest.get("parts_reused"):
         headline += f" ({ingest['parts_reused']} ingest part(s) reused from an interrupted run)"
+    if ingest.get("dates_replaced"):
+        headline += f"; {len(ingest['dates_replaced'])} date(s) rebuilt from scenes changed on disk"
     if ingest.get("reordered"):
         headline += "; older dates arrived: the cube was rewritten in date order and its products recomputed"
     # a file that changed since it was ingested (a re-processed delivery) is not taken: said every
@@ -85,7 +87,9 @@ def pipeline_summary(products: dict[str, Any], started: datetime) -> dict[str, A
         f"- ingested: {new} scene(s), {len(ingest['dates_added'])} new date(s)"
         + (f" ({ingest['dates_added'][0]} .. {ingest['dates_added'][-1]})" if ingest["dates_added"] else "")
         + (f"; {len(ingest['dates_updated'])} date(s) already in the cube updated with late scenes"
-           if ingest.get("dates_updated") else ""),
+           if ingest.get("dates_updated") else "")
+        + (f"; {len(ingest['dates_replaced'])} date(s) rebuilt from scenes changed on disk"
+           if ingest.get("dates_replaced") else ""),
         f"- skipped: {len(ingest['skipped'])}; quarantined: {len(ingest['quarantined'])}",
         f"- cube: {_link(products['path'])} ({ingest['time_steps']} time steps)",
         f"- quick-look of the newest date: {_link(ingest.get('quicklook'))}",

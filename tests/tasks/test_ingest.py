@@ -633,6 +633,94 @@ def test_a_scene_touched_or_rewritten_after_ingest_is_skipped_saying_which(tmp_p
     assert "skipped S_20230611.tif: changed on disk since it was ingested (another size)" in text
 
 
+def test_changed_scenes_replace_rebuilds_their_date_from_the_files_as_they_are_now(tmp_path: Path, capsys) -> None:
+    """A re-processed delivery (the same file name, new values) was never taken: the cube kept the
+    old values and each run said "rebuild the cube". With `--changed-scenes replace` (the cube's
+    `changed_scenes: replace`) its date's slice is written again from the new file."""
+    from rasterio.transform import from_origin
+
+    from flows.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+
+    def write(day: str, value: int) -> None:
+        (src / f"S_{day}.tif").unlink(missing_ok=True)
+        with rasterio.open(src / f"S_{day}.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint16",
+                           crs="EPSG:32633", transform=from_origin(600_000, 5_000_000, 30, 30), nodata=0) as ds:
+            ds.write(np.full((1, 8, 8), value, np.uint16))
+
+    for day in ("20230601", "20230611", "20230621"):
+        write(day, 7)
+    out = tmp_path / "c.zarr"
+    assert main(["ingest", str(src), "--out", str(out)]) == 0
+    write("20230611", 9)  # re-processed: new values, the same size
+    capsys.readouterr()
+    assert main(["ingest", str(src), "--out", str(out)]) == 0
+    assert "set `changed_scenes: replace` on cube" in capsys.readouterr().out
+    assert (xr.open_zarr(out)["data"].values == 7).all()  # kept, as the default says
+
+    assert main(["ingest", str(src), "--out", str(out), "--changed-scenes", "replace"]) == 0
+    assert "1 rebuilt from changed scenes" in capsys.readouterr().out
+    data = xr.open_zarr(out)["data"].values
+    assert (data[1] == 9).all() and (data[[0, 2]] == 7).all() and data.shape[0] == 3
+    assert "changed_scenes: replace" in out.with_name("c.zarr.catalog.yaml").read_text()  # kept for later runs
+
+    # a truncated re-delivery (a copy still running) is quarantined and the slice keeps its values;
+    # once the file is whole again, the date is rebuilt
+    good = (src / "S_20230611.tif").read_bytes()
+    (src / "S_20230611.tif").write_bytes(good[: len(good) // 3])
+    assert main(["ingest", str(src), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "quarantined S_20230611.tif" in text and "rebuilt" not in text
+    assert (xr.open_zarr(out)["data"].values[1] == 9).all()
+    write("20230611", 11)
+    assert main(["ingest", str(src), "--out", str(out)]) == 0
+    assert "1 rebuilt from changed scenes" in capsys.readouterr().out
+    assert (xr.open_zarr(out)["data"].values[1] == 11).all()
+    assert main(["ingest", str(src), "--out", str(out)]) == 0
+    assert "0 scenes ingested" in capsys.readouterr().out  # and then nothing is new
+
+
+def test_a_replaced_date_is_the_mosaic_of_all_its_scenes_as_if_they_came_together(sample: Path, tmp_path: Path) -> None:
+    """A date of two tiles, one re-delivered: the slice is rebuilt from both tiles (the unchanged
+    one opened again), equal to a cube built from the current files in one go. A run killed after
+    the slice was written, before the manifest, writes the same bytes again."""
+    scenes = tmp_path / "scenes"
+    shutil.copytree(sample, scenes)
+    cat = _catalog(scenes, tmp_path / "data", cubes__planet__changed_scenes="replace")
+    ingest_cube(cat, "planet")
+    path = cat.cube_path("planet")
+    tiles = sorted((scenes / "planet").glob("PSScene_20190813_*_AnalyticMS_SR.tif"))
+    with rasterio.open(tiles[1], "r+") as ds:  # re-processed in place: darker values
+        ds.write((ds.read().astype(np.int64) * 9 // 10).astype(ds.dtypes[0]))
+    whole = _catalog(scenes, tmp_path / "whole")
+    ingest_cube(whole, "planet")
+
+    again = ingest_cube(cat, "planet")
+    assert again.dates_replaced == ["2019-08-13"] and not again.dates_added and not again.skipped
+    assert sorted(r["scene"] for r in again.ingested) == sorted(t.name for t in tiles)
+    _same_cube(path, whole.cube_path("planet"))
+    assert read_manifest(path).key == read_manifest(whole.cube_path("planet")).key
+
+    digest = _store_digest(path)
+    manifest = read_manifest(path)
+    old = {**manifest.outputs["scenes"], tiles[1].name: {**manifest.outputs["scenes"][tiles[1].name], "stamp": {}}}
+    tasks.ingest.write_manifest(path, dataclasses.replace(manifest, outputs={**manifest.outputs, "scenes": old}))
+    assert ingest_cube(cat, "planet").dates_replaced == ["2019-08-13"]
+    assert _store_digest(path) == digest
+    assert ingest_cube(cat, "planet").ingested == []
+
+    # one tile of the date gone, the other changed again: the slice keeps what it has, saying why
+    tiles[0].unlink()
+    with rasterio.open(tiles[1], "r+") as ds:
+        ds.write((ds.read().astype(np.int64) * 9 // 10).astype(ds.dtypes[0]))
+    kept = ingest_cube(cat, "planet")
+    assert not kept.dates_replaced and [s["scene"] for s in kept.skipped] == [tiles[1].name]
+    assert f"{tiles[0].name}, ingested into this date, is gone from the sources" in kept.skipped[0]["reason"]
+    assert _store_digest(path) == digest
+
+
 def test_a_new_kind_of_file_in_an_ingested_folder_is_named_by_the_scheduled_run(tmp_path: Path) -> None:
     """`fusioncube ingest DIR` writes one glob per suffix it found (DIR/**/*.tif): a JPEG 2000 scene
     arriving there later matches none, and `fusioncube run` (or a served deployment) said only
