@@ -30,7 +30,7 @@ observed mask is an extra input feature (see ``PixelClassifier``).
 Outputs: ``classes.zarr`` (``classes(y, x)`` uint8 class codes with ``flag_values`` /
 ``flag_meanings``, the fill where never observed; ``confidence(y, x)`` the winning class
 probability, NaN where never observed; the cube's grid), its
-manifest (key, test scores, training history), ``classes.tif`` (Cloud-Optimized GeoTIFF with the
+manifest (key, test scores, training history), ``classes.zarr.tif`` (Cloud-Optimized GeoTIFF with the
 NLCD colour table or the layer's colours), the weights ``classes.zarr.cnn4d.pt`` (a ``torch.save`` dict with the state
 dict, loaded with ``weights_only=True``), and a confusion-matrix PNG.
 """
@@ -86,7 +86,7 @@ from tasks.cube import (
 )
 from tasks.labels import check_byte_codes, raster_labels
 from tasks.patch import make_patches, patch_split
-from tasks.quicklook import class_names, colour_table
+from tasks.quicklook import class_names, cog_path, colour_table
 from tasks.runlog import reports_warnings
 
 __all__ = [
@@ -280,12 +280,6 @@ def weights_path(out: str | Path) -> Path:
     """``classes.zarr`` -> ``classes.zarr.cnn4d.pt`` (the model beside the artifact)."""
     out = Path(out)
     return out.with_name(out.name + ".cnn4d.pt")
-
-
-def cog_path(out: str | Path) -> Path:
-    """``classes.zarr`` -> ``classes.tif`` (the colour-mapped Cloud-Optimized GeoTIFF)."""
-    out = Path(out)
-    return out.with_suffix(".tif") if out.suffix == ".zarr" else out.with_name(out.name + ".tif")
 
 
 def save_model(model: PixelClassifier, path: str | Path, *, bands: list[str],

@@ -217,7 +217,7 @@ def _product(path: Path, cube_error: CubeSchemaError) -> tuple[xr.Dataset, str]:
 
 def _geotiff(path: Path) -> list[str]:
     """A GeoTIFF (a stage's class-map COG, an exported date): its raster in brief, and the store
-    it was made from when it lies beside it (``X.tif`` / ``X.zarr.tif`` beside ``X.zarr``)."""
+    it was made from when it lies beside it (``X.zarr.tif``, or an older ``X.tif``, beside ``X.zarr``)."""
     import rasterio
 
     try:

@@ -86,7 +86,7 @@ from tasks.cube import (
     unobserved_reason,
 )
 from tasks.discover import RASTER_SUFFIXES
-from tasks.quicklook import class_names, colour_table
+from tasks.quicklook import class_names, cog_path, colour_table
 from tasks.runlog import reports_warnings
 
 __all__ = [
@@ -371,12 +371,6 @@ def weights_path(out: str | Path) -> Path:
     """``labels.zarr`` -> ``labels.zarr.unet.pt`` (the state dict beside the artifact)."""
     out = Path(out)
     return out.with_name(out.name + ".unet.pt")
-
-
-def cog_path(out: str | Path) -> Path:
-    """``labels.zarr`` -> ``labels.zarr.tif`` (the colour-mapped Cloud-Optimized GeoTIFF)."""
-    out = Path(out)
-    return out.with_name(out.name + ".tif")
 
 
 def load_model(out: str | Path, *, device: torch.device | str | None = None) -> UNetLRTD:

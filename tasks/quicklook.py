@@ -240,6 +240,14 @@ def class_names(classes: tuple[int, ...], attrs: dict | None = None, *, nlcd: bo
     return {c: names.get(c, f"class {c}") for c in classes}
 
 
+def cog_path(out: str | Path) -> Path:
+    """``X.zarr`` -> ``X.zarr.tif``: the colour-mapped Cloud-Optimized GeoTIFF of a class-map product
+    (labels, classify). The whole name is kept: ``X.tif`` may be the very raster the map was
+    trained on."""
+    out = Path(out)
+    return out.with_name(out.name + ".tif")
+
+
 def write_class_cog(
     path: str | Path,
     codes: np.ndarray,

@@ -223,18 +223,23 @@ def test_a_label_layer_of_another_legend_is_learnt_in_its_own_classes(tmp_path) 
 
 def test_a_label_raster_file_trains_like_the_layer(trained, tmp_path) -> None:
     """``label=FILE.tif``: a class raster (here the layer's own codes, written as a GeoTIFF at
-    twice the pixel size) is warped onto the cube's grid and cut into the patch store."""
+    twice the pixel size) is warped onto the cube's grid and cut into the patch store. The map's
+    COG is ``OUT.zarr.tif``: it used to be ``OUT.tif``, which wrote over ``landcover.tif`` itself
+    when the product was named after its labels (``--out landcover.zarr``)."""
     cube, _, codes, _ = trained
     transform = Affine(6.0, 0, 450000.0, 0, -6.0, 4650000.0)
     with rasterio.open(tmp_path / "landcover.tif", "w", driver="GTiff", width=W // 2, height=H // 2, count=1,
                        dtype="uint8", crs="EPSG:32615", transform=transform, nodata=0) as ds:
         ds.write(codes[::2, ::2], 1)
-    out = tmp_path / "from_file.zarr"
+    given = (tmp_path / "landcover.tif").read_bytes()
+    out = tmp_path / "landcover.zarr"
     manifest = classify_cube(cube, out, label=str(tmp_path / "landcover.tif"), epochs=12, patch=16, block=1,
                              batch=4, crop=16, width=2, lr=1e-2, device="cpu")
     pred = xr.open_zarr(out)["classes"].values
     assert (pred == codes).mean() > 0.85 and manifest.stats["test"]["accuracy"] > 0.8
     assert manifest.inputs["labels"]  # the raster's content is part of the key
+    assert (tmp_path / "landcover.tif").read_bytes() == given
+    assert manifest.outputs["cog"] == str(tmp_path / "landcover.zarr.tif")
 
 
 def test_cli_registered() -> None:
