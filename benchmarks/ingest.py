@@ -7,7 +7,10 @@ One run, on the ``bench`` sample area (``--quick``: ``small``):
   Zarr append, manifests);
 - the raw bound on the same scenes: plain rasterio read of the same bands and masks + Zarr write
   of the same bytes with the same chunking and the same number of threads, no warp, no validation;
-- peak resident memory of ingest for a short archive and one 4x longer, each in a fresh process.
+- peak resident memory of ingest for a short archive and one 4x longer, each in a fresh process;
+- a backfill's date-order rewrite (the archive's two oldest dates ingested last): the chunk
+  folders hard-linked in their new order (the default one step per time chunk) against every step
+  decoded and re-encoded (what a cube chunked several steps deep gets), on copies of one cube.
 
     python -m benchmarks.ingest --out ingest.json [--quick]
 """
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +118,44 @@ def run_raw_bound(sample: Path, out: Path) -> dict[str, Any]:
     return {"seconds": seconds, "files": len(files)}
 
 
+def run_backfill_sort(sample: Path, work: Path) -> dict[str, Any]:
+    """Ingest all but the two oldest dates, then those two (a backfill) with the date-order rewrite
+    held back; then time that rewrite on two copies of the unsorted cube, linked and re-encoded."""
+    from unittest import mock
+
+    import numpy as np
+    import xarray as xr
+
+    import tasks.ingest as ing
+
+    dates = sorted({p.name.split("_")[1] for p in (sample / "planet").glob("*_AnalyticMS_SR.tif")})
+    third = datetime.strptime(dates[2], "%Y%m%d").date()
+    data = work / "backfill"
+    ing.ingest_cube(_catalog(sample, data), "planet", workers=WORKERS, start=third)
+    with mock.patch.object(ing, "sort_time_axis", lambda state: False):
+        ing.ingest_cube(_catalog(sample, data), "planet", workers=WORKERS)
+    seconds, cubes = {}, {}
+    for way in ("linked", "rewritten"):
+        copy = work / f"backfill-{way}"
+        shutil.copytree(data, copy)
+        catalog = _catalog(sample, copy)
+        state = ing._CubeState(catalog, "planet", ing.grid_of_cube(catalog.cube_path("planet")))
+        with mock.patch.object(ing, "_one_step_chunk_folders", lambda arr, way=way: way == "linked"):
+            t0 = time.perf_counter()
+            assert ing.sort_time_axis(state)
+            seconds[way] = time.perf_counter() - t0
+        cubes[way] = catalog.cube_path("planet")
+    a, b = (xr.open_zarr(cubes[w]) for w in ("linked", "rewritten"))
+    same = bool((a["time"].values == b["time"].values).all() and np.array_equal(
+        a["data"][[0, -1]].values, b["data"][[0, -1]].values, equal_nan=True))
+    steps = a.sizes["time"]
+    mb = a["data"].nbytes / 1e6 + a["valid"].nbytes / 1e6
+    for w in ("linked", "rewritten"):
+        shutil.rmtree(work / f"backfill-{w}")
+    shutil.rmtree(data)
+    return {"steps": steps, "cube_mb": mb, "seconds": seconds, "same_cube": same}
+
+
 def _worker(sample: Path, data: Path) -> None:
     """Child process: ingest and print the result with this process's peak RSS."""
     result = run_ingest(sample, data)
@@ -157,6 +199,8 @@ def run(out: Path, *, quick: bool = False, seed: int = 0, sample: Path | None = 
         shutil.rmtree(work / "raw.zarr")
         long_run = _in_child(long_root, work / "data-long")
         short_run = _in_child(short_root, work / "data-short")
+        shutil.rmtree(work / "data-long", ignore_errors=True)
+        backfill = run_backfill_sort(long_root, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     throughput = mb_long / long_run["seconds"]
@@ -168,6 +212,8 @@ def run(out: Path, *, quick: bool = False, seed: int = 0, sample: Path | None = 
         "peak_rss_mb_short": round(short_run["peak_rss_mb"], 1),
         "peak_rss_mb_long": round(long_run["peak_rss_mb"], 1),
         "rss_ratio_long_vs_short": round(long_run["peak_rss_mb"] / short_run["peak_rss_mb"], 3),
+        "backfill_sort_mb_s": round(backfill["cube_mb"] / backfill["seconds"]["linked"], 1),
+        "backfill_sort_speedup_vs_reencode": round(backfill["seconds"]["rewritten"] / backfill["seconds"]["linked"], 1),
     }
     result = {
         "benchmark": "ingest",
@@ -179,9 +225,13 @@ def run(out: Path, *, quick: bool = False, seed: int = 0, sample: Path | None = 
                      "time_steps": long_run["time_steps"], "quarantined": long_run["quarantined"]},
             "short": {"dates": short_dates, "scenes": short_run["scenes"], "decoded_mb": round(mb_short, 1)},
             "generation_seconds": round(gen_seconds, 1),
+            "backfill": {"time_steps": backfill["steps"], "cube_mb_decoded": round(backfill["cube_mb"], 1),
+                         "same_cube_both_ways": backfill["same_cube"]},
         },
         "seconds": {"ingest_long": round(long_run["seconds"], 2), "raw_bound": round(raw["seconds"], 2),
-                    "ingest_short": round(short_run["seconds"], 2)},
+                    "ingest_short": round(short_run["seconds"], 2),
+                    "backfill_sort_linked": round(backfill["seconds"]["linked"], 3),
+                    "backfill_sort_reencoded": round(backfill["seconds"]["rewritten"], 3)},
         "threads": WORKERS,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": _versions(),
@@ -211,7 +261,10 @@ def _markdown(r: dict[str, Any]) -> str:
         f"| ratio vs raw | {s['ratio_vs_raw']} | >= 0.6 |\n"
         f"| peak RSS, {d['short']['dates']} dates | {s['peak_rss_mb_short']} MB | |\n"
         f"| peak RSS, {d['long']['dates']} dates | {s['peak_rss_mb_long']} MB | |\n"
-        f"| long / short | {s['rss_ratio_long_vs_short']} | <= 1.3 |\n\n"
+        f"| long / short | {s['rss_ratio_long_vs_short']} | <= 1.3 |\n"
+        f"| backfill date-order rewrite, {d['backfill']['time_steps']} steps ({d['backfill']['cube_mb_decoded']} MB "
+        f"decoded), linked | {s['backfill_sort_mb_s']} MB/s, {s['backfill_sort_speedup_vs_reencode']}x re-encoding "
+        f"({r['seconds']['backfill_sort_linked']} s vs {r['seconds']['backfill_sort_reencoded']} s) | |\n\n"
         f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs; {r['threads']} threads.\n"
     )
 

@@ -1374,10 +1374,36 @@ def _without_time_chunks(src: str, names: list[str]) -> list[str]:
     return ["c"] if Path(src).name in ("data", "valid", "time") and "c" in names else []
 
 
+def _one_step_chunk_folders(arr: zarr.Array) -> bool:
+    """Whether each time step of ``arr`` is a folder of its own, ``c/<t>/...`` (one step per chunk,
+    no sharding, the default ``/`` chunk keys): the layout whose steps are reordered by renaming."""
+    from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+
+    keys = getattr(arr.metadata, "chunk_key_encoding", None)  # a v2 array has none: not this layout
+    return (arr.chunks[0] == 1 and arr.shards is None and isinstance(keys, DefaultChunkKeyEncoding)
+            and keys.separator == "/")
+
+
+def _link_time_steps(src: Path, dst: Path, order: np.ndarray) -> None:
+    """``dst/<i>`` = ``src/<order[i]>``, chunk files hard-linked (copied where the file system has no
+    hard links): a date-order rewrite without decoding or encoding a byte. The source stays whole
+    until the swap, as with a copy; nothing writes to a chunk file in place while both exist."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for i, j in enumerate(order):
+        if not (src / str(int(j))).exists():
+            continue  # a step whose chunks are all fill: nothing stored
+        try:
+            shutil.copytree(src / str(int(j)), dst / str(i), copy_function=os.link)
+        except OSError:
+            shutil.rmtree(dst / str(i), ignore_errors=True)
+            shutil.copytree(src / str(int(j)), dst / str(i))
+
+
 def sort_time_axis(state: _CubeState) -> bool:
     """Rewrite the cube at ``state.path`` in increasing date order when it is not, and its
     manifest with it (``dates`` and each scene's ``time_index`` follow their slices). Returns
-    whether it was rewritten. Static layers and attributes are copied as they are."""
+    whether it was rewritten. Static layers and attributes are copied as they are; with one time
+    step per chunk (the default) the steps' chunk folders are hard-linked in their new order."""
     path = state.path
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
     times = np.asarray(zarr_array(group, "time")[:])
@@ -1393,6 +1419,9 @@ def sort_time_axis(state: _CubeState) -> bool:
     dst = zarr.open_group(str(tmp), mode="r+", use_consolidated=False)
     for name in ("data", "valid"):
         src_arr, dst_arr = zarr_array(group, name), zarr_array(dst, name)
+        if _one_step_chunk_folders(src_arr):
+            _link_time_steps(path / name / "c", tmp / name / "c", order)
+            continue
         step = src_arr.chunks[0]
         for start in range(0, order.size, step):  # one time chunk in memory at a time
             picks = order[start:start + step]  # each source chunk they lie in read once, not once a date

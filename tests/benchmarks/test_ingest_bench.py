@@ -15,4 +15,5 @@ def test_quick_ingest_benchmark_writes_its_summary(tmp_path: Path) -> None:
         assert summary[key] > 0, key
     assert result["data"]["long"]["time_steps"] == result["data"]["long"]["dates"]
     assert result["data"]["long"]["quarantined"] == 0
+    assert summary["backfill_sort_mb_s"] > 0 and result["data"]["backfill"]["same_cube_both_ways"]
     assert out.with_suffix(".md").read_text().startswith("# Ingest benchmark")

@@ -538,7 +538,15 @@ def _same_cube(got: Path, want: Path) -> None:
 
 
 @pytest.mark.parametrize("time_chunk", [1, 3])  # 3: a rewritten chunk gathers dates from two source chunks
-def test_a_backfill_of_older_dates_leaves_the_time_axis_in_order(sample: Path, tmp_path: Path, time_chunk: int) -> None:
+def test_a_backfill_of_older_dates_leaves_the_time_axis_in_order(
+    sample: Path, tmp_path: Path, time_chunk: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With one step per time chunk the rewrite links the steps' chunk folders in their new order
+    (nothing decoded); with more, it reads and writes one time chunk at a time. Both give the cube
+    of an ingest in date order."""
+    linked: list[str] = []
+    link = tasks.ingest._link_time_steps
+    monkeypatch.setattr(tasks.ingest, "_link_time_steps", lambda src, *a: linked.append(src.parent.name) or link(src, *a))
     whole = _catalog(sample, tmp_path / "whole", cubes__planet__chunks__time=time_chunk)
     ingest_cube(whole, "planet")
     scenes = tmp_path / "scenes"
@@ -551,6 +559,7 @@ def test_a_backfill_of_older_dates_leaves_the_time_axis_in_order(sample: Path, t
         shutil.move(f, scenes / "planet" / f.name)
     report = ingest_cube(cat, "planet", dates_per_part=1)
     assert report.reordered and len(report.dates_added) == 2
+    assert linked == (["data", "valid"] if time_chunk == 1 else [])
     path = cat.cube_path("planet")
     _same_cube(path, whole.cube_path("planet"))
     first = f"{days[0][:4]}-{days[0][4:6]}-{days[0][6:]}"
