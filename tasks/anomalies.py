@@ -173,13 +173,16 @@ def strongest_anomalies(ds: xr.Dataset, n: int = 20, observed: xr.DataArray | No
     magnitudes = score
     if observed is not None and len(ts):
         magnitudes = observed.isel(at).values.astype(float) - ds["background"].isel(at).values.astype(float)
+    # coordinates to a tenth of a pixel, and at most to the centimetre (metres) or its like
+    step = float(np.abs(np.diff(ds["x"].values[:2])).max(initial=0.0)) or 1.0
+    decimals = max(2, int(np.ceil(-np.log10(step))) + 1)
     rows = []
     for t, i, j, magnitude, value in zip(ts, ys, xs, magnitudes, score, strict=True):
         rows.append({
             "date": str(np.datetime_as_string(ds["time"].values[t], unit="D")),
-            "x": float(ds["x"].values[j]),
-            "y": float(ds["y"].values[i]),
-            "magnitude_k": float(f"{float(magnitude):.4g}"),  # 4 significant digits: kelvin or NDVI
+            "x": round(float(ds["x"].values[j]), decimals),
+            "y": round(float(ds["y"].values[i]), decimals),
+            "magnitude": float(f"{float(magnitude):.4g}"),  # 4 significant digits, in the band's units
             "score": float(f"{float(value):.4g}"),
         })
     return rows
@@ -570,7 +573,7 @@ def anomalies_task(
     """
     from prefect.artifacts import create_table_artifact
 
-    from tasks.quicklook import artifact_key, is_current, made_in_task_run, publish_image
+    from tasks.quicklook import is_current, made_in_task_run, product_key, publish_image
 
     logger = get_run_logger()
     try:
@@ -581,17 +584,16 @@ def anomalies_task(
         return {"artifact": None, "waiting": str(exc)}
     ds = xr.open_zarr(out, consolidated=None)
     rows = strongest_anomalies(ds, top, observed_band(cube, manifest.outputs["band"])) or [
-        {"date": "-", "x": "", "y": "", "magnitude_k": 0.0, "score": 0.0}]
-    name = Path(out).name
+        {"date": "-", "x": "", "y": "", "magnitude": 0.0, "score": 0.0}]
     create_table_artifact(
-        table=rows, key=artifact_key(f"anomalies-{name}"),
-        description=f"strongest anomalies in {out}: magnitude = observed - background, in the band's "
-                    "units; score = the shift pooled with the 3 x 3 x 3 neighbourhood",
+        table=rows, key=product_key("anomalies", cube, out),
+        description=f"strongest anomalies in {out}: magnitude = observed - background, in the units of "
+                    f"band {manifest.outputs['band']} of {cube}; score = the shift pooled with the 3 x 3 x 3 neighbourhood",
     )
     png = Path(out).with_suffix(".png")
     if not is_current(png, out):
         anomalies_png(out, png)
-    publish_image(png, key=artifact_key(f"anomalies-png-{name}"), description=f"largest anomaly score per pixel ({png})",
+    publish_image(png, key=product_key("anomalies-png", cube, out), description=f"largest anomaly score per pixel ({png})",
                   fresh=made_in_task_run(manifest))
     logger.info("anomalies %s: key %s, %s flagged", out, manifest.key, manifest.stats.get("flagged"))
     return {"artifact": str(out), "quicklook": str(png), **asdict(manifest)}

@@ -385,8 +385,10 @@ def model_scheme(meta: dict[str, Any]) -> LabelScheme:
 
 
 def confusion_png(confusion: np.ndarray, path: str | Path, *, title: str = "",
-                  classes: tuple[int, ...] = CLASSES, legend: str = "NLCD class") -> Path:
-    """Row-normalised confusion matrix (truth rows, predicted columns) of the classes present."""
+                  classes: tuple[int, ...] = CLASSES, legend: str = "NLCD class",
+                  names: dict[int, str] | None = None) -> Path:
+    """Row-normalised confusion matrix (truth rows, predicted columns) of the classes present,
+    ticked with code and name (``names``, default NLCD's)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -396,24 +398,26 @@ def confusion_png(confusion: np.ndarray, path: str | Path, *, title: str = "",
     keep = (conf.sum(axis=1) > 0) | (conf.sum(axis=0) > 0)
     sub = conf[np.ix_(keep, keep)]
     norm = sub / np.maximum(sub.sum(axis=1, keepdims=True), 1)
-    codes = [str(c) for c, k in zip(classes, keep, strict=True) if k]
-    fig, ax = plt.subplots(figsize=(0.45 * len(codes) + 2.5, 0.45 * len(codes) + 2))
+    names = names if names is not None else dict(NLCD_CLASSES)
+    codes = [f"{c} {names.get(c, '')}".strip() for c, k in zip(classes, keep, strict=True) if k]
+    side = 0.55 * len(codes) + 3.5
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(codes)), codes, rotation=90, fontsize=8)
+    ax.set_xticks(range(len(codes)), codes, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(codes)), codes, fontsize=8)
     ax.set_xlabel(f"predicted {legend}")
     ax.set_ylabel(f"true {legend}")
     for i in range(len(codes)):
         for j in range(len(codes)):
             if sub[i, j]:
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, shrink=0.7, label="share of the true class")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -696,7 +700,8 @@ def classify_cube(
         png = confusion_png(np.asarray(result["confusion"]), out.with_name(out.name + ".confusion.png"),
                             title=f"{cube.name}, test patches: accuracy {result['accuracy']:.3f}, "
                                   f"macro-F1 {result['macro_f1']:.3f}",
-                            classes=scheme.classes, legend="NLCD class" if scheme.nlcd else "class")
+                            classes=scheme.classes, legend="NLCD class" if scheme.nlcd else "class",
+                            names=scheme.names)
     found_classes = {str(c): int(n) for c, n in zip(scheme.classes, class_pixels, strict=True) if n}
     manifest = Manifest(
         stage=STAGE, key=key, params=params, inputs=inputs, code_version=code_version(*CODE_MODULES),
@@ -789,23 +794,22 @@ def classify_task(
     """
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from tasks.quicklook import artifact_key, made_in_task_run, publish_image
+    from tasks.quicklook import made_in_task_run, product_key, publish_image
 
     logger = get_run_logger()
     manifest = classify_cube(cube, out, model=model, label=label, epochs=epochs, patch=patch, block=block,
                              seed=seed, device=device, overwrite=overwrite)
     test = manifest.stats.get("test")
-    name = Path(out).name
     if test:
-        create_table_artifact(table=test["per_class"], key=artifact_key(f"classify-{name}-classes"),
+        create_table_artifact(table=test["per_class"], key=product_key("classify-classes", cube, out),
                               description=f"per-class precision / recall / F1 on the test patches of {cube}")
         png = manifest.outputs.get("confusion_png")
         if png and Path(png).exists():
-            publish_image(png, key=artifact_key(f"classify-{name}-confusion"),
+            publish_image(png, key=product_key("classify-confusion", cube, out),
                           description="confusion matrix (rows: truth, normalised)",
-                          fresh=made_in_task_run(manifest), max_pixels=720)
+                          fresh=made_in_task_run(manifest))
     create_markdown_artifact(
-        key=artifact_key(f"classify-{name}"),
+        key=product_key("classify", cube, out),
         markdown=(f"### Land-cover classes of `{cube}`\n\n4D-CNN, device `{manifest.stats['device']}`; "
                   f"map `{manifest.outputs['cog']}`\n\n"
                   + (f"test accuracy **{test['accuracy']:.3f}**, macro-F1 **{test['macro_f1']:.3f}** "

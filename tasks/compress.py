@@ -680,7 +680,7 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
     the pipeline's patch store, coded when it holds the patches the stage would cut."""
     from prefect.artifacts import create_table_artifact
 
-    from tasks.quicklook import artifact_key, made_in_task_run, publish_image
+    from tasks.quicklook import made_in_task_run, product_key, publish_image
 
     logger = get_run_logger()
     manifest = compress_cube(cube, out_dir, patch=patch, overwrite=overwrite,
@@ -693,12 +693,12 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
         table=[{"bits_per_entry": round(s["bits_per_entry"], 4), "psnr_db": round(s["psnr_db"], 2),
                 "nrmse": round(s["nrmse"], 4), "test_psnr_db": None if s["test"]["psnr_db"] is None else round(s["test"]["psnr_db"], 2),
                 "decoded_observed_psnr_db": None if seen.get("psnr_db") is None else round(seen["psnr_db"], 2)}],
-        key=artifact_key(f"compress-{Path(out_dir).name}"),
+        key=product_key("compress", cube, out_dir),
         description=f"TDL compression of {cube} (ranks {manifest.outputs['ranks']})",
     )
     png = Path(out_dir) / "compress.png"
     if png.exists():
-        publish_image(png, key=artifact_key(f"compress-png-{Path(out_dir).name}"),
+        publish_image(png, key=product_key("compress-png", cube, out_dir),
                       description=f"original | decoded | error, {cube}", fresh=made_in_task_run(manifest),
                       max_pixels=900)
     logger.info("compress %s: %.3f bpe, PSNR %.2f dB", out_dir, s["bits_per_entry"], s["psnr_db"])

@@ -492,47 +492,64 @@ def gapfill_cube(
     return manifest
 
 
-def _display(values: np.ndarray, bands: list[str]) -> np.ndarray:
-    """``(C, H, W)`` -> an RGB (or grey) image in 0..1, NaN grey."""
-    names = [b.lower() for b in bands]
-    idx = [names.index(c) for c in ("red", "green", "blue")] if all(
-        c in names for c in ("red", "green", "blue")) else [0, 0, 0]
-    rgb = np.moveaxis(values[idx], 0, -1).astype(np.float64)
-    return rgb
+GAP_COLOUR = (1.0, 0.0, 1.0)  # magenta: in no true-colour scene and in no viridis shade
 
 
 def quicklook_png(cube: str | Path, filled: str | Path, out_png: str | Path, *, dates: int = 4) -> Path:
-    """Before / after PNG for the ``dates`` dates with the most gaps (true colour when possible)."""
+    """Before / after PNG for the ``dates`` dates with the most gaps: true colour when the cube has
+    red, green and blue bands, else its first band in viridis with a colour bar naming it. Gaps are
+    magenta in the "before" row; the "after" row says how much of each date was filled. Only the
+    chosen dates are read."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from tasks.quicklook import rgb_bands
+
     before = open_cube(cube)
     after = xr.open_zarr(filled, consolidated=None)
-    gaps = after["filled"].mean(("y", "x")).values
-    picks = np.sort(np.argsort(-gaps)[: min(dates, gaps.size)])
+    filled_share = after["filled"].mean(("y", "x")).values
+    picks = np.sort(np.argsort(-filled_share)[: min(dates, filled_share.size)])
+    gaps = ~before["valid"].isel(time=picks).values
     bands = [str(b) for b in before["band"].values]
-    fig, axes = plt.subplots(2, len(picks), figsize=(2.6 * len(picks), 5.4), squeeze=False)
-    after_all = after["data"].values
-    finite = after_all[np.isfinite(after_all)]
-    lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+    rgb = rgb_bands(bands)
+    shown = rgb or bands[:1]
+    rows = {"before": before["data"].isel(time=picks).sel(band=shown).values,
+            "after": after["data"].isel(time=picks).sel(band=shown).values}
+    finite = rows["after"][np.isfinite(rows["after"])]
+    lo, hi = (float(v) for v in np.percentile(finite, [2, 98])) if finite.size else (0.0, 1.0)
+    height, width = gaps.shape[1:]
+    panel = 2.6
+    aspect = float(np.clip(height / max(width, 1), 0.25, 1.6))
+    fig, axes = plt.subplots(2, len(picks), figsize=(panel * len(picks) + (0.0 if rgb else 0.9),
+                                                     2 * panel * aspect + 1.1), squeeze=False)
+    image = None
     for j, t in enumerate(picks):
-        for i, (name, arr) in enumerate((("before", before["data"].isel(time=t).values),
-                                         ("after", after_all[t]))):
-            img = _display(arr, bands)
-            img = np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)
-            img[~np.isfinite(img).all(-1)] = 0.5
-            if i == 0:
-                img[~before["valid"].isel(time=t).values] = 0.5
-            axes[i, j].imshow(img)
-            axes[i, j].set_title(f"{name} {str(before['time'].values[t])[:10]}\n"
-                                 f"{100 * gaps[t]:.0f} % gaps", fontsize=8)
-            axes[i, j].axis("off")
+        day = str(before["time"].values[t])[:10]
+        for i, name in enumerate(("before", "after")):
+            values = rows[name][j]
+            hole = gaps[j] if name == "before" else ~np.isfinite(values).all(0)
+            ax = axes[i, j]
+            if rgb:
+                img = np.clip((np.moveaxis(values, 0, -1) - lo) / max(hi - lo, 1e-12), 0, 1)
+                img[hole] = GAP_COLOUR
+                ax.imshow(img)
+            else:
+                cmap = matplotlib.colormaps["viridis"].with_extremes(bad=GAP_COLOUR)
+                image = ax.imshow(np.ma.masked_where(hole, values[0]), cmap=cmap, vmin=lo, vmax=hi)
+            title = (f"{100 * gaps[j].mean():.1f} % gaps" if name == "before"
+                     else f"{100 * filled_share[t]:.1f} % filled")
+            ax.set_title(f"{name} {day}\n{title}", fontsize=8)
+            ax.axis("off")
+    what = "true colour (" + ", ".join(shown) + ")" if rgb else f"band {shown[0]}"
+    fig.suptitle(f"gap filling of {Path(str(cube)).name}: {what}; magenta = not observed", fontsize=9)
     fig.tight_layout()
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=shown[0])
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=80)
+    fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
 
@@ -595,7 +612,7 @@ def gapfill_task(
 
     No Prefect result caching: the manifest beside ``out`` is the cache.
     """
-    from tasks.quicklook import artifact_key, is_current, made_in_task_run, publish_image
+    from tasks.quicklook import is_current, made_in_task_run, product_key, publish_image
 
     logger = get_run_logger()
     manifest = gapfill_cube(cube, out, epochs=epochs, layers=layers, patch=patch, seed=seed,
@@ -605,9 +622,9 @@ def gapfill_task(
         png = Path(str(out) + ".quicklook.png")
         if not is_current(png, out):
             quicklook_png(cube, out, png)
-        key = artifact_key(f"gapfill-{Path(out).name}")
+        key = product_key("gapfill", cube, out)
         publish_image(png, key=key, description=f"gap filling of {cube}: before (top) / after (bottom)",
-                      fresh=made_in_task_run(manifest), max_pixels=720)
+                      fresh=made_in_task_run(manifest))
         result["quicklook"] = str(png)
     logger.info("gapfill %s: key %s, %.1f %% filled", out, manifest.key,
                 100 * manifest.outputs["filled_share"])

@@ -158,7 +158,7 @@ def _anomalies(ds: xr.Dataset, manifest: Manifest | None) -> list[str]:
     if top:
         if observed is not None:
             lines.append(f"  strongest (date, x, y, change in {band}'s units, score):")
-            lines += [f"    {r['date']}  x={r['x']:.10g} y={r['y']:.10g}  {r['magnitude_k']:+.6g} "
+            lines += [f"    {r['date']}  x={r['x']:.10g} y={r['y']:.10g}  {r['magnitude']:+.6g} "
                       f"(score {r['score']:.6g})" for r in top]
         else:
             lines.append("  strongest (date, x, y, score):")

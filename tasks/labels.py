@@ -851,7 +851,7 @@ def labels_task(
     """
     from prefect.artifacts import create_table_artifact
 
-    from tasks.quicklook import artifact_key, is_current, made_in_task_run, publish_image
+    from tasks.quicklook import is_current, made_in_task_run, product_key, publish_image
 
     logger = get_run_logger()
     manifest = recover_labels(cube, labels, out, lam=lam, variant=variant, epochs=epochs, patch=patch,
@@ -862,14 +862,14 @@ def labels_task(
     lab_codes, _, _ = _label_raster(open_cube(cube), labels)
     names = class_names(tuple(manifest.outputs["classes"]), ds["class"].attrs)
     rows = class_table(pred, ds["confidence"].values, lab_codes, names)
-    create_table_artifact(table=rows, key=artifact_key(f"labels-classes-{Path(out).name}"),
+    create_table_artifact(table=rows, key=product_key("labels-classes", cube, out),
                           description=f"label recovery on {cube} from {labels}: per-class table")
     result["classes_table"] = rows
     if quicklook:
         png = Path(str(out) + ".quicklook.png")
         if not is_current(png, out):
             quicklook_png(out, png)
-        publish_image(png, key=artifact_key(f"labels-map-{Path(out).name}"),
+        publish_image(png, key=product_key("labels-map", cube, out),
                       description=f"recovered classes and confidence, {out}", fresh=made_in_task_run(manifest),
                       max_pixels=720)
         result["quicklook"] = str(png)

@@ -21,7 +21,7 @@ from tasks.cube import open_cube  # noqa: E402
 __all__ = [
     "FILLED_TINT", "RGB_NAMES", "artifact_key", "composite_png", "filled_view", "is_current", "made_in_task_run",
     "newest_composite", "publish_image", "rgb_bands", "stretch",
-    "thumbnail_data_uri", "write_class_cog",
+    "product_key", "thumbnail_data_uri", "write_class_cog",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,17 @@ def artifact_key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "artifact"
 
 
+def product_key(kind: str, cube: str | Path, out: str | Path) -> str:
+    """The artifact key of a stage product: its kind, its cube's name and its own, e.g.
+    ``gapfill-planet-filled``. Every cube's stage products have the same file names
+    (``<stage dir>/<cube>/filled.zarr``): keyed on the product alone, one cube's picture hid the
+    others' in the UI, and a cube whose product was reused never showed its own."""
+    def stem(path: str | Path) -> str:
+        return Path(path).name.removesuffix(".zarr")
+
+    return artifact_key(f"{kind}-{stem(cube)}-{stem(out)}")
+
+
 def made_in_task_run(manifest: Any) -> bool:
     """True when ``manifest`` (a stage's :class:`tasks.checkpoint.Manifest`) was written since the
     running Prefect task (this attempt) began: the task made its product, it did not reuse one.
@@ -174,7 +185,7 @@ def made_in_task_run(manifest: Any) -> bool:
     return began is None or datetime.fromisoformat(manifest.created) >= began
 
 
-def publish_image(png: str | Path, *, key: str, description: str, fresh: bool, max_pixels: int = 360) -> bool:
+def publish_image(png: str | Path, *, key: str, description: str, fresh: bool, max_pixels: int = 1000) -> bool:
     """Publish ``png`` as a Prefect image artifact under ``key`` when its product is ``fresh`` (made
     in this run) or nothing is published under ``key`` yet. A product a run only reused is not
     published again: a served deployment's hourly run that changes nothing stored its stages'
@@ -188,12 +199,17 @@ def publish_image(png: str | Path, *, key: str, description: str, fresh: bool, m
     return True
 
 
-def thumbnail_data_uri(png: str | Path, *, max_pixels: int = 360) -> str:
-    """A small PNG of ``png`` as a ``data:`` URI, for Prefect image artifacts."""
-    img = plt.imread(str(png))
-    step = max(1, int(np.ceil(max(img.shape[:2]) / max_pixels)))
+def thumbnail_data_uri(png: str | Path, *, max_pixels: int = 1000) -> str:
+    """``png`` as a ``data:`` URI for a Prefect image artifact, scaled down (with antialiasing, so
+    titles and tick labels stay legible) to at most ``max_pixels`` on its longer side."""
+    from PIL import Image
+
+    with Image.open(png) as img:
+        img.load()
+        small = img.copy()
+    small.thumbnail((max_pixels, max_pixels), Image.Resampling.LANCZOS)  # never enlarges
     buf = io.BytesIO()
-    plt.imsave(buf, img[::step, ::step], format="png")
+    small.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

@@ -95,7 +95,8 @@ def test_pipeline_reuses_everything_then_recomputes_only_what_new_scenes_change(
     assert steps == len(first["ingest"]["dates_added"]) > 0
     assert xr.open_zarr(first["stages"]["anomalies"]["artifact"])["score"].sizes["time"] == steps
     before, old_chunks = _manifests(data), _chunks(cube, steps)
-    images = _image_versions(f"anomalies-png-{Path(first['stages']['anomalies']['artifact']).name}", f"quicklook-{cube.stem}")
+    images = _image_versions(f"anomalies-png-{cube.stem}-{Path(first['stages']['anomalies']['artifact']).stem}",
+                             f"quicklook-{cube.stem}")
     assert all(images.values()), images
 
     again = run_pipeline(CATALOG, "planet", stages=["anomalies"], env=env, workers=2)

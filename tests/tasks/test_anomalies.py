@@ -79,11 +79,11 @@ def test_stage_writes_schema_finds_spots_and_reuses(tmp_path):
     assert not flag[~valid].any()  # not seen: no score, no flag
     assert manifest.stats["tiles"] == 9 and manifest.outputs["band"] == "lst"  # starts 0, 12, 16 a side
     rows = strongest_anomalies(ds, 5)  # no observed values: the magnitude is the pooled score
-    assert rows and rows[0]["magnitude_k"] == rows[0]["score"] > 4
-    assert set(rows[0]) == {"date", "x", "y", "magnitude_k", "score"}
+    assert rows and rows[0]["magnitude"] == rows[0]["score"] > 4
+    assert set(rows[0]) == {"date", "x", "y", "magnitude", "score"}
     # with them: the entry's own departure from the background, near the planted +8 K
     rows = strongest_anomalies(ds, 5, xr.open_zarr(cube)["data"].sel(band="lst"))
-    assert all(6.0 < r["magnitude_k"] < 10.0 and r["score"] < r["magnitude_k"] for r in rows), rows
+    assert all(6.0 < r["magnitude"] < 10.0 and r["score"] < r["magnitude"] for r in rows), rows
     png = anomalies_png(out, tmp_path / "anomalies.png")
     assert png.stat().st_size > 0
     # second call: reused, not recomputed
@@ -207,9 +207,9 @@ def test_task_publishes_table_and_quicklook(tmp_path, prefect_harness):
 
     result = one()
     assert result["key"] and result["stats"]["flagged"] > 0
-    table = Artifact.get("anomalies-lst-anomalies-zarr")
-    assert table is not None and table.type == "table" and "magnitude_k" in str(table.data)
-    image = Artifact.get("anomalies-png-lst-anomalies-zarr")
+    table = Artifact.get("anomalies-cube-lst-anomalies")
+    assert table is not None and table.type == "table" and "magnitude" in str(table.data)
+    image = Artifact.get("anomalies-png-cube-lst-anomalies")
     assert image is not None and str(image.data).startswith("data:image/png;base64,")
     assert Path(result["quicklook"]).exists()
 

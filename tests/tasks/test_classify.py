@@ -267,9 +267,9 @@ def test_task_publishes_table_and_confusion(trained, prefect_harness, tmp_path) 
 
     result = one()
     assert result["stats"]["test"]["pixels"] > 0 and Path(result["outputs"]["cog"]).exists()
-    table = Artifact.get("classify-classes-zarr-classes")
+    table = Artifact.get("classify-classes-cube-classes")
     assert table is not None and table.type == "table" and "precision" in str(table.data)
-    image = Artifact.get("classify-classes-zarr-confusion")
+    image = Artifact.get("classify-confusion-cube-classes")
     assert image is not None and str(image.data).startswith("data:image/png;base64,")
 
 

@@ -346,7 +346,7 @@ def test_task_publishes_rate_table_and_quicklook(cube: Path, tmp_path: Path, pre
 
     result = one()
     assert result["stats"]["bits_per_entry"] > 0 and (tmp_path / "cz" / "compress.png").stat().st_size > 0
-    table = Artifact.get("compress-cz")
+    table = Artifact.get("compress-cube-cz")
     assert table is not None and table.type == "table" and "bits_per_entry" in str(table.data)
-    image = Artifact.get("compress-png-cz")
+    image = Artifact.get("compress-png-cube-cz")
     assert image is not None and str(image.data).startswith("data:image/png;base64,")

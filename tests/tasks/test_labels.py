@@ -318,9 +318,9 @@ def test_task_publishes_table_and_map(tmp_path, prefect_harness) -> None:
 
     result = one()
     assert {r["code"] for r in result["classes_table"]} == set(CODES)
-    table = Artifact.get("labels-classes-lc-labels-zarr")
+    table = Artifact.get("labels-classes-cube-lc-labels")
     assert table is not None and table.type == "table" and "mean_confidence" in str(table.data)
-    image = Artifact.get("labels-map-lc-labels-zarr")
+    image = Artifact.get("labels-map-cube-lc-labels")
     assert image is not None and str(image.data).startswith("data:image/png;base64,")
 
 
