@@ -1207,6 +1207,13 @@ class _CubeState:
         self.steps = int(outputs.get("time_steps", 0))
         self.grid = grid
 
+    def record(self, refs: Sequence[SceneRef], step: int, report: IngestReport) -> None:
+        """``refs`` are in the cube at time step ``step`` now, as they are on disk."""
+        for ref in refs:
+            self.scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": step}
+            self.quarantine.pop(ref.id, None)
+            report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
+
     def save(self) -> None:
         assert self.grid is not None
         write_manifest(self.path, _cube_manifest(
@@ -1304,10 +1311,7 @@ def attach_part(
         scenes = [scenes[i] for i in whole]
         for t, refs_of_day in zip(steps, scenes, strict=True):
             report.dates_replaced.append(state.dates[t])
-            for ref in refs_of_day:
-                state.scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": t}
-                state.quarantine.pop(ref.id, None)
-                report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
+            state.record(refs_of_day, t, report)
     elif dates and part.get("merge"):
         # the part stays whole until the manifest lists its scenes: merging is idempotent (a
         # slice's clear pixels win over a later scene's), so a killed run merges it again
@@ -1315,10 +1319,7 @@ def attach_part(
         _merge_store(state.path, store, steps)
         for t, refs_of_day in zip(steps, scenes, strict=True):
             report.dates_updated.append(state.dates[t])
-            for ref in refs_of_day:
-                state.scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": t}
-                state.quarantine.pop(ref.id, None)
-                report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
+            state.record(refs_of_day, t, report)
     elif dates:
         if not state.path.exists():
             assert grid is not None
@@ -1335,10 +1336,7 @@ def attach_part(
             day = d.date().isoformat()
             state.dates.append(day)
             report.dates_added.append(day)
-            for ref in refs_of_day:
-                state.scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": state.steps}
-                state.quarantine.pop(ref.id, None)
-                report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
+            state.record(refs_of_day, state.steps, report)
             state.steps += 1
     if state.path.exists():
         state.save()

@@ -642,7 +642,9 @@ def test_a_scene_touched_or_rewritten_after_ingest_is_skipped_saying_which(tmp_p
     assert "skipped S_20230611.tif: changed on disk since it was ingested (another size)" in text
 
 
-def test_changed_scenes_replace_rebuilds_their_date_from_the_files_as_they_are_now(tmp_path: Path, capsys) -> None:
+def test_changed_scenes_replace_rebuilds_their_date_from_the_files_as_they_are_now(
+    tmp_path: Path, capsys, prefect_harness,
+) -> None:
     """A re-processed delivery (the same file name, new values) was never taken: the cube kept the
     old values and each run said "rebuild the cube". With `--changed-scenes replace` (the cube's
     `changed_scenes: replace`) its date's slice is written again from the new file."""
