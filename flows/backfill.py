@@ -15,6 +15,7 @@ __all__ = ["backfill_flow"]
 
 @flow(
     name="fusioncube-backfill",
+    flow_run_name="backfill-{cube}",
     task_runner=dask_task_runner(),  # type: ignore[arg-type]  # prefect_dask typing: see dask_task_runner
     log_prints=False,
 )

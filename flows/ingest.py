@@ -29,7 +29,7 @@ from tasks.quicklook import artifact_key
 __all__ = ["ingest_flow", "ingest_steps"]
 
 
-@flow(name="ingest-cube", log_prints=False)
+@flow(name="ingest-cube", flow_run_name="ingest-{cube}", log_prints=False)
 def ingest_flow(
     catalog_path: str = "data_catalog.yaml",
     cube: str = "planet",

@@ -16,6 +16,7 @@ dicts, and write to the storage root that every worker sees.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import sys
@@ -107,6 +108,12 @@ class PipelineDaskTaskRunner(DaskTaskRunner):  # type: ignore[misc]  # prefect_d
         own refusal (:func:`refuse_while_a_worker_imports_main`) is above, among their logs."""
         try:
             return super().client
+        except OSError as exc:  # distributed's connect timeout (30 s) on an address nobody answers
+            if self.address is None:
+                raise
+            raise ValueError(
+                f"cannot reach the Dask scheduler at {self.address} ({exc}); start it, or correct the address "
+                f"(--dask-address, {DASK_ADDRESS_ENV}, or the catalog's orchestration.dask_address)") from exc
         except RuntimeError as exc:
             script = getattr(sys.modules.get("__main__"), "__file__", None)
             if "failed to start" not in str(exc) or not script:
@@ -163,7 +170,49 @@ def compute_in_tasks() -> None:
     if isinstance(runner, DaskTaskRunner):
         from flows.worker_preload import ComputeInTask
 
+        if runner.address is not None:  # a cluster of the user's: its workers' setup is theirs
+            check_workers(runner.client)
         runner.client.register_plugin(ComputeInTask())
+
+
+def check_workers(client: Any) -> None:
+    """Refuse an external cluster whose workers cannot import the project (each task would fail
+    with a worker traceback ending in ``No module named 'flows'``), and warn when they report to
+    another Prefect API than the flow (or to none): their task runs would be missing from the run
+    in the UI, their logs pointing at task runs that do not exist."""
+    from prefect.settings import PREFECT_API_URL
+
+    def probe() -> dict[str, Any]:  # sent by value: the workers need not have this module
+        import importlib.util
+        import os
+
+        try:  # the worker's own setting: its environment, else its Prefect profile
+            from prefect.settings import PREFECT_API_URL as url
+
+            api = url.value()
+        except ImportError:
+            api = os.environ.get("PREFECT_API_URL")
+        return {"missing": [p for p in ("flows", "tasks", "fusion_models") if importlib.util.find_spec(p) is None],
+                "api": api}
+
+    found = client.run(probe)
+    if not found:
+        return
+    bad = {w: r["missing"] for w, r in found.items() if r["missing"]}
+    if bad:
+        worker, missing = next(iter(bad.items()))
+        raise ValueError(
+            f"{len(bad)} of the {len(found)} Dask worker(s) at {client.scheduler.address} cannot import "
+            f"{', '.join(missing)} (e.g. {worker}): install fusioncube in the workers' Python environment "
+            "(`pip install /path/to/fusioncube`) and start them again")
+    api = PREFECT_API_URL.value()
+    other = {w: r["api"] for w, r in found.items() if r["api"] != api}
+    if api and other:
+        worker, theirs = next(iter(other.items()))
+        logging.getLogger(__name__).warning(  # "flows" is an extra Prefect logger: in the run's logs too
+            "%d of the %d Dask worker(s) report to %s, not to this flow's Prefect API %s (e.g. %s): their task "
+            "runs will be missing from this run in the UI; start them with PREFECT_API_URL=%s",
+            len(other), len(found), theirs or "no Prefect API (PREFECT_API_URL unset)", api, worker, api)
 
 
 def pipeline_steps(
@@ -177,9 +226,12 @@ def pipeline_steps(
     concurrency: int | None = None,
     progress_bar: bool = False,
 ) -> dict[str, Any]:
-    """The pipeline's tasks for one cube, for use inside any flow. Returns the products."""
-    started = datetime.now(UTC)
+    """The pipeline's tasks for one cube, for use inside any flow. Returns the products.
+
+    ``catalog_path`` goes to the tasks as an absolute path: the workers of an external Dask
+    cluster have working directories of their own."""
     compute_in_tasks()
+    catalog_path = str(Path(catalog_path).resolve())
     catalog = load_catalog(catalog_path, env=env)
     spec = catalog.cube(cube)
     chosen: list[str] = list(spec.stages) if stages is None else list(stages)
@@ -196,6 +248,8 @@ def pipeline_steps(
     # or backfill started meanwhile waits, then finds the stages' outputs fresh, instead of writing
     # the same outputs at the same time
     with cube_lock(catalog.cube_path(cube)):
+        # from here: a run that waited for the lock while another made the products reuses them
+        started = datetime.now(UTC)
         products = _ingest_and_stages(catalog, catalog_path, cube, start, end, chosen, env,
                                       concurrency=inflight, progress_bar=progress_bar)
     products["summary"] = publish_pipeline_task(products, started.isoformat())
@@ -282,6 +336,7 @@ def pipeline_up_to_date(catalog: Catalog, cube: str, start: date | None = None, 
 
 @flow(
     name="fusioncube-pipeline",
+    flow_run_name="pipeline-{cube}",  # the run list says which cube each run was for
     task_runner=dask_task_runner(),  # type: ignore[arg-type]  # prefect_dask typing: see dask_task_runner
     log_prints=False,
 )

@@ -35,6 +35,7 @@ from tasks.locks import CubeLockedError, cube_lock, lock_path
 
 __all__ = [
     "Manifest",
+    "StaleCodeError",
     "atomic_artifact",
     "code_version",
     "fingerprint",
@@ -86,11 +87,35 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _source_stamps() -> dict[str, tuple[int, int]]:
+    """(mtime, size) of every module file of the project's packages, as this process first saw them."""
+    stamps = {}
+    for package in ("tasks", "flows", "fusion_models"):
+        folder = Path(__file__).resolve().parents[1] / package
+        for f in folder.glob("*.py"):
+            with contextlib.suppress(OSError):
+                st = f.stat()
+                stamps[str(f)] = (st.st_mtime_ns, st.st_size)
+    return stamps
+
+
+#: taken when the first project module is imported (this one comes first: every stage imports it)
+IMPORTED_SOURCES = _source_stamps()
+
+
+class StaleCodeError(RuntimeError):
+    """The source of a module changed since this process imported it: the code it runs is not the
+    code on disk, whose hash a manifest would record."""
+
+
 @cache
 def code_version(*modules: str) -> str:
     """Version string of the code behind a stage: package version + hash of the modules' source.
 
-    Editing a stage's pure function or its task changes its code version and so its key.
+    Editing a stage's pure function or its task changes its code version and so its key. A
+    process whose modules changed on disk after it imported them (a long-lived Dask worker when
+    the project is updated) refuses: it would stamp what its old code makes with the new code's
+    version, and later runs would reuse that as current.
     """
     from importlib.metadata import PackageNotFoundError, version
 
@@ -100,7 +125,16 @@ def code_version(*modules: str) -> str:
         pkg = "0+unknown"
     digest = hashlib.sha256()
     for name in sorted(modules):
-        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+        module = importlib.import_module(name)
+        path = str(Path(module.__file__ or "").resolve())
+        with contextlib.suppress(OSError):
+            st = Path(path).stat()
+            if path in IMPORTED_SOURCES and IMPORTED_SOURCES[path] != (st.st_mtime_ns, st.st_size):
+                raise StaleCodeError(
+                    f"{path} changed since this process (pid {os.getpid()}) imported it: it would run the old "
+                    f"code and record the new one's version. Restart it: for an external Dask cluster, restart "
+                    f"its workers (`dask worker ...`) after updating fusioncube")
+        digest.update(inspect.getsource(module).encode())
     return f"{pkg}+{digest.hexdigest()[:12]}"
 
 

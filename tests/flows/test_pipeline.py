@@ -375,3 +375,37 @@ def test_compression_in_the_pipeline_codes_the_patch_tasks_store(sample: Path, t
     assert not (folder / "compress" / "patches.zarr").exists()
     again = pipeline_up_to_date(load_catalog(catalog_path, env=env), "planet", stages=["compress"])
     assert again is not None and again["summary"]["stages"] == {"patch": "reused", "compress": "reused"}
+
+
+def test_workers_of_an_external_cluster_without_the_project_are_refused_in_one_line() -> None:
+    """Each task used to fail on the workers with two tracebacks ending in "No module named 'flows'"
+    and no line saying what to do. The probe itself runs on real workers (it is sent by value)."""
+    from types import SimpleNamespace
+
+    from distributed import Client, LocalCluster
+
+    from flows.pipeline import check_workers
+
+    class Workers:
+        scheduler = SimpleNamespace(address="tcp://10.0.0.5:8786")
+
+        def run(self, probe):
+            return {"tcp://10.0.0.7:40000": {"missing": ["flows", "tasks", "fusion_models"], "api": None},
+                    "tcp://10.0.0.8:40000": {"missing": [], "api": None}}
+
+    with pytest.raises(ValueError, match=r"1 of the 2 Dask worker\(s\) at tcp://10.0.0.5:8786 cannot import flows, "
+                                         r"tasks, fusion_models .* install fusioncube in the workers'"):
+        check_workers(Workers())
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        check_workers(client)  # the project is importable there: no error
+
+
+def test_an_unreachable_scheduler_is_one_line_naming_the_address(prefect_harness) -> None:
+    import dask
+
+    from flows.pipeline import PipelineDaskTaskRunner
+
+    runner = PipelineDaskTaskRunner(address="tcp://127.0.0.1:1")
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), runner, \
+            pytest.raises(ValueError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:1 .*--dask-address"):
+        runner.client  # noqa: B018  (the property connects)

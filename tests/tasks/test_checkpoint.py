@@ -140,3 +140,18 @@ def test_resumable_work_is_kept_on_failure_keyed_and_locked(tmp_path: Path) -> N
         other.mkdir()
     assert not [p for p in tmp_path.iterdir() if ".resume-" in p.name]
 
+
+
+def test_a_process_whose_modules_changed_on_disk_refuses_to_version_its_code(monkeypatch) -> None:
+    """A long-lived Dask worker keeps the code it imported; hashing the files on disk stamped what
+    its old code made with the new code's version (and later runs reused it as current)."""
+    import tasks.checkpoint as checkpoint
+    import tasks.patch
+
+    path = str(Path(tasks.patch.__file__).resolve())
+    assert path in checkpoint.IMPORTED_SOURCES
+    assert checkpoint.code_version.__wrapped__("tasks.patch") == checkpoint.code_version("tasks.patch")
+    mtime, size = checkpoint.IMPORTED_SOURCES[path]
+    monkeypatch.setitem(checkpoint.IMPORTED_SOURCES, path, (mtime - 1, size))  # as if edited since
+    with pytest.raises(checkpoint.StaleCodeError, match=r"patch.py changed since this process .* Restart it"):
+        checkpoint.code_version.__wrapped__("tasks.patch")
