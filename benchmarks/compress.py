@@ -408,9 +408,13 @@ def _plot(path: Path, results: dict[str, dict]) -> Path:
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
     style = {"tdl": "o-", "tdl_static": "x:", "tdl_zstd": "s--", "hosvd": "^-", "jpeg2000": "d-",
              "jpeg2000_klt": "v--"}
+    names = {"tdl": "TDL (learned bases, rANS)", "tdl_static": "TDL, static entropy model",
+             "tdl_zstd": "TDL, zstd (general codec)", "hosvd": "truncated HOSVD per patch",
+             "jpeg2000": "JPEG 2000 (GDAL JP2OpenJPEG)", "jpeg2000_klt": "KLT over dates x bands + JPEG 2000"}
     for ax, res in zip(axes[0], results.values(), strict=True):
         for m, front in res["fronts"].items():
-            ax.plot([p["bpe"] for p in front], [p["psnr"] for p in front], style[m], ms=3, label=m)
+            front = sorted(front, key=lambda p: p["bpe"])  # joined in rate order, not parameter order
+            ax.plot([p["bpe"] for p in front], [p["psnr"] for p in front], style[m], ms=3, label=names.get(m, m))
         ax.set_xscale("log")
         ax.set_xlabel("bits per entry (pixel x band x date), everything stored")
         ax.set_ylabel("PSNR (dB), peak = data range, observed entries")

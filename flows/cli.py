@@ -99,6 +99,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for name, info in stages.items():
             extra = f"  ({info['flagged']} flagged)" if "flagged" in info else ""
             print(f"  {name} {cube:<{19 - len(name)}} {info['path']}{extra}")
+            if info.get("quicklook"):
+                print(f"    quick-look         {info['quicklook']}")
     print("Open a cube with: python -c \"import xarray as xr; print(xr.open_zarr('"
           f"{next(iter(products['cubes'].values()))}'))\"")
     return 0
@@ -477,7 +479,7 @@ def build_parser(stages: Sequence[str] = STAGE_MODULES) -> argparse.ArgumentPars
     inf.add_argument("cube", help="a cube (.zarr, made by fusioncube or any other tool) or a stage's product")
     inf.add_argument("--png", default=None, metavar="OUT.png",
                      help="also write a quick-look: a cube's newest clear value per pixel (true colour when "
-                          "it can; a gap-filled cube's newest date, filled pixels outlined), a class map "
+                          "it can; a gap-filled cube's newest date with filled pixels, those veiled), a class map "
                           "beside its confidence, or the anomalies' strongest dates")
     inf.set_defaults(func=_cmd_info)
 

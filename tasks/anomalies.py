@@ -52,6 +52,7 @@ from tasks.checkpoint import (
     Manifest,
     code_version,
     fingerprint,
+    read_manifest,
     resumable_artifact,
     reuse_or_refuse,
     stage_key,
@@ -507,27 +508,29 @@ def detect_anomalies(
 
 def anomalies_png(anomalies: str | Path, out_png: str | Path) -> Path:
     """Quick-look: where and when. Left, the largest score per pixel over time with the pixels
-    flagged on any date tinted cyan; right, the flags per date beside the share of pixels observed
-    (a date standing out is often a bad scene, e.g. cloud left in a composite, rather than events)."""
+    flagged on any date outlined in cyan (an outline, not a tint: with many flags a tint hid the
+    scores); right, the flags per date beside the share of pixels observed (a date standing out is
+    often a bad scene, e.g. cloud left in a composite, rather than events)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from tasks.quicklook import percent
 
     ds = xr.open_zarr(anomalies, consolidated=None)
     score, flagged, per_date, observed = (np.asarray(a) for a in dask.compute(  # one read of the store
         ds["score"].max("time"), ds["flag"].any("time"), ds["flag"].sum(["y", "x"]),
         ds["score"].notnull().sum(["y", "x"])))  # the score is NaN where unobserved
     share = np.where(observed > 0, per_date / np.maximum(observed, 1), 0.0)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.8), dpi=100, gridspec_kw={"width_ratios": [1.1, 1]})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5), dpi=100, layout="constrained",
+                                 gridspec_kw={"width_ratios": [1.1, 1]})
     im = ax.imshow(score, cmap="magma", interpolation="nearest")
-    if flagged.any():
-        tint = np.zeros((*flagged.shape, 4))
-        tint[flagged] = (0.0, 1.0, 1.0, 0.45)
-        ax.imshow(tint, interpolation="nearest")
+    if flagged.any() and min(flagged.shape) > 1:
+        ax.contour(flagged.astype(float), levels=[0.5], colors="cyan", linewidths=0.7)
     units = ds["score"].attrs.get("units", "")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="max |S|" + (f" ({units})" if units else ""))
-    ax.set_title(f"largest |S| per pixel; cyan: flagged on some date ({flagged.mean():.1%})", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="largest |S|" + (f" ({units})" if units else " (the band's units)"))
+    ax.set_title(f"largest |S| per pixel; cyan outline: flagged on some date ({percent(flagged.mean())})", fontsize=9)
     ax.set_axis_off()
     dates = [str(t)[:10] for t in ds["time"].values]
     bx.bar(range(len(dates)), per_date, color="tab:cyan", label="flags")
@@ -540,11 +543,14 @@ def anomalies_png(anomalies: str | Path, out_png: str | Path) -> Path:
     cx.set_ylabel("observed, % of pixels", color="0.4")
     top = int(np.argmax(per_date))
     bx.set_title(f"{int(per_date.sum())} flags over {len(dates)} dates; most on {dates[top]} ({int(per_date[top])}, "
-                 f"{share[top]:.1%} of its observed pixels)" if per_date.any() else "no flags", fontsize=9)
-    fig.suptitle(Path(anomalies).name, fontsize=10)
+                 f"{percent(share[top])} of its observed pixels)" if per_date.any() else "no flags", fontsize=9)
+    manifest = read_manifest(anomalies)
+    made = manifest.outputs if manifest is not None else {}
+    source = f" of {Path(str(made['cube'])).name}, band {made.get('band')}" if made.get("cube") else ""
+    fig.suptitle(f"anomalies{source} ({Path(anomalies).name})", fontsize=10)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, bbox_inches="tight")
+    fig.savefig(out_png)
     plt.close(fig)
     return out_png
 

@@ -101,6 +101,7 @@ __all__ = [
     "confusion_png",
     "label_scheme",
     "load_model",
+    "map_quicklook",
     "map_strips",
     "patch_loader",
     "save_model",
@@ -743,7 +744,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     sys.stdout.write("\n".join([*describe(args.out), f"  map: {manifest.outputs['cog']}; model: {manifest.outputs['model']}"]) + "\n")
     if test:
         sys.stdout.write(f"test patches: accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} "
-                         f"({test['pixels']} pixels)\n")
+                         f"({test['pixels']} pixels); confusion matrix: {manifest.outputs.get('confusion_png')}\n")
+    sys.stdout.write(f"quick-look: {map_quicklook(args.out)}\n")
     return 0
 
 
@@ -816,6 +818,19 @@ def classify_task(
                      f"({test['pixels']} pixels)\n" if test else "no label layer: not scored\n")),
         description="classification summary",
     )
+    png = map_quicklook(out)
+    publish_image(png, key=product_key("classify-map", cube, out), description=f"classes and confidence, {out}",
+                  fresh=made_in_task_run(manifest))
     logger.info("classify %s: key %s%s", out, manifest.key,
                 f", test macro-F1 {test['macro_f1']:.3f}" if test else "")
-    return {"artifact": str(out), **asdict(manifest)}
+    return {"artifact": str(out), **asdict(manifest), "quicklook": str(png)}
+
+
+def map_quicklook(out: str | Path) -> Path:
+    """``OUT.zarr.quicklook.png``: the class map beside its confidence, drawn again only when the
+    product is newer than it."""
+    from tasks.labels import quicklook_png
+    from tasks.quicklook import is_current
+
+    png = Path(str(out) + ".quicklook.png")
+    return png if is_current(png, out) else quicklook_png(out, png, var="classes")

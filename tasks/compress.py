@@ -699,10 +699,10 @@ def compress_task(cube: str, out_dir: str, *, patch: int = 32, ranks: list[int] 
     png = Path(out_dir) / "compress.png"
     if png.exists():
         publish_image(png, key=product_key("compress-png", cube, out_dir),
-                      description=f"original | decoded | error, {cube}", fresh=made_in_task_run(manifest),
-                      max_pixels=900)
+                      description=f"original | decoded | error, {cube}", fresh=made_in_task_run(manifest))
     logger.info("compress %s: %.3f bpe, PSNR %.2f dB", out_dir, s["bits_per_entry"], s["psnr_db"])
-    return {"artifact": str(Path(out_dir) / "compressed"), **asdict(manifest)}
+    return {"artifact": str(Path(out_dir) / "compressed"), **asdict(manifest),
+            **({"quicklook": str(png)} if png.exists() else {})}
 
 
 def _cmd(args: argparse.Namespace) -> int:

@@ -505,7 +505,7 @@ def quicklook_png(cube: str | Path, filled: str | Path, out_png: str | Path, *, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tasks.quicklook import rgb_bands
+    from tasks.quicklook import percent, rgb_bands
 
     before = open_cube(cube)
     after = xr.open_zarr(filled, consolidated=None)
@@ -538,8 +538,7 @@ def quicklook_png(cube: str | Path, filled: str | Path, out_png: str | Path, *, 
             else:
                 cmap = matplotlib.colormaps["viridis"].with_extremes(bad=GAP_COLOUR)
                 image = ax.imshow(np.ma.masked_where(hole, values[0]), cmap=cmap, vmin=lo, vmax=hi)
-            title = (f"{100 * gaps[j].mean():.1f} % gaps" if name == "before"
-                     else f"{100 * filled_share[t]:.1f} % filled")
+            title = f"{percent(gaps[j].mean())} gaps" if name == "before" else f"{percent(filled_share[t])} filled"
             ax.set_title(f"{name} {day}\n{title}", fontsize=8)
             ax.axis("off")
     what = "true colour (" + ", ".join(shown) + ")" if rgb else f"band {shown[0]}"
@@ -569,6 +568,7 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
     sys.stdout.write("\n".join([
         *describe(args.out),
         f"  LRTC-Net: ranks {o['ranks']}, fitted self-supervised on {o['training_patches']} patches; weights {o['weights']}",
+        f"quick-look (before / after): {quicklook_png(args.cube, args.out, Path(str(args.out) + '.quicklook.png'))}",
     ]) + "\n")
     return 0
 

@@ -1669,7 +1669,7 @@ def finish_ingest_task(
 
 @task(name="quick-look", cache_policy=NO_CACHE)
 def quicklook_task(cube_path: str, out_png: str) -> str:
-    """PNG of the cube's newest date."""
+    """PNG of the cube's newest composite (per pixel the newest clear value of its last dates)."""
     from tasks.quicklook import composite_png
 
     return str(composite_png(cube_path, out_png))
@@ -1695,7 +1695,7 @@ def publish_ingest_task(report: dict[str, Any], quicklook: str | None = None) ->
         f"{quarantine_lines}\n"
     )
     if quicklook:
-        md += f"\nQuick-look of the newest date: `{quicklook}`\n"
+        md += f"\nQuick-look (newest clear value per pixel over the last dates): `{quicklook}`\n"
     create_markdown_artifact(md, key=artifact_key(f"ingest-summary-{cube}"), description=f"ingest summary of {cube}")
     if quicklook:
         from tasks.quicklook import publish_image

@@ -754,6 +754,8 @@ def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -
     from matplotlib.colors import ListedColormap, to_rgb
     from matplotlib.patches import Patch
 
+    from tasks.quicklook import percent
+
     ds = xr.open_zarr(out, consolidated=None)
     step = max(1, int(np.ceil(max(ds.sizes["y"], ds.sizes["x"]) / 1024)))
     sub = ds.isel(y=slice(None, None, step), x=slice(None, None, step)).load()
@@ -761,23 +763,30 @@ def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -
     classes = tuple(int(c) for c in attrs["flag_values"])
     colours = [to_rgb(h) for h in attrs["flag_colors"]]
     index = codes_to_index(sub[var].values, classes)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), dpi=100)
-    axes[0].imshow(np.ma.masked_less(index, 0), cmap=ListedColormap(colours), vmin=-0.5,
-                   vmax=len(classes) - 0.5, interpolation="nearest")
-    axes[0].set_title(f"{Path(out).name}: recovered classes", fontsize=9)
+    nothing = (0.85, 0.85, 0.85)  # not observed: no class (light grey, not the page's white)
+    cmap = ListedColormap(colours).with_extremes(bad=nothing)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), dpi=100, layout="constrained")
+    axes[0].imshow(np.ma.masked_less(index, 0), cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5,
+                   interpolation="nearest")
+    what = "classified (4D-CNN)" if var == "classes" else "recovered classes (UNet + LRTD)"
+    axes[0].set_title(f"{Path(out).name}: {what}", fontsize=9)
     names = str(attrs["flag_meanings"]).split()
-    axes[0].legend(handles=[Patch(color=c, label=f"{code} {n.replace('_', ' ')}")
-                            for code, c, n in zip(classes, colours, names, strict=False)],
-                   loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
-    im = axes[1].imshow(sub["confidence"].values, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    axes[1].set_title("confidence (probability of the recovered class)", fontsize=9)
-    fig.colorbar(im, ax=axes[1], shrink=0.8)
+    counts = np.bincount(index[index >= 0].ravel(), minlength=len(classes))
+    handles = [Patch(color=c, label=f"{code} {n.replace('_', ' ')} ({percent(k / index.size)})")
+               for code, c, n, k in zip(classes, colours, names, counts, strict=False) if k]  # the classes present
+    if (index < 0).any():
+        handles.append(Patch(color=nothing, label=f"no class: never observed ({percent((index < 0).mean())})"))
+    axes[0].legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    cmap_conf = matplotlib.colormaps["viridis"].with_extremes(bad=nothing)
+    im = axes[1].imshow(np.ma.masked_invalid(sub["confidence"].values), cmap=cmap_conf, vmin=0, vmax=1,
+                        interpolation="nearest")
+    axes[1].set_title("confidence (probability of the class shown)", fontsize=9)
+    fig.colorbar(im, ax=axes[1], shrink=0.8, label="probability")
     for ax in axes:
         ax.set_axis_off()
-    fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, bbox_inches="tight")
+    fig.savefig(out_png)
     plt.close(fig)
     return out_png
 
@@ -798,6 +807,7 @@ def _cmd_labels(args: argparse.Namespace) -> int:
     sys.stdout.write("\n".join([
         *describe(args.out),
         f"  trained on {o['labelled_pixels']} labelled pixels in {o['training_patches']} patches; map: {o['cog']}",
+        f"quick-look: {quicklook_png(args.out, Path(str(args.out) + '.quicklook.png'))}",
     ]) + "\n")
     return 0
 

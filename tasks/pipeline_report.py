@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
-from tasks.quicklook import artifact_key
+from tasks.quicklook import artifact_key, percent
 
 __all__ = ["pipeline_summary", "publish_pipeline_task"]
 
@@ -27,18 +27,31 @@ def _status(result: dict[str, Any], started: datetime) -> str:
     return "ran" if datetime.fromisoformat(created) >= started else "reused"
 
 
-def _figures(result: dict[str, Any], limit: int = 6) -> str:
-    figures = {**result.get("stats", {}), **{k: v for k, v in result.get("outputs", {}).items()
-                                             if isinstance(v, int | float) and not isinstance(v, bool)}}
-    shown = []
-    for k, v in figures.items():
-        if isinstance(v, float):
-            shown.append(f"{k} {v:.4g}")
-        elif isinstance(v, int | str) and len(str(v)) < 40:
-            shown.append(f"{k} {v}")
-        if len(shown) == limit:
-            break
-    return ", ".join(shown) or "-"
+#: a stage result's headline figures, in words and units: (where, key, how)
+FIGURES: tuple[tuple[str, str, Any], ...] = (
+    ("outputs", "patches", lambda v: f"{v} patches"),
+    ("stats", "valid_share", lambda v: f"{percent(v)} observed"),
+    ("outputs", "filled_share", lambda v: f"{percent(v)} filled"),
+    ("stats", "flagged", lambda v: f"{v} entries flagged"),
+    ("stats", "unconverged_tiles", lambda v: f"{v} tile(s) at the iteration cap" if v else ""),
+    ("stats", "bits_per_entry", lambda v: f"{v:.3f} bits/entry"),
+    ("stats", "psnr_db", lambda v: f"PSNR {v:.1f} dB"),
+    ("test", "accuracy", lambda v: f"test accuracy {v:.3f}"),
+    ("test", "macro_f1", lambda v: f"macro-F1 {v:.3f}"),
+    ("outputs", "labelled_pixels", lambda v: f"{v} labelled px"),
+    ("outputs", "mapped_pixels", lambda v: f"{v} px mapped"),
+    ("stats", "seconds", lambda v: f"{v:.1f} s"),
+)
+
+
+def _figures(result: dict[str, Any]) -> str:
+    stats = result.get("stats") or {}
+    test = stats.get("test")
+    where: dict[str, dict[str, Any]] = {"stats": stats, "outputs": result.get("outputs") or {},
+                                        "test": test if isinstance(test, dict) else {}}
+    shown = [how(where[w][k]) for w, k, how in FIGURES
+             if isinstance(where[w].get(k), int | float) and not isinstance(where[w].get(k), bool)]
+    return ", ".join(t for t in shown if t) or "-"
 
 
 def _link(path: str | None) -> str:
@@ -92,7 +105,7 @@ def pipeline_summary(products: dict[str, Any], started: datetime) -> dict[str, A
            if ingest.get("dates_replaced") else ""),
         f"- skipped: {len(ingest['skipped'])}; quarantined: {len(ingest['quarantined'])}",
         f"- cube: {_link(products['path'])} ({ingest['time_steps']} time steps)",
-        f"- quick-look of the newest date: {_link(ingest.get('quicklook'))}",
+        f"- quick-look (newest clear value per pixel over the last dates): {_link(ingest.get('quicklook'))}",
         "", "## Stages", "", "| stage | status | figures | product | quick-look |", "|---|---|---|---|---|",
     ]
     for name, r in products["stages"].items():

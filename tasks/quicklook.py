@@ -21,7 +21,7 @@ from tasks.cube import open_cube  # noqa: E402
 __all__ = [
     "FILLED_TINT", "RGB_NAMES", "artifact_key", "composite_png", "filled_view", "is_current", "made_in_task_run",
     "newest_composite", "publish_image", "rgb_bands", "stretch",
-    "product_key", "thumbnail_data_uri", "write_class_cog",
+    "percent", "product_key", "thumbnail_data_uri", "write_class_cog",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,13 @@ def composite_png(
     if ds.sizes["time"] == 0:
         raise ValueError(f"{cube}: the cube has no time step to show")
     gapfilled = "filled" in ds.data_vars and tuple(ds["filled"].dims) == ("time", "y", "x")
-    # a gap-filled cube: its newest date whole, observed and filled values, the filled ones outlined
     order = np.argsort(ds["time"].values)[-(1 if gapfilled else dates):]
+    why = ""
+    if gapfilled:  # a gap-filled cube: its newest date with filled pixels, whole, the filled ones marked
+        with_fills = np.flatnonzero(np.asarray(ds["filled"].any(("y", "x"))))
+        if with_fills.size:
+            order = np.array([max(with_fills, key=lambda t: ds["time"].values[t])])
+            why = " (the newest date with filled pixels)"
     step = max(1, int(np.ceil(max(ds.sizes["y"], ds.sizes["x"]) / max_pixels)))
     sub: xr.Dataset = ds[["data", "valid", *(["filled"] if gapfilled else [])]].isel(
         time=order, y=slice(None, None, step), x=slice(None, None, step)
@@ -130,15 +135,20 @@ def composite_png(
         fig.colorbar(im, ax=ax, shrink=0.7, label=bands[0])
         what = bands[0]
     if tint is not None:
-        if tint.any() and not tint.all():  # outlined, so the filled values themselves show
+        if tint.any() and not tint.all():  # a light veil and an outline: the filled values still show
+            veil = np.zeros((*tint.shape, 4))
+            veil[tint] = (*matplotlib.colors.to_rgb(FILLED_TINT), 0.3)
+            ax.imshow(veil, interpolation="nearest")
             ax.contour(tint.astype(float), levels=[0.5], colors=FILLED_TINT, linewidths=1.2)
         ax.set_title(
-            f"{Path(cube).name}: {last}, observed and gap-filled values\n{what}; {tint.mean():.0%} of the "
-            f"pixels filled (outlined), {(~has).mean():.0%} without a value (grey)", fontsize=9)
+            f"{Path(cube).name}: {last}{why}, observed and gap-filled values\n"
+            f"{what}; {percent(tint.mean())} of the pixels filled (veiled in cyan, outlined), "
+            f"{percent((~has).mean())} without a value (grey)", fontsize=9)
     else:
         ax.set_title(
-            f"{Path(cube).name}: newest clear value per pixel, {first} .. {last} ({len(order)} dates)\n"
-            f"{what}; {has.mean():.0%} of pixels have a clear value (grey: none)",
+            f"{Path(cube).name}: newest clear value per pixel, {first} .. {last} ({len(order)} "
+            f"date{'s' if len(order) != 1 else ''})\n{what}; {percent(has.mean())} of pixels have a clear value "
+            "(grey: none)",
             fontsize=9,
         )
     ax.set_axis_off()
@@ -156,6 +166,19 @@ def is_current(png: str | Path, artifact: str | Path) -> bool:
 
     png, manifest = Path(png), manifest_path(artifact)
     return png.exists() and manifest.exists() and png.stat().st_mtime_ns >= manifest.stat().st_mtime_ns
+
+
+def percent(fraction: float) -> str:
+    """A share as a person reads it in a caption: ``0 %``, ``<0.1 %``, ``3.2 %``, ``>99.9 %``,
+    ``100 %`` (rounding never says 0 or 100 of a share that is not)."""
+    pct = 100.0 * float(fraction)
+    if pct <= 0.0 or pct >= 100.0:
+        return f"{pct:.0f} %"
+    if pct < 0.1:
+        return "<0.1 %"
+    if pct > 99.9:
+        return ">99.9 %"
+    return f"{pct:.1f} %"
 
 
 def artifact_key(text: str) -> str:
