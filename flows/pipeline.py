@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, date, datetime
@@ -175,6 +176,10 @@ def compute_in_tasks() -> None:
         runner.client.register_plugin(ComputeInTask())
 
 
+#: how long the workers of an external cluster get to answer the pre-flight probe (:func:`check_workers`)
+WORKER_PROBE_SECONDS = 60.0
+
+
 def check_workers(client: Any) -> None:
     """Refuse an external cluster whose workers cannot import the project (each task would fail
     with a worker traceback ending in ``No module named 'flows'``), and warn when they report to
@@ -195,7 +200,27 @@ def check_workers(client: Any) -> None:
         return {"missing": [p for p in ("flows", "tasks", "fusion_models") if importlib.util.find_spec(p) is None],
                 "api": api}
 
-    found = client.run(probe)
+    answer: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            answer["found"] = client.run(probe)
+        except BaseException as exc:  # handed to the caller
+            answer["error"] = exc
+
+    # a worker stuck starting or closing holds a broadcast up until the scheduler drops it (minutes):
+    # asked on a daemon thread, which neither this wait nor the interpreter's exit waits for
+    asking = threading.Thread(target=ask, name="probe-workers", daemon=True)
+    asking.start()
+    asking.join(WORKER_PROBE_SECONDS)
+    if asking.is_alive():
+        raise ValueError(
+            f"the Dask workers at {client.scheduler.address} did not all answer within {WORKER_PROBE_SECONDS:.0f} s: "
+            "one may be stuck starting or closing (e.g. a worker whose Python cannot import fusioncube); "
+            "see the workers' logs and stop that worker")
+    if "error" in answer:
+        raise answer["error"]
+    found = answer["found"]
     if not found:
         return
     bad = {w: r["missing"] for w, r in found.items() if r["missing"]}

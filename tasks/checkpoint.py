@@ -108,23 +108,15 @@ class StaleCodeError(RuntimeError):
     code on disk, whose hash a manifest would record."""
 
 
-@cache
 def code_version(*modules: str) -> str:
     """Version string of the code behind a stage: package version + hash of the modules' source.
 
     Editing a stage's pure function or its task changes its code version and so its key. A
     process whose modules changed on disk after it imported them (a long-lived Dask worker when
-    the project is updated) refuses: it would stamp what its old code makes with the new code's
-    version, and later runs would reuse that as current.
+    the project is updated) refuses, at every call: it would run its old code under a key that
+    later runs, from the code on disk, never find current, with nothing saying why.
     """
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        pkg = version("fusioncube")
-    except PackageNotFoundError:  # running from a source tree without install
-        pkg = "0+unknown"
-    digest = hashlib.sha256()
-    for name in sorted(modules):
+    for name in modules:
         module = importlib.import_module(name)
         path = str(Path(module.__file__ or "").resolve())
         with contextlib.suppress(OSError):
@@ -134,7 +126,20 @@ def code_version(*modules: str) -> str:
                     f"{path} changed since this process (pid {os.getpid()}) imported it: it would run the old "
                     f"code and record the new one's version. Restart it: for an external Dask cluster, restart "
                     f"its workers (`dask worker ...`) after updating fusioncube")
-        digest.update(inspect.getsource(module).encode())
+    return _source_version(*modules)
+
+
+@cache
+def _source_version(*modules: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("fusioncube")
+    except PackageNotFoundError:  # running from a source tree without install
+        pkg = "0+unknown"
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        digest.update(inspect.getsource(importlib.import_module(name)).encode())
     return f"{pkg}+{digest.hexdigest()[:12]}"
 
 

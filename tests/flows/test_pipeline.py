@@ -400,6 +400,27 @@ def test_workers_of_an_external_cluster_without_the_project_are_refused_in_one_l
         check_workers(client)  # the project is importable there: no error
 
 
+def test_workers_that_never_answer_the_probe_are_one_line_not_a_hang(monkeypatch) -> None:
+    """A worker stuck starting (it could not import the project) and kept as "closing" held the
+    probe's broadcast for 9.5 minutes, then the run ended on "Stream is closed"."""
+    import time
+    from types import SimpleNamespace
+
+    import flows.pipeline
+
+    class Stuck:
+        scheduler = SimpleNamespace(address="tcp://10.0.0.5:8786")
+
+        def run(self, probe):
+            time.sleep(30)
+
+    monkeypatch.setattr(flows.pipeline, "WORKER_PROBE_SECONDS", 0.5)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"did not all answer within 0 s: one may be stuck starting or closing"):
+        flows.pipeline.check_workers(Stuck())
+    assert time.perf_counter() - t0 < 5
+
+
 def test_an_unreachable_scheduler_is_one_line_naming_the_address(prefect_harness) -> None:
     import dask
 
