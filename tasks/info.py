@@ -112,7 +112,7 @@ def class_var(ds: xr.Dataset) -> str | None:
 def _class_map(ds: xr.Dataset, name: str) -> list[str]:
     import dask
 
-    from tasks.quicklook import class_names
+    from tasks.quicklook import class_names, percent
 
     var = ds[name]
     fill = var.attrs.get("nodata", var.encoding.get("_FillValue", var.attrs.get("_FillValue", 0)))
@@ -123,15 +123,15 @@ def _class_map(ds: xr.Dataset, name: str) -> list[str]:
     names = class_names(tuple(int(v) for v in values), dict(var.attrs),
                         nlcd=not legend or set(legend) <= set(_nlcd_codes()))
     total = max(int(counts.sum()), 1)
-    lines = [f"  classes: {len(values)} mapped over {total / max(var.size, 1):.1%} of the pixels (fill {fill})"]
+    lines = [f"  classes: {len(values)} mapped over {percent(total / max(var.size, 1))} of the pixels (fill {fill})"]
     order = np.argsort(counts)[::-1]
-    lines += [f"    {int(values[i]):>3} {names[int(values[i])]:<32} {counts[i] / total:6.1%}" for i in order[:20]]
+    lines += [f"    {int(values[i]):>3} {names[int(values[i])]:<32} {percent(counts[i] / total):>8}" for i in order[:20]]
     if len(values) > 20:
         lines.append(f"    ... and {len(values) - 20} more")
     if "confidence" in ds:
         conf = ds["confidence"].where(var != fill)  # lazy: reduced chunk by chunk
         mean, low = dask.compute(conf.mean(), (conf < 0.5).where(conf.notnull()).mean())
-        lines.append(f"  confidence: mean {float(mean):.2f} (share of pixels below 0.5: {float(low):.1%})")
+        lines.append(f"  confidence: mean {float(mean):.2f} (share of pixels below 0.5: {percent(float(low))})")
     return lines
 
 
@@ -143,11 +143,12 @@ def _nlcd_codes() -> tuple[int, ...]:
 
 def _anomalies(ds: xr.Dataset, manifest: Manifest | None) -> list[str]:
     from tasks.anomalies import observed_band, strongest_anomalies
+    from tasks.quicklook import percent
 
     times = ds["time"].values
     flagged = int(ds["flag"].sum().values)
     lines = [f"  dates: {times.size}, {str(times[0])[:10]} .. {str(times[-1])[:10]}",
-             f"  flagged: {flagged} pixel-dates ({flagged / max(ds['flag'].size, 1):.2%} of all)"]
+             f"  flagged: {flagged} pixel-dates ({percent(flagged / max(ds['flag'].size, 1))} of all)"]
     outputs = manifest.outputs if manifest is not None else {}
     cube, band = outputs.get("cube"), outputs.get("band")
     observed = None

@@ -16,6 +16,7 @@ from rasterio.crs import CRS
 from tasks.checkpoint import read_manifest
 from tasks.classify import CLASSES, add_cli, classify_cube, cog_path, load_model, weights_path
 from tasks.cube import grid_coords, open_cube, spatial_ref
+from tasks.quicklook import percent
 from tasks.sample_area import NLCD_COLORMAP
 
 torch.set_num_threads(1)
@@ -355,4 +356,4 @@ def test_pixels_never_observed_get_no_class(tmp_path) -> None:
         np.testing.assert_array_equal(src.read(1), pred)
     assert sum(manifest.outputs["classes_found"].values()) == manifest.outputs["mapped_pixels"] == int((~never).sum())
     share = (~never).mean()
-    assert any(f"mapped over {share:.1%} of the pixels (fill 0)" in line for line in describe(out))
+    assert any(f"mapped over {percent(share)} of the pixels (fill 0)" in line for line in describe(out))

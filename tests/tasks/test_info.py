@@ -59,7 +59,7 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
     assert "grid: EPSG:32617 (WGS 84 / UTM zone 17N), pixel 30 x 30, 32 x 32 px" in text
     # NLCD names for the layer's codes (one epoch may map one class only)
     assert ("Deciduous Forest" in text or "Cultivated Crops" in text) and "confidence: mean" in text
-    shares = [float(line.split()[-1].rstrip("%")) for line in text.splitlines() if line.startswith("     ")]
+    shares = [float(line.split()[-2].lstrip("<>")) for line in text.splitlines() if line.startswith("     ")]  # "12.5 %"
     assert len(shares) >= 1 and abs(sum(shares) - 100) < 0.5  # each mapped class's share of the map
 
     text = info("classes.zarr")  # classify's map: its variable is `classes`, its fill 255 or 0

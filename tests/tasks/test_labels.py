@@ -30,6 +30,7 @@ from tasks.labels import (
     recover_labels,
     weights_path,
 )
+from tasks.quicklook import percent
 
 torch.set_num_threads(1)
 
@@ -417,4 +418,4 @@ def test_pixels_never_observed_get_no_class(tmp_path) -> None:
     rows = class_table(pred, conf, np.where(labelled, layer, NO_CLASS), {c: str(c) for c in CODES})  # the task's table
     assert sum(r["pixels"] for r in rows) == int((~never).sum())
     assert sum(r["labelled_pixels"] for r in rows) == int((labelled & ~never).sum())
-    assert any(f"mapped over {(~never).mean():.1%} of the pixels (fill 255)" in line for line in describe(out))
+    assert any(f"mapped over {percent((~never).mean())} of the pixels (fill 255)" in line for line in describe(out))
