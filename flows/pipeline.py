@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, date, datetime
@@ -173,7 +174,39 @@ def compute_in_tasks() -> None:
 
         if runner.address is not None:  # a cluster of the user's: its workers' setup is theirs
             check_workers(runner.client)
+            watch_workers(runner.client)
         runner.client.register_plugin(ComputeInTask())
+
+
+def watch_workers(client: Any, *, every: float = 10.0, after: float = 30.0) -> threading.Thread:
+    """Warn once an external cluster has had no worker for ``after`` seconds (checked every
+    ``every``): the run's tasks wait for one, and it used to wait in silence until interrupted.
+    A daemon thread, ending with the client."""
+    log = logging.getLogger(__name__)
+
+    def watch() -> None:
+        empty_since: float | None = None
+        warned = False
+        while client.status not in ("closing", "closed"):
+            try:
+                workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+            except Exception:  # the scheduler is gone: the run fails on its own, saying so
+                return
+            now = time.monotonic()
+            if workers:
+                empty_since, warned = None, False
+            elif empty_since is None:
+                empty_since = now
+            elif not warned and now - empty_since >= after:
+                log.warning("no Dask worker has been connected to %s for %.0f s: the run's tasks wait for one; "
+                            "start workers (`dask worker %s`) or stop the run (Ctrl-C)",
+                            client.scheduler.address, now - empty_since, client.scheduler.address)
+                warned = True
+            time.sleep(every)
+
+    watcher = threading.Thread(target=watch, name="watch-workers", daemon=True)
+    watcher.start()
+    return watcher
 
 
 #: how long the workers of an external cluster get to answer the pre-flight probe (:func:`check_workers`)

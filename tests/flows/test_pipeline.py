@@ -430,3 +430,28 @@ def test_an_unreachable_scheduler_is_one_line_naming_the_address(prefect_harness
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), runner, \
             pytest.raises(ValueError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:1 .*--dask-address"):
         runner.client  # noqa: B018  (the property connects)
+
+
+def test_a_cluster_left_without_workers_is_said_not_waited_on_in_silence(caplog) -> None:
+    """Losing every worker of an external cluster left the run silent until interrupted."""
+    import time
+    from types import SimpleNamespace
+
+    from flows.pipeline import watch_workers
+
+    class Empty:
+        scheduler = SimpleNamespace(address="tcp://10.0.0.5:8786")
+        status = "running"
+
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {}}
+
+    client = Empty()
+    with caplog.at_level("WARNING", logger="flows.pipeline"):
+        watcher = watch_workers(client, every=0.05, after=0.2)
+        time.sleep(0.6)
+        client.status = "closed"
+        watcher.join(2)
+    assert not watcher.is_alive()
+    said = [r.getMessage() for r in caplog.records if "no Dask worker" in r.getMessage()]
+    assert len(said) == 1 and "connected to tcp://10.0.0.5:8786 for" in said[0] and "Ctrl-C" in said[0]
