@@ -568,21 +568,27 @@ def compress_png(cube: str | Path, decoded: str | Path, out: str | Path, *, titl
         return img
 
     err = np.abs(b - a)[show].mean(axis=0)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), dpi=100)
+    ny, nx = err.shape
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2 * float(np.clip(ny / max(nx, 1), 0.4, 1.4)) + 1.0), dpi=100,
+                             layout="constrained")
     date = np.datetime_as_string(src["time"].values[t], unit="D")
     for ax, img, name in zip(axes[:2], (image(a), image(b)), ("original", "decoded"), strict=True):
-        ax.imshow(img, cmap=None if rgb else "gray", vmin=0, vmax=1, interpolation="nearest")
+        shown = ax.imshow(img, cmap=None if rgb else "viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{name}, {date}", fontsize=9)
+    if not rgb:  # one band: the values' scale, shared by original and decoded
+        bar = fig.colorbar(shown, ax=axes[:2].tolist(), shrink=0.8, label=bands[0])
+        ticks = [0.0, 0.25, 0.5, 0.75, 1.0]  # the stretched 0..1 shown as the values they stand for
+        bar.set_ticks(ticks, labels=[f"{lo + v * scale:.3g}" for v in ticks])
     vmax = float(np.nanpercentile(err, 99)) if np.isfinite(err).any() else 1.0
     im = axes[2].imshow(err, cmap="magma", vmin=0, vmax=vmax or 1.0, interpolation="nearest")
     axes[2].set_title("|decoded - original|" + (" (mean of R, G, B)" if rgb else f" ({bands[0]})"), fontsize=9)
-    fig.colorbar(im, ax=axes[2], shrink=0.8)
+    fig.colorbar(im, ax=axes[2], shrink=0.8, label="absolute error, the band's units")
     for ax in axes:
         ax.set_axis_off()
     fig.suptitle(title or f"{Path(cube).name}: TDL compression", fontsize=10)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
+    fig.savefig(out)
     plt.close(fig)
     return out
 
