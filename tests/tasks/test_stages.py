@@ -49,7 +49,7 @@ def test_summary_tells_reused_from_ran_and_lists_warnings() -> None:
     assert "quarantined `bad.tif`: no CRS" in old["markdown"]
     fresh = pipeline_summary(_products(started + timedelta(seconds=3), new=2), started)
     assert fresh["stages"] == {"patch": "ran", "anomalies": "ran"}
-    assert "2 new scene(s)" in fresh["headline"] and "flagged 3" in fresh["markdown"]
+    assert "2 new scene(s)" in fresh["headline"] and "3 entries flagged" in fresh["markdown"]
     # a re-run that starts within the second the last manifest was written (the demo's re-run did,
     # now and then, and called its reused stages "ran")
     second = datetime(2026, 1, 1, 12, 0, 5, 600_000, tzinfo=UTC)
