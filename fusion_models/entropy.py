@@ -699,18 +699,3 @@ def decode_context_laplace(data: bytes, scale: np.ndarray, n: int) -> np.ndarray
         raise ValueError(f"the bitstream does not decode to exactly {n} item(s) of shape {b.shape}: "
                          "another count was encoded, or the stream is damaged")
     return out.reshape(n, *b.shape)
-    bflat = np.maximum(b.ravel(), _MIN_SCALE)
-    classes = _scale_classes(bflat)
-    mags = np.zeros((n, m), dtype=np.float64)
-    model = constriction.stream.model.QuantizedLaplace(-k, k)
-    for lo, hi in zip(plan.starts[:-1], plan.starts[1:], strict=True):
-        pos = plan.order[lo:hi]
-        ctx = _context_index(mags, pos, plan, bflat, classes)  # (n, len(pos))
-        sc = np.maximum(bflat[pos] * 2.0 ** (codes[ctx].astype(np.float64) / _CODE_UNIT), _MIN_SCALE)
-        vals = coder.decode(model, np.zeros(sc.size), np.ascontiguousarray(sc.ravel()))
-        out[:, pos] = vals.reshape(n, -1)
-        mags[:, pos] = np.abs(out[:, pos])
-    if not coder.is_empty():  # the stream is level-major: a wrong n garbles every item, not the last
-        raise ValueError(f"the bitstream does not decode to exactly {n} item(s) of shape {b.shape}: "
-                         "another count was encoded, or the stream is damaged")
-    return out.reshape(n, *b.shape)
