@@ -77,7 +77,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "anomalies"
-CODE_MODULES = ("tasks.anomalies", "fusion_models.qtrpca", "fusion_models.tensor_ops")
+CODE_MODULES = ("tasks.anomalies",)  # and every project module it imports (checkpoint.code_modules)
 FLAG_K = 6.0  # chosen on the demo sample area with seed 1 (the benchmark scores seed 0)
 VARS = ("score", "flag", "background")
 #: ``score``'s ``unobserved`` attribute: NaN where the band was not observed (products made before

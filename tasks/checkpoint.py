@@ -13,10 +13,12 @@ taken for finished.
 
 from __future__ import annotations
 
+import ast
 import atexit
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -37,6 +39,7 @@ __all__ = [
     "Manifest",
     "StaleCodeError",
     "atomic_artifact",
+    "code_modules",
     "code_version",
     "fingerprint",
     "load_state_dict",
@@ -87,12 +90,19 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+#: the packages whose modules make the data: a stage's code version covers every one it imports
+CODE_PACKAGES = ("tasks", "fusion_models")
+#: modules that describe or log products and never make them: a stage's code version does not
+#: follow their imports (``tasks.info`` reads every stage's products to describe them)
+REPORTING_MODULES = frozenset({"tasks.info", "tasks.runlog", "tasks.pipeline_report"})
+_ROOT = Path(__file__).resolve().parents[1]
+
+
 def _source_stamps() -> dict[str, tuple[int, int]]:
     """(mtime, size) of every module file of the project's packages, as this process first saw them."""
     stamps = {}
     for package in ("tasks", "flows", "fusion_models"):
-        folder = Path(__file__).resolve().parents[1] / package
-        for f in folder.glob("*.py"):
+        for f in (_ROOT / package).glob("*.py"):
             with contextlib.suppress(OSError):
                 st = f.stat()
                 stamps[str(f)] = (st.st_mtime_ns, st.st_size)
@@ -108,15 +118,61 @@ class StaleCodeError(RuntimeError):
     code on disk, whose hash a manifest would record."""
 
 
-def code_version(*modules: str) -> str:
-    """Version string of the code behind a stage: package version + hash of the modules' source.
+def _module_source(name: str) -> str:
+    return inspect.getsource(importlib.import_module(name))
 
-    Editing a stage's pure function or its task changes its code version and so its key. A
-    process whose modules changed on disk after it imported them (a long-lived Dask worker when
-    the project is updated) refuses, at every call: it would run its old code under a key that
-    later runs, from the code on disk, never find current, with nothing saying why.
+
+@cache
+def _project_modules() -> frozenset[str]:
+    return frozenset(
+        package if f.stem == "__init__" else f"{package}.{f.stem}"
+        for package in CODE_PACKAGES for f in (_ROOT / package).glob("*.py")
+    )
+
+
+@cache
+def _imports(name: str) -> frozenset[str]:
+    """The modules of :data:`CODE_PACKAGES` that module ``name`` imports anywhere in its source,
+    inside functions too (read from its syntax tree, not from what has run)."""
+    package = name if name in CODE_PACKAGES else name.rpartition(".")[0]
+    named: set[str] = set()
+    for node in ast.walk(ast.parse(_module_source(name))):
+        if isinstance(node, ast.Import):
+            named.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
+                else node.module or ""
+            for alias in node.names:  # ``from tasks import cube`` names a module, ``from tasks.cube import x`` a name
+                module = f"{base}.{alias.name}"
+                named.add(module if module in _project_modules() else base)
+    return frozenset(named & _project_modules() - REPORTING_MODULES)
+
+
+@cache
+def code_modules(*roots: str) -> tuple[str, ...]:
+    """``roots`` and every module of :data:`CODE_PACKAGES` they import, directly or through
+    another (``tasks.anomalies`` -> ``fusion_models.patching``, ``tasks.cube``, ...), sorted."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_imports(name) - seen)
+    return tuple(sorted(seen))
+
+
+def code_version(*modules: str) -> str:
+    """Version string of the code behind a stage: package version + hash of the source of
+    ``modules`` and of every project module they import (:func:`code_modules`).
+
+    Editing a stage's pure function, its task or any helper they reach changes its code version
+    and so its key; nobody keeps a list of them by hand. A process whose modules changed on disk
+    after it imported them (a long-lived Dask worker when the project is updated) refuses, at
+    every call: it would run its old code under a key that later runs, from the code on disk,
+    never find current, with nothing saying why.
     """
-    for name in modules:
+    for name in code_modules(*modules):
         module = importlib.import_module(name)
         path = str(Path(module.__file__ or "").resolve())
         with contextlib.suppress(OSError):
@@ -138,8 +194,8 @@ def _source_version(*modules: str) -> str:
     except PackageNotFoundError:  # running from a source tree without install
         pkg = "0+unknown"
     digest = hashlib.sha256()
-    for name in sorted(modules):
-        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+    for name in code_modules(*modules):
+        digest.update(_module_source(name).encode())
     return f"{pkg}+{digest.hexdigest()[:12]}"
 
 

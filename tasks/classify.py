@@ -117,13 +117,7 @@ MAP_ROWS = 64
 #: training patches up to this size are held in memory and batched at random every epoch;
 #: larger training sets are read as runs of a store chunk (batches in random order)
 IN_MEMORY_BYTES = 2 * 1024**3
-CODE_MODULES = (
-    "tasks.classify",
-    "fusion_models.classifiers",
-    "fusion_models.classifier_training",
-    "fusion_models.conv4d",
-    "fusion_models.patching",
-)
+CODE_MODULES = ("tasks.classify",)  # and every project module it imports (checkpoint.code_modules)
 #: The 15 NLCD classes of the deck, in class-index order.
 CLASSES: tuple[int, ...] = tuple(NLCD_CLASSES)
 #: label codes read as "no label" in an NLCD layer without a legend (NLCD's nodata: 0 before 2019, 250 since)

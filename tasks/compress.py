@@ -95,7 +95,7 @@ SEGMENT_BYTES = 64 * 1024**2
 TRAIN_BYTES = 128 * 1024**2
 #: largest share of the training sample the ``psnr`` step search quantizes at each of its steps
 SEARCH_BYTES = 16 * 1024**2
-CODE_MODULES = ("tasks.compress", "fusion_models.tdl", "fusion_models.entropy")
+CODE_MODULES = ("tasks.compress",)  # and every project module it imports (checkpoint.code_modules)
 # the masks' coding (index attribute compress_mask_coding): 2, fusion_models.entropy.encode_mask
 # with the NaN mask anchored on valid; stores without the attribute were coded by encode_mask_rows
 MASK_CODING = 2

@@ -14,6 +14,7 @@ __all__ = [
     "NotEnoughData",
     "StagesFailed",
     "did_you_mean",
+    "retry_on_io_error",
 ]
 
 
@@ -56,3 +57,14 @@ class StagesFailed(RuntimeError):
     def __init__(self, message: str, products: dict[str, Any]) -> None:
         super().__init__(message)
         self.products = products
+
+
+def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only I/O failures (a flaky disk or network store); bad input fails at once."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False

@@ -100,14 +100,7 @@ BLOCK_BYTES = 64 * 2**20  # input rows read, filled and written at once (peak me
 #: so long series train with fewer patches a step instead of running out of memory
 TRAIN_STEP_BYTES = 3 * 2**30
 ACTIVATION_BYTES_PER_ENTRY = 1250
-CODE_MODULES = (
-    "tasks.gapfill",
-    "tasks.cube",
-    "fusion_models.lrtcnet",
-    "fusion_models.lrtcnet_training",
-    "fusion_models.completion",
-    "fusion_models.patching",
-)
+CODE_MODULES = ("tasks.gapfill",)  # and every project module it imports (checkpoint.code_modules)
 
 
 # --- pure helpers -------------------------------------------------------------------------------

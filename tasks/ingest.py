@@ -65,7 +65,7 @@ from tasks.cube import (
     zarr_array,
 )
 from tasks.discover import SceneRef, discover, file_name, file_stamp, unmatched_rasters
-from tasks.errors import CubeSchemaError, SceneError
+from tasks.errors import CubeSchemaError, SceneError, retry_on_io_error
 from tasks.locks import DEFAULT_TIMEOUT as DEFAULT_LOCK_TIMEOUT
 from tasks.locks import cube_lock
 from tasks.validate import ValidationRules, validate_profiles
@@ -78,7 +78,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-INGEST_MODULES = ("tasks.ingest", "tasks.warp", "tasks.discover", "tasks.validate")
+INGEST_MODULES = ("tasks.ingest",)  # and every project module it imports (checkpoint.code_modules)
 DATA_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
@@ -1596,17 +1596,6 @@ from prefect.cache_policies import NONE as NO_CACHE  # noqa: E402
 
 from tasks.catalog import load_catalog  # noqa: E402
 from tasks.quicklook import artifact_key  # noqa: E402
-
-
-def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only I/O failures (a flaky disk or network store); bad input fails at once."""
-    try:
-        state.result()
-    except OSError:
-        return True
-    except Exception:
-        return False
-    return False
 
 
 @task(name="plan-ingest", cache_policy=NO_CACHE)

@@ -115,8 +115,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "labels"
-CODE_MODULES = ("tasks.labels", "fusion_models.unet_lrtd", "fusion_models.unet_lrtd_training", "fusion_models.patching",
-                "tasks.cube")
+CODE_MODULES = ("tasks.labels",)  # and every project module it imports (checkpoint.code_modules)
 NO_CLASS = 255  # class(y, x) where there is no prediction (pixels never observed) / label raster nodata
 CODES: tuple[int, ...] = tuple(NLCD_CLASSES)
 TRAIN_PATCHES = 512  # patches held in memory for training (labelled ones first)

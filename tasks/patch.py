@@ -60,7 +60,7 @@ from tasks.cube import (
     open_cube,
     spatial_ref,
 )
-from tasks.ingest import retry_on_io_error
+from tasks.errors import retry_on_io_error
 from tasks.runlog import reports_warnings
 
 __all__ = ["PATCH_ATTRS", "cut_layers", "make_patches", "patch_task", "unpatch"]
@@ -68,7 +68,7 @@ __all__ = ["PATCH_ATTRS", "cut_layers", "make_patches", "patch_task", "unpatch"]
 log = logging.getLogger(__name__)
 
 STAGE = "patch"
-CODE_MODULES = ("tasks.patch", "fusion_models.patching")
+CODE_MODULES = ("tasks.patch",)  # and every project module it imports (checkpoint.code_modules)
 # Attributes make_patches adds on top of the cube's own (unpatch removes them again).
 PATCH_ATTRS = (
     "patch_size",

@@ -157,3 +157,48 @@ def test_a_process_whose_modules_changed_on_disk_refuses_to_version_its_code(mon
         checkpoint.code_version("tasks.patch")
     monkeypatch.undo()
     assert checkpoint.code_version("tasks.patch") == before
+
+
+def test_a_stage_code_version_covers_every_project_module_it_imports_inside_functions_too() -> None:
+    """QA9: the anomalies stage imports fusion_models.patching (tile layout and blending) but its
+    hand-written module list left it out: editing it kept the old key, and the pipeline reused a
+    stale product. The list is now the stage module's imports, followed to the end."""
+    import tasks.checkpoint as checkpoint
+
+    anomalies = checkpoint.code_modules("tasks.anomalies")
+    assert {"tasks.anomalies", "fusion_models.patching", "fusion_models.qtrpca", "tasks.cube"} <= set(anomalies)
+    assert "fusion_models.statistics" in anomalies  # through fusion_models.qtrpca
+    assert "tasks.patch" in checkpoint.code_modules("tasks.compress")  # imported inside a function
+    assert "tasks.info" not in checkpoint.code_modules("tasks.anomalies")  # it describes, never makes
+
+
+def test_editing_any_module_a_stage_reaches_changes_its_code_version(monkeypatch) -> None:
+    import tasks.checkpoint as checkpoint
+
+    before = checkpoint.code_version("tasks.anomalies")
+    source = checkpoint._module_source
+    monkeypatch.setattr(checkpoint, "_module_source",
+                        lambda name: source(name) + ("# edited\n" if name == "fusion_models.patching" else ""))
+    checkpoint._source_version.cache_clear()
+    try:
+        assert checkpoint.code_version("tasks.anomalies") != before
+        assert checkpoint.code_version("tasks.validate") == checkpoint.code_version("tasks.validate")
+    finally:
+        monkeypatch.undo()
+        checkpoint._source_version.cache_clear()
+    assert checkpoint.code_version("tasks.anomalies") == before
+
+
+def test_imports_are_read_from_the_source_relative_and_lazy_ones_included(monkeypatch) -> None:
+    import tasks.checkpoint as checkpoint
+
+    fake = ("import numpy\nimport tasks.locks\n"
+            "def f():\n    from . import cube\n    from fusion_models import patching\n"
+            "    from tasks.info import describe\n")
+    monkeypatch.setattr(checkpoint, "_module_source", lambda name: fake)
+    checkpoint._imports.cache_clear()
+    try:
+        assert checkpoint._imports("tasks.not_a_module") == {"tasks.locks", "tasks.cube", "fusion_models.patching"}
+    finally:
+        monkeypatch.undo()
+        checkpoint._imports.cache_clear()
