@@ -32,11 +32,11 @@ from tasks.errors import CatalogError, CubeSchemaError, StagesFailed
 
 __all__ = ["STAGE_COMMANDS", "STAGE_MODULES", "build_parser", "main", "quiet_defaults", "stage_modules"]
 
-#: Modules of ``tasks/`` that add a ``fusioncube stage NAME`` sub-command (each has ``add_cli``).
-STAGE_MODULES = ("tasks.anomalies", "tasks.gapfill", "tasks.classify", "tasks.compress", "tasks.labels")
-#: the module of each of those sub-commands
+#: the module of ``tasks/`` behind each ``fusioncube stage NAME`` sub-command (its ``add_cli`` adds it)
 STAGE_COMMANDS = {"anomalies": "tasks.anomalies", "gapfill": "tasks.gapfill", "classify": "tasks.classify",
                   "compress": "tasks.compress", "decompress": "tasks.compress", "labels": "tasks.labels"}
+#: those modules, each once
+STAGE_MODULES = tuple(dict.fromkeys(STAGE_COMMANDS.values()))
 
 
 def stage_modules(argv: Sequence[str]) -> tuple[str, ...]:

@@ -1,7 +1,20 @@
 """Prefect tasks and the I/O around the pure functions of ``fusion_models``.
 
-Each stage module holds pure xarray-level helpers first, the checkpointed I/O function next and a
-thin ``@task`` last: ``catalog`` (data_catalog.yaml), ``discover`` / ``validate`` / ``warp`` /
-``ingest`` (scenes -> cube), ``patch``, ``anomalies``, ``gapfill``, ``checkpoint`` (manifests,
-atomic writes), ``cube`` (the schema), ``quicklook``, ``sample_area`` (the built-in sample area).
+A stage module holds pure xarray-level helpers first, the checkpointed I/O function next (the one
+the CLI and Python callers use) and a thin ``@task`` last. The modules:
+
+- the contract: ``cube`` (the cube schema, reading helpers), ``checkpoint`` (manifests, keys, code
+  versions, atomic writes), ``locks`` (one writer per cube), ``errors`` (the project's exceptions)
+- configuration: ``catalog`` (``data_catalog.yaml``), ``adhoc`` (a catalog made for a user's own
+  files by ``fusioncube ingest PATH...``: product presets, band files, sidecar masks), ``aoi``
+- scenes -> cube: ``discover`` (globs, dates), ``radiometry`` (per-scene scale from a product's
+  metadata), ``validate`` (Great Expectations), ``warp`` (a scene onto the cube's grid),
+  ``ingest`` (planning, parts, appending, backfill order)
+- stages: ``patch``, ``anomalies``, ``gapfill``, ``compress``, ``labels``, ``classify``; ``stages``
+  (the table the pipeline runs from)
+- for people: ``quicklook`` (pictures, class-map COGs, Prefect artifacts), ``info`` (``fusioncube
+  info``), ``pipeline_report`` (a run's summary), ``runlog`` (a stage's warnings kept for it),
+  ``export`` (dates as COGs)
+- the built-in sample area: ``sample_area`` (generator), ``_sample_textures``, ``sample_area_task``
+- ``faults``: fault injection for the reliability benchmark
 """

@@ -59,6 +59,12 @@ NLCD_CLASSES: dict[int, str] = {
 }
 
 
+#: the stages a cube can enable after patching. A stage is also named in ``Stages`` and
+#: ``CubeStageParams`` below, in ``tasks.stages.STAGES`` and in ``flows.cli.STAGE_COMMANDS``
+#: (tests/tasks/test_stages.py checks that they agree; README "Developing": adding a stage)
+StageName = Literal["anomalies", "gapfill", "classify", "compress", "labels"]
+
+
 def _regex_with_group(v: str | None, group: str) -> str | None:
     """``v`` when it is a valid regular expression with the named group ``group`` (or None)."""
     if v is not None:
@@ -338,7 +344,7 @@ class CubeSpec(_Strict):
         default_factory=lambda: CubeStageParams(),
         description="per-stage parameters for this cube, key by key over stages.<stage>",
     )
-    stages: list[Literal["anomalies", "gapfill", "classify", "compress", "labels"]] = Field(
+    stages: list[StageName] = Field(
         default_factory=list, description="stages run on this cube after patching"
     )
     schedule: str | None = Field(

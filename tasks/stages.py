@@ -2,7 +2,8 @@
 
 Each entry names the stage's Prefect task, the artifact it writes in the cube's stage folder and
 how to tell whether that artifact is current for the cube and the catalog's parameters. Adding a
-stage to the pipeline is one line here (plus its parameters in ``tasks/catalog.py``).
+stage takes an entry here, its name and parameters in ``tasks/catalog.py`` and its command in
+``flows/cli.py`` (README, "Developing": adding a stage; a test checks that the lists agree).
 
 Every stage task is called as ``task(cube_path, out_path, **params, overwrite=True)`` and returns a
 dict holding its manifest fields (``key``, ``created``, ``stats``, ``outputs``) and ``artifact``.

@@ -28,6 +28,24 @@ def test_every_stage_a_cube_enables_is_in_the_table() -> None:
         assert set(spec.stages) <= set(STAGES), cube
 
 
+def test_every_list_that_names_the_stages_names_the_same_ones() -> None:
+    """QA9: a stage is named in five places; one left out failed late (a stage missing from
+    CubeStageParams was reported as "data_catalog.yaml: no stage ...", blaming a sound catalog)."""
+    from typing import get_args
+
+    from flows.cli import STAGE_COMMANDS, STAGE_MODULES
+    from tasks.catalog import CubeStageParams, StageName, Stages
+
+    names = set(STAGES)
+    assert set(get_args(StageName)) == names
+    assert set(CubeStageParams.model_fields) == names
+    assert set(Stages.model_fields) == names | {"patch"}
+    assert names <= set(STAGE_COMMANDS)
+    assert {STAGE_COMMANDS[n] for n in names} == set(STAGE_MODULES)
+    for name in names:  # each command's module is the stage's own
+        assert STAGES[name].task.fn.__module__ == STAGE_COMMANDS[name], name
+
+
 def _products(created: datetime, *, new: int, timespec: str = "seconds") -> dict:
     ingest = {"ingested": [{"scene": f"s{i}"} for i in range(new)], "dates_added": ["2019-07-01"] * bool(new),
               "skipped": [], "quarantined": [{"scene": "bad.tif", "reason": "no CRS"}], "time_steps": 5,
