@@ -418,6 +418,7 @@ class GapfillParams(_Strict):
     epochs: int = Field(default=15, ge=1)
     layers: int = Field(default=20, ge=1)
     patch: int = Field(default=32, ge=4)
+    batch: int = Field(default=8, ge=1, description="training patches a step (fewer for long series)")
     seed: int = 0
 
 

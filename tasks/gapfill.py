@@ -597,6 +597,7 @@ def gapfill_task(
     epochs: int = 15,
     layers: int = 20,
     patch: int = 32,
+    batch: int = 8,
     seed: int = 0,
     overwrite: bool = False,
     quicklook: bool = True,
@@ -608,7 +609,7 @@ def gapfill_task(
     from tasks.quicklook import is_current, made_in_task_run, product_key, publish_image
 
     logger = get_run_logger()
-    manifest = gapfill_cube(cube, out, epochs=epochs, layers=layers, patch=patch, seed=seed,
+    manifest = gapfill_cube(cube, out, epochs=epochs, layers=layers, patch=patch, batch=batch, seed=seed,
                             overwrite=overwrite)
     result = {"artifact": str(out), **asdict(manifest)}
     if quicklook:

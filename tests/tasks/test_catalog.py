@@ -102,6 +102,7 @@ def test_a_cube_s_own_stage_parameters_replace_the_shared_ones_key_by_key(tmp_pa
         "anomalies": {"bits": 6},
         "compress": {"psnr": 40},  # one choice with stages.compress.step: replaces it
         "labels": {"labels": "fields/points.csv", "lam": 0},
+        "gapfill": {"batch": 2},  # QA9: long series need fewer patches a step; the CLI had it, the catalog not
     }
     raw["storage"] = {"root": "data"}
     cat = catalog_from_dict(raw, path=tmp_path / "cat.yaml")
@@ -115,6 +116,7 @@ def test_a_cube_s_own_stage_parameters_replace_the_shared_ones_key_by_key(tmp_pa
     assert labels["labels"] == str(tmp_path / "fields" / "points.csv")  # beside the catalog
     assert (labels["lam"], labels["epochs"]) == (0.0, raw["stages"]["labels"]["epochs"])
     assert cat.stage_params("planet", "labels")["labels"] == "landcover"  # a layer name stays a name
+    assert (cat.stage_params("modis_lst", "gapfill")["batch"], cat.stage_params("planet", "gapfill")["batch"]) == (2, 8)
     with pytest.raises(CatalogError, match=r"no stage 'anomaly' \(did you mean 'anomalies'\?\)"):
         cat.stage_params("planet", "anomaly")
 
