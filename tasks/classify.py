@@ -509,8 +509,8 @@ def classify_cube(
     _check_positive(epochs=epochs, patch=patch, block=block, batch=batch, crop=crop, width=width)
     cube, out = Path(cube), Path(out)
     # a saved model reads the label layer only to score its map, when the cube has one
-    scored = model is None or label in open_cube(cube).data_vars or Path(label).is_file()
-    params: dict[str, Any] = {"label": label if scored else None, "patch": patch, "block": block, "seed": seed}
+    has_labels = model is None or label in open_cube(cube).data_vars or Path(label).is_file()
+    params: dict[str, Any] = {"label": label if has_labels else None, "patch": patch, "block": block, "seed": seed}
     if model is None:
         params.update({"epochs": epochs, "batch": batch, "crop": crop, "lr": lr, "width": width})
     else:
@@ -557,18 +557,19 @@ def classify_cube(
     height, width_px = ds.sizes["y"], ds.sizes["x"]
     size = min(patch, height, width_px)
     patches = out.with_name(out.name + ".patches.zarr")
+    label_var = label  # the patch store's variable of labels
     if model is None:  # training reads its batches from a patch store
         make_patches(cube, patches, size=size, block=block, seed=seed, batch=16, overwrite=True, progress=progress)
         pds = xr.open_zarr(patches, consolidated=None)
         split = np.array([str(s) for s in pds["split"].values])
         origins = np.stack([pds["row0"].values, pds["col0"].values], axis=1)
         if raster is not None:  # the raster's patches beside the cube's, under the name the loaders read
-            label = "label_raster"
+            label_var = "label_raster"
             cut = np.stack([raster.values[r:r + size, c:c + size] for r, c in origins])
-            xr.Dataset({label: (("patch", "py", "px"), cut)}).to_zarr(patches, mode="a", zarr_format=3,
+            xr.Dataset({label_var: (("patch", "py", "px"), cut)}).to_zarr(patches, mode="a", zarr_format=3,
                                                                        consolidated=True)
             pds = xr.open_zarr(patches, consolidated=None)
-        has_label = label in pds
+        has_label = label_var in pds
         bands = [str(b) for b in pds["band"].values]
     else:  # applying reads the map straight from the cube: only the split is needed, to score it
         origins, split = patch_split(cube, size=size, block=block, seed=seed)
@@ -579,7 +580,7 @@ def classify_cube(
     def loader(where: str | None, *, shuffle: bool = False) -> tuple[PatchBatches, DataLoader]:
         idx = np.arange(len(split)) if where is None else np.flatnonzero(split == where)
         per = batch if shuffle else max(batch, 16)  # small steps to train, larger reads to infer
-        pb = PatchBatches(patches, idx, batch=per, label=label if has_label else None, classes=scheme.classes)
+        pb = PatchBatches(patches, idx, batch=per, label=label_var if has_label else None, classes=scheme.classes)
         return pb, patch_loader(pb, shuffle=shuffle, workers=n_workers, device=dev, seed=seed)
 
     fit_stats: dict[str, Any] = {}
@@ -678,12 +679,12 @@ def classify_cube(
             zarr_array(group, "confidence")[rows] = np.where(mapped, proba.max(axis=0), np.float32(np.nan))
             codes[rows] = part
             class_pixels += np.bincount(best[mapped], minlength=k)
-            scored = test_area[rows] & mapped
-            if to_index is not None and scored.any():
+            test_pixels = test_area[rows] & mapped
+            if to_index is not None and test_pixels.any():
                 lab = np.asarray(layer.isel(y=rows).values)
                 lab = np.nan_to_num(lab, nan=255) if np.issubdtype(lab.dtype, np.floating) else lab
                 idx = to_index[np.clip(lab.astype(np.int64), 0, 255)]
-                confusion += confusion_matrix(idx[scored], best[scored], k)
+                confusion += confusion_matrix(idx[test_pixels], best[test_pixels], k)
         infer_seconds = _time.perf_counter() - t0
     result = scores_from_confusion(confusion) if has_label and confusion.sum() else None
     from tasks.quicklook import write_class_cog
