@@ -311,7 +311,7 @@ def fingerprint(artifact: str | Path) -> str:
     if manifest is not None:
         return manifest.key
     if not artifact.exists():
-        raise FileNotFoundError(f"{artifact}: input artifact does not exist")
+        raise FileNotFoundError(f"{artifact}: no such file or folder")
     digest = hashlib.sha256()
     files = [artifact] if artifact.is_file() else sorted(p for p in artifact.rglob("*") if p.is_file())
     for p in files:

@@ -220,3 +220,21 @@ def test_a_full_disk_is_reported_naming_the_output_and_its_free_space(tmp_path: 
 
     with pytest.raises(PermissionError, match="Permission denied"):  # other OS errors as they were
         other("c.zarr", str(out))
+
+
+@pytest.mark.parametrize("stage", ["anomalies", "gapfill", "classify", "compress", "labels"])
+def test_a_missing_cube_is_named_in_plain_words_and_nothing_is_written(stage: str, tmp_path: Path) -> None:
+    """QA9: three stages said "input artifact does not exist", checkpoint jargon, for a typo."""
+    from tasks.anomalies import detect_anomalies
+    from tasks.classify import classify_cube
+    from tasks.compress import compress_cube
+    from tasks.gapfill import gapfill_cube
+    from tasks.labels import recover_labels
+
+    cube, out = tmp_path / "typo.zarr", tmp_path / "out.zarr"
+    run = {"anomalies": lambda: detect_anomalies(cube, out), "gapfill": lambda: gapfill_cube(cube, out),
+           "classify": lambda: classify_cube(cube, out), "compress": lambda: compress_cube(cube, out),
+           "labels": lambda: recover_labels(cube, "landcover", out)}[stage]
+    with pytest.raises(FileNotFoundError, match=r"typo\.zarr: no such (cube|file or folder)$"):
+        run()
+    assert list(tmp_path.iterdir()) == []
