@@ -408,9 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = run(Path(args.out), quick=args.quick or args.size == "quick", seed=args.seed,
                  sample=Path(args.sample) if args.sample else None)
-    print(json.dumps(result["summary"], indent=1))  # noqa: T201
-    print(json.dumps(result["targets_met"], indent=1))  # noqa: T201
-    print("stage:", json.dumps(result["stage"]))  # noqa: T201
+    print(json.dumps(result["summary"], indent=1))
+    print(json.dumps(result["targets_met"], indent=1))
+    print("stage:", json.dumps(result["stage"]))
     return 0
 
 

@@ -120,8 +120,8 @@ def _warm() -> None:
     import torch
 
     torch.set_num_threads(1)
-    import tasks.gapfill  # noqa: F401
-    import tasks.ingest  # noqa: F401
+    import tasks.gapfill
+    import tasks.ingest
     import tasks.patch  # noqa: F401
     from tasks.catalog import load_catalog
     from tasks.ingest import validation_rules

@@ -98,11 +98,11 @@ class RobustPCAResult:
             )
 
     @property
-    def L(self) -> np.ndarray:  # noqa: N802 - the paper's name
+    def L(self) -> np.ndarray:  # the paper's name
         return self.low_rank
 
     @property
-    def S(self) -> np.ndarray:  # noqa: N802 - the paper's name
+    def S(self) -> np.ndarray:  # the paper's name
         return self.sparse
 
 

@@ -625,10 +625,10 @@ def _cmd(args: argparse.Namespace) -> int:
               "background is the last iterate)" if s.get("unconverged_tiles") else "")
     taken = s.get("resumed_tiles", 0)
     solved = f"{s['tiles'] - taken} of {s['tiles']} tiles (the rest from a stopped run)" if taken else f"{s['tiles']} tiles"
-    print("\n".join(describe(args.out)))  # noqa: T201 - CLI output
-    print(f"  run: {q['bits']}-bit quantizer over {q['lo']:.6g} .. {q['hi']:.6g}; "  # noqa: T201
+    print("\n".join(describe(args.out)))
+    print(f"  run: {q['bits']}-bit quantizer over {q['lo']:.6g} .. {q['hi']:.6g}; "
           f"{solved} in {s['seconds']:.1f} s{capped}")
-    print(f"quick-look: {png}")  # noqa: T201
+    print(f"quick-look: {png}")
     return 0
 
 

@@ -720,17 +720,17 @@ def _cmd(args: argparse.Namespace) -> int:
 
     s = manifest.stats
     test = s["test"]["psnr_db"]
-    print("\n".join(describe(Path(args.out) / "compressed")))  # noqa: T201 - CLI output
-    print("  PSNR above: over the patches' " + ("observed values (valid pixels, every band finite; "  # noqa: T201
+    print("\n".join(describe(Path(args.out) / "compressed")))
+    print("  PSNR above: over the patches' " + ("observed values (valid pixels, every band finite; "
           "peak = their range)" if s.get("distortion_entries", "observed") == "observed"
           else "finite values (no pixel of the cube is observed)") + "; "
           + ("no test patches (the cube is too small for a held-out split)" if test is None
              else f"test patches (not trained on): {test:.2f} dB") + f"; encoded at {s['encode_mb_s']:.1f} MB/s")
     seen = decoded_quality(args.out)
-    print(f"decoded cube: {Path(args.out) / 'decoded.zarr'}"  # noqa: T201
+    print(f"decoded cube: {Path(args.out) / 'decoded.zarr'}"
           + (f" (observed pixels: PSNR {seen['psnr_db']:.2f} dB, NRMSE {seen['nrmse']:.4f})"
              if seen.get("psnr_db") is not None else ""))
-    print(f"quick-look: {Path(args.out) / 'compress.png'}")  # noqa: T201
+    print(f"quick-look: {Path(args.out) / 'compress.png'}")
     return 0
 
 
@@ -766,5 +766,5 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     from tasks.info import describe
 
     decompress(compressed_store(args.store) or args.store, args.out, overwrite=args.overwrite, progress=True)
-    print("\n".join(describe(args.out)))  # noqa: T201 - CLI output
+    print("\n".join(describe(args.out)))
     return 0

@@ -12,11 +12,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
 
-from tasks.cube import open_cube  # noqa: E402
+from tasks.cube import open_cube
 
 __all__ = [
     "FILLED_TINT", "RGB_NAMES", "artifact_key", "composite_png", "filled_view", "is_current", "made_in_task_run",

@@ -133,7 +133,7 @@ def _quick_run(page, shots: Path, tries: int = 3) -> None:
         if failed.count():
             errors += 1
             _save(page, shots, f"ui-quick-run-failed-{errors}.png")
-            print(f"UI quick run: the UI's error toast on try {errors}; trying again")  # noqa: T201
+            print(f"UI quick run: the UI's error toast on try {errors}; trying again")
             page.reload()
             continue
         return

@@ -13,7 +13,7 @@ from functools import partial
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with HTTP range requests, as object stores serve them."""
 
-    def send_head(self):  # noqa: ANN201 - the stdlib's signature
+    def send_head(self):
         path = self.translate_path(self.path)
         m = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
         if m is None or not os.path.isfile(path):
@@ -31,13 +31,13 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         self._left = end - start + 1
         return f
 
-    def copyfile(self, source, outputfile) -> None:  # noqa: ANN001
+    def copyfile(self, source, outputfile) -> None:
         if self._left is None:
             super().copyfile(source, outputfile)
         else:
             outputfile.write(source.read(self._left))
 
-    def log_message(self, *args) -> None:  # noqa: ANN002 - quiet
+    def log_message(self, *args) -> None:
         pass
 
 

@@ -237,7 +237,7 @@ def _parser_with(build, command: str, func):
     """``build`` whose ``command`` runs ``func``."""
     def patched(*args, **kwargs):
         parser = build(*args, **kwargs)
-        for action in parser._subparsers._group_actions:  # noqa: SLF001 - argparse keeps them here
+        for action in parser._subparsers._group_actions:  # argparse keeps them here
             if command in action.choices:
                 action.choices[command].set_defaults(func=func)
         return parser

@@ -118,7 +118,7 @@ def test_resumable_work_is_kept_on_failure_keyed_and_locked(tmp_path: Path) -> N
             try:
                 with resumable_artifact(final, "k1"):
                     pass
-            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            except BaseException as exc:  # handed to the test's thread
                 errors.append(exc)
             holding.set()
             release.wait(5)

@@ -115,7 +115,7 @@ def test_dates_stored_in_one_chunk_are_read_together_in_bounded_windows(tmp_path
     reads = []
     real_isel = xr.Dataset.isel
 
-    def counting_isel(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - a spy
+    def counting_isel(self, *args, **kwargs):
         if "time" in kwargs:
             reads.append((np.size(kwargs["time"]), kwargs["y"].stop - kwargs["y"].start))
         return real_isel(self, *args, **kwargs)
