@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -738,6 +739,10 @@ def fit_codec(train: np.ndarray, ranks: Sequence[int], *, angle_bits: int = 8,
     return codec, res
 
 
+#: a bitstream's header: a mark, the number of patches, the CRC-32 of its rANS code and the step
+_HEAD = struct.Struct("<4sIId")
+_MARK = b"TDL\x02"
+#: the header of streams written before it held the count and checksum: the step alone
 _STEP = struct.Struct("<d")
 
 
@@ -765,30 +770,44 @@ def encode(codec: TDLCodec, x: np.ndarray, step: float, *, lam: float = RDO_LAMB
            deadzone: float = 0.2) -> bytes:
     """Compress finite patches ``(P, I_1..I_N)``: project, quantize with ``step`` (normalised units;
     :func:`quantize_core`), rANS-code the indices with context-adaptive Laplace models
-    (``fusion_models.entropy.encode_context_laplace``). Returns the bitstream (the step in its
-    8-byte header)."""
+    (``fusion_models.entropy.encode_context_laplace``). Returns the bitstream (the patch count,
+    a checksum and the step in its header)."""
     return encode_indices(codec, quantize_core(codec, x, step, lam=lam, deadzone=deadzone), step)
 
 
 def encode_indices(codec: TDLCodec, q: np.ndarray, step: float) -> bytes:
     """The bitstream of quantized cores ``q (P, R_1..R_N)`` (:func:`quantize_core` with ``step``):
-    the step (8 bytes), then the context-adaptive rANS code."""
+    a 20-byte header (a mark, ``P``, the code's CRC-32, the step), then the context-adaptive rANS
+    code."""
     from fusion_models.entropy import encode_context_laplace
 
     if not (math.isfinite(step) and step > 0):
         raise ValueError(f"step must be finite and > 0; got step={step!r}")
     if np.shape(q)[1:] != codec.ranks:
         raise ValueError(f"q must be (P, {', '.join(map(str, codec.ranks))}) for this codec; got {np.shape(q)}")
-    return _STEP.pack(step) + encode_context_laplace(q, codec.spread / step)
+    code = encode_context_laplace(q, codec.spread / step)
+    return _HEAD.pack(_MARK, len(q), zlib.crc32(code), step) + code
 
 
 def decode(codec: TDLCodec, data: bytes, n: int) -> np.ndarray:
     """Inverse of :func:`encode` for ``n`` patches: ``(n, I_1..I_N)`` float32. A stream of another
-    number of patches is refused (``ValueError``)."""
+    number of patches, a truncated or a damaged one is refused (``ValueError``): the header holds
+    the count and a checksum."""
     from fusion_models.entropy import decode_context_laplace
 
-    (step,) = _STEP.unpack_from(data)
-    return dequantize_core(codec, decode_context_laplace(data[_STEP.size:], codec.spread / step, n), step)
+    if bytes(data[:len(_MARK)]) == _MARK:
+        if len(data) < _HEAD.size:
+            raise ValueError(f"corrupt bitstream: {len(data)} bytes, shorter than its {_HEAD.size}-byte header")
+        _, count, crc, step = _HEAD.unpack_from(data)
+        code = data[_HEAD.size:]
+        if count != n:
+            raise ValueError(f"the bitstream holds {count} patch(es), not {n}")
+        if zlib.crc32(code) != crc:
+            raise ValueError("corrupt bitstream: its checksum does not match (truncated or damaged)")
+    else:  # written before the header held the count: a wrong n is caught only where the code says so
+        (step,) = _STEP.unpack_from(data)
+        code = data[_STEP.size:]
+    return dequantize_core(codec, decode_context_laplace(code, codec.spread / step, n), step)
 
 
 def dequantize_core(codec: TDLCodec, q: np.ndarray, step: float) -> np.ndarray:

@@ -117,9 +117,16 @@ def test_codec_round_trip_shapes_dtypes_and_rate_3d_and_4d() -> None:
     three = x32[:, :, 0]  # (S, T, H, W): 3D patches
     c3, _ = tdl.fit_codec(three, (2, 3, 3), iters=2)
     assert tdl.decode(c3, tdl.encode(c3, three, 0.05), len(three)).shape == three.shape
-    for wrong in (len(x32) - 1, len(x32) + 1, 1, 0):  # the stream is level-major: a wrong count garbles all
-        with pytest.raises(ValueError, match=f"exactly {wrong} item"):
+    for wrong in (len(x32) - 1, len(x32) + 1, 40, 1, 0):  # QA9: more patches than encoded decoded garbage
+        with pytest.raises(ValueError, match=f"holds {len(x32)} patch\\(es\\), not {wrong}$"):
             tdl.decode(codec, stream, wrong)
+    for damaged in (stream[:len(stream) // 2], stream[:-4], stream[:-1] + bytes([stream[-1] ^ 1]), stream[:10]):
+        with pytest.raises(ValueError, match="corrupt bitstream"):
+            tdl.decode(codec, damaged, len(x32))
+    legacy = tdl._STEP.pack(0.01) + stream[tdl._HEAD.size:]  # a stream written before the header held the count
+    np.testing.assert_array_equal(tdl.decode(codec, legacy, len(x32)), out)
+    with pytest.raises(ValueError, match=f"exactly {len(x32) - 1} item"):
+        tdl.decode(codec, legacy, len(x32) - 1)
     holed = x32.copy()
     holed[0, 0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="1 NaN or infinite entries; fill them first"):
