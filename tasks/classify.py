@@ -42,13 +42,14 @@ import logging
 import os
 import time as _time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import dask.array as dask_array
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 import zarr
@@ -74,12 +75,15 @@ from tasks.checkpoint import (
     fingerprint,
     reuse_or_refuse,
     stage_key,
+    torch_load_refusal,
     write_manifest,
 )
 from tasks.cube import (
+    band_stats,
     cube_crs,
     cube_transform,
     observed_anywhere,
+    observed_mask,
     open_cube,
     unobserved_reason,
     zarr_array,
@@ -278,9 +282,10 @@ def weights_path(out: str | Path) -> Path:
 
 
 def save_model(model: PixelClassifier, path: str | Path, *, bands: list[str],
-               scheme: LabelScheme | None = None) -> Path:
+               scheme: LabelScheme | None = None, dates: Sequence[str] = ()) -> Path:
     """``torch.save`` a dict of plain types and the state dict (loadable with weights_only):
-    the class codes, names and colours (``scheme``, default NLCD) travel with the weights."""
+    the class codes, names and colours (``scheme``, default NLCD), the bands and the dates
+    (ISO days) of the training cube travel with the weights."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     classes = scheme.classes if scheme else CLASSES
@@ -289,7 +294,8 @@ def save_model(model: PixelClassifier, path: str | Path, *, bands: list[str],
     legend = {"class_names": [scheme.names[c] for c in classes],
               "class_colours": [list(scheme.colours[c]) for c in classes]} if scheme else {}
     torch.save({"kind": model.kind, "config": model.config(), "classes": list(classes), **legend,
-                "bands": list(bands), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
+                "bands": list(bands), "dates": list(dates),
+                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
                tmp)
     os.replace(tmp, path)
     return path
@@ -303,8 +309,9 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # not a torch file at all (a COG, a zip of something else, ...)
-        raise ValueError(f"{path}: not a fusioncube classifier checkpoint (torch.load with "
-                         f"weights_only=True refused it: {type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        raise ValueError(f"{path}: not a fusioncube classifier checkpoint (torch.load with weights_only=True "
+                         f"refused it: {torch_load_refusal(exc)}; a file that needs more is never loaded: "
+                         "it could run code)") from exc
     if not isinstance(saved, dict) or "state_dict" not in saved or "kind" not in saved:
         raise ValueError(f"{path}: not a fusioncube classifier (expected a dict with kind, config, "
                          "state_dict as written by tasks.classify.save_model)")
@@ -313,6 +320,43 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     state.setdefault("seen", model.seen)  # saved before 2026-12: every class may be predicted
     model.load_state_dict(state)
     return model.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
+
+
+#: a cube whose band mean lies this many of the training cube's standard deviations from its mean,
+#: or whose spread is this many times larger or smaller, holds other units or another scaling
+UNITS_SIGMAS, UNITS_SPREAD = 5.0, 10.0
+#: dates this many days of the year (median) from the training cube's: another season
+SEASON_DAYS = 30
+_CHECK_ENTRIES = 2**20  # pixel-dates read to compare a cube's band statistics with a model's
+
+
+def model_mismatch(net: PixelClassifier, meta: dict[str, Any], ds: xr.Dataset) -> list[str]:
+    """Why a saved model may read this cube wrongly although its dates and bands match in number
+    and name, as sentences: band values far from the training cube's (other units or scaling:
+    digital numbers against reflectance) and dates of another season (the network reads the
+    dates' order as the season's course). Read from a strided sample of the cube."""
+    step = max(1, int(np.sqrt(ds.sizes["time"] * ds.sizes["y"] * ds.sizes["x"] / _CHECK_ENTRIES)))
+    data = np.asarray(ds["data"][:, :, ::step, ::step].values, dtype=np.float64)
+    valid = np.asarray(ds["valid"][:, ::step, ::step].values, dtype=bool)
+    seen = observed_mask(data, valid)
+    problems = []
+    if seen.any():
+        mean, std = (a.ravel() for a in band_stats(data, seen))
+        t_mean, t_std = (getattr(net, n).detach().cpu().numpy().astype(np.float64).ravel() for n in ("mean", "std"))
+        for b, band in enumerate(str(v) for v in ds["band"].values):
+            far, spread = abs(mean[b] - t_mean[b]) / t_std[b], std[b] / t_std[b]
+            if far > UNITS_SIGMAS or not 1 / UNITS_SPREAD <= spread <= UNITS_SPREAD:
+                problems.append(f"band {band!r} has mean {mean[b]:.4g} and spread {std[b]:.4g} here, against "
+                                f"{t_mean[b]:.4g} and {t_std[b]:.4g} in the training cube: other units or scaling?")
+    trained = meta.get("dates") or []
+    if len(trained) == ds.sizes["time"]:
+        here = pd.DatetimeIndex(ds["time"].values).dayofyear.to_numpy()
+        then = pd.DatetimeIndex(trained).dayofyear.to_numpy()
+        shift = int(np.median((here - then + 182) % 365 - 182))
+        if abs(shift) > SEASON_DAYS:
+            problems.append(f"its dates lie {abs(shift)} days of the year {'after' if shift > 0 else 'before'} the "
+                            f"training cube's ({trained[0]} .. {trained[-1]}): another season")
+    return problems
 
 
 def map_strips(net: PixelClassifier, data: xr.DataArray, valid: xr.DataArray, *, rows: int = MAP_ROWS,
@@ -552,6 +596,9 @@ def classify_cube(
                 f"{trained_on}), renaming bands that are the same measurement), or train a model on this cube "
                 "(leave out --model)"
             )
+        for problem in model_mismatch(net, meta, ds):
+            log.warning("%s: the cube %s may not suit this model: %s. Its map may be wrong however confident "
+                        "it looks; train a model on this cube (leave out --model)", model, cube, problem)
     else:
         scheme = label_scheme(raster if raster is not None else ds[label], source=str(cube))
     height, width_px = ds.sizes["y"], ds.sizes["x"]
@@ -618,7 +665,8 @@ def classify_cube(
                              weights=class_weights(counts), epochs=epochs, lr=lr, crop=min(crop, size),
                              device=dev, seed=seed, progress=progress)
         net.only_predict(counts > 0)  # never a class of the legend with no training pixel
-        wpath = save_model(net, weights_path(out), bands=bands, scheme=scheme)
+        wpath = save_model(net, weights_path(out), bands=bands, scheme=scheme,
+                           dates=[str(d)[:10] for d in ds["time"].values])
         fit_stats = {"loss_history": [round(v, 5) for v in fit.history],
                      "val_macro_f1": [round(v, 4) for v in fit.val_f1], "best_epoch": fit.best_epoch,
                      "fit_seconds": round(fit.seconds, 3),

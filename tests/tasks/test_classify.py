@@ -129,6 +129,31 @@ def test_reuse_and_apply_saved_model(trained, tmp_path) -> None:
     assert ": a GeoTIFF, 1 band(s) of uint8" in text and f"made beside {out}" in text
 
 
+def test_a_saved_model_warns_on_a_cube_in_other_units_or_of_another_season(trained, tmp_path, caplog) -> None:
+    """QA9: a model applied to the same cube in digital numbers (x 10000) mapped it with 98 %
+    confidence and no word; nor was a cube of other months noticed."""
+    from tasks.classify import model_mismatch
+
+    cube, out, _, _ = trained
+    model, meta = load_model(weights_path(out))
+    ds = open_cube(cube)
+    assert meta["dates"] == [str(d)[:10] for d in ds["time"].values]
+    assert model_mismatch(model, meta, ds) == []
+    assert model_mismatch(model, meta, ds.assign(data=ds["data"] * 1.2)) == []  # another area's brightness
+    scaled = model_mismatch(model, meta, ds.assign(data=ds["data"] * 10000))
+    assert len(scaled) == 2 and "band 'red' has mean" in scaled[0] and "other units or scaling" in scaled[0]
+    later = ds.assign_coords(time=ds["time"].values + np.timedelta64(120, "D"))
+    (season,) = model_mismatch(model, meta, later)
+    assert season.startswith("its dates lie 120 days of the year after the training cube's (2019-04-01")
+    next_year = ds.assign_coords(time=ds["time"].values + np.timedelta64(364, "D"))
+    assert model_mismatch(model, meta, next_year) == []  # the same season a year on
+    dn = tmp_path / "dn.zarr"
+    ds.assign(data=ds["data"] * 10000).drop_encoding().to_zarr(dn, zarr_format=3, consolidated=True)
+    with caplog.at_level("WARNING", logger="tasks.classify"):
+        classify_cube(dn, tmp_path / "dn_classes.zarr", model=weights_path(out), patch=16, block=1, device="cpu")
+    assert "dn.zarr may not suit this model: band 'red' has mean" in caplog.text
+
+
 def test_a_short_training_maps_only_the_classes_of_its_labels(tmp_path) -> None:
     """With one epoch the untrained outputs of the 12 NLCD classes the labels do not hold won
     nearly everywhere (99 % of a user's map was class 31, absent from the labels)."""
