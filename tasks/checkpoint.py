@@ -50,6 +50,7 @@ __all__ = [
     "reusable",
     "reuse_or_refuse",
     "stage_key",
+    "torch_load_refusal",
     "write_manifest",
 ]
 
@@ -267,6 +268,17 @@ def reuse_or_refuse(artifact: str | Path, key: str, *, stage: str, overwrite: bo
     return None
 
 
+def torch_load_refusal(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words: torch's own message
+    advises loading with ``weights_only=False``, which fusioncube never does (it can run code)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    words = " ".join(text.strip().split("\n\n")[0].split())
+    reason = words.split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
 def load_state_dict(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
     """A model checkpoint's state dict, loaded with ``torch.load(weights_only=True)``.
 
@@ -288,7 +300,7 @@ def load_state_dict(path: str | Path, *, map_location: Any = "cpu") -> dict[str,
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise CheckpointError(
             f"{path}: not a plain state dict that loads with weights_only=True; refused, not unpickled "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"({torch_load_refusal(exc)})"
         ) from exc
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()

@@ -58,6 +58,7 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
+    load_state_dict,
     read_manifest,
     reuse_or_refuse,
     stage_key,
@@ -138,8 +139,7 @@ def load_model(out: str | Path, *, device: torch.device | str | None = None) -> 
     arch = dict(manifest.outputs.get("architecture", {}))
     net = LRTCNet(shape, ranks=tuple(manifest.outputs["ranks"]), layers=int(manifest.params["layers"]),
                   **arch)
-    state = torch.load(weights_path(out), map_location=device or "cpu", weights_only=True)
-    net.load_state_dict(state)
+    net.load_state_dict(load_state_dict(weights_path(out), map_location=device or "cpu"))
     return net.eval()
 
 

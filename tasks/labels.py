@@ -68,6 +68,7 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
+    load_state_dict,
     read_manifest,
     reuse_or_refuse,
     stage_key,
@@ -380,7 +381,7 @@ def load_model(out: str | Path, *, device: torch.device | str | None = None) -> 
     o, p = manifest.outputs, manifest.params
     net = UNetLRTD(tuple(o["sample_shape"]), len(o["classes"]), ranks=tuple(o["ranks"]),
                    variant=p["variant"], width=p["width"], depth=p["depth"])
-    net.load_state_dict(torch.load(weights_path(out), map_location=device or "cpu", weights_only=True))
+    net.load_state_dict(load_state_dict(weights_path(out), map_location=device or "cpu"))
     return net.eval()
 
 

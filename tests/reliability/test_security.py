@@ -85,8 +85,9 @@ def test_model_files_load_weights_only_and_must_be_state_dicts(tmp_path: Path) -
         '{"stage": "gapfill", "key": "k", "params": {"layers": 2}, "inputs": {}, "code_version": "x",'
         ' "outputs": {"sample_shape": [4, 2, 8, 8], "ranks": [2, 2, 8, 8]}}')
     shutil.copy(evil, weights_path(out))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match=r"filled\.zarr\.lrtcnet\.pt: not a plain state dict") as refused:
         load_model(out)
+    assert "weights_only` set to `False`" not in str(refused.value)  # torch's advice: never taken here
     assert not marker.exists(), "a model loader unpickled arbitrary code"
     torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
     assert set(load_state_dict(tmp_path / "ok.pt")) == {"w"}
