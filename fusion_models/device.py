@@ -74,7 +74,7 @@ def as_input(x: Any, model: torch.nn.Module, *, name: str = "x") -> torch.Tensor
     dtype = param.dtype if param is not None else torch.float32
     device = param.device if param is not None else None
     if isinstance(x, np.ndarray) and (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        return torch.as_tensor(x, dtype=dtype, device=device)
+        return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype, device=device)  # a flipped view too
     if isinstance(x, torch.Tensor) and not x.is_complex():
         return x.to(device=device, dtype=dtype)
     raise TypeError(f"{name} must be a real torch tensor or numpy array ({type(model).__name__} computes in "

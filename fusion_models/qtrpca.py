@@ -198,8 +198,11 @@ def _check_inputs(name: str, y: np.ndarray, omega: np.ndarray | None) -> np.ndar
             f"omega must have the shape of {name} {y.shape}; got {omega.shape}. "
             "Pass a bool mask that is true where an entry is observed"
         )
-    if omega.dtype != bool:
-        raise ValueError(f"omega must be bool (true = observed); got dtype {omega.dtype}")
+    if omega.dtype != bool:  # 0/1 numbers, as the torch models and the cubes' valid layers take them
+        if not (np.issubdtype(omega.dtype, np.number) and np.isin(omega, (0, 1)).all()):
+            raise ValueError(f"omega must be bool or 0/1 (true = observed); got dtype {omega.dtype}"
+                             + (" with values other than 0 and 1" if np.issubdtype(omega.dtype, np.number) else ""))
+        omega = omega != 0
     if not omega.any():
         raise ValueError(f"omega observes no entry of {name}; there is nothing to recover from")
     return omega

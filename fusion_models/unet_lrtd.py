@@ -379,6 +379,9 @@ class UNetLRTD(nn.Module):
             raise ValueError(f"sample must be (T, C, H, W); got {tuple(sample)}")
         self.sample = tuple(int(v) for v in sample)
         t, c, h, w = self.sample
+        if h % 2**depth or w % 2**depth:  # the UNet halves the patch depth times
+            raise ValueError(f"sample H, W ({h}, {w}) must be multiples of 2**depth = {2**depth} "
+                             f"(depth {depth}): pad or crop the patches, or lower depth")
         self.classes = int(classes)
         self.ranks = tuple(ranks) if ranks is not None else (classes, math.ceil(h / 4), math.ceil(w / 4))
         self.g = UNet(t * (c + 1), self.classes, width=width, depth=depth)

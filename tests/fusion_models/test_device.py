@@ -87,6 +87,8 @@ def test_models_take_numpy_float64_and_0_1_masks_like_float32_tensors() -> None:
         assert torch.equal(cnn(x, valid.astype(np.uint8)), cnn(x32, v))
         assert torch.equal(conv(x.transpose(0, 2, 1, 3, 4)[..., None].repeat(3, -1)),
                            conv(x32.permute(0, 2, 1, 3, 4)[..., None].repeat(1, 1, 1, 1, 1, 3)))
+        # QA9: a south-up raster flipped north-up is a negative-stride view, which torch refused
+        assert torch.equal(cnn(x[..., ::-1, :], valid[..., ::-1, :]), cnn(x32.flip(-2), v.flip(-2)))
     with pytest.raises(TypeError, match=r"x must be a real torch tensor or numpy array \(LRTCNet computes in torch.float32"):
         lrtc(x.tolist(), m)
     with pytest.raises(TypeError, match="valid must be a bool"):

@@ -200,8 +200,12 @@ def test_bad_arguments_raise():
         trpca(np.zeros((4, 4)))
     with pytest.raises(ValueError, match="omega must have the shape"):
         trpca(np.zeros((4, 4, 3)), np.ones((4, 4, 2), bool))
-    with pytest.raises(ValueError, match="omega must be bool"):
-        trpca(np.zeros((4, 4, 3)), np.ones((4, 4, 3)))
+    with pytest.raises(ValueError, match="omega must be bool or 0/1 .* with values other than 0 and 1"):
+        trpca(np.zeros((4, 4, 3)), np.full((4, 4, 3), 0.5))
+    with pytest.raises(ValueError, match="omega must be bool or 0/1"):
+        trpca(np.zeros((4, 4, 3)), np.full((4, 4, 3), "yes"))
+    y = np.random.default_rng(0).normal(size=(4, 4, 3))  # QA9: 0/1 masks, as the torch models take them
+    np.testing.assert_array_equal(trpca(y, np.ones(y.shape, np.uint8)).L, trpca(y, np.ones(y.shape, bool)).L)
     with pytest.raises(ValueError, match="bits must be an integer"):
         quantize(np.zeros(3), 0, 0.0, 1.0)
     with pytest.raises(ValueError, match="lo < hi"):

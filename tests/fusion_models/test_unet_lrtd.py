@@ -91,6 +91,8 @@ def test_bad_shapes_raise() -> None:
         LRTDLayer((3, 8, 8), (2, 2, 2))(torch.rand(1, 3, 8, 9))
     with pytest.raises(ValueError, match="multiples of 4"):
         UNet(6, 3, depth=2)(torch.rand(1, 6, 10, 12))
+    with pytest.raises(ValueError, match=r"sample H, W \(30, 30\) must be multiples of 2\*\*depth = 4"):
+        UNetLRTD((6, 4, 30, 30), 5, width=8)  # QA9: refused when built, not at the first forward
     with pytest.raises(ValueError, match="variant"):
         LRTDLayer((3, 8, 8), (2, 2, 2), variant="svd")  # type: ignore[arg-type]
 
