@@ -82,6 +82,7 @@ from tasks.cube import (
     band_stats,
     cube_crs,
     cube_transform,
+    flag_meanings,
     observed_anywhere,
     observed_mask,
     open_cube,
@@ -689,11 +690,11 @@ def classify_cube(
         {
             "classes": (("y", "x"), dask_array.full((height, width_px), fill, dtype=np.uint8, chunks=chunks), {
                 "long_name": "land cover class (4D-CNN)", "flag_values": list(scheme.classes),
-                "flag_meanings": " ".join(scheme.names[c].replace(" ", "_") for c in scheme.classes),
+                "flag_meanings": flag_meanings(scheme.names[c] for c in scheme.classes),
                 "flag_colors": ["#{:02x}{:02x}{:02x}".format(*scheme.colours[c][:3]) for c in scheme.classes],
                 "nodata": fill, **gm}),
             "confidence": (("y", "x"), dask_array.full((height, width_px), np.nan, dtype=np.float32, chunks=chunks),
-                           {"long_name": "probability of the class (NaN: never observed)", **gm}),
+                           {"long_name": "probability of the class (NaN: never observed)", "units": "1", **gm}),
         },
         coords=coords,
         attrs={"title": f"classes of {cube.name}", "classify_key": key, "model": str(wpath)},

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -39,6 +40,7 @@ __all__ = [
     "cube_crs",
     "describe_cube",
     "cube_transform",
+    "flag_meanings",
     "grid_coords",
     "observed_mask",
     "open_cube",
@@ -416,6 +418,12 @@ def cube_transform(ds: xr.Dataset) -> Affine:
 
 
 # --- reading a cube in bounded pieces (the stages that train on patches and predict by rows) ---
+
+
+def flag_meanings(names: Iterable[str]) -> str:
+    """CF ``flag_meanings`` of class names: one word each, of letters, digits and ``_ - . + @``
+    (CF 1.8, 3.5): ``Barren Land (Rock/Sand/Clay)`` -> ``Barren_Land_Rock_Sand_Clay``."""
+    return " ".join(re.sub(r"[^A-Za-z0-9_.+@-]+", "_", str(n).strip()).strip("_") or "_" for n in names)
 
 
 def observed_mask(data: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -59,6 +59,7 @@ from tasks.cube import (
     VALID_DIMS,
     cube_crs,
     cube_transform,
+    flag_meanings,
     grid_coords,
     spatial_ref,
     xy_attrs,
@@ -676,7 +677,7 @@ def static_layers(
         attrs: dict[str, Any] = {"long_name": var, "source": source, "nodata": nodata, "grid_mapping": "spatial_ref"}
         if src.classes:
             attrs["flag_values"] = list(src.classes)
-            attrs["flag_meanings"] = " ".join(m.replace(",", "").replace(" ", "_").replace("/", "_") for m in src.classes.values())
+            attrs["flag_meanings"] = flag_meanings(src.classes.values())
             colors = _colormap(passed[0].ref)
             if colors:
                 attrs["flag_colors"] = [colors.get(k, "#000000") for k in src.classes]

@@ -78,6 +78,7 @@ from tasks.cube import (
     band_stats,
     cube_crs,
     cube_transform,
+    flag_meanings,
     observed_mask,
     open_cube,
     patches_by_rows,
@@ -440,7 +441,7 @@ def _label_raster(ds: xr.Dataset, labels: str | Path) -> tuple[np.ndarray, dict[
         palette = colormaps["tab20"]
         order = sorted(names)
         attrs = {"flag_values": order,
-                 "flag_meanings": " ".join(names[c].replace(" ", "_") for c in order),
+                 "flag_meanings": flag_meanings(names[c] for c in order),
                  "flag_colors": ["#{:02x}{:02x}{:02x}".format(*(int(255 * v) for v in palette(i % 20)[:3]))
                                  for i in range(len(order))]}
     return codes, attrs, {"kind": "points", "file": str(path), "points": len(points), "dropped": dropped}
@@ -494,7 +495,7 @@ def _raster_legend(src: Any) -> dict[str, Any]:
     if not names:
         return {}
     legend: dict[str, Any] = {"flag_values": sorted(names),
-                              "flag_meanings": " ".join(names[c].replace(" ", "_") for c in sorted(names))}
+                              "flag_meanings": flag_meanings(names[c] for c in sorted(names))}
     try:
         table = src.colormap(1)
         legend["flag_colors"] = ["#{:02x}{:02x}{:02x}".format(*table[c][:3]) for c in sorted(names)]
@@ -699,7 +700,7 @@ def recover_labels(
             "class": (("y", "x"), pred, {
                 "long_name": "recovered class (UNet + low-rank Tucker layer)",
                 "flag_values": list(classes),
-                "flag_meanings": " ".join(names[c].replace(" ", "_") for c in classes),
+                "flag_meanings": flag_meanings(names[c] for c in classes),
                 "flag_colors": ["#{:02x}{:02x}{:02x}".format(*colours[c][:3]) for c in classes],
                 "nodata": NO_CLASS, **gm}),
             "confidence": (("y", "x"), confidence, {

@@ -69,6 +69,7 @@ from tasks._sample_textures import (
     warped_voronoi,
 )
 from tasks.catalog import NLCD_CLASSES
+from tasks.cube import flag_meanings
 
 __all__ = [
     "CLASSES",
@@ -650,7 +651,7 @@ def _write_nlcd(path: Path, land: _Landscape, n: int, rng: np.random.Generator) 
         dst.write(codes, 1)
         dst.set_band_description(1, "landcover")
         dst.update_tags(flag_values=" ".join(map(str, CLASSES)),
-                        flag_meanings=" ".join(CLASS_NAMES[c].replace(" ", "_") for c in CLASSES),
+                        flag_meanings=flag_meanings(CLASS_NAMES[c] for c in CLASSES),
                         **{f"CLASS_{c}": CLASS_NAMES[c] for c in CLASSES})
     return grid
 
@@ -939,7 +940,7 @@ class _PlanetTruthWriter:
                        {"long_name": "true cloud or cloud shadow", **gm}),
              "landcover": (("y", "x"), landcover,
                            {"flag_values": list(CLASSES),
-                            "flag_meanings": " ".join(CLASS_NAMES[c].replace(" ", "_") for c in CLASSES),
+                            "flag_meanings": flag_meanings(CLASS_NAMES[c] for c in CLASSES),
                             **gm})},
             coords={"time": np.array(dates, dtype="datetime64[ns]"), "band": np.array(BANDS, dtype=object), "y": y,
                     "x": x, "spatial_ref": spatial_ref(CRS.from_string(grid.crs), grid.transform)},

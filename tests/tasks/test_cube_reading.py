@@ -341,3 +341,17 @@ def test_the_grid_is_the_stored_geotransform_when_the_coordinates_agree_with_it(
     assert cube_transform(ds) == t
     part = cube_transform(ds.isel(y=slice(10, 20), x=slice(5, 30)))
     assert part.almost_equals(t * Affine.translation(5, 10), precision=1e-6) and part.c != t.c
+
+
+def test_flag_meanings_are_cf_words_one_per_class() -> None:
+    """QA9: 'Barren_Land_(Rock_Sand_Clay)' reached every class map; CF allows letters, digits and
+    _ - . + @ in a flag meaning, and readers split on the spaces between them."""
+    import re
+
+    from tasks.catalog import NLCD_CLASSES
+    from tasks.cube import flag_meanings
+
+    words = flag_meanings(NLCD_CLASSES.values()).split(" ")
+    assert len(words) == len(NLCD_CLASSES) and "Barren_Land_Rock_Sand_Clay" in words
+    assert all(re.fullmatch(r"[A-Za-z0-9_.+@-]+", w) for w in words)
+    assert flag_meanings(["Soy/Corn", " two  words ", "(x)", ""]) == "Soy_Corn two_words x _"
