@@ -52,6 +52,7 @@ from tasks.checkpoint import (
     Manifest,
     code_version,
     fingerprint,
+    product_attrs,
     read_manifest,
     resumable_artifact,
     reuse_or_refuse,
@@ -211,7 +212,8 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
         raise ValueError(f"{name} must be an integer {span}; got {name}={value!r}")
 
 
-def _template(ds: xr.Dataset, tile: int, *, cube: Path, band: str, bits: int) -> xr.Dataset:
+def _template(ds: xr.Dataset, tile: int, *, cube: Path, band: str, bits: int, key: str,
+              params: dict[str, Any]) -> xr.Dataset:
     nt, ny, nx = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
     chunks = (nt, min(tile, ny), min(tile, nx))
     dims = ("time", "y", "x")
@@ -230,9 +232,11 @@ def _template(ds: xr.Dataset, tile: int, *, cube: Path, band: str, bits: int) ->
         coords["spatial_ref"] = ds["spatial_ref"].load()
         for var in data_vars.values():
             var.attrs["grid_mapping"] = "spatial_ref"
-    attrs = {"title": f"anomalies of band {band} of {cube.name}", "Conventions": "CF-1.8", "source": str(cube),
-             "band": band, "method": f"quantized tensor robust PCA ({bits}-bit quantizer; Aidini, Tsagkatakis and "
-                                     "Tsakalides, ICASSP 2020), tiles blended"}
+    attrs = product_attrs(
+        STAGE, key, params, code=code_version(*CODE_MODULES), title=f"anomalies of band {band} of {cube.name}",
+        Conventions="CF-1.8", source=str(cube.resolve()), band=band,
+        method=f"quantized tensor robust PCA ({bits}-bit quantizer; Aidini, Tsagkatakis and Tsakalides, ICASSP 2020), "
+               "tiles blended")
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
@@ -376,7 +380,8 @@ def detect_anomalies(
         raise ValueError(f"{cube}: band {band!r} has no observed value; nothing to detect")
     if hi <= lo:
         hi = lo + 1.0
-    template = _template(ds, tile, cube=cube, band=band, bits=bits)
+    params = {"bits": bits, "band": band, "lam": lam, "tile": tile, "k": float(k)}
+    template = _template(ds, tile, cube=cube, band=band, bits=bits, key=key, params=params)
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     # a whole-date offset d over a tile (regional weather) costs sqrt(n_y) |d| as L (rank one in
     # the (y, time, x) t-SVD the solver uses) but lam n_y n_x |d| as S: it stays in L for any tile.
@@ -482,7 +487,7 @@ def detect_anomalies(
     manifest = Manifest(
         stage=STAGE,
         key=key,
-        params={"bits": bits, "band": band, "lam": lam, "tile": tile, "k": float(k)},
+        params=params,
         inputs={"cube": fingerprint(cube)},
         code_version=code_version(*CODE_MODULES),
         outputs={

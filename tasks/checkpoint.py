@@ -44,6 +44,7 @@ __all__ = [
     "fingerprint",
     "load_state_dict",
     "manifest_path",
+    "product_attrs",
     "read_manifest",
     "remove_artifact",
     "resumable_artifact",
@@ -198,6 +199,23 @@ def _source_version(*modules: str) -> str:
     for name in code_modules(*modules):
         digest.update(_module_source(name).encode())
     return f"{pkg}+{digest.hexdigest()[:12]}"
+
+
+def product_attrs(stage: str, key: str, params: Mapping[str, Any], *, code: str,
+                  inherit: Mapping[str, Any] | None = None, **own: Any) -> dict[str, Any]:
+    """The global attributes of a stage's Zarr product: ``inherit``'s (those of the input cube,
+    for a product that is a cube again), the stage's ``own``, and how it was made: its own
+    ``created`` and ``software``, the stage, key and parameters, and a line added to CF's
+    ``history``. A store copied away from its manifest still says where it came from."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    attrs = {k: v for k, v in (inherit or {}).items() if not str(k).startswith("fusioncube_")}
+    history = str(attrs.get("history") or "").rstrip("\n")
+    line = " ".join([f"{now}: fusioncube {stage}",
+                     *(f"{k}={v}" for k, v in sorted(params.items()) if v is not None), f"(key {key})"])
+    attrs.update(own)
+    attrs.update(created=now, software=f"fusioncube {code}", fusioncube_stage=stage, fusioncube_key=key,
+                 fusioncube_params=_canonical(dict(params)), history=f"{history}\n{line}" if history else line)
+    return attrs
 
 
 def stage_key(

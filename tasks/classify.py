@@ -73,6 +73,7 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
+    product_attrs,
     reuse_or_refuse,
     stage_key,
     torch_load_refusal,
@@ -697,7 +698,10 @@ def classify_cube(
                            {"long_name": "probability of the class (NaN: never observed)", "units": "1", **gm}),
         },
         coords=coords,
-        attrs={"title": f"classes of {cube.name}", "classify_key": key, "model": str(wpath)},
+        attrs=product_attrs(STAGE, key, params, code=code_version(*CODE_MODULES), title=f"classes of {cube.name}",
+                            classify_key=key, cube=str(cube.resolve()),
+                            # the model beside this product by its name, one applied from elsewhere by its path
+                            model=wpath.name if model is None else str(Path(wpath).resolve())),
     )
     codes = np.full((height, width_px), fill, dtype=np.uint8)  # for the COG: one byte a pixel
     class_pixels = np.zeros(k, dtype=np.int64)

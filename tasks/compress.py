@@ -514,7 +514,7 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
     )
     for k in ("compress_shape", "compress_valid_shape", "compress_mask_coding"):
         ds.attrs.pop(k, None)
-    ds.attrs["compression"] = f"decoded from {compressed}: lossy, see its manifest for the rate and PSNR"
+    ds.attrs["compression"] = f"decoded from {compressed.resolve()}: lossy, see its manifest for the rate and PSNR"
     tmp = out.with_name(out.name + ".patches-tmp.zarr")
     shutil.rmtree(tmp, ignore_errors=True)
     try:  # segment by segment into a patches store, then folded window by window: bounded memory

@@ -35,10 +35,12 @@ A ``patches.zarr`` input is held in memory whole.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import time as _time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -59,6 +61,7 @@ from tasks.checkpoint import (
     code_version,
     fingerprint,
     load_state_dict,
+    product_attrs,
     read_manifest,
     reuse_or_refuse,
     stage_key,
@@ -89,6 +92,9 @@ __all__ = [
     "weights_path",
     "within",
 ]
+
+#: the product's attributes given its source's: ``checkpoint.product_attrs`` with the run's key and parameters
+Stamp = Callable[..., dict[str, Any]]
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +192,7 @@ def _fit(xp: np.ndarray, op: np.ndarray, shape: tuple[int, int, int, int], kw: d
     return fit, ranks
 
 
-def _write_filled(ds: xr.Dataset, result: np.ndarray, filled: np.ndarray, tmp: Path, key: str) -> None:
+def _write_filled(ds: xr.Dataset, result: np.ndarray, filled: np.ndarray, tmp: Path, stamp: Stamp) -> None:
     """``filled.zarr`` from an in-memory result: the cube's variables, ``data`` replaced."""
     n_time, n_band, height, width = result.shape
     out_ds = xr.Dataset(
@@ -196,7 +202,7 @@ def _write_filled(ds: xr.Dataset, result: np.ndarray, filled: np.ndarray, tmp: P
             "filled": (("time", "y", "x"), filled, FILLED_ATTRS),
         },
         coords={name: coord.load() for name, coord in ds.coords.items()},
-        attrs={**ds.attrs, "gapfill_method": "LRTC-Net (self-supervised)", "gapfill_key": key},
+        attrs=stamp(inherit=ds.attrs),
     )
     for name in ds.data_vars:
         if name not in out_ds:
@@ -230,7 +236,7 @@ def within(values: np.ndarray, extent: np.ndarray) -> np.ndarray:
     return np.clip(values, np.where(np.isnan(lo), -np.inf, lo), np.where(np.isnan(hi), np.inf, hi))
 
 
-def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen: bool,
+def _fill_patches_store(cube: Path, out: Path, stamp: Stamp, kw: dict[str, Any], fill_unseen: bool,
                         progress: bool = False) -> tuple[Any, tuple[int, ...], tuple[int, ...], int, dict[str, int]]:
     """Train on and fill a ``patches.zarr``'s own patches, fold them back (in memory)."""
     ds = unpatch(cube)
@@ -256,13 +262,13 @@ def _fill_patches_store(cube: Path, out: Path, key: str, kw: dict[str, Any], fil
     filled = ~observed if fill_unseen else ~observed & ~unseen[None]
     result = np.where(observed[:, None], data, np.where(filled[:, None], folded, np.nan)).astype(np.float32)
     with atomic_artifact(out) as tmp:
-        _write_filled(ds, result, filled, tmp, key)
+        _write_filled(ds, result, filled, tmp, stamp)
     counts = {"filled": int(filled.sum()), "entries": int(filled.size), "unseen": int(unseen.sum()),
               "training_patches": len(origins)}
     return fit, ranks, shape, len(origins), counts
 
 
-def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen: bool, patch: int,
+def _fill_cube(cube: Path, out: Path, stamp: Stamp, kw: dict[str, Any], fill_unseen: bool, patch: int,
                progress: bool = False) -> tuple[Any, tuple[int, ...], tuple[int, ...], int, dict[str, int]]:
     """Fill a cube with bounded memory: streamed statistics, a training sample of patches, and
     filling and writing block by block (rows of patches, all columns; see the module doc)."""
@@ -316,7 +322,7 @@ def _fill_cube(cube: Path, out: Path, key: str, kw: dict[str, Any], fill_unseen:
                        FILLED_ATTRS),
         },
         coords={name: coord.load() for name, coord in ds.coords.items()},
-        attrs={**ds.attrs, "gapfill_method": "LRTC-Net (self-supervised)", "gapfill_key": key},
+        attrs=stamp(inherit=ds.attrs),
     )
     static = [n for n in ds.data_vars if n not in template]
     for name in static:  # other layers: copied block by block too when they have y, else at once
@@ -444,10 +450,12 @@ def gapfill_cube(
     dev = resolve_device(device)
     fit_kw = {"layers": layers, "epochs": epochs, "batch": batch, "lr": lr, "hide_share": hide_share,
               "seed": seed, "device": dev, "time_share": time_share}
+    stamp = functools.partial(product_attrs, STAGE, key, params, code=code_version(*CODE_MODULES),
+                              gapfill_method="LRTC-Net (self-supervised)", gapfill_key=key)
     if from_patches:
-        fit, ranks, shape, n_patches, counts = _fill_patches_store(cube, out, key, fit_kw, fill_unseen, progress)
+        fit, ranks, shape, n_patches, counts = _fill_patches_store(cube, out, stamp, fit_kw, fill_unseen, progress)
     else:
-        fit, ranks, shape, n_patches, counts = _fill_cube(cube, out, key, fit_kw, fill_unseen, patch, progress)
+        fit, ranks, shape, n_patches, counts = _fill_cube(cube, out, stamp, fit_kw, fill_unseen, patch, progress)
     wpath = weights_path(out)
     wtmp = wpath.with_name(f"{wpath.name}.tmp-{uuid.uuid4().hex[:8]}")
     torch.save(fit.net.cpu().state_dict(), wtmp)

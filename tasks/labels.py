@@ -69,6 +69,7 @@ from tasks.checkpoint import (
     code_version,
     fingerprint,
     load_state_dict,
+    product_attrs,
     read_manifest,
     reuse_or_refuse,
     stage_key,
@@ -707,8 +708,8 @@ def recover_labels(
                 "long_name": "probability of the recovered class", "units": "1", **gm}),
         },
         coords={name: ds.coords[name].load() for name in ("y", "x", "spatial_ref") if name in ds.coords},  # with their CF attrs
-        attrs={"title": "fusioncube label recovery", "labels_key": key, "cube": str(cube),
-               "labels": json.dumps(source)},
+        attrs=product_attrs(STAGE, key, params, code=code_version(*CODE_MODULES), title="fusioncube label recovery",
+                            labels_key=key, cube=str(Path(cube).resolve()), labels=json.dumps(source)),
     )
     chunks = (min(height, 512), min(width_px, 512))
     encoding = {"class": {"chunks": chunks}, "confidence": {"chunks": chunks}}

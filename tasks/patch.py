@@ -47,6 +47,7 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
+    product_attrs,
     reuse_or_refuse,
     stage_key,
     write_manifest,
@@ -70,6 +71,13 @@ log = logging.getLogger(__name__)
 STAGE = "patch"
 CODE_MODULES = ("tasks.patch",)  # and every project module it imports (checkpoint.code_modules)
 # Attributes make_patches adds on top of the cube's own (unpatch removes them again).
+#: what a patch's ``split`` says, for a reader of the store
+SPLIT_ATTRS = {
+    "long_name": "spatial-block split of the patch",
+    "description": "train, val and test patches come from disjoint spatial blocks and share no pixel; buffer: "
+                   "a held-out patch that overlapped another split's pixels, in no split (train and score on "
+                   "none of them)",
+}
 PATCH_ATTRS = (
     "patch_size",
     "patch_stride",
@@ -144,11 +152,11 @@ def _template(
     x = ds["x"].values
     coords: dict[str, Any] = {
         "patch": ("patch", np.arange(n, dtype=np.int64)),
-        "row0": ("patch", origins[:, 0].astype(np.int64)),
-        "col0": ("patch", origins[:, 1].astype(np.int64)),
+        "row0": ("patch", origins[:, 0].astype(np.int64), {"long_name": "cube row of the patch's top-left pixel"}),
+        "col0": ("patch", origins[:, 1].astype(np.int64), {"long_name": "cube column of the patch's top-left pixel"}),
         "y0": ("patch", y[origins[:, 0]], dict(ds["y"].attrs)),
         "x0": ("patch", x[origins[:, 1]], dict(ds["x"].attrs)),
-        "split": ("patch", split.astype(object)),  # variable-length strings: Zarr v3 "string"
+        "split": ("patch", split.astype(object), SPLIT_ATTRS),  # variable-length strings: Zarr v3 "string"
     }
     for cname, coord in ds.coords.items():
         if cname in SPACE or set(coord.dims) & set(SPACE):
@@ -350,19 +358,19 @@ def make_patches(
     block, split = _usable_split(origins, size=size, block=block, fractions=fracs, seed=seed, name=cube.name)
     layers = cut_layers(ds)
     crs = cube_crs(ds)
-    attrs = {
-        **ds.attrs,
-        "patch_size": size,
-        "patch_stride": stride,
-        "patch_block": block,
-        "split_fractions": fracs,
-        "split_seed": seed,
-        "cube_path": str(cube),
-        "cube_dims": list(DATA_DIMS),
-        "cube_shape": [n_time, n_band, height, width],
-        "crs_wkt": crs.to_wkt() if crs is not None else "",
-        "GeoTransform": " ".join(repr(float(v)) for v in cube_transform(ds).to_gdal()),
-    }
+    attrs = product_attrs(
+        STAGE, key, params, code=code_version(*CODE_MODULES), inherit=ds.attrs,
+        patch_size=size,
+        patch_stride=stride,
+        patch_block=block,
+        split_fractions=fracs,
+        split_seed=seed,
+        cube_path=str(cube.resolve()),
+        cube_dims=list(DATA_DIMS),
+        cube_shape=[n_time, n_band, height, width],
+        crs_wkt=crs.to_wkt() if crs is not None else "",
+        GeoTransform=" ".join(repr(float(v)) for v in cube_transform(ds).to_gdal()),
+    )
     template = _template(ds, layers, origins, split, size=size, batch=batch, attrs=attrs)
     dims = {name: tuple(str(d) for d in template[name].dims) for name in layers}
     observed = 0
@@ -499,7 +507,10 @@ def unpatch(
         from rasterio.crs import CRS
 
         coords["spatial_ref"] = spatial_ref(CRS.from_wkt(pds.attrs["crs_wkt"]), transform)
-    attrs = {k: v for k, v in pds.attrs.items() if k not in PATCH_ATTRS}
+    inputs = {"patches": fingerprint(patches)}
+    key = stage_key("unpatch", inputs=inputs, params={"tile": tile}, code=code_version(*CODE_MODULES))
+    attrs = product_attrs("unpatch", key, {"tile": tile}, code=code_version(*CODE_MODULES),
+                          inherit={k: v for k, v in pds.attrs.items() if k not in PATCH_ATTRS})
     others = {str(n): pds[n].load() for n in pds.data_vars if "patch" not in pds[n].dims}
 
     def windows() -> Iterator[tuple[slice, slice, dict[str, np.ndarray]]]:
@@ -559,13 +570,6 @@ def unpatch(
     }
     template = xr.Dataset({**lazy, **others}, coords=coords, attrs=attrs)
     check_cube(template, source=str(patches))
-    inputs = {"patches": fingerprint(patches)}
-    key = stage_key(
-        "unpatch",
-        inputs=inputs,
-        params={"tile": tile},
-        code=code_version(*CODE_MODULES),
-    )
     with atomic_artifact(out, overwrite=overwrite) as tmp:
         template.to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True)
         for rows, cols, folded in windows():

@@ -202,3 +202,23 @@ def test_imports_are_read_from_the_source_relative_and_lazy_ones_included(monkey
     finally:
         monkeypatch.undo()
         checkpoint._imports.cache_clear()
+
+
+def test_a_product_s_attributes_say_how_it_was_made_not_how_its_source_was() -> None:
+    """QA9: a filled cube carried its source cube's 'created' and 'software', and its seed and
+    parameters lived only in the manifest beside it."""
+    import json
+
+    from tasks.checkpoint import product_attrs
+
+    source = {"title": "cube", "created": "2020-01-01T00:00:00+00:00", "software": "fusioncube 0.0.1+old",
+              "history": "2020-01-01T00:00:00+00:00: fusioncube ingest (key a)", "fusioncube_stage": "ingest"}
+    attrs = product_attrs("gapfill", "k1", {"seed": 3, "epochs": 2, "band": None}, code="0.1.0+abc",
+                          inherit=source, gapfill_key="k1")
+    assert attrs["title"] == "cube" and attrs["gapfill_key"] == "k1"
+    assert attrs["created"] != source["created"] and attrs["software"] == "fusioncube 0.1.0+abc"
+    assert attrs["fusioncube_stage"] == "gapfill" and attrs["fusioncube_key"] == "k1"
+    assert json.loads(attrs["fusioncube_params"]) == {"seed": 3, "epochs": 2, "band": None}
+    first, line = attrs["history"].splitlines()
+    assert first == source["history"] and line.endswith(": fusioncube gapfill epochs=2 seed=3 (key k1)")
+    assert source["fusioncube_stage"] == "ingest"  # the source's mapping is not changed

@@ -116,6 +116,9 @@ def test_reuse_and_apply_saved_model(trained, tmp_path) -> None:
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "applied.zarr")["classes"].values,
                                   xr.open_zarr(out)["classes"].values)
     assert read_manifest(tmp_path / "applied.zarr").inputs["model"]
+    # the store names the model so that it is found from anywhere (QA9: a path relative to the run's folder)
+    assert xr.open_zarr(out).attrs["model"] == weights_path(out).name  # beside it
+    assert xr.open_zarr(tmp_path / "applied.zarr").attrs["model"] == str(weights_path(out).resolve())
     # its provenance names the model, not a label layer the bare cube does not have
     assert applied.params["label"] is None and applied.params["model"] == weights_path(out).name
     assert not (tmp_path / "applied.zarr.patches.zarr").exists()  # applying reads the cube, cuts nothing
