@@ -284,9 +284,9 @@ def _equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
 
 
 def _weights(path: Path) -> dict[str, np.ndarray]:
-    import torch
+    from tasks.checkpoint import load_state_dict
 
-    return {k: v.numpy() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+    return {k: v.numpy() for k, v in load_state_dict(path).items()}
 
 
 def _manifest_paths(data: Path) -> list[Path]:

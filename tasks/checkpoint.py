@@ -42,6 +42,7 @@ __all__ = [
     "code_modules",
     "code_version",
     "fingerprint",
+    "load_checkpoint",
     "load_state_dict",
     "manifest_path",
     "product_attrs",
@@ -50,6 +51,7 @@ __all__ = [
     "resumable_artifact",
     "reusable",
     "reuse_or_refuse",
+    "save_checkpoint",
     "stage_key",
     "torch_load_refusal",
     "write_manifest",
@@ -297,16 +299,31 @@ def torch_load_refusal(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
 
 
-def load_state_dict(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
-    """A model checkpoint's state dict, loaded with ``torch.load(weights_only=True)``.
+def save_checkpoint(path: str | Path, state: Mapping[str, Any], **meta: Any) -> Path:
+    """``torch.save`` a model's weights with what rebuilds and describes it (``meta``: plain
+    types, e.g. its kind, constructor arguments, classes, bands and input statistics), so the file
+    alone is enough; written atomically and loadable with ``weights_only=True``
+    (:func:`load_checkpoint`)."""
+    import torch
 
-    ``weights_only`` never unpickles arbitrary objects (no code runs from the file); the result
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
+    torch.save({**meta, "state_dict": {k: v.detach().cpu() for k, v in state.items()}}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """A model checkpoint's state dict and metadata, loaded with ``torch.load(weights_only=True)``:
+    a :func:`save_checkpoint` file, or a bare state dict (older files; metadata ``{}``).
+
+    ``weights_only`` never unpickles arbitrary objects (no code runs from the file); the weights
     must then be a mapping of parameter names to tensors. Anything else is refused.
 
     Raises
     ------
     CheckpointError
-        When the file is not a state dict (a pickled object, a bare tensor, a list...).
+        When the file holds no state dict (a pickled object, a bare tensor, a list...).
     """
     import pickle
 
@@ -314,12 +331,15 @@ def load_state_dict(path: str | Path, *, map_location: Any = "cpu") -> dict[str,
 
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        saved = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise CheckpointError(
             f"{path}: not a plain state dict that loads with weights_only=True; refused, not unpickled "
             f"({torch_load_refusal(exc)})"
         ) from exc
+    state, meta = saved, {}
+    if isinstance(saved, Mapping) and isinstance(saved.get("state_dict"), Mapping):
+        state, meta = saved["state_dict"], {k: v for k, v in saved.items() if k != "state_dict"}
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
@@ -327,7 +347,12 @@ def load_state_dict(path: str | Path, *, map_location: Any = "cpu") -> dict[str,
             f"{path}: a model checkpoint must be a state dict (parameter name -> tensor); "
             f"got {type(state).__name__}; refused"
         )
-    return dict(state)
+    return dict(state), meta
+
+
+def load_state_dict(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """The weights of a model checkpoint (:func:`load_checkpoint` without its metadata)."""
+    return load_checkpoint(path, map_location=map_location)[0]
 
 
 def fingerprint(artifact: str | Path) -> str:

@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time as _time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +63,7 @@ from fusion_models.classifier_training import (
     scores_from_confusion,
     shuffled_batches,
 )
+from fusion_models.classifiers import MODELS as CLASSIFIER_KINDS
 from fusion_models.classifiers import PixelClassifier, build_classifier
 from fusion_models.device import DEVICE_HELP, keeps_torch_rng, resolve_device
 from tasks.catalog import NLCD_CLASSES
@@ -73,10 +72,11 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
+    load_checkpoint,
     product_attrs,
     reuse_or_refuse,
+    save_checkpoint,
     stage_key,
-    torch_load_refusal,
     write_manifest,
 )
 from tasks.cube import (
@@ -90,6 +90,7 @@ from tasks.cube import (
     unobserved_reason,
     zarr_array,
 )
+from tasks.errors import CheckpointError
 from tasks.labels import check_byte_codes, raster_labels
 from tasks.patch import make_patches, patch_split
 from tasks.quicklook import class_names, cog_path, colour_table
@@ -285,22 +286,16 @@ def weights_path(out: str | Path) -> Path:
 
 def save_model(model: PixelClassifier, path: str | Path, *, bands: list[str],
                scheme: LabelScheme | None = None, dates: Sequence[str] = ()) -> Path:
-    """``torch.save`` a dict of plain types and the state dict (loadable with weights_only):
-    the class codes, names and colours (``scheme``, default NLCD), the bands and the dates
-    (ISO days) of the training cube travel with the weights."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    """Save the model with what rebuilds and describes it (``checkpoint.save_checkpoint``,
+    loadable with weights_only): the class codes, names and colours (``scheme``, default NLCD),
+    the bands and the dates (ISO days) of the training cube."""
     classes = scheme.classes if scheme else CLASSES
     if model.n_classes != len(classes):
         raise ValueError(f"the model predicts {model.n_classes} classes; the legend has {len(classes)}")
     legend = {"class_names": [scheme.names[c] for c in classes],
               "class_colours": [list(scheme.colours[c]) for c in classes]} if scheme else {}
-    torch.save({"kind": model.kind, "config": model.config(), "classes": list(classes), **legend,
-                "bands": list(bands), "dates": list(dates),
-                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
-               tmp)
-    os.replace(tmp, path)
-    return path
+    return save_checkpoint(path, model.state_dict(), kind=model.kind, config=model.config(), classes=list(classes),
+                           **legend, bands=list(bands), dates=list(dates))
 
 
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[PixelClassifier, dict[str, Any]]:
@@ -309,19 +304,18 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     if not path.exists():
         raise FileNotFoundError(f"{path}: no model file; train one with `fusioncube stage classify` first")
     try:
-        saved = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # not a torch file at all (a COG, a zip of something else, ...)
-        raise ValueError(f"{path}: not a fusioncube classifier checkpoint (torch.load with weights_only=True "
-                         f"refused it: {torch_load_refusal(exc)}; a file that needs more is never loaded: "
-                         "it could run code)") from exc
-    if not isinstance(saved, dict) or "state_dict" not in saved or "kind" not in saved:
-        raise ValueError(f"{path}: not a fusioncube classifier (expected a dict with kind, config, "
+        state, meta = load_checkpoint(path, map_location=device)
+    except CheckpointError as exc:  # not a torch file at all (a COG, a zip of something else, ...)
+        raise ValueError(f"{path}: not a fusioncube classifier checkpoint ({exc}); a file that needs more than "
+                         "weights_only=True is never loaded: it could run code") from exc
+    if meta.get("kind") not in CLASSIFIER_KINDS or "config" not in meta:
+        held = f"it holds a {meta['kind']} model" if meta.get("kind") else "it holds bare weights"
+        raise ValueError(f"{path}: not a fusioncube classifier ({held}; expected a dict with kind, config, "
                          "state_dict as written by tasks.classify.save_model)")
-    model = build_classifier(saved["kind"], **saved["config"])
-    state = dict(saved["state_dict"])
+    model = build_classifier(meta["kind"], **meta["config"])
     state.setdefault("seen", model.seen)  # saved before 2026-12: every class may be predicted
     model.load_state_dict(state)
-    return model.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
+    return model.eval(), meta
 
 
 #: a cube whose band mean lies this many of the training cube's standard deviations from its mean,

@@ -37,9 +37,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import time as _time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -60,10 +58,11 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
-    load_state_dict,
+    load_checkpoint,
     product_attrs,
     read_manifest,
     reuse_or_refuse,
+    save_checkpoint,
     stage_key,
     write_manifest,
 )
@@ -137,15 +136,21 @@ def weights_path(out: str | Path) -> Path:
 
 
 def load_model(out: str | Path, *, device: torch.device | str | None = None) -> LRTCNet:
-    """The LRTC-Net a finished ``filled.zarr`` was made with (state dict, ``weights_only=True``)."""
-    manifest = read_manifest(out)
-    if manifest is None:
-        raise FileNotFoundError(f"{out}: no manifest; run gapfill_cube first")
-    shape = tuple(manifest.outputs["sample_shape"])
-    arch = dict(manifest.outputs.get("architecture", {}))
-    net = LRTCNet(shape, ranks=tuple(manifest.outputs["ranks"]), layers=int(manifest.params["layers"]),
-                  **arch)
-    net.load_state_dict(load_state_dict(weights_path(out), map_location=device or "cpu"))
+    """The LRTC-Net a finished ``filled.zarr`` was made with (``weights_only=True``), from its
+    weights file alone; weights saved before it held the settings need the manifest."""
+    state, meta = load_checkpoint(weights_path(out), map_location=device or "cpu")
+    if "config" in meta:
+        c = dict(meta["config"])
+        net = LRTCNet(tuple(c.pop("sample")), ranks=tuple(c.pop("ranks")), layers=int(c.pop("layers")), **c)
+    else:
+        manifest = read_manifest(out)
+        if manifest is None:
+            raise FileNotFoundError(f"{out}: no manifest beside weights saved without their settings; "
+                                    "run gapfill_cube again")
+        arch = dict(manifest.outputs.get("architecture", {}))
+        net = LRTCNet(tuple(manifest.outputs["sample_shape"]), ranks=tuple(manifest.outputs["ranks"]),
+                      layers=int(manifest.params["layers"]), **arch)
+    net.load_state_dict(state)
     return net.eval()
 
 
@@ -456,10 +461,9 @@ def gapfill_cube(
         fit, ranks, shape, n_patches, counts = _fill_patches_store(cube, out, stamp, fit_kw, fill_unseen, progress)
     else:
         fit, ranks, shape, n_patches, counts = _fill_cube(cube, out, stamp, fit_kw, fill_unseen, patch, progress)
-    wpath = weights_path(out)
-    wtmp = wpath.with_name(f"{wpath.name}.tmp-{uuid.uuid4().hex[:8]}")
-    torch.save(fit.net.cpu().state_dict(), wtmp)
-    os.replace(wtmp, wpath)
+    architecture = {k: OURS[k] for k in ("step_sizes", "refine", "stack")}
+    wpath = save_checkpoint(weights_path(out), fit.net.state_dict(), kind="lrtcnet",  # rebuilt from the file alone
+                            config={"sample": list(shape), "ranks": list(ranks), "layers": layers, **architecture})
 
     manifest = Manifest(
         stage=STAGE,
@@ -472,7 +476,7 @@ def gapfill_cube(
             "cube": str(cube),
             "weights": str(wpath),
             "ranks": list(ranks),
-            "architecture": {k: OURS[k] for k in ("step_sizes", "refine", "stack")},
+            "architecture": architecture,
             "input_kind": "patches" if from_patches else "cube",
             "sample_shape": list(shape),
             "patches": n_patches,

@@ -249,6 +249,8 @@ def describe(path: str | Path) -> list[str]:
         return describe_catalog(path)
     if path.is_file() and path.suffix.lower() in (".tif", ".tiff"):
         return _geotiff(path)
+    if path.is_file() and path.suffix == ".pt":
+        return describe_model(path)
     store = compressed_store(path)
     if store is None and _plain_folder(path):
         return _folder(path)
@@ -300,6 +302,42 @@ def _title(path: Path) -> str:
     except CubeSchemaError as exc:
         title = TITLES[_product(path, exc)[1]]
         return title + (", unfinished (a stopped run's work)" if _unfinished(path) is not None else "")
+
+
+#: what a model file's kind is
+MODEL_KINDS = {"cnn4d": "a 4D-CNN land-cover classifier (stage classify)", "cnn3d": "a 3D-CNN classifier",
+               "cnn2d": "a 2D-CNN classifier", "unet_lrtd": "a UNet + LRTD label-recovery model (stage labels)",
+               "lrtcnet": "an LRTC-Net gap-filling model (stage gapfill)"}
+
+
+def describe_model(path: str | Path) -> list[str]:
+    """A model file a stage saved beside its product (``*.pt``): what it is and what it reads
+    (``torch.load(weights_only=True)``; ``CheckpointError`` naming the file otherwise)."""
+    from tasks.checkpoint import load_checkpoint
+
+    state, meta = load_checkpoint(path)
+    weights = sum(int(v.numel()) for v in state.values())
+    kind = str(meta.get("kind", ""))
+    lines = [f"{path}: {MODEL_KINDS.get(kind, 'model weights')}, {weights:,} weights in {len(state)} tensors"]
+    if not meta:
+        return lines + ["  saved without its settings: the manifest beside its product rebuilds it"]
+    if meta.get("classes"):
+        names = meta.get("class_names") or [str(c) for c in meta["classes"]]
+        lines.append(f"  classes ({len(meta['classes'])}): "
+                     + ", ".join(f"{c} {n}" for c, n in zip(meta["classes"], names, strict=False)))
+    if meta.get("bands"):
+        lines.append(f"  bands: {', '.join(map(str, meta['bands']))}")
+    if meta.get("dates"):
+        lines.append(f"  trained on {len(meta['dates'])} date(s): {meta['dates'][0]} .. {meta['dates'][-1]}")
+    mean = state.get("mean") if "mean" not in meta else meta["mean"]
+    std = state.get("std") if "std" not in meta else meta["std"]
+    if mean is not None and std is not None:  # the input statistics it standardises with
+        pairs = zip(np.ravel(np.asarray(mean, dtype=float)), np.ravel(np.asarray(std, dtype=float)), strict=False)
+        lines.append("  band mean / spread it standardises with: " + ", ".join(f"{m:.4g} / {s:.4g}" for m, s in pairs))
+    if meta.get("config"):
+        lines.append("  settings: " + ", ".join(f"{k}={v}" for k, v in meta["config"].items()
+                                                  if k not in ("mean", "std")))
+    return lines
 
 
 def describe_catalog(path: str | Path) -> list[str]:

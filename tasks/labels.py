@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import time as _time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -68,10 +66,11 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
-    load_state_dict,
+    load_checkpoint,
     product_attrs,
     read_manifest,
     reuse_or_refuse,
+    save_checkpoint,
     stage_key,
     write_manifest,
 )
@@ -376,14 +375,23 @@ def weights_path(out: str | Path) -> Path:
 
 
 def load_model(out: str | Path, *, device: torch.device | str | None = None) -> UNetLRTD:
-    """The UNet + LRTD model a finished ``labels.zarr`` was made with (``weights_only=True``)."""
-    manifest = read_manifest(out)
-    if manifest is None:
-        raise FileNotFoundError(f"{out}: no manifest; run recover_labels first")
-    o, p = manifest.outputs, manifest.params
-    net = UNetLRTD(tuple(o["sample_shape"]), len(o["classes"]), ranks=tuple(o["ranks"]),
-                   variant=p["variant"], width=p["width"], depth=p["depth"])
-    net.load_state_dict(load_state_dict(weights_path(out), map_location=device or "cpu"))
+    """The UNet + LRTD model a finished ``labels.zarr`` was made with (``weights_only=True``), from
+    its weights file alone (``labels.zarr.unet.pt`` also holds the classes, bands and the band
+    statistics the input is standardised with); weights saved before they did need the manifest."""
+    state, meta = load_checkpoint(weights_path(out), map_location=device or "cpu")
+    if "config" in meta:
+        c = meta["config"]
+        net = UNetLRTD(tuple(c["sample"]), int(c["classes"]), ranks=tuple(c["ranks"]), variant=c["variant"],
+                       width=int(c["width"]), depth=int(c["depth"]))
+    else:
+        manifest = read_manifest(out)
+        if manifest is None:
+            raise FileNotFoundError(f"{out}: no manifest beside weights saved without their settings; "
+                                    "run recover_labels again")
+        o, p = manifest.outputs, manifest.params
+        net = UNetLRTD(tuple(o["sample_shape"]), len(o["classes"]), ranks=tuple(o["ranks"]),
+                       variant=p["variant"], width=p["width"], depth=p["depth"])
+    net.load_state_dict(state)
     return net.eval()
 
 
@@ -716,10 +724,13 @@ def recover_labels(
     with atomic_artifact(out) as tmp:
         out_ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
     _write_cog(cog_path(out), pred, ds, colours, names)
-    wpath = weights_path(out)
-    wtmp = wpath.with_name(f"{wpath.name}.tmp-{uuid.uuid4().hex[:8]}")
-    torch.save(fit.net.cpu().state_dict(), wtmp)
-    os.replace(wtmp, wpath)
+    wpath = save_checkpoint(  # the file alone rebuilds the model and says what it reads (QA9)
+        weights_path(out), fit.net.state_dict(), kind="unet_lrtd",
+        config={"sample": [n_time, n_band, size, size], "classes": k, "ranks": list(ranks), "variant": variant,
+                "width": width, "depth": depth},
+        classes=list(classes), class_names=[names[c] for c in classes],
+        class_colours=[list(colours[c]) for c in classes], bands=[str(b) for b in ds["band"].values],
+        dates=[str(d)[:10] for d in ds["time"].values], mean=np.ravel(mean).tolist(), std=np.ravel(std).tolist())
 
     labelled = idx >= 0
     manifest = Manifest(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 
 import numpy as np
 import pytest
@@ -105,6 +106,9 @@ def test_reuse_weights_and_quicklook(filled, tmp_path):
         gapfill_cube(cube, out, epochs=3, layers=10, batch=4, device="cpu")
     net = load_model(out)
     assert weights_path(out).exists() and net.layers == 10
+    alone = tmp_path / "copy.zarr"  # QA9: the weights file alone rebuilds the net
+    shutil.copy(weights_path(out), weights_path(alone))
+    assert load_model(alone).layers == 10
     png = quicklook_png(cube, out, tmp_path / "ql.png", dates=3)
     assert png.stat().st_size > 1000
     # `info --png` on the filled cube: its newest date whole, the filled pixels outlined

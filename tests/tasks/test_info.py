@@ -66,6 +66,14 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
     assert "classes.zarr: a class map (stage classify)" in text and "made by: stage classify" in text
     assert "classes: " in text and "confidence: mean" in text
 
+    # QA9: the model files beside the products, described (what they are, read, were trained on)
+    text = info("classes.zarr.cnn4d.pt")
+    assert "a 4D-CNN land-cover classifier (stage classify)" in text and "bands: red, nir" in text
+    assert "trained on 8 date(s): 2019-05-01 .. 2019-05-15" in text and "band mean / spread it standardises with" in text
+    text = info("labels.zarr.unet.pt")
+    assert "a UNet + LRTD label-recovery model (stage labels)" in text and "41 Deciduous Forest" in text
+    assert "band mean / spread it standardises with" in text and "settings: sample=[8, 2, 16, 16]" in text
+
     # quick-looks of the products that have a picture, and a clear refusal for one that has none
     for name in ("labels.zarr", "classes.zarr", "anomalies.zarr", "cube.zarr"):
         assert main(["info", str(tmp_path / name), "--png", str(tmp_path / f"{name}.png")]) == 0

@@ -15,7 +15,7 @@ import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 
-from tasks.cube import grid_coords, spatial_ref
+from tasks.cube import grid_coords, open_cube, spatial_ref
 from tasks.labels import (
     NO_CLASS,
     add_cli,
@@ -123,6 +123,26 @@ def test_reuse_refuse_and_weights(recovered) -> None:
         recover_labels(cube, "landcover", out, **{**FAST, "epochs": 2})
     net = load_model(out)
     assert weights_path(out).exists() and net.classes == 3
+    # QA9: the weights file alone rebuilds the model and says what it reads (a bare state dict did not)
+    import shutil
+
+    from tasks.checkpoint import load_checkpoint
+
+    alone = out.parent / "elsewhere" / "copy.zarr"
+    alone.parent.mkdir()
+    shutil.copy(weights_path(out), weights_path(alone))
+    copied = load_model(alone)  # no manifest there
+    assert all(torch.equal(a, b) for a, b in zip(copied.state_dict().values(), net.state_dict().values(), strict=True))
+    _, meta = load_checkpoint(weights_path(out))
+    ds = open_cube(cube)
+    assert meta["kind"] == "unet_lrtd" and meta["classes"] == manifest.outputs["classes"]
+    assert meta["bands"] == [str(b) for b in ds["band"].values] and len(meta["mean"]) == len(meta["std"]) == ds.sizes["band"]
+    # weights saved before they held their settings still load, through the manifest
+    state, _ = load_checkpoint(weights_path(out))
+    torch.save(state, weights_path(alone))
+    with pytest.raises(FileNotFoundError, match="no manifest beside weights saved without their settings"):
+        load_model(alone)
+    assert load_model(out).classes == 3
 
 
 def test_points_csv_and_geojson(tmp_path) -> None:
