@@ -47,7 +47,6 @@ from typing import Any, cast
 
 import dask.array as dask_array
 import numpy as np
-import pandas as pd
 import torch
 import xarray as xr
 import zarr
@@ -80,13 +79,12 @@ from tasks.checkpoint import (
     write_manifest,
 )
 from tasks.cube import (
-    band_stats,
     cube_crs,
     cube_transform,
     flag_meanings,
     observed_anywhere,
-    observed_mask,
     open_cube,
+    training_mismatch,
     unobserved_reason,
     zarr_array,
 )
@@ -318,41 +316,11 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     return model.eval(), meta
 
 
-#: a cube whose band mean lies this many of the training cube's standard deviations from its mean,
-#: or whose spread is this many times larger or smaller, holds other units or another scaling
-UNITS_SIGMAS, UNITS_SPREAD = 5.0, 10.0
-#: dates this many days of the year (median) from the training cube's: another season
-SEASON_DAYS = 30
-_CHECK_ENTRIES = 2**20  # pixel-dates read to compare a cube's band statistics with a model's
-
-
 def model_mismatch(net: PixelClassifier, meta: dict[str, Any], ds: xr.Dataset) -> list[str]:
-    """Why a saved model may read this cube wrongly although its dates and bands match in number
-    and name, as sentences: band values far from the training cube's (other units or scaling:
-    digital numbers against reflectance) and dates of another season (the network reads the
-    dates' order as the season's course). Read from a strided sample of the cube."""
-    step = max(1, int(np.sqrt(ds.sizes["time"] * ds.sizes["y"] * ds.sizes["x"] / _CHECK_ENTRIES)))
-    data = np.asarray(ds["data"][:, :, ::step, ::step].values, dtype=np.float64)
-    valid = np.asarray(ds["valid"][:, ::step, ::step].values, dtype=bool)
-    seen = observed_mask(data, valid)
-    problems = []
-    if seen.any():
-        mean, std = (a.ravel() for a in band_stats(data, seen))
-        t_mean, t_std = (getattr(net, n).detach().cpu().numpy().astype(np.float64).ravel() for n in ("mean", "std"))
-        for b, band in enumerate(str(v) for v in ds["band"].values):
-            far, spread = abs(mean[b] - t_mean[b]) / t_std[b], std[b] / t_std[b]
-            if far > UNITS_SIGMAS or not 1 / UNITS_SPREAD <= spread <= UNITS_SPREAD:
-                problems.append(f"band {band!r} has mean {mean[b]:.4g} and spread {std[b]:.4g} here, against "
-                                f"{t_mean[b]:.4g} and {t_std[b]:.4g} in the training cube: other units or scaling?")
-    trained = meta.get("dates") or []
-    if len(trained) == ds.sizes["time"]:
-        here = pd.DatetimeIndex(ds["time"].values).dayofyear.to_numpy()
-        then = pd.DatetimeIndex(trained).dayofyear.to_numpy()
-        shift = int(np.median((here - then + 182) % 365 - 182))
-        if abs(shift) > SEASON_DAYS:
-            problems.append(f"its dates lie {abs(shift)} days of the year {'after' if shift > 0 else 'before'} the "
-                            f"training cube's ({trained[0]} .. {trained[-1]}): another season")
-    return problems
+    """Why a saved classifier may read this cube wrongly (:func:`tasks.cube.training_mismatch`
+    against the statistics and dates it was trained with)."""
+    mean, std = (getattr(net, n).detach().cpu().numpy() for n in ("mean", "std"))
+    return training_mismatch(ds, mean, std, meta.get("dates") or [])
 
 
 def map_strips(net: PixelClassifier, data: xr.DataArray, valid: xr.DataArray, *, rows: int = MAP_ROWS,

@@ -14,11 +14,12 @@ import contextlib
 import logging
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
@@ -49,6 +50,7 @@ __all__ = [
     "read_rows",
     "spatial_ref",
     "streamed_band_stats",
+    "training_mismatch",
     "unobserved_reason",
     "xy_attrs",
     "zarr_array",
@@ -473,6 +475,44 @@ def band_stats(data: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.n
     mean = np.where(np.isfinite(mean), mean, 0.0)
     std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+#: a cube whose band mean lies this many of the training cube's standard deviations from its mean,
+#: or whose spread is this many times larger or smaller, holds other units or another scaling
+UNITS_SIGMAS, UNITS_SPREAD = 5.0, 10.0
+#: dates this many days of the year (median) from the training cube's: another season
+SEASON_DAYS = 30
+_CHECK_ENTRIES = 2**20  # pixel-dates read to compare a cube's band statistics with a model's
+
+
+def training_mismatch(ds: xr.Dataset, mean: np.ndarray, std: np.ndarray, dates: Sequence[str]) -> list[str]:
+    """Why a model trained on a cube with per-band ``mean`` / ``std`` and ``dates`` (ISO days) may
+    read ``ds`` wrongly although its dates and bands match in number and name, as sentences: band
+    values far from the training cube's (other units or scaling: digital numbers against
+    reflectance) and dates of another season (a network reads the dates' order as the season's
+    course). Read from a strided sample of the cube."""
+    step = max(1, int(np.sqrt(ds.sizes["time"] * ds.sizes["y"] * ds.sizes["x"] / _CHECK_ENTRIES)))
+    data = np.asarray(ds["data"][:, :, ::step, ::step].values, dtype=np.float64)
+    valid = np.asarray(ds["valid"][:, ::step, ::step].values, dtype=bool)
+    seen = observed_mask(data, valid)
+    problems = []
+    if seen.any():
+        here_mean, here_std = (a.ravel() for a in band_stats(data, seen))
+        t_mean, t_std = (np.ravel(np.asarray(a, dtype=np.float64)) for a in (mean, std))
+        for b, band in enumerate(str(v) for v in ds["band"].values):
+            far, spread = abs(here_mean[b] - t_mean[b]) / t_std[b], here_std[b] / t_std[b]
+            if far > UNITS_SIGMAS or not 1 / UNITS_SPREAD <= spread <= UNITS_SPREAD:
+                problems.append(f"band {band!r} has mean {here_mean[b]:.4g} and spread {here_std[b]:.4g} here, against "
+                                f"{t_mean[b]:.4g} and {t_std[b]:.4g} in the training cube: other units or scaling?")
+    trained = list(dates)
+    if len(trained) == ds.sizes["time"]:
+        here = pd.DatetimeIndex(ds["time"].values).dayofyear.to_numpy()
+        then = pd.DatetimeIndex(trained).dayofyear.to_numpy()
+        shift = int(np.median((here - then + 182) % 365 - 182))
+        if abs(shift) > SEASON_DAYS:
+            problems.append(f"its dates lie {abs(shift)} days of the year {'after' if shift > 0 else 'before'} the "
+                            f"training cube's ({trained[0]} .. {trained[-1]}): another season")
+    return problems
 
 
 def observed_anywhere(ds: xr.Dataset) -> np.ndarray:

@@ -38,6 +38,7 @@ import json
 import logging
 import re
 import time as _time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -531,6 +532,74 @@ def _write_cog(path: Path, codes: np.ndarray, ds: xr.Dataset, colours: dict[int,
                     nodata=NO_CLASS, names=names)
 
 
+def _model_rows(ds: xr.Dataset, mean: np.ndarray, std: np.ndarray, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``y0:y1`` of a cube as the network reads them: values standardised with ``mean`` /
+    ``std`` (NaN where not observed) and the observed mask."""
+    data, _, observed = read_rows(ds, y0, y1)
+    return np.where(observed[:, None], (data - mean) / std, np.nan).astype(np.float32), observed
+
+
+def _map_classes(ds: xr.Dataset, net: UNetLRTD, classes: Sequence[int], mean: np.ndarray, std: np.ndarray,
+                 seen: np.ndarray, size: int, *, share: Callable[[int, int], np.ndarray] | None = None,
+                 prior_power: float = 0.5, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The class (``NO_CLASS`` where never observed) and its probability of every pixel.
+
+    Predicted on half-overlapping patches, blending the probabilities where they overlap with
+    weights that fade towards each patch's border (no seams along the patch grid); block by block
+    of output rows, each with every patch that touches it (the same blend as one fold). ``share(a,
+    b)``: the ``(K, b - a, W)`` local class shares of coarse labels to fuse the probabilities of
+    rows ``a:b`` with (``fuse_prior``), or None."""
+    height, width_px = ds.sizes["y"], ds.sizes["x"]
+    n_time, n_band, k = ds.sizes["time"], ds.sizes["band"], len(classes)
+    origins = patch_origins(height, width_px, size=size, stride=max(size // 2, 1))
+    blend = blend_window(size)
+    pred = np.empty((height, width_px), dtype=np.uint8)
+    confidence = np.empty((height, width_px), dtype=np.float32)
+    step = max(size, BLOCK_BYTES // max(1, 4 * n_time * n_band * width_px) // size * size)
+    blocks = row_blocks(origins, size, height, step)
+    with tqdm(total=sum(len(mine) for _, _, mine in blocks), desc=progress, unit="patch",
+              disable=progress is None) as bar:
+        for a, b, mine in blocks:
+            r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
+            x, observed = _model_rows(ds, mean, std, r0, r1)
+            local = mine - [r0, 0]
+            prob_p = predict_proba(net, extract_patches(x, local, size), extract_patches(observed, local, size))
+            prob = fold_patches(prob_p, local, (k, r1 - r0, width_px), weights=blend)[:, a - r0:b - r0]  # (K, b-a, W)
+            if share is not None:
+                prob = fuse_prior(prob, share(a, b), power=prior_power, axis=0)
+            never = ~seen[a:b]  # never observed: no class, whatever the network or a label says
+            pred[a:b] = np.where(never, NO_CLASS, np.asarray(classes, dtype=np.uint8)[prob.argmax(0)])
+            confidence[a:b] = np.where(never, np.nan, prob.max(0))
+            bar.update(len(mine))
+    return pred, confidence
+
+
+def _write_map(ds: xr.Dataset, out: Path, pred: np.ndarray, confidence: np.ndarray, classes: Sequence[int],
+               names: dict[int, str], colours: dict[int, tuple[int, int, int, int]], attrs: dict[str, Any]) -> None:
+    """``labels.zarr`` (``class``, ``confidence`` on the cube's grid) and its colour-mapped COG."""
+    height, width_px = pred.shape
+    gm = {"grid_mapping": "spatial_ref"}
+    out_ds = xr.Dataset(
+        {
+            "class": (("y", "x"), pred, {
+                "long_name": "recovered class (UNet + low-rank Tucker layer)",
+                "flag_values": list(classes),
+                "flag_meanings": flag_meanings(names[c] for c in classes),
+                "flag_colors": ["#{:02x}{:02x}{:02x}".format(*colours[c][:3]) for c in classes],
+                "nodata": NO_CLASS, **gm}),
+            "confidence": (("y", "x"), confidence, {
+                "long_name": "probability of the recovered class", "units": "1", **gm}),
+        },
+        coords={name: ds.coords[name].load() for name in ("y", "x", "spatial_ref") if name in ds.coords},  # with their CF attrs
+        attrs=attrs,
+    )
+    chunks = (min(height, 512), min(width_px, 512))
+    encoding = {"class": {"chunks": chunks}, "confidence": {"chunks": chunks}}
+    with atomic_artifact(out) as tmp:
+        out_ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
+    _write_cog(cog_path(out), pred, ds, colours, names)
+
+
 def recover_labels(
     cube: str | Path,
     labels: str | Path,
@@ -654,13 +723,8 @@ def recover_labels(
     idx = codes_to_index(codes, classes).astype(np.int16)  # (H, W), -1 unlabelled
     k = len(classes)
 
-    def model_rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows ``y0:y1``: standardised values (NaN where not observed) and the observed mask."""
-        data, _, observed = read_rows(ds, y0, y1)
-        return np.where(observed[:, None], (data - mean) / std, np.nan).astype(np.float32), observed
-
     train_origins = _training_patches(idx, size, seed)
-    xs, vs, ys = patches_by_rows(train_origins, size, lambda y0, y1: (*model_rows(y0, y1), idx[y0:y1]),
+    xs, vs, ys = patches_by_rows(train_origins, size, lambda y0, y1: (*_model_rows(ds, mean, std, y0, y1), idx[y0:y1]),
                                  progress=f"{title}: read {len(train_origins)} labelled patches" if progress else None)
     ranks = (k if rank_k is None else min(rank_k, k), int(np.ceil(rank_share * size)), int(np.ceil(rank_share * size)))
     dev = resolve_device(device)
@@ -673,57 +737,20 @@ def recover_labels(
             ranks=ranks, epochs=epochs, batch=batch, lr=lr, width=width, depth=depth, seed=seed, device=dev,
             class_weight=weight, on_step=bar.update)
     del xs, vs, ys
-    # predict on half-overlapping patches, blending the probabilities where they overlap with
-    # weights that fade towards each patch's border (no seams along the patch grid); block by
-    # block of output rows, each with every patch that touches it (the same blend as one fold)
-    origins = patch_origins(height, width_px, size=size, stride=max(size // 2, 1))
-    blend = blend_window(size)
-    coarse = bool(prior_window) and str(labels) in ds.data_vars
-    pred = np.empty((height, width_px), dtype=np.uint8)
-    confidence = np.empty((height, width_px), dtype=np.float32)
-    step = max(size, BLOCK_BYTES // max(1, 4 * n_time * n_band * width_px) // size * size)
-    blocks = row_blocks(origins, size, height, step)
-    with tqdm(total=sum(len(mine) for _, _, mine in blocks), desc=f"{title}: map half-overlapping patches",
-              unit="patch", disable=not progress) as bar:
-        for a, b, mine in blocks:
-            r0, r1 = int(mine[:, 0].min()), int(mine[:, 0].max()) + size
-            x, observed = model_rows(r0, r1)
-            local = mine - [r0, 0]
-            prob_p = predict_proba(fit.net, extract_patches(x, local, size), extract_patches(observed, local, size))
-            prob = fold_patches(prob_p, local, (k, r1 - r0, width_px), weights=blend)[:, a - r0:b - r0]  # (K, b-a, W)
-            if coarse:  # coarse labels: keep a class of the neighbourhood
-                m = prior_window // 2
-                c0, c1 = max(0, a - m), min(height, b + m)
-                share = local_class_share(idx[c0:c1].astype(np.int64), k, window=prior_window)[:, a - c0:b - c0]
-                prob = fuse_prior(prob, share, power=prior_power, axis=0)
-            never = ~seen[a:b]  # never observed: no class, whatever the network or a label says
-            pred[a:b] = np.where(never, NO_CLASS, np.asarray(classes, dtype=np.uint8)[prob.argmax(0)])
-            confidence[a:b] = np.where(never, np.nan, prob.max(0))
-            bar.update(len(mine))
+    share = None
+    if prior_window and str(labels) in ds.data_vars:  # coarse labels: keep a class of the neighbourhood
+        def share(a: int, b: int) -> np.ndarray:
+            m = prior_window // 2
+            c0, c1 = max(0, a - m), min(height, b + m)
+            return local_class_share(idx[c0:c1].astype(np.int64), k, window=prior_window)[:, a - c0:b - c0]
+    pred, confidence = _map_classes(ds, fit.net, classes, mean, std, seen, size, share=share, prior_power=prior_power,
+                                    progress=f"{title}: map half-overlapping patches" if progress else None)
 
     names = class_names(classes, layer_attrs)
     colours = colour_table(classes, layer_attrs)
-    gm = {"grid_mapping": "spatial_ref"}
-    out_ds = xr.Dataset(
-        {
-            "class": (("y", "x"), pred, {
-                "long_name": "recovered class (UNet + low-rank Tucker layer)",
-                "flag_values": list(classes),
-                "flag_meanings": flag_meanings(names[c] for c in classes),
-                "flag_colors": ["#{:02x}{:02x}{:02x}".format(*colours[c][:3]) for c in classes],
-                "nodata": NO_CLASS, **gm}),
-            "confidence": (("y", "x"), confidence, {
-                "long_name": "probability of the recovered class", "units": "1", **gm}),
-        },
-        coords={name: ds.coords[name].load() for name in ("y", "x", "spatial_ref") if name in ds.coords},  # with their CF attrs
-        attrs=product_attrs(STAGE, key, params, code=code_version(*CODE_MODULES), title="fusioncube label recovery",
-                            labels_key=key, cube=str(Path(cube).resolve()), labels=json.dumps(source)),
-    )
-    chunks = (min(height, 512), min(width_px, 512))
-    encoding = {"class": {"chunks": chunks}, "confidence": {"chunks": chunks}}
-    with atomic_artifact(out) as tmp:
-        out_ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
-    _write_cog(cog_path(out), pred, ds, colours, names)
+    _write_map(ds, out, pred, confidence, classes, names, colours,
+               product_attrs(STAGE, key, params, code=code_version(*CODE_MODULES), title="fusioncube label recovery",
+                             labels_key=key, cube=str(Path(cube).resolve()), labels=json.dumps(source)))
     wpath = save_checkpoint(  # the file alone rebuilds the model and says what it reads (QA9)
         weights_path(out), fit.net.state_dict(), kind="unet_lrtd",
         config={"sample": [n_time, n_band, size, size], "classes": k, "ranks": list(ranks), "variant": variant,
