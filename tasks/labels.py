@@ -80,12 +80,14 @@ from tasks.cube import (
     cube_crs,
     cube_transform,
     flag_meanings,
+    observed_anywhere,
     observed_mask,
     open_cube,
     patches_by_rows,
     read_rows,
     row_blocks,
     streamed_band_stats,
+    training_mismatch,
     unobserved_reason,
 )
 from tasks.discover import RASTER_SUFFIXES
@@ -95,6 +97,7 @@ from tasks.runlog import reports_warnings
 __all__ = [
     "NO_CLASS",
     "add_cli",
+    "apply_model",
     "class_names",
     "check_byte_codes",
     "class_table",
@@ -784,6 +787,74 @@ def recover_labels(
     return manifest
 
 
+def apply_model(cube: str | Path, model: str | Path, out: str | Path, *, device: str | None = None,
+                overwrite: bool = False, progress: bool = False) -> Manifest:
+    """Map ``cube`` with a UNet + LRTD model trained by :func:`recover_labels` on another cube
+    (its weights file, ``labels.zarr.unet.pt``): the same ``labels.zarr`` and COG, no labels
+    needed. The cube must have the model's bands, in its order, and its number of dates; its
+    values are standardised with the training cube's band statistics, and a cube whose values or
+    season look unlike the training cube's is warned about (:func:`tasks.cube.training_mismatch`).
+    """
+    cube, out, model = Path(cube), Path(out), Path(model)
+    if not model.is_file():
+        raise FileNotFoundError(f"{model}: no model file; train one with `fusioncube stage labels --labels ...` first")
+    state, meta = load_checkpoint(model)
+    if meta.get("kind") != "unet_lrtd" or "config" not in meta or "mean" not in meta:
+        held = f"a {meta['kind']} model" if meta.get("kind") else "weights without their settings (saved before 2026-12-07)"
+        raise ValueError(f"{model}: not a label-recovery model that describes itself ({held}); train one with "
+                         "`fusioncube stage labels --labels ...`")
+    ds = open_cube(cube)
+    c = meta["config"]
+    bands = [str(b) for b in ds["band"].values]
+    if list(meta["bands"]) != bands or int(c["sample"][0]) != ds.sizes["time"]:
+        raise ValueError(
+            f"{model}: the model was trained on {c['sample'][0]} dates x bands {list(meta['bands'])}; the cube {cube} "
+            f"has {ds.sizes['time']} dates x {bands}. Give it a cube with those (e.g. ds.sel(band=...)), or train a "
+            "model on this cube (--labels)")
+    size = int(c["sample"][-1])
+    if min(ds.sizes["y"], ds.sizes["x"]) < size:
+        raise ValueError(f"{cube}: {ds.sizes['y']} x {ds.sizes['x']} px, smaller than the model's {size} px patches")
+    mean = np.asarray(meta["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(meta["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+    for problem in training_mismatch(ds, mean, std, meta.get("dates") or []):
+        log.warning("%s: the cube %s may not suit this model: %s. Its map may be wrong however confident it looks; "
+                    "train a model on this cube (--labels)", model, cube, problem)
+    params = {"model": model.name}
+    inputs = {"cube": fingerprint(cube), "model": fingerprint(model)}
+    key = stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES))
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
+    if found is not None and cog_path(out).exists():
+        return found
+
+    started = _time.perf_counter()
+    dev = resolve_device(device)
+    net = UNetLRTD(tuple(c["sample"]), int(c["classes"]), ranks=tuple(c["ranks"]), variant=c["variant"],
+                   width=int(c["width"]), depth=int(c["depth"]))
+    net.load_state_dict(state)
+    net = net.to(dev).eval()
+    title = f"labels {cube.name}"
+    seen = observed_anywhere(ds)
+    classes = tuple(int(v) for v in meta["classes"])
+    pred, confidence = _map_classes(ds, net, classes, mean, std, seen, size,
+                                    progress=f"{title}: map half-overlapping patches" if progress else None)
+    names = dict(zip(classes, map(str, meta["class_names"]), strict=True)) if meta.get("class_names") \
+        else class_names(classes, {})
+    colours = {cl: cast(tuple[int, int, int, int], tuple(int(v) for v in rgba))
+               for cl, rgba in zip(classes, meta["class_colours"], strict=True)} if meta.get("class_colours") \
+        else colour_table(classes, {})
+    _write_map(ds, out, pred, confidence, classes, names, colours,
+               product_attrs(STAGE, key, params, code=code_version(*CODE_MODULES), title="fusioncube label recovery",
+                             labels_key=key, cube=str(cube.resolve()), model=str(model.resolve())))
+    manifest = Manifest(
+        stage=STAGE, key=key, params=params, inputs=inputs, code_version=code_version(*CODE_MODULES),
+        outputs={"path": str(out), "cube": str(cube), "cog": str(cog_path(out)), "model": str(model),
+                 "classes": list(classes), "mapped_pixels": int(seen.sum()), "trained": False},
+        stats={"seconds": round(_time.perf_counter() - started, 3), "device": str(dev)},
+    )
+    write_manifest(out, manifest)
+    return manifest
+
+
 def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -> Path:
     """PNG of a finished ``labels.zarr`` (or of classify's ``classes.zarr``, ``var="classes"``):
     the class map in its colours beside the confidence."""
@@ -837,16 +908,26 @@ def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -
 def _cmd_labels(args: argparse.Namespace) -> int:
     import sys
 
-    manifest = recover_labels(args.cube, args.labels, args.out, lam=args.lam, variant=args.variant,
-                              epochs=args.epochs, patch=args.patch, seed=args.seed,
-                              prior_window=args.prior_window, device=args.device,
-                              overwrite=args.overwrite, progress=True)
+    if (args.labels is None) == (args.model is None):
+        raise ValueError("give --labels to train a model on this cube, or --model M.unet.pt to apply one trained "
+                         "on another (not both)")
+    if args.model is not None:
+        manifest = apply_model(args.cube, args.model, args.out, device=args.device, overwrite=args.overwrite,
+                               progress=True)
+        done = f"  mapped with {args.model}; map: {manifest.outputs['cog']}"
+    else:
+        manifest = recover_labels(args.cube, args.labels, args.out, lam=args.lam, variant=args.variant,
+                                  epochs=args.epochs, patch=args.patch, seed=args.seed,
+                                  prior_window=args.prior_window, device=args.device,
+                                  overwrite=args.overwrite, progress=True)
+        o = manifest.outputs
+        done = (f"  trained on {o['labelled_pixels']} labelled pixels in {o['training_patches']} patches; "
+                f"map: {o['cog']}; model: {weights_path(args.out)}")
     from tasks.info import describe
 
-    o = manifest.outputs
     sys.stdout.write("\n".join([
         *describe(args.out),
-        f"  trained on {o['labelled_pixels']} labelled pixels in {o['training_patches']} patches; map: {o['cog']}",
+        done,
         f"quick-look: {quicklook_png(args.out, Path(str(args.out) + '.quicklook.png'))}",
     ]) + "\n")
     return 0
@@ -857,12 +938,15 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "labels", help="dense class map from sparse or coarse labels (UNet + low-rank Tucker layer)")
     p.add_argument("--cube", required=True, help="a schema-following cube (.zarr)")
-    p.add_argument("--labels", required=True,
+    p.add_argument("--labels", default=None,
                    help="a (y, x) label layer of the cube (e.g. landcover), a class raster in any CRS "
                         "(.tif, warped onto the cube by majority), or a points file "
                         "(.csv with x, y in the cube's CRS or longitude, latitude in WGS 84, and "
                         "class or label as codes or names; or .geojson Point features)")
     p.add_argument("--out", required=True, help="labels.zarr to write (COG and weights beside it)")
+    p.add_argument("--model", default=None, metavar="M.unet.pt",
+                   help="instead of --labels: map the cube with a model trained on another cube (the "
+                        "labels.zarr.unet.pt beside its map; the same bands and number of dates)")
     p.add_argument("--lam", type=float, default=10.0, help="weight of the low-rank term (default 10)")
     p.add_argument("--variant", choices=("hooi", "factors"), default="hooi",
                    help="LRTD layer: per-batch Tucker (hooi) or trainable factors (default hooi)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -124,8 +125,6 @@ def test_reuse_refuse_and_weights(recovered) -> None:
     net = load_model(out)
     assert weights_path(out).exists() and net.classes == 3
     # QA9: the weights file alone rebuilds the model and says what it reads (a bare state dict did not)
-    import shutil
-
     from tasks.checkpoint import load_checkpoint
 
     alone = out.parent / "elsewhere" / "copy.zarr"
@@ -143,6 +142,42 @@ def test_reuse_refuse_and_weights(recovered) -> None:
     with pytest.raises(FileNotFoundError, match="no manifest beside weights saved without their settings"):
         load_model(alone)
     assert load_model(out).classes == 3
+
+
+def test_a_trained_model_maps_another_cube_from_its_weights_file_alone(recovered, tmp_path, caplog) -> None:
+    """QA9: a labels model could not be applied to another cube (no --model; its band statistics
+    were saved nowhere)."""
+    from tasks.labels import apply_model
+
+    cube, out, truth, _ = recovered
+    other = tmp_path / "other.zarr"
+    other_truth = make_cube(other, seed=5)  # another area (its noise): the same bands and dates
+    model = tmp_path / "moved" / "model.unet.pt"  # the weights file alone, away from its product
+    model.parent.mkdir()
+    shutil.copy(weights_path(out), model)
+    manifest = apply_model(other, model, tmp_path / "mapped.zarr", device="cpu")
+    assert not manifest.outputs["trained"] and manifest.params == {"model": "model.unet.pt"}
+    mapped = xr.open_zarr(tmp_path / "mapped.zarr")
+    assert list(mapped["class"].attrs["flag_values"]) == manifest.outputs["classes"]
+    assert mapped.attrs["model"] == str(model.resolve()) and cog_path(tmp_path / "mapped.zarr").exists()
+    again = apply_model(cube, model, tmp_path / "same.zarr", device="cpu")  # its own cube: its own map
+    same = xr.open_zarr(tmp_path / "same.zarr")["class"].values
+    assert (same == xr.open_zarr(out)["class"].values).mean() > 0.99 and again.outputs["mapped_pixels"] > 0
+    assert (mapped["class"].values == other_truth).mean() > 0.8
+    assert mapped["class"].attrs["flag_meanings"] == "Deciduous_Forest Pasture_Hay Cultivated_Crops"  # its legend
+    with pytest.raises(ValueError, match=r"model.unet.pt: the model was trained on 4 dates x bands"):
+        ds = xr.open_zarr(other)
+        ds.isel(time=slice(0, 3)).drop_encoding().to_zarr(tmp_path / "short.zarr", zarr_format=3, consolidated=True)
+        apply_model(tmp_path / "short.zarr", model, tmp_path / "short_map.zarr", device="cpu")
+    scaled = tmp_path / "dn.zarr"
+    ds.assign(data=ds["data"] * 10000).drop_encoding().to_zarr(scaled, zarr_format=3, consolidated=True)
+    with caplog.at_level("WARNING", logger="tasks.labels"):
+        apply_model(scaled, model, tmp_path / "dn_map.zarr", device="cpu")
+    assert "dn.zarr may not suit this model: band" in caplog.text
+    torch.save(torch.load(model, weights_only=True)["state_dict"], tmp_path / "bare.pt")  # weights saved before
+    with pytest.raises(ValueError, match="not a label-recovery model that describes itself"):
+        apply_model(other, tmp_path / "bare.pt", tmp_path / "bare_map.zarr")
+    assert not (tmp_path / "bare_map.zarr").exists() and not (tmp_path / "short_map.zarr").exists()
 
 
 def test_points_csv_and_geojson(tmp_path) -> None:
@@ -401,6 +436,12 @@ def test_cli_reports_the_label_map_in_words(recovered, monkeypatch, capsys) -> N
     text = capsys.readouterr().out
     assert f"{out}: a class map (stage labels)" in text and "confidence: mean" in text
     assert f"trained on {manifest.outputs['labelled_pixels']} labelled pixels" in text
+    # --model maps the cube with a saved model instead; one of --labels and --model is needed
+    mapped = out.parent / "cli_mapped.zarr"
+    assert main(["stage", "labels", "--cube", str(cube), "--model", str(weights_path(out)), "--out", str(mapped)]) == 0
+    assert f"mapped with {weights_path(out)}" in capsys.readouterr().out and cog_path(mapped).exists()
+    assert main(["stage", "labels", "--cube", str(cube), "--out", str(mapped)]) == 2
+    assert "give --labels to train a model on this cube, or --model M.unet.pt" in capsys.readouterr().err
 
 
 def test_pixels_never_observed_get_no_class(tmp_path) -> None:
