@@ -14,9 +14,9 @@ import contextlib
 import logging
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import zarr
 
 __all__ = [
+    "cube_dataset",
     "DATA_DIMS",
     "SPATIAL_DIM_NAMES",
     "VALID_DIMS",
@@ -108,6 +109,53 @@ def xy_attrs(crs: CRS) -> dict[str, dict[str, str]]:
         log.debug("no CF axis attributes for %s: %s", crs, exc)
     return {"x": {"standard_name": "projection_x_coordinate", "axis": "X"},
             "y": {"standard_name": "projection_y_coordinate", "axis": "Y"}}
+
+
+def cube_dataset(
+    data: np.ndarray,
+    *,
+    times: Sequence[Any],
+    bands: Sequence[str],
+    transform: Affine,
+    crs: CRS | str | int,
+    valid: np.ndarray | None = None,
+    layers: Mapping[str, np.ndarray | tuple[np.ndarray, Mapping[str, Any]]] | None = None,
+    units: str | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """A schema-following cube from arrays, for the stages to read once written (``ds.to_zarr(path,
+    zarr_format=3, consolidated=True)``).
+
+    ``data (time, band, y, x)`` in physical units (NaN: not observed) on the north-up grid
+    ``transform`` in ``crs`` (anything ``CRS.from_user_input`` takes: ``32615``, ``"EPSG:4326"``,
+    WKT); ``times`` its dates, ``bands`` its band names; ``valid (time, y, x)`` the clear mask
+    (default: every band finite); ``layers`` other ``(y, x)`` variables, such as a land-cover layer,
+    each an array or ``(array, attributes)`` (e.g. ``flag_values`` / ``flag_meanings``); ``units``
+    of ``data`` when all bands share them; ``attrs`` the cube's global attributes."""
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim != 4:
+        raise ValueError(f"data must be (time, band, y, x); got shape {data.shape}")
+    n_time, n_band, height, width = data.shape
+    if len(times) != n_time or len(bands) != n_band:
+        raise ValueError(f"data is {n_time} dates x {n_band} bands; got {len(times)} times and {len(bands)} bands")
+    valid = np.isfinite(data).all(axis=1) if valid is None else np.asarray(valid).astype(bool)
+    if valid.shape != (n_time, height, width):
+        raise ValueError(f"valid must be (time, y, x) = {(n_time, height, width)}; got {valid.shape}")
+    crs = crs if isinstance(crs, CRS) else CRS.from_user_input(crs)
+    gm = {"grid_mapping": "spatial_ref"}
+    variables: dict[str, Any] = {"data": (DATA_DIMS, data, {**gm, **({"units": units} if units else {})}),
+                                 "valid": (VALID_DIMS, valid, gm)}
+    for name, layer in (layers or {}).items():
+        values, layer_attrs = layer if isinstance(layer, tuple) else (layer, {})
+        if np.shape(values) != (height, width):
+            raise ValueError(f"layer {name!r} must be (y, x) = {(height, width)}; got {np.shape(values)}")
+        variables[name] = (("y", "x"), np.asarray(values), {**layer_attrs, **gm})
+    y, x = grid_coords(transform, height, width)
+    axes = xy_attrs(crs)
+    coords = {"time": pd.DatetimeIndex(list(times)).values.astype("datetime64[ns]"),
+              "band": np.array([str(b) for b in bands], dtype=object),
+              "y": ("y", y, axes["y"]), "x": ("x", x, axes["x"]), "spatial_ref": spatial_ref(crs, transform)}
+    return check_cube(xr.Dataset(variables, coords=coords, attrs=dict(attrs or {})), source="cube_dataset")
 
 
 #: dimension names other tools use for the schema's (stackstac, odc-stac, NetCDF conventions)

@@ -18,7 +18,7 @@ from tasks.anomalies import (
     strongest_anomalies,
 )
 from tasks.checkpoint import read_manifest
-from tasks.cube import grid_coords, spatial_ref
+from tasks.cube import cube_dataset, grid_coords, spatial_ref
 from tasks.errors import CubeSchemaError
 
 NT, NY, NX = 12, 32, 32
@@ -42,21 +42,9 @@ def _cube(path, *, seed: int = 0, transform: Affine | None = None,
     valid = rng.random(lst.shape) > 0.15
     valid[truth] = True
     data = np.where(valid, lst, np.nan).astype(np.float32)[:, None]
-    transform = transform or Affine(1000.0, 0, 500000.0, 0, -1000.0, 4000000.0)
-    y, x = grid_coords(transform, NY, NX)
-    ds = xr.Dataset(
-        {
-            "data": (("time", "band", "y", "x"), data, {"units": "K"}),
-            "valid": (("time", "y", "x"), valid),
-        },
-        coords={
-            "time": np.datetime64("2019-07-01", "ns") + np.arange(NT) * np.timedelta64(1, "D"),
-            "band": ["lst"],
-            "y": y,
-            "x": x,
-            "spatial_ref": spatial_ref(crs or CRS.from_epsg(32615), transform),
-        },
-    )
+    ds = cube_dataset(data, valid=valid, times=np.datetime64("2019-07-01", "ns") + np.arange(NT) * np.timedelta64(1, "D"),
+                      bands=["lst"], transform=transform or Affine(1000.0, 0, 500000.0, 0, -1000.0, 4000000.0),
+                      crs=crs or 32615, units="K")
     ds.to_zarr(path, zarr_format=3, consolidated=True, mode="w")
     return truth, valid
 

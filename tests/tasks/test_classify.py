@@ -15,7 +15,7 @@ from rasterio.crs import CRS
 
 from tasks.checkpoint import read_manifest
 from tasks.classify import CLASSES, add_cli, classify_cube, cog_path, load_model, weights_path
-from tasks.cube import grid_coords, open_cube, spatial_ref
+from tasks.cube import cube_dataset, open_cube
 from tasks.quicklook import percent
 from tasks.sample_area import NLCD_COLORMAP
 
@@ -36,19 +36,10 @@ def make_cube(path: Path, *, seed: int = 0, label: bool = True, n_times: int = T
     data = np.stack([base * 0.5, base], axis=1) + 0.03 * rng.standard_normal((n_times, C, H, W))
     valid = rng.random((n_times, H, W)) > 0.15
     data = np.where(valid[:, None], data, np.nan).astype(np.float32)
-    transform = Affine(3.0, 0, 450000.0, 0, -3.0, 4650000.0)
-    y, x = grid_coords(transform, H, W)
     codes = np.asarray(codes_of, np.uint8)[cls]
-    variables = {"data": (("time", "band", "y", "x"), data, {"grid_mapping": "spatial_ref"}),
-                 "valid": (("time", "y", "x"), valid, {"grid_mapping": "spatial_ref"})}
-    if label:
-        variables["landcover"] = (("y", "x"), codes, {"flag_values": list(CODES)} if label_attrs is None else label_attrs)
-    ds = xr.Dataset(
-        variables,
-        coords={"time": np.array([f"2019-0{m}-01" for m in range(4, 4 + n_times)], dtype="datetime64[ns]"),
-                "band": np.array(["red", "nir"], dtype=object), "y": y, "x": x,
-                "spatial_ref": spatial_ref(CRS.from_epsg(32615), transform)},
-    )
+    layers = {"landcover": (codes, {"flag_values": list(CODES)} if label_attrs is None else label_attrs)} if label else {}
+    ds = cube_dataset(data, valid=valid, times=[f"2019-0{m}-01" for m in range(4, 4 + n_times)], bands=["red", "nir"],
+                      transform=Affine(3.0, 0, 450000.0, 0, -3.0, 4650000.0), crs=32615, layers=layers)
     ds.to_zarr(path, zarr_format=3, consolidated=True, mode="w")
     return codes
 

@@ -355,3 +355,27 @@ def test_flag_meanings_are_cf_words_one_per_class() -> None:
     assert len(words) == len(NLCD_CLASSES) and "Barren_Land_Rock_Sand_Clay" in words
     assert all(re.fullmatch(r"[A-Za-z0-9_.+@-]+", w) for w in words)
     assert flag_meanings(["Soy/Corn", " two  words ", "(x)", ""]) == "Soy_Corn two_words x _"
+
+
+def test_cube_dataset_makes_a_cube_the_stages_read_from_arrays(tmp_path) -> None:
+    import numpy as np
+    from affine import Affine
+
+    from tasks.cube import cube_dataset, open_cube
+
+    data = np.ones((2, 3, 4, 5), np.float32)
+    data[1, 0, 0, 0] = np.nan  # one band missing: that pixel-date not valid by default
+    lc = np.full((4, 5), 41, np.uint8)
+    ds = cube_dataset(data, times=["2020-01-01", "2020-02-01"], bands=["b", "g", "r"], crs="EPSG:32633",
+                      transform=Affine(10.0, 0, 500000.0, 0, -10.0, 4000000.0), units="1",
+                      layers={"landcover": (lc, {"flag_values": [41]})})
+    assert not ds["valid"].values[1, 0, 0] and ds["valid"].values.sum() == 2 * 20 - 1
+    ds.to_zarr(tmp_path / "c.zarr", zarr_format=3, consolidated=True)
+    back = open_cube(tmp_path / "c.zarr")
+    assert list(back["band"].values) == ["b", "g", "r"] and back["landcover"].attrs["flag_values"] == [41]
+    assert back["x"].values[0] == 500005.0 and back["data"].attrs["units"] == "1"
+    with pytest.raises(ValueError, match=r"data is 2 dates x 3 bands; got 1 times and 3 bands"):
+        cube_dataset(data, times=["2020-01-01"], bands=["b", "g", "r"], crs=4326, transform=Affine.identity())
+    with pytest.raises(ValueError, match=r"layer 'lc' must be \(y, x\) = \(4, 5\); got \(5, 4\)"):
+        cube_dataset(data, times=["2020-01-01", "2020-02-01"], bands=["b", "g", "r"], crs=4326,
+                     transform=Affine.identity(), layers={"lc": lc.T})

@@ -10,12 +10,11 @@ import pytest
 import torch
 import xarray as xr
 from affine import Affine
-from rasterio.crs import CRS
 from scipy import ndimage
 
 from fusion_models.completion import linear_interpolation
 from tasks.checkpoint import read_manifest
-from tasks.cube import grid_coords, open_cube, spatial_ref
+from tasks.cube import cube_dataset, open_cube
 from tasks.gapfill import add_cli, gapfill_cube, load_model, quicklook_png, weights_path
 
 torch.set_num_threads(1)
@@ -36,16 +35,9 @@ def make_cube(path, seed=0):
         field = ndimage.gaussian_filter(rng.normal(size=(H, W)), 4)
         cloud[t] = field > np.quantile(field, 1 - rng.uniform(0.05, 0.5))
     data = np.where(cloud[:, None], np.nan, truth).astype(np.float32)
-    transform = Affine(3.0, 0, 500000.0, 0, -3.0, 4650000.0)
-    y, x = grid_coords(transform, H, W)
-    ds = xr.Dataset(
-        {"data": (("time", "band", "y", "x"), data, {"grid_mapping": "spatial_ref"}),
-         "valid": (("time", "y", "x"), ~cloud, {"grid_mapping": "spatial_ref"}),
-         "landcover": (("y", "x"), np.full((H, W), 82, np.uint8))},
-        coords={"time": np.array([f"2019-05-{d:02d}" for d in range(1, 2 * T, 2)], dtype="datetime64[ns]"),
-                "band": np.array(["red", "nir"], dtype=object), "y": y, "x": x,
-                "spatial_ref": spatial_ref(CRS.from_epsg(32617), transform)},
-    )
+    ds = cube_dataset(data, valid=~cloud, times=[f"2019-05-{d:02d}" for d in range(1, 2 * T, 2)], bands=["red", "nir"],
+                      transform=Affine(3.0, 0, 500000.0, 0, -3.0, 4650000.0), crs=32617,
+                      layers={"landcover": np.full((H, W), 82, np.uint8)})
     ds.to_zarr(path, zarr_format=3, consolidated=True, mode="w")
     return truth, cloud
 

@@ -11,7 +11,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from flows.cli import main
-from tasks.cube import grid_coords, spatial_ref
+from tasks.cube import cube_dataset
 
 T, C, H, W = 8, 2, 32, 32
 
@@ -23,16 +23,9 @@ def _cube(path: Path) -> None:
     level = np.where(lc == 41, 0.3, 0.6)[None, None]
     data = (level * (1 + 0.3 * np.sin(3 * t)) + 0.01 * rng.standard_normal((T, C, H, W))).astype(np.float32)
     data[3, :, 10:12, 20:22] += 0.5  # an anomaly
-    transform = Affine(30.0, 0, 500000.0, 0, -30.0, 4650000.0)
-    y, x = grid_coords(transform, H, W)
-    xr.Dataset(
-        {"data": (("time", "band", "y", "x"), data, {"grid_mapping": "spatial_ref"}),
-         "valid": (("time", "y", "x"), np.ones((T, H, W), bool)),
-         "landcover": (("y", "x"), lc)},
-        coords={"time": np.array([f"2019-05-{d:02d}" for d in range(1, 2 * T, 2)], dtype="datetime64[ns]"),
-                "band": np.array(["red", "nir"], dtype=object), "y": y, "x": x,
-                "spatial_ref": spatial_ref(CRS.from_epsg(32617), transform)},
-    ).to_zarr(path, zarr_format=3, consolidated=True, mode="w")
+    cube_dataset(data, times=[f"2019-05-{d:02d}" for d in range(1, 2 * T, 2)], bands=["red", "nir"],
+                 transform=Affine(30.0, 0, 500000.0, 0, -30.0, 4650000.0), crs=32617,
+                 layers={"landcover": lc}).to_zarr(path, zarr_format=3, consolidated=True, mode="w")
 
 
 def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, capsys) -> None:

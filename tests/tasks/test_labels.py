@@ -16,7 +16,7 @@ import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 
-from tasks.cube import grid_coords, open_cube, spatial_ref
+from tasks.cube import cube_dataset, open_cube
 from tasks.labels import (
     NO_CLASS,
     add_cli,
@@ -60,16 +60,9 @@ def make_cube(path: Path, seed: int = 0) -> np.ndarray:
     data = np.where(cloud[:, None], np.nan, data).astype(np.float32)
     coarse = np.where(rng.random((H, W)) < 0.15, truth, 250).astype(np.uint8)  # sparse, 250 = no label
     coarse[0, 0] = 250
-    y, x = grid_coords(TRANSFORM, H, W)
-    ds = xr.Dataset(
-        {"data": (("time", "band", "y", "x"), data, {"grid_mapping": "spatial_ref"}),
-         "valid": (("time", "y", "x"), ~cloud, {"grid_mapping": "spatial_ref"}),
-         "landcover": (("y", "x"), coarse, {"flag_values": list(CODES), "nodata": 250,
-                                            "flag_meanings": "Deciduous_Forest Pasture_Hay Cultivated_Crops"})},
-        coords={"time": np.array(["2019-05-01", "2019-06-01", "2019-07-01", "2019-08-01"], dtype="datetime64[ns]"),
-                "band": np.array(["red", "nir"], dtype=object), "y": y, "x": x,
-                "spatial_ref": spatial_ref(CRS.from_epsg(32615), TRANSFORM)},
-    )
+    legend = {"flag_values": list(CODES), "nodata": 250, "flag_meanings": "Deciduous_Forest Pasture_Hay Cultivated_Crops"}
+    ds = cube_dataset(data, valid=~cloud, times=["2019-05-01", "2019-06-01", "2019-07-01", "2019-08-01"],
+                      bands=["red", "nir"], transform=TRANSFORM, crs=32615, layers={"landcover": (coarse, legend)})
     ds.to_zarr(path, zarr_format=3, consolidated=True, mode="w")
     return truth
 
