@@ -9,7 +9,9 @@ the CLI and Python callers use) and a thin ``@task`` last. The modules:
   files by ``fusioncube ingest PATH...``: product presets, band files, sidecar masks), ``aoi``
 - scenes -> cube: ``discover`` (globs, dates), ``radiometry`` (per-scene scale from a product's
   metadata), ``validate`` (Great Expectations), ``warp`` (a scene onto the cube's grid),
-  ``ingest`` (planning, parts, appending, backfill order)
+  ``ingest`` (planning the parts, reading and mosaicking them, the cube's manifest),
+  ``cube_store`` (the changes to the cube's Zarr store: appending, mosaicking or replacing dates,
+  the date-order rewrite)
 - stages: ``patch``, ``anomalies``, ``gapfill``, ``compress``, ``labels``, ``classify``; ``stages``
   (the table the pipeline runs from)
 - for people: ``quicklook`` (pictures, class-map COGs, Prefect artifacts), ``info`` (``fusioncube

@@ -25,7 +25,7 @@ import shutil
 import time as timer
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
@@ -44,6 +44,7 @@ from rasterio.crs import CRS
 from rasterio.warp import calculate_default_transform, transform_bounds
 from zarr.codecs import BloscCodec
 
+from tasks import cube_store
 from tasks.catalog import Catalog, CubeSpec, GridSpec, SourceSpec
 from tasks.checkpoint import (
     Manifest,
@@ -571,17 +572,6 @@ def read_and_validate(
     return passed, quarantined
 
 
-def _mosaic(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Mosaic scenes of one date: clear pixels win, then any observed pixel, first scene first."""
-    data, valid = parts[0]  # freshly made by warp_scene: ours to update in place
-    for d, v in parts[1:]:
-        fill = np.isnan(data[0]) & ~np.isnan(d[0])
-        take = (~valid & v) | fill
-        np.copyto(data, d, where=take)  # broadcast over bands: no boolean gather/scatter copies
-        valid |= v
-    return data, valid
-
-
 def process_dates(
     groups: Sequence[Sequence[SceneRef]], specs: dict[str, SourceSpec], grid: Grid, *, workers: int = 2
 ) -> tuple[list[DateResult], list[dict[str, Any]], int]:
@@ -625,7 +615,7 @@ def process_dates(
             if not np.shares_memory(data, target):  # the date's first scene failed to warp; the next leads
                 np.copyto(target, data)
                 items[0] = (items[0][0], (target, valid))
-        data, valid = _mosaic([res for _, res in items])
+        data, valid = cube_store.mosaic([res for _, res in items])
         first = min(r.ref.date for r, _ in items if r.ref.date is not None)  # all dated (asserted above)
         results.append(DateResult(first, data, valid, [r.ref for r, _ in items]))
     return results, quarantined, nbytes
@@ -758,48 +748,11 @@ def _create_cube(
         ds[axis].attrs.update(attrs_)
     ds.attrs.update(attrs)
     encoding = _encoding(spec, grid, ds.sizes["band"], list(layers))
-    with atomic_artifact(path, overwrite=False) as tmp, _no_consolidation_warning():
+    with atomic_artifact(path, overwrite=False) as tmp, cube_store.no_consolidation_warning():
         ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
 
 
 TIME_UNITS = "microseconds since 1970-01-01T00:00:00"  # scene times keep their sub-second part
-
-
-def _time_encoding(path: Path, units: Any) -> tuple[pd.Timedelta, pd.Timestamp]:
-    """(step, reference) of CF time units such as ``seconds since 1970-01-01``."""
-    steps = {"microseconds": "1us", "milliseconds": "1ms", "seconds": "1s", "second": "1s", "minutes": "1min", "hours": "1h", "days": "1D", "day": "1D"}
-    try:
-        unit, _, since = str(units).partition(" since ")
-        return pd.Timedelta(steps[unit.strip().lower()]), pd.Timestamp(since.strip())
-    except (KeyError, ValueError) as exc:
-        raise CubeSchemaError(f"{path}: time units {units!r} are not '<unit> since <date>'") from exc
-
-
-@contextlib.contextmanager
-def _no_consolidation_warning() -> Iterator[None]:
-    """Consolidated metadata lets ``xr.open_zarr(path)`` open the cube without a warning or a
-    listing of the store; zarr notes that v3 does not standardise it yet. We know."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        yield
-
-
-
-def truncate_to_manifest(path: Path, manifest: Manifest) -> int:
-    """Cut time steps a killed run appended after the manifest was last written. Returns how many."""
-    n = int(manifest.outputs.get("time_steps", 0))
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    extra = 0
-    for name in ("data", "valid", "time"):
-        arr = zarr_array(group, name)
-        if arr.shape[0] > n:
-            extra = max(extra, arr.shape[0] - n)
-            arr.resize((n, *arr.shape[1:]))
-    if extra:
-        with _no_consolidation_warning():
-            zarr.consolidate_metadata(str(path))
-        log.warning("%s: removed %d time step(s) left by an interrupted run", path, extra)
-    return extra
 
 
 def ingest_rules(catalog: Catalog, cube: str) -> str:
@@ -977,9 +930,9 @@ def plan_parts(
     """
     spec = catalog.cube(cube)
     path = catalog.cube_path(cube)
-    finish_interrupted_sort(path)
+    cube_store.finish_interrupted_sort(path)
     manifest = _check_store(path, read_manifest(path), cube)
-    steps = truncate_to_manifest(path, manifest) if manifest is not None else 0
+    steps = cube_store.truncate_to_manifest(path, manifest) if manifest is not None else 0
     scene_plan = plan_ingest(catalog, cube, start=start, end=end)
     warn_future_dates(scene_plan)
     grid = grid_of_cube(path) if manifest is not None else None
@@ -1082,7 +1035,7 @@ def write_part(catalog: Catalog, cube: str, part: dict[str, Any], grid: Grid, *,
     if results:
         bands = [b.name for b in catalog.source(spec.sources[0]).bands]
         ds = _dates_dataset(results, grid, bands)
-        with atomic_artifact(out) as tmp, _no_consolidation_warning():
+        with atomic_artifact(out) as tmp, cube_store.no_consolidation_warning():
             ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False,
                        encoding=_encoding(spec, grid, len(bands)))
     outputs = {
@@ -1098,86 +1051,6 @@ def write_part(catalog: Catalog, cube: str, part: dict[str, Any], grid: Grid, *,
     return {**outputs, "path": str(out), "reused": False}
 
 
-def _layout(arr: zarr.Array) -> str:
-    meta = arr.metadata.to_dict()
-    for k in ("shape", "attributes"):
-        meta.pop(k, None)
-    return json.dumps(meta, sort_keys=True, default=str)
-
-
-def _write_times(path: Path, time: zarr.Array, n: int, dates: Sequence[datetime]) -> None:
-    step, ref = _time_encoding(path, time.attrs.get("units"))
-    offsets = [(pd.Timestamp(d) - ref) / step for d in dates]
-    if np.issubdtype(time.dtype, np.integer) and any(o != int(o) for o in offsets):
-        raise CubeSchemaError(f"{path}: dates {list(dates)} do not fit the time units {time.attrs.get('units')!r}")
-    time[n:] = np.array(offsets).astype(time.dtype)
-
-
-def _attach_store(path: Path, part: Path, dates: Sequence[datetime], *, copy: bool = False) -> bool:
-    """Append the part store's time steps to the cube. Returns True when its chunk folders were
-    moved in (copied with ``copy``; the part starts on a time-chunk boundary and has the cube's
-    layout), False when its values had to be written (and re-encoded) instead."""
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    src = zarr.open_group(str(part), mode="r")
-    n, k = zarr_array(group, "data").shape[0], len(dates)
-    moved = (
-        n % zarr_array(group, "data").chunks[0] == 0
-        and all(_layout(zarr_array(group, v)) == _layout(zarr_array(src, v)) for v in ("data", "valid"))
-        and (path / "data" / "zarr.json").exists()
-    )
-    for name in ("data", "valid", "time"):
-        arr = zarr_array(group, name)
-        arr.resize((n + k, *arr.shape[1:]))
-    if moved:
-        for name in ("data", "valid"):
-            tc = zarr_array(group, name).chunks[0]
-            source, target = part / name / "c", path / name / "c"
-            if not source.exists():
-                continue  # every chunk of the part is empty (all missing): nothing stored
-            target.mkdir(parents=True, exist_ok=True)
-            for chunk_dir in sorted(source.iterdir(), key=lambda p: int(p.name)):
-                dest = target / str(int(chunk_dir.name) + n // tc)
-                if dest.exists():  # left by a killed run beyond the manifest
-                    shutil.rmtree(dest)
-                if copy:
-                    shutil.copytree(chunk_dir, dest)
-                else:
-                    os.replace(chunk_dir, dest)
-    else:
-        zarr_array(group, "data")[n:] = zarr_array(src, "data")[:]
-        zarr_array(group, "valid")[n:] = zarr_array(src, "valid")[:]
-    _write_times(path, zarr_array(group, "time"), n, dates)
-    with _no_consolidation_warning():
-        zarr.consolidate_metadata(str(path))
-    return moved
-
-
-def _merge_store(path: Path, part: Path, steps: Sequence[int]) -> None:
-    """Mosaic the part store's dates into the cube's slices ``steps`` (one per part date), after
-    what the slices hold (:func:`_mosaic`: the slice's clear pixels win, then the new scene's
-    clear pixels, then any observed pixel). Writing a slice again gives the same bytes."""
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    src = zarr.open_group(str(part), mode="r")
-    data, valid = zarr_array(group, "data"), zarr_array(group, "valid")
-    new_data, new_valid = zarr_array(src, "data"), zarr_array(src, "valid")
-    for i, t in enumerate(steps):
-        merged, clear = _mosaic([(np.asarray(data[t]), np.asarray(valid[t])),
-                                 (np.asarray(new_data[i]), np.asarray(new_valid[i]))])
-        data[t] = merged
-        valid[t] = clear
-
-
-def _replace_slices(path: Path, part: Path, rows: Sequence[int], steps: Sequence[int]) -> None:
-    """Write the part store's dates ``rows`` over the cube's slices ``steps``: dates rebuilt from
-    all their scenes as they are now. Writing a slice again gives the same bytes."""
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    src = zarr.open_group(str(part), mode="r")
-    for name in ("data", "valid"):
-        target, source = zarr_array(group, name), zarr_array(src, name)
-        for i, t in zip(rows, steps, strict=True):
-            target[t] = source[i]
-
-
 def _append(path: Path, results: Sequence[DateResult]) -> None:
     """Append in-memory time steps with zarr directly (tests use it to mimic a killed run)."""
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
@@ -1188,8 +1061,8 @@ def _append(path: Path, results: Sequence[DateResult]) -> None:
     for i, r in enumerate(results):
         zarr_array(group, "data")[n + i] = r.data
         zarr_array(group, "valid")[n + i] = r.valid
-    _write_times(path, zarr_array(group, "time"), n, [r.date for r in results])
-    with _no_consolidation_warning():
+    cube_store.write_times(path, zarr_array(group, "time"), n, [r.date for r in results])
+    with cube_store.no_consolidation_warning():
         zarr.consolidate_metadata(str(path))
 
 
@@ -1227,7 +1100,7 @@ class _CubeState:
         are copied, not re-encoded, and the part stays whole until the cube's manifest is written."""
         with atomic_artifact(self.path, overwrite=False) as tmp:
             shutil.copytree(template, tmp)
-            _attach_store(tmp, part, dates, copy=True)
+            cube_store.attach_store(tmp, part, dates, copy=True)
 
 
 def template_path(
@@ -1308,7 +1181,7 @@ def attach_part(
         whole = [i for i, (d, refs) in enumerate(zip(dates, scenes, strict=True))
                  if {r.id for r in refs} == wanted.get(d.date().isoformat())]
         steps = [state.dates.index(dates[i].date().isoformat()) for i in whole]
-        _replace_slices(state.path, store, whole, steps)
+        cube_store.replace_slices(state.path, store, whole, steps)
         scenes = [scenes[i] for i in whole]
         for t, refs_of_day in zip(steps, scenes, strict=True):
             report.dates_replaced.append(state.dates[t])
@@ -1317,7 +1190,7 @@ def attach_part(
         # the part stays whole until the manifest lists its scenes: merging is idempotent (a
         # slice's clear pixels win over a later scene's), so a killed run merges it again
         steps = [state.dates.index(d.date().isoformat()) for d in dates]
-        _merge_store(state.path, store, steps)
+        cube_store.merge_store(state.path, store, steps)
         for t, refs_of_day in zip(steps, scenes, strict=True):
             report.dates_updated.append(state.dates[t])
             state.record(refs_of_day, t, report)
@@ -1332,7 +1205,7 @@ def attach_part(
             # from the first chunk folder moved out, the part is no longer complete: its manifest
             # goes first, so a run killed mid-move rewrites the part instead of reusing a husk
             manifest_path(store).unlink(missing_ok=True)
-            _attach_store(state.path, store, dates)
+            cube_store.attach_store(state.path, store, dates)
         for d, refs_of_day in zip(dates, scenes, strict=True):
             day = d.date().isoformat()
             state.dates.append(day)
@@ -1354,115 +1227,26 @@ def _remove_part(store: Path) -> None:
     shutil.rmtree(store, ignore_errors=True)
 
 
-# -- date order: a backfill appends older dates after the newest; the cube is then rewritten ------
-# Appending stays cheap and kill-safe (chunk folders moved in after the newest date). At the end of
-# a run that appended a date older than the newest, the cube is rewritten in date order once: a
-# sorted copy is built beside it (``<cube>.sorting``), its manifest written (``<cube>.sorting.
-# manifest.json``: the copy is complete), then the old cube is moved aside (``<cube>.unsorted``),
-# the copy and its manifest moved in, the old cube deleted. Every state a kill can leave is
-# completed or undone by the next run (:func:`finish_interrupted_sort`), before it plans.
-SORTING, UNSORTED = ".sorting", ".unsorted"
-
-
-def _sort_paths(path: Path) -> tuple[Path, Path]:
-    return path.with_name(path.name + SORTING), path.with_name(path.name + UNSORTED)
-
-
-def _without_time_chunks(src: str, names: list[str]) -> list[str]:
-    """``shutil.copytree`` ignore rule: the chunk folders of data / valid / time (rewritten)."""
-    return ["c"] if Path(src).name in ("data", "valid", "time") and "c" in names else []
-
-
-def _one_step_chunk_folders(arr: zarr.Array) -> bool:
-    """Whether each time step of ``arr`` is a folder of its own, ``c/<t>/...`` (one step per chunk,
-    no sharding, the default ``/`` chunk keys): the layout whose steps are reordered by renaming."""
-    from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
-
-    keys = getattr(arr.metadata, "chunk_key_encoding", None)  # a v2 array has none: not this layout
-    return (arr.chunks[0] == 1 and arr.shards is None and isinstance(keys, DefaultChunkKeyEncoding)
-            and keys.separator == "/")
-
-
-def _link_time_steps(src: Path, dst: Path, order: np.ndarray) -> None:
-    """``dst/<i>`` = ``src/<order[i]>``, chunk files hard-linked (copied where the file system has no
-    hard links): a date-order rewrite without decoding or encoding a byte. The source stays whole
-    until the swap, as with a copy; nothing writes to a chunk file in place while both exist."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for i, j in enumerate(order):
-        if not (src / str(int(j))).exists():
-            continue  # a step whose chunks are all fill: nothing stored
-        try:
-            shutil.copytree(src / str(int(j)), dst / str(i), copy_function=os.link)
-        except OSError:
-            shutil.rmtree(dst / str(i), ignore_errors=True)
-            shutil.copytree(src / str(int(j)), dst / str(i))
 
 
 def sort_time_axis(state: _CubeState) -> bool:
-    """Rewrite the cube at ``state.path`` in increasing date order when it is not, and its
-    manifest with it (``dates`` and each scene's ``time_index`` follow their slices). Returns
-    whether it was rewritten. Static layers and attributes are copied as they are; with one time
-    step per chunk (the default) the steps' chunk folders are hard-linked in their new order."""
-    path = state.path
-    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    times = np.asarray(zarr_array(group, "time")[:])
-    order = np.argsort(times, kind="stable")
-    if (order == np.arange(order.size)).all():
+    """Rewrite the cube at ``state.path`` in increasing date order when it is not
+    (:func:`tasks.cube_store.write_sorted_copy`), and its manifest with it (``dates`` and each
+    scene's ``time_index`` follow their slices). Returns whether it was rewritten."""
+    order = cube_store.write_sorted_copy(state.path, state.cube)
+    if order is None:
         return False
-    tmp, old = _sort_paths(path)
-    manifest_path(tmp).unlink(missing_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    log.info("cube %s: rewriting %d time steps in date order (dates older than the newest were appended)",
-             state.cube, order.size)
-    shutil.copytree(path, tmp, ignore=_without_time_chunks)
-    dst = zarr.open_group(str(tmp), mode="r+", use_consolidated=False)
-    for name in ("data", "valid"):
-        src_arr, dst_arr = zarr_array(group, name), zarr_array(dst, name)
-        if _one_step_chunk_folders(src_arr):
-            _link_time_steps(path / name / "c", tmp / name / "c", order)
-            continue
-        step = src_arr.chunks[0]
-        for start in range(0, order.size, step):  # one time chunk in memory at a time
-            picks = order[start:start + step]  # each source chunk they lie in read once, not once a date
-            dst_arr[start:start + picks.size] = np.asarray(src_arr.get_orthogonal_selection((picks,)))
-    zarr_array(dst, "time")[:] = times[order]
-    with _no_consolidation_warning():
-        zarr.consolidate_metadata(str(tmp))
     position = np.empty_like(order)
     position[order] = np.arange(order.size)
     state.dates = [state.dates[int(i)] for i in order]
     for row in state.scenes.values():
         row["time_index"] = int(position[int(row["time_index"])])
     assert state.grid is not None
+    tmp, _ = cube_store.sort_paths(state.path)
     write_manifest(tmp, _cube_manifest(state.cube, state.spec, state.scenes, state.quarantine, state.dates,
                                        state.steps, state.grid, ingest_rules(state.catalog, state.cube)))
-    os.replace(path, old)
-    os.replace(tmp, path)
-    os.replace(manifest_path(tmp), manifest_path(path))
-    shutil.rmtree(old)
+    cube_store.swap_sorted(state.path)
     return True
-
-
-def finish_interrupted_sort(path: Path) -> None:
-    """Complete or undo a date-order rewrite (:func:`sort_time_axis`) a killed run left, so the
-    cube and its manifest agree again. Call it under the cube's lock, before reading the manifest."""
-    tmp, old = _sort_paths(path)
-    if manifest_path(tmp).exists():  # the sorted copy was complete
-        if path.exists() and tmp.exists():  # not swapped yet: the old cube still matches its manifest
-            manifest_path(tmp).unlink()
-            shutil.rmtree(tmp)
-            log.warning("%s: dropped the date-order rewrite an interrupted run left unfinished; "
-                        "it is done again at the end of this run", path)
-        else:
-            if not path.exists() and tmp.exists():
-                os.replace(tmp, path)
-            if path.exists():
-                os.replace(manifest_path(tmp), manifest_path(path))
-                log.warning("%s: finished the date-order rewrite an interrupted run left", path)
-    elif tmp.exists():  # killed while the copy was written
-        shutil.rmtree(tmp)
-    if old.exists() and path.exists() and not manifest_path(tmp).exists():
-        shutil.rmtree(old)
 
 
 def finish_ingest(catalog: Catalog, cube: str, plan: IngestPlan, reports: Sequence[IngestReport],

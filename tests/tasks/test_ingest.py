@@ -16,6 +16,7 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 import yaml
 
+import tasks.cube_store
 import tasks.ingest
 from tasks.adhoc import adhoc_catalog, adhoc_cube_name, build_adhoc_catalog
 from tasks.catalog import catalog_from_dict, load_catalog
@@ -533,7 +534,7 @@ def _same_cube(got: Path, want: Path) -> None:
     assert ma["dates"] == mb["dates"]
     assert {k: r["time_index"] for k, r in ma["scenes"].items()} == {k: r["time_index"] for k, r in mb["scenes"].items()}
     leftovers = [p.name for p in got.parent.iterdir() if p.name.startswith(got.name) and
-                 p.name.endswith((tasks.ingest.SORTING, tasks.ingest.UNSORTED, ".sorting.manifest.json"))]
+                 p.name.endswith((tasks.cube_store.SORTING, tasks.cube_store.UNSORTED, ".sorting.manifest.json"))]
     assert not leftovers
 
 
@@ -545,8 +546,8 @@ def test_a_backfill_of_older_dates_leaves_the_time_axis_in_order(
     (nothing decoded); with more, it reads and writes one time chunk at a time. Both give the cube
     of an ingest in date order."""
     linked: list[str] = []
-    link = tasks.ingest._link_time_steps
-    monkeypatch.setattr(tasks.ingest, "_link_time_steps", lambda src, *a: linked.append(src.parent.name) or link(src, *a))
+    link = tasks.cube_store.link_time_steps
+    monkeypatch.setattr(tasks.cube_store, "link_time_steps", lambda src, *a: linked.append(src.parent.name) or link(src, *a))
     whole = _catalog(sample, tmp_path / "whole", cubes__planet__chunks__time=time_chunk)
     ingest_cube(whole, "planet")
     scenes = tmp_path / "scenes"
@@ -582,7 +583,7 @@ def test_a_date_order_rewrite_cut_short_anywhere_is_completed_by_the_next_run(
     for f in (tmp_path / "held").iterdir():
         shutil.move(f, scenes / "planet" / f.name)
     path = cat.cube_path("planet")
-    tmp, old = path.with_name(path.name + tasks.ingest.SORTING), path.with_name(path.name + tasks.ingest.UNSORTED)
+    tmp, old = path.with_name(path.name + tasks.cube_store.SORTING), path.with_name(path.name + tasks.cube_store.UNSORTED)
     swaps = [str(path), str(tmp), str(tasks.ingest.manifest_path(tmp))]  # the sources of the swap's renames
 
     class Cut(Exception):
