@@ -416,7 +416,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_artifact(final: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+def atomic_artifact(final: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Build an artifact under a temporary name; rename it into place when the block succeeds.
 
     The manifest of any artifact already at ``final`` is removed before the swap, so at no point
@@ -428,7 +428,8 @@ def atomic_artifact(final: str | Path, *, overwrite: bool = True) -> Iterator[Pa
     final
         Where the artifact ends up.
     overwrite
-        When False and ``final`` already exists, raise ``FileExistsError`` before any work.
+        When False (the default) and ``final`` already exists, raise ``FileExistsError`` before
+        any work; a stage passes True once :func:`reuse_or_refuse` has decided to replace it.
     """
     final = Path(final)
     if final.exists() and not overwrite:

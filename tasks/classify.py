@@ -675,7 +675,7 @@ def classify_cube(
     if has_label:
         layer = raster if raster is not None else ds[label]
         to_index = class_lookup(scheme.classes)  # codes -> class indices, -1 for no label
-    with atomic_artifact(out) as tmp:
+    with atomic_artifact(out, overwrite=True) as tmp:  # reuse or refusal decided above
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False,
                          encoding={"classes": {"chunks": chunks}, "confidence": {"chunks": chunks}})
         group = zarr.open_group(str(tmp), mode="r+")

@@ -266,7 +266,7 @@ def _fill_patches_store(cube: Path, out: Path, stamp: Stamp, kw: dict[str, Any],
     unseen = cast(np.ndarray, ~observed.any(axis=0))
     filled = ~observed if fill_unseen else ~observed & ~unseen[None]
     result = np.where(observed[:, None], data, np.where(filled[:, None], folded, np.nan)).astype(np.float32)
-    with atomic_artifact(out) as tmp:
+    with atomic_artifact(out, overwrite=True) as tmp:  # reuse or refusal decided above
         _write_filled(ds, result, filled, tmp, stamp)
     counts = {"filled": int(filled.sum()), "entries": int(filled.size), "unseen": int(unseen.sum()),
               "training_patches": len(origins)}
@@ -335,7 +335,7 @@ def _fill_cube(cube: Path, out: Path, stamp: Stamp, kw: dict[str, Any], fill_uns
         template[name] = var.copy(data=dsa.zeros(var.shape, dtype=var.dtype, chunks=-1)) if "y" in var.dims else var.load()
     counts = {"filled": 0, "entries": n_time * height * width, "unseen": int((~seen).sum()),
               "training_patches": int(n_train)}
-    with atomic_artifact(out) as tmp:
+    with atomic_artifact(out, overwrite=True) as tmp:  # reuse or refusal decided above
         template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False,
                          encoding=_encoding(ds, n_time, n_band, chunk_y, min(width, 256)))
         blocks = row_blocks(fill_origins, size, height, step)

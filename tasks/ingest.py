@@ -1035,7 +1035,7 @@ def write_part(catalog: Catalog, cube: str, part: dict[str, Any], grid: Grid, *,
     if results:
         bands = [b.name for b in catalog.source(spec.sources[0]).bands]
         ds = _dates_dataset(results, grid, bands)
-        with atomic_artifact(out) as tmp, cube_store.no_consolidation_warning():
+        with atomic_artifact(out, overwrite=True) as tmp, cube_store.no_consolidation_warning():  # a part again
             ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False,
                        encoding=_encoding(spec, grid, len(bands)))
     outputs = {

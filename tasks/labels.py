@@ -598,7 +598,7 @@ def _write_map(ds: xr.Dataset, out: Path, pred: np.ndarray, confidence: np.ndarr
     )
     chunks = (min(height, 512), min(width_px, 512))
     encoding = {"class": {"chunks": chunks}, "confidence": {"chunks": chunks}}
-    with atomic_artifact(out) as tmp:
+    with atomic_artifact(out, overwrite=True) as tmp:  # reuse or refusal decided above
         out_ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
     _write_cog(cog_path(out), pred, ds, colours, names)
 

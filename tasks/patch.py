@@ -374,7 +374,7 @@ def make_patches(
     template = _template(ds, layers, origins, split, size=size, batch=batch, attrs=attrs)
     dims = {name: tuple(str(d) for d in template[name].dims) for name in layers}
     observed = 0
-    with atomic_artifact(out) as tmp:
+    with atomic_artifact(out, overwrite=True) as tmp:  # reuse or refusal decided above
         template.to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True)
         regions = list(_batches(len(origins), batch))
         # read batch i+1 while batch i is written: at most two batches in memory

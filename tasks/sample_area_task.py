@@ -46,7 +46,7 @@ def ensure_sample_area(out: str | Path, *, size: str = "demo", seed: int = 0, pr
     if done is not None:
         log.info("sample area %s reused (%s)", out, key)
         return {"path": str(out), "reused": True, **done.outputs}
-    with atomic_artifact(out) as tmp:
+    with atomic_artifact(out, overwrite=True) as tmp:  # reuse or refusal decided above
         area = generate_sample_area(tmp, size=size, seed=seed, progress=progress)
         outputs = {
             "planet_dates": [d.isoformat() for d in area.planet_dates],

@@ -49,7 +49,7 @@ def test_failure_leaves_previous_artifact_and_no_temporaries(tmp_path: Path) -> 
     final.mkdir()
     (final / "x").write_text("old")
     write_manifest(final, _manifest("old"))
-    with pytest.raises(RuntimeError, match="boom"), atomic_artifact(final) as tmp:
+    with pytest.raises(RuntimeError, match="boom"), atomic_artifact(final, overwrite=True) as tmp:
         tmp.mkdir()
         (tmp / "x").write_text("half")
         raise RuntimeError("boom")
@@ -62,17 +62,18 @@ def test_replacing_drops_the_old_manifest_first(tmp_path: Path) -> None:
     final = tmp_path / "a.txt"
     final.write_text("old")
     write_manifest(final, _manifest("old"))
-    with atomic_artifact(final) as tmp:
+    with atomic_artifact(final, overwrite=True) as tmp:
         tmp.write_text("new")
     assert final.read_text() == "new"
     assert read_manifest(final) is None  # the new manifest is the caller's to write
 
 
-def test_overwrite_false_refuses(tmp_path: Path) -> None:
+def test_an_existing_artifact_is_refused_unless_overwrite_is_asked_for(tmp_path: Path) -> None:
     final = tmp_path / "a.txt"
     final.write_text("x")
-    with pytest.raises(FileExistsError, match="overwrite"), atomic_artifact(final, overwrite=False):
+    with pytest.raises(FileExistsError, match="overwrite"), atomic_artifact(final):  # QA9: the safe default
         pass
+    assert final.read_text() == "x"
 
 
 def test_corrupt_manifest_is_reported(tmp_path: Path) -> None:
