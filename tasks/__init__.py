@@ -4,7 +4,8 @@ A stage module holds pure xarray-level helpers first, the checkpointed I/O funct
 the CLI and Python callers use) and a thin ``@task`` last. The modules:
 
 - the contract: ``cube`` (the cube schema, reading helpers), ``checkpoint`` (manifests, keys, code
-  versions, atomic writes), ``locks`` (one writer per cube), ``errors`` (the project's exceptions)
+  versions, atomic writes), ``locks`` (one writer per cube), ``errors`` (the project's exceptions),
+  ``legends`` (the NLCD classes and colours)
 - configuration: ``catalog`` (``data_catalog.yaml``), ``adhoc`` (a catalog made for a user's own
   files by ``fusioncube ingest PATH...``: product presets, band files, sidecar masks), ``aoi``
 - scenes -> cube: ``discover`` (globs, dates), ``radiometry`` (per-scene scale from a product's

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import CatalogError, did_you_mean
+from tasks.legends import NLCD_CLASSES
 
 __all__ = [
     "BandSpec",
@@ -38,26 +39,6 @@ __all__ = [
     "catalog_from_dict",
     "NLCD_CLASSES",
 ]
-
-# The 15 NLCD classes of the source deck (code -> name).
-NLCD_CLASSES: dict[int, str] = {
-    11: "Open Water",
-    21: "Developed, Open Space",
-    22: "Developed, Low Intensity",
-    23: "Developed, Medium Intensity",
-    24: "Developed, High Intensity",
-    31: "Barren Land (Rock/Sand/Clay)",
-    41: "Deciduous Forest",
-    42: "Evergreen Forest",
-    43: "Mixed Forest",
-    52: "Shrub/Scrub",
-    71: "Grassland/Herbaceous",
-    81: "Pasture/Hay",
-    82: "Cultivated Crops",
-    90: "Woody Wetlands",
-    95: "Emergent Herbaceous Wetlands",
-}
-
 
 #: the stages a cube can enable after patching. A stage is also named in ``Stages`` and
 #: ``CubeStageParams`` below, in ``tasks.stages.STAGES`` and in ``flows.cli.STAGE_COMMANDS``

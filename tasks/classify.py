@@ -65,7 +65,6 @@ from fusion_models.classifier_training import (
 from fusion_models.classifiers import MODELS as CLASSIFIER_KINDS
 from fusion_models.classifiers import PixelClassifier, build_classifier
 from fusion_models.device import DEVICE_HELP, keeps_torch_rng, resolve_device
-from tasks.catalog import NLCD_CLASSES
 from tasks.checkpoint import (
     Manifest,
     atomic_artifact,
@@ -90,6 +89,7 @@ from tasks.cube import (
 )
 from tasks.errors import CheckpointError
 from tasks.labels import check_byte_codes, raster_labels
+from tasks.legends import NLCD_CLASSES
 from tasks.patch import make_patches, patch_split
 from tasks.quicklook import class_names, cog_path, colour_table
 from tasks.runlog import reports_warnings

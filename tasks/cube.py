@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "cube_dataset",
     "DATA_DIMS",
+    "RASTER_SUFFIXES",
     "SPATIAL_DIM_NAMES",
     "VALID_DIMS",
     "band_extent",
@@ -58,6 +59,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Raster files GDAL reads, by suffix: a folder given to `fusioncube ingest` and the inside of an
+# archive are searched for these.
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k", ".nc", ".nc4", ".vrt", ".img", ".h5", ".hdf5", ".he5", ".hdf",
+                   ".grib", ".grib2", ".grb", ".grb2", ".bil", ".hgt")
 
 DATA_DIMS = ("time", "band", "y", "x")
 VALID_DIMS = ("time", "y", "x")

@@ -23,7 +23,7 @@ from rasterio.errors import RasterioIOError
 from tqdm.auto import tqdm
 
 from tasks.catalog import Catalog, DateRule, SourceSpec
-from tasks.cube import SPATIAL_DIM_NAMES
+from tasks.cube import RASTER_SUFFIXES, SPATIAL_DIM_NAMES
 from tasks.errors import SceneError
 
 __all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "sidecar_of", "band_of", "date_in_folders", "date_stack", "stack_variables", "unreadable", "discover", "StrayRasters", "unmatched_rasters", "parse_date_from_name", "scene_refs_for_file"]
@@ -40,10 +40,6 @@ def is_remote(path: str) -> bool:
     return bool(_REMOTE.match(path))
 
 
-# Raster files GDAL reads, by suffix: a folder given to `fusioncube ingest` and the inside of an
-# archive are searched for these.
-RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k", ".nc", ".nc4", ".vrt", ".img", ".h5", ".hdf5", ".he5", ".hdf",
-                   ".grib", ".grib2", ".grb", ".grb2", ".bil", ".hgt")
 # Archives products are delivered in (Copernicus .SAFE.zip, USGS Landsat .tar), read through GDAL's
 # /vsizip/ and /vsitar/ without unpacking.
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")

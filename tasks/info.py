@@ -136,7 +136,7 @@ def _class_map(ds: xr.Dataset, name: str) -> list[str]:
 
 
 def _nlcd_codes() -> tuple[int, ...]:
-    from tasks.catalog import NLCD_CLASSES
+    from tasks.legends import NLCD_CLASSES
 
     return tuple(NLCD_CLASSES)
 

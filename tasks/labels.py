@@ -61,7 +61,6 @@ from fusion_models.unet_lrtd_training import (
     local_class_share,
     predict_proba,
 )
-from tasks.catalog import NLCD_CLASSES
 from tasks.checkpoint import (
     Manifest,
     atomic_artifact,
@@ -76,6 +75,7 @@ from tasks.checkpoint import (
     write_manifest,
 )
 from tasks.cube import (
+    RASTER_SUFFIXES,
     band_stats,
     cube_crs,
     cube_transform,
@@ -90,7 +90,7 @@ from tasks.cube import (
     training_mismatch,
     unobserved_reason,
 )
-from tasks.discover import RASTER_SUFFIXES
+from tasks.legends import NLCD_CLASSES
 from tasks.quicklook import class_names, cog_path, colour_table
 from tasks.runlog import reports_warnings
 

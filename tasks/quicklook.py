@@ -246,10 +246,10 @@ def _rgba8(color: str) -> tuple[int, int, int, int]:
 
 def colour_table(classes: tuple[int, ...], attrs: dict | None = None) -> dict[int, tuple[int, int, int, int]]:
     """RGBA per class code: the label layer's ``flag_colors`` when it has them, else the official
-    NLCD legend (``tasks.sample_area.NLCD_COLORMAP``), else a colour of the tab20 palette."""
+    NLCD legend (``tasks.legends.NLCD_COLORMAP``), else a colour of the tab20 palette."""
     from matplotlib import colormaps
 
-    from tasks.sample_area import NLCD_COLORMAP
+    from tasks.legends import NLCD_COLORMAP
 
     table = dict(NLCD_COLORMAP)
     attrs = attrs or {}
@@ -268,7 +268,7 @@ def class_names(classes: tuple[int, ...], attrs: dict | None = None, *, nlcd: bo
     """Name per class code: the layer's ``flag_meanings`` when it has them, else the NLCD names
     (``nlcd``; off for a legend of another scheme, whose codes may collide with NLCD's), else
     ``"class <code>"``."""
-    from tasks.catalog import NLCD_CLASSES
+    from tasks.legends import NLCD_CLASSES
 
     names = dict(NLCD_CLASSES) if nlcd else {}
     attrs = attrs or {}
@@ -308,7 +308,7 @@ def write_class_cog(
 
     import rasterio
 
-    from tasks.sample_area import NLCD_COLORMAP
+    from tasks.legends import NLCD_COLORMAP
 
     codes = np.asarray(codes)
     if codes.ndim != 2 or codes.dtype != np.uint8:

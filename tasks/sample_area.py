@@ -68,8 +68,8 @@ from tasks._sample_textures import (
     smooth_noise,
     warped_voronoi,
 )
-from tasks.catalog import NLCD_CLASSES
 from tasks.cube import flag_meanings
+from tasks.legends import NLCD_CLASSES, NLCD_COLORMAP
 
 __all__ = [
     "CLASSES",
@@ -108,13 +108,6 @@ _LST_WEATHER_MODES = np.array([1.6, 1.1, 0.8, 0.6])  # std (K) of the regional w
 # --- classes --------------------------------------------------------------------------------------
 CLASS_NAMES: dict[int, str] = NLCD_CLASSES  # the 15 NLCD classes of the source deck
 CLASSES: tuple[int, ...] = tuple(NLCD_CLASSES)
-NLCD_COLORMAP: dict[int, tuple[int, int, int, int]] = {  # the official NLCD legend
-    11: (70, 107, 159, 255), 21: (222, 197, 197, 255), 22: (217, 146, 130, 255),
-    23: (235, 0, 0, 255), 24: (171, 0, 0, 255), 31: (179, 172, 159, 255),
-    41: (104, 171, 95, 255), 42: (28, 95, 44, 255), 43: (181, 197, 143, 255),
-    52: (204, 184, 121, 255), 71: (223, 223, 194, 255), 81: (220, 217, 57, 255),
-    82: (171, 108, 40, 255), 90: (184, 217, 235, 255), 95: (108, 159, 184, 255),
-}
 _IDX = {c: i for i, c in enumerate(CLASSES)}
 _SOY = len(CLASSES)  # pseudo-class index for soybean fields (class 82)
 _HAY = len(CLASSES) + 1  # pseudo-class index for hay fields (class 81, cut in summer)
