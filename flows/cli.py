@@ -28,7 +28,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import CatalogError, CubeSchemaError, StagesFailed
+from tasks.errors import CatalogError, CheckpointError, CubeSchemaError, StagesFailed
 
 __all__ = ["STAGE_COMMANDS", "STAGE_MODULES", "build_parser", "main", "quiet_defaults", "stage_modules"]
 
@@ -521,7 +521,7 @@ def build_parser(stages: Sequence[str] = STAGE_MODULES) -> argparse.ArgumentPars
 PROJECT_LOGGERS = ("fusioncube", "flows", "tasks", "fusion_models", "benchmarks")
 
 #: What a user gets as one line ("fusioncube: error: ..."): bad arguments, catalogs, files, cubes.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CheckpointError)
 
 
 class _InputErrorConsoleFilter(logging.Filter):
@@ -646,7 +646,7 @@ def _main(argv: list[str] | None) -> int:
         if getattr(args, "out", None) and not getattr(args, "dry_run", False):
             probe_writable(args.out)  # before minutes of work whose result could not be written
         return int(args.func(args) or 0)
-    except (CatalogError, CubeSchemaError, FileNotFoundError, FileExistsError) as exc:
+    except (CatalogError, CubeSchemaError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
         print(f"fusioncube: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

@@ -795,6 +795,8 @@ def decode(codec: TDLCodec, data: bytes, n: int) -> np.ndarray:
     the count and a checksum."""
     from fusion_models.entropy import decode_context_laplace
 
+    if len(data) < _STEP.size:
+        raise ValueError(f"corrupt bitstream: {len(data)} bytes, shorter than any header")
     if bytes(data[:len(_MARK)]) == _MARK:
         if len(data) < _HEAD.size:
             raise ValueError(f"corrupt bitstream: {len(data)} bytes, shorter than its {_HEAD.size}-byte header")

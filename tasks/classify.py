@@ -517,8 +517,8 @@ def classify_cube(
     _check_positive(epochs=epochs, patch=patch, block=block, batch=batch, crop=crop, width=width)
     cube, out = Path(cube), Path(out)
     # a saved model reads the label layer only to score its map, when the cube has one
-    has_labels = model is None or label in open_cube(cube).data_vars or Path(label).is_file()
-    params: dict[str, Any] = {"label": label if has_labels else None, "patch": patch, "block": block, "seed": seed}
+    reads_label = model is None or label in open_cube(cube).data_vars or Path(label).is_file()
+    params: dict[str, Any] = {"label": label if reads_label else None, "patch": patch, "block": block, "seed": seed}
     if model is None:
         params.update({"epochs": epochs, "batch": batch, "crop": crop, "lr": lr, "width": width})
     else:

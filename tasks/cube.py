@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = [
     "cube_crs",
     "describe_cube",
     "cube_transform",
+    "flag_meaning",
     "flag_meanings",
     "grid_coords",
     "observed_mask",
@@ -476,10 +478,26 @@ def cube_transform(ds: xr.Dataset) -> Affine:
 # --- reading a cube in bounded pieces (the stages that train on patches and predict by rows) ---
 
 
+def flag_meaning(name: str) -> str:
+    """One class name as a CF flag meaning: letters, digits and ``_ - . + @`` (CF 1.8, 3.5), accents
+    dropped: ``Barren Land (Rock/Sand/Clay)`` -> ``Barren_Land_Rock_Sand_Clay``; ``""`` when
+    nothing is left (a name in another script)."""
+    ascii_name = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9_.+@-]+", "_", ascii_name.strip()).strip("_")
+
+
 def flag_meanings(names: Iterable[str]) -> str:
-    """CF ``flag_meanings`` of class names: one word each, of letters, digits and ``_ - . + @``
-    (CF 1.8, 3.5): ``Barren Land (Rock/Sand/Clay)`` -> ``Barren_Land_Rock_Sand_Clay``."""
-    return " ".join(re.sub(r"[^A-Za-z0-9_.+@-]+", "_", str(n).strip()).strip("_") or "_" for n in names)
+    """CF ``flag_meanings`` of class names (:func:`flag_meaning`), one distinct word each: a name
+    with nothing left becomes ``class_<i>`` (its place), a repeated word gets ``_2``, ``_3``..."""
+    words: list[str] = []
+    for i, name in enumerate(names, 1):
+        word = flag_meaning(name) or f"class_{i}"
+        base, n = word, 1
+        while word in words:
+            n += 1
+            word = f"{base}_{n}"
+        words.append(word)
+    return " ".join(words)
 
 
 def observed_mask(data: np.ndarray, valid: np.ndarray) -> np.ndarray:

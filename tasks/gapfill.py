@@ -138,7 +138,12 @@ def weights_path(out: str | Path) -> Path:
 def load_model(out: str | Path, *, device: torch.device | str | None = None) -> LRTCNet:
     """The LRTC-Net a finished ``filled.zarr`` was made with (``weights_only=True``), from its
     weights file alone; weights saved before it held the settings need the manifest."""
+    out = Path(out)
+    if out.name.endswith(".lrtcnet.pt"):  # the weights file itself
+        out = out.with_name(out.name.removesuffix(".lrtcnet.pt"))
     state, meta = load_checkpoint(weights_path(out), map_location=device or "cpu")
+    if meta.get("kind", "lrtcnet") != "lrtcnet":
+        raise ValueError(f"{weights_path(out)}: holds a {meta['kind']} model, not the lrtcnet model gapfill_cube saves")
     if "config" in meta:
         c = dict(meta["config"])
         net = LRTCNet(tuple(c.pop("sample")), ranks=tuple(c.pop("ranks")), layers=int(c.pop("layers")), **c)

@@ -382,7 +382,12 @@ def load_model(out: str | Path, *, device: torch.device | str | None = None) -> 
     """The UNet + LRTD model a finished ``labels.zarr`` was made with (``weights_only=True``), from
     its weights file alone (``labels.zarr.unet.pt`` also holds the classes, bands and the band
     statistics the input is standardised with); weights saved before they did need the manifest."""
+    out = Path(out)
+    if out.name.endswith(".unet.pt"):  # the weights file itself
+        out = out.with_name(out.name.removesuffix(".unet.pt"))
     state, meta = load_checkpoint(weights_path(out), map_location=device or "cpu")
+    if meta.get("kind", "unet_lrtd") != "unet_lrtd":
+        raise ValueError(f"{weights_path(out)}: holds a {meta['kind']} model, not the unet_lrtd model recover_labels saves")
     if "config" in meta:
         c = meta["config"]
         net = UNetLRTD(tuple(c["sample"]), int(c["classes"]), ranks=tuple(c["ranks"]), variant=c["variant"],

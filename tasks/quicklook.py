@@ -273,9 +273,12 @@ def class_names(classes: tuple[int, ...], attrs: dict | None = None, *, nlcd: bo
     names = dict(NLCD_CLASSES) if nlcd else {}
     attrs = attrs or {}
     if "flag_values" in attrs and "flag_meanings" in attrs:
+        from tasks.cube import flag_meaning
+
         meanings = str(attrs["flag_meanings"]).split()
         for code, m in zip(attrs["flag_values"], meanings, strict=False):
-            names[int(code)] = m.replace("_", " ")
+            if not (int(code) in names and flag_meaning(names[int(code)]) == m):  # NLCD's own name: kept as written
+                names[int(code)] = m.replace("_", " ")
     return {c: names.get(c, f"class {c}") for c in classes}
 
 

@@ -120,7 +120,8 @@ def test_codec_round_trip_shapes_dtypes_and_rate_3d_and_4d() -> None:
     for wrong in (len(x32) - 1, len(x32) + 1, 40, 1, 0):  # QA9: more patches than encoded decoded garbage
         with pytest.raises(ValueError, match=f"holds {len(x32)} patch\\(es\\), not {wrong}$"):
             tdl.decode(codec, stream, wrong)
-    for damaged in (stream[:len(stream) // 2], stream[:-4], stream[:-1] + bytes([stream[-1] ^ 1]), stream[:10]):
+    for damaged in (stream[:len(stream) // 2], stream[:-4], stream[:-1] + bytes([stream[-1] ^ 1]), stream[:10],
+                    stream[:3], b""):
         with pytest.raises(ValueError, match="corrupt bitstream"):
             tdl.decode(codec, damaged, len(x32))
     legacy = tdl._STEP.pack(0.01) + stream[tdl._HEAD.size:]  # a stream written before the header held the count

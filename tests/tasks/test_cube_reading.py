@@ -354,7 +354,14 @@ def test_flag_meanings_are_cf_words_one_per_class() -> None:
     words = flag_meanings(NLCD_CLASSES.values()).split(" ")
     assert len(words) == len(NLCD_CLASSES) and "Barren_Land_Rock_Sand_Clay" in words
     assert all(re.fullmatch(r"[A-Za-z0-9_.+@-]+", w) for w in words)
-    assert flag_meanings(["Soy/Corn", " two  words ", "(x)", ""]) == "Soy_Corn two_words x _"
+    assert flag_meanings(["Soy/Corn", " two  words ", "(x)", "Forêt"]) == "Soy_Corn two_words x Foret"
+    # one distinct word a class (QA9 recheck): repeats numbered, a name with nothing left named by its place
+    assert flag_meanings(["A/B", "A B", "森林", ""]) == "A_B A_B_2 class_3 class_4"
+    from tasks.quicklook import class_names
+
+    # the official NLCD name is shown, not the word spelled back
+    attrs = {"flag_values": [31, 7], "flag_meanings": flag_meanings([NLCD_CLASSES[31], "my/own class"])}
+    assert class_names((31, 7), attrs) == {31: "Barren Land (Rock/Sand/Clay)", 7: "my own class"}
 
 
 def test_cube_dataset_makes_a_cube_the_stages_read_from_arrays(tmp_path) -> None:

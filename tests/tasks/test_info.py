@@ -63,6 +63,10 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
     text = info("classes.zarr.cnn4d.pt")
     assert "a 4D-CNN land-cover classifier (stage classify)" in text and "bands: red, nir" in text
     assert "trained on 8 date(s): 2019-05-01 .. 2019-05-15" in text and "band mean / spread it standardises with" in text
+    (tmp_path / "garbage.pt").write_text("not a model")  # QA9 recheck: a traceback before
+    assert main(["info", str(tmp_path / "garbage.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "garbage.pt: not a plain state dict" in err and "Traceback" not in err
     text = info("labels.zarr.unet.pt")
     assert "a UNet + LRTD label-recovery model (stage labels)" in text and "41 Deciduous Forest" in text
     assert "band mean / spread it standardises with" in text and "settings: sample=[8, 2, 16, 16]" in text

@@ -124,6 +124,10 @@ def test_reuse_refuse_and_weights(recovered) -> None:
     alone.parent.mkdir()
     shutil.copy(weights_path(out), weights_path(alone))
     copied = load_model(alone)  # no manifest there
+    assert load_model(weights_path(alone)).classes == 3  # the weights file itself names the model too
+    torch.save({"kind": "cnn4d", "config": {}, "state_dict": {}}, weights_path(alone.with_name("cls.zarr")))
+    with pytest.raises(ValueError, match=r"cls.zarr.unet.pt: holds a cnn4d model, not the unet_lrtd model"):
+        load_model(alone.with_name("cls.zarr"))
     assert all(torch.equal(a, b) for a, b in zip(copied.state_dict().values(), net.state_dict().values(), strict=True))
     _, meta = load_checkpoint(weights_path(out))
     ds = open_cube(cube)
