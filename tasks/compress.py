@@ -54,6 +54,7 @@ import logging
 import os
 import shutil
 import time as _time
+import warnings
 import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -73,6 +74,7 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
+    product_attrs,
     read_manifest,
     remove_artifact,
     reusable,
@@ -532,9 +534,17 @@ def decompress(compressed: str | Path, out: str | Path, *, overwrite: bool = Fal
     if folded is not None:
         inputs = {"compressed": fingerprint(compressed)}
         outputs = {k: v for k, v in folded.outputs.items() if k != "patches"}
-        write_manifest(out, replace(folded, stage="decompress", inputs=inputs,
-                                    key=stage_key("decompress", inputs=inputs, params=folded.params,
-                                                  code=folded.code_version),
+        key = stage_key("decompress", inputs=inputs, params=folded.params, code=folded.code_version)
+        # the store says so too: the fold through patches stamped it as an unpatch of a temporary
+        group = zarr.open_group(str(out), mode="r+", use_consolidated=False)
+        attrs = dict(group.attrs)
+        attrs["history"] = "\n".join(str(attrs.get("history", "")).splitlines()[:-1])
+        group.attrs.put(product_attrs("decompress", key, {**folded.params, "compressed": str(compressed.resolve())},
+                                      code=folded.code_version, inherit=attrs))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            zarr.consolidate_metadata(str(out))
+        write_manifest(out, replace(folded, stage="decompress", inputs=inputs, key=key,
                                     outputs={**outputs, "compressed": str(compressed)}))
     return open_cube(out)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -79,9 +81,20 @@ def stale_input(manifest: Manifest, depth: int = 3, *, known: dict[Path, str] | 
     return None
 
 
-def _made_by(manifest: Manifest | None, path: Path) -> list[str]:
+def _made_by(manifest: Manifest | None, path: Path, attrs: Mapping[str, Any] | None = None) -> list[str]:
     if manifest is None and (final := _unfinished(path)) is not None:
         return [f"  unfinished: the work of a stopped run towards {final}; the same command finishes it"]
+    if manifest is None and attrs and attrs.get("fusioncube_stage"):  # a product copied without its manifest
+        when = str(attrs.get("created", ""))[:19].replace("T", " ")
+        lines = [f"  made by: stage {attrs['fusioncube_stage']}, {when} UTC (its attributes; no manifest beside it, "
+                 "so a pipeline run does not take it as finished)"]
+        try:
+            given = {k: v for k, v in json.loads(str(attrs.get("fusioncube_params", "{}"))).items() if v is not None}
+        except ValueError:
+            given = {}
+        if given:
+            lines.append(f"  parameters: {', '.join(f'{k}={v}' for k, v in sorted(given.items()))}")
+        return lines
     if manifest is None:
         return ["  manifest: none beside it (not made by fusioncube, or a run did not finish)"]
     outputs = manifest.outputs if isinstance(manifest.outputs, dict) else {}
@@ -262,8 +275,9 @@ def describe(path: str | Path) -> list[str]:
                 f"  decode it: fusioncube stage decompress --store {path} --out CUBE.zarr"]
     try:
         lines = describe_cube(path)
-        if manifest is None:  # another tool's cube: no line
-            return lines
+        if manifest is None:  # another tool's cube: no line; a stage's cube copied alone: its attributes
+            attrs = dict(xr.open_zarr(path, consolidated=None).attrs)
+            return lines + (_made_by(None, path, attrs) if attrs.get("fusioncube_stage") else [])
         # a stage's cube (filled.zarr, decoded.zarr) with its parameters; an ingested cube's are its
         # catalog entry, which its catalog file says better
         return lines + (_made_by(manifest, path)[:1] if manifest.stage == "ingest" else _made_by(manifest, path))
@@ -275,7 +289,7 @@ def describe(path: str | Path) -> list[str]:
         body = [_grid(ds), *_anomalies(ds, manifest)]
     else:
         body = _patches(ds)
-    return [f"{path}: {TITLES[kind]}", *_made_by(manifest, path), *body]
+    return [f"{path}: {TITLES[kind]}", *_made_by(manifest, path, ds.attrs), *body]
 
 
 #: what :func:`describe` calls each kind of store, after its path

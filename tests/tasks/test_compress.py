@@ -85,6 +85,11 @@ def test_compress_round_trip_rate_and_reuse(cube: Path, tmp_path: Path) -> None:
     # decoding again from the compressed folder alone
     again_cube = decompress(out / "compressed", tmp_path / "again.zarr")
     assert np.allclose(again_cube["data"].values, dec["data"].values, equal_nan=True)
+    from tasks.checkpoint import read_manifest  # its attributes name the decoding, as its manifest does (QA9)
+
+    attrs = again_cube.attrs
+    assert attrs["fusioncube_stage"] == "decompress" and attrs["fusioncube_key"] == read_manifest(tmp_path / "again.zarr").key
+    assert "fusioncube decompress" in attrs["history"].splitlines()[-1] and "unpatch" not in attrs["history"]
 
 
 def test_the_pipelines_patch_store_is_coded_when_it_holds_the_stages_patches(cube: Path, tmp_path: Path) -> None:

@@ -63,6 +63,11 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
     text = info("classes.zarr.cnn4d.pt")
     assert "a 4D-CNN land-cover classifier (stage classify)" in text and "bands: red, nir" in text
     assert "trained on 8 date(s): 2019-05-01 .. 2019-05-15" in text and "band mean / spread it standardises with" in text
+    # a product copied without its manifest: described from its own attributes (QA9 recheck)
+    shutil.copytree(tmp_path / "labels.zarr", tmp_path / "copied" / "labels.zarr")
+    text = info("copied/labels.zarr")
+    assert "made by: stage labels" in text and "(its attributes; no manifest beside it" in text and "epochs=1" in text
+    shutil.rmtree(tmp_path / "copied")
     (tmp_path / "garbage.pt").write_text("not a model")  # QA9 recheck: a traceback before
     assert main(["info", str(tmp_path / "garbage.pt")]) == 2
     err = capsys.readouterr().err
