@@ -85,9 +85,9 @@ def test_compress_round_trip_rate_and_reuse(cube: Path, tmp_path: Path) -> None:
     # decoding again from the compressed folder alone
     again_cube = decompress(out / "compressed", tmp_path / "again.zarr")
     assert np.allclose(again_cube["data"].values, dec["data"].values, equal_nan=True)
-    from tasks.checkpoint import read_manifest  # its attributes name the decoding, as its manifest does (QA9)
+    from tasks.checkpoint import read_manifest
 
-    attrs = again_cube.attrs
+    attrs = again_cube.attrs  # they name the decoding, as its manifest does (QA9)
     assert attrs["fusioncube_stage"] == "decompress" and attrs["fusioncube_key"] == read_manifest(tmp_path / "again.zarr").key
     assert "fusioncube decompress" in attrs["history"].splitlines()[-1] and "unpatch" not in attrs["history"]
 
