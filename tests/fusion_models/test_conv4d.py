@@ -191,8 +191,8 @@ def test_cnn4d_is_deterministic_under_a_seed() -> None:
     torch.testing.assert_close(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device")])])
 def test_cpu_and_cuda_share_the_code_path(device) -> None:
     x, valid, y = _toy(n=2)
     torch.manual_seed(0)

@@ -28,6 +28,7 @@ def test_cuda_without_a_gpu_is_refused_before_any_work() -> None:
         resolve_device("cuda:1")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_a_gpu_index_beyond_the_visible_ones_is_refused() -> None:
     assert resolve_device("cuda").type == "cuda"
