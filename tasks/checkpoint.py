@@ -13,7 +13,6 @@ taken for finished.
 
 from __future__ import annotations
 
-import ast
 import atexit
 import contextlib
 import hashlib
@@ -23,6 +22,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
@@ -134,21 +134,34 @@ def _project_modules() -> frozenset[str]:
     )
 
 
+#: an import statement: ``from BASE import NAMES`` (parenthesised over lines, or to the line's end)
+#: or ``import MODULES``, at any indentation (inside functions too)
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n]*)|import[ \t]+([^\n]*))", re.M)
+
+
+def _names(text: str) -> list[str]:
+    """``a as b, c  # note`` -> ``["a", "c"]``."""
+    return [part.split()[0] for part in re.sub(r"#[^\n]*", "", text).strip("()").split(",") if part.strip()]
+
+
 @cache
 def _imports(name: str) -> frozenset[str]:
     """The modules of :data:`CODE_PACKAGES` that module ``name`` imports anywhere in its source,
-    inside functions too (read from its syntax tree, not from what has run)."""
+    inside functions too: read from its text, not from what has run (and not with ``ast``, whose
+    parser Python 3.11 does not let two threads run at once: stage tasks version their code in
+    parallel). A statement quoted in a docstring counts too: a module more, never one less."""
     package = name if name in CODE_PACKAGES else name.rpartition(".")[0]
     named: set[str] = set()
-    for node in ast.walk(ast.parse(_module_source(name))):
-        if isinstance(node, ast.Import):
-            named.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
-                else node.module or ""
-            for alias in node.names:  # ``from tasks import cube`` names a module, ``from tasks.cube import x`` a name
-                module = f"{base}.{alias.name}"
-                named.add(module if module in _project_modules() else base)
+    for match in _IMPORT.finditer(_module_source(name)):
+        base, names, plain = match.groups()
+        if plain is not None:
+            named.update(_names(plain))
+            continue
+        if base.startswith("."):
+            base = importlib.util.resolve_name(base, package)
+        for alias in _names(names):  # ``from tasks import cube`` names a module, ``from tasks.cube import x`` a name
+            module = f"{base}.{alias}"
+            named.add(module if module in _project_modules() else base)
     return frozenset(named & _project_modules() - REPORTING_MODULES)
 
 

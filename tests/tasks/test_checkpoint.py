@@ -199,14 +199,34 @@ def test_imports_are_read_from_the_source_relative_and_lazy_ones_included(monkey
 
     fake = ("import numpy\nimport tasks.locks\n"
             "def f():\n    from . import cube\n    from fusion_models import patching\n"
-            "    from tasks.info import describe\n")
+            "    from tasks.info import describe\n"
+            "from fusion_models.tdl import (\n    decode,  # a note\n    encode as enc,\n)\n"
+            "import os, tasks.errors as errors\n")
     monkeypatch.setattr(checkpoint, "_module_source", lambda name: fake)
     checkpoint._imports.cache_clear()
     try:
-        assert checkpoint._imports("tasks.not_a_module") == {"tasks.locks", "tasks.cube", "fusion_models.patching"}
+        assert checkpoint._imports("tasks.not_a_module") == {"tasks.locks", "tasks.cube", "fusion_models.patching",
+                                                             "fusion_models.tdl", "tasks.errors"}
     finally:
         monkeypatch.undo()
         checkpoint._imports.cache_clear()
+
+
+def test_stage_tasks_version_their_code_in_parallel() -> None:
+    """CI: a served pipeline's stage tasks, in threads, failed with "SystemError: AST constructor
+    recursion depth mismatch" (Python 3.11's ast parser is not thread-safe); imports are now read
+    from the text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tasks.checkpoint as checkpoint
+
+    stages = ["tasks.patch", "tasks.anomalies", "tasks.gapfill", "tasks.compress", "tasks.labels", "tasks.classify"]
+    alone = [checkpoint.code_modules(s) for s in stages]
+    for _ in range(3):
+        checkpoint._imports.cache_clear()
+        checkpoint.code_modules.cache_clear()
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(lambda s: checkpoint.code_modules(s), stages)) == alone
 
 
 def test_a_product_s_attributes_say_how_it_was_made_not_how_its_source_was() -> None:
