@@ -46,6 +46,7 @@ __all__ = [
     "load_state_dict",
     "manifest_path",
     "product_attrs",
+    "product_checkpoint",
     "read_manifest",
     "remove_artifact",
     "resumable_artifact",
@@ -361,6 +362,28 @@ def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> tuple[dic
             f"got {type(state).__name__}; refused"
         )
     return dict(state), meta
+
+
+def product_checkpoint(out: str | Path, suffix: str, kind: str, *, made_by: str, map_location: Any = "cpu",
+                       ) -> tuple[dict[str, Any], dict[str, Any], Manifest | None]:
+    """The model file a stage saved beside its product ``out`` (``out`` + ``suffix``; the file's own
+    path is taken too): its state dict, its metadata, and, for a file saved before it held its
+    settings (no ``config``), the product's manifest, which then rebuilds the model. A file of
+    another ``kind`` of model, or such an old file without its manifest, is refused."""
+    out = Path(out)
+    if out.name.endswith(suffix):  # the weights file itself
+        out = out.with_name(out.name.removesuffix(suffix))
+    weights = out.with_name(out.name + suffix)
+    state, meta = load_checkpoint(weights, map_location=map_location)
+    if meta.get("kind", kind) != kind:
+        raise ValueError(f"{weights}: holds a {meta['kind']} model, not the {kind} model {made_by} saves")
+    manifest = None
+    if "config" not in meta:
+        manifest = read_manifest(out)
+        if manifest is None:
+            raise FileNotFoundError(f"{out}: no manifest beside weights saved without their settings; "
+                                    f"run {made_by} again")
+    return state, meta, manifest
 
 
 def load_state_dict(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:

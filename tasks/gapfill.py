@@ -58,9 +58,8 @@ from tasks.checkpoint import (
     atomic_artifact,
     code_version,
     fingerprint,
-    load_checkpoint,
     product_attrs,
-    read_manifest,
+    product_checkpoint,
     reuse_or_refuse,
     save_checkpoint,
     stage_key,
@@ -138,20 +137,12 @@ def weights_path(out: str | Path) -> Path:
 def load_model(out: str | Path, *, device: torch.device | str | None = None) -> LRTCNet:
     """The LRTC-Net a finished ``filled.zarr`` was made with (``weights_only=True``), from its
     weights file alone; weights saved before it held the settings need the manifest."""
-    out = Path(out)
-    if out.name.endswith(".lrtcnet.pt"):  # the weights file itself
-        out = out.with_name(out.name.removesuffix(".lrtcnet.pt"))
-    state, meta = load_checkpoint(weights_path(out), map_location=device or "cpu")
-    if meta.get("kind", "lrtcnet") != "lrtcnet":
-        raise ValueError(f"{weights_path(out)}: holds a {meta['kind']} model, not the lrtcnet model gapfill_cube saves")
-    if "config" in meta:
+    state, meta, manifest = product_checkpoint(out, ".lrtcnet.pt", "lrtcnet", made_by="gapfill_cube",
+                                               map_location=device or "cpu")
+    if manifest is None:
         c = dict(meta["config"])
         net = LRTCNet(tuple(c.pop("sample")), ranks=tuple(c.pop("ranks")), layers=int(c.pop("layers")), **c)
     else:
-        manifest = read_manifest(out)
-        if manifest is None:
-            raise FileNotFoundError(f"{out}: no manifest beside weights saved without their settings; "
-                                    "run gapfill_cube again")
         arch = dict(manifest.outputs.get("architecture", {}))
         net = LRTCNet(tuple(manifest.outputs["sample_shape"]), ranks=tuple(manifest.outputs["ranks"]),
                       layers=int(manifest.params["layers"]), **arch)

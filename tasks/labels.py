@@ -68,7 +68,7 @@ from tasks.checkpoint import (
     fingerprint,
     load_checkpoint,
     product_attrs,
-    read_manifest,
+    product_checkpoint,
     reuse_or_refuse,
     save_checkpoint,
     stage_key,
@@ -382,21 +382,13 @@ def load_model(out: str | Path, *, device: torch.device | str | None = None) -> 
     """The UNet + LRTD model a finished ``labels.zarr`` was made with (``weights_only=True``), from
     its weights file alone (``labels.zarr.unet.pt`` also holds the classes, bands and the band
     statistics the input is standardised with); weights saved before they did need the manifest."""
-    out = Path(out)
-    if out.name.endswith(".unet.pt"):  # the weights file itself
-        out = out.with_name(out.name.removesuffix(".unet.pt"))
-    state, meta = load_checkpoint(weights_path(out), map_location=device or "cpu")
-    if meta.get("kind", "unet_lrtd") != "unet_lrtd":
-        raise ValueError(f"{weights_path(out)}: holds a {meta['kind']} model, not the unet_lrtd model recover_labels saves")
-    if "config" in meta:
+    state, meta, manifest = product_checkpoint(out, ".unet.pt", "unet_lrtd", made_by="recover_labels",
+                                               map_location=device or "cpu")
+    if manifest is None:
         c = meta["config"]
         net = UNetLRTD(tuple(c["sample"]), int(c["classes"]), ranks=tuple(c["ranks"]), variant=c["variant"],
                        width=int(c["width"]), depth=int(c["depth"]))
     else:
-        manifest = read_manifest(out)
-        if manifest is None:
-            raise FileNotFoundError(f"{out}: no manifest beside weights saved without their settings; "
-                                    "run recover_labels again")
         o, p = manifest.outputs, manifest.params
         net = UNetLRTD(tuple(o["sample_shape"]), len(o["classes"]), ranks=tuple(o["ranks"]),
                        variant=p["variant"], width=p["width"], depth=p["depth"])
