@@ -554,7 +554,9 @@ def band_stats(data: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.n
 UNITS_SIGMAS, UNITS_SPREAD = 5.0, 10.0
 #: dates this many days of the year (median) from the training cube's: another season
 SEASON_DAYS = 30
-_CHECK_ENTRIES = 2**20  # pixel-dates read to compare a cube's band statistics with a model's
+#: what is read to compare a cube's band statistics with a model's: up to this many dates, evenly
+#: spread, in a 3 x 3 grid of windows of this side (a few chunks a window, not the whole cube)
+_CHECK_DATES, _CHECK_WINDOW = 8, 128
 
 
 def training_mismatch(ds: xr.Dataset, mean: np.ndarray, std: np.ndarray, dates: Sequence[str]) -> list[str]:
@@ -562,11 +564,19 @@ def training_mismatch(ds: xr.Dataset, mean: np.ndarray, std: np.ndarray, dates: 
     read ``ds`` wrongly although its dates and bands match in number and name, as sentences: band
     values far from the training cube's (other units or scaling: digital numbers against
     reflectance) and dates of another season (a network reads the dates' order as the season's
-    course). Read from a strided sample of the cube."""
-    step = max(1, int(np.sqrt(ds.sizes["time"] * ds.sizes["y"] * ds.sizes["x"] / _CHECK_ENTRIES)))
-    data = np.asarray(ds["data"][:, :, ::step, ::step].values, dtype=np.float64)
-    valid = np.asarray(ds["valid"][:, ::step, ::step].values, dtype=bool)
-    seen = observed_mask(data, valid)
+    course). Read from a sample of windows of the cube (:data:`_CHECK_WINDOW`)."""
+    height, width = ds.sizes["y"], ds.sizes["x"]
+    steps = np.unique(np.linspace(0, ds.sizes["time"] - 1, min(ds.sizes["time"], _CHECK_DATES)).astype(int))
+    side_y, side_x = min(_CHECK_WINDOW, height), min(_CHECK_WINDOW, width)
+    parts = []
+    for fy in (1, 3, 5):
+        for fx in (1, 3, 5):
+            y0, x0 = min(height * fy // 6, height - side_y), min(width * fx // 6, width - side_x)
+            window = {"time": steps, "y": slice(y0, y0 + side_y), "x": slice(x0, x0 + side_x)}
+            parts.append((np.asarray(ds["data"].isel(window).values, dtype=np.float64),
+                          np.asarray(ds["valid"].isel(window).values, dtype=bool)))
+    data = np.concatenate([d for d, _ in parts])  # windows stacked as dates: per-band statistics alike
+    seen = observed_mask(data, np.concatenate([v for _, v in parts]))
     problems = []
     if seen.any():
         here_mean, here_std = (a.ravel() for a in band_stats(data, seen))

@@ -378,6 +378,13 @@ def weights_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".unet.pt")
 
 
+def _unet_from(config: dict[str, Any]) -> UNetLRTD:
+    """The (untrained) network a saved ``config`` describes (``save_checkpoint(..., config=...)``)."""
+    c = config
+    return UNetLRTD(tuple(c["sample"]), int(c["classes"]), ranks=tuple(c["ranks"]), variant=c["variant"],
+                    width=int(c["width"]), depth=int(c["depth"]))
+
+
 def load_model(out: str | Path, *, device: torch.device | str | None = None) -> UNetLRTD:
     """The UNet + LRTD model a finished ``labels.zarr`` was made with (``weights_only=True``), from
     its weights file alone (``labels.zarr.unet.pt`` also holds the classes, bands and the band
@@ -385,9 +392,7 @@ def load_model(out: str | Path, *, device: torch.device | str | None = None) -> 
     state, meta, manifest = product_checkpoint(out, ".unet.pt", "unet_lrtd", made_by="recover_labels",
                                                map_location=device or "cpu")
     if manifest is None:
-        c = meta["config"]
-        net = UNetLRTD(tuple(c["sample"]), int(c["classes"]), ranks=tuple(c["ranks"]), variant=c["variant"],
-                       width=int(c["width"]), depth=int(c["depth"]))
+        net = _unet_from(meta["config"])
     else:
         o, p = manifest.outputs, manifest.params
         net = UNetLRTD(tuple(o["sample_shape"]), len(o["classes"]), ranks=tuple(o["ranks"]),
@@ -811,11 +816,6 @@ def apply_model(cube: str | Path, model: str | Path, out: str | Path, *, device:
     size = int(c["sample"][-1])
     if min(ds.sizes["y"], ds.sizes["x"]) < size:
         raise ValueError(f"{cube}: {ds.sizes['y']} x {ds.sizes['x']} px, smaller than the model's {size} px patches")
-    mean = np.asarray(meta["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(meta["std"], dtype=np.float32).reshape(1, -1, 1, 1)
-    for problem in training_mismatch(ds, mean, std, meta.get("dates") or []):
-        log.warning("%s: the cube %s may not suit this model: %s. Its map may be wrong however confident it looks; "
-                    "train a model on this cube (--labels)", model, cube, problem)
     params = {"model": model.name}
     inputs = {"cube": fingerprint(cube), "model": fingerprint(model)}
     key = stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES))
@@ -824,9 +824,13 @@ def apply_model(cube: str | Path, model: str | Path, out: str | Path, *, device:
         return found
 
     started = _time.perf_counter()
+    mean = np.asarray(meta["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(meta["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+    for problem in training_mismatch(ds, mean, std, meta.get("dates") or []):
+        log.warning("%s: the cube %s may not suit this model: %s. Its map may be wrong however confident it looks; "
+                    "train a model on this cube (--labels)", model, cube, problem)
     dev = resolve_device(device)
-    net = UNetLRTD(tuple(c["sample"]), int(c["classes"]), ranks=tuple(c["ranks"]), variant=c["variant"],
-                   width=int(c["width"]), depth=int(c["depth"]))
+    net = _unet_from(c)
     net.load_state_dict(state)
     net = net.to(dev).eval()
     title = f"labels {cube.name}"
