@@ -569,8 +569,11 @@ QUIET_ENV = "FUSIONCUBE_QUIET_INPUT_ERRORS"
 def quiet_input_errors() -> None:
     """Put :class:`_InputErrorConsoleFilter` on the console handlers Prefect installs on the root
     (also called by ``flows.worker_preload`` in the Dask workers of a quiet command)."""
-    import prefect  # noqa: F401  (configures Prefect's logging: its console handler sits on the root)
+    # Prefect's logging config puts its console handler on the root; `import prefect` alone may not
+    # have run it yet (Prefect 3 imports lazily), and a later run would then add an unfiltered one
+    from prefect.logging.configuration import ensure_logging_setup
 
+    ensure_logging_setup()
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _InputErrorConsoleFilter) for f in handler.filters):
             handler.addFilter(_InputErrorConsoleFilter())

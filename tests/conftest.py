@@ -17,7 +17,10 @@ REAL = Path(os.environ.get("FUSIONCUBE_REAL_FIXTURES", REPO.parent / "shared" / 
 @pytest.fixture(scope="session")
 def real_fixtures() -> Path:
     if not REAL.exists():
-        pytest.skip(f"real fixtures not found at {REAL} (set FUSIONCUBE_REAL_FIXTURES)")
+        reason = f"real fixtures not found at {REAL} (set FUSIONCUBE_REAL_FIXTURES)"
+        if os.environ.get("FUSIONCUBE_REQUIRE_FIXTURES") == "1":
+            pytest.fail(f"{reason}; FUSIONCUBE_REQUIRE_FIXTURES=1 (CI) requires the tests on real files to run")
+        pytest.skip(reason)
     return REAL
 
 
