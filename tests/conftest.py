@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -31,3 +32,10 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_unconfigure(config) -> None:
+    """Prefect stops a temporary server it started for a flow run (outside the harness) at exit:
+    its "Stopping temporary server" line would go to a console stream pytest has closed by then,
+    printing "--- Logging error ---" and a traceback after the summary."""
+    logging.getLogger("prefect").setLevel(logging.WARNING)
