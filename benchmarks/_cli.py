@@ -9,7 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bench_parser", "report", "torch_machine"]
+__all__ = ["MODIS", "bench_parser", "modis_ndvi_cube", "report", "torch_machine"]
+
+#: the real MODIS NDVI fixture (Sinop, 12 JPEG 2000 dates), beside the clone
+MODIS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real" / "modis_ndvi_sinop"
 
 
 def bench_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -40,3 +43,19 @@ def torch_machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.processor(),
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "threads": torch.get_num_threads()}
+
+
+def modis_ndvi_cube(out: Path) -> Path:
+    """Ingest the real MODIS NDVI fixture into a cube at ``out`` (through the real ingest) and
+    return its path. int16 NDVI x 1e-4; MOD13Q1's fill (-3000, altered by the lossy JPEG 2000) and
+    values outside its valid range (-2000 .. 10000) are not NDVI: NaN, not observed, never scored."""
+    from tasks.adhoc import adhoc_catalog
+    from tasks.catalog import load_catalog
+    from tasks.ingest import ingest_cube
+
+    if not sorted(MODIS.glob("*.jp2")):
+        raise FileNotFoundError(f"{MODIS}: no *.jp2 (the real MODIS NDVI fixture); the benchmark "
+                                "reads it from ../shared/fixtures/real beside the clone")
+    catalog = load_catalog(adhoc_catalog([str(MODIS / "*.jp2")], Path(out),
+                                         units={"scale": 1e-4, "valid_range": (-0.2, 1.0)}))
+    return Path(ingest_cube(catalog, "cube", workers=2).path)

@@ -63,10 +63,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._cli import bench_parser, report
+from benchmarks._cli import bench_parser, modis_ndvi_cube, report
 
 REPO = Path(__file__).resolve().parents[1]
-MODIS = REPO.parent / "shared" / "fixtures" / "real" / "modis_ndvi_sinop"
 log = logging.getLogger(__name__)
 
 DECK = {"tdl": 27.02, "tucker_thresholding": 24.39, "jpeg2000_dwt": 23.85}
@@ -79,14 +78,17 @@ def _ladder(lo: float, hi: float, per_octave: int) -> list[float]:
     return [float(round(lo * 2 ** (k / per_octave), 5)) for k in range(n)]
 
 
+# HOSVD's per-patch factor matrices: quantizer steps swept as its ranks and core steps are (its
+# front takes the best), so the baseline is not held to one precision
+FACTOR_STEPS = [1 / 64, 1 / 32, 1 / 16, 1 / 8]
 # Per data set: patch side, TDL ranks (time, band, y, x; the band rank is dropped for 1-band data),
 # HOSVD ranks (per-patch factors are paid per patch, so its useful ranks are lower) and steps.
-QUICK = {"size": "small", "iters": 4, "factor_steps": [1 / 64],
+QUICK = {"size": "small", "iters": 4, "factor_steps": FACTOR_STEPS,
          "sample": {"patch": 16, "ranks": [(6, 4, 16, 16), (4, 4, 12, 12)],
                     "hosvd_ranks": [(2, 2, 4, 4), (4, 3, 8, 8)], "steps": _ladder(0.1, 12.8, 1)},
          "real": {"patch": 16, "ranks": [(12, 1, 16, 16), (6, 1, 10, 10)],
                   "hosvd_ranks": [(3, 1, 4, 4), (6, 1, 8, 8)], "steps": _ladder(0.4, 12.8, 1)}}
-DEFAULT = {"size": "demo", "iters": 3, "factor_steps": [1 / 64],
+DEFAULT = {"size": "demo", "iters": 3, "factor_steps": FACTOR_STEPS,
            "sample": {"patch": 32, "ranks": [(12, 4, 32, 32)],
                       "hosvd_ranks": [(4, 4, 8, 8), (6, 4, 12, 12), (8, 4, 16, 16), (12, 4, 24, 24)],
                       "steps": _ladder(0.1, 12.8, 2)},
@@ -131,14 +133,12 @@ def _sample_cube(work: Path, size: str) -> np.ndarray:
     return open_cube(report.path)["data"].values.astype(np.float32)  # (T, C, H, W)
 
 
-def _modis() -> np.ndarray:
-    import rasterio
+def _modis(work: Path) -> np.ndarray:
+    """The real MODIS NDVI fixture as ``(T, 1, H, W)``, through the real ingest: its fill and
+    values outside MOD13Q1's valid range are NaN (not observed: in the mask, never scored)."""
+    from tasks.cube import open_cube
 
-    stack = []
-    for f in sorted(MODIS.glob("*.jp2")):
-        with rasterio.open(f) as src:
-            stack.append(src.read(1).astype(np.float32) * 1e-4)  # int16 NDVI scaled by 1e-4
-    return np.stack(stack)[:, None]  # (T, 1, H, W)
+    return open_cube(modis_ndvi_cube(work / "modis.zarr"))["data"].values.astype(np.float32)
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -380,10 +380,16 @@ def evaluate(data: np.ndarray, *, cfg: dict, spec: dict, label: str) -> dict[str
     }
 
 
+def gains(res: dict, other: str, rates: tuple[float, ...]) -> dict[str, float]:
+    """PSNR gain of tdl over ``other`` at each of ``rates`` where both curves are defined."""
+    a, b = res["curves"]["tdl"], res["curves"][other]
+    return {f"{r:g}": float(a[f"{r:g}"] - b[f"{r:g}"]) for r in rates
+            if a[f"{r:g}"] is not None and b[f"{r:g}"] is not None}
+
+
 def _gain(res: dict, other: str, rates: tuple[float, ...]) -> float | None:
-    gains = [res["curves"]["tdl"][f"{r:g}"] - res["curves"][other][f"{r:g}"] for r in rates
-             if res["curves"]["tdl"][f"{r:g}"] is not None and res["curves"][other][f"{r:g}"] is not None]
-    return float(min(gains)) if gains else None
+    g = gains(res, other, rates)
+    return float(min(g.values())) if g else None
 
 
 def _gain_at(res: dict, other: str, rate: float) -> float | None:
@@ -460,7 +466,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None) -> dict[s
             "sample": evaluate(cube, cfg=cfg, spec=cfg["sample"],
                                label=f"sample area ({cfg['size']}, seed 0), Planet-like 4 bands, "
                                      "west half trains, east half tests"),
-            "real": evaluate(_modis(), cfg=cfg, spec=cfg["real"],
+            "real": evaluate(_modis(work), cfg=cfg, spec=cfg["real"],
                              label="real MODIS NDVI (Sinop, 12 dates), west trains, east tests"),
         }
     finally:
@@ -492,9 +498,12 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None) -> dict[s
         "real_gain_vs_jpeg2000_db_0p25 >= -1.0": ok(summary["real_gain_vs_jpeg2000_db_0p25"], -1.0),
         "real_gain_vs_jpeg2000_db_0p5 >= -1.0": ok(summary["real_gain_vs_jpeg2000_db_0p5"], -1.0),
     }
+    # the rates each minimum was taken over (a curve is not extrapolated past its ladder's ends)
+    per_rate = {f"sample_vs_{m}": gains(s, m, low) for m in ("jpeg2000", "hosvd", "tdl_zstd", "jpeg2000_klt")}
+    per_rate["real_vs_jpeg2000"] = gains(r, "jpeg2000", low)
     png = _plot(out.with_suffix(".png"), {k: v for k, v in datasets.items()})
     result = {
-        "summary": summary, "targets": targets, "deck_anchor_psnr_db": DECK,
+        "summary": summary, "targets": targets, "gains_db_by_rate": per_rate, "deck_anchor_psnr_db": DECK,
         "common_rates_bpe": list(COMMON), "datasets": datasets,
         "definitions": {
             "bpe": "bits per entry (pixel x band x date) of the held-out region, everything stored: "
@@ -503,7 +512,13 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None) -> dict[s
             "psnr": "10 log10(range^2 / MSE) on observed entries, range = max - min of the observed "
                     "held-out values",
             "gain_min": "smallest PSNR gain of tdl over the method at the common rates <= 1 bpe where "
-                        "both curves are defined",
+                        "both curves are defined (gains_db_by_rate lists them)",
+            "tdl_at_full_ranks": "at full ranks (the sample area's ladder, the stage's default) every "
+                                 "basis is square, and the codec's rotation to an all-orthogonal "
+                                 "training core makes it the per-mode KLT of the training patches "
+                                 "whatever the ADMM found: there the figures measure learned "
+                                 "separable KLT + RDO quantization + context rANS; the ADMM shapes "
+                                 "the bases' spans only at truncated ranks (the real data's ladder)",
         },
         "quick": quick, "config": {k: v for k, v in cfg.items()},
         "seconds": round(time.perf_counter() - started, 1), "png": str(png),

@@ -38,10 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._cli import bench_parser, report, torch_machine
+from benchmarks._cli import bench_parser, modis_ndvi_cube, report, torch_machine
 
-REPO = Path(__file__).resolve().parents[1]
-MODIS = REPO.parent / "shared" / "fixtures" / "real" / "modis_ndvi_sinop"
 DECK_NRMSE = 0.0134  # the seed deck's LRTC-Net on DynamicEarthNet, 20 % random missing
 log = logging.getLogger(__name__)
 
@@ -157,18 +155,10 @@ def _modis(work: Path, cfg: dict[str, Any]) -> dict[str, Any]:
 
     from fusion_models.completion import linear_interpolation
     from fusion_models.lrtcnet_training import cloud_masks
-    from tasks.adhoc import adhoc_catalog
-    from tasks.catalog import load_catalog
     from tasks.cube import open_cube
     from tasks.gapfill import gapfill_cube
-    from tasks.ingest import ingest_cube
 
-    # int16 NDVI x 1e-4; MOD13Q1's fill (-3000, altered by the lossy JPEG 2000) and values
-    # outside its valid range (-2000 .. 10000) are not NDVI: not observed, never scored
-    catalog = load_catalog(adhoc_catalog([str(MODIS / "*.jp2")], work / "modis" / "cube.zarr",
-                                         units={"scale": 1e-4, "valid_range": (-0.2, 1.0)}))
-    report = ingest_cube(catalog, "cube", workers=2)
-    ds = open_cube(report.path).load()
+    ds = open_cube(modis_ndvi_cube(work / "modis" / "cube.zarr")).load()
     truth = ds["data"].values.astype(np.float32)
     valid = ds["valid"].values & np.isfinite(truth).all(axis=1)
     rng = np.random.default_rng(7)

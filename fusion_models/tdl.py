@@ -714,6 +714,10 @@ def fit_codec(train: np.ndarray, ranks: Sequence[int], *, angle_bits: int = 8,
     The learned bases are rotated within their spans to make the training core all-orthogonal
     (:func:`_all_orthogonal`), stored as Givens angles of ``angle_bits`` bits (:class:`TDLCodec`),
     and the Laplace profiles fitted to the training cores under the stored bases.
+
+    At full ranks (``R_n = I_n``) every span is the whole space, so that rotation makes the stored
+    bases the per-mode KLT (the HOSVD bases) of the training patches whatever :func:`tdl_fit`
+    found: the ADMM shapes a codec only at truncated ranks, through the spans it picks.
     """
     x = np.asarray(train, dtype=np.float64)
     if not np.isfinite(x).all():

@@ -39,6 +39,26 @@ def test_bases_are_orthonormal_and_objective_decreases() -> None:
     assert len(obj) == res.iterations + 1
     assert obj[-1] < obj[0]
     assert np.all(np.diff(obj[1:]) <= 1e-9 * obj[0])  # monotone after the first step
+    # the objective leaves out the constraint A = D_{N+1}: with the default weight the iterate
+    # also grows feasible (a weight of 1 thresholds A to 0 each step and closes the gap slowly)
+    res = tdl.tdl_fit(noisy, (3, 2, 4, 4), iters=8)
+    assert res.residual[-1] < 0.01 * max(res.residual[1:])
+
+
+def test_at_full_ranks_the_codec_bases_are_the_training_klt_whatever_the_admm_found() -> None:
+    """Documented behaviour (``fit_codec``): square bases span everything, and the rotation to an
+    all-orthogonal training core makes them the per-mode KLT of the training patches."""
+    x, _ = _low_rank(s=16)
+    noisy = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3),
+                                   dtype=x.dtype)).numpy()
+    one, _ = tdl.fit_codec(noisy, SHAPE, iters=1)
+    many, _ = tdl.fit_codec(noisy, SHAPE, iters=12)
+    xn = (noisy - noisy.mean()) / noisy.std()
+    for n, size in enumerate(SHAPE):
+        unfolded = np.moveaxis(xn, n + 1, 0).reshape(size, -1)
+        klt = np.linalg.eigh(unfolded @ unfolded.T)[1][:, ::-1]
+        for basis in (one.bases[n], many.bases[n]):
+            assert np.abs(np.abs((klt * basis).sum(axis=0)) - 1).max() < 1e-3
 
 
 @pytest.mark.parametrize("ranks", [(3, 2, 4, 4), SHAPE])
