@@ -40,9 +40,10 @@ def test_quick_labels_benchmark_writes_its_summary(tmp_path: Path) -> None:
     settings = result["settings"]
     assert set(settings["1pct"]) == {"unet_lrtd", "unet_ce_only", "random_forest"}
     assert set(settings["coarse"]) >= {"unet_lrtd", "unet_lrtd_fused", "nearest"}
-    # the coarse-prior fusion is chosen on validation blocks from a grid that includes the coarse
-    # map itself (window 1)
+    # the coarse-prior fusion is chosen on validation blocks of ANOTHER area (the setting's 30 m
+    # layer stays the only supervision here) from a grid that includes the coarse map itself
     fusion = result["coarse_fusion"]
+    assert fusion["area_seed"] != result["config"]["seed"]
     assert fusion["val_patches"] > 0 and any(g["window"] == 1 for g in fusion["grid"])
     assert (fusion["window"], fusion["power"]) in {(g["window"], g["power"]) for g in fusion["grid"]}
     summary = result["summary"]
