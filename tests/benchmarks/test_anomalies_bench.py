@@ -8,7 +8,8 @@ from pathlib import Path
 from benchmarks.anomalies import METHODS, run
 
 KEYS = ("auprc_qtrpca", "auprc_best_baseline", "auprc_qtrpca_4bit", "auprc_best_baseline_4bit",
-        "rmse_k_qtrpca_4bit", "rmse_k_trpca_4bit")
+        "rmse_k_qtrpca_4bit", "rmse_k_trpca_4bit", "auprc_qtrpca_abs_s", "auprc_best_baseline_abs_s",
+        "auprc_qtrpca_4bit_abs_s", "auprc_best_baseline_4bit_abs_s")
 
 
 def test_quick_run_writes_summary(tmp_path: Path) -> None:
