@@ -261,11 +261,13 @@ def halrtc(
                             bool(history[-1] < tol))
 
 
-def linear_interpolation(x: np.ndarray, mask: np.ndarray, *, axis: int = 0) -> np.ndarray:
+def linear_interpolation(x: np.ndarray, mask: np.ndarray, *, axis: int = 0,
+                         times: np.ndarray | None = None) -> np.ndarray:
     """Per-series linear interpolation along ``axis`` (time), what most EO toolkits do.
 
     Each series along ``axis`` (one pixel and band) is filled by linear interpolation between its
-    nearest observed neighbours, held constant before the first and after the last observation.
+    nearest observed neighbours (weighted by ``times``, the acquisition times, or by the date index
+    when not given), held constant before the first and after the last observation.
     A series with no observation gets the mean of the observed values at the same position along
     ``axis`` (that date's mean), or the global observed mean when the date has none.
 
@@ -278,6 +280,9 @@ def linear_interpolation(x: np.ndarray, mask: np.ndarray, *, axis: int = 0) -> n
         mask for every band), which is also faster: the neighbours are found once per pixel.
     axis
         The time axis.
+    times
+        ``(T,)`` increasing acquisition times (e.g. days; any numbers or ``datetime64``), or None
+        for equally spaced dates.
 
     Returns
     -------
@@ -307,7 +312,16 @@ def linear_interpolation(x: np.ndarray, mask: np.ndarray, *, axis: int = 0) -> n
     has_prev, has_next = prev >= 0, nxt < t
     v_prev = np.take_along_axis(xt, np.broadcast_to(np.clip(prev, 0, t - 1), xt.shape), axis=0)
     v_next = np.take_along_axis(xt, np.broadcast_to(np.clip(nxt, 0, t - 1), xt.shape), axis=0)
-    w = (idx - prev) / np.maximum(nxt - prev, 1)
+    if times is None:
+        w = (idx - prev) / np.maximum(nxt - prev, 1)
+    else:
+        tt = np.asarray(times)
+        tt = (tt - tt[0]).astype("timedelta64[s]").astype(np.float64) if tt.dtype.kind == "M" else tt.astype(np.float64)
+        if tt.shape != (t,) or not np.all(np.diff(tt) > 0):
+            raise ValueError(f"times must be {t} increasing values, one per date; got shape {tt.shape}")
+        t_at = tt.reshape(idx.shape)
+        t_prev, t_next = tt[np.clip(prev, 0, t - 1)], tt[np.clip(nxt, 0, t - 1)]
+        w = (t_at - t_prev) / np.where(t_next > t_prev, t_next - t_prev, 1.0)
     both = has_prev & has_next
     interp = np.where(both, v_prev + w * (v_next - v_prev), np.where(has_prev, v_prev, v_next))
     none = ~(has_prev | has_next)

@@ -112,11 +112,13 @@ def cloud_masks(
     return out.reshape(tuple(shape))
 
 
-def interpolate(x: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """Per-pixel linear temporal interpolation of ``(P, T, C, H, W)`` patches (the net's ``z0``)."""
+def interpolate(x: np.ndarray, observed: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
+    """Per-pixel linear temporal interpolation of ``(P, T, C, H, W)`` patches (the net's ``z0``,
+    by date index), weighted by acquisition ``times`` ``(T,)`` when given."""
     if not observed.any():
         return np.zeros_like(x, dtype=np.float32)
-    return linear_interpolation(x, observed[:, :, None], axis=1).astype(np.float32)  # one mask per pixel
+    # one mask per pixel
+    return linear_interpolation(x, observed[:, :, None], axis=1, times=times).astype(np.float32)
 
 
 def initial_factors(z: np.ndarray, ranks: Sequence[int]) -> list[np.ndarray]:

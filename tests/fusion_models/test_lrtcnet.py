@@ -163,6 +163,15 @@ def test_linear_interpolation_known_case():
     m = np.ones(t.shape, bool)
     m[[2, 3, 6]] = False
     np.testing.assert_allclose(linear_interpolation(np.where(m, t, np.nan), m), t)
+    # irregular dates: weighted by acquisition time (days or datetime64), not by date index
+    days = np.array([0.0, 1.0, 10.0])
+    series = np.array([0.0, np.nan, 10.0])
+    np.testing.assert_allclose(linear_interpolation(series, np.isfinite(series)), [0, 5, 10])
+    np.testing.assert_allclose(linear_interpolation(series, np.isfinite(series), times=days), [0, 1, 10])
+    dates = np.datetime64("2021-01-01") + days.astype("timedelta64[D]")
+    np.testing.assert_allclose(linear_interpolation(series, np.isfinite(series), times=dates), [0, 1, 10])
+    with pytest.raises(ValueError, match="times must be 3 increasing"):
+        linear_interpolation(series, np.isfinite(series), times=days[::-1])
     # one mask for every band (size 1 on the band axis) is the same as the mask repeated, along
     # any time axis; a mask of another shape is refused with both shapes
     rng = np.random.default_rng(3)
