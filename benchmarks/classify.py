@@ -26,7 +26,7 @@ One run, one split for every method:
   (weight averaging of the last epochs, kept only when it beats the best epoch on validation --
   it never did), ``tta`` (test-time averaging over the 8 symmetries of the square: +-0.001
   macro-F1 at 8 x the inference cost) and ``label_smoothing`` (with the class weights it pulls
-  the majority class down: much worse for every CNN). The 4D-CNN uses the Kronecker-factorised 4D
+  the majority class down: much worse for every CNN). The 4D-CNN uses the separable 4D
   convolution (``fusion_models.conv4d.SeparableConv4d``) with a width that gives it about the
   3D-CNN's parameter count. kNN (distance weighted) and the RBF-SVM (class_weight "balanced")
   classify the flattened 3 x 3 pixel window x all dates x (bands + mask) of each pixel; they are

@@ -150,8 +150,8 @@ class CNN4D(PixelClassifier):
 
     with :math:`\\star_{4D}` the 4D convolution (3x3x3x3 kernels, zero padding, stride 2 in time
     in the second layer) and the MLP applied per pixel. Receptive field: 5 x 5 pixels, 7 dates,
-    all bands. ``separable=True`` (default) uses the deck's Kronecker-factorised tensor
-    convolution (:class:`~fusion_models.conv4d.SeparableConv4d`: a (time, band) kernel, then a
+    all bands. ``separable=True`` (default) uses a separable 4D convolution (ours, not the
+    deck's Tucker-format "Tensor Convolution"; :class:`~fusion_models.conv4d.SeparableConv4d`: a (time, band) kernel, then a
     (y, x) kernel, coupled through ``width`` channels), which costs a fraction of the dense
     :class:`~fusion_models.conv4d.Conv4d` and so affords a wider network; ``separable=False``
     uses the dense 3x3x3x3 kernels.

@@ -181,12 +181,12 @@ def separable_conv4d(
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] = 0,
 ) -> Tensor:
-    r"""4D convolution with a Kronecker-factorised (separable) kernel: two 3D convolutions.
+    r"""4D convolution with a separable (low-rank factorised) kernel: two 3D convolutions.
 
-    The deck's "Tensor Convolution" slide writes a multi-dimensional kernel as a sum of outer
-    (Kronecker) products of lower-order kernels, which is what makes 4D networks affordable.
-    Here the kernel over axes (1, 2) (time, band) and the kernel over axes (3, 4) (y, x) are
-    coupled through ``R`` intermediate channels:
+    Ours, not the deck's construction: the deck's "Tensor Convolution" slide convolves two
+    Tucker-format tensors mode by mode (``G_z = G_x (x) G_y``, the factor matrices convolved
+    column by column). Here, more simply, the kernel over axes (1, 2) (time, band) and the kernel
+    over axes (3, 4) (y, x) are coupled through ``R`` intermediate channels:
 
     .. math::
 
@@ -237,7 +237,7 @@ def separable_conv4d(
 
 
 class SeparableConv4d(nn.Module):
-    """Kronecker-factorised 4D convolution layer (see :func:`separable_conv4d`).
+    """Separable (factorised-kernel) 4D convolution layer (see :func:`separable_conv4d`).
 
     ``(B, C_in, D1, D2, D3, D4) -> (B, C_out, O1, O2, O3, O4)`` with a (time, band) kernel
     ``A (rank, C_in, k1, k2)`` followed by a spatial kernel ``B (C_out, rank, k3, k4)``;

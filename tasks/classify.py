@@ -3,7 +3,7 @@
 Per-pixel classification into the 15 NLCD classes of the deck, or into the classes of the label
 layer when it follows another legend (:func:`label_scheme`: ESA WorldCover, a user's own codes
 1..K with ``flag_values`` / ``flag_meanings``). Each pixel is a sample; the
-4D-CNN (``fusion_models.classifiers.CNN4D``, Kronecker-factorised 4D convolutions by default)
+4D-CNN (``fusion_models.classifiers.CNN4D``, separable 4D convolutions by default)
 is fully convolutional, so a pixel's class is decided from its 5 x 5 pixel neighbourhood over all
 dates and bands. The map is predicted window by window straight from the cube, each window with a
 halo of that radius (:func:`map_strips`): it equals one pass over the whole cube, without seams
