@@ -58,4 +58,5 @@ def modis_ndvi_cube(out: Path) -> Path:
                                 "reads it from ../shared/fixtures/real beside the clone")
     catalog = load_catalog(adhoc_catalog([str(MODIS / "*.jp2")], Path(out),
                                          units={"scale": 1e-4, "valid_range": (-0.2, 1.0)}))
-    return Path(ingest_cube(catalog, "cube", workers=2).path)
+    (name,) = catalog.cubes  # the ad hoc catalog's one cube, named after ``out``
+    return Path(ingest_cube(catalog, name, workers=2).path)

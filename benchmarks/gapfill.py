@@ -46,10 +46,17 @@ from benchmarks._cli import bench_parser, modis_ndvi_cube, report, torch_machine
 DECK_NRMSE = 0.0134  # the seed deck's LRTC-Net on DynamicEarthNet, 20 % random missing
 log = logging.getLogger(__name__)
 
+# HaLRTC's (rho, iterations) per mask kind, chosen on a VALIDATION area (seed 1, 100 dates, the
+# same patches and masks) from rho in (1, 5) x iterations in (8, 30, 100), NRMSE: random 20 %
+# rho 1 / 8 it. 0.0926 (rho 5 / 30 it.: 0.1037); clouds rho 5 / 8 it. 0.1933 (30 it.: 0.2247;
+# rho 1: 0.28-0.29). There, Tucker completion's temporal rank 5 / 10 / 20 scored 0.165 / 0.166 /
+# 0.170 under clouds and 0.131 / 0.123 / 0.119 at random 20 %; it keeps the net's ranks, as the
+# issue asks of the baseline.
+HALRTC = {"random20": {"rho": 1.0, "iters": 8}, "cloud": {"rho": 5.0, "iters": 8}}
 QUICK = {"n_dates": 20, "seed": 0, "epochs": 5, "lr": 5e-3, "tucker_iters": 10,
-         "halrtc_iters": 8, "modis_epochs": 3}
+         "halrtc": HALRTC, "modis_epochs": 3}
 DEFAULT = {"n_dates": 100, "seed": 0, "epochs": 30, "lr": 5e-3, "tucker_iters": 30,
-           "halrtc_iters": 30, "modis_epochs": 20}
+           "halrtc": HALRTC, "modis_epochs": 20}
 # The ablation: the deck's plain LRTC-Net (start P_Omega(X) = 0 at the gaps, random orthonormal
 # D_n, the layers alone) against ours (the stage's: interpolation start, HOSVD D_n, learned
 # per-layer steps, residual refiner, stacking head). Same ranks, layers, epochs and self-supervised
@@ -147,7 +154,7 @@ def _setting(
                     te_in, test_obs)
     score("tucker", tk, time.perf_counter() - t0)
     t0 = time.perf_counter()
-    ha = _per_patch(lambda x, m: halrtc(x, m, iters=cfg["halrtc_iters"],
+    ha = _per_patch(lambda x, m: halrtc(x, m, **cfg["halrtc"][label],
                                         init=interpolate(x[None], m[None, :, 0])[0]).filled,
                     te_in, test_obs)
     score("halrtc", ha, time.perf_counter() - t0)
