@@ -144,18 +144,18 @@ def _setting(
         torch.manual_seed(0)
         fit = fit_lrtcnet(te_in, test_obs, ranks=ranks, layers=20, epochs=cfg["epochs"], batch=16,
                           lr=cfg["lr"], hide_kind=hide_kind, hide_share=hide_share, seed=0,
-                          device="cpu", **variant)
+                          device="cpu", times=dates, **variant)
         t0 = time.perf_counter()
-        net = complete(fit.net, te_in, test_obs, batch=16, init=variant.get("init", "linear"))
+        net = complete(fit.net, te_in, test_obs, batch=16, init=variant.get("init", "linear"), times=dates)
         score(name, net, time.perf_counter() - t0, train_seconds=round(fit.seconds, 3))
     t0 = time.perf_counter()
     tk = _per_patch(lambda x, m: tucker_completion(x, m, ranks=ranks, iters=cfg["tucker_iters"],
-                                                   init=interpolate(x[None], m[None, :, 0])[0]).filled,
+                                                   init=interpolate(x[None], m[None, :, 0], dates)[0]).filled,
                     te_in, test_obs)
     score("tucker", tk, time.perf_counter() - t0)
     t0 = time.perf_counter()
     ha = _per_patch(lambda x, m: halrtc(x, m, **cfg["halrtc"][label],
-                                        init=interpolate(x[None], m[None, :, 0])[0]).filled,
+                                        init=interpolate(x[None], m[None, :, 0], dates)[0]).filled,
                     te_in, test_obs)
     score("halrtc", ha, time.perf_counter() - t0)
     return results, outputs

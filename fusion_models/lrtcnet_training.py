@@ -113,8 +113,8 @@ def cloud_masks(
 
 
 def interpolate(x: np.ndarray, observed: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
-    """Per-pixel linear temporal interpolation of ``(P, T, C, H, W)`` patches (the net's ``z0``,
-    by date index), weighted by acquisition ``times`` ``(T,)`` when given."""
+    """Per-pixel linear temporal interpolation of ``(P, T, C, H, W)`` patches (the net's ``z0``),
+    weighted by the acquisition ``times`` ``(T,)`` when given, else by date index."""
     if not observed.any():
         return np.zeros_like(x, dtype=np.float32)
     # one mask per pixel
@@ -162,6 +162,7 @@ def fit_lrtcnet(
     seed: int = 0,
     device: torch.device | str | None = None,
     init: str = "linear",
+    times: np.ndarray | None = None,
     factor_init: str = "hosvd",
     step_sizes: bool = False,
     refine: int = 0,
@@ -212,6 +213,9 @@ def fit_lrtcnet(
     init
         Start of the missing entries: ``"linear"`` (per-pixel temporal interpolation, ours) or
         ``"zeros"`` (the deck's :math:`P_\\Omega(\\mathcal X)`); :func:`complete` must get the same.
+    times
+        ``(T,)`` acquisition times (days or ``datetime64``) the interpolation is weighted by;
+        None: equally spaced dates.
     factor_init
         ``"hosvd"`` or ``"random"``.
     step_sizes, refine, stack
@@ -269,7 +273,7 @@ def fit_lrtcnet(
     shape = x.shape[1:]
     ranks = tuple(ranks) if ranks is not None else tuple(max(1, int(np.ceil(0.1 * s))) for s in shape)
     if factor_init == "hosvd":
-        z0 = interpolate(x, observed)
+        z0 = interpolate(x, observed, times)
         start = initial_factors(z0 if truth is None else truth.astype(np.float32), ranks)
         factors: list[torch.Tensor] | None = [torch.tensor(f.tolist()) for f in start]
     else:
@@ -309,7 +313,7 @@ def fit_lrtcnet(
             mt = torch.from_numpy(seen[:, :, None]).to(device)
             st = torch.from_numpy(np.broadcast_to(scored[:, :, None], xb.shape).copy()).to(device)
             target = torch.from_numpy(target_np).to(device)
-            out = net(xt, mt, z0=_start(xb, seen, init, device))
+            out = net(xt, mt, z0=_start(xb, seen, init, device, times))
             loss = ((out - target)[st] ** 2).mean()
             opt.zero_grad()
             loss.backward()
@@ -325,7 +329,8 @@ def fit_lrtcnet(
     net.eval()
     if stack:
         fit_stacking(net, x, observed, truth=truth, draws=stack_draws, hide_share=hide_share,
-                     hide_kind=hide_kind, batch=batch, init=init, rng=rng, on_batch=on_stack_batch)
+                     hide_kind=hide_kind, batch=batch, init=init, times=times, rng=rng,
+                     on_batch=on_stack_batch)
     seconds = time.perf_counter() - started
     log.info("fit_lrtcnet: %d epochs in %.1f s, last loss %.5f", epochs, seconds, history[-1])
     return FitResult(net, tuple(history), seconds)
@@ -343,6 +348,7 @@ def fit_stacking(
     hide_kind: str = "cloud",
     batch: int = 16,
     init: str = "linear",
+    times: np.ndarray | None = None,
     ridge: float = 1e-6,
     min_count: int = 200,
     rng: np.random.Generator | None = None,
@@ -375,8 +381,9 @@ def fit_stacking(
         Optional ``(P, T, C, H, W)`` truth (supervised mode).
     draws, hide_share, hide_kind
         Passes of hidden masks and their kind (self-supervised mode).
-    batch, init
-        Patches per forward; the start of the missing entries (as the net was trained).
+    batch, init, times
+        Patches per forward; the start of the missing entries and the acquisition times it is
+        interpolated by (as the net was trained).
     ridge, min_count
         Relative ridge :math:`\\lambda` and the least entries a class needs for its own weights.
     rng
@@ -420,7 +427,7 @@ def fit_stacking(
                     continue
                 xt = torch.from_numpy(xb).to(device)
                 mt = torch.from_numpy(seen[:, :, None]).to(device)
-                z, xo, w = net.trunk(xt, mt, z0=_start(xb, seen, init, device))
+                z, xo, w = net.trunk(xt, mt, z0=_start(xb, seen, init, device, times))
                 lowrank = net.lowrank(z)
                 feats = head.features(z, lowrank, xo, w)  # (B, T, F, C, H, W)
                 cls = head.classes(w)  # (B, T)
@@ -454,12 +461,13 @@ def fit_stacking(
 @torch.no_grad()
 def complete(
     net: LRTCNet, x: np.ndarray, observed: np.ndarray, *, batch: int = 16, init: str = "linear",
-    on_batch: Callable[[int], object] | None = None,
+    times: np.ndarray | None = None, on_batch: Callable[[int], object] | None = None,
 ) -> np.ndarray:
     """Fill ``(P, T, C, H, W)`` patches where ``observed`` ``(P, T, H, W)`` is False.
 
-    The net starts from ``init`` (as in :func:`fit_lrtcnet`: per-pixel linear interpolation or
-    zeros); observed entries are returned as given. ``on_batch(n)`` is called after each batch of
+    The net starts from ``init`` (as in :func:`fit_lrtcnet`: per-pixel linear interpolation,
+    weighted by the acquisition ``times`` when given, or zeros); observed entries are returned as
+    given. ``on_batch(n)`` is called after each batch of
     ``n`` patches (a progress bar's ``update``).
     """
     _check_choice("init", init, INITS)
@@ -469,7 +477,7 @@ def complete(
     with parametrize.cached():  # the orthogonal factors once for all batches (no gradients here)
         for first in range(0, x.shape[0], batch):
             sl = slice(first, first + batch)
-            z0 = _start(xs[sl], observed[sl], init, device)
+            z0 = _start(xs[sl], observed[sl], init, device, times)
             xt = torch.from_numpy(xs[sl]).to(device)
             mt = torch.from_numpy(observed[sl][:, :, None]).to(device)
             out[sl] = net(xt, mt, z0=z0).cpu().numpy()
@@ -504,8 +512,10 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {list(choices)}; got {name}={value!r}")
 
 
-def _start(x: np.ndarray, seen: np.ndarray, init: str, device: torch.device) -> torch.Tensor | None:
-    """The net's starting values at missing entries: interpolation (ours) or None (zeros, deck)."""
+def _start(x: np.ndarray, seen: np.ndarray, init: str, device: torch.device,
+           times: np.ndarray | None = None) -> torch.Tensor | None:
+    """The net's starting values at missing entries: interpolation (ours, by acquisition time
+    when ``times`` is given) or None (zeros, deck)."""
     if init == "zeros":
         return None
-    return torch.from_numpy(interpolate(x, seen)).to(device)
+    return torch.from_numpy(interpolate(x, seen, times)).to(device)

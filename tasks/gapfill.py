@@ -159,6 +159,15 @@ def gapfill_key(cube: str | Path, params: dict[str, Any]) -> tuple[str, dict[str
     return stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES)), inputs
 
 
+def acquisition_times(ds: xr.Dataset) -> np.ndarray | None:
+    """The cube's dates for the net's interpolated start (weighted by acquisition time), or None
+    (equally spaced) when the time coordinate is not a strictly increasing series of dates."""
+    t = ds["time"].values if "time" in ds.coords else None
+    if t is None or t.dtype.kind != "M" or not np.all(np.diff(t) > np.timedelta64(0, "s")):
+        return None
+    return t
+
+
 def _fit(xp: np.ndarray, op: np.ndarray, shape: tuple[int, int, int, int], kw: dict[str, Any],
          progress: bool = False) -> tuple[Any, tuple[int, ...]]:
     """Fit LRTC-Net (ours) self-supervised on patches ``xp (P, T, C, s, s)``, ``op (P, T, s, s)``,
@@ -255,8 +264,9 @@ def _fill_patches_store(cube: Path, out: Path, stamp: Stamp, kw: dict[str, Any],
     op = op.reshape(raw.shape[0], raw.shape[1], size, size)
     xp = np.where(op[:, :, None], (raw - mean) / std, 0.0).astype(np.float32)
     shape = (data.shape[0], data.shape[1], size, size)
+    kw = {**kw, "times": acquisition_times(ds)}
     fit, ranks = _fit(xp, op, shape, kw, progress)
-    filled_p = complete(fit.net, xp, op, batch=kw["batch"], init=OURS["init"])
+    filled_p = complete(fit.net, xp, op, batch=kw["batch"], init=OURS["init"], times=kw["times"])
     folded = within(fold_patches(filled_p, origins, data.shape) * std + mean, extent)  # (T, C, H, W)
     # cast: numpy types any(axis=...) as bool | array; over the dates of (T, H, W) it is (H, W)
     unseen = cast(np.ndarray, ~observed.any(axis=0))
@@ -302,6 +312,7 @@ def _fill_cube(cube: Path, out: Path, stamp: Stamp, kw: dict[str, Any], fill_uns
 
     xp, op = patches_by_rows(origins[pick], size, training_rows,
                              progress=f"{title}: read {n_train} of {len(origins)} patches to train on" if progress else None)
+    kw = {**kw, "times": acquisition_times(ds)}
     fit, ranks = _fit(xp, op, shape, kw, progress)
     del xp, op
 
@@ -343,7 +354,8 @@ def _fill_cube(cube: Path, out: Path, stamp: Stamp, kw: dict[str, Any], fill_uns
                 local = mine - [r0, 0]
                 xb = extract_patches(standardised(data, observed), local, size)
                 ob = extract_patches(observed, local, size)
-                filled_p = complete(fit.net, xb, ob, batch=kw["batch"], init=OURS["init"], on_batch=bar.update)
+                filled_p = complete(fit.net, xb, ob, batch=kw["batch"], init=OURS["init"], times=kw["times"],
+                                    on_batch=bar.update)
                 del xb, ob
                 folded = within(fold_patches(filled_p, local, data.shape, weights=blend) * std + mean, extent)
                 rows = slice(a - r0, b - r0)

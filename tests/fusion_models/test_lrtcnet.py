@@ -214,6 +214,13 @@ def test_fit_and_complete_keep_observed_entries():
         out = complete(fit.net, x, observed, init=variant["init"])
         np.testing.assert_array_equal(out[obs], x[obs])
         assert np.isfinite(out).all()
+        # the start is interpolated by acquisition time when given: equally spaced dates give
+        # the same fill as the date index, irregular ones another
+        even = np.datetime64("2021-01-01") + 5 * np.arange(6).astype("timedelta64[D]")
+        np.testing.assert_array_equal(complete(fit.net, x, observed, init=variant["init"], times=even), out)
+        if variant["init"] == "linear":
+            odd = even + np.array([0, 1, 2, 9, 10, 11]).astype("timedelta64[D]")
+            assert not np.array_equal(complete(fit.net, x, observed, init=variant["init"], times=odd), out)
     with pytest.raises(ValueError, match="observed"):
         fit_lrtcnet(x, observed[:, :3], device="cpu")
     with pytest.raises(ValueError, match="init must be one of"):

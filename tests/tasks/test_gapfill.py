@@ -222,6 +222,17 @@ def test_bounded_memory_blocks_and_training_sample(tmp_path, monkeypatch):
     assert sampled.outputs["training_patches"] == 1 < sampled.outputs["patches"] == 6
 
 
+def test_the_nets_start_is_weighted_by_acquisition_date_when_the_dates_allow() -> None:
+    from tasks.gapfill import acquisition_times
+
+    dates = np.array(["2021-01-01", "2021-01-02", "2021-01-20"], dtype="datetime64[ns]")
+    cube = xr.Dataset(coords={"time": dates})
+    np.testing.assert_array_equal(acquisition_times(cube), dates)
+    # not strictly increasing (a repeated date), or not dates: equally spaced, by index
+    assert acquisition_times(cube.assign_coords(time=dates[[0, 0, 2]])) is None
+    assert acquisition_times(cube.assign_coords(time=[0, 1, 2])) is None
+
+
 def test_long_series_train_fewer_patches_a_step(monkeypatch):
     """Training activations grow with the patch's entries (about 1.2 kB each): a 1000-date x 4-band
     series trains one patch a step, a 70-date x 4-band one keeps the requested 8."""
