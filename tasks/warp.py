@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -396,17 +397,33 @@ def _read_mask(
                     raise SceneError(path, f"mask band {band} requested; the file has {ds.count}")
                 if ds.transform == transform @ Affine.translation(-win.col_off, -win.row_off):
                     mask = ds.read(band, window=win)
-                else:  # mask on its own grid: bring it onto the scene window
-                    mask = np.zeros((int(win.height), int(win.width)), dtype=ds.dtypes[band - 1])
-                    reproject(
-                        rasterio.band(ds, band), mask, dst_transform=transform,
-                        dst_crs=ds.crs, resampling=Resampling.nearest,
-                    )
-                clear &= mask_to_clear(mask, spec.mask)
+                    clear &= mask_to_clear(mask, spec.mask)
+                else:  # mask on its own grid (Sentinel-2's 20 m SCL): bring it onto the scene window
+                    # as the bands on that grid are brought, so no value resampled from a cloudy
+                    # pixel is kept clear
+                    mask = ds.read(band)
+                    clear &= clear_after_warp(mask_to_clear(mask, spec.mask), clear.shape,
+                                              resampling=Resampling[spec.resampling_name],
+                                              src_transform=ds.transform, src_crs=ds.crs,
+                                              dst_transform=transform, dst_crs=ds.crs)
                 nbytes += mask.nbytes
     except RasterioIOError as exc:
         raise SceneError(path, f"mask cannot be read ({exc})") from exc
     return clear, nbytes
+
+
+def clear_after_warp(clear: np.ndarray, shape: tuple[int, int], *, resampling: Resampling,
+                     **geo: Any) -> np.ndarray:
+    """Where a warp with ``resampling`` of values on the source pixels takes nothing from a pixel
+    that is not ``clear``: the not-clear indicator warped with the same kernel is 0 there.
+
+    Nearest picks one source pixel, so this is the plain nearest warp of ``clear``; bilinear,
+    cubic or average blend several, and a target pixel at a cloud's rim whose nearest source pixel
+    is clear still takes part of its value from the cloud: such a pixel is not clear. ``geo``:
+    ``src_transform``, ``src_crs``, ``dst_transform``, ``dst_crs`` as for ``reproject``."""
+    cloudy = np.zeros(shape, dtype=np.float32)
+    reproject((~clear).astype(np.float32), cloudy, resampling=resampling, num_threads=_warp_threads(), **geo)
+    return np.abs(cloudy) <= 1e-6
 
 
 def _lattice_offset(raw: RawScene, grid: Grid) -> tuple[int, int] | None:
@@ -500,13 +517,8 @@ def warp_scene(
             resampling=resampling, num_threads=_warp_threads(),
         )
         if raw.clear is not None:
-            c = np.zeros(shape, dtype=np.uint8)
-            reproject(
-                raw.clear.astype(np.uint8), c, src_transform=raw.transform, src_crs=raw.crs,
-                dst_transform=grid.transform, dst_crs=grid.crs, resampling=Resampling.nearest,
-                num_threads=_warp_threads(),
-            )
-            clear = c.astype(bool)
+            clear = clear_after_warp(raw.clear, shape, resampling=resampling, src_transform=raw.transform,
+                                     src_crs=raw.crs, dst_transform=grid.transform, dst_crs=grid.crs)
     observed = np.isfinite(data[0])  # band by band: no (bands, H, W) temporary
     for band in data[1:]:
         observed &= np.isfinite(band)

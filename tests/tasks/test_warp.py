@@ -133,3 +133,66 @@ def test_a_truncated_jpeg2000s_read_error_keeps_gdals_reason(tmp_path: Path, rea
     reason = read_error(info.value)
     assert reason.startswith("Read failed: ") and "IReadBlock failed" in reason, reason
     assert read_error(RasterioIOError("no such file")) == "no such file"
+
+
+def _write(path: Path, transform: Affine, arr: np.ndarray, crs: str, **profile) -> None:
+    import rasterio
+
+    count = arr.shape[0] if arr.ndim == 3 else 1
+    with rasterio.open(path, "w", driver="GTiff", height=arr.shape[-2], width=arr.shape[-1], count=count,
+                       dtype=arr.dtype, crs=crs, transform=transform, **profile) as dst:
+        dst.write(arr if arr.ndim == 3 else arr[None])
+
+
+@pytest.mark.parametrize("extra", [["--resolution", "2"], ["--crs", "EPSG:32614"]])
+def test_no_cloud_value_is_kept_clear_when_a_scene_is_resampled(tmp_path: Path, extra: list[str]) -> None:
+    """A Planet-like scene, surface reflectance 0.1 everywhere but a bright cloud its UDM2 flags:
+    ingested onto a grid that is not its lattice, no pixel marked valid takes part of its value
+    from the cloud (bilinear blends neighbours; the valid mask used to be warped by nearest)."""
+    import xarray as xr
+
+    from flows.cli import main
+
+    t = Affine(3, 0, 450000, 0, -3, 4650000)
+    refl = np.full((4, 60, 60), 1000, "uint16")
+    refl[:, 20:40, 20:40] = 10000
+    udm = np.zeros((8, 60, 60), "uint8")
+    udm[0] = 1
+    udm[0, 20:40, 20:40], udm[5, 20:40, 20:40] = 0, 1
+    stem = tmp_path / "scenes" / "PSScene_20190601_100000_0000_3B_"
+    stem.parent.mkdir()
+    _write(Path(f"{stem}AnalyticMS_SR.tif"), t, refl, "EPSG:32615", nodata=0)
+    _write(Path(f"{stem}udm2.tif"), t, udm, "EPSG:32615")
+    assert main(["ingest", str(stem.parent), "--out", str(tmp_path / "c.zarr"), *extra]) == 0
+    ds = xr.open_zarr(tmp_path / "c.zarr", consolidated=None).isel(time=0)
+    valid = ds["valid"].values
+    kept = ds["data"].values[:, valid]
+    assert valid.sum() > 0.5 * valid.size and np.abs(kept - 0.1).max() < 1e-4
+
+
+def test_a_coarser_band_file_takes_no_cloud_value_into_a_clear_pixel(tmp_path: Path) -> None:
+    """Sentinel-2-like band files: B04 at 10 m, B8A and the SCL at 20 m, a cloud (SCL 9) in both
+    bands: the 20 m band resampled onto the 10 m grid keeps no cloud-blended value valid."""
+    import xarray as xr
+
+    from flows.cli import main
+
+    stem = tmp_path / "s2" / "T33UUP_20200601T100031"
+    stem.parent.mkdir()
+    b04 = np.full((80, 80), 1000, "uint16")
+    b04[30:50, 30:50] = 10000
+    b8a = np.full((40, 40), 1000, "uint16")
+    b8a[15:25, 15:25] = 10000
+    scl = np.full((40, 40), 4, "uint8")
+    scl[15:25, 15:25] = 9
+    coarse = Affine(20, 0, 500000, 0, -20, 5000800)
+    _write(Path(f"{stem}_B04_10m.tif"), Affine(10, 0, 500000, 0, -10, 5000800), b04, "EPSG:32633")
+    _write(Path(f"{stem}_B8A_20m.tif"), coarse, b8a, "EPSG:32633")
+    _write(Path(f"{stem}_SCL_20m.tif"), coarse, scl, "EPSG:32633")
+    assert main(["ingest", str(stem.parent), "--out", str(tmp_path / "c.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "c.zarr", consolidated=None).isel(time=0)
+    valid = ds["valid"].values
+    assert valid.sum() > 0.5 * valid.size
+    for band in ds["band"].values:
+        kept = ds["data"].sel(band=band).values[valid]
+        assert kept.max() - kept.min() < 1e-4, band
