@@ -71,7 +71,7 @@ from tasks.errors import CubeSchemaError, SceneError, retry_on_io_error
 from tasks.locks import DEFAULT_TIMEOUT as DEFAULT_LOCK_TIMEOUT
 from tasks.locks import cube_lock
 from tasks.validate import ValidationRules, validate_profiles
-from tasks.warp import Grid, RawScene, no_crs_reason, read_scene, scene_crs, warp_scene
+from tasks.warp import Grid, RawScene, class_fill, no_crs_reason, read_scene, scene_crs, warp_scene
 
 __all__ = [
     "IngestPlan", "IngestReport", "ScenePlan", "attach_part", "check_cube_bands", "cube_grid", "finish_ingest", "ingest_cube", "missing_static_layers", "warn_future_dates",
@@ -659,10 +659,14 @@ def static_layers(
         if not passed:
             log.warning("static layer %s: no usable file from source %s; the cube has no %s", var, source, var)
             continue
-        nodata = passed[0].nodata if passed[0].nodata is not None else 0
+        # the declared nodata, else a code no file uses (class 0 stays a class)
+        nodata = class_fill([r.data for r in passed], passed[0].nodata)
+        if passed[0].nodata is None:
+            log.info("static layer %s: %s declares no nodata; code %d marks where it has no class",
+                     var, file_name(passed[0].ref.path), nodata)
         codes = None
         for raw in passed:
-            c, v = warp_scene(raw, src, grid)
+            c, v = warp_scene(raw, src, grid, fill=nodata)
             codes = c if codes is None else np.where(codes == nodata, c, codes)
         attrs: dict[str, Any] = {"long_name": var, "source": source, "nodata": nodata, "grid_mapping": "spatial_ref"}
         if src.classes:

@@ -93,6 +93,7 @@ from tasks.cube import (
 from tasks.legends import NLCD_CLASSES
 from tasks.quicklook import class_names, cog_path, colour_table
 from tasks.runlog import reports_warnings
+from tasks.warp import class_fill, class_resampling
 
 __all__ = [
     "NO_CLASS",
@@ -474,21 +475,23 @@ def raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any
     """A class raster file (a land cover map in any CRS) warped onto the cube's grid by majority:
     (codes (H, W) uint8, NO_CLASS where the map has no class, its attrs, what the labels were)."""
     import rasterio
-    from rasterio.warp import Resampling, reproject
+    from rasterio.warp import reproject
 
     with rasterio.open(path) as src:
         if src.crs is None:
             raise ValueError(f"{path}: the label raster has no CRS; it cannot be placed on the cube's grid")
         if src.dtypes[0] not in ("uint8", "uint16", "int8", "int16", "int32", "uint32"):
             raise ValueError(f"{path}: a label raster holds integer class codes; got {src.dtypes[0]}")
-        nodata = src.nodata
         legend = _raster_legend(src)
-        codes = np.full((ds.sizes["y"], ds.sizes["x"]), NO_CLASS if nodata is None else nodata, dtype=src.dtypes[0])
-        reproject(rasterio.band(src, 1), codes, dst_transform=cube_transform(ds), dst_crs=cube_crs(ds),
-                  dst_nodata=nodata, resampling=Resampling.mode)
-    codes = codes.astype(np.int64)
-    if nodata is not None:
-        codes = np.where(codes == nodata, NO_CLASS, codes)
+        shape = (ds.sizes["y"], ds.sizes["x"])
+        source, transform = _read_over(src, cube_transform(ds), cube_crs(ds), shape)
+        # its nodata, else a code it does not use: outside its footprint no class is made up
+        nodata = class_fill(source, src.nodata)
+        codes = np.full(shape, nodata, dtype=src.dtypes[0])
+        reproject(source, codes, src_transform=transform, src_crs=src.crs, src_nodata=src.nodata,
+                  dst_transform=cube_transform(ds), dst_crs=cube_crs(ds), dst_nodata=nodata,
+                  resampling=class_resampling(None, transform, src.crs, cube_transform(ds), cube_crs(ds), shape))
+    codes = np.where(codes == nodata, NO_CLASS, codes.astype(np.int64))
     labelled = codes[codes != NO_CLASS]
     if not labelled.size:
         raise ValueError(f"{path}: the label raster holds no class over the cube's area (does it cover "
@@ -496,6 +499,26 @@ def raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any
     check_byte_codes(labelled.min(), labelled.max(), f"{path}: the label raster")
     attrs = {"nodata": NO_CLASS, **legend}
     return codes.astype(np.uint8), attrs, {"kind": "raster", "file": str(path), "labelled": int(labelled.size)}
+
+
+def _read_over(src: Any, transform: Any, crs: Any, shape: tuple[int, int]) -> tuple[np.ndarray, Any]:
+    """Band 1 of an open raster where it lies under the grid ``(transform, crs, shape)`` (with a
+    margin of a few pixels), and that window's transform; the whole band when no window can be
+    worked out (a rotated raster)."""
+    from rasterio.transform import array_bounds
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import Window, WindowError, from_bounds
+
+    try:
+        west, south, east, north = array_bounds(shape[0], shape[1], transform)
+        bounds = transform_bounds(crs, src.crs, west, south, east, north, densify_pts=21)
+        win = from_bounds(*bounds, transform=src.transform)
+        win = Window(int(np.floor(win.col_off)) - 2, int(np.floor(win.row_off)) - 2,
+                     int(np.ceil(win.width)) + 5, int(np.ceil(win.height)) + 5)
+        win = win.intersection(Window(0, 0, src.width, src.height))
+    except (WindowError, ValueError):  # disjoint (the caller says the map holds no class there), rotated
+        return src.read(1), src.transform
+    return src.read(1, window=win), src.window_transform(win)
 
 
 def _raster_legend(src: Any) -> dict[str, Any]:

@@ -477,3 +477,35 @@ def test_pixels_never_observed_get_no_class(tmp_path) -> None:
     assert sum(r["pixels"] for r in rows) == int((~never).sum())
     assert sum(r["labelled_pixels"] for r in rows) == int((labelled & ~never).sum())
     assert any(f"mapped over {percent((~never).mean())} of the pixels (fill 255)" in line for line in describe(out))
+
+
+def test_a_label_raster_without_nodata_makes_up_no_class_outside_it_and_is_not_shifted(tmp_path) -> None:
+    """A class GeoTIFF with no declared nodata covering the west half of the cube: outside it no
+    pixel is labelled (it used to become class 0 and be trained on). A 30 m map onto the cube's
+    3 m grid keeps each 30 m cell in place (majority resampling moved it half a pixel)."""
+    import rasterio
+    from affine import Affine
+
+    from tasks.cube import cube_dataset
+
+    t = Affine(3, 0, 450000, 0, -3, 4650000)
+    ds = cube_dataset(np.zeros((1, 1, 60, 60), np.float32), times=["2020-01-01"], bands=["b"], transform=t,
+                      crs="EPSG:32615")
+    half = np.full((60, 30), 41, np.uint8)
+    half[30:] = 82
+    coarse = np.array([[11, 41], [82, 90]], np.uint8)  # 2 x 2 cells of 30 m, no nodata
+    # the 30 m cells' edges fall inside 3 m pixels (1 m east, 1 m south of the cube's lattice)
+    for name, arr, transform in (("half", half, t), ("coarse", coarse, Affine(30, 0, 450001, 0, -30, 4649999))):
+        with rasterio.open(tmp_path / f"{name}.tif", "w", driver="GTiff", height=arr.shape[0], width=arr.shape[1],
+                           count=1, dtype="uint8", crs="EPSG:32615", transform=transform) as dst:
+            dst.write(arr, 1)
+    codes, attrs, info = raster_labels(ds, tmp_path / "half.tif")
+    assert (codes[:, 30:] == NO_CLASS).all() and set(np.unique(codes[:, :30])) == {41, 82}
+    assert info["labelled"] == 60 * 30 and attrs["nodata"] == NO_CLASS
+    codes, _, _ = raster_labels(ds, tmp_path / "coarse.tif")
+    # each 3 m pixel takes the class of the 30 m cell under its centre
+    centre = 1.5 + 3 * np.arange(60)
+    col, row = np.floor((centre - 1) / 30).astype(int), np.floor((centre + 1) / 30).astype(int)
+    inside = (row[:, None] < 2) & (col[None, :] < 2)
+    expected = np.where(inside, coarse[np.minimum(row, 1)[:, None], np.minimum(col, 1)[None, :]], NO_CLASS)
+    np.testing.assert_array_equal(codes, expected)

@@ -196,3 +196,26 @@ def test_a_coarser_band_file_takes_no_cloud_value_into_a_clear_pixel(tmp_path: P
     for band in ds["band"].values:
         kept = ds["data"].sel(band=band).values[valid]
         assert kept.max() - kept.min() < 1e-4, band
+
+
+def test_a_class_layer_without_nodata_keeps_class_0_and_marks_its_outside(tmp_path: Path) -> None:
+    """``--layer`` with a class map whose code 0 is a class and which declares no nodata, covering
+    the west half of the cube: class 0 stays (the layer's nodata used to be 0), and the east half
+    holds the fill code the layer declares, not a class."""
+    import xarray as xr
+
+    from flows.cli import main
+
+    t = Affine(3, 0, 450000, 0, -3, 4650000)
+    stem = tmp_path / "scenes" / "PSScene_20190601_100000_0000_3B_"
+    stem.parent.mkdir()
+    _write(Path(f"{stem}AnalyticMS_SR.tif"), t, np.full((4, 40, 40), 1000, "uint16"), "EPSG:32615", nodata=0)
+    classes = np.zeros((40, 20), "uint8")
+    classes[20:] = 2
+    _write(tmp_path / "classes.tif", t, classes, "EPSG:32615")
+    assert main(["ingest", str(stem.parent), "--out", str(tmp_path / "c.zarr"),
+                 "--layer", f"landcover={tmp_path / 'classes.tif'}"]) == 0
+    layer = xr.open_zarr(tmp_path / "c.zarr", consolidated=None)["landcover"]
+    assert layer.attrs["nodata"] == 255
+    np.testing.assert_array_equal(layer.values[:, :20], classes)
+    assert (layer.values[:, 20:] == 255).all()
