@@ -520,7 +520,7 @@ def quicklook_png(cube: str | Path, filled: str | Path, out_png: str | Path, *, 
 
     from tasks.quicklook import percent, rgb_bands
 
-    before = open_cube(cube)
+    before = unpatch(cube) if is_patches_store(cube) else open_cube(cube)  # the stage takes either
     after = xr.open_zarr(filled, consolidated=None)
     filled_share = after["filled"].mean(("y", "x")).values
     picks = np.sort(np.argsort(-filled_share)[: min(dates, filled_share.size)])

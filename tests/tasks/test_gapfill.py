@@ -167,6 +167,8 @@ def test_patches_store_input(filled, tmp_path):
     np.testing.assert_array_equal(values[obs], src["data"].values[obs])
     gaps = ~obs
     assert np.abs(values[gaps] - truth[gaps]).mean() < np.abs(truth[gaps] - truth[gaps].mean()).mean()
+    # the command's quick-look reads the patches store as the stage did (it used to fail after the work)
+    assert quicklook_png(patches, out, tmp_path / "q.png").stat().st_size > 0
 
 
 def test_unseen_pixels_and_a_single_date(tmp_path):
