@@ -274,7 +274,7 @@ def _read_cube(path: Path, chunks: dict | Literal["auto"] | None) -> tuple[xr.Da
         ds["valid"] = ds["data"].notnull().all("band")
     ds = _time_ordered(ds, source=str(path), notes=notes)
     _check_regular(ds, source=str(path))
-    return _north_up(ds, notes), notes
+    return _matching_geotransform(_north_up(ds, notes), notes), notes
 
 
 def _as_cube(ds: xr.Dataset, notes: list[str]) -> xr.Dataset:
@@ -432,11 +432,24 @@ def _north_up(ds: xr.Dataset, notes: list[str]) -> xr.Dataset:
     if y.size < 2 or y[1] < y[0]:
         return ds
     notes.append("y ascends (south-up): read north-up")
-    ds = ds.isel(y=slice(None, None, -1))
+    return ds.isel(y=slice(None, None, -1))  # its GeoTransform: see _matching_geotransform
+
+
+def _matching_geotransform(ds: xr.Dataset, notes: list[str]) -> xr.Dataset:
+    """The grid mapping's ``GeoTransform`` rewritten from the coordinates where it does not match
+    them (a south-up cube read north-up; a subset of a cube, which keeps its parent's origin), so
+    the stages' products, which copy it, do not carry a transform that GDAL would misplace them by."""
     name = ds["data"].attrs.get("grid_mapping", "spatial_ref")
-    if name in ds.variables and "GeoTransform" in ds[name].attrs:
-        ds[name] = ds[name].copy()
-        ds[name].attrs = {**ds[name].attrs, "GeoTransform": " ".join(str(v) for v in cube_transform(ds).to_gdal())}
+    if name not in ds.variables or "GeoTransform" not in ds[name].attrs:
+        return ds
+    stored = str(ds[name].attrs["GeoTransform"])
+    actual = " ".join(str(v) for v in cube_transform(ds).to_gdal())
+    if Affine.from_gdal(*map(float, stored.split())) == Affine.from_gdal(*map(float, actual.split())):
+        return ds
+    if not any("south-up" in n for n in notes):  # a south-up cube's note says it already
+        notes.append("its GeoTransform did not match its coordinates (a subset of another cube?): taken from them")
+    ds[name] = ds[name].copy()
+    ds[name].attrs = {**ds[name].attrs, "GeoTransform": actual}
     return ds
 
 

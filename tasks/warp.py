@@ -224,8 +224,9 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
             win = _window_over(ds, grid, crs)
             _refuse_oversized(ref, ds, win, len(spec.bands))
             transform = ds.window_transform(win)
+            blended = None  # pixels whose values were resampled in part from flagged pixels
             if spec.band_files is not None:  # one file per band, maybe at other resolutions
-                raw, nodata = _read_band_files(ref, spec, ds, win)
+                raw, nodata, blended = _read_band_files(ref, spec, ds, win)
             elif len(ref.datasets) > 1:  # NetCDF: one subdataset per band, GDAL bands are times
                 arrays, nodatas = [], []
                 for b in spec.bands:
@@ -253,7 +254,9 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
                 raw = ds.read(indexes, window=win) if indexes else np.zeros((0, 1, 1), ds.dtypes[0])
                 nodata = ds.nodata
             if spec.mask is not None and raw.shape[0] >= len(spec.bands):
-                clear, mask_nbytes = _read_mask(ref, spec, grid, win, transform)
+                clear, mask_nbytes = _read_mask(ref, spec, transform, (int(win.height), int(win.width)), win=win)
+                if blended is not None:
+                    clear &= ~blended
             elif spec.mask is None and len(ref.datasets) <= 1 and spec.bands[0].index <= ds.count and _internal_mask(ds):
                 # an alpha band or a GDAL mask band (e.g. a JPEG-compressed COG): 0 = not observed
                 clear = ds.read_masks(spec.bands[0].index, window=win) > 0
@@ -319,16 +322,20 @@ def _internal_mask(ds: rasterio.io.DatasetReader) -> bool:
 
 def _read_band_files(
     ref: SceneRef, spec: SourceSpec, first: rasterio.io.DatasetReader, win: Window
-) -> tuple[np.ndarray, float | None]:
+) -> tuple[np.ndarray, float | None, np.ndarray | None]:
     """The bands of a one-file-per-band scene over the window ``win`` of ``first``, the scene's
-    finest band file (``SceneRef.grid_dataset``): (bands, nodata).
+    finest band file (``SceneRef.grid_dataset``): (bands, nodata, the window's pixels whose
+    resampled values take part of a pixel the mask flags, or None).
 
     A band file on another pixel grid (Sentinel-2's 20 m bands beside its 10 m ones) is resampled
-    onto that window with the source's resampling; its nodata stays nodata.
+    onto that window with the source's resampling; its nodata stays nodata. Bilinear (or cubic,
+    average) blends a 20 m cloud into the 10 m pixels at its rim that the mask, brought over by
+    nearest, calls clear: those are returned, to be taken out of the clear mask.
     """
     transform = first.window_transform(win)
     shape = (int(win.height), int(win.width))
     arrays, nodatas = [], []
+    blended: np.ndarray | None = None
     for b, path in zip(spec.bands, ref.datasets, strict=True):
         try:
             with rasterio.open(path) as ds:
@@ -348,13 +355,21 @@ def _read_band_files(
                         resampling=Resampling[spec.resampling_name], num_threads=_warp_threads(),
                     )
                     arrays.append(out)
+                    if spec.mask is not None:
+                        own, _ = _read_mask(ref, spec, ds.transform, ds.shape)  # on the band's grid
+                        clear = clear_after_warp(own, shape,
+                                                 resampling=Resampling[spec.resampling_name],
+                                                 src_transform=ds.transform, src_crs=ds.crs,
+                                                 dst_transform=transform, dst_crs=first.crs)
+                        blended = ~clear if blended is None else blended | ~clear
                 nodatas.append(nodata)
         except RasterioIOError as exc:
             raise SceneError(path, f"cannot be read ({read_error(exc)})") from exc
     if len({str(n) for n in nodatas}) > 1 and any(b.nodata is None for b in spec.bands):
         raise SceneError(ref.path, f"its band files declare different nodata values {nodatas}; "
                          "give each band's nodata in the catalog")
-    return np.stack(arrays), nodatas[0]
+    return np.stack(arrays), nodatas[0], blended
+
 
 
 def _to_physical(
@@ -381,31 +396,33 @@ def _to_physical(
 
 
 def _read_mask(
-    ref: SceneRef, spec: SourceSpec, grid: Grid, win: Window, transform: Affine
+    ref: SceneRef, spec: SourceSpec, transform: Affine, shape: tuple[int, int], *, win: Window | None = None
 ) -> tuple[np.ndarray, int]:
-    """The "clear" mask over the scene window, and the bytes decoded to get it."""
+    """The "clear" mask on the pixel grid ``(transform, shape)`` (the scene window ``win`` of the
+    scene's grid, or a band file's grid), and the bytes decoded to get it. A mask file on another
+    grid is brought over by nearest."""
     if spec.mask is None:
         raise ValueError(f"source of {ref.path} has no mask rule")
     path = ref.mask_path or ref.path
     if ref.mask_path is not None and not is_remote(ref.mask_path) and not Path(ref.mask_path).exists():
         raise SceneError(ref.path, f"its mask file {Path(ref.mask_path).name} is missing")
-    clear, nbytes = np.ones((int(win.height), int(win.width)), dtype=bool), 0
+    clear, nbytes = np.ones(shape, dtype=bool), 0
     try:
         with rasterio.open(path) as ds:
             for band in spec.mask.bands or [spec.mask.band]:
                 if band > ds.count:
                     raise SceneError(path, f"mask band {band} requested; the file has {ds.count}")
-                if ds.transform == transform @ Affine.translation(-win.col_off, -win.row_off):
+                if win is not None and ds.transform == transform @ Affine.translation(-win.col_off, -win.row_off):
                     mask = ds.read(band, window=win)
-                    clear &= mask_to_clear(mask, spec.mask)
-                else:  # mask on its own grid (Sentinel-2's 20 m SCL): bring it onto the scene window
-                    # as the bands on that grid are brought, so no value resampled from a cloudy
-                    # pixel is kept clear
+                elif ds.transform == transform and ds.shape == shape:
                     mask = ds.read(band)
-                    clear &= clear_after_warp(mask_to_clear(mask, spec.mask), clear.shape,
-                                              resampling=Resampling[spec.resampling_name],
-                                              src_transform=ds.transform, src_crs=ds.crs,
-                                              dst_transform=transform, dst_crs=ds.crs)
+                else:  # mask on its own grid: bring it onto this one
+                    mask = np.zeros(shape, dtype=ds.dtypes[band - 1])
+                    reproject(
+                        rasterio.band(ds, band), mask, dst_transform=transform,
+                        dst_crs=ds.crs, resampling=Resampling.nearest,
+                    )
+                clear &= mask_to_clear(mask, spec.mask)
                 nbytes += mask.nbytes
     except RasterioIOError as exc:
         raise SceneError(path, f"mask cannot be read ({exc})") from exc

@@ -386,3 +386,27 @@ def test_cube_dataset_makes_a_cube_the_stages_read_from_arrays(tmp_path) -> None
     with pytest.raises(ValueError, match=r"layer 'lc' must be \(y, x\) = \(4, 5\); got \(5, 4\)"):
         cube_dataset(data, times=["2020-01-01", "2020-02-01"], bands=["b", "g", "r"], crs=4326,
                      transform=Affine.identity(), layers={"lc": lc.T})
+
+
+def test_a_subset_cube_is_read_with_its_own_geotransform(tmp_path, caplog) -> None:
+    """A user's slice of a cube, written out, keeps its parent's GeoTransform (an origin 5 px west,
+    10 px north): read, it carries the one its coordinates give, which every product copies."""
+    import logging
+
+    from affine import Affine
+
+    from tasks.cube import cube_dataset, open_cube
+
+    t = Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0)
+    cube = cube_dataset(np.ones((2, 1, 40, 50), np.float32), times=["2020-01-01", "2020-01-02"], bands=["b"],
+                        transform=t, crs="EPSG:32633")
+    cube.to_zarr(tmp_path / "whole.zarr", zarr_format=3, consolidated=True)
+    cube.isel(y=slice(10, 30), x=slice(5, 45)).to_zarr(tmp_path / "part.zarr", zarr_format=3, consolidated=True)
+    with caplog.at_level(logging.INFO, logger="tasks.cube"):
+        whole = open_cube(tmp_path / "whole.zarr")
+        assert not caplog.records
+        part = open_cube(tmp_path / "part.zarr")
+    assert whole["spatial_ref"].attrs["GeoTransform"] == cube["spatial_ref"].attrs["GeoTransform"]
+    stored = Affine.from_gdal(*map(float, part["spatial_ref"].attrs["GeoTransform"].split()))
+    assert stored.almost_equals(t * Affine.translation(5, 10), precision=1e-6)
+    assert "GeoTransform did not match" in caplog.text
