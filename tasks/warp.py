@@ -502,12 +502,12 @@ def class_fill(data: np.ndarray | list[np.ndarray], nodata: float | None) -> int
 
 def class_resampling(explicit: str | None, src_transform: Affine, src_crs: CRS, dst_transform: Affine,
                      dst_crs: CRS, shape: tuple[int, int]) -> Resampling:
-    """Resampling of a class map: ``explicit`` (the catalog's) when given; else majority (mode)
-    where a target pixel spans several source pixels, and nearest where the target pixels are
-    finer. There GDAL's mode counts each source pixel a target pixel touches once and breaks ties by
-    the first, the one under its top-left corner: the map would move half a target pixel
-    south-east (NLCD's 30 m onto a 3 m grid)."""
-    if explicit:
+    """Resampling of a class map: ``explicit`` (the catalog's) when given; else, or when that is
+    ``mode``, majority where a target pixel spans several source pixels and nearest where the
+    target pixels are finer. There GDAL's mode counts each source pixel a target pixel touches
+    once and breaks ties by the first, the one under its top-left corner: the map would move half
+    a target pixel south-east (NLCD's 30 m onto a 3 m grid)."""
+    if explicit and explicit != "mode":
         return Resampling[explicit]
     from rasterio.warp import transform as transform_points
 
@@ -575,6 +575,8 @@ def warp_scene(
                 clear[dr, dc] = raw.clear[sr, sc]
     else:
         data.fill(np.nan)
+        if resampling == Resampling.mode:  # class codes in a scene (a palette band): see class_resampling
+            resampling = class_resampling(spec.resampling, raw.transform, raw.crs, grid.transform, grid.crs, shape)
         reproject(
             _to_physical(raw.data, spec, raw.nodata), data, src_transform=raw.transform, src_crs=raw.crs,
             src_nodata=np.nan, dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,

@@ -219,3 +219,23 @@ def test_a_class_layer_without_nodata_keeps_class_0_and_marks_its_outside(tmp_pa
     assert layer.attrs["nodata"] == 255
     np.testing.assert_array_equal(layer.values[:, :20], classes)
     assert (layer.values[:, 20:] == 255).all()
+
+
+def test_class_maps_take_the_majority_only_onto_coarser_pixels() -> None:
+    from rasterio.enums import Resampling
+
+    from tasks.warp import class_resampling
+
+    crs = CRS.from_epsg(32615)
+    fine, coarse = Affine(3, 0, 450000, 0, -3, 4650000), Affine(30, 0, 450000, 0, -30, 4650000)
+    assert class_resampling(None, coarse, crs, fine, crs, (100, 100)) == Resampling.nearest
+    assert class_resampling("mode", coarse, crs, fine, crs, (100, 100)) == Resampling.nearest
+    assert class_resampling(None, fine, crs, coarse, crs, (10, 10)) == Resampling.mode
+    assert class_resampling("bilinear", coarse, crs, fine, crs, (100, 100)) == Resampling.bilinear  # as asked
+    # NLCD's 30 m Albers onto a 3 m UTM grid: finer there too
+    albers = CRS.from_epsg(5070)
+    nlcd = Affine(30, 0, 100000, 0, -30, 2000000)
+    from rasterio.warp import transform as tr
+
+    (x,), (y,) = tr(albers, crs, [100000 + 1500], [2000000 - 1500])
+    assert class_resampling(None, nlcd, albers, Affine(3, 0, x, 0, -3, y), crs, (100, 100)) == Resampling.nearest
