@@ -224,9 +224,9 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
             win = _window_over(ds, grid, crs)
             _refuse_oversized(ref, ds, win, len(spec.bands))
             transform = ds.window_transform(win)
-            blended = None  # pixels whose values were resampled in part from flagged pixels
+            unobserved = None  # pixels of resampled band files not to count as observed
             if spec.band_files is not None:  # one file per band, maybe at other resolutions
-                raw, nodata, blended = _read_band_files(ref, spec, ds, win)
+                raw, nodata, unobserved = _read_band_files(ref, spec, ds, win)
             elif len(ref.datasets) > 1:  # NetCDF: one subdataset per band, GDAL bands are times
                 arrays, nodatas = [], []
                 for b in spec.bands:
@@ -255,14 +255,14 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
                 nodata = ds.nodata
             if spec.mask is not None and raw.shape[0] >= len(spec.bands):
                 clear, mask_nbytes = _read_mask(ref, spec, transform, (int(win.height), int(win.width)), win=win)
-                if blended is not None:
-                    clear &= ~blended
             elif spec.mask is None and len(ref.datasets) <= 1 and spec.bands[0].index <= ds.count and _internal_mask(ds):
                 # an alpha band or a GDAL mask band (e.g. a JPEG-compressed COG): 0 = not observed
                 clear = ds.read_masks(spec.bands[0].index, window=win) > 0
                 mask_nbytes = clear.nbytes
             else:
                 clear, mask_nbytes = None, 0
+            if unobserved is not None:
+                clear = ~unobserved if clear is None else clear & ~unobserved
     except RasterioIOError as exc:
         raise SceneError(ref.path, f"cannot be read ({read_error(exc)})") from exc
     band = spec.bands[0]
@@ -324,8 +324,9 @@ def _read_band_files(
     ref: SceneRef, spec: SourceSpec, first: rasterio.io.DatasetReader, win: Window
 ) -> tuple[np.ndarray, float | None, np.ndarray | None]:
     """The bands of a one-file-per-band scene over the window ``win`` of ``first``, the scene's
-    finest band file (``SceneRef.grid_dataset``): (bands, nodata, the window's pixels whose
-    resampled values take part of a pixel the mask flags, or None).
+    finest band file (``SceneRef.grid_dataset``): (bands, nodata, the window's pixels not to count
+    as observed, or None: those whose resampled values take part of a pixel the mask flags, and
+    those outside a resampled band file that declares no nodata).
 
     A band file on another pixel grid (Sentinel-2's 20 m bands beside its 10 m ones) is resampled
     onto that window with the source's resampling; its nodata stays nodata. Bilinear (or cubic,
@@ -335,7 +336,7 @@ def _read_band_files(
     transform = first.window_transform(win)
     shape = (int(win.height), int(win.width))
     arrays, nodatas = [], []
-    blended: np.ndarray | None = None
+    unobserved: np.ndarray | None = None
     for b, path in zip(spec.bands, ref.datasets, strict=True):
         try:
             with rasterio.open(path) as ds:
@@ -355,20 +356,25 @@ def _read_band_files(
                         resampling=Resampling[spec.resampling_name], num_threads=_warp_threads(),
                     )
                     arrays.append(out)
+                    if nodata is None:  # nothing marks where the file ends: its footprint does
+                        covered = np.zeros(shape, dtype=np.uint8)
+                        reproject(np.ones(ds.shape, np.uint8), covered, src_transform=ds.transform, src_crs=ds.crs,
+                                  dst_transform=transform, dst_crs=first.crs, resampling=Resampling.nearest)
+                        unobserved = covered == 0 if unobserved is None else unobserved | (covered == 0)
                     if spec.mask is not None:
                         own, _ = _read_mask(ref, spec, ds.transform, ds.shape)  # on the band's grid
                         clear = clear_after_warp(own, shape,
                                                  resampling=Resampling[spec.resampling_name],
                                                  src_transform=ds.transform, src_crs=ds.crs,
                                                  dst_transform=transform, dst_crs=first.crs)
-                        blended = ~clear if blended is None else blended | ~clear
+                        unobserved = ~clear if unobserved is None else unobserved | ~clear
                 nodatas.append(nodata)
         except RasterioIOError as exc:
             raise SceneError(path, f"cannot be read ({read_error(exc)})") from exc
     if len({str(n) for n in nodatas}) > 1 and any(b.nodata is None for b in spec.bands):
         raise SceneError(ref.path, f"its band files declare different nodata values {nodatas}; "
                          "give each band's nodata in the catalog")
-    return np.stack(arrays), nodatas[0], blended
+    return np.stack(arrays), nodatas[0], unobserved
 
 
 

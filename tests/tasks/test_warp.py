@@ -239,3 +239,24 @@ def test_class_maps_take_the_majority_only_onto_coarser_pixels() -> None:
 
     (x,), (y,) = tr(albers, crs, [100000 + 1500], [2000000 - 1500])
     assert class_resampling(None, nlcd, albers, Affine(3, 0, x, 0, -3, y), crs, (100, 100)) == Resampling.nearest
+
+
+def test_outside_a_coarser_band_file_without_nodata_nothing_is_observed(tmp_path: Path) -> None:
+    """One file per band, the 20 m one (no nodata declared) covering only the north half of the
+    10 m one: its south half used to be band value 0, counted observed."""
+    import xarray as xr
+
+    from flows.cli import main
+
+    scenes = tmp_path / "s"
+    scenes.mkdir()
+    _write(scenes / "T33UUP_20200601T100000_band1.tif", Affine(10, 0, 500000, 0, -10, 5001000),
+           np.full((100, 100), 500, "uint16"), "EPSG:32633")
+    _write(scenes / "T33UUP_20200601T100000_band2.tif", Affine(20, 0, 500000, 0, -20, 5001000),
+           np.full((25, 50), 700, "uint16"), "EPSG:32633")
+    assert main(["ingest", str(scenes), "--out", str(tmp_path / "c.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "c.zarr", consolidated=None).isel(time=0)
+    valid = ds["valid"].values
+    assert valid[:50].all() and not valid[50:].any()
+    band2 = ds["data"].sel(band="band2").values
+    assert np.unique(band2[:50]).size == 1 and band2[0, 0] > 0  # the file's one value, resampled
