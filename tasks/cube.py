@@ -273,6 +273,7 @@ def _read_cube(path: Path, chunks: dict | Literal["auto"] | None) -> tuple[xr.Da
         notes.append("no 'valid': a pixel-date is observed where every band is finite")
         ds["valid"] = ds["data"].notnull().all("band")
     ds = _time_ordered(ds, source=str(path), notes=notes)
+    ds = _float32_grid(ds, notes)
     _check_regular(ds, source=str(path))
     return _matching_geotransform(_north_up(ds, notes), notes), notes
 
@@ -340,6 +341,38 @@ def _time_ordered(ds: xr.Dataset, *, source: str, notes: list[str]) -> xr.Datase
                               "date (merge them first, e.g. ds.groupby('time').first())")
     notes.append("dates not in increasing order: read sorted")
     return ds.isel(time=np.argsort(t, kind="stable"))
+
+
+def _float32_grid(ds: xr.Dataset, notes: list[str]) -> xr.Dataset:
+    """``x`` / ``y`` stored as float32 (as some exporters write them) are rounded by up to half a
+    metre at UTM or MODIS magnitudes, so their steps look uneven: read them as the regular grid
+    they round, the stored ``GeoTransform``'s when they agree with it, else a straight-line fit;
+    coordinates further off than float32's rounding are left for :func:`_check_regular`."""
+    mapping = ds["data"].attrs.get("grid_mapping", "spatial_ref")
+    gt = ds[mapping].attrs.get("GeoTransform") if mapping in ds.variables else None
+    stored = Affine.from_gdal(*map(float, str(gt).split())) if gt else None
+    exact: dict[str, np.ndarray] = {}
+    for dim in ("x", "y"):
+        v = ds[dim].values
+        if v.dtype != np.float32 or v.size < 2:
+            continue
+        v = v.astype(np.float64)
+        i = np.arange(v.size) + 0.5
+        tol = 2 * float(np.finfo(np.float32).eps) * float(np.abs(v).max())
+        candidates = []
+        if stored is not None and stored.b == stored.d == 0:
+            candidates.append(stored.c + stored.a * i if dim == "x" else stored.f + stored.e * i)
+        candidates.append(np.polyval(np.polyfit(i, v, 1), i))
+        for c in candidates:
+            if float(np.abs(c - v).max()) <= tol:
+                exact[dim] = c
+                break
+    if not exact:
+        return ds
+    notes.append(f"{' and '.join(exact)} stored as float32 (rounded by up to "
+                 f"{max(float(np.abs(ds[d].values.astype(np.float64) - c).max()) for d, c in exact.items()):.3g}): "
+                 "read as the regular grid they round")
+    return ds.assign_coords({d: (d, c, ds[d].attrs) for d, c in exact.items()})
 
 
 def _check_regular(ds: xr.Dataset, *, source: str) -> None:

@@ -410,3 +410,24 @@ def test_a_subset_cube_is_read_with_its_own_geotransform(tmp_path, caplog) -> No
     stored = Affine.from_gdal(*map(float, part["spatial_ref"].attrs["GeoTransform"].split()))
     assert stored.almost_equals(t * Affine.translation(5, 10), precision=1e-6)
     assert "GeoTransform did not match" in caplog.text
+
+
+def test_float32_coordinates_are_read_as_the_regular_grid_they_round(tmp_path) -> None:
+    """x / y written as float32 (some exporters do) round MODIS sinusoidal centres by up to 0.5 m,
+    so their steps look uneven: every stage refused the cube and advised regridding."""
+    from affine import Affine
+
+    from tasks.cube import cube_dataset, cube_transform, open_cube
+
+    t = Affine(231.65635826385406, 0.0, -6073798.0573, 0.0, -231.65635826385406, -1278279.7849)
+    cube = cube_dataset(np.ones((1, 1, 30, 40), np.float32), times=["2020-01-01"], bands=["ndvi"], transform=t,
+                        crs="+proj=sinu +R=6371007.181 +units=m +no_defs")
+    low = cube.assign_coords(x=cube["x"].astype(np.float32), y=cube["y"].astype(np.float32))
+    low.to_zarr(tmp_path / "f32.zarr", zarr_format=3, consolidated=True)
+    ds = open_cube(tmp_path / "f32.zarr")
+    assert ds["x"].dtype == np.float64 and cube_transform(ds) == t
+    np.testing.assert_array_equal(ds["x"].values, cube["x"].values)
+    # without the stored transform: the straight line the rounded values fit
+    del low["spatial_ref"].attrs["GeoTransform"]
+    low.to_zarr(tmp_path / "bare.zarr", zarr_format=3, consolidated=True)
+    assert cube_transform(open_cube(tmp_path / "bare.zarr")).almost_equals(t, precision=0.01)  # within 1 cm
