@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 STAGE = "patch"
 CODE_MODULES = ("tasks.patch",)  # and every project module it imports (checkpoint.code_modules)
 # Attributes make_patches adds on top of the cube's own (unpatch removes them again).
+#: what ``x0`` / ``y0`` are (GIS users building a patch footprint from them need the half pixel)
+ORIGIN_NOTE = "{} of the centre of the patch's top-left pixel (its footprint starts half a pixel west / north)"
 #: what a patch's ``split`` says, for a reader of the store
 SPLIT_ATTRS = {
     "long_name": "spatial-block split of the patch",
@@ -154,8 +156,8 @@ def _template(
         "patch": ("patch", np.arange(n, dtype=np.int64)),
         "row0": ("patch", origins[:, 0].astype(np.int64), {"long_name": "cube row of the patch's top-left pixel"}),
         "col0": ("patch", origins[:, 1].astype(np.int64), {"long_name": "cube column of the patch's top-left pixel"}),
-        "y0": ("patch", y[origins[:, 0]], dict(ds["y"].attrs)),
-        "x0": ("patch", x[origins[:, 1]], dict(ds["x"].attrs)),
+        "y0": ("patch", y[origins[:, 0]], {**ds["y"].attrs, "description": ORIGIN_NOTE.format("y")}),
+        "x0": ("patch", x[origins[:, 1]], {**ds["x"].attrs, "description": ORIGIN_NOTE.format("x")}),
         "split": ("patch", split.astype(object), SPLIT_ATTRS),  # variable-length strings: Zarr v3 "string"
     }
     for cname, coord in ds.coords.items():
@@ -497,8 +499,8 @@ def unpatch(
     cube_dims = {n: (*pds[n].dims[1:-2], *SPACE) for n in layers}
 
     coords: dict[str, Any] = {
-        "y": ("y", y, dict(pds["y0"].attrs)),
-        "x": ("x", x, dict(pds["x0"].attrs)),
+        "y": ("y", y, {k: v for k, v in pds["y0"].attrs.items() if k != "description"}),
+        "x": ("x", x, {k: v for k, v in pds["x0"].attrs.items() if k != "description"}),
     }
     for name, coord in pds.coords.items():
         if "patch" not in coord.dims:

@@ -137,6 +137,8 @@ def test_unpatch_restores_the_cube(cube: Path, tmp_path: Path, size: int, stride
     xr.testing.assert_equal(back["landcover"], original["landcover"])
     assert back["landcover"].dtype == np.uint8
     assert back["spatial_ref"].attrs["crs_wkt"] == original["spatial_ref"].attrs["crs_wkt"]
+    assert back["x"].attrs == original["x"].attrs and back["y"].attrs == original["y"].attrs
+    assert "centre of the patch's top-left pixel" in xr.open_zarr(out)["x0"].attrs["description"]
     assert back.attrs.items() >= original.attrs.items()  # the cube's own, and how the copy was made:
     assert back.attrs["fusioncube_stage"] == "unpatch" and back.attrs["software"].startswith("fusioncube ")
     assert [line.split()[2] for line in back.attrs["history"].splitlines()] == ["patch", "unpatch"]
