@@ -337,6 +337,7 @@ def _read_band_files(
     shape = (int(win.height), int(win.width))
     arrays, nodatas = [], []
     unobserved: np.ndarray | None = None
+    seen: set[tuple[Any, ...]] = set()
     for b, path in zip(spec.bands, ref.datasets, strict=True):
         try:
             with rasterio.open(path) as ds:
@@ -356,18 +357,12 @@ def _read_band_files(
                         resampling=Resampling[spec.resampling_name], num_threads=_warp_threads(),
                     )
                     arrays.append(out)
-                    if nodata is None:  # nothing marks where the file ends: its footprint does
-                        covered = np.zeros(shape, dtype=np.uint8)
-                        reproject(np.ones(ds.shape, np.uint8), covered, src_transform=ds.transform, src_crs=ds.crs,
-                                  dst_transform=transform, dst_crs=first.crs, resampling=Resampling.nearest)
-                        unobserved = covered == 0 if unobserved is None else unobserved | (covered == 0)
-                    if spec.mask is not None:
-                        own, _ = _read_mask(ref, spec, ds.transform, ds.shape)  # on the band's grid
-                        clear = clear_after_warp(own, shape,
-                                                 resampling=Resampling[spec.resampling_name],
-                                                 src_transform=ds.transform, src_crs=ds.crs,
-                                                 dst_transform=transform, dst_crs=first.crs)
-                        unobserved = ~clear if unobserved is None else unobserved | ~clear
+                    key = (ds.crs.to_string(), tuple(ds.transform), ds.shape, nodata is None)
+                    if key not in seen:  # once per band grid (Sentinel-2: its 20 m and 60 m bands)
+                        seen.add(key)
+                        lost = _resampled_unobserved(ref, spec, ds, nodata is None, transform, shape, first.crs)
+                        if lost is not None:
+                            unobserved = lost if unobserved is None else unobserved | lost
                 nodatas.append(nodata)
         except RasterioIOError as exc:
             raise SceneError(path, f"cannot be read ({read_error(exc)})") from exc
@@ -375,6 +370,38 @@ def _read_band_files(
         raise SceneError(ref.path, f"its band files declare different nodata values {nodatas}; "
                          "give each band's nodata in the catalog")
     return np.stack(arrays), nodatas[0], unobserved
+
+
+def _resampled_unobserved(ref: SceneRef, spec: SourceSpec, band: rasterio.io.DatasetReader, no_nodata: bool,
+                          transform: Affine, shape: tuple[int, int], crs: CRS) -> np.ndarray | None:
+    """The pixels of the grid ``(transform, shape, crs)`` that a band file on its own coarser grid,
+    resampled onto it, leaves unobserved: outside its footprint when it declares no nodata
+    (``no_nodata``), and where its resampled value takes part of a pixel the mask flags. Read
+    over the part of the band's grid under the target window only."""
+    from rasterio.transform import array_bounds
+    from rasterio.windows import Window, WindowError, from_bounds
+
+    west, south, east, north = array_bounds(shape[0], shape[1], transform)
+    try:
+        bounds = transform_bounds(crs, band.crs, west, south, east, north, densify_pts=21)
+        win = from_bounds(*bounds, transform=band.transform)
+        win = Window(int(np.floor(win.col_off)) - 2, int(np.floor(win.row_off)) - 2,
+                     int(np.ceil(win.width)) + 5, int(np.ceil(win.height)) + 5)
+        win = win.intersection(Window(0, 0, band.width, band.height))
+    except WindowError:  # the band file does not reach the window: nothing there is observed
+        return np.ones(shape, dtype=bool) if no_nodata else None
+    own = band.window_transform(win)
+    own_shape = (int(win.height), int(win.width))
+    geo = {"src_transform": own, "src_crs": band.crs, "dst_transform": transform, "dst_crs": crs}
+    lost = np.zeros(shape, dtype=bool)
+    if no_nodata:  # nothing marks where the file ends: its footprint does
+        covered = np.zeros(shape, dtype=np.uint8)
+        reproject(np.ones(own_shape, np.uint8), covered, resampling=Resampling.nearest, **geo)
+        lost |= covered == 0
+    if spec.mask is not None:  # bilinear (cubic, average) blends a 20 m cloud into 10 m rims
+        clear, _ = _read_mask(ref, spec, own, own_shape, win=win)
+        lost |= ~clear_after_warp(clear, shape, resampling=Resampling[spec.resampling_name], **geo)
+    return lost
 
 
 
