@@ -10,6 +10,7 @@ the CLI and Python callers use) and a thin ``@task`` last. The modules:
   files by ``fusioncube ingest PATH...``: product presets, band files, sidecar masks), ``aoi``
 - scenes -> cube: ``discover`` (globs, dates), ``radiometry`` (per-scene scale from a product's
   metadata), ``validate`` (Great Expectations), ``warp`` (a scene onto the cube's grid),
+  ``class_maps`` (class maps' fill code and resampling, also for the stages' label rasters),
   ``ingest`` (planning the parts, reading and mosaicking them, the cube's manifest),
   ``cube_store`` (the changes to the cube's Zarr store: appending, mosaicking or replacing dates,
   the date-order rewrite)

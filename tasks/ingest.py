@@ -55,6 +55,7 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
+from tasks.class_maps import class_fill
 from tasks.cube import (
     DATA_DIMS,
     VALID_DIMS,
@@ -71,7 +72,7 @@ from tasks.errors import CubeSchemaError, SceneError, retry_on_io_error
 from tasks.locks import DEFAULT_TIMEOUT as DEFAULT_LOCK_TIMEOUT
 from tasks.locks import cube_lock
 from tasks.validate import ValidationRules, validate_profiles
-from tasks.warp import Grid, RawScene, class_fill, no_crs_reason, read_scene, scene_crs, warp_scene
+from tasks.warp import Grid, RawScene, no_crs_reason, read_scene, scene_crs, warp_scene
 
 __all__ = [
     "IngestPlan", "IngestReport", "ScenePlan", "attach_part", "check_cube_bands", "cube_grid", "finish_ingest", "ingest_cube", "missing_static_layers", "warn_future_dates",

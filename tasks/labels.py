@@ -74,6 +74,7 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
+from tasks.class_maps import class_fill, class_resampling
 from tasks.cube import (
     RASTER_SUFFIXES,
     band_stats,
@@ -93,7 +94,6 @@ from tasks.cube import (
 from tasks.legends import NLCD_CLASSES
 from tasks.quicklook import class_names, cog_path, colour_table
 from tasks.runlog import reports_warnings
-from tasks.warp import class_fill, class_resampling
 
 __all__ = [
     "NO_CLASS",

@@ -25,6 +25,7 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 
 from tasks.catalog import MaskRule, SourceSpec
+from tasks.class_maps import class_fill, class_resampling
 from tasks.discover import SceneRef, date_stack, is_remote
 from tasks.errors import SceneError
 from tasks.validate import SceneProfile, profile_array
@@ -511,51 +512,6 @@ def _paste(src: np.ndarray, dst: np.ndarray, row: int, col: int) -> None:
     if ov is not None:
         (sr, sc), (dr, dc) = ov
         dst[..., dr, dc] = src[..., sr, sc]
-
-
-def class_fill(data: np.ndarray | list[np.ndarray], nodata: float | None) -> int:
-    """The code that marks "no class" in a class map (``data``: its codes, or those of several
-    files of one map): its declared ``nodata``, else a code the map does not use (255 or the
-    dtype's largest, else the smallest free one), so that class 0 stays a class and the area
-    outside the map's footprint is not taken for one."""
-    if nodata is not None:
-        return int(nodata)
-    arrays = data if isinstance(data, list) else [data]
-    info = np.iinfo(arrays[0].dtype)
-    used = np.unique(np.concatenate([np.unique(a) for a in arrays]))
-    for code in (255, info.max):
-        if info.min <= code <= info.max and code not in used:
-            return int(code)
-    free = np.setdiff1d(np.arange(max(info.min, 0), min(info.max, 65535) + 1), used)
-    if not free.size:
-        raise ValueError("the class map uses every code of its data type and declares no nodata; "
-                         "give the source a nodata in the catalog")
-    return int(free[0])
-
-
-def class_resampling(explicit: str | None, src_transform: Affine, src_crs: CRS, dst_transform: Affine,
-                     dst_crs: CRS, shape: tuple[int, int]) -> Resampling:
-    """Resampling of a class map: ``explicit`` (the catalog's) when given; else, or when that is
-    ``mode``, majority where a target pixel spans several source pixels and nearest where the
-    target pixels are finer. There GDAL's mode counts each source pixel a target pixel touches
-    once and breaks ties by the first, the one under its top-left corner: the map would move half
-    a target pixel south-east (NLCD's 30 m onto a 3 m grid)."""
-    if explicit and explicit != "mode":
-        return Resampling[explicit]
-    from rasterio.warp import transform as transform_points
-
-    row, col = shape[0] / 2, shape[1] / 2  # a target pixel at the grid's centre, in source units
-    xs, ys = zip(*(dst_transform * (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))), strict=True)
-    try:
-        sx, sy = transform_points(dst_crs, src_crs, list(xs), list(ys))
-    except Exception:  # a point the source's CRS cannot hold (PROJ's errors vary): keep the majority
-        return Resampling.mode
-    width, height = math.hypot(sx[1] - sx[0], sy[1] - sy[0]), math.hypot(sx[2] - sx[0], sy[2] - sy[0])
-    if not (math.isfinite(width) and math.isfinite(height)):
-        return Resampling.mode
-    src_w, src_h = math.hypot(src_transform.a, src_transform.d), math.hypot(src_transform.b, src_transform.e)
-    finer = width <= src_w * (1 + 1e-6) and height <= src_h * (1 + 1e-6)
-    return Resampling.nearest if finer else Resampling.mode
 
 
 def warp_scene(

@@ -29,7 +29,7 @@ def _tiny(monkeypatch: pytest.MonkeyPatch) -> None:
                real={"patch": 8, "ranks": [(2, 1, 4, 4)], "hosvd_ranks": [(2, 1, 4, 4)], "steps": [0.2, 1.0]})
     monkeypatch.setattr(bench, "QUICK", cfg)
     monkeypatch.setattr(bench, "_sample_cube", lambda work, size: _scene(0, 3, 16))
-    monkeypatch.setattr(bench, "_modis", lambda: _scene(1, 1, 16))
+    monkeypatch.setattr(bench, "_modis", lambda work: _scene(1, 1, 16))
     monkeypatch.setattr(bench, "JP2_RATES", (0.5, 2.0))
 
 
@@ -47,6 +47,9 @@ def test_quick_benchmark_writes_summary_plot_and_table(tmp_path: Path, monkeypat
         pts = [p for p in s["points"] if p["method"] == method]
         assert pts and all(p["bpe"] > s["mask_bpe"] and np.isfinite(p["psnr"]) for p in pts)
     assert result["summary"]["encode_mb_s"] > 0 and result["summary"]["jpeg2000_encode_mb_s"] > 0
+    # each minimum gain says the rates it was taken over
+    by_rate = result["gains_db_by_rate"]["sample_vs_jpeg2000"]
+    assert by_rate and min(by_rate.values()) == pytest.approx(result["summary"]["psnr_gain_vs_jpeg2000_db_min"])
     # the context coder never loses to the static per-position model by more than its header
     for res in result["datasets"].values():
         pairs = {(tuple(p["ranks"]), p["step"]): p["bpe"] for p in res["points"] if p["method"] == "tdl_static"}

@@ -224,7 +224,7 @@ def test_a_class_layer_without_nodata_keeps_class_0_and_marks_its_outside(tmp_pa
 def test_class_maps_take_the_majority_only_onto_coarser_pixels() -> None:
     from rasterio.enums import Resampling
 
-    from tasks.warp import class_resampling
+    from tasks.class_maps import class_resampling
 
     crs = CRS.from_epsg(32615)
     fine, coarse = Affine(3, 0, 450000, 0, -3, 4650000), Affine(30, 0, 450000, 0, -30, 4650000)
