@@ -251,9 +251,32 @@ def cube_grid(spec: CubeSpec, plan: ScenePlan, *, name: str) -> tuple[Grid, Scen
             kept = [[r for r in g if id(r) not in huge] for g in plan.new]
             plan = ScenePlan([g for g in kept if g], plan.skipped, plan.quarantined + rows)
             found = [(r, b) for r, b in found if id(r) not in huge]
+        if crs.is_geographic:
+            _refuse_antimeridian(found, name=name)
         arr = np.array([b for _, b in found])
         bounds = (arr[:, 0].min(), arr[:, 1].min(), arr[:, 2].max(), arr[:, 3].max())
     return _sane_grid(Grid.from_bounds(crs, bounds, res, anchor=anchor), bounds, name=name), plan
+
+
+def _refuse_antimeridian(found: list[tuple[SceneRef, tuple[float, float, float, float]]], *, name: str) -> None:
+    """A longitude / latitude grid runs from -180 to 180: refuse scenes at the antimeridian with
+    a message that says so, instead of a misleading "no pixel" error for a scene across it (GDAL's
+    bounds then have left > right) or a grid around the whole globe for tiles either side of it."""
+    advice = ("a longitude / latitude cube cannot hold it in one piece: give --crs a projected CRS "
+              "that covers the area (e.g. the scenes' UTM zone, EPSG:32660 or EPSG:32601), or ingest "
+              "each side into its own cube")
+    for ref, (left, _, right, _) in found:
+        if left > right:
+            raise CubeSchemaError(f"cube {name}: {ref.path} crosses the antimeridian (180 degrees); {advice}")
+    spans = sorted((b[0], b[2]) for _, b in found)
+    covered, end = 0.0, -np.inf
+    for left, right in spans:  # the longitudes the scenes cover, overlaps counted once
+        covered += max(0.0, right - max(left, end))
+        end = max(end, right)
+    if spans[-1][1] - spans[0][0] - covered > 180:
+        raise CubeSchemaError(f"cube {name}: the scenes lie on both sides of the antimeridian (180 degrees; "
+                              f"longitudes {spans[0][0]:.4g} .. {spans[-1][1]:.4g} with a gap of over 180 "
+                              f"degrees between them); {advice}")
 
 
 #: the most pixels a cube's grid may have: ingest holds a date's (band, y, x) slice in memory

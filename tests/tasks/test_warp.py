@@ -260,3 +260,26 @@ def test_outside_a_coarser_band_file_without_nodata_nothing_is_observed(tmp_path
     assert valid[:50].all() and not valid[50:].any()
     band2 = ds["data"].sel(band="band2").values
     assert np.unique(band2[:50]).size == 1 and band2[0, 0] > 0  # the file's one value, resampled
+
+
+def test_scenes_at_the_antimeridian_are_refused_with_a_message_that_says_so(tmp_path: Path, capsys) -> None:
+    """Tiles either side of 180 degrees made a longitude / latitude grid around the whole globe
+    (100 x 360 000 px); a UTM scene across it, ingested in EPSG:4326, failed with "grid bounds ...
+    hold no pixel". A tile near 180 on one side still makes a small cube."""
+    from pyproj import Transformer
+
+    from flows.cli import main
+
+    field = np.ones((100, 100), np.float32)
+    _write(tmp_path / "east.tif", Affine(0.001, 0, 179.9, 0, -0.001, 60.05), field, "EPSG:4326")
+    _write(tmp_path / "west.tif", Affine(0.001, 0, -180.0, 0, -0.001, 60.05), field, "EPSG:4326")
+    x180, y60 = Transformer.from_crs("EPSG:4326", "EPSG:32660", always_xy=True).transform(180.0, 60.0)
+    _write(tmp_path / "utm.tif", Affine(100, 0, x180 - 5000, 0, -100, y60 + 5000), field, "EPSG:32660")
+    run = ["--date", "2020-06-01"]
+    assert main(["ingest", str(tmp_path / "east.tif"), str(tmp_path / "west.tif"),
+                 "--out", str(tmp_path / "a.zarr"), *run]) == 2
+    assert "both sides of the antimeridian" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path / "utm.tif"), "--out", str(tmp_path / "b.zarr"), "--crs", "EPSG:4326", *run]) == 2
+    assert "crosses the antimeridian" in capsys.readouterr().err
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+    assert main(["ingest", str(tmp_path / "east.tif"), "--out", str(tmp_path / "c.zarr"), *run]) == 0
