@@ -283,3 +283,15 @@ def test_scenes_at_the_antimeridian_are_refused_with_a_message_that_says_so(tmp_
     assert "crosses the antimeridian" in capsys.readouterr().err
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
     assert main(["ingest", str(tmp_path / "east.tif"), "--out", str(tmp_path / "c.zarr"), *run]) == 0
+
+
+def test_a_0_to_360_longitude_grid_outside_the_cube_says_why(tmp_path: Path, capsys) -> None:
+    """An ERA5-like global grid with longitudes 0..360 missed a box at negative longitudes and was
+    skipped as "outside the cube's bounds" alone, though it covers the whole globe."""
+    from flows.cli import main
+
+    _write(tmp_path / "era5_like.tif", Affine(1, 0, -0.5, 0, -1, 90.5), np.ones((181, 360), np.float32), "EPSG:4326")
+    assert main(["ingest", str(tmp_path / "era5_like.tif"), "--out", str(tmp_path / "e.zarr"), "--date", "2020-06-01",
+                 "--bounds", "-95", "40", "-92", "43"]) == 1  # nothing taken
+    out = capsys.readouterr()
+    assert "a 0..360 grid" in out.out + out.err and "CENTER_LONG" in out.out + out.err
