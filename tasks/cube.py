@@ -29,6 +29,7 @@ from tasks.errors import CubeSchemaError
 
 if TYPE_CHECKING:
     import zarr
+    from rasterio.windows import Window
 
 __all__ = [
     "cube_dataset",
@@ -44,6 +45,7 @@ __all__ = [
     "cube_crs",
     "describe_cube",
     "cube_transform",
+    "raster_window",
     "flag_meaning",
     "flag_meanings",
     "grid_coords",
@@ -348,9 +350,7 @@ def _float32_grid(ds: xr.Dataset, notes: list[str]) -> xr.Dataset:
     metre at UTM or MODIS magnitudes, so their steps look uneven: read them as the regular grid
     they round, the stored ``GeoTransform``'s when they agree with it, else a straight-line fit;
     coordinates further off than float32's rounding are left for :func:`_check_regular`."""
-    mapping = ds["data"].attrs.get("grid_mapping", "spatial_ref")
-    gt = ds[mapping].attrs.get("GeoTransform") if mapping in ds.variables else None
-    stored = Affine.from_gdal(*map(float, str(gt).split())) if gt else None
+    stored = _stored_transform(ds)
     exact: dict[str, np.ndarray] = {}
     for dim in ("x", "y"):
         v = ds[dim].values
@@ -472,17 +472,14 @@ def _matching_geotransform(ds: xr.Dataset, notes: list[str]) -> xr.Dataset:
     """The grid mapping's ``GeoTransform`` rewritten from the coordinates where it does not match
     them (a south-up cube read north-up; a subset of a cube, which keeps its parent's origin), so
     the stages' products, which copy it, do not carry a transform that GDAL would misplace them by."""
-    name = ds["data"].attrs.get("grid_mapping", "spatial_ref")
-    if name not in ds.variables or "GeoTransform" not in ds[name].attrs:
-        return ds
-    stored = str(ds[name].attrs["GeoTransform"])
-    actual = " ".join(str(v) for v in cube_transform(ds).to_gdal())
-    if Affine.from_gdal(*map(float, stored.split())) == Affine.from_gdal(*map(float, actual.split())):
+    stored, actual = _stored_transform(ds), cube_transform(ds)
+    if stored is None or stored == actual:
         return ds
     if not any("south-up" in n for n in notes):  # a south-up cube's note says it already
         notes.append("its GeoTransform did not match its coordinates (a subset of another cube?): taken from them")
+    name = _grid_mapping_name(ds)
     ds[name] = ds[name].copy()
-    ds[name].attrs = {**ds[name].attrs, "GeoTransform": actual}
+    ds[name].attrs = {**ds[name].attrs, "GeoTransform": " ".join(str(v) for v in actual.to_gdal())}
     return ds
 
 
@@ -498,15 +495,46 @@ def cube_crs(ds: xr.Dataset) -> CRS | None:
     return CRS.from_wkt(wkt) if wkt else None
 
 
+def _grid_mapping_name(ds: xr.Dataset) -> str:
+    return str(ds["data"].attrs.get("grid_mapping", "spatial_ref")) if "data" in ds else "spatial_ref"
+
+
+def _stored_transform(ds: xr.Dataset) -> Affine | None:
+    """The ``GeoTransform`` the cube's grid mapping stores, or None."""
+    name = _grid_mapping_name(ds)
+    gt = ds[name].attrs.get("GeoTransform") if name in ds.variables else None
+    return Affine.from_gdal(*map(float, str(gt).split())) if gt else None
+
+
+def raster_window(transform: Affine, shape: tuple[int, int], crs: CRS, bounds: tuple[float, float, float, float],
+                  bounds_crs: CRS, *, pad: int = 1) -> Window | None:
+    """The window of a raster (its ``transform``, ``(height, width)``, ``crs``) under ``bounds``
+    (left, bottom, right, top in ``bounds_crs``: a cube's grid), rounded outward by ``pad``
+    pixels and clipped to the raster; None where they do not meet. From the four corners' pixel
+    coordinates: right for north-up, south-up (bottom-up rows, as NetCDF-derived GeoTIFFs often
+    are) and rotated rasters alike."""
+    import math
+
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import Window
+
+    left, bottom, right, top = transform_bounds(bounds_crs, crs, *bounds, densify_pts=21)
+    inv = ~transform
+    cols, rows = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
+    col0, row0 = max(math.floor(min(cols)) - pad, 0), max(math.floor(min(rows)) - pad, 0)
+    col1, row1 = min(math.ceil(max(cols)) + pad, shape[1]), min(math.ceil(max(rows)) + pad, shape[0])
+    if col1 <= col0 or row1 <= row0:
+        return None
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
 def cube_transform(ds: xr.Dataset) -> Affine:
     """The affine transform of the cube's grid, from its pixel-centre coordinates; the exact one
     its grid mapping stores (``GeoTransform``) when that agrees with them (the coordinates'
     differences are off in the last digits: exported rasters' pixels came out 4e-10 m non-square)."""
     x = ds["x"].values
     y = ds["y"].values
-    mapping = ds["data"].attrs.get("grid_mapping", "spatial_ref") if "data" in ds else "spatial_ref"
-    gt = ds[mapping].attrs.get("GeoTransform") if mapping in ds.variables else None
-    stored = Affine.from_gdal(*map(float, gt.split())) if gt else None
+    stored = _stored_transform(ds)
     if x.size < 2 or y.size < 2:
         if stored is not None:
             return stored

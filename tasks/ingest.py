@@ -383,24 +383,19 @@ def scenes_within(plan: ScenePlan, grid: Grid, *, grid_from_scenes: bool = False
                             ref.path, 100 * (1 - kept / area))
             else:
                 skipped.append({"scene": ref.id, "date": _as_date(ref.date),
-                                "reason": "outside the cube's bounds" + _lon360_hint(ref)})
+                                "reason": "outside the cube's bounds" + _lon360_hint(b, grid.crs)})
         if inside:
             new.append(inside)
     return ScenePlan(new, skipped, plan.quarantined, plan.replace)
 
 
-def _lon360_hint(ref: SceneRef) -> str:
-    """Why a longitude / latitude file may miss the grid though it covers the area: its longitudes
-    run 0..360 (ERA5 and many climate grids), which fusioncube does not wrap; how to shift them."""
-    try:
-        with rasterio.open(ref.grid_dataset) as ds:
-            crs = scene_crs(ds)
-            right = _footprint(ds)[2]
-    except Exception:  # unreadable here: reading it later says why
+def _lon360_hint(bounds: tuple[float, float, float, float] | None, crs: CRS) -> str:
+    """Why a file may miss a longitude / latitude grid though it covers the area: its ``bounds``
+    there run past 180 degrees, a 0..360 grid (ERA5 and many climate grids), which fusioncube does
+    not wrap; how to shift it."""
+    if bounds is None or not crs.is_geographic or bounds[2] <= 180 + 1e-6:
         return ""
-    if crs is None or not crs.is_geographic or right <= 180 + 1e-6:
-        return ""
-    return (f" (its longitudes run to {right:.6g} degrees: a 0..360 grid, which is not wrapped to "
+    return (f" (its longitudes run to {bounds[2]:.6g} degrees: a 0..360 grid, which is not wrapped to "
             "-180..180; shift it first, e.g. gdalwarp -t_srs EPSG:4326 --config CENTER_LONG 0, or in "
             "xarray assign_coords(lon=(lon + 180) % 360 - 180).sortby('lon'))")
 

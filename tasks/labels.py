@@ -85,6 +85,7 @@ from tasks.cube import (
     observed_mask,
     open_cube,
     patches_by_rows,
+    raster_window,
     read_rows,
     row_blocks,
     streamed_band_stats,
@@ -475,50 +476,34 @@ def raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any
     """A class raster file (a land cover map in any CRS) warped onto the cube's grid by majority:
     (codes (H, W) uint8, NO_CLASS where the map has no class, its attrs, what the labels were)."""
     import rasterio
+    from rasterio.transform import array_bounds
     from rasterio.warp import reproject
 
+    shape, transform, crs = (ds.sizes["y"], ds.sizes["x"]), cube_transform(ds), cube_crs(ds)
+    no_class = f"{path}: the label raster holds no class over the cube's area (does it cover the cube, in {crs}?)"
     with rasterio.open(path) as src:
         if src.crs is None:
             raise ValueError(f"{path}: the label raster has no CRS; it cannot be placed on the cube's grid")
         if src.dtypes[0] not in ("uint8", "uint16", "int8", "int16", "int32", "uint32"):
             raise ValueError(f"{path}: a label raster holds integer class codes; got {src.dtypes[0]}")
         legend = _raster_legend(src)
-        shape = (ds.sizes["y"], ds.sizes["x"])
-        source, transform = _read_over(src, cube_transform(ds), cube_crs(ds), shape)
+        win = raster_window(src.transform, src.shape, src.crs, array_bounds(*shape, transform), crs, pad=2)
+        if win is None:
+            raise ValueError(no_class)
+        source, src_transform = src.read(1, window=win), src.window_transform(win)  # only over the cube
         # its nodata, else a code it does not use: outside its footprint no class is made up
         nodata = class_fill(source, src.nodata)
         codes = np.full(shape, nodata, dtype=src.dtypes[0])
-        reproject(source, codes, src_transform=transform, src_crs=src.crs, src_nodata=src.nodata,
-                  dst_transform=cube_transform(ds), dst_crs=cube_crs(ds), dst_nodata=nodata,
-                  resampling=class_resampling(None, transform, src.crs, cube_transform(ds), cube_crs(ds), shape))
+        reproject(source, codes, src_transform=src_transform, src_crs=src.crs, src_nodata=src.nodata,
+                  dst_transform=transform, dst_crs=crs, dst_nodata=nodata,
+                  resampling=class_resampling(None, src_transform, src.crs, transform, crs, shape))
     codes = np.where(codes == nodata, NO_CLASS, codes.astype(np.int64))
     labelled = codes[codes != NO_CLASS]
     if not labelled.size:
-        raise ValueError(f"{path}: the label raster holds no class over the cube's area (does it cover "
-                         f"the cube, in {cube_crs(ds)}?)")
+        raise ValueError(no_class)
     check_byte_codes(labelled.min(), labelled.max(), f"{path}: the label raster")
     attrs = {"nodata": NO_CLASS, **legend}
     return codes.astype(np.uint8), attrs, {"kind": "raster", "file": str(path), "labelled": int(labelled.size)}
-
-
-def _read_over(src: Any, transform: Any, crs: Any, shape: tuple[int, int]) -> tuple[np.ndarray, Any]:
-    """Band 1 of an open raster where it lies under the grid ``(transform, crs, shape)`` (with a
-    margin of a few pixels), and that window's transform; the whole band when no window can be
-    worked out (a rotated raster)."""
-    from rasterio.transform import array_bounds
-    from rasterio.warp import transform_bounds
-    from rasterio.windows import Window, WindowError, from_bounds
-
-    try:
-        west, south, east, north = array_bounds(shape[0], shape[1], transform)
-        bounds = transform_bounds(crs, src.crs, west, south, east, north, densify_pts=21)
-        win = from_bounds(*bounds, transform=src.transform)
-        win = Window(int(np.floor(win.col_off)) - 2, int(np.floor(win.row_off)) - 2,
-                     int(np.ceil(win.width)) + 5, int(np.ceil(win.height)) + 5)
-        win = win.intersection(Window(0, 0, src.width, src.height))
-    except (WindowError, ValueError):  # disjoint (the caller says the map holds no class there), rotated
-        return src.read(1), src.transform
-    return src.read(1, window=win), src.window_transform(win)
 
 
 def _raster_legend(src: Any) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
-from rasterio.warp import reproject, transform_bounds
+from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from tasks.catalog import MaskRule, SourceSpec
 from tasks.class_maps import class_fill, class_resampling
+from tasks.cube import raster_window
 from tasks.discover import SceneRef, date_stack, is_remote
 from tasks.errors import SceneError
 from tasks.validate import SceneProfile, profile_array
@@ -158,18 +159,10 @@ def mask_to_clear(mask: np.ndarray, rule: MaskRule) -> np.ndarray:
 def _window_over(ds: rasterio.io.DatasetReader, grid: Grid, crs: CRS) -> Window:
     """The window of ``ds`` (whose CRS is ``crs``) that covers the grid (rounded outward, clipped
     to the file)."""
-    left, bottom, right, top = transform_bounds(grid.crs, crs, *grid.bounds, densify_pts=21)
-    # pixel coordinates of the four corners: right for north-up, south-up (bottom-up rows, as
-    # NetCDF-derived GeoTIFFs often are) and rotated files alike
-    inv = ~ds.transform
-    cols, rows = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
-    col0, row0 = math.floor(min(cols)) - 1, math.floor(min(rows)) - 1
-    col1, row1 = math.ceil(max(cols)) + 1, math.ceil(max(rows)) + 1
-    col0, row0 = max(col0, 0), max(row0, 0)
-    col1, row1 = min(col1, ds.width), min(row1, ds.height)
-    if col1 <= col0 or row1 <= row0:
+    win = raster_window(ds.transform, ds.shape, crs, grid.bounds, grid.crs)
+    if win is None:
         raise SceneError(ds.name, "lies outside the cube's bounds (no overlap with its grid)")
-    return Window(col0, row0, col1 - col0, row1 - row0)
+    return win
 
 
 def _refuse_oversized(ref: SceneRef, ds: rasterio.io.DatasetReader, win: Window, bands: int) -> None:
@@ -255,7 +248,7 @@ def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
                 raw = ds.read(indexes, window=win) if indexes else np.zeros((0, 1, 1), ds.dtypes[0])
                 nodata = ds.nodata
             if spec.mask is not None and raw.shape[0] >= len(spec.bands):
-                clear, mask_nbytes = _read_mask(ref, spec, transform, (int(win.height), int(win.width)), win=win)
+                clear, mask_nbytes = _read_mask(ref, spec, win, transform)
             elif spec.mask is None and len(ref.datasets) <= 1 and spec.bands[0].index <= ds.count and _internal_mask(ds):
                 # an alpha band or a GDAL mask band (e.g. a JPEG-compressed COG): 0 = not observed
                 clear = ds.read_masks(spec.bands[0].index, window=win) > 0
@@ -380,16 +373,9 @@ def _resampled_unobserved(ref: SceneRef, spec: SourceSpec, band: rasterio.io.Dat
     (``no_nodata``), and where its resampled value takes part of a pixel the mask flags. Read
     over the part of the band's grid under the target window only."""
     from rasterio.transform import array_bounds
-    from rasterio.windows import Window, WindowError, from_bounds
 
-    west, south, east, north = array_bounds(shape[0], shape[1], transform)
-    try:
-        bounds = transform_bounds(crs, band.crs, west, south, east, north, densify_pts=21)
-        win = from_bounds(*bounds, transform=band.transform)
-        win = Window(int(np.floor(win.col_off)) - 2, int(np.floor(win.row_off)) - 2,
-                     int(np.ceil(win.width)) + 5, int(np.ceil(win.height)) + 5)
-        win = win.intersection(Window(0, 0, band.width, band.height))
-    except WindowError:  # the band file does not reach the window: nothing there is observed
+    win = raster_window(band.transform, band.shape, band.crs, array_bounds(*shape, transform), crs, pad=2)
+    if win is None:  # the band file does not reach the window: nothing there is observed
         return np.ones(shape, dtype=bool) if no_nodata else None
     own = band.window_transform(win)
     own_shape = (int(win.height), int(win.width))
@@ -400,7 +386,7 @@ def _resampled_unobserved(ref: SceneRef, spec: SourceSpec, band: rasterio.io.Dat
         reproject(np.ones(own_shape, np.uint8), covered, resampling=Resampling.nearest, **geo)
         lost |= covered == 0
     if spec.mask is not None:  # bilinear (cubic, average) blends a 20 m cloud into 10 m rims
-        clear, _ = _read_mask(ref, spec, own, own_shape, win=win)
+        clear, _ = _read_mask(ref, spec, win, own)
         lost |= ~clear_after_warp(clear, shape, resampling=Resampling[spec.resampling_name], **geo)
     return lost
 
@@ -429,27 +415,24 @@ def _to_physical(
     return out
 
 
-def _read_mask(
-    ref: SceneRef, spec: SourceSpec, transform: Affine, shape: tuple[int, int], *, win: Window | None = None
-) -> tuple[np.ndarray, int]:
-    """The "clear" mask on the pixel grid ``(transform, shape)`` (the scene window ``win`` of the
-    scene's grid, or a band file's grid), and the bytes decoded to get it. A mask file on another
-    grid is brought over by nearest."""
+def _read_mask(ref: SceneRef, spec: SourceSpec, win: Window, transform: Affine) -> tuple[np.ndarray, int]:
+    """The "clear" mask over the window ``win`` (whose transform is ``transform``) of the scene's
+    grid or of a band file's grid, and the bytes decoded to get it. A mask file on another grid is
+    brought over by nearest."""
     if spec.mask is None:
         raise ValueError(f"source of {ref.path} has no mask rule")
     path = ref.mask_path or ref.path
     if ref.mask_path is not None and not is_remote(ref.mask_path) and not Path(ref.mask_path).exists():
         raise SceneError(ref.path, f"its mask file {Path(ref.mask_path).name} is missing")
+    shape = (int(win.height), int(win.width))
     clear, nbytes = np.ones(shape, dtype=bool), 0
     try:
         with rasterio.open(path) as ds:
             for band in spec.mask.bands or [spec.mask.band]:
                 if band > ds.count:
                     raise SceneError(path, f"mask band {band} requested; the file has {ds.count}")
-                if win is not None and ds.transform == transform @ Affine.translation(-win.col_off, -win.row_off):
+                if ds.transform == transform @ Affine.translation(-win.col_off, -win.row_off):
                     mask = ds.read(band, window=win)
-                elif ds.transform == transform and ds.shape == shape:
-                    mask = ds.read(band)
                 else:  # mask on its own grid: bring it onto this one
                     mask = np.zeros(shape, dtype=ds.dtypes[band - 1])
                     reproject(
