@@ -520,8 +520,10 @@ def quicklook_png(cube: str | Path, filled: str | Path, out_png: str | Path, *, 
 
     from tasks.quicklook import percent, rgb_bands
 
-    before = unpatch(cube) if is_patches_store(cube) else open_cube(cube)  # the stage takes either
     after = xr.open_zarr(filled, consolidated=None)
+    # from a patches store the product holds what "before" shows (its valid layer is the input's,
+    # the gaps are drawn as holes): no second fold of the store
+    before = after if is_patches_store(cube) else open_cube(cube)
     filled_share = after["filled"].mean(("y", "x")).values
     picks = np.sort(np.argsort(-filled_share)[: min(dates, filled_share.size)])
     gaps = ~before["valid"].isel(time=picks).values
