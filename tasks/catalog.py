@@ -170,7 +170,14 @@ class SourceSpec(_Strict):
     classes: dict[int, str] | None = None
     resampling: (
         Literal["nearest", "bilinear", "cubic", "average", "mode", "max", "min", "med"] | None
-    ) = None
+    ) = Field(
+        default=None,
+        description=(
+            "how the source's pixels are resampled onto the cube's grid. Default: for values, "
+            "bilinear, or the area average where a cube pixel spans 1.5 of the source's or more; "
+            "for class maps, nearest onto finer grids and the majority (mode) onto coarser ones"
+        ),
+    )
     match_descriptions: bool = Field(
         default=False,
         description=(
@@ -228,12 +235,6 @@ class SourceSpec(_Strict):
                 f"categorical sources need nearest or mode resampling; got {self.resampling!r}"
             )
         return self
-
-    @property
-    def resampling_name(self) -> str:
-        if self.resampling:
-            return self.resampling
-        return "mode" if self.kind == "categorical" else "bilinear"
 
 
 class GridSpec(_Strict):

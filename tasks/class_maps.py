@@ -11,7 +11,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
-__all__ = ["class_fill", "class_resampling"]
+__all__ = ["class_fill", "class_resampling", "target_pixel_scale"]
 
 
 def class_fill(data: np.ndarray | list[np.ndarray], nodata: float | None) -> int:
@@ -34,6 +34,26 @@ def class_fill(data: np.ndarray | list[np.ndarray], nodata: float | None) -> int
     return int(free[0])
 
 
+def target_pixel_scale(src_transform: Affine, src_crs: CRS, dst_transform: Affine, dst_crs: CRS,
+                       shape: tuple[int, int]) -> float | None:
+    """How many source pixels a target pixel spans along its wider side (below 1: the target is
+    finer), measured at the centre of the target grid of ``shape``; None where the source's CRS
+    cannot hold that point."""
+    from rasterio.warp import transform as transform_points
+
+    row, col = shape[0] / 2, shape[1] / 2  # a target pixel at the grid's centre, in source units
+    xs, ys = zip(*(dst_transform * (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))), strict=True)
+    try:
+        sx, sy = transform_points(dst_crs, src_crs, list(xs), list(ys))
+    except Exception:  # a point the source's CRS cannot hold (PROJ's errors vary)
+        return None
+    width, height = math.hypot(sx[1] - sx[0], sy[1] - sy[0]), math.hypot(sx[2] - sx[0], sy[2] - sy[0])
+    if not (math.isfinite(width) and math.isfinite(height)):
+        return None
+    src_w, src_h = math.hypot(src_transform.a, src_transform.d), math.hypot(src_transform.b, src_transform.e)
+    return max(width / src_w, height / src_h)
+
+
 def class_resampling(explicit: str | None, src_transform: Affine, src_crs: CRS, dst_transform: Affine,
                      dst_crs: CRS, shape: tuple[int, int]) -> Resampling:
     """Resampling of a class map: ``explicit`` (the catalog's) when given; else, or when that is
@@ -43,17 +63,5 @@ def class_resampling(explicit: str | None, src_transform: Affine, src_crs: CRS, 
     a target pixel south-east (NLCD's 30 m onto a 3 m grid)."""
     if explicit and explicit != "mode":
         return Resampling[explicit]
-    from rasterio.warp import transform as transform_points
-
-    row, col = shape[0] / 2, shape[1] / 2  # a target pixel at the grid's centre, in source units
-    xs, ys = zip(*(dst_transform * (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))), strict=True)
-    try:
-        sx, sy = transform_points(dst_crs, src_crs, list(xs), list(ys))
-    except Exception:  # a point the source's CRS cannot hold (PROJ's errors vary): keep the majority
-        return Resampling.mode
-    width, height = math.hypot(sx[1] - sx[0], sy[1] - sy[0]), math.hypot(sx[2] - sx[0], sy[2] - sy[0])
-    if not (math.isfinite(width) and math.isfinite(height)):
-        return Resampling.mode
-    src_w, src_h = math.hypot(src_transform.a, src_transform.d), math.hypot(src_transform.b, src_transform.e)
-    finer = width <= src_w * (1 + 1e-6) and height <= src_h * (1 + 1e-6)
-    return Resampling.nearest if finer else Resampling.mode
+    scale = target_pixel_scale(src_transform, src_crs, dst_transform, dst_crs, shape)
+    return Resampling.nearest if scale is not None and scale <= 1 + 1e-6 else Resampling.mode

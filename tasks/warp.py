@@ -25,7 +25,7 @@ from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from tasks.catalog import MaskRule, SourceSpec
-from tasks.class_maps import class_fill, class_resampling
+from tasks.class_maps import class_fill, class_resampling, target_pixel_scale
 from tasks.cube import raster_window
 from tasks.discover import SceneRef, date_stack, is_remote
 from tasks.errors import SceneError
@@ -345,16 +345,18 @@ def _read_band_files(
                 else:
                     fill = nodata if nodata is not None else 0
                     out = np.full(shape, fill, dtype=ds.dtypes[b.index - 1])
+                    resampling = value_resampling(spec, ds.transform, ds.crs, transform, first.crs, shape)
                     reproject(
                         rasterio.band(ds, b.index), out, src_nodata=nodata, dst_nodata=fill,
                         dst_transform=transform, dst_crs=first.crs,
-                        resampling=Resampling[spec.resampling_name], num_threads=_warp_threads(),
+                        resampling=resampling, num_threads=_warp_threads(),
                     )
                     arrays.append(out)
                     key = (ds.crs.to_string(), tuple(ds.transform), ds.shape, nodata is None)
                     if key not in seen:  # once per band grid (Sentinel-2: its 20 m and 60 m bands)
                         seen.add(key)
-                        lost = _resampled_unobserved(ref, spec, ds, nodata is None, transform, shape, first.crs)
+                        lost = _resampled_unobserved(ref, spec, ds, nodata is None, transform, shape, first.crs,
+                                                     resampling)
                         if lost is not None:
                             unobserved = lost if unobserved is None else unobserved | lost
                 nodatas.append(nodata)
@@ -367,11 +369,12 @@ def _read_band_files(
 
 
 def _resampled_unobserved(ref: SceneRef, spec: SourceSpec, band: rasterio.io.DatasetReader, no_nodata: bool,
-                          transform: Affine, shape: tuple[int, int], crs: CRS) -> np.ndarray | None:
-    """The pixels of the grid ``(transform, shape, crs)`` that a band file on its own coarser grid,
-    resampled onto it, leaves unobserved: outside its footprint when it declares no nodata
-    (``no_nodata``), and where its resampled value takes part of a pixel the mask flags. Read
-    over the part of the band's grid under the target window only."""
+                          transform: Affine, shape: tuple[int, int], crs: CRS,
+                          resampling: Resampling) -> np.ndarray | None:
+    """The pixels of the grid ``(transform, shape, crs)`` that a band file on its own grid,
+    resampled onto it with ``resampling``, leaves unobserved: outside its footprint when it
+    declares no nodata (``no_nodata``), and where its resampled value takes part of a pixel the
+    mask flags. Read over the part of the band's grid under the target window only."""
     from rasterio.transform import array_bounds
 
     win = raster_window(band.transform, band.shape, band.crs, array_bounds(*shape, transform), crs, pad=2)
@@ -387,7 +390,7 @@ def _resampled_unobserved(ref: SceneRef, spec: SourceSpec, band: rasterio.io.Dat
         lost |= covered == 0
     if spec.mask is not None:  # bilinear (cubic, average) blends a 20 m cloud into 10 m rims
         clear, _ = _read_mask(ref, spec, win, own)
-        lost |= ~clear_after_warp(clear, shape, resampling=Resampling[spec.resampling_name], **geo)
+        lost |= ~clear_after_warp(clear, shape, resampling=resampling, **geo)
     return lost
 
 
@@ -497,6 +500,24 @@ def _paste(src: np.ndarray, dst: np.ndarray, row: int, col: int) -> None:
         dst[..., dr, dc] = src[..., sr, sc]
 
 
+#: A target pixel spanning this many source pixels or more (along its wider side) takes their
+#: area average by default, not a bilinear sample of the four nearest.
+AVERAGE_FROM_SCALE = 1.5
+
+
+def value_resampling(spec: SourceSpec, src_transform: Affine, src_crs: CRS, dst_transform: Affine,
+                     dst_crs: CRS, shape: tuple[int, int]) -> Resampling:
+    """Resampling of a continuous source's values onto the grid ``(dst_transform, shape,
+    dst_crs)``: the catalog's ``resampling`` when given; else bilinear, or the area average where
+    a target pixel spans :data:`AVERAGE_FROM_SCALE` source pixels or more. Bilinear reads the four
+    source pixels nearest a target pixel's centre whatever its size: a 3 m scene on a 30 m grid
+    would keep 4 of its 100 pixels per cell and alias the rest away."""
+    if spec.resampling:
+        return Resampling[spec.resampling]
+    scale = target_pixel_scale(src_transform, src_crs, dst_transform, dst_crs, shape)
+    return Resampling.average if scale is not None and scale >= AVERAGE_FROM_SCALE else Resampling.bilinear
+
+
 def warp_scene(
     raw: RawScene, spec: SourceSpec, grid: Grid, *, out: np.ndarray | None = None, fill: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -511,7 +532,6 @@ def warp_scene(
     valid : (H, W) bool, observed, finite and clear.
     """
     spec = scene_spec(spec, raw.ref)
-    resampling = Resampling[spec.resampling_name]
     shape = (grid.height, grid.width)
     offset = _lattice_offset(raw, grid)
     if spec.kind == "categorical" and out is not None:
@@ -547,6 +567,7 @@ def warp_scene(
                 clear[dr, dc] = raw.clear[sr, sc]
     else:
         data.fill(np.nan)
+        resampling = value_resampling(spec, raw.transform, raw.crs, grid.transform, grid.crs, shape)
         if resampling == Resampling.mode:  # class codes in a scene (a palette band): see class_resampling
             resampling = class_resampling(spec.resampling, raw.transform, raw.crs, grid.transform, grid.crs, shape)
         reproject(

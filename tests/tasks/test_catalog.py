@@ -24,8 +24,8 @@ def test_repository_catalog_loads_and_resolves_paths(tmp_path: Path) -> None:
     assert cat.sources["planet"].bands[3].name == "nir"
     assert cat.sources["planet"].bands[3].scale == pytest.approx(1e-4)  # YAML merge keys work
     assert cat.sources["nlcd"].classes == NLCD_CLASSES
-    assert cat.sources["nlcd"].resampling_name == "nearest"
-    assert cat.sources["planet"].resampling_name == "bilinear"
+    assert cat.sources["nlcd"].resampling == "nearest"
+    assert cat.sources["planet"].resampling is None  # bilinear, or the area average onto coarser grids
 
 
 def test_relative_paths_resolve_against_the_catalog_file(tmp_path: Path, raw: dict) -> None:

@@ -295,3 +295,43 @@ def test_a_0_to_360_longitude_grid_outside_the_cube_says_why(tmp_path: Path, cap
                  "--bounds", "-95", "40", "-92", "43"]) == 1  # nothing taken
     out = capsys.readouterr()
     assert "a 0..360 grid" in out.out + out.err and "CENTER_LONG" in out.out + out.err
+
+
+def test_value_resampling_averages_when_shrinking_and_keeps_the_catalogs_choice() -> None:
+    from rasterio.enums import Resampling
+
+    from tasks.catalog import BandSpec, SourceSpec
+    from tasks.warp import value_resampling
+
+    crs = CRS.from_epsg(32615)
+    spec = SourceSpec(glob=["x"], bands=[BandSpec(name="b", index=1)])
+    src = Affine(3, 0, 0, 0, -3, 300)
+
+    def choice(spec: SourceSpec, size: float) -> Resampling:
+        return value_resampling(spec, src, crs, Affine(size, 0, 0, 0, -size, 300), crs, (10, 10))
+
+    assert choice(spec, 30) == Resampling.average  # 10 x 10 source pixels per cell
+    assert choice(spec, 4.5) == Resampling.average
+    assert choice(spec, 4) == Resampling.bilinear  # about the source's size: no aliasing to speak of
+    assert choice(spec, 1) == Resampling.bilinear  # finer
+    assert choice(spec.model_copy(update={"resampling": "cubic"}), 30) == Resampling.cubic
+    assert value_resampling(spec, src, CRS.from_epsg(4326), Affine(30, 0, 0, 0, -30, 300), crs,
+                            (10, 10)) == Resampling.bilinear  # the source CRS cannot hold the point
+
+
+def test_a_scene_ingested_onto_a_coarser_grid_takes_its_pixels_area_average(tmp_path: Path) -> None:
+    """A 3 m scene of fine texture onto a 30 m grid: each cell is the mean of the 100 pixels it
+    covers (bilinear would read the 4 nearest its centre and alias the texture into the cube)."""
+    import xarray as xr
+
+    from flows.cli import main
+
+    dn = np.random.default_rng(0).integers(100, 10000, (60, 60)).astype("uint16")
+    (tmp_path / "s").mkdir()
+    _write(tmp_path / "s" / "scene_20190601.tif", Affine(3, 0, 450000, 0, -3, 4650000), dn, "EPSG:32615",
+           nodata=0)
+    assert main(["ingest", str(tmp_path / "s"), "--out", str(tmp_path / "c.zarr"), "--resolution", "30"]) == 0
+    got = xr.open_zarr(tmp_path / "c.zarr", consolidated=None)["data"].isel(time=0, band=0).values
+    want = dn.astype(float).reshape(6, 10, 6, 10).mean(axis=(1, 3))
+    assert got.shape == (6, 6)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
