@@ -337,7 +337,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from tasks.export import export_cube
 
     files = export_cube(args.cube, args.out, dates=args.date, start=args.start, end=args.end,
-                        bands=args.bands.split(",") if args.bands else None, keep_invalid=args.keep_invalid)
+                        bands=args.bands.split(",") if args.bands else None, keep_invalid=args.keep_invalid,
+                        static=not args.no_static)
     print(f"{len(files)} Cloud-Optimized GeoTIFF(s) in {args.out}: {files[0].name}"
           + (f" .. {files[-1].name}" if len(files) > 1 else ""))
     return 0
@@ -494,6 +495,9 @@ def build_parser(stages: Sequence[str] = STAGE_MODULES) -> argparse.ArgumentPars
     ex.add_argument("--keep-invalid", action="store_true",
                     help="keep the values where 'valid' is false (default: NaN, the nodata; a gap-filled "
                          "cube's filled pixels are always kept)")
+    ex.add_argument("--no-static", action="store_true",
+                    help="leave out the cube's static layers (default: each as CUBE_LAYER.tif, a class "
+                         "layer with its colour table and class names)")
     ex.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("catalog", help="catalog tools")

@@ -6,6 +6,10 @@ Any schema-following cube exports (``ingest``'s, ``gapfill``'s ``filled.zarr``, 
 another tool): each date becomes ``DIR/<cube>_<date>.tif``, its bands the file's bands (float32,
 described by their names), NaN as nodata where the cube has no value or ``valid`` is false.
 
+A cube's static layers (``landcover(y, x)`` and the like) go beside them once, as
+``DIR/<cube>_<layer>.tif``: a class layer (integer codes with a ``flag_values`` legend, or byte
+codes) with its colour table and class names, any other as float32.
+
 Memory stays bounded whatever the scene size: the dates of one stored time chunk are read together
 (one decode of each chunk, also for a cube that stores all its dates in one chunk, as gapfill's
 does), window by window along the cube's spatial chunks (at most :data:`READ_BYTES` at once), into
@@ -35,7 +39,7 @@ from tasks.checkpoint import read_manifest
 from tasks.cube import cube_crs, cube_transform, open_cube, patches_store_error
 from tasks.errors import CubeSchemaError
 
-__all__ = ["export_cube"]
+__all__ = ["export_cube", "export_static_layer", "static_layers"]
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +162,58 @@ def _observed_in_source(path: Path, ds: xr.Dataset) -> xr.DataArray | None:
     return seen.drop_vars([c for c in seen.coords if c not in ("time", "y", "x")])
 
 
+def static_layers(ds: xr.Dataset) -> list[str]:
+    """The cube's static layers: its ``(y, x)`` data variables."""
+    return [str(v) for v in ds.data_vars if tuple(ds[v].dims) == ("y", "x")]
+
+
+def export_static_layer(ds: xr.Dataset, name: str, path: Path) -> Path:
+    """Write the static layer ``name`` of the cube ``ds`` as a Cloud-Optimized GeoTIFF at ``path``.
+
+    A class layer (integer codes 0..255 with a ``flag_values`` legend, or of a byte type) keeps its
+    codes, with a colour table and class names from its legend (NLCD's where its codes are
+    NLCD's), its ``nodata`` as the file's; any other layer is float32, NaN as nodata.
+    """
+    from tasks.legends import NLCD_CLASSES
+    from tasks.quicklook import class_names, colour_table, write_class_cog
+
+    layer = ds[name]
+    attrs = dict(layer.attrs)
+    values = np.asarray(layer.values)
+    crs, transform = cube_crs(ds), cube_transform(ds)
+    is_int = np.issubdtype(values.dtype, np.integer)
+    codes = [int(c) for c in np.atleast_1d(attrs.get("flag_values", []))]
+    nodata = attrs.get("nodata")
+    fits = is_int and (values.size == 0 or (int(values.min()) >= 0 and int(values.max()) <= 255))
+    if fits and (codes or values.dtype.itemsize == 1):
+        classes = tuple(sorted((set(codes) if codes else {int(c) for c in np.unique(values)}) - {nodata}))
+        if nodata is None:  # a code the layer does not use marks "no class" in the file
+            from tasks.class_maps import class_fill
+
+            nodata = class_fill(values.astype(np.uint8), None)
+        return write_class_cog(path, values.astype(np.uint8), transform=transform, crs=crs,
+                               colormap=colour_table(classes, attrs), nodata=int(nodata),
+                               names=class_names(classes, attrs, nlcd=set(classes) <= set(NLCD_CLASSES)))
+    data = values.astype(np.float32)
+    if nodata is not None:
+        data[values == nodata] = np.nan
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    profile = dict(driver="COG", height=data.shape[0], width=data.shape[1], count=1, dtype="float32",
+                   crs=crs, transform=transform, nodata=float("nan"), compress="deflate", predictor="3",
+                   blocksize=256, overview_resampling="average", BIGTIFF="IF_SAFER")
+    try:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data, 1)
+            dst.descriptions = (name,)
+            if attrs.get("units"):
+                dst.update_tags(1, units=str(attrs["units"]))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def export_cube(
     cube: str | Path,
     out: str | Path,
@@ -167,6 +223,7 @@ def export_cube(
     end: str | None = None,
     bands: Sequence[str] | None = None,
     keep_invalid: bool = False,
+    static: bool = True,
     progress: bool = True,
 ) -> list[Path]:
     """Write one Cloud-Optimized GeoTIFF per date of ``cube`` into the folder ``out``.
@@ -181,8 +238,10 @@ def export_cube(
     ``bands`` chooses bands by name (default: all, in the cube's order). Pixels where ``valid`` is
     false are NaN unless ``keep_invalid`` (the values the cube holds there, e.g. under a cloud mask
     that is too wide), or unless the cube is a gap-filling product and its ``filled`` layer marks
-    them: ``filled.zarr`` keeps the cube's ``valid`` and exports its estimates there. Returns the
-    files written, in date order.
+    them: ``filled.zarr`` keeps the cube's ``valid`` and exports its estimates there. With
+    ``static`` (the default) the cube's static layers are written too
+    (:func:`export_static_layer`). Returns the files written: the dates in date order, then the
+    static layers.
     """
     cube = Path(cube)
     ds = _open_layers(cube)
@@ -251,4 +310,7 @@ def export_cube(
                     f.unlink()
     bar.close()
     log.info("%s: %d date(s) exported to %s", cube, len(written), out)
+    for name in static_layers(ds) if static else []:
+        written.append(export_static_layer(ds, name, out / f"{cube.stem}_{name}.tif"))
+        log.info("%s: static layer %s exported to %s", cube, name, written[-1])
     return written

@@ -187,3 +187,32 @@ def test_an_anomalies_product_exports_its_layers_as_bands(tmp_path: Path) -> Non
     (older,) = export_cube(tmp_path / "old.zarr", tmp_path / "tifs3", dates=["2020-01-03"], progress=False)
     with rasterio.open(older) as src:
         np.testing.assert_array_equal(src.read(1), np.nan_to_num(product["score"].values))
+
+
+def test_static_layers_export_beside_the_dates_class_layers_with_their_legend(tmp_path: Path, capsys) -> None:
+    ds = _cube(tmp_path / "c.zarr")
+    codes = np.full((H, W), 41, np.uint8)
+    codes[:, :100], codes[:10, :10] = 82, 250  # crops, forest, and NLCD's no-data
+    legend = {"flag_values": [41, 82], "flag_meanings": "Deciduous_Forest My_Crops",
+              "flag_colors": ["#68ab5f", "#102030"], "nodata": 250, "grid_mapping": "spatial_ref"}
+    dem = np.linspace(100, 400, H * W, dtype=np.float32).reshape(H, W)
+    dem[0, 0] = -9999
+    static = xr.Dataset({"landcover": (("y", "x"), codes, legend),
+                         "elevation": (("y", "x"), dem, {"units": "m", "nodata": -9999.0})}, coords=ds.coords)
+    static.drop_dims(["time", "band"]).to_zarr(tmp_path / "c.zarr", mode="a", zarr_format=3, consolidated=True)
+    assert main(["export", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "tifs"), "--date", "2020-01-03"]) == 0
+    assert "3 Cloud-Optimized GeoTIFF(s)" in capsys.readouterr().out
+    with rasterio.open(tmp_path / "tifs" / "c_landcover.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and src.dtypes == ("uint8",)
+        assert src.crs == CRS.from_epsg(32633) and src.transform.almost_equals(TRANSFORM)
+        assert src.nodata == 250
+        np.testing.assert_array_equal(src.read(1), codes)
+        assert src.colormap(1)[82][:3] == (0x10, 0x20, 0x30) and src.colormap(1)[41][:3] == (0x68, 0xAB, 0x5F)
+        assert src.tags()["CLASSES"] == "41=Deciduous Forest; 82=My Crops"
+    with rasterio.open(tmp_path / "tifs" / "c_elevation.tif") as src:
+        assert src.dtypes == ("float32",) and src.descriptions == ("elevation",) and src.tags(1)["units"] == "m"
+        got = src.read(1)
+    assert np.isnan(got[0, 0]) and np.array_equal(got[1:], dem[1:])
+    assert main(["export", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "dates"), "--no-static"]) == 0
+    assert sorted(f.name for f in (tmp_path / "dates").iterdir()) == [
+        "c_2020-01-03.tif", "c_2020-02-04.tif", "c_2020-03-05.tif"]
