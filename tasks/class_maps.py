@@ -5,13 +5,15 @@ read label rasters (``labels``, ``classify``) do not depend on the catalog and i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
-__all__ = ["class_fill", "class_resampling", "target_pixel_scale"]
+__all__ = ["class_fill", "class_resampling", "raster_legend", "target_pixel_scale"]
 
 
 def class_fill(data: np.ndarray | list[np.ndarray], nodata: float | None) -> int:
@@ -65,3 +67,39 @@ def class_resampling(explicit: str | None, src_transform: Affine, src_crs: CRS, 
         return Resampling[explicit]
     scale = target_pixel_scale(src_transform, src_crs, dst_transform, dst_crs, shape)
     return Resampling.nearest if scale is not None and scale <= 1 + 1e-6 else Resampling.mode
+
+
+def raster_legend(src: Any, codes: Iterable[int] | None = None) -> dict[str, Any]:
+    """The legend of an open class raster ``src`` (band 1) as CF ``flag_values`` /
+    ``flag_meanings`` / ``flag_colors`` (from its colour table):
+
+    - the classes its ``CLASSES`` tag names (``"1=Forest; 2=Soy Corn"``, as the stages' COGs write
+      it, :func:`tasks.quicklook.write_class_cog`);
+    - else, given the ``codes`` it holds where it is read and a colour table, those codes, named
+      as NLCD's where they all are NLCD codes, else ``class <code>``;
+    - else ``{}``.
+    """
+    from tasks.cube import flag_meanings
+
+    names: dict[int, str] = {}
+    for item in str(src.tags().get("CLASSES", "")).split(";"):
+        code, sep, name = item.strip().partition("=")
+        if sep and code.strip().isdigit() and name.strip():
+            names[int(code)] = name.strip()
+    try:
+        table = src.colormap(1)
+    except ValueError:  # no colour table
+        table = None
+    if not names and codes is not None and table:
+        from tasks.legends import NLCD_CLASSES
+
+        present = sorted({int(c) for c in codes})
+        nlcd = bool(present) and set(present) <= set(NLCD_CLASSES)
+        names = {c: NLCD_CLASSES[c] if nlcd else f"class {c}" for c in present}
+    if not names:
+        return {}
+    legend: dict[str, Any] = {"flag_values": sorted(names),
+                              "flag_meanings": flag_meanings(names[c] for c in sorted(names))}
+    if table:
+        legend["flag_colors"] = ["#{:02x}{:02x}{:02x}".format(*table.get(c, (0, 0, 0, 255))[:3]) for c in sorted(names)]
+    return legend

@@ -55,7 +55,7 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
-from tasks.class_maps import class_fill
+from tasks.class_maps import class_fill, raster_legend
 from tasks.cube import (
     DATA_DIMS,
     VALID_DIMS,
@@ -711,6 +711,8 @@ def static_layers(
             colors = _colormap(passed[0].ref)
             if colors:
                 attrs["flag_colors"] = [colors.get(k, "#000000") for k in src.classes]
+        elif codes is not None:  # no classes in the catalog (`--layer NAME=FILE`): the file's own legend, if it has one
+            attrs.update(_file_legend(passed[0].ref, codes, nodata))
         layers[var] = xr.DataArray(codes, dims=("y", "x"), coords={"y": y, "x": x}, attrs=attrs)
     return layers, quarantined
 
@@ -748,6 +750,16 @@ def add_static_layers(catalog: Catalog, cube: str) -> tuple[list[str], list[dict
         zarr.consolidate_metadata(str(path))
         log.info("%s: added static layer %s", path, var)
     return list(layers), quarantined
+
+
+def _file_legend(ref: SceneRef, codes: np.ndarray, nodata: int) -> dict[str, Any]:
+    """The legend of a class map's file for the ``codes`` it has on the grid (less ``nodata``):
+    :func:`tasks.class_maps.raster_legend`; ``{}`` when the file has none or cannot be opened."""
+    try:
+        with rasterio.open(ref.path) as ds:
+            return raster_legend(ds, np.setdiff1d(np.unique(codes), [nodata]))
+    except rasterio.errors.RasterioIOError:
+        return {}
 
 
 def _colormap(ref: SceneRef) -> dict[int, str]:

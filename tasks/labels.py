@@ -74,7 +74,7 @@ from tasks.checkpoint import (
     stage_key,
     write_manifest,
 )
-from tasks.class_maps import class_fill, class_resampling
+from tasks.class_maps import class_fill, class_resampling, raster_legend
 from tasks.cube import (
     RASTER_SUFFIXES,
     band_stats,
@@ -486,7 +486,7 @@ def raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any
             raise ValueError(f"{path}: the label raster has no CRS; it cannot be placed on the cube's grid")
         if src.dtypes[0] not in ("uint8", "uint16", "int8", "int16", "int32", "uint32"):
             raise ValueError(f"{path}: a label raster holds integer class codes; got {src.dtypes[0]}")
-        legend = _raster_legend(src)
+        legend = raster_legend(src)
         win = raster_window(src.transform, src.shape, src.crs, array_bounds(*shape, transform), crs, pad=2)
         if win is None:
             raise ValueError(no_class)
@@ -504,27 +504,6 @@ def raster_labels(ds: xr.Dataset, path: Path) -> tuple[np.ndarray, dict[str, Any
     check_byte_codes(labelled.min(), labelled.max(), f"{path}: the label raster")
     attrs = {"nodata": NO_CLASS, **legend}
     return codes.astype(np.uint8), attrs, {"kind": "raster", "file": str(path), "labelled": int(labelled.size)}
-
-
-def _raster_legend(src: Any) -> dict[str, Any]:
-    """The legend a class raster carries as the ``CLASSES`` tag the stages' COGs write
-    (``"1=Forest; 2=Soy Corn"``, :func:`tasks.quicklook.write_class_cog`), as ``flag_values`` /
-    ``flag_meanings`` / ``flag_colors`` (from its colour table); ``{}`` without one."""
-    names: dict[int, str] = {}
-    for item in str(src.tags().get("CLASSES", "")).split(";"):
-        code, sep, name = item.strip().partition("=")
-        if sep and code.strip().isdigit() and name.strip():
-            names[int(code)] = name.strip()
-    if not names:
-        return {}
-    legend: dict[str, Any] = {"flag_values": sorted(names),
-                              "flag_meanings": flag_meanings(names[c] for c in sorted(names))}
-    try:
-        table = src.colormap(1)
-        legend["flag_colors"] = ["#{:02x}{:02x}{:02x}".format(*table[c][:3]) for c in sorted(names)]
-    except ValueError:  # no colour table
-        pass
-    return legend
 
 
 def labels_key(cube: str | Path, labels: str | Path, params: dict[str, Any]) -> tuple[str, dict[str, str]]:

@@ -221,6 +221,37 @@ def test_a_class_layer_without_nodata_keeps_class_0_and_marks_its_outside(tmp_pa
     assert (layer.values[:, 20:] == 255).all()
 
 
+@pytest.mark.parametrize("tag", [None, "10=Tree cover; 40=Cropland"])
+def test_a_layer_takes_its_files_legend_colour_table_and_class_names(tmp_path: Path, tag: str | None) -> None:
+    """``--layer`` with a class map (ESA WorldCover-like codes) that carries a colour table, and
+    maybe the CLASSES tag the stages' COGs write: the layer's legend is the file's, for the codes
+    it holds over the cube (its quick-looks and classifiers use it)."""
+    import rasterio
+    import xarray as xr
+
+    from flows.cli import main
+    from tasks.classify import label_scheme
+
+    t = Affine(3, 0, 450000, 0, -3, 4650000)
+    stem = tmp_path / "scenes" / "PSScene_20190601_100000_0000_3B_"
+    stem.parent.mkdir()
+    _write(Path(f"{stem}AnalyticMS_SR.tif"), t, np.full((4, 40, 40), 1000, "uint16"), "EPSG:32615", nodata=0)
+    classes = np.full((40, 40), 10, "uint8")
+    classes[:, 25:] = 40
+    _write(tmp_path / "classes.tif", t, classes, "EPSG:32615", nodata=0)
+    with rasterio.open(tmp_path / "classes.tif", "r+") as ds:
+        ds.write_colormap(1, {10: (0, 100, 0, 255), 40: (240, 150, 255, 255), 50: (250, 0, 0, 255)})
+        if tag:
+            ds.update_tags(CLASSES=tag)
+    assert main(["ingest", str(stem.parent), "--out", str(tmp_path / "c.zarr"),
+                 "--layer", f"landcover={tmp_path / 'classes.tif'}"]) == 0
+    layer = xr.open_zarr(tmp_path / "c.zarr", consolidated=None)["landcover"]
+    assert layer.attrs["flag_values"] == [10, 40]  # 50 is in the table, not in the map
+    assert layer.attrs["flag_colors"] == ["#006400", "#f096ff"]
+    want = {10: "Tree cover", 40: "Cropland"} if tag else {10: "class 10", 40: "class 40"}
+    assert label_scheme(layer).names == want
+
+
 def test_class_maps_take_the_majority_only_onto_coarser_pixels() -> None:
     from rasterio.enums import Resampling
 
