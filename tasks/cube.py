@@ -58,6 +58,7 @@ __all__ = [
     "streamed_band_stats",
     "training_mismatch",
     "unobserved_reason",
+    "TIME_ATTRS",
     "xy_attrs",
     "zarr_array",
 ]
@@ -104,6 +105,10 @@ def spatial_ref(crs: CRS, transform: Affine) -> xr.DataArray:
     except Exception as exc:  # pyproj cannot express some CRSs in CF terms; WKT is enough
         log.debug("no CF grid-mapping attributes for %s: %s", crs, exc)
     return xr.DataArray(np.int32(0), attrs=attrs)
+
+
+#: CF attributes of the ``time`` coordinate (its units and calendar are xarray's encoding)
+TIME_ATTRS = {"standard_name": "time", "axis": "T", "long_name": "acquisition time"}
 
 
 def xy_attrs(crs: CRS) -> dict[str, dict[str, str]]:
@@ -162,7 +167,7 @@ def cube_dataset(
         variables[name] = (("y", "x"), np.asarray(values), {**layer_attrs, **gm})
     y, x = grid_coords(transform, height, width)
     axes = xy_attrs(crs)
-    coords = {"time": pd.DatetimeIndex(list(times)).values.astype("datetime64[ns]"),
+    coords = {"time": ("time", pd.DatetimeIndex(list(times)).values.astype("datetime64[ns]"), TIME_ATTRS),
               "band": np.array([str(b) for b in bands], dtype=object),
               "y": ("y", y, axes["y"]), "x": ("x", x, axes["x"]), "spatial_ref": spatial_ref(crs, transform)}
     return check_cube(xr.Dataset(variables, coords=coords, attrs=dict(attrs or {})), source="cube_dataset")

@@ -58,6 +58,7 @@ from tasks.checkpoint import (
 from tasks.class_maps import class_fill, raster_legend
 from tasks.cube import (
     DATA_DIMS,
+    TIME_ATTRS,
     VALID_DIMS,
     cube_crs,
     cube_transform,
@@ -798,6 +799,7 @@ def _create_cube(
     ds["valid"].attrs.update(long_name="observed and clear", grid_mapping="spatial_ref")
     for axis, attrs_ in xy_attrs(grid.crs).items():
         ds[axis].attrs.update(attrs_)
+    ds["time"].attrs.update(TIME_ATTRS)
     ds.attrs.update(attrs)
     encoding = _encoding(spec, grid, ds.sizes["band"], list(layers))
     with atomic_artifact(path, overwrite=False) as tmp, cube_store.no_consolidation_warning():

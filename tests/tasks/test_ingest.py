@@ -131,6 +131,7 @@ def test_rerun_is_a_noop_and_new_scenes_append_only_new_chunks(sample: Path, tmp
     assert read_manifest(path).key != key
     ds = xr.open_zarr(path)
     assert ds.sizes["time"] == n_first + 2
+    assert ds["time"].attrs["standard_name"] == "time" and ds["time"].attrs["axis"] == "T"  # CF, kept on append
 
 
 def _write_tif(path: Path, array: np.ndarray, *, crs: str | None = "EPSG:32615", transform=None, nodata=0) -> None:
@@ -563,6 +564,7 @@ def test_a_backfill_of_older_dates_leaves_the_time_axis_in_order(
     assert linked == (["data", "valid"] if time_chunk == 1 else [])
     path = cat.cube_path("planet")
     _same_cube(path, whole.cube_path("planet"))
+    assert xr.open_zarr(path)["time"].attrs["axis"] == "T"  # the rewrite keeps the coordinates' attributes
     first = f"{days[0][:4]}-{days[0][4:6]}-{days[0][6:]}"
     assert xr.open_zarr(path).sel(time=slice(first, first)).sizes["time"] == 1  # a sorted index
     assert not ingest_cube(cat, "planet").reordered  # sorted now: not rewritten again
