@@ -523,6 +523,21 @@ def _layer_source(name: str, layer: str) -> dict[str, Any]:
             "max_nodata_share": 1.0}
 
 
+def _product_radiometry(out: Path, key: str, files: list[str], kind: str) -> bool:
+    """Whether the source ``key`` of the cube at ``out`` reads physical units from the product's
+    metadata (``kind``): on an append, as the cube was built (one new file without metadata is
+    then quarantined, not a reason to read every later date in digital numbers beside the cube's
+    reflectances); for a new cube, when every file's metadata gives them."""
+    beside = out.with_name(out.name + ".catalog.yaml")
+    if out.with_name(out.name + ".manifest.json").exists() and beside.exists():
+        try:
+            before = yaml.safe_load(beside.read_text())["sources"][key]
+            return bool(before.get("radiometry") == kind)
+        except (yaml.YAMLError, KeyError, TypeError, AttributeError):
+            pass  # edited by hand beyond recognition: decide from the files
+    return _radiometry_known(files, kind)
+
+
 def _radiometry_known(files: list[str], kind: str) -> bool:
     """Whether every file's product metadata gives its radiometry (then the source reads physical
     units per scene; else every scene keeps digital numbers, none half-converted)."""
@@ -792,7 +807,7 @@ def build_adhoc_catalog(
             if product.nodata is not None:  # DN 0 outside the swath (NaN: the file declares none)
                 src.bands = [{**b, "nodata": product.nodata} if math.isnan(b.get("nodata", math.nan)) else b
                              for b in src.bands]
-            if product.radiometry and _radiometry_known(src.files, product.radiometry):
+            if product.radiometry and _product_radiometry(out, key, src.files, product.radiometry):
                 radiometry[key] = product.radiometry
                 src.bands = [{k: v for k, v in b.items() if k not in ("scale", "offset")} for b in src.bands]
     for key, src in sources.items():

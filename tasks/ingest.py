@@ -68,8 +68,16 @@ from tasks.cube import (
     xy_attrs,
     zarr_array,
 )
-from tasks.discover import SceneRef, discover, file_name, file_stamp, unmatched_rasters
-from tasks.errors import CubeSchemaError, SceneError, retry_on_io_error
+from tasks.discover import (
+    SceneRef,
+    archive_of,
+    discover,
+    file_name,
+    file_stamp,
+    is_remote,
+    unmatched_rasters,
+)
+from tasks.errors import CatalogError, CubeSchemaError, SceneError, retry_on_io_error
 from tasks.locks import DEFAULT_TIMEOUT as DEFAULT_LOCK_TIMEOUT
 from tasks.locks import cube_lock
 from tasks.validate import ValidationRules, validate_profiles
@@ -424,6 +432,7 @@ def plan_ingest(
     the old rule may pass the new one)."""
     spec = catalog.cube(cube)
     manifest = read_manifest(catalog.cube_path(cube))
+    check_value_rules(catalog, cube, manifest)
     done: dict[str, Any] = manifest.outputs.get("scenes", {}) if manifest else {}
     same_rules = manifest is not None and manifest.outputs.get("rules") == ingest_rules(catalog, cube)
     bad: dict[str, Any] = manifest.outputs.get("quarantine", {}) if manifest and same_rules else {}
@@ -435,7 +444,8 @@ def plan_ingest(
     quarantined: list[dict[str, Any]] = []
     def unchanged(path: str) -> bool:  # a single-date file already in the cube: not reopened
         name = file_name(path)
-        return name in done and done[name].get("stamp") == file_stamp(path)
+        return (name in done and done[name].get("stamp") == file_stamp(path)
+                and not _mask_changed(done[name], path))
 
     for source in spec.sources:
         found, failed = discover(catalog, source, skip=unchanged)
@@ -458,7 +468,7 @@ def plan_ingest(
     for ref in refs:
         stamp = ref.file_stamp()
         row = {"scene": ref.id, "date": _as_date(ref.date)}
-        if ref.id in done and done[ref.id].get("stamp") == stamp:
+        if ref.id in done and done[ref.id].get("stamp") == stamp and not _mask_changed(done[ref.id], ref.path):
             continue  # already in the cube: a no-op, not news
         if ref.id in bad and bad[ref.id].get("stamp") == stamp:
             skipped.append({**row, "reason": f"quarantined before: {bad[ref.id]['reason']}"})
@@ -477,6 +487,33 @@ def plan_ingest(
     return ScenePlan(grouped, skipped, quarantined, replace)
 
 
+def _mask_record(ref: SceneRef) -> dict[str, Any]:
+    """The scene's mask file (a UDM2, QA_PIXEL, SCL or QC sidecar), as a path from the scene's
+    folder (an archive moved with its masks stays the same), and its stamp, for the cube's
+    manifest: a re-delivered mask changes the scene. Remote masks are not stamped (an object
+    store's objects do not change; a HEAD per scene per run would cost more than it tells)."""
+    if ref.mask_path is None or is_remote(ref.mask_path) and not archive_of(ref.mask_path):
+        return {}
+    try:
+        stamp = file_stamp(ref.mask_path)
+    except OSError:  # gone since the scene was read: nothing to compare with next time
+        return {}
+    return {"mask": {"file": os.path.relpath(ref.mask_path, os.path.dirname(ref.path)), "stamp": stamp}}
+
+
+def _mask_changed(record: dict[str, Any], scene_path: str) -> bool:
+    """The mask file that a scene of the cube (now at ``scene_path``) was read with has changed on
+    disk since, or is gone."""
+    mask = record.get("mask")
+    if not mask:
+        return False
+    try:
+        return bool(file_stamp(os.path.normpath(os.path.join(os.path.dirname(scene_path), mask["file"])))
+                    != mask["stamp"])
+    except OSError:
+        return True
+
+
 def _changed_reason(was: dict[str, Any], stamp: dict[str, int], date: str, cube: str) -> str:
     """Why a scene that changed on disk since it was ingested is not taken (``changed_scenes: keep``,
     or its date changed), and how to take it."""
@@ -485,6 +522,9 @@ def _changed_reason(was: dict[str, Any], stamp: dict[str, int], date: str, cube:
                 "the cube keeps what it ingested: rebuild the cube to take the new file")
     how = (f"set `changed_scenes: replace` on cube {cube} in the catalog (or run `fusioncube ingest` with "
            "--changed-scenes replace) to rebuild its date from the new file")
+    if was.get("stamp") == stamp:  # the scene is as it was: its mask file is not
+        return (f"its mask file {file_name(was['mask']['file'])} changed on disk (or is gone) since the scene was "
+                f"ingested; the cube keeps the mask it read: {how}")
     if was.get("stamp", {}).get("size") == stamp.get("size"):
         return ("its modification time changed since it was ingested, not its size (rewritten in place, or "
                 "copied without keeping times: `cp -p`, `rsync -t` keep them); the cube keeps what it "
@@ -817,9 +857,63 @@ def ingest_rules(catalog: Catalog, cube: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+#: per band, what turns its raw values into the cube's
+_BAND_VALUE_KEYS = ("index", "scale", "offset", "nodata", "valid_min", "valid_max")
+#: per source, what else sets the cube's values and its valid mask
+_SOURCE_VALUE_KEYS = ("valid_range", "radiometry", "resampling")
+
+
+def value_rules(catalog: Catalog, cube: str) -> dict[str, Any]:
+    """What sets the values and the valid mask of ``cube``'s time steps, source by source: each
+    band's index, scale, offset, nodata and valid range, the source's valid range, radiometry,
+    resampling and mask rule (less where its file is found). Recorded in the cube's manifest: dates
+    read under other rules would be in other units than the cube's (:func:`check_value_rules`)."""
+    rules: dict[str, Any] = {}
+    for name in catalog.cube(cube).sources:
+        src = catalog.source(name)
+        dumped = src.model_dump(mode="json")
+        rules[name] = {
+            "bands": {b["name"]: {k: b.get(k) for k in _BAND_VALUE_KEYS} for b in dumped["bands"]},
+            **{k: dumped.get(k) for k in _SOURCE_VALUE_KEYS},
+            "mask": {k: v for k, v in dumped["mask"].items() if k != "sidecar"} if dumped.get("mask") else None,
+        }
+    return rules
+
+
+def _rule_changes(was: dict[str, Any], now: dict[str, Any], where: str = "") -> list[str]:
+    """``key old -> new`` for each leaf that differs between two nested rule dicts (keys of one only
+    are left out: a band or source added or dropped is refused elsewhere)."""
+    changes: list[str] = []
+    for key in was.keys() & now.keys():
+        a, b = was[key], now[key]
+        name = f"{where}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += _rule_changes(a, b, f"{name}.")
+        elif a != b:
+            changes.append(f"{name} {a} -> {b}")
+    return sorted(changes)
+
+
+def check_value_rules(catalog: Catalog, cube: str, manifest: Manifest | None) -> None:
+    """Refuse to add to ``cube`` under other value rules than the ones it was built with (a band's
+    scale edited in the catalog): the new dates would silently be in other units. Cubes made before
+    the rules were recorded pass."""
+    was = manifest.outputs.get("value_rules") if manifest is not None else None
+    if not was:
+        return
+    changes = _rule_changes(was, value_rules(catalog, cube))
+    if changes:
+        where = f" ({catalog.path})" if catalog.path else ""
+        raise CatalogError(
+            f"cube {cube}: the catalog's rules for its values changed since it was built{where}: "
+            f"{'; '.join(changes[:6])}{' ...' if len(changes) > 6 else ''}. New dates would be in other units "
+            f"than the cube's {manifest.outputs.get('time_steps', 0) if manifest else 0} time steps: put the old "
+            f"values back, or move the cube away ({catalog.cube_path(cube)}) to build it again under the new rules")
+
+
 def _cube_manifest(
     name: str, spec: CubeSpec, scenes: dict[str, Any], quarantine: dict[str, Any], dates: list[str], steps: int,
-    grid: Grid, rules: str,
+    grid: Grid, rules: str, values: dict[str, Any],
 ) -> Manifest:
     scene_digest = hashlib.sha256(json.dumps(scenes, sort_keys=True).encode()).hexdigest()[:20]
     params = json.loads(spec.ingest_json())
@@ -831,8 +925,8 @@ def _cube_manifest(
         inputs={"scenes": scene_digest},
         code_version=code,
         outputs={
-            "cube": name, "scenes": scenes, "quarantine": quarantine, "rules": rules, "dates": dates,
-            "time_steps": steps,
+            "cube": name, "scenes": scenes, "quarantine": quarantine, "rules": rules, "value_rules": values,
+            "dates": dates, "time_steps": steps,
             "grid": {"crs": grid.crs.to_string(), "transform": list(grid.transform)[:6], "width": grid.width, "height": grid.height},
         },
     )
@@ -1005,7 +1099,7 @@ def plan_parts(
     code = code_version(*INGEST_MODULES)
 
     def part(groups: list[list[SceneRef]], merge: bool, replace: bool = False) -> dict[str, Any]:
-        stamps = [[(r.id, r.file_stamp()) for r in g] for g in groups]
+        stamps = [[(r.id, r.file_stamp(), _mask_record(r)) for r in g] for g in groups]
         digest = hashlib.sha256(json.dumps(
             [stamps, grid_to_dict(grid) if grid else None, code, spec.ingest_json(), merge, replace],
             sort_keys=True, default=str,
@@ -1138,7 +1232,8 @@ class _CubeState:
     def record(self, refs: Sequence[SceneRef], step: int, report: IngestReport) -> None:
         """``refs`` are in the cube at time step ``step`` now, as they are on disk."""
         for ref in refs:
-            self.scenes[ref.id] = {"stamp": ref.file_stamp(), "date": _as_date(ref.date), "time_index": step}
+            self.scenes[ref.id] = {"stamp": ref.file_stamp(), **_mask_record(ref), "date": _as_date(ref.date),
+                                   "time_index": step}
             self.quarantine.pop(ref.id, None)
             report.ingested.append({"scene": ref.id, "date": _as_date(ref.date), "path": ref.path})
 
@@ -1146,7 +1241,7 @@ class _CubeState:
         assert self.grid is not None
         write_manifest(self.path, _cube_manifest(
             self.cube, self.spec, self.scenes, self.quarantine, self.dates, self.steps, self.grid,
-            ingest_rules(self.catalog, self.cube)))
+            ingest_rules(self.catalog, self.cube), value_rules(self.catalog, self.cube)))
 
     def create(self, template: Path, part: Path, dates: Sequence[datetime]) -> None:
         """The cube from its template (schema, coordinates, static layers; no time steps) and its
@@ -1298,7 +1393,8 @@ def sort_time_axis(state: _CubeState) -> bool:
     assert state.grid is not None
     tmp, _ = cube_store.sort_paths(state.path)
     write_manifest(tmp, _cube_manifest(state.cube, state.spec, state.scenes, state.quarantine, state.dates,
-                                       state.steps, state.grid, ingest_rules(state.catalog, state.cube)))
+                                       state.steps, state.grid, ingest_rules(state.catalog, state.cube),
+                                       value_rules(state.catalog, state.cube)))
     cube_store.swap_sorted(state.path)
     return True
 

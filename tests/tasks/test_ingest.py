@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from tasks.ingest import (
     _stacked,
     grid_of_cube,
     ingest_cube,
+    plan_ingest,
     plan_parts,
     process_dates,
 )
@@ -279,6 +281,29 @@ def test_a_catalog_whose_bands_changed_is_refused_before_appending(sample: Path,
     with pytest.raises(CubeSchemaError, match=r"holds bands \['blue', 'green', 'red', 'nir'\]; these scenes give"):
         ingest_cube(edited, "planet")
     assert _store_digest(first.cube_path("planet")) == digest
+
+
+def test_a_catalog_whose_value_rules_changed_is_refused_before_adding_dates(sample: Path, tmp_path: Path) -> None:
+    """A band's scale or the mask rule edited in the catalog after the cube was built: the next run
+    used to say "nothing new", then read later dates in the new units beside the old ones. Now it
+    names what changed and adds nothing; an edit that does not touch the values passes."""
+    first = _catalog(sample, tmp_path, cubes__planet__time_range=["2019-01-01", "2019-06-30"])
+    ingest_cube(first, "planet")
+    path = first.cube_path("planet")
+    digest = _store_digest(path)
+    bands = yaml.safe_load((REPO / "data_catalog.yaml").read_text())["sources"]["planet"]["bands"]
+    bands[0]["scale"] = 0.00011
+    for edit, change in ((dict(sources__planet__bands=bands), "planet.bands.blue.scale 0.0001 -> 0.00011"),
+                         (dict(sources__planet__mask__clear_values=[1, 2]), "planet.mask.clear_values [1] -> [1, 2]")):
+        edited = _catalog(sample, tmp_path, **edit)
+        with pytest.raises(CatalogError, match="cube planet: the catalog's rules for its values changed .*"
+                                               + re.escape(change)):
+            ingest_cube(edited, "planet")
+        with pytest.raises(CatalogError, match="move the cube away"):
+            plan_ingest(edited, "planet")  # what `fusioncube run`'s no-op check asks first
+        assert _store_digest(path) == digest
+    report = ingest_cube(_catalog(sample, tmp_path, sources__planet__max_nodata_share=0.999), "planet")
+    assert report.dates_added  # not a value rule: the rest of the year is added
 
 
 def test_malformed_catalog_stops_before_any_work(tmp_path: Path) -> None:
@@ -733,6 +758,38 @@ def test_a_replaced_date_is_the_mosaic_of_all_its_scenes_as_if_they_came_togethe
     assert not kept.dates_replaced and [s["scene"] for s in kept.skipped] == [tiles[1].name]
     assert f"{tiles[0].name}, ingested into this date, is gone from the sources" in kept.skipped[0]["reason"]
     assert _store_digest(path) == digest
+
+
+def test_a_re_delivered_mask_file_is_a_changed_scene(sample: Path, tmp_path: Path) -> None:
+    """A scene's UDM2 re-delivered with other flags (the scene file itself unchanged) was never
+    noticed. Now it is a changed scene: named and kept by default, its date rebuilt with
+    `changed_scenes: replace`. A folder moved with its masks is not a change."""
+    scenes = tmp_path / "scenes"
+    shutil.copytree(sample, scenes)
+    cat = _catalog(scenes, tmp_path / "data")
+    ingest_cube(cat, "planet")
+    path = cat.cube_path("planet")
+    digest = _store_digest(path)
+    udm = sorted((scenes / "planet").glob("*_udm2.tif"))[2]
+    scene = udm.name.replace("_udm2.tif", "_AnalyticMS_SR.tif")
+    with rasterio.open(udm, "r+") as ds:  # every pixel clear now
+        ds.write(np.ones((ds.height, ds.width), ds.dtypes[0]), 1)
+    kept = ingest_cube(cat, "planet")
+    assert [s["scene"] for s in kept.skipped] == [scene]
+    assert f"its mask file {udm.name} changed on disk" in kept.skipped[0]["reason"]
+    assert _store_digest(path) == digest
+
+    replace = _catalog(scenes, tmp_path / "data", cubes__planet__changed_scenes="replace")
+    before = xr.open_zarr(path)["valid"].values.sum()
+    rebuilt = ingest_cube(replace, "planet")
+    assert len(rebuilt.dates_replaced) == 1 and [s["scene"] for s in rebuilt.ingested] == [scene]
+    assert xr.open_zarr(path)["valid"].values.sum() > before
+    assert ingest_cube(replace, "planet").ingested == []
+
+    moved = tmp_path / "archive"
+    scenes.rename(moved)
+    again = ingest_cube(_catalog(moved, tmp_path / "data", cubes__planet__changed_scenes="replace"), "planet")
+    assert again.ingested == [] and not again.skipped
 
 
 def test_a_new_kind_of_file_in_an_ingested_folder_is_named_by_the_scheduled_run(tmp_path: Path) -> None:
