@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +37,11 @@ from tasks.discover import (
     is_remote,
     netcdf_axes_error,
     netcdf_time_bands,
+    redact_url,
     sidecar_of,
     stack_variables,
     unreadable,
+    url_secrets,
 )
 from tasks.errors import CatalogError, SceneError
 
@@ -690,7 +693,18 @@ def adhoc_catalog(paths: list[str], out: Path, **options: Any) -> Path:
               f"# orchestration sections. `fusioncube run {cube} --catalog {path.name}` also runs the\n"
               f"# stages listed under cubes.{cube}.stages (e.g. [gapfill, anomalies]) with their parameters\n"
               f"# under cubes.{cube}.params (e.g. anomalies: {{bits: 6}}; see the repository's data_catalog.yaml)\n")
-    path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    signed = sorted({k for src in raw["sources"].values() for g in src["glob"] for k in url_secrets(g)})
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # replaced, never written through a link
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if signed else 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(header + yaml.safe_dump(raw, sort_keys=False))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if signed:
+        log.warning("%s holds URLs signed or authorised in their query (%s): readable by you only; signed URLs "
+                    "expire, so a later run may no longer read them", path, ", ".join(signed))
     return path
 
 
@@ -742,11 +756,18 @@ def build_adhoc_catalog(
                          "pattern's (?P<date>...) group, e.g. --date-pattern '_(?P<date>\\d{8})_'")
     # (*bounds,): tuple(bounds), typed with its four numbers
     area = aoi_bounds(aoi) if aoi is not None else ((*bounds,), bounds_crs) if bounds is not None else None
+    for p in paths:
+        if "password" in url_secrets(p):
+            raise ValueError(f"{redact_url(p)}: the URL carries a user name and password, which would be written to "
+                             "the catalog beside the cube and shown in messages; give them to GDAL instead "
+                             "(GDAL_HTTP_USERPWD=user:password, or a ~/.netrc with GDAL_HTTP_NETRC=YES) and the URL "
+                             "without them")
+    shown_paths = [redact_url(p) for p in paths]
     patterns = [q for p in paths for q in _folder_globs(p)]
     patterns = [p if is_remote(p) or any(c in p for c in "*?[") else str(Path(p).resolve()) for p in patterns]
     files = sorted({f for p in patterns for f in expand_globs([p])})
     if not files:
-        raise FileNotFoundError(f"no file matches {paths}")
+        raise FileNotFoundError(f"no file matches {shown_paths}")
     out = Path(out).resolve()
     preset = _preset(files)
     if preset is not None:
@@ -780,7 +801,8 @@ def build_adhoc_catalog(
         break
     if not bands:
         shown = "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
-        raise FileNotFoundError(f"none of the {len(files)} file(s) matching {paths} can be read as a scene: {shown}")
+        raise FileNotFoundError(f"none of the {len(files)} file(s) matching {shown_paths} can be read as a scene: "
+                                f"{shown}")
     explicit_pattern = bool(band_files)
     pattern = band_files or (preset[0].band_files if preset is not None else None) or BAND_TOKEN
     per_band = _band_file_bands(files, pattern, explicit=bool(band_files), single_band=band_count == 1)
@@ -800,7 +822,7 @@ def build_adhoc_catalog(
     radiometry: dict[str, str] = {}
     if preset is not None:
         product = preset[0]
-        log.info("%s: %s files; masks from %s", paths, product.name, product.mask)
+        log.info("%s: %s files; masks from %s", shown_paths, product.name, product.mask)
         mask = {"sidecar": {"pattern": product.scene, "replacement": product.mask}, **product.rule}
         for key, src in sources.items():
             src.bands = [_scaled(b, product) for b in src.bands]

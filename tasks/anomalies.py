@@ -367,7 +367,7 @@ def detect_anomalies(
     if (why := waits_for_data(cube, ds)) is not None:
         raise NotEnoughData(why)
     key, band = anomalies_key(cube, bits=bits, band=band, lam=lam, tile=tile, k=k, ds=ds)
-    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite, inputs=[cube])
     if found is not None:
         return found
 
@@ -584,7 +584,13 @@ def anomalies_task(
     """
     from prefect.artifacts import create_table_artifact
 
-    from tasks.quicklook import is_current, made_in_task_run, product_key, publish_image
+    from tasks.quicklook import (
+        is_current,
+        made_in_task_run,
+        product_key,
+        publish_image,
+        quicklook_path,
+    )
 
     logger = get_run_logger()
     try:
@@ -601,7 +607,7 @@ def anomalies_task(
         description=f"strongest anomalies in {out}: magnitude = observed - background, in the units of "
                     f"band {manifest.outputs['band']} of {cube}; score = the shift pooled with the 3 x 3 x 3 neighbourhood",
     )
-    png = Path(out).with_suffix(".png")
+    png = quicklook_path(out)
     if not is_current(png, out):
         anomalies_png(out, png)
     publish_image(png, key=product_key("anomalies-png", cube, out), description=f"largest anomaly score per pixel ({png})",
@@ -620,11 +626,12 @@ def observed_band(cube: str | Path, band: str) -> xr.DataArray:
 
 def _cmd(args: argparse.Namespace) -> int:
     from tasks.info import describe
+    from tasks.quicklook import quicklook_path
 
     manifest = detect_anomalies(args.cube, args.out, bits=args.bits, band=args.band, lam=args.lam,
                                 tile=args.tile, k=args.k, overwrite=args.overwrite, progress=True,
                                 workers=args.workers)
-    png = anomalies_png(args.out, Path(args.out).with_suffix(".png"))
+    png = anomalies_png(args.out, quicklook_path(args.out))
     s, q = manifest.stats, manifest.outputs["quantizer"]
     capped = (f"; {s['unconverged_tiles']} of the {s['tiles']} tiles stopped at the iteration cap (their "
               "background is the last iterate)" if s.get("unconverged_tiles") else "")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import hashlib
 import importlib
 import importlib.util
@@ -25,7 +26,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -259,7 +260,7 @@ def read_manifest(artifact: str | Path) -> Manifest | None:
 def write_manifest(artifact: str | Path, manifest: Manifest) -> Path:
     """Write the manifest atomically (temporary file + ``os.replace``)."""
     path = manifest_path(artifact)
-    for leftover in path.parent.glob(f"{path.name}{_TMP_MARK}*"):  # a killed write's temporary
+    for leftover in path.parent.glob(f"{glob.escape(path.name)}{_TMP_MARK}*"):  # a killed write's temporary
         leftover.unlink(missing_ok=True)
     tmp = path.with_name(f"{path.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
     tmp.write_text(manifest.to_json())
@@ -278,20 +279,63 @@ def reusable(artifact: str | Path, key: str) -> Manifest | None:
     return manifest
 
 
-def reuse_or_refuse(artifact: str | Path, key: str, *, stage: str, overwrite: bool) -> Manifest | None:
+def not_replaceable(path: str | Path) -> str | None:
+    """Why fusioncube must not delete what is at ``path`` to put an artifact there, or None when it
+    may: nothing is there, or an artifact (a manifest beside it), a Zarr store (an earlier run's
+    product that lost its manifest to a kill, or a store the user chose to replace) or an empty
+    folder. Anything else (a folder of documents, a file) is the user's."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    if manifest_path(path).exists():
+        return None
+    if path.is_dir() and not path.is_symlink():
+        if any((path / marker).is_file() for marker in ("zarr.json", ".zgroup", ".zarray")):
+            return None
+        held = sorted(p.name for p in path.iterdir())
+        if not held:
+            return None
+        return (f"a folder that is not a fusioncube artifact (no {manifest_path(path).name} beside it, not a "
+                f"Zarr store; it holds {', '.join(held[:3])}{' ...' if len(held) > 3 else ''})")
+    return f"a {'symbolic link' if path.is_symlink() else 'file'} that is not a fusioncube artifact"
+
+
+def refuse_overlap(out: str | Path, inputs: Sequence[str | Path]) -> None:
+    """Refuse an output path that is one of the ``inputs``, holds one, or lies inside one (symbolic
+    links resolved): replacing it would delete the input, or write into it."""
+    target = Path(out).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source or source.is_relative_to(target) or target.is_relative_to(source):
+            how = ("is" if target == source else "holds" if source.is_relative_to(target) else "lies inside")
+            raise ValueError(f"{out}: the output {how} the input {given}; choose an output path outside it")
+
+
+def reuse_or_refuse(artifact: str | Path, key: str, *, stage: str, overwrite: bool,
+                    inputs: Sequence[str | Path] = ()) -> Manifest | None:
     """The stages' rule for an output path: the finished artifact with this ``key`` is reused
     (returned); another artifact there is refused unless ``overwrite``; else None (build it).
+    An output that is, holds or lies inside one of the ``inputs`` (the stage's input paths) is
+    refused, and so is anything there that fusioncube did not make (:func:`not_replaceable`), even
+    with ``overwrite``.
 
     Raises
     ------
+    ValueError
+        When ``artifact`` overlaps an input.
     FileExistsError
-        When ``artifact`` exists with another key and ``overwrite`` is False.
+        When ``artifact`` exists with another key and ``overwrite`` is False, or is not an artifact.
     """
     artifact = Path(artifact)
+    refuse_overlap(artifact, inputs)
     found = reusable(artifact, key)
     if found is not None:
         log.info("%s: reused %s (key %s)", stage, artifact, key)
         return found
+    why = not_replaceable(artifact)
+    if why is not None:
+        raise FileExistsError(f"{artifact} exists and is {why}: it is not replaced, even with --overwrite; "
+                              "choose another output path, or move it away yourself")
     if artifact.exists() and not overwrite:
         old = read_manifest(artifact)
         raise FileExistsError(
@@ -429,8 +473,8 @@ def clean_stale_temporaries(final: Path) -> None:
     """Remove temporaries a killed run left beside ``final``."""
     if not final.parent.exists():
         return
-    manifest_tmp = f"{manifest_path(final).name}{_TMP_MARK}*"
-    for leftover in [*final.parent.glob(f"{final.name}{_TMP_MARK}*"), *final.parent.glob(manifest_tmp)]:
+    manifest_tmp = f"{glob.escape(manifest_path(final).name)}{_TMP_MARK}*"
+    for leftover in [*final.parent.glob(f"{glob.escape(final.name)}{_TMP_MARK}*"), *final.parent.glob(manifest_tmp)]:
         log.info("removing leftover of an interrupted run: %s", leftover)
         _remove(leftover)
 
@@ -468,6 +512,10 @@ def atomic_artifact(final: str | Path, *, overwrite: bool = False) -> Iterator[P
         any work; a stage passes True once :func:`reuse_or_refuse` has decided to replace it.
     """
     final = Path(final)
+    why = not_replaceable(final)
+    if why is not None:
+        raise FileExistsError(f"{final} exists and is {why}: it is not replaced, even with --overwrite; "
+                              "choose another output path, or move it away yourself")
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; pass overwrite=True (or --overwrite) to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -508,10 +556,19 @@ def resumable_artifact(final: str | Path, key: str) -> Iterator[Path]:
         except CubeLockedError as exc:
             raise CubeLockedError(f"{final}: another run with the same input and parameters is writing it now; "
                                   f"this run changed nothing. Run again when that one is done ({exc})") from None
-        for other in final.parent.glob(f"{final.name}{RESUME_MARK}*"):
-            if other not in (work, lock_path(work)):
-                log.info("removing the resumable work of another run of %s: %s", final.name, other)
-                _remove(other)
+        found = final.parent.glob(f"{glob.escape(final.name)}{RESUME_MARK}*")
+        lock_suffix = lock_path(work).name[len(work.name):]
+        others = {p.with_name(p.name.removesuffix(lock_suffix)) for p in found} - {work}
+        for other in sorted(others):
+            try:  # its run's lock: a run still writing it is not robbed of its work
+                held.enter_context(cube_lock(other, timeout=0))
+            except CubeLockedError:
+                raise CubeLockedError(f"{final}: another run (other input, parameters or code) is writing it now "
+                                      f"in {other.name}; this run changed nothing. Run again when that one is "
+                                      "done, or write elsewhere") from None
+            log.info("removing the resumable work of another run of %s: %s", final.name, other)
+            _remove(other)
+            lock_path(other).unlink(missing_ok=True)  # held by this run: no one else is using it
         if work.exists():
             log.info("%s: resuming from %s", final.name, work)
         yield work

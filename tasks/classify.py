@@ -524,7 +524,8 @@ def classify_cube(
     else:
         params["model"] = Path(model).name  # the file's content is an input (classify_key)
     key, inputs = classify_key(cube, params, model)
-    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite,
+                           inputs=[cube, *([model] if model is not None else [])])
     if found is not None and Path(found.outputs.get("cog", "")).exists():
         return found
 
@@ -840,7 +841,7 @@ def map_quicklook(out: str | Path) -> Path:
     """``OUT.zarr.quicklook.png``: the class map beside its confidence, drawn again only when the
     product is newer than it."""
     from tasks.labels import quicklook_png
-    from tasks.quicklook import is_current
+    from tasks.quicklook import is_current, quicklook_path
 
-    png = Path(str(out) + ".quicklook.png")
+    png = quicklook_path(out)
     return png if is_current(png, out) else quicklook_png(out, png, var="classes")

@@ -264,7 +264,7 @@ def compress_patches(
               "rdo_lambda": rdo_lambda, "deadzone": deadzone, **({"psnr": psnr} if psnr is not None else {})}
     inputs = {"patches": fingerprint(patches)}
     key = stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES))
-    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite, inputs=[patches])
     if found is not None:
         return found
 
@@ -633,6 +633,28 @@ def observed_distortion(cube: str | Path, decoded: str | Path) -> dict[str, floa
             "nrmse": float(np.sqrt(sse) / max(np.sqrt(energy), 1e-30)), "entries": count}
 
 
+#: what the compress stage writes into its output folder (with their manifests, locks and temporaries)
+OUT_DIR_ENTRIES = ("patches.zarr", "compressed", "decoded.zarr", "compress.png", "decoded_quality.json")
+
+
+def _check_out_dir(out_dir: Path, cube: str | Path) -> None:
+    """Refuse an output folder that is, holds or lies in the cube, or holds other things than the
+    stage's own (:data:`OUT_DIR_ENTRIES`): ``--out .`` must not replace a ``decoded.zarr`` or a
+    ``compress.png`` of the user's there, nor mix the stage's files among theirs."""
+    from tasks.checkpoint import refuse_overlap
+
+    refuse_overlap(out_dir, [cube])
+    if not out_dir.is_dir():
+        if out_dir.exists():
+            raise FileExistsError(f"{out_dir}: the compress stage writes a folder there; it is a file")
+        return
+    other = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(OUT_DIR_ENTRIES))
+    if other:
+        raise FileExistsError(
+            f"{out_dir} holds {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}, which the compress stage did "
+            f"not write; it writes {', '.join(OUT_DIR_ENTRIES)} into a folder of its own: give a new or empty one")
+
+
 def compress_cube(
     cube: str | Path,
     out_dir: str | Path,
@@ -654,6 +676,7 @@ def compress_cube(
 
     check_quantizer(**kwargs)  # before the patch store is written
     out_dir = Path(out_dir)
+    _check_out_dir(out_dir, cube)
     size, _ = fit_patch_size(cube, patch, None)
     own = out_dir / "patches.zarr"
     if patches is not None and Path(patches) != own and reusable(patches, default_patch_key(cube, size)):

@@ -26,13 +26,45 @@ from tasks.catalog import Catalog, DateRule, SourceSpec
 from tasks.cube import RASTER_SUFFIXES, SPATIAL_DIM_NAMES
 from tasks.errors import SceneError
 
-__all__ = ["SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "sidecar_of", "band_of", "date_in_folders", "date_stack", "stack_variables", "unreadable", "discover", "StrayRasters", "unmatched_rasters", "parse_date_from_name", "scene_refs_for_file"]
+__all__ = ["redact_url", "url_secrets", "SceneRef", "band_file_groups", "date_in_name", "file_name", "file_stamp", "is_remote", "sibling", "sidecar_of", "band_of", "date_in_folders", "date_stack", "stack_variables", "unreadable", "discover", "StrayRasters", "unmatched_rasters", "parse_date_from_name", "scene_refs_for_file"]
 
 log = logging.getLogger(__name__)
 
 # A scene GDAL reads over the network: a URL (https://, s3://, gs://, az://) or a /vsi... path.
 _REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.\-]*://|/vsi[a-z0-9_]+/)", re.IGNORECASE)
 HTTP_TIMEOUT_S = 20
+
+
+#: query parameters of signed or tokened URLs (S3 / GCS presigned, Azure SAS, bearer tokens)
+_SECRET_QUERY = re.compile(r"^(x-amz-(signature|credential|security-token)|x-goog-(signature|credential)|sig|"
+                           r"signature|token|access_token|api_key|apikey|key)$", re.IGNORECASE)
+
+
+def url_secrets(path: str) -> list[str]:
+    """What in a URL is a credential: ``"password"`` for a ``user:password@`` part, and the names of
+    query parameters that sign or authorise it (``X-Amz-Signature``, ``sig``, ``token`` ...)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    if not re.match(r"^[a-z][a-z0-9+.\-]*://", path, re.IGNORECASE):
+        return []
+    parts = urlsplit(path)
+    found = ["password"] if parts.password else []
+    return found + [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_QUERY.match(k)]
+
+
+def redact_url(path: str) -> str:
+    """``path`` with the credentials :func:`url_secrets` finds replaced by ``***`` (for messages and logs)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if not url_secrets(path):
+        return path
+    parts = urlsplit(path)
+    netloc = parts.netloc
+    if parts.password:
+        netloc = f"{parts.username}:***@{netloc.rsplit('@', 1)[1]}"
+    query = urlencode([(k, "***" if _SECRET_QUERY.match(k) else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def is_remote(path: str) -> bool:

@@ -454,7 +454,7 @@ def gapfill_cube(
     if fill_unseen:  # only then, so that existing artifacts keep their keys
         params["fill_unseen"] = True
     key, inputs = gapfill_key(cube, params)
-    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite, inputs=[cube])
     if found is not None and weights_path(out).exists():
         return found
 
@@ -628,14 +628,20 @@ def gapfill_task(
 
     No Prefect result caching: the manifest beside ``out`` is the cache.
     """
-    from tasks.quicklook import is_current, made_in_task_run, product_key, publish_image
+    from tasks.quicklook import (
+        is_current,
+        made_in_task_run,
+        product_key,
+        publish_image,
+        quicklook_path,
+    )
 
     logger = get_run_logger()
     manifest = gapfill_cube(cube, out, epochs=epochs, layers=layers, patch=patch, batch=batch, seed=seed,
                             overwrite=overwrite)
     result = {"artifact": str(out), **asdict(manifest)}
     if quicklook:
-        png = Path(str(out) + ".quicklook.png")
+        png = quicklook_path(out)
         if not is_current(png, out):
             quicklook_png(cube, out, png)
         key = product_key("gapfill", cube, out)

@@ -685,7 +685,8 @@ def recover_labels(
             f"prior_window={prior_window!r}, prior_power={prior_power!r} (e.g. 5 and 0.5)"
         )
     key, inputs = labels_key(cube, labels, params)
-    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite,
+                            inputs=[cube, *([labels] if Path(labels).exists() else [])])
     if found is not None and weights_path(out).exists() and cog_path(out).exists():
         return found
 
@@ -806,7 +807,7 @@ def apply_model(cube: str | Path, model: str | Path, out: str | Path, *, device:
     params = {"model": model.name}
     inputs = {"cube": fingerprint(cube), "model": fingerprint(model)}
     key = stage_key(STAGE, inputs=inputs, params=params, code=code_version(*CODE_MODULES))
-    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite, inputs=[cube, model])
     if found is not None and cog_path(out).exists():
         return found
 
@@ -973,7 +974,13 @@ def labels_task(
     """
     from prefect.artifacts import create_table_artifact
 
-    from tasks.quicklook import is_current, made_in_task_run, product_key, publish_image
+    from tasks.quicklook import (
+        is_current,
+        made_in_task_run,
+        product_key,
+        publish_image,
+        quicklook_path,
+    )
 
     logger = get_run_logger()
     manifest = recover_labels(cube, labels, out, lam=lam, variant=variant, epochs=epochs, patch=patch,
@@ -988,7 +995,7 @@ def labels_task(
                           description=f"label recovery on {cube} from {labels}: per-class table")
     result["classes_table"] = rows
     if quicklook:
-        png = Path(str(out) + ".quicklook.png")
+        png = quicklook_path(out)
         if not is_current(png, out):
             quicklook_png(out, png)
         publish_image(png, key=product_key("labels-map", cube, out),

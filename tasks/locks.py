@@ -102,7 +102,13 @@ def cube_lock(cube: str | Path, *, timeout: float = DEFAULT_TIMEOUT, poll: float
         return
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # never through a symbolic link: truncating it would empty whatever file it points at
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if path.is_symlink():
+            raise CubeLockedError(f"{cube}: its lock file {path} is a symbolic link; remove it (fusioncube "
+                                  "creates the lock file itself)") from None
+        raise exc
     deadline = time.monotonic() + timeout
     waited = False
     try:

@@ -349,7 +349,7 @@ def make_patches(
     cube, out = Path(cube), Path(out)
     key, params, inputs = patch_key(cube, size=size, stride=stride, block=block, fractions=fractions, seed=seed)
     fracs = params["fractions"]
-    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite)
+    found = reuse_or_refuse(out, key, stage=STAGE, overwrite=overwrite, inputs=[cube])
     if found is not None:
         return found
 

@@ -21,7 +21,7 @@ from tasks.cube import open_cube
 __all__ = [
     "FILLED_TINT", "RGB_NAMES", "artifact_key", "composite_png", "filled_view", "is_current", "made_in_task_run",
     "newest_composite", "publish_image", "rgb_bands", "stretch",
-    "percent", "product_key", "thumbnail_data_uri", "write_class_cog",
+    "percent", "product_key", "quicklook_path", "thumbnail_data_uri", "write_class_cog",
 ]
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,12 @@ def composite_png(
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def quicklook_path(out: str | Path) -> Path:
+    """``X.zarr`` -> ``X.zarr.quicklook.png``: a stage product's quick-look, named after the whole
+    product (``X.png`` may be a file of the user's)."""
+    return Path(str(out) + ".quicklook.png")
 
 
 def is_current(png: str | Path, artifact: str | Path) -> bool:

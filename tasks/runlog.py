@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import glob
 import logging
 import shutil
 import threading
@@ -62,7 +63,7 @@ def no_space_message(out: str | Path) -> str:
     while not place.exists() and place != place.parent:
         place = place.parent
     free = shutil.disk_usage(place).free / 1e6
-    kept = sorted(Path(out).parent.glob(f"{Path(out).name}.resume-*")) if Path(out).parent.is_dir() else []
+    kept = sorted(Path(out).parent.glob(f"{glob.escape(Path(out).name)}.resume-*")) if Path(out).parent.is_dir() else []
     work = "".join(f"; the stopped run's work is kept in {w} (the next run goes on from it; delete it to free "
                    f"{sum(f.stat().st_size for f in w.rglob('*') if f.is_file()) / 1e6:.1f} MB and start over)"
                    for w in kept if w.is_dir())

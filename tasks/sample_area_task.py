@@ -66,14 +66,16 @@ def sample_area_task(out: str, size: str = "demo", seed: int = 0, progress_bar: 
 
 @task(name="discard-derived", cache_policy=NO_CACHE)
 def discard_cube_task(cube: str, artifacts: str) -> None:
-    """Remove a cube and its stage artifacts made from a sample area that was regenerated."""
-    import shutil
+    """Remove a cube and its stage artifacts made from a sample area that was regenerated: what has
+    a fusioncube manifest (a folder of the user's own at those paths is left alone)."""
+    from tasks.checkpoint import MANIFEST_SUFFIX, manifest_path, remove_artifact
 
-    from tasks.checkpoint import manifest_path
-
-    for path in (Path(cube), Path(artifacts)):
-        if path.exists():
-            get_run_logger().info("removing %s: made from a previous sample area", path)
-            shutil.rmtree(path)
-    manifest_path(cube).unlink(missing_ok=True)
-    Path(cube).with_name(Path(cube).stem + "_newest.png").unlink(missing_ok=True)
+    made = [Path(cube)] if manifest_path(cube).exists() else []
+    if Path(artifacts).is_dir():
+        made += [m.with_name(m.name.removesuffix(MANIFEST_SUFFIX))
+                 for m in sorted(Path(artifacts).glob(f"*{MANIFEST_SUFFIX}"))]
+    for path in made:
+        get_run_logger().info("removing %s: made from a previous sample area", path)
+        remove_artifact(path)
+    if made and made[0] == Path(cube):
+        Path(cube).with_name(Path(cube).stem + "_newest.png").unlink(missing_ok=True)

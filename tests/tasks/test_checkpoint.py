@@ -9,9 +9,11 @@ from tasks.checkpoint import (
     atomic_artifact,
     fingerprint,
     manifest_path,
+    not_replaceable,
     read_manifest,
     resumable_artifact,
     reusable,
+    reuse_or_refuse,
     stage_key,
     write_manifest,
 )
@@ -247,3 +249,83 @@ def test_a_product_s_attributes_say_how_it_was_made_not_how_its_source_was() -> 
     first, line = attrs["history"].splitlines()
     assert first == source["history"] and line.endswith(": fusioncube gapfill epochs=2 seed=3 (key k1)")
     assert source["fusioncube_stage"] == "ingest"  # the source's mapping is not changed
+
+
+def test_only_what_fusioncube_made_is_replaced_even_with_overwrite(tmp_path: Path) -> None:
+    """QA11: `--overwrite` (and the demo) deleted whatever was at the output path: a folder of the
+    user's documents went with it. Now only an artifact, a Zarr store or an empty folder is."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "chapter1.txt").write_text("my only copy")
+    with pytest.raises(FileExistsError, match=r"not a fusioncube artifact .*chapter1.txt.*even with --overwrite"):
+        reuse_or_refuse(docs, "k", stage="s", overwrite=True)
+    with pytest.raises(FileExistsError, match="not a fusioncube artifact"), atomic_artifact(docs, overwrite=True):
+        pass
+    assert (docs / "chapter1.txt").read_text() == "my only copy"
+    store = tmp_path / "killed.zarr"  # a product whose manifest a kill never wrote
+    store.mkdir()
+    (store / "zarr.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    assert not_replaceable(store) is None and not_replaceable(tmp_path / "empty") is None
+    assert reuse_or_refuse(store, "k", stage="s", overwrite=True) is None
+
+
+def test_an_output_that_is_holds_or_lies_inside_its_input_is_refused(tmp_path: Path) -> None:
+    cube = tmp_path / "proj" / "c.zarr"
+    cube.mkdir(parents=True)
+    (cube / "zarr.json").write_text("{}")
+    for out, how in ((cube, "is"), (tmp_path / "proj", "holds"), (cube / "patches.zarr", "lies inside")):
+        with pytest.raises(ValueError, match=f"the output {how} the input"):
+            reuse_or_refuse(out, "k", stage="s", overwrite=True, inputs=[cube])
+    assert (cube / "zarr.json").exists()
+
+
+def test_another_runs_live_work_is_not_removed_and_names_are_not_globs(tmp_path: Path) -> None:
+    """QA11: a run with other parameters deleted the work (and lock) of a run still writing the
+    same output; an output named with glob characters removed other files' temporaries."""
+    import threading
+
+    from tasks.locks import CubeLockedError, cube_lock
+
+    final = tmp_path / "an.zarr"
+    live = tmp_path / "an.zarr.resume-otherkey"
+    live.mkdir()
+    holding, release = threading.Event(), threading.Event()
+
+    def other_run() -> None:
+        with cube_lock(live, timeout=0):
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    try:
+        assert holding.wait(5)
+        with pytest.raises(CubeLockedError, match="another run .* is writing it now"), \
+                resumable_artifact(final, "mine"):
+            pass
+        assert live.exists() and (tmp_path / "an.zarr.resume-otherkey.lock").exists()
+    finally:
+        release.set()
+        thread.join()
+    with resumable_artifact(final, "mine") as work:  # that run is gone: its work is
+        work.mkdir()
+    assert not live.exists() and final.exists()
+
+    (tmp_path / "siteA.zarr.tmp-deadbeef").mkdir()
+    (tmp_path / "report.tmp-2024.txt").write_text("mine")
+    for name in ("site[A].zarr", "r*"):
+        with atomic_artifact(tmp_path / name) as tmp:
+            tmp.mkdir()
+    assert (tmp_path / "siteA.zarr.tmp-deadbeef").exists() and (tmp_path / "report.tmp-2024.txt").exists()
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_not_followed(tmp_path: Path) -> None:
+    from tasks.locks import CubeLockedError, cube_lock
+
+    victim = tmp_path / "bashrc"
+    victim.write_text("export IMPORTANT=1")
+    (tmp_path / "c.zarr.lock").symlink_to(victim)
+    with pytest.raises(CubeLockedError, match="is a symbolic link"), cube_lock(tmp_path / "c.zarr", timeout=0):
+        pass
+    assert victim.read_text() == "export IMPORTANT=1"

@@ -355,3 +355,18 @@ def test_task_publishes_rate_table_and_quicklook(cube: Path, tmp_path: Path, pre
     assert table is not None and table.type == "table" and "bits_per_entry" in str(table.data)
     image = Artifact.get("compress-png-cube-cz")
     assert image is not None and str(image.data).startswith("data:image/png;base64,")
+
+
+def test_the_output_folder_must_be_the_stages_own(cube: Path, tmp_path: Path) -> None:
+    """QA11: `--out .` replaced a decoded.zarr and a compress.png of the user's there. A folder
+    holding anything the stage does not write is refused before any work, as is one around the cube."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "compress.png").write_text("my plot")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"holds notes.txt, which the compress stage did not write"):
+        compress_cube(cube, out, patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=1)
+    assert (out / "compress.png").read_text() == "my plot" and sorted(p.name for p in out.iterdir()) == [
+        "compress.png", "notes.txt"]
+    with pytest.raises(ValueError, match="the output holds the input"):
+        compress_cube(cube, cube.parent, patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=1)

@@ -63,3 +63,34 @@ def test_cli_ingests_scenes_given_as_urls(served: tuple[Path, str], tmp_path: Pa
     np.testing.assert_array_equal(ds.data.isel(x=0, y=0).values, [[100, 200], [101, 201]])
     assert main(["ingest", *urls, "--out", str(out)]) == 0
     assert "0 scenes ingested" in capsys.readouterr().out
+
+
+def test_credentials_in_urls_are_neither_kept_nor_shown(served: tuple[Path, str], tmp_path: Path, capsys,
+                                                        caplog) -> None:
+    """A user:password URL is refused (GDAL's own settings carry credentials), without printing the
+    password; a presigned URL is ingested, its catalog readable by its owner only, with a warning."""
+    import logging
+    import os
+
+    from flows.cli import main
+    from tasks.discover import redact_url
+
+    root, base = served
+    with rasterio.open(root / "scene_2020-01-01.tif", "w", driver="COG", width=16, height=16, count=1,
+                       dtype="uint16", crs="EPSG:32633", transform=from_origin(600000, 5000000, 10, 10),
+                       nodata=0) as ds:
+        ds.write(np.full((1, 16, 16), 7, np.uint16))
+    secret = base.replace("http://", "http://alice:HUNTER2@") + "/scene_2020-01-01.tif"
+    assert main(["ingest", secret, "--out", str(tmp_path / "a.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "HUNTER2" not in err and "alice:***@" in err and "GDAL_HTTP_USERPWD" in err
+    assert not (tmp_path / "a.zarr.catalog.yaml").exists()
+
+    signed = f"{base}/scene_2020-01-01.tif?X-Amz-Signature=SIGSECRET&X-Amz-Date=20200101"
+    assert redact_url(signed).endswith("?X-Amz-Signature=***&X-Amz-Date=20200101")
+    with caplog.at_level(logging.WARNING, logger="tasks"):
+        assert main(["ingest", signed, "--out", str(tmp_path / "s.zarr")]) == 0
+    catalog = tmp_path / "s.zarr.catalog.yaml"
+    assert os.stat(catalog).st_mode & 0o077 == 0  # the signature is in it: the owner's only
+    assert "signed or authorised in their query (X-Amz-Signature)" in caplog.text
+    assert "SIGSECRET" not in caplog.text + capsys.readouterr().out

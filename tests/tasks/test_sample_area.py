@@ -134,3 +134,22 @@ def test_bad_size_and_reuse(area: SampleArea, tmp_path: Path) -> None:
     assert generate_sample_area(area.root, size="small", seed=0) == area  # reused, not rewritten
     with pytest.raises(FileExistsError):
         generate_sample_area(area.root, size="small", seed=5)
+
+
+def test_the_demo_never_replaces_a_folder_of_the_users_at_its_paths(tmp_path: Path) -> None:
+    """QA11: `fusioncube demo --out ~/Documents` deleted a `sample/` folder there (and the cube and
+    artifact paths). Now a folder it did not make is refused, and left as it was."""
+    from tasks.sample_area_task import discard_cube_task, ensure_sample_area
+
+    mine = tmp_path / "sample" / "thesis" / "chapter1.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("my only copy")
+    with pytest.raises(FileExistsError, match="not a fusioncube artifact"):
+        ensure_sample_area(tmp_path / "sample", size="small")
+    notes = tmp_path / "artifacts" / "planet" / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("mine too")
+    (tmp_path / "cubes" / "planet.zarr").mkdir(parents=True)
+    discard_cube_task.fn(str(tmp_path / "cubes" / "planet.zarr"), str(notes.parent))
+    assert mine.read_text() == "my only copy" and notes.read_text() == "mine too"
+    assert (tmp_path / "cubes" / "planet.zarr").exists()  # no manifest: not the demo's cube
