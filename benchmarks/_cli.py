@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODIS", "bench_parser", "modis_ndvi_cube", "report", "torch_machine"]
+__all__ = ["MODIS", "bench_parser", "modis_ndvi_cube", "report", "torch_machine", "write_result"]
 
 #: the real MODIS NDVI fixture (Sinop, 12 JPEG 2000 dates), beside the clone
 MODIS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real" / "modis_ndvi_sinop"
@@ -31,6 +31,16 @@ def report(run: Callable[..., dict[str, Any]], args: argparse.Namespace, **extra
     print(json.dumps(result["summary"], indent=2))
     print(json.dumps(result.get("targets", {}), indent=2))
     return 0
+
+
+def write_result(out: Path, result: dict[str, Any], **dumps: Any) -> None:
+    """Write a benchmark's ``result`` as JSON to ``out``, with the software and machine it ran on
+    (``environment``: fusioncube's version and git commit, Python, the libraries with GDAL and
+    PROJ, the CPUs, torch's threads and when: :func:`tasks.provenance.environment`)."""
+    from tasks.provenance import environment
+
+    result.setdefault("environment", environment())
+    out.write_text(json.dumps(result, **dumps))
 
 
 def torch_machine() -> dict[str, Any]:

@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._cli import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("qtrpca", "trpca", "matrix_rpca", "zscore")
 BASELINES = ("trpca", "matrix_rpca", "zscore")
@@ -407,7 +409,7 @@ def run(out: Path, *, quick: bool = False, seed: int = 0, sample: Path | None = 
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    write_result(out, result, indent=1)
     out.with_suffix(".md").write_text(_markdown(result))
     return result
 

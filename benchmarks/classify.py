@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._cli import write_result
+
 log = logging.getLogger(__name__)
 
 # max_train / max_val: patches of those splits used (None: all); the test split is always whole
@@ -330,7 +332,7 @@ def run(out: Path, *, quick: bool = False, overrides: dict[str, Any] | None = No
         shutil.rmtree(work, ignore_errors=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    write_result(out, report, indent=1)
     rows = ["| method | accuracy | macro-F1 | train s | inference s | pixels/s | deck acc / F1 |",
             "|---|---|---|---|---|---|---|"]
     for m in ("cnn4d", *BASELINES):

@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._cli import bench_parser, modis_ndvi_cube, report
+from benchmarks._cli import bench_parser, modis_ndvi_cube, report, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
@@ -526,7 +526,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None) -> dict[s
                     "torch": torch.__version__, "numpy": np.__version__,
                     "threads": torch.get_num_threads()},
     }
-    out.write_text(json.dumps(result, indent=2, default=float))
+    write_result(out, result, indent=2, default=float)
     out.with_suffix(".md").write_text(_markdown(result))
     return result
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._cli import bench_parser, modis_ndvi_cube, report, torch_machine
+from benchmarks._cli import bench_parser, modis_ndvi_cube, report, torch_machine, write_result
 
 DECK_NRMSE = 0.0134  # the seed deck's LRTC-Net on DynamicEarthNet, 20 % random missing
 log = logging.getLogger(__name__)
@@ -384,7 +384,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None) -> dict[s
         "png": str(png),
         "machine": torch_machine(),
     }
-    out.write_text(json.dumps(result, indent=2, default=float))
+    write_result(out, result, indent=2, default=float)
     out.with_suffix(".md").write_text(_markdown(result))
     return result
 

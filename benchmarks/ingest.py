@@ -32,6 +32,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks._cli import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = 2
 
@@ -239,7 +241,7 @@ def run(out: Path, *, quick: bool = False, seed: int = 0, sample: Path | None = 
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result(out, result, indent=2)
     out.with_suffix(".md").write_text(_markdown(result))
     return result
 

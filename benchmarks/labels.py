@@ -112,7 +112,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._cli import bench_parser, report, torch_machine
+from benchmarks._cli import bench_parser, report, torch_machine, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
@@ -456,7 +456,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None,
     if not {"1pct", "coarse", "full"} <= set(settings):  # an experiment with a subset of settings
         result = {"settings": settings, "config": cfg, "seconds": round(time.perf_counter() - started, 1),
                   "summary": {}, "targets": {}}
-        out.write_text(json.dumps(result, indent=2, default=str))
+        write_result(out, result, indent=2, default=str)
         return result
     s1, sc = settings["1pct"], settings["coarse"]
     summary = {
@@ -501,7 +501,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None,
         "data_seconds": round(data_seconds, 1),
         "machine": torch_machine(),
     }
-    out.write_text(json.dumps(result, indent=2, default=float))
+    write_result(out, result, indent=2, default=float)
     out.with_suffix(".md").write_text(_markdown(result))
     return result
 

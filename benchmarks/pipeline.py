@@ -19,7 +19,6 @@ One run (default; ``--quick`` uses the ``small`` sample area for everything):
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -27,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks._cli import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "data_catalog.yaml"
@@ -104,7 +105,7 @@ def run(out: Path, *, quick: bool = False, sample: Path | None = None) -> dict[s
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result(out, result, indent=2)
     md = [
         "# Pipeline benchmark", "",
         f"Demo chain on the `{demo_size}` sample area; ingest speed-up on the `{ingest_size}` sample area's "

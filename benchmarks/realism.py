@@ -18,7 +18,6 @@ Run ``python -m benchmarks.realism --out realism.json [--quick]``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
+from benchmarks._cli import write_result
 from fusion_models.statistics import lag1_autocorrelation, top_energy_share
 
 __all__ = ["real_fixture_dir", "run"]
@@ -199,7 +199,7 @@ def run(out: Path, *, quick: bool = False, seed: int = 0) -> dict:
         "when": datetime.now().isoformat(timespec="seconds"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result(out, result, indent=2)
     out.with_suffix(".md").write_text(_markdown(result))
     log.info("realism: %s", result["summary"])
     return result

@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._cli import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "data_catalog.yaml"
 BAD_INPUTS = REPO / "tests" / "reliability" / "make_bad_inputs.py"
@@ -601,7 +603,7 @@ def run(out: Path, *, quick: bool = False) -> dict[str, Any]:
     result = {"summary": summary, "kills": kills, "bad_inputs": bad, "concurrency": conc, "disk": disks,
               "quick": quick, "cpu_count": os.cpu_count()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
+    write_result(out, result, indent=2, default=str)
     rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
     cases = "\n".join(f"| {c['case']} | {'yes' if c['clear'] else 'NO'} | {c['message'][:140]} |"
                       for c in bad["cases"])

@@ -81,6 +81,9 @@ class Manifest:
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
     outputs: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    #: the software and machine it was made with (``tasks.provenance.environment``), filled in by
+    #: :func:`write_manifest`; empty in manifests written before it was recorded
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
@@ -100,7 +103,7 @@ def _canonical(obj: Any) -> str:
 CODE_PACKAGES = ("tasks", "fusion_models")
 #: modules that describe or log products and never make them: a stage's code version does not
 #: follow their imports (``tasks.info`` reads every stage's products to describe them)
-REPORTING_MODULES = frozenset({"tasks.info", "tasks.runlog", "tasks.pipeline_report"})
+REPORTING_MODULES = frozenset({"tasks.info", "tasks.runlog", "tasks.pipeline_report", "tasks.provenance"})
 _ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -230,8 +233,11 @@ def product_attrs(stage: str, key: str, params: Mapping[str, Any], *, code: str,
     line = " ".join([f"{now}: fusioncube {stage}",
                      *(f"{k}={v}" for k, v in sorted(params.items()) if v is not None), f"(key {key})"])
     attrs.update(own)
+    from tasks.provenance import environment
+
     attrs.update(created=now, software=f"fusioncube {code}", fusioncube_stage=stage, fusioncube_key=key,
-                 fusioncube_params=_canonical(dict(params)), history=f"{history}\n{line}" if history else line)
+                 fusioncube_params=_canonical(dict(params)), fusioncube_environment=_canonical(environment()),
+                 history=f"{history}\n{line}" if history else line)
     return attrs
 
 
@@ -258,7 +264,14 @@ def read_manifest(artifact: str | Path) -> Manifest | None:
 
 
 def write_manifest(artifact: str | Path, manifest: Manifest) -> Path:
-    """Write the manifest atomically (temporary file + ``os.replace``)."""
+    """Write the manifest atomically (temporary file + ``os.replace``), with the environment of
+    this process (:func:`tasks.provenance.environment`) unless it has one."""
+    from dataclasses import replace
+
+    from tasks.provenance import environment
+
+    if not manifest.environment:
+        manifest = replace(manifest, environment=environment())
     path = manifest_path(artifact)
     for leftover in path.parent.glob(f"{glob.escape(path.name)}{_TMP_MARK}*"):  # a killed write's temporary
         leftover.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ from tasks.cube import (
     open_cube,
 )
 from tasks.errors import CubeSchemaError
+from tasks.provenance import describe_environment
 
 __all__ = ["describe", "describe_catalog"]
 
@@ -94,6 +95,8 @@ def _made_by(manifest: Manifest | None, path: Path, attrs: Mapping[str, Any] | N
             given = {}
         if given:
             lines.append(f"  parameters: {', '.join(f'{k}={v}' for k, v in sorted(given.items()))}")
+        with contextlib.suppress(ValueError):
+            lines += describe_environment(json.loads(str(attrs.get("fusioncube_environment", "{}"))))
         return lines
     if manifest is None:
         return ["  manifest: none beside it (not made by fusioncube, or a run did not finish)"]
@@ -107,6 +110,7 @@ def _made_by(manifest: Manifest | None, path: Path, attrs: Mapping[str, Any] | N
     lines = [f"  made by: stage {manifest.stage}, {manifest.created[:19].replace('T', ' ')} UTC, from {source}"]
     if params:
         lines.append(f"  parameters: {params}")
+    lines += describe_environment(manifest.environment)
     if manifest.stage != "ingest" and (why := stale_input(manifest)):
         lines.append(f"  OUT OF DATE: {why}; run its stage again (`fusioncube run` with the stage listed, "
                      "or the same `fusioncube stage` command)")

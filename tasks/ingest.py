@@ -80,6 +80,7 @@ from tasks.discover import (
 from tasks.errors import CatalogError, CubeSchemaError, SceneError, retry_on_io_error
 from tasks.locks import DEFAULT_TIMEOUT as DEFAULT_LOCK_TIMEOUT
 from tasks.locks import cube_lock
+from tasks.provenance import environment
 from tasks.validate import ValidationRules, validate_profiles
 from tasks.warp import Grid, RawScene, no_crs_reason, read_scene, scene_crs, warp_scene
 
@@ -1289,6 +1290,7 @@ def write_template(catalog: Catalog, cube: str, grid: Grid) -> dict[str, Any]:
         "sources": ", ".join(spec.sources),
         "static_sources": ", ".join(f"{k}: {v}" for k, v in spec.static.items()),
         "software": f"fusioncube {code_version(*INGEST_MODULES)}",
+        "fusioncube_environment": json.dumps(environment(), sort_keys=True),
         "catalog_entry": spec.ingest_json(),
         "catalog": str(catalog.path) if catalog.path else "",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

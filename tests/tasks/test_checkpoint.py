@@ -329,3 +329,23 @@ def test_a_lock_file_that_is_a_symbolic_link_is_not_followed(tmp_path: Path) -> 
     with pytest.raises(CubeLockedError, match="is a symbolic link"), cube_lock(tmp_path / "c.zarr", timeout=0):
         pass
     assert victim.read_text() == "export IMPORTANT=1"
+
+
+def test_a_manifest_and_a_product_record_the_software_and_machine(tmp_path: Path) -> None:
+    """QA11: products said only `fusioncube 0.1.0+<hash>`; a torch or GDAL upgrade left no trace."""
+    import json
+
+    from tasks.checkpoint import product_attrs
+    from tasks.provenance import describe_environment, environment_changes
+
+    write_manifest(tmp_path / "a.zarr", _manifest("k"))
+    env = read_manifest(tmp_path / "a.zarr").environment
+    assert env["python"] and env["cpus"] >= 1 and {"numpy", "xarray", "zarr", "GDAL", "PROJ"} <= set(env["libraries"])
+    assert environment_changes(env) == []
+    older = {**env, "libraries": {**env["libraries"], "numpy": "1.0.0"}}
+    assert environment_changes(older) == [f"numpy 1.0.0 -> {env['libraries']['numpy']}"]
+    lines = describe_environment(older)
+    assert lines[0].startswith("  made with: fusioncube ") and "this machine differs: numpy 1.0.0 ->" in lines[1]
+    attrs = product_attrs("s", "k", {"a": 1}, code="0+x")
+    assert json.loads(attrs["fusioncube_environment"])["libraries"] == env["libraries"]
+    assert describe_environment({}) == []  # a manifest from before

@@ -57,6 +57,7 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
 
     text = info("classes.zarr")  # classify's map: its variable is `classes`, its fill 255 or 0
     assert "classes.zarr: a class map (stage classify)" in text and "made by: stage classify" in text
+    assert "made with: fusioncube " in text and "torch " in text and "CPU thread(s)" in text  # QA11: provenance
     assert "classes: " in text and "confidence: mean" in text
 
     # QA9: the model files beside the products, described (what they are, read, were trained on)
@@ -67,6 +68,7 @@ def test_info_describes_each_stage_product_and_its_manifest(tmp_path: Path, caps
     shutil.copytree(tmp_path / "labels.zarr", tmp_path / "copied" / "labels.zarr")
     text = info("copied/labels.zarr")
     assert "made by: stage labels" in text and "(its attributes; no manifest beside it" in text and "epochs=1" in text
+    assert "made with: fusioncube " in text
     shutil.rmtree(tmp_path / "copied")
     (tmp_path / "garbage.pt").write_text("not a model")  # QA9 recheck: a traceback before
     assert main(["info", str(tmp_path / "garbage.pt")]) == 2
