@@ -75,6 +75,7 @@ from tasks.discover import (
     file_name,
     file_stamp,
     is_remote,
+    redact_url,
     unmatched_rasters,
 )
 from tasks.errors import CatalogError, CubeSchemaError, SceneError, retry_on_io_error
@@ -881,6 +882,13 @@ def value_rules(catalog: Catalog, cube: str) -> dict[str, Any]:
     return rules
 
 
+def source_globs(catalog: Catalog, cube: str) -> dict[str, list[str]]:
+    """Where ``cube``'s scenes are looked for, source by source, as the catalog gave them with its
+    ``${VARIABLES}`` filled in (credentials in URLs redacted): the cube's manifest records it,
+    since the catalog alone does not say what those variables were."""
+    return {name: [redact_url(g) for g in catalog.source(name).glob] for name in catalog.cube(cube).sources}
+
+
 def _rule_changes(was: dict[str, Any], now: dict[str, Any], where: str = "") -> list[str]:
     """``key old -> new`` for each leaf that differs between two nested rule dicts (keys of one only
     are left out: a band or source added or dropped is refused elsewhere)."""
@@ -914,7 +922,7 @@ def check_value_rules(catalog: Catalog, cube: str, manifest: Manifest | None) ->
 
 def _cube_manifest(
     name: str, spec: CubeSpec, scenes: dict[str, Any], quarantine: dict[str, Any], dates: list[str], steps: int,
-    grid: Grid, rules: str, values: dict[str, Any],
+    grid: Grid, rules: str, values: dict[str, Any], globs: dict[str, list[str]],
 ) -> Manifest:
     scene_digest = hashlib.sha256(json.dumps(scenes, sort_keys=True).encode()).hexdigest()[:20]
     params = json.loads(spec.ingest_json())
@@ -927,6 +935,7 @@ def _cube_manifest(
         code_version=code,
         outputs={
             "cube": name, "scenes": scenes, "quarantine": quarantine, "rules": rules, "value_rules": values,
+            "globs": globs,
             "dates": dates, "time_steps": steps,
             "grid": {"crs": grid.crs.to_string(), "transform": list(grid.transform)[:6], "width": grid.width, "height": grid.height},
         },
@@ -1242,7 +1251,8 @@ class _CubeState:
         assert self.grid is not None
         write_manifest(self.path, _cube_manifest(
             self.cube, self.spec, self.scenes, self.quarantine, self.dates, self.steps, self.grid,
-            ingest_rules(self.catalog, self.cube), value_rules(self.catalog, self.cube)))
+            ingest_rules(self.catalog, self.cube), value_rules(self.catalog, self.cube),
+            source_globs(self.catalog, self.cube)))
 
     def create(self, template: Path, part: Path, dates: Sequence[datetime]) -> None:
         """The cube from its template (schema, coordinates, static layers; no time steps) and its
@@ -1396,7 +1406,7 @@ def sort_time_axis(state: _CubeState) -> bool:
     tmp, _ = cube_store.sort_paths(state.path)
     write_manifest(tmp, _cube_manifest(state.cube, state.spec, state.scenes, state.quarantine, state.dates,
                                        state.steps, state.grid, ingest_rules(state.catalog, state.cube),
-                                       value_rules(state.catalog, state.cube)))
+                                       value_rules(state.catalog, state.cube), source_globs(state.catalog, state.cube)))
     cube_store.swap_sorted(state.path)
     return True
 

@@ -290,6 +290,7 @@ def test_a_catalog_whose_value_rules_changed_is_refused_before_adding_dates(samp
     first = _catalog(sample, tmp_path, cubes__planet__time_range=["2019-01-01", "2019-06-30"])
     ingest_cube(first, "planet")
     path = first.cube_path("planet")
+    assert read_manifest(path).outputs["globs"]["planet"] == [f"{sample}/planet/*_AnalyticMS_SR.tif"]  # variables filled in
     digest = _store_digest(path)
     bands = yaml.safe_load((REPO / "data_catalog.yaml").read_text())["sources"]["planet"]["bands"]
     bands[0]["scale"] = 0.00011
