@@ -20,7 +20,7 @@ import yaml
 import tasks.cube_store
 import tasks.ingest
 from tasks.adhoc import adhoc_catalog, adhoc_cube_name, build_adhoc_catalog
-from tasks.catalog import catalog_from_dict, load_catalog
+from tasks.catalog import Catalog, catalog_from_dict, load_catalog
 from tasks.checkpoint import read_manifest
 from tasks.errors import CatalogError, CubeSchemaError, SceneError
 from tasks.ingest import (
@@ -145,12 +145,18 @@ def _write_tif(path: Path, array: np.ndarray, *, crs: str | None = "EPSG:32615",
         dst.write(array)
 
 
-def test_bad_scenes_are_quarantined_and_the_cube_is_untouched(sample: Path, tmp_path: Path) -> None:
+def _planet_from_a_copy(sample: Path, tmp_path: Path, **edits) -> tuple[Path, Catalog, Path]:
+    """The sample area copied to ``tmp_path/scenes`` (its files then edited by a test) and its
+    Planet cube ingested from there: (the scenes' folder, the catalog, the cube's path)."""
     scenes = tmp_path / "scenes"
     shutil.copytree(sample, scenes)
-    cat = _catalog(scenes, tmp_path / "data")
+    cat = _catalog(scenes, tmp_path / "data", **edits)
     ingest_cube(cat, "planet")
-    path = cat.cube_path("planet")
+    return scenes, cat, cat.cube_path("planet")
+
+
+def test_bad_scenes_are_quarantined_and_the_cube_is_untouched(sample: Path, tmp_path: Path) -> None:
+    scenes, cat, path = _planet_from_a_copy(sample, tmp_path)
     before = _store_digest(path)
     manifest_before = read_manifest(path).outputs["time_steps"]
 
@@ -726,11 +732,7 @@ def test_a_replaced_date_is_the_mosaic_of_all_its_scenes_as_if_they_came_togethe
     """A date of two tiles, one re-delivered: the slice is rebuilt from both tiles (the unchanged
     one opened again), equal to a cube built from the current files in one go. A run killed after
     the slice was written, before the manifest, writes the same bytes again."""
-    scenes = tmp_path / "scenes"
-    shutil.copytree(sample, scenes)
-    cat = _catalog(scenes, tmp_path / "data", cubes__planet__changed_scenes="replace")
-    ingest_cube(cat, "planet")
-    path = cat.cube_path("planet")
+    scenes, cat, path = _planet_from_a_copy(sample, tmp_path, cubes__planet__changed_scenes="replace")
     tiles = sorted((scenes / "planet").glob("PSScene_20190813_*_AnalyticMS_SR.tif"))
     with rasterio.open(tiles[1], "r+") as ds:  # re-processed in place: darker values
         ds.write((ds.read().astype(np.int64) * 9 // 10).astype(ds.dtypes[0]))
@@ -765,11 +767,7 @@ def test_a_re_delivered_mask_file_is_a_changed_scene(sample: Path, tmp_path: Pat
     """A scene's UDM2 re-delivered with other flags (the scene file itself unchanged) was never
     noticed. Now it is a changed scene: named and kept by default, its date rebuilt with
     `changed_scenes: replace`. A folder moved with its masks is not a change."""
-    scenes = tmp_path / "scenes"
-    shutil.copytree(sample, scenes)
-    cat = _catalog(scenes, tmp_path / "data")
-    ingest_cube(cat, "planet")
-    path = cat.cube_path("planet")
+    scenes, cat, path = _planet_from_a_copy(sample, tmp_path)
     digest = _store_digest(path)
     udm = sorted((scenes / "planet").glob("*_udm2.tif"))[2]
     scene = udm.name.replace("_udm2.tif", "_AnalyticMS_SR.tif")
