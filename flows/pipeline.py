@@ -366,7 +366,7 @@ def pipeline_up_to_date(catalog: Catalog, cube: str, start: date | None = None, 
     if missing_static_layers(catalog, cube):  # listed after the cube was made: ingest adds them
         return None
     plan = plan_ingest(catalog, cube, start=start, end=end)
-    if plan.new or plan.quarantined:
+    if plan.new or plan.quarantined or plan.replace:  # a date to rebuild (changed_scenes: replace) is work too
         return None
     p = catalog.patch_params(cube)
     size, stride = fit_patch_size(path, p.size, p.stride)

@@ -757,8 +757,9 @@ def build_adhoc_catalog(
     # (*bounds,): tuple(bounds), typed with its four numbers
     area = aoi_bounds(aoi) if aoi is not None else ((*bounds,), bounds_crs) if bounds is not None else None
     for p in paths:
-        if "password" in url_secrets(p):
-            raise ValueError(f"{redact_url(p)}: the URL carries a user name and password, which would be written to "
+        if "userinfo" in url_secrets(p):
+            raise ValueError(f"{redact_url(p)}: the URL carries a user name and password (or a token before its @), "
+                             "which would be written to "
                              "the catalog beside the cube and shown in messages; give them to GDAL instead "
                              "(GDAL_HTTP_USERPWD=user:password, or a ~/.netrc with GDAL_HTTP_NETRC=YES) and the URL "
                              "without them")
@@ -896,16 +897,25 @@ def build_adhoc_catalog(
                     "interpolated; to add it to another cube as a label layer use --layer NAME=FILE",
                     file_name(described_by))
     try:
-        catalog_from_dict(raw, path=path)  # validate before writing anything
+        catalog = catalog_from_dict(raw, path=path)  # validate before writing anything
     except CatalogError as exc:  # the user wrote no catalog: the options that set those keys
         raise ValueError(_as_options(str(exc))) from None
     if out.exists() and out.with_name(out.name + ".manifest.json").exists():  # appending: the same bands
-        from tasks.ingest import check_cube_bands, check_cube_grid
+        from tasks.checkpoint import read_manifest
+        from tasks.ingest import check_cube_bands, check_cube_grid, value_rule_changes
 
         check_cube_bands(out, [b["name"] for b in next(iter(sources.values())).bands])
         if grid is not None:
             check_cube_grid(out, GridSpec(**grid))
-        _check_band_rules(out, path, {key: src.bands for key, src in sources.items()})
+        manifest = read_manifest(out)
+        if manifest is not None and manifest.outputs.get("value_rules"):  # the rules the cube was built with
+            if changes := value_rule_changes(catalog, adhoc_cube_name(out), manifest):
+                raise ValueError(f"{out.name} was ingested under other rules than these options give "
+                                 f"({'; '.join(changes[:6])}): appending would read new dates in other units "
+                                 "or with another valid mask. Give the same --scale / --offset / --nodata / "
+                                 "--valid-range as before, or write a new cube")
+        else:  # a cube from before its manifest recorded them: the catalog written beside it then
+            _check_band_rules(out, path, {key: src.bands for key, src in sources.items()})
     return raw, path
 
 

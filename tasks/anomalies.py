@@ -521,7 +521,7 @@ def anomalies_png(anomalies: str | Path, out_png: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tasks.quicklook import percent
+    from tasks.quicklook import percent, save_figure
 
     ds = xr.open_zarr(anomalies, consolidated=None)
     score, flagged, per_date, observed = (np.asarray(a) for a in dask.compute(  # one read of the store
@@ -554,10 +554,7 @@ def anomalies_png(anomalies: str | Path, out_png: str | Path) -> Path:
     source = f" of {Path(str(made['cube'])).name}, band {made.get('band')}" if made.get("cube") else ""
     fig.suptitle(f"anomalies{source} ({Path(anomalies).name})", fontsize=10)
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 # --- Prefect task -------------------------------------------------------------------------------

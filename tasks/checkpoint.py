@@ -576,6 +576,8 @@ def resumable_artifact(final: str | Path, key: str) -> Iterator[Path]:
             try:  # its run's lock: a run still writing it is not robbed of its work
                 held.enter_context(cube_lock(other, timeout=0))
             except CubeLockedError:
+                if not work.exists():  # this run's own lock file, held: nothing of it is left behind
+                    lock_path(work).unlink(missing_ok=True)
                 raise CubeLockedError(f"{final}: another run (other input, parameters or code) is writing it now "
                                       f"in {other.name}; this run changed nothing. Run again when that one is "
                                       "done, or write elsewhere") from None

@@ -397,6 +397,8 @@ def confusion_png(confusion: np.ndarray, path: str | Path, *, title: str = "",
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from tasks.quicklook import save_figure
+
     conf = np.asarray(confusion, dtype=np.float64)
     keep = (conf.sum(axis=1) > 0) | (conf.sum(axis=0) > 0)
     sub = conf[np.ix_(keep, keep)]
@@ -418,11 +420,7 @@ def confusion_png(confusion: np.ndarray, path: str | Path, *, title: str = "",
     fig.colorbar(im, ax=ax, shrink=0.7, label="share of the true class")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def class_rows(result: dict[str, Any], names: dict[int, str] | None = None) -> list[dict[str, Any]]:

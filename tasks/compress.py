@@ -52,6 +52,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import time as _time
 import warnings
@@ -555,7 +556,7 @@ def compress_png(cube: str | Path, decoded: str | Path, out: str | Path, *, titl
     absolute error, each subsampled to at most ``max_pixels`` a side. True colour when the cube
     has red/green/blue bands (the same stretch for original and decoded), else the first band."""
     from tasks.cube import open_cube
-    from tasks.quicklook import plt, rgb_bands
+    from tasks.quicklook import plt, rgb_bands, save_figure
 
     src, dec = open_cube(cube), open_cube(decoded)
     t = int(src["valid"].sum(dim=("y", "x")).argmax("time"))
@@ -597,10 +598,7 @@ def compress_png(cube: str | Path, decoded: str | Path, out: str | Path, *, titl
         ax.set_axis_off()
     fig.suptitle(title or f"{Path(cube).name}: TDL compression", fontsize=10)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def observed_distortion(cube: str | Path, decoded: str | Path) -> dict[str, float | int | None]:
@@ -635,20 +633,28 @@ def observed_distortion(cube: str | Path, decoded: str | Path) -> dict[str, floa
 
 #: what the compress stage writes into its output folder (with their manifests, locks and temporaries)
 OUT_DIR_ENTRIES = ("patches.zarr", "compressed", "decoded.zarr", "compress.png", "decoded_quality.json")
+#: the leftovers of those: manifests, temporaries of a killed run, resumable work, locks
+_OWN_SUFFIX = re.compile(r"^(\.manifest\.json)?(\.tmp-.*|\.resume-.*|\.lock|\.partial)?$")
 
 
 def _check_out_dir(out_dir: Path, cube: str | Path) -> None:
-    """Refuse an output folder that is, holds or lies in the cube, or holds other things than the
-    stage's own (:data:`OUT_DIR_ENTRIES`): ``--out .`` must not replace a ``decoded.zarr`` or a
-    ``compress.png`` of the user's there, nor mix the stage's files among theirs."""
-    from tasks.checkpoint import refuse_overlap
+    """Refuse, before any work, an output folder that is, holds or lies in the cube, or that is not
+    the stage's own: a folder with anything but :data:`OUT_DIR_ENTRIES` (and their manifests and
+    leftovers), or one whose entries no manifest of the stage vouches for (``--out .`` must not
+    replace a ``decoded.zarr`` or a ``compress.png`` of the user's), or whose stores fusioncube
+    did not make."""
+    from tasks.checkpoint import manifest_path, not_replaceable, refuse_overlap
 
     refuse_overlap(out_dir, [cube])
     if not out_dir.is_dir():
         if out_dir.exists():
             raise FileExistsError(f"{out_dir}: the compress stage writes a folder there; it is a file")
         return
-    other = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(OUT_DIR_ENTRIES))
+    names = sorted(p.name for p in out_dir.iterdir())
+    other = [n for n in names if not any(n.startswith(e) and _OWN_SUFFIX.match(n[len(e):]) for e in OUT_DIR_ENTRIES)]
+    if not any(manifest_path(out_dir / e).exists() for e in ("compressed", "patches.zarr", "decoded.zarr")):
+        other += [n for n in ("compress.png", "decoded_quality.json") if n in names]  # no run of the stage wrote them
+    other += [n for n in ("patches.zarr", "compressed", "decoded.zarr") if not_replaceable(out_dir / n)]
     if other:
         raise FileExistsError(
             f"{out_dir} holds {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}, which the compress stage did "

@@ -35,36 +35,64 @@ _REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.\-]*://|/vsi[a-z0-9_]+/)", re.IGNORECAS
 HTTP_TIMEOUT_S = 20
 
 
-#: query parameters of signed or tokened URLs (S3 / GCS presigned, Azure SAS, bearer tokens)
+#: query parameters of signed or tokened URLs (S3 / GCS presigned, Azure SAS, bearer tokens, keys)
 _SECRET_QUERY = re.compile(r"^(x-amz-(signature|credential|security-token)|x-goog-(signature|credential)|sig|"
-                           r"signature|token|access_token|api_key|apikey|key)$", re.IGNORECASE)
+                           r"signature|token|access_token|api_key|apikey|key|password|passwd|pwd|auth|"
+                           r"authorization|secret|client_secret)$", re.IGNORECASE)
+_SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
+
+
+def _inner_url(path: str) -> tuple[str, str, str] | None:
+    """``(before, url, after)``: the URL inside ``path`` (itself, or behind GDAL's ``/vsicurl/``,
+    ``/vsizip//vsicurl/`` ...), or inside ``/vsicurl?url=...`` options (then ``before`` is those
+    options' prefix and ``after`` the rest, the URL percent-decoded); None without one."""
+    from urllib.parse import parse_qsl
+
+    if path.lower().startswith("/vsicurl?"):
+        options = parse_qsl(path[len("/vsicurl?"):], keep_blank_values=True)
+        url = next((v for k, v in options if k == "url"), None)
+        return ("/vsicurl?", url, "") if url else None
+    found = _SCHEME.search(path)
+    return (path[:found.start()], path[found.start():], "") if found else None
 
 
 def url_secrets(path: str) -> list[str]:
-    """What in a URL is a credential: ``"password"`` for a ``user:password@`` part, and the names of
-    query parameters that sign or authorise it (``X-Amz-Signature``, ``sig``, ``token`` ...)."""
+    """What in a URL (or a GDAL ``/vsicurl/`` path) is a credential: ``"userinfo"`` for a
+    ``user:password@`` (or ``token@``) part, and the names of query parameters that sign or
+    authorise it (``X-Amz-Signature``, ``sig``, ``token`` ...)."""
     from urllib.parse import parse_qsl, urlsplit
 
-    if not re.match(r"^[a-z][a-z0-9+.\-]*://", path, re.IGNORECASE):
+    inner = _inner_url(path)
+    if inner is None:
         return []
-    parts = urlsplit(path)
-    found = ["password"] if parts.password else []
-    return found + [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_QUERY.match(k)]
+    parts = urlsplit(inner[1])
+    found = ["userinfo"] if "@" in parts.netloc else []
+    found += [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_QUERY.match(k)]
+    if inner[0] == "/vsicurl?":  # GDAL's own options beside the URL (a header with a token)
+        found += [k for k, _ in parse_qsl(path[len("/vsicurl?"):], keep_blank_values=True) if _SECRET_QUERY.match(k)]
+    return found
 
 
 def redact_url(path: str) -> str:
     """``path`` with the credentials :func:`url_secrets` finds replaced by ``***`` (for messages and logs)."""
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-    if not url_secrets(path):
+    inner = _inner_url(path)
+    if inner is None or not url_secrets(path):
         return path
-    parts = urlsplit(path)
-    netloc = parts.netloc
-    if parts.password:
-        netloc = f"{parts.username}:***@{netloc.rsplit('@', 1)[1]}"
-    query = urlencode([(k, "***" if _SECRET_QUERY.match(k) else v)
-                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+    def hide(query: str) -> str:
+        return urlencode([(k, "***" if _SECRET_QUERY.match(k) else v)
+                          for k, v in parse_qsl(query, keep_blank_values=True)], safe="*:/")
+
+    parts = urlsplit(inner[1])
+    netloc = parts.netloc if "@" not in parts.netloc else "***@" + parts.netloc.rsplit("@", 1)[1]
+    url = urlunsplit((parts.scheme, netloc, parts.path, hide(parts.query), parts.fragment))
+    if inner[0] == "/vsicurl?":
+        options = [(k, url if k == "url" else "***" if _SECRET_QUERY.match(k) else v)
+                   for k, v in parse_qsl(path[len("/vsicurl?"):], keep_blank_values=True)]
+        return "/vsicurl?" + urlencode(options, safe="*:/")
+    return inner[0] + url
 
 
 def is_remote(path: str) -> bool:

@@ -518,7 +518,7 @@ def quicklook_png(cube: str | Path, filled: str | Path, out_png: str | Path, *, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tasks.quicklook import percent, rgb_bands
+    from tasks.quicklook import percent, rgb_bands, save_figure
 
     after = xr.open_zarr(filled, consolidated=None)
     # from a patches store the product holds what "before" shows (its valid layer is the input's,
@@ -562,10 +562,7 @@ def quicklook_png(cube: str | Path, filled: str | Path, out_png: str | Path, *, 
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=shown[0])
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=100)
 
 
 # --- CLI ----------------------------------------------------------------------------------------

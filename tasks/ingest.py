@@ -903,20 +903,25 @@ def _rule_changes(was: dict[str, Any], now: dict[str, Any], where: str = "") -> 
     return sorted(changes)
 
 
+def value_rule_changes(catalog: Catalog, cube: str, manifest: Manifest | None) -> list[str]:
+    """How the catalog's :func:`value_rules` of ``cube`` differ from those its ``manifest``
+    records (``planet.bands.blue.scale 0.0001 -> 0.00011``); none for a cube made before they were
+    recorded."""
+    was = manifest.outputs.get("value_rules") if manifest is not None else None
+    return _rule_changes(was, value_rules(catalog, cube)) if was else []
+
+
 def check_value_rules(catalog: Catalog, cube: str, manifest: Manifest | None) -> None:
     """Refuse to add to ``cube`` under other value rules than the ones it was built with (a band's
-    scale edited in the catalog): the new dates would silently be in other units. Cubes made before
-    the rules were recorded pass."""
-    was = manifest.outputs.get("value_rules") if manifest is not None else None
-    if not was:
-        return
-    changes = _rule_changes(was, value_rules(catalog, cube))
+    scale edited in the catalog): the new dates would silently be in other units."""
+    changes = value_rule_changes(catalog, cube, manifest)
     if changes:
         where = f" ({catalog.path})" if catalog.path else ""
         raise CatalogError(
             f"cube {cube}: the catalog's rules for its values changed since it was built{where}: "
-            f"{'; '.join(changes[:6])}{' ...' if len(changes) > 6 else ''}. New dates would be in other units "
-            f"than the cube's {manifest.outputs.get('time_steps', 0) if manifest else 0} time steps: put the old "
+            f"{'; '.join(changes[:6])}{' ...' if len(changes) > 6 else ''}. New dates would be read under other "
+            f"rules (other units, or another valid mask) than the cube's "
+            f"{manifest.outputs.get('time_steps', 0) if manifest else 0} time steps: put the old "
             f"values back, or move the cube away ({catalog.cube_path(cube)}) to build it again under the new rules")
 
 

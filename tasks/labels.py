@@ -854,7 +854,7 @@ def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -
     from matplotlib.colors import ListedColormap, to_rgb
     from matplotlib.patches import Patch
 
-    from tasks.quicklook import percent
+    from tasks.quicklook import percent, save_figure
 
     ds = xr.open_zarr(out, consolidated=None)
     step = max(1, int(np.ceil(max(ds.sizes["y"], ds.sizes["x"]) / 1024)))
@@ -885,10 +885,7 @@ def quicklook_png(out: str | Path, out_png: str | Path, *, var: str = "class") -
     for ax in axes:
         ax.set_axis_off()
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 # --- CLI ----------------------------------------------------------------------------------------

@@ -88,12 +88,13 @@ def environment() -> dict[str, Any]:
 
 def environment_changes(recorded: dict[str, Any]) -> list[str]:
     """What differs between a ``recorded`` :func:`environment` and this process's: ``torch
-    2.12.0 -> 2.13.0``, ``fusioncube commit 1a2b3c4 -> 5d6e7f8``, ``python 3.11.9 -> 3.12.1``."""
+    2.12.0 -> 2.13.0``, ``fusioncube commit 1a2b3c4 -> 5d6e7f8``, ``python 3.11.9 -> 3.12.1``,
+    ``cpus 8 -> 2`` (torch's default thread count follows them)."""
     now = _fixed()
     changes = []
     if recorded.get("git_commit") and now.get("git_commit") and recorded["git_commit"] != now["git_commit"]:
         changes.append(f"fusioncube commit {recorded['git_commit'][:10]} -> {now['git_commit'][:10]}")
-    for key in ("python", "machine"):
+    for key in ("python", "machine", "cpus"):  # the CPUs set torch's default thread count
         if recorded.get(key) and recorded[key] != now[key]:
             changes.append(f"{key} {recorded[key]} -> {now[key]}")
     was, has = recorded.get("libraries") or {}, now["libraries"]

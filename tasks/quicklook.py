@@ -21,7 +21,7 @@ from tasks.cube import open_cube
 __all__ = [
     "FILLED_TINT", "RGB_NAMES", "artifact_key", "composite_png", "filled_view", "is_current", "made_in_task_run",
     "newest_composite", "publish_image", "rgb_bands", "stretch",
-    "percent", "product_key", "quicklook_path", "thumbnail_data_uri", "write_class_cog",
+    "percent", "product_key", "quicklook_path", "save_figure", "thumbnail_data_uri", "write_class_cog",
 ]
 
 log = logging.getLogger(__name__)
@@ -152,11 +152,28 @@ def composite_png(
             fontsize=9,
         )
     ax.set_axis_off()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, bbox_inches="tight")
+
+
+def save_figure(fig: Any, path: str | Path, **savefig: Any) -> Path:
+    """Save a matplotlib figure as ``path`` (its folder made) and close it: written under a
+    temporary name and renamed into place, so a reader never sees half a picture and a symbolic
+    link planted at ``path`` is replaced, not written through."""
+    import os
+    import uuid
+
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, **savefig)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def quicklook_path(out: str | Path) -> Path:

@@ -329,6 +329,14 @@ def test_a_lock_file_that_is_a_symbolic_link_is_not_followed(tmp_path: Path) -> 
     with pytest.raises(CubeLockedError, match="is a symbolic link"), cube_lock(tmp_path / "c.zarr", timeout=0):
         pass
     assert victim.read_text() == "export IMPORTANT=1"
+    import matplotlib.pyplot as plt
+
+    from tasks.quicklook import save_figure
+
+    (tmp_path / "c.zarr.quicklook.png").symlink_to(victim)  # a picture is put in its place, not through it
+    save_figure(plt.figure(), tmp_path / "c.zarr.quicklook.png")
+    assert victim.read_text() == "export IMPORTANT=1" and not (tmp_path / "c.zarr.quicklook.png").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bashrc", "c.zarr.lock", "c.zarr.quicklook.png"]
 
 
 def test_a_manifest_and_a_product_record_the_software_and_machine(tmp_path: Path) -> None:

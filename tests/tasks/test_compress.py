@@ -364,9 +364,21 @@ def test_the_output_folder_must_be_the_stages_own(cube: Path, tmp_path: Path) ->
     out.mkdir()
     (out / "compress.png").write_text("my plot")
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match=r"holds notes.txt, which the compress stage did not write"):
+    with pytest.raises(FileExistsError, match=r"holds notes.txt, compress.png, which the compress stage did not write"):
         compress_cube(cube, out, patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=1)
     assert (out / "compress.png").read_text() == "my plot" and sorted(p.name for p in out.iterdir()) == [
         "compress.png", "notes.txt"]
     with pytest.raises(ValueError, match="the output holds the input"):
         compress_cube(cube, cube.parent, patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=1)
+    (out / "notes.txt").unlink()  # the stage's own names, but no run of the stage wrote them (QA11 recheck)
+    (out / "decoded_quality.json").write_text('{"mine": 1}')
+    (out / "decoded.zarr").mkdir()
+    (out / "decoded.zarr" / "README.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"holds compress.png, decoded_quality.json, decoded.zarr"):
+        compress_cube(cube, out, patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=1)
+    assert sorted(p.name for p in out.iterdir()) == ["compress.png", "decoded.zarr", "decoded_quality.json"]
+    (out / "compress.png").unlink()
+    (out / "decoded_quality.json").unlink()
+    with pytest.raises(FileExistsError, match=r"holds decoded.zarr, which"):  # refused before any work
+        compress_cube(cube, out, patch=8, ranks=(3, 2, 6, 6), step=0.05, iters=1)
+    assert sorted(p.name for p in out.iterdir()) == ["decoded.zarr"]
