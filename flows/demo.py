@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 from flows.pipeline import pipeline_steps, pipeline_up_to_date
 from tasks.catalog import load_catalog
 from tasks.sample_area_task import discard_cube_task, sample_area_current, sample_area_task
+from tasks.stages import STAGES
 
 __all__ = ["demo_flow", "demo_up_to_date", "DEFAULT_CATALOG", "DEMO_CUBES"]
 
@@ -44,7 +45,8 @@ def demo_flow(
     catalog = load_catalog(catalog_file, env=env)
     if not sample["reused"]:
         for cube in DEMO_CUBES:  # built from a sample area that is gone: start them afresh
-            discard_cube_task(str(catalog.cube_path(cube)), str(catalog.stage_dir(cube)))
+            own = ["patches.zarr", *(STAGES[s].output for s in catalog.cube(cube).stages if s in STAGES)]
+            discard_cube_task(str(catalog.cube_path(cube)), str(catalog.stage_dir(cube)), own)
     products = _products(sample)
     for cube in DEMO_CUBES:
         run = pipeline_steps(catalog_file, cube, env=env, progress_bar=progress_bar)

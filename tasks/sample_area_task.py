@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import filecmp
+import glob
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from tasks.checkpoint import (
     Manifest,
     atomic_artifact,
     code_version,
+    read_manifest,
     reusable,
     stage_key,
     write_manifest,
@@ -46,14 +50,30 @@ def ensure_sample_area(out: str | Path, *, size: str = "demo", seed: int = 0, pr
     if done is not None:
         log.info("sample area %s reused (%s)", out, key)
         return {"path": str(out), "reused": True, **done.outputs}
+    earlier = read_manifest(out) if out.exists() else None
     with atomic_artifact(out, overwrite=True) as tmp:  # reuse or refusal decided above
         area = generate_sample_area(tmp, size=size, seed=seed, progress=progress)
         outputs = {
             "planet_dates": [d.isoformat() for d in area.planet_dates],
             "modis_dates": [d.isoformat() for d in area.modis_dates],
         }
-    write_manifest(out, Manifest(stage="sample-area", key=key, params=params, inputs={}, code_version=code, outputs=outputs))
-    return {"path": str(out), "reused": False, **outputs}
+        same = earlier is not None and earlier.params == params and _same_files(tmp, out)
+        if same:  # made by other code, to the same bytes: the files (and their times) stay
+            shutil.rmtree(tmp)
+            shutil.copytree(out, tmp, copy_function=shutil.copy2)
+    manifest = Manifest(stage="sample-area", key=key, params=params, inputs={}, code_version=code, outputs=outputs)
+    write_manifest(out, manifest)
+    if same:
+        log.info("sample area %s: the same files as before (other generator code); kept", out)
+    return {"path": str(out), "reused": same, **outputs}
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """The folders ``a`` and ``b`` hold the same files with the same bytes."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    if files != sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()):
+        return False
+    return all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
 
 
 @task(name="sample-area", cache_policy=NO_CACHE)
@@ -65,17 +85,21 @@ def sample_area_task(out: str, size: str = "demo", seed: int = 0, progress_bar: 
 
 
 @task(name="discard-derived", cache_policy=NO_CACHE)
-def discard_cube_task(cube: str, artifacts: str) -> None:
-    """Remove a cube and its stage artifacts made from a sample area that was regenerated: what has
-    a fusioncube manifest (a folder of the user's own at those paths is left alone)."""
-    from tasks.checkpoint import MANIFEST_SUFFIX, manifest_path, remove_artifact
+def discard_cube_task(cube: str, artifacts: str, products: list[str] | None = None) -> list[str]:
+    """Remove a demo cube made from a sample area that was regenerated with other content, and the
+    demo's own products of it: ``products``, names in ``artifacts`` (its patches and the outputs of
+    the stages its catalog lists), each with the files named after it (its quick-look, map,
+    model). Only what has a fusioncube manifest; products of your own beside them are left (``info``
+    shows them out of date). Returns what was removed; each is logged as a warning."""
+    from tasks.checkpoint import manifest_path, remove_artifact
 
     made = [Path(cube)] if manifest_path(cube).exists() else []
-    if Path(artifacts).is_dir():
-        made += [m.with_name(m.name.removesuffix(MANIFEST_SUFFIX))
-                 for m in sorted(Path(artifacts).glob(f"*{MANIFEST_SUFFIX}"))]
+    made += [Path(artifacts) / name for name in products or [] if manifest_path(Path(artifacts) / name).exists()]
     for path in made:
-        get_run_logger().info("removing %s: made from a previous sample area", path)
+        log.warning("removing %s: made from an earlier sample area, whose files changed", path)
         remove_artifact(path)
+        for beside in path.parent.glob(f"{glob.escape(path.name)}.*"):  # OUT.zarr.quicklook.png, .tif, .pt
+            remove_artifact(beside)
     if made and made[0] == Path(cube):
         Path(cube).with_name(Path(cube).stem + "_newest.png").unlink(missing_ok=True)
+    return [str(p) for p in made]

@@ -153,3 +153,35 @@ def test_the_demo_never_replaces_a_folder_of_the_users_at_its_paths(tmp_path: Pa
     discard_cube_task.fn(str(tmp_path / "cubes" / "planet.zarr"), str(notes.parent))
     assert mine.read_text() == "my only copy" and notes.read_text() == "mine too"
     assert (tmp_path / "cubes" / "planet.zarr").exists()  # no manifest: not the demo's cube
+
+
+def test_a_sample_area_of_the_same_bytes_is_kept_when_its_generator_code_changed(tmp_path: Path) -> None:
+    """QA11 upgrade: an edit anywhere the generator imports (tasks.cube) changed the sample area's
+    key, so the demo made it again (same bytes, new times), dropped its cubes and every product
+    in their folders, the user's own too, and rebuilt them. Now the same bytes are kept, times
+    and all; only the demo's own products of a sample area that really changed are removed."""
+    import dataclasses
+    import os
+
+    from tasks.checkpoint import read_manifest, write_manifest
+    from tasks.sample_area_task import discard_cube_task, ensure_sample_area
+
+    out = tmp_path / "sample"
+    assert not ensure_sample_area(out, size="small")["reused"]
+    times = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    old = read_manifest(out)
+    write_manifest(out, dataclasses.replace(old, key="made-by-older-code", code_version="0.0.9+old", environment={}))
+    again = ensure_sample_area(out, size="small")
+    assert again["reused"] and read_manifest(out).key == old.key
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == times
+
+    artifacts = tmp_path / "artifacts" / "planet"
+    for name in ("patches.zarr", "filled.zarr", "classes.zarr"):  # the demo's two, and one of the user's
+        (artifacts / name).mkdir(parents=True)
+        write_manifest(artifacts / name, dataclasses.replace(old, key=name))
+    (artifacts / "filled.zarr.quicklook.png").write_bytes(b"png")
+    (artifacts / "classes.zarr.tif").write_bytes(b"tif")
+    removed = discard_cube_task.fn(str(tmp_path / "cubes" / "planet.zarr"), str(artifacts),
+                                   ["patches.zarr", "filled.zarr"])
+    assert removed == [str(artifacts / "patches.zarr"), str(artifacts / "filled.zarr")]
+    assert sorted(os.listdir(artifacts)) == ["classes.zarr", "classes.zarr.manifest.json", "classes.zarr.tif"]
