@@ -526,6 +526,21 @@ def _layer_source(name: str, layer: str) -> dict[str, Any]:
             "max_nodata_share": 1.0}
 
 
+def _kept_resampling(out: Path, key: str) -> str | None:
+    """The resampling an append to the cube at ``out`` keeps for its source ``key``: the one its
+    manifest records; bilinear for a cube made before it recorded one (fusioncube then warped
+    values bilinearly onto coarser grids too); None (the default) for a new cube."""
+    from tasks.checkpoint import read_manifest
+
+    manifest = read_manifest(out) if out.with_name(out.name + ".manifest.json").exists() else None
+    if manifest is None or not manifest.outputs.get("time_steps"):
+        return None
+    recorded = manifest.outputs.get("value_rules")
+    if recorded is None:
+        return "bilinear"
+    return (recorded.get(key) or {}).get("resampling")
+
+
 def _product_radiometry(out: Path, key: str, files: list[str], kind: str) -> bool:
     """Whether the source ``key`` of the cube at ``out`` reads physical units from the product's
     metadata (``kind``): on an append, as the cube was built (one new file without metadata is
@@ -870,7 +885,8 @@ def build_adhoc_catalog(
                 "bands": src.bands,
                 **({"mask": mask} if mask else {}),
                 **({"radiometry": radiometry[key]} if key in radiometry else {}),
-                **({"resampling": "mode"} if classes else {}),
+                **({"resampling": "mode"} if classes else
+                   {"resampling": kept} if (kept := _kept_resampling(out, key)) else {}),
                 "max_nodata_share": 1.0,
             }
             for key, src in sources.items()

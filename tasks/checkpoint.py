@@ -292,18 +292,23 @@ def reusable(artifact: str | Path, key: str) -> Manifest | None:
     return manifest
 
 
+#: files that make a folder a store fusioncube may replace without its manifest (a run killed
+#: between renaming it into place and writing the manifest): Zarr v3 / v2, a compressed store
+ARTIFACT_MARKERS = ("zarr.json", ".zgroup", ".zarray", "codec.bin")
+
+
 def not_replaceable(path: str | Path) -> str | None:
     """Why fusioncube must not delete what is at ``path`` to put an artifact there, or None when it
-    may: nothing is there, or an artifact (a manifest beside it), a Zarr store (an earlier run's
-    product that lost its manifest to a kill, or a store the user chose to replace) or an empty
-    folder. Anything else (a folder of documents, a file) is the user's."""
+    may: nothing is there, or an artifact (a manifest beside it), a store (:data:`ARTIFACT_MARKERS`:
+    an earlier run's product that lost its manifest to a kill, or a Zarr store the user chose to
+    replace) or an empty folder. Anything else (a folder of documents, a file) is the user's."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return None
     if manifest_path(path).exists():
         return None
     if path.is_dir() and not path.is_symlink():
-        if any((path / marker).is_file() for marker in ("zarr.json", ".zgroup", ".zarray")):
+        if any((path / marker).is_file() for marker in ARTIFACT_MARKERS):
             return None
         held = sorted(p.name for p in path.iterdir())
         if not held:
@@ -349,14 +354,30 @@ def reuse_or_refuse(artifact: str | Path, key: str, *, stage: str, overwrite: bo
     if why is not None:
         raise FileExistsError(f"{artifact} exists and is {why}: it is not replaced, even with --overwrite; "
                               "choose another output path, or move it away yourself")
+    old = read_manifest(artifact) if artifact.exists() else None
     if artifact.exists() and not overwrite:
-        old = read_manifest(artifact)
         raise FileExistsError(
             f"{artifact} exists but was not made from this input with these parameters and code "
-            f"(its key {old.key if old else 'unknown: no manifest'}, this run's key {key}); "
+            f"(its key {old.key if old else 'unknown: no manifest'}, this run's key {key}"
+            f"{'; ' + _made_otherwise(old, inputs) if old else ''}); "
             "pass overwrite=True (--overwrite) to replace it, or choose another output path"
         )
+    if old is not None:
+        log.info("%s: replacing %s: %s", stage, artifact, _made_otherwise(old, inputs))
     return None
+
+
+def _made_otherwise(old: Manifest, inputs: Sequence[str | Path]) -> str:
+    """Why the artifact ``old`` describes is not this run's, as far as its manifest tells: another
+    input (or another state of it), or the same input with other parameters or code."""
+    try:
+        now = {fingerprint(p) for p in inputs}
+    except (OSError, CheckpointError):
+        now = set()
+    when = f"on {old.created[:10]} by fusioncube {old.code_version}"
+    if now and now <= set(old.inputs.values()):
+        return f"it was made from the same input {when}: its parameters or fusioncube's code differ"
+    return f"it was made {when} from {'another input, or an earlier state of it' if now else 'its input then'}"
 
 
 def torch_load_refusal(exc: BaseException) -> str:

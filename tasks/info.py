@@ -110,7 +110,8 @@ def _made_by(manifest: Manifest | None, path: Path, attrs: Mapping[str, Any] | N
     lines = [f"  made by: stage {manifest.stage}, {manifest.created[:19].replace('T', ' ')} UTC, from {source}"]
     if params:
         lines.append(f"  parameters: {params}")
-    lines += describe_environment(manifest.environment)
+    lines += describe_environment(manifest.environment) or [
+        "  made with: not recorded (made by a fusioncube from before 2026-12-08)"]
     if manifest.stage != "ingest" and (why := stale_input(manifest)):
         lines.append(f"  OUT OF DATE: {why}; run its stage again (`fusioncube run` with the stage listed, "
                      "or the same `fusioncube stage` command)")

@@ -903,17 +903,58 @@ def _rule_changes(was: dict[str, Any], now: dict[str, Any], where: str = "") -> 
     return sorted(changes)
 
 
+def _coarser_than_scenes(catalog: Catalog, source: str, manifest: Manifest) -> bool:
+    """Whether the cube's grid (as its manifest records it) is coarse enough against a scene of
+    ``source`` (the first its globs find) for values to take the area average there by default."""
+    from affine import Affine
+
+    from tasks.class_maps import target_pixel_scale
+    from tasks.discover import expand_globs
+    from tasks.warp import AVERAGE_FROM_SCALE
+
+    grid = manifest.outputs.get("grid") or {}
+    files = expand_globs(catalog.source(source).glob[:1])
+    if not files or not grid.get("transform"):
+        return False
+    try:
+        with rasterio.open(files[0]) as ds:
+            if ds.crs is None:
+                return False
+            scale = target_pixel_scale(ds.transform, ds.crs, Affine(*grid["transform"]), CRS.from_user_input(grid["crs"]),
+                                       (int(grid["height"]), int(grid["width"])))
+    except (rasterio.errors.RasterioIOError, ValueError, KeyError):
+        return False
+    return scale is not None and scale >= AVERAGE_FROM_SCALE
+
+
 def value_rule_changes(catalog: Catalog, cube: str, manifest: Manifest | None) -> list[str]:
     """How the catalog's :func:`value_rules` of ``cube`` differ from those its ``manifest``
     records (``planet.bands.blue.scale 0.0001 -> 0.00011``); none for a cube made before they were
-    recorded."""
+    recorded. A source's ``resampling`` is left out: it changes how values are interpolated onto
+    the grid, not their units (:func:`check_value_rules` warns of it)."""
     was = manifest.outputs.get("value_rules") if manifest is not None else None
-    return _rule_changes(was, value_rules(catalog, cube)) if was else []
+    return [c for c in _rule_changes(was, value_rules(catalog, cube)) if ".resampling " not in c] if was else []
 
 
 def check_value_rules(catalog: Catalog, cube: str, manifest: Manifest | None) -> None:
     """Refuse to add to ``cube`` under other value rules than the ones it was built with (a band's
-    scale edited in the catalog): the new dates would silently be in other units."""
+    scale edited in the catalog): the new dates would silently be in other units. Warn of a changed
+    resampling, and of a cube made before the rules were recorded, whose values fusioncube warped
+    onto a coarser grid bilinearly where it now takes the area average (:func:`tasks.warp.value_resampling`)."""
+    was = manifest.outputs.get("value_rules") if manifest is not None else None
+    now = value_rules(catalog, cube)
+    if was:
+        for change in _rule_changes(was, now):
+            if ".resampling " in change:
+                log.warning("cube %s: %s since it was built; later dates are warped so (on a grid as fine as "
+                            "the scenes bilinear and the default agree)", cube, change.replace(".resampling", "'s resampling"))
+    elif manifest is not None and manifest.outputs.get("time_steps"):
+        loose = [name for name, rules in now.items() if rules["resampling"] is None
+                 and catalog.source(name).kind == "continuous" and _coarser_than_scenes(catalog, name, manifest)]
+        if loose:
+            log.warning("cube %s was made by a fusioncube that warped values onto a grid coarser than the scenes "
+                        "by bilinear interpolation; this one takes the area average there: to append as before, set "
+                        "`resampling: bilinear` on source(s) %s in %s", cube, ", ".join(loose), catalog.path or "the catalog")
     changes = value_rule_changes(catalog, cube, manifest)
     if changes:
         where = f" ({catalog.path})" if catalog.path else ""

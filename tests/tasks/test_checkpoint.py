@@ -357,3 +357,22 @@ def test_a_manifest_and_a_product_record_the_software_and_machine(tmp_path: Path
     attrs = product_attrs("s", "k", {"a": 1}, code="0+x")
     assert json.loads(attrs["fusioncube_environment"])["libraries"] == env["libraries"]
     assert describe_environment({}) == []  # a manifest from before
+
+
+def test_a_refusal_says_whether_the_input_or_the_parameters_and_code_differ(tmp_path: Path) -> None:
+    """QA11 upgrade: after an upgrade every product was made again, or refused, with two keys and
+    no reason. Now the message says which: the same input (so other parameters or code), or not."""
+    import dataclasses
+
+    cube = tmp_path / "c.zarr"
+    cube.mkdir()
+    write_manifest(cube, _manifest("cube-key"))
+    out = tmp_path / "p.zarr"
+    out.mkdir()
+    write_manifest(out, dataclasses.replace(_manifest("old"), inputs={"cube": "cube-key"}, code_version="0.1.0+old"))
+    with pytest.raises(FileExistsError, match=r"made from the same input on .* by fusioncube 0.1.0\+old: its "
+                                              r"parameters or fusioncube's code differ"):
+        reuse_or_refuse(out, "new", stage="s", overwrite=False, inputs=[cube])
+    write_manifest(cube, _manifest("cube-key-2"))  # the cube grew since
+    with pytest.raises(FileExistsError, match="from another input, or an earlier state of it"):
+        reuse_or_refuse(out, "new", stage="s", overwrite=False, inputs=[cube])

@@ -309,6 +309,7 @@ def test_a_catalog_whose_value_rules_changed_is_refused_before_adding_dates(samp
         with pytest.raises(CatalogError, match="move the cube away"):
             plan_ingest(edited, "planet")  # what `fusioncube run`'s no-op check asks first
         assert _store_digest(path) == digest
+    plan_ingest(_catalog(sample, tmp_path, sources__planet__resampling="cubic"), "planet")  # warned, not refused
     report = ingest_cube(_catalog(sample, tmp_path, sources__planet__max_nodata_share=0.999), "planet")
     assert report.dates_added  # not a value rule: the rest of the year is added
 

@@ -366,3 +366,41 @@ def test_a_scene_ingested_onto_a_coarser_grid_takes_its_pixels_area_average(tmp_
     want = dn.astype(float).reshape(6, 10, 6, 10).mean(axis=(1, 3))
     assert got.shape == (6, 6)
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_a_cube_made_before_the_average_default_keeps_appending_bilinearly(tmp_path: Path, capfd) -> None:
+    """QA11 upgrade: a cube on a coarser grid made when values were warped bilinearly got its new
+    dates by area average, silently. An ad hoc append keeps bilinear (written in its catalog and
+    recorded); a catalog-driven one says how to keep it."""
+    import dataclasses
+
+    import yaml
+
+    from flows.cli import main
+    from tasks.catalog import load_catalog
+    from tasks.checkpoint import read_manifest, write_manifest
+    from tasks.ingest import plan_ingest
+
+    dn = np.random.default_rng(0).integers(100, 10000, (60, 60)).astype("uint16")
+    (tmp_path / "s").mkdir()
+    _write(tmp_path / "s" / "scene_20190601.tif", Affine(3, 0, 450000, 0, -3, 4650000), dn, "EPSG:32615", nodata=0)
+    cube = tmp_path / "c.zarr"
+    assert main(["ingest", str(tmp_path / "s"), "--out", str(cube), "--resolution", "30"]) == 0
+    old = read_manifest(cube)
+    older = {k: v for k, v in old.outputs.items() if k != "value_rules"}  # as the release before wrote it
+    write_manifest(cube, dataclasses.replace(old, outputs=older, environment={}))
+    capfd.readouterr()
+    plan_ingest(load_catalog(cube.with_name("c.zarr.catalog.yaml")), "c")  # the logs go to Prefect's handler
+    assert "set `resampling: bilinear` on source(s) scenes" in capfd.readouterr().err
+
+    _write(tmp_path / "s" / "scene_20190611.tif", Affine(3, 0, 450000, 0, -3, 4650000), dn, "EPSG:32615", nodata=0)
+    assert main(["ingest", str(tmp_path / "s"), "--out", str(cube), "--resolution", "30"]) == 0
+    assert yaml.safe_load(cube.with_name("c.zarr.catalog.yaml").read_text())["sources"]["scenes"]["resampling"] == "bilinear"
+    assert read_manifest(cube).outputs["value_rules"]["scenes"]["resampling"] == "bilinear"
+    import xarray as xr
+
+    data = xr.open_zarr(cube, consolidated=None)["data"].isel(band=0).values
+    assert not np.allclose(data[1], dn.astype(float).reshape(6, 10, 6, 10).mean(axis=(1, 3)))  # not averaged
+    capfd.readouterr()
+    plan_ingest(load_catalog(cube.with_name("c.zarr.catalog.yaml")), "c")  # recorded now: no warning
+    assert "resampling" not in capfd.readouterr().err
