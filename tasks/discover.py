@@ -7,6 +7,7 @@ Sentinel-2, HLS; the source's ``band_files``) gives one ref per group of band fi
 
 from __future__ import annotations
 
+import calendar
 import fnmatch
 import functools
 import glob as globmod
@@ -14,7 +15,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -332,7 +333,9 @@ def _variable(description: str, span: tuple[int, int]) -> str:
 
 
 def _plausible(d: datetime) -> datetime | None:
-    return d if 1950 <= d.year <= 2100 else None
+    """A date a scene may have (historic air photos back to 1900): a run of digits that parses as a
+    date outside that is most likely an order or job number."""
+    return d if 1900 <= d.year <= 2100 else None
 
 
 def parse_date_from_name(name: str) -> datetime | None:
@@ -366,7 +369,7 @@ def date_in_name(name: str, *, bare_doy: bool = True) -> tuple[datetime, tuple[i
                     d = datetime.strptime(m[1], "%Y%m%d")
                 else:
                     doy = int(m[2])
-                    if not 1 <= doy <= 366:
+                    if not 1 <= doy <= 365 + calendar.isleap(int(m[1])):  # day 366 only in a leap year
                         continue
                     d = datetime(int(m[1]), 1, 1) + timedelta(days=doy - 1)
             except ValueError:
@@ -376,27 +379,77 @@ def date_in_name(name: str, *, bare_doy: bool = True) -> tuple[datetime, tuple[i
     return None
 
 
-_META_KEYS = ("ACQUISITIONDATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "TIFFTAG_DATETIME", "time")
+#: tags naming a scene's acquisition time (GDAL metadata of products and of xarray / CF exports)
+_META_KEYS = ("ACQUISITIONDATETIME", "ACQUISITION_DATE", "DATE_ACQUIRED", "time")
+#: the TIFF's own date: the time the file was made (TIFF 6.0), taken only when nothing else dates it
+_FILE_DATE_KEY = "TIFFTAG_DATETIME"
 
 
 def _parse_meta_value(value: str) -> datetime | None:
-    value = value.strip().rstrip("Z")
-    for fmt in ("%Y:%m:%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
-        try:
-            return datetime.strptime(value, fmt)
-        except ValueError:
-            continue
-    return None
+    """A date or date-time as tags and CF units write it: ISO 8601 (basic or extended, ``T`` or a
+    space, fractions, ``Z``, ``UTC`` or an offset such as ``+02:00`` / ``-05:00``, which is applied:
+    the result is naive UTC), TIFF's ``2019:06:01 15:30:45``, and one-digit fields as NCEP writes
+    them (``1800-01-01 00:00:0.0``); None when it is none of those."""
+    text = value.strip()
+    text = re.sub(r"^(\d{4}):(\d{2}):(\d{2})(?=[ T]|$)", r"\1-\2-\3", text)  # TIFF / EXIF
+    text = re.sub(r"\s*(UTC|GMT)$", "+00:00", text, flags=re.IGNORECASE)
+    text = re.sub(r"^(\d{4}-\d{1,2}-\d{1,2})[ T](\d{1,2}):(\d{1,2}):(\d{1,2})(?=[.,\s+\-Z]|$)",  # 0:0:0.0
+                  lambda m: f"{m[1]} {int(m[2]):02d}:{int(m[3]):02d}:{int(m[4]):02d}", text)
+    text = re.sub(r"^(\d{4})-(\d{1,2})-(\d{1,2})", lambda m: f"{m[1]}-{int(m[2]):02d}-{int(m[3]):02d}", text)
+    text = re.sub(r"\s+([+-]\d{2}:?\d{2})$", r"\1", text)  # "00:00:00 -05:00"
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)  # nanoseconds: microseconds are plenty
+    try:
+        d = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if d.tzinfo is not None:
+        d = d.astimezone(UTC).replace(tzinfo=None)
+    return d
 
 
-def _date_from_tags(tags: dict[str, str]) -> datetime | None:
+def _date_from_tags(tags: dict[str, str], path: str = "") -> datetime | None:
+    """The acquisition date in a file's tags (:data:`_META_KEYS`); a tag of those that holds no
+    date it can read is an error naming it, not a reason to take another. Else the TIFF's own
+    date, with a warning that it is when the file was made."""
     for key in _META_KEYS:
         for k, v in tags.items():
-            if k.upper().endswith(key.upper()):
+            if k.upper().endswith(key.upper()) and k.upper() != _FILE_DATE_KEY:
                 d = _parse_meta_value(v)
+                if d is None and key != "time":  # "...time" tags may hold a time of day, or anything
+                    raise SceneError(path, f"its tag {k}={v!r} is no date fusioncube reads (ISO 8601); give the "
+                                           "dates another way (--date-pattern on the file names, or --date)")
                 if d is not None:
                     return d
+    for k, v in tags.items():
+        if k.upper() == _FILE_DATE_KEY and (d := _parse_meta_value(v)) is not None:
+            log.warning("%s: dated by its %s (%s), the time the file was made: if that is not when it was "
+                        "acquired, give the dates another way (--date-pattern on the file names, or --date)",
+                        file_name(path), k, v)
+            return d
     return None
+
+
+#: CF calendars read as the proleptic Gregorian calendar (the same dates after 1582)
+_GREGORIAN = {"standard", "gregorian", "proleptic_gregorian", ""}
+_NOLEAP_MONTHS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _noleap_dates(base: datetime, days: list[float]) -> list[datetime]:
+    """``days`` after ``base`` counted in CF's ``noleap`` / ``365_day`` calendar (every year 365 days,
+    no 29 February): each a date of the real calendar (all of those exist in it)."""
+    import itertools
+
+    starts = [0, *itertools.accumulate(_NOLEAP_MONTHS)]
+    origin = base.year * 365 + starts[base.month - 1] + base.day - 1
+    seconds = base.hour * 3600 + base.minute * 60 + base.second + base.microsecond / 1e6
+    out = []
+    for n in days:
+        total = (origin + seconds / 86400 + n) * 86400
+        day, second = divmod(round(total * 1e6), 86_400_000_000)
+        year, within = divmod(day, 365)
+        month = next(i for i in range(12) if within < starts[i + 1])
+        out.append(datetime(year, month + 1, within - starts[month] + 1) + timedelta(microseconds=second))
+    return out
 
 
 def _netcdf_times(tags: dict[str, str], path: str = "") -> list[datetime] | None:
@@ -417,14 +470,24 @@ def _netcdf_times(tags: dict[str, str], path: str = "") -> list[datetime] | None
     dim = timed[0]
     values, units = tags.get(f"NETCDF_DIM_{dim}_VALUES"), tags[f"{dim}#units"]
     m = re.match(r"\s*(\w+)\s+since\s+(.+)", units)
-    unit = {"seconds": "s", "minutes": "m", "hours": "h", "days": "D"}.get(m[1].lower()) if m else None
-    base = _parse_meta_value(m[2].split("+")[0].strip()) if m else None
-    if not values or unit is None or base is None:
+    per_day = {"second": 86400, "seconds": 86400, "minute": 1440, "minutes": 1440, "hour": 24, "hours": 24,
+               "day": 1, "days": 1}.get(m[1].lower()) if m else None
+    base = _parse_meta_value(m[2]) if m else None
+    if per_day is None or base is None:
+        raise SceneError(path, f"its time axis {dim!r} is in {units!r}, which fusioncube does not read (it reads "
+                               "seconds, minutes, hours or days since an ISO 8601 date); convert its times first "
+                               "(e.g. xarray's decode_times, then to_netcdf)")
+    if not values:
         return None
-    import pandas as pd
-
-    nums = [float(v) for v in values.strip("{}").split(",") if v.strip()]
-    return [(pd.Timestamp(base) + pd.to_timedelta(n, unit=unit)).to_pydatetime() for n in nums]
+    calendar_name = tags.get(f"{dim}#calendar", "").strip().lower()
+    days = [float(v) / per_day for v in values.strip("{}").split(",") if v.strip()]
+    if calendar_name in ("noleap", "365_day"):
+        return _noleap_dates(base, days)
+    if calendar_name not in _GREGORIAN:
+        raise SceneError(path, f"its time axis {dim!r} counts in the {calendar_name!r} calendar, whose dates are "
+                               "not all dates of the real one (30 February in 360_day); convert it first, e.g. "
+                               "xarray's ds.convert_calendar('standard', align_on='date')")
+    return [base + timedelta(days=n) for n in days]
 
 
 def _netcdf_extra_dims(tags: dict[str, str]) -> list[str]:
@@ -583,24 +646,30 @@ def scene_refs_for_file(
         times = _netcdf_times(tags, path)
     if times and rule.from_ != "filename" and len(times) > 1:
         return [SceneRef(path, t, source, datasets, i, mask) for i, t in enumerate(times)]
+    if times and rule.from_ != "filename" and not rule.pattern:  # one step: its time axis, before its name
+        return [SceneRef(path, times[0], source, datasets, 0, mask)]
     if stack is not None and rule.from_ != "filename" and not rule.pattern:  # bands are dates
         return [SceneRef(path, t, source, datasets, i, mask) for i, (t, _) in enumerate(stack)]
     date: datetime | None = None
     if rule.pattern:
         m = re.search(rule.pattern, file_name(path))
-        if m:
-            try:
-                date = (
-                    datetime.strptime(m["date"], rule.format)
-                    if rule.format
-                    else parse_date_from_name(m["date"])
-                )
-            except ValueError as exc:
-                raise SceneError(path, f"date {m['date']!r} does not match format {rule.format!r}") from exc
+        if m is None:
+            raise SceneError(path, f"the date pattern {rule.pattern!r} does not match its name")
+        try:
+            date = (
+                datetime.strptime(m["date"], rule.format)
+                if rule.format
+                else parse_date_from_name(m["date"])
+            )
+        except ValueError as exc:
+            raise SceneError(path, f"date {m['date']!r} does not match format {rule.format!r}") from exc
+        if date is None:
+            raise SceneError(path, f"the date pattern matched {m['date']!r}, which is no date fusioncube reads "
+                                   "by itself; give its format (date.format, --date-format, e.g. %d%m%Y)")
     elif rule.from_ in ("auto", "filename"):
         date = parse_date_from_name(path)
     if date is None and rule.from_ in ("auto", "metadata"):
-        date = times[0] if times else _date_from_tags(tags)
+        date = times[0] if times else _date_from_tags(tags, path)
     if date is None and rule.from_ in ("auto", "filename") and not rule.pattern:
         date = date_in_folders(path)
     if date is None and rule.default is not None:

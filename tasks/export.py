@@ -68,6 +68,8 @@ def _select(times: pd.DatetimeIndex, dates: Sequence[str] | None, start: str | N
                 pd.Timestamp(value)
             except ValueError as exc:
                 raise ValueError(f"{flag} {value}: not a date, YYYY-MM-DD ({exc})") from None
+    if start and end and pd.Timestamp(start) > pd.Timestamp(end):
+        raise ValueError(f"--start {start} is after --end {end}")
     keep = np.ones(len(times), dtype=bool)
     days = times.normalize()
     if dates:
@@ -285,7 +287,8 @@ def export_cube(
                 dsts = [stack.enter_context(rasterio.open(f, "w", **profile)) for f in plain]
                 for dst, i in zip(dsts, group, strict=True):
                     dst.descriptions = tuple(names)
-                    dst.update_tags(DATE=labels[i], SOURCE_CUBE=str(cube))
+                    dst.update_tags(DATE=labels[i], SOURCE_CUBE=str(cube),  # the acquisition time, UTC
+                                    DATETIME=str(np.datetime_as_string(ds["time"].values[i], unit="s")) + "Z")
                 for w in _windows(height, width, (chunks[2][0], chunks[3][0]), dates=len(group), bands=len(names)):
                     rows = slice(int(w.row_off), int(w.row_off + w.height))
                     cols = slice(int(w.col_off), int(w.col_off + w.width))

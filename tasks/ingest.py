@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from itertools import groupby
 from pathlib import Path
@@ -586,7 +586,17 @@ def _one_step_per_file(group: list[SceneRef], skipped: list[dict[str, Any]]) -> 
             continue
         seen.add(ref.path)
         kept.append(ref)
+    times = sorted(r.date for r in kept if r.date is not None)
+    if times and times[-1] - times[0] > SAME_PASS:
+        log.warning("%s: %d scenes acquired from %s to %s UTC (%.1f h apart) go into one slice, the clear pixels "
+                    "of the earliest winning where they overlap; for a sub-daily series (or two satellites' "
+                    "passes) give one cube per time of day, or resample to daily first", times[0].date(), len(kept),
+                    f"{times[0]:%H:%M}", f"{times[-1]:%H:%M}", (times[-1] - times[0]).total_seconds() / 3600)
     return kept
+
+
+#: scenes of one date acquired within this of each other are taken for one pass (adjacent tiles)
+SAME_PASS = timedelta(hours=1)
 
 
 # -- reading, validating and warping one group of dates ------------------------------------------
