@@ -81,9 +81,9 @@ class Manifest:
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
     outputs: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
-    #: the software and machine it was made with (``tasks.provenance.environment``), filled in by
-    #: :func:`write_manifest`; empty in manifests written before it was recorded
-    environment: dict[str, Any] = field(default_factory=dict)
+    #: the software and machine it was made with (``tasks.provenance.environment``, taken when the
+    #: manifest is made); empty in manifests written before it was recorded
+    environment: dict[str, Any] = field(default_factory=lambda: _current_environment())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
@@ -256,22 +256,21 @@ def read_manifest(artifact: str | Path) -> Manifest | None:
         return None
     try:
         raw = json.loads(path.read_text())
-        return Manifest(**raw)
+        return Manifest(**{"environment": {}, **raw})  # written before environments were recorded: none
     except (json.JSONDecodeError, TypeError) as exc:
         raise CheckpointError(
             f"{path}: manifest is unreadable ({exc}); delete it to recompute the artifact"
         ) from exc
 
 
-def write_manifest(artifact: str | Path, manifest: Manifest) -> Path:
-    """Write the manifest atomically (temporary file + ``os.replace``), with the environment of
-    this process (:func:`tasks.provenance.environment`) unless it has one."""
-    from dataclasses import replace
-
+def _current_environment() -> dict[str, Any]:
     from tasks.provenance import environment
 
-    if not manifest.environment:
-        manifest = replace(manifest, environment=environment())
+    return environment()
+
+
+def write_manifest(artifact: str | Path, manifest: Manifest) -> Path:
+    """Write the manifest atomically (temporary file + ``os.replace``)."""
     path = manifest_path(artifact)
     for leftover in path.parent.glob(f"{glob.escape(path.name)}{_TMP_MARK}*"):  # a killed write's temporary
         leftover.unlink(missing_ok=True)
