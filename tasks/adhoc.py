@@ -335,7 +335,8 @@ class Preset:
     scene: str  # regex on a scene (or first band) file name
     mask: str  # its replacement: the mask file's name
     rule: dict[str, Any]
-    scales: dict[str, tuple[float, float]]
+    #: band-name prefix -> (scale, offset), or (scale, offset, (raw valid min, raw valid max))
+    scales: dict[str, tuple[float, float] | tuple[float, float, tuple[float, float]]]
     #: the scene files' names as a glob: a folder given to `fusioncube ingest` is searched for these
     #: only, so the product's other files (Sentinel-2's AOT / WVP / TCI, Landsat's QA_RADSAT and
     #: ST_QA, PlanetScope's metadata) are not taken for scenes
@@ -358,10 +359,12 @@ PRESETS = (
     # UDM2 band 1 = clear; surface reflectance scaled by 10 000
     Preset("PlanetScope surface reflectance", r"_AnalyticMS_SR(?:_8b)?(?:_harmonized)?(_clip)?\.tif$",
            r"_udm2\1.tif", {"band": 1, "clear_values": [1]}, {"": (1e-4, 0.0)}, "*_AnalyticMS_SR*.tif"),
-    # QA_PIXEL bits 1-4: dilated cloud, cirrus, cloud, cloud shadow; Collection 2 Level-2 scaling
+    # QA_PIXEL bits 0-4: fill, dilated cloud, cirrus, cloud, cloud shadow (snow, water kept);
+    # Collection 2 Level-2 scaling and valid ranges (SR 7273-43636, ST 293-61440); DN 0 is fill
     Preset("Landsat Collection 2 Level-2", r"_S[RT]_B\d+\.TIF$", "_QA_PIXEL.TIF",
-           {"band": 1, "invalid_bits": [1, 2, 3, 4]}, {"SR_": (2.75e-5, -0.2), "ST_": (0.00341802, 149.0)},
-           "*_S[RT]_B*.TIF", sensors=(
+           {"band": 1, "invalid_bits": [0, 1, 2, 3, 4]},
+           {"SR_": (2.75e-5, -0.2, (7273.0, 43636.0)), "ST_": (0.00341802, 149.0, (293.0, 61440.0))},
+           "*_S[RT]_B*.TIF", nodata=0.0, sensors=(
                Sensor("scenes_oli", "Landsat 8-9 OLI", r"^L[CO]0[89]_", "L[CO]0[89]_*_S[RT]_B*.TIF",
                       {"coastal": "SR_B1", "blue": "SR_B2", "green": "SR_B3", "red": "SR_B4", "nir08": "SR_B5",
                        "swir16": "SR_B6", "swir22": "SR_B7", "lwir": "ST_B10"}),
@@ -397,8 +400,8 @@ PRESETS = (
     # reflectance from its MTL (sun elevation included), thermal bands as radiance; the 15 m
     # panchromatic band (B8 of Landsat 7-9) is not taken, it would put the 30 m bands on a 15 m grid
     Preset("Landsat Collection 2 Level-1", r"(?<!_S[RT])_B\d{1,2}(?:_VCID_\d)?\.TIF$", "_QA_PIXEL.TIF",
-           {"band": 1, "invalid_bits": [1, 2, 3, 4]}, {}, "L*_L1*_B[0-79]*.TIF", "landsat_c2_l1",
-           band_files=r"_(?P<band>B\d{1,2}(?:_VCID_\d)?)\.TIF$", exclude=r"_B8\.TIF$", sensors=(
+           {"band": 1, "invalid_bits": [0, 1, 2, 3, 4]}, {}, "L*_L1*_B[0-79]*.TIF", "landsat_c2_l1",
+           band_files=r"_(?P<band>B\d{1,2}(?:_VCID_\d)?)\.TIF$", exclude=r"_B8\.TIF$", nodata=0.0, sensors=(
                Sensor("scenes_oli", "Landsat 8-9 OLI", r"^L[CO]0[89]_", "L[CO]0[89]_L1*_B[0-79]*.TIF",
                       {"coastal": "B1", "blue": "B2", "green": "B3", "red": "B4", "nir08": "B5", "swir16": "B6",
                        "swir22": "B7", "cirrus": "B9", "lwir": "B10"}),
@@ -476,7 +479,9 @@ def _with_known_units(band: dict[str, Any], path: str, *, one_band: bool) -> dic
     by its number is named after the layer its file name gives (``NDVI``)."""
     name = file_name(path)
     numbered = re.fullmatch(r"band\d+", str(band["name"])) is not None
-    layer = name if one_band and numbered else str(band.get("file", band["name"]))
+    # a band file's token is what tells it from its siblings (``Day`` of ``LST_Day_1km``): its
+    # layer is in the file's whole name
+    layer = name if (one_band and numbered) or "file" in band else str(band["name"])
     rule = known_layer(name, layer)
     if rule is None:
         return band
@@ -524,6 +529,43 @@ def _layer_source(name: str, layer: str) -> dict[str, Any]:
     return {"kind": "categorical", "static": True, "glob": [pattern],
             "bands": [{"name": name, "index": band["index"], **({"nodata": band["nodata"]} if "nodata" in band else {})}],
             "max_nodata_share": 1.0}
+
+
+def _keep_cube_rules(out: Path, sources: dict[str, _Source], mask: dict[str, Any] | None) -> dict[str, Any] | None:
+    """On an append to the cube at ``out`` without unit options: each band keeps the scale, offset,
+    nodata and valid range, and the source its mask rule, that the catalog beside the cube gave
+    them (a newer fusioncube may read a product's files otherwise: the cube's later dates stay in
+    its units), with a warning naming what a new cube would take instead. Returns the mask rule."""
+    beside = out.with_name(out.name + ".catalog.yaml")
+    if not (out.with_name(out.name + ".manifest.json").exists() and beside.exists()):
+        return mask
+    try:
+        before = yaml.safe_load(beside.read_text())["sources"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return mask
+    changed: list[str] = []
+    for key, src in sources.items():
+        old = before.get(key) if isinstance(before, dict) else None
+        if not isinstance(old, dict):
+            continue
+        recorded = {b.get("name"): b for b in old.get("bands") or [] if isinstance(b, dict)}
+        for i, band in enumerate(src.bands):
+            was = recorded.get(band["name"])
+            if was is None:
+                continue
+            kept = {**{k: v for k, v in band.items() if k not in _UNIT_KEYS}, **{k: was[k] for k in _UNIT_KEYS if k in was}}
+            if kept != band:
+                changed.append(f"band {band['name']}: " + ", ".join(
+                    f"{k} {band.get(k):.6g}" if isinstance(band.get(k), float) else f"{k} {band.get(k)}"
+                    for k in _UNIT_KEYS if band.get(k) != kept.get(k)))
+            src.bands[i] = kept
+        if mask is not None and isinstance(old.get("mask"), dict) and old["mask"] != mask:
+            changed.append(f"mask {({k: v for k, v in mask.items() if k != 'sidecar'})}")
+            mask = old["mask"]
+    if changed:
+        log.warning("%s keeps the rules it was built with; a new cube of these files would take %s (this "
+                    "fusioncube reads the product so: write a new cube to have them)", out.name, "; ".join(changed))
+    return mask
 
 
 def _kept_resampling(out: Path, key: str) -> str | None:
@@ -625,9 +667,12 @@ def _scaled(band: dict[str, Any], preset: Preset) -> dict[str, Any]:
     """``band`` with the preset's scale when its file declared none."""
     if "scale" in band or "offset" in band:
         return band
-    for prefix, (scale, offset) in preset.scales.items():
+    for prefix, (scale, offset, *valid) in preset.scales.items():
         if str(band.get("file", band["name"])).startswith(prefix):
-            return {**band, "scale": scale, **({"offset": offset} if offset else {})}
+            out = {**band, "scale": scale, **({"offset": offset} if offset else {})}
+            if valid and "valid_min" not in band and "valid_max" not in band:
+                out["valid_min"], out["valid_max"] = (v * scale + offset for v in valid[0])
+            return out
     return band
 
 
@@ -857,6 +902,8 @@ def build_adhoc_catalog(
             src.bands = [_with_units(b, units) for b in src.bands]
             if {"scale", "offset"} & set(units):
                 radiometry.pop(key, None)  # the user's scale replaces the product's own radiometry
+    if not units:
+        mask = _keep_cube_rules(out, sources, mask)
     # what is not given comes from the first scene (tasks.ingest.cube_grid): its CRS, its finest
     # band's pixel size, or the size its pixels take in the given CRS
     grid: dict[str, Any] | None = {k: v for k, v in (("crs", crs), ("resolution", resolution))

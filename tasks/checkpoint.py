@@ -291,9 +291,15 @@ def reusable(artifact: str | Path, key: str) -> Manifest | None:
     return manifest
 
 
-#: files that make a folder a store fusioncube may replace without its manifest (a run killed
-#: between renaming it into place and writing the manifest): Zarr v3 / v2, a compressed store
-ARTIFACT_MARKERS = ("zarr.json", ".zgroup", ".zarray", "codec.bin")
+#: what makes a folder a store fusioncube may replace without its manifest (a run killed between
+#: renaming it into place and writing the manifest): a marker file -> the files such a store holds
+#: beside its folders (Zarr v3 / v2, a compressed store); a file of any other name is not its
+ARTIFACT_MARKERS: dict[str, frozenset[str]] = {
+    "zarr.json": frozenset({"zarr.json"}),
+    ".zgroup": frozenset({".zgroup", ".zattrs", ".zmetadata"}),
+    ".zarray": frozenset({".zarray", ".zattrs"}),
+    "codec.bin": frozenset({"codec.bin", "cores.bin", "finite.bin", "valid.bin", "segments.json", "index.zarr"}),
+}
 
 
 def not_replaceable(path: str | Path) -> str | None:
@@ -307,10 +313,9 @@ def not_replaceable(path: str | Path) -> str | None:
     if manifest_path(path).exists():
         return None
     if path.is_dir() and not path.is_symlink():
-        if any((path / marker).is_file() for marker in ARTIFACT_MARKERS):
-            return None
         held = sorted(p.name for p in path.iterdir())
-        if not held:
+        files = {p.name for p in path.iterdir() if not p.is_dir() or p.name == "index.zarr"}
+        if not held or any((path / marker).is_file() and files <= own for marker, own in ARTIFACT_MARKERS.items()):
             return None
         return (f"a folder that is not a fusioncube artifact (no {manifest_path(path).name} beside it, not a "
                 f"Zarr store; it holds {', '.join(held[:3])}{' ...' if len(held) > 3 else ''})")

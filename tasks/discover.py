@@ -413,7 +413,10 @@ def _date_from_tags(tags: dict[str, str], path: str = "") -> datetime | None:
     date, with a warning that it is when the file was made."""
     for key in _META_KEYS:
         for k, v in tags.items():
-            if k.upper().endswith(key.upper()) and k.upper() != _FILE_DATE_KEY:
+            name = k.rpartition("#")[2].upper()  # NC_GLOBAL#time -> TIME
+            if name == _FILE_DATE_KEY or (key == "time" and name not in ("TIME", "DATETIME")):
+                continue  # a PROCESSING_TIME, a SCENE_CENTER_TIME, a file's own date: not its acquisition
+            if name.endswith(key.upper()):
                 d = _parse_meta_value(v)
                 if d is None and key != "time":  # "...time" tags may hold a time of day, or anything
                     raise SceneError(path, f"its tag {k}={v!r} is no date fusioncube reads (ISO 8601); give the "
@@ -475,8 +478,8 @@ def _netcdf_times(tags: dict[str, str], path: str = "") -> list[datetime] | None
     base = _parse_meta_value(m[2]) if m else None
     if per_day is None or base is None:
         raise SceneError(path, f"its time axis {dim!r} is in {units!r}, which fusioncube does not read (it reads "
-                               "seconds, minutes, hours or days since an ISO 8601 date); convert its times first "
-                               "(e.g. xarray's decode_times, then to_netcdf)")
+                               "seconds, minutes, hours or days since an ISO 8601 date); convert its time units "
+                               "first, e.g. `cdo settunits,days IN.nc OUT.nc`")
     if not values:
         return None
     calendar_name = tags.get(f"{dim}#calendar", "").strip().lower()

@@ -285,7 +285,10 @@ def describe(path: str | Path) -> list[str]:
             return lines + (_made_by(None, path, attrs) if attrs.get("fusioncube_stage") else [])
         # a stage's cube (filled.zarr, decoded.zarr) with its parameters; an ingested cube's are its
         # catalog entry, which its catalog file says better
-        return lines + (_made_by(manifest, path)[:1] if manifest.stage == "ingest" else _made_by(manifest, path))
+        made = _made_by(manifest, path)
+        if manifest.stage == "ingest":  # its "made by" and "made with" lines, not its parameters
+            made = [line for line in made if line.startswith(("  made by:", "  made with:", "  this machine differs:"))]
+        return lines + made
     except CubeSchemaError as exc:
         ds, kind = _product(path, exc)
     if kind in CLASS_VARS:

@@ -957,7 +957,8 @@ def check_value_rules(catalog: Catalog, cube: str, manifest: Manifest | None) ->
         for change in _rule_changes(was, now):
             if ".resampling " in change:
                 log.warning("cube %s: %s since it was built; later dates are warped so (on a grid as fine as "
-                            "the scenes bilinear and the default agree)", cube, change.replace(".resampling", "'s resampling"))
+                            "the scenes bilinear and the default agree)", cube,
+                            change.replace(".resampling", "'s resampling").replace("None", "default"))
     elif manifest is not None and manifest.outputs.get("time_steps"):
         loose = [name for name, rules in now.items() if rules["resampling"] is None
                  and catalog.source(name).kind == "continuous" and _coarser_than_scenes(catalog, name, manifest)]

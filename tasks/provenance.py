@@ -14,7 +14,6 @@ import contextlib
 import platform
 import subprocess
 import sys
-from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -78,11 +77,10 @@ def environment() -> dict[str, Any]:
     """The software and machine of this process: fusioncube's version (and git commit, with
     ``git_dirty`` when the checkout has local changes), Python, the platform, the CPUs it may use,
     the versions of :data:`LIBRARIES` with GDAL and PROJ, and torch's CPU threads when torch is in
-    use, at the time of the call."""
+    use, at the time of the call (when: the manifest's and the product's ``created``)."""
     env = dict(_fixed())
     if "torch" in sys.modules:
         env["torch_threads"] = sys.modules["torch"].get_num_threads()
-    env["recorded"] = datetime.now(UTC).isoformat(timespec="seconds")
     return env
 
 

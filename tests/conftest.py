@@ -34,6 +34,28 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture
+def logged():
+    """``with logged("tasks.ingest") as messages:``: the messages of warnings (or the given level)
+    that logger emits in the block, caught on the logger itself (Prefect's logging setup stops the
+    project's loggers from propagating to pytest's handler once a flow has run in the process)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def catch(name: str, level: int = logging.WARNING):
+        messages: list[str] = []
+        handler = logging.Handler(level)
+        handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        try:
+            yield messages
+        finally:
+            logger.removeHandler(handler)
+
+    return catch
+
+
 def pytest_unconfigure(config) -> None:
     """Prefect stops a temporary server it started for a flow run (outside the harness) at exit:
     its "Stopping temporary server" line would go to a console stream pytest has closed by then,

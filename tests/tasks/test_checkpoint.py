@@ -268,6 +268,16 @@ def test_only_what_fusioncube_made_is_replaced_even_with_overwrite(tmp_path: Pat
     (tmp_path / "empty").mkdir()
     assert not_replaceable(store) is None and not_replaceable(tmp_path / "empty") is None
     assert reuse_or_refuse(store, "k", stage="s", overwrite=True) is None
+    coded = tmp_path / "compressed"  # a compressed store that lost its manifest, and one with a file of the user's
+    coded.mkdir()
+    for name in ("codec.bin", "cores.bin", "segments.json"):
+        (coded / name).write_bytes(b"x")
+    (coded / "index.zarr").mkdir()
+    assert not_replaceable(coded) is None
+    (coded / "thesis.docx").write_text("mine")
+    assert "not a fusioncube artifact" in not_replaceable(coded)
+    (store / "notes.txt").write_text("mine")
+    assert "not a fusioncube artifact" in not_replaceable(store)
 
 
 def test_an_output_that_is_holds_or_lies_inside_its_input_is_refused(tmp_path: Path) -> None:

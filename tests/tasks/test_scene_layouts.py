@@ -4,6 +4,7 @@ south-up (bottom-up) rasters, and files georeferenced by ground control points o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -1215,3 +1216,76 @@ def test_a_folder_of_ehdr_bil_rasters_is_found(tmp_path: Path) -> None:
             ds.write(np.full((1, 10, 10), 100, np.int16))
     raw, _ = build_adhoc_catalog([str(tmp_path / "in")], tmp_path / "c.zarr")
     assert raw["sources"]["scenes"]["glob"] == [str(tmp_path / "in" / "**" / "*.bil")]
+
+
+def test_appeears_lst_day_and_night_alone_are_scaled_to_kelvin(tmp_path: Path, capsys) -> None:
+    """QA11 masks: an AppEEARS MOD11A1 export of LST_Day_1km and LST_Night_1km only named its bands
+    `Day` / `Night` and took no 0.02 K scale (the layer was looked for in the token alone)."""
+    from flows.cli import main
+
+    for layer, value in (("LST_Day_1km", 15000), ("LST_Night_1km", 14000), ("QC_Day", 0), ("QC_Night", 0)):
+        with rasterio.open(tmp_path / f"MOD11A1.061_{layer}_doy2019182_aid0001.tif", "w", driver="GTiff", width=4,
+                           height=4, count=1, dtype="uint16" if "LST" in layer else "uint8", crs="EPSG:32633",
+                           transform=from_origin(600000, 5000000, 1000, 1000), nodata=0 if "LST" in layer else None) as ds:
+            ds.write(np.full((1, 4, 4), value, ds.dtypes[0]))
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "lst.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "lst.zarr")
+    np.testing.assert_allclose(ds.data.isel(time=0).mean(("y", "x")).values, [300.0, 280.0], rtol=1e-6)
+
+
+def _uint16(path: Path, a: np.ndarray, **profile) -> None:
+    with rasterio.open(path, "w", driver="GTiff", width=a.shape[1], height=a.shape[0], count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(600000, 5000000, 30, 30), **profile) as ds:
+        ds.write(a, 1)
+
+
+def test_landsat_fill_and_values_out_of_the_products_range_are_not_observed(tmp_path: Path, capsys, logged) -> None:
+    """QA11 masks: with band files that declare no nodata (clipped, re-saved), Landsat's fill (QA_PIXEL
+    bit 0, DN 0) came out valid at -0.2 reflectance, and DN 65000 at 1.59; USGS's valid range is
+    7273-43636. An append to a cube made before keeps the rules it was built with, saying so."""
+    import yaml
+
+    from flows.cli import main
+    from tasks.checkpoint import read_manifest, write_manifest
+
+    stem = "LC08_L2SP_044034_{}_20200827_02_T1_{}.TIF"
+    sr = np.full((4, 4), 10000, np.uint16)
+    sr[0, 0], sr[0, 1] = 0, 65000
+    qa = np.full((4, 4), 21824, np.uint16)
+    qa[0, 0] = 1  # fill
+    scenes, new = tmp_path / "scenes", tmp_path / "later"
+    for d, folder in (("20190801", scenes), ("20190817", new)):
+        folder.mkdir()
+        _uint16(folder / stem.format(d, "SR_B2"), sr)
+        _uint16(folder / stem.format(d, "SR_B3"), sr)
+        _uint16(folder / stem.format(d, "QA_PIXEL"), qa)
+    assert main(["ingest", str(scenes), "--out", str(tmp_path / "ls.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "ls.zarr")
+    valid = ds.valid.values[0]
+    assert not valid[0, 0] and not valid[0, 1] and valid[1:].all()
+    np.testing.assert_allclose(ds.data.values[0, :, 1:, :], 10000 * 2.75e-5 - 0.2, rtol=1e-5)
+
+    # as a fusioncube before 2026-12-08 left it: no valid range, fill not masked, no rules recorded
+    catalog = tmp_path / "ls.zarr.catalog.yaml"
+    raw = yaml.safe_load(catalog.read_text())
+    source = next(iter(raw["sources"].values()))
+    source["mask"]["invalid_bits"] = [1, 2, 3, 4]
+    for band in source["bands"]:
+        band.pop("valid_min"), band.pop("valid_max")
+    catalog.write_text(yaml.safe_dump(raw, sort_keys=False))
+    m = read_manifest(tmp_path / "ls.zarr")
+    write_manifest(tmp_path / "ls.zarr", dataclasses.replace(
+        m, outputs={k: v for k, v in m.outputs.items() if k != "value_rules"}, environment={}))
+    for f in new.iterdir():
+        f.rename(scenes / f.name)
+    capsys.readouterr()
+    with logged("tasks.adhoc") as messages:
+        assert main(["ingest", str(scenes), "--out", str(tmp_path / "ls.zarr")]) == 0
+    assert any("ls.zarr keeps the rules it was built with; a new cube of these files would take band SR_B2: "
+               "valid_min" in m for m in messages)
+    assert "2 time steps (1 new)" in capsys.readouterr().out
+    kept = next(iter(yaml.safe_load(catalog.read_text())["sources"].values()))
+    assert kept["mask"]["invalid_bits"] == [1, 2, 3, 4] and "valid_min" not in kept["bands"][0]
+    assert xr.open_zarr(tmp_path / "ls.zarr").valid.values[1, 0, 1]  # read as the cube's first date was
+    assert main(["info", str(tmp_path / "ls.zarr")]) == 0
+    assert "  made with: fusioncube " in capsys.readouterr().out  # an ingested cube's provenance too (QA11 recheck)
