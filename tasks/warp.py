@@ -205,10 +205,30 @@ def _check_descriptions(ref: SceneRef, spec: SourceSpec, ds: rasterio.io.Dataset
                                        f"{b.index} is {b.name!r}{where}: the bands are in another order")
 
 
+def _read_grid_dataset(ref: SceneRef, grid: Grid) -> str:
+    """The band file a one-file-per-band scene is read on, for the cube's ``grid``: the coarsest
+    whose pixels are no larger than the grid's (Sentinel-2 onto a 20 m grid: its 20 m bands, its
+    10 m ones averaged onto them, its 20 m mask as it is), else the finest (``ref.grid_dataset``).
+    Read on the 10 m bands, a 20 m grid would take 20 m bands and mask blurred through 10 m twice."""
+    if not ref.band_files:
+        return ref.grid_dataset
+    shape = (grid.height, grid.width)
+    best: tuple[float, str] | None = None
+    for dataset in dict.fromkeys(ref.datasets):
+        try:
+            with rasterio.open(dataset) as ds:
+                scale = target_pixel_scale(ds.transform, ds.crs, grid.transform, grid.crs, shape) if ds.crs else None
+        except RasterioIOError:
+            return ref.grid_dataset  # its read names the file
+        if scale is not None and scale >= 1 - 1e-6 and (best is None or scale < best[0]):
+            best = (scale, dataset)
+    return best[1] if best is not None else ref.grid_dataset
+
+
 def read_scene(ref: SceneRef, spec: SourceSpec, grid: Grid) -> RawScene:
     """Read the part of a scene over ``grid`` and profile it. Raises ``SceneError`` on bad input."""
     spec = scene_spec(spec, ref)
-    first = ref.grid_dataset
+    first = _read_grid_dataset(ref, grid)
     try:
         with rasterio.Env(**_gdal_env()), rasterio.open(first) as ds:
             crs = scene_crs(ds)

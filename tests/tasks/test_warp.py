@@ -404,3 +404,28 @@ def test_a_cube_made_before_the_average_default_keeps_appending_bilinearly(tmp_p
     with logged("tasks.ingest") as messages:
         plan_ingest(load_catalog(cube.with_name("c.zarr.catalog.yaml")), "c")  # recorded now: no warning
     assert not any("resampling" in m for m in messages)
+
+
+def test_band_files_onto_a_grid_as_coarse_as_their_coarser_bands_are_read_on_those(tmp_path: Path) -> None:
+    """QA11 masks: Sentinel-2 onto a 20 m grid was read on its 10 m bands and averaged back: a 20 m
+    band came out smoothed, and one cloudy 20 m SCL pixel cost its 8 neighbours too."""
+    import xarray as xr
+
+    from flows.cli import main
+
+    stem = tmp_path / "s2" / "T33UUP_20200601T100031"
+    stem.parent.mkdir()
+    b04 = np.random.default_rng(1).integers(500, 3000, (40, 40)).astype("uint16")
+    b05 = (1000 + 10 * np.arange(400)).astype("uint16").reshape(20, 20)
+    scl = np.full((20, 20), 4, "uint8")
+    scl[5, 5] = 9
+    coarse = Affine(20, 0, 500000, 0, -20, 5000400)
+    _write(Path(f"{stem}_B04_10m.tif"), Affine(10, 0, 500000, 0, -10, 5000400), b04, "EPSG:32633", nodata=0)
+    _write(Path(f"{stem}_B05_20m.tif"), coarse, b05, "EPSG:32633", nodata=0)
+    _write(Path(f"{stem}_SCL_20m.tif"), coarse, scl, "EPSG:32633")
+    assert main(["ingest", str(stem.parent), "--out", str(tmp_path / "c.zarr"), "--resolution", "20"]) == 0
+    ds = xr.open_zarr(tmp_path / "c.zarr", consolidated=None).isel(time=0)
+    assert (~ds["valid"].values).sum() == 1 and not ds["valid"].values[5, 5]
+    np.testing.assert_array_equal(ds["data"].sel(band="B05").values, b05)
+    np.testing.assert_allclose(ds["data"].sel(band="B04").values, b04.reshape(20, 2, 20, 2).mean(axis=(1, 3)),
+                               atol=0.5)  # averaged in the file's integer digital numbers
