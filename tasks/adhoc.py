@@ -396,6 +396,11 @@ PRESETS = (
                Sensor("scenes_l30", "HLS L30 (Landsat 8-9)", r"^HLS\.L30\.", "HLS.L30.*.B[0-9][0-9A].tif",
                       {"coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "nir08": "B05",
                        "swir16": "B06", "swir22": "B07", "cirrus": "B09"}))),
+    # ... and HLS v2 as NASA AppEEARS exports it (HLSS30.020_B04_doy2023182_aid0001.tif beside
+    # HLSS30.020_Fmask_doy2023182_aid0001.tif): the same Fmask bits
+    Preset("Harmonized Landsat Sentinel-2 (HLS, AppEEARS)", r"^(HLS[SL]30\.\d{3}_)(?:B\d{2}|B8A)(_doy\d+_aid\d+\.tif)$",
+           r"\1Fmask\2", {"band": 1, "invalid_bits": [1, 2, 3]}, {"B": (1e-4, 0.0)}, "HLS[SL]30.*_B*_doy*_aid*.tif",
+           nodata=-9999.0),
     # Landsat Collection 2 Level-1: the same QA_PIXEL bits (CFMask); per scene, top-of-atmosphere
     # reflectance from its MTL (sun elevation included), thermal bands as radiance; the 15 m
     # panchromatic band (B8 of Landsat 7-9) is not taken, it would put the 30 m bands on a 15 m grid

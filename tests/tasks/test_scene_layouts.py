@@ -1289,3 +1289,23 @@ def test_landsat_fill_and_values_out_of_the_products_range_are_not_observed(tmp_
     assert xr.open_zarr(tmp_path / "ls.zarr").valid.values[1, 0, 1]  # read as the cube's first date was
     assert main(["info", str(tmp_path / "ls.zarr")]) == 0
     assert "  made with: fusioncube " in capsys.readouterr().out  # an ingested cube's provenance too (QA11 recheck)
+
+
+def test_hls_as_appeears_exports_it_takes_its_fmask(tmp_path: Path) -> None:
+    """QA11 masks: AppEEARS' HLS export (HLSS30.020_B04_doy..._aid0001.tif beside its Fmask layer)
+    quarantined the Fmask as "not a band file" and kept every cloud valid."""
+    from flows.cli import main
+
+    refl = np.full((4, 4), 1500, np.int16)
+    fmask = np.zeros((4, 4), np.uint8)
+    fmask[0, 0], fmask[0, 1], fmask[0, 2], fmask[0, 3] = 2, 4, 8, 32  # cloud, adjacent, shadow; water kept
+    for name, a in (("B04", refl), ("B8A", refl), ("Fmask", fmask)):
+        with rasterio.open(tmp_path / f"HLSS30.020_{name}_doy2023182_aid0001.tif", "w", driver="GTiff", width=4, height=4,
+                           count=1, dtype=a.dtype, crs="EPSG:32633", transform=from_origin(600000, 5000000, 30, 30),
+                           nodata=-9999 if a.dtype == np.int16 else None) as ds:
+            ds.write(a, 1)
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "hls.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "hls.zarr").isel(time=0)
+    assert list(ds.band.values) == ["B04", "B8A"]
+    assert ds.valid.values[0].tolist() == [False, False, False, True] and ds.valid.values[1:].all()
+    np.testing.assert_allclose(ds.data.values[:, 1:], 0.15, rtol=1e-6)
