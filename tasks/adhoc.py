@@ -573,6 +573,22 @@ def _keep_cube_rules(out: Path, sources: dict[str, _Source], mask: dict[str, Any
     return mask
 
 
+#: band-file tokens of quality / QA layers: bit fields and class codes, not values to interpolate
+QUALITY_LAYER = re.compile(r"(^|[._])(QC|QA|VI_Quality|pixel_reliability|state_1km|Fmask|SCL|udm2?|QA_PIXEL|"
+                           r"QA_RADSAT|cloud_mask|Quality)([._]|$)", re.IGNORECASE)
+
+
+def _drop_quality_layers(src: _Source) -> None:
+    """Leave a product's quality layers (MODIS VI_Quality, QC_Night, ...) out of its bands when
+    other bands remain: warped as values, their bit fields would be averaged into codes that mean
+    nothing. Their files are passed over (``unused_band_files``); ``--bands`` takes one anyway."""
+    quality = [b for b in src.bands if QUALITY_LAYER.search(str(b.get("file", b["name"])))]
+    if quality and len(quality) < len(src.bands):
+        src.bands = [b for b in src.bands if b not in quality]
+        log.info("quality layers %s are not taken as bands (bit fields, not values); --bands %s takes them",
+                 [b["name"] for b in quality], ",".join(b["name"] for b in quality))
+
+
 def _kept_resampling(out: Path, key: str) -> str | None:
     """The resampling an append to the cube at ``out`` keeps for its source ``key``: the one its
     manifest records; bilinear for a cube made before it recorded one (fusioncube then warped
@@ -884,6 +900,9 @@ def build_adhoc_catalog(
     sources = {"scenes": _Source(bands, patterns, files, [str(b["file"]) for b in bands] if per_band else [])}
     if preset is not None and per_band is not None and not explicit_pattern:
         sources = _per_sensor(files, patterns, preset[0], pattern) or sources
+    if per_band is not None and not select:
+        for src in sources.values():
+            _drop_quality_layers(src)
     mask: dict[str, Any] | None = None
     radiometry: dict[str, str] = {}
     if preset is not None:

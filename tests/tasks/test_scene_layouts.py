@@ -1309,3 +1309,20 @@ def test_hls_as_appeears_exports_it_takes_its_fmask(tmp_path: Path) -> None:
     assert list(ds.band.values) == ["B04", "B8A"]
     assert ds.valid.values[0].tolist() == [False, False, False, True] and ds.valid.values[1:].all()
     np.testing.assert_allclose(ds.data.values[:, 1:], 0.15, rtol=1e-6)
+
+
+def test_quality_layers_of_a_product_are_not_taken_as_bands(tmp_path: Path, capsys) -> None:
+    """QA11 masks: a MOD13Q1 export's VI_Quality bit field became a band, averaged on a coarser grid
+    into codes that mean nothing. It is passed over; --bands still takes it."""
+    from flows.cli import main
+
+    for layer, value in (("NDVI", 5000), ("EVI", 3000), ("VI_Quality", 2116), ("pixel_reliability", 0)):
+        with rasterio.open(tmp_path / f"MOD13Q1.061__250m_16_days_{layer}_doy2019177_aid0001.tif", "w",
+                           driver="GTiff", width=4, height=4, count=1, dtype="int16", crs="EPSG:32633",
+                           transform=from_origin(600000, 5000000, 250, 250)) as ds:
+            ds.write(np.full((1, 4, 4), value, np.int16))
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "vi.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "vi.zarr")
+    assert list(ds.band.values) == ["EVI", "NDVI"] and "quarantined" not in capsys.readouterr().out.replace(
+        "0 quarantined", "")
+    np.testing.assert_allclose(ds.data.isel(time=0).mean(("y", "x")).values, [0.3, 0.5], rtol=1e-6)
