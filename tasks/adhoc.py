@@ -578,11 +578,24 @@ QUALITY_LAYER = re.compile(r"(^|[._])(QC|QA|VI_Quality|pixel_reliability|state_1
                            r"QA_RADSAT|cloud_mask|Quality)([._]|$)", re.IGNORECASE)
 
 
-def _drop_quality_layers(src: _Source) -> None:
+def _cube_bands(out: Path) -> set[str]:
+    """The band names of the cube at ``out`` as the catalog beside it lists them (none for a new cube)."""
+    beside = out.with_name(out.name + ".catalog.yaml")
+    if not (out.with_name(out.name + ".manifest.json").exists() and beside.exists()):
+        return set()
+    try:
+        sources = yaml.safe_load(beside.read_text())["sources"]
+        return {str(b["name"]) for src in sources.values() for b in src.get("bands") or []}
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def _drop_quality_layers(src: _Source, *, keep: set[str]) -> None:
     """Leave a product's quality layers (MODIS VI_Quality, QC_Night, ...) out of its bands when
-    other bands remain: warped as values, their bit fields would be averaged into codes that mean
-    nothing. Their files are passed over (``unused_band_files``); ``--bands`` takes one anyway."""
-    quality = [b for b in src.bands if QUALITY_LAYER.search(str(b.get("file", b["name"])))]
+    other bands remain, unless the cube has them already (``keep``): warped as values, their bit
+    fields would be averaged into codes that mean nothing. Their files are passed over
+    (``unused_band_files``); ``--bands`` takes one anyway."""
+    quality = [b for b in src.bands if QUALITY_LAYER.search(str(b.get("file", b["name"]))) and b["name"] not in keep]
     if quality and len(quality) < len(src.bands):
         src.bands = [b for b in src.bands if b not in quality]
         log.info("quality layers %s are not taken as bands (bit fields, not values); --bands %s takes them",
@@ -902,7 +915,7 @@ def build_adhoc_catalog(
         sources = _per_sensor(files, patterns, preset[0], pattern) or sources
     if per_band is not None and not select:
         for src in sources.values():
-            _drop_quality_layers(src)
+            _drop_quality_layers(src, keep=_cube_bands(out))
     mask: dict[str, Any] | None = None
     radiometry: dict[str, str] = {}
     if preset is not None:

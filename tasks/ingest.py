@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time as timer
@@ -908,7 +909,7 @@ def _rule_changes(was: dict[str, Any], now: dict[str, Any], where: str = "") -> 
         name = f"{where}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
             changes += _rule_changes(a, b, f"{name}.")
-        elif a != b:
+        elif a != b and not (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
             changes.append(f"{name} {a} -> {b}")
     return sorted(changes)
 

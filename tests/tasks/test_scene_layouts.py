@@ -1326,3 +1326,10 @@ def test_quality_layers_of_a_product_are_not_taken_as_bands(tmp_path: Path, caps
     assert list(ds.band.values) == ["EVI", "NDVI"] and "quarantined" not in capsys.readouterr().out.replace(
         "0 quarantined", "")
     np.testing.assert_allclose(ds.data.isel(time=0).mean(("y", "x")).values, [0.3, 0.5], rtol=1e-6)
+    # a cube that has the layer (made with --bands, or before): later dates keep it
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "q.zarr"), "--bands", "EVI,NDVI,VI_Quality"]) == 0
+    for f in list(tmp_path.glob("*doy2019177*")):
+        f.with_name(f.name.replace("doy2019177", "doy2019193")).write_bytes(f.read_bytes())
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "q.zarr")]) == 0
+    q = xr.open_zarr(tmp_path / "q.zarr")
+    assert q.sizes["time"] == 2 and list(q.band.values) == ["EVI", "NDVI", "VI_Quality"]
