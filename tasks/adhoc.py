@@ -536,22 +536,34 @@ def _layer_source(name: str, layer: str) -> dict[str, Any]:
             "max_nodata_share": 1.0}
 
 
-def _keep_cube_rules(out: Path, sources: dict[str, _Source], mask: dict[str, Any] | None) -> dict[str, Any] | None:
+def _cube_sources(out: Path) -> dict[str, dict[str, Any]] | None:
+    """The sources of the catalog beside the cube at ``out`` (``fusioncube ingest`` wrote it), each
+    a dict; None for a new cube, or a catalog edited beyond recognition (then the files decide)."""
+    beside = out.with_name(out.name + ".catalog.yaml")
+    if not (out.with_name(out.name + ".manifest.json").exists() and beside.exists()):
+        return None
+    try:
+        sources = yaml.safe_load(beside.read_text())["sources"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return None
+    if not isinstance(sources, dict):
+        return None
+    return {str(k): v for k, v in sources.items() if isinstance(v, dict)}
+
+
+def _keep_cube_rules(before: dict[str, dict[str, Any]] | None, name: str, sources: dict[str, _Source],
+                     mask: dict[str, Any] | None) -> dict[str, Any] | None:
     """On an append to the cube at ``out`` without unit options: each band keeps the scale, offset,
     nodata and valid range, and the source its mask rule, that the catalog beside the cube gave
     them (a newer fusioncube may read a product's files otherwise: the cube's later dates stay in
-    its units), with a warning naming what a new cube would take instead. Returns the mask rule."""
-    beside = out.with_name(out.name + ".catalog.yaml")
-    if not (out.with_name(out.name + ".manifest.json").exists() and beside.exists()):
-        return mask
-    try:
-        before = yaml.safe_load(beside.read_text())["sources"]
-    except (yaml.YAMLError, KeyError, TypeError):
+    its units), with a warning naming what a new cube would take instead. ``before``: the sources
+    of the catalog beside the cube named ``name`` (:func:`_cube_sources`). Returns the mask rule."""
+    if before is None:
         return mask
     changed: list[str] = []
     for key, src in sources.items():
-        old = before.get(key) if isinstance(before, dict) else None
-        if not isinstance(old, dict):
+        old = before.get(key)
+        if old is None:
             continue
         recorded = {b.get("name"): b for b in old.get("bands") or [] if isinstance(b, dict)}
         for i, band in enumerate(src.bands):
@@ -569,25 +581,13 @@ def _keep_cube_rules(out: Path, sources: dict[str, _Source], mask: dict[str, Any
             mask = old["mask"]
     if changed:
         log.warning("%s keeps the rules it was built with; a new cube of these files would take %s (this "
-                    "fusioncube reads the product so: write a new cube to have them)", out.name, "; ".join(changed))
+                    "fusioncube reads the product so: write a new cube to have them)", name, "; ".join(changed))
     return mask
 
 
 #: band-file tokens of quality / QA layers: bit fields and class codes, not values to interpolate
 QUALITY_LAYER = re.compile(r"(^|[._])(QC|QA|VI_Quality|pixel_reliability|state_1km|Fmask|SCL|udm2?|QA_PIXEL|"
                            r"QA_RADSAT|cloud_mask|Quality)([._]|$)", re.IGNORECASE)
-
-
-def _cube_bands(out: Path) -> set[str]:
-    """The band names of the cube at ``out`` as the catalog beside it lists them (none for a new cube)."""
-    beside = out.with_name(out.name + ".catalog.yaml")
-    if not (out.with_name(out.name + ".manifest.json").exists() and beside.exists()):
-        return set()
-    try:
-        sources = yaml.safe_load(beside.read_text())["sources"]
-        return {str(b["name"]) for src in sources.values() for b in src.get("bands") or []}
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError):
-        return set()
 
 
 def _drop_quality_layers(src: _Source, *, keep: set[str]) -> None:
@@ -617,18 +617,14 @@ def _kept_resampling(out: Path, key: str) -> str | None:
     return (recorded.get(key) or {}).get("resampling")
 
 
-def _product_radiometry(out: Path, key: str, files: list[str], kind: str) -> bool:
-    """Whether the source ``key`` of the cube at ``out`` reads physical units from the product's
-    metadata (``kind``): on an append, as the cube was built (one new file without metadata is
-    then quarantined, not a reason to read every later date in digital numbers beside the cube's
-    reflectances); for a new cube, when every file's metadata gives them."""
-    beside = out.with_name(out.name + ".catalog.yaml")
-    if out.with_name(out.name + ".manifest.json").exists() and beside.exists():
-        try:
-            before = yaml.safe_load(beside.read_text())["sources"][key]
-            return bool(before.get("radiometry") == kind)
-        except (yaml.YAMLError, KeyError, TypeError, AttributeError):
-            pass  # edited by hand beyond recognition: decide from the files
+def _product_radiometry(before: dict[str, dict[str, Any]] | None, key: str, files: list[str], kind: str) -> bool:
+    """Whether the source ``key`` reads physical units from the product's metadata (``kind``): on
+    an append (``before``: the sources of the catalog beside the cube), as the cube was built (one
+    new file without metadata is then quarantined, not a reason to read every later date in
+    digital numbers beside the cube's reflectances); for a new cube, when every file's metadata
+    gives them."""
+    if before is not None and key in before:
+        return bool(before[key].get("radiometry") == kind)
     return _radiometry_known(files, kind)
 
 
@@ -913,9 +909,11 @@ def build_adhoc_catalog(
     sources = {"scenes": _Source(bands, patterns, files, [str(b["file"]) for b in bands] if per_band else [])}
     if preset is not None and per_band is not None and not explicit_pattern:
         sources = _per_sensor(files, patterns, preset[0], pattern) or sources
+    before = _cube_sources(out)  # an append: the catalog the cube was built with
     if per_band is not None and not select:
         for src in sources.values():
-            _drop_quality_layers(src, keep=_cube_bands(out))
+            _drop_quality_layers(src, keep={str(b.get("name")) for old in (before or {}).values()
+                                            for b in old.get("bands") or [] if isinstance(b, dict)})
     mask: dict[str, Any] | None = None
     radiometry: dict[str, str] = {}
     if preset is not None:
@@ -927,7 +925,7 @@ def build_adhoc_catalog(
             if product.nodata is not None:  # DN 0 outside the swath (NaN: the file declares none)
                 src.bands = [{**b, "nodata": product.nodata} if math.isnan(b.get("nodata", math.nan)) else b
                              for b in src.bands]
-            if product.radiometry and _product_radiometry(out, key, src.files, product.radiometry):
+            if product.radiometry and _product_radiometry(before, key, src.files, product.radiometry):
                 radiometry[key] = product.radiometry
                 src.bands = [{k: v for k, v in b.items() if k not in ("scale", "offset")} for b in src.bands]
     for key, src in sources.items():
@@ -940,7 +938,7 @@ def build_adhoc_catalog(
             if {"scale", "offset"} & set(units):
                 radiometry.pop(key, None)  # the user's scale replaces the product's own radiometry
     if not units:
-        mask = _keep_cube_rules(out, sources, mask)
+        mask = _keep_cube_rules(before, out.name, sources, mask)
     # what is not given comes from the first scene (tasks.ingest.cube_grid): its CRS, its finest
     # band's pixel size, or the size its pixels take in the given CRS
     grid: dict[str, Any] | None = {k: v for k, v in (("crs", crs), ("resolution", resolution))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import filecmp
 import glob
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +50,27 @@ def ensure_sample_area(out: str | Path, *, size: str = "demo", seed: int = 0, pr
         log.info("sample area %s reused (%s)", out, key)
         return {"path": str(out), "reused": True, **done.outputs}
     earlier = read_manifest(out) if out.exists() else None
-    with atomic_artifact(out, overwrite=True) as tmp:  # reuse or refusal decided above
-        area = generate_sample_area(tmp, size=size, seed=seed, progress=progress)
-        outputs = {
-            "planet_dates": [d.isoformat() for d in area.planet_dates],
-            "modis_dates": [d.isoformat() for d in area.modis_dates],
-        }
-        same = earlier is not None and earlier.params == params and _same_files(tmp, out)
-        if same:  # made by other code, to the same bytes: the files (and their times) stay
-            shutil.rmtree(tmp)
-            shutil.copytree(out, tmp, copy_function=shutil.copy2)
+    same = False
+    try:
+        with atomic_artifact(out, overwrite=True) as tmp:  # reuse or refusal decided above
+            area = generate_sample_area(tmp, size=size, seed=seed, progress=progress)
+            outputs = {
+                "planet_dates": [d.isoformat() for d in area.planet_dates],
+                "modis_dates": [d.isoformat() for d in area.modis_dates],
+            }
+            if earlier is not None and earlier.params == params and _same_files(tmp, out):
+                raise _SameFiles  # made by other code, to the same bytes: the new copy goes, the files stay
+    except _SameFiles:
+        same = True
     manifest = Manifest(stage="sample-area", key=key, params=params, inputs={}, code_version=code, outputs=outputs)
     write_manifest(out, manifest)
     if same:
         log.info("sample area %s: the same files as before (other generator code); kept", out)
     return {"path": str(out), "reused": same, **outputs}
+
+
+class _SameFiles(Exception):
+    """The sample area came out as the one already there (atomic_artifact then leaves it as it is)."""
 
 
 def _same_files(a: Path, b: Path) -> bool:
